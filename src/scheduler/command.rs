@@ -1,0 +1,485 @@
+//! What goes into the core (`Entry`, `Command`) and what comes out (`Applied`, `Response`,
+//! `Rejection`).
+//!
+//! Business rejections are values: `apply` never fails. Each rejection has a stable
+//! UPPER_SNAKE `reason()` that the API puts into `google.rpc.ErrorInfo`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::ids::{
+    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
+    UnixMillis, WorkerId,
+};
+use super::quota::{Dimension, Quota};
+use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
+use super::state::{GroupStrategy, Lease, Placement};
+
+/// One command as committed in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The log index; strictly increasing across calls to `apply`.
+    pub index: LogIndex,
+    /// The proposing leader's wall clock. The core never lets time run backwards.
+    pub proposed_at: UnixMillis,
+    /// The client's idempotency key (`None` for internal commands such as `Tick`).
+    pub request_id: Option<RequestId>,
+    pub command: Command,
+}
+
+/// A lease token that a mutating command must still hold to take effect.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fence {
+    pub lease: LeaseName,
+    pub token: LogIndex,
+}
+
+/// Bin-pack fills the fullest worker that fits; spread uses the emptiest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Strategy {
+    #[default]
+    BinPack,
+    Spread,
+}
+
+/// What to place: `count` identical instances of one workload, all or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceSpec {
+    pub placement: PlacementId,
+    /// Instances to place together (1..=`INSTANCES_PER_PLACEMENT_MAX`).
+    pub count: u32,
+    /// Resources of each instance.
+    pub resources: Resources,
+    /// `None` means the default pool.
+    pub pool: Option<PoolId>,
+    pub strategy: Strategy,
+    /// The workload's own labels, which other workloads' affinity rules match.
+    pub labels: Labels,
+    /// Worker-label rules every chosen worker must satisfy.
+    pub worker_requires: Vec<LabelRequirement>,
+    /// Worker-label rules that only rank workers.
+    pub worker_prefers: Vec<LabelRequirement>,
+    /// The worker must already run a workload of this tenant with each of these labels.
+    pub affinity: Vec<LabelTerm>,
+    pub affinity_preferred: Vec<LabelTerm>,
+    /// The worker must run no workload of this tenant with any of these labels.
+    pub anti_affinity: Vec<LabelTerm>,
+    pub anti_affinity_preferred: Vec<LabelTerm>,
+    pub group: Option<GroupId>,
+    /// Recorded with the placement (priority bands and preemption come with the quota manager).
+    pub priority: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Advance log time and apply expiry; proposed by the leader, carries no request id.
+    Tick,
+    /// The first entry of a new leader's term: live leases get at least `lease_grace_ms` more.
+    LeaderChanged,
+    RegisterWorker {
+        worker: WorkerId,
+        pool: Option<PoolId>,
+        capacity: Resources,
+        labels: Labels,
+    },
+    /// Change a worker's capacity and/or labels. Capacity may not drop below what is allocated.
+    UpdateWorker {
+        worker: WorkerId,
+        capacity: Option<Resources>,
+        labels: Option<Labels>,
+    },
+    /// Drain (`false`) or undrain (`true`) a worker. Draining keeps what runs there.
+    SetWorkerSchedulable {
+        worker: WorkerId,
+        schedulable: bool,
+    },
+    /// Remove a worker. With work on it, refused unless `evict`, which releases every placement
+    /// and reservation that has an instance there.
+    RemoveWorker {
+        worker: WorkerId,
+        evict: bool,
+    },
+    CreateTenant {
+        tenant: TenantId,
+        parent: Option<TenantId>,
+        /// Fair-share weight, 1..=`WEIGHT_MAX`.
+        weight: u32,
+    },
+    /// Delete a tenant and everything it owns, in one step.
+    DeleteTenant {
+        tenant: TenantId,
+    },
+    SetQuota {
+        tenant: TenantId,
+        quota: Quota,
+    },
+    AddToken {
+        tenant: TenantId,
+        token: TokenId,
+        hash: TokenHash,
+    },
+    RevokeToken {
+        tenant: TenantId,
+        token: TokenId,
+    },
+    Place {
+        tenant: TenantId,
+        spec: PlaceSpec,
+        fence: Option<Fence>,
+    },
+    /// Release a placement (or a reservation: both free their capacity and quota).
+    Release {
+        tenant: TenantId,
+        placement: PlacementId,
+        fence: Option<Fence>,
+    },
+    CreatePlacementGroup {
+        tenant: TenantId,
+        group: GroupId,
+        max_instances: u32,
+        strategy: GroupStrategy,
+    },
+    /// Hold capacity for `ttl_ms`; it counts against quota like a placement.
+    Reserve {
+        tenant: TenantId,
+        spec: PlaceSpec,
+        ttl_ms: u64,
+        fence: Option<Fence>,
+    },
+    ConfirmReservation {
+        tenant: TenantId,
+        reservation: PlacementId,
+        fence: Option<Fence>,
+    },
+    CancelReservation {
+        tenant: TenantId,
+        reservation: PlacementId,
+        fence: Option<Fence>,
+    },
+    AcquireLease {
+        tenant: TenantId,
+        lease: LeaseName,
+        holder: String,
+        ttl_ms: u64,
+    },
+    KeepAliveLease {
+        tenant: TenantId,
+        lease: LeaseName,
+        token: LogIndex,
+    },
+    ReleaseLease {
+        tenant: TenantId,
+        lease: LeaseName,
+        token: LogIndex,
+    },
+}
+
+impl Command {
+    /// The tenant the command acts on; also the scope of its request id.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Command::Tick
+            | Command::LeaderChanged
+            | Command::RegisterWorker { .. }
+            | Command::UpdateWorker { .. }
+            | Command::SetWorkerSchedulable { .. }
+            | Command::RemoveWorker { .. } => None,
+            Command::CreateTenant { tenant, .. }
+            | Command::DeleteTenant { tenant }
+            | Command::SetQuota { tenant, .. }
+            | Command::AddToken { tenant, .. }
+            | Command::RevokeToken { tenant, .. }
+            | Command::Place { tenant, .. }
+            | Command::Release { tenant, .. }
+            | Command::CreatePlacementGroup { tenant, .. }
+            | Command::Reserve { tenant, .. }
+            | Command::ConfirmReservation { tenant, .. }
+            | Command::CancelReservation { tenant, .. }
+            | Command::AcquireLease { tenant, .. }
+            | Command::KeepAliveLease { tenant, .. }
+            | Command::ReleaseLease { tenant, .. } => Some(tenant),
+        }
+    }
+
+    /// A short name for logs and audit.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Tick => "Tick",
+            Command::LeaderChanged => "LeaderChanged",
+            Command::RegisterWorker { .. } => "RegisterWorker",
+            Command::UpdateWorker { .. } => "UpdateWorker",
+            Command::SetWorkerSchedulable { .. } => "SetWorkerSchedulable",
+            Command::RemoveWorker { .. } => "RemoveWorker",
+            Command::CreateTenant { .. } => "CreateTenant",
+            Command::DeleteTenant { .. } => "DeleteTenant",
+            Command::SetQuota { .. } => "SetQuota",
+            Command::AddToken { .. } => "AddToken",
+            Command::RevokeToken { .. } => "RevokeToken",
+            Command::Place { .. } => "Place",
+            Command::Release { .. } => "Release",
+            Command::CreatePlacementGroup { .. } => "CreatePlacementGroup",
+            Command::Reserve { .. } => "Reserve",
+            Command::ConfirmReservation { .. } => "ConfirmReservation",
+            Command::CancelReservation { .. } => "CancelReservation",
+            Command::AcquireLease { .. } => "AcquireLease",
+            Command::KeepAliveLease { .. } => "KeepAliveLease",
+            Command::ReleaseLease { .. } => "ReleaseLease",
+        }
+    }
+}
+
+/// The result of applying one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The index at which the command took effect (the first one, for a replayed request id).
+    pub log_index: LogIndex,
+    /// Log time when it took effect.
+    pub applied_at: UnixMillis,
+    pub result: Result<Response, Rejection>,
+    /// True when `request_id` had been applied before and this is its first answer again.
+    pub replayed: bool,
+    /// What this entry's advance of log time expired (reported once, by the entry that did it).
+    pub expired: Vec<Expired>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Expired {
+    Reservation { tenant: TenantId, reservation: PlacementId },
+    Lease { tenant: TenantId, lease: LeaseName, token: LogIndex },
+}
+
+/// What was released when a tenant was deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedCounts {
+    pub placements: u64,
+    pub reservations: u64,
+    pub instances: u64,
+    pub leases: u64,
+    pub groups: u64,
+    pub tokens: u64,
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ticked,
+    LeaderChanged {
+        leases_extended: u64,
+    },
+    WorkerRegistered,
+    WorkerUpdated,
+    WorkerSchedulable {
+        schedulable: bool,
+    },
+    WorkerRemoved {
+        evicted: Vec<(TenantId, PlacementId)>,
+    },
+    TenantCreated,
+    TenantDeleted(DeletedCounts),
+    QuotaSet,
+    TokenAdded,
+    TokenRevoked,
+    /// A placement or reservation as it now stands (instances name their workers).
+    Placed(Placement),
+    Released {
+        resources: Resources,
+        instances: u32,
+    },
+    GroupCreated,
+    Reserved(Placement),
+    Confirmed(Placement),
+    Cancelled {
+        resources: Resources,
+        instances: u32,
+    },
+    LeaseGranted(Lease),
+    LeaseKeptAlive(Lease),
+    LeaseReleased,
+}
+
+/// Why workers were not chosen, counted once per worker (the first failing check, cheapest
+/// first). Reported with `NoCapacity`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterCounts {
+    pub workers_in_pool: u64,
+    pub draining: u64,
+    pub insufficient_cpu: u64,
+    pub insufficient_memory: u64,
+    pub label_mismatch: u64,
+    pub group_spread: u64,
+    pub anti_affinity: u64,
+    pub affinity: u64,
+}
+
+impl FilterCounts {
+    /// The counts as `(reason, count)` pairs, for error metadata.
+    pub fn pairs(&self) -> [(&'static str, u64); 8] {
+        [
+            ("workers_in_pool", self.workers_in_pool),
+            ("draining", self.draining),
+            ("insufficient_cpu", self.insufficient_cpu),
+            ("insufficient_memory", self.insufficient_memory),
+            ("label_mismatch", self.label_mismatch),
+            ("group_spread", self.group_spread),
+            ("anti_affinity", self.anti_affinity),
+            ("affinity", self.affinity),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("tenant id is required")]
+    TenantIdRequired,
+    #[error(
+        "tenant id {tenant:?} is invalid: use 1-63 of [a-z0-9-], starting and ending with [a-z0-9]"
+    )]
+    InvalidTenantId { tenant: String },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("tenant {tenant} not found")]
+    TenantNotFound { tenant: TenantId },
+    #[error("tenant {tenant} already exists")]
+    TenantExists { tenant: TenantId },
+    #[error("tenant {tenant} has {children} child tenants; delete them first")]
+    TenantHasChildren { tenant: TenantId, children: u64 },
+    #[error("tenant {tenant} would be nested deeper than {depth_max} levels")]
+    TenantTooDeep { tenant: TenantId, depth_max: u32 },
+    #[error("worker {worker} not found")]
+    WorkerNotFound { worker: WorkerId },
+    #[error("worker {worker} already exists")]
+    WorkerExists { worker: WorkerId },
+    #[error("worker {worker} still runs {placements} placements; drain it or remove with evict")]
+    WorkerNotEmpty { worker: WorkerId, placements: u64 },
+    #[error(
+        "worker {worker} has {allocated:?} allocated, more than the new capacity {capacity:?}"
+    )]
+    CapacityBelowAllocated { worker: WorkerId, capacity: Resources, allocated: Resources },
+    #[error("placement {placement} not found")]
+    PlacementNotFound { placement: PlacementId },
+    #[error("placement {placement} already exists")]
+    PlacementExists { placement: PlacementId },
+    #[error("{placement} is a placement, not a reservation")]
+    NotAReservation { placement: PlacementId },
+    #[error("placement group {group} not found")]
+    GroupNotFound { group: GroupId },
+    #[error("placement group {group} already exists")]
+    GroupExists { group: GroupId },
+    #[error("placement group {group} holds {current} of {max_instances} instances; {requested} more do not fit")]
+    GroupFull { group: GroupId, max_instances: u32, current: u64, requested: u32 },
+    #[error("quota of {limited_by} exceeded on {dimension:?}{}: limit {limit}, used {used}, requested {requested}", pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
+    QuotaExceeded {
+        /// The tenant whose limit is hit: the caller or one of its ancestors.
+        limited_by: TenantId,
+        dimension: Dimension,
+        pool: Option<PoolId>,
+        limit: u64,
+        used: u64,
+        requested: u64,
+    },
+    #[error("no capacity for instance {placed_before_failure} of {count} in pool {pool}")]
+    NoCapacity { pool: PoolId, count: u32, placed_before_failure: u32, filtered: FilterCounts },
+    #[error("lease {lease} is held by {holder} (token {}) until {expires_at}", token.0)]
+    LeaseHeld { lease: LeaseName, holder: String, token: LogIndex, expires_at: UnixMillis },
+    #[error("lease {lease} not found or expired")]
+    LeaseNotFound { lease: LeaseName },
+    #[error("fencing token {} for lease {lease} is stale (current: {})", presented.0, current.map(|t| t.0.to_string()).unwrap_or_else(|| "none".into()))]
+    StaleFencingToken { lease: LeaseName, presented: LogIndex, current: Option<LogIndex> },
+    #[error("request id was first used at index {} for a different command", first_index.0)]
+    RequestIdReused { first_index: LogIndex },
+    #[error("token {token} already exists")]
+    TokenExists { token: TokenId },
+    #[error("token {token} not found")]
+    TokenNotFound { token: TokenId },
+    #[error("{what} limit of {max} reached")]
+    LimitReached { what: String, max: u64 },
+}
+
+impl Rejection {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        Rejection::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+    }
+
+    /// The stable machine-readable reason (UPPER_SNAKE), part of the public contract.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::TenantIdRequired => "TENANT_ID_REQUIRED",
+            Rejection::InvalidTenantId { .. } => "INVALID_TENANT_ID",
+            Rejection::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Rejection::TenantNotFound { .. } => "TENANT_NOT_FOUND",
+            Rejection::TenantExists { .. } => "TENANT_EXISTS",
+            Rejection::TenantHasChildren { .. } => "TENANT_HAS_CHILDREN",
+            Rejection::TenantTooDeep { .. } => "TENANT_TOO_DEEP",
+            Rejection::WorkerNotFound { .. } => "WORKER_NOT_FOUND",
+            Rejection::WorkerExists { .. } => "WORKER_EXISTS",
+            Rejection::WorkerNotEmpty { .. } => "WORKER_NOT_EMPTY",
+            Rejection::CapacityBelowAllocated { .. } => "CAPACITY_BELOW_ALLOCATED",
+            Rejection::PlacementNotFound { .. } => "PLACEMENT_NOT_FOUND",
+            Rejection::PlacementExists { .. } => "PLACEMENT_EXISTS",
+            Rejection::NotAReservation { .. } => "NOT_A_RESERVATION",
+            Rejection::GroupNotFound { .. } => "GROUP_NOT_FOUND",
+            Rejection::GroupExists { .. } => "GROUP_EXISTS",
+            Rejection::GroupFull { .. } => "GROUP_FULL",
+            Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            Rejection::NoCapacity { .. } => "NO_CAPACITY",
+            Rejection::LeaseHeld { .. } => "LEASE_HELD",
+            Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
+            Rejection::StaleFencingToken { .. } => "STALE_FENCING_TOKEN",
+            Rejection::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            Rejection::TokenExists { .. } => "TOKEN_EXISTS",
+            Rejection::TokenNotFound { .. } => "TOKEN_NOT_FOUND",
+            Rejection::LimitReached { .. } => "LIMIT_REACHED",
+        }
+    }
+
+    /// Key/value detail for `ErrorInfo.metadata`.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_owned(), v);
+        };
+        match self {
+            Rejection::QuotaExceeded { limited_by, dimension, pool, limit, used, requested } => {
+                put("tenant", limited_by.to_string());
+                put("dimension", dimension.name().to_owned());
+                if let Some(pool) = pool {
+                    put("pool", pool.to_string());
+                }
+                put("limit", limit.to_string());
+                put("used", used.to_string());
+                put("requested", requested.to_string());
+            }
+            Rejection::NoCapacity { pool, count, placed_before_failure, filtered } => {
+                put("pool", pool.to_string());
+                put("count", count.to_string());
+                put("placed_before_failure", placed_before_failure.to_string());
+                for (reason, n) in filtered.pairs() {
+                    put(reason, n.to_string());
+                }
+            }
+            Rejection::LeaseHeld { lease, holder, token, expires_at } => {
+                put("lease", lease.to_string());
+                put("holder", holder.clone());
+                put("token", token.0.to_string());
+                put("expires_at_ms", expires_at.0.to_string());
+            }
+            Rejection::StaleFencingToken { lease, presented, current } => {
+                put("lease", lease.to_string());
+                put("presented", presented.0.to_string());
+                if let Some(current) = current {
+                    put("current", current.0.to_string());
+                }
+            }
+            Rejection::GroupFull { group, max_instances, current, requested } => {
+                put("group", group.to_string());
+                put("max_instances", max_instances.to_string());
+                put("current", current.to_string());
+                put("requested", requested.to_string());
+            }
+            Rejection::InvalidArgument { field, .. } => put("field", field.clone()),
+            Rejection::InvalidTenantId { tenant } => put("tenant", tenant.clone()),
+            _ => {}
+        }
+        m
+    }
+}

@@ -1,0 +1,206 @@
+//! Lookup structures derived from `State`. They are never encoded: `Indexes::build` recreates
+//! them from the state, and `check_invariants` compares the live copy with a fresh build, so a
+//! maintenance bug cannot hide.
+//!
+//! They make placement cost logarithmic in the number of workers: bin-pack and spread read the
+//! per-pool free-capacity order; affinity rules read the per-label worker sets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ids::{
+    GroupId, LeaseName, LogIndex, PlacementId, PoolId, TenantId, TokenHash, TokenId, UnixMillis,
+    WorkerId,
+};
+use super::resources::LabelTerm;
+use super::state::{Placement, SessionKey, State, Worker};
+
+/// A schedulable worker ordered by free cpu, then free memory, then id.
+pub type FreeKey = (u64, u64, WorkerId);
+
+/// Something that expires at a log time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+    Reservation(TenantId, PlacementId),
+    Lease(TenantId, LeaseName),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Indexes {
+    /// Schedulable workers per pool, by free capacity.
+    pub free: BTreeMap<PoolId, BTreeSet<FreeKey>>,
+    /// Every worker per pool, schedulable or not.
+    pub pool_workers: BTreeMap<PoolId, BTreeSet<WorkerId>>,
+    /// Workers running a tenant's workloads with a label, with the instance count there.
+    pub labels: BTreeMap<(TenantId, LabelTerm), BTreeMap<WorkerId, u32>>,
+    /// Workers running a tenant's workloads with a required anti-affinity to a label, with
+    /// the instance count there (anti-affinity is enforced both ways).
+    pub anti: BTreeMap<(TenantId, LabelTerm), BTreeMap<WorkerId, u32>>,
+    /// Placement instances on each worker.
+    pub worker_placements: BTreeMap<WorkerId, BTreeMap<(TenantId, PlacementId), u32>>,
+    /// Instances of each placement group per worker.
+    pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
+    /// Reservation and lease expiry times.
+    pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
+    /// Token hash to its tenant.
+    pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
+    /// Client sessions in the order they were created (eviction order).
+    pub session_order: BTreeMap<LogIndex, SessionKey>,
+}
+
+fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, key: &K) {
+    let n = map.entry(key.clone()).or_insert(0);
+    *n = n.checked_add(1).expect("invariant: instance counts fit in u32");
+}
+
+/// Decrements a count, dropping the key at zero. Returns true when the map became empty.
+fn drop_one<K: Ord>(map: &mut BTreeMap<K, u32>, key: &K) -> bool {
+    let n = map.get_mut(key).expect("invariant: indexed instance is counted");
+    *n -= 1;
+    if *n == 0 {
+        map.remove(key);
+    }
+    map.is_empty()
+}
+
+impl Indexes {
+    pub fn build(state: &State) -> Indexes {
+        let mut ix = Indexes::default();
+        for worker in state.workers.values() {
+            ix.add_worker(worker);
+        }
+        for placement in state.placements.values() {
+            for worker in &placement.instances {
+                ix.add_instance(placement, worker);
+            }
+            if let Some(at) = placement.expires_at {
+                ix.deadlines.insert((
+                    at,
+                    Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
+                ));
+            }
+        }
+        for lease in state.leases.values() {
+            ix.deadlines.insert((
+                lease.expires_at,
+                Deadline::Lease(lease.tenant.clone(), lease.name.clone()),
+            ));
+        }
+        for tenant in state.tenants.values() {
+            for (token, hash) in &tenant.tokens {
+                ix.tokens.insert(*hash, (tenant.id.clone(), token.clone()));
+            }
+        }
+        for (key, session) in &state.sessions {
+            ix.session_order.insert(session.first.log_index, key.clone());
+        }
+        ix
+    }
+
+    pub fn add_worker(&mut self, worker: &Worker) {
+        self.pool_workers.entry(worker.pool.clone()).or_default().insert(worker.id.clone());
+        self.set_free(worker, true);
+    }
+
+    pub fn remove_worker(&mut self, worker: &Worker) {
+        self.set_free(worker, false);
+        let pool =
+            self.pool_workers.get_mut(&worker.pool).expect("invariant: worker's pool indexed");
+        pool.remove(&worker.id);
+        if pool.is_empty() {
+            self.pool_workers.remove(&worker.pool);
+        }
+    }
+
+    /// Adds (`present`) or removes the worker's free-capacity key, if it is schedulable.
+    /// Call with `false` before changing `allocated`/`capacity`/`schedulable`, `true` after.
+    pub fn set_free(&mut self, worker: &Worker, present: bool) {
+        if !worker.schedulable {
+            return;
+        }
+        let free = worker.free();
+        let key = (free.cpu_millis, free.memory_mib, worker.id.clone());
+        if present {
+            self.free.entry(worker.pool.clone()).or_default().insert(key);
+        } else {
+            let set = self.free.get_mut(&worker.pool).expect("invariant: pool indexed");
+            assert!(set.remove(&key), "invariant: free index holds every schedulable worker");
+            if set.is_empty() {
+                self.free.remove(&worker.pool);
+            }
+        }
+    }
+
+    /// Indexes one instance of `placement` on `worker` (labels, group, worker's placements).
+    pub fn add_instance(&mut self, placement: &Placement, worker: &WorkerId) {
+        let tenant = &placement.tenant;
+        for (key, value) in &placement.spec.labels {
+            let term = (tenant.clone(), LabelTerm::new(key.as_str(), value.as_str()));
+            bump(self.labels.entry(term).or_default(), worker);
+        }
+        for term in &placement.spec.anti_affinity {
+            bump(self.anti.entry((tenant.clone(), term.clone())).or_default(), worker);
+        }
+        bump(
+            self.worker_placements.entry(worker.clone()).or_default(),
+            &(tenant.clone(), placement.id().clone()),
+        );
+        if let Some(group) = &placement.spec.group {
+            bump(self.group_workers.entry((tenant.clone(), group.clone())).or_default(), worker);
+        }
+    }
+
+    pub fn remove_instance(&mut self, placement: &Placement, worker: &WorkerId) {
+        let tenant = &placement.tenant;
+        for (key, value) in &placement.spec.labels {
+            let term = (tenant.clone(), LabelTerm::new(key.as_str(), value.as_str()));
+            let map = self.labels.get_mut(&term).expect("invariant: label indexed");
+            if drop_one(map, worker) {
+                self.labels.remove(&term);
+            }
+        }
+        for term in &placement.spec.anti_affinity {
+            let key = (tenant.clone(), term.clone());
+            let map = self.anti.get_mut(&key).expect("invariant: anti-affinity indexed");
+            if drop_one(map, worker) {
+                self.anti.remove(&key);
+            }
+        }
+        let map = self.worker_placements.get_mut(worker).expect("invariant: worker has placements");
+        if drop_one(map, &(tenant.clone(), placement.id().clone())) {
+            self.worker_placements.remove(worker);
+        }
+        if let Some(group) = &placement.spec.group {
+            let key = (tenant.clone(), group.clone());
+            let map = self.group_workers.get_mut(&key).expect("invariant: group indexed");
+            if drop_one(map, worker) {
+                self.group_workers.remove(&key);
+            }
+        }
+    }
+
+    /// Workers of `tenant` running a workload labelled `term`.
+    pub fn workers_with(
+        &self,
+        tenant: &TenantId,
+        term: &LabelTerm,
+    ) -> Option<&BTreeMap<WorkerId, u32>> {
+        self.labels.get(&(tenant.clone(), term.clone()))
+    }
+
+    /// Workers of `tenant` running a workload with a required anti-affinity to `term`.
+    pub fn anti_with(
+        &self,
+        tenant: &TenantId,
+        term: &LabelTerm,
+    ) -> Option<&BTreeMap<WorkerId, u32>> {
+        self.anti.get(&(tenant.clone(), term.clone()))
+    }
+
+    /// Instances currently in a placement group.
+    pub fn group_instances(&self, tenant: &TenantId, group: &GroupId) -> u64 {
+        self.group_workers
+            .get(&(tenant.clone(), group.clone()))
+            .map(|m| m.values().map(|n| u64::from(*n)).sum())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,181 @@
+//! `check_invariants`: DESIGN §4 recomputed from scratch and compared with the live state.
+//!
+//! It is O(state) and meant for tests, simulation, snapshot install and debug checks, not for
+//! every apply in production.
+
+use std::collections::BTreeMap;
+
+use super::index::Indexes;
+use super::resources::LabelTerm;
+use super::{
+    Dimension, GroupStrategy, Resources, Scheduler, TenantId, Usage, UsageTotals, WorkerId,
+};
+
+impl Scheduler {
+    /// Every violated invariant, described; `Ok` when all hold.
+    pub fn check_invariants(&self) -> Result<(), Vec<String>> {
+        let s = &self.state;
+        let mut bad = Vec::new();
+
+        // 1 and 5: allocation equals the sum of live instances and never exceeds capacity.
+        let mut allocated: BTreeMap<&WorkerId, Resources> = BTreeMap::new();
+        for p in s.placements.values() {
+            for w in &p.instances {
+                let slot = allocated.entry(w).or_default();
+                match slot.checked_add(p.spec.resources) {
+                    Some(sum) => *slot = sum,
+                    None => bad.push(format!("allocation on {w} overflows")),
+                }
+                if !s.workers.contains_key(w) {
+                    bad.push(format!("placement {} on missing worker {w}", p.id()));
+                }
+            }
+            if p.instances.len() != p.spec.count as usize {
+                bad.push(format!(
+                    "placement {} has {} instances, not {}",
+                    p.id(),
+                    p.instances.len(),
+                    p.spec.count
+                ));
+            }
+            // 6: every object belongs to an existing tenant.
+            if !s.tenants.contains_key(&p.tenant) {
+                bad.push(format!("placement {} of missing tenant {}", p.id(), p.tenant));
+            }
+            if p.expires_at.is_some_and(|at| at <= s.now) {
+                bad.push(format!("reservation {} outlived its expiry", p.id()));
+            }
+        }
+        for w in s.workers.values() {
+            let expected = allocated.get(&w.id).copied().unwrap_or_default();
+            if w.allocated != expected {
+                bad.push(format!(
+                    "worker {} allocated {:?}, instances sum {:?}",
+                    w.id, w.allocated, expected
+                ));
+            }
+            if !w.allocated.fits_in(w.capacity) {
+                bad.push(format!(
+                    "worker {} overcommitted: {:?} of {:?}",
+                    w.id, w.allocated, w.capacity
+                ));
+            }
+        }
+
+        // 2 and 6: usage is the subtree's placements, within every hard limit.
+        let mut usage: BTreeMap<&TenantId, UsageTotals> = BTreeMap::new();
+        for p in s.placements.values() {
+            let job = Usage::of_job(p.spec.resources, p.spec.count).unwrap_or_default();
+            for ancestor in self.lineage(&p.tenant) {
+                if let Some(t) = s.tenants.get(&ancestor) {
+                    usage.entry(&t.id).or_default().add(&p.pool, job);
+                }
+            }
+        }
+        for t in s.tenants.values() {
+            let expected = usage.remove(&t.id).unwrap_or_default();
+            if t.usage != expected {
+                bad.push(format!(
+                    "tenant {} usage {:?}, placements sum {:?}",
+                    t.id, t.usage, expected
+                ));
+            }
+            let scopes = std::iter::once(("total".to_owned(), t.usage.total, &t.quota.total))
+                .chain(
+                    t.quota.pools.iter().map(|(p, l)| (format!("pool {p}"), t.usage.pool(p), l)),
+                );
+            for (scope, used, limits) in scopes {
+                for d in Dimension::ALL {
+                    if limits.get(d).is_some_and(|l| used.get(d) > l) {
+                        bad.push(format!("tenant {} over its {} limit in {scope}", t.id, d.name()));
+                    }
+                }
+            }
+            if let Some(parent) = &t.parent {
+                if !s.tenants.get(parent).is_some_and(|p| p.children.contains(&t.id)) {
+                    bad.push(format!("tenant {} not listed by its parent {parent}", t.id));
+                }
+            }
+            for child in &t.children {
+                if s.tenants.get(child).and_then(|c| c.parent.as_ref()) != Some(&t.id) {
+                    bad.push(format!("tenant {} lists {child} which is not its child", t.id));
+                }
+            }
+        }
+
+        // 3: groups within max; spread groups one per worker; hard anti-affinity both ways.
+        for ((tenant, id), g) in &s.groups {
+            let n = self.ix.group_instances(tenant, id);
+            if n > u64::from(g.max_instances) {
+                bad.push(format!("group {id} of {tenant} holds {n} > {}", g.max_instances));
+            }
+            if g.strategy == GroupStrategy::Spread {
+                if let Some(m) = self.ix.group_workers.get(&(tenant.clone(), id.clone())) {
+                    if m.values().any(|n| *n > 1) {
+                        bad.push(format!("spread group {id} of {tenant} doubles up on a worker"));
+                    }
+                }
+            }
+            if !s.tenants.contains_key(tenant) {
+                bad.push(format!("group {id} of missing tenant {tenant}"));
+            }
+        }
+        for p in s.placements.values() {
+            if let Some(g) = &p.spec.group {
+                if !s.groups.contains_key(&(p.tenant.clone(), g.clone())) {
+                    bad.push(format!("placement {} in missing group {g}", p.id()));
+                }
+            }
+            for term in &p.spec.anti_affinity {
+                let own = p.spec.labels.get(&term.key) == Some(&term.value);
+                for w in &p.instances {
+                    let carrying = self
+                        .ix
+                        .workers_with(&p.tenant, &LabelTerm::clone(term))
+                        .and_then(|m| m.get(w))
+                        .copied()
+                        .unwrap_or(0);
+                    // The placement's own single instance may carry the label it repels.
+                    if carrying > u32::from(own) {
+                        bad.push(format!(
+                            "anti-affinity of {} to {}={} broken on {w}",
+                            p.id(),
+                            term.key,
+                            term.value
+                        ));
+                    }
+                }
+            }
+        }
+
+        // 7: one holder per lease (by construction), all live, tenant exists.
+        for l in s.leases.values() {
+            if l.expires_at <= s.now {
+                bad.push(format!("lease {} outlived its expiry", l.name));
+            }
+            if !s.tenants.contains_key(&l.tenant) {
+                bad.push(format!("lease {} of missing tenant {}", l.name, l.tenant));
+            }
+        }
+
+        // 8: the session table is bounded.
+        if s.sessions.len() as u64 > s.config.sessions_max {
+            bad.push(format!(
+                "{} sessions exceed the bound {}",
+                s.sessions.len(),
+                s.config.sessions_max
+            ));
+        }
+
+        // Derived indexes match a fresh build.
+        if Indexes::build(s) != self.ix {
+            bad.push("indexes differ from a rebuild of the state".to_owned());
+        }
+
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Placements, reservations and placement groups.
+//!
+//! `place` checks group size, quota (up the whole tenant chain) and capacity, then binds every
+//! instance, all in one `apply`: either all `count` instances land and usage rises by exactly
+//! their sum, or nothing changes.
+
+use super::ids::validate_object_id;
+use super::index::Deadline;
+use super::placement::{choose_worker, diagnose};
+use super::resources::{validate_labels, RULES_MAX};
+use super::{
+    GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
+    Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
+    GROUPS_MAX, GROUP_INSTANCES_MAX, INSTANCES_PER_PLACEMENT_MAX, PLACEMENTS_MAX,
+};
+
+impl Scheduler {
+    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing.
+    pub(super) fn place(
+        &mut self,
+        index: LogIndex,
+        tenant: TenantId,
+        spec: PlaceSpec,
+        expires_at: Option<UnixMillis>,
+    ) -> Result<Placement, Rejection> {
+        validate_spec(&spec)?;
+        let key = (tenant.clone(), spec.placement.clone());
+        if self.state.placements.contains_key(&key) {
+            return Err(Rejection::PlacementExists { placement: spec.placement });
+        }
+        if self.state.placements.len() >= PLACEMENTS_MAX {
+            return Err(Rejection::LimitReached {
+                what: "placements".into(),
+                max: PLACEMENTS_MAX as u64,
+            });
+        }
+        let group = match &spec.group {
+            None => None,
+            Some(id) => {
+                let group = self
+                    .state
+                    .groups
+                    .get(&(tenant.clone(), id.clone()))
+                    .ok_or_else(|| Rejection::GroupNotFound { group: id.clone() })?;
+                let current = self.ix.group_instances(&tenant, id);
+                if current + u64::from(spec.count) > u64::from(group.max_instances) {
+                    return Err(Rejection::GroupFull {
+                        group: id.clone(),
+                        max_instances: group.max_instances,
+                        current,
+                        requested: spec.count,
+                    });
+                }
+                Some(group.clone())
+            }
+        };
+        let pool = spec.pool.clone().unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
+        let usage = Usage::of_job(spec.resources, spec.count)
+            .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
+        self.check_quota(&tenant, &pool, &usage)?;
+
+        let mut placement = Placement {
+            tenant,
+            spec,
+            pool,
+            instances: Vec::new(),
+            placed_at: self.state.now,
+            log_index: index,
+            expires_at,
+        };
+        let scan_max = self.state.config.preferred_scan_max;
+        for placed in 0..placement.spec.count {
+            let chosen = choose_worker(&self.state, &self.ix, &placement, group.as_ref(), scan_max);
+            let Some(worker) = chosen else {
+                let filtered =
+                    diagnose(&self.state, &self.ix, &placement, group.as_ref(), &placement.pool);
+                for worker in std::mem::take(&mut placement.instances).iter().rev() {
+                    self.unbind(&placement, worker);
+                }
+                return Err(Rejection::NoCapacity {
+                    pool: placement.pool,
+                    count: placement.spec.count,
+                    placed_before_failure: placed,
+                    filtered,
+                });
+            };
+            self.bind(&placement, &worker);
+            placement.instances.push(worker);
+        }
+
+        for ancestor in self.lineage(&placement.tenant) {
+            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+            t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
+        }
+        if let Some(at) = expires_at {
+            self.ix.deadlines.insert((
+                at,
+                Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
+            ));
+        }
+        self.state.placements.insert(key, placement.clone());
+        Ok(placement)
+    }
+
+    /// Refuses `usage` if it would take the tenant or any ancestor over a hard limit, in total
+    /// or in `pool`.
+    fn check_quota(
+        &self,
+        tenant: &TenantId,
+        pool: &PoolId,
+        usage: &Usage,
+    ) -> Result<(), Rejection> {
+        for ancestor in self.lineage(tenant) {
+            let t = self.tenant(&ancestor)?;
+            let scopes = [
+                (None, t.usage.total, Some(&t.quota.total)),
+                (Some(pool), t.usage.pool(pool), t.quota.pools.get(pool)),
+            ];
+            for (scope, used_now, limits) in scopes {
+                let Some(limits) = limits else { continue };
+                if let Some((dimension, limit, used, requested)) = used_now.exceeds(usage, limits) {
+                    return Err(Rejection::QuotaExceeded {
+                        limited_by: ancestor,
+                        dimension,
+                        pool: scope.cloned(),
+                        limit,
+                        used,
+                        requested,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts one instance of `placement` on `worker`: capacity and indexes.
+    fn bind(&mut self, placement: &Placement, worker: &WorkerId) {
+        self.adjust_allocation(worker, placement.spec.resources, true);
+        self.ix.add_instance(placement, worker);
+    }
+
+    fn unbind(&mut self, placement: &Placement, worker: &WorkerId) {
+        self.ix.remove_instance(placement, worker);
+        self.adjust_allocation(worker, placement.spec.resources, false);
+    }
+
+    fn adjust_allocation(&mut self, worker: &WorkerId, resources: Resources, add: bool) {
+        let w = self.state.workers.get(worker).expect("invariant: bound worker exists").clone();
+        self.ix.set_free(&w, false);
+        let w = self.state.workers.get_mut(worker).expect("invariant: bound worker exists");
+        w.allocated = if add {
+            w.allocated.checked_add(resources).filter(|a| a.fits_in(w.capacity))
+        } else {
+            w.allocated.checked_sub(resources)
+        }
+        .expect("invariant: allocation stays within 0..=capacity");
+        let w = w.clone();
+        self.ix.set_free(&w, true);
+    }
+
+    /// Releases a placement or reservation: capacity back to its workers, usage out of every
+    /// ancestor. Returns what it held.
+    pub(super) fn release(
+        &mut self,
+        tenant: &TenantId,
+        id: &PlacementId,
+    ) -> Result<(Resources, u32), Rejection> {
+        let key = (tenant.clone(), id.clone());
+        let placement = self
+            .state
+            .placements
+            .remove(&key)
+            .ok_or_else(|| Rejection::PlacementNotFound { placement: id.clone() })?;
+        if let Some(at) = placement.expires_at {
+            let deadline = Deadline::Reservation(tenant.clone(), id.clone());
+            assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
+        }
+        for worker in placement.instances.iter().rev() {
+            self.unbind(&placement, worker);
+        }
+        let usage = Usage::of_job(placement.spec.resources, placement.spec.count)
+            .expect("invariant: usage was computed at placement");
+        for ancestor in self.lineage(tenant) {
+            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+            t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");
+        }
+        let held = placement.spec.resources.checked_mul(u64::from(placement.spec.count));
+        Ok((held.expect("invariant: usage was computed at placement"), placement.spec.count))
+    }
+
+    /// Turns a reservation into a placement on the same workers, keeping its quota.
+    pub(super) fn confirm(
+        &mut self,
+        tenant: &TenantId,
+        id: &PlacementId,
+    ) -> Result<Placement, Rejection> {
+        let key = (tenant.clone(), id.clone());
+        let placement = self
+            .state
+            .placements
+            .get_mut(&key)
+            .ok_or_else(|| Rejection::PlacementNotFound { placement: id.clone() })?;
+        let Some(at) = placement.expires_at.take() else {
+            return Err(Rejection::NotAReservation { placement: id.clone() });
+        };
+        let confirmed = placement.clone();
+        let deadline = Deadline::Reservation(tenant.clone(), id.clone());
+        assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
+        Ok(confirmed)
+    }
+
+    pub(super) fn create_group(
+        &mut self,
+        tenant: TenantId,
+        group: GroupId,
+        max_instances: u32,
+        strategy: GroupStrategy,
+    ) -> Result<Response, Rejection> {
+        self.tenant(&tenant)?;
+        validate_object_id("group", group.as_str())?;
+        if !(1..=GROUP_INSTANCES_MAX).contains(&max_instances) {
+            return Err(Rejection::invalid(
+                "max_instances",
+                format!("must be 1..={GROUP_INSTANCES_MAX}"),
+            ));
+        }
+        let key = (tenant.clone(), group.clone());
+        if self.state.groups.contains_key(&key) {
+            return Err(Rejection::GroupExists { group });
+        }
+        if self.state.groups.len() >= GROUPS_MAX {
+            return Err(Rejection::LimitReached { what: "groups".into(), max: GROUPS_MAX as u64 });
+        }
+        let created_at = self.state.now;
+        self.state
+            .groups
+            .insert(key, PlacementGroup { tenant, id: group, max_instances, strategy, created_at });
+        Ok(Response::GroupCreated)
+    }
+}
+
+fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
+    validate_object_id("placement", spec.placement.as_str())?;
+    if !(1..=INSTANCES_PER_PLACEMENT_MAX).contains(&spec.count) {
+        return Err(Rejection::invalid(
+            "count",
+            format!("must be 1..={INSTANCES_PER_PLACEMENT_MAX}"),
+        ));
+    }
+    if spec.resources.is_zero() {
+        return Err(Rejection::invalid("resources", "an instance needs cpu or memory"));
+    }
+    if let Some(pool) = &spec.pool {
+        validate_object_id("pool", pool.as_str())?;
+    }
+    if let Some(group) = &spec.group {
+        validate_object_id("group", group.as_str())?;
+    }
+    validate_labels("labels", &spec.labels)?;
+    let lists = [
+        ("worker_requires", spec.worker_requires.len()),
+        ("worker_prefers", spec.worker_prefers.len()),
+        ("affinity", spec.affinity.len()),
+        ("affinity_preferred", spec.affinity_preferred.len()),
+        ("anti_affinity", spec.anti_affinity.len()),
+        ("anti_affinity_preferred", spec.anti_affinity_preferred.len()),
+    ];
+    for (field, len) in lists {
+        if len > RULES_MAX {
+            return Err(Rejection::invalid(field, format!("at most {RULES_MAX} rules")));
+        }
+    }
+    for rule in spec.worker_requires.iter().chain(&spec.worker_prefers) {
+        rule.validate("worker rules")?;
+    }
+    let terms = spec
+        .affinity
+        .iter()
+        .chain(&spec.affinity_preferred)
+        .chain(&spec.anti_affinity)
+        .chain(&spec.anti_affinity_preferred);
+    for term in terms {
+        term.validate("affinity rules")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! The scheduler core: a pure, deterministic state machine.
+//!
+//! `Scheduler::apply(Entry) -> Applied` is the only way state changes. Every replica applying
+//! the same entries reaches byte-identical state (`state_hash`). The core never reads a clock,
+//! does IO, spawns tasks, draws randomness or iterates a hash map: time is the leader-stamped
+//! `Entry::proposed_at`, and every collection is a `BTreeMap`/`BTreeSet`.
+//!
+//! Each check and the increment it guards (capacity, quota, group size, anti-affinity, lease
+//! ownership) happen inside one `apply`, so they are one atomic step on every replica.
+//! Rejections are values; a broken invariant is a panic (`expect("invariant: …")`).
+//!
+//! Must not depend on: tokio, tonic, openraft, sled, std::fs, std::net, clocks (`tests/tidy.rs`).
+
+pub mod command;
+pub mod ids;
+mod index;
+mod invariants;
+mod jobs;
+mod leases;
+pub mod money;
+mod placement;
+pub mod query;
+pub mod quota;
+pub mod resources;
+mod snapshot;
+pub mod state;
+mod tenants;
+mod workers;
+
+use sha2::{Digest, Sha256};
+
+pub use command::{
+    Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, PlaceSpec, Rejection,
+    Response, Strategy,
+};
+pub use ids::{
+    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
+    UnixMillis, WorkerId, DEFAULT_POOL,
+};
+pub use query::{Answer, Query};
+pub use quota::{Dimension, Limits, Quota, Usage, UsageTotals};
+pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
+pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
+pub use state::{
+    Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, State, Tenant,
+    Worker,
+};
+
+use ids::validate_object_id;
+use index::{Deadline, Indexes};
+
+/// Most workers in the cluster.
+pub const WORKERS_MAX: usize = 100_000;
+/// Most tenants.
+pub const TENANTS_MAX: usize = 100_000;
+/// Most placements and reservations, all tenants together.
+pub const PLACEMENTS_MAX: usize = 5_000_000;
+/// Most placement groups, all tenants together.
+pub const GROUPS_MAX: usize = 1_000_000;
+/// Most live leases, all tenants together.
+pub const LEASES_MAX: usize = 1_000_000;
+/// Most instances in one `Place`.
+pub const INSTANCES_PER_PLACEMENT_MAX: u32 = 1_000;
+/// Most instances a placement group may be declared with.
+pub const GROUP_INSTANCES_MAX: u32 = 100_000;
+/// Deepest tenant hierarchy (root is depth 1).
+pub const TENANT_DEPTH_MAX: u32 = 8;
+/// Largest fair-share weight.
+pub const WEIGHT_MAX: u32 = 1_000;
+/// Most API tokens per tenant.
+pub const TOKENS_PER_TENANT_MAX: usize = 16;
+/// Longest reservation: 7 days.
+pub const RESERVATION_TTL_MAX_MS: u64 = 7 * 24 * 3_600_000;
+/// Longest lease TTL: 1 hour.
+pub const LEASE_TTL_MAX_MS: u64 = 3_600_000;
+/// Longest lease holder name.
+pub const HOLDER_LEN_MAX: usize = 128;
+
+/// The replicated scheduler: state plus its derived indexes.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    state: State,
+    ix: Indexes,
+}
+
+impl PartialEq for Scheduler {
+    fn eq(&self, other: &Self) -> bool {
+        // Indexes are derived; equal states have equal indexes (checked by check_invariants).
+        self.state == other.state
+    }
+}
+
+impl Eq for Scheduler {}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler::new(Config::default())
+    }
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Self {
+        Scheduler { state: State { config, ..State::default() }, ix: Indexes::default() }
+    }
+
+    pub(crate) fn from_state(state: State) -> Self {
+        let ix = Indexes::build(&state);
+        Scheduler { state, ix }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Log time: the latest `proposed_at` applied.
+    pub fn now(&self) -> UnixMillis {
+        self.state.now
+    }
+
+    /// The earliest reservation or lease expiry, so the leader knows when to propose `Tick`.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.ix.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
+    pub fn apply(&mut self, entry: Entry) -> Applied {
+        let Entry { index, proposed_at, request_id, command } = entry;
+        self.state.now = self.state.now.max(proposed_at);
+        let expired = self.expire_due();
+
+        let session = request_id.map(|request_id| {
+            let key = SessionKey { tenant: command.tenant().cloned(), request_id };
+            (key, command_digest(&command))
+        });
+        if let Some((key, digest)) = &session {
+            if let Err(rejection) = validate_object_id("request", key.request_id.as_str()) {
+                return self.answer(index, Err(rejection), expired);
+            }
+            if let Some(first) = self.state.sessions.get(key) {
+                if first.command_digest == *digest {
+                    return Applied { replayed: true, expired, ..first.first.clone() };
+                }
+                let first_index = first.first.log_index;
+                return self.answer(
+                    index,
+                    Err(Rejection::RequestIdReused { first_index }),
+                    expired,
+                );
+            }
+        }
+
+        let result = self.execute(index, command);
+        let applied = self.answer(index, result, expired);
+        if let Some((key, command_digest)) = session {
+            let first = Applied { expired: Vec::new(), ..applied.clone() };
+            self.remember(key, Session { command_digest, first });
+        }
+        applied
+    }
+
+    fn answer(
+        &self,
+        index: LogIndex,
+        result: Result<Response, Rejection>,
+        expired: Vec<Expired>,
+    ) -> Applied {
+        Applied { log_index: index, applied_at: self.state.now, result, replayed: false, expired }
+    }
+
+    fn remember(&mut self, key: SessionKey, session: Session) {
+        self.ix.session_order.insert(session.first.log_index, key.clone());
+        self.state.sessions.insert(key, session);
+        let max = usize::try_from(self.state.config.sessions_max).unwrap_or(usize::MAX);
+        while self.state.sessions.len() > max {
+            let (_, oldest) =
+                self.ix.session_order.pop_first().expect("invariant: sessions are ordered");
+            self.state.sessions.remove(&oldest);
+        }
+    }
+
+    fn execute(&mut self, index: LogIndex, command: Command) -> Result<Response, Rejection> {
+        if let Some(tenant) = command.tenant() {
+            tenant.validate()?;
+        }
+        match command {
+            Command::Tick => Ok(Response::Ticked),
+            Command::LeaderChanged => Ok(self.extend_leases()),
+            Command::RegisterWorker { worker, pool, capacity, labels } => {
+                self.register_worker(worker, pool, capacity, labels)
+            }
+            Command::UpdateWorker { worker, capacity, labels } => {
+                self.update_worker(&worker, capacity, labels)
+            }
+            Command::SetWorkerSchedulable { worker, schedulable } => {
+                let w = self.worker_mut(&worker)?;
+                if w.schedulable != schedulable {
+                    let snapshot = w.clone();
+                    self.ix.set_free(&snapshot, false);
+                    let w = self.worker_mut(&worker)?;
+                    w.schedulable = schedulable;
+                    let snapshot = w.clone();
+                    self.ix.set_free(&snapshot, true);
+                }
+                Ok(Response::WorkerSchedulable { schedulable })
+            }
+            Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
+            Command::CreateTenant { tenant, parent, weight } => {
+                self.create_tenant(tenant, parent, weight)
+            }
+            Command::DeleteTenant { tenant } => self.delete_tenant(&tenant),
+            Command::SetQuota { tenant, quota } => self.set_quota(&tenant, quota),
+            Command::AddToken { tenant, token, hash } => self.add_token(&tenant, token, hash),
+            Command::RevokeToken { tenant, token } => {
+                let t = self.tenant_mut(&tenant)?;
+                let hash = t.tokens.remove(&token).ok_or(Rejection::TokenNotFound { token })?;
+                self.ix.tokens.remove(&hash);
+                Ok(Response::TokenRevoked)
+            }
+            Command::Place { tenant, spec, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                self.place(index, tenant, spec, None).map(Response::Placed)
+            }
+            Command::Reserve { tenant, spec, ttl_ms, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                if !(1..=RESERVATION_TTL_MAX_MS).contains(&ttl_ms) {
+                    return Err(Rejection::invalid(
+                        "ttl_ms",
+                        format!("must be 1..={RESERVATION_TTL_MAX_MS}"),
+                    ));
+                }
+                let expires_at = self.state.now.plus_ms(ttl_ms);
+                self.place(index, tenant, spec, Some(expires_at)).map(Response::Reserved)
+            }
+            Command::Release { tenant, placement, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                let released = self.release(&tenant, &placement)?;
+                Ok(Response::Released { resources: released.0, instances: released.1 })
+            }
+            Command::ConfirmReservation { tenant, reservation, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                self.confirm(&tenant, &reservation).map(Response::Confirmed)
+            }
+            Command::CancelReservation { tenant, reservation, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                let key = (tenant.clone(), reservation.clone());
+                match self.state.placements.get(&key) {
+                    None => return Err(Rejection::PlacementNotFound { placement: reservation }),
+                    Some(p) if !p.is_reservation() => {
+                        return Err(Rejection::NotAReservation { placement: reservation })
+                    }
+                    Some(_) => {}
+                }
+                let (resources, instances) = self.release(&tenant, &reservation)?;
+                Ok(Response::Cancelled { resources, instances })
+            }
+            Command::CreatePlacementGroup { tenant, group, max_instances, strategy } => {
+                self.create_group(tenant, group, max_instances, strategy)
+            }
+            Command::AcquireLease { tenant, lease, holder, ttl_ms } => {
+                self.acquire_lease(index, tenant, lease, holder, ttl_ms)
+            }
+            Command::KeepAliveLease { tenant, lease, token } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, Some(&Fence { lease: lease.clone(), token }))?;
+                let key = (tenant, lease);
+                let old = self.state.leases.get(&key).expect("invariant: fence checked").clone();
+                let expires_at = self.state.now.plus_ms(old.ttl_ms).max(old.expires_at);
+                self.move_lease_deadline(&old, expires_at);
+                let lease = self.state.leases.get_mut(&key).expect("invariant: fence checked");
+                lease.expires_at = expires_at;
+                Ok(Response::LeaseKeptAlive(lease.clone()))
+            }
+            Command::ReleaseLease { tenant, lease, token } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, Some(&Fence { lease: lease.clone(), token }))?;
+                let removed =
+                    self.state.leases.remove(&(tenant, lease)).expect("invariant: fence checked");
+                self.ix.deadlines.remove(&(
+                    removed.expires_at,
+                    Deadline::Lease(removed.tenant.clone(), removed.name.clone()),
+                ));
+                Ok(Response::LeaseReleased)
+            }
+        }
+    }
+
+    // ----- expiry and time -------------------------------------------------------------------
+
+    /// Expires every reservation and lease whose deadline is at or before `now`.
+    fn expire_due(&mut self) -> Vec<Expired> {
+        let mut expired = Vec::new();
+        while let Some((at, _)) = self.ix.deadlines.first() {
+            if *at > self.state.now {
+                break;
+            }
+            let (_, deadline) = self.ix.deadlines.pop_first().expect("invariant: first exists");
+            match deadline {
+                Deadline::Reservation(tenant, reservation) => {
+                    // The deadline was popped above; release() must not look for it again.
+                    let key = (tenant.clone(), reservation.clone());
+                    let p = self
+                        .state
+                        .placements
+                        .get_mut(&key)
+                        .expect("invariant: deadline has reservation");
+                    assert!(p.is_reservation(), "invariant: only reservations have deadlines");
+                    p.expires_at = None;
+                    self.release(&tenant, &reservation).expect("invariant: reservation exists");
+                    expired.push(Expired::Reservation { tenant, reservation });
+                }
+                Deadline::Lease(tenant, lease) => {
+                    let removed = self
+                        .state
+                        .leases
+                        .remove(&(tenant.clone(), lease.clone()))
+                        .expect("invariant: deadline has lease");
+                    expired.push(Expired::Lease { tenant, lease, token: removed.token });
+                }
+            }
+        }
+        expired
+    }
+
+    /// A new leader's clock may run ahead: give every live lease at least the grace period.
+    fn extend_leases(&mut self) -> Response {
+        let floor = self.state.now.plus_ms(self.state.config.lease_grace_ms);
+        let short: Vec<Lease> =
+            self.state.leases.values().filter(|l| l.expires_at < floor).cloned().collect();
+        for old in &short {
+            self.move_lease_deadline(old, floor);
+            let key = (old.tenant.clone(), old.name.clone());
+            self.state.leases.get_mut(&key).expect("invariant: listed lease exists").expires_at =
+                floor;
+        }
+        Response::LeaderChanged { leases_extended: count_u64(short.len()) }
+    }
+
+    fn move_lease_deadline(&mut self, old: &Lease, expires_at: UnixMillis) {
+        let deadline = Deadline::Lease(old.tenant.clone(), old.name.clone());
+        assert!(
+            self.ix.deadlines.remove(&(old.expires_at, deadline.clone())),
+            "invariant: every lease has a deadline"
+        );
+        self.ix.deadlines.insert((expires_at, deadline));
+    }
+
+    // ----- lookups ---------------------------------------------------------------------------
+
+    fn tenant(&self, id: &TenantId) -> Result<&Tenant, Rejection> {
+        self.state.tenants.get(id).ok_or_else(|| Rejection::TenantNotFound { tenant: id.clone() })
+    }
+
+    fn tenant_mut(&mut self, id: &TenantId) -> Result<&mut Tenant, Rejection> {
+        self.state
+            .tenants
+            .get_mut(id)
+            .ok_or_else(|| Rejection::TenantNotFound { tenant: id.clone() })
+    }
+
+    fn worker_mut(&mut self, id: &WorkerId) -> Result<&mut Worker, Rejection> {
+        self.state
+            .workers
+            .get_mut(id)
+            .ok_or_else(|| Rejection::WorkerNotFound { worker: id.clone() })
+    }
+
+    /// The tenant and its ancestors, nearest first.
+    fn lineage(&self, tenant: &TenantId) -> Vec<TenantId> {
+        let mut chain = vec![tenant.clone()];
+        let mut at = tenant;
+        while let Some(parent) = self.state.tenants.get(at).and_then(|t| t.parent.as_ref()) {
+            chain.push(parent.clone());
+            at = parent;
+        }
+        chain
+    }
+
+    fn check_fence(&self, tenant: &TenantId, fence: Option<&Fence>) -> Result<(), Rejection> {
+        let Some(fence) = fence else { return Ok(()) };
+        let current =
+            self.state.leases.get(&(tenant.clone(), fence.lease.clone())).map(|l| l.token);
+        if current == Some(fence.token) {
+            Ok(())
+        } else {
+            Err(Rejection::StaleFencingToken {
+                lease: fence.lease.clone(),
+                presented: fence.token,
+                current,
+            })
+        }
+    }
+}
+
+/// SHA-256 of a command's encoding: equal commands, equal digests.
+fn command_digest(command: &Command) -> [u8; 32] {
+    let bytes = bincode::serde::encode_to_vec(command, bincode::config::standard())
+        .expect("invariant: commands always encode");
+    Sha256::digest(bytes).into()
+}
+
+/// A collection length as u64 (lossless on every supported platform).
+fn count_u64(n: usize) -> u64 {
+    u64::try_from(n).expect("invariant: usize fits in u64")
+}

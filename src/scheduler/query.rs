@@ -1,0 +1,135 @@
+//! Reads of the replicated state. Every tenant-scoped read names its tenant, and objects are
+//! keyed by `(TenantId, id)`, so a read can only ever see its own tenant's objects.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    GroupId, Lease, LeaseName, Placement, PlacementGroup, PlacementId, PoolId, Scheduler, Tenant,
+    TenantId, TokenHash, TokenId, UnixMillis, Worker, WorkerId,
+};
+
+/// Most items one list query returns.
+pub const PAGE_MAX: u32 = 1_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    Tenant(TenantId),
+    /// Tenants after `after`, in id order.
+    Tenants {
+        after: Option<TenantId>,
+        limit: u32,
+    },
+    Worker(WorkerId),
+    /// Workers after `after`, in id order, optionally in one pool.
+    Workers {
+        pool: Option<PoolId>,
+        after: Option<WorkerId>,
+        limit: u32,
+    },
+    Placement(TenantId, PlacementId),
+    /// One tenant's placements and reservations after `after`, in id order.
+    Placements {
+        tenant: TenantId,
+        after: Option<PlacementId>,
+        limit: u32,
+    },
+    Group(TenantId, GroupId),
+    Lease(TenantId, LeaseName),
+    /// Which tenant (and token name) a token hash belongs to.
+    TokenOwner(TokenHash),
+    Summary,
+}
+
+/// Counts across the whole cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub now: UnixMillis,
+    pub workers: u64,
+    pub tenants: u64,
+    pub placements: u64,
+    pub groups: u64,
+    pub leases: u64,
+    pub sessions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Tenant(Option<Tenant>),
+    Tenants(Vec<Tenant>),
+    Worker(Option<Worker>),
+    Workers(Vec<Worker>),
+    Placement(Option<Placement>),
+    Placements(Vec<Placement>),
+    /// The group and how many instances it holds now.
+    Group(Option<(PlacementGroup, u64)>),
+    Lease(Option<Lease>),
+    TokenOwner(Option<(TenantId, TokenId)>),
+    Summary(Summary),
+}
+
+fn page(limit: u32) -> usize {
+    usize::try_from(limit.clamp(1, PAGE_MAX)).unwrap_or(1)
+}
+
+fn after<K: Ord>(after: Option<K>) -> std::ops::Bound<K> {
+    after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded)
+}
+
+impl Scheduler {
+    pub fn query(&self, query: &Query) -> Answer {
+        let s = &self.state;
+        match query.clone() {
+            Query::Tenant(id) => Answer::Tenant(s.tenants.get(&id).cloned()),
+            Query::Tenants { after: a, limit } => Answer::Tenants(
+                s.tenants
+                    .range((after(a), std::ops::Bound::Unbounded))
+                    .take(page(limit))
+                    .map(|(_, t)| t.clone())
+                    .collect(),
+            ),
+            Query::Worker(id) => Answer::Worker(s.workers.get(&id).cloned()),
+            Query::Workers { pool, after: a, limit } => Answer::Workers(
+                s.workers
+                    .range((after(a), std::ops::Bound::Unbounded))
+                    .map(|(_, w)| w)
+                    .filter(|w| pool.as_ref().is_none_or(|p| *p == w.pool))
+                    .take(page(limit))
+                    .cloned()
+                    .collect(),
+            ),
+            Query::Placement(tenant, id) => {
+                Answer::Placement(s.placements.get(&(tenant, id)).cloned())
+            }
+            Query::Placements { tenant, after: a, limit } => {
+                let start = match a {
+                    Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
+                    None => std::ops::Bound::Included((tenant.clone(), PlacementId::new(""))),
+                };
+                Answer::Placements(
+                    s.placements
+                        .range((start, std::ops::Bound::Unbounded))
+                        .take_while(|((owner, _), _)| *owner == tenant)
+                        .take(page(limit))
+                        .map(|(_, p)| p.clone())
+                        .collect(),
+                )
+            }
+            Query::Group(tenant, id) => Answer::Group(
+                s.groups
+                    .get(&(tenant.clone(), id.clone()))
+                    .map(|g| (g.clone(), self.ix.group_instances(&tenant, &id))),
+            ),
+            Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
+            Query::TokenOwner(hash) => Answer::TokenOwner(self.ix.tokens.get(&hash).cloned()),
+            Query::Summary => Answer::Summary(Summary {
+                now: s.now,
+                workers: super::count_u64(s.workers.len()),
+                tenants: super::count_u64(s.tenants.len()),
+                placements: super::count_u64(s.placements.len()),
+                groups: super::count_u64(s.groups.len()),
+                leases: super::count_u64(s.leases.len()),
+                sessions: super::count_u64(s.sessions.len()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Versioned snapshot encoding and the state hash.
+//!
+//! Layout: `b"BRTH"`, format version (u32 LE), payload length (u64 LE), payload (bincode 2 of
+//! `State`), SHA-256 of the payload. `decode` checks every part and then the invariants, so a
+//! truncated, corrupted or inconsistent snapshot is refused rather than installed.
+
+use sha2::{Digest, Sha256};
+
+use super::{Scheduler, State};
+
+pub const SNAPSHOT_VERSION: u32 = 1;
+const MAGIC: &[u8; 4] = b"BRTH";
+const HEADER_LEN: usize = 4 + 4 + 8;
+const DIGEST_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("snapshot is too short ({0} bytes)")]
+    Truncated(usize),
+    #[error("not a Berth snapshot (bad magic)")]
+    BadMagic,
+    #[error(
+        "snapshot format version {found} is not supported (this build reads {SNAPSHOT_VERSION})"
+    )]
+    UnsupportedVersion { found: u32 },
+    #[error("snapshot payload length {declared} does not match the {actual} bytes present")]
+    LengthMismatch { declared: u64, actual: u64 },
+    #[error("snapshot checksum mismatch")]
+    Checksum,
+    #[error("snapshot payload does not decode: {0}")]
+    Payload(String),
+    #[error("snapshot state breaks invariants: {0}")]
+    Invariants(String),
+}
+
+fn payload(state: &State) -> Vec<u8> {
+    bincode::serde::encode_to_vec(state, bincode::config::standard())
+        .expect("invariant: state always encodes")
+}
+
+impl Scheduler {
+    /// The whole replicated state as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = payload(&self.state);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + DIGEST_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&super::count_u64(body.len()).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&Sha256::digest(&body));
+        out
+    }
+
+    /// Rebuilds a scheduler from `encode`'s output, refusing anything damaged or inconsistent.
+    pub fn decode(bytes: &[u8]) -> Result<Scheduler, DecodeError> {
+        if bytes.len() < HEADER_LEN + DIGEST_LEN {
+            return Err(DecodeError::Truncated(bytes.len()));
+        }
+        if &bytes[..4] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != SNAPSHOT_VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: version });
+        }
+        let declared = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let actual = super::count_u64(bytes.len() - HEADER_LEN - DIGEST_LEN);
+        if declared != actual {
+            return Err(DecodeError::LengthMismatch { declared, actual });
+        }
+        let (body, digest) = bytes[HEADER_LEN..].split_at(bytes.len() - HEADER_LEN - DIGEST_LEN);
+        if Sha256::digest(body).as_slice() != digest {
+            return Err(DecodeError::Checksum);
+        }
+        let (state, read): (State, usize) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map_err(|e| DecodeError::Payload(e.to_string()))?;
+        if read != body.len() {
+            return Err(DecodeError::Payload(format!("{} trailing bytes", body.len() - read)));
+        }
+        let scheduler = Scheduler::from_state(state);
+        scheduler.check_invariants().map_err(|v| DecodeError::Invariants(v.join("; ")))?;
+        Ok(scheduler)
+    }
+
+    /// SHA-256 of the encoded state: equal on replicas that applied the same entries.
+    pub fn state_hash(&self) -> [u8; 32] {
+        Sha256::digest(payload(&self.state)).into()
+    }
+}

@@ -1,0 +1,148 @@
+//! The replicated objects. Everything here is encoded into snapshots and hashed; the derived
+//! lookup structures live in `index.rs` and are rebuilt from this on decode.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::command::{Applied, PlaceSpec};
+use super::ids::{
+    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
+    UnixMillis, WorkerId,
+};
+use super::quota::{Quota, UsageTotals};
+use super::resources::{Labels, Resources};
+
+/// Tunables that are part of replicated state, so every replica uses the same values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Minimum lease life left after a leader change (≥ election timeout + max clock offset).
+    pub lease_grace_ms: u64,
+    /// Client-session entries kept for exactly-once replies; the oldest are evicted first.
+    pub sessions_max: u64,
+    /// How many further feasible workers a placement with preferred rules ranks after the
+    /// first feasible one (Nomad's limit iterator). Required rules are always searched fully.
+    pub preferred_scan_max: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { lease_grace_ms: 5_000, sessions_max: 100_000, preferred_scan_max: 64 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub pool: PoolId,
+    pub capacity: Resources,
+    /// Sum of every live placement and reservation instance on this worker (invariant 5).
+    pub allocated: Resources,
+    pub labels: Labels,
+    /// False while drained/cordoned: no new placement or reservation lands here.
+    pub schedulable: bool,
+    pub registered_at: UnixMillis,
+}
+
+impl Worker {
+    pub fn free(&self) -> Resources {
+        self.capacity.checked_sub(self.allocated).expect("invariant: allocated <= capacity")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub parent: Option<TenantId>,
+    pub children: BTreeSet<TenantId>,
+    pub weight: u32,
+    pub quota: Quota,
+    /// Usage of this tenant and all its descendants.
+    pub usage: UsageTotals,
+    pub tokens: BTreeMap<TokenId, TokenHash>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum GroupStrategy {
+    /// Every instance on a distinct worker (hard).
+    #[default]
+    Spread,
+    /// Prefer workers that already hold the group's instances.
+    Pack,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementGroup {
+    pub tenant: TenantId,
+    pub id: GroupId,
+    pub max_instances: u32,
+    pub strategy: GroupStrategy,
+    pub created_at: UnixMillis,
+}
+
+/// A workload bound to workers; with `expires_at` set it is a reservation that has not been
+/// confirmed yet. Both hold capacity and quota identically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub tenant: TenantId,
+    pub spec: PlaceSpec,
+    /// The pool the placement landed in (the spec's, or the default pool).
+    pub pool: PoolId,
+    /// One worker per instance, in the order they were chosen.
+    pub instances: Vec<WorkerId>,
+    pub placed_at: UnixMillis,
+    pub log_index: LogIndex,
+    /// `Some` while this is an unconfirmed reservation.
+    pub expires_at: Option<UnixMillis>,
+}
+
+impl Placement {
+    pub fn id(&self) -> &PlacementId {
+        &self.spec.placement
+    }
+
+    pub fn is_reservation(&self) -> bool {
+        self.expires_at.is_some()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub tenant: TenantId,
+    pub name: LeaseName,
+    pub holder: String,
+    /// The log index of the grant: strictly increasing across grants (invariant 7).
+    pub token: LogIndex,
+    pub ttl_ms: u64,
+    pub granted_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// Who a request id belongs to: its tenant, or the operator for tenant-less commands.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub tenant: Option<TenantId>,
+    pub request_id: RequestId,
+}
+
+/// The first answer to a request id, kept so a retry gets it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// SHA-256 of the encoded command, to refuse a request id reused for something else.
+    pub command_digest: [u8; 32],
+    pub first: Applied,
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub config: Config,
+    /// Log time: the largest `proposed_at` applied so far.
+    pub now: UnixMillis,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    pub tenants: BTreeMap<TenantId, Tenant>,
+    pub placements: BTreeMap<(TenantId, PlacementId), Placement>,
+    pub groups: BTreeMap<(TenantId, GroupId), PlacementGroup>,
+    pub leases: BTreeMap<(TenantId, LeaseName), Lease>,
+    pub sessions: BTreeMap<SessionKey, Session>,
+}

@@ -1,0 +1,176 @@
+//! Tenant commands: create, delete (cascading), quota, tokens.
+
+use super::ids::validate_object_id;
+use super::index::Deadline;
+use super::quota::QUOTA_POOLS_MAX;
+use super::{
+    count_u64, DeletedCounts, Dimension, PlacementId, Quota, Rejection, Response, Scheduler,
+    Tenant, TenantId, TokenHash, TokenId, UsageTotals, TENANTS_MAX, TENANT_DEPTH_MAX,
+    TOKENS_PER_TENANT_MAX, WEIGHT_MAX,
+};
+
+impl Scheduler {
+    pub(super) fn create_tenant(
+        &mut self,
+        tenant: TenantId,
+        parent: Option<TenantId>,
+        weight: u32,
+    ) -> Result<Response, Rejection> {
+        if !(1..=WEIGHT_MAX).contains(&weight) {
+            return Err(Rejection::invalid("weight", format!("must be 1..={WEIGHT_MAX}")));
+        }
+        if self.state.tenants.contains_key(&tenant) {
+            return Err(Rejection::TenantExists { tenant });
+        }
+        if self.state.tenants.len() >= TENANTS_MAX {
+            return Err(Rejection::LimitReached {
+                what: "tenants".into(),
+                max: TENANTS_MAX as u64,
+            });
+        }
+        if let Some(parent) = &parent {
+            parent.validate()?;
+            self.tenant(parent)?;
+            let depth = u32::try_from(self.lineage(parent).len()).unwrap_or(u32::MAX);
+            if depth >= TENANT_DEPTH_MAX {
+                return Err(Rejection::TenantTooDeep { tenant, depth_max: TENANT_DEPTH_MAX });
+            }
+            self.tenant_mut(parent)?.children.insert(tenant.clone());
+        }
+        let created = Tenant {
+            id: tenant.clone(),
+            parent,
+            children: Default::default(),
+            weight,
+            quota: Quota::default(),
+            usage: UsageTotals::default(),
+            tokens: Default::default(),
+            created_at: self.state.now,
+        };
+        self.state.tenants.insert(tenant, created);
+        Ok(Response::TenantCreated)
+    }
+
+    /// Deletes the tenant and, in the same step, everything it owns. Capacity returns to the
+    /// workers and usage leaves every ancestor.
+    pub(super) fn delete_tenant(&mut self, tenant: &TenantId) -> Result<Response, Rejection> {
+        let t = self.tenant(tenant)?;
+        if !t.children.is_empty() {
+            return Err(Rejection::TenantHasChildren {
+                tenant: tenant.clone(),
+                children: count_u64(t.children.len()),
+            });
+        }
+        let mut counts = DeletedCounts { tokens: count_u64(t.tokens.len()), ..Default::default() };
+        let first = (tenant.clone(), PlacementId::new(""));
+        let owned: Vec<PlacementId> = self
+            .state
+            .placements
+            .range(first..)
+            .take_while(|((owner, _), _)| owner == tenant)
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        for id in owned {
+            let p = &self.state.placements[&(tenant.clone(), id.clone())];
+            if p.is_reservation() {
+                counts.reservations += 1;
+            } else {
+                counts.placements += 1;
+            }
+            let (resources, instances) = self.release(tenant, &id).expect("invariant: listed");
+            counts.instances += u64::from(instances);
+            counts.resources =
+                counts.resources.checked_add(resources).expect("invariant: released fits");
+        }
+        let before = self.state.groups.len();
+        self.state.groups.retain(|(owner, _), _| owner != tenant);
+        counts.groups = count_u64(before - self.state.groups.len());
+        let leases: Vec<_> = self
+            .state
+            .leases
+            .iter()
+            .filter(|((owner, _), _)| owner == tenant)
+            .map(|(k, l)| (k.clone(), l.expires_at))
+            .collect();
+        for (key, expires_at) in leases {
+            self.state.leases.remove(&key);
+            self.ix.deadlines.remove(&(expires_at, Deadline::Lease(key.0, key.1)));
+            counts.leases += 1;
+        }
+        let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
+        assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
+        for hash in removed.tokens.values() {
+            self.ix.tokens.remove(hash);
+        }
+        if let Some(parent) = &removed.parent {
+            self.tenant_mut(parent).expect("invariant: parent exists").children.remove(tenant);
+        }
+        Ok(Response::TenantDeleted(counts))
+    }
+
+    /// Replaces a tenant's quota. A limit below what the subtree already holds is refused, so
+    /// a hard limit is never exceeded (invariant 2): release first, then lower the limit.
+    pub(super) fn set_quota(
+        &mut self,
+        tenant: &TenantId,
+        quota: Quota,
+    ) -> Result<Response, Rejection> {
+        if quota.pools.len() > QUOTA_POOLS_MAX {
+            return Err(Rejection::invalid(
+                "quota.pools",
+                format!("at most {QUOTA_POOLS_MAX} pools"),
+            ));
+        }
+        for pool in quota.pools.keys() {
+            validate_object_id("pool", pool.as_str())?;
+        }
+        let t = self.tenant(tenant)?;
+        let below = |usage: &super::Usage, limits: &super::Limits| {
+            Dimension::ALL.into_iter().find(|d| limits.get(*d).is_some_and(|l| usage.get(*d) > l))
+        };
+        let scopes = std::iter::once((None, t.usage.total, &quota.total)).chain(
+            quota
+                .pools
+                .iter()
+                .map(|(pool, limits)| (Some(pool.clone()), t.usage.pool(pool), limits)),
+        );
+        for (pool, usage, limits) in scopes {
+            if let Some(d) = below(&usage, limits) {
+                return Err(Rejection::invalid(
+                    "quota",
+                    format!(
+                        "{} limit {} is below current usage {}{}; release first",
+                        d.name(),
+                        limits.get(d).unwrap_or_default(),
+                        usage.get(d),
+                        pool.map(|p| format!(" in pool {p}")).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        self.tenant_mut(tenant)?.quota = quota;
+        Ok(Response::QuotaSet)
+    }
+
+    pub(super) fn add_token(
+        &mut self,
+        tenant: &TenantId,
+        token: TokenId,
+        hash: TokenHash,
+    ) -> Result<Response, Rejection> {
+        validate_object_id("token", token.as_str())?;
+        let t = self.tenant(tenant)?;
+        if t.tokens.contains_key(&token) || self.ix.tokens.contains_key(&hash) {
+            return Err(Rejection::TokenExists { token });
+        }
+        if t.tokens.len() >= TOKENS_PER_TENANT_MAX {
+            return Err(Rejection::LimitReached {
+                what: "tokens per tenant".into(),
+                max: TOKENS_PER_TENANT_MAX as u64,
+            });
+        }
+        self.tenant_mut(tenant)?.tokens.insert(token.clone(), hash);
+        self.ix.tokens.insert(hash, (tenant.clone(), token));
+        Ok(Response::TokenAdded)
+    }
+}

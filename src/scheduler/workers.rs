@@ -1,0 +1,112 @@
+//! Worker commands: register, update, remove (drain is a flag flip in `mod.rs`).
+
+use super::ids::validate_object_id;
+use super::resources::validate_labels;
+use super::Labels;
+use super::{
+    PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL, WORKERS_MAX,
+};
+
+impl Scheduler {
+    pub(super) fn register_worker(
+        &mut self,
+        worker: WorkerId,
+        pool: Option<PoolId>,
+        capacity: Resources,
+        labels: Labels,
+    ) -> Result<Response, Rejection> {
+        validate_object_id("worker", worker.as_str())?;
+        let pool = pool.unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
+        validate_object_id("pool", pool.as_str())?;
+        validate_labels("labels", &labels)?;
+        if capacity.is_zero() {
+            return Err(Rejection::invalid("capacity", "a worker needs cpu or memory"));
+        }
+        if self.state.workers.contains_key(&worker) {
+            return Err(Rejection::WorkerExists { worker });
+        }
+        if self.state.workers.len() >= WORKERS_MAX {
+            return Err(Rejection::LimitReached {
+                what: "workers".into(),
+                max: WORKERS_MAX as u64,
+            });
+        }
+        let w = Worker {
+            id: worker.clone(),
+            pool,
+            capacity,
+            allocated: Resources::ZERO,
+            labels,
+            schedulable: true,
+            registered_at: self.state.now,
+        };
+        self.ix.add_worker(&w);
+        self.state.workers.insert(worker, w);
+        Ok(Response::WorkerRegistered)
+    }
+
+    pub(super) fn update_worker(
+        &mut self,
+        worker: &WorkerId,
+        capacity: Option<Resources>,
+        labels: Option<Labels>,
+    ) -> Result<Response, Rejection> {
+        if let Some(labels) = &labels {
+            validate_labels("labels", labels)?;
+        }
+        let current = self.worker_mut(worker)?.clone();
+        if let Some(capacity) = capacity {
+            if capacity.is_zero() {
+                return Err(Rejection::invalid("capacity", "a worker needs cpu or memory"));
+            }
+            if !current.allocated.fits_in(capacity) {
+                return Err(Rejection::CapacityBelowAllocated {
+                    worker: worker.clone(),
+                    capacity,
+                    allocated: current.allocated,
+                });
+            }
+        }
+        self.ix.set_free(&current, false);
+        let w = self.worker_mut(worker)?;
+        if let Some(capacity) = capacity {
+            w.capacity = capacity;
+        }
+        if let Some(labels) = labels {
+            // Like Kubernetes' IgnoredDuringExecution: running work stays where it is.
+            w.labels = labels;
+        }
+        let updated = w.clone();
+        self.ix.set_free(&updated, true);
+        Ok(Response::WorkerUpdated)
+    }
+
+    pub(super) fn remove_worker(
+        &mut self,
+        worker: &WorkerId,
+        evict: bool,
+    ) -> Result<Response, Rejection> {
+        let current = self.worker_mut(worker)?.clone();
+        let on_worker: Vec<_> = self
+            .ix
+            .worker_placements
+            .get(worker)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        if !on_worker.is_empty() && !evict {
+            return Err(Rejection::WorkerNotEmpty {
+                worker: worker.clone(),
+                placements: on_worker.len() as u64,
+            });
+        }
+        // A placement is all or nothing, so evicting one instance releases the whole placement.
+        for (tenant, placement) in &on_worker {
+            self.release(tenant, placement).expect("invariant: indexed placement exists");
+        }
+        let current = Worker { allocated: Resources::ZERO, ..current };
+        self.ix.remove_worker(&current);
+        let removed = self.state.workers.remove(worker).expect("invariant: looked up above");
+        assert!(removed.allocated.is_zero(), "invariant: evicted worker is empty");
+        Ok(Response::WorkerRemoved { evicted: on_worker })
+    }
+}
