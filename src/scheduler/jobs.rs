@@ -145,17 +145,15 @@ impl Scheduler {
     }
 
     fn adjust_allocation(&mut self, worker: &WorkerId, resources: Resources, add: bool) {
-        let w = self.state.workers.get(worker).expect("invariant: bound worker exists").clone();
-        self.ix.set_free(&w, false);
         let w = self.state.workers.get_mut(worker).expect("invariant: bound worker exists");
+        self.ix.set_free(w, false);
         w.allocated = if add {
             w.allocated.checked_add(resources).filter(|a| a.fits_in(w.capacity))
         } else {
             w.allocated.checked_sub(resources)
         }
         .expect("invariant: allocation stays within 0..=capacity");
-        let w = w.clone();
-        self.ix.set_free(&w, true);
+        self.ix.set_free(w, true);
     }
 
     /// Releases a placement or reservation: capacity back to its workers, usage out of every

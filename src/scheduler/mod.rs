@@ -192,15 +192,11 @@ impl Scheduler {
                 self.update_worker(&worker, capacity, labels)
             }
             Command::SetWorkerSchedulable { worker, schedulable } => {
-                let w = self.worker_mut(&worker)?;
-                if w.schedulable != schedulable {
-                    let snapshot = w.clone();
-                    self.ix.set_free(&snapshot, false);
-                    let w = self.worker_mut(&worker)?;
-                    w.schedulable = schedulable;
-                    let snapshot = w.clone();
-                    self.ix.set_free(&snapshot, true);
-                }
+                let w = self.state.workers.get_mut(&worker);
+                let w = w.ok_or(Rejection::WorkerNotFound { worker })?;
+                self.ix.set_free(w, false);
+                w.schedulable = schedulable;
+                self.ix.set_free(w, true);
                 Ok(Response::WorkerSchedulable { schedulable })
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),

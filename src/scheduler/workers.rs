@@ -54,21 +54,21 @@ impl Scheduler {
         if let Some(labels) = &labels {
             validate_labels("labels", labels)?;
         }
-        let current = self.worker_mut(worker)?.clone();
+        let w = self.state.workers.get_mut(worker);
+        let w = w.ok_or_else(|| Rejection::WorkerNotFound { worker: worker.clone() })?;
         if let Some(capacity) = capacity {
             if capacity.is_zero() {
                 return Err(Rejection::invalid("capacity", "a worker needs cpu or memory"));
             }
-            if !current.allocated.fits_in(capacity) {
+            if !w.allocated.fits_in(capacity) {
                 return Err(Rejection::CapacityBelowAllocated {
                     worker: worker.clone(),
                     capacity,
-                    allocated: current.allocated,
+                    allocated: w.allocated,
                 });
             }
         }
-        self.ix.set_free(&current, false);
-        let w = self.worker_mut(worker)?;
+        self.ix.set_free(w, false);
         if let Some(capacity) = capacity {
             w.capacity = capacity;
         }
@@ -76,8 +76,7 @@ impl Scheduler {
             // Like Kubernetes' IgnoredDuringExecution: running work stays where it is.
             w.labels = labels;
         }
-        let updated = w.clone();
-        self.ix.set_free(&updated, true);
+        self.ix.set_free(w, true);
         Ok(Response::WorkerUpdated)
     }
 
