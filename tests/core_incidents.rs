@@ -880,3 +880,27 @@ fn worker_removal_and_capacity_changes() {
     });
     log.place("acme", spec("big", 2_000, 2_000)).expect("new capacity is usable");
 }
+
+/// Replicated tunables change only through the log: unknown algorithm versions and
+/// out-of-range values are refused, and a smaller session bound evicts the oldest first.
+#[test]
+fn config_changes_through_the_log() {
+    let mut log = Log::new();
+    let config = log.s.state().config.clone();
+    let refused =
+        log.err(Command::SetConfig { config: Config { placement_algorithm: 2, ..config.clone() } });
+    assert_eq!(refused.reason(), "INVALID_ARGUMENT");
+    let refused =
+        log.err(Command::SetConfig { config: Config { sessions_max: 0, ..config.clone() } });
+    assert_eq!(refused.reason(), "INVALID_ARGUMENT");
+    assert_eq!(log.s.state().config, config, "refusals change nothing");
+
+    for i in 0..5 {
+        log.tenant(&format!("t{i}"));
+    }
+    log.ok(Command::SetConfig { config: Config { sessions_max: 3, ..config } });
+    let kept: Vec<u64> = log.s.state().sessions.values().map(|s| s.first.log_index.0).collect();
+    let mut sorted = kept.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![log.index - 2, log.index - 1, log.index], "newest three remain");
+}

@@ -13,7 +13,7 @@ use super::ids::{
 };
 use super::quota::{Dimension, Quota};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
-use super::state::{GroupStrategy, Lease, Placement};
+use super::state::{Config, GroupStrategy, Lease, Placement};
 
 /// One command as committed in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +76,11 @@ pub enum Command {
     Tick,
     /// The first entry of a new leader's term: live leases get at least `lease_grace_ms` more.
     LeaderChanged,
+    /// Change the replicated tunables (and the placement algorithm version) for every replica
+    /// at the same log index.
+    SetConfig {
+        config: Config,
+    },
     RegisterWorker {
         worker: WorkerId,
         pool: Option<PoolId>,
@@ -180,6 +185,7 @@ impl Command {
         match self {
             Command::Tick
             | Command::LeaderChanged
+            | Command::SetConfig { .. }
             | Command::RegisterWorker { .. }
             | Command::UpdateWorker { .. }
             | Command::SetWorkerSchedulable { .. }
@@ -206,6 +212,7 @@ impl Command {
         match self {
             Command::Tick => "Tick",
             Command::LeaderChanged => "LeaderChanged",
+            Command::SetConfig { .. } => "SetConfig",
             Command::RegisterWorker { .. } => "RegisterWorker",
             Command::UpdateWorker { .. } => "UpdateWorker",
             Command::SetWorkerSchedulable { .. } => "SetWorkerSchedulable",
@@ -266,6 +273,7 @@ pub enum Response {
     LeaderChanged {
         leases_extended: u64,
     },
+    ConfigSet,
     WorkerRegistered,
     WorkerUpdated,
     WorkerSchedulable {

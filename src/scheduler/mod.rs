@@ -43,7 +43,7 @@ pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, State, Tenant,
-    Worker,
+    Worker, PLACEMENT_ALGORITHM,
 };
 
 use ids::validate_object_id;
@@ -170,6 +170,11 @@ impl Scheduler {
     fn remember(&mut self, key: SessionKey, session: Session) {
         self.ix.session_order.insert(session.first.log_index, key.clone());
         self.state.sessions.insert(key, session);
+        self.evict_sessions();
+    }
+
+    /// Drops the oldest sessions beyond `sessions_max`.
+    fn evict_sessions(&mut self) {
         let max = usize::try_from(self.state.config.sessions_max).unwrap_or(usize::MAX);
         while self.state.sessions.len() > max {
             let (_, oldest) =
@@ -185,6 +190,7 @@ impl Scheduler {
         match command {
             Command::Tick => Ok(Response::Ticked),
             Command::LeaderChanged => Ok(self.extend_leases()),
+            Command::SetConfig { config } => self.set_config(config),
             Command::RegisterWorker { worker, pool, capacity, labels } => {
                 self.register_worker(worker, pool, capacity, labels)
             }
@@ -334,6 +340,40 @@ impl Scheduler {
                 floor;
         }
         Response::LeaderChanged { leases_extended: count_u64(short.len()) }
+    }
+
+    fn set_config(&mut self, config: Config) -> Result<Response, Rejection> {
+        if config.placement_algorithm != state::PLACEMENT_ALGORITHM {
+            return Err(Rejection::invalid(
+                "placement_algorithm",
+                format!(
+                    "this build implements version {}, not {}",
+                    state::PLACEMENT_ALGORITHM,
+                    config.placement_algorithm
+                ),
+            ));
+        }
+        if config.lease_grace_ms > state::LEASE_GRACE_MAX_MS {
+            return Err(Rejection::invalid(
+                "lease_grace_ms",
+                format!("must be at most {}", state::LEASE_GRACE_MAX_MS),
+            ));
+        }
+        if !(1..=state::SESSIONS_MAX).contains(&config.sessions_max) {
+            return Err(Rejection::invalid(
+                "sessions_max",
+                format!("must be 1..={}", state::SESSIONS_MAX),
+            ));
+        }
+        if config.preferred_scan_max > state::PREFERRED_SCAN_MAX {
+            return Err(Rejection::invalid(
+                "preferred_scan_max",
+                format!("must be at most {}", state::PREFERRED_SCAN_MAX),
+            ));
+        }
+        self.state.config = config;
+        self.evict_sessions();
+        Ok(Response::ConfigSet)
     }
 
     fn move_lease_deadline(&mut self, old: &Lease, expires_at: UnixMillis) {

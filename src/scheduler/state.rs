@@ -12,9 +12,21 @@ use super::ids::{
 use super::quota::{Quota, UsageTotals};
 use super::resources::{Labels, Resources};
 
-/// Tunables that are part of replicated state, so every replica uses the same values.
+/// The placement algorithm this build implements. A change to how workers are chosen gets a
+/// new version, switched on by `SetConfig` once every replica runs a build that knows it, so
+/// replicas of mixed versions never decide differently.
+pub const PLACEMENT_ALGORITHM: u32 = 1;
+/// Bounds accepted by `SetConfig`.
+pub const LEASE_GRACE_MAX_MS: u64 = 600_000;
+pub const SESSIONS_MAX: u64 = 10_000_000;
+pub const PREFERRED_SCAN_MAX: u32 = 10_000;
+
+/// Tunables that are part of replicated state, so every replica uses the same values. They
+/// change only through `Command::SetConfig`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
+    /// Which placement algorithm `apply` runs (only `PLACEMENT_ALGORITHM` in this build).
+    pub placement_algorithm: u32,
     /// Minimum lease life left after a leader change (≥ election timeout + max clock offset).
     pub lease_grace_ms: u64,
     /// Client-session entries kept for exactly-once replies; the oldest are evicted first.
@@ -26,7 +38,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { lease_grace_ms: 5_000, sessions_max: 100_000, preferred_scan_max: 64 }
+        Config {
+            placement_algorithm: PLACEMENT_ALGORITHM,
+            lease_grace_ms: 5_000,
+            sessions_max: 100_000,
+            preferred_scan_max: 64,
+        }
     }
 }
 
