@@ -675,10 +675,33 @@ fn tenant_deletion_cascades() {
     assert_eq!(log.s.query(&Query::TokenOwner(TokenHash([7; 32]))), Answer::TokenOwner(None));
     assert_eq!(log.usage("bystander").cpu_millis, 300);
 
-    // Nothing of the old tenant leaks into a new one with the same id.
+    // Nothing of the old tenant leaks into a new one with the same id: not its objects, and
+    // not its answers to request ids.
+    let old_request = Entry {
+        index: LogIndex(900),
+        proposed_at: UnixMillis(log.now),
+        request_id: Some("team-place".into()),
+        command: Command::Place { tenant: "team".into(), spec: spec("z", 100, 10), fence: None },
+    };
+    log.s.apply(Entry {
+        index: LogIndex(899),
+        request_id: Some("team-create".into()),
+        command: Command::CreateTenant { tenant: "team".into(), parent: None, weight: 1 },
+        ..old_request.clone()
+    });
+    assert!(log.s.apply(old_request.clone()).result.is_ok());
+    log.s.apply(Entry {
+        index: LogIndex(901),
+        request_id: Some("team-delete".into()),
+        command: Command::DeleteTenant { tenant: "team".into() },
+        ..old_request.clone()
+    });
+    log.index = 901;
     log.tenant("team");
     let listed = log.s.query(&Query::Placements { tenant: "team".into(), after: None, limit: 10 });
     assert_eq!(listed, Answer::Placements(vec![]));
+    let fresh = log.s.apply(Entry { index: LogIndex(1_000), ..old_request });
+    assert!(!fresh.replayed, "a recreated tenant does not inherit request ids");
     // With its only child gone, the parent can be deleted too.
     log.ok(Command::DeleteTenant { tenant: "org".into() });
 }

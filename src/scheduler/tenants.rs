@@ -3,6 +3,7 @@
 use super::ids::validate_object_id;
 use super::index::Deadline;
 use super::quota::QUOTA_POOLS_MAX;
+use super::SessionKey;
 use super::{
     count_u64, DeletedCounts, Dimension, PlacementId, Quota, Rejection, Response, Scheduler,
     Tenant, TenantId, TokenHash, TokenId, UsageTotals, TENANTS_MAX, TENANT_DEPTH_MAX,
@@ -96,6 +97,15 @@ impl Scheduler {
             self.state.leases.remove(&key);
             self.ix.deadlines.remove(&(expires_at, Deadline::Lease(key.0, key.1)));
             counts.leases += 1;
+        }
+        // Forget the tenant's request ids: a later tenant with the same id must never be
+        // answered with this one's responses. (This command's own answer is recorded after.)
+        let scope = Some(tenant.clone());
+        let sessions: Vec<SessionKey> =
+            self.state.sessions.keys().filter(|k| k.tenant == scope).cloned().collect();
+        for key in sessions {
+            let session = self.state.sessions.remove(&key).expect("invariant: listed above");
+            self.ix.session_order.remove(&session.first.log_index);
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");

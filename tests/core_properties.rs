@@ -1,0 +1,1320 @@
+//! Property tests of the pure scheduler core over random command sequences (DESIGN §3–§4):
+//! invariants and temporal rules after every step, determinism, snapshot round trip, replay
+//! from a snapshot, and exactly-once request ids.
+//!
+//! The universe is deliberately tiny (three tenants, six workers, six placement ids, two
+//! groups, two leases, a handful of labels) so that ids, capacity, quotas, affinity rules and
+//! lease tokens collide often. Every entry goes through `checked_apply`, which compares the
+//! core against a small model of what must (not) happen.
+
+use std::collections::BTreeMap;
+
+use berth::scheduler::{
+    Applied, Command, Config, Entry, Expired, Fence, GroupId, GroupStrategy, LabelOp,
+    LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, Placement,
+    PlacementId, PoolId, Query, Quota, Rejection, RequestId, Resources, Response, Scheduler,
+    SessionKey, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis,
+    WorkerId, PLACEMENT_ALGORITHM,
+};
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+use proptest::test_runner::TestCaseError;
+
+// ----- the universe ---------------------------------------------------------------------------
+
+const TENANTS: [&str; 3] = ["acme", "beta", "gamma"];
+const BAD_TENANTS: [&str; 6] = ["", "  ", "Acme", "-acme", "acme-", "ac_me"];
+const WORKERS: [&str; 6] = ["w1", "w2", "w3", "w4", "w5", "w6"];
+const PLACEMENTS: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
+const GROUPS: [&str; 2] = ["g1", "g2"];
+const LEASES: [&str; 2] = ["l1", "l2"];
+const BAD_REQUEST_IDS: [&str; 3] = ["", "-r", "r 1"];
+/// The leader clock the first entry starts from (room to run backwards).
+const CLOCK_START_MS: u64 = 1_000_000;
+
+// ----- generated inputs -----------------------------------------------------------------------
+
+/// How a fencing token (fence or lease token) is chosen when the entry is built.
+#[derive(Clone, Debug)]
+enum TokenPick {
+    /// The lease's current token, if it is held (it may still expire in this very entry).
+    Live,
+    /// The last token this run saw granted for the lease.
+    LastGranted,
+    /// Any token granted so far, to any lease.
+    AnyGranted(Index),
+    /// A recent log index.
+    Recent(u64),
+    /// Any small number.
+    Arbitrary(u64),
+}
+
+/// How the leader clock moves before an entry is proposed.
+#[derive(Clone, Debug)]
+enum Dt {
+    Forward(u64),
+    Back(u64),
+}
+
+#[derive(Clone, Debug)]
+enum RidPick {
+    None,
+    Fresh,
+    /// Reuse an earlier request id, with its earlier command (`true`: a retry) or this one.
+    Reuse(Index, bool),
+    Invalid(Index),
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    command: Command,
+    token: TokenPick,
+    dt: Dt,
+    rid: RidPick,
+    /// Aim the command at an object that exists when the entry is built (a placement or
+    /// reservation to release, confirm or cancel; a held lease to keep alive, release or fence
+    /// with), so that these commands succeed often enough to matter.
+    target: Option<Index>,
+    /// A random point at which a property does something extra (snapshot, replay probe).
+    probe: Option<Index>,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    config: Config,
+    steps: Vec<Step>,
+}
+
+fn tenant() -> impl Strategy<Value = TenantId> {
+    prop_oneof![
+        24 => select(TENANTS.to_vec()).prop_map(TenantId::from),
+        1 => select(BAD_TENANTS.to_vec()).prop_map(TenantId::from),
+    ]
+}
+
+fn worker() -> impl Strategy<Value = WorkerId> {
+    select(WORKERS.to_vec()).prop_map(WorkerId::from)
+}
+
+fn lease() -> impl Strategy<Value = LeaseName> {
+    select(LEASES.to_vec()).prop_map(LeaseName::from)
+}
+
+fn worker_pool() -> impl Strategy<Value = Option<PoolId>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(PoolId::from("default"))),
+        2 => Just(Some(PoolId::from("p2"))),
+    ]
+}
+
+fn capacity() -> impl Strategy<Value = Resources> {
+    prop_oneof![
+        30 => (1000..=4000u64, 1024..=4096u64).prop_map(|(c, m)| Resources::new(c, m)),
+        1 => Just(Resources::ZERO),
+    ]
+}
+
+fn worker_labels() -> impl Strategy<Value = Labels> {
+    (prop::option::of(select(vec!["a", "b"])), any::<bool>(), prop::bool::weighted(0.03)).prop_map(
+        |(zone, ssd, bad)| {
+            let mut labels = Labels::new();
+            if let Some(zone) = zone {
+                labels.insert("zone".into(), zone.into());
+            }
+            if ssd {
+                labels.insert("disk".into(), "ssd".into());
+            }
+            if bad {
+                labels.insert("bad key".into(), "x".into());
+            }
+            labels
+        },
+    )
+}
+
+fn workload_labels() -> impl Strategy<Value = Labels> {
+    let app = prop_oneof![3 => Just(Some("web")), 1 => Just(Some("db")), 1 => Just(None)];
+    (app, prop::bool::weighted(0.3)).prop_map(|(app, tier)| {
+        let mut labels = Labels::new();
+        if let Some(app) = app {
+            labels.insert("app".into(), app.into());
+        }
+        if tier {
+            labels.insert("tier".into(), "x".into());
+        }
+        labels
+    })
+}
+
+fn label_requirement() -> impl Strategy<Value = LabelRequirement> {
+    let req = |key: &str, op, values: &[&str]| LabelRequirement {
+        key: key.into(),
+        op,
+        values: values.iter().map(|v| (*v).into()).collect(),
+    };
+    prop_oneof![
+        10 => select(vec![
+            req("zone", LabelOp::In, &["a"]),
+            req("zone", LabelOp::In, &["a", "b"]),
+            req("zone", LabelOp::NotIn, &["b"]),
+            req("disk", LabelOp::Exists, &[]),
+            req("disk", LabelOp::DoesNotExist, &[]),
+        ]),
+        // Invalid: Exists takes no values.
+        1 => Just(req("disk", LabelOp::Exists, &["ssd"])),
+    ]
+}
+
+fn term() -> impl Strategy<Value = LabelTerm> {
+    prop_oneof![
+        4 => Just(LabelTerm::new("app", "web")),
+        1 => Just(LabelTerm::new("app", "db")),
+        1 => Just(LabelTerm::new("tier", "x")),
+    ]
+}
+
+/// No rule (`odds` to 1) or one or two rules.
+fn rules<T: std::fmt::Debug + Clone>(
+    odds: u32,
+    s: impl Strategy<Value = T> + 'static,
+) -> impl Strategy<Value = Vec<T>> {
+    prop_oneof![odds => Just(Vec::new()), 1 => prop::collection::vec(s, 1..=2)]
+}
+
+fn spec() -> impl Strategy<Value = PlaceSpec> {
+    let basics = (
+        prop_oneof![30 => select(PLACEMENTS.to_vec()), 1 => Just("")].prop_map(PlacementId::from),
+        prop_oneof![30 => 1..=3u32, 1 => Just(0u32)],
+        prop_oneof![
+            24 => (100..=800u64, 64..=700u64),
+            6 => (800..=2000u64, 700..=2048u64),
+            1 => Just((0u64, 0u64)),
+            1 => (Just(0u64), 64..=512u64),
+            1 => (100..=1000u64, Just(0u64)),
+        ]
+        .prop_map(|(c, m)| Resources::new(c, m)),
+        prop_oneof![
+            6 => Just(None),
+            2 => Just(Some(PoolId::from("default"))),
+            3 => Just(Some(PoolId::from("p2"))),
+            1 => Just(Some(PoolId::from("p3"))),
+        ],
+        prop_oneof![Just(PlaceStrategy::BinPack), Just(PlaceStrategy::Spread)],
+        workload_labels(),
+    );
+    let rule_sets = (
+        rules(5, label_requirement()),
+        rules(4, label_requirement()),
+        rules(5, term()),
+        rules(4, term()),
+        rules(4, term()),
+        rules(4, term()),
+        prop_oneof![
+            4 => Just(None),
+            1 => select(GROUPS.to_vec()).prop_map(|g| Some(GroupId::from(g))),
+        ],
+        -1..=1i32,
+    );
+    (basics, rule_sets).prop_map(
+        |(
+            (placement, count, resources, pool, strategy, labels),
+            (
+                requires,
+                prefers,
+                affinity,
+                affinity_preferred,
+                anti,
+                anti_preferred,
+                group,
+                priority,
+            ),
+        )| PlaceSpec {
+            placement,
+            count,
+            resources,
+            pool,
+            strategy,
+            labels,
+            worker_requires: requires,
+            worker_prefers: prefers,
+            affinity,
+            affinity_preferred,
+            anti_affinity: anti,
+            anti_affinity_preferred: anti_preferred,
+            group,
+            priority,
+        },
+    )
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop::option::weighted(0.4, 0..=8000u64),
+        prop::option::weighted(0.4, 0..=8192u64),
+        prop::option::weighted(0.4, 0..=8u64),
+        prop::option::weighted(0.3, 0..=5u64),
+    )
+        .prop_map(|(cpu_millis, memory_mib, instances, jobs)| Limits {
+            cpu_millis,
+            memory_mib,
+            instances,
+            jobs,
+        })
+}
+
+fn quota() -> impl Strategy<Value = Quota> {
+    let pool = prop_oneof![
+        10 => select(vec!["default", "p2"]).prop_map(PoolId::from),
+        1 => Just(PoolId::from("bad pool")),
+    ];
+    (limits(), prop::collection::btree_map(pool, limits(), 0..=1))
+        .prop_map(|(total, pools)| Quota { total, pools })
+}
+
+/// A fence whose token is filled in when the entry is built.
+fn fence() -> impl Strategy<Value = Option<Fence>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => lease().prop_map(|lease| Some(Fence { lease, token: LogIndex(0) })),
+    ]
+}
+
+/// Milliseconds in `range`, usually a multiple of 250 so that deadlines often fall exactly on
+/// a proposed time (the `<=` boundary of expiry).
+fn ms(range: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = u64> {
+    let (lo, hi) = (*range.start(), *range.end());
+    let quarters = (lo.div_ceil(250)..=hi / 250).prop_map(|n| n * 250);
+    prop_oneof![2 => quarters, 1 => range]
+}
+
+fn ttl_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![20 => ms(1..=5000), 1 => Just(0u64)]
+}
+
+fn acquire_lease() -> impl Strategy<Value = Command> {
+    let holder = prop_oneof![12 => select(vec!["h1", "h2"]), 1 => Just(" ")];
+    let ttl_ms = prop_oneof![6 => ms(1..=5000), 12 => ms(5000..=60_000), 1 => Just(0u64)];
+    (tenant(), lease(), holder, ttl_ms).prop_map(|(tenant, lease, holder, ttl_ms)| {
+        Command::AcquireLease { tenant, lease, holder: holder.into(), ttl_ms }
+    })
+}
+
+fn placement_id() -> impl Strategy<Value = PlacementId> {
+    select(PLACEMENTS.to_vec()).prop_map(PlacementId::from)
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        4 => Just(Command::Tick),
+        3 => Just(Command::LeaderChanged),
+        1 => set_config(),
+        2 => (worker(), worker_pool(), capacity(), worker_labels()).prop_map(
+            |(worker, pool, capacity, labels)| Command::RegisterWorker {
+                worker,
+                pool,
+                capacity,
+                labels
+            }
+        ),
+        2 => (worker(), prop::option::of(capacity()), prop::option::of(worker_labels())).prop_map(
+            |(worker, capacity, labels)| Command::UpdateWorker { worker, capacity, labels }
+        ),
+        4 => (worker(), prop::bool::weighted(0.4))
+            .prop_map(|(worker, schedulable)| {
+                Command::SetWorkerSchedulable { worker, schedulable }
+            }),
+        2 => (worker(), any::<bool>())
+            .prop_map(|(worker, evict)| Command::RemoveWorker { worker, evict }),
+        2 => (
+            tenant(),
+            prop_oneof![
+                2 => Just(None),
+                3 => tenant().prop_map(Some),
+            ],
+            prop_oneof![20 => 1..=3u32, 1 => Just(0u32)],
+        )
+            .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
+        1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
+        3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
+            Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
+        }),
+        1 => (tenant(), select(vec!["t1", "t2"]))
+            .prop_map(|(tenant, token)| {
+                Command::RevokeToken { tenant, token: TokenId::from(token) }
+            }),
+        16 => (tenant(), spec(), fence())
+            .prop_map(|(tenant, spec, fence)| Command::Place { tenant, spec, fence }),
+        8 => (tenant(), spec(), ttl_ms(), fence()).prop_map(|(tenant, spec, ttl_ms, fence)| {
+            Command::Reserve { tenant, spec, ttl_ms, fence }
+        }),
+        3 => (tenant(), placement_id(), fence())
+            .prop_map(|(tenant, placement, fence)| Command::Release { tenant, placement, fence }),
+        4 => (tenant(), placement_id(), fence()).prop_map(|(tenant, reservation, fence)| {
+            Command::ConfirmReservation { tenant, reservation, fence }
+        }),
+        4 => (tenant(), placement_id(), fence()).prop_map(|(tenant, reservation, fence)| {
+            Command::CancelReservation { tenant, reservation, fence }
+        }),
+        3 => (
+            tenant(),
+            select(GROUPS.to_vec()),
+            prop_oneof![10 => 1..=4u32, 1 => Just(0u32)],
+            prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)],
+        )
+            .prop_map(|(tenant, group, max_instances, strategy)| {
+                Command::CreatePlacementGroup {
+                    tenant,
+                    group: GroupId::from(group),
+                    max_instances,
+                    strategy,
+                }
+            }),
+        10 => acquire_lease(),
+        3 => (tenant(), lease()).prop_map(|(tenant, lease)| Command::KeepAliveLease {
+            tenant,
+            lease,
+            token: LogIndex(0)
+        }),
+        2 => (tenant(), lease()).prop_map(|(tenant, lease)| Command::ReleaseLease {
+            tenant,
+            lease,
+            token: LogIndex(0)
+        }),
+    ]
+}
+
+fn set_config() -> impl Strategy<Value = Command> {
+    (
+        prop_oneof![10 => Just(PLACEMENT_ALGORITHM), 1 => Just(PLACEMENT_ALGORITHM + 1)],
+        select(vec![0u64, 1_000, 5_000, 30_000, 700_000]),
+        select(vec![0u64, 2, 3, 16, 100_000]),
+        select(vec![0u32, 1, 2, 64]),
+    )
+        .prop_map(|(placement_algorithm, lease_grace_ms, sessions_max, preferred_scan_max)| {
+            Command::SetConfig {
+                config: Config {
+                    placement_algorithm,
+                    lease_grace_ms,
+                    sessions_max,
+                    preferred_scan_max,
+                },
+            }
+        })
+}
+
+fn token_pick() -> impl Strategy<Value = TokenPick> {
+    prop_oneof![
+        10 => Just(TokenPick::Live),
+        2 => Just(TokenPick::LastGranted),
+        1 => any::<Index>().prop_map(TokenPick::AnyGranted),
+        1 => (1..=8u64).prop_map(TokenPick::Recent),
+        1 => (0..=100u64).prop_map(TokenPick::Arbitrary),
+    ]
+}
+
+fn dt() -> impl Strategy<Value = Dt> {
+    prop_oneof![
+        10 => ms(0..=1000).prop_map(Dt::Forward),
+        5 => ms(1000..=3000).prop_map(Dt::Forward),
+        2 => ms(3000..=9000).prop_map(Dt::Forward),
+        2 => ms(1..=6000).prop_map(Dt::Back),
+    ]
+}
+
+fn rid_pick() -> impl Strategy<Value = RidPick> {
+    prop_oneof![
+        3 => Just(RidPick::None),
+        12 => Just(RidPick::Fresh),
+        2 => (any::<Index>(), any::<bool>()).prop_map(|(i, same)| RidPick::Reuse(i, same)),
+        1 => any::<Index>().prop_map(RidPick::Invalid),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        command(),
+        token_pick(),
+        dt(),
+        rid_pick(),
+        prop::option::weighted(0.6, any::<Index>()),
+        prop::option::weighted(0.2, any::<Index>()),
+    )
+        .prop_map(|(command, token, dt, rid, target, probe)| Step {
+            command,
+            token,
+            dt,
+            rid,
+            target,
+            probe,
+        })
+}
+
+fn setup_step(command: Command) -> Step {
+    Step {
+        command,
+        token: TokenPick::Live,
+        dt: Dt::Forward(10),
+        rid: RidPick::Fresh,
+        target: None,
+        probe: None,
+    }
+}
+
+/// Three tenants (`beta` a child of `acme`), two placement groups, 3–6 workers in 1–2 pools,
+/// then up to 60 random commands.
+fn case() -> impl Strategy<Value = Case> {
+    let config =
+        (select(vec![0u64, 1_000, 5_000, 30_000]), select(vec![3u64, 16, 100_000]), 0..=2u32)
+            .prop_map(|(lease_grace_ms, sessions_max, preferred_scan_max)| Config {
+                lease_grace_ms,
+                sessions_max,
+                preferred_scan_max,
+                ..Config::default()
+            });
+    let workers = prop::collection::vec(
+        (
+            worker_pool(),
+            (1000..=4000u64, 1024..=4096u64).prop_map(|(c, m)| Resources::new(c, m)),
+            worker_labels(),
+        ),
+        3..=6,
+    );
+    let group = || (prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)], 1..=4u32);
+    let body = prop::collection::vec(step(), 0..=60);
+    (config, workers, group(), group(), body).prop_map(|(config, workers, g1, g2, body)| {
+        let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
+            tenant: TenantId::from(tenant),
+            parent: parent.map(TenantId::from),
+            weight: 1,
+        };
+        let mut steps = vec![
+            setup_step(create("acme", None)),
+            setup_step(create("beta", Some("acme"))),
+            setup_step(create("gamma", None)),
+        ];
+        for (tenant, group, (strategy, max_instances)) in [("acme", "g1", g1), ("beta", "g2", g2)] {
+            steps.push(setup_step(Command::CreatePlacementGroup {
+                tenant: TenantId::from(tenant),
+                group: GroupId::from(group),
+                max_instances,
+                strategy,
+            }));
+        }
+        for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
+            steps.push(setup_step(Command::RegisterWorker {
+                worker: WorkerId::from(WORKERS[i]),
+                pool,
+                capacity,
+                labels,
+            }));
+        }
+        steps.extend(body);
+        Case { config, steps }
+    })
+}
+
+// ----- building entries -----------------------------------------------------------------------
+
+/// Turns generated steps into log entries: log index, leader clock, request ids, tokens.
+struct Driver {
+    clock_ms: u64,
+    next_index: u64,
+    granted: Vec<LogIndex>,
+    last_granted: BTreeMap<(TenantId, LeaseName), LogIndex>,
+    used: Vec<(RequestId, Command)>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        Driver {
+            clock_ms: CLOCK_START_MS,
+            next_index: 1,
+            granted: Vec::new(),
+            last_granted: BTreeMap::new(),
+            used: Vec::new(),
+        }
+    }
+
+    fn next_index(&mut self) -> LogIndex {
+        let index = LogIndex(self.next_index);
+        self.next_index += 1;
+        index
+    }
+
+    fn entry(&mut self, step: &Step, s: &Scheduler) -> Entry {
+        self.clock_ms = match step.dt {
+            Dt::Forward(ms) => self.clock_ms + ms,
+            Dt::Back(ms) => self.clock_ms.saturating_sub(ms),
+        };
+        let index = self.next_index();
+        let mut command = step.command.clone();
+        if let Some(target) = &step.target {
+            retarget(&mut command, target, s.state());
+        }
+        if let Some((tenant, lease, _)) = fenced(&command) {
+            let key = (tenant, lease);
+            let token = match &step.token {
+                TokenPick::Live => s
+                    .state()
+                    .leases
+                    .get(&key)
+                    .map(|l| l.token)
+                    .or_else(|| self.last_granted.get(&key).copied())
+                    .unwrap_or(LogIndex(0)),
+                TokenPick::LastGranted => {
+                    self.last_granted.get(&key).copied().unwrap_or(LogIndex(1))
+                }
+                TokenPick::AnyGranted(i) if !self.granted.is_empty() => *i.get(&self.granted),
+                TokenPick::AnyGranted(_) => LogIndex(index.0 / 2),
+                TokenPick::Recent(back) => LogIndex(index.0.saturating_sub(*back)),
+                TokenPick::Arbitrary(n) => LogIndex(*n),
+            };
+            set_token(&mut command, token);
+        }
+        let fresh = RequestId::new(format!("r{}", index.0));
+        let request_id = match &step.rid {
+            RidPick::None => None,
+            RidPick::Fresh => Some(fresh),
+            RidPick::Invalid(i) => Some(RequestId::from(*i.get(&BAD_REQUEST_IDS))),
+            RidPick::Reuse(_, _) if self.used.is_empty() => Some(fresh),
+            RidPick::Reuse(i, same) => {
+                let (rid, earlier) = i.get(&self.used).clone();
+                if *same {
+                    command = earlier;
+                }
+                Some(rid)
+            }
+        };
+        Entry { index, proposed_at: UnixMillis(self.clock_ms), request_id, command }
+    }
+
+    fn observe(&mut self, entry: &Entry, applied: &Applied) {
+        if let Some(rid) = &entry.request_id {
+            if object_id_ok(rid.as_str()) {
+                self.used.push((rid.clone(), entry.command.clone()));
+            }
+        }
+        if let (false, Ok(Response::LeaseGranted(l))) = (applied.replayed, &applied.result) {
+            self.granted.push(l.token);
+            self.last_granted.insert((l.tenant.clone(), l.name.clone()), l.token);
+        }
+    }
+}
+
+/// Points `command` at an existing placement (or reservation) or held lease, if there is one.
+/// A fenced command prefers objects of a tenant that holds a lease, and fences with that lease.
+fn retarget(command: &mut Command, target: &Index, state: &State) {
+    let holds_lease = |t: &TenantId| state.leases.keys().any(|(owner, _)| owner == t);
+    let held_by = |t: &TenantId| -> Vec<LeaseName> {
+        state.leases.keys().filter(|(owner, _)| owner == t).map(|(_, l)| l.clone()).collect()
+    };
+    // The first non-empty candidate list wins.
+    let pick = |lists: Vec<Vec<(TenantId, PlacementId)>>| {
+        lists.into_iter().find(|l| !l.is_empty()).map(|l| target.get(&l).clone())
+    };
+    let placements = |reservations_only: bool, fenced: bool| -> Vec<(TenantId, PlacementId)> {
+        state
+            .placements
+            .iter()
+            .filter(|(_, p)| !reservations_only || p.is_reservation())
+            .filter(|((t, _), _)| !fenced || holds_lease(t))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let point_fence = |tenant: &TenantId, fence: &mut Option<Fence>| {
+        if let Some(fence) = fence {
+            let held = held_by(tenant);
+            if !held.is_empty() {
+                fence.lease = target.get(&held).clone();
+            }
+        }
+    };
+    match command {
+        Command::Release { tenant, placement: id, fence } => {
+            let f = fence.is_some();
+            if let Some(key) = pick(vec![placements(false, f), placements(false, false)]) {
+                (*tenant, *id) = key;
+            }
+            point_fence(tenant, fence);
+        }
+        Command::ConfirmReservation { tenant, reservation: id, fence }
+        | Command::CancelReservation { tenant, reservation: id, fence } => {
+            let f = fence.is_some();
+            let lists = vec![placements(true, f), placements(true, false), placements(false, f)];
+            if let Some(key) = pick(lists) {
+                (*tenant, *id) = key;
+            }
+            point_fence(tenant, fence);
+        }
+        Command::Place { tenant, fence: Some(fence), .. }
+        | Command::Reserve { tenant, fence: Some(fence), .. } => {
+            let keys: Vec<_> = state.leases.keys().cloned().collect();
+            if !keys.is_empty() {
+                (*tenant, fence.lease) = target.get(&keys).clone();
+            }
+        }
+        Command::KeepAliveLease { tenant, lease, .. }
+        | Command::ReleaseLease { tenant, lease, .. } => {
+            let keys: Vec<_> = state.leases.keys().cloned().collect();
+            if !keys.is_empty() {
+                (*tenant, *lease) = target.get(&keys).clone();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `(tenant, lease, token)` a command must hold, if any.
+fn fenced(command: &Command) -> Option<(TenantId, LeaseName, LogIndex)> {
+    match command {
+        Command::Place { tenant, fence: Some(f), .. }
+        | Command::Reserve { tenant, fence: Some(f), .. }
+        | Command::Release { tenant, fence: Some(f), .. }
+        | Command::ConfirmReservation { tenant, fence: Some(f), .. }
+        | Command::CancelReservation { tenant, fence: Some(f), .. } => {
+            Some((tenant.clone(), f.lease.clone(), f.token))
+        }
+        Command::KeepAliveLease { tenant, lease, token }
+        | Command::ReleaseLease { tenant, lease, token } => {
+            Some((tenant.clone(), lease.clone(), *token))
+        }
+        _ => None,
+    }
+}
+
+fn set_token(command: &mut Command, new: LogIndex) {
+    match command {
+        Command::Place { fence: Some(f), .. }
+        | Command::Reserve { fence: Some(f), .. }
+        | Command::Release { fence: Some(f), .. }
+        | Command::ConfirmReservation { fence: Some(f), .. }
+        | Command::CancelReservation { fence: Some(f), .. } => f.token = new,
+        Command::KeepAliveLease { token, .. } | Command::ReleaseLease { token, .. } => *token = new,
+        _ => {}
+    }
+}
+
+// ----- the model and the per-step checks ------------------------------------------------------
+
+/// What the core must remember: the session table and the last grant of every lease.
+struct Model {
+    sessions_max: usize,
+    sessions: BTreeMap<SessionKey, (Command, Applied)>,
+    order: BTreeMap<LogIndex, SessionKey>,
+    last_token: BTreeMap<(TenantId, LeaseName), LogIndex>,
+}
+
+impl Model {
+    fn new(config: &Config) -> Self {
+        Model {
+            sessions_max: usize::try_from(config.sessions_max).expect("small sessions_max"),
+            sessions: BTreeMap::new(),
+            order: BTreeMap::new(),
+            last_token: BTreeMap::new(),
+        }
+    }
+
+    fn remember(&mut self, key: SessionKey, command: Command, first: Applied) {
+        self.order.insert(first.log_index, key.clone());
+        self.sessions.insert(key, (command, first));
+        self.evict();
+    }
+
+    /// `SetConfig` took effect: a smaller table drops its oldest sessions at once.
+    fn set_sessions_max(&mut self, sessions_max: u64) {
+        self.sessions_max = usize::try_from(sessions_max).expect("small sessions_max");
+        self.evict();
+    }
+
+    /// A deleted tenant's request ids are forgotten, so a tenant created later with the same
+    /// id never gets its answers.
+    fn forget_tenant(&mut self, tenant: &TenantId) {
+        let scope = Some(tenant.clone());
+        self.sessions.retain(|k, _| k.tenant != scope);
+        self.order.retain(|_, k| k.tenant != scope);
+    }
+
+    fn evict(&mut self) {
+        while self.sessions.len() > self.sessions_max {
+            let (_, oldest) = self.order.pop_first().expect("ordered sessions");
+            self.sessions.remove(&oldest);
+        }
+    }
+}
+
+/// The object id rule (`[A-Za-z0-9._:-]{1,128}`, starting alphanumeric), restated.
+fn object_id_ok(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b".-_:".contains(c))
+}
+
+/// A label key: 1..=128 of `[A-Za-z0-9._/-]`.
+fn label_key_ok(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key.bytes().all(|c| c.is_ascii_alphanumeric() || b"._/-".contains(&c))
+}
+
+/// The tenant id rule (`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`), restated.
+fn tenant_id_ok(id: &str) -> bool {
+    let b = id.as_bytes();
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| edge(c) || *c == b'-')
+        && b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+}
+
+/// The rejection an obviously invalid command must get: `Some(Some(r))` for exactly `r`,
+/// `Some(None)` for any rejection, `None` if the command is not known to be invalid.
+fn must_reject(command: &Command) -> Option<Option<Rejection>> {
+    if let Some(t) = command.tenant() {
+        if t.as_str().trim().is_empty() {
+            return Some(Some(Rejection::TenantIdRequired));
+        }
+        if !tenant_id_ok(t.as_str()) {
+            return Some(Some(Rejection::InvalidTenantId { tenant: t.0.clone() }));
+        }
+    }
+    let bad_labels = |l: &Labels| l.keys().any(|k| !label_key_ok(k));
+    let bad_rule = |r: &LabelRequirement| {
+        let needs_values = matches!(r.op, LabelOp::In | LabelOp::NotIn);
+        needs_values == r.values.is_empty()
+    };
+    let bad_spec = |s: &PlaceSpec| {
+        s.count == 0
+            || s.resources.is_zero()
+            || !object_id_ok(s.placement.as_str())
+            || s.worker_requires.iter().chain(&s.worker_prefers).any(bad_rule)
+    };
+    let invalid = match command {
+        Command::SetConfig { config } => {
+            config.placement_algorithm != PLACEMENT_ALGORITHM
+                || config.lease_grace_ms > 600_000
+                || config.sessions_max == 0
+        }
+        Command::CreateTenant { parent, weight, .. } => {
+            *weight == 0 || parent.as_ref().is_some_and(|p| !tenant_id_ok(p.as_str()))
+        }
+        Command::RegisterWorker { capacity, labels, .. } => {
+            capacity.is_zero() || bad_labels(labels)
+        }
+        Command::UpdateWorker { capacity, labels, .. } => {
+            capacity.is_some_and(Resources::is_zero) || labels.as_ref().is_some_and(bad_labels)
+        }
+        Command::SetQuota { quota, .. } => quota.pools.keys().any(|p| !object_id_ok(p.as_str())),
+        Command::Place { spec, .. } => bad_spec(spec),
+        Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
+        Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
+        Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
+        _ => false,
+    };
+    invalid.then_some(None)
+}
+
+/// What advancing log time to `now` must expire, from the state before the entry.
+fn due(state: &State, now: UnixMillis) -> Vec<Expired> {
+    let mut due: Vec<Expired> = state
+        .placements
+        .values()
+        .filter(|p| p.expires_at.is_some_and(|at| at <= now))
+        .map(|p| Expired::Reservation { tenant: p.tenant.clone(), reservation: p.id().clone() })
+        .chain(state.leases.values().filter(|l| l.expires_at <= now).map(|l| Expired::Lease {
+            tenant: l.tenant.clone(),
+            lease: l.name.clone(),
+            token: l.token,
+        }))
+        .collect();
+    due.sort();
+    due
+}
+
+fn sorted(expired: &[Expired]) -> Vec<Expired> {
+    let mut v = expired.to_vec();
+    v.sort();
+    v
+}
+
+/// Everything but the session table is equal.
+fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
+    prop_assert_eq!(&a.config, &b.config, "config changed: {}", what);
+    prop_assert_eq!(a.now, b.now, "now changed: {}", what);
+    prop_assert_eq!(&a.workers, &b.workers, "workers changed: {}", what);
+    prop_assert_eq!(&a.tenants, &b.tenants, "tenants changed: {}", what);
+    prop_assert_eq!(&a.placements, &b.placements, "placements changed: {}", what);
+    prop_assert_eq!(&a.groups, &b.groups, "groups changed: {}", what);
+    prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
+    Ok(())
+}
+
+/// Applies one entry and checks everything that must hold about it (property 1's body).
+fn checked_apply(
+    s: &mut Scheduler,
+    model: &mut Model,
+    entry: &Entry,
+) -> Result<Applied, TestCaseError> {
+    let before = s.clone();
+    // The same log time with nothing else: the state a rejected command must leave behind.
+    let mut ticked = s.clone();
+    let tick = ticked.apply(Entry {
+        index: entry.index,
+        proposed_at: entry.proposed_at,
+        request_id: None,
+        command: Command::Tick,
+    });
+    let applied = s.apply(entry.clone());
+    let what = format!("{entry:?}\n  => {applied:?}");
+
+    if let Err(broken) = s.check_invariants() {
+        return Err(TestCaseError::fail(format!("invariants broken: {broken:#?}\n  by {what}")));
+    }
+
+    // Time never runs backwards; it is the largest proposed_at seen.
+    let now = before.now().max(entry.proposed_at);
+    prop_assert_eq!(s.now(), now, "log time: {}", what);
+    prop_assert!(s.now() >= before.now(), "time ran backwards: {}", what);
+
+    // Exactly what was due expires, reported once, by this entry.
+    let expected = due(before.state(), now);
+    prop_assert_eq!(sorted(&applied.expired), expected.clone(), "expiry: {}", what);
+    prop_assert_eq!(sorted(&tick.expired), expected, "expiry on tick: {}", what);
+
+    // Exactly-once request ids.
+    let key = entry.request_id.as_ref().map(|request_id| SessionKey {
+        tenant: entry.command.tenant().cloned(),
+        request_id: request_id.clone(),
+    });
+    let executed = match &key {
+        Some(key) if !object_id_ok(key.request_id.as_str()) => {
+            let refused = matches!(
+                &applied.result,
+                Err(Rejection::InvalidArgument { field, .. }) if field == "request"
+            );
+            prop_assert!(refused, "invalid request id accepted: {}", what);
+            prop_assert!(!applied.replayed);
+            prop_assert_eq!(s.state_hash(), ticked.state_hash(), "invalid request id: {}", what);
+            false
+        }
+        Some(key) if model.sessions.contains_key(key) => {
+            let (command, first) = &model.sessions[key];
+            if *command == entry.command {
+                prop_assert!(applied.replayed, "retry not replayed: {}", what);
+                prop_assert_eq!(&applied.result, &first.result, "retry answer: {}", what);
+                prop_assert_eq!(applied.log_index, first.log_index, "retry index: {}", what);
+                prop_assert_eq!(applied.applied_at, first.applied_at, "retry time: {}", what);
+            } else {
+                prop_assert!(!applied.replayed, "reused id replayed: {}", what);
+                prop_assert_eq!(
+                    &applied.result,
+                    &Err(Rejection::RequestIdReused { first_index: first.log_index }),
+                    "reused request id: {}",
+                    what
+                );
+                prop_assert_eq!(applied.log_index, entry.index);
+            }
+            prop_assert_eq!(s.state_hash(), ticked.state_hash(), "retry changed state: {}", what);
+            false
+        }
+        _ => true,
+    };
+
+    if executed {
+        prop_assert!(!applied.replayed, "fresh command replayed: {}", what);
+        prop_assert_eq!(applied.log_index, entry.index, "log index: {}", what);
+        prop_assert_eq!(applied.applied_at, now, "applied_at: {}", what);
+        if let (Command::SetConfig { config }, Ok(_)) = (&entry.command, &applied.result) {
+            prop_assert_eq!(&s.state().config, config, "config not set: {}", what);
+            model.set_sessions_max(config.sessions_max);
+        }
+        if let (Command::DeleteTenant { tenant }, Ok(_)) = (&entry.command, &applied.result) {
+            model.forget_tenant(tenant);
+        }
+        if let Some(key) = key {
+            let first = Applied { expired: Vec::new(), ..applied.clone() };
+            model.remember(key, entry.command.clone(), first);
+        }
+        check_executed(ticked.state(), s, model, entry, &applied, &what)?;
+    }
+
+    // The session table is exactly the model's.
+    let table: Vec<(&SessionKey, &Applied)> =
+        s.state().sessions.iter().map(|(k, v)| (k, &v.first)).collect();
+    let modelled: Vec<(&SessionKey, &Applied)> =
+        model.sessions.iter().map(|(k, (_, first))| (k, first)).collect();
+    prop_assert_eq!(table, modelled, "session table: {}", what);
+
+    // Every instance runs in its placement's pool.
+    for (key, p) in &s.state().placements {
+        for w in &p.instances {
+            let pool = s.state().workers.get(w).map(|w| &w.pool);
+            prop_assert_eq!(pool, Some(&p.pool), "{:?} outside its pool: {}", key, what);
+        }
+    }
+    // A placement's instances never move; a new one must respect the rules as they stood.
+    for (key, p) in &s.state().placements {
+        match before.state().placements.get(key) {
+            Some(old) if old.log_index == p.log_index => {
+                prop_assert_eq!(&old.instances, &p.instances, "{:?} moved: {}", key, what);
+            }
+            _ => check_new_placement(before.state(), ticked.state(), p, &what)?,
+        }
+    }
+
+    // next_deadline is the earliest reservation or lease expiry.
+    let st = s.state();
+    let earliest = st
+        .placements
+        .values()
+        .filter_map(|p| p.expires_at)
+        .chain(st.leases.values().map(|l| l.expires_at))
+        .min();
+    prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);
+    Ok(applied)
+}
+
+/// A placement made by this entry: invariant 4 temporally (no instance on a worker that was
+/// drained before the entry), required worker labels, and required affinity (each instance
+/// lands where the tenant already ran a workload with the label, or where an earlier instance
+/// of this very placement carrying it went).
+fn check_new_placement(
+    before: &State,
+    ticked: &State,
+    p: &Placement,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let mut carriers: Vec<Vec<&WorkerId>> = p
+        .spec
+        .affinity
+        .iter()
+        .map(|term| {
+            ticked
+                .placements
+                .values()
+                .filter(|q| {
+                    q.tenant == p.tenant && q.spec.labels.get(&term.key) == Some(&term.value)
+                })
+                .flat_map(|q| q.instances.iter())
+                .collect()
+        })
+        .collect();
+    for w in &p.instances {
+        let was = before.workers.get(w);
+        prop_assert!(
+            was.is_some_and(|w| w.schedulable),
+            "new instance of {} on worker {} that was drained or missing ({:?}): {}",
+            p.id(),
+            w,
+            was.map(|w| w.schedulable),
+            what
+        );
+        let labels = was.map(|w| &w.labels).cloned().unwrap_or_default();
+        for rule in &p.spec.worker_requires {
+            prop_assert!(rule.matches(&labels), "{} on {} breaks {:?}: {}", p.id(), w, rule, what);
+        }
+        for (term, on) in p.spec.affinity.iter().zip(carriers.iter_mut()) {
+            prop_assert!(on.contains(&w), "{} on {} without {:?}: {}", p.id(), w, term, what);
+            if p.spec.labels.get(&term.key) == Some(&term.value) {
+                on.push(w);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks for a command that really ran (not replayed, not refused for its request id).
+fn check_executed(
+    ticked: &State,
+    s: &Scheduler,
+    model: &mut Model,
+    entry: &Entry,
+    applied: &Applied,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let after = s.state();
+    let now = after.now;
+    let ok = applied.result.is_ok();
+
+    // A rejection changes nothing (beyond expiry and its session record).
+    if !ok {
+        same_objects(ticked, after, what)?;
+    }
+    match must_reject(&entry.command) {
+        Some(Some(rejection)) => {
+            prop_assert_eq!(&applied.result, &Err(rejection), "invalid tenant id: {}", what)
+        }
+        Some(None) => prop_assert!(!ok, "invalid input accepted: {}", what),
+        None => {}
+    }
+
+    // Invariant 7: a command carrying a token that is not the live one never takes effect.
+    if let Some((tenant, lease, token)) = fenced(&entry.command) {
+        let live = ticked.leases.get(&(tenant.clone(), lease.clone())).map(|l| l.token);
+        if ok {
+            prop_assert_eq!(live, Some(token), "stale fence accepted: {}", what);
+        } else if live != Some(token)
+            && tenant_id_ok(tenant.as_str())
+            && ticked.tenants.contains_key(&tenant)
+        {
+            prop_assert_eq!(
+                &applied.result,
+                &Err(Rejection::StaleFencingToken { lease, presented: token, current: live }),
+                "stale fence: {}",
+                what
+            );
+        }
+    }
+
+    // A lease's life is never cut short while it is held (keep-alive and leader change only
+    // extend it).
+    for (key, l) in &after.leases {
+        if let Some(was) = ticked.leases.get(key).filter(|was| was.token == l.token) {
+            prop_assert!(l.expires_at >= was.expires_at, "lease {} shortened: {}", l.name, what);
+        }
+    }
+
+    match (&entry.command, &applied.result) {
+        (Command::AcquireLease { tenant, lease, ttl_ms, .. }, result) => {
+            let key = (tenant.clone(), lease.clone());
+            if ticked.leases.contains_key(&key) {
+                prop_assert!(result.is_err(), "second holder granted: {}", what);
+            }
+            if let Ok(Response::LeaseGranted(l)) = result {
+                prop_assert_eq!(l.token, entry.index, "token is the grant's index: {}", what);
+                prop_assert_eq!(l.expires_at, now.plus_ms(*ttl_ms));
+                prop_assert_eq!(after.leases.get(&key), Some(l), "granted lease: {}", what);
+                if let Some(prev) = model.last_token.get(&key) {
+                    prop_assert!(l.token > *prev, "token did not increase: {}", what);
+                }
+                model.last_token.insert(key, l.token);
+            }
+        }
+        (Command::KeepAliveLease { tenant, lease, token }, Ok(Response::LeaseKeptAlive(l))) => {
+            let held = after.leases.get(&(tenant.clone(), lease.clone()));
+            prop_assert_eq!(held, Some(l), "kept-alive lease: {}", what);
+            prop_assert_eq!(l.token, *token, "keep-alive changed the token: {}", what);
+            prop_assert!(l.expires_at >= now.plus_ms(l.ttl_ms), "keep-alive: {}", what);
+        }
+        (Command::ReleaseLease { tenant, lease, .. }, Ok(_)) => {
+            let key = (tenant.clone(), lease.clone());
+            prop_assert!(!after.leases.contains_key(&key), "released lease held: {}", what);
+        }
+        (Command::LeaderChanged, Ok(_)) => {
+            let floor = now.plus_ms(after.config.lease_grace_ms);
+            for l in after.leases.values() {
+                prop_assert!(l.expires_at >= floor, "lease {} not extended: {}", l.name, what);
+            }
+        }
+        (Command::Place { tenant, spec, .. }, Ok(Response::Placed(p)))
+        | (Command::Reserve { tenant, spec, .. }, Ok(Response::Reserved(p))) => {
+            let key = (tenant.clone(), spec.placement.clone());
+            prop_assert!(!ticked.placements.contains_key(&key), "placed twice: {}", what);
+            prop_assert_eq!(after.placements.get(&key), Some(p), "placement stored: {}", what);
+            prop_assert_eq!(p.instances.len(), spec.count as usize);
+            let expires_at = match &entry.command {
+                Command::Reserve { ttl_ms, .. } => Some(now.plus_ms(*ttl_ms)),
+                _ => None,
+            };
+            prop_assert_eq!(p.expires_at, expires_at, "reservation expiry: {}", what);
+        }
+        (Command::Release { tenant, placement: id, .. }, Ok(_))
+        | (Command::CancelReservation { tenant, reservation: id, .. }, Ok(_)) => {
+            let key = (tenant.clone(), id.clone());
+            prop_assert!(ticked.placements.contains_key(&key), "released nothing: {}", what);
+            prop_assert!(!after.placements.contains_key(&key), "still placed: {}", what);
+        }
+        (Command::ConfirmReservation { tenant, reservation, .. }, Ok(Response::Confirmed(p))) => {
+            let key = (tenant.clone(), reservation.clone());
+            let was = ticked.placements.get(&key);
+            prop_assert!(was.is_some_and(|r| r.is_reservation()), "confirmed: {}", what);
+            prop_assert_eq!(after.placements.get(&key), Some(p));
+            prop_assert!(!p.is_reservation());
+            prop_assert_eq!(was.map(|r| &r.instances), Some(&p.instances), "moved: {}", what);
+        }
+        (Command::DeleteTenant { tenant }, Ok(_)) => {
+            prop_assert!(!after.tenants.contains_key(tenant), "tenant kept: {}", what);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+// ----- running a case -------------------------------------------------------------------------
+
+/// Everything a run produced, entry by entry.
+struct Run {
+    entries: Vec<Entry>,
+    applied: Vec<Applied>,
+    hashes: Vec<[u8; 32]>,
+    last: Scheduler,
+}
+
+type Hook<'a> =
+    dyn FnMut(&mut Scheduler, &mut Model, &mut Driver, &Step) -> Result<(), TestCaseError> + 'a;
+
+/// Builds and applies every step of `case` with `checked_apply`, calling `hook` after each.
+fn drive(case: &Case, hook: &mut Hook<'_>) -> Result<Run, TestCaseError> {
+    let mut s = Scheduler::new(case.config.clone());
+    let mut model = Model::new(&case.config);
+    let mut driver = Driver::new();
+    let mut run =
+        Run { entries: Vec::new(), applied: Vec::new(), hashes: Vec::new(), last: s.clone() };
+    for step in &case.steps {
+        let entry = driver.entry(step, &s);
+        let applied = checked_apply(&mut s, &mut model, &entry)?;
+        driver.observe(&entry, &applied);
+        run.entries.push(entry);
+        run.applied.push(applied);
+        run.hashes.push(s.state_hash());
+        hook(&mut s, &mut model, &mut driver, step)?;
+    }
+    run.last = s;
+    Ok(run)
+}
+
+fn no_hook(
+    _: &mut Scheduler,
+    _: &mut Model,
+    _: &mut Driver,
+    _: &Step,
+) -> Result<(), TestCaseError> {
+    Ok(())
+}
+
+/// A command in the same request-id scope (same tenant) that differs from `command`.
+fn different(command: &Command) -> Command {
+    let candidates = match command.tenant() {
+        None => vec![Command::Tick, Command::LeaderChanged],
+        Some(tenant) => vec![
+            Command::DeleteTenant { tenant: tenant.clone() },
+            Command::SetQuota { tenant: tenant.clone(), quota: Quota::default() },
+        ],
+    };
+    candidates.into_iter().find(|c| c != command).expect("two distinct candidates")
+}
+
+/// 64 cases per property (a few seconds in the debug profile); `PROPTEST_CASES` overrides it
+/// for a longer soak.
+fn cases() -> ProptestConfig {
+    let default = ProptestConfig::default();
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { 64 };
+    ProptestConfig { cases, failure_persistence: None, ..default }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Invariants hold after every step, drained workers get nothing new, lease tokens strictly
+    /// increase, stale fences never take effect, time never runs backwards, and bad input is
+    /// refused without effect.
+    #[test]
+    fn invariants_hold_after_every_step(case in case()) {
+        let run = drive(&case, &mut no_hook)?;
+        prop_assert_eq!(run.entries.len(), case.steps.len());
+    }
+
+    /// Two schedulers fed the same entries give the same answers and the same state hash.
+    #[test]
+    fn same_entries_same_state(case in case()) {
+        let run = drive(&case, &mut no_hook)?;
+        let mut other = Scheduler::new(case.config.clone());
+        for (i, entry) in run.entries.iter().enumerate() {
+            let applied = other.apply(entry.clone());
+            prop_assert_eq!(&applied, &run.applied[i], "answer to entry {}", i);
+            prop_assert_eq!(other.state_hash(), run.hashes[i], "state hash after entry {}", i);
+        }
+        prop_assert!(other == run.last);
+    }
+
+    /// `decode(encode(s))` equals `s`, hashes and re-encodes identically, at random points.
+    #[test]
+    fn snapshot_round_trips(case in case()) {
+        let mut round_trip = |s: &mut Scheduler, _: &mut Model, _: &mut Driver, step: &Step| {
+            if step.probe.is_none() {
+                return Ok(());
+            }
+            let bytes = s.encode();
+            let decoded = Scheduler::decode(&bytes)
+                .map_err(|e| TestCaseError::fail(format!("decode failed: {e}")))?;
+            prop_assert!(decoded == *s, "decoded state differs");
+            prop_assert_eq!(decoded.state_hash(), s.state_hash());
+            prop_assert_eq!(decoded.encode(), bytes);
+            prop_assert_eq!(decoded.next_deadline(), s.next_deadline());
+            prop_assert_eq!(decoded.query(&Query::Summary), s.query(&Query::Summary));
+            prop_assert!(decoded.check_invariants().is_ok());
+            Ok(())
+        };
+        drive(&case, &mut round_trip)?;
+    }
+
+    /// Restoring a snapshot taken after k entries and applying the rest gives the state and
+    /// answers of applying everything from genesis.
+    #[test]
+    fn replay_from_snapshot_equals_replay_from_genesis(case in case(), split in any::<Index>()) {
+        let run = drive(&case, &mut no_hook)?;
+        let k = split.index(run.entries.len() + 1);
+        let mut head = Scheduler::new(case.config.clone());
+        for entry in &run.entries[..k] {
+            head.apply(entry.clone());
+        }
+        let mut restored = Scheduler::decode(&head.encode())
+            .map_err(|e| TestCaseError::fail(format!("decode failed: {e}")))?;
+        for (i, entry) in run.entries.iter().enumerate().skip(k) {
+            let applied = restored.apply(entry.clone());
+            prop_assert_eq!(&applied, &run.applied[i], "entry {} after restore at {}", i, k);
+        }
+        prop_assert_eq!(restored.state_hash(), run.last.state_hash(), "split at {}", k);
+        prop_assert!(restored == run.last);
+    }
+
+    /// Re-applying a remembered request id with the same command replays its first answer and
+    /// changes nothing; with a different command it is refused as reused and changes nothing.
+    #[test]
+    fn request_ids_apply_at_most_once(case in case()) {
+        let mut probe = |s: &mut Scheduler, model: &mut Model, driver: &mut Driver, step: &Step| {
+            let Some(pick) = &step.probe else { return Ok(()) };
+            if model.sessions.is_empty() {
+                return Ok(());
+            }
+            let (key, (command, first)) = model
+                .sessions
+                .iter()
+                .nth(pick.index(model.sessions.len()))
+                .map(|(k, (c, f))| (k.clone(), (c.clone(), f.clone())))
+                .expect("index in range");
+            let hash = s.state_hash();
+            let retry = Entry {
+                index: driver.next_index(),
+                proposed_at: s.now(),
+                request_id: Some(key.request_id.clone()),
+                command: command.clone(),
+            };
+            let again = checked_apply(s, model, &retry)?;
+            prop_assert!(again.replayed, "not replayed: {:?}", retry);
+            prop_assert_eq!(&again.result, &first.result);
+            prop_assert_eq!(again.log_index, first.log_index);
+            prop_assert!(again.expired.is_empty());
+            prop_assert_eq!(s.state_hash(), hash, "retry changed the state: {:?}", retry);
+
+            let reused = Entry {
+                index: driver.next_index(),
+                proposed_at: s.now(),
+                request_id: Some(key.request_id.clone()),
+                command: different(&command),
+            };
+            let refused = checked_apply(s, model, &reused)?;
+            prop_assert!(!refused.replayed);
+            prop_assert_eq!(
+                &refused.result,
+                &Err(Rejection::RequestIdReused { first_index: first.log_index })
+            );
+            prop_assert_eq!(refused.log_index, reused.index);
+            prop_assert_eq!(s.state_hash(), hash, "reuse changed the state: {:?}", reused);
+            Ok(())
+        };
+        drive(&case, &mut probe)?;
+    }
+}
