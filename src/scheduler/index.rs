@@ -39,6 +39,8 @@ pub struct Indexes {
     pub worker_placements: BTreeMap<WorkerId, BTreeMap<(TenantId, PlacementId), u32>>,
     /// Instances of each placement group per worker.
     pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
+    /// Instances of each placement group in total (the sum of `group_workers`).
+    pub group_sizes: BTreeMap<(TenantId, GroupId), u64>,
     /// Reservation and lease expiry times.
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
     /// Token hash to its tenant.
@@ -145,7 +147,9 @@ impl Indexes {
             &(tenant.clone(), placement.id().clone()),
         );
         if let Some(group) = &placement.spec.group {
-            bump(self.group_workers.entry((tenant.clone(), group.clone())).or_default(), worker);
+            let key = (tenant.clone(), group.clone());
+            *self.group_sizes.entry(key.clone()).or_insert(0) += 1;
+            bump(self.group_workers.entry(key).or_default(), worker);
         }
     }
 
@@ -175,6 +179,11 @@ impl Indexes {
             if drop_one(map, worker) {
                 self.group_workers.remove(&key);
             }
+            let size = self.group_sizes.get_mut(&key).expect("invariant: group counted");
+            *size -= 1;
+            if *size == 0 {
+                self.group_sizes.remove(&key);
+            }
         }
     }
 
@@ -198,9 +207,6 @@ impl Indexes {
 
     /// Instances currently in a placement group.
     pub fn group_instances(&self, tenant: &TenantId, group: &GroupId) -> u64 {
-        self.group_workers
-            .get(&(tenant.clone(), group.clone()))
-            .map(|m| m.values().map(|n| u64::from(*n)).sum())
-            .unwrap_or(0)
+        self.group_sizes.get(&(tenant.clone(), group.clone())).copied().unwrap_or(0)
     }
 }

@@ -178,18 +178,21 @@ pub fn choose_worker(
             }
         }
     } else if let Some(free) = ix.free.get(&placement.pool) {
-        let need = placement.spec.resources.cpu_millis;
+        let need = placement.spec.resources;
+        // Free memory is in the index key: skip short workers without looking them up.
+        let fits = |key: &&(u64, u64, WorkerId)| key.1 >= need.memory_mib;
         let mut visit = |key: &(u64, u64, WorkerId)| consider(state_worker(state, &key.2));
         match strategy {
             Strategy::BinPack => {
-                for key in free.range((need, 0, WorkerId::new(""))..) {
+                for key in free.range((need.cpu_millis, 0, WorkerId::new(""))..).filter(fits) {
                     if visit(key) {
                         break;
                     }
                 }
             }
             Strategy::Spread => {
-                for key in free.iter().rev().take_while(|k| k.0 >= need) {
+                let cpu_fits = |k: &&(u64, u64, WorkerId)| k.0 >= need.cpu_millis;
+                for key in free.iter().rev().take_while(cpu_fits).filter(fits) {
                     if visit(key) {
                         break;
                     }
