@@ -5,8 +5,19 @@
 //! # Layout
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Depends on nothing
 //!   below; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
+//! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
+//!   group commit, ticker, reads, membership).
+//! - `storage` — the Raft log (sled, or memory) and snapshot files.
+//! - `network` — peer RPC over tonic on its own port, with injected connectors.
+//! - `clock` — the injected wall clock the leader stamps into entries.
+//! - `server` — a replica plus its peer gRPC server, with all IO passed in.
 //!
-//! Later layers (replication, storage, peer network, public API) wrap the core; the rule is
-//! that dependencies point inwards, towards `scheduler`.
+//! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
+//! on nothing else in the crate.
 
+pub mod clock;
+pub mod network;
+pub mod raft;
 pub mod scheduler;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,13 @@
+//! Compiles the protos with `protox` (pure Rust: no system `protoc` needed).
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/berth/raft/v1/raft.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("berth_descriptor.bin"), descriptors.encode_to_vec())?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,546 @@
+//! One running replica: the Raft instance and the tasks around it.
+//!
+//! - **Proposer**: client commands queue up and are committed together, several per log entry
+//!   (group commit), with a few batches in flight, so throughput is not one fsync per command.
+//!   The leader stamps `proposed_at`; a follower forwards the batch to the leader, which
+//!   stamps it. Retrying is safe because every client command carries a request id.
+//! - **Ticker**: the leader proposes `Tick` when a reservation or lease deadline is due, and at
+//!   least every `tick_idle` while any is live, so expiry needs no client traffic.
+//! - **Reads**: linearizable through `ensure_linearizable` on the leader, or ReadIndex from a
+//!   follower (ask the leader for the index, wait to apply it, read locally); stale reads are
+//!   local.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::network::{Connect, ForwardError, PeerClient, PeerNetwork, PeerService};
+use crate::raft::state_machine::{Replicated, StateMachine};
+use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId};
+use crate::scheduler::{Applied, Command};
+use crate::storage::{LogStore, SnapshotStore};
+
+/// Timing and batching knobs of one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    pub id: ReplicaId,
+    /// The peer address other replicas reach this one at.
+    pub advertise_peer: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot (for followers that lag a little).
+    pub snapshot_keep_logs: u64,
+    /// Longest gap between ticks while a lease or reservation is live.
+    pub tick_idle: Duration,
+    /// Most commands committed in one log entry.
+    pub batch_max: usize,
+    /// Batches proposed concurrently.
+    pub batches_in_flight: usize,
+    /// How long a write may take before its outcome is reported unknown.
+    pub write_deadline: Duration,
+}
+
+impl ReplicaOptions {
+    pub fn new(id: ReplicaId, advertise_peer: impl Into<String>) -> Self {
+        ReplicaOptions {
+            id,
+            advertise_peer: advertise_peer.into(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_logs: 10_000,
+            snapshot_keep_logs: 1_000,
+            tick_idle: Duration::from_millis(500),
+            batch_max: 512,
+            batches_in_flight: 4,
+            write_deadline: Duration::from_secs(5),
+        }
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, String> {
+        openraft::Config {
+            cluster_name: "berth".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
+            purge_batch_size: 256,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// A write that did not produce an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The command may or may not have been applied; retry it with the same request id.
+    #[error("outcome unknown (retry with the same request id): {0}")]
+    Unknown(String),
+    /// No leader could be found before the deadline; the command was not applied.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    #[error("replica is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("no leader to confirm a linearizable read: {0}")]
+    NoLeader(String),
+    #[error("read timed out: {0}")]
+    Timeout(String),
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (ReadIndex).
+    Linearizable,
+    /// This replica's state, possibly behind.
+    Stale,
+}
+
+/// What a replica reports about itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: ReplicaId,
+    pub role: String,
+    pub leader: Option<ReplicaId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Voters and learners with their peer addresses.
+    pub voters: BTreeMap<ReplicaId, String>,
+    pub learners: BTreeMap<ReplicaId, String>,
+    /// The last command index applied (the `log_index` clients see).
+    pub applied_command_index: u64,
+    /// Log time of the state machine.
+    pub now_ms: u64,
+    /// SHA-256 of the scheduler state, hex; equal on replicas at equal applied index.
+    pub state_hash: String,
+}
+
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+struct Inner {
+    options: ReplicaOptions,
+    raft: Raft,
+    sm: StateMachine,
+    clock: Arc<dyn Clock>,
+    connect: Connect,
+    queue: mpsc::Sender<Pending>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The last leader we forwarded to, with its client (channels are reused).
+    leader_client: Mutex<Option<(ReplicaId, String, PeerClient)>>,
+}
+
+/// A running replica; clones share it.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+/// Commands waiting for the proposer, at most.
+const QUEUE_MAX: usize = 65_536;
+/// How long to wait for leadership news before looking again.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+
+impl Replica {
+    /// Opens storage, starts Raft and the proposer and ticker. Serve `peer_service()` on the
+    /// peer listener for the replica to reach and be reached by the others.
+    pub async fn start(
+        options: ReplicaOptions,
+        log: LogStore,
+        snapshots: SnapshotStore,
+        clock: Arc<dyn Clock>,
+        connect: Connect,
+    ) -> Result<Replica, String> {
+        let config = Arc::new(options.raft_config()?);
+        let sm = StateMachine::open(snapshots).map_err(|e| e.to_string())?;
+        let network = PeerNetwork::new(connect.clone());
+        let raft = Raft::new(options.id, config, network, log, sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (queue, rx) = mpsc::channel(QUEUE_MAX);
+        let (stop, _) = watch::channel(false);
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                options,
+                raft,
+                sm,
+                clock,
+                connect,
+                queue,
+                stop,
+                tasks: Mutex::new(Vec::new()),
+                leader_client: Mutex::new(None),
+            }),
+        };
+        let proposer = tokio::spawn(replica.clone().run_proposer(rx));
+        let ticker = tokio::spawn(replica.clone().run_ticker());
+        replica.lock_tasks().extend([proposer, ticker]);
+        Ok(replica)
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.inner.options.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The gRPC service other replicas call on this replica's peer port.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.clone(), self.inner.clock.clone())
+    }
+
+    /// Initialises a new cluster with `members` (id → peer address). Returns false if this
+    /// replica already belongs to a cluster (restarts never re-initialise).
+    pub async fn initialize(&self, members: BTreeMap<ReplicaId, String>) -> Result<bool, String> {
+        let nodes: BTreeMap<ReplicaId, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
+        match self.inner.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Proposes one client command and waits for its answer.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.queue.send(Pending { proposal, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    async fn run_proposer(self, mut rx: mpsc::Receiver<Pending>) {
+        let in_flight = Arc::new(Semaphore::new(self.inner.options.batches_in_flight.max(1)));
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let first = tokio::select! {
+                _ = stop.changed() => break,
+                next = rx.recv() => match next { Some(p) => p, None => break },
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.inner.options.batch_max {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let proposals: Vec<Proposal> = batch.iter().map(|p| p.proposal.clone()).collect();
+                let outcome = me.submit(proposals).await;
+                match outcome {
+                    Ok(results) if results.len() == batch.len() => {
+                        for (pending, applied) in batch.into_iter().zip(results) {
+                            let _ = pending.reply.send(Ok(applied));
+                        }
+                    }
+                    Ok(results) => {
+                        let why = format!("{} answers for {} commands", results.len(), batch.len());
+                        for pending in batch {
+                            let _ = pending.reply.send(Err(WriteError::Unknown(why.clone())));
+                        }
+                    }
+                    Err(e) => {
+                        for pending in batch {
+                            let _ = pending.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Commits `proposals` in one entry: locally when leading, else through the leader.
+    async fn submit(&self, proposals: Vec<Proposal>) -> Result<BatchResult, WriteError> {
+        let deadline = Instant::now() + self.inner.options.write_deadline;
+        let mut sent = false;
+        let mut last_problem = String::from("no leader elected yet");
+        while Instant::now() < deadline {
+            let leader = self.inner.raft.metrics().borrow().current_leader;
+            match leader {
+                Some(id) if id == self.id() => {
+                    let batch = Batch { proposed_at: self.inner.clock.now(), proposals: proposals.clone() };
+                    sent = true;
+                    match self.inner.raft.client_write(batch).await {
+                        Ok(written) => return Ok(written.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                            // Not appended: we lost leadership before proposing.
+                            last_problem = "leadership moved".into();
+                        }
+                        Err(e) => return Err(WriteError::Unknown(e.to_string())),
+                    }
+                }
+                Some(id) => match self.forward(id, &proposals, deadline).await {
+                    Ok(Ok(results)) => return Ok(results),
+                    Ok(Err(ForwardError::NotLeader { .. })) => {
+                        last_problem = format!("replica {id} is no longer the leader");
+                    }
+                    Ok(Err(ForwardError::Unavailable(why))) => return Err(WriteError::Unknown(why)),
+                    Err(why) => {
+                        // Transport failure after sending: retry (request ids make it safe).
+                        sent = true;
+                        last_problem = why;
+                    }
+                },
+                None => {}
+            }
+            self.wait_for_leadership_news().await;
+        }
+        Err(if sent { WriteError::Unknown(last_problem) } else { WriteError::NoLeader(last_problem) })
+    }
+
+    async fn forward(
+        &self,
+        leader: ReplicaId,
+        proposals: &[Proposal],
+        deadline: Instant,
+    ) -> Result<Result<BatchResult, ForwardError>, String> {
+        let mut client = self.leader_client(leader)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        client.propose(proposals, remaining).await.map_err(|status| {
+            self.forget_leader_client();
+            status.message().to_owned()
+        })
+    }
+
+    fn leader_client(&self, leader: ReplicaId) -> Result<PeerClient, String> {
+        let addr = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("leader {leader} has no known address"))?;
+        let mut cached = self.inner.leader_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, cached_addr, client)) = cached.as_ref() {
+            if *id == leader && *cached_addr == addr {
+                return Ok(client.clone());
+            }
+        }
+        let client = PeerClient::new(&self.inner.connect, &addr)?;
+        *cached = Some((leader, addr, client.clone()));
+        Ok(client)
+    }
+
+    fn forget_leader_client(&self) {
+        *self.inner.leader_client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn wait_for_leadership_news(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        let _ = tokio::time::timeout(LEADER_POLL, metrics.changed()).await;
+    }
+
+    async fn run_ticker(self) {
+        let mut stop = self.inner.stop.subscribe();
+        let mut check = tokio::time::interval(Duration::from_millis(50));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = check.tick() => {}
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            let next_deadline = self.inner.sm.read().scheduler.next_deadline();
+            let due = next_deadline.is_some_and(|at| at <= self.inner.clock.now());
+            let idle = next_deadline.is_some()
+                && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
+            if due || idle {
+                last_tick = Some(Instant::now());
+                let tick = Proposal { request_id: None, command: Command::Tick };
+                if let Err(e) = self.propose(tick).await {
+                    tracing::debug!(error = %e, "tick not committed");
+                }
+            }
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.id())
+    }
+
+    /// Reads the replicated state with the requested freshness.
+    pub async fn read<T>(
+        &self,
+        consistency: Consistency,
+        deadline: Duration,
+        f: impl FnOnce(&Replicated) -> T,
+    ) -> Result<T, ReadError> {
+        if consistency == Consistency::Linearizable {
+            let until = Instant::now() + deadline;
+            let index = self.read_index(until).await?;
+            if let Some(index) = index {
+                let remaining = until.saturating_duration_since(Instant::now());
+                self.inner
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index.index), "read index applied")
+                    .await
+                    .map_err(|e| ReadError::Timeout(e.to_string()))?;
+            }
+        }
+        Ok(self.read_local(f))
+    }
+
+    /// A read index confirmed by a quorum: locally when leading, else from the leader.
+    async fn read_index(&self, until: Instant) -> Result<Option<LogId>, ReadError> {
+        let mut last_problem = String::from("no leader elected yet");
+        while Instant::now() < until {
+            let leader = self.inner.raft.metrics().borrow().current_leader;
+            match leader {
+                Some(id) if id == self.id() => match self.inner.raft.ensure_linearizable().await {
+                    Ok(index) => return Ok(index),
+                    Err(e) => last_problem = e.to_string(),
+                },
+                Some(id) => {
+                    let remaining = until.saturating_duration_since(Instant::now());
+                    match self.leader_client(id) {
+                        Ok(mut client) => match client.read_index(remaining).await {
+                            Ok(Ok(index)) => return Ok(index),
+                            Ok(Err(e)) => last_problem = e.to_string(),
+                            Err(status) => {
+                                self.forget_leader_client();
+                                last_problem = status.message().to_owned();
+                            }
+                        },
+                        Err(e) => last_problem = e,
+                    }
+                }
+                None => {}
+            }
+            self.wait_for_leadership_news().await;
+        }
+        Err(ReadError::NoLeader(last_problem))
+    }
+
+    /// Reads this replica's state as it is now (possibly behind the leader).
+    pub fn read_local<T>(&self, f: impl FnOnce(&Replicated) -> T) -> T {
+        f(&self.inner.sm.read())
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<ReplicaId> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let slot = if voter_ids.contains(id) { &mut voters } else { &mut learners };
+            slot.insert(*id, node.addr.clone());
+        }
+        let state = self.inner.sm.read();
+        ReplicaStatus {
+            id: m.id,
+            role: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters,
+            learners,
+            applied_command_index: state.progress.command_index,
+            now_ms: state.scheduler.now().0,
+            state_hash: hex(&state.scheduler.state_hash()),
+        }
+    }
+
+    /// Adds a replica: first as a learner that catches up (by snapshot if needed), then as a
+    /// voter. Call on the leader.
+    pub async fn add_replica(&self, id: ReplicaId, addr: String) -> Result<(), String> {
+        let raft = &self.inner.raft;
+        raft.add_learner(id, BasicNode::new(addr), true).await.map_err(|e| e.to_string())?;
+        let mut voters: BTreeSet<ReplicaId> =
+            raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        voters.insert(id);
+        raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Removes a replica from the voters and the cluster. Call on the leader.
+    pub async fn remove_replica(&self, id: ReplicaId) -> Result<(), String> {
+        let raft = &self.inner.raft;
+        let mut voters: BTreeSet<ReplicaId> =
+            raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if !voters.remove(&id) {
+            return Err(format!("replica {id} is not a voter"));
+        }
+        if voters.is_empty() {
+            return Err("cannot remove the last voter".into());
+        }
+        raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Waits until this replica sees a leader, or the timeout passes.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<ReplicaId, String> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| e.to_string())?
+            .current_leader
+            .ok_or_else(|| "no leader".to_owned())
+    }
+
+    pub fn role(&self) -> ServerState {
+        self.inner.raft.metrics().borrow().state
+    }
+
+    /// Stops the tasks and Raft. Queued writes fail with `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let tasks: Vec<_> = self.lock_tasks().drain(..).collect();
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
