@@ -43,7 +43,7 @@ struct ServerArgs {
     data_dir: PathBuf,
     /// Initialise a new cluster from --initial-members if this replica's storage is new.
     /// Give it to exactly one replica; restarts never re-initialise.
-    #[arg(long)]
+    #[arg(long, env = "BERTH_BOOTSTRAP")]
     bootstrap: bool,
     /// The founding members, as `ID=HOST:PEER_PORT` separated by commas (with --bootstrap).
     #[arg(long, env = "BERTH_INITIAL_MEMBERS", value_delimiter = ',')]
@@ -77,9 +77,8 @@ struct ServerArgs {
 fn parse_members(specs: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut members = BTreeMap::new();
     for spec in specs {
-        let (id, addr) = spec
-            .split_once('=')
-            .with_context(|| format!("member {spec:?} is not ID=HOST:PORT"))?;
+        let (id, addr) =
+            spec.split_once('=').with_context(|| format!("member {spec:?} is not ID=HOST:PORT"))?;
         let id: u64 = id.trim().parse().with_context(|| format!("member id in {spec:?}"))?;
         if id == 0 {
             bail!("replica ids start at 1 (got {spec:?})");
@@ -140,13 +139,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}
@@ -166,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {

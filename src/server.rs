@@ -66,11 +66,12 @@ impl Server {
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let service = replica.peer_service().into_server();
         let serving = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(peer_incoming, async {
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+                peer_incoming,
+                async {
                     let _ = stopped.await;
-                }),
+                },
+            ),
         );
         if let Some(members) = bootstrap {
             if replica.initialize(members).await.map_err(anyhow::Error::msg)? {

@@ -1,6 +1,9 @@
 //! The Raft log stores pass openraft's storage conformance suite, and snapshots survive a
 //! restart intact while damaged ones are refused.
 
+// openraft's StoreBuilder returns its (large) StorageError.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -50,7 +53,10 @@ fn entry(index: u64, commands: Vec<Command>) -> LogEntry {
     let proposals = commands
         .into_iter()
         .enumerate()
-        .map(|(i, command)| Proposal { request_id: Some(RequestId::new(format!("r{index}-{i}"))), command })
+        .map(|(i, command)| Proposal {
+            request_id: Some(RequestId::new(format!("r{index}-{i}"))),
+            command,
+        })
         .collect();
     LogEntry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

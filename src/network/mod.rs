@@ -107,7 +107,9 @@ impl PeerClient {
         };
         match tokio::time::timeout(deadline, call).await {
             Ok(reply) => Ok(reply?.into_inner().data),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!("{rpc:?} took over {deadline:?}"))),
+            Err(_) => {
+                Err(tonic::Status::deadline_exceeded(format!("{rpc:?} took over {deadline:?}")))
+            }
         }
     }
 
@@ -186,7 +188,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: ReplicaId, node: &Node) -> PeerConnection {
-        PeerConnection { target, addr: node.addr.clone(), connect: self.connect.clone(), client: None }
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            connect: self.connect.clone(),
+            client: None,
+        }
     }
 }
 
@@ -205,12 +212,14 @@ impl PeerConnection {
         let span = tracing::trace_span!("peer_rpc", ?rpc, target = self.target);
         let _guard = span.enter();
         if self.client.is_none() {
-            let client = PeerClient::new(&self.connect, &self.addr)
-                .map_err(|e| RpcError::Unreachable(Unreachable::from(openraft::AnyError::error(e))))?;
+            let client = PeerClient::new(&self.connect, &self.addr).map_err(|e| {
+                RpcError::Unreachable(Unreachable::from(openraft::AnyError::error(e)))
+            })?;
             self.client = Some(client);
         }
         let client = self.client.as_mut().expect("invariant: client set above");
-        let data = encode(request).map_err(|e| RpcError::Network(NetworkError::from(openraft::AnyError::error(e))))?;
+        let data = encode(request)
+            .map_err(|e| RpcError::Network(NetworkError::from(openraft::AnyError::error(e))))?;
         // openraft's hard TTL bounds the call; the soft TTL leaves it room to react.
         let reply = match client.call(rpc, data, option.soft_ttl()).await {
             Ok(reply) => reply,
@@ -264,7 +273,10 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(replica: crate::raft::replica::Replica, clock: Arc<dyn crate::clock::Clock>) -> Self {
+    pub fn new(
+        replica: crate::raft::replica::Replica,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Self {
         PeerService { replica, clock }
     }
 
@@ -325,9 +337,9 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
             Err(e) => match e.forward_to_leader() {
                 Some(f) => Err(not_leader(f.leader_id, f.leader_node.clone())),
                 None => Err(ForwardError::Unavailable(match e {
-                    openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                        c.to_string()
-                    }
+                    openraft::error::RaftError::APIError(
+                        ClientWriteError::ChangeMembershipError(c),
+                    ) => c.to_string(),
                     other => other.to_string(),
                 })),
             },

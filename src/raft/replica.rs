@@ -77,7 +77,8 @@ impl ReplicaOptions {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
-            purge_batch_size: 256,
+            // Purge in batches, but never more than a snapshot interval could ever accumulate.
+            purge_batch_size: (self.snapshot_logs / 4).clamp(1, 256),
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..Default::default()
         }
@@ -200,7 +201,8 @@ impl Replica {
         };
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
         let ticker = tokio::spawn(replica.clone().run_ticker());
-        replica.lock_tasks().extend([proposer, ticker]);
+        let reporter = tokio::spawn(replica.clone().report_role_changes());
+        replica.lock_tasks().extend([proposer, ticker, reporter]);
         Ok(replica)
     }
 
@@ -236,7 +238,11 @@ impl Replica {
     /// Proposes one client command and waits for its answer.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.queue.send(Pending { proposal, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.inner
+            .queue
+            .send(Pending { proposal, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -292,7 +298,8 @@ impl Replica {
             let leader = self.inner.raft.metrics().borrow().current_leader;
             match leader {
                 Some(id) if id == self.id() => {
-                    let batch = Batch { proposed_at: self.inner.clock.now(), proposals: proposals.clone() };
+                    let batch =
+                        Batch { proposed_at: self.inner.clock.now(), proposals: proposals.clone() };
                     sent = true;
                     match self.inner.raft.client_write(batch).await {
                         Ok(written) => return Ok(written.data),
@@ -308,7 +315,9 @@ impl Replica {
                     Ok(Err(ForwardError::NotLeader { .. })) => {
                         last_problem = format!("replica {id} is no longer the leader");
                     }
-                    Ok(Err(ForwardError::Unavailable(why))) => return Err(WriteError::Unknown(why)),
+                    Ok(Err(ForwardError::Unavailable(why))) => {
+                        return Err(WriteError::Unknown(why))
+                    }
                     Err(why) => {
                         // Transport failure after sending: retry (request ids make it safe).
                         sent = true;
@@ -319,7 +328,11 @@ impl Replica {
             }
             self.wait_for_leadership_news().await;
         }
-        Err(if sent { WriteError::Unknown(last_problem) } else { WriteError::NoLeader(last_problem) })
+        Err(if sent {
+            WriteError::Unknown(last_problem)
+        } else {
+            WriteError::NoLeader(last_problem)
+        })
     }
 
     async fn forward(
@@ -390,6 +403,26 @@ impl Replica {
                 if let Err(e) = self.propose(tick).await {
                     tracing::debug!(error = %e, "tick not committed");
                 }
+            }
+        }
+    }
+
+    /// Logs every change of role, term or leader, for operators (and scripts) to follow.
+    async fn report_role_changes(self) {
+        let mut metrics = self.inner.raft.metrics();
+        let mut seen = None;
+        loop {
+            let now = {
+                let m = metrics.borrow_and_update();
+                (m.state, m.current_term, m.current_leader)
+            };
+            if seen != Some(now) {
+                let (role, term, leader) = now;
+                tracing::info!(replica = self.id(), ?role, term, ?leader, "role changed");
+                seen = Some(now);
+            }
+            if metrics.changed().await.is_err() {
+                break;
             }
         }
     }
@@ -489,27 +522,65 @@ impl Replica {
     /// voter. Call on the leader.
     pub async fn add_replica(&self, id: ReplicaId, addr: String) -> Result<(), String> {
         let raft = &self.inner.raft;
-        raft.add_learner(id, BasicNode::new(addr), true).await.map_err(|e| e.to_string())?;
-        let mut voters: BTreeSet<ReplicaId> =
-            raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-        voters.insert(id);
-        raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
-        Ok(())
+        self.retry_transient(|| async {
+            // A new leader's inherited membership counts as committed only once its first
+            // entry commits; confirming leadership first waits for exactly that.
+            raft.ensure_linearizable().await.map_err(|e| (is_transient_read(&e), e.to_string()))?;
+            raft.add_learner(id, BasicNode::new(addr.clone()), true)
+                .await
+                .map_err(|e| (is_transient_write(&e), e.to_string()))?;
+            let mut voters = self.voter_ids();
+            voters.insert(id);
+            raft.change_membership(voters, false)
+                .await
+                .map_err(|e| (is_transient_write(&e), e.to_string()))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a replica from the voters and the cluster. Call on the leader.
     pub async fn remove_replica(&self, id: ReplicaId) -> Result<(), String> {
         let raft = &self.inner.raft;
-        let mut voters: BTreeSet<ReplicaId> =
-            raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-        if !voters.remove(&id) {
-            return Err(format!("replica {id} is not a voter"));
+        self.retry_transient(|| async {
+            raft.ensure_linearizable().await.map_err(|e| (is_transient_read(&e), e.to_string()))?;
+            let mut voters = self.voter_ids();
+            if !voters.remove(&id) {
+                return Err((false, format!("replica {id} is not a voter")));
+            }
+            if voters.is_empty() {
+                return Err((false, "cannot remove the last voter".to_owned()));
+            }
+            raft.change_membership(voters, false)
+                .await
+                .map_err(|e| (is_transient_write(&e), e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn voter_ids(&self) -> BTreeSet<ReplicaId> {
+        self.inner.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Runs a membership step until it succeeds, fails for good, or the write deadline passes.
+    /// Errors are `(transient, message)`.
+    async fn retry_transient<F, Fut>(&self, mut step: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), (bool, String)>>,
+    {
+        let until = Instant::now() + self.inner.options.write_deadline;
+        loop {
+            match step().await {
+                Ok(()) => return Ok(()),
+                Err((true, why)) if Instant::now() < until => {
+                    tracing::debug!(%why, "membership change will be retried");
+                    self.wait_for_leadership_news().await;
+                }
+                Err((_, why)) => return Err(why),
+            }
         }
-        if voters.is_empty() {
-            return Err("cannot remove the last voter".into());
-        }
-        raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
-        Ok(())
     }
 
     /// Waits until this replica sees a leader, or the timeout passes.
@@ -543,4 +614,19 @@ impl Replica {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A leadership check that may pass if tried again (the quorum has not answered yet).
+fn is_transient_read(e: &RaftError<crate::raft::types::CheckIsLeaderError>) -> bool {
+    matches!(e, RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)))
+}
+
+/// A membership change refused because another one is still in progress.
+fn is_transient_write(e: &RaftError<crate::raft::types::ClientWriteError>) -> bool {
+    matches!(
+        e,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(_)
+        ))
+    )
 }

@@ -162,8 +162,12 @@ impl LogStore {
 
     fn last_entry(&self) -> Result<Option<LogEntry>, StorageError> {
         match &self.backend {
-            Backend::Sled(s) => s.logs.last().map_err(read_err)?.map(|(_, v)| decode(&v)).transpose(),
-            Backend::Memory(m) => Self::mem(m).logs.values().next_back().map(|v| decode(v)).transpose(),
+            Backend::Sled(s) => {
+                s.logs.last().map_err(read_err)?.map(|(_, v)| decode(&v)).transpose()
+            }
+            Backend::Memory(m) => {
+                Self::mem(m).logs.values().next_back().map(|v| decode(v)).transpose()
+            }
         }
     }
 
@@ -227,7 +231,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -50,7 +50,9 @@ impl SnapshotStore {
 
     pub fn load(&self) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
         match self {
-            SnapshotStore::Memory(slot) => Ok(slot.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            SnapshotStore::Memory(slot) => {
+                Ok(slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            }
             SnapshotStore::Dir(dir) => match std::fs::read(dir.join(FILE_NAME)) {
                 Ok(bytes) => unframe(&bytes).map(Some),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

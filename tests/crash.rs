@@ -1,0 +1,237 @@
+//! Real processes: three `berth server` replicas, the leader killed with SIGKILL while a client
+//! writes, then restarted on the same data directory. Every acknowledged write must be on all
+//! three replicas afterwards, and their state hashes must be equal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::network::{tcp_connect, Connect, ForwardError, PeerClient};
+use berth::raft::replica::ReplicaStatus;
+use berth::raft::types::Proposal;
+use berth::scheduler::{Answer, Command, Query, RequestId, Resources, WorkerId};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const WRITES: u64 = 400;
+
+struct Replica {
+    addr: String,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The processes; killed on drop so a failing test leaves nothing running.
+struct Processes {
+    replicas: BTreeMap<u64, Replica>,
+    members: String,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for replica in self.replicas.values_mut() {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+impl Processes {
+    fn spawn(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("replica");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log)
+            .expect("log file");
+        let mut process = Process::new(env!("CARGO_BIN_EXE_berth"));
+        process
+            .args(["server", "--id", &id.to_string(), "--peer-listen", &replica.addr])
+            .arg("--data-dir")
+            .arg(&replica.dir);
+        if id == 1 {
+            // Replica 1 always starts with --bootstrap; only its first start initialises.
+            process.args(["--bootstrap", "--initial-members", &self.members]);
+        }
+        let child = process
+            .args(["--heartbeat-ms", "50", "--election-timeout-min-ms", "300"])
+            .args(["--election-timeout-max-ms", "600", "--snapshot-logs", "100"])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth server starts");
+        replica.child = Some(child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut child = self.replicas.get_mut(&id).and_then(|r| r.child.take()).expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+}
+
+async fn status(connect: &Connect, addr: &str) -> Option<ReplicaStatus> {
+    let mut client = PeerClient::new(connect, addr).ok()?;
+    client.status(Duration::from_millis(500)).await.ok()
+}
+
+fn register(i: u64) -> Proposal {
+    Proposal {
+        request_id: Some(RequestId::new(format!("crash-{i}"))),
+        command: Command::RegisterWorker {
+            worker: WorkerId::new(format!("w{i}")),
+            pool: None,
+            capacity: Resources::new(1_000, 1_024),
+            labels: BTreeMap::new(),
+        },
+    }
+}
+
+/// Writes `register(i)` through whichever replica leads, following hints and failing over.
+/// Returns true once acknowledged, false if the outcome stayed unknown until the deadline.
+async fn write(connect: &Connect, addrs: &[String], i: u64) -> bool {
+    let until = Instant::now() + DEADLINE;
+    let mut target = 0usize;
+    while Instant::now() < until {
+        let addr = &addrs[target % addrs.len()];
+        let reply = match PeerClient::new(connect, addr) {
+            Ok(mut client) => client.propose(&[register(i)], Duration::from_secs(2)).await,
+            Err(_) => Err(tonic::Status::unavailable("bad address")),
+        };
+        match reply {
+            Ok(Ok(results)) => {
+                assert!(results[0].result.is_ok(), "refused: {:?}", results[0].result);
+                return true;
+            }
+            Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
+                target = addrs.iter().position(|a| *a == leader).unwrap_or(target + 1);
+            }
+            Ok(Err(_)) | Err(_) => {
+                target += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    false
+}
+
+/// kill -9 of the leader mid-write loses no acknowledged write, and the restarted replica
+/// converges to the same state as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3u64 {
+        replicas.insert(
+            id,
+            Replica {
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("replica-{id}")),
+                log: tmp.path().join(format!("replica-{id}.log")),
+                child: None,
+            },
+        );
+    }
+    let members =
+        replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
+    let mut procs = Processes { replicas, members };
+    for id in 1..=3 {
+        procs.spawn(id);
+    }
+    let addrs: Vec<String> = procs.replicas.values().map(|r| r.addr.clone()).collect();
+    let connect = tcp_connect(Duration::from_millis(300));
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (connect, addrs, acked) = (connect.clone(), addrs.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = BTreeSet::new();
+            for i in 0..WRITES {
+                if write(&connect, &addrs, i).await {
+                    acknowledged.insert(i);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            acknowledged
+        })
+    };
+
+    // Once writes flow, SIGKILL the leader.
+    let until = Instant::now() + DEADLINE;
+    while acked.load(Ordering::Relaxed) < WRITES / 4 {
+        assert!(Instant::now() < until, "writes never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut leader = None;
+    for addr in &addrs {
+        if let Some(s) = status(&connect, addr).await {
+            leader = leader.or(s.leader);
+        }
+    }
+    let leader = leader.expect("a leader");
+    procs.kill(leader);
+    let killed_at = acked.load(Ordering::Relaxed);
+
+    // The survivors keep accepting writes; then the killed replica comes back.
+    while acked.load(Ordering::Relaxed) < killed_at + WRITES / 4 {
+        assert!(Instant::now() < until + DEADLINE, "writes stalled after the kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    procs.spawn(leader);
+    let acknowledged = writer.await.expect("writer");
+    assert!(
+        acknowledged.len() as u64 >= WRITES * 9 / 10,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+
+    // All three converge: same applied command index and state hash.
+    let until = Instant::now() + DEADLINE;
+    let statuses = loop {
+        let mut statuses = Vec::new();
+        for addr in &addrs {
+            statuses.extend(status(&connect, addr).await);
+        }
+        let agreed = statuses.len() == 3
+            && statuses.iter().all(|s| {
+                s.state_hash == statuses[0].state_hash
+                    && s.applied_command_index == statuses[0].applied_command_index
+            });
+        if agreed {
+            break statuses;
+        }
+        assert!(Instant::now() < until, "replicas did not converge: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        statuses.iter().all(|s| s.voters.len() == 3),
+        "no replica re-initialised: {statuses:#?}"
+    );
+
+    for addr in &addrs {
+        let mut client = PeerClient::new(&connect, addr).expect("client");
+        for i in &acknowledged {
+            let answer = client
+                .query(&Query::Worker(WorkerId::new(format!("w{i}"))), Duration::from_secs(2))
+                .await
+                .expect("query answered");
+            assert!(matches!(answer, Answer::Worker(Some(_))), "w{i} lost on {addr}");
+        }
+    }
+    for replica in procs.replicas.values() {
+        let log = std::fs::read_to_string(&replica.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "a replica panicked:\n{log}");
+    }
+}
