@@ -3,12 +3,23 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/berth/raft/v1/raft.proto"];
+    let protos = [
+        "proto/berth/raft/v1/raft.proto",
+        "proto/berth/v1/common.proto",
+        "proto/berth/v1/tenants.proto",
+        "proto/berth/v1/workers.proto",
+        "proto/berth/v1/scheduler.proto",
+        "proto/berth/v1/leases.proto",
+        "proto/berth/v1/billing.proto",
+        "proto/berth/v1/cluster.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("berth_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Ordered maps: labels and quotas convert to the core's BTreeMaps as they are.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -5,6 +5,7 @@
 //! # Layout
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Depends on nothing
 //!   below; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
+//! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping.
 //! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
 //!   group commit, ticker, reads, membership).
 //! - `storage` — the Raft log (sled, or memory) and snapshot files.
@@ -15,6 +16,7 @@
 //! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
 //! on nothing else in the crate.
 
+pub mod api;
 pub mod clock;
 pub mod network;
 pub mod raft;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use berth::clock::SystemClock;
 use berth::network::tcp_connect;
 use berth::raft::replica::ReplicaOptions;
-use berth::server::{Server, Storage};
+use berth::server::{Listeners, Server, Storage};
 use clap::{Args, Parser, Subcommand};
 
 /// Berth: a Raft-replicated, multi-tenant resource scheduler.
@@ -38,6 +38,13 @@ struct ServerArgs {
     /// Address the other replicas use to reach this one (default: --peer-listen).
     #[arg(long, env = "BERTH_PEER_ADVERTISE")]
     peer_advertise: Option<String>,
+    /// Address to serve the public gRPC API on (Tenants, Workers, Scheduler, Leases, Billing,
+    /// Cluster, health, reflection). Needs an admin token.
+    #[arg(long, env = "BERTH_API_LISTEN")]
+    api_listen: Option<SocketAddr>,
+    /// File holding the admin token (first line). Alternatively set BERTH_ADMIN_TOKEN.
+    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Directory for this replica's Raft log and snapshots (created if missing).
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: PathBuf,
@@ -118,6 +125,20 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.tick_idle = Duration::from_millis(args.tick_idle_ms);
     options.batch_max = args.batch_max.max(1);
 
+    let api = match args.api_listen {
+        None => None,
+        Some(addr) => {
+            let admin = admin_token(args.admin_token_file.as_deref())?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding API address {addr}"))?;
+            tracing::info!(api = %addr, "serving the public API");
+            Some((
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                berth::api::hash_token(&admin),
+            ))
+        }
+    };
     let storage = Storage::open_dir(&args.data_dir)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.peer_listen)
@@ -126,13 +147,32 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let clock = Arc::new(SystemClock::with_offset_ms(args.test_clock_offset_ms));
     let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
-    let server = Server::start(options, storage, clock, connect, incoming, bootstrap).await?;
+    let listeners = Listeners { peer: incoming, api };
+    let server = Server::start(options, storage, clock, connect, listeners, bootstrap).await?;
     tracing::info!(id = args.id, peer = %advertise, data_dir = %args.data_dir.display(), "replica started");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// The admin token from a file (first line) or `BERTH_ADMIN_TOKEN`.
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading admin token file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        None => std::env::var("BERTH_ADMIN_TOKEN").unwrap_or_default().trim().to_owned(),
+    };
+    if token.len() < 16 {
+        bail!("the API needs an admin token of at least 16 characters: --admin-token-file or BERTH_ADMIN_TOKEN");
+    }
+    Ok(token)
 }
 
 async fn shutdown_signal() {

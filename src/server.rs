@@ -13,10 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
+use crate::api::Api;
 use crate::clock::Clock;
 use crate::network::Connect;
 use crate::raft::replica::{Replica, ReplicaOptions};
 use crate::raft::types::ReplicaId;
+use crate::scheduler::TokenHash;
 use crate::storage::{LogStore, SnapshotStore};
 
 /// Where a replica keeps its log and snapshot.
@@ -35,15 +37,23 @@ impl Storage {
     }
 }
 
+/// Where the replica listens: the peer port, and optionally the public API port with the
+/// hash of the admin token.
+pub struct Listeners<I> {
+    pub peer: I,
+    pub api: Option<(I, TokenHash)>,
+}
+
 /// A running server; `stop` shuts it down gracefully.
 pub struct Server {
     pub replica: Replica,
-    stop_serving: Option<oneshot::Sender<()>>,
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_serving: Vec<oneshot::Sender<()>>,
+    serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Server {
-    /// Starts the replica and serves its peer RPC on `peer_incoming`. With `bootstrap`, a
+    /// Starts the replica, serves its peer RPC (and the public API, if given a listener). With
+    /// `bootstrap`, a
     /// replica whose storage is new initialises the cluster with those members; a replica that
     /// already belongs to a cluster never re-initialises.
     pub async fn start<I, IO, IE>(
@@ -51,7 +61,7 @@ impl Server {
         storage: Storage,
         clock: Arc<dyn Clock>,
         connect: Connect,
-        peer_incoming: I,
+        listeners: Listeners<I>,
         bootstrap: Option<BTreeMap<ReplicaId, String>>,
     ) -> anyhow::Result<Server>
     where
@@ -63,34 +73,46 @@ impl Server {
         let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
             .await
             .map_err(anyhow::Error::msg)?;
-        let (stop_serving, stopped) = oneshot::channel::<()>();
-        let service = replica.peer_service().into_server();
-        let serving = tokio::spawn(
-            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
-                peer_incoming,
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-        );
+        let mut stop_serving = Vec::new();
+        let mut serving = Vec::new();
+        let mut serve = |routes: tonic::service::Routes, incoming: I| {
+            let (stop, stopped) = oneshot::channel::<()>();
+            stop_serving.push(stop);
+            serving.push(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    }),
+            ));
+        };
+        let peer = tonic::service::Routes::new(replica.peer_service().into_server());
+        serve(peer, listeners.peer);
+        if let Some((incoming, admin)) = listeners.api {
+            let routes =
+                Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
+            serve(routes, incoming);
+        }
         if let Some(members) = bootstrap {
             if replica.initialize(members).await.map_err(anyhow::Error::msg)? {
                 tracing::info!(replica = replica.id(), "initialised a new cluster");
             }
         }
-        Ok(Server { replica, stop_serving: Some(stop_serving), serving })
+        Ok(Server { replica, stop_serving, serving })
     }
 
-    /// Stops Raft, then the peer server.
-    pub async fn stop(mut self) {
+    /// Stops Raft, then the servers.
+    pub async fn stop(self) {
         self.replica.shutdown().await;
-        if let Some(stop) = self.stop_serving.take() {
+        for stop in self.stop_serving {
             let _ = stop.send(());
         }
-        match self.serving.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "peer server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "peer server task failed"),
+        for serving in self.serving {
+            match serving.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "server task failed"),
+            }
         }
     }
 }

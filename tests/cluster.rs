@@ -2,138 +2,16 @@
 //! linearizable reads, leader failure, restart from disk, snapshot catch-up, membership
 //! changes, group commit and log-time expiry without client traffic.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use berth::clock::SystemClock;
-use berth::network::tcp_connect;
-use berth::raft::replica::{Consistency, Replica, ReplicaOptions, ReplicaStatus, WriteError};
+use berth::raft::replica::{Consistency, Replica, WriteError};
 use berth::raft::types::Proposal;
 use berth::scheduler::{Answer, Applied, Command, Query, RequestId, Resources, WorkerId};
-use berth::server::{Server, Storage};
-use tokio::net::TcpListener;
+use common::*;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Member {
-    addr: String,
-    dir: PathBuf,
-    server: Option<Server>,
-}
-
-/// Replicas with sled storage in a temp dir, each on its own loopback port.
-struct Cluster {
-    members: BTreeMap<u64, Member>,
-    options: fn(u64, String) -> ReplicaOptions,
-    _tmp: tempfile::TempDir,
-}
-
-fn fast_options(id: u64, addr: String) -> ReplicaOptions {
-    let mut o = ReplicaOptions::new(id, addr);
-    o.heartbeat_ms = 50;
-    o.election_timeout_min_ms = 300;
-    o.election_timeout_max_ms = 600;
-    o.tick_idle = Duration::from_millis(200);
-    o
-}
-
-fn snapshotting_options(id: u64, addr: String) -> ReplicaOptions {
-    let mut o = fast_options(id, addr);
-    o.snapshot_logs = 20;
-    o.snapshot_keep_logs = 5;
-    o
-}
-
-async fn listen(addr: &str) -> (String, TcpListener) {
-    let listener = TcpListener::bind(addr).await.expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr").to_string();
-    (addr, listener)
-}
-
-impl Cluster {
-    async fn start(n: u64, options: fn(u64, String) -> ReplicaOptions) -> Cluster {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let mut listeners = BTreeMap::new();
-        let mut members = BTreeMap::new();
-        for id in 1..=n {
-            let (addr, listener) = listen("127.0.0.1:0").await;
-            listeners.insert(id, listener);
-            let dir = tmp.path().join(format!("replica-{id}"));
-            members.insert(id, Member { addr, dir, server: None });
-        }
-        let mut cluster = Cluster { members, options, _tmp: tmp };
-        let founders: BTreeMap<u64, String> =
-            cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
-        for (id, listener) in listeners {
-            let bootstrap = (id == 1).then(|| founders.clone());
-            cluster.launch(id, listener, bootstrap).await;
-        }
-        cluster
-    }
-
-    async fn launch(
-        &mut self,
-        id: u64,
-        listener: TcpListener,
-        bootstrap: Option<BTreeMap<u64, String>>,
-    ) {
-        let member = self.members.get_mut(&id).expect("member");
-        let storage = Storage::open_dir(&member.dir).expect("storage opens");
-        let server = Server::start(
-            (self.options)(id, member.addr.clone()),
-            storage,
-            Arc::new(SystemClock::default()),
-            tcp_connect(Duration::from_millis(500)),
-            TcpListenerStream::new(listener),
-            bootstrap,
-        )
-        .await
-        .expect("server starts");
-        member.server = Some(server);
-    }
-
-    /// Adds a new, empty replica process-alike (not yet a cluster member).
-    async fn spawn_extra(&mut self, id: u64) {
-        let (addr, listener) = listen("127.0.0.1:0").await;
-        let dir = self._tmp.path().join(format!("replica-{id}"));
-        self.members.insert(id, Member { addr, dir, server: None });
-        self.launch(id, listener, None).await;
-    }
-
-    async fn stop(&mut self, id: u64) {
-        let server = self.members.get_mut(&id).and_then(|m| m.server.take()).expect("running");
-        server.stop().await;
-    }
-
-    async fn restart(&mut self, id: u64) {
-        let addr = self.members[&id].addr.clone();
-        let (_, listener) = listen(&addr).await;
-        self.launch(id, listener, None).await;
-    }
-
-    fn replica(&self, id: u64) -> &Replica {
-        &self.members[&id].server.as_ref().expect("running").replica
-    }
-
-    fn running(&self) -> Vec<u64> {
-        self.members.iter().filter(|(_, m)| m.server.is_some()).map(|(id, _)| *id).collect()
-    }
-
-    async fn leader(&self) -> u64 {
-        let first = self.running()[0];
-        self.replica(first).wait_for_leader(DEADLINE).await.expect("a leader is elected")
-    }
-
-    async fn shutdown(mut self) {
-        for id in self.running() {
-            self.stop(id).await;
-        }
-    }
-}
 
 fn register(i: u64) -> Proposal {
     Proposal {
@@ -158,31 +36,6 @@ async fn workers(replica: &Replica, consistency: Consistency) -> usize {
         .read(consistency, DEADLINE, |s| s.scheduler.state().workers.len())
         .await
         .expect("read served")
-}
-
-/// Polls `check` until it holds or the deadline passes (then fails with `what`).
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    let until = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until every running replica has applied the same commands to the same state.
-async fn converged(cluster: &Cluster) -> Vec<ReplicaStatus> {
-    let mut statuses = Vec::new();
-    eventually("replicas to converge", || {
-        statuses = cluster.running().iter().map(|id| cluster.replica(*id).status()).collect();
-        let first = &statuses[0];
-        statuses.iter().all(|s| {
-            s.applied_command_index == first.applied_command_index
-                && s.state_hash == first.state_hash
-                && s.last_applied_index == first.last_applied_index
-        })
-    })
-    .await;
-    statuses
 }
 
 /// Three replicas elect a leader; writes through the leader and through a follower commit;

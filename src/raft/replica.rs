@@ -518,6 +518,12 @@ impl Replica {
         }
     }
 
+    /// Asks a peer for its own status over the peer port (`None` if it does not answer).
+    pub async fn peer_status(&self, addr: &str) -> Option<ReplicaStatus> {
+        let mut client = PeerClient::new(&self.inner.connect, addr).ok()?;
+        client.status(Duration::from_secs(1)).await.ok()
+    }
+
     /// Adds a replica: first as a learner that catches up (by snapshot if needed), then as a
     /// voter. Call on the leader.
     pub async fn add_replica(&self, id: ReplicaId, addr: String) -> Result<(), String> {

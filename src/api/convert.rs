@@ -1,0 +1,216 @@
+//! Conversions between the public protos (`berth.v1`) and the core's types. Input checks that
+//! the core does not make (enum values, required messages) fail with INVALID_ARGUMENT here;
+//! everything else is validated by the core in `apply`.
+
+use tonic::Status;
+
+use super::pb;
+use super::status::invalid;
+use crate::scheduler::{
+    Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
+    Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
+};
+
+pub fn resources(r: Option<pb::Resources>) -> Resources {
+    let r = r.unwrap_or_default();
+    Resources::new(r.cpu_millis, r.memory_mib)
+}
+
+pub fn pb_resources(r: Resources) -> pb::Resources {
+    pb::Resources { cpu_millis: r.cpu_millis, memory_mib: r.memory_mib }
+}
+
+fn non_empty<T: From<String>>(s: String) -> Option<T> {
+    (!s.is_empty()).then(|| T::from(s))
+}
+
+fn requirement(r: pb::LabelRequirement) -> Result<LabelRequirement, Status> {
+    use pb::label_requirement::Op;
+    let op = match Op::try_from(r.op) {
+        Ok(Op::In) => LabelOp::In,
+        Ok(Op::NotIn) => LabelOp::NotIn,
+        Ok(Op::Exists) => LabelOp::Exists,
+        Ok(Op::DoesNotExist) => LabelOp::DoesNotExist,
+        _ => {
+            return Err(invalid(
+                "INVALID_ARGUMENT",
+                format!("label requirement on {:?} needs an op", r.key),
+            ))
+        }
+    };
+    Ok(LabelRequirement { key: r.key, op, values: r.values })
+}
+
+fn pb_requirement(r: &LabelRequirement) -> pb::LabelRequirement {
+    use pb::label_requirement::Op;
+    let op = match r.op {
+        LabelOp::In => Op::In,
+        LabelOp::NotIn => Op::NotIn,
+        LabelOp::Exists => Op::Exists,
+        LabelOp::DoesNotExist => Op::DoesNotExist,
+    };
+    pb::LabelRequirement { key: r.key.clone(), op: op.into(), values: r.values.clone() }
+}
+
+fn terms(t: Vec<pb::LabelTerm>) -> Vec<LabelTerm> {
+    t.into_iter().map(|t| LabelTerm { key: t.key, value: t.value }).collect()
+}
+
+fn pb_terms(t: &[LabelTerm]) -> Vec<pb::LabelTerm> {
+    t.iter().map(|t| pb::LabelTerm { key: t.key.clone(), value: t.value.clone() }).collect()
+}
+
+pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
+    let s = spec.ok_or_else(|| invalid("INVALID_ARGUMENT", "spec is required"))?;
+    let strategy = match pb::Strategy::try_from(s.strategy) {
+        Ok(pb::Strategy::BinPack) => Strategy::BinPack,
+        Ok(pb::Strategy::Spread) => Strategy::Spread,
+        Err(_) => {
+            return Err(invalid("INVALID_ARGUMENT", format!("unknown strategy {}", s.strategy)))
+        }
+    };
+    Ok(PlaceSpec {
+        placement: PlacementId(s.placement_id),
+        count: if s.count == 0 { 1 } else { s.count },
+        resources: resources(s.resources),
+        pool: non_empty(s.pool),
+        strategy,
+        labels: s.labels,
+        worker_requires: s
+            .worker_requires
+            .into_iter()
+            .map(requirement)
+            .collect::<Result<_, _>>()?,
+        worker_prefers: s.worker_prefers.into_iter().map(requirement).collect::<Result<_, _>>()?,
+        affinity: terms(s.affinity),
+        affinity_preferred: terms(s.affinity_preferred),
+        anti_affinity: terms(s.anti_affinity),
+        anti_affinity_preferred: terms(s.anti_affinity_preferred),
+        group: non_empty(s.group),
+        priority: s.priority,
+    })
+}
+
+fn pb_spec(s: &PlaceSpec) -> pb::PlacementSpec {
+    pb::PlacementSpec {
+        placement_id: s.placement.0.clone(),
+        count: s.count,
+        resources: Some(pb_resources(s.resources)),
+        pool: s.pool.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        strategy: match s.strategy {
+            Strategy::BinPack => pb::Strategy::BinPack,
+            Strategy::Spread => pb::Strategy::Spread,
+        }
+        .into(),
+        labels: s.labels.clone(),
+        worker_requires: s.worker_requires.iter().map(pb_requirement).collect(),
+        worker_prefers: s.worker_prefers.iter().map(pb_requirement).collect(),
+        affinity: pb_terms(&s.affinity),
+        affinity_preferred: pb_terms(&s.affinity_preferred),
+        anti_affinity: pb_terms(&s.anti_affinity),
+        anti_affinity_preferred: pb_terms(&s.anti_affinity_preferred),
+        group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
+        priority: s.priority,
+    }
+}
+
+pub fn placement(p: &Placement) -> pb::Placement {
+    pb::Placement {
+        tenant_id: p.tenant.0.clone(),
+        spec: Some(pb_spec(&p.spec)),
+        pool: p.pool.0.clone(),
+        workers: p.instances.iter().map(|w| w.0.clone()).collect(),
+        placed_at_ms: p.placed_at.0,
+        log_index: p.log_index.0,
+        expires_at_ms: p.expires_at.map(|t| t.0),
+    }
+}
+
+pub fn fence(f: Option<pb::Fence>) -> Option<Fence> {
+    f.map(|f| Fence { lease: f.lease.into(), token: LogIndex(f.token) })
+}
+
+pub fn group_strategy(s: i32) -> Result<GroupStrategy, Status> {
+    match pb::GroupStrategy::try_from(s) {
+        Ok(pb::GroupStrategy::Spread) => Ok(GroupStrategy::Spread),
+        Ok(pb::GroupStrategy::Pack) => Ok(GroupStrategy::Pack),
+        Err(_) => Err(invalid("INVALID_ARGUMENT", format!("unknown group strategy {s}"))),
+    }
+}
+
+pub fn worker(w: &Worker) -> pb::Worker {
+    pb::Worker {
+        worker_id: w.id.0.clone(),
+        pool: w.pool.0.clone(),
+        capacity: Some(pb_resources(w.capacity)),
+        allocated: Some(pb_resources(w.allocated)),
+        labels: w.labels.clone(),
+        schedulable: w.schedulable,
+        registered_at_ms: w.registered_at.0,
+    }
+}
+
+pub fn tenant(t: &Tenant) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: t.id.0.clone(),
+        parent_id: t.parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        children: t.children.iter().map(|c| c.0.clone()).collect(),
+        weight: t.weight,
+        created_at_ms: t.created_at.0,
+        token_names: t.tokens.keys().map(|k| k.0.clone()).collect(),
+    }
+}
+
+pub fn lease(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        tenant_id: l.tenant.0.clone(),
+        name: l.name.0.clone(),
+        holder: l.holder.clone(),
+        token: l.token.0,
+        ttl_ms: l.ttl_ms,
+        granted_at_ms: l.granted_at.0,
+        expires_at_ms: l.expires_at.0,
+    }
+}
+
+fn limits(l: pb::Limits) -> Limits {
+    Limits {
+        cpu_millis: l.cpu_millis,
+        memory_mib: l.memory_mib,
+        instances: l.instances,
+        jobs: l.jobs,
+    }
+}
+
+fn pb_limits(l: &Limits) -> pb::Limits {
+    pb::Limits {
+        cpu_millis: l.cpu_millis,
+        memory_mib: l.memory_mib,
+        instances: l.instances,
+        jobs: l.jobs,
+    }
+}
+
+pub fn quota(q: Option<pb::Quota>) -> Quota {
+    let q = q.unwrap_or_default();
+    Quota {
+        total: limits(q.total.unwrap_or_default()),
+        pools: q.pools.into_iter().map(|(p, l)| (PoolId(p), limits(l))).collect(),
+    }
+}
+
+pub fn pb_quota(q: &Quota) -> pb::Quota {
+    pb::Quota {
+        total: Some(pb_limits(&q.total)),
+        pools: q.pools.iter().map(|(p, l)| (p.0.clone(), pb_limits(l))).collect(),
+    }
+}
+
+pub fn usage(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        cpu_millis: u.cpu_millis,
+        memory_mib: u.memory_mib,
+        instances: u.instances,
+        jobs: u.jobs,
+    }
+}

@@ -1,0 +1,119 @@
+//! The public gRPC API (`berth.v1`): validation, authentication and tenant scoping in front of
+//! the replica. Writes go through `Replica::propose` (to the leader, exactly once per request
+//! id); reads are linearizable unless `stale_ok`. Business rejections become statuses in one
+//! place (`status.rs`).
+
+pub mod auth;
+pub mod convert;
+mod services;
+pub mod status;
+
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("berth.v1");
+}
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::raft::replica::{Consistency, Replica};
+use crate::raft::types::Proposal;
+use crate::scheduler::{Command, Response, Scheduler, TokenHash};
+
+pub use auth::{hash_token, Caller};
+
+/// Most time a read may take.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The API of one replica; every service is implemented on it.
+#[derive(Clone)]
+pub struct Api {
+    replica: Replica,
+    admin: TokenHash,
+}
+
+impl Api {
+    pub fn new(replica: Replica, admin: TokenHash) -> Self {
+        Api { replica, admin }
+    }
+
+    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        auth::authenticate(request, &self.admin, &self.replica)
+    }
+
+    /// Proposes a command and returns its response with where it landed in the log.
+    async fn write(
+        &self,
+        request_id: &str,
+        command: Command,
+    ) -> Result<(Response, pb::WriteInfo), Status> {
+        let request_id = auth::request_id(request_id)?;
+        let applied = self
+            .replica
+            .propose(Proposal { request_id: Some(request_id), command })
+            .await
+            .map_err(|e| status::write_error(&e))?;
+        let info = pb::WriteInfo {
+            log_index: applied.log_index.0,
+            applied_at_ms: applied.applied_at.0,
+            replayed: applied.replayed,
+        };
+        match applied.result {
+            Ok(response) => Ok((response, info)),
+            Err(rejection) => Err(status::rejection(&rejection)),
+        }
+    }
+
+    async fn read<T>(
+        &self,
+        options: Option<pb::ReadOptions>,
+        f: impl FnOnce(&Scheduler) -> T,
+    ) -> Result<T, Status> {
+        let consistency = if options.is_some_and(|o| o.stale_ok) {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
+        self.replica
+            .read(consistency, READ_DEADLINE, |s| f(&s.scheduler))
+            .await
+            .map_err(|e| status::read_error(&e))
+    }
+
+    /// All services, health and reflection, ready to serve on the API port.
+    pub fn routes(
+        self,
+    ) -> Result<tonic::service::Routes, Box<dyn std::error::Error + Send + Sync>> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::network::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let names = [
+            "berth.v1.Tenants",
+            "berth.v1.Workers",
+            "berth.v1.Scheduler",
+            "berth.v1.Leases",
+            "berth.v1.Billing",
+            "berth.v1.Cluster",
+        ];
+        tokio::spawn(async move {
+            reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            for name in names {
+                reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+            }
+        });
+        Ok(tonic::service::Routes::new(health)
+            .add_service(reflection)
+            .add_service(pb::tenants_server::TenantsServer::new(self.clone()))
+            .add_service(pb::workers_server::WorkersServer::new(self.clone()))
+            .add_service(pb::scheduler_server::SchedulerServer::new(self.clone()))
+            .add_service(pb::leases_server::LeasesServer::new(self.clone()))
+            .add_service(pb::billing_server::BillingServer::new(self.clone()))
+            .add_service(pb::cluster_server::ClusterServer::new(self)))
+    }
+}
+
+fn unexpected(response: Response) -> Status {
+    Status::internal(format!("unexpected response from the state machine: {response:?}"))
+}

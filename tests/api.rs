@@ -1,0 +1,454 @@
+//! The public gRPC API against a real in-process 3-replica cluster: auth and tenant isolation,
+//! error details, the concurrency guarantees through the API, tenant deletion, leases with
+//! fencing, cost allocation, cluster status, health and idempotent retries.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use berth::api::pb;
+use common::*;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// A request with a bearer token.
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {token}")).expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+fn reason(status: &Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+fn meta(status: &Status, key: &str) -> String {
+    status.get_details_error_info().and_then(|i| i.metadata.get(key).cloned()).unwrap_or_default()
+}
+
+struct Clients {
+    tenants: pb::tenants_client::TenantsClient<Channel>,
+    workers: pb::workers_client::WorkersClient<Channel>,
+    scheduler: pb::scheduler_client::SchedulerClient<Channel>,
+    leases: pb::leases_client::LeasesClient<Channel>,
+    billing: pb::billing_client::BillingClient<Channel>,
+    cluster: pb::cluster_client::ClusterClient<Channel>,
+    channel: Channel,
+}
+
+async fn clients(cluster: &Cluster, id: u64) -> Clients {
+    let addr = cluster.members[&id].api_addr.clone().expect("api served");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    Clients {
+        tenants: pb::tenants_client::TenantsClient::new(channel.clone()),
+        workers: pb::workers_client::WorkersClient::new(channel.clone()),
+        scheduler: pb::scheduler_client::SchedulerClient::new(channel.clone()),
+        leases: pb::leases_client::LeasesClient::new(channel.clone()),
+        billing: pb::billing_client::BillingClient::new(channel.clone()),
+        cluster: pb::cluster_client::ClusterClient::new(channel.clone()),
+        channel,
+    }
+}
+
+/// A cluster with the API on every replica, and clients talking to a follower (so every write
+/// also exercises forwarding to the leader).
+async fn setup() -> (Cluster, Clients) {
+    let cluster = Cluster::start_with(3, fast_options, true).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let c = clients(&cluster, follower).await;
+    (cluster, c)
+}
+
+fn rid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("req-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn create_tenant(c: &mut Clients, id: &str) {
+    let r =
+        pb::CreateTenantRequest { request_id: rid(), tenant_id: id.into(), ..Default::default() };
+    c.tenants.create_tenant(authed(ADMIN_TOKEN, r)).await.expect("tenant created");
+}
+
+async fn issue_token(c: &mut Clients, tenant: &str) -> String {
+    let r = pb::IssueTokenRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.issue_token(authed(ADMIN_TOKEN, r)).await.expect("token issued").into_inner().token
+}
+
+async fn register(c: &mut Clients, id: &str, cpu_millis: u64) {
+    let r = pb::RegisterWorkerRequest {
+        request_id: rid(),
+        worker_id: id.into(),
+        capacity: Some(pb::Resources { cpu_millis, memory_mib: 1 << 20 }),
+        ..Default::default()
+    };
+    c.workers.register_worker(authed(ADMIN_TOKEN, r)).await.expect("worker registered");
+}
+
+fn spec(id: &str, cpu_millis: u64) -> pb::PlacementSpec {
+    pb::PlacementSpec {
+        placement_id: id.into(),
+        resources: Some(pb::Resources { cpu_millis, memory_mib: 16 }),
+        ..Default::default()
+    }
+}
+
+fn place(tenant: &str, spec: pb::PlacementSpec) -> pb::PlaceRequest {
+    pb::PlaceRequest { request_id: rid(), tenant_id: tenant.into(), spec: Some(spec), fence: None }
+}
+
+/// A token may be recognised by this replica a moment after IssueToken commits elsewhere.
+async fn wait_for_token(c: &mut Clients, tenant: &str, token: &str) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let r = pb::GetTenantRequest { tenant_id: tenant.into(), read: None };
+        match c.tenants.get_tenant(authed(token, r)).await {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::Unauthenticated && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("token not accepted: {s}"),
+        }
+    }
+}
+
+/// No token, a wrong token, a tenant token on admin RPCs or on another tenant, and malformed
+/// tenant ids are each refused with the right code and reason, never an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_tenant_isolation() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "alpha").await;
+    create_tenant(&mut c, "beta").await;
+    let alpha = issue_token(&mut c, "alpha").await;
+    wait_for_token(&mut c, "alpha", &alpha).await;
+
+    let get = |tenant: &str| pb::GetTenantRequest { tenant_id: tenant.into(), read: None };
+    let none = c.tenants.get_tenant(Request::new(get("alpha"))).await.expect_err("no token");
+    assert_eq!(none.code(), Code::Unauthenticated);
+    let wrong = c
+        .tenants
+        .get_tenant(authed("berth_not-a-token", get("alpha")))
+        .await
+        .expect_err("bad token");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+
+    let other = c.tenants.get_tenant(authed(&alpha, get("beta"))).await.expect_err("other tenant");
+    assert_eq!(
+        (other.code(), reason(&other).as_str()),
+        (Code::PermissionDenied, "PERMISSION_DENIED")
+    );
+    let other = c
+        .scheduler
+        .place(authed(&alpha, place("beta", spec("x", 100))))
+        .await
+        .expect_err("other tenant");
+    assert_eq!(other.code(), Code::PermissionDenied);
+    let list = pb::ListPlacementsRequest { tenant_id: "beta".into(), ..Default::default() };
+    let other = c.scheduler.list_placements(authed(&alpha, list)).await.expect_err("other tenant");
+    assert_eq!(other.code(), Code::PermissionDenied);
+
+    let admin_only = pb::ListWorkersRequest::default();
+    let refused = c.workers.list_workers(authed(&alpha, admin_only)).await.expect_err("admin only");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::PermissionDenied, "ADMIN_REQUIRED")
+    );
+
+    for (id, expected) in
+        [("", "TENANT_ID_REQUIRED"), (" ", "TENANT_ID_REQUIRED"), ("Alpha", "INVALID_TENANT_ID")]
+    {
+        let bad = c
+            .scheduler
+            .place(authed(ADMIN_TOKEN, place(id, spec("x", 100))))
+            .await
+            .expect_err("bad id");
+        assert_eq!(
+            (bad.code(), reason(&bad)),
+            (Code::InvalidArgument, expected.to_owned()),
+            "{id:?}"
+        );
+    }
+    let no_rid = pb::PlaceRequest { request_id: String::new(), ..place("alpha", spec("x", 100)) };
+    let bad = c.scheduler.place(authed(&alpha, no_rid)).await.expect_err("no request id");
+    assert_eq!(reason(&bad), "REQUEST_ID_REQUIRED");
+
+    // Revoked tokens stop working.
+    let revoke = pb::RevokeTokenRequest {
+        request_id: rid(),
+        tenant_id: "alpha".into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.revoke_token(authed(ADMIN_TOKEN, revoke)).await.expect("revoked");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while c.tenants.get_tenant(authed(&alpha, get("alpha"))).await.is_ok() {
+        assert!(tokio::time::Instant::now() < until, "revoked token still accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// 50 concurrent Place calls against a quota of 10 instances: exactly 10 succeed, the rest
+/// are QUOTA_EXCEEDED with dimension, limit, used and requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_places_never_exceed_quota() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 1_000_000).await;
+    let quota = pb::Quota {
+        total: Some(pb::Limits { instances: Some(10), ..Default::default() }),
+        ..Default::default()
+    };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "acme".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let mut s = c.scheduler.clone();
+            tokio::spawn(async move {
+                s.place(authed(ADMIN_TOKEN, place("acme", spec(&format!("p{i}"), 10)))).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(s) => {
+                assert_eq!(
+                    (s.code(), reason(&s).as_str()),
+                    (Code::ResourceExhausted, "QUOTA_EXCEEDED"),
+                    "{s}"
+                );
+                assert_eq!(
+                    (meta(&s, "dimension"), meta(&s, "limit")),
+                    ("instances".into(), "10".into())
+                );
+                assert_eq!((meta(&s, "used"), meta(&s, "requested")), ("10".into(), "1".into()));
+            }
+        }
+    }
+    assert_eq!(ok, 10);
+    let get = pb::GetQuotaRequest { tenant_id: "acme".into(), read: None };
+    let quota = c.tenants.get_quota(authed(ADMIN_TOKEN, get)).await.expect("quota").into_inner();
+    assert_eq!(quota.usage.expect("usage").instances, 10);
+    cluster.shutdown().await;
+}
+
+/// 20 concurrent Place calls into a group of max 10 admit exactly 10; concurrent required
+/// anti-affinity placements on 3 workers land at most one per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_groups_and_anti_affinity_hold() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    for w in ["w1", "w2", "w3"] {
+        register(&mut c, w, 1_000_000).await;
+    }
+    let group = pb::CreatePlacementGroupRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        group: "g".into(),
+        max_instances: 10,
+        strategy: pb::GroupStrategy::Pack.into(),
+    };
+    c.scheduler.create_placement_group(authed(ADMIN_TOKEN, group)).await.expect("group");
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut s = c.scheduler.clone();
+            let spec = pb::PlacementSpec { group: "g".into(), ..spec(&format!("g{i}"), 10) };
+            tokio::spawn(async move { s.place(authed(ADMIN_TOKEN, place("acme", spec))).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(s) => assert_eq!(reason(&s), "GROUP_FULL"),
+        }
+    }
+    assert_eq!(ok, 10);
+
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let mut s = c.scheduler.clone();
+            let spec = pb::PlacementSpec {
+                labels: [("app".to_string(), "db".to_string())].into(),
+                anti_affinity: vec![pb::LabelTerm { key: "app".into(), value: "db".into() }],
+                ..spec(&format!("db{i}"), 10)
+            };
+            tokio::spawn(async move { s.place(authed(ADMIN_TOKEN, place("acme", spec))).await })
+        })
+        .collect();
+    let mut hosts = Vec::new();
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(r) => hosts.extend(r.into_inner().placement.expect("placement").workers),
+            Err(s) => {
+                assert_eq!(reason(&s), "NO_CAPACITY");
+                assert_eq!(meta(&s, "anti_affinity"), "3");
+            }
+        }
+    }
+    let distinct: BTreeSet<_> = hosts.iter().collect();
+    assert_eq!((hosts.len(), distinct.len()), (3, 3), "one per worker: {hosts:?}");
+    cluster.shutdown().await;
+}
+
+/// Two tenants with the same workload id see only their own; deleting one releases everything
+/// it held and the capacity returns to the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_ids_isolated_and_deletion_returns_capacity() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "alpha").await;
+    create_tenant(&mut c, "beta").await;
+    register(&mut c, "w1", 10_000).await;
+    let alpha = issue_token(&mut c, "alpha").await;
+    let beta = issue_token(&mut c, "beta").await;
+    wait_for_token(&mut c, "alpha", &alpha).await;
+    wait_for_token(&mut c, "beta", &beta).await;
+    c.scheduler.place(authed(&alpha, place("alpha", spec("web", 1_000)))).await.expect("alpha web");
+    c.scheduler.place(authed(&beta, place("beta", spec("web", 3_000)))).await.expect("beta web");
+    let get = |t: &str| pb::GetPlacementRequest {
+        tenant_id: t.into(),
+        placement_id: "web".into(),
+        read: None,
+    };
+    let a =
+        c.scheduler.get_placement(authed(&alpha, get("alpha"))).await.expect("get").into_inner();
+    let b = c.scheduler.get_placement(authed(&beta, get("beta"))).await.expect("get").into_inner();
+    let cpu = |p: pb::GetPlacementResponse| {
+        p.placement.and_then(|p| p.spec).and_then(|s| s.resources).map(|r| r.cpu_millis)
+    };
+    assert_eq!((cpu(a), cpu(b)), (Some(1_000), Some(3_000)));
+
+    let delete = pb::DeleteTenantRequest { request_id: rid(), tenant_id: "beta".into() };
+    let deleted =
+        c.tenants.delete_tenant(authed(ADMIN_TOKEN, delete)).await.expect("deleted").into_inner();
+    assert_eq!((deleted.placements_released, deleted.tokens_revoked), (1, 1));
+    let worker = pb::GetWorkerRequest { worker_id: "w1".into(), read: None };
+    let w = c.workers.get_worker(authed(ADMIN_TOKEN, worker)).await.expect("worker").into_inner();
+    assert_eq!(w.worker.and_then(|w| w.allocated).map(|a| a.cpu_millis), Some(1_000));
+    let gone =
+        c.scheduler.get_placement(authed(ADMIN_TOKEN, get("beta"))).await.expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+    cluster.shutdown().await;
+}
+
+/// Leases through the API: busy is LEASE_HELD with the holder; a fenced write with the live
+/// token succeeds and with a stale one is STALE_FENCING_TOKEN; a retried request id returns
+/// the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_fencing_and_retries() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 10_000).await;
+    let acquire = |holder: &str, request_id: String| pb::AcquireRequest {
+        request_id,
+        tenant_id: "acme".into(),
+        name: "leader".into(),
+        holder: holder.into(),
+        ttl_ms: 60_000,
+    };
+    let first_rid = rid();
+    let granted = c
+        .leases
+        .acquire(authed(ADMIN_TOKEN, acquire("c1", first_rid.clone())))
+        .await
+        .expect("granted");
+    let granted = granted.into_inner();
+    let token = granted.lease.as_ref().expect("lease").token;
+    assert_eq!(
+        token,
+        granted.write.as_ref().expect("write").log_index,
+        "token is the grant's log index"
+    );
+    let retry =
+        c.leases.acquire(authed(ADMIN_TOKEN, acquire("c1", first_rid))).await.expect("replayed");
+    let retry = retry.into_inner();
+    assert!(retry.write.as_ref().expect("write").replayed);
+    assert_eq!(retry.lease, granted.lease);
+
+    let busy = c.leases.acquire(authed(ADMIN_TOKEN, acquire("c2", rid()))).await.expect_err("held");
+    assert_eq!((reason(&busy), meta(&busy, "holder")), ("LEASE_HELD".into(), "c1".into()));
+
+    let fenced = |token: u64, id: &str| pb::PlaceRequest {
+        fence: Some(pb::Fence { lease: "leader".into(), token }),
+        ..place("acme", spec(id, 100))
+    };
+    c.scheduler.place(authed(ADMIN_TOKEN, fenced(token, "ok"))).await.expect("live token");
+    let stale = c
+        .scheduler
+        .place(authed(ADMIN_TOKEN, fenced(token - 1, "stale")))
+        .await
+        .expect_err("stale");
+    assert_eq!(
+        (stale.code(), reason(&stale).as_str()),
+        (Code::FailedPrecondition, "STALE_FENCING_TOKEN")
+    );
+
+    let release = pb::ReleaseLeaseRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        name: "leader".into(),
+        token,
+    };
+    c.leases.release(authed(ADMIN_TOKEN, release)).await.expect("released");
+    let get = pb::GetLeaseRequest { tenant_id: "acme".into(), name: "leader".into(), read: None };
+    let gone = c.leases.get_lease(authed(ADMIN_TOKEN, get)).await.expect_err("released");
+    assert_eq!(gone.code(), Code::NotFound);
+    cluster.shutdown().await;
+}
+
+/// Cost allocation is exact; cluster status shows every replica; health says SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_status_and_health() {
+    let (cluster, mut c) = setup().await;
+    let r = pb::AllocateSharedCostRequest {
+        total: "10000.00".into(),
+        weights: vec!["1".into(), "1".into(), "1".into()],
+    };
+    let parts = c
+        .billing
+        .allocate_shared_cost(authed(ADMIN_TOKEN, r))
+        .await
+        .expect("allocates")
+        .into_inner()
+        .parts;
+    assert_eq!(parts, vec!["3333.34", "3333.33", "3333.33"]);
+    let bad = pb::AllocateSharedCostRequest { total: "1.005".into(), weights: vec!["1".into()] };
+    let refused =
+        c.billing.allocate_shared_cost(authed(ADMIN_TOKEN, bad)).await.expect_err("sub-cent");
+    assert_eq!(reason(&refused), "INVALID_ALLOCATION");
+
+    let status = c
+        .cluster
+        .status(authed(ADMIN_TOKEN, pb::StatusRequest {}))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.replicas.len(), 3);
+    assert!(status.leader_id.is_some());
+    assert!(status.replicas.iter().all(|r| r.voter && r.role != "Unreachable"), "{status:?}");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(c.channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest { service: "berth.v1.Scheduler".into() };
+    let answer = health.check(check).await.expect("health").into_inner();
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    cluster.shutdown().await;
+}

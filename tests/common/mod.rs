@@ -1,0 +1,182 @@
+//! A test harness: real replicas (sled storage in a temp dir) on loopback ports, optionally
+//! serving the public API with a known admin token.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::clock::SystemClock;
+use berth::network::tcp_connect;
+use berth::raft::replica::{Replica, ReplicaOptions, ReplicaStatus};
+use berth::server::{Listeners, Server, Storage};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Member {
+    pub addr: String,
+    pub api_addr: Option<String>,
+    dir: PathBuf,
+    server: Option<Server>,
+}
+
+/// Replicas with sled storage in a temp dir, each on its own loopback port.
+pub struct Cluster {
+    pub members: BTreeMap<u64, Member>,
+    options: fn(u64, String) -> ReplicaOptions,
+    with_api: bool,
+    _tmp: tempfile::TempDir,
+}
+
+pub fn fast_options(id: u64, addr: String) -> ReplicaOptions {
+    let mut o = ReplicaOptions::new(id, addr);
+    o.heartbeat_ms = 50;
+    o.election_timeout_min_ms = 300;
+    o.election_timeout_max_ms = 600;
+    o.tick_idle = Duration::from_millis(200);
+    o
+}
+
+pub fn snapshotting_options(id: u64, addr: String) -> ReplicaOptions {
+    let mut o = fast_options(id, addr);
+    o.snapshot_logs = 20;
+    o.snapshot_keep_logs = 5;
+    o
+}
+
+pub async fn listen(addr: &str) -> (String, TcpListener) {
+    let listener = TcpListener::bind(addr).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    (addr, listener)
+}
+
+impl Cluster {
+    pub async fn start(n: u64, options: fn(u64, String) -> ReplicaOptions) -> Cluster {
+        Cluster::start_with(n, options, false).await
+    }
+
+    /// Like `start`, with each replica also serving the public API.
+    pub async fn start_with(
+        n: u64,
+        options: fn(u64, String) -> ReplicaOptions,
+        with_api: bool,
+    ) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut listeners = BTreeMap::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=n {
+            let (addr, listener) = listen("127.0.0.1:0").await;
+            listeners.insert(id, listener);
+            let dir = tmp.path().join(format!("replica-{id}"));
+            members.insert(id, Member { addr, api_addr: None, dir, server: None });
+        }
+        let mut cluster = Cluster { members, options, with_api, _tmp: tmp };
+        let founders: BTreeMap<u64, String> =
+            cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
+        for (id, listener) in listeners {
+            let bootstrap = (id == 1).then(|| founders.clone());
+            cluster.launch(id, listener, bootstrap).await;
+        }
+        cluster
+    }
+
+    pub async fn launch(
+        &mut self,
+        id: u64,
+        listener: TcpListener,
+        bootstrap: Option<BTreeMap<u64, String>>,
+    ) {
+        let api = if self.with_api {
+            let (api_addr, api_listener) = match self.members[&id].api_addr.clone() {
+                Some(addr) => listen(&addr).await,
+                None => listen("127.0.0.1:0").await,
+            };
+            self.members.get_mut(&id).expect("member").api_addr = Some(api_addr);
+            Some((TcpListenerStream::new(api_listener), berth::api::hash_token(ADMIN_TOKEN)))
+        } else {
+            None
+        };
+        let member = self.members.get_mut(&id).expect("member");
+        let storage = Storage::open_dir(&member.dir).expect("storage opens");
+        let server = Server::start(
+            (self.options)(id, member.addr.clone()),
+            storage,
+            Arc::new(SystemClock::default()),
+            tcp_connect(Duration::from_millis(500)),
+            Listeners { peer: TcpListenerStream::new(listener), api },
+            bootstrap,
+        )
+        .await
+        .expect("server starts");
+        member.server = Some(server);
+    }
+
+    /// Adds a new, empty replica process-alike (not yet a cluster member).
+    pub async fn spawn_extra(&mut self, id: u64) {
+        let (addr, listener) = listen("127.0.0.1:0").await;
+        let dir = self._tmp.path().join(format!("replica-{id}"));
+        self.members.insert(id, Member { addr, api_addr: None, dir, server: None });
+        self.launch(id, listener, None).await;
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        let server = self.members.get_mut(&id).and_then(|m| m.server.take()).expect("running");
+        server.stop().await;
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        let addr = self.members[&id].addr.clone();
+        let (_, listener) = listen(&addr).await;
+        self.launch(id, listener, None).await;
+    }
+
+    pub fn replica(&self, id: u64) -> &Replica {
+        &self.members[&id].server.as_ref().expect("running").replica
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.members.iter().filter(|(_, m)| m.server.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    pub async fn leader(&self) -> u64 {
+        let first = self.running()[0];
+        self.replica(first).wait_for_leader(DEADLINE).await.expect("a leader is elected")
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes (then fails with `what`).
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let until = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every running replica has applied the same commands to the same state.
+pub async fn converged(cluster: &Cluster) -> Vec<ReplicaStatus> {
+    let mut statuses = Vec::new();
+    eventually("replicas to converge", || {
+        statuses = cluster.running().iter().map(|id| cluster.replica(*id).status()).collect();
+        let first = &statuses[0];
+        statuses.iter().all(|s| {
+            s.applied_command_index == first.applied_command_index
+                && s.state_hash == first.state_hash
+                && s.last_applied_index == first.last_applied_index
+        })
+    })
+    .await;
+    statuses
+}
