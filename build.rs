@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Ordered maps: labels and quotas convert to the core's BTreeMaps as they are.
         .btree_map(".")
+        // The CLI prints responses as JSON with --json.
+        .message_attribute(".berth.v1", "#[derive(serde::Serialize)]")
+        .enum_attribute(".berth.v1", "#[derive(serde::Serialize)]")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -6,6 +6,7 @@
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Depends on nothing
 //!   below; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
 //! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping.
+//! - `client` — the API client: endpoints, failover, retries with the same request id.
 //! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
 //!   group commit, ticker, reads, membership).
 //! - `storage` — the Raft log (sled, or memory) and snapshot files.
@@ -17,6 +18,7 @@
 //! on nothing else in the crate.
 
 pub mod api;
+pub mod client;
 pub mod clock;
 pub mod network;
 pub mod raft;

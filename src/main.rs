@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+mod cli;
+
 use berth::clock::SystemClock;
 use berth::network::tcp_connect;
 use berth::raft::replica::ReplicaOptions;
@@ -17,6 +19,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "berth", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    connection: cli::Connection,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -25,6 +29,10 @@ struct Cli {
 enum Cmd {
     /// Run one replica of a Berth cluster.
     Server(ServerArgs),
+    /// Start a local cluster of 3 or 5 replicas on 127.0.0.1 and keep it running until Ctrl-C.
+    Up(UpArgs),
+    #[command(flatten)]
+    Client(cli::ClientCmd),
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +84,9 @@ struct ServerArgs {
     /// Most client commands committed in one log entry (group commit).
     #[arg(long, default_value_t = 512)]
     batch_max: usize,
+    /// Exit cleanly when standard input closes (used by `berth up` for its replicas).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
     /// Testing only: add this many milliseconds to the wall clock (models clock skew).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     test_clock_offset_ms: i64,
@@ -151,10 +162,207 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let server = Server::start(options, storage, clock, connect, listeners, bootstrap).await?;
     tracing::info!(id = args.id, peer = %advertise, data_dir = %args.data_dir.display(), "replica started");
 
-    shutdown_signal().await;
+    if args.exit_with_parent {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stdin_closed() => {}
+        }
+    } else {
+        shutdown_signal().await;
+    }
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// Resolves when standard input reaches end of file (the parent went away).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Replicas to run: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Where replicas keep their data, logs and the admin token (reused on the next run).
+    #[arg(long, default_value = "./berth-data")]
+    data_dir: PathBuf,
+    /// Peer port of replica 1 (replica N uses this + N - 1).
+    #[arg(long, default_value_t = 7401)]
+    peer_base_port: u16,
+    /// API port of replica 1 (replica N uses this + N - 1).
+    #[arg(long, default_value_t = 7501)]
+    api_base_port: u16,
+}
+
+/// The admin token of a local cluster: reused from `<data-dir>/admin.token`, or created.
+fn local_admin_token(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("admin.token");
+    if !path.exists() {
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+        let token = format!("berth_admin_{}", berth::raft::replica::hex(&bytes));
+        std::fs::write(&path, format!("{token}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(path)
+}
+
+/// The id of a replica process that has exited, if any.
+fn exited(children: &mut [(u64, std::process::Child)]) -> Option<u64> {
+    for (i, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return Some(*i);
+        }
+    }
+    None
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    use std::process::{Command as Process, Stdio};
+    if args.replicas != 3 && args.replicas != 5 {
+        bail!("--replicas must be 3 or 5");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let token_file = local_admin_token(&data_dir)?;
+    let token = admin_token(Some(&token_file))?;
+    let exe = std::env::current_exe().context("finding the berth binary")?;
+    let port = |base: u16, i: u64| -> anyhow::Result<u16> {
+        u16::try_from(u64::from(base) + i - 1).context("port out of range")
+    };
+    let mut members = Vec::new();
+    for i in 1..=args.replicas {
+        members.push(format!("{i}=127.0.0.1:{}", port(args.peer_base_port, i)?));
+    }
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 1..=args.replicas {
+        let api = format!("127.0.0.1:{}", port(args.api_base_port, i)?);
+        let log_path = data_dir.join(format!("replica-{i}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut process = Process::new(&exe);
+        process
+            .args(["server", "--id", &i.to_string(), "--exit-with-parent"])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", port(args.peer_base_port, i)?)])
+            .args(["--api-listen", &api])
+            .arg("--admin-token-file")
+            .arg(&token_file)
+            .arg("--data-dir")
+            .arg(data_dir.join(format!("replica-{i}")))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if i == 1 {
+            process.args(["--bootstrap", "--initial-members", &members.join(",")]);
+        }
+        let child = process.spawn().with_context(|| format!("starting replica {i}"))?;
+        eprintln!("replica {i}: pid {}, api {api}, log {}", child.id(), log_path.display());
+        children.push((i, child));
+        endpoints.push(api);
+    }
+
+    let client = berth::client::Client::new(
+        &endpoints,
+        Some(&token),
+        berth::client::ClientOptions::default(),
+    )?;
+    eprint!("waiting for a leader");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let status = client
+            .call(berth::client::pb::StatusRequest {}, |ch, req| async move {
+                berth::client::cluster(ch).status(req).await
+            })
+            .await;
+        if let Ok(status) = status {
+            let all_up = status.replicas.len() as u64 == args.replicas
+                && status.replicas.iter().all(|r| r.role != "Unreachable");
+            if let (Some(leader), true) = (status.leader_id, all_up) {
+                break leader;
+            }
+        }
+        if let Some(i) = exited(&mut children) {
+            stop_children(&mut children);
+            bail!(
+                "replica {i} exited during start-up; see {}",
+                data_dir.join(format!("replica-{i}.log")).display()
+            );
+        }
+        if std::time::Instant::now() > until {
+            stop_children(&mut children);
+            bail!("no leader after 60 s; see the logs in {}", data_dir.display());
+        }
+        eprint!(".");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!();
+    println!("Berth is up: {} replicas, leader replica {leader}", args.replicas);
+    println!("  endpoints:   {}", endpoints.join(","));
+    println!("  admin token: {token}  (also in {})", token_file.display());
+    println!(
+        "  try:         export BERTH_ENDPOINTS={} BERTH_TOKEN=$(cat {})",
+        endpoints.join(","),
+        token_file.display()
+    );
+    println!("               berth cluster status");
+    println!("Press Ctrl-C to stop every replica.");
+
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(i) = exited(&mut children) {
+                    eprintln!("replica {i} exited; stopping the others");
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("stopping {} replicas...", children.len());
+    stop_children(&mut children);
+    eprintln!("stopped; the data stays in {}", data_dir.display());
+    Ok(())
+}
+
+/// Closes each replica's stdin (a clean shutdown), waits up to 15 s, then kills stragglers.
+fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
+    for (_, child) in children.iter_mut() {
+        drop(child.stdin.take());
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    for (i, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    eprintln!("replica {i} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    children.clear();
 }
 
 /// The admin token from a file (first line) or `BERTH_ADMIN_TOKEN`.
@@ -198,7 +406,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -208,8 +416,24 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
         Cmd::Server(args) => runtime.block_on(server(args)),
+        Cmd::Up(args) => runtime.block_on(up(args)),
+        Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with causes), never a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

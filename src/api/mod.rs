@@ -86,9 +86,13 @@ impl Api {
         self,
     ) -> Result<tonic::service::Routes, Box<dyn std::error::Error + Send + Sync>> {
         let (reporter, health) = tonic_health::server::health_reporter();
+        // Both reflection versions: grpcurl speaks v1, many generated clients still v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::network::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::network::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
         let names = [
             "berth.v1.Tenants",
             "berth.v1.Workers",
@@ -105,6 +109,7 @@ impl Api {
         });
         Ok(tonic::service::Routes::new(health)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(pb::tenants_server::TenantsServer::new(self.clone()))
             .add_service(pb::workers_server::WorkersServer::new(self.clone()))
             .add_service(pb::scheduler_server::SchedulerServer::new(self.clone()))

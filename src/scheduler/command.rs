@@ -375,7 +375,7 @@ pub enum Rejection {
     GroupExists { group: GroupId },
     #[error("placement group {group} holds {current} of {max_instances} instances; {requested} more do not fit")]
     GroupFull { group: GroupId, max_instances: u32, current: u64, requested: u32 },
-    #[error("quota of {limited_by} exceeded on {dimension:?}{}: limit {limit}, used {used}, requested {requested}", pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
+    #[error("quota of {limited_by} exceeded on {}{}: limit {limit}, used {used}, requested {requested}", dimension.name(), pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
     QuotaExceeded {
         /// The tenant whose limit is hit: the caller or one of its ancestors.
         limited_by: TenantId,

@@ -1,0 +1,159 @@
+//! A client for the public API: a list of endpoints, failover between them, retries with the
+//! same request id (so a retried write is applied at most once), and a deadline per call.
+//!
+//! Any replica serves any call (followers forward writes to the leader), so failover is simply
+//! the next endpoint. Only outcomes that may be transient are retried: UNAVAILABLE,
+//! DEADLINE_EXCEEDED, UNKNOWN and transport errors. A write that never got an answer before
+//! the deadline is reported as such: its outcome is unknown, retry it with the same id.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub use crate::api::pb;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline for one call, retries included.
+    pub deadline: Duration,
+    /// Deadline for one attempt against one endpoint.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { deadline: Duration::from_secs(10), attempt_timeout: Duration::from_secs(3) }
+    }
+}
+
+pub struct Client {
+    channels: Vec<(String, Channel)>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    options: ClientOptions,
+    preferred: AtomicUsize,
+}
+
+/// A fresh request id: 16 random bytes, hex.
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without OS randomness, fall back to the clock: still unique enough per process.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes.copy_from_slice(&nanos.to_le_bytes());
+    }
+    crate::raft::replica::hex(&bytes)
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+impl Client {
+    /// `endpoints` are `host:port` (or full `http://` URIs) of replicas' API ports.
+    pub fn new(
+        endpoints: &[String],
+        token: Option<&str>,
+        options: ClientOptions,
+    ) -> anyhow::Result<Client> {
+        anyhow::ensure!(!endpoints.is_empty(), "at least one endpoint is needed");
+        let mut channels = Vec::new();
+        for endpoint in endpoints {
+            let uri = if endpoint.contains("://") {
+                endpoint.clone()
+            } else {
+                format!("http://{endpoint}")
+            };
+            let channel = Endpoint::from_shared(uri.clone())
+                .map_err(|e| anyhow::anyhow!("bad endpoint {endpoint:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push((endpoint.clone(), channel));
+        }
+        let token = token
+            .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
+        Ok(Client { channels, token, options, preferred: AtomicUsize::new(0) })
+    }
+
+    /// Calls `rpc` with `message`, failing over between endpoints and retrying transient
+    /// failures with the same message (same request id) until the deadline.
+    pub async fn call<M, T, F, Fut>(&self, message: M, rpc: F) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let until = tokio::time::Instant::now() + self.options.deadline;
+        let mut attempt = 0usize;
+        let mut last = Status::unavailable("no endpoint answered");
+        while tokio::time::Instant::now() < until {
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.channels.len();
+            let (name, channel) = &self.channels[index];
+            let mut request = Request::new(message.clone());
+            request.set_timeout(self.options.attempt_timeout);
+            if let Some(token) = &self.token {
+                request.metadata_mut().insert("authorization", token.clone());
+            }
+            let remaining = until.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = tokio::time::timeout(
+                remaining.min(self.options.attempt_timeout),
+                rpc(channel.clone(), request),
+            )
+            .await;
+            match outcome {
+                Ok(Ok(reply)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) if !retryable(&status) => return Err(status),
+                Ok(Err(status)) => {
+                    last = Status::new(status.code(), format!("{name}: {}", status.message()))
+                }
+                Err(_) => last = Status::deadline_exceeded(format!("{name}: no answer in time")),
+            }
+            attempt += 1;
+            if attempt % self.channels.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(Status::new(
+            last.code(),
+            format!(
+                "{} (if this was a write, its outcome is unknown: retry with the same request id)",
+                last.message()
+            ),
+        ))
+    }
+}
+
+/// One generated client per service over a channel, for use inside `Client::call`.
+pub fn tenants(channel: Channel) -> pb::tenants_client::TenantsClient<Channel> {
+    pb::tenants_client::TenantsClient::new(channel)
+}
+pub fn workers(channel: Channel) -> pb::workers_client::WorkersClient<Channel> {
+    pb::workers_client::WorkersClient::new(channel)
+}
+pub fn scheduler(channel: Channel) -> pb::scheduler_client::SchedulerClient<Channel> {
+    pb::scheduler_client::SchedulerClient::new(channel)
+}
+pub fn leases(channel: Channel) -> pb::leases_client::LeasesClient<Channel> {
+    pb::leases_client::LeasesClient::new(channel)
+}
+pub fn billing(channel: Channel) -> pb::billing_client::BillingClient<Channel> {
+    pb::billing_client::BillingClient::new(channel)
+}
+pub fn cluster(channel: Channel) -> pb::cluster_client::ClusterClient<Channel> {
+    pb::cluster_client::ClusterClient::new(channel)
+}

@@ -1,0 +1,156 @@
+//! The `berth` binary as a person uses it: `berth up` starts a local cluster, client
+//! subcommands work against it (readable and --json), errors are one line with their reason
+//! and a non-zero exit, and a second `berth up` on the same data directory keeps the state.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// `berth up` with its printed lines; killed (and so its replicas stopped) on drop.
+struct Up {
+    child: Child,
+    pids: Vec<u32>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The replicas exit when their stdin (held by `berth up`) closes.
+        let until = Instant::now() + Duration::from_secs(20);
+        while self.pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn free_base(count: u16) -> u16 {
+    // A base with `count` free consecutive ports in a range unlikely to be in use.
+    let seed = u16::try_from(std::process::id() % 2_000).unwrap_or(0);
+    (0..200u16)
+        .map(|k| 30_000 + (seed * 7 + k * 13) % 20_000)
+        .find(|base| {
+            (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        })
+        .expect("free ports")
+}
+
+fn up(data: &Path, peer: u16, api: u16) -> Up {
+    let mut child = Command::new(BERTH)
+        .args(["up", "--peer-base-port", &peer.to_string(), "--api-base-port", &api.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berth up starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut up = Up { child, pids: Vec::new() };
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let line = rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .expect("berth up printed readiness");
+        if let Some(pid) =
+            line.split("pid ").nth(1).and_then(|r| r.split(',').next()).and_then(|p| p.parse().ok())
+        {
+            up.pids.push(pid);
+        }
+        if line.contains("Press Ctrl-C") {
+            return up;
+        }
+    }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn berth(api: u16, token: &str, args: &[&str]) -> Run {
+    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", api + i)).collect::<Vec<_>>().join(",");
+    let out = Command::new(BERTH)
+        .args(args)
+        .env("BERTH_ENDPOINTS", endpoints)
+        .env("BERTH_TOKEN", token)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("berth runs");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(api: u16, token: &str, args: &[&str]) -> String {
+    let run = berth(api, token, args);
+    assert!(run.ok, "berth {args:?} failed: {}", run.stderr);
+    run.stdout
+}
+
+/// `berth up`, a few subcommands, a refusal, and a restart that keeps the state.
+#[test]
+fn up_and_client_subcommands() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let cluster = up(&data, peer, api);
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
+    let token = token.trim();
+
+    ok(api, token, &["tenant", "create", "acme"]);
+    ok(api, token, &["quota", "set", "acme", "--cpu", "1.5", "--instances", "10"]);
+    ok(api, token, &["worker", "register", "w1", "--cpu", "8", "--memory-mib", "16384"]);
+    let placed =
+        ok(api, token, &["place", "acme", "web", "--cpu", "0.75", "--memory-mib", "512", "--json"]);
+    let placed: serde_json::Value = serde_json::from_str(&placed).expect("json");
+    assert_eq!(placed["placement"]["workers"][0], "w1");
+    assert_eq!(placed["placement"]["spec"]["resources"]["cpu_millis"], 750);
+
+    let over = berth(api, token, &["place", "acme", "big", "--cpu", "0.751", "--memory-mib", "1"]);
+    assert!(!over.ok);
+    assert!(
+        over.stderr.contains("QUOTA_EXCEEDED") && over.stderr.contains("limit=1500"),
+        "{}",
+        over.stderr
+    );
+    assert_eq!(over.stderr.trim().lines().count(), 1, "one line, no backtrace: {}", over.stderr);
+    let rounded =
+        berth(api, token, &["place", "acme", "x", "--cpu", "0.1234", "--memory-mib", "1"]);
+    assert!(!rounded.ok && rounded.stderr.contains("more than three decimals"));
+
+    let quota = ok(api, token, &["quota", "get", "acme"]);
+    assert!(quota.contains("usage: cpu_millis=750"), "{quota}");
+    let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
+    assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
+    drop(cluster);
+
+    // Same data directory: same token, same state.
+    let cluster = up(&data, peer, api);
+    let placements = ok(api, token, &["placement", "list", "acme"]);
+    assert!(placements.contains("web"), "{placements}");
+    let status = ok(api, token, &["cluster", "status"]);
+    assert!(status.contains("Leader") && status.matches("Follower").count() == 2, "{status}");
+    drop(cluster);
+}
