@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+mod bench;
 mod cli;
 
 use berth::clock::SystemClock;
@@ -31,6 +32,8 @@ enum Cmd {
     Server(ServerArgs),
     /// Start a local cluster of 3 or 5 replicas on 127.0.0.1 and keep it running until Ctrl-C.
     Up(UpArgs),
+    /// Drive Place + Release against a running cluster and print ops/s and latency.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -426,6 +429,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Cmd::Server(args) => runtime.block_on(server(args)),
         Cmd::Up(args) => runtime.block_on(up(args)),
+        Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };
     match outcome {

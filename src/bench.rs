@@ -1,0 +1,226 @@
+//! `berth bench`: drives Place + Release against a running cluster from N concurrent clients
+//! and prints throughput and latency percentiles (integer microseconds, no floats).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::client::{self, new_request_id, pb, Client, ClientOptions};
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients, each running Place then Release in a loop.
+    #[arg(long, default_value_t = 1)]
+    clients: u32,
+    /// How long to run, in seconds (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Workers to register for the benchmark (each with room for every client's workload).
+    #[arg(long, default_value_t = 8)]
+    workers: u32,
+}
+
+#[derive(Serialize)]
+struct OpStats {
+    op: &'static str,
+    count: u64,
+    per_second: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    clients: u32,
+    seconds: u64,
+    errors: u64,
+    ops: Vec<OpStats>,
+}
+
+fn stats(op: &'static str, mut micros: Vec<u64>, elapsed: Duration) -> OpStats {
+    micros.sort_unstable();
+    let at = |per_mille: usize| {
+        if micros.is_empty() {
+            0
+        } else {
+            micros[(micros.len() * per_mille / 1000).min(micros.len() - 1)]
+        }
+    };
+    let count = micros.len() as u64;
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+    OpStats {
+        op,
+        count,
+        per_second: count.saturating_mul(1_000_000) / elapsed_us,
+        p50_us: at(500),
+        p99_us: at(990),
+        p999_us: at(999),
+        max_us: micros.last().copied().unwrap_or(0),
+    }
+}
+
+pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.clients > 0 && args.duration > 0,
+        "--clients and --duration must be positive"
+    );
+    let options = ClientOptions {
+        deadline: Duration::from_millis(connection.timeout_ms),
+        ..Default::default()
+    };
+    let client =
+        Arc::new(Client::new(&connection.endpoints, connection.token.as_deref(), options)?);
+    let run_id = &new_request_id()[..8];
+    let tenant = format!("bench-{run_id}");
+    let c = &client;
+    macro_rules! call {
+        ($svc:ident, $method:ident, $msg:expr) => {
+            c.call($msg, |ch, req| async move { client::$svc(ch).$method(req).await })
+                .await
+                .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?
+        };
+    }
+    call!(
+        tenants,
+        create_tenant,
+        pb::CreateTenantRequest {
+            request_id: new_request_id(),
+            tenant_id: tenant.clone(),
+            ..Default::default()
+        }
+    );
+    for w in 0..args.workers {
+        call!(
+            workers,
+            register_worker,
+            pb::RegisterWorkerRequest {
+                request_id: new_request_id(),
+                worker_id: format!("{tenant}-w{w}"),
+                pool: format!("{tenant}-pool"),
+                capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1 << 30 }),
+                ..Default::default()
+            }
+        );
+    }
+    eprintln!(
+        "bench: tenant {tenant}, {} workers, {} clients, {} s",
+        args.workers, args.clients, args.duration
+    );
+
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let measuring = Instant::now() + Duration::from_secs(1);
+    let stop = measuring + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for n in 0..args.clients {
+        let (client, tenant, done, errors) =
+            (client.clone(), tenant.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut places, mut releases) = (Vec::new(), Vec::new());
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                i += 1;
+                let id = format!("c{n}-{i}");
+                let spec = pb::PlacementSpec {
+                    placement_id: id.clone(),
+                    resources: Some(pb::Resources { cpu_millis: 100, memory_mib: 64 }),
+                    pool: format!("{tenant}-pool"),
+                    ..Default::default()
+                };
+                let place = pb::PlaceRequest {
+                    request_id: new_request_id(),
+                    tenant_id: tenant.clone(),
+                    spec: Some(spec),
+                    fence: None,
+                };
+                let started = Instant::now();
+                let placed = client
+                    .call(place, |ch, req| async move { client::scheduler(ch).place(req).await })
+                    .await;
+                let place_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if placed.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let release = pb::ReleaseRequest {
+                    request_id: new_request_id(),
+                    tenant_id: tenant.clone(),
+                    placement_id: id,
+                    fence: None,
+                };
+                let started = Instant::now();
+                let released = client
+                    .call(
+                        release,
+                        |ch, req| async move { client::scheduler(ch).release(req).await },
+                    )
+                    .await;
+                let release_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if released.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if started >= measuring {
+                    places.push(place_us);
+                    if released.is_ok() {
+                        releases.push(release_us);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (places, releases)
+        }));
+    }
+    // Progress once a second.
+    let mut last = 0;
+    while Instant::now() < stop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = done.load(Ordering::Relaxed);
+        eprintln!("  {:>6} place+release pairs in the last second", now - last);
+        last = now;
+    }
+    let (mut places, mut releases) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (p, r) = task.await?;
+        places.extend(p);
+        releases.extend(r);
+    }
+    let elapsed = Duration::from_secs(args.duration);
+    let report = Report {
+        clients: args.clients,
+        seconds: args.duration,
+        errors: errors.load(Ordering::Relaxed),
+        ops: vec![stats("place", places, elapsed), stats("release", releases, elapsed)],
+    };
+    let _ = call!(
+        tenants,
+        delete_tenant,
+        pb::DeleteTenantRequest { request_id: new_request_id(), tenant_id: tenant.clone() }
+    );
+    if connection.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{} clients, {} s, {} errors", report.clients, report.seconds, report.errors);
+        println!(
+            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "op", "count", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms"
+        );
+        let ms = |us: u64| format!("{}.{:03}", us / 1000, us % 1000);
+        for s in &report.ops {
+            println!(
+                "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                s.op,
+                s.count,
+                s.per_second,
+                ms(s.p50_us),
+                ms(s.p99_us),
+                ms(s.p999_us),
+                ms(s.max_us)
+            );
+        }
+    }
+    Ok(())
+}
