@@ -147,10 +147,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding API address {addr}"))?;
             tracing::info!(api = %addr, "serving the public API");
-            Some((
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                berth::api::hash_token(&admin),
-            ))
+            Some((incoming(listener), berth::api::hash_token(&admin)))
         }
     };
     let storage = Storage::open_dir(&args.data_dir)
@@ -158,10 +155,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.peer_listen)
         .await
         .with_context(|| format!("binding peer address {}", args.peer_listen))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let peer_incoming = incoming(listener);
     let clock = Arc::new(SystemClock::with_offset_ms(args.test_clock_offset_ms));
     let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
-    let listeners = Listeners { peer: incoming, api };
+    let listeners = Listeners { peer: peer_incoming, api };
     let server = Server::start(options, storage, clock, connect, listeners, bootstrap).await?;
     tracing::info!(id = args.id, peer = %advertise, data_dir = %args.data_dir.display(), "replica started");
 
@@ -176,6 +173,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small RPCs must not wait for delayed ACKs
+/// (that costs ~40 ms a round trip).
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Resolves when standard input reaches end of file (the parent went away).

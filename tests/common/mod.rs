@@ -13,7 +13,7 @@ use berth::raft::replica::{Replica, ReplicaOptions, ReplicaStatus};
 use berth::server::{Listeners, Server, Storage};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -98,7 +98,10 @@ impl Cluster {
                 None => listen("127.0.0.1:0").await,
             };
             self.members.get_mut(&id).expect("member").api_addr = Some(api_addr);
-            Some((TcpListenerStream::new(api_listener), berth::api::hash_token(ADMIN_TOKEN)))
+            Some((
+                TcpIncoming::from(api_listener).with_nodelay(Some(true)),
+                berth::api::hash_token(ADMIN_TOKEN),
+            ))
         } else {
             None
         };
@@ -109,7 +112,7 @@ impl Cluster {
             storage,
             Arc::new(SystemClock::default()),
             tcp_connect(Duration::from_millis(500)),
-            Listeners { peer: TcpListenerStream::new(listener), api },
+            Listeners { peer: TcpIncoming::from(listener).with_nodelay(Some(true)), api },
             bootstrap,
         )
         .await
