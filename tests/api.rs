@@ -433,13 +433,21 @@ async fn billing_status_and_health() {
         c.billing.allocate_shared_cost(authed(ADMIN_TOKEN, bad)).await.expect_err("sub-cent");
     assert_eq!(reason(&refused), "INVALID_ALLOCATION");
 
-    let status = c
-        .cluster
-        .status(authed(ADMIN_TOKEN, pb::StatusRequest {}))
-        .await
-        .expect("status")
-        .into_inner();
-    assert_eq!(status.replicas.len(), 3);
+    // The replica asked reports its own view; a follower learns the membership by replication.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        let status = c
+            .cluster
+            .status(authed(ADMIN_TOKEN, pb::StatusRequest {}))
+            .await
+            .expect("status")
+            .into_inner();
+        if status.replicas.len() == 3 || tokio::time::Instant::now() > until {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.replicas.len(), 3, "{status:?}");
     assert!(status.leader_id.is_some());
     assert!(status.replicas.iter().all(|r| r.voter && r.role != "Unreachable"), "{status:?}");
 

@@ -150,7 +150,15 @@ fn up_and_client_subcommands() {
     let cluster = up(&data, peer, api);
     let placements = ok(api, token, &["placement", "list", "acme"]);
     assert!(placements.contains("web"), "{placements}");
-    let status = ok(api, token, &["cluster", "status"]);
-    assert!(status.contains("Leader") && status.matches("Follower").count() == 2, "{status}");
+    // Right after a restart a replica may still be catching up or electing: wait for calm.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ok(api, token, &["cluster", "status"]);
+        if status.contains("Leader") && status.matches("Follower").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "cluster never settled: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(cluster);
 }
