@@ -4,25 +4,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth::raft::replica::{Consistency, Replica, WriteError};
 use berth::raft::types::Proposal;
-use berth::scheduler::{Answer, Applied, Command, Query, RequestId, Resources, WorkerId};
+use berth::scheduler::{Answer, Applied, Command, Query};
 use common::*;
 use tokio::time::Instant;
 
 fn register(i: u64) -> Proposal {
-    Proposal {
-        request_id: Some(RequestId::new(format!("register-{i}"))),
-        command: Command::RegisterWorker {
-            worker: WorkerId::new(format!("w{i}")),
-            pool: None,
-            capacity: Resources::new(1_000, 1_024),
-            labels: BTreeMap::new(),
-        },
-    }
+    register_worker("register", i)
 }
 
 async fn write(replica: &Replica, proposal: Proposal) -> Applied {

@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use berth::network::{tcp_connect, Connect, ForwardError, PeerClient};
 use berth::raft::replica::ReplicaStatus;
 use berth::raft::types::Proposal;
-use berth::scheduler::{Answer, Command, Query, RequestId, Resources, WorkerId};
+use berth::scheduler::{Answer, Query, WorkerId};
+use common::register_worker;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -88,15 +91,7 @@ async fn status(connect: &Connect, addr: &str) -> Option<ReplicaStatus> {
 }
 
 fn register(i: u64) -> Proposal {
-    Proposal {
-        request_id: Some(RequestId::new(format!("crash-{i}"))),
-        command: Command::RegisterWorker {
-            worker: WorkerId::new(format!("w{i}")),
-            pool: None,
-            capacity: Resources::new(1_000, 1_024),
-            labels: BTreeMap::new(),
-        },
-    }
+    register_worker("crash", i)
 }
 
 /// Writes `register(i)` through whichever replica leads, following hints and failing over.

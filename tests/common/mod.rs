@@ -15,6 +15,19 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::transport::server::TcpIncoming;
 
+/// A RegisterWorker proposal for worker `w{i}`, with request id `{prefix}-{i}`.
+pub fn register_worker(prefix: &str, i: u64) -> berth::raft::types::Proposal {
+    berth::raft::types::Proposal {
+        request_id: Some(berth::scheduler::RequestId::new(format!("{prefix}-{i}"))),
+        command: berth::scheduler::Command::RegisterWorker {
+            worker: berth::scheduler::WorkerId::new(format!("w{i}")),
+            pool: None,
+            capacity: berth::scheduler::Resources::new(1_000, 1_024),
+            labels: BTreeMap::new(),
+        },
+    }
+}
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
