@@ -451,6 +451,14 @@ async fn billing_status_and_health() {
     assert!(status.leader_id.is_some());
     assert!(status.replicas.iter().all(|r| r.voter && r.role != "Unreachable"), "{status:?}");
 
+    // A membership change sent to a follower is refused as retryable, changing nothing.
+    let remove = pb::RemoveReplicaRequest { replica_id: 3 };
+    let refused =
+        c.cluster.remove_replica(authed(ADMIN_TOKEN, remove)).await.expect_err("follower");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::Unavailable, "NOT_LEADER"));
+    let status = c.cluster.status(authed(ADMIN_TOKEN, pb::StatusRequest {})).await.expect("status");
+    assert_eq!(status.into_inner().replicas.iter().filter(|r| r.voter).count(), 3);
+
     let mut health = tonic_health::pb::health_client::HealthClient::new(c.channel.clone());
     let check = tonic_health::pb::HealthCheckRequest { service: "berth.v1.Scheduler".into() };
     let answer = health.check(check).await.expect("health").into_inner();

@@ -81,12 +81,16 @@ pub fn require_admin(caller: &Caller) -> Result<(), Status> {
     }
 }
 
+/// A well-formed tenant id (`TENANT_ID_REQUIRED` / `INVALID_TENANT_ID` otherwise).
+pub fn valid_tenant(tenant_id: &str) -> Result<TenantId, Status> {
+    let tenant = TenantId::new(tenant_id);
+    tenant.validate().map_err(|rejection| super::status::rejection(&rejection))?;
+    Ok(tenant)
+}
+
 /// Validates `tenant_id` and checks the caller may act on it.
 pub fn tenant_scope(caller: &Caller, tenant_id: &str) -> Result<TenantId, Status> {
-    let tenant = TenantId::new(tenant_id);
-    if let Err(rejection) = tenant.validate() {
-        return Err(super::status::rejection(&rejection));
-    }
+    let tenant = valid_tenant(tenant_id)?;
     match caller {
         Caller::Admin => Ok(tenant),
         Caller::Tenant(own) if *own == tenant => Ok(tenant),

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use tonic::{Code, Request, Response as Reply, Status};
 
-use super::auth::{require_admin, tenant_scope};
+use super::auth::{require_admin, tenant_scope, valid_tenant};
 use super::convert;
 use super::pb;
 use super::status::{error, invalid};
@@ -95,7 +95,7 @@ impl pb::tenants_server::Tenants for Api {
     ) -> Result<pb::DeleteTenantResponse> {
         require_admin(&self.caller(&request)?)?;
         let r = request.into_inner();
-        let tenant = tenant_scope(&super::Caller::Admin, &r.tenant_id)?;
+        let tenant = valid_tenant(&r.tenant_id)?;
         match self.write(&r.request_id, Command::DeleteTenant { tenant }).await? {
             (Response::TenantDeleted(c), write) => Ok(Reply::new(pb::DeleteTenantResponse {
                 write: Some(write),
@@ -117,7 +117,7 @@ impl pb::tenants_server::Tenants for Api {
     ) -> Result<pb::SetQuotaResponse> {
         require_admin(&self.caller(&request)?)?;
         let r = request.into_inner();
-        let tenant = tenant_scope(&super::Caller::Admin, &r.tenant_id)?;
+        let tenant = valid_tenant(&r.tenant_id)?;
         let quota = convert::quota(r.quota);
         let (_, write) = self.write(&r.request_id, Command::SetQuota { tenant, quota }).await?;
         Ok(Reply::new(pb::SetQuotaResponse { write: Some(write) }))
@@ -153,7 +153,7 @@ impl pb::tenants_server::Tenants for Api {
     ) -> Result<pb::IssueTokenResponse> {
         require_admin(&self.caller(&request)?)?;
         let r = request.into_inner();
-        let tenant = tenant_scope(&super::Caller::Admin, &r.tenant_id)?;
+        let tenant = valid_tenant(&r.tenant_id)?;
         let token = new_token()?;
         let hash = super::hash_token(&token);
         let command = Command::AddToken { tenant, token: TokenId::new(&r.token_name), hash };
@@ -176,7 +176,7 @@ impl pb::tenants_server::Tenants for Api {
     ) -> Result<pb::RevokeTokenResponse> {
         require_admin(&self.caller(&request)?)?;
         let r = request.into_inner();
-        let tenant = tenant_scope(&super::Caller::Admin, &r.tenant_id)?;
+        let tenant = valid_tenant(&r.tenant_id)?;
         let command = Command::RevokeToken { tenant, token: TokenId::new(&r.token_name) };
         let (_, write) = self.write(&r.request_id, command).await?;
         Ok(Reply::new(pb::RevokeTokenResponse { write: Some(write) }))
@@ -532,6 +532,7 @@ impl pb::cluster_server::Cluster for Api {
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<pb::AddReplicaResponse> {
         require_admin(&self.caller(&request)?)?;
+        self.require_leader()?;
         let r = request.into_inner();
         if r.replica_id == 0 || r.peer_address.is_empty() {
             return Err(invalid(
@@ -550,6 +551,7 @@ impl pb::cluster_server::Cluster for Api {
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<pb::RemoveReplicaResponse> {
         require_admin(&self.caller(&request)?)?;
+        self.require_leader()?;
         let r = request.into_inner();
         self.replica.remove_replica(r.replica_id).await.map_err(|e| {
             error(Code::FailedPrecondition, "MEMBERSHIP_CHANGE_FAILED", e, Vec::new())
@@ -559,6 +561,21 @@ impl pb::cluster_server::Cluster for Api {
 }
 
 impl Api {
+    /// Membership changes run on the leader. Elsewhere the answer is UNAVAILABLE/NOT_LEADER,
+    /// which clients treat like any unavailable replica: they try the next endpoint.
+    fn require_leader(&self) -> std::result::Result<(), Status> {
+        if self.replica.is_leader() {
+            return Ok(());
+        }
+        let leader = self.replica.status().leader.map(|l| l.to_string()).unwrap_or_default();
+        Err(error(
+            Code::Unavailable,
+            "NOT_LEADER",
+            "membership changes must be sent to the leader; try another endpoint",
+            vec![("leader_replica_id".into(), leader)],
+        ))
+    }
+
     /// Every member's own status (asked over the peer port), or "Unreachable".
     async fn cluster_status(&self) -> pb::StatusResponse {
         let local = self.replica.status();
