@@ -15,7 +15,7 @@ use berth::network::{tcp_connect, Connect, ForwardError, PeerClient};
 use berth::raft::replica::ReplicaStatus;
 use berth::raft::types::Proposal;
 use berth::scheduler::{Answer, Query, WorkerId};
-use common::register_worker;
+use common::{eventually, poll, register_worker};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -164,11 +164,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
     };
 
     // Once writes flow, SIGKILL the leader.
-    let until = Instant::now() + DEADLINE;
-    while acked.load(Ordering::Relaxed) < WRITES / 4 {
-        assert!(Instant::now() < until, "writes never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("writes to flow", || acked.load(Ordering::Relaxed) >= WRITES / 4).await;
     let mut leader = None;
     for addr in &addrs {
         if let Some(s) = status(&connect, addr).await {
@@ -180,10 +176,10 @@ async fn leader_kill_loses_no_acknowledged_write() {
     let killed_at = acked.load(Ordering::Relaxed);
 
     // The survivors keep accepting writes; then the killed replica comes back.
-    while acked.load(Ordering::Relaxed) < killed_at + WRITES / 4 {
-        assert!(Instant::now() < until + DEADLINE, "writes stalled after the kill");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("writes to continue after the kill", || {
+        acked.load(Ordering::Relaxed) >= killed_at + WRITES / 4
+    })
+    .await;
     procs.spawn(leader);
     let acknowledged = writer.await.expect("writer");
     assert!(
@@ -193,8 +189,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
     );
 
     // All three converge: same applied command index and state hash.
-    let until = Instant::now() + DEADLINE;
-    let statuses = loop {
+    let statuses = poll("all three replicas to converge", || async {
         let mut statuses = Vec::new();
         for addr in &addrs {
             statuses.extend(status(&connect, addr).await);
@@ -204,12 +199,9 @@ async fn leader_kill_loses_no_acknowledged_write() {
                 s.state_hash == statuses[0].state_hash
                     && s.applied_command_index == statuses[0].applied_command_index
             });
-        if agreed {
-            break statuses;
-        }
-        assert!(Instant::now() < until, "replicas did not converge: {statuses:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        agreed.then_some(statuses)
+    })
+    .await;
     assert!(
         statuses.iter().all(|s| s.voters.len() == 3),
         "no replica re-initialised: {statuses:#?}"

@@ -172,13 +172,26 @@ impl Cluster {
     }
 }
 
-/// Polls `check` until it holds or the deadline passes (then fails with `what`).
-pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+/// Runs the async `check` every 20 ms until it yields a value; fails with `what` after
+/// `DEADLINE`. The one way tests wait for a condition.
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let until = Instant::now() + DEADLINE;
-    while !check() {
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
         assert!(Instant::now() < until, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `poll` for a plain condition.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    poll(what, || std::future::ready(check().then_some(()))).await
 }
 
 /// Waits until every running replica has applied the same commands to the same state.
