@@ -12,7 +12,8 @@ use super::status::{error, invalid};
 use super::{unexpected, Api};
 use crate::scheduler::money::allocate;
 use crate::scheduler::{
-    Answer, Command, LeaseName, LogIndex, PlacementId, PoolId, Query, Response, TokenId, WorkerId,
+    Answer, Command, LeaseName, LogIndex, PlacementId, PoolId, Query, Response, TenantId, TokenId,
+    WorkerId,
 };
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
@@ -49,15 +50,11 @@ impl pb::tenants_server::Tenants for Api {
         let r = request.into_inner();
         let parent = (!r.parent_id.is_empty()).then(|| r.parent_id.clone().into());
         let weight = if r.weight == 0 { 1 } else { r.weight };
-        let tenant = crate::scheduler::TenantId::new(&r.tenant_id);
-        let (response, write) = self
-            .write(&r.request_id, Command::CreateTenant { tenant: tenant.clone(), parent, weight })
-            .await?;
-        if response != Response::TenantCreated {
-            return Err(unexpected(response));
-        }
-        let tenant =
-            self.read(None, |s| s.state().tenants.get(&tenant).map(convert::tenant)).await?;
+        let command = Command::CreateTenant { tenant: TenantId::new(&r.tenant_id), parent, weight };
+        let (tenant, write) = match self.write(&r.request_id, command).await? {
+            (Response::TenantCreated(t), write) => (Some(convert::tenant(&t)), write),
+            (other, _) => return Err(unexpected(other)),
+        };
         Ok(Reply::new(pb::CreateTenantResponse { write: Some(write), tenant }))
     }
 
@@ -191,16 +188,16 @@ impl pb::workers_server::Workers for Api {
     ) -> Result<pb::RegisterWorkerResponse> {
         require_admin(&self.caller(&request)?)?;
         let r = request.into_inner();
-        let worker = WorkerId::new(&r.worker_id);
         let command = Command::RegisterWorker {
-            worker: worker.clone(),
+            worker: WorkerId::new(&r.worker_id),
             pool: (!r.pool.is_empty()).then(|| PoolId::new(&r.pool)),
             capacity: convert::resources(r.capacity),
             labels: r.labels,
         };
-        let (_, write) = self.write(&r.request_id, command).await?;
-        let worker =
-            self.read(None, |s| s.state().workers.get(&worker).map(convert::worker)).await?;
+        let (worker, write) = match self.write(&r.request_id, command).await? {
+            (Response::WorkerRegistered(w), write) => (Some(convert::worker(&w)), write),
+            (other, _) => return Err(unexpected(other)),
+        };
         Ok(Reply::new(pb::RegisterWorkerResponse { write: Some(write), worker }))
     }
 

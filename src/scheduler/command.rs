@@ -13,7 +13,7 @@ use super::ids::{
 };
 use super::quota::{Dimension, Quota};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
-use super::state::{Config, GroupStrategy, Lease, Placement};
+use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
 
 /// One command as committed in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +274,8 @@ pub enum Response {
         leases_extended: u64,
     },
     ConfigSet,
-    WorkerRegistered,
+    /// The worker as registered.
+    WorkerRegistered(Worker),
     WorkerUpdated,
     WorkerSchedulable {
         schedulable: bool,
@@ -282,7 +283,8 @@ pub enum Response {
     WorkerRemoved {
         evicted: Vec<(TenantId, PlacementId)>,
     },
-    TenantCreated,
+    /// The tenant as created.
+    TenantCreated(Tenant),
     TenantDeleted(DeletedCounts),
     QuotaSet,
     TokenAdded,

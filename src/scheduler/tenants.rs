@@ -48,8 +48,8 @@ impl Scheduler {
             tokens: Default::default(),
             created_at: self.state.now,
         };
-        self.state.tenants.insert(tenant, created);
-        Ok(Response::TenantCreated)
+        self.state.tenants.insert(tenant, created.clone());
+        Ok(Response::TenantCreated(created))
     }
 
     /// Deletes the tenant and, in the same step, everything it owns. Capacity returns to the

@@ -41,8 +41,8 @@ impl Scheduler {
             registered_at: self.state.now,
         };
         self.ix.add_worker(&w);
-        self.state.workers.insert(worker, w);
-        Ok(Response::WorkerRegistered)
+        self.state.workers.insert(worker, w.clone());
+        Ok(Response::WorkerRegistered(w))
     }
 
     pub(super) fn update_worker(
