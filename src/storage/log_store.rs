@@ -1,9 +1,13 @@
 //! The Raft log store (`RaftLogStorage`, openraft storage-v2), on sled or in memory.
 //!
-//! Keys are big-endian log indexes, so sled's byte order is log order. The vote and appended
-//! entries are synced before `save_vote` returns or the append callback fires;
-//! `last_purged` is synced before anything is deleted. Both backends share this code and pass
+//! Keys are big-endian log indexes, so sled's byte order is log order. The vote is synced
+//! before `save_vote` returns, appended entries before the append callback fires, and
+//! `last_purged` before anything is deleted. Both backends share this code and pass
 //! openraft's storage conformance suite.
+//!
+//! On sled, `append` writes and returns at once; a flusher thread makes the entries durable
+//! and then fires the callback. The Raft core keeps replicating while the leader's own
+//! entries sync, and one flush covers every append queued before it began.
 
 // openraft's traits return its (large) `StorageError`; helpers return the same type.
 #![allow(clippy::result_large_err)]
@@ -11,14 +15,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::raft::types::{LogEntry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
@@ -35,11 +41,66 @@ pub struct MemLog {
 }
 
 struct SledLog {
-    db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
-    /// sled's data file, kept open for `sync_data` after every flush.
-    data_file: File,
+    flusher: Flusher,
+}
+
+/// Waits for durability of everything written before it was queued.
+enum FlushRequest {
+    Append(LogFlushed<TypeConfig>),
+    Sync(oneshot::Sender<io::Result<()>>),
+}
+
+/// The thread that syncs sled: flush, then `fdatasync` of sled's data file (sled's own flush
+/// ends in `sync_file_range`, which neither empties the device cache nor persists the file
+/// size). Requests complete in the order they were queued. Dropping it drains the queue and
+/// joins the thread, so sled's lock is released when the store is gone.
+struct Flusher {
+    queue: Option<mpsc::Sender<FlushRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db, data_file: File) -> io::Result<Flusher> {
+        let (queue, requests) = mpsc::channel::<FlushRequest>();
+        let thread =
+            std::thread::Builder::new().name("berth-log-sync".into()).spawn(move || {
+                while let Ok(first) = requests.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(requests.try_iter());
+                    let synced =
+                        db.flush().map_err(io::Error::other).and_then(|_| data_file.sync_data());
+                    for request in waiting {
+                        let outcome = match &synced {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        match request {
+                            FlushRequest::Append(callback) => callback.log_io_completed(outcome),
+                            FlushRequest::Sync(reply) => {
+                                let _ = reply.send(outcome);
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Flusher { queue: Some(queue), thread: Some(thread) })
+    }
+
+    fn request(&self, request: FlushRequest) -> io::Result<()> {
+        let stopped = || io::Error::other("log sync thread stopped");
+        self.queue.as_ref().ok_or_else(stopped)?.send(request).map_err(|_| stopped())
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -96,7 +157,8 @@ impl LogStore {
         let logs = db.open_tree("raft_log").map_err(std::io::Error::other)?;
         let meta = db.open_tree("raft_meta").map_err(std::io::Error::other)?;
         let data_file = File::options().read(true).write(true).open(dir.join("db"))?;
-        Ok(LogStore { backend: Backend::Sled(Arc::new(SledLog { db, logs, meta, data_file })) })
+        let flusher = Flusher::start(db, data_file)?;
+        Ok(LogStore { backend: Backend::Sled(Arc::new(SledLog { logs, meta, flusher })) })
     }
 
     /// A log in memory; pass the same `Arc` again to reopen it after a simulated restart.
@@ -172,16 +234,12 @@ impl LogStore {
     }
 
     /// Makes everything written so far durable: sled flush, then fdatasync of its data file.
-    async fn sync(&self) -> Result<(), std::io::Error> {
+    async fn sync(&self) -> io::Result<()> {
         match &self.backend {
             Backend::Sled(s) => {
-                let s = Arc::clone(s);
-                tokio::task::spawn_blocking(move || {
-                    s.db.flush().map_err(std::io::Error::other)?;
-                    s.data_file.sync_data()
-                })
-                .await
-                .map_err(std::io::Error::other)?
+                let (reply, synced) = oneshot::channel();
+                s.flusher.request(FlushRequest::Sync(reply))?;
+                synced.await.map_err(|_| io::Error::other("log sync thread stopped"))?
             }
             Backend::Memory(_) => Ok(()),
         }
@@ -244,6 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             encoded.push((entry.log_id.index, encode(&entry)?));
         }
+        // Readable at once; acknowledged (the callback) only once durable.
         match &self.backend {
             Backend::Sled(s) => {
                 let mut batch = sled::Batch::default();
@@ -251,22 +310,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     batch.insert(&index.to_be_bytes(), bytes);
                 }
                 s.logs.apply_batch(batch).map_err(write_err)?;
+                s.flusher.request(FlushRequest::Append(callback)).map_err(write_err)
             }
             Backend::Memory(m) => {
-                let mut log = Self::mem(m);
-                log.logs.extend(encoded);
-            }
-        }
-        // Readable now; acknowledged only once durable.
-        match self.sync().await {
-            Ok(()) => {
+                Self::mem(m).logs.extend(encoded);
                 callback.log_io_completed(Ok(()));
                 Ok(())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                callback.log_io_completed(Err(e));
-                Err(write_err(message))
             }
         }
     }
