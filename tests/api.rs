@@ -415,9 +415,10 @@ async fn leases_fencing_and_retries() {
     cluster.shutdown().await;
 }
 
-/// Cost allocation is exact; cluster status shows every replica; health says SERVING.
+/// Cost allocation is exact; cluster status shows every replica; health says SERVING;
+/// reflection lists the public services and not the replicas' peer protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn billing_status_and_health() {
+async fn billing_status_health_and_reflection() {
     let (cluster, mut c) = setup().await;
     let r = pb::AllocateSharedCostRequest {
         total: "10000.00".into(),
@@ -466,5 +467,39 @@ async fn billing_status_and_health() {
         answer.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+
+    use tonic_reflection::pb::v1 as reflection;
+    let mut client =
+        reflection::server_reflection_client::ServerReflectionClient::new(c.channel.clone());
+    let list = reflection::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("one answer");
+    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    let expected = [
+        "berth.v1.Billing",
+        "berth.v1.Cluster",
+        "berth.v1.Leases",
+        "berth.v1.Scheduler",
+        "berth.v1.Tenants",
+        "berth.v1.Workers",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    assert_eq!(names, expected, "reflection lists the public services, not the peer protocol");
     cluster.shutdown().await;
 }

@@ -11,6 +11,10 @@ pub mod status;
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("berth.v1");
+
+    /// The public API's descriptors (served by reflection; the peer protocol is not in it).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("berth_api_descriptor");
 }
 
 use std::time::Duration;
@@ -88,10 +92,12 @@ impl Api {
         let (reporter, health) = tonic_health::server::health_reporter();
         // Both reflection versions: grpcurl speaks v1, many generated clients still v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::network::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::network::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let names = [
             "berth.v1.Tenants",

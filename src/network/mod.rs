@@ -28,8 +28,6 @@ use crate::raft::types::{
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("berth.raft.v1");
-    /// Encoded descriptors of every Berth proto, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");
 }
 
 use pb::raft_peer_client::RaftPeerClient;
