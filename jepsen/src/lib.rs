@@ -14,3 +14,9 @@
 
 pub mod checker;
 pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod topology;
+pub mod workload;
