@@ -302,7 +302,7 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
 }
 
 /// Runs the test; returns the summary (its `valid` decides the exit code).
-pub async fn run(config: Config) -> anyhow::Result<Summary> {
+pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&config.dir)?;
     let token = format!("jepsen-admin-{}", client::new_request_id());
     let token_file = config.dir.join("admin.token");
@@ -332,7 +332,8 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
         eprintln!("[setup] NOTE: this kernel has no tc netem; the netem nemesis is skipped");
         kinds.retain(|k| k != "netem");
     }
-    println!(
+    config.nemesis = kinds.clone();
+    eprintln!(
         "[setup] cluster ready; {} s of {:?} with nemesis {:?}, {} clients, seed {}",
         config.time_limit.as_secs(),
         config.workloads,
@@ -373,7 +374,7 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
     while Instant::now() < until {
         tokio::time::sleep(progress.min(until.saturating_duration_since(Instant::now()))).await;
         let [ok, fail, info] = [0, 1, 2].map(|i| shared.counts[i].load(Ordering::Relaxed));
-        println!(
+        eprintln!(
             "[{:>4}s] ok {ok:>6}  fail {fail:>6}  info {info:>6}",
             start.elapsed().as_secs()
         );
