@@ -12,6 +12,9 @@
 //!   grace); healed by restarting it with no offset.
 //! - `netem`: `tc netem` delay and loss on some replicas (skipped with a message if the
 //!   kernel has no netem).
+//! - `member`: remove a replica through the admin API (RemoveReplica); healed by wiping its
+//!   data directory, starting it empty and adding it back (AddReplica: learner, catch-up by
+//!   snapshot or log, promotion).
 //!
 //! Faults are staggered: quiet, fault for one interval, heal, quiet, and so on; at the end
 //! everything is healed. Each start and stop is recorded in the history.
@@ -29,7 +32,7 @@ use crate::rng::Rng;
 use crate::topology::{replica_ip, sh, sh_quiet, Cluster};
 use crate::workload::Shared;
 
-pub const KINDS: &[&str] = &["partition", "kill", "pause", "clock", "netem"];
+pub const KINDS: &[&str] = &["partition", "kill", "pause", "clock", "netem", "member"];
 
 /// True if the kernel has `tc netem` (some containers lack the module).
 pub fn netem_supported(ns: &str) -> bool {
@@ -57,6 +60,7 @@ pub struct Nemesis {
     killed: BTreeSet<u64>,
     partitioned: bool,
     netem: BTreeSet<u64>,
+    removed: BTreeSet<u64>,
     pub faults: u64,
 }
 
@@ -75,6 +79,7 @@ impl Nemesis {
             killed: BTreeSet::new(),
             partitioned: false,
             netem: BTreeSet::new(),
+            removed: BTreeSet::new(),
             faults: 0,
         }
     }
@@ -247,6 +252,21 @@ impl Nemesis {
                 }
                 Ok(format!("netem {order:?} delay {delay}ms loss {loss}%"))
             }
+            "member" => {
+                let prefer_leader = self.rng.below(3) == 0;
+                let t = self.pick_target(prefer_leader).await;
+                let c = self.shared.client(Duration::from_secs(10))?;
+                let req = pb::RemoveReplicaRequest { replica_id: t };
+                let outcome = c
+                    .call(req, |ch, r| async move { client::cluster(ch).remove_replica(r).await })
+                    .await;
+                // Whatever the answer, heal re-adds it (wiped) if it is no longer a voter.
+                self.removed.insert(t);
+                Ok(match outcome {
+                    Ok(_) => format!("member remove {t}"),
+                    Err(e) => format!("member remove {t} (answer: {})", crate::workload::reason(&e)),
+                })
+            }
             other => anyhow::bail!("unknown nemesis {other:?} (one of {KINDS:?})"),
         }
     }
@@ -279,6 +299,40 @@ impl Nemesis {
         }
         self.partitioned = false;
         self.killed.clear();
+        drop(cluster);
+        let removed = std::mem::take(&mut self.removed);
+        for id in removed {
+            self.readd(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings a removed replica back as a new, empty member, unless it is still a voter.
+    async fn readd(&mut self, id: u64) -> anyhow::Result<()> {
+        let c = self.shared.client(Duration::from_secs(30))?;
+        let status = c
+            .call(pb::StatusRequest {}, |ch, r| async move { client::cluster(ch).status(r).await })
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster status before re-adding {id}: {e}"))?;
+        if status.replicas.iter().any(|r| r.replica_id == id && r.voter) {
+            return Ok(());
+        }
+        {
+            let mut cluster = self.cluster.lock().await;
+            cluster.kill(id);
+            if let Some(r) = cluster.replicas.get(&id) {
+                let _ = std::fs::remove_dir_all(&r.data_dir);
+            }
+            cluster.start(id)?;
+        }
+        let req = pb::AddReplicaRequest {
+            replica_id: id,
+            peer_address: format!("{}:{}", replica_ip(id), crate::topology::PEER_PORT),
+        };
+        c.call(req, |ch, r| async move { client::cluster(ch).add_replica(r).await })
+            .await
+            .map_err(|e| anyhow::anyhow!("re-adding replica {id}: {e}"))?;
+        eprintln!("[nemesis] replica {id} re-added (empty data directory)");
         Ok(())
     }
 }
