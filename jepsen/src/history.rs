@@ -63,6 +63,12 @@ pub struct Op {
     /// ErrorInfo reason (or gRPC code) of a `fail`/`info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of request (capacity workload: `plain`, `anti-affinity`, `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The workers an acknowledged Place chose, one per instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
 }
 
 impl Op {
@@ -83,7 +89,13 @@ impl Op {
             applied_at_ms: None,
             expires_at_ms: None,
             error: None,
+            detail: None,
+            workers: Vec::new(),
         }
+    }
+    pub fn with_detail(mut self, detail: &str) -> Op {
+        self.detail = Some(detail.to_owned());
+        self
     }
     pub fn with_id(mut self, id: impl Into<String>) -> Op {
         self.id = Some(id.into());
@@ -202,6 +214,7 @@ impl Recorder {
         op.applied_at_ms = result.applied_at_ms;
         op.expires_at_ms = result.expires_at_ms;
         op.error = result.error;
+        op.workers = result.workers;
         self.push(op.clone(), false);
         op
     }
@@ -233,6 +246,7 @@ pub struct Outcome {
     pub applied_at_ms: Option<u64>,
     pub expires_at_ms: Option<u64>,
     pub error: Option<String>,
+    pub workers: Vec<String>,
 }
 
 /// Reads a `history.jsonl` back.

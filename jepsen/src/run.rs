@@ -85,6 +85,7 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     let mut tenants: Vec<String> = (0..workload::REGISTER_KEYS).map(workload::register_key).collect();
     tenants.extend((0..workload::QUOTA_TENANTS).map(workload::quota_tenant));
     tenants.push(workload::LEASE_TENANT.to_owned());
+    tenants.push(workload::CAPACITY_TENANT.to_owned());
     for t in &tenants {
         let req = pb::CreateTenantRequest {
             request_id: format!("setup-tenant-{t}"),
@@ -122,6 +123,28 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
         };
         c.call(req, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
     }
+    for i in 0..workload::CAPACITY_WORKERS {
+        let req = pb::RegisterWorkerRequest {
+            request_id: format!("setup-cap-worker-{i}"),
+            worker_id: format!("c{i}"),
+            pool: workload::CAPACITY_POOL.to_owned(),
+            capacity: Some(pb::Resources {
+                cpu_millis: checker::capacity::WORKER_CPU,
+                memory_mib: checker::capacity::WORKER_MEM,
+            }),
+            labels: Default::default(),
+        };
+        c.call(req, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+    }
+    let req = pb::CreatePlacementGroupRequest {
+        request_id: "setup-group".to_owned(),
+        tenant_id: workload::CAPACITY_TENANT.to_owned(),
+        group: workload::CAPACITY_GROUP.to_owned(),
+        max_instances: u32::try_from(checker::capacity::GROUP_MAX)?,
+        strategy: 0,
+    };
+    c.call(req, |ch, r| async move { client::scheduler(ch).create_placement_group(r).await })
+        .await?;
     Ok(())
 }
 
@@ -140,6 +163,23 @@ async fn list_placements(c: &Client, tenant: &str) -> Result<Vec<pb::Placement>,
             .placements;
         let n = page.len();
         out.extend(page);
+        if n < 1_000 {
+            return Ok(out);
+        }
+    }
+}
+
+async fn list_tenants(c: &Client) -> Result<Vec<String>, tonic::Status> {
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let after = out.last().cloned().unwrap_or_default();
+        let req = pb::ListTenantsRequest { page: Some(pb::Page { after, limit: 1_000 }), read: None };
+        let page = c
+            .call(req, |ch, r| async move { client::tenants(ch).list_tenants(r).await })
+            .await?
+            .tenants;
+        let n = page.len();
+        out.extend(page.into_iter().map(|t| t.tenant_id));
         if n < 1_000 {
             return Ok(out);
         }
@@ -216,7 +256,7 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
         let keys: Vec<String> = match w {
             Workload::Register => (0..workload::REGISTER_KEYS).map(workload::register_key).collect(),
             Workload::Quota => (0..workload::QUOTA_TENANTS).map(workload::quota_tenant).collect(),
-            Workload::Lease => Vec::new(),
+            Workload::Lease | Workload::Capacity => Vec::new(),
         };
         for k in keys {
             if !final_read(shared, &c, *w, &k).await {
@@ -225,8 +265,14 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
             }
         }
     }
-    let mut tenants: Vec<String> = (0..workload::QUOTA_TENANTS).map(workload::quota_tenant).collect();
-    tenants.push(workload::LEASE_TENANT.to_owned());
+    let tenants = match list_tenants(&c).await {
+        Ok(t) => t,
+        Err(e) => {
+            last.complete = false;
+            last.problems.push(format!("listing tenants: {e}"));
+            Vec::new()
+        }
+    };
     for t in &tenants {
         match list_placements(&c, t).await {
             Ok(ps) => {
@@ -237,6 +283,25 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
                     last.placed[0] = last.placed[0].saturating_add(per.cpu_millis.saturating_mul(n));
                     last.placed[1] = last.placed[1].saturating_add(per.memory_mib.saturating_mul(n));
                     if let Some(s) = p.spec {
+                        if t == workload::CAPACITY_TENANT {
+                            let detail = if !s.anti_affinity.is_empty() {
+                                checker::capacity::ANTI_AFFINITY
+                            } else if !s.group.is_empty() {
+                                checker::capacity::GROUP
+                            } else {
+                                "plain"
+                            };
+                            last.capacity.insert(
+                                s.placement_id.clone(),
+                                checker::capacity::Placed {
+                                    log_index: p.log_index,
+                                    workers: p.workers.clone(),
+                                    cpu: per.cpu_millis,
+                                    mem: per.memory_mib,
+                                    detail: detail.to_owned(),
+                                },
+                            );
+                        }
                         ids.insert(s.placement_id, p.log_index);
                     }
                 }
@@ -428,6 +493,7 @@ pub fn check(
                 checks.push(checker::quota::final_placements(&pairs, config.quota_limit, last));
             }
             Workload::Lease => checks.push(checker::lease::check(&pairs)),
+            Workload::Capacity => checks.push(checker::capacity::check(&pairs, last)),
         }
     }
     checks.push(checker::final_state(last, usize::try_from(config.replicas).unwrap_or(0)));

@@ -3,6 +3,8 @@
 //! - `register`: SetQuota(instances = v) / GetQuota on one tenant per key — a linearizable
 //!   register of unique values.
 //! - `quota`: Place (1 instance) / Release / GetQuota usage against a tight `instances` limit.
+//! - `capacity`: Place plain, hard anti-affinity and placement-group workloads (250 or 500
+//!   millicores per instance) on a pool of four 1000-millicore workers, and Release them.
 //! - `lease`: Acquire, fenced writes (Place with a Fence), KeepAlive, Release; some clients
 //!   stall past the TTL while holding (a paused client) and then try a fenced write.
 //!
@@ -22,6 +24,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::checker;
 use crate::history::{Op, Outcome, Recorder, Type};
 use crate::rng::Rng;
 
@@ -36,10 +39,16 @@ pub const WORKER_CPU: u64 = 100_000_000;
 pub const WORKER_MEM: u64 = 100_000_000;
 pub const PLACE_CPU: u64 = 10;
 pub const PLACE_MEM: u64 = 10;
+pub const CAPACITY_TENANT: &str = "cap-0";
+pub const CAPACITY_POOL: &str = "cap";
+pub const CAPACITY_WORKERS: u64 = 4;
+pub const CAPACITY_MEM: u64 = 100;
+pub const CAPACITY_GROUP: &str = "g";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
+    Capacity,
     Quota,
     Lease,
     Register,
@@ -48,14 +57,16 @@ pub enum Workload {
 impl Workload {
     pub fn parse(s: &str) -> anyhow::Result<Workload> {
         match s {
+            "capacity" => Ok(Workload::Capacity),
             "quota" => Ok(Workload::Quota),
             "lease" => Ok(Workload::Lease),
             "register" => Ok(Workload::Register),
-            other => anyhow::bail!("unknown workload {other:?} (quota, lease, register)"),
+            other => anyhow::bail!("unknown workload {other:?} (quota, capacity, lease, register)"),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
+            Workload::Capacity => "capacity",
             Workload::Quota => "quota",
             Workload::Lease => "lease",
             Workload::Register => "register",
@@ -300,6 +311,87 @@ pub async fn client_loop(
                         Err(s) => failure(&s, true),
                     };
                     rec.complete(&inv, res.0, res.1.clone());
+                    res
+                }
+            }
+            Workload::Capacity => {
+                let tenant = CAPACITY_TENANT;
+                let known: Vec<String> = shared
+                    .placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(tenant)
+                    .cloned()
+                    .unwrap_or_default();
+                if rng.below(100) < 55 || known.is_empty() {
+                    let id = format!("c{process}-{}", rng.below(u64::MAX));
+                    let cpu = [250, 500][usize::try_from(rng.below(2))?];
+                    let roll = rng.below(10);
+                    let detail = if roll < 3 {
+                        checker::capacity::ANTI_AFFINITY
+                    } else if roll < 6 {
+                        checker::capacity::GROUP
+                    } else {
+                        "plain"
+                    };
+                    let mut spec = pb::PlacementSpec {
+                        placement_id: id.clone(),
+                        count: 1 + u32::try_from(rng.below(2))?,
+                        resources: Some(pb::Resources { cpu_millis: cpu, memory_mib: CAPACITY_MEM }),
+                        pool: CAPACITY_POOL.to_owned(),
+                        strategy: i32::try_from(rng.below(2))?,
+                        ..Default::default()
+                    };
+                    if detail == checker::capacity::ANTI_AFFINITY {
+                        spec.labels.insert("app".into(), "aa".into());
+                        spec.anti_affinity.push(pb::LabelTerm { key: "app".into(), value: "aa".into() });
+                    } else if detail == checker::capacity::GROUP {
+                        spec.group = CAPACITY_GROUP.to_owned();
+                    }
+                    let op = Op::invoke("capacity", "place", tenant)
+                        .with_id(id.clone())
+                        .with_arg(cpu)
+                        .with_detail(detail);
+                    let inv = rec.invoke(process, op);
+                    let req = pb::PlaceRequest {
+                        request_id: client::new_request_id(),
+                        tenant_id: tenant.to_owned(),
+                        spec: Some(spec),
+                        fence: None,
+                    };
+                    let res = match c
+                        .call(req, |ch, r| async move { client::scheduler(ch).place(r).await })
+                        .await
+                    {
+                        Ok(r) => {
+                            let mut o = write_info(r.write.as_ref());
+                            o.workers = r.placement.map(|p| p.workers).unwrap_or_default();
+                            (Type::Ok, o)
+                        }
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Fail {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        placed.entry(tenant.to_owned()).or_default().push(id);
+                    }
+                    res
+                } else {
+                    let pick = usize::try_from(rng.below(u64::try_from(known.len())?))?;
+                    let id = known[pick].clone();
+                    let op = Op::invoke("capacity", "release", tenant).with_id(id.clone());
+                    let inv = rec.invoke(process, op);
+                    let res = match release(&c, tenant, &id).await {
+                        Ok(o) => (Type::Ok, o),
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Info {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(ids) = placed.get_mut(tenant) {
+                            ids.retain(|x| *x != id);
+                        }
+                    }
                     res
                 }
             }

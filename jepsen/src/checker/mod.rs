@@ -7,6 +7,7 @@
 //! - `writes_ordered`: acknowledged writes have distinct log indexes that respect real time.
 //! - `final_state`: nothing acknowledged lost, no overcommit, replicas converged.
 
+pub mod capacity;
 pub mod lease;
 pub mod quota;
 pub mod register;
@@ -71,6 +72,9 @@ impl CheckResult {
 pub struct FinalState {
     /// Per quota tenant: live placement id → its log index.
     pub placements: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The capacity workload's live placements by id.
+    #[serde(default)]
+    pub capacity: BTreeMap<String, capacity::Placed>,
     /// Per quota tenant: `usage.instances` from GetQuota.
     pub usage_instances: BTreeMap<String, u64>,
     /// Per worker: [capacity cpu, capacity mem, allocated cpu, allocated mem].
