@@ -30,7 +30,7 @@ struct Opts {
     /// Faults, comma separated: partition, kill, pause, clock, netem; `all`, or `none`.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
-    /// Workloads, comma separated: quota, capacity, lease, register; or `all`.
+    /// Workloads, comma separated: quota, capacity, lease, register, tenants; or `all`.
     #[arg(long, default_value = "quota")]
     workload: String,
     /// Concurrent clients (split across the workloads).
@@ -106,7 +106,7 @@ fn config(opts: &Opts, run: String, dir: PathBuf, berth: PathBuf, seed: u64) -> 
     for k in &nemesis {
         anyhow::ensure!(KINDS.contains(&k.as_str()), "unknown nemesis {k:?}; one of {KINDS:?}");
     }
-    let workloads = list(&opts.workload, &["quota", "capacity", "lease", "register"])
+    let workloads = list(&opts.workload, &["quota", "capacity", "lease", "register", "tenants"])
         .iter()
         .map(|w| Workload::parse(w))
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -86,6 +86,8 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     tenants.extend((0..workload::QUOTA_TENANTS).map(workload::quota_tenant));
     tenants.push(workload::LEASE_TENANT.to_owned());
     tenants.push(workload::CAPACITY_TENANT.to_owned());
+    tenants.push(workload::PROBE_FROM.to_owned());
+    tenants.push(workload::PROBE_TO.to_owned());
     for t in &tenants {
         let req = pb::CreateTenantRequest {
             request_id: format!("setup-tenant-{t}"),
@@ -145,6 +147,16 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     };
     c.call(req, |ch, r| async move { client::scheduler(ch).create_placement_group(r).await })
         .await?;
+    let req = pb::IssueTokenRequest {
+        request_id: "setup-probe-token".to_owned(),
+        tenant_id: workload::PROBE_FROM.to_owned(),
+        token_name: "probe".to_owned(),
+    };
+    let token = c
+        .call(req, |ch, r| async move { client::tenants(ch).issue_token(r).await })
+        .await?
+        .token;
+    let _ = shared.probe_token.set(token);
     Ok(())
 }
 
@@ -256,7 +268,7 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
         let keys: Vec<String> = match w {
             Workload::Register => (0..workload::REGISTER_KEYS).map(workload::register_key).collect(),
             Workload::Quota => (0..workload::QUOTA_TENANTS).map(workload::quota_tenant).collect(),
-            Workload::Lease | Workload::Capacity => Vec::new(),
+            Workload::Lease | Workload::Capacity | Workload::Tenants => Vec::new(),
         };
         for k in keys {
             if !final_read(shared, &c, *w, &k).await {
@@ -273,6 +285,7 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
             Vec::new()
         }
     };
+    last.tenants = tenants.iter().cloned().collect();
     for t in &tenants {
         match list_placements(&c, t).await {
             Ok(ps) => {
@@ -387,6 +400,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
         quota_limit: config.quota_limit,
         placed: StdMutex::new(BTreeMap::new()),
         next_value: AtomicU64::new(1),
+        probe_token: std::sync::OnceLock::new(),
         counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
     });
     eprintln!("[setup] {} replicas in namespaces {}-n*, store {}", config.replicas, config.run, config.dir.display());
@@ -494,6 +508,7 @@ pub fn check(
             }
             Workload::Lease => checks.push(checker::lease::check(&pairs)),
             Workload::Capacity => checks.push(checker::capacity::check(&pairs, last)),
+            Workload::Tenants => checks.push(checker::tenants::check(&pairs, last)),
         }
     }
     checks.push(checker::final_state(last, usize::try_from(config.replicas).unwrap_or(0)));

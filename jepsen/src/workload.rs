@@ -5,6 +5,8 @@
 //! - `quota`: Place (1 instance) / Release / GetQuota usage against a tight `instances` limit.
 //! - `capacity`: Place plain, hard anti-affinity and placement-group workloads (250 or 500
 //!   millicores per instance) on a pool of four 1000-millicore workers, and Release them.
+//! - `tenants`: CreateTenant / Place into it / DeleteTenant under load, and probes reading
+//!   another tenant with a tenant token (which must be refused).
 //! - `lease`: Acquire, fenced writes (Place with a Fence), KeepAlive, Release; some clients
 //!   stall past the TTL while holding (a paused client) and then try a fenced write.
 //!
@@ -44,11 +46,17 @@ pub const CAPACITY_POOL: &str = "cap";
 pub const CAPACITY_WORKERS: u64 = 4;
 pub const CAPACITY_MEM: u64 = 100;
 pub const CAPACITY_GROUP: &str = "g";
+/// The tenants workload's probe: a token of `PROBE_FROM` reading `PROBE_TO`.
+pub const PROBE_FROM: &str = "probe-a";
+pub const PROBE_TO: &str = "probe-b";
+/// Key of the tenants workload's created tenants in `Shared::placed`.
+const CREATED: &str = "*created*";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     Capacity,
+    Tenants,
     Quota,
     Lease,
     Register,
@@ -58,15 +66,17 @@ impl Workload {
     pub fn parse(s: &str) -> anyhow::Result<Workload> {
         match s {
             "capacity" => Ok(Workload::Capacity),
+            "tenants" => Ok(Workload::Tenants),
             "quota" => Ok(Workload::Quota),
             "lease" => Ok(Workload::Lease),
             "register" => Ok(Workload::Register),
-            other => anyhow::bail!("unknown workload {other:?} (quota, capacity, lease, register)"),
+            other => anyhow::bail!("unknown workload {other:?} (quota, capacity, lease, register, tenants)"),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Workload::Capacity => "capacity",
+            Workload::Tenants => "tenants",
             Workload::Quota => "quota",
             Workload::Lease => "lease",
             Workload::Register => "register",
@@ -90,6 +100,8 @@ pub struct Shared {
     /// Placement ids placed (ok or unknown) per quota tenant, for releases to pick from.
     pub placed: Mutex<BTreeMap<String, Vec<String>>>,
     pub next_value: AtomicU64,
+    /// A token of tenant `PROBE_FROM`, issued at setup.
+    pub probe_token: std::sync::OnceLock<String>,
     pub counts: [AtomicU64; 3],
 }
 
@@ -217,6 +229,14 @@ pub async fn client_loop(
     );
     let mut generation = 0u64;
     let mut holding: Option<(String, u64)> = None;
+    let probe = match shared.probe_token.get() {
+        Some(token) => Some(Client::new(
+            &shared.endpoints,
+            Some(token),
+            ClientOptions { deadline: Duration::from_secs(4), attempt_timeout: Duration::from_millis(1_000) },
+        )?),
+        None => None,
+    };
     let holder = |g: u64| format!("p{}", worker + 1 + g * concurrency);
     while Instant::now() < until {
         let process = worker + 1 + generation * concurrency;
@@ -309,6 +329,88 @@ pub async fn client_loop(
                             },
                         ),
                         Err(s) => failure(&s, true),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    res
+                }
+            }
+            Workload::Tenants => {
+                let known: Vec<String> = shared
+                    .placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(CREATED)
+                    .cloned()
+                    .unwrap_or_default();
+                let roll = rng.below(100);
+                let pick = |rng: &mut Rng| -> anyhow::Result<String> {
+                    Ok(known[usize::try_from(rng.below(u64::try_from(known.len())?))?].clone())
+                };
+                if roll < 20 || (roll < 70 && known.is_empty()) {
+                    let tenant = format!("t-{}", rng.below(1_000_000_000));
+                    let inv = rec.invoke(process, Op::invoke("tenants", "create", &tenant));
+                    let req = pb::CreateTenantRequest {
+                        request_id: client::new_request_id(),
+                        tenant_id: tenant.clone(),
+                        ..Default::default()
+                    };
+                    let res = match c
+                        .call(req, |ch, r| async move { client::tenants(ch).create_tenant(r).await })
+                        .await
+                    {
+                        Ok(r) => (Type::Ok, write_info(r.write.as_ref())),
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Fail {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        placed.entry(CREATED.to_owned()).or_default().push(tenant);
+                    }
+                    res
+                } else if roll < 55 {
+                    let tenant = pick(&mut rng)?;
+                    let id = format!("t{process}-{}", rng.below(u64::MAX));
+                    let op = Op::invoke("tenants", "place", &tenant).with_id(id.clone());
+                    let inv = rec.invoke(process, op);
+                    let res = match place(&c, place_request(&tenant, &id, None)).await {
+                        Ok(o) => (Type::Ok, o),
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    res
+                } else if roll < 70 {
+                    let tenant = pick(&mut rng)?;
+                    let inv = rec.invoke(process, Op::invoke("tenants", "delete", &tenant));
+                    let req = pb::DeleteTenantRequest {
+                        request_id: client::new_request_id(),
+                        tenant_id: tenant.clone(),
+                    };
+                    let res = match c
+                        .call(req, |ch, r| async move { client::tenants(ch).delete_tenant(r).await })
+                        .await
+                    {
+                        Ok(r) => (Type::Ok, write_info(r.write.as_ref())),
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Info {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(ids) = placed.get_mut(CREATED) {
+                            ids.retain(|x| *x != tenant);
+                        }
+                    }
+                    res
+                } else {
+                    let inv = rec.invoke(process, Op::invoke("tenants", "probe", PROBE_TO));
+                    let res = match &probe {
+                        Some(p) => match get_quota(p, PROBE_TO).await {
+                            Ok(_) => (Type::Ok, Outcome::default()),
+                            Err(s) => failure(&s, true),
+                        },
+                        None => (
+                            Type::Fail,
+                            Outcome { error: Some("NO_PROBE_TOKEN".into()), ..Outcome::default() },
+                        ),
                     };
                     rec.complete(&inv, res.0, res.1.clone());
                     res

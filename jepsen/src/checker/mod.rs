@@ -11,6 +11,7 @@ pub mod capacity;
 pub mod lease;
 pub mod quota;
 pub mod register;
+pub mod tenants;
 pub mod wgl;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,9 @@ impl CheckResult {
 pub struct FinalState {
     /// Per quota tenant: live placement id → its log index.
     pub placements: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every tenant that exists after healing.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeSet<String>,
     /// The capacity workload's live placements by id.
     #[serde(default)]
     pub capacity: BTreeMap<String, capacity::Placed>,
