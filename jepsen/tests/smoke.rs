@@ -1,6 +1,7 @@
-//! The CI smoke run: 3 real `berth server` replicas in network namespaces, about 60 s of the
-//! quota, lease and register workloads under partitions and SIGKILLs; every checker must pass,
-//! and the run must have done real work (faults injected, operations acknowledged).
+//! The CI smoke run: 3 real `berth server` replicas in network namespaces, about 60 s of all
+//! five workloads (quota, capacity, lease, register, tenants) under partitions and SIGKILLs;
+//! every checker must pass, and the run must have done real work (faults injected, operations
+//! acknowledged).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -43,7 +44,7 @@ fn smoke_partition_kill_three_replicas() {
     let started = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_jepsen"))
         .args(["--replicas", "3", "--time-limit", "60", "--nemesis", "partition,kill"])
-        .args(["--workload", "quota,lease,register", "--concurrency", "9", "--rate", "60"])
+        .args(["--workload", "all", "--concurrency", "10", "--rate", "60"])
         .args(["--nemesis-interval", "8", "--json", "--store"])
         .arg(&store)
         .arg("--berth")
