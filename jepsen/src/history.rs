@@ -268,6 +268,12 @@ pub mod build {
         next: u64,
     }
 
+    impl Default for H {
+        fn default() -> H {
+            H::new()
+        }
+    }
+
     impl H {
         pub fn new() -> H {
             H { ops: Vec::new(), next: 1 }

@@ -101,7 +101,13 @@ fn berth_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn config(opts: &Opts, run: String, dir: PathBuf, berth: PathBuf, seed: u64) -> anyhow::Result<Config> {
+fn config(
+    opts: &Opts,
+    run: String,
+    dir: PathBuf,
+    berth: PathBuf,
+    seed: u64,
+) -> anyhow::Result<Config> {
     let nemesis = list(&opts.nemesis, KINDS);
     for k in &nemesis {
         anyhow::ensure!(KINDS.contains(&k.as_str()), "unknown nemesis {k:?}; one of {KINDS:?}");
@@ -138,11 +144,20 @@ fn print_summary(s: &Summary, json: bool) {
         return;
     }
     println!();
-    println!("== berth jepsen: {} replicas, {} s, nemesis {:?}, workloads {:?}, seed {}", s.replicas, s.time_limit_s, s.nemesis, s.workloads, s.seed);
-    println!("   {} faults; {} operations: {} ok, {} fail, {} info", s.faults, s.ops, s.ok, s.fail, s.info);
+    println!(
+        "== berth jepsen: {} replicas, {} s, nemesis {:?}, workloads {:?}, seed {}",
+        s.replicas, s.time_limit_s, s.nemesis, s.workloads, s.seed
+    );
+    println!(
+        "   {} faults; {} operations: {} ok, {} fail, {} info",
+        s.faults, s.ops, s.ok, s.fail, s.info
+    );
     println!(
         "   ok while faulty {}/{}, while quiet {}/{}",
-        s.availability.faulty_ok, s.availability.faulty_total, s.availability.quiet_ok, s.availability.quiet_total
+        s.availability.faulty_ok,
+        s.availability.faulty_total,
+        s.availability.quiet_ok,
+        s.availability.quiet_total
     );
     for c in &s.checks {
         let v = match c.valid {

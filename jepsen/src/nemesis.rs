@@ -36,7 +36,11 @@ pub const KINDS: &[&str] = &["partition", "kill", "pause", "clock", "netem", "me
 
 /// True if the kernel has `tc netem` (some containers lack the module).
 pub fn netem_supported(ns: &str) -> bool {
-    let ok = sh(&["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"]).is_ok();
+    let ok = sh(&[
+        "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay",
+        "1ms",
+    ])
+    .is_ok();
     sh_quiet(&["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
     ok
 }
@@ -70,12 +74,17 @@ fn record(rec: &Recorder, f: &str, what: &str) {
 }
 
 impl Nemesis {
-    pub fn new(kinds: Vec<String>, cluster: Arc<Mutex<Cluster>>, shared: Arc<Shared>, seed: u64) -> Nemesis {
+    pub fn new(
+        kinds: Vec<String>,
+        cluster: Arc<Mutex<Cluster>>,
+        shared: Arc<Shared>,
+        seed: u64,
+    ) -> Nemesis {
         Nemesis {
             kinds,
             cluster,
             shared,
-            rng: Rng::new(seed ^ 0x6e65_6d65_7369_73),
+            rng: Rng::new(seed ^ 0x006e_656d_6573_6973),
             killed: BTreeSet::new(),
             partitioned: false,
             netem: BTreeSet::new(),
@@ -142,11 +151,8 @@ impl Nemesis {
                 };
                 let desc = match shape {
                     "one" | "leader" => {
-                        let x = if shape == "leader" {
-                            self.pick_target(true).await
-                        } else {
-                            order[0]
-                        };
+                        let x =
+                            if shape == "leader" { self.pick_target(true).await } else { order[0] };
                         let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != x).collect();
                         cut(&[x], &rest);
                         format!("partition {shape} [{x}] | {rest:?}")
@@ -188,8 +194,18 @@ impl Nemesis {
                     let ns = &cluster.replicas[to].ns;
                     for f in from {
                         sh(&[
-                            "ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-s",
-                            &replica_ip(*f), "-j", "DROP",
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            "iptables",
+                            "-w",
+                            "-A",
+                            "INPUT",
+                            "-s",
+                            &replica_ip(*f),
+                            "-j",
+                            "DROP",
                         ])?;
                     }
                 }
@@ -244,9 +260,22 @@ impl Nemesis {
                 for t in &order {
                     let ns = &cluster.replicas[t].ns;
                     sh(&[
-                        "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root",
-                        "netem", "delay", &format!("{delay}ms"), &format!("{}ms", delay / 2),
-                        "loss", &format!("{loss}%"),
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        "eth0",
+                        "root",
+                        "netem",
+                        "delay",
+                        &format!("{delay}ms"),
+                        &format!("{}ms", delay / 2),
+                        "loss",
+                        &format!("{loss}%"),
                     ])?;
                     self.netem.insert(*t);
                 }
@@ -264,7 +293,9 @@ impl Nemesis {
                 self.removed.insert(t);
                 Ok(match outcome {
                     Ok(_) => format!("member remove {t}"),
-                    Err(e) => format!("member remove {t} (answer: {})", crate::workload::reason(&e)),
+                    Err(e) => {
+                        format!("member remove {t} (answer: {})", crate::workload::reason(&e))
+                    }
                 })
             }
             other => anyhow::bail!("unknown nemesis {other:?} (one of {KINDS:?})"),
@@ -282,7 +313,9 @@ impl Nemesis {
                 sh(&["ip", "netns", "exec", &ns, "iptables", "-w", "-F", "INPUT"])?;
             }
             if self.netem.remove(id) {
-                sh_quiet(&["ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+                sh_quiet(&[
+                    "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+                ]);
             }
             if cluster.replicas[id].paused {
                 cluster.pause(*id, false);

@@ -84,7 +84,13 @@ fn latency_plot(ops: &[Op], end: u64) -> String {
         TOP + H + 30
     );
     shade(&mut svg, ops, end);
-    for (label, us) in [("1ms", 1_000u64), ("10ms", 10_000), ("100ms", 100_000), ("1s", 1_000_000), ("10s", 10_000_000)] {
+    for (label, us) in [
+        ("1ms", 1_000u64),
+        ("10ms", 10_000),
+        ("100ms", 100_000),
+        ("1s", 1_000_000),
+        ("10s", 10_000_000),
+    ] {
         let y = lat_y(us);
         let _ = write!(
             svg,
@@ -233,11 +239,24 @@ pub fn write(path: &Path, config: &Config, ops: &[Op], summary: &Summary) -> any
         }
     }
     for ((w, f), [ok, fail, info]) in counts {
-        let _ = write!(html, "<tr><td>{}</td><td>{}</td><td>{ok}</td><td>{fail}</td><td>{info}</td></tr>", esc(&w), esc(&f));
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{ok}</td><td>{fail}</td><td>{info}</td></tr>",
+            esc(&w),
+            esc(&f)
+        );
     }
     html.push_str("</table><h2>Faults</h2><table><tr><th>from</th><th>to</th><th>fault</th></tr>");
     for (s, e, what) in nemesis_intervals(ops, end) {
-        let _ = write!(html, "<tr><td>{}.{:03} s</td><td>{}.{:03} s</td><td>{}</td></tr>", s / 1_000_000, s / 1_000 % 1_000, e / 1_000_000, e / 1_000 % 1_000, esc(&what));
+        let _ = write!(
+            html,
+            "<tr><td>{}.{:03} s</td><td>{}.{:03} s</td><td>{}</td></tr>",
+            s / 1_000_000,
+            s / 1_000 % 1_000,
+            e / 1_000_000,
+            e / 1_000 % 1_000,
+            esc(&what)
+        );
     }
     html.push_str("</table><p>Files: <a href=\"history.jsonl\">history.jsonl</a>, <a href=\"results.json\">results.json</a>, <a href=\"final.json\">final.json</a>, replica-*/server.log</p></body></html>\n");
     std::fs::write(path, html)?;

@@ -82,7 +82,8 @@ async fn wait_for_cluster(shared: &Shared, replicas: u64) -> anyhow::Result<()> 
 /// Tenants, quotas and workers the workloads need (not part of the history).
 async fn setup(shared: &Shared) -> anyhow::Result<()> {
     let c = shared.client(SETTLE)?;
-    let mut tenants: Vec<String> = (0..workload::REGISTER_KEYS).map(workload::register_key).collect();
+    let mut tenants: Vec<String> =
+        (0..workload::REGISTER_KEYS).map(workload::register_key).collect();
     tenants.extend((0..workload::QUOTA_TENANTS).map(workload::quota_tenant));
     tenants.push(workload::LEASE_TENANT.to_owned());
     tenants.push(workload::CAPACITY_TENANT.to_owned());
@@ -106,7 +107,10 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
             request_id: client::new_request_id(),
             tenant_id: workload::quota_tenant(i),
             quota: Some(pb::Quota {
-                total: Some(pb::Limits { instances: Some(shared.quota_limit), ..Default::default() }),
+                total: Some(pb::Limits {
+                    instances: Some(shared.quota_limit),
+                    ..Default::default()
+                }),
                 pools: Default::default(),
             }),
         };
@@ -152,10 +156,8 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
         tenant_id: workload::PROBE_FROM.to_owned(),
         token_name: "probe".to_owned(),
     };
-    let token = c
-        .call(req, |ch, r| async move { client::tenants(ch).issue_token(r).await })
-        .await?
-        .token;
+    let token =
+        c.call(req, |ch, r| async move { client::tenants(ch).issue_token(r).await }).await?.token;
     let _ = shared.probe_token.set(token);
     Ok(())
 }
@@ -185,7 +187,8 @@ async fn list_tenants(c: &Client) -> Result<Vec<String>, tonic::Status> {
     let mut out: Vec<String> = Vec::new();
     loop {
         let after = out.last().cloned().unwrap_or_default();
-        let req = pb::ListTenantsRequest { page: Some(pb::Page { after, limit: 1_000 }), read: None };
+        let req =
+            pb::ListTenantsRequest { page: Some(pb::Page { after, limit: 1_000 }), read: None };
         let page = c
             .call(req, |ch, r| async move { client::tenants(ch).list_tenants(r).await })
             .await?
@@ -266,7 +269,9 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
     };
     for w in &config.workloads {
         let keys: Vec<String> = match w {
-            Workload::Register => (0..workload::REGISTER_KEYS).map(workload::register_key).collect(),
+            Workload::Register => {
+                (0..workload::REGISTER_KEYS).map(workload::register_key).collect()
+            }
             Workload::Quota => (0..workload::QUOTA_TENANTS).map(workload::quota_tenant).collect(),
             Workload::Lease | Workload::Capacity | Workload::Tenants => Vec::new(),
         };
@@ -293,8 +298,10 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
                 for p in ps {
                     let per = p.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
                     let n = u64::try_from(p.workers.len()).unwrap_or(u64::MAX);
-                    last.placed[0] = last.placed[0].saturating_add(per.cpu_millis.saturating_mul(n));
-                    last.placed[1] = last.placed[1].saturating_add(per.memory_mib.saturating_mul(n));
+                    last.placed[0] =
+                        last.placed[0].saturating_add(per.cpu_millis.saturating_mul(n));
+                    last.placed[1] =
+                        last.placed[1].saturating_add(per.memory_mib.saturating_mul(n));
                     if let Some(s) = p.spec {
                         if t == workload::CAPACITY_TENANT {
                             let detail = if !s.anti_affinity.is_empty() {
@@ -330,7 +337,8 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
         if t.starts_with("q-") {
             match workload::get_quota(&c, t).await {
                 Ok(q) => {
-                    last.usage_instances.insert(t.clone(), q.usage.map(|u| u.instances).unwrap_or(0));
+                    last.usage_instances
+                        .insert(t.clone(), q.usage.map(|u| u.instances).unwrap_or(0));
                 }
                 Err(e) => last.problems.push(format!("usage of {t}: {e}")),
             }
@@ -403,7 +411,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
         probe_token: std::sync::OnceLock::new(),
         counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
     });
-    eprintln!("[setup] {} replicas in namespaces {}-n*, store {}", config.replicas, config.run, config.dir.display());
+    eprintln!(
+        "[setup] {} replicas in namespaces {}-n*, store {}",
+        config.replicas,
+        config.run,
+        config.dir.display()
+    );
     wait_for_cluster(&shared, config.replicas).await?;
     setup(&shared).await?;
     let mut kinds = config.nemesis.clone();
@@ -453,10 +466,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     while Instant::now() < until {
         tokio::time::sleep(progress.min(until.saturating_duration_since(Instant::now()))).await;
         let [ok, fail, info] = [0, 1, 2].map(|i| shared.counts[i].load(Ordering::Relaxed));
-        eprintln!(
-            "[{:>4}s] ok {ok:>6}  fail {fail:>6}  info {info:>6}",
-            start.elapsed().as_secs()
-        );
+        eprintln!("[{:>4}s] ok {ok:>6}  fail {fail:>6}  info {info:>6}", start.elapsed().as_secs());
         for (id, status) in cluster.lock().await.exited() {
             let p = format!("replica {id} exited by itself ({status})");
             eprintln!("[problem] {p}");
@@ -525,9 +535,9 @@ pub fn check(
     } else {
         Valid::True
     };
-    let client_pairs: Vec<_> =
-        pairs.iter().filter(|p| p.invoke.workload != "nemesis").collect();
-    let count = |t: Type| u64::try_from(client_pairs.iter().filter(|p| p.kind() == t).count()).unwrap_or(0);
+    let client_pairs: Vec<_> = pairs.iter().filter(|p| p.invoke.workload != "nemesis").collect();
+    let count =
+        |t: Type| u64::try_from(client_pairs.iter().filter(|p| p.kind() == t).count()).unwrap_or(0);
     let end = ops.last().map_or(0, |o| o.time_us);
     Summary {
         valid,

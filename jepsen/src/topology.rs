@@ -62,7 +62,9 @@ pub fn sh_quiet(args: &[&str]) {
 
 /// The tools the harness drives, with a hint if one is missing.
 pub fn check_tools() -> anyhow::Result<()> {
-    for (tool, hint) in [("ip", "apt-get install -y iproute2"), ("iptables", "apt-get install -y iptables")] {
+    for (tool, hint) in
+        [("ip", "apt-get install -y iproute2"), ("iptables", "apt-get install -y iptables")]
+    {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -145,10 +147,9 @@ impl Net {
         sh(&["ip", "netns", "add", &hub])?;
         sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
-        let hosts = (1..=replicas).map(|i| (Net::ns(&run, i), i)).chain([(
-            Net::client_ns(&run),
-            CLIENT_HOST,
-        )]);
+        let hosts = (1..=replicas)
+            .map(|i| (Net::ns(&run, i), i))
+            .chain([(Net::client_ns(&run), CLIENT_HOST)]);
         for (ns, host) in hosts {
             let veth = format!("v{host}");
             sh(&["ip", "netns", "add", &ns])?;

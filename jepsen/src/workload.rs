@@ -70,7 +70,9 @@ impl Workload {
             "quota" => Ok(Workload::Quota),
             "lease" => Ok(Workload::Lease),
             "register" => Ok(Workload::Register),
-            other => anyhow::bail!("unknown workload {other:?} (quota, capacity, lease, register, tenants)"),
+            other => anyhow::bail!(
+                "unknown workload {other:?} (quota, capacity, lease, register, tenants)"
+            ),
         }
     }
     pub fn name(self) -> &'static str {
@@ -225,7 +227,8 @@ pub async fn client_loop(
     let c = shared.client(Duration::from_secs(4))?;
     // Mixed non-linearly: streams of neighbouring workers must not be shifts of each other.
     let mut rng = Rng::new(
-        Rng::new(seed).next_u64() ^ Rng::new(worker.wrapping_add(1) << 20).next_u64().rotate_left(17),
+        Rng::new(seed).next_u64()
+            ^ Rng::new(worker.wrapping_add(1) << 20).next_u64().rotate_left(17),
     );
     let mut generation = 0u64;
     let mut holding: Option<(String, u64)> = None;
@@ -233,7 +236,10 @@ pub async fn client_loop(
         Some(token) => Some(Client::new(
             &shared.endpoints,
             Some(token),
-            ClientOptions { deadline: Duration::from_secs(4), attempt_timeout: Duration::from_millis(1_000) },
+            ClientOptions {
+                deadline: Duration::from_secs(4),
+                attempt_timeout: Duration::from_millis(1_000),
+            },
         )?),
         None => None,
     };
@@ -355,7 +361,10 @@ pub async fn client_loop(
                         ..Default::default()
                     };
                     let res = match c
-                        .call(req, |ch, r| async move { client::tenants(ch).create_tenant(r).await })
+                        .call(
+                            req,
+                            |ch, r| async move { client::tenants(ch).create_tenant(r).await },
+                        )
                         .await
                     {
                         Ok(r) => (Type::Ok, write_info(r.write.as_ref())),
@@ -386,7 +395,10 @@ pub async fn client_loop(
                         tenant_id: tenant.clone(),
                     };
                     let res = match c
-                        .call(req, |ch, r| async move { client::tenants(ch).delete_tenant(r).await })
+                        .call(
+                            req,
+                            |ch, r| async move { client::tenants(ch).delete_tenant(r).await },
+                        )
                         .await
                     {
                         Ok(r) => (Type::Ok, write_info(r.write.as_ref())),
@@ -439,14 +451,18 @@ pub async fn client_loop(
                     let mut spec = pb::PlacementSpec {
                         placement_id: id.clone(),
                         count: 1 + u32::try_from(rng.below(2))?,
-                        resources: Some(pb::Resources { cpu_millis: cpu, memory_mib: CAPACITY_MEM }),
+                        resources: Some(pb::Resources {
+                            cpu_millis: cpu,
+                            memory_mib: CAPACITY_MEM,
+                        }),
                         pool: CAPACITY_POOL.to_owned(),
                         strategy: i32::try_from(rng.below(2))?,
                         ..Default::default()
                     };
                     if detail == checker::capacity::ANTI_AFFINITY {
                         spec.labels.insert("app".into(), "aa".into());
-                        spec.anti_affinity.push(pb::LabelTerm { key: "app".into(), value: "aa".into() });
+                        spec.anti_affinity
+                            .push(pb::LabelTerm { key: "app".into(), value: "aa".into() });
                     } else if detail == checker::capacity::GROUP {
                         spec.group = CAPACITY_GROUP.to_owned();
                     }
@@ -535,12 +551,11 @@ pub async fn client_loop(
                             .with_arg(token);
                         let inv = rec.invoke(process, op);
                         let fence = pb::Fence { lease: name.clone(), token };
-                        let res = match place(&c, place_request(LEASE_TENANT, &id, Some(fence)))
-                            .await
-                        {
-                            Ok(o) => (Type::Ok, o),
-                            Err(s) => failure(&s, false),
-                        };
+                        let res =
+                            match place(&c, place_request(LEASE_TENANT, &id, Some(fence))).await {
+                                Ok(o) => (Type::Ok, o),
+                                Err(s) => failure(&s, false),
+                            };
                         rec.complete(&inv, res.0, res.1.clone());
                         if res.0 != Type::Ok {
                             holding = None;
@@ -556,7 +571,10 @@ pub async fn client_loop(
                             token,
                         };
                         let res = match c
-                            .call(req, |ch, r| async move { client::leases(ch).keep_alive(r).await })
+                            .call(
+                                req,
+                                |ch, r| async move { client::leases(ch).keep_alive(r).await },
+                            )
                             .await
                         {
                             Ok(r) => (Type::Ok, lease_outcome(r.write.as_ref(), r.lease.as_ref())),

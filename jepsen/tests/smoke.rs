@@ -74,9 +74,7 @@ fn smoke_partition_kill_three_replicas() {
         let len = std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{file} missing or empty in {}", dir.display());
     }
-    let left: Vec<String> = jepsen::topology::namespaces()
-        .into_iter()
-        .filter(|n| n.starts_with(&run))
-        .collect();
+    let left: Vec<String> =
+        jepsen::topology::namespaces().into_iter().filter(|n| n.starts_with(&run)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }

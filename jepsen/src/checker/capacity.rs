@@ -55,7 +55,8 @@ impl Pool {
         }
         if p.detail == GROUP {
             let n = u64::try_from(p.workers.len()).unwrap_or(u64::MAX);
-            self.group = if sign_add { self.group.saturating_add(n) } else { self.group.saturating_sub(n) };
+            self.group =
+                if sign_add { self.group.saturating_add(n) } else { self.group.saturating_sub(n) };
         }
     }
     fn violations(&self) -> Vec<String> {
@@ -63,7 +64,9 @@ impl Pool {
         for (w, cpu) in &self.cpu {
             let mem = self.mem.get(w).copied().unwrap_or(0);
             if *cpu > WORKER_CPU || mem > WORKER_MEM {
-                out.push(format!("worker {w} overcommitted: {cpu}m/{mem}MiB of {WORKER_CPU}m/{WORKER_MEM}MiB"));
+                out.push(format!(
+                    "worker {w} overcommitted: {cpu}m/{mem}MiB of {WORKER_CPU}m/{WORKER_MEM}MiB"
+                ));
             }
         }
         for (w, n) in &self.anti {

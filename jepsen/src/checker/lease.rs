@@ -41,7 +41,10 @@ pub fn check(pairs: &[Pair<'_>]) -> CheckResult {
             ("acquire", Type::Ok) => {
                 r.checked += 1;
                 let (Some(token), Some(index)) = (p.done_field(|d| d.value), index) else {
-                    r.violation(format!("op {}: acquire acknowledged without a token", p.invoke.op));
+                    r.violation(format!(
+                        "op {}: acquire acknowledged without a token",
+                        p.invoke.op
+                    ));
                     continue;
                 };
                 if token != index {

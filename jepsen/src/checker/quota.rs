@@ -188,7 +188,9 @@ pub fn final_placements(pairs: &[Pair<'_>], limit: u64, last: &FinalState) -> Ch
         }
         if let Some(usage) = last.usage_instances.get(tenant) {
             if *usage != n {
-                r.violation(format!("tenant {tenant}: usage says {usage} instances, {n} placements live"));
+                r.violation(format!(
+                    "tenant {tenant}: usage says {usage} instances, {n} placements live"
+                ));
             }
         }
     }

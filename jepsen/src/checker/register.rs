@@ -88,7 +88,10 @@ pub fn witness(pairs: &[Pair<'_>]) -> CheckResult {
             r.checked += 1;
             let Some(v) = p.done_field(|d| d.value) else { continue };
             let Some(&(index, invoked)) = writes.get(&v) else {
-                r.violation(format!("key {key}: op {} read {v}, which was never written", p.invoke.op));
+                r.violation(format!(
+                    "key {key}: op {} read {v}, which was never written",
+                    p.invoke.op
+                ));
                 continue;
             };
             if invoked > p.end_us() {

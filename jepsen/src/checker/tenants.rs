@@ -31,7 +31,11 @@ pub fn check(pairs: &[Pair<'_>], last: &FinalState) -> CheckResult {
             unknown_create.insert(p.invoke.key.as_str());
         }
         if let (true, Some(i)) = (p.is_ok(), p.done_field(|d| d.log_index)) {
-            events.entry(p.invoke.key.as_str()).or_default().push((i, p.invoke.f.as_str(), p.invoke.op));
+            events.entry(p.invoke.key.as_str()).or_default().push((
+                i,
+                p.invoke.f.as_str(),
+                p.invoke.op,
+            ));
         }
     }
     for (tenant, mut evs) in events {
@@ -51,7 +55,10 @@ pub fn check(pairs: &[Pair<'_>], last: &FinalState) -> CheckResult {
             }
         }
         let gone = evs.last().is_some_and(|(_, f, _)| *f == "delete");
-        if gone && last.complete && last.tenants.contains(tenant) && !unknown_create.contains(tenant)
+        if gone
+            && last.complete
+            && last.tenants.contains(tenant)
+            && !unknown_create.contains(tenant)
         {
             r.violation(format!("tenant {tenant} still exists after its acknowledged deletion"));
         }

@@ -31,7 +31,10 @@ pub enum Verdict {
     Linearizable,
     /// No order explains the outcomes. `stuck_op` is an op id whose completion could not be
     /// explained at the deepest point the search reached.
-    NotLinearizable { stuck_op: u64, linearized: usize },
+    NotLinearizable {
+        stuck_op: u64,
+        linearized: usize,
+    },
     Unknown(String),
 }
 
