@@ -83,7 +83,9 @@ fn berth_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         // Under `cargo run`: make sure berth is built from the same sources and profile.
         if let Some(target) = dir.parent() {
             let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "berth", "--bin", "berth", "--target-dir"]).arg(target);
+            // `-p jepsen` too, so features unify as for `cargo run -p jepsen` (no rebuild).
+            cmd.args(["build", "-q", "-p", "berth", "-p", "jepsen", "--bins", "--target-dir"])
+                .arg(target);
             if dir.ends_with("release") {
                 cmd.arg("--release");
             }
