@@ -253,12 +253,18 @@ async fn outside(opts: Opts) -> anyhow::Result<ExitCode> {
         cmd.arg("--json");
     }
     let mut child = cmd.spawn().context("starting the run inside the namespace")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let code = tokio::select! {
         status = child.wait() => status?.code(),
         _ = tokio::signal::ctrl_c() => {
             eprintln!("[jepsen] interrupted: cleaning up");
             let _ = child.kill().await;
             Some(130)
+        }
+        _ = term.recv() => {
+            eprintln!("[jepsen] terminated: cleaning up");
+            let _ = child.kill().await;
+            Some(143)
         }
     };
     drop(net);

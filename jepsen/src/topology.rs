@@ -102,6 +102,21 @@ pub fn remove_run(run: &str) {
     }
 }
 
+/// True if `pid` is a live (not zombie) `jepsen` process: the owner of a run's namespaces.
+fn owner_alive(pid: &str) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    field("Name:") == "jepsen" && !field("State:").starts_with('Z')
+}
+
 /// Removes namespaces (and their processes) left by runs whose process is gone.
 pub fn remove_stale() -> Vec<String> {
     let mut removed = Vec::new();
@@ -112,7 +127,7 @@ pub fn remove_stale() -> Vec<String> {
             continue;
         }
         let run = format!("{PREFIX}{pid}");
-        if !Path::new(&format!("/proc/{pid}")).exists() && !removed.contains(&run) {
+        if !owner_alive(pid) && !removed.contains(&run) {
             remove_run(&run);
             removed.push(run);
         }
