@@ -57,6 +57,9 @@ struct Opts {
     /// The berth binary (default: built next to this one, via cargo when run by cargo).
     #[arg(long, env = "BERTH_BIN")]
     berth: Option<PathBuf>,
+    /// Re-run the checkers on a stored run directory (no root, no cluster) and exit.
+    #[arg(long, value_name = "RUN_DIR")]
+    check: Option<PathBuf>,
     #[arg(long, hide = true)]
     inside: Option<String>,
     #[arg(long, hide = true)]
@@ -199,6 +202,31 @@ async fn inside(opts: Opts, run: String) -> anyhow::Result<ExitCode> {
     Ok(exit(summary.valid))
 }
 
+/// `--check DIR`: the checkers over a stored history and final state.
+fn recheck(opts: &Opts, dir: &Path) -> anyhow::Result<ExitCode> {
+    let ops = jepsen::history::load(&dir.join("history.jsonl"))?;
+    let last: jepsen::checker::FinalState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("final.json"))?)?;
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+    let mut workloads: Vec<Workload> =
+        ops.iter().filter_map(|o| Workload::parse(&o.workload).ok()).collect();
+    workloads.sort();
+    workloads.dedup();
+    let mut config = config(opts, String::new(), dir.to_owned(), PathBuf::new(), 0)?;
+    config.workloads = workloads;
+    config.replicas = results["replicas"].as_u64().unwrap_or(opts.replicas);
+    config.seed = results["seed"].as_u64().unwrap_or(0);
+    config.time_limit = Duration::from_secs(results["time_limit_s"].as_u64().unwrap_or(0));
+    config.nemesis = results["nemesis"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let summary = jepsen::run::check(&config, &ops, &last, 0, Vec::new());
+    print_summary(&summary, opts.json);
+    Ok(exit(summary.valid))
+}
+
 /// Outside: check, create the network, run inside it, clean up.
 async fn outside(opts: Opts) -> anyhow::Result<ExitCode> {
     if !topology::is_root() {
@@ -278,9 +306,10 @@ async fn outside(opts: Opts) -> anyhow::Result<ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let opts = Opts::parse();
-    let result = match opts.inside.clone() {
-        Some(run) => inside(opts, run).await,
-        None => outside(opts).await,
+    let result = match (opts.check.clone(), opts.inside.clone()) {
+        (Some(dir), _) => recheck(&opts, &dir),
+        (None, Some(run)) => inside(opts, run).await,
+        (None, None) => outside(opts).await,
     };
     match result {
         Ok(code) => code,

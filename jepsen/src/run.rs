@@ -516,7 +516,10 @@ pub fn check(
                 checks.push(checker::quota::replay(&pairs, config.quota_limit, last));
                 checks.push(checker::quota::final_placements(&pairs, config.quota_limit, last));
             }
-            Workload::Lease => checks.push(checker::lease::check(&pairs)),
+            Workload::Lease => {
+                checks.push(checker::lease::linearizable(&pairs));
+                checks.push(checker::lease::check(&pairs));
+            }
             Workload::Capacity => checks.push(checker::capacity::check(&pairs, last)),
             Workload::Tenants => checks.push(checker::tenants::check(&pairs, last)),
         }

@@ -12,9 +12,17 @@
 //!
 //! Only acknowledged operations count as evidence; unknown ones can only excuse (an unknown
 //! Release may explain an early re-grant), never accuse.
+//!
+//! `linearizable` also runs the WGL search per lease against a mutex-with-tokens model: a
+//! grant needs no holder (or one expired by the grant's log time) and a larger token; a
+//! KeepAlive, Release or fenced write is acknowledged only while its token holds the lease.
+//! The model never learns of expiry extensions (keep-alives with unknown outcome, the grace a
+//! new leader gives): those only make later grants illegal, so ignoring them cannot accuse a
+//! correct history.
 
 use std::collections::BTreeMap;
 
+use super::wgl::{self, Model, Verdict};
 use super::CheckResult;
 use crate::history::{Pair, Type};
 
@@ -143,6 +151,98 @@ pub fn check(pairs: &[Pair<'_>]) -> CheckResult {
     r
 }
 
+/// Who holds the lease, as far as the model knows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Free,
+    /// Token and the latest expiry an acknowledged op reported (log time, ms).
+    Known(u64, u64),
+    /// Granted by an acquire whose answer was lost: token and expiry unknown.
+    Unknown,
+}
+
+/// (holder, last token granted)
+pub struct Mutex;
+
+impl Model for Mutex {
+    type State = (Holder, u64);
+    fn init(&self) -> Self::State {
+        (Holder::Free, 0)
+    }
+    fn step(&self, state: &Self::State, op: &Pair<'_>) -> Vec<Self::State> {
+        let (holder, last) = state;
+        let token = op.invoke.arg;
+        let held_by = |t: Option<u64>| matches!(holder, Holder::Known(h, _) if Some(*h) == t);
+        match (op.invoke.f.as_str(), op.kind()) {
+            ("acquire", Type::Ok) => {
+                let (Some(t), Some(at), Some(until)) = (
+                    op.done_field(|d| d.value),
+                    op.done_field(|d| d.applied_at_ms),
+                    op.done_field(|d| d.expires_at_ms),
+                ) else {
+                    return Vec::new();
+                };
+                let free = match holder {
+                    Holder::Free | Holder::Unknown => true,
+                    Holder::Known(_, expires) => *expires <= at,
+                };
+                if free && t > *last {
+                    vec![(Holder::Known(t, until), t)]
+                } else {
+                    Vec::new()
+                }
+            }
+            ("acquire", Type::Fail)
+                if op.done_field(|d| d.error.clone()).as_deref() == Some("LEASE_HELD") =>
+            {
+                if *holder == Holder::Free {
+                    Vec::new()
+                } else {
+                    vec![state.clone()]
+                }
+            }
+            ("acquire", Type::Info) => vec![state.clone(), (Holder::Unknown, *last)],
+            ("keepalive", Type::Ok) if held_by(token) => {
+                let until = op.done_field(|d| d.expires_at_ms).unwrap_or(0);
+                vec![(Holder::Known(token.unwrap_or(0), until), *last)]
+            }
+            ("release-lease", Type::Ok) if held_by(token) => vec![(Holder::Free, *last)],
+            ("release-lease", Type::Info) if held_by(token) => {
+                vec![state.clone(), (Holder::Free, *last)]
+            }
+            ("fenced-write", Type::Ok) if held_by(token) => vec![state.clone()],
+            (_, Type::Ok) => Vec::new(),
+            // Other failures and unknown outcomes change nothing the model tracks.
+            _ => vec![state.clone()],
+        }
+    }
+}
+
+pub fn linearizable(pairs: &[Pair<'_>]) -> CheckResult {
+    let mut r = CheckResult::new("lease-linearizable (WGL per lease, mutex with tokens)");
+    let mut leases: BTreeMap<String, Vec<Pair<'_>>> = BTreeMap::new();
+    for p in pairs.iter().filter(|p| p.invoke.workload == "lease") {
+        // Failed ops that say nothing about the holder are left out.
+        let informative = p.kind() != Type::Fail
+            || (p.invoke.f == "acquire"
+                && p.done_field(|d| d.error.clone()).as_deref() == Some("LEASE_HELD"));
+        if informative {
+            leases.entry(p.invoke.key.clone()).or_default().push(*p);
+        }
+    }
+    for (name, ops) in leases {
+        r.checked += u64::try_from(ops.len()).unwrap_or(u64::MAX);
+        match wgl::check(&Mutex, &ops) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { stuck_op, linearized } => r.violation(format!(
+                "lease {name}: not linearizable; op {stuck_op} cannot be explained after {linearized} ops"
+            )),
+            Verdict::Unknown(why) => r.unknown(format!("lease {name}: {why}")),
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +292,25 @@ mod tests {
         let r = check(&pairs(&h.ops));
         assert_eq!(r.valid, Valid::False);
         assert!(r.details[0].contains("stale token"), "{r:?}");
+    }
+
+    /// The WGL search accepts a clean hand-over and catches the double grant and the stale
+    /// fenced write.
+    #[test]
+    fn wgl_catches_double_grant_and_stale_write() {
+        let mut h = H::new();
+        acquire(&mut h, 0, 1, 10, 1_000, 3_000);
+        fenced(&mut h, 10, 1, 10, 12);
+        acquire(&mut h, 20, 2, 20, 3_000, 5_000);
+        let held = h.invoke(30, 3, Op::invoke("lease", "acquire", "lock").with_id("p3"));
+        h.done(35, held, Type::Fail, |o| o.error = Some("LEASE_HELD".into()));
+        assert_eq!(linearizable(&pairs(&h.ops)).valid, Valid::True);
+        fenced(&mut h, 40, 1, 10, 25);
+        assert_eq!(linearizable(&pairs(&h.ops)).valid, Valid::False);
+        let mut h = H::new();
+        acquire(&mut h, 0, 1, 10, 1_000, 3_000);
+        acquire(&mut h, 10, 2, 20, 2_000, 4_000);
+        assert_eq!(linearizable(&pairs(&h.ops)).valid, Valid::False);
     }
 
     /// The same token granted to two acquires is caught.
