@@ -927,3 +927,34 @@ fn config_changes_through_the_log() {
     sorted.sort();
     assert_eq!(sorted, vec![log.index - 2, log.index - 1, log.index], "newest three remain");
 }
+
+/// Found by jepsen/ (tenants workload, one-way partition of the leader): a CreateTenant retried
+/// through a deposed leader was applied again after the tenant's deletion and brought it back.
+/// A late duplicate of a deleted tenant's CreateTenant replays its first answer instead.
+#[test]
+fn deleted_tenant_is_not_recreated_by_a_late_duplicate_create() {
+    let mut log = Log::new();
+    let create = Entry {
+        index: LogIndex(10),
+        proposed_at: UnixMillis(T0),
+        request_id: Some("ghost-create".into()),
+        command: Command::CreateTenant { tenant: "ghost".into(), parent: None, weight: 1 },
+    };
+    assert!(log.s.apply(create.clone()).result.is_ok());
+    let deleted = log.s.apply(Entry {
+        index: LogIndex(11),
+        request_id: Some("ghost-delete".into()),
+        command: Command::DeleteTenant { tenant: "ghost".into() },
+        ..create.clone()
+    });
+    assert!(deleted.result.is_ok());
+    let late = log.s.apply(Entry { index: LogIndex(12), ..create });
+    assert!(late.replayed, "the duplicate create replays its first answer");
+    assert_eq!(late.log_index, LogIndex(10));
+    assert_eq!(log.s.query(&Query::Tenant("ghost".into())), Answer::Tenant(None));
+    assert!(log.s.check_invariants().is_ok());
+    // A new tenant with the same id and a fresh request id is created as usual.
+    log.index = 12;
+    log.tenant("ghost");
+    assert!(matches!(log.s.query(&Query::Tenant("ghost".into())), Answer::Tenant(Some(_))));
+}

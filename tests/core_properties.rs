@@ -729,11 +729,16 @@ impl Model {
     }
 
     /// A deleted tenant's request ids are forgotten, so a tenant created later with the same
-    /// id never gets its answers.
+    /// id never gets its answers — all but its own CreateTenant, whose late duplicate must
+    /// replay rather than re-create the tenant.
     fn forget_tenant(&mut self, tenant: &TenantId) {
         let scope = Some(tenant.clone());
-        self.sessions.retain(|k, _| k.tenant != scope);
-        self.order.retain(|_, k| k.tenant != scope);
+        let created = |c: &Command, a: &Applied| {
+            matches!(c, Command::CreateTenant { .. }) && a.result.is_ok()
+        };
+        self.sessions.retain(|k, (c, a)| k.tenant != scope || created(c, a));
+        let sessions = &self.sessions;
+        self.order.retain(|_, k| sessions.contains_key(k));
     }
 
     fn evict(&mut self) {

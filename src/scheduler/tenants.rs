@@ -100,9 +100,19 @@ impl Scheduler {
         }
         // Forget the tenant's request ids: a later tenant with the same id must never be
         // answered with this one's responses. (This command's own answer is recorded after.)
+        // Except the CreateTenant that made it: a delayed duplicate of that request (a retry
+        // still in flight through a deposed leader) must replay, not bring the deleted tenant
+        // back — a request id is applied at most once (invariant 8).
         let scope = Some(tenant.clone());
-        let sessions: Vec<SessionKey> =
-            self.state.sessions.keys().filter(|k| k.tenant == scope).cloned().collect();
+        let sessions: Vec<SessionKey> = self
+            .state
+            .sessions
+            .iter()
+            .filter(|(k, s)| {
+                k.tenant == scope && !matches!(s.first.result, Ok(Response::TenantCreated(_)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in sessions {
             let session = self.state.sessions.remove(&key).expect("invariant: listed above");
             self.ix.session_order.remove(&session.first.log_index);

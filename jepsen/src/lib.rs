@@ -1,0 +1,22 @@
+//! Jepsen-style tests of real `berth server` processes.
+//!
+//! # Layout
+//! - `history`: the operation log (`invoke` → `ok`/`fail`/`info`), written as JSON lines.
+//! - `checker`: linearizability (WGL) and log-index checks over a history; pure, no IO.
+//! - `topology`: network namespaces, a bridge, and the replica processes (needs root).
+//! - `nemesis`: faults — partitions (iptables), kill, pause, clock, netem, membership.
+//! - `workload`: the client operations (quota, lease, register) and their recording.
+//! - `run`: one test run: set up, run clients and nemesis, heal, final reads, check.
+//! - `report`: `index.html` with latency and throughput plots and the checkers' verdicts.
+//!
+//! Dependency rule: `checker` and `history` know nothing of processes or the network, so the
+//! checkers can be unit-tested on hand-written histories.
+
+pub mod checker;
+pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod topology;
+pub mod workload;
