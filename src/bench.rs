@@ -136,6 +136,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
                     tenant_id: tenant.clone(),
                     spec: Some(spec),
                     fence: None,
+                    dry_run: false,
                 };
                 let started = Instant::now();
                 let placed = client

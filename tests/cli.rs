@@ -142,6 +142,30 @@ fn up_and_client_subcommands() {
 
     let quota = ok(api, token, &["quota", "get", "acme"]);
     assert!(quota.contains("usage: cpu_millis=750"), "{quota}");
+
+    // Soft limits, pool denial and dry runs.
+    ok(api, token, &["quota", "soft", "acme", "--cpu", "0.5:1.2", "--grace-ms", "600000"]);
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["soft"]["cpu_millis"]["burst"], 1200, "{quota}");
+    assert!(quota["burst"]["grace_ends_at_ms"].as_u64().is_some(), "750 > soft 500: {quota}");
+    let dry =
+        ok(api, token, &["place", "acme", "d", "--cpu", "0.25", "--memory-mib", "1", "--dry-run"]);
+    assert!(dry.contains("would place on: w1"), "{dry}");
+    let dry =
+        ok(api, token, &["place", "acme", "d", "--cpu", "0.5", "--memory-mib", "1", "--dry-run"]);
+    assert!(
+        dry.contains("would refuse: QUOTA_EXCEEDED") && dry.contains("limit_kind: burst"),
+        "{dry}"
+    );
+    ok(api, token, &["quota", "deny", "acme", "gpu"]);
+    let denied = berth(
+        api,
+        token,
+        &["place", "acme", "g", "--cpu", "1", "--memory-mib", "1", "--pool", "gpu"],
+    );
+    assert!(!denied.ok && denied.stderr.contains("POOL_DENIED"), "{}", denied.stderr);
+    ok(api, token, &["quota", "allow", "acme", "gpu"]);
     let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
     drop(cluster);

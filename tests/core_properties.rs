@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
+use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::{
-    Applied, Command, Config, Entry, Expired, Fence, GroupId, GroupStrategy, LabelOp,
+    Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, LabelOp,
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, Placement,
     PlacementId, PoolId, Query, Quota, Rejection, RequestId, Resources, Response, Scheduler,
-    SessionKey, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis,
-    WorkerId, PLACEMENT_ALGORITHM,
+    SessionKey, SoftLimit, SoftLimits, State, Strategy as PlaceStrategy, TenantId, TokenHash,
+    TokenId, UnixMillis, WorkerId, PLACEMENT_ALGORITHM,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -268,8 +269,48 @@ fn quota() -> impl Strategy<Value = Quota> {
         10 => select(vec!["default", "p2"]).prop_map(PoolId::from),
         1 => Just(PoolId::from("bad pool")),
     ];
-    (limits(), prop::collection::btree_map(pool, limits(), 0..=1))
-        .prop_map(|(total, pools)| Quota { total, pools })
+    let soft_limit = || {
+        prop::option::weighted(0.5, (0..=4000u64, 0..=4000u64, prop::bool::weighted(0.05)))
+            .prop_map(|l| {
+                // Now and then a soft limit above its burst, which must be refused.
+                l.map(|(soft, extra, inverted)| {
+                    let (soft, burst) = (soft / 4, soft / 4 + extra / 4);
+                    if inverted && burst > soft {
+                        SoftLimit { soft: burst, burst: soft }
+                    } else {
+                        SoftLimit { soft, burst }
+                    }
+                })
+            })
+    };
+    let soft = (soft_limit(), soft_limit(), soft_limit(), soft_limit()).prop_map(
+        |(cpu_millis, memory_mib, instances, jobs)| SoftLimits {
+            cpu_millis,
+            memory_mib: memory_mib.map(|l| SoftLimit { soft: l.soft * 2, burst: l.burst * 2 }),
+            instances: instances.map(|l| SoftLimit { soft: l.soft / 200, burst: l.burst / 200 }),
+            jobs: jobs.map(|l| SoftLimit { soft: l.soft / 300, burst: l.burst / 300 }),
+        },
+    );
+    let grace_ms = prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(0u64)),
+        6 => ms(250..=8000).prop_map(Some),
+        1 => Just(Some(GRACE_MAX_MS + 1)),
+    ];
+    let denied = prop::collection::btree_set(
+        prop_oneof![4 => select(vec!["default", "p2", "p3"]).prop_map(PoolId::from), 1 => Just(PoolId::from("bad pool"))],
+        0..=1,
+    );
+    let denied = prop_oneof![4 => Just(Default::default()), 1 => denied];
+    (limits(), prop::collection::btree_map(pool, limits(), 0..=1), soft, grace_ms, denied).prop_map(
+        |(total, pools, soft, grace_ms, denied_pools)| Quota {
+            total,
+            pools,
+            soft,
+            grace_ms,
+            denied_pools,
+        },
+    )
 }
 
 /// A fence whose token is filled in when the entry is built.
@@ -336,7 +377,7 @@ fn command() -> impl Strategy<Value = Command> {
         )
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
-        3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        5 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
         1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
             Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
         }),
@@ -463,7 +504,7 @@ fn setup_step(command: Command) -> Step {
 }
 
 /// Three tenants (`beta` a child of `acme`), two placement groups, 3–6 workers in 1–2 pools,
-/// then up to 60 random commands.
+/// quotas on some tenants, then up to 60 random commands.
 fn case() -> impl Strategy<Value = Case> {
     let config =
         (select(vec![0u64, 1_000, 5_000, 30_000]), select(vec![3u64, 16, 100_000]), 0..=2u32)
@@ -483,36 +524,49 @@ fn case() -> impl Strategy<Value = Case> {
     );
     let group = || (prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)], 1..=4u32);
     let body = prop::collection::vec(step(), 0..=60);
-    (config, workers, group(), group(), body).prop_map(|(config, workers, g1, g2, body)| {
-        let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
-            tenant: TenantId::from(tenant),
-            parent: parent.map(TenantId::from),
-            weight: 1,
-        };
-        let mut steps = vec![
-            setup_step(create("acme", None)),
-            setup_step(create("beta", Some("acme"))),
-            setup_step(create("gamma", None)),
-        ];
-        for (tenant, group, (strategy, max_instances)) in [("acme", "g1", g1), ("beta", "g2", g2)] {
-            steps.push(setup_step(Command::CreatePlacementGroup {
+    // Often start with quotas (soft limits especially) on some tenants, so that bursts, grace
+    // ends and refusals by every kind of limit happen within a short run.
+    let quotas = prop::collection::vec(prop::option::weighted(0.5, quota()), 3);
+    (config, workers, group(), group(), body, quotas).prop_map(
+        |(config, workers, g1, g2, body, quotas)| {
+            let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
                 tenant: TenantId::from(tenant),
-                group: GroupId::from(group),
-                max_instances,
-                strategy,
-            }));
-        }
-        for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
-            steps.push(setup_step(Command::RegisterWorker {
-                worker: WorkerId::from(WORKERS[i]),
-                pool,
-                capacity,
-                labels,
-            }));
-        }
-        steps.extend(body);
-        Case { config, steps }
-    })
+                parent: parent.map(TenantId::from),
+                weight: 1,
+            };
+            let mut steps = vec![
+                setup_step(create("acme", None)),
+                setup_step(create("beta", Some("acme"))),
+                setup_step(create("gamma", None)),
+            ];
+            for (tenant, group, (strategy, max_instances)) in
+                [("acme", "g1", g1), ("beta", "g2", g2)]
+            {
+                steps.push(setup_step(Command::CreatePlacementGroup {
+                    tenant: TenantId::from(tenant),
+                    group: GroupId::from(group),
+                    max_instances,
+                    strategy,
+                }));
+            }
+            for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
+                steps.push(setup_step(Command::RegisterWorker {
+                    worker: WorkerId::from(WORKERS[i]),
+                    pool,
+                    capacity,
+                    labels,
+                }));
+            }
+            for (tenant, quota) in TENANTS.iter().zip(quotas) {
+                if let Some(quota) = quota {
+                    let tenant = TenantId::from(*tenant);
+                    steps.push(setup_step(Command::SetQuota { tenant, quota }));
+                }
+            }
+            steps.extend(body);
+            Case { config, steps }
+        },
+    )
 }
 
 // ----- building entries -----------------------------------------------------------------------
@@ -806,7 +860,13 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::UpdateWorker { capacity, labels, .. } => {
             capacity.is_some_and(Resources::is_zero) || labels.as_ref().is_some_and(bad_labels)
         }
-        Command::SetQuota { quota, .. } => quota.pools.keys().any(|p| !object_id_ok(p.as_str())),
+        Command::SetQuota { quota, .. } => {
+            quota.pools.keys().chain(&quota.denied_pools).any(|p| !object_id_ok(p.as_str()))
+                || quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS)
+                || Dimension::ALL
+                    .into_iter()
+                    .any(|d| quota.soft.get(d).is_some_and(|l| l.soft > l.burst))
+        }
         Command::Place { spec, .. } => bad_spec(spec),
         Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
@@ -934,7 +994,7 @@ fn checked_apply(
             model.forget_tenant(tenant);
         }
         if let Some(key) = key {
-            let first = Applied { expired: Vec::new(), ..applied.clone() };
+            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
             model.remember(key, entry.command.clone(), first);
         }
         check_executed(ticked.state(), s, model, entry, &applied, &what)?;
@@ -964,13 +1024,42 @@ fn checked_apply(
         }
     }
 
-    // next_deadline is the earliest reservation or lease expiry.
+    // Soft limits: a tenant whose grace period had ended before this entry gets no new work
+    // (its usage rises in no dimension); a burst that starts here starts now, with the
+    // effective grace period.
+    for (id, t) in &s.state().tenants {
+        let Some(was) = ticked.state().tenants.get(id) else { continue };
+        if was.burst.is_some_and(|b| b.expired) {
+            for d in Dimension::ALL {
+                prop_assert!(
+                    t.usage.total.get(d) <= was.usage.total.get(d),
+                    "tenant {} grew its {} after its grace ended: {}",
+                    id,
+                    d.name(),
+                    what
+                );
+            }
+        }
+        if let (None, Some(b)) = (was.burst, t.burst) {
+            prop_assert_eq!(b.since, s.now(), "burst of {} starts now: {}", id, what);
+            let grace = s.effective_quota(id).grace_ms;
+            prop_assert_eq!(b.grace_ends_at, s.now().plus_ms(grace), "grace of {}: {}", id, what);
+        }
+    }
+
+    // next_deadline is the earliest reservation or lease expiry or grace end.
     let st = s.state();
     let earliest = st
         .placements
         .values()
         .filter_map(|p| p.expires_at)
         .chain(st.leases.values().map(|l| l.expires_at))
+        .chain(
+            st.tenants
+                .values()
+                .filter_map(|t| t.burst.filter(|b| !b.expired))
+                .map(|b| b.grace_ends_at),
+        )
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);
     Ok(applied)

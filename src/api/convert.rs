@@ -6,6 +6,7 @@ use tonic::Status;
 
 use super::pb;
 use super::status::invalid;
+use crate::scheduler::{Burst, Decision, EffectiveQuota, QuotaEvent, SoftLimit, SoftLimits};
 use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
     Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
@@ -191,11 +192,40 @@ fn pb_limits(l: &Limits) -> pb::Limits {
     }
 }
 
+fn soft_limit(l: pb::SoftLimit) -> SoftLimit {
+    SoftLimit { soft: l.soft, burst: l.burst }
+}
+
+fn pb_soft_limit(l: SoftLimit) -> pb::SoftLimit {
+    pb::SoftLimit { soft: l.soft, burst: l.burst }
+}
+
+fn soft_limits(l: pb::SoftLimits) -> SoftLimits {
+    SoftLimits {
+        cpu_millis: l.cpu_millis.map(soft_limit),
+        memory_mib: l.memory_mib.map(soft_limit),
+        instances: l.instances.map(soft_limit),
+        jobs: l.jobs.map(soft_limit),
+    }
+}
+
+fn pb_soft_limits(l: &SoftLimits) -> pb::SoftLimits {
+    pb::SoftLimits {
+        cpu_millis: l.cpu_millis.map(pb_soft_limit),
+        memory_mib: l.memory_mib.map(pb_soft_limit),
+        instances: l.instances.map(pb_soft_limit),
+        jobs: l.jobs.map(pb_soft_limit),
+    }
+}
+
 pub fn quota(q: Option<pb::Quota>) -> Quota {
     let q = q.unwrap_or_default();
     Quota {
         total: limits(q.total.unwrap_or_default()),
         pools: q.pools.into_iter().map(|(p, l)| (PoolId(p), limits(l))).collect(),
+        soft: soft_limits(q.soft.unwrap_or_default()),
+        grace_ms: q.grace_ms,
+        denied_pools: q.denied_pools.into_iter().map(PoolId).collect(),
     }
 }
 
@@ -203,7 +233,57 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
     pb::Quota {
         total: Some(pb_limits(&q.total)),
         pools: q.pools.iter().map(|(p, l)| (p.0.clone(), pb_limits(l))).collect(),
+        soft: Some(pb_soft_limits(&q.soft)),
+        grace_ms: q.grace_ms,
+        denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
     }
+}
+
+pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
+    pb::Quota {
+        total: Some(pb_limits(&q.total)),
+        pools: q.pools.iter().map(|(p, l)| (p.0.clone(), pb_limits(l))).collect(),
+        soft: Some(pb_soft_limits(&q.soft)),
+        grace_ms: Some(q.grace_ms),
+        denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
+    }
+}
+
+pub fn burst(b: &Burst) -> pb::Burst {
+    pb::Burst { since_ms: b.since.0, grace_ends_at_ms: b.grace_ends_at.0, grace_expired: b.expired }
+}
+
+pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
+    use pb::quota_event::Kind;
+    let (kind, tenant, grace_ends_at_ms) = match e {
+        QuotaEvent::BurstEntered { tenant, grace_ends_at } => {
+            (Kind::BurstEntered, tenant, grace_ends_at.0)
+        }
+        QuotaEvent::GraceExpired { tenant } => (Kind::GraceExpired, tenant, 0),
+        QuotaEvent::ReturnedUnderSoft { tenant } => (Kind::ReturnedUnderSoft, tenant, 0),
+    };
+    pb::QuotaEvent { kind: kind.into(), tenant_id: tenant.0.clone(), grace_ends_at_ms }
+}
+
+pub fn decision(d: &Decision, decided_at_ms: u64) -> (Option<pb::Placement>, pb::PlaceDecision) {
+    let (placement, reason, message, metadata) = match &d.result {
+        Ok(p) => (Some(placement(p)), String::new(), String::new(), Default::default()),
+        Err(r) => (None, r.reason().to_owned(), r.to_string(), r.metadata().into_iter().collect()),
+    };
+    let decision = pb::PlaceDecision {
+        would_place: placement.is_some(),
+        reason,
+        message,
+        metadata,
+        workers: d
+            .workers
+            .iter()
+            .map(|(w, f)| pb::WorkerVerdict { worker_id: w.0.clone(), reason: f.name().to_owned() })
+            .collect(),
+        quota_events: d.events.iter().map(quota_event).collect(),
+        decided_at_ms,
+    };
+    (placement, decision)
 }
 
 pub fn usage(u: &Usage) -> pb::Usage {

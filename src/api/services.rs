@@ -131,6 +131,8 @@ impl pb::tenants_server::Tenants for Api {
             .read(r.read, |s| {
                 s.state().tenants.get(&tenant).map(|t| pb::GetQuotaResponse {
                     quota: Some(convert::pb_quota(&t.quota)),
+                    effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
+                    burst: t.burst.as_ref().map(convert::burst),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage
@@ -275,12 +277,24 @@ impl pb::scheduler_server::Scheduler for Api {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
-        let command =
-            Command::Place { tenant, spec: convert::spec(r.spec)?, fence: convert::fence(r.fence) };
+        let spec = convert::spec(r.spec)?;
+        if r.dry_run {
+            // A linearizable read: the decision Place would get at the latest applied state.
+            let (placement, decision) = self
+                .read(None, |s| convert::decision(&s.dry_run(&tenant, spec), s.now().0))
+                .await?;
+            return Ok(Reply::new(pb::PlaceResponse {
+                write: None,
+                placement,
+                decision: Some(decision),
+            }));
+        }
+        let command = Command::Place { tenant, spec, fence: convert::fence(r.fence) };
         match self.write(&r.request_id, command).await? {
             (Response::Placed(p), write) => Ok(Reply::new(pb::PlaceResponse {
                 write: Some(write),
                 placement: Some(convert::placement(&p)),
+                decision: None,
             })),
             (other, _) => Err(unexpected(other)),
         }

@@ -60,6 +60,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::LeaseHeld { .. }
         | Rejection::StaleFencingToken { .. }
         | Rejection::RequestIdReused { .. } => Code::FailedPrecondition,
+        Rejection::PoolDenied { .. } => Code::PermissionDenied,
     }
 }
 

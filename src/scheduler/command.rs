@@ -11,7 +11,7 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
-use super::quota::{Dimension, Quota};
+use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
 use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
 
@@ -247,6 +247,9 @@ pub struct Applied {
     pub replayed: bool,
     /// What this entry's advance of log time expired (reported once, by the entry that did it).
     pub expired: Vec<Expired>,
+    /// Quota state changes this entry caused, in order: those of its advance of log time, then
+    /// those of its command (reported once, by the entry that did it, like `expired`).
+    pub events: Vec<QuotaEvent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -377,15 +380,22 @@ pub enum Rejection {
     GroupExists { group: GroupId },
     #[error("placement group {group} holds {current} of {max_instances} instances; {requested} more do not fit")]
     GroupFull { group: GroupId, max_instances: u32, current: u64, requested: u32 },
-    #[error("quota of {limited_by} exceeded on {}{}: limit {limit}, used {used}, requested {requested}", dimension.name(), pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
+    #[error("{} quota of {limited_by} exceeded on {}{}: limit {limit}, used {used}, requested {requested}{}", kind.name(), dimension.name(), pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default(), match kind { LimitKind::Soft { grace_ended_at: Some(at) } => format!(" (grace ended at {at})"), LimitKind::Soft { grace_ended_at: None } => " (no grace period)".to_owned(), _ => String::new() })]
     QuotaExceeded {
         /// The tenant whose limit is hit: the caller or one of its ancestors.
         limited_by: TenantId,
+        kind: LimitKind,
         dimension: Dimension,
         pool: Option<PoolId>,
         limit: u64,
         used: u64,
         requested: u64,
+    },
+    #[error("pool {pool} is denied to {limited_by}")]
+    PoolDenied {
+        /// The tenant whose quota denies the pool: the caller or one of its ancestors.
+        limited_by: TenantId,
+        pool: PoolId,
     },
     #[error("no capacity for instance {placed_before_failure} of {count} in pool {pool}")]
     NoCapacity { pool: PoolId, count: u32, placed_before_failure: u32, filtered: FilterCounts },
@@ -431,6 +441,7 @@ impl Rejection {
             Rejection::GroupExists { .. } => "GROUP_EXISTS",
             Rejection::GroupFull { .. } => "GROUP_FULL",
             Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            Rejection::PoolDenied { .. } => "POOL_DENIED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::LeaseHeld { .. } => "LEASE_HELD",
             Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
@@ -449,8 +460,20 @@ impl Rejection {
             m.insert(k.to_owned(), v);
         };
         match self {
-            Rejection::QuotaExceeded { limited_by, dimension, pool, limit, used, requested } => {
+            Rejection::QuotaExceeded {
+                limited_by,
+                kind,
+                dimension,
+                pool,
+                limit,
+                used,
+                requested,
+            } => {
                 put("tenant", limited_by.to_string());
+                put("limit_kind", kind.name().to_owned());
+                if let LimitKind::Soft { grace_ended_at: Some(at) } = kind {
+                    put("grace_ended_at_ms", at.0.to_string());
+                }
                 put("dimension", dimension.name().to_owned());
                 if let Some(pool) = pool {
                     put("pool", pool.to_string());
@@ -458,6 +481,10 @@ impl Rejection {
                 put("limit", limit.to_string());
                 put("used", used.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::PoolDenied { limited_by, pool } => {
+                put("tenant", limited_by.to_string());
+                put("pool", pool.to_string());
             }
             Rejection::NoCapacity { pool, count, placed_before_failure, filtered } => {
                 put("pool", pool.to_string());

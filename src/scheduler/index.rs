@@ -22,6 +22,8 @@ pub type FreeKey = (u64, u64, WorkerId);
 pub enum Deadline {
     Reservation(TenantId, PlacementId),
     Lease(TenantId, LeaseName),
+    /// The end of a tenant's burst grace period.
+    Grace(TenantId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,7 +43,7 @@ pub struct Indexes {
     pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
     /// Instances of each placement group in total (the sum of `group_workers`).
     pub group_sizes: BTreeMap<(TenantId, GroupId), u64>,
-    /// Reservation and lease expiry times.
+    /// Reservation and lease expiry times, and ends of burst grace periods.
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
@@ -88,6 +90,9 @@ impl Indexes {
             ));
         }
         for tenant in state.tenants.values() {
+            if let Some(burst) = tenant.burst.filter(|b| !b.expired) {
+                ix.deadlines.insert((burst.grace_ends_at, Deadline::Grace(tenant.id.clone())));
+            }
             for (token, hash) in &tenant.tokens {
                 ix.tokens.insert(*hash, (tenant.id.clone(), token.clone()));
             }

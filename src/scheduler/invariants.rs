@@ -80,16 +80,32 @@ impl Scheduler {
                     t.id, t.usage, expected
                 ));
             }
-            let scopes = std::iter::once(("total".to_owned(), t.usage.total, &t.quota.total))
-                .chain(
-                    t.quota.pools.iter().map(|(p, l)| (format!("pool {p}"), t.usage.pool(p), l)),
-                );
+            // 2: hard limits (inherited where unset) are never exceeded, nor burst ceilings;
+            // usage is above soft exactly while a burst is recorded, and a running grace
+            // period ends in the future.
+            let e = self.effective_quota(&t.id);
+            let scopes = std::iter::once(("total".to_owned(), t.usage.total, &e.total))
+                .chain(e.pools.iter().map(|(p, l)| (format!("pool {p}"), t.usage.pool(p), l)));
             for (scope, used, limits) in scopes {
                 for d in Dimension::ALL {
                     if limits.get(d).is_some_and(|l| used.get(d) > l) {
                         bad.push(format!("tenant {} over its {} limit in {scope}", t.id, d.name()));
                     }
                 }
+            }
+            for d in Dimension::ALL {
+                if e.soft.get(d).is_some_and(|l| t.usage.total.get(d) > l.burst) {
+                    bad.push(format!("tenant {} over its {} burst ceiling", t.id, d.name()));
+                }
+            }
+            if e.soft.exceeded_by(&t.usage.total) != t.burst.is_some() {
+                bad.push(format!(
+                    "tenant {} burst state {:?} disagrees with usage {:?} against soft {:?}",
+                    t.id, t.burst, t.usage.total, e.soft
+                ));
+            }
+            if t.burst.is_some_and(|b| !b.expired && b.grace_ends_at <= s.now) {
+                bad.push(format!("tenant {} grace period outlived its end", t.id));
             }
             if let Some(parent) = &t.parent {
                 if !s.tenants.get(parent).is_some_and(|p| p.children.contains(&t.id)) {

@@ -6,22 +6,56 @@
 
 use super::ids::validate_object_id;
 use super::index::Deadline;
-use super::placement::{choose_worker, diagnose};
+use super::placement::{choose_worker, diagnose, verdicts, Filter};
 use super::resources::{validate_labels, RULES_MAX};
+use serde::{Deserialize, Serialize};
+
+use super::quota::QuotaEvent;
 use super::{
     GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
     Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
     GROUPS_MAX, GROUP_INSTANCES_MAX, INSTANCES_PER_PLACEMENT_MAX, PLACEMENTS_MAX,
 };
 
+/// Most workers a dry run explains one by one.
+pub const VERDICTS_MAX: usize = 1_000;
+
+/// What a `Place` would do now, computed without changing anything (`Scheduler::dry_run`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The placement it would make (with log index 0), or the refusal it would get.
+    pub result: Result<Placement, Rejection>,
+    /// With `NoCapacity`: each worker of the pool (up to `VERDICTS_MAX`) and the first check it
+    /// failed for the instance that found no worker.
+    pub workers: Vec<(WorkerId, Filter)>,
+    /// The quota events the placement would cause.
+    pub events: Vec<QuotaEvent>,
+}
+
 impl Scheduler {
-    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing.
+    /// The decision `Place { tenant, spec }` would get at the current log time, without changing
+    /// anything. Works on a copy of the state, so it costs O(state): for people and CI, not for
+    /// hot paths.
+    pub fn dry_run(&self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
+        let mut scratch = self.clone();
+        let mut workers = Vec::new();
+        let result =
+            tenant.validate().and_then(|()| scratch.tenant(tenant).map(|_| ())).and_then(|()| {
+                scratch.place(LogIndex(0), tenant.clone(), spec, None, Some(&mut workers))
+            });
+        let events = std::mem::take(&mut scratch.events);
+        Decision { result, workers, events }
+    }
+
+    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing. With
+    /// `explain`, a refusal for capacity also lists each worker's first failing check.
     pub(super) fn place(
         &mut self,
         index: LogIndex,
         tenant: TenantId,
         spec: PlaceSpec,
         expires_at: Option<UnixMillis>,
+        explain: Option<&mut Vec<(WorkerId, Filter)>>,
     ) -> Result<Placement, Rejection> {
         validate_spec(&spec)?;
         let key = (tenant.clone(), spec.placement.clone());
@@ -74,6 +108,10 @@ impl Scheduler {
             let Some(worker) = chosen else {
                 let filtered =
                     diagnose(&self.state, &self.ix, &placement, group.as_ref(), &placement.pool);
+                if let Some(out) = explain {
+                    *out =
+                        verdicts(&self.state, &self.ix, &placement, group.as_ref(), VERDICTS_MAX);
+                }
                 for worker in std::mem::take(&mut placement.instances).iter().rev() {
                     self.unbind(&placement, worker);
                 }
@@ -88,10 +126,12 @@ impl Scheduler {
             placement.instances.push(worker);
         }
 
-        for ancestor in self.lineage(&placement.tenant) {
-            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+        let lineage = self.lineage(&placement.tenant);
+        for ancestor in &lineage {
+            let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
         }
+        self.settle_bursts(&lineage);
         if let Some(at) = expires_at {
             self.ix.deadlines.insert((
                 at,
@@ -100,37 +140,6 @@ impl Scheduler {
         }
         self.state.placements.insert(key, placement.clone());
         Ok(placement)
-    }
-
-    /// Refuses `usage` if it would take the tenant or any ancestor over a hard limit, in total
-    /// or in `pool`.
-    fn check_quota(
-        &self,
-        tenant: &TenantId,
-        pool: &PoolId,
-        usage: &Usage,
-    ) -> Result<(), Rejection> {
-        for ancestor in self.lineage(tenant) {
-            let t = self.tenant(&ancestor)?;
-            let scopes = [
-                (None, t.usage.total, Some(&t.quota.total)),
-                (Some(pool), t.usage.pool(pool), t.quota.pools.get(pool)),
-            ];
-            for (scope, used_now, limits) in scopes {
-                let Some(limits) = limits else { continue };
-                if let Some((dimension, limit, used, requested)) = used_now.exceeds(usage, limits) {
-                    return Err(Rejection::QuotaExceeded {
-                        limited_by: ancestor,
-                        dimension,
-                        pool: scope.cloned(),
-                        limit,
-                        used,
-                        requested,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Puts one instance of `placement` on `worker`: capacity and indexes.
@@ -178,10 +187,12 @@ impl Scheduler {
         }
         let usage = Usage::of_job(placement.spec.resources, placement.spec.count)
             .expect("invariant: usage was computed at placement");
-        for ancestor in self.lineage(tenant) {
-            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+        let lineage = self.lineage(tenant);
+        for ancestor in &lineage {
+            let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");
         }
+        self.settle_bursts(&lineage);
         let held = placement.spec.resources.checked_mul(u64::from(placement.spec.count));
         Ok((held.expect("invariant: usage was computed at placement"), placement.spec.count))
     }

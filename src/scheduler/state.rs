@@ -9,7 +9,7 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
-use super::quota::{Quota, UsageTotals};
+use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
 
 /// The placement algorithm this build implements. A change to how workers are chosen gets a
@@ -75,6 +75,8 @@ pub struct Tenant {
     pub quota: Quota,
     /// Usage of this tenant and all its descendants.
     pub usage: UsageTotals,
+    /// `Some` exactly while the subtree's usage is above an effective soft limit.
+    pub burst: Option<Burst>,
     pub tokens: BTreeMap<TokenId, TokenHash>,
     pub created_at: UnixMillis,
 }

@@ -1,0 +1,382 @@
+//! The quota manager through the core's public interface (`Scheduler::apply`, `dry_run`):
+//! soft limits with burst ceilings and grace periods in log time, inheritance and parent caps
+//! up the whole tenant chain, pool limits and pool denial, and dry-run decisions. Every test
+//! asserts the invariants after every command.
+
+use berth::scheduler::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+/// A scheduler with a log index and a leader clock the test advances by hand.
+struct Log {
+    s: Scheduler,
+    index: u64,
+    now: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log { s: Scheduler::default(), index: 0, now: T0 }
+    }
+
+    fn apply(&mut self, command: Command) -> Applied {
+        self.index += 1;
+        let applied = self.s.apply(Entry {
+            index: LogIndex(self.index),
+            proposed_at: UnixMillis(self.now),
+            request_id: Some(RequestId::new(format!("req-{}", self.index))),
+            command,
+        });
+        if let Err(violations) = self.s.check_invariants() {
+            panic!("invariants broken after index {}: {violations:#?}", self.index);
+        }
+        applied
+    }
+
+    fn ok(&mut self, command: Command) -> Applied {
+        let name = command.name();
+        let applied = self.apply(command);
+        if let Err(e) = &applied.result {
+            panic!("{name} refused: {e}");
+        }
+        applied
+    }
+
+    fn err(&mut self, command: Command) -> Rejection {
+        let name = command.name();
+        match self.apply(command).result {
+            Ok(r) => panic!("{name} should have been refused, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn tenant(&mut self, id: &str, parent: Option<&str>) {
+        self.ok(Command::CreateTenant {
+            tenant: id.into(),
+            parent: parent.map(Into::into),
+            weight: 1,
+        });
+    }
+
+    fn worker(&mut self, id: &str, pool: Option<&str>, cpu_millis: u64) {
+        self.ok(Command::RegisterWorker {
+            worker: id.into(),
+            pool: pool.map(Into::into),
+            capacity: Resources::new(cpu_millis, 1_000_000),
+            labels: Labels::new(),
+        });
+    }
+
+    fn quota(&mut self, tenant: &str, quota: Quota) -> Applied {
+        self.ok(Command::SetQuota { tenant: tenant.into(), quota })
+    }
+
+    fn place(&mut self, tenant: &str, id: &str, cpu_millis: u64) -> Applied {
+        self.apply(Command::Place {
+            tenant: tenant.into(),
+            spec: spec(id, cpu_millis),
+            fence: None,
+        })
+    }
+
+    fn release(&mut self, tenant: &str, id: &str) -> Applied {
+        self.ok(Command::Release { tenant: tenant.into(), placement: id.into(), fence: None })
+    }
+
+    fn tick(&mut self, advance_ms: u64) -> Applied {
+        self.now += advance_ms;
+        self.apply(Command::Tick)
+    }
+
+    fn tenant_state(&self, id: &str) -> &Tenant {
+        &self.s.state().tenants[&TenantId::from(id)]
+    }
+}
+
+fn spec(id: &str, cpu_millis: u64) -> PlaceSpec {
+    PlaceSpec {
+        placement: id.into(),
+        count: 1,
+        resources: Resources::new(cpu_millis, 1),
+        ..PlaceSpec::default()
+    }
+}
+
+fn soft_cpu(soft: u64, burst: u64, grace_ms: Option<u64>) -> Quota {
+    Quota {
+        soft: SoftLimits { cpu_millis: Some(SoftLimit { soft, burst }), ..SoftLimits::default() },
+        grace_ms,
+        ..Quota::default()
+    }
+}
+
+fn entered(tenant: &str, grace_ends_at: u64) -> QuotaEvent {
+    QuotaEvent::BurstEntered { tenant: tenant.into(), grace_ends_at: UnixMillis(grace_ends_at) }
+}
+
+fn meta(r: &Rejection, key: &str) -> String {
+    r.metadata().get(key).cloned().unwrap_or_default()
+}
+
+/// Above soft up to burst (never beyond) for exactly the grace period in log time; then no new
+/// work until usage is back under soft; each transition is reported once as an event.
+#[test]
+fn soft_limit_bursts_within_grace_only() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    log.quota("acme", soft_cpu(4_000, 6_000, Some(10_000)));
+
+    assert!(log.place("acme", "a", 4_000).events.is_empty(), "at soft is not above it");
+    let start = log.now;
+    let over = log.place("acme", "b", 1_000);
+    assert!(over.result.is_ok());
+    assert_eq!(over.events, vec![entered("acme", start + 10_000)]);
+    assert_eq!(log.s.next_deadline(), Some(UnixMillis(start + 10_000)));
+
+    let ceiling = log.place("acme", "c", 1_001).result.expect_err("5000 + 1001 > burst 6000");
+    assert_eq!(
+        (ceiling.reason(), meta(&ceiling, "limit_kind")),
+        ("QUOTA_EXCEEDED", "burst".into())
+    );
+    assert_eq!((meta(&ceiling, "limit"), meta(&ceiling, "used")), ("6000".into(), "5000".into()));
+
+    // The last millisecond of grace still admits work up to burst.
+    assert!(log.tick(9_999).events.is_empty());
+    assert!(log.place("acme", "d", 1_000).result.is_ok(), "exactly at burst, within grace");
+    let tick = log.tick(1);
+    assert_eq!(tick.events, vec![QuotaEvent::GraceExpired { tenant: "acme".into() }]);
+    assert_eq!(log.s.next_deadline(), None);
+    assert!(log.tenant_state("acme").burst.is_some_and(|b| b.expired));
+
+    // After the grace, new work is refused while above soft, naming when the grace ended.
+    log.release("acme", "d");
+    let late = log.place("acme", "e", 1).result.expect_err("grace over, still above soft");
+    assert_eq!(meta(&late, "limit_kind"), "soft");
+    assert_eq!(meta(&late, "grace_ended_at_ms"), (start + 10_000).to_string());
+    assert_eq!(meta(&late, "limit"), "4000");
+
+    // Back under soft in every dimension ends the burst; the next one gets a fresh grace.
+    let back = log.release("acme", "b");
+    assert_eq!(back.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+    assert_eq!(log.tenant_state("acme").burst, None);
+    let again = log.place("acme", "f", 500);
+    assert_eq!(again.events, vec![entered("acme", log.now + 10_000)]);
+}
+
+/// Without a grace period (unset everywhere, or 0) nothing is admitted above soft; lowering a
+/// soft limit below current usage starts a burst at once; a burst ceiling below usage, a soft
+/// limit above its burst, or a burst above the hard limit is refused; changing the grace
+/// period moves the running deadline.
+#[test]
+fn soft_limit_changes_through_set_quota() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    log.quota("acme", soft_cpu(1_000, 2_000, None));
+    let refused = log.place("acme", "a", 1_001).result.expect_err("no grace period");
+    assert_eq!(
+        (meta(&refused, "limit_kind"), meta(&refused, "grace_ended_at_ms")),
+        ("soft".into(), String::new())
+    );
+    log.place("acme", "a", 1_000).result.expect("up to soft");
+
+    let lowered = log.quota("acme", soft_cpu(500, 2_000, Some(5_000)));
+    assert_eq!(lowered.events, vec![entered("acme", log.now + 5_000)]);
+    let since = log.now;
+    log.now += 1_000;
+    let longer = log.quota("acme", soft_cpu(500, 2_000, Some(60_000)));
+    assert!(longer.events.is_empty());
+    assert_eq!(
+        log.s.next_deadline(),
+        Some(UnixMillis(since + 60_000)),
+        "grace counts from the burst start"
+    );
+    let shorter = log.quota("acme", soft_cpu(500, 2_000, Some(1_000)));
+    assert_eq!(shorter.events, vec![QuotaEvent::GraceExpired { tenant: "acme".into() }]);
+
+    for bad in [soft_cpu(500, 999, Some(1)), soft_cpu(3_000, 2_000, Some(1))] {
+        let e = log.err(Command::SetQuota { tenant: "acme".into(), quota: bad });
+        assert_eq!(e.reason(), "INVALID_ARGUMENT");
+    }
+    let above_hard = Quota {
+        total: Limits { cpu_millis: Some(1_500), ..Limits::default() },
+        ..soft_cpu(500, 2_000, Some(1))
+    };
+    let e = log.err(Command::SetQuota { tenant: "acme".into(), quota: above_hard });
+    assert!(e.to_string().contains("above the hard limit"), "{e}");
+
+    let cleared = log.quota("acme", Quota::default());
+    assert_eq!(cleared.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+}
+
+/// A child that sets nothing inherits its parent's limits and grace; its own settings win;
+/// every ancestor up the chain caps its subtree in the same apply; usage rolls up; deleting a
+/// child leaves the parent's usage and burst state exact.
+#[test]
+fn hierarchy_inherits_and_caps_up_the_chain() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.tenant("dev", Some("team"));
+    log.tenant("ops", Some("team"));
+    log.worker("w1", None, 64_000);
+    log.quota(
+        "org",
+        Quota {
+            total: Limits { cpu_millis: Some(10_000), instances: Some(5), ..Limits::default() },
+            ..soft_cpu(4_000, 8_000, Some(30_000))
+        },
+    );
+    log.quota(
+        "ops",
+        Quota { total: Limits { instances: Some(2), ..Limits::default() }, ..Quota::default() },
+    );
+
+    let dev = log.s.effective_quota(&"dev".into());
+    assert_eq!(
+        (dev.total.cpu_millis, dev.total.instances, dev.grace_ms),
+        (Some(10_000), Some(5), 30_000)
+    );
+    assert_eq!(dev.soft.cpu_millis, Some(SoftLimit { soft: 4_000, burst: 8_000 }));
+    let ops = log.s.effective_quota(&"ops".into());
+    assert_eq!(
+        (ops.total.cpu_millis, ops.total.instances),
+        (Some(10_000), Some(2)),
+        "own value wins"
+    );
+
+    // Usage rolls up: dev and ops stay under the inherited soft limit on their own, but team
+    // and org (4500 > 4000) go above it in the same apply, each with its own grace period.
+    assert!(log.place("dev", "a", 2_500).events.is_empty());
+    let ops_place = log.place("ops", "b", 2_000);
+    let now = log.now;
+    assert_eq!(ops_place.events, vec![entered("team", now + 30_000), entered("org", now + 30_000)]);
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 4_500);
+    assert_eq!(log.tenant_state("dev").burst, None);
+
+    // org's burst ceiling (8000) binds dev two levels down, and the refusal names org.
+    let capped = log.place("dev", "c", 3_501).result.expect_err("4500 + 3501 > org burst");
+    assert!(
+        matches!(capped, Rejection::QuotaExceeded { ref limited_by, kind: LimitKind::Burst, .. } if limited_by.as_str() == "org"),
+        "{capped:?}"
+    );
+    log.place("ops", "d", 100).result.expect("ops: 2 of its own 2 instances");
+    let ops_full = log.place("ops", "e", 100).result.expect_err("ops instance limit");
+    assert!(
+        matches!(ops_full, Rejection::QuotaExceeded { ref limited_by, dimension: Dimension::Instances, .. } if limited_by.as_str() == "ops")
+    );
+    log.tenant("lab", Some("org"));
+    log.place("lab", "f", 100).result.expect("4 of org's 5");
+    log.place("dev", "g", 100).result.expect("5 of org's 5");
+    let org_full = log.place("dev", "h", 100).result.expect_err("org instance limit");
+    assert!(
+        matches!(org_full, Rejection::QuotaExceeded { ref limited_by, dimension: Dimension::Instances, .. } if limited_by.as_str() == "org")
+    );
+
+    // Deleting dev releases its work from every ancestor and ends their bursts in one step.
+    let deleted = log.ok(Command::DeleteTenant { tenant: "dev".into() });
+    let under = |t: &str| QuotaEvent::ReturnedUnderSoft { tenant: t.into() };
+    assert_eq!(deleted.events, vec![under("team"), under("org")]);
+    assert_eq!(log.tenant_state("team").usage.total.cpu_millis, 2_100);
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 2_200);
+    assert_eq!(log.tenant_state("org").usage.total.instances, 3);
+    assert_eq!(log.tenant_state("org").burst, None);
+}
+
+/// A pool limit binds only in its pool; a pool denied anywhere up the chain is refused with
+/// POOL_DENIED naming who denies it, while other pools stay open; lifting it reopens it.
+#[test]
+fn pool_limits_and_denial() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("cpu-1", None, 64_000);
+    log.worker("gpu-1", Some("gpu"), 64_000);
+    let gpu =
+        |id: &str, cpu_millis: u64| PlaceSpec { pool: Some("gpu".into()), ..spec(id, cpu_millis) };
+    log.quota(
+        "team",
+        Quota {
+            pools: [("gpu".into(), Limits { cpu_millis: Some(2_000), ..Limits::default() })].into(),
+            ..Quota::default()
+        },
+    );
+    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g1", 2_000), fence: None });
+    let full = log.err(Command::Place { tenant: "team".into(), spec: gpu("g2", 1), fence: None });
+    assert_eq!((meta(&full, "pool"), meta(&full, "limit")), ("gpu".into(), "2000".into()));
+    log.place("team", "c1", 30_000).result.expect("the default pool is not limited");
+
+    log.quota("org", Quota { denied_pools: ["gpu".into()].into(), ..Quota::default() });
+    log.release("team", "g1");
+    let denied = log.err(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
+    assert_eq!(denied, Rejection::PoolDenied { limited_by: "org".into(), pool: "gpu".into() });
+    assert_eq!(denied.reason(), "POOL_DENIED");
+    assert!(log.s.effective_quota(&"team".into()).denied_pools.contains(&PoolId::from("gpu")));
+    log.place("team", "c2", 1_000).result.expect("other pools stay open");
+
+    log.quota("org", Quota::default());
+    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
+}
+
+/// A dry run returns exactly the decision Place would make (same workers, same refusal with
+/// the limiting quota, per-worker reasons, the quota events it would cause) and changes
+/// nothing: the state hash and the next deadline are the same before and after.
+#[test]
+fn dry_run_explains_without_changing_anything() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 4_000);
+    log.worker("w2", None, 2_000);
+    log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    log.worker("w3", None, 1_000);
+    log.quota("org", soft_cpu(1_000, 3_500, Some(60_000)));
+
+    let hash = log.s.state_hash();
+    let deadline = log.s.next_deadline();
+    let decision = log.s.dry_run(&"team".into(), spec("a", 2_500));
+    assert_eq!(log.s.state_hash(), hash, "a dry run changes nothing");
+    assert_eq!(log.s.next_deadline(), deadline);
+    let would = decision.result.clone().expect("would place");
+    assert_eq!(would.instances, vec![WorkerId::from("w1")]);
+    let ends = log.now + 60_000;
+    assert_eq!(decision.events, vec![entered("team", ends), entered("org", ends)]);
+    let placed = log.place("team", "a", 2_500);
+    match placed.result {
+        Ok(Response::Placed(p)) => assert_eq!(p.instances, would.instances, "dry run = real"),
+        other => panic!("{other:?}"),
+    }
+
+    // Refused by quota: the limiting tenant, dimension and kind, as Place would say.
+    let quota = log.s.dry_run(&"team".into(), spec("b", 1_001));
+    let refusal = quota.result.expect_err("over org's burst");
+    assert_eq!(refusal, log.place("team", "b", 1_001).result.expect_err("same refusal"));
+    assert_eq!(
+        (meta(&refusal, "tenant"), meta(&refusal, "limit_kind")),
+        ("org".into(), "burst".into())
+    );
+
+    // Refused for capacity: each worker and the first check it failed.
+    log.quota("org", Quota::default());
+    let hash = log.s.state_hash();
+    let full = log.s.dry_run(&"team".into(), spec("c", 1_600));
+    assert_eq!(log.s.state_hash(), hash);
+    assert_eq!(full.result.expect_err("no worker fits").reason(), "NO_CAPACITY");
+    let reasons: Vec<(&str, &str)> =
+        full.workers.iter().map(|(w, f)| (w.as_str(), f.name())).collect();
+    assert_eq!(
+        reasons,
+        vec![("w1", "insufficient_cpu"), ("w2", "draining"), ("w3", "insufficient_cpu")]
+    );
+
+    // Unknown and invalid tenants are refused the same way as by Place.
+    assert_eq!(
+        log.s.dry_run(&"nobody".into(), spec("d", 1)).result.expect_err("missing").reason(),
+        "TENANT_NOT_FOUND"
+    );
+    assert_eq!(
+        log.s.dry_run(&"".into(), spec("d", 1)).result.expect_err("blank").reason(),
+        "TENANT_ID_REQUIRED"
+    );
+}
