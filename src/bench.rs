@@ -137,6 +137,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
                     spec: Some(spec),
                     fence: None,
                     dry_run: false,
+                    queue_if_unavailable: false,
                 };
                 let started = Instant::now();
                 let placed = client

@@ -313,6 +313,20 @@ pub enum PlacementCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// A tenant's queued placements: position, age and why each waits.
+    List {
+        tenant: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Withdraw a queued placement.
+    Cancel { tenant: String, id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum GroupCmd {
     Create {
         tenant: String,
@@ -395,6 +409,9 @@ pub enum ClientCmd {
         /// without placing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Wait in the fair-share queue instead of failing when quota or capacity is short.
+        #[arg(long)]
+        queue: bool,
     },
     /// Release a placement or reservation.
     Release {
@@ -405,6 +422,8 @@ pub enum ClientCmd {
     },
     #[command(subcommand)]
     Placement(PlacementCmd),
+    #[command(subcommand)]
+    Queue(QueueCmd),
     /// Hold capacity for --ttl-ms.
     Reserve {
         #[command(flatten)]
@@ -541,6 +560,22 @@ fn placement_row(p: &pb::Placement) -> serde_json::Value {
         "workers": p.workers,
         "kind": if p.expires_at_ms.is_some() { "reservation" } else { "placement" },
         "log_index": p.log_index,
+    })
+}
+
+/// One readable table row per queued placement.
+fn queued_row(q: &pb::QueuedPlacement) -> serde_json::Value {
+    let spec = q.spec.clone().unwrap_or_default();
+    let each = spec.resources.unwrap_or_default();
+    serde_json::json!({
+        "id": spec.placement_id,
+        "pool": q.pool,
+        "position": format!("{}/{}", q.position, q.pool_queued),
+        "instances": spec.count,
+        "cpu_each": format!("{}m", each.cpu_millis),
+        "queued_at_ms": q.queued_at_ms,
+        "aged": q.aged,
+        "waits_for": q.wait_reason,
     })
 }
 
@@ -739,13 +774,14 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 ),
             ),
         },
-        ClientCmd::Place { workload: w, dry_run } => {
+        ClientCmd::Place { workload: w, dry_run, queue } => {
             let m = pb::PlaceRequest {
                 request_id: rid,
                 tenant_id: w.tenant.clone(),
                 spec: Some(w.spec()),
                 fence: w.fence.clone(),
                 dry_run,
+                queue_if_unavailable: queue,
             };
             let r = call!(scheduler, place, m);
             match r.decision {
@@ -778,6 +814,29 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 }
                 let rows: Vec<serde_json::Value> = r.placements.iter().map(placement_row).collect();
                 show(false, &rows)
+            }
+        },
+        ClientCmd::Queue(cmd) => match cmd {
+            QueueCmd::List { tenant, after, limit } => {
+                let m = pb::ListQueueRequest {
+                    tenant_id: tenant,
+                    page: page(after, limit),
+                    read: None,
+                };
+                let r = call!(scheduler, list_queue, m);
+                if json {
+                    return show(true, &r.queued);
+                }
+                let rows: Vec<serde_json::Value> = r.queued.iter().map(queued_row).collect();
+                show(false, &rows)
+            }
+            QueueCmd::Cancel { tenant, id } => {
+                let m = pb::CancelQueuedRequest {
+                    request_id: rid,
+                    tenant_id: tenant,
+                    placement_id: id,
+                };
+                show(json, &call!(scheduler, cancel_queued, m))
             }
         },
         ClientCmd::Reserve { workload, ttl_ms } => {

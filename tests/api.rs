@@ -113,6 +113,7 @@ fn place(tenant: &str, spec: pb::PlacementSpec) -> pb::PlaceRequest {
         spec: Some(spec),
         fence: None,
         dry_run: false,
+        queue_if_unavailable: false,
     }
 }
 
@@ -413,6 +414,92 @@ async fn soft_quota_pool_denial_and_dry_run() {
         (denied.code(), reason(&denied), meta(&denied, "tenant")),
         (Code::PermissionDenied, "POOL_DENIED".into(), "org".into())
     );
+    cluster.shutdown().await;
+}
+
+/// A tenant at its quota asks to wait (queue_if_unavailable): it is queued with its position
+/// and reason, visible in GetPlacement and ListQueue, survives a leader kill, and is placed
+/// by the write that releases the other placement; GetPlacement then shows it placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_placement_is_placed_after_release_across_leader_kill() {
+    let (mut cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 10_000).await;
+    let quota = pb::Quota {
+        total: Some(pb::Limits { instances: Some(1), ..Default::default() }),
+        ..Default::default()
+    };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "acme".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("acme", spec("first", 1_000))))
+        .await
+        .expect("placed");
+    let wait =
+        pb::PlaceRequest { queue_if_unavailable: true, ..place("acme", spec("second", 1_000)) };
+    let queued = c.scheduler.place(authed(ADMIN_TOKEN, wait)).await.expect("queued").into_inner();
+    assert!(queued.placement.is_none());
+    let q = queued.queued.expect("queued");
+    assert_eq!((q.position, q.wait_reason.as_str()), (1, "QUOTA_EXCEEDED"));
+    assert_eq!(q.wait_metadata["dimension"], "instances");
+
+    let get = || pb::GetPlacementRequest {
+        tenant_id: "acme".into(),
+        placement_id: "second".into(),
+        read: None,
+    };
+    let seen =
+        c.scheduler.get_placement(authed(ADMIN_TOKEN, get())).await.expect("get").into_inner();
+    assert!(seen.placement.is_none() && seen.queued.is_some(), "{seen:?}");
+    let list = pb::ListQueueRequest { tenant_id: "acme".into(), page: None, read: None };
+    let listed =
+        c.scheduler.list_queue(authed(ADMIN_TOKEN, list)).await.expect("list").into_inner();
+    assert_eq!(listed.queued.len(), 1);
+
+    // Kill the leader; the client's replica (a follower) stays up and finds the new leader.
+    let leader = cluster.leader().await;
+    cluster.stop(leader).await;
+    let release_rid = rid();
+    let released = poll("the release to commit under the new leader", || {
+        let mut scheduler = c.scheduler.clone();
+        let r = pb::ReleaseRequest {
+            request_id: release_rid.clone(),
+            tenant_id: "acme".into(),
+            placement_id: "first".into(),
+            fence: None,
+        };
+        async move { scheduler.release(authed(ADMIN_TOKEN, r)).await.ok() }
+    })
+    .await
+    .into_inner();
+    let write = released.write.expect("write");
+    let placed = write
+        .quota_events
+        .iter()
+        .any(|e| e.kind() == pb::quota_event::Kind::QueuedPlaced && e.placement_id == "second");
+    assert!(placed || write.replayed, "{write:?}");
+
+    let now = poll("second to be placed", || {
+        let mut scheduler = c.scheduler.clone();
+        async move {
+            let r = scheduler.get_placement(authed(ADMIN_TOKEN, get())).await.ok()?.into_inner();
+            r.placement
+        }
+    })
+    .await;
+    assert_eq!(now.workers, vec!["w1".to_string()]);
+    let cancel = pb::CancelQueuedRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        placement_id: "second".into(),
+    };
+    let gone = c
+        .scheduler
+        .cancel_queued(authed(ADMIN_TOKEN, cancel))
+        .await
+        .expect_err("placed, not queued");
+    assert_eq!((gone.code(), reason(&gone)), (Code::NotFound, "NOT_QUEUED".into()));
     cluster.shutdown().await;
 }
 

@@ -166,6 +166,21 @@ fn up_and_client_subcommands() {
     );
     assert!(!denied.ok && denied.stderr.contains("POOL_DENIED"), "{}", denied.stderr);
     ok(api, token, &["quota", "allow", "acme", "gpu"]);
+
+    // Queueing: a request over quota waits, is listed with its reason, and can be cancelled.
+    let queued =
+        ok(api, token, &["place", "acme", "q1", "--cpu", "1", "--memory-mib", "1", "--queue"]);
+    assert!(queued.contains("wait_reason: QUOTA_EXCEEDED"), "{queued}");
+    let listed = ok(api, token, &["queue", "list", "acme"]);
+    assert!(
+        listed.contains("q1") && listed.contains("1/1") && listed.contains("QUOTA_EXCEEDED"),
+        "{listed}"
+    );
+    let got = ok(api, token, &["placement", "get", "acme", "q1", "--json"]);
+    let got: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(got["queued"]["position"], 1, "{got}");
+    ok(api, token, &["queue", "cancel", "acme", "q1"]);
+    assert!(ok(api, token, &["queue", "list", "acme"]).contains("(none)"));
     let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
     drop(cluster);

@@ -15,7 +15,7 @@ use berth::scheduler::{
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, Placement,
     PlacementId, PoolId, Query, Quota, Rejection, RequestId, Resources, Response, Scheduler,
     SessionKey, SoftLimit, SoftLimits, State, Strategy as PlaceStrategy, TenantId, TokenHash,
-    TokenId, UnixMillis, WorkerId, PLACEMENT_ALGORITHM,
+    TokenId, UnixMillis, WaitReason, WorkerId, PLACEMENT_ALGORITHM,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -387,6 +387,10 @@ fn command() -> impl Strategy<Value = Command> {
             }),
         16 => (tenant(), spec(), fence())
             .prop_map(|(tenant, spec, fence)| Command::Place { tenant, spec, fence }),
+        10 => (tenant(), spec(), fence())
+            .prop_map(|(tenant, spec, fence)| Command::PlaceOrQueue { tenant, spec, fence }),
+        3 => (tenant(), placement_id())
+            .prop_map(|(tenant, placement)| Command::CancelQueued { tenant, placement }),
         8 => (tenant(), spec(), ttl_ms(), fence()).prop_map(|(tenant, spec, ttl_ms, fence)| {
             Command::Reserve { tenant, spec, ttl_ms, fence }
         }),
@@ -703,10 +707,17 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
             point_fence(tenant, fence);
         }
         Command::Place { tenant, fence: Some(fence), .. }
+        | Command::PlaceOrQueue { tenant, fence: Some(fence), .. }
         | Command::Reserve { tenant, fence: Some(fence), .. } => {
             let keys: Vec<_> = state.leases.keys().cloned().collect();
             if !keys.is_empty() {
                 (*tenant, fence.lease) = target.get(&keys).clone();
+            }
+        }
+        Command::CancelQueued { tenant, placement } => {
+            let keys: Vec<_> = state.queue.keys().cloned().collect();
+            if !keys.is_empty() {
+                (*tenant, *placement) = target.get(&keys).clone();
             }
         }
         Command::KeepAliveLease { tenant, lease, .. }
@@ -724,6 +735,7 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
 fn fenced(command: &Command) -> Option<(TenantId, LeaseName, LogIndex)> {
     match command {
         Command::Place { tenant, fence: Some(f), .. }
+        | Command::PlaceOrQueue { tenant, fence: Some(f), .. }
         | Command::Reserve { tenant, fence: Some(f), .. }
         | Command::Release { tenant, fence: Some(f), .. }
         | Command::ConfirmReservation { tenant, fence: Some(f), .. }
@@ -741,6 +753,7 @@ fn fenced(command: &Command) -> Option<(TenantId, LeaseName, LogIndex)> {
 fn set_token(command: &mut Command, new: LogIndex) {
     match command {
         Command::Place { fence: Some(f), .. }
+        | Command::PlaceOrQueue { fence: Some(f), .. }
         | Command::Reserve { fence: Some(f), .. }
         | Command::Release { fence: Some(f), .. }
         | Command::ConfirmReservation { fence: Some(f), .. }
@@ -867,7 +880,7 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
                     .into_iter()
                     .any(|d| quota.soft.get(d).is_some_and(|l| l.soft > l.burst))
         }
-        Command::Place { spec, .. } => bad_spec(spec),
+        Command::Place { spec, .. } | Command::PlaceOrQueue { spec, .. } => bad_spec(spec),
         Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
@@ -908,6 +921,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.placements, &b.placements, "placements changed: {}", what);
     prop_assert_eq!(&a.groups, &b.groups, "groups changed: {}", what);
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
+    prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
     Ok(())
 }
 
@@ -1020,7 +1034,34 @@ fn checked_apply(
             Some(old) if old.log_index == p.log_index => {
                 prop_assert_eq!(&old.instances, &p.instances, "{:?} moved: {}", key, what);
             }
-            _ => check_new_placement(before.state(), ticked.state(), p, &what)?,
+            _ => {
+                // Placed from the queue by this entry (before or after its command ran).
+                let queued = before.state().queue.contains_key(key)
+                    || matches!(&entry.command, Command::PlaceOrQueue { tenant, spec, .. }
+                        if (tenant, &spec.placement) == (&key.0, &key.1));
+                if queued {
+                    check_admitted(before.state(), s.state(), p, &what)?;
+                } else {
+                    check_new_placement(before.state(), ticked.state(), p, &what)?;
+                }
+            }
+        }
+    }
+
+    // Queue: nothing left waiting could be placed now (admission leaves nothing admissible
+    // behind), unless its pool is held for an aged entry waiting for capacity; ids are unique.
+    let held: Vec<&PoolId> = s
+        .state()
+        .queue
+        .keys()
+        .filter_map(|(t, id)| s.queue_status(t, id))
+        .filter(|q| q.aged && matches!(q.reason, WaitReason::Refused(Rejection::NoCapacity { .. })))
+        .map(|q| &s.state().queue[&(q.queued.tenant.clone(), q.queued.spec.placement.clone())].pool)
+        .collect();
+    for (t, id) in s.state().queue.keys() {
+        let q = s.queue_status(t, id).expect("listed");
+        if q.reason == WaitReason::FairShareOrder {
+            prop_assert!(held.contains(&&q.queued.pool), "{}/{} fits but waits: {}", t, id, what);
         }
     }
 
@@ -1029,7 +1070,9 @@ fn checked_apply(
     // effective grace period.
     for (id, t) in &s.state().tenants {
         let Some(was) = ticked.state().tenants.get(id) else { continue };
-        if was.burst.is_some_and(|b| b.expired) {
+        // (Unless it went back under soft within this entry, which starts afresh.)
+        let same_burst = t.burst.map(|b| b.since) == was.burst.map(|b| b.since);
+        if was.burst.is_some_and(|b| b.expired) && same_burst {
             for d in Dimension::ALL {
                 prop_assert!(
                     t.usage.total.get(d) <= was.usage.total.get(d),
@@ -1040,7 +1083,7 @@ fn checked_apply(
                 );
             }
         }
-        if let (None, Some(b)) = (was.burst, t.burst) {
+        if let Some(b) = t.burst.filter(|b| was.burst.is_none_or(|w| w.since != b.since)) {
             prop_assert_eq!(b.since, s.now(), "burst of {} starts now: {}", id, what);
             let grace = s.effective_quota(id).grace_ms;
             prop_assert_eq!(b.grace_ends_at, s.now().plus_ms(grace), "grace of {}: {}", id, what);
@@ -1109,6 +1152,34 @@ fn check_new_placement(
             if p.spec.labels.get(&term.key) == Some(&term.value) {
                 on.push(w);
             }
+        }
+    }
+    Ok(())
+}
+
+/// A placement admitted from the queue by this entry: on workers schedulable before or after
+/// the command (admission runs on both sides of it), meeting its required labels there, and
+/// next to a carrier of every required affinity label as the state now stands.
+fn check_admitted(
+    before: &State,
+    after: &State,
+    p: &Placement,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    for w in &p.instances {
+        let states = [before.workers.get(w), after.workers.get(w)];
+        let ok = states
+            .iter()
+            .flatten()
+            .any(|w| w.schedulable && p.spec.worker_requires.iter().all(|r| r.matches(&w.labels)));
+        prop_assert!(ok, "admitted {} on {} breaks drain or labels: {}", p.id(), w, what);
+        for term in &p.spec.affinity {
+            let carried = after.placements.values().any(|q| {
+                q.tenant == p.tenant
+                    && q.spec.labels.get(&term.key) == Some(&term.value)
+                    && q.instances.contains(w)
+            });
+            prop_assert!(carried, "admitted {} on {} without {:?}: {}", p.id(), w, term, what);
         }
     }
     Ok(())
@@ -1197,7 +1268,20 @@ fn check_executed(
                 prop_assert!(l.expires_at >= floor, "lease {} not extended: {}", l.name, what);
             }
         }
-        (Command::Place { tenant, spec, .. }, Ok(Response::Placed(p)))
+        (Command::PlaceOrQueue { tenant, spec, .. }, Ok(Response::Queued(q))) => {
+            let key = (tenant.clone(), spec.placement.clone());
+            prop_assert!(!ticked.placements.contains_key(&key), "queued a placed id: {}", what);
+            prop_assert!(!ticked.queue.contains_key(&key), "queued twice: {}", what);
+            prop_assert_eq!(after.queue.get(&key), Some(&q.queued), "queued stored: {}", what);
+            prop_assert_eq!(q.queued.log_index, entry.index);
+        }
+        (Command::CancelQueued { tenant, placement }, Ok(_)) => {
+            let key = (tenant.clone(), placement.clone());
+            prop_assert!(ticked.queue.contains_key(&key), "cancelled nothing: {}", what);
+            prop_assert!(!after.queue.contains_key(&key), "still queued: {}", what);
+        }
+        (Command::PlaceOrQueue { tenant, spec, .. }, Ok(Response::Placed(p)))
+        | (Command::Place { tenant, spec, .. }, Ok(Response::Placed(p)))
         | (Command::Reserve { tenant, spec, .. }, Ok(Response::Reserved(p))) => {
             let key = (tenant.clone(), spec.placement.clone());
             prop_assert!(!ticked.placements.contains_key(&key), "placed twice: {}", what);

@@ -380,3 +380,232 @@ fn dry_run_explains_without_changing_anything() {
         "TENANT_ID_REQUIRED"
     );
 }
+
+// ----- the fair-share queue --------------------------------------------------------------------
+
+impl Log {
+    fn queue(&mut self, tenant: &str, id: &str, cpu_millis: u64) -> Applied {
+        self.apply(Command::PlaceOrQueue {
+            tenant: tenant.into(),
+            spec: spec(id, cpu_millis),
+            fence: None,
+        })
+    }
+
+    fn status(&self, tenant: &str, id: &str) -> QueueStatus {
+        self.s.queue_status(&tenant.into(), &id.into()).expect("queued")
+    }
+
+    fn placed(&self, tenant: &str, id: &str) -> Option<&Placement> {
+        self.s.state().placements.get(&(tenant.into(), id.into()))
+    }
+
+    fn weighted(&mut self, id: &str, weight: u32) {
+        self.ok(Command::CreateTenant { tenant: id.into(), parent: None, weight });
+    }
+}
+
+fn admitted(events: &[QuotaEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            QuotaEvent::Admitted { tenant, placement } => Some(format!("{tenant}/{placement}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A request short of quota or capacity waits (with its position and the refusal it would
+/// get) instead of failing, and is placed by the entry that frees room: a release, a
+/// reservation's expiry on a Tick, a new worker. Queued ids are taken; cancel withdraws.
+#[test]
+fn queued_placement_waits_and_is_placed_when_room_frees() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("other", None);
+    log.worker("w1", None, 4_000);
+    log.quota(
+        "acme",
+        Quota { total: Limits { instances: Some(1), ..Limits::default() }, ..Quota::default() },
+    );
+
+    match log.queue("acme", "a", 1_000).result {
+        Ok(Response::Placed(p)) => {
+            assert_eq!(p.instances, vec![WorkerId::from("w1")], "fits: placed at once")
+        }
+        other => panic!("{other:?}"),
+    }
+    let waiting = match log.queue("acme", "b", 1_000).result {
+        Ok(Response::Queued(q)) => q,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((waiting.position, waiting.pool_queued), (1, 1));
+    assert!(matches!(
+        waiting.reason,
+        WaitReason::Refused(Rejection::QuotaExceeded { dimension: Dimension::Instances, .. })
+    ));
+    assert_eq!(
+        log.place("acme", "b", 1).result.expect_err("id is queued").reason(),
+        "PLACEMENT_EXISTS"
+    );
+
+    let release = log.release("acme", "a");
+    assert_eq!(admitted(&release.events), vec!["acme/b"]);
+    let b = log.placed("acme", "b").expect("placed by the release");
+    assert_eq!((b.log_index, b.placed_at), (LogIndex(log.index), UnixMillis(log.now)));
+    assert!(log.s.state().queue.is_empty());
+
+    // Capacity: a reservation holds the worker; its expiry (a Tick) admits the waiter.
+    log.ok(Command::Reserve {
+        tenant: "other".into(),
+        spec: spec("r", 3_000),
+        ttl_ms: 1_000,
+        fence: None,
+    });
+    log.queue("other", "c", 2_000).result.expect("queued");
+    assert!(matches!(
+        log.status("other", "c").reason,
+        WaitReason::Refused(Rejection::NoCapacity { .. })
+    ));
+    let tick = log.tick(1_000);
+    assert_eq!(tick.expired.len(), 1);
+    assert_eq!(admitted(&tick.events), vec!["other/c"]);
+
+    // A new worker admits too; cancel withdraws; deleting a tenant withdraws its entries.
+    log.queue("other", "d", 3_000).result.expect("queued");
+    log.queue("other", "e", 64_000).result.expect("queued");
+    let more = log.ok(Command::RegisterWorker {
+        worker: "w2".into(),
+        pool: None,
+        capacity: Resources::new(4_000, 1_000_000),
+        labels: Labels::new(),
+    });
+    assert_eq!(admitted(&more.events), vec!["other/d"]);
+    log.ok(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
+    let gone = log.err(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
+    assert_eq!(gone.reason(), "NOT_QUEUED");
+    log.queue("other", "f", 64_000).result.expect("queued");
+    match log.ok(Command::DeleteTenant { tenant: "other".into() }).result {
+        Ok(Response::TenantDeleted(c)) => assert_eq!(c.queued, 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(log.s.state().queue.is_empty());
+}
+
+/// Freed capacity goes to the lowest weighted dominant share first, counting the entry itself
+/// (the entry penalty); ties go to the earlier entry; a tenant's entries keep their order.
+#[test]
+fn admission_follows_weighted_dominant_share() {
+    let mut log = Log::new();
+    log.weighted("a", 1);
+    log.weighted("b", 3);
+    log.weighted("filler", 1);
+    log.worker("w1", None, 10_000);
+    log.place("filler", "fill", 10_000).result.expect("fills the pool");
+    for (t, id) in [("a", "a1"), ("b", "b1"), ("b", "b2"), ("b", "b3"), ("a", "a2")] {
+        log.queue(t, id, 1_000).result.expect("queued");
+    }
+    assert_eq!(log.status("b", "b1").position, 1);
+    assert!(
+        matches!(log.status("b", "b2").reason, WaitReason::BehindOwnTenant { ref placement } if placement.as_str() == "b1")
+    );
+    assert!(matches!(
+        log.status("a", "a1").reason,
+        WaitReason::Refused(Rejection::NoCapacity { .. })
+    ));
+    assert!(admitted(&log.tick(1).events).is_empty(), "nothing freed, nothing admitted");
+
+    // Four more cores. Shares after admission (cpu over 14 cores, per weight): b1 1/42,
+    // b2 2/42, then a1 3/42 ties b3 3/42 and a1 is older, then b3; a2 (6/42) waits.
+    let grown = log.ok(Command::UpdateWorker {
+        worker: "w1".into(),
+        capacity: Some(Resources::new(14_000, 1_000_000)),
+        labels: None,
+    });
+    assert_eq!(admitted(&grown.events), vec!["b/b1", "b/b2", "a/a1", "b/b3"]);
+    assert_eq!(log.status("a", "a2").position, 1);
+    assert_eq!(admitted(&log.release("filler", "fill").events), vec!["a/a2"]);
+
+    // Entry penalty: a tenant with nothing running but a big request does not jump ahead of
+    // a small request from a tenant already running something.
+    let mut log = Log::new();
+    log.weighted("big", 1);
+    log.weighted("small", 1);
+    log.weighted("filler", 1);
+    log.worker("w1", None, 10_000);
+    log.place("small", "s0", 2_000).result.expect("running");
+    log.place("filler", "fill", 8_000).result.expect("fills the pool");
+    log.queue("big", "b", 6_000).result.expect("queued first");
+    log.queue("small", "s1", 1_000).result.expect("queued second");
+    // big: (0 + 6000)/10000 = 0.6; small: (2000 + 1000)/10000 = 0.3.
+    assert_eq!((log.status("small", "s1").position, log.status("big", "b").position), (1, 2));
+    let freed = log.release("filler", "fill");
+    assert_eq!(admitted(&freed.events), vec!["small/s1", "big/b"]);
+}
+
+/// A tenant's own quota holds back only that tenant (its later entries wait behind its head,
+/// FIFO), never others. No starvation: a big request that keeps losing to a heavier-weighted
+/// tenant's small ones is aged after `QUEUE_AGING_MS`, and from then on nothing younger takes
+/// capacity in its pool until it is placed.
+#[test]
+fn fifo_within_tenant_and_no_starvation_after_aging() {
+    let mut log = Log::new();
+    log.weighted("capped", 1);
+    log.weighted("free", 1);
+    log.worker("w1", None, 4_000);
+    log.quota(
+        "capped",
+        Quota {
+            total: Limits { cpu_millis: Some(1_000), ..Limits::default() },
+            ..Quota::default()
+        },
+    );
+    log.place("capped", "c0", 1_000).result.expect("at its quota");
+    log.queue("capped", "c1", 500).result.expect("queued: quota");
+    log.queue("capped", "c2", 1).result.expect("queued behind c1");
+    assert!(matches!(log.status("capped", "c2").reason, WaitReason::BehindOwnTenant { .. }));
+    let other = log.queue("free", "f1", 1_000);
+    assert!(matches!(other.result, Ok(Response::Placed(_))), "capped's quota does not block free");
+    assert_eq!(admitted(&log.release("capped", "c0").events), vec!["capped/c1", "capped/c2"]);
+
+    // Starvation: "big" needs 4 cores on one worker; "small" (weight 10) keeps a 1-core job
+    // waiting, so every freed core goes to small while big is younger than the aging bound.
+    let mut log = Log::new();
+    log.weighted("big", 1);
+    log.weighted("small", 10);
+    log.worker("w1", None, 4_000);
+    for i in 0..4 {
+        log.place("small", &format!("s{i}"), 1_000).result.expect("fills");
+    }
+    log.queue("big", "b", 4_000).result.expect("queued");
+    let mut next = 4;
+    let mut released = 0;
+    let start = log.now;
+    for _ in 0..5 {
+        log.queue("small", &format!("s{next}"), 1_000).result.expect("queued");
+        log.now += 100_000;
+        let freed = log.release("small", &format!("s{released}"));
+        assert_eq!(
+            admitted(&freed.events),
+            vec![format!("small/s{next}")],
+            "small wins while big is young"
+        );
+        assert!(!log.status("big", "b").aged);
+        next += 1;
+        released += 1;
+    }
+    log.now = start + QUEUE_AGING_MS;
+    log.tick(0);
+    assert!(log.status("big", "b").aged);
+    assert_eq!(log.status("big", "b").position, 1);
+    // From now on freed cores wait for big; the fourth completes it.
+    log.queue("small", &format!("s{next}"), 1_000).result.expect("queued");
+    for _ in 0..3 {
+        let freed = log.release("small", &format!("s{released}"));
+        assert!(admitted(&freed.events).is_empty(), "reserved for the aged entry");
+        released += 1;
+    }
+    let freed = log.release("small", &format!("s{released}"));
+    assert_eq!(admitted(&freed.events), vec!["big/b"]);
+    assert!(log.placed("big", "b").is_some());
+}

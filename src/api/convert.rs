@@ -6,7 +6,9 @@ use tonic::Status;
 
 use super::pb;
 use super::status::invalid;
-use crate::scheduler::{Burst, Decision, EffectiveQuota, QuotaEvent, SoftLimit, SoftLimits};
+use crate::scheduler::{
+    Burst, Decision, EffectiveQuota, QueueStatus, QuotaEvent, SoftLimit, SoftLimits, WaitReason,
+};
 use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
     Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
@@ -261,8 +263,21 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
         }
         QuotaEvent::GraceExpired { tenant } => (Kind::GraceExpired, tenant, 0),
         QuotaEvent::ReturnedUnderSoft { tenant } => (Kind::ReturnedUnderSoft, tenant, 0),
+        QuotaEvent::Admitted { tenant, placement } => {
+            return pb::QuotaEvent {
+                kind: Kind::QueuedPlaced.into(),
+                tenant_id: tenant.0.clone(),
+                grace_ends_at_ms: 0,
+                placement_id: placement.0.clone(),
+            }
+        }
     };
-    pb::QuotaEvent { kind: kind.into(), tenant_id: tenant.0.clone(), grace_ends_at_ms }
+    pb::QuotaEvent {
+        kind: kind.into(),
+        tenant_id: tenant.0.clone(),
+        grace_ends_at_ms,
+        placement_id: String::new(),
+    }
 }
 
 pub fn decision(d: &Decision, decided_at_ms: u64) -> (Option<pb::Placement>, pb::PlaceDecision) {
@@ -292,5 +307,36 @@ pub fn usage(u: &Usage) -> pb::Usage {
         memory_mib: u.memory_mib,
         instances: u.instances,
         jobs: u.jobs,
+    }
+}
+
+pub fn queued(q: &QueueStatus) -> pb::QueuedPlacement {
+    let (wait_reason, wait_message, wait_metadata) = match &q.reason {
+        WaitReason::BehindOwnTenant { placement } => (
+            "BEHIND_OWN_TENANT".to_owned(),
+            format!("waits for {placement}, queued earlier by the same tenant"),
+            Default::default(),
+        ),
+        WaitReason::FairShareOrder => (
+            "FAIR_SHARE_ORDER".to_owned(),
+            "fits now; entries ahead in fair-share order go first".to_owned(),
+            Default::default(),
+        ),
+        WaitReason::Refused(r) => {
+            (r.reason().to_owned(), r.to_string(), r.metadata().into_iter().collect())
+        }
+    };
+    pb::QueuedPlacement {
+        tenant_id: q.queued.tenant.0.clone(),
+        spec: Some(pb_spec(&q.queued.spec)),
+        pool: q.queued.pool.0.clone(),
+        queued_at_ms: q.queued.queued_at.0,
+        log_index: q.queued.log_index.0,
+        position: q.position,
+        pool_queued: q.pool_queued,
+        aged: q.aged,
+        wait_reason,
+        wait_message,
+        wait_metadata,
     }
 }

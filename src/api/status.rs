@@ -42,7 +42,8 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::PlacementNotFound { .. }
         | Rejection::GroupNotFound { .. }
         | Rejection::LeaseNotFound { .. }
-        | Rejection::TokenNotFound { .. } => Code::NotFound,
+        | Rejection::TokenNotFound { .. }
+        | Rejection::NotQueued { .. } => Code::NotFound,
         Rejection::TenantExists { .. }
         | Rejection::WorkerExists { .. }
         | Rejection::PlacementExists { .. }

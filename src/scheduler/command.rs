@@ -11,6 +11,7 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
+use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
 use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
@@ -132,6 +133,18 @@ pub enum Command {
         spec: PlaceSpec,
         fence: Option<Fence>,
     },
+    /// Place now if the fair-share queue lets it and it fits; otherwise wait in the queue
+    /// (for quota or capacity) and be placed by a later entry, in weighted fair order.
+    PlaceOrQueue {
+        tenant: TenantId,
+        spec: PlaceSpec,
+        fence: Option<Fence>,
+    },
+    /// Withdraw a queued placement.
+    CancelQueued {
+        tenant: TenantId,
+        placement: PlacementId,
+    },
     /// Release a placement (or a reservation: both free their capacity and quota).
     Release {
         tenant: TenantId,
@@ -196,6 +209,8 @@ impl Command {
             | Command::AddToken { tenant, .. }
             | Command::RevokeToken { tenant, .. }
             | Command::Place { tenant, .. }
+            | Command::PlaceOrQueue { tenant, .. }
+            | Command::CancelQueued { tenant, .. }
             | Command::Release { tenant, .. }
             | Command::CreatePlacementGroup { tenant, .. }
             | Command::Reserve { tenant, .. }
@@ -223,6 +238,8 @@ impl Command {
             Command::AddToken { .. } => "AddToken",
             Command::RevokeToken { .. } => "RevokeToken",
             Command::Place { .. } => "Place",
+            Command::PlaceOrQueue { .. } => "PlaceOrQueue",
+            Command::CancelQueued { .. } => "CancelQueued",
             Command::Release { .. } => "Release",
             Command::CreatePlacementGroup { .. } => "CreatePlacementGroup",
             Command::Reserve { .. } => "Reserve",
@@ -262,6 +279,8 @@ pub enum Expired {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletedCounts {
     pub placements: u64,
+    /// Queued placements withdrawn.
+    pub queued: u64,
     pub reservations: u64,
     pub instances: u64,
     pub leases: u64,
@@ -294,6 +313,9 @@ pub enum Response {
     TokenRevoked,
     /// A placement or reservation as it now stands (instances name their workers).
     Placed(Placement),
+    /// The placement waits in the queue.
+    Queued(QueueStatus),
+    QueuedCancelled,
     Released {
         resources: Resources,
         instances: u32,
@@ -411,6 +433,8 @@ pub enum Rejection {
     TokenExists { token: TokenId },
     #[error("token {token} not found")]
     TokenNotFound { token: TokenId },
+    #[error("placement {placement} is not queued")]
+    NotQueued { placement: PlacementId },
     #[error("{what} limit of {max} reached")]
     LimitReached { what: String, max: u64 },
 }
@@ -449,6 +473,7 @@ impl Rejection {
             Rejection::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Rejection::TokenExists { .. } => "TOKEN_EXISTS",
             Rejection::TokenNotFound { .. } => "TOKEN_NOT_FOUND",
+            Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
         }
     }

@@ -11,7 +11,8 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, TenantId, TokenHash, TokenId, UnixMillis,
     WorkerId,
 };
-use super::resources::LabelTerm;
+use super::queue::QueuedPlacement;
+use super::resources::{LabelTerm, Resources};
 use super::state::{Placement, SessionKey, State, Worker};
 
 /// A schedulable worker ordered by free cpu, then free memory, then id.
@@ -49,6 +50,10 @@ pub struct Indexes {
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// Client sessions in the order they were created (eviction order).
     pub session_order: BTreeMap<LogIndex, SessionKey>,
+    /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
+    pub pool_capacity: BTreeMap<PoolId, Resources>,
+    /// Queued placements per pool, per tenant in queue order (FIFO within a tenant).
+    pub queue: BTreeMap<PoolId, BTreeMap<(TenantId, LogIndex), PlacementId>>,
 }
 
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, key: &K) {
@@ -100,7 +105,31 @@ impl Indexes {
         for (key, session) in &state.sessions {
             ix.session_order.insert(session.first.log_index, key.clone());
         }
+        for queued in state.queue.values() {
+            ix.add_queued(queued);
+        }
         ix
+    }
+
+    pub fn add_queued(&mut self, queued: &QueuedPlacement) {
+        let entries = self.queue.entry(queued.pool.clone()).or_default();
+        let key = (queued.tenant.clone(), queued.log_index);
+        let previous = entries.insert(key, queued.spec.placement.clone());
+        assert!(previous.is_none(), "invariant: one queued entry per log index and tenant");
+    }
+
+    pub fn remove_queued(&mut self, queued: &QueuedPlacement) {
+        let entries = self.queue.get_mut(&queued.pool).expect("invariant: queued pool indexed");
+        let removed = entries.remove(&(queued.tenant.clone(), queued.log_index));
+        assert!(removed.is_some(), "invariant: queued entry indexed");
+        if entries.is_empty() {
+            self.queue.remove(&queued.pool);
+        }
+    }
+
+    /// Capacity of the schedulable workers in `pool`.
+    pub fn pool_capacity(&self, pool: &PoolId) -> Resources {
+        self.pool_capacity.get(pool).copied().unwrap_or_default()
     }
 
     pub fn add_worker(&mut self, worker: &Worker) {
@@ -126,6 +155,16 @@ impl Indexes {
         }
         let free = worker.free();
         let key = (free.cpu_millis, free.memory_mib, worker.id.clone());
+        let total = self.pool_capacity.entry(worker.pool.clone()).or_default();
+        *total = if present {
+            total.checked_add(worker.capacity)
+        } else {
+            total.checked_sub(worker.capacity)
+        }
+        .expect("invariant: pool capacity is the sum of its schedulable workers");
+        if total.is_zero() {
+            self.pool_capacity.remove(&worker.pool);
+        }
         if present {
             self.free.entry(worker.pool.clone()).or_default().insert(key);
         } else {

@@ -174,6 +174,38 @@ impl Scheduler {
             }
         }
 
+        // Queue consistency: every queued entry belongs to an existing tenant under its own id,
+        // is not also placed, was queued in the past, and the queue is bounded.
+        for ((tenant, id), q) in &s.queue {
+            if q.tenant != *tenant || q.spec.placement != *id {
+                bad.push(format!("queued {id} of {tenant} filed under the wrong key"));
+            }
+            if !s.tenants.contains_key(tenant) {
+                bad.push(format!("queued {id} of missing tenant {tenant}"));
+            }
+            if s.placements.contains_key(&(tenant.clone(), id.clone())) {
+                bad.push(format!("{id} of {tenant} is both queued and placed"));
+            }
+            if q.queued_at > s.now || q.head_since.is_some_and(|h| h < q.queued_at || h > s.now) {
+                bad.push(format!("queued {id} of {tenant} in the future or head before queued"));
+            }
+            let head = self
+                .ix
+                .queue
+                .get(&q.pool)
+                .and_then(|e| e.range((tenant.clone(), super::LogIndex(0))..).next())
+                .is_some_and(|((owner, at), _)| owner == tenant && *at == q.log_index);
+            if head != q.head_since.is_some() {
+                bad.push(format!(
+                    "queued {id} of {tenant}: head {head}, head_since {:?}",
+                    q.head_since
+                ));
+            }
+        }
+        if s.queue.len() > super::QUEUE_MAX {
+            bad.push(format!("{} queued exceed the bound {}", s.queue.len(), super::QUEUE_MAX));
+        }
+
         // 8: the session table is bounded.
         if s.sessions.len() as u64 > s.config.sessions_max {
             bad.push(format!(

@@ -10,12 +10,23 @@ use super::placement::{choose_worker, diagnose, verdicts, Filter};
 use super::resources::{validate_labels, RULES_MAX};
 use serde::{Deserialize, Serialize};
 
+use super::command::FilterCounts;
 use super::quota::QuotaEvent;
 use super::{
     GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
     Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
     GROUPS_MAX, GROUP_INSTANCES_MAX, INSTANCES_PER_PLACEMENT_MAX, PLACEMENTS_MAX,
 };
+
+/// How much a refusal for capacity explains (the scan of the pool costs O(workers)).
+pub(super) enum Explain<'a> {
+    /// Nothing: the caller only needs to know it did not fit.
+    Nothing,
+    /// Per-reason worker counts (`NoCapacity::filtered`).
+    Counts,
+    /// Counts, and each worker's first failing check.
+    Workers(&'a mut Vec<(WorkerId, Filter)>),
+}
 
 /// Most workers a dry run explains one by one.
 pub const VERDICTS_MAX: usize = 1_000;
@@ -37,29 +48,43 @@ impl Scheduler {
     /// anything. Works on a copy of the state, so it costs O(state): for people and CI, not for
     /// hot paths.
     pub fn dry_run(&self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
+        self.clone().decide(tenant, spec)
+    }
+
+    /// The decision a queued placement would get if it were tried now.
+    pub(super) fn dry_run_queued(&self, key: &(TenantId, PlacementId)) -> Decision {
         let mut scratch = self.clone();
+        let queued = scratch.state.queue.remove(key).expect("invariant: asked about a queued");
+        scratch.ix.remove_queued(&queued);
+        scratch.decide(&queued.tenant, queued.spec)
+    }
+
+    /// Places on `self` (a scratch copy) to see what would happen.
+    fn decide(mut self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
+        let scratch = &mut self;
         let mut workers = Vec::new();
         let result =
             tenant.validate().and_then(|()| scratch.tenant(tenant).map(|_| ())).and_then(|()| {
-                scratch.place(LogIndex(0), tenant.clone(), spec, None, Some(&mut workers))
+                let explain = Explain::Workers(&mut workers);
+                scratch.place(LogIndex(0), tenant.clone(), spec, None, explain)
             });
         let events = std::mem::take(&mut scratch.events);
         Decision { result, workers, events }
     }
 
-    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing. With
-    /// `explain`, a refusal for capacity also lists each worker's first failing check.
+    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing.
+    /// `explain` says how much a refusal for capacity explains.
     pub(super) fn place(
         &mut self,
         index: LogIndex,
         tenant: TenantId,
         spec: PlaceSpec,
         expires_at: Option<UnixMillis>,
-        explain: Option<&mut Vec<(WorkerId, Filter)>>,
+        explain: Explain<'_>,
     ) -> Result<Placement, Rejection> {
         validate_spec(&spec)?;
         let key = (tenant.clone(), spec.placement.clone());
-        if self.state.placements.contains_key(&key) {
+        if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
             return Err(Rejection::PlacementExists { placement: spec.placement });
         }
         if self.state.placements.len() >= PLACEMENTS_MAX {
@@ -106,12 +131,18 @@ impl Scheduler {
         for placed in 0..placement.spec.count {
             let chosen = choose_worker(&self.state, &self.ix, &placement, group.as_ref(), scan_max);
             let Some(worker) = chosen else {
-                let filtered =
-                    diagnose(&self.state, &self.ix, &placement, group.as_ref(), &placement.pool);
-                if let Some(out) = explain {
-                    *out =
-                        verdicts(&self.state, &self.ix, &placement, group.as_ref(), VERDICTS_MAX);
-                }
+                let g = group.as_ref();
+                let filtered = match explain {
+                    // Queue admission only needs to know it did not fit.
+                    Explain::Nothing => FilterCounts::default(),
+                    Explain::Counts => {
+                        diagnose(&self.state, &self.ix, &placement, g, &placement.pool)
+                    }
+                    Explain::Workers(out) => {
+                        *out = verdicts(&self.state, &self.ix, &placement, g, VERDICTS_MAX);
+                        diagnose(&self.state, &self.ix, &placement, g, &placement.pool)
+                    }
+                };
                 for worker in std::mem::take(&mut placement.instances).iter().rev() {
                     self.unbind(&placement, worker);
                 }
@@ -139,6 +170,8 @@ impl Scheduler {
             ));
         }
         self.state.placements.insert(key, placement.clone());
+        // A queued placement may have waited for this one (a required affinity).
+        self.queue_dirty = true;
         Ok(placement)
     }
 
@@ -187,6 +220,7 @@ impl Scheduler {
         }
         let usage = Usage::of_job(placement.spec.resources, placement.spec.count)
             .expect("invariant: usage was computed at placement");
+        self.queue_dirty = true;
         let lineage = self.lineage(tenant);
         for ancestor in &lineage {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
@@ -244,11 +278,13 @@ impl Scheduler {
         self.state
             .groups
             .insert(key, PlacementGroup { tenant, id: group, max_instances, strategy, created_at });
+        // A queued placement may have been waiting for this group to exist.
+        self.queue_dirty = true;
         Ok(Response::GroupCreated)
     }
 }
 
-fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
+pub(super) fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
     validate_object_id("placement", spec.placement.as_str())?;
     if !(1..=INSTANCES_PER_PLACEMENT_MAX).contains(&spec.count) {
         return Err(Rejection::invalid(

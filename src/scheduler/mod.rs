@@ -20,6 +20,7 @@ mod leases;
 pub mod money;
 mod placement;
 pub mod query;
+mod queue;
 pub mod quota;
 pub mod resources;
 mod snapshot;
@@ -40,6 +41,7 @@ pub use ids::{
 pub use jobs::{Decision, VERDICTS_MAX};
 pub use placement::Filter as WorkerFilter;
 pub use query::{Answer, Query};
+pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
 pub use quota::{
     Burst, Dimension, EffectiveQuota, LimitKind, Limits, Quota, QuotaEvent, SoftLimit, SoftLimits,
     Usage, UsageTotals,
@@ -53,6 +55,7 @@ pub use state::{
 
 use ids::validate_object_id;
 use index::{Deadline, Indexes};
+use jobs::Explain;
 
 /// Most workers in the cluster.
 pub const WORKERS_MAX: usize = 100_000;
@@ -89,6 +92,9 @@ pub struct Scheduler {
     /// Quota events of the entry being applied; drained into `Applied::events`. Never part of
     /// the state (empty between entries).
     events: Vec<QuotaEvent>,
+    /// Something that may let a queued placement in has happened in this entry (false between
+    /// entries, so it is the same on every replica and after a snapshot).
+    queue_dirty: bool,
 }
 
 impl PartialEq for Scheduler {
@@ -112,12 +118,13 @@ impl Scheduler {
             state: State { config, ..State::default() },
             ix: Indexes::default(),
             events: Vec::new(),
+            queue_dirty: false,
         }
     }
 
     pub(crate) fn from_state(state: State) -> Self {
         let ix = Indexes::build(&state);
-        Scheduler { state, ix, events: Vec::new() }
+        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
     }
 
     pub fn state(&self) -> &State {
@@ -137,9 +144,20 @@ impl Scheduler {
 
     /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
     pub fn apply(&mut self, entry: Entry) -> Applied {
+        let index = entry.index;
+        let mut applied = self.apply_entry(entry);
+        // Whatever the command freed (capacity, quota) goes to the queue in the same step.
+        self.admit_queued(index);
+        applied.events.append(&mut self.events);
+        applied
+    }
+
+    fn apply_entry(&mut self, entry: Entry) -> Applied {
         let Entry { index, proposed_at, request_id, command } = entry;
         self.state.now = self.state.now.max(proposed_at);
         let expired = self.expire_due();
+        // What expiry freed is offered to the queue before the command runs.
+        self.admit_queued(index);
         let mut events = std::mem::take(&mut self.events);
 
         let session = request_id.map(|request_id| {
@@ -227,6 +245,7 @@ impl Scheduler {
                 self.ix.set_free(w, false);
                 w.schedulable = schedulable;
                 self.ix.set_free(w, true);
+                self.queue_dirty |= schedulable;
                 Ok(Response::WorkerSchedulable { schedulable })
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
@@ -245,7 +264,7 @@ impl Scheduler {
             Command::Place { tenant, spec, fence } => {
                 self.tenant(&tenant)?;
                 self.check_fence(&tenant, fence.as_ref())?;
-                self.place(index, tenant, spec, None, None).map(Response::Placed)
+                self.place(index, tenant, spec, None, Explain::Counts).map(Response::Placed)
             }
             Command::Reserve { tenant, spec, ttl_ms, fence } => {
                 self.tenant(&tenant)?;
@@ -257,7 +276,17 @@ impl Scheduler {
                     ));
                 }
                 let expires_at = self.state.now.plus_ms(ttl_ms);
-                self.place(index, tenant, spec, Some(expires_at), None).map(Response::Reserved)
+                let at = Some(expires_at);
+                self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
+            }
+            Command::PlaceOrQueue { tenant, spec, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                self.place_or_queue(index, tenant, spec)
+            }
+            Command::CancelQueued { tenant, placement } => {
+                self.tenant(&tenant)?;
+                self.cancel_queued(&tenant, &placement)
             }
             Command::Release { tenant, placement, fence } => {
                 self.tenant(&tenant)?;

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ids::{PoolId, TenantId, UnixMillis};
+use super::ids::{PlacementId, PoolId, TenantId, UnixMillis};
 use super::resources::Resources;
 
 /// A quota dimension.
@@ -241,6 +241,8 @@ pub enum QuotaEvent {
     GraceExpired { tenant: TenantId },
     /// The subtree is back under every soft limit.
     ReturnedUnderSoft { tenant: TenantId },
+    /// A queued placement was placed.
+    Admitted { tenant: TenantId, placement: PlacementId },
 }
 
 /// What a tenant's subtree holds, in one scope (total or one pool).

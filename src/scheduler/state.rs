@@ -9,6 +9,7 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
+use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
 
@@ -163,5 +164,7 @@ pub struct State {
     pub placements: BTreeMap<(TenantId, PlacementId), Placement>,
     pub groups: BTreeMap<(TenantId, GroupId), PlacementGroup>,
     pub leases: BTreeMap<(TenantId, LeaseName), Lease>,
+    /// Placements waiting for quota or capacity (`PlaceOrQueue`).
+    pub queue: BTreeMap<(TenantId, PlacementId), QueuedPlacement>,
     pub sessions: BTreeMap<SessionKey, Session>,
 }

@@ -84,6 +84,7 @@ impl Scheduler {
             counts.resources =
                 counts.resources.checked_add(resources).expect("invariant: released fits");
         }
+        counts.queued = self.drop_queued_of(tenant);
         let before = self.state.groups.len();
         self.state.groups.retain(|(owner, _), _| owner != tenant);
         counts.groups = count_u64(before - self.state.groups.len());
@@ -193,6 +194,7 @@ impl Scheduler {
         // Descendants inherit from this quota: their burst state may change too.
         let subtree = self.subtree(tenant);
         self.settle_bursts(&subtree);
+        self.queue_dirty = true;
         Ok(Response::QuotaSet)
     }
 
