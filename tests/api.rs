@@ -452,6 +452,9 @@ async fn queued_placement_is_placed_after_release_across_leader_kill() {
     let seen =
         c.scheduler.get_placement(authed(ADMIN_TOKEN, get())).await.expect("get").into_inner();
     assert!(seen.placement.is_none() && seen.queued.is_some(), "{seen:?}");
+    let quota = pb::GetQuotaRequest { tenant_id: "acme".into(), read: None };
+    let quota = c.tenants.get_quota(authed(ADMIN_TOKEN, quota)).await.expect("quota").into_inner();
+    assert_eq!(quota.queued, 1);
     let list = pb::ListQueueRequest { tenant_id: "acme".into(), page: None, read: None };
     let listed =
         c.scheduler.list_queue(authed(ADMIN_TOKEN, list)).await.expect("list").into_inner();

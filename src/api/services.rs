@@ -134,6 +134,7 @@ impl pb::tenants_server::Tenants for Api {
                     quota: Some(convert::pb_quota(&t.quota)),
                     effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
                     burst: t.burst.as_ref().map(convert::burst),
+                    queued: s.queued_count(&tenant),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage

@@ -111,6 +111,24 @@ impl Indexes {
         ix
     }
 
+    /// A copy without the session order (for scratch copies that record no sessions).
+    pub fn clone_without_sessions(&self) -> Indexes {
+        Indexes {
+            free: self.free.clone(),
+            pool_workers: self.pool_workers.clone(),
+            labels: self.labels.clone(),
+            anti: self.anti.clone(),
+            worker_placements: self.worker_placements.clone(),
+            group_workers: self.group_workers.clone(),
+            group_sizes: self.group_sizes.clone(),
+            deadlines: self.deadlines.clone(),
+            tokens: self.tokens.clone(),
+            session_order: BTreeMap::new(),
+            pool_capacity: self.pool_capacity.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+
     pub fn add_queued(&mut self, queued: &QueuedPlacement) {
         let entries = self.queue.entry(queued.pool.clone()).or_default();
         let key = (queued.tenant.clone(), queued.log_index);

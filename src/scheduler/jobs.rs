@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::FilterCounts;
 use super::quota::QuotaEvent;
+use super::state::State;
 use super::{
     GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
     Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
@@ -48,12 +49,31 @@ impl Scheduler {
     /// anything. Works on a copy of the state, so it costs O(state): for people and CI, not for
     /// hot paths.
     pub fn dry_run(&self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
-        self.clone().decide(tenant, spec)
+        self.scratch().decide(tenant, spec)
+    }
+
+    /// A copy to try things on: everything a placement reads or writes, without the session
+    /// table (a dry run never records a request id).
+    fn scratch(&self) -> Scheduler {
+        let s = &self.state;
+        let state = State {
+            config: s.config.clone(),
+            now: s.now,
+            workers: s.workers.clone(),
+            tenants: s.tenants.clone(),
+            placements: s.placements.clone(),
+            groups: s.groups.clone(),
+            leases: s.leases.clone(),
+            queue: s.queue.clone(),
+            sessions: Default::default(),
+        };
+        let ix = self.ix.clone_without_sessions();
+        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
     }
 
     /// The decision a queued placement would get if it were tried now.
     pub(super) fn dry_run_queued(&self, key: &(TenantId, PlacementId)) -> Decision {
-        let mut scratch = self.clone();
+        let mut scratch = self.scratch();
         let queued = scratch.state.queue.remove(key).expect("invariant: asked about a queued");
         scratch.ix.remove_queued(&queued);
         scratch.decide(&queued.tenant, queued.spec)

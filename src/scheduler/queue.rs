@@ -77,6 +77,10 @@ pub struct QueueStatus {
     pub reason: WaitReason,
 }
 
+fn job_usage(queued: &QueuedPlacement) -> Usage {
+    Usage::of_job(queued.spec.resources, queued.spec.count).expect("invariant: checked when queued")
+}
+
 /// A non-negative fraction; `den == 0` with `num > 0` is infinite.
 #[derive(Clone, Copy, Debug)]
 struct Fraction {
@@ -293,8 +297,7 @@ impl Scheduler {
             let queued = &self.state.queue[&key];
             let t = &self.state.tenants[tenant];
             let used = t.usage.pool(pool);
-            let add = Usage::of_job(queued.spec.resources, queued.spec.count)
-                .expect("invariant: checked when queued");
+            let add = job_usage(queued);
             let weight = u128::from(t.weight);
             let share = |used: u64, add: u64, cap: u64| Fraction {
                 num: u128::from(used) + u128::from(add),
@@ -354,9 +357,13 @@ impl Scheduler {
                     .expect("invariant: the tenant has a head");
                 WaitReason::BehindOwnTenant { placement: first }
             }
-            Some(_) => match self.dry_run_queued(&key).result {
+            // Quota first (cheap); then a trial placement on a scratch copy (O(state)).
+            Some(_) => match self.check_quota(tenant, &queued.pool, &job_usage(&queued)) {
                 Err(rejection) => WaitReason::Refused(rejection),
-                Ok(_) => WaitReason::FairShareOrder,
+                Ok(()) => match self.dry_run_queued(&key).result {
+                    Err(rejection) => WaitReason::Refused(rejection),
+                    Ok(_) => WaitReason::FairShareOrder,
+                },
             },
         };
         Some(QueueStatus {
@@ -366,6 +373,14 @@ impl Scheduler {
             aged,
             reason,
         })
+    }
+
+    /// How many placements the tenant has waiting.
+    pub fn queued_count(&self, tenant: &TenantId) -> u64 {
+        let first = (tenant.clone(), PlacementId::new(""));
+        let n =
+            self.state.queue.range(first..).take_while(|((owner, _), _)| owner == tenant).count();
+        super::count_u64(n)
     }
 
     /// A tenant's queued placements (all tenants with `None`), in id order, after `after`.

@@ -402,6 +402,10 @@ impl Scheduler {
             if let Some(over) = used.exceeds(usage, &t.quota.soft.bursts()) {
                 return Err(exceeded(LimitKind::Burst, None, over));
             }
+            if t.quota.soft.is_empty() && t.parent.is_none() {
+                // No soft limit set here, and none to inherit.
+                continue;
+            }
             let grace_ended_at = match t.burst {
                 Some(b) if b.expired => Some(b.grace_ends_at),
                 Some(_) => continue,
