@@ -218,6 +218,18 @@ pub enum QuotaCmd {
         #[arg(long)]
         grace_ms: Option<u64>,
     },
+    /// Set time-window limits (UTC, log time); unset flags are unlimited.
+    Window {
+        tenant: String,
+        #[arg(long)]
+        jobs_per_day: Option<u64>,
+        /// Cpu-hours per calendar month, up to three decimals (counted exactly).
+        #[arg(long, value_parser = parse_cpu_hours)]
+        cpu_hours_per_month: Option<u64>,
+        /// What `place --queue` does when a window is spent.
+        #[arg(long, value_parser = ["queue", "refuse"], default_value = "queue")]
+        when_exhausted: String,
+    },
     /// Deny the tenant's subtree a pool.
     Deny { tenant: String, pool: String },
     /// Lift a pool denial set on this tenant.
@@ -237,6 +249,11 @@ fn parse_soft_pair(
         return Err(format!("soft {soft} is above burst {burst}"));
     }
     Ok(pb::SoftLimit { soft, burst })
+}
+
+/// Cpu-hours (up to three decimals) as cpu_millis × ms, exactly.
+fn parse_cpu_hours(text: &str) -> Result<u64, String> {
+    parse_cpu(text)?.checked_mul(3_600_000).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn parse_soft_cpu(text: &str) -> Result<pb::SoftLimit, String> {
@@ -687,6 +704,27 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 let mut quota = current.quota.unwrap_or_default();
                 quota.soft = Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
                 quota.grace_ms = grace_ms;
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (_, QuotaCmd::Window { tenant, jobs_per_day, cpu_hours_per_month, when_exhausted }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                let policy = if when_exhausted == "refuse" {
+                    pb::window_limits::Policy::Refuse
+                } else {
+                    pb::window_limits::Policy::Queue
+                };
+                quota.windows = Some(pb::WindowLimits {
+                    jobs_per_day,
+                    cpu_milli_ms_per_month: cpu_hours_per_month,
+                    when_exhausted: policy.into(),
+                });
                 let m =
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))

@@ -181,6 +181,30 @@ fn up_and_client_subcommands() {
     assert_eq!(got["queued"]["position"], 1, "{got}");
     ok(api, token, &["queue", "cancel", "acme", "q1"]);
     assert!(ok(api, token, &["queue", "list", "acme"]).contains("(none)"));
+
+    // Time windows: a day's job budget, spent, refused with the reset time.
+    let args = ["quota", "window", "acme", "--jobs-per-day", "3", "--cpu-hours-per-month", "1.5"];
+    ok(api, token, &[&args[..], &["--when-exhausted", "refuse"]].concat());
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["windows"]["cpu_milli_ms_per_month"], 5_400_000_000u64, "{quota}");
+    let jobs = quota["windows"]["jobs_today"].as_u64().expect("jobs today");
+    let resets = quota["windows"]["day_resets_at_ms"].as_u64().expect("reset time");
+    assert_eq!(resets % 86_400_000, 0, "UTC midnight");
+    for i in jobs..3 {
+        ok(
+            api,
+            token,
+            &["place", "acme", &format!("day-{i}"), "--cpu", "0.001", "--memory-mib", "1"],
+        );
+    }
+    let spent = berth(
+        api,
+        token,
+        &["place", "acme", "day-x", "--cpu", "0.001", "--memory-mib", "1", "--queue"],
+    );
+    assert!(!spent.ok && spent.stderr.contains("window=jobs_per_day"), "{}", spent.stderr);
+    assert!(spent.stderr.contains(&format!("resets_at_ms={resets}")), "{}", spent.stderr);
     let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
     drop(cluster);

@@ -15,7 +15,7 @@ use berth::scheduler::{
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, Placement,
     PlacementId, PoolId, Query, Quota, Rejection, RequestId, Resources, Response, Scheduler,
     SessionKey, SoftLimit, SoftLimits, State, Strategy as PlaceStrategy, TenantId, TokenHash,
-    TokenId, UnixMillis, WaitReason, WorkerId, PLACEMENT_ALGORITHM,
+    TokenId, UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -30,8 +30,10 @@ const PLACEMENTS: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
 const GROUPS: [&str; 2] = ["g1", "g2"];
 const LEASES: [&str; 2] = ["l1", "l2"];
 const BAD_REQUEST_IDS: [&str; 3] = ["", "-r", "r 1"];
-/// The leader clock the first entry starts from (room to run backwards).
-const CLOCK_START_MS: u64 = 1_000_000;
+/// The leader clock the first entry starts from: room to run backwards, and a UTC day boundary
+/// (86 400 000) that longer runs cross, so daily windows reset mid-run.
+const CLOCK_START_MS: u64 = 86_300_000;
+const DAY_MS: u64 = 86_400_000;
 
 // ----- generated inputs -----------------------------------------------------------------------
 
@@ -302,13 +304,24 @@ fn quota() -> impl Strategy<Value = Quota> {
         0..=1,
     );
     let denied = prop_oneof![4 => Just(Default::default()), 1 => denied];
-    (limits(), prop::collection::btree_map(pool, limits(), 0..=1), soft, grace_ms, denied).prop_map(
-        |(total, pools, soft, grace_ms, denied_pools)| Quota {
+    let windows =
+        (
+            prop::option::weighted(0.3, 0..=4u64),
+            prop::option::weighted(0.2, 0..=20_000_000u64),
+            prop_oneof![Just(WindowPolicy::Queue), Just(WindowPolicy::Refuse)],
+        )
+            .prop_map(|(jobs_per_day, cpu_milli_ms_per_month, when_exhausted)| {
+                WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted }
+            });
+    let scopes = prop::collection::btree_map(pool, limits(), 0..=1);
+    (limits(), scopes, soft, grace_ms, denied, windows).prop_map(
+        |(total, pools, soft, grace_ms, denied_pools, windows)| Quota {
             total,
             pools,
             soft,
             grace_ms,
             denied_pools,
+            windows,
         },
     )
 }
@@ -1090,6 +1103,34 @@ fn checked_apply(
         }
     }
 
+    // Windows: within a day the job count never falls, never rises past a limit it had
+    // reached, and a spent monthly cpu budget admits no new job.
+    for (id, t) in &s.state().tenants {
+        let (Some(was), Some(now)) = (ticked.window_usage(id), s.window_usage(id)) else {
+            continue;
+        };
+        let Some(old) = ticked.state().tenants.get(id) else { continue };
+        if was.day_resets_at != now.day_resets_at {
+            continue;
+        }
+        prop_assert!(now.jobs_today >= was.jobs_today, "{} jobs fell within a day: {}", id, what);
+        if let (Some(a), Some(b)) = (old.quota.windows.jobs_per_day, t.quota.windows.jobs_per_day) {
+            let cap = a.min(b).max(was.jobs_today);
+            prop_assert!(now.jobs_today <= cap, "{} over its jobs per day: {}", id, what);
+        }
+        if let Some(limit) = old.quota.windows.cpu_milli_ms_per_month {
+            if was.cpu_milli_ms_this_month >= u128::from(limit) {
+                prop_assert_eq!(
+                    now.jobs_today,
+                    was.jobs_today,
+                    "{} spent, yet placed: {}",
+                    id,
+                    what
+                );
+            }
+        }
+    }
+
     // next_deadline is the earliest reservation or lease expiry or grace end.
     let st = s.state();
     let earliest = st
@@ -1102,6 +1143,14 @@ fn checked_apply(
                 .values()
                 .filter_map(|t| t.burst.filter(|b| !b.expired))
                 .map(|b| b.grace_ends_at),
+        )
+        .chain(
+            (!st.queue.is_empty()
+                && st.tenants.values().any(|t| {
+                    t.quota.windows.jobs_per_day.is_some()
+                        || t.quota.windows.cpu_milli_ms_per_month.is_some()
+                }))
+            .then(|| UnixMillis((st.now.0 / DAY_MS + 1) * DAY_MS)),
         )
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);

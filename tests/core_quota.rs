@@ -609,3 +609,107 @@ fn fifo_within_tenant_and_no_starvation_after_aging() {
     assert_eq!(admitted(&freed.events), vec!["big/b"]);
     assert!(log.placed("big", "b").is_some());
 }
+
+// ----- time windows ---------------------------------------------------------------------------
+
+fn windows(
+    jobs_per_day: Option<u64>,
+    cpu_milli_ms_per_month: Option<u64>,
+    policy: WindowPolicy,
+) -> Quota {
+    Quota {
+        windows: WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted: policy },
+        ..Quota::default()
+    }
+}
+
+/// Jobs per UTC day count every placement of the subtree (a parent's limit caps its
+/// children), are refused with the reset time when spent, reset exactly at 00:00:00.000 UTC
+/// in log time, and — by the tenant's policy — a queued request is refused or waits and is
+/// placed by the first entry of the new day (the leader ticks at the boundary).
+#[test]
+fn jobs_per_day_reset_exactly_at_utc_midnight() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 64_000);
+    log.quota("org", windows(Some(2), None, WindowPolicy::Refuse));
+    let midnight = (T0 / windows::DAY_MS + 1) * windows::DAY_MS;
+
+    log.place("team", "a", 100).result.expect("1 of 2 today");
+    log.release("team", "a");
+    log.place("team", "b", 100).result.expect("2 of 2: releasing does not give a job back");
+    let spent = log.place("team", "c", 100).result.expect_err("spent");
+    assert_eq!(spent.reason(), "QUOTA_EXCEEDED");
+    let m = |k: &str| meta(&spent, k);
+    assert_eq!(
+        (m("limit_kind"), m("window"), m("tenant")),
+        ("window".into(), "jobs_per_day".into(), "org".into())
+    );
+    assert_eq!(
+        (m("limit"), m("used"), m("resets_at_ms")),
+        ("2".into(), "2".into(), midnight.to_string())
+    );
+    let refused = log.queue("team", "c", 100).result.expect_err("policy: refuse, not queue");
+    assert_eq!(refused, spent);
+
+    log.quota("org", windows(Some(2), None, WindowPolicy::Queue));
+    assert!(matches!(log.queue("team", "c", 100).result, Ok(Response::Queued(_))));
+    assert_eq!(log.s.next_deadline(), Some(UnixMillis(midnight)), "the leader ticks at midnight");
+    log.now = midnight - 1;
+    assert!(admitted(&log.apply(Command::Tick).events).is_empty(), "one millisecond early");
+    assert_eq!(
+        log.place("team", "d", 100).result.expect_err("still today").reason(),
+        "QUOTA_EXCEEDED"
+    );
+    log.now = midnight;
+    assert_eq!(admitted(&log.apply(Command::Tick).events), vec!["team/c"], "exactly at midnight");
+    let today = log.s.window_usage(&"org".into()).expect("org");
+    assert_eq!(
+        (today.jobs_today, today.day_resets_at),
+        (1, UnixMillis(midnight + windows::DAY_MS))
+    );
+    assert_eq!(log.s.next_deadline(), None, "nothing waits");
+}
+
+/// Cpu time per UTC calendar month is integrated exactly in cpu_millis × ms from each change
+/// of usage; a spent budget refuses new work (running work continues) until the first
+/// millisecond of the next month, when the count restarts from the boundary.
+#[test]
+fn cpu_time_per_month_integrates_exactly_and_resets_at_month_start() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    let month = windows::month_of(UnixMillis(T0));
+    let next_month = windows::month_start(month + 1);
+    log.quota("acme", windows(None, Some(1_500 * 1_000 + 2 * 3 * 500), WindowPolicy::Refuse));
+    log.place("acme", "a", 1_500).result.expect("budget untouched");
+    log.now += 1_000;
+    log.place("acme", "b", 2).result.expect("1 500 000 used of 1 503 000");
+    log.now += 500;
+    // 1500 × 1000 + 1502 × 500 = 2 251 000 ≥ the budget.
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_500 * 1_000);
+    log.apply(Command::Tick);
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_500 * 1_000 + 1_502 * 500);
+    let spent = log.place("acme", "c", 1).result.expect_err("budget spent");
+    assert_eq!(
+        (meta(&spent, "window"), meta(&spent, "resets_at_ms")),
+        ("cpu_milli_ms_per_month".into(), next_month.0.to_string())
+    );
+    assert!(log.placed("acme", "a").is_some(), "running work is not stopped");
+
+    log.now = next_month.0 - 1;
+    assert_eq!(
+        log.place("acme", "c", 1).result.expect_err("last ms of the month").reason(),
+        "QUOTA_EXCEEDED"
+    );
+    log.now = next_month.0;
+    log.place("acme", "c", 1).result.expect("a new month starts from zero");
+    log.now += 10;
+    log.apply(Command::Tick);
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_503 * 10, "counted from the boundary only");
+    assert_eq!(usage.month_resets_at, windows::month_start(month + 2));
+}

@@ -8,6 +8,7 @@ use super::pb;
 use super::status::invalid;
 use crate::scheduler::{
     Burst, Decision, EffectiveQuota, QueueStatus, QuotaEvent, SoftLimit, SoftLimits, WaitReason,
+    WindowLimits, WindowPolicy, WindowUsage,
 };
 use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
@@ -228,6 +229,40 @@ pub fn quota(q: Option<pb::Quota>) -> Quota {
         soft: soft_limits(q.soft.unwrap_or_default()),
         grace_ms: q.grace_ms,
         denied_pools: q.denied_pools.into_iter().map(PoolId).collect(),
+        windows: window_limits(q.windows.unwrap_or_default()),
+    }
+}
+
+fn window_limits(w: pb::WindowLimits) -> WindowLimits {
+    let when_exhausted = match pb::window_limits::Policy::try_from(w.when_exhausted) {
+        Ok(pb::window_limits::Policy::Refuse) => WindowPolicy::Refuse,
+        _ => WindowPolicy::Queue,
+    };
+    WindowLimits {
+        jobs_per_day: w.jobs_per_day,
+        cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        when_exhausted,
+    }
+}
+
+fn pb_window_limits(w: &WindowLimits) -> pb::WindowLimits {
+    let policy = match w.when_exhausted {
+        WindowPolicy::Queue => pb::window_limits::Policy::Queue,
+        WindowPolicy::Refuse => pb::window_limits::Policy::Refuse,
+    };
+    pb::WindowLimits {
+        jobs_per_day: w.jobs_per_day,
+        cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        when_exhausted: policy.into(),
+    }
+}
+
+pub fn window_usage(w: &WindowUsage) -> pb::WindowUsage {
+    pb::WindowUsage {
+        jobs_today: w.jobs_today,
+        day_resets_at_ms: w.day_resets_at.0,
+        cpu_milli_ms_this_month: w.cpu_milli_ms_this_month.to_string(),
+        month_resets_at_ms: w.month_resets_at.0,
     }
 }
 
@@ -238,6 +273,7 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
         soft: Some(pb_soft_limits(&q.soft)),
         grace_ms: q.grace_ms,
         denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
+        windows: Some(pb_window_limits(&q.windows)),
     }
 }
 
@@ -248,6 +284,8 @@ pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
         soft: Some(pb_soft_limits(&q.soft)),
         grace_ms: Some(q.grace_ms),
         denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
+        // Window limits are not inherited: each tenant's own apply to its subtree.
+        windows: None,
     }
 }
 

@@ -135,6 +135,7 @@ impl pb::tenants_server::Tenants for Api {
                     effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
                     burst: t.burst.as_ref().map(convert::burst),
                     queued: s.queued_count(&tenant),
+                    windows: s.window_usage(&tenant).as_ref().map(convert::window_usage),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage

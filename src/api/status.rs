@@ -50,6 +50,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::GroupExists { .. }
         | Rejection::TokenExists { .. } => Code::AlreadyExists,
         Rejection::QuotaExceeded { .. }
+        | Rejection::WindowExhausted { .. }
         | Rejection::NoCapacity { .. }
         | Rejection::GroupFull { .. }
         | Rejection::LimitReached { .. } => Code::ResourceExhausted,

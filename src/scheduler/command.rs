@@ -15,6 +15,7 @@ use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
 use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
+use super::windows::Window;
 
 /// One command as committed in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +414,15 @@ pub enum Rejection {
         used: u64,
         requested: u64,
     },
+    #[error("{} window of {limited_by} is spent: limit {limit}, used {used}; resets at {resets_at}", window.name())]
+    WindowExhausted {
+        /// The tenant whose window limit is spent: the caller or one of its ancestors.
+        limited_by: TenantId,
+        window: Window,
+        limit: u64,
+        used: u64,
+        resets_at: UnixMillis,
+    },
     #[error("pool {pool} is denied to {limited_by}")]
     PoolDenied {
         /// The tenant whose quota denies the pool: the caller or one of its ancestors.
@@ -466,6 +476,7 @@ impl Rejection {
             Rejection::GroupFull { .. } => "GROUP_FULL",
             Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Rejection::PoolDenied { .. } => "POOL_DENIED",
+            Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::LeaseHeld { .. } => "LEASE_HELD",
             Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
@@ -506,6 +517,14 @@ impl Rejection {
                 put("limit", limit.to_string());
                 put("used", used.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::WindowExhausted { limited_by, window, limit, used, resets_at } => {
+                put("tenant", limited_by.to_string());
+                put("limit_kind", "window".to_owned());
+                put("window", window.name().to_owned());
+                put("limit", limit.to_string());
+                put("used", used.to_string());
+                put("resets_at_ms", resets_at.0.to_string());
             }
             Rejection::PoolDenied { limited_by, pool } => {
                 put("tenant", limited_by.to_string());

@@ -52,6 +52,8 @@ pub struct Indexes {
     pub session_order: BTreeMap<LogIndex, SessionKey>,
     /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
     pub pool_capacity: BTreeMap<PoolId, Resources>,
+    /// Tenants whose own quota sets a window limit.
+    pub window_limited: u64,
     /// Queued placements per pool, per tenant in queue order (FIFO within a tenant).
     pub queue: BTreeMap<PoolId, BTreeMap<(TenantId, LogIndex), PlacementId>>,
 }
@@ -95,6 +97,7 @@ impl Indexes {
             ));
         }
         for tenant in state.tenants.values() {
+            ix.window_limited += u64::from(!tenant.quota.windows.is_unlimited());
             if let Some(burst) = tenant.burst.filter(|b| !b.expired) {
                 ix.deadlines.insert((burst.grace_ends_at, Deadline::Grace(tenant.id.clone())));
             }
@@ -124,6 +127,7 @@ impl Indexes {
             deadlines: self.deadlines.clone(),
             tokens: self.tokens.clone(),
             session_order: BTreeMap::new(),
+            window_limited: self.window_limited,
             pool_capacity: self.pool_capacity.clone(),
             queue: self.queue.clone(),
         }

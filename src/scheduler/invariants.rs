@@ -104,6 +104,17 @@ impl Scheduler {
                     t.id, t.burst, t.usage.total, e.soft
                 ));
             }
+            let w = &t.windows;
+            let window_days = (
+                super::windows::day_of(w.integrated_at),
+                super::windows::month_of(w.integrated_at),
+            );
+            if w.integrated_at > s.now || (w.day, w.month) != window_days {
+                bad.push(format!(
+                    "tenant {} window counters {:?} inconsistent at {}",
+                    t.id, w, s.now
+                ));
+            }
             if t.burst.is_some_and(|b| !b.expired && b.grace_ends_at <= s.now) {
                 bad.push(format!("tenant {} grace period outlived its end", t.id));
             }

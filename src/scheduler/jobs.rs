@@ -178,9 +178,11 @@ impl Scheduler {
         }
 
         let lineage = self.lineage(&placement.tenant);
+        self.roll_windows(&lineage);
         for ancestor in &lineage {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
+            t.windows.jobs += 1;
         }
         self.settle_bursts(&lineage);
         if let Some(at) = expires_at {
@@ -242,6 +244,7 @@ impl Scheduler {
             .expect("invariant: usage was computed at placement");
         self.queue_dirty = true;
         let lineage = self.lineage(tenant);
+        self.roll_windows(&lineage);
         for ancestor in &lineage {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");

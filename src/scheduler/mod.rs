@@ -26,6 +26,7 @@ pub mod resources;
 mod snapshot;
 pub mod state;
 mod tenants;
+pub mod windows;
 mod workers;
 
 use sha2::{Digest, Sha256};
@@ -52,6 +53,7 @@ pub use state::{
     Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, State, Tenant,
     Worker, PLACEMENT_ALGORITHM,
 };
+pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
 use ids::validate_object_id;
 use index::{Deadline, Indexes};
@@ -139,7 +141,11 @@ impl Scheduler {
     /// The earliest reservation or lease expiry or grace end, so the leader knows when to
     /// propose `Tick`.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.ix.deadlines.first().map(|(at, _)| *at)
+        let first = self.ix.deadlines.first().map(|(at, _)| *at);
+        match (first, self.window_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
@@ -154,7 +160,10 @@ impl Scheduler {
 
     fn apply_entry(&mut self, entry: Entry) -> Applied {
         let Entry { index, proposed_at, request_id, command } = entry;
+        let day = windows::day_of(self.state.now);
         self.state.now = self.state.now.max(proposed_at);
+        // A new UTC day (or month) may have reset a window someone waits for.
+        self.queue_dirty |= windows::day_of(self.state.now) != day;
         let expired = self.expire_due();
         // What expiry freed is offered to the queue before the command runs.
         self.admit_queued(index);

@@ -27,6 +27,7 @@ use super::command::{PlaceSpec, Rejection, Response};
 use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, DEFAULT_POOL};
 use super::jobs::Explain;
 use super::quota::{QuotaEvent, Usage};
+use super::windows::WindowPolicy;
 use super::Scheduler;
 
 /// Most queued placements, all tenants together.
@@ -160,6 +161,15 @@ impl Scheduler {
             return Err(Rejection::LimitReached { what: "queue".into(), max: QUEUE_MAX as u64 });
         }
         let pool = spec.pool.clone().unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
+        // A spent window of a tenant whose policy is to refuse is refused, not queued.
+        for ancestor in self.lineage(&tenant) {
+            if let Err(rejection) = self.check_windows(&ancestor) {
+                let t = self.tenant(&ancestor)?;
+                if t.quota.windows.when_exhausted == WindowPolicy::Refuse {
+                    return Err(rejection);
+                }
+            }
+        }
         Usage::of_job(spec.resources, spec.count)
             .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
         let first = (tenant.clone(), LogIndex(0));

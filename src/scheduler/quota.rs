@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::ids::{PlacementId, PoolId, TenantId, UnixMillis};
 use super::resources::Resources;
+use super::windows::{Window, WindowLimits};
 
 /// A quota dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -159,6 +160,8 @@ pub struct Quota {
     pub grace_ms: Option<u64>,
     /// Pools the subtree may not place into at all.
     pub denied_pools: BTreeSet<PoolId>,
+    /// Jobs per day and cpu time per month (checked where set, up the chain).
+    pub windows: WindowLimits,
 }
 
 /// Quotas may name at most this many pools (limits and denials each).
@@ -399,6 +402,7 @@ impl Scheduler {
                     return Err(exceeded(LimitKind::Hard, scope, over));
                 }
             }
+            self.check_windows(&ancestor)?;
             if let Some(over) = used.exceeds(usage, &t.quota.soft.bursts()) {
                 return Err(exceeded(LimitKind::Burst, None, over));
             }
@@ -419,6 +423,32 @@ impl Scheduler {
             if let Some(over) = used.exceeds(usage, &e.soft.softs()) {
                 return Err(exceeded(LimitKind::Soft { grace_ended_at }, None, over));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses new work if `tenant`'s own window limits are spent (one more job today, or any
+    /// more cpu time this month).
+    pub(super) fn check_windows(&self, tenant: &TenantId) -> Result<(), Rejection> {
+        let t = self.tenant(tenant)?;
+        let limits = &t.quota.windows;
+        if limits.is_unlimited() {
+            return Ok(());
+        }
+        let now = t.windows.at(self.state.now, t.usage.total.cpu_millis).usage();
+        let refuse = |window, limit, used, resets_at| Rejection::WindowExhausted {
+            limited_by: tenant.clone(),
+            window,
+            limit,
+            used,
+            resets_at,
+        };
+        if let Some(limit) = limits.jobs_per_day.filter(|l| now.jobs_today >= *l) {
+            return Err(refuse(Window::JobsPerDay, limit, now.jobs_today, now.day_resets_at));
+        }
+        let used = u64::try_from(now.cpu_milli_ms_this_month).unwrap_or(u64::MAX);
+        if let Some(limit) = limits.cpu_milli_ms_per_month.filter(|l| used >= *l) {
+            return Err(refuse(Window::CpuMilliMsPerMonth, limit, used, now.month_resets_at));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use super::ids::{
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
+use super::windows::WindowCounters;
 
 /// The placement algorithm this build implements. A change to how workers are chosen gets a
 /// new version, switched on by `SetConfig` once every replica runs a build that knows it, so
@@ -78,6 +79,8 @@ pub struct Tenant {
     pub usage: UsageTotals,
     /// `Some` exactly while the subtree's usage is above an effective soft limit.
     pub burst: Option<Burst>,
+    /// Jobs today and cpu time this month of this tenant and its descendants.
+    pub windows: WindowCounters,
     pub tokens: BTreeMap<TokenId, TokenHash>,
     pub created_at: UnixMillis,
 }

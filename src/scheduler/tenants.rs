@@ -3,6 +3,7 @@
 use super::ids::validate_object_id;
 use super::index::Deadline;
 use super::quota::{GRACE_MAX_MS, QUOTA_POOLS_MAX};
+use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
     count_u64, DeletedCounts, Dimension, Limits, PlacementId, Quota, Rejection, Response,
@@ -46,6 +47,7 @@ impl Scheduler {
             quota: Quota::default(),
             usage: UsageTotals::default(),
             burst: None,
+            windows: WindowCounters::new(self.state.now),
             tokens: Default::default(),
             created_at: self.state.now,
         };
@@ -110,6 +112,7 @@ impl Scheduler {
             self.ix.session_order.remove(&session.first.log_index);
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
+        self.ix.window_limited -= u64::from(!removed.quota.windows.is_unlimited());
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
         assert!(removed.burst.is_none(), "invariant: an empty subtree is under soft");
         for hash in removed.tokens.values() {
@@ -190,7 +193,12 @@ impl Scheduler {
                 ));
             }
         }
-        self.tenant_mut(tenant)?.quota = quota;
+        let limited = !quota.windows.is_unlimited();
+        let t = self.tenant_mut(tenant)?;
+        let was_limited = !t.quota.windows.is_unlimited();
+        t.quota = quota;
+        self.ix.window_limited =
+            self.ix.window_limited + u64::from(limited) - u64::from(was_limited);
         // Descendants inherit from this quota: their burst state may change too.
         let subtree = self.subtree(tenant);
         self.settle_bursts(&subtree);
