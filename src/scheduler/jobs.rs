@@ -192,8 +192,8 @@ impl Scheduler {
             ));
         }
         self.state.placements.insert(key, placement.clone());
-        // A queued placement may have waited for this one (a required affinity).
-        self.queue_dirty = true;
+        // A queued placement may have waited for this one (a required affinity on its labels).
+        self.queue_dirty |= !placement.spec.labels.is_empty();
         Ok(placement)
     }
 

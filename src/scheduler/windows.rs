@@ -118,7 +118,8 @@ pub fn month_of(at: UnixMillis) -> u64 {
 }
 
 pub fn month_start(month: u64) -> UnixMillis {
-    UnixMillis(days_from_civil(1970 + month / 12, month % 12 + 1) * DAY_MS)
+    // Saturating: a window that would end past the end of time never resets.
+    UnixMillis(days_from_civil(1970 + month / 12, month % 12 + 1).saturating_mul(DAY_MS))
 }
 
 impl WindowCounters {
@@ -146,7 +147,8 @@ impl WindowCounters {
             c.integrated_at = c.integrated_at.max(month_start(month));
         }
         let elapsed = now.0.saturating_sub(c.integrated_at.0);
-        c.cpu_milli_ms += u128::from(cpu_millis) * u128::from(elapsed);
+        c.cpu_milli_ms =
+            c.cpu_milli_ms.saturating_add(u128::from(cpu_millis) * u128::from(elapsed));
         c.integrated_at = c.integrated_at.max(now);
         c
     }
@@ -154,7 +156,7 @@ impl WindowCounters {
     pub fn usage(&self) -> WindowUsage {
         WindowUsage {
             jobs_today: self.jobs,
-            day_resets_at: UnixMillis((self.day + 1) * DAY_MS),
+            day_resets_at: UnixMillis((self.day + 1).saturating_mul(DAY_MS)),
             cpu_milli_ms_this_month: self.cpu_milli_ms,
             month_resets_at: month_start(self.month + 1),
         }
@@ -182,7 +184,7 @@ impl Scheduler {
         if self.ix.window_limited == 0 || self.state.queue.is_empty() {
             return None;
         }
-        Some(UnixMillis((day_of(self.state.now) + 1) * DAY_MS))
+        Some(UnixMillis((day_of(self.state.now) + 1).saturating_mul(DAY_MS)))
     }
 }
 
