@@ -1115,11 +1115,15 @@ fn checked_apply(
         }
         prop_assert!(now.jobs_today >= was.jobs_today, "{} jobs fell within a day: {}", id, what);
         if let (Some(a), Some(b)) = (old.quota.windows.jobs_per_day, t.quota.windows.jobs_per_day) {
-            let cap = a.min(b).max(was.jobs_today);
+            // Admission may run under the old limit (before the command) and the new one.
+            let cap = a.max(b).max(was.jobs_today);
             prop_assert!(now.jobs_today <= cap, "{} over its jobs per day: {}", id, what);
         }
-        if let Some(limit) = old.quota.windows.cpu_milli_ms_per_month {
-            if was.cpu_milli_ms_this_month >= u128::from(limit) {
+        let budgets =
+            (old.quota.windows.cpu_milli_ms_per_month, t.quota.windows.cpu_milli_ms_per_month);
+        if let (Some(a), Some(b)) = budgets {
+            // Spent under the limit before and after the command (admission runs under both).
+            if was.cpu_milli_ms_this_month >= u128::from(a.max(b)) {
                 prop_assert_eq!(
                     now.jobs_today,
                     was.jobs_today,
