@@ -129,7 +129,7 @@ impl Cluster {
         cluster.apply_ok(Command::CreateTenant { tenant: tenant.clone(), parent: None, weight: 1 });
         let huge = Some(u64::MAX / 4);
         let limits = Limits { cpu_millis: huge, memory_mib: huge, instances: huge, jobs: huge };
-        let quota = Quota { total: limits, pools: BTreeMap::new() };
+        let quota = Quota { total: limits, ..Quota::default() };
         cluster.apply_ok(Command::SetQuota { tenant: tenant.clone(), quota });
         for i in 0..scale.workers {
             let labels = BTreeMap::from([

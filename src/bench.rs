@@ -136,6 +136,8 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
                     tenant_id: tenant.clone(),
                     spec: Some(spec),
                     fence: None,
+                    dry_run: false,
+                    queue_if_unavailable: false,
                 };
                 let started = Instant::now();
                 let placed = client

@@ -202,8 +202,66 @@ pub enum QuotaCmd {
         #[arg(long)]
         jobs: Option<u64>,
     },
-    /// Limits and current usage.
+    /// Set soft limits with burst ceilings on the total (SOFT:BURST; cpu in cores) and the
+    /// grace period; unset flags set none (inherit).
+    Soft {
+        tenant: String,
+        #[arg(long, value_parser = parse_soft_cpu)]
+        cpu: Option<pb::SoftLimit>,
+        #[arg(long, value_parser = parse_soft)]
+        memory_mib: Option<pb::SoftLimit>,
+        #[arg(long, value_parser = parse_soft)]
+        instances: Option<pb::SoftLimit>,
+        #[arg(long, value_parser = parse_soft)]
+        jobs: Option<pb::SoftLimit>,
+        /// How long usage may stay above soft (log-time ms); 0 admits nothing above soft.
+        #[arg(long)]
+        grace_ms: Option<u64>,
+    },
+    /// Set time-window limits (UTC, log time); unset flags are unlimited.
+    Window {
+        tenant: String,
+        #[arg(long)]
+        jobs_per_day: Option<u64>,
+        /// Cpu-hours per calendar month, up to three decimals (counted exactly).
+        #[arg(long, value_parser = parse_cpu_hours)]
+        cpu_hours_per_month: Option<u64>,
+        /// What `place --queue` does when a window is spent.
+        #[arg(long, value_parser = ["queue", "refuse"], default_value = "queue")]
+        when_exhausted: String,
+    },
+    /// Deny the tenant's subtree a pool.
+    Deny { tenant: String, pool: String },
+    /// Lift a pool denial set on this tenant.
+    Allow { tenant: String, pool: String },
+    /// Limits as set and in effect, usage and burst state.
     Get { tenant: String },
+}
+
+fn parse_soft_pair(
+    text: &str,
+    parse: fn(&str) -> Result<u64, String>,
+) -> Result<pb::SoftLimit, String> {
+    let (soft, burst) =
+        text.split_once(':').ok_or_else(|| format!("{text:?} is not SOFT:BURST"))?;
+    let (soft, burst) = (parse(soft)?, parse(burst)?);
+    if soft > burst {
+        return Err(format!("soft {soft} is above burst {burst}"));
+    }
+    Ok(pb::SoftLimit { soft, burst })
+}
+
+/// Cpu-hours (up to three decimals) as cpu_millis × ms, exactly.
+fn parse_cpu_hours(text: &str) -> Result<u64, String> {
+    parse_cpu(text)?.checked_mul(3_600_000).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_soft_cpu(text: &str) -> Result<pb::SoftLimit, String> {
+    parse_soft_pair(text, parse_cpu)
+}
+
+fn parse_soft(text: &str) -> Result<pb::SoftLimit, String> {
+    parse_soft_pair(text, |n| n.trim().parse().map_err(|_| format!("{n:?} is not a number")))
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,6 +327,20 @@ pub enum PlacementCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// A tenant's queued placements: position, age and why each waits.
+    List {
+        tenant: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Withdraw a queued placement.
+    Cancel { tenant: String, id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,8 +418,18 @@ pub enum ClientCmd {
     Token(TokenCmd),
     #[command(subcommand)]
     Worker(WorkerCmd),
-    /// Place instances of a workload.
-    Place(Workload),
+    /// Place instances of a workload (with --dry-run: only say what would happen).
+    Place {
+        #[command(flatten)]
+        workload: Workload,
+        /// Explain the decision (workers, or each worker's reason and the limiting quota)
+        /// without placing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait in the fair-share queue instead of failing when quota or capacity is short.
+        #[arg(long)]
+        queue: bool,
+    },
     /// Release a placement or reservation.
     Release {
         tenant: String,
@@ -357,6 +439,8 @@ pub enum ClientCmd {
     },
     #[command(subcommand)]
     Placement(PlacementCmd),
+    #[command(subcommand)]
+    Queue(QueueCmd),
     /// Hold capacity for --ttl-ms.
     Reserve {
         #[command(flatten)]
@@ -496,6 +580,48 @@ fn placement_row(p: &pb::Placement) -> serde_json::Value {
     })
 }
 
+/// One readable table row per queued placement.
+fn queued_row(q: &pb::QueuedPlacement) -> serde_json::Value {
+    let spec = q.spec.clone().unwrap_or_default();
+    let each = spec.resources.unwrap_or_default();
+    serde_json::json!({
+        "id": spec.placement_id,
+        "pool": q.pool,
+        "position": format!("{}/{}", q.position, q.pool_queued),
+        "instances": spec.count,
+        "cpu_each": format!("{}m", each.cpu_millis),
+        "queued_at_ms": q.queued_at_ms,
+        "aged": q.aged,
+        "waits_for": q.wait_reason,
+    })
+}
+
+/// A dry run's decision: where it would go, or why not and each worker's reason.
+fn show_decision(placement: &Option<pb::Placement>, d: &pb::PlaceDecision) -> anyhow::Result<()> {
+    if d.would_place {
+        let workers = placement.as_ref().map(|p| p.workers.join(", ")).unwrap_or_default();
+        println!("would place on: {workers}");
+    } else {
+        println!("would refuse: {} ({})", d.reason, d.message);
+        let meta: BTreeMap<_, _> = d.metadata.iter().collect();
+        for (k, v) in meta {
+            println!("  {k}: {v}");
+        }
+    }
+    for e in &d.quota_events {
+        println!("quota event: {:?} tenant={} {}", e.kind(), e.tenant_id, e.grace_ends_at_ms);
+    }
+    if !d.workers.is_empty() {
+        let rows: Vec<serde_json::Value> = d
+            .workers
+            .iter()
+            .map(|w| serde_json::json!({"worker": w.worker_id, "reason": w.reason}))
+            .collect();
+        show(false, &rows)?;
+    }
+    Ok(())
+}
+
 fn page(after: Option<String>, limit: u32) -> Option<pb::Page> {
     Some(pb::Page { after: after.unwrap_or_default(), limit })
 }
@@ -549,8 +675,8 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 ),
             ),
         },
-        ClientCmd::Quota(cmd) => match cmd {
-            QuotaCmd::Set { tenant, pool, cpu, memory_mib, instances, jobs } => {
+        ClientCmd::Quota(cmd) => match (matches!(cmd, QuotaCmd::Deny { .. }), cmd) {
+            (_, QuotaCmd::Set { tenant, pool, cpu, memory_mib, instances, jobs }) => {
                 let limits = pb::Limits { cpu_millis: cpu, memory_mib, instances, jobs };
                 // Read-modify-write of the other scopes; run one quota change at a time.
                 let current = call!(
@@ -569,7 +695,56 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))
             }
-            QuotaCmd::Get { tenant } => show(
+            (_, QuotaCmd::Soft { tenant, cpu, memory_mib, instances, jobs, grace_ms }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                quota.soft = Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
+                quota.grace_ms = grace_ms;
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (_, QuotaCmd::Window { tenant, jobs_per_day, cpu_hours_per_month, when_exhausted }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                let policy = if when_exhausted == "refuse" {
+                    pb::window_limits::Policy::Refuse
+                } else {
+                    pb::window_limits::Policy::Queue
+                };
+                quota.windows = Some(pb::WindowLimits {
+                    jobs_per_day,
+                    cpu_milli_ms_per_month: cpu_hours_per_month,
+                    when_exhausted: policy.into(),
+                });
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (deny, QuotaCmd::Deny { tenant, pool } | QuotaCmd::Allow { tenant, pool }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                quota.denied_pools.retain(|p| *p != pool);
+                if deny {
+                    quota.denied_pools.push(pool);
+                }
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (_, QuotaCmd::Get { tenant }) => show(
                 json,
                 &call!(tenants, get_quota, pb::GetQuotaRequest { tenant_id: tenant, read: None }),
             ),
@@ -637,14 +812,20 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 ),
             ),
         },
-        ClientCmd::Place(w) => {
+        ClientCmd::Place { workload: w, dry_run, queue } => {
             let m = pb::PlaceRequest {
                 request_id: rid,
                 tenant_id: w.tenant.clone(),
                 spec: Some(w.spec()),
                 fence: w.fence.clone(),
+                dry_run,
+                queue_if_unavailable: queue,
             };
-            show(json, &call!(scheduler, place, m))
+            let r = call!(scheduler, place, m);
+            match r.decision {
+                Some(d) if !json => show_decision(&r.placement, &d),
+                _ => show(json, &r),
+            }
         }
         ClientCmd::Release { tenant, id, fence } => show(
             json,
@@ -671,6 +852,29 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 }
                 let rows: Vec<serde_json::Value> = r.placements.iter().map(placement_row).collect();
                 show(false, &rows)
+            }
+        },
+        ClientCmd::Queue(cmd) => match cmd {
+            QueueCmd::List { tenant, after, limit } => {
+                let m = pb::ListQueueRequest {
+                    tenant_id: tenant,
+                    page: page(after, limit),
+                    read: None,
+                };
+                let r = call!(scheduler, list_queue, m);
+                if json {
+                    return show(true, &r.queued);
+                }
+                let rows: Vec<serde_json::Value> = r.queued.iter().map(queued_row).collect();
+                show(false, &rows)
+            }
+            QueueCmd::Cancel { tenant, id } => {
+                let m = pb::CancelQueuedRequest {
+                    request_id: rid,
+                    tenant_id: tenant,
+                    placement_id: id,
+                };
+                show(json, &call!(scheduler, cancel_queued, m))
             }
         },
         ClientCmd::Reserve { workload, ttl_ms } => {

@@ -107,7 +107,14 @@ fn spec(id: &str, cpu_millis: u64) -> pb::PlacementSpec {
 }
 
 fn place(tenant: &str, spec: pb::PlacementSpec) -> pb::PlaceRequest {
-    pb::PlaceRequest { request_id: rid(), tenant_id: tenant.into(), spec: Some(spec), fence: None }
+    pb::PlaceRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        spec: Some(spec),
+        fence: None,
+        dry_run: false,
+        queue_if_unavailable: false,
+    }
 }
 
 /// A token may be recognised by this replica a moment after IssueToken commits elsewhere.
@@ -307,6 +314,195 @@ async fn concurrent_groups_and_anti_affinity_hold() {
     }
     let distinct: BTreeSet<_> = hosts.iter().collect();
     assert_eq!((hosts.len(), distinct.len()), (3, 3), "one per worker: {hosts:?}");
+    cluster.shutdown().await;
+}
+
+/// Soft limits, inheritance, pool denial and dry runs through the API: writes report quota
+/// events; GetQuota shows limits as set and in effect and the burst state; a denied pool is
+/// PERMISSION_DENIED/POOL_DENIED naming the denying tenant; a dry run answers with a decision
+/// (chosen workers, or the limiting quota) and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_quota_pool_denial_and_dry_run() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "org").await;
+    let child = pb::CreateTenantRequest {
+        request_id: rid(),
+        tenant_id: "team".into(),
+        parent_id: "org".into(),
+        weight: 1,
+    };
+    c.tenants.create_tenant(authed(ADMIN_TOKEN, child)).await.expect("child created");
+    register(&mut c, "w1", 10_000).await;
+    let quota = pb::Quota {
+        soft: Some(pb::SoftLimits {
+            cpu_millis: Some(pb::SoftLimit { soft: 1_000, burst: 3_000 }),
+            ..Default::default()
+        }),
+        grace_ms: Some(600_000),
+        denied_pools: vec!["gpu".into()],
+        ..Default::default()
+    };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "org".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+
+    // A dry run says where it would go and which bursts it would start, and writes nothing.
+    let dry = pb::PlaceRequest { dry_run: true, ..place("team", spec("a", 2_000)) };
+    let answer = c.scheduler.place(authed(ADMIN_TOKEN, dry.clone())).await.expect("dry run");
+    let answer = answer.into_inner();
+    let decision = answer.decision.expect("decision");
+    assert!(answer.write.is_none() && decision.would_place, "{decision:?}");
+    assert_eq!(answer.placement.expect("where").workers, vec!["w1".to_string()]);
+    let kinds: Vec<_> =
+        decision.quota_events.iter().map(|e| (e.kind(), e.tenant_id.as_str())).collect();
+    use pb::quota_event::Kind;
+    assert_eq!(kinds, vec![(Kind::BurstEntered, "team"), (Kind::BurstEntered, "org")]);
+    let get = |t: &str| pb::GetQuotaRequest { tenant_id: t.into(), read: None };
+    let before =
+        c.tenants.get_quota(authed(ADMIN_TOKEN, get("org"))).await.expect("quota").into_inner();
+    assert_eq!(before.usage.map(|u| u.cpu_millis), Some(0), "the dry run placed nothing");
+
+    // The real Place reports the same events in its WriteInfo.
+    let again = c.scheduler.place(authed(ADMIN_TOKEN, dry)).await.expect("dry again");
+    assert!(again.into_inner().decision.is_some_and(|d| d.would_place), "still nothing placed");
+    let real = c
+        .scheduler
+        .place(authed(ADMIN_TOKEN, place("team", spec("a", 2_000))))
+        .await
+        .expect("placed");
+    let write = real.into_inner().write.expect("write");
+    assert_eq!(write.quota_events.len(), 2, "{write:?}");
+
+    let team =
+        c.tenants.get_quota(authed(ADMIN_TOKEN, get("team"))).await.expect("quota").into_inner();
+    let effective = team.effective.expect("effective");
+    assert_eq!(
+        effective.soft.and_then(|s| s.cpu_millis).map(|l| (l.soft, l.burst)),
+        Some((1_000, 3_000))
+    );
+    assert_eq!(
+        (effective.grace_ms, effective.denied_pools),
+        (Some(600_000), vec!["gpu".to_string()])
+    );
+    let burst = team.burst.expect("team is bursting");
+    assert_eq!(burst.grace_ends_at_ms, burst.since_ms + 600_000);
+    assert!(!burst.grace_expired);
+
+    // Over the burst ceiling: a dry run explains, a real Place refuses the same way.
+    let over = pb::PlaceRequest { dry_run: true, ..place("team", spec("b", 1_001)) };
+    let d = c.scheduler.place(authed(ADMIN_TOKEN, over)).await.expect("dry run").into_inner();
+    let d = d.decision.expect("decision");
+    assert!(!d.would_place);
+    assert_eq!(
+        (d.reason.as_str(), d.metadata["limit_kind"].as_str(), d.metadata["tenant"].as_str()),
+        ("QUOTA_EXCEEDED", "burst", "org")
+    );
+    let refused = c
+        .scheduler
+        .place(authed(ADMIN_TOKEN, place("team", spec("b", 1_001))))
+        .await
+        .expect_err("burst");
+    assert_eq!(
+        (reason(&refused), meta(&refused, "limit_kind")),
+        ("QUOTA_EXCEEDED".into(), "burst".into())
+    );
+
+    let gpu = pb::PlacementSpec { pool: "gpu".into(), ..spec("g", 100) };
+    let denied =
+        c.scheduler.place(authed(ADMIN_TOKEN, place("team", gpu))).await.expect_err("denied");
+    assert_eq!(
+        (denied.code(), reason(&denied), meta(&denied, "tenant")),
+        (Code::PermissionDenied, "POOL_DENIED".into(), "org".into())
+    );
+    cluster.shutdown().await;
+}
+
+/// A tenant at its quota asks to wait (queue_if_unavailable): it is queued with its position
+/// and reason, visible in GetPlacement and ListQueue, survives a leader kill, and is placed
+/// by the write that releases the other placement; GetPlacement then shows it placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_placement_is_placed_after_release_across_leader_kill() {
+    let (mut cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 10_000).await;
+    let quota = pb::Quota {
+        total: Some(pb::Limits { instances: Some(1), ..Default::default() }),
+        ..Default::default()
+    };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "acme".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("acme", spec("first", 1_000))))
+        .await
+        .expect("placed");
+    let wait =
+        pb::PlaceRequest { queue_if_unavailable: true, ..place("acme", spec("second", 1_000)) };
+    let queued = c.scheduler.place(authed(ADMIN_TOKEN, wait)).await.expect("queued").into_inner();
+    assert!(queued.placement.is_none());
+    let q = queued.queued.expect("queued");
+    assert_eq!((q.position, q.wait_reason.as_str()), (1, "QUOTA_EXCEEDED"));
+    assert_eq!(q.wait_metadata["dimension"], "instances");
+
+    let get = || pb::GetPlacementRequest {
+        tenant_id: "acme".into(),
+        placement_id: "second".into(),
+        read: None,
+    };
+    let seen =
+        c.scheduler.get_placement(authed(ADMIN_TOKEN, get())).await.expect("get").into_inner();
+    assert!(seen.placement.is_none() && seen.queued.is_some(), "{seen:?}");
+    let quota = pb::GetQuotaRequest { tenant_id: "acme".into(), read: None };
+    let quota = c.tenants.get_quota(authed(ADMIN_TOKEN, quota)).await.expect("quota").into_inner();
+    assert_eq!(quota.queued, 1);
+    let list = pb::ListQueueRequest { tenant_id: "acme".into(), page: None, read: None };
+    let listed =
+        c.scheduler.list_queue(authed(ADMIN_TOKEN, list)).await.expect("list").into_inner();
+    assert_eq!(listed.queued.len(), 1);
+
+    // Kill the leader; the client's replica (a follower) stays up and finds the new leader.
+    let leader = cluster.leader().await;
+    cluster.stop(leader).await;
+    let release_rid = rid();
+    let released = poll("the release to commit under the new leader", || {
+        let mut scheduler = c.scheduler.clone();
+        let r = pb::ReleaseRequest {
+            request_id: release_rid.clone(),
+            tenant_id: "acme".into(),
+            placement_id: "first".into(),
+            fence: None,
+        };
+        async move { scheduler.release(authed(ADMIN_TOKEN, r)).await.ok() }
+    })
+    .await
+    .into_inner();
+    let write = released.write.expect("write");
+    let placed = write
+        .quota_events
+        .iter()
+        .any(|e| e.kind() == pb::quota_event::Kind::QueuedPlaced && e.placement_id == "second");
+    assert!(placed || write.replayed, "{write:?}");
+
+    let now = poll("second to be placed", || {
+        let mut scheduler = c.scheduler.clone();
+        async move {
+            let r = scheduler.get_placement(authed(ADMIN_TOKEN, get())).await.ok()?.into_inner();
+            r.placement
+        }
+    })
+    .await;
+    assert_eq!(now.workers, vec!["w1".to_string()]);
+    let cancel = pb::CancelQueuedRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        placement_id: "second".into(),
+    };
+    let gone = c
+        .scheduler
+        .cancel_queued(authed(ADMIN_TOKEN, cancel))
+        .await
+        .expect_err("placed, not queued");
+    assert_eq!((gone.code(), reason(&gone)), (Code::NotFound, "NOT_QUEUED".into()));
     cluster.shutdown().await;
 }
 

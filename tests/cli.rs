@@ -142,6 +142,69 @@ fn up_and_client_subcommands() {
 
     let quota = ok(api, token, &["quota", "get", "acme"]);
     assert!(quota.contains("usage: cpu_millis=750"), "{quota}");
+
+    // Soft limits, pool denial and dry runs.
+    ok(api, token, &["quota", "soft", "acme", "--cpu", "0.5:1.2", "--grace-ms", "600000"]);
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["soft"]["cpu_millis"]["burst"], 1200, "{quota}");
+    assert!(quota["burst"]["grace_ends_at_ms"].as_u64().is_some(), "750 > soft 500: {quota}");
+    let dry =
+        ok(api, token, &["place", "acme", "d", "--cpu", "0.25", "--memory-mib", "1", "--dry-run"]);
+    assert!(dry.contains("would place on: w1"), "{dry}");
+    let dry =
+        ok(api, token, &["place", "acme", "d", "--cpu", "0.5", "--memory-mib", "1", "--dry-run"]);
+    assert!(
+        dry.contains("would refuse: QUOTA_EXCEEDED") && dry.contains("limit_kind: burst"),
+        "{dry}"
+    );
+    ok(api, token, &["quota", "deny", "acme", "gpu"]);
+    let denied = berth(
+        api,
+        token,
+        &["place", "acme", "g", "--cpu", "1", "--memory-mib", "1", "--pool", "gpu"],
+    );
+    assert!(!denied.ok && denied.stderr.contains("POOL_DENIED"), "{}", denied.stderr);
+    ok(api, token, &["quota", "allow", "acme", "gpu"]);
+
+    // Queueing: a request over quota waits, is listed with its reason, and can be cancelled.
+    let queued =
+        ok(api, token, &["place", "acme", "q1", "--cpu", "1", "--memory-mib", "1", "--queue"]);
+    assert!(queued.contains("wait_reason: QUOTA_EXCEEDED"), "{queued}");
+    let listed = ok(api, token, &["queue", "list", "acme"]);
+    assert!(
+        listed.contains("q1") && listed.contains("1/1") && listed.contains("QUOTA_EXCEEDED"),
+        "{listed}"
+    );
+    let got = ok(api, token, &["placement", "get", "acme", "q1", "--json"]);
+    let got: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(got["queued"]["position"], 1, "{got}");
+    ok(api, token, &["queue", "cancel", "acme", "q1"]);
+    assert!(ok(api, token, &["queue", "list", "acme"]).contains("(none)"));
+
+    // Time windows: a day's job budget, spent, refused with the reset time.
+    let args = ["quota", "window", "acme", "--jobs-per-day", "3", "--cpu-hours-per-month", "1.5"];
+    ok(api, token, &[&args[..], &["--when-exhausted", "refuse"]].concat());
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["windows"]["cpu_milli_ms_per_month"], 5_400_000_000u64, "{quota}");
+    let jobs = quota["windows"]["jobs_today"].as_u64().expect("jobs today");
+    let resets = quota["windows"]["day_resets_at_ms"].as_u64().expect("reset time");
+    assert_eq!(resets % 86_400_000, 0, "UTC midnight");
+    for i in jobs..3 {
+        ok(
+            api,
+            token,
+            &["place", "acme", &format!("day-{i}"), "--cpu", "0.001", "--memory-mib", "1"],
+        );
+    }
+    let spent = berth(
+        api,
+        token,
+        &["place", "acme", "day-x", "--cpu", "0.001", "--memory-mib", "1", "--queue"],
+    );
+    assert!(!spent.ok && spent.stderr.contains("window=jobs_per_day"), "{}", spent.stderr);
+    assert!(spent.stderr.contains(&format!("resets_at_ms={resets}")), "{}", spent.stderr);
     let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
     drop(cluster);

@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
+use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::{
-    Applied, Command, Config, Entry, Expired, Fence, GroupId, GroupStrategy, LabelOp,
+    Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, LabelOp,
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, Placement,
     PlacementId, PoolId, Query, Quota, Rejection, RequestId, Resources, Response, Scheduler,
-    SessionKey, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis,
-    WorkerId, PLACEMENT_ALGORITHM,
+    SessionKey, SoftLimit, SoftLimits, State, Strategy as PlaceStrategy, TenantId, TokenHash,
+    TokenId, UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -29,8 +30,10 @@ const PLACEMENTS: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
 const GROUPS: [&str; 2] = ["g1", "g2"];
 const LEASES: [&str; 2] = ["l1", "l2"];
 const BAD_REQUEST_IDS: [&str; 3] = ["", "-r", "r 1"];
-/// The leader clock the first entry starts from (room to run backwards).
-const CLOCK_START_MS: u64 = 1_000_000;
+/// The leader clock the first entry starts from: room to run backwards, and a UTC day boundary
+/// (86 400 000) that longer runs cross, so daily windows reset mid-run.
+const CLOCK_START_MS: u64 = 86_300_000;
+const DAY_MS: u64 = 86_400_000;
 
 // ----- generated inputs -----------------------------------------------------------------------
 
@@ -268,8 +271,59 @@ fn quota() -> impl Strategy<Value = Quota> {
         10 => select(vec!["default", "p2"]).prop_map(PoolId::from),
         1 => Just(PoolId::from("bad pool")),
     ];
-    (limits(), prop::collection::btree_map(pool, limits(), 0..=1))
-        .prop_map(|(total, pools)| Quota { total, pools })
+    let soft_limit = || {
+        prop::option::weighted(0.5, (0..=4000u64, 0..=4000u64, prop::bool::weighted(0.05)))
+            .prop_map(|l| {
+                // Now and then a soft limit above its burst, which must be refused.
+                l.map(|(soft, extra, inverted)| {
+                    let (soft, burst) = (soft / 4, soft / 4 + extra / 4);
+                    if inverted && burst > soft {
+                        SoftLimit { soft: burst, burst: soft }
+                    } else {
+                        SoftLimit { soft, burst }
+                    }
+                })
+            })
+    };
+    let soft = (soft_limit(), soft_limit(), soft_limit(), soft_limit()).prop_map(
+        |(cpu_millis, memory_mib, instances, jobs)| SoftLimits {
+            cpu_millis,
+            memory_mib: memory_mib.map(|l| SoftLimit { soft: l.soft * 2, burst: l.burst * 2 }),
+            instances: instances.map(|l| SoftLimit { soft: l.soft / 200, burst: l.burst / 200 }),
+            jobs: jobs.map(|l| SoftLimit { soft: l.soft / 300, burst: l.burst / 300 }),
+        },
+    );
+    let grace_ms = prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(0u64)),
+        6 => ms(250..=8000).prop_map(Some),
+        1 => Just(Some(GRACE_MAX_MS + 1)),
+    ];
+    let denied = prop::collection::btree_set(
+        prop_oneof![4 => select(vec!["default", "p2", "p3"]).prop_map(PoolId::from), 1 => Just(PoolId::from("bad pool"))],
+        0..=1,
+    );
+    let denied = prop_oneof![4 => Just(Default::default()), 1 => denied];
+    let windows =
+        (
+            prop::option::weighted(0.3, 0..=4u64),
+            prop::option::weighted(0.2, 0..=20_000_000u64),
+            prop_oneof![Just(WindowPolicy::Queue), Just(WindowPolicy::Refuse)],
+        )
+            .prop_map(|(jobs_per_day, cpu_milli_ms_per_month, when_exhausted)| {
+                WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted }
+            });
+    let scopes = prop::collection::btree_map(pool, limits(), 0..=1);
+    (limits(), scopes, soft, grace_ms, denied, windows).prop_map(
+        |(total, pools, soft, grace_ms, denied_pools, windows)| Quota {
+            total,
+            pools,
+            soft,
+            grace_ms,
+            denied_pools,
+            windows,
+        },
+    )
 }
 
 /// A fence whose token is filled in when the entry is built.
@@ -336,7 +390,7 @@ fn command() -> impl Strategy<Value = Command> {
         )
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
-        3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        5 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
         1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
             Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
         }),
@@ -346,6 +400,10 @@ fn command() -> impl Strategy<Value = Command> {
             }),
         16 => (tenant(), spec(), fence())
             .prop_map(|(tenant, spec, fence)| Command::Place { tenant, spec, fence }),
+        10 => (tenant(), spec(), fence())
+            .prop_map(|(tenant, spec, fence)| Command::PlaceOrQueue { tenant, spec, fence }),
+        3 => (tenant(), placement_id())
+            .prop_map(|(tenant, placement)| Command::CancelQueued { tenant, placement }),
         8 => (tenant(), spec(), ttl_ms(), fence()).prop_map(|(tenant, spec, ttl_ms, fence)| {
             Command::Reserve { tenant, spec, ttl_ms, fence }
         }),
@@ -463,7 +521,7 @@ fn setup_step(command: Command) -> Step {
 }
 
 /// Three tenants (`beta` a child of `acme`), two placement groups, 3–6 workers in 1–2 pools,
-/// then up to 60 random commands.
+/// quotas on some tenants, then up to 60 random commands.
 fn case() -> impl Strategy<Value = Case> {
     let config =
         (select(vec![0u64, 1_000, 5_000, 30_000]), select(vec![3u64, 16, 100_000]), 0..=2u32)
@@ -483,36 +541,49 @@ fn case() -> impl Strategy<Value = Case> {
     );
     let group = || (prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)], 1..=4u32);
     let body = prop::collection::vec(step(), 0..=60);
-    (config, workers, group(), group(), body).prop_map(|(config, workers, g1, g2, body)| {
-        let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
-            tenant: TenantId::from(tenant),
-            parent: parent.map(TenantId::from),
-            weight: 1,
-        };
-        let mut steps = vec![
-            setup_step(create("acme", None)),
-            setup_step(create("beta", Some("acme"))),
-            setup_step(create("gamma", None)),
-        ];
-        for (tenant, group, (strategy, max_instances)) in [("acme", "g1", g1), ("beta", "g2", g2)] {
-            steps.push(setup_step(Command::CreatePlacementGroup {
+    // Often start with quotas (soft limits especially) on some tenants, so that bursts, grace
+    // ends and refusals by every kind of limit happen within a short run.
+    let quotas = prop::collection::vec(prop::option::weighted(0.5, quota()), 3);
+    (config, workers, group(), group(), body, quotas).prop_map(
+        |(config, workers, g1, g2, body, quotas)| {
+            let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
                 tenant: TenantId::from(tenant),
-                group: GroupId::from(group),
-                max_instances,
-                strategy,
-            }));
-        }
-        for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
-            steps.push(setup_step(Command::RegisterWorker {
-                worker: WorkerId::from(WORKERS[i]),
-                pool,
-                capacity,
-                labels,
-            }));
-        }
-        steps.extend(body);
-        Case { config, steps }
-    })
+                parent: parent.map(TenantId::from),
+                weight: 1,
+            };
+            let mut steps = vec![
+                setup_step(create("acme", None)),
+                setup_step(create("beta", Some("acme"))),
+                setup_step(create("gamma", None)),
+            ];
+            for (tenant, group, (strategy, max_instances)) in
+                [("acme", "g1", g1), ("beta", "g2", g2)]
+            {
+                steps.push(setup_step(Command::CreatePlacementGroup {
+                    tenant: TenantId::from(tenant),
+                    group: GroupId::from(group),
+                    max_instances,
+                    strategy,
+                }));
+            }
+            for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
+                steps.push(setup_step(Command::RegisterWorker {
+                    worker: WorkerId::from(WORKERS[i]),
+                    pool,
+                    capacity,
+                    labels,
+                }));
+            }
+            for (tenant, quota) in TENANTS.iter().zip(quotas) {
+                if let Some(quota) = quota {
+                    let tenant = TenantId::from(*tenant);
+                    steps.push(setup_step(Command::SetQuota { tenant, quota }));
+                }
+            }
+            steps.extend(body);
+            Case { config, steps }
+        },
+    )
 }
 
 // ----- building entries -----------------------------------------------------------------------
@@ -649,10 +720,17 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
             point_fence(tenant, fence);
         }
         Command::Place { tenant, fence: Some(fence), .. }
+        | Command::PlaceOrQueue { tenant, fence: Some(fence), .. }
         | Command::Reserve { tenant, fence: Some(fence), .. } => {
             let keys: Vec<_> = state.leases.keys().cloned().collect();
             if !keys.is_empty() {
                 (*tenant, fence.lease) = target.get(&keys).clone();
+            }
+        }
+        Command::CancelQueued { tenant, placement } => {
+            let keys: Vec<_> = state.queue.keys().cloned().collect();
+            if !keys.is_empty() {
+                (*tenant, *placement) = target.get(&keys).clone();
             }
         }
         Command::KeepAliveLease { tenant, lease, .. }
@@ -670,6 +748,7 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
 fn fenced(command: &Command) -> Option<(TenantId, LeaseName, LogIndex)> {
     match command {
         Command::Place { tenant, fence: Some(f), .. }
+        | Command::PlaceOrQueue { tenant, fence: Some(f), .. }
         | Command::Reserve { tenant, fence: Some(f), .. }
         | Command::Release { tenant, fence: Some(f), .. }
         | Command::ConfirmReservation { tenant, fence: Some(f), .. }
@@ -687,6 +766,7 @@ fn fenced(command: &Command) -> Option<(TenantId, LeaseName, LogIndex)> {
 fn set_token(command: &mut Command, new: LogIndex) {
     match command {
         Command::Place { fence: Some(f), .. }
+        | Command::PlaceOrQueue { fence: Some(f), .. }
         | Command::Reserve { fence: Some(f), .. }
         | Command::Release { fence: Some(f), .. }
         | Command::ConfirmReservation { fence: Some(f), .. }
@@ -811,8 +891,14 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::UpdateWorker { capacity, labels, .. } => {
             capacity.is_some_and(Resources::is_zero) || labels.as_ref().is_some_and(bad_labels)
         }
-        Command::SetQuota { quota, .. } => quota.pools.keys().any(|p| !object_id_ok(p.as_str())),
-        Command::Place { spec, .. } => bad_spec(spec),
+        Command::SetQuota { quota, .. } => {
+            quota.pools.keys().chain(&quota.denied_pools).any(|p| !object_id_ok(p.as_str()))
+                || quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS)
+                || Dimension::ALL
+                    .into_iter()
+                    .any(|d| quota.soft.get(d).is_some_and(|l| l.soft > l.burst))
+        }
+        Command::Place { spec, .. } | Command::PlaceOrQueue { spec, .. } => bad_spec(spec),
         Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
@@ -853,6 +939,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.placements, &b.placements, "placements changed: {}", what);
     prop_assert_eq!(&a.groups, &b.groups, "groups changed: {}", what);
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
+    prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
     Ok(())
 }
 
@@ -939,7 +1026,7 @@ fn checked_apply(
             model.forget_tenant(tenant);
         }
         if let Some(key) = key {
-            let first = Applied { expired: Vec::new(), ..applied.clone() };
+            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
             model.remember(key, entry.command.clone(), first);
         }
         check_executed(ticked.state(), s, model, entry, &applied, &what)?;
@@ -965,17 +1052,115 @@ fn checked_apply(
             Some(old) if old.log_index == p.log_index => {
                 prop_assert_eq!(&old.instances, &p.instances, "{:?} moved: {}", key, what);
             }
-            _ => check_new_placement(before.state(), ticked.state(), p, &what)?,
+            _ => {
+                // Placed from the queue by this entry (before or after its command ran).
+                let queued = before.state().queue.contains_key(key)
+                    || matches!(&entry.command, Command::PlaceOrQueue { tenant, spec, .. }
+                        if (tenant, &spec.placement) == (&key.0, &key.1));
+                if queued {
+                    check_admitted(before.state(), s.state(), p, &what)?;
+                } else {
+                    check_new_placement(before.state(), ticked.state(), p, &what)?;
+                }
+            }
         }
     }
 
-    // next_deadline is the earliest reservation or lease expiry.
+    // Queue: nothing left waiting could be placed now (admission leaves nothing admissible
+    // behind), unless its pool is held for an aged entry waiting for capacity; ids are unique.
+    let held: Vec<&PoolId> = s
+        .state()
+        .queue
+        .keys()
+        .filter_map(|(t, id)| s.queue_status(t, id))
+        .filter(|q| q.aged && matches!(q.reason, WaitReason::Refused(Rejection::NoCapacity { .. })))
+        .map(|q| &s.state().queue[&(q.queued.tenant.clone(), q.queued.spec.placement.clone())].pool)
+        .collect();
+    for (t, id) in s.state().queue.keys() {
+        let q = s.queue_status(t, id).expect("listed");
+        if q.reason == WaitReason::FairShareOrder {
+            prop_assert!(held.contains(&&q.queued.pool), "{}/{} fits but waits: {}", t, id, what);
+        }
+    }
+
+    // Soft limits: a tenant whose grace period had ended before this entry gets no new work
+    // (its usage rises in no dimension); a burst that starts here starts now, with the
+    // effective grace period.
+    for (id, t) in &s.state().tenants {
+        let Some(was) = ticked.state().tenants.get(id) else { continue };
+        // (Unless it went back under soft within this entry, which starts afresh.)
+        let same_burst = t.burst.map(|b| b.since) == was.burst.map(|b| b.since);
+        if was.burst.is_some_and(|b| b.expired) && same_burst {
+            for d in Dimension::ALL {
+                prop_assert!(
+                    t.usage.total.get(d) <= was.usage.total.get(d),
+                    "tenant {} grew its {} after its grace ended: {}",
+                    id,
+                    d.name(),
+                    what
+                );
+            }
+        }
+        if let Some(b) = t.burst.filter(|b| was.burst.is_none_or(|w| w.since != b.since)) {
+            prop_assert_eq!(b.since, s.now(), "burst of {} starts now: {}", id, what);
+            let grace = s.effective_quota(id).grace_ms;
+            prop_assert_eq!(b.grace_ends_at, s.now().plus_ms(grace), "grace of {}: {}", id, what);
+        }
+    }
+
+    // Windows: within a day the job count never falls, never rises past a limit it had
+    // reached, and a spent monthly cpu budget admits no new job.
+    for (id, t) in &s.state().tenants {
+        let (Some(was), Some(now)) = (ticked.window_usage(id), s.window_usage(id)) else {
+            continue;
+        };
+        let Some(old) = ticked.state().tenants.get(id) else { continue };
+        if was.day_resets_at != now.day_resets_at {
+            continue;
+        }
+        prop_assert!(now.jobs_today >= was.jobs_today, "{} jobs fell within a day: {}", id, what);
+        if let (Some(a), Some(b)) = (old.quota.windows.jobs_per_day, t.quota.windows.jobs_per_day) {
+            // Admission may run under the old limit (before the command) and the new one.
+            let cap = a.max(b).max(was.jobs_today);
+            prop_assert!(now.jobs_today <= cap, "{} over its jobs per day: {}", id, what);
+        }
+        let budgets =
+            (old.quota.windows.cpu_milli_ms_per_month, t.quota.windows.cpu_milli_ms_per_month);
+        if let (Some(a), Some(b)) = budgets {
+            // Spent under the limit before and after the command (admission runs under both).
+            if was.cpu_milli_ms_this_month >= u128::from(a.max(b)) {
+                prop_assert_eq!(
+                    now.jobs_today,
+                    was.jobs_today,
+                    "{} spent, yet placed: {}",
+                    id,
+                    what
+                );
+            }
+        }
+    }
+
+    // next_deadline is the earliest reservation or lease expiry or grace end.
     let st = s.state();
     let earliest = st
         .placements
         .values()
         .filter_map(|p| p.expires_at)
         .chain(st.leases.values().map(|l| l.expires_at))
+        .chain(
+            st.tenants
+                .values()
+                .filter_map(|t| t.burst.filter(|b| !b.expired))
+                .map(|b| b.grace_ends_at),
+        )
+        .chain(
+            (!st.queue.is_empty()
+                && st.tenants.values().any(|t| {
+                    t.quota.windows.jobs_per_day.is_some()
+                        || t.quota.windows.cpu_milli_ms_per_month.is_some()
+                }))
+            .then(|| UnixMillis((st.now.0 / DAY_MS + 1) * DAY_MS)),
+        )
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);
     Ok(applied)
@@ -1025,6 +1210,34 @@ fn check_new_placement(
             if p.spec.labels.get(&term.key) == Some(&term.value) {
                 on.push(w);
             }
+        }
+    }
+    Ok(())
+}
+
+/// A placement admitted from the queue by this entry: on workers schedulable before or after
+/// the command (admission runs on both sides of it), meeting its required labels there, and
+/// next to a carrier of every required affinity label as the state now stands.
+fn check_admitted(
+    before: &State,
+    after: &State,
+    p: &Placement,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    for w in &p.instances {
+        let states = [before.workers.get(w), after.workers.get(w)];
+        let ok = states
+            .iter()
+            .flatten()
+            .any(|w| w.schedulable && p.spec.worker_requires.iter().all(|r| r.matches(&w.labels)));
+        prop_assert!(ok, "admitted {} on {} breaks drain or labels: {}", p.id(), w, what);
+        for term in &p.spec.affinity {
+            let carried = after.placements.values().any(|q| {
+                q.tenant == p.tenant
+                    && q.spec.labels.get(&term.key) == Some(&term.value)
+                    && q.instances.contains(w)
+            });
+            prop_assert!(carried, "admitted {} on {} without {:?}: {}", p.id(), w, term, what);
         }
     }
     Ok(())
@@ -1113,7 +1326,20 @@ fn check_executed(
                 prop_assert!(l.expires_at >= floor, "lease {} not extended: {}", l.name, what);
             }
         }
-        (Command::Place { tenant, spec, .. }, Ok(Response::Placed(p)))
+        (Command::PlaceOrQueue { tenant, spec, .. }, Ok(Response::Queued(q))) => {
+            let key = (tenant.clone(), spec.placement.clone());
+            prop_assert!(!ticked.placements.contains_key(&key), "queued a placed id: {}", what);
+            prop_assert!(!ticked.queue.contains_key(&key), "queued twice: {}", what);
+            prop_assert_eq!(after.queue.get(&key), Some(&q.queued), "queued stored: {}", what);
+            prop_assert_eq!(q.queued.log_index, entry.index);
+        }
+        (Command::CancelQueued { tenant, placement }, Ok(_)) => {
+            let key = (tenant.clone(), placement.clone());
+            prop_assert!(ticked.queue.contains_key(&key), "cancelled nothing: {}", what);
+            prop_assert!(!after.queue.contains_key(&key), "still queued: {}", what);
+        }
+        (Command::PlaceOrQueue { tenant, spec, .. }, Ok(Response::Placed(p)))
+        | (Command::Place { tenant, spec, .. }, Ok(Response::Placed(p)))
         | (Command::Reserve { tenant, spec, .. }, Ok(Response::Reserved(p))) => {
             let key = (tenant.clone(), spec.placement.clone());
             prop_assert!(!ticked.placements.contains_key(&key), "placed twice: {}", what);

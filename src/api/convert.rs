@@ -7,6 +7,10 @@ use tonic::Status;
 use super::pb;
 use super::status::invalid;
 use crate::scheduler::{
+    Burst, Decision, EffectiveQuota, QueueStatus, QuotaEvent, SoftLimit, SoftLimits, WaitReason,
+    WindowLimits, WindowPolicy, WindowUsage,
+};
+use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
     Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
 };
@@ -191,11 +195,74 @@ fn pb_limits(l: &Limits) -> pb::Limits {
     }
 }
 
+fn soft_limit(l: pb::SoftLimit) -> SoftLimit {
+    SoftLimit { soft: l.soft, burst: l.burst }
+}
+
+fn pb_soft_limit(l: SoftLimit) -> pb::SoftLimit {
+    pb::SoftLimit { soft: l.soft, burst: l.burst }
+}
+
+fn soft_limits(l: pb::SoftLimits) -> SoftLimits {
+    SoftLimits {
+        cpu_millis: l.cpu_millis.map(soft_limit),
+        memory_mib: l.memory_mib.map(soft_limit),
+        instances: l.instances.map(soft_limit),
+        jobs: l.jobs.map(soft_limit),
+    }
+}
+
+fn pb_soft_limits(l: &SoftLimits) -> pb::SoftLimits {
+    pb::SoftLimits {
+        cpu_millis: l.cpu_millis.map(pb_soft_limit),
+        memory_mib: l.memory_mib.map(pb_soft_limit),
+        instances: l.instances.map(pb_soft_limit),
+        jobs: l.jobs.map(pb_soft_limit),
+    }
+}
+
 pub fn quota(q: Option<pb::Quota>) -> Quota {
     let q = q.unwrap_or_default();
     Quota {
         total: limits(q.total.unwrap_or_default()),
         pools: q.pools.into_iter().map(|(p, l)| (PoolId(p), limits(l))).collect(),
+        soft: soft_limits(q.soft.unwrap_or_default()),
+        grace_ms: q.grace_ms,
+        denied_pools: q.denied_pools.into_iter().map(PoolId).collect(),
+        windows: window_limits(q.windows.unwrap_or_default()),
+    }
+}
+
+fn window_limits(w: pb::WindowLimits) -> WindowLimits {
+    let when_exhausted = match pb::window_limits::Policy::try_from(w.when_exhausted) {
+        Ok(pb::window_limits::Policy::Refuse) => WindowPolicy::Refuse,
+        _ => WindowPolicy::Queue,
+    };
+    WindowLimits {
+        jobs_per_day: w.jobs_per_day,
+        cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        when_exhausted,
+    }
+}
+
+fn pb_window_limits(w: &WindowLimits) -> pb::WindowLimits {
+    let policy = match w.when_exhausted {
+        WindowPolicy::Queue => pb::window_limits::Policy::Queue,
+        WindowPolicy::Refuse => pb::window_limits::Policy::Refuse,
+    };
+    pb::WindowLimits {
+        jobs_per_day: w.jobs_per_day,
+        cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        when_exhausted: policy.into(),
+    }
+}
+
+pub fn window_usage(w: &WindowUsage) -> pb::WindowUsage {
+    pb::WindowUsage {
+        jobs_today: w.jobs_today,
+        day_resets_at_ms: w.day_resets_at.0,
+        cpu_milli_ms_this_month: w.cpu_milli_ms_this_month.to_string(),
+        month_resets_at_ms: w.month_resets_at.0,
     }
 }
 
@@ -203,7 +270,73 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
     pb::Quota {
         total: Some(pb_limits(&q.total)),
         pools: q.pools.iter().map(|(p, l)| (p.0.clone(), pb_limits(l))).collect(),
+        soft: Some(pb_soft_limits(&q.soft)),
+        grace_ms: q.grace_ms,
+        denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
+        windows: Some(pb_window_limits(&q.windows)),
     }
+}
+
+pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
+    pb::Quota {
+        total: Some(pb_limits(&q.total)),
+        pools: q.pools.iter().map(|(p, l)| (p.0.clone(), pb_limits(l))).collect(),
+        soft: Some(pb_soft_limits(&q.soft)),
+        grace_ms: Some(q.grace_ms),
+        denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
+        // Window limits are not inherited: each tenant's own apply to its subtree.
+        windows: None,
+    }
+}
+
+pub fn burst(b: &Burst) -> pb::Burst {
+    pb::Burst { since_ms: b.since.0, grace_ends_at_ms: b.grace_ends_at.0, grace_expired: b.expired }
+}
+
+pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
+    use pb::quota_event::Kind;
+    let (kind, tenant, grace_ends_at_ms) = match e {
+        QuotaEvent::BurstEntered { tenant, grace_ends_at } => {
+            (Kind::BurstEntered, tenant, grace_ends_at.0)
+        }
+        QuotaEvent::GraceExpired { tenant } => (Kind::GraceExpired, tenant, 0),
+        QuotaEvent::ReturnedUnderSoft { tenant } => (Kind::ReturnedUnderSoft, tenant, 0),
+        QuotaEvent::Admitted { tenant, placement } => {
+            return pb::QuotaEvent {
+                kind: Kind::QueuedPlaced.into(),
+                tenant_id: tenant.0.clone(),
+                grace_ends_at_ms: 0,
+                placement_id: placement.0.clone(),
+            }
+        }
+    };
+    pb::QuotaEvent {
+        kind: kind.into(),
+        tenant_id: tenant.0.clone(),
+        grace_ends_at_ms,
+        placement_id: String::new(),
+    }
+}
+
+pub fn decision(d: &Decision, decided_at_ms: u64) -> (Option<pb::Placement>, pb::PlaceDecision) {
+    let (placement, reason, message, metadata) = match &d.result {
+        Ok(p) => (Some(placement(p)), String::new(), String::new(), Default::default()),
+        Err(r) => (None, r.reason().to_owned(), r.to_string(), r.metadata().into_iter().collect()),
+    };
+    let decision = pb::PlaceDecision {
+        would_place: placement.is_some(),
+        reason,
+        message,
+        metadata,
+        workers: d
+            .workers
+            .iter()
+            .map(|(w, f)| pb::WorkerVerdict { worker_id: w.0.clone(), reason: f.name().to_owned() })
+            .collect(),
+        quota_events: d.events.iter().map(quota_event).collect(),
+        decided_at_ms,
+    };
+    (placement, decision)
 }
 
 pub fn usage(u: &Usage) -> pb::Usage {
@@ -212,5 +345,36 @@ pub fn usage(u: &Usage) -> pb::Usage {
         memory_mib: u.memory_mib,
         instances: u.instances,
         jobs: u.jobs,
+    }
+}
+
+pub fn queued(q: &QueueStatus) -> pb::QueuedPlacement {
+    let (wait_reason, wait_message, wait_metadata) = match &q.reason {
+        WaitReason::BehindOwnTenant { placement } => (
+            "BEHIND_OWN_TENANT".to_owned(),
+            format!("waits for {placement}, queued earlier by the same tenant"),
+            Default::default(),
+        ),
+        WaitReason::FairShareOrder => (
+            "FAIR_SHARE_ORDER".to_owned(),
+            "fits now; entries ahead in fair-share order go first".to_owned(),
+            Default::default(),
+        ),
+        WaitReason::Refused(r) => {
+            (r.reason().to_owned(), r.to_string(), r.metadata().into_iter().collect())
+        }
+    };
+    pb::QueuedPlacement {
+        tenant_id: q.queued.tenant.0.clone(),
+        spec: Some(pb_spec(&q.queued.spec)),
+        pool: q.queued.pool.0.clone(),
+        queued_at_ms: q.queued.queued_at.0,
+        log_index: q.queued.log_index.0,
+        position: q.position,
+        pool_queued: q.pool_queued,
+        aged: q.aged,
+        wait_reason,
+        wait_message,
+        wait_metadata,
     }
 }

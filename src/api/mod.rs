@@ -62,6 +62,7 @@ impl Api {
             log_index: applied.log_index.0,
             applied_at_ms: applied.applied_at.0,
             replayed: applied.replayed,
+            quota_events: applied.events.iter().map(convert::quota_event).collect(),
         };
         match applied.result {
             Ok(response) => Ok((response, info)),

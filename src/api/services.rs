@@ -103,6 +103,7 @@ impl pb::tenants_server::Tenants for Api {
                 groups_deleted: c.groups,
                 tokens_revoked: c.tokens,
                 resources_released: Some(convert::pb_resources(c.resources)),
+                queued_withdrawn: c.queued,
             })),
             (other, _) => Err(unexpected(other)),
         }
@@ -131,6 +132,10 @@ impl pb::tenants_server::Tenants for Api {
             .read(r.read, |s| {
                 s.state().tenants.get(&tenant).map(|t| pb::GetQuotaResponse {
                     quota: Some(convert::pb_quota(&t.quota)),
+                    effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
+                    burst: t.burst.as_ref().map(convert::burst),
+                    queued: s.queued_count(&tenant),
+                    windows: s.window_usage(&tenant).as_ref().map(convert::window_usage),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage
@@ -275,12 +280,37 @@ impl pb::scheduler_server::Scheduler for Api {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
-        let command =
-            Command::Place { tenant, spec: convert::spec(r.spec)?, fence: convert::fence(r.fence) };
+        let spec = convert::spec(r.spec)?;
+        if r.dry_run {
+            // A linearizable read: the decision Place would get at the latest applied state.
+            let (placement, decision) = self
+                .read(None, |s| convert::decision(&s.dry_run(&tenant, spec), s.now().0))
+                .await?;
+            return Ok(Reply::new(pb::PlaceResponse {
+                write: None,
+                placement,
+                decision: Some(decision),
+                queued: None,
+            }));
+        }
+        let fence = convert::fence(r.fence);
+        let command = if r.queue_if_unavailable {
+            Command::PlaceOrQueue { tenant, spec, fence }
+        } else {
+            Command::Place { tenant, spec, fence }
+        };
         match self.write(&r.request_id, command).await? {
             (Response::Placed(p), write) => Ok(Reply::new(pb::PlaceResponse {
                 write: Some(write),
                 placement: Some(convert::placement(&p)),
+                decision: None,
+                queued: None,
+            })),
+            (Response::Queued(q), write) => Ok(Reply::new(pb::PlaceResponse {
+                write: Some(write),
+                placement: None,
+                decision: None,
+                queued: Some(convert::queued(&q)),
             })),
             (other, _) => Err(unexpected(other)),
         }
@@ -314,11 +344,20 @@ impl pb::scheduler_server::Scheduler for Api {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
-        let key = (tenant, PlacementId::new(&r.placement_id));
-        let found =
-            self.read(r.read, |s| s.state().placements.get(&key).map(convert::placement)).await?;
-        let placement = found.ok_or_else(|| not_found("placement", &r.placement_id))?;
-        Ok(Reply::new(pb::GetPlacementResponse { placement: Some(placement) }))
+        let id = PlacementId::new(&r.placement_id);
+        let found = self
+            .read(r.read, |s| match s.state().placements.get(&(tenant.clone(), id.clone())) {
+                Some(p) => Some(pb::GetPlacementResponse {
+                    placement: Some(convert::placement(p)),
+                    queued: None,
+                }),
+                None => s.queue_status(&tenant, &id).map(|q| pb::GetPlacementResponse {
+                    placement: None,
+                    queued: Some(convert::queued(&q)),
+                }),
+            })
+            .await?;
+        Ok(Reply::new(found.ok_or_else(|| not_found("placement", &r.placement_id))?))
     }
 
     async fn list_placements(
@@ -392,6 +431,40 @@ impl pb::scheduler_server::Scheduler for Api {
             })),
             (other, _) => Err(unexpected(other)),
         }
+    }
+
+    async fn list_queue(
+        &self,
+        request: Request<pb::ListQueueRequest>,
+    ) -> Result<pb::ListQueueResponse> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let (after, limit) = page(r.page);
+        let after = after.map(|a| (tenant.clone(), PlacementId::new(a)));
+        let limit = usize::try_from(limit.min(crate::scheduler::query::PAGE_MAX)).unwrap_or(1);
+        let queued = self
+            .read(r.read, |s| {
+                s.queue_statuses(Some(&tenant), after.as_ref(), limit)
+                    .iter()
+                    .map(convert::queued)
+                    .collect()
+            })
+            .await?;
+        Ok(Reply::new(pb::ListQueueResponse { queued }))
+    }
+
+    async fn cancel_queued(
+        &self,
+        request: Request<pb::CancelQueuedRequest>,
+    ) -> Result<pb::CancelQueuedResponse> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let command =
+            Command::CancelQueued { tenant, placement: PlacementId::new(&r.placement_id) };
+        let (_, write) = self.write(&r.request_id, command).await?;
+        Ok(Reply::new(pb::CancelQueuedResponse { write: Some(write) }))
     }
 
     async fn cancel_reservation(

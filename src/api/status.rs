@@ -42,13 +42,15 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::PlacementNotFound { .. }
         | Rejection::GroupNotFound { .. }
         | Rejection::LeaseNotFound { .. }
-        | Rejection::TokenNotFound { .. } => Code::NotFound,
+        | Rejection::TokenNotFound { .. }
+        | Rejection::NotQueued { .. } => Code::NotFound,
         Rejection::TenantExists { .. }
         | Rejection::WorkerExists { .. }
         | Rejection::PlacementExists { .. }
         | Rejection::GroupExists { .. }
         | Rejection::TokenExists { .. } => Code::AlreadyExists,
         Rejection::QuotaExceeded { .. }
+        | Rejection::WindowExhausted { .. }
         | Rejection::NoCapacity { .. }
         | Rejection::GroupFull { .. }
         | Rejection::LimitReached { .. } => Code::ResourceExhausted,
@@ -60,6 +62,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::LeaseHeld { .. }
         | Rejection::StaleFencingToken { .. }
         | Rejection::RequestIdReused { .. } => Code::FailedPrecondition,
+        Rejection::PoolDenied { .. } => Code::PermissionDenied,
     }
 }
 

@@ -11,9 +11,11 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
-use super::quota::{Dimension, Quota};
+use super::queue::QueueStatus;
+use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
 use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
+use super::windows::Window;
 
 /// One command as committed in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,18 @@ pub enum Command {
         spec: PlaceSpec,
         fence: Option<Fence>,
     },
+    /// Place now if the fair-share queue lets it and it fits; otherwise wait in the queue
+    /// (for quota or capacity) and be placed by a later entry, in weighted fair order.
+    PlaceOrQueue {
+        tenant: TenantId,
+        spec: PlaceSpec,
+        fence: Option<Fence>,
+    },
+    /// Withdraw a queued placement.
+    CancelQueued {
+        tenant: TenantId,
+        placement: PlacementId,
+    },
     /// Release a placement (or a reservation: both free their capacity and quota).
     Release {
         tenant: TenantId,
@@ -196,6 +210,8 @@ impl Command {
             | Command::AddToken { tenant, .. }
             | Command::RevokeToken { tenant, .. }
             | Command::Place { tenant, .. }
+            | Command::PlaceOrQueue { tenant, .. }
+            | Command::CancelQueued { tenant, .. }
             | Command::Release { tenant, .. }
             | Command::CreatePlacementGroup { tenant, .. }
             | Command::Reserve { tenant, .. }
@@ -223,6 +239,8 @@ impl Command {
             Command::AddToken { .. } => "AddToken",
             Command::RevokeToken { .. } => "RevokeToken",
             Command::Place { .. } => "Place",
+            Command::PlaceOrQueue { .. } => "PlaceOrQueue",
+            Command::CancelQueued { .. } => "CancelQueued",
             Command::Release { .. } => "Release",
             Command::CreatePlacementGroup { .. } => "CreatePlacementGroup",
             Command::Reserve { .. } => "Reserve",
@@ -247,6 +265,9 @@ pub struct Applied {
     pub replayed: bool,
     /// What this entry's advance of log time expired (reported once, by the entry that did it).
     pub expired: Vec<Expired>,
+    /// Quota state changes this entry caused, in order: those of its advance of log time, then
+    /// those of its command (reported once, by the entry that did it, like `expired`).
+    pub events: Vec<QuotaEvent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -259,6 +280,8 @@ pub enum Expired {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletedCounts {
     pub placements: u64,
+    /// Queued placements withdrawn.
+    pub queued: u64,
     pub reservations: u64,
     pub instances: u64,
     pub leases: u64,
@@ -291,6 +314,9 @@ pub enum Response {
     TokenRevoked,
     /// A placement or reservation as it now stands (instances name their workers).
     Placed(Placement),
+    /// The placement waits in the queue.
+    Queued(QueueStatus),
+    QueuedCancelled,
     Released {
         resources: Resources,
         instances: u32,
@@ -377,15 +403,31 @@ pub enum Rejection {
     GroupExists { group: GroupId },
     #[error("placement group {group} holds {current} of {max_instances} instances; {requested} more do not fit")]
     GroupFull { group: GroupId, max_instances: u32, current: u64, requested: u32 },
-    #[error("quota of {limited_by} exceeded on {}{}: limit {limit}, used {used}, requested {requested}", dimension.name(), pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
+    #[error("{} quota of {limited_by} exceeded on {}{}: limit {limit}, used {used}, requested {requested}{}", kind.name(), dimension.name(), pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default(), match kind { LimitKind::Soft { grace_ended_at: Some(at) } => format!(" (grace ended at {at})"), LimitKind::Soft { grace_ended_at: None } => " (no grace period)".to_owned(), _ => String::new() })]
     QuotaExceeded {
         /// The tenant whose limit is hit: the caller or one of its ancestors.
         limited_by: TenantId,
+        kind: LimitKind,
         dimension: Dimension,
         pool: Option<PoolId>,
         limit: u64,
         used: u64,
         requested: u64,
+    },
+    #[error("{} window of {limited_by} is spent: limit {limit}, used {used}; resets at {resets_at}", window.name())]
+    WindowExhausted {
+        /// The tenant whose window limit is spent: the caller or one of its ancestors.
+        limited_by: TenantId,
+        window: Window,
+        limit: u64,
+        used: u64,
+        resets_at: UnixMillis,
+    },
+    #[error("pool {pool} is denied to {limited_by}")]
+    PoolDenied {
+        /// The tenant whose quota denies the pool: the caller or one of its ancestors.
+        limited_by: TenantId,
+        pool: PoolId,
     },
     #[error("no capacity for instance {placed_before_failure} of {count} in pool {pool}")]
     NoCapacity { pool: PoolId, count: u32, placed_before_failure: u32, filtered: FilterCounts },
@@ -401,6 +443,8 @@ pub enum Rejection {
     TokenExists { token: TokenId },
     #[error("token {token} not found")]
     TokenNotFound { token: TokenId },
+    #[error("placement {placement} is not queued")]
+    NotQueued { placement: PlacementId },
     #[error("{what} limit of {max} reached")]
     LimitReached { what: String, max: u64 },
 }
@@ -431,6 +475,8 @@ impl Rejection {
             Rejection::GroupExists { .. } => "GROUP_EXISTS",
             Rejection::GroupFull { .. } => "GROUP_FULL",
             Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            Rejection::PoolDenied { .. } => "POOL_DENIED",
+            Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::LeaseHeld { .. } => "LEASE_HELD",
             Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
@@ -438,6 +484,7 @@ impl Rejection {
             Rejection::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Rejection::TokenExists { .. } => "TOKEN_EXISTS",
             Rejection::TokenNotFound { .. } => "TOKEN_NOT_FOUND",
+            Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
         }
     }
@@ -449,8 +496,20 @@ impl Rejection {
             m.insert(k.to_owned(), v);
         };
         match self {
-            Rejection::QuotaExceeded { limited_by, dimension, pool, limit, used, requested } => {
+            Rejection::QuotaExceeded {
+                limited_by,
+                kind,
+                dimension,
+                pool,
+                limit,
+                used,
+                requested,
+            } => {
                 put("tenant", limited_by.to_string());
+                put("limit_kind", kind.name().to_owned());
+                if let LimitKind::Soft { grace_ended_at: Some(at) } = kind {
+                    put("grace_ended_at_ms", at.0.to_string());
+                }
                 put("dimension", dimension.name().to_owned());
                 if let Some(pool) = pool {
                     put("pool", pool.to_string());
@@ -458,6 +517,18 @@ impl Rejection {
                 put("limit", limit.to_string());
                 put("used", used.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::WindowExhausted { limited_by, window, limit, used, resets_at } => {
+                put("tenant", limited_by.to_string());
+                put("limit_kind", "window".to_owned());
+                put("window", window.name().to_owned());
+                put("limit", limit.to_string());
+                put("used", used.to_string());
+                put("resets_at_ms", resets_at.0.to_string());
+            }
+            Rejection::PoolDenied { limited_by, pool } => {
+                put("tenant", limited_by.to_string());
+                put("pool", pool.to_string());
             }
             Rejection::NoCapacity { pool, count, placed_before_failure, filtered } => {
                 put("pool", pool.to_string());

@@ -11,7 +11,8 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, TenantId, TokenHash, TokenId, UnixMillis,
     WorkerId,
 };
-use super::resources::LabelTerm;
+use super::queue::QueuedPlacement;
+use super::resources::{LabelTerm, Resources};
 use super::state::{Placement, SessionKey, State, Worker};
 
 /// A schedulable worker ordered by free cpu, then free memory, then id.
@@ -22,6 +23,8 @@ pub type FreeKey = (u64, u64, WorkerId);
 pub enum Deadline {
     Reservation(TenantId, PlacementId),
     Lease(TenantId, LeaseName),
+    /// The end of a tenant's burst grace period.
+    Grace(TenantId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,12 +44,18 @@ pub struct Indexes {
     pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
     /// Instances of each placement group in total (the sum of `group_workers`).
     pub group_sizes: BTreeMap<(TenantId, GroupId), u64>,
-    /// Reservation and lease expiry times.
+    /// Reservation and lease expiry times, and ends of burst grace periods.
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// Client sessions in the order they were created (eviction order).
     pub session_order: BTreeMap<LogIndex, SessionKey>,
+    /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
+    pub pool_capacity: BTreeMap<PoolId, Resources>,
+    /// Tenants whose own quota sets a window limit.
+    pub window_limited: u64,
+    /// Queued placements per pool, per tenant in queue order (FIFO within a tenant).
+    pub queue: BTreeMap<PoolId, BTreeMap<(TenantId, LogIndex), PlacementId>>,
 }
 
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, key: &K) {
@@ -88,6 +97,10 @@ impl Indexes {
             ));
         }
         for tenant in state.tenants.values() {
+            ix.window_limited += u64::from(!tenant.quota.windows.is_unlimited());
+            if let Some(burst) = tenant.burst.filter(|b| !b.expired) {
+                ix.deadlines.insert((burst.grace_ends_at, Deadline::Grace(tenant.id.clone())));
+            }
             for (token, hash) in &tenant.tokens {
                 ix.tokens.insert(*hash, (tenant.id.clone(), token.clone()));
             }
@@ -95,7 +108,50 @@ impl Indexes {
         for (key, session) in &state.sessions {
             ix.session_order.insert(session.first.log_index, key.clone());
         }
+        for queued in state.queue.values() {
+            ix.add_queued(queued);
+        }
         ix
+    }
+
+    /// A copy without the session order (for scratch copies that record no sessions).
+    pub fn clone_without_sessions(&self) -> Indexes {
+        Indexes {
+            free: self.free.clone(),
+            pool_workers: self.pool_workers.clone(),
+            labels: self.labels.clone(),
+            anti: self.anti.clone(),
+            worker_placements: self.worker_placements.clone(),
+            group_workers: self.group_workers.clone(),
+            group_sizes: self.group_sizes.clone(),
+            deadlines: self.deadlines.clone(),
+            tokens: self.tokens.clone(),
+            session_order: BTreeMap::new(),
+            window_limited: self.window_limited,
+            pool_capacity: self.pool_capacity.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+
+    pub fn add_queued(&mut self, queued: &QueuedPlacement) {
+        let entries = self.queue.entry(queued.pool.clone()).or_default();
+        let key = (queued.tenant.clone(), queued.log_index);
+        let previous = entries.insert(key, queued.spec.placement.clone());
+        assert!(previous.is_none(), "invariant: one queued entry per log index and tenant");
+    }
+
+    pub fn remove_queued(&mut self, queued: &QueuedPlacement) {
+        let entries = self.queue.get_mut(&queued.pool).expect("invariant: queued pool indexed");
+        let removed = entries.remove(&(queued.tenant.clone(), queued.log_index));
+        assert!(removed.is_some(), "invariant: queued entry indexed");
+        if entries.is_empty() {
+            self.queue.remove(&queued.pool);
+        }
+    }
+
+    /// Capacity of the schedulable workers in `pool`.
+    pub fn pool_capacity(&self, pool: &PoolId) -> Resources {
+        self.pool_capacity.get(pool).copied().unwrap_or_default()
     }
 
     pub fn add_worker(&mut self, worker: &Worker) {
@@ -121,6 +177,16 @@ impl Indexes {
         }
         let free = worker.free();
         let key = (free.cpu_millis, free.memory_mib, worker.id.clone());
+        let total = self.pool_capacity.entry(worker.pool.clone()).or_default();
+        *total = if present {
+            total.checked_add(worker.capacity)
+        } else {
+            total.checked_sub(worker.capacity)
+        }
+        .expect("invariant: pool capacity is the sum of its schedulable workers");
+        if total.is_zero() {
+            self.pool_capacity.remove(&worker.pool);
+        }
         if present {
             self.free.entry(worker.pool.clone()).or_default().insert(key);
         } else {

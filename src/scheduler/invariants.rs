@@ -80,16 +80,43 @@ impl Scheduler {
                     t.id, t.usage, expected
                 ));
             }
-            let scopes = std::iter::once(("total".to_owned(), t.usage.total, &t.quota.total))
-                .chain(
-                    t.quota.pools.iter().map(|(p, l)| (format!("pool {p}"), t.usage.pool(p), l)),
-                );
+            // 2: hard limits (inherited where unset) are never exceeded, nor burst ceilings;
+            // usage is above soft exactly while a burst is recorded, and a running grace
+            // period ends in the future.
+            let e = self.effective_quota(&t.id);
+            let scopes = std::iter::once(("total".to_owned(), t.usage.total, &e.total))
+                .chain(e.pools.iter().map(|(p, l)| (format!("pool {p}"), t.usage.pool(p), l)));
             for (scope, used, limits) in scopes {
                 for d in Dimension::ALL {
                     if limits.get(d).is_some_and(|l| used.get(d) > l) {
                         bad.push(format!("tenant {} over its {} limit in {scope}", t.id, d.name()));
                     }
                 }
+            }
+            for d in Dimension::ALL {
+                if e.soft.get(d).is_some_and(|l| t.usage.total.get(d) > l.burst) {
+                    bad.push(format!("tenant {} over its {} burst ceiling", t.id, d.name()));
+                }
+            }
+            if e.soft.exceeded_by(&t.usage.total) != t.burst.is_some() {
+                bad.push(format!(
+                    "tenant {} burst state {:?} disagrees with usage {:?} against soft {:?}",
+                    t.id, t.burst, t.usage.total, e.soft
+                ));
+            }
+            let w = &t.windows;
+            let window_days = (
+                super::windows::day_of(w.integrated_at),
+                super::windows::month_of(w.integrated_at),
+            );
+            if w.integrated_at > s.now || (w.day, w.month) != window_days {
+                bad.push(format!(
+                    "tenant {} window counters {:?} inconsistent at {}",
+                    t.id, w, s.now
+                ));
+            }
+            if t.burst.is_some_and(|b| !b.expired && b.grace_ends_at <= s.now) {
+                bad.push(format!("tenant {} grace period outlived its end", t.id));
             }
             if let Some(parent) = &t.parent {
                 if !s.tenants.get(parent).is_some_and(|p| p.children.contains(&t.id)) {
@@ -156,6 +183,38 @@ impl Scheduler {
             if !s.tenants.contains_key(&l.tenant) {
                 bad.push(format!("lease {} of missing tenant {}", l.name, l.tenant));
             }
+        }
+
+        // Queue consistency: every queued entry belongs to an existing tenant under its own id,
+        // is not also placed, was queued in the past, and the queue is bounded.
+        for ((tenant, id), q) in &s.queue {
+            if q.tenant != *tenant || q.spec.placement != *id {
+                bad.push(format!("queued {id} of {tenant} filed under the wrong key"));
+            }
+            if !s.tenants.contains_key(tenant) {
+                bad.push(format!("queued {id} of missing tenant {tenant}"));
+            }
+            if s.placements.contains_key(&(tenant.clone(), id.clone())) {
+                bad.push(format!("{id} of {tenant} is both queued and placed"));
+            }
+            if q.queued_at > s.now || q.head_since.is_some_and(|h| h < q.queued_at || h > s.now) {
+                bad.push(format!("queued {id} of {tenant} in the future or head before queued"));
+            }
+            let head = self
+                .ix
+                .queue
+                .get(&q.pool)
+                .and_then(|e| e.range((tenant.clone(), super::LogIndex(0))..).next())
+                .is_some_and(|((owner, at), _)| owner == tenant && *at == q.log_index);
+            if head != q.head_since.is_some() {
+                bad.push(format!(
+                    "queued {id} of {tenant}: head {head}, head_since {:?}",
+                    q.head_since
+                ));
+            }
+        }
+        if s.queue.len() > super::QUEUE_MAX {
+            bad.push(format!("{} queued exceed the bound {}", s.queue.len(), super::QUEUE_MAX));
         }
 
         // 8: the session table is bounded.

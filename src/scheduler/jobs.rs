@@ -6,26 +6,105 @@
 
 use super::ids::validate_object_id;
 use super::index::Deadline;
-use super::placement::{choose_worker, diagnose};
+use super::placement::{choose_worker, diagnose, verdicts, Filter};
 use super::resources::{validate_labels, RULES_MAX};
+use serde::{Deserialize, Serialize};
+
+use super::command::FilterCounts;
+use super::quota::QuotaEvent;
+use super::state::State;
 use super::{
     GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
     Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
     GROUPS_MAX, GROUP_INSTANCES_MAX, INSTANCES_PER_PLACEMENT_MAX, PLACEMENTS_MAX,
 };
 
+/// How much a refusal for capacity explains (the scan of the pool costs O(workers)).
+pub(super) enum Explain<'a> {
+    /// Nothing: the caller only needs to know it did not fit.
+    Nothing,
+    /// Per-reason worker counts (`NoCapacity::filtered`).
+    Counts,
+    /// Counts, and each worker's first failing check.
+    Workers(&'a mut Vec<(WorkerId, Filter)>),
+}
+
+/// Most workers a dry run explains one by one.
+pub const VERDICTS_MAX: usize = 1_000;
+
+/// What a `Place` would do now, computed without changing anything (`Scheduler::dry_run`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The placement it would make (with log index 0), or the refusal it would get.
+    pub result: Result<Placement, Rejection>,
+    /// With `NoCapacity`: each worker of the pool (up to `VERDICTS_MAX`) and the first check it
+    /// failed for the instance that found no worker.
+    pub workers: Vec<(WorkerId, Filter)>,
+    /// The quota events the placement would cause.
+    pub events: Vec<QuotaEvent>,
+}
+
 impl Scheduler {
+    /// The decision `Place { tenant, spec }` would get at the current log time, without changing
+    /// anything. Works on a copy of the state, so it costs O(state): for people and CI, not for
+    /// hot paths.
+    pub fn dry_run(&self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
+        self.scratch().decide(tenant, spec)
+    }
+
+    /// A copy to try things on: everything a placement reads or writes, without the session
+    /// table (a dry run never records a request id).
+    fn scratch(&self) -> Scheduler {
+        let s = &self.state;
+        let state = State {
+            config: s.config.clone(),
+            now: s.now,
+            workers: s.workers.clone(),
+            tenants: s.tenants.clone(),
+            placements: s.placements.clone(),
+            groups: s.groups.clone(),
+            leases: s.leases.clone(),
+            queue: s.queue.clone(),
+            sessions: Default::default(),
+        };
+        let ix = self.ix.clone_without_sessions();
+        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
+    }
+
+    /// The decision a queued placement would get if it were tried now.
+    pub(super) fn dry_run_queued(&self, key: &(TenantId, PlacementId)) -> Decision {
+        let mut scratch = self.scratch();
+        let queued = scratch.state.queue.remove(key).expect("invariant: asked about a queued");
+        scratch.ix.remove_queued(&queued);
+        scratch.decide(&queued.tenant, queued.spec)
+    }
+
+    /// Places on `self` (a scratch copy) to see what would happen.
+    fn decide(mut self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
+        let scratch = &mut self;
+        let mut workers = Vec::new();
+        let result =
+            tenant.validate().and_then(|()| scratch.tenant(tenant).map(|_| ())).and_then(|()| {
+                let explain = Explain::Workers(&mut workers);
+                scratch.place(LogIndex(0), tenant.clone(), spec, None, explain)
+            });
+        let events = std::mem::take(&mut scratch.events);
+        Decision { result, workers, events }
+    }
+
     /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing.
+    /// `explain` says how much a refusal for capacity explains.
     pub(super) fn place(
         &mut self,
         index: LogIndex,
         tenant: TenantId,
         spec: PlaceSpec,
         expires_at: Option<UnixMillis>,
+        explain: Explain<'_>,
     ) -> Result<Placement, Rejection> {
         validate_spec(&spec)?;
         let key = (tenant.clone(), spec.placement.clone());
-        if self.state.placements.contains_key(&key) {
+        if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
             return Err(Rejection::PlacementExists { placement: spec.placement });
         }
         if self.state.placements.len() >= PLACEMENTS_MAX {
@@ -72,8 +151,18 @@ impl Scheduler {
         for placed in 0..placement.spec.count {
             let chosen = choose_worker(&self.state, &self.ix, &placement, group.as_ref(), scan_max);
             let Some(worker) = chosen else {
-                let filtered =
-                    diagnose(&self.state, &self.ix, &placement, group.as_ref(), &placement.pool);
+                let g = group.as_ref();
+                let filtered = match explain {
+                    // Queue admission only needs to know it did not fit.
+                    Explain::Nothing => FilterCounts::default(),
+                    Explain::Counts => {
+                        diagnose(&self.state, &self.ix, &placement, g, &placement.pool)
+                    }
+                    Explain::Workers(out) => {
+                        *out = verdicts(&self.state, &self.ix, &placement, g, VERDICTS_MAX);
+                        diagnose(&self.state, &self.ix, &placement, g, &placement.pool)
+                    }
+                };
                 for worker in std::mem::take(&mut placement.instances).iter().rev() {
                     self.unbind(&placement, worker);
                 }
@@ -88,10 +177,14 @@ impl Scheduler {
             placement.instances.push(worker);
         }
 
-        for ancestor in self.lineage(&placement.tenant) {
-            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+        let lineage = self.lineage(&placement.tenant);
+        self.roll_windows(&lineage);
+        for ancestor in &lineage {
+            let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
+            t.windows.jobs += 1;
         }
+        self.settle_bursts(&lineage);
         if let Some(at) = expires_at {
             self.ix.deadlines.insert((
                 at,
@@ -99,38 +192,9 @@ impl Scheduler {
             ));
         }
         self.state.placements.insert(key, placement.clone());
+        // A queued placement may have waited for this one (a required affinity on its labels).
+        self.queue_dirty |= !placement.spec.labels.is_empty();
         Ok(placement)
-    }
-
-    /// Refuses `usage` if it would take the tenant or any ancestor over a hard limit, in total
-    /// or in `pool`.
-    fn check_quota(
-        &self,
-        tenant: &TenantId,
-        pool: &PoolId,
-        usage: &Usage,
-    ) -> Result<(), Rejection> {
-        for ancestor in self.lineage(tenant) {
-            let t = self.tenant(&ancestor)?;
-            let scopes = [
-                (None, t.usage.total, Some(&t.quota.total)),
-                (Some(pool), t.usage.pool(pool), t.quota.pools.get(pool)),
-            ];
-            for (scope, used_now, limits) in scopes {
-                let Some(limits) = limits else { continue };
-                if let Some((dimension, limit, used, requested)) = used_now.exceeds(usage, limits) {
-                    return Err(Rejection::QuotaExceeded {
-                        limited_by: ancestor,
-                        dimension,
-                        pool: scope.cloned(),
-                        limit,
-                        used,
-                        requested,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Puts one instance of `placement` on `worker`: capacity and indexes.
@@ -178,10 +242,14 @@ impl Scheduler {
         }
         let usage = Usage::of_job(placement.spec.resources, placement.spec.count)
             .expect("invariant: usage was computed at placement");
-        for ancestor in self.lineage(tenant) {
-            let t = self.state.tenants.get_mut(&ancestor).expect("invariant: lineage exists");
+        self.queue_dirty = true;
+        let lineage = self.lineage(tenant);
+        self.roll_windows(&lineage);
+        for ancestor in &lineage {
+            let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");
         }
+        self.settle_bursts(&lineage);
         let held = placement.spec.resources.checked_mul(u64::from(placement.spec.count));
         Ok((held.expect("invariant: usage was computed at placement"), placement.spec.count))
     }
@@ -233,11 +301,13 @@ impl Scheduler {
         self.state
             .groups
             .insert(key, PlacementGroup { tenant, id: group, max_instances, strategy, created_at });
+        // A queued placement may have been waiting for this group to exist.
+        self.queue_dirty = true;
         Ok(Response::GroupCreated)
     }
 }
 
-fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
+pub(super) fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
     validate_object_id("placement", spec.placement.as_str())?;
     if !(1..=INSTANCES_PER_PLACEMENT_MAX).contains(&spec.count) {
         return Err(Rejection::invalid(

@@ -20,11 +20,13 @@ mod leases;
 pub mod money;
 mod placement;
 pub mod query;
+mod queue;
 pub mod quota;
 pub mod resources;
 mod snapshot;
 pub mod state;
 mod tenants;
+pub mod windows;
 mod workers;
 
 use sha2::{Digest, Sha256};
@@ -37,17 +39,25 @@ pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId, DEFAULT_POOL,
 };
+pub use jobs::{Decision, VERDICTS_MAX};
+pub use placement::Filter as WorkerFilter;
 pub use query::{Answer, Query};
-pub use quota::{Dimension, Limits, Quota, Usage, UsageTotals};
+pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
+pub use quota::{
+    Burst, Dimension, EffectiveQuota, LimitKind, Limits, Quota, QuotaEvent, SoftLimit, SoftLimits,
+    Usage, UsageTotals,
+};
 pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, State, Tenant,
     Worker, PLACEMENT_ALGORITHM,
 };
+pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
 use ids::validate_object_id;
 use index::{Deadline, Indexes};
+use jobs::Explain;
 
 /// Most workers in the cluster.
 pub const WORKERS_MAX: usize = 100_000;
@@ -81,6 +91,12 @@ pub const HOLDER_LEN_MAX: usize = 128;
 pub struct Scheduler {
     state: State,
     ix: Indexes,
+    /// Quota events of the entry being applied; drained into `Applied::events`. Never part of
+    /// the state (empty between entries).
+    events: Vec<QuotaEvent>,
+    /// Something that may let a queued placement in has happened in this entry (false between
+    /// entries, so it is the same on every replica and after a snapshot).
+    queue_dirty: bool,
 }
 
 impl PartialEq for Scheduler {
@@ -100,12 +116,17 @@ impl Default for Scheduler {
 
 impl Scheduler {
     pub fn new(config: Config) -> Self {
-        Scheduler { state: State { config, ..State::default() }, ix: Indexes::default() }
+        Scheduler {
+            state: State { config, ..State::default() },
+            ix: Indexes::default(),
+            events: Vec::new(),
+            queue_dirty: false,
+        }
     }
 
     pub(crate) fn from_state(state: State) -> Self {
         let ix = Indexes::build(&state);
-        Scheduler { state, ix }
+        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
     }
 
     pub fn state(&self) -> &State {
@@ -117,16 +138,36 @@ impl Scheduler {
         self.state.now
     }
 
-    /// The earliest reservation or lease expiry, so the leader knows when to propose `Tick`.
+    /// The earliest reservation or lease expiry or grace end, so the leader knows when to
+    /// propose `Tick`.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.ix.deadlines.first().map(|(at, _)| *at)
+        let first = self.ix.deadlines.first().map(|(at, _)| *at);
+        match (first, self.window_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
     pub fn apply(&mut self, entry: Entry) -> Applied {
+        let index = entry.index;
+        let mut applied = self.apply_entry(entry);
+        // Whatever the command freed (capacity, quota) goes to the queue in the same step.
+        self.admit_queued(index);
+        applied.events.append(&mut self.events);
+        applied
+    }
+
+    fn apply_entry(&mut self, entry: Entry) -> Applied {
         let Entry { index, proposed_at, request_id, command } = entry;
+        let day = windows::day_of(self.state.now);
         self.state.now = self.state.now.max(proposed_at);
+        // A new UTC day (or month) may have reset a window someone waits for.
+        self.queue_dirty |= windows::day_of(self.state.now) != day;
         let expired = self.expire_due();
+        // What expiry freed is offered to the queue before the command runs.
+        self.admit_queued(index);
+        let mut events = std::mem::take(&mut self.events);
 
         let session = request_id.map(|request_id| {
             let key = SessionKey { tenant: command.tenant().cloned(), request_id };
@@ -134,25 +175,28 @@ impl Scheduler {
         });
         if let Some((key, digest)) = &session {
             if let Err(rejection) = validate_object_id("request", key.request_id.as_str()) {
-                return self.answer(index, Err(rejection), expired);
+                return Applied { events, ..self.answer(index, Err(rejection), expired) };
             }
             if let Some(first) = self.state.sessions.get(key) {
                 if first.command_digest == *digest {
-                    return Applied { replayed: true, expired, ..first.first.clone() };
+                    return Applied { replayed: true, expired, events, ..first.first.clone() };
                 }
                 let first_index = first.first.log_index;
-                return self.answer(
-                    index,
-                    Err(Rejection::RequestIdReused { first_index }),
-                    expired,
-                );
+                return Applied {
+                    events,
+                    ..self.answer(index, Err(Rejection::RequestIdReused { first_index }), expired)
+                };
             }
         }
 
         let result = self.execute(index, command);
-        let applied = self.answer(index, result, expired);
+        if result.is_err() {
+            assert!(self.events.is_empty(), "invariant: a rejected command changes nothing");
+        }
+        events.append(&mut self.events);
+        let applied = Applied { events, ..self.answer(index, result, expired) };
         if let Some((key, command_digest)) = session {
-            let first = Applied { expired: Vec::new(), ..applied.clone() };
+            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
             self.remember(key, Session { command_digest, first });
         }
         applied
@@ -164,7 +208,14 @@ impl Scheduler {
         result: Result<Response, Rejection>,
         expired: Vec<Expired>,
     ) -> Applied {
-        Applied { log_index: index, applied_at: self.state.now, result, replayed: false, expired }
+        Applied {
+            log_index: index,
+            applied_at: self.state.now,
+            result,
+            replayed: false,
+            expired,
+            events: Vec::new(),
+        }
     }
 
     fn remember(&mut self, key: SessionKey, session: Session) {
@@ -203,6 +254,7 @@ impl Scheduler {
                 self.ix.set_free(w, false);
                 w.schedulable = schedulable;
                 self.ix.set_free(w, true);
+                self.queue_dirty |= schedulable;
                 Ok(Response::WorkerSchedulable { schedulable })
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
@@ -221,7 +273,7 @@ impl Scheduler {
             Command::Place { tenant, spec, fence } => {
                 self.tenant(&tenant)?;
                 self.check_fence(&tenant, fence.as_ref())?;
-                self.place(index, tenant, spec, None).map(Response::Placed)
+                self.place(index, tenant, spec, None, Explain::Counts).map(Response::Placed)
             }
             Command::Reserve { tenant, spec, ttl_ms, fence } => {
                 self.tenant(&tenant)?;
@@ -233,7 +285,17 @@ impl Scheduler {
                     ));
                 }
                 let expires_at = self.state.now.plus_ms(ttl_ms);
-                self.place(index, tenant, spec, Some(expires_at)).map(Response::Reserved)
+                let at = Some(expires_at);
+                self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
+            }
+            Command::PlaceOrQueue { tenant, spec, fence } => {
+                self.tenant(&tenant)?;
+                self.check_fence(&tenant, fence.as_ref())?;
+                self.place_or_queue(index, tenant, spec)
+            }
+            Command::CancelQueued { tenant, placement } => {
+                self.tenant(&tenant)?;
+                self.cancel_queued(&tenant, &placement)
             }
             Command::Release { tenant, placement, fence } => {
                 self.tenant(&tenant)?;
@@ -293,7 +355,8 @@ impl Scheduler {
 
     // ----- expiry and time -------------------------------------------------------------------
 
-    /// Expires every reservation and lease whose deadline is at or before `now`.
+    /// Expires every reservation, lease and burst grace period whose deadline is at or before
+    /// `now`.
     fn expire_due(&mut self) -> Vec<Expired> {
         let mut expired = Vec::new();
         while let Some((at, _)) = self.ix.deadlines.first() {
@@ -322,6 +385,14 @@ impl Scheduler {
                         .remove(&(tenant.clone(), lease.clone()))
                         .expect("invariant: deadline has lease");
                     expired.push(Expired::Lease { tenant, lease, token: removed.token });
+                }
+                Deadline::Grace(tenant) => {
+                    let t = self.state.tenants.get_mut(&tenant);
+                    let burst = t.and_then(|t| t.burst.as_mut());
+                    let burst = burst.expect("invariant: grace deadline has a burst");
+                    assert!(!burst.expired, "invariant: an ended grace has no deadline");
+                    burst.expired = true;
+                    self.events.push(QuotaEvent::GraceExpired { tenant });
                 }
             }
         }

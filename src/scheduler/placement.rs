@@ -7,6 +7,7 @@
 //! downwards, and a required affinity starts from the (usually few) workers that carry the
 //! label. Ties break on (free cpu, free memory, worker id), so every replica picks the same.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::command::{FilterCounts, Strategy};
@@ -16,8 +17,8 @@ use super::resources::LabelTerm;
 use super::state::{GroupStrategy, Placement, PlacementGroup, State, Worker};
 
 /// Why a worker was filtered out (in the order the checks run).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Filter {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Filter {
     Draining,
     Cpu,
     Memory,
@@ -25,6 +26,21 @@ enum Filter {
     GroupSpread,
     AntiAffinity,
     Affinity,
+}
+
+impl Filter {
+    /// The stable name, as in `FilterCounts::pairs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Draining => "draining",
+            Filter::Cpu => "insufficient_cpu",
+            Filter::Memory => "insufficient_memory",
+            Filter::Labels => "label_mismatch",
+            Filter::GroupSpread => "group_spread",
+            Filter::AntiAffinity => "anti_affinity",
+            Filter::Affinity => "affinity",
+        }
+    }
 }
 
 /// The rules of one placement, resolved against the indexes once per instance.
@@ -205,6 +221,25 @@ pub fn choose_worker(
 
 fn state_worker<'s>(state: &'s State, id: &WorkerId) -> &'s Worker {
     state.workers.get(id).expect("invariant: indexed workers exist")
+}
+
+/// The first check each worker in the pool fails (at most `max` workers, in id order). Used only
+/// to explain a dry run, so a full scan is acceptable here.
+pub fn verdicts(
+    state: &State,
+    ix: &Indexes,
+    placement: &Placement,
+    group: Option<&PlacementGroup>,
+    max: usize,
+) -> Vec<(WorkerId, Filter)> {
+    let rules = Rules::new(ix, placement, group);
+    ix.pool_workers
+        .get(&placement.pool)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| rules.check(state_worker(state, id)).err().map(|f| (id.clone(), f)))
+        .take(max)
+        .collect()
 }
 
 /// Counts, for every worker in the pool, the first check it fails. Used only to explain a

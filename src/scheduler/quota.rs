@@ -1,14 +1,24 @@
-//! Hard quotas and usage accounting.
+//! Quotas (hard, soft with burst and grace, per pool, pool access) and usage accounting.
 //!
 //! A tenant's limits apply to its whole subtree (itself and its descendants), so a parent caps
 //! the sum of its children. Usage is kept per subtree, in total and per pool, and is changed only
 //! together with the placements it counts (invariant 5 and 2, checked by `check_invariants`).
+//!
+//! Inheritance: where a tenant sets no value (a hard or soft dimension, a pool's dimension, the
+//! grace period), the nearest ancestor's value applies to the tenant's own subtree. Pools denied
+//! anywhere up the chain are denied. `EffectiveQuota` is the resolved view.
+//!
+//! Soft limits: a subtree may run above `soft` up to `burst` (never above it), for at most the
+//! effective grace period counted from the moment it went above (`Burst`). When the grace ends,
+//! no new work is admitted while the subtree is above soft; work already running stays. Going
+//! back under soft in every dimension ends the burst.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::ids::PoolId;
+use super::ids::{PlacementId, PoolId, TenantId, UnixMillis};
 use super::resources::Resources;
+use super::windows::{Window, WindowLimits};
 
 /// A quota dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -55,15 +65,188 @@ impl Limits {
     }
 }
 
-/// A tenant's quota: limits on its subtree in total, and optionally per pool.
+impl Limits {
+    /// Each dimension from `self`, or from `fallback` where `self` sets none.
+    pub fn or(&self, fallback: &Limits) -> Limits {
+        Limits {
+            cpu_millis: self.cpu_millis.or(fallback.cpu_millis),
+            memory_mib: self.memory_mib.or(fallback.memory_mib),
+            instances: self.instances.or(fallback.instances),
+            jobs: self.jobs.or(fallback.jobs),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// A soft limit and the burst ceiling above it (`soft <= burst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftLimit {
+    pub soft: u64,
+    pub burst: u64,
+}
+
+/// Soft limits per dimension; `None` sets none (inherit, or no soft limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftLimits {
+    pub cpu_millis: Option<SoftLimit>,
+    pub memory_mib: Option<SoftLimit>,
+    pub instances: Option<SoftLimit>,
+    pub jobs: Option<SoftLimit>,
+}
+
+impl SoftLimits {
+    pub fn get(&self, dimension: Dimension) -> Option<SoftLimit> {
+        match dimension {
+            Dimension::CpuMillis => self.cpu_millis,
+            Dimension::MemoryMib => self.memory_mib,
+            Dimension::Instances => self.instances,
+            Dimension::Jobs => self.jobs,
+        }
+    }
+
+    pub fn or(&self, fallback: &SoftLimits) -> SoftLimits {
+        SoftLimits {
+            cpu_millis: self.cpu_millis.or(fallback.cpu_millis),
+            memory_mib: self.memory_mib.or(fallback.memory_mib),
+            instances: self.instances.or(fallback.instances),
+            jobs: self.jobs.or(fallback.jobs),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == SoftLimits::default()
+    }
+
+    /// The soft limits as plain limits.
+    pub fn softs(&self) -> Limits {
+        let pick = |l: Option<SoftLimit>| l.map(|l| l.soft);
+        Limits {
+            cpu_millis: pick(self.cpu_millis),
+            memory_mib: pick(self.memory_mib),
+            instances: pick(self.instances),
+            jobs: pick(self.jobs),
+        }
+    }
+
+    /// The burst ceilings as plain limits.
+    pub fn bursts(&self) -> Limits {
+        let pick = |l: Option<SoftLimit>| l.map(|l| l.burst);
+        Limits {
+            cpu_millis: pick(self.cpu_millis),
+            memory_mib: pick(self.memory_mib),
+            instances: pick(self.instances),
+            jobs: pick(self.jobs),
+        }
+    }
+
+    /// True when `usage` is above the soft limit in some dimension.
+    pub fn exceeded_by(&self, usage: &Usage) -> bool {
+        Dimension::ALL.into_iter().any(|d| self.get(d).is_some_and(|l| usage.get(d) > l.soft))
+    }
+}
+
+/// A tenant's quota as set: limits on its subtree in total, per pool, soft limits on the total,
+/// and pools it may not use. Unset values inherit (see the module header).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     pub total: Limits,
     pub pools: BTreeMap<PoolId, Limits>,
+    pub soft: SoftLimits,
+    /// How long the subtree may stay above a soft limit, in log-time milliseconds. `Some(0)`
+    /// admits nothing above soft.
+    pub grace_ms: Option<u64>,
+    /// Pools the subtree may not place into at all.
+    pub denied_pools: BTreeSet<PoolId>,
+    /// Jobs per day and cpu time per month (checked where set, up the chain).
+    pub windows: WindowLimits,
 }
 
-/// Quotas may name at most this many pools.
+/// Quotas may name at most this many pools (limits and denials each).
 pub const QUOTA_POOLS_MAX: usize = 64;
+/// Longest grace period: 30 days.
+pub const GRACE_MAX_MS: u64 = 30 * 24 * 3_600_000;
+
+/// A quota with inheritance resolved: what actually limits a tenant's subtree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveQuota {
+    pub total: Limits,
+    pub pools: BTreeMap<PoolId, Limits>,
+    pub soft: SoftLimits,
+    /// 0 when no tenant up the chain sets one: nothing is admitted above soft.
+    pub grace_ms: u64,
+    pub denied_pools: BTreeSet<PoolId>,
+}
+
+impl EffectiveQuota {
+    /// Resolves `chain` (a tenant's quota first, then its ancestors', nearest first).
+    pub fn resolve<'a>(chain: impl IntoIterator<Item = &'a Quota>) -> EffectiveQuota {
+        let mut e = EffectiveQuota::default();
+        let mut grace = None;
+        for q in chain {
+            e.total = e.total.or(&q.total);
+            for (pool, limits) in &q.pools {
+                let slot = e.pools.entry(pool.clone()).or_default();
+                *slot = slot.or(limits);
+            }
+            e.soft = e.soft.or(&q.soft);
+            grace = grace.or(q.grace_ms);
+            e.denied_pools.extend(q.denied_pools.iter().cloned());
+        }
+        e.grace_ms = grace.unwrap_or(0);
+        e
+    }
+
+    pub fn pool(&self, pool: &PoolId) -> Option<&Limits> {
+        self.pools.get(pool)
+    }
+}
+
+/// Which kind of limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitKind {
+    Hard,
+    /// The burst ceiling above a soft limit.
+    Burst,
+    /// A soft limit whose grace period has ended (`grace_ended_at`) or is zero (`None`).
+    Soft {
+        grace_ended_at: Option<UnixMillis>,
+    },
+}
+
+impl LimitKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::Hard => "hard",
+            LimitKind::Burst => "burst",
+            LimitKind::Soft { .. } => "soft",
+        }
+    }
+}
+
+/// A subtree running above a soft limit since `since`; it may until `grace_ends_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Burst {
+    pub since: UnixMillis,
+    pub grace_ends_at: UnixMillis,
+    /// The grace period has ended: no new work until the subtree is back under soft.
+    pub expired: bool,
+}
+
+/// Quota state changes reported with the entry that caused them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum QuotaEvent {
+    /// The tenant's subtree went above a soft limit; the grace period runs until `grace_ends_at`.
+    BurstEntered { tenant: TenantId, grace_ends_at: UnixMillis },
+    /// The grace period ended while the subtree was still above soft.
+    GraceExpired { tenant: TenantId },
+    /// The subtree is back under every soft limit.
+    ReturnedUnderSoft { tenant: TenantId },
+    /// A queued placement was placed.
+    Admitted { tenant: TenantId, placement: PlacementId },
+}
 
 /// What a tenant's subtree holds, in one scope (total or one pool).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,5 +343,181 @@ impl UsageTotals {
             self.pools.remove(pool);
         }
         Some(())
+    }
+}
+
+// ----- enforcement ---------------------------------------------------------------------------
+
+use super::command::Rejection;
+use super::index::Deadline;
+use super::Scheduler;
+
+impl Scheduler {
+    /// The tenant's quota with inheritance resolved up its chain.
+    pub fn effective_quota(&self, tenant: &TenantId) -> EffectiveQuota {
+        let lineage = self.lineage(tenant);
+        EffectiveQuota::resolve(
+            lineage.iter().filter_map(|id| self.state.tenants.get(id)).map(|t| &t.quota),
+        )
+    }
+
+    /// Refuses `usage` in `pool` if the tenant or any ancestor denies the pool, or it would take
+    /// one of them over a hard limit (in total or in the pool), over a burst ceiling, or above a
+    /// soft limit when that subtree may not burst (grace ended, or no grace period).
+    ///
+    /// Hard limits and burst ceilings are checked where they are set: an inherited one can only
+    /// be exceeded if the ancestor that sets it is (its subtree holds at least as much), so the
+    /// refusal names the tenant whose quota says so. Soft limits are checked with inheritance,
+    /// because every tenant has its own burst state and grace period.
+    pub(super) fn check_quota(
+        &self,
+        tenant: &TenantId,
+        pool: &PoolId,
+        usage: &Usage,
+    ) -> Result<(), Rejection> {
+        for ancestor in self.lineage(tenant) {
+            let t = self.tenant(&ancestor)?;
+            if t.quota.denied_pools.contains(pool) {
+                return Err(Rejection::PoolDenied { limited_by: ancestor, pool: pool.clone() });
+            }
+            let exceeded = |kind, scope: Option<&PoolId>, (dimension, limit, used, requested)| {
+                Rejection::QuotaExceeded {
+                    limited_by: ancestor.clone(),
+                    kind,
+                    dimension,
+                    pool: scope.cloned(),
+                    limit,
+                    used,
+                    requested,
+                }
+            };
+            let used = t.usage.total;
+            let scopes = [
+                (None, used, Some(&t.quota.total)),
+                (Some(pool), t.usage.pool(pool), t.quota.pools.get(pool)),
+            ];
+            for (scope, used_now, limits) in scopes {
+                let Some(limits) = limits else { continue };
+                if let Some(over) = used_now.exceeds(usage, limits) {
+                    return Err(exceeded(LimitKind::Hard, scope, over));
+                }
+            }
+            self.check_windows(&ancestor)?;
+            if let Some(over) = used.exceeds(usage, &t.quota.soft.bursts()) {
+                return Err(exceeded(LimitKind::Burst, None, over));
+            }
+            if t.quota.soft.is_empty() && t.parent.is_none() {
+                // No soft limit set here, and none to inherit.
+                continue;
+            }
+            let grace_ended_at = match t.burst {
+                Some(b) if b.expired => Some(b.grace_ends_at),
+                Some(_) => continue,
+                None => None,
+            };
+            let e = self.effective_quota(&ancestor);
+            if grace_ended_at.is_none() && e.grace_ms > 0 {
+                // Within the grace period, or about to start one: up to burst is fine.
+                continue;
+            }
+            if let Some(over) = used.exceeds(usage, &e.soft.softs()) {
+                return Err(exceeded(LimitKind::Soft { grace_ended_at }, None, over));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses new work if `tenant`'s own window limits are spent (one more job today, or any
+    /// more cpu time this month).
+    pub(super) fn check_windows(&self, tenant: &TenantId) -> Result<(), Rejection> {
+        let t = self.tenant(tenant)?;
+        let limits = &t.quota.windows;
+        if limits.is_unlimited() {
+            return Ok(());
+        }
+        let now = t.windows.at(self.state.now, t.usage.total.cpu_millis).usage();
+        let refuse = |window, limit, used, resets_at| Rejection::WindowExhausted {
+            limited_by: tenant.clone(),
+            window,
+            limit,
+            used,
+            resets_at,
+        };
+        if let Some(limit) = limits.jobs_per_day.filter(|l| now.jobs_today >= *l) {
+            return Err(refuse(Window::JobsPerDay, limit, now.jobs_today, now.day_resets_at));
+        }
+        let used = u64::try_from(now.cpu_milli_ms_this_month).unwrap_or(u64::MAX);
+        if let Some(limit) = limits.cpu_milli_ms_per_month.filter(|l| used >= *l) {
+            return Err(refuse(Window::CpuMilliMsPerMonth, limit, used, now.month_resets_at));
+        }
+        Ok(())
+    }
+
+    /// Brings every tenant in `tenants` to the burst state its usage and effective soft limits
+    /// call for, recording the events. Call after any change to usage or quotas.
+    pub(super) fn settle_bursts(&mut self, tenants: &[TenantId]) {
+        for id in tenants {
+            self.settle_burst(id);
+        }
+    }
+
+    fn settle_burst(&mut self, id: &TenantId) {
+        let e = self.effective_quota(id);
+        let now = self.state.now;
+        let t = self.state.tenants.get_mut(id).expect("invariant: settled tenant exists");
+        let above = e.soft.exceeded_by(&t.usage.total);
+        let old = t.burst;
+        let new = match (above, old) {
+            (false, _) => None,
+            (true, None) => {
+                Some(Burst { since: now, grace_ends_at: now.plus_ms(e.grace_ms), expired: false })
+            }
+            // The grace period may have changed with a quota.
+            (true, Some(b)) if !b.expired => {
+                Some(Burst { grace_ends_at: b.since.plus_ms(e.grace_ms), ..b })
+            }
+            (true, Some(b)) => Some(b),
+        };
+        let new = new.map(|b| Burst { expired: b.expired || b.grace_ends_at <= now, ..b });
+        if old == new {
+            return;
+        }
+        t.burst = new;
+        if let Some(b) = old.filter(|b| !b.expired) {
+            let removed = self.ix.deadlines.remove(&(b.grace_ends_at, Deadline::Grace(id.clone())));
+            assert!(removed, "invariant: a running grace period has a deadline");
+        }
+        if let Some(b) = new.filter(|b| !b.expired) {
+            self.ix.deadlines.insert((b.grace_ends_at, Deadline::Grace(id.clone())));
+        }
+        let tenant = id.clone();
+        match (old, new) {
+            (Some(_), None) => self.events.push(QuotaEvent::ReturnedUnderSoft { tenant }),
+            (None, Some(b)) => {
+                let grace_ends_at = b.grace_ends_at;
+                self.events
+                    .push(QuotaEvent::BurstEntered { tenant: tenant.clone(), grace_ends_at });
+                if b.expired {
+                    self.events.push(QuotaEvent::GraceExpired { tenant });
+                }
+            }
+            (Some(o), Some(b)) if b.expired && !o.expired => {
+                self.events.push(QuotaEvent::GraceExpired { tenant })
+            }
+            _ => {}
+        }
+    }
+
+    /// The tenant and all its descendants, parents before children.
+    pub(super) fn subtree(&self, tenant: &TenantId) -> Vec<TenantId> {
+        let mut out = vec![tenant.clone()];
+        let mut next = 0;
+        while let Some(id) = out.get(next).cloned() {
+            next += 1;
+            if let Some(t) = self.state.tenants.get(&id) {
+                out.extend(t.children.iter().cloned());
+            }
+        }
+        out
     }
 }

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Scheduler, State};
 
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// 2: quotas gained soft limits, grace, pool denial; tenants a burst state.
+pub const SNAPSHOT_VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -9,8 +9,10 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
 };
-use super::quota::{Quota, UsageTotals};
+use super::queue::QueuedPlacement;
+use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
+use super::windows::WindowCounters;
 
 /// The placement algorithm this build implements. A change to how workers are chosen gets a
 /// new version, switched on by `SetConfig` once every replica runs a build that knows it, so
@@ -75,6 +77,10 @@ pub struct Tenant {
     pub quota: Quota,
     /// Usage of this tenant and all its descendants.
     pub usage: UsageTotals,
+    /// `Some` exactly while the subtree's usage is above an effective soft limit.
+    pub burst: Option<Burst>,
+    /// Jobs today and cpu time this month of this tenant and its descendants.
+    pub windows: WindowCounters,
     pub tokens: BTreeMap<TokenId, TokenHash>,
     pub created_at: UnixMillis,
 }
@@ -161,5 +167,7 @@ pub struct State {
     pub placements: BTreeMap<(TenantId, PlacementId), Placement>,
     pub groups: BTreeMap<(TenantId, GroupId), PlacementGroup>,
     pub leases: BTreeMap<(TenantId, LeaseName), Lease>,
+    /// Placements waiting for quota or capacity (`PlaceOrQueue`).
+    pub queue: BTreeMap<(TenantId, PlacementId), QueuedPlacement>,
     pub sessions: BTreeMap<SessionKey, Session>,
 }

@@ -2,12 +2,13 @@
 
 use super::ids::validate_object_id;
 use super::index::Deadline;
-use super::quota::QUOTA_POOLS_MAX;
+use super::quota::{GRACE_MAX_MS, QUOTA_POOLS_MAX};
+use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
-    count_u64, DeletedCounts, Dimension, PlacementId, Quota, Rejection, Response, Scheduler,
-    Tenant, TenantId, TokenHash, TokenId, UsageTotals, TENANTS_MAX, TENANT_DEPTH_MAX,
-    TOKENS_PER_TENANT_MAX, WEIGHT_MAX,
+    count_u64, DeletedCounts, Dimension, Limits, PlacementId, Quota, Rejection, Response,
+    Scheduler, Tenant, TenantId, TokenHash, TokenId, Usage, UsageTotals, TENANTS_MAX,
+    TENANT_DEPTH_MAX, TOKENS_PER_TENANT_MAX, WEIGHT_MAX,
 };
 
 impl Scheduler {
@@ -45,6 +46,8 @@ impl Scheduler {
             weight,
             quota: Quota::default(),
             usage: UsageTotals::default(),
+            burst: None,
+            windows: WindowCounters::new(self.state.now),
             tokens: Default::default(),
             created_at: self.state.now,
         };
@@ -83,6 +86,7 @@ impl Scheduler {
             counts.resources =
                 counts.resources.checked_add(resources).expect("invariant: released fits");
         }
+        counts.queued = self.drop_queued_of(tenant);
         let before = self.state.groups.len();
         self.state.groups.retain(|(owner, _), _| owner != tenant);
         counts.groups = count_u64(before - self.state.groups.len());
@@ -118,7 +122,9 @@ impl Scheduler {
             self.ix.session_order.remove(&session.first.log_index);
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
+        self.ix.window_limited -= u64::from(!removed.quota.windows.is_unlimited());
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
+        assert!(removed.burst.is_none(), "invariant: an empty subtree is under soft");
         for hash in removed.tokens.values() {
             self.ix.tokens.remove(hash);
         }
@@ -135,25 +141,54 @@ impl Scheduler {
         tenant: &TenantId,
         quota: Quota,
     ) -> Result<Response, Rejection> {
-        if quota.pools.len() > QUOTA_POOLS_MAX {
+        if quota.pools.len() > QUOTA_POOLS_MAX || quota.denied_pools.len() > QUOTA_POOLS_MAX {
             return Err(Rejection::invalid(
                 "quota.pools",
-                format!("at most {QUOTA_POOLS_MAX} pools"),
+                format!("at most {QUOTA_POOLS_MAX} pools with limits and {QUOTA_POOLS_MAX} denied"),
             ));
         }
-        for pool in quota.pools.keys() {
+        for pool in quota.pools.keys().chain(&quota.denied_pools) {
             validate_object_id("pool", pool.as_str())?;
         }
+        if quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS) {
+            return Err(Rejection::invalid(
+                "quota.grace_ms",
+                format!("must be at most {GRACE_MAX_MS}"),
+            ));
+        }
         let t = self.tenant(tenant)?;
-        let below = |usage: &super::Usage, limits: &super::Limits| {
+        // The hard limits that will apply: these, or inherited where these set none.
+        let parent_hard = match &t.parent {
+            Some(parent) => self.effective_quota(parent).total,
+            None => Limits::default(),
+        };
+        let hard = quota.total.or(&parent_hard);
+        for d in Dimension::ALL {
+            let Some(l) = quota.soft.get(d) else { continue };
+            if l.soft > l.burst {
+                return Err(Rejection::invalid(
+                    "quota.soft",
+                    format!("{} soft limit {} is above its burst {}", d.name(), l.soft, l.burst),
+                ));
+            }
+            if let Some(h) = hard.get(d).filter(|h| l.burst > *h) {
+                return Err(Rejection::invalid(
+                    "quota.soft",
+                    format!("{} burst {} is above the hard limit {h}", d.name(), l.burst),
+                ));
+            }
+        }
+        let below = |usage: &Usage, limits: &Limits| {
             Dimension::ALL.into_iter().find(|d| limits.get(*d).is_some_and(|l| usage.get(*d) > l))
         };
-        let scopes = std::iter::once((None, t.usage.total, &quota.total)).chain(
-            quota
-                .pools
-                .iter()
-                .map(|(pool, limits)| (Some(pool.clone()), t.usage.pool(pool), limits)),
-        );
+        let burst = quota.soft.bursts();
+        let scopes =
+            [(None, t.usage.total, &quota.total), (None, t.usage.total, &burst)].into_iter().chain(
+                quota
+                    .pools
+                    .iter()
+                    .map(|(pool, limits)| (Some(pool.clone()), t.usage.pool(pool), limits)),
+            );
         for (pool, usage, limits) in scopes {
             if let Some(d) = below(&usage, limits) {
                 return Err(Rejection::invalid(
@@ -168,7 +203,16 @@ impl Scheduler {
                 ));
             }
         }
-        self.tenant_mut(tenant)?.quota = quota;
+        let limited = !quota.windows.is_unlimited();
+        let t = self.tenant_mut(tenant)?;
+        let was_limited = !t.quota.windows.is_unlimited();
+        t.quota = quota;
+        self.ix.window_limited =
+            self.ix.window_limited + u64::from(limited) - u64::from(was_limited);
+        // Descendants inherit from this quota: their burst state may change too.
+        let subtree = self.subtree(tenant);
+        self.settle_bursts(&subtree);
+        self.queue_dirty = true;
         Ok(Response::QuotaSet)
     }
 

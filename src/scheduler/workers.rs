@@ -42,6 +42,7 @@ impl Scheduler {
         };
         self.ix.add_worker(&w);
         self.state.workers.insert(worker, w.clone());
+        self.queue_dirty = true;
         Ok(Response::WorkerRegistered(w))
     }
 
@@ -77,6 +78,7 @@ impl Scheduler {
             w.labels = labels;
         }
         self.ix.set_free(w, true);
+        self.queue_dirty = true;
         Ok(Response::WorkerUpdated)
     }
 

@@ -1,0 +1,715 @@
+//! The quota manager through the core's public interface (`Scheduler::apply`, `dry_run`):
+//! soft limits with burst ceilings and grace periods in log time, inheritance and parent caps
+//! up the whole tenant chain, pool limits and pool denial, and dry-run decisions. Every test
+//! asserts the invariants after every command.
+
+use berth::scheduler::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+/// A scheduler with a log index and a leader clock the test advances by hand.
+struct Log {
+    s: Scheduler,
+    index: u64,
+    now: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log { s: Scheduler::default(), index: 0, now: T0 }
+    }
+
+    fn apply(&mut self, command: Command) -> Applied {
+        self.index += 1;
+        let applied = self.s.apply(Entry {
+            index: LogIndex(self.index),
+            proposed_at: UnixMillis(self.now),
+            request_id: Some(RequestId::new(format!("req-{}", self.index))),
+            command,
+        });
+        if let Err(violations) = self.s.check_invariants() {
+            panic!("invariants broken after index {}: {violations:#?}", self.index);
+        }
+        applied
+    }
+
+    fn ok(&mut self, command: Command) -> Applied {
+        let name = command.name();
+        let applied = self.apply(command);
+        if let Err(e) = &applied.result {
+            panic!("{name} refused: {e}");
+        }
+        applied
+    }
+
+    fn err(&mut self, command: Command) -> Rejection {
+        let name = command.name();
+        match self.apply(command).result {
+            Ok(r) => panic!("{name} should have been refused, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn tenant(&mut self, id: &str, parent: Option<&str>) {
+        self.ok(Command::CreateTenant {
+            tenant: id.into(),
+            parent: parent.map(Into::into),
+            weight: 1,
+        });
+    }
+
+    fn worker(&mut self, id: &str, pool: Option<&str>, cpu_millis: u64) {
+        self.ok(Command::RegisterWorker {
+            worker: id.into(),
+            pool: pool.map(Into::into),
+            capacity: Resources::new(cpu_millis, 1_000_000),
+            labels: Labels::new(),
+        });
+    }
+
+    fn quota(&mut self, tenant: &str, quota: Quota) -> Applied {
+        self.ok(Command::SetQuota { tenant: tenant.into(), quota })
+    }
+
+    fn place(&mut self, tenant: &str, id: &str, cpu_millis: u64) -> Applied {
+        self.apply(Command::Place {
+            tenant: tenant.into(),
+            spec: spec(id, cpu_millis),
+            fence: None,
+        })
+    }
+
+    fn release(&mut self, tenant: &str, id: &str) -> Applied {
+        self.ok(Command::Release { tenant: tenant.into(), placement: id.into(), fence: None })
+    }
+
+    fn tick(&mut self, advance_ms: u64) -> Applied {
+        self.now += advance_ms;
+        self.apply(Command::Tick)
+    }
+
+    fn tenant_state(&self, id: &str) -> &Tenant {
+        &self.s.state().tenants[&TenantId::from(id)]
+    }
+}
+
+fn spec(id: &str, cpu_millis: u64) -> PlaceSpec {
+    PlaceSpec {
+        placement: id.into(),
+        count: 1,
+        resources: Resources::new(cpu_millis, 1),
+        ..PlaceSpec::default()
+    }
+}
+
+fn soft_cpu(soft: u64, burst: u64, grace_ms: Option<u64>) -> Quota {
+    Quota {
+        soft: SoftLimits { cpu_millis: Some(SoftLimit { soft, burst }), ..SoftLimits::default() },
+        grace_ms,
+        ..Quota::default()
+    }
+}
+
+fn entered(tenant: &str, grace_ends_at: u64) -> QuotaEvent {
+    QuotaEvent::BurstEntered { tenant: tenant.into(), grace_ends_at: UnixMillis(grace_ends_at) }
+}
+
+fn meta(r: &Rejection, key: &str) -> String {
+    r.metadata().get(key).cloned().unwrap_or_default()
+}
+
+/// Above soft up to burst (never beyond) for exactly the grace period in log time; then no new
+/// work until usage is back under soft; each transition is reported once as an event.
+#[test]
+fn soft_limit_bursts_within_grace_only() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    log.quota("acme", soft_cpu(4_000, 6_000, Some(10_000)));
+
+    assert!(log.place("acme", "a", 4_000).events.is_empty(), "at soft is not above it");
+    let start = log.now;
+    let over = log.place("acme", "b", 1_000);
+    assert!(over.result.is_ok());
+    assert_eq!(over.events, vec![entered("acme", start + 10_000)]);
+    assert_eq!(log.s.next_deadline(), Some(UnixMillis(start + 10_000)));
+
+    let ceiling = log.place("acme", "c", 1_001).result.expect_err("5000 + 1001 > burst 6000");
+    assert_eq!(
+        (ceiling.reason(), meta(&ceiling, "limit_kind")),
+        ("QUOTA_EXCEEDED", "burst".into())
+    );
+    assert_eq!((meta(&ceiling, "limit"), meta(&ceiling, "used")), ("6000".into(), "5000".into()));
+
+    // The last millisecond of grace still admits work up to burst.
+    assert!(log.tick(9_999).events.is_empty());
+    assert!(log.place("acme", "d", 1_000).result.is_ok(), "exactly at burst, within grace");
+    let tick = log.tick(1);
+    assert_eq!(tick.events, vec![QuotaEvent::GraceExpired { tenant: "acme".into() }]);
+    assert_eq!(log.s.next_deadline(), None);
+    assert!(log.tenant_state("acme").burst.is_some_and(|b| b.expired));
+
+    // After the grace, new work is refused while above soft, naming when the grace ended.
+    log.release("acme", "d");
+    let late = log.place("acme", "e", 1).result.expect_err("grace over, still above soft");
+    assert_eq!(meta(&late, "limit_kind"), "soft");
+    assert_eq!(meta(&late, "grace_ended_at_ms"), (start + 10_000).to_string());
+    assert_eq!(meta(&late, "limit"), "4000");
+
+    // Back under soft in every dimension ends the burst; the next one gets a fresh grace.
+    let back = log.release("acme", "b");
+    assert_eq!(back.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+    assert_eq!(log.tenant_state("acme").burst, None);
+    let again = log.place("acme", "f", 500);
+    assert_eq!(again.events, vec![entered("acme", log.now + 10_000)]);
+}
+
+/// Without a grace period (unset everywhere, or 0) nothing is admitted above soft; lowering a
+/// soft limit below current usage starts a burst at once; a burst ceiling below usage, a soft
+/// limit above its burst, or a burst above the hard limit is refused; changing the grace
+/// period moves the running deadline.
+#[test]
+fn soft_limit_changes_through_set_quota() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    log.quota("acme", soft_cpu(1_000, 2_000, None));
+    let refused = log.place("acme", "a", 1_001).result.expect_err("no grace period");
+    assert_eq!(
+        (meta(&refused, "limit_kind"), meta(&refused, "grace_ended_at_ms")),
+        ("soft".into(), String::new())
+    );
+    log.place("acme", "a", 1_000).result.expect("up to soft");
+
+    let lowered = log.quota("acme", soft_cpu(500, 2_000, Some(5_000)));
+    assert_eq!(lowered.events, vec![entered("acme", log.now + 5_000)]);
+    let since = log.now;
+    log.now += 1_000;
+    let longer = log.quota("acme", soft_cpu(500, 2_000, Some(60_000)));
+    assert!(longer.events.is_empty());
+    assert_eq!(
+        log.s.next_deadline(),
+        Some(UnixMillis(since + 60_000)),
+        "grace counts from the burst start"
+    );
+    let shorter = log.quota("acme", soft_cpu(500, 2_000, Some(1_000)));
+    assert_eq!(shorter.events, vec![QuotaEvent::GraceExpired { tenant: "acme".into() }]);
+
+    for bad in [soft_cpu(500, 999, Some(1)), soft_cpu(3_000, 2_000, Some(1))] {
+        let e = log.err(Command::SetQuota { tenant: "acme".into(), quota: bad });
+        assert_eq!(e.reason(), "INVALID_ARGUMENT");
+    }
+    let above_hard = Quota {
+        total: Limits { cpu_millis: Some(1_500), ..Limits::default() },
+        ..soft_cpu(500, 2_000, Some(1))
+    };
+    let e = log.err(Command::SetQuota { tenant: "acme".into(), quota: above_hard });
+    assert!(e.to_string().contains("above the hard limit"), "{e}");
+
+    let cleared = log.quota("acme", Quota::default());
+    assert_eq!(cleared.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+}
+
+/// A child that sets nothing inherits its parent's limits and grace; its own settings win;
+/// every ancestor up the chain caps its subtree in the same apply; usage rolls up; deleting a
+/// child leaves the parent's usage and burst state exact.
+#[test]
+fn hierarchy_inherits_and_caps_up_the_chain() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.tenant("dev", Some("team"));
+    log.tenant("ops", Some("team"));
+    log.worker("w1", None, 64_000);
+    log.quota(
+        "org",
+        Quota {
+            total: Limits { cpu_millis: Some(10_000), instances: Some(5), ..Limits::default() },
+            ..soft_cpu(4_000, 8_000, Some(30_000))
+        },
+    );
+    log.quota(
+        "ops",
+        Quota { total: Limits { instances: Some(2), ..Limits::default() }, ..Quota::default() },
+    );
+
+    let dev = log.s.effective_quota(&"dev".into());
+    assert_eq!(
+        (dev.total.cpu_millis, dev.total.instances, dev.grace_ms),
+        (Some(10_000), Some(5), 30_000)
+    );
+    assert_eq!(dev.soft.cpu_millis, Some(SoftLimit { soft: 4_000, burst: 8_000 }));
+    let ops = log.s.effective_quota(&"ops".into());
+    assert_eq!(
+        (ops.total.cpu_millis, ops.total.instances),
+        (Some(10_000), Some(2)),
+        "own value wins"
+    );
+
+    // Usage rolls up: dev and ops stay under the inherited soft limit on their own, but team
+    // and org (4500 > 4000) go above it in the same apply, each with its own grace period.
+    assert!(log.place("dev", "a", 2_500).events.is_empty());
+    let ops_place = log.place("ops", "b", 2_000);
+    let now = log.now;
+    assert_eq!(ops_place.events, vec![entered("team", now + 30_000), entered("org", now + 30_000)]);
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 4_500);
+    assert_eq!(log.tenant_state("dev").burst, None);
+
+    // org's burst ceiling (8000) binds dev two levels down, and the refusal names org.
+    let capped = log.place("dev", "c", 3_501).result.expect_err("4500 + 3501 > org burst");
+    assert!(
+        matches!(capped, Rejection::QuotaExceeded { ref limited_by, kind: LimitKind::Burst, .. } if limited_by.as_str() == "org"),
+        "{capped:?}"
+    );
+    log.place("ops", "d", 100).result.expect("ops: 2 of its own 2 instances");
+    let ops_full = log.place("ops", "e", 100).result.expect_err("ops instance limit");
+    assert!(
+        matches!(ops_full, Rejection::QuotaExceeded { ref limited_by, dimension: Dimension::Instances, .. } if limited_by.as_str() == "ops")
+    );
+    log.tenant("lab", Some("org"));
+    log.place("lab", "f", 100).result.expect("4 of org's 5");
+    log.place("dev", "g", 100).result.expect("5 of org's 5");
+    let org_full = log.place("dev", "h", 100).result.expect_err("org instance limit");
+    assert!(
+        matches!(org_full, Rejection::QuotaExceeded { ref limited_by, dimension: Dimension::Instances, .. } if limited_by.as_str() == "org")
+    );
+
+    // Deleting dev releases its work from every ancestor and ends their bursts in one step.
+    let deleted = log.ok(Command::DeleteTenant { tenant: "dev".into() });
+    let under = |t: &str| QuotaEvent::ReturnedUnderSoft { tenant: t.into() };
+    assert_eq!(deleted.events, vec![under("team"), under("org")]);
+    assert_eq!(log.tenant_state("team").usage.total.cpu_millis, 2_100);
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 2_200);
+    assert_eq!(log.tenant_state("org").usage.total.instances, 3);
+    assert_eq!(log.tenant_state("org").burst, None);
+}
+
+/// A pool limit binds only in its pool; a pool denied anywhere up the chain is refused with
+/// POOL_DENIED naming who denies it, while other pools stay open; lifting it reopens it.
+#[test]
+fn pool_limits_and_denial() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("cpu-1", None, 64_000);
+    log.worker("gpu-1", Some("gpu"), 64_000);
+    let gpu =
+        |id: &str, cpu_millis: u64| PlaceSpec { pool: Some("gpu".into()), ..spec(id, cpu_millis) };
+    log.quota(
+        "team",
+        Quota {
+            pools: [("gpu".into(), Limits { cpu_millis: Some(2_000), ..Limits::default() })].into(),
+            ..Quota::default()
+        },
+    );
+    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g1", 2_000), fence: None });
+    let full = log.err(Command::Place { tenant: "team".into(), spec: gpu("g2", 1), fence: None });
+    assert_eq!((meta(&full, "pool"), meta(&full, "limit")), ("gpu".into(), "2000".into()));
+    log.place("team", "c1", 30_000).result.expect("the default pool is not limited");
+
+    log.quota("org", Quota { denied_pools: ["gpu".into()].into(), ..Quota::default() });
+    log.release("team", "g1");
+    let denied = log.err(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
+    assert_eq!(denied, Rejection::PoolDenied { limited_by: "org".into(), pool: "gpu".into() });
+    assert_eq!(denied.reason(), "POOL_DENIED");
+    assert!(log.s.effective_quota(&"team".into()).denied_pools.contains(&PoolId::from("gpu")));
+    log.place("team", "c2", 1_000).result.expect("other pools stay open");
+
+    log.quota("org", Quota::default());
+    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
+}
+
+/// A dry run returns exactly the decision Place would make (same workers, same refusal with
+/// the limiting quota, per-worker reasons, the quota events it would cause) and changes
+/// nothing: the state hash and the next deadline are the same before and after.
+#[test]
+fn dry_run_explains_without_changing_anything() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 4_000);
+    log.worker("w2", None, 2_000);
+    log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    log.worker("w3", None, 1_000);
+    log.quota("org", soft_cpu(1_000, 3_500, Some(60_000)));
+
+    let hash = log.s.state_hash();
+    let deadline = log.s.next_deadline();
+    let decision = log.s.dry_run(&"team".into(), spec("a", 2_500));
+    assert_eq!(log.s.state_hash(), hash, "a dry run changes nothing");
+    assert_eq!(log.s.next_deadline(), deadline);
+    let would = decision.result.clone().expect("would place");
+    assert_eq!(would.instances, vec![WorkerId::from("w1")]);
+    let ends = log.now + 60_000;
+    assert_eq!(decision.events, vec![entered("team", ends), entered("org", ends)]);
+    let placed = log.place("team", "a", 2_500);
+    match placed.result {
+        Ok(Response::Placed(p)) => assert_eq!(p.instances, would.instances, "dry run = real"),
+        other => panic!("{other:?}"),
+    }
+
+    // Refused by quota: the limiting tenant, dimension and kind, as Place would say.
+    let quota = log.s.dry_run(&"team".into(), spec("b", 1_001));
+    let refusal = quota.result.expect_err("over org's burst");
+    assert_eq!(refusal, log.place("team", "b", 1_001).result.expect_err("same refusal"));
+    assert_eq!(
+        (meta(&refusal, "tenant"), meta(&refusal, "limit_kind")),
+        ("org".into(), "burst".into())
+    );
+
+    // Refused for capacity: each worker and the first check it failed.
+    log.quota("org", Quota::default());
+    let hash = log.s.state_hash();
+    let full = log.s.dry_run(&"team".into(), spec("c", 1_600));
+    assert_eq!(log.s.state_hash(), hash);
+    assert_eq!(full.result.expect_err("no worker fits").reason(), "NO_CAPACITY");
+    let reasons: Vec<(&str, &str)> =
+        full.workers.iter().map(|(w, f)| (w.as_str(), f.name())).collect();
+    assert_eq!(
+        reasons,
+        vec![("w1", "insufficient_cpu"), ("w2", "draining"), ("w3", "insufficient_cpu")]
+    );
+
+    // Unknown and invalid tenants are refused the same way as by Place.
+    assert_eq!(
+        log.s.dry_run(&"nobody".into(), spec("d", 1)).result.expect_err("missing").reason(),
+        "TENANT_NOT_FOUND"
+    );
+    assert_eq!(
+        log.s.dry_run(&"".into(), spec("d", 1)).result.expect_err("blank").reason(),
+        "TENANT_ID_REQUIRED"
+    );
+}
+
+// ----- the fair-share queue --------------------------------------------------------------------
+
+impl Log {
+    fn queue(&mut self, tenant: &str, id: &str, cpu_millis: u64) -> Applied {
+        self.apply(Command::PlaceOrQueue {
+            tenant: tenant.into(),
+            spec: spec(id, cpu_millis),
+            fence: None,
+        })
+    }
+
+    fn status(&self, tenant: &str, id: &str) -> QueueStatus {
+        self.s.queue_status(&tenant.into(), &id.into()).expect("queued")
+    }
+
+    fn placed(&self, tenant: &str, id: &str) -> Option<&Placement> {
+        self.s.state().placements.get(&(tenant.into(), id.into()))
+    }
+
+    fn weighted(&mut self, id: &str, weight: u32) {
+        self.ok(Command::CreateTenant { tenant: id.into(), parent: None, weight });
+    }
+}
+
+fn admitted(events: &[QuotaEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            QuotaEvent::Admitted { tenant, placement } => Some(format!("{tenant}/{placement}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A request short of quota or capacity waits (with its position and the refusal it would
+/// get) instead of failing, and is placed by the entry that frees room: a release, a
+/// reservation's expiry on a Tick, a new worker. Queued ids are taken; cancel withdraws.
+#[test]
+fn queued_placement_waits_and_is_placed_when_room_frees() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("other", None);
+    log.worker("w1", None, 4_000);
+    log.quota(
+        "acme",
+        Quota { total: Limits { instances: Some(1), ..Limits::default() }, ..Quota::default() },
+    );
+
+    match log.queue("acme", "a", 1_000).result {
+        Ok(Response::Placed(p)) => {
+            assert_eq!(p.instances, vec![WorkerId::from("w1")], "fits: placed at once")
+        }
+        other => panic!("{other:?}"),
+    }
+    let waiting = match log.queue("acme", "b", 1_000).result {
+        Ok(Response::Queued(q)) => q,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((waiting.position, waiting.pool_queued), (1, 1));
+    assert!(matches!(
+        waiting.reason,
+        WaitReason::Refused(Rejection::QuotaExceeded { dimension: Dimension::Instances, .. })
+    ));
+    assert_eq!(
+        log.place("acme", "b", 1).result.expect_err("id is queued").reason(),
+        "PLACEMENT_EXISTS"
+    );
+
+    let release = log.release("acme", "a");
+    assert_eq!(admitted(&release.events), vec!["acme/b"]);
+    let b = log.placed("acme", "b").expect("placed by the release");
+    assert_eq!((b.log_index, b.placed_at), (LogIndex(log.index), UnixMillis(log.now)));
+    assert!(log.s.state().queue.is_empty());
+
+    // Capacity: a reservation holds the worker; its expiry (a Tick) admits the waiter.
+    log.ok(Command::Reserve {
+        tenant: "other".into(),
+        spec: spec("r", 3_000),
+        ttl_ms: 1_000,
+        fence: None,
+    });
+    log.queue("other", "c", 2_000).result.expect("queued");
+    assert!(matches!(
+        log.status("other", "c").reason,
+        WaitReason::Refused(Rejection::NoCapacity { .. })
+    ));
+    let tick = log.tick(1_000);
+    assert_eq!(tick.expired.len(), 1);
+    assert_eq!(admitted(&tick.events), vec!["other/c"]);
+
+    // A new worker admits too; cancel withdraws; deleting a tenant withdraws its entries.
+    log.queue("other", "d", 3_000).result.expect("queued");
+    log.queue("other", "e", 64_000).result.expect("queued");
+    let more = log.ok(Command::RegisterWorker {
+        worker: "w2".into(),
+        pool: None,
+        capacity: Resources::new(4_000, 1_000_000),
+        labels: Labels::new(),
+    });
+    assert_eq!(admitted(&more.events), vec!["other/d"]);
+    log.ok(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
+    let gone = log.err(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
+    assert_eq!(gone.reason(), "NOT_QUEUED");
+    log.queue("other", "f", 64_000).result.expect("queued");
+    match log.ok(Command::DeleteTenant { tenant: "other".into() }).result {
+        Ok(Response::TenantDeleted(c)) => assert_eq!(c.queued, 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(log.s.state().queue.is_empty());
+}
+
+/// Freed capacity goes to the lowest weighted dominant share first, counting the entry itself
+/// (the entry penalty); ties go to the earlier entry; a tenant's entries keep their order.
+#[test]
+fn admission_follows_weighted_dominant_share() {
+    let mut log = Log::new();
+    log.weighted("a", 1);
+    log.weighted("b", 3);
+    log.weighted("filler", 1);
+    log.worker("w1", None, 10_000);
+    log.place("filler", "fill", 10_000).result.expect("fills the pool");
+    for (t, id) in [("a", "a1"), ("b", "b1"), ("b", "b2"), ("b", "b3"), ("a", "a2")] {
+        log.queue(t, id, 1_000).result.expect("queued");
+    }
+    assert_eq!(log.status("b", "b1").position, 1);
+    assert!(
+        matches!(log.status("b", "b2").reason, WaitReason::BehindOwnTenant { ref placement } if placement.as_str() == "b1")
+    );
+    assert!(matches!(
+        log.status("a", "a1").reason,
+        WaitReason::Refused(Rejection::NoCapacity { .. })
+    ));
+    assert!(admitted(&log.tick(1).events).is_empty(), "nothing freed, nothing admitted");
+
+    // Four more cores. Shares after admission (cpu over 14 cores, per weight): b1 1/42,
+    // b2 2/42, then a1 3/42 ties b3 3/42 and a1 is older, then b3; a2 (6/42) waits.
+    let grown = log.ok(Command::UpdateWorker {
+        worker: "w1".into(),
+        capacity: Some(Resources::new(14_000, 1_000_000)),
+        labels: None,
+    });
+    assert_eq!(admitted(&grown.events), vec!["b/b1", "b/b2", "a/a1", "b/b3"]);
+    assert_eq!(log.status("a", "a2").position, 1);
+    assert_eq!(admitted(&log.release("filler", "fill").events), vec!["a/a2"]);
+
+    // Entry penalty: a tenant with nothing running but a big request does not jump ahead of
+    // a small request from a tenant already running something.
+    let mut log = Log::new();
+    log.weighted("big", 1);
+    log.weighted("small", 1);
+    log.weighted("filler", 1);
+    log.worker("w1", None, 10_000);
+    log.place("small", "s0", 2_000).result.expect("running");
+    log.place("filler", "fill", 8_000).result.expect("fills the pool");
+    log.queue("big", "b", 6_000).result.expect("queued first");
+    log.queue("small", "s1", 1_000).result.expect("queued second");
+    // big: (0 + 6000)/10000 = 0.6; small: (2000 + 1000)/10000 = 0.3.
+    assert_eq!((log.status("small", "s1").position, log.status("big", "b").position), (1, 2));
+    let freed = log.release("filler", "fill");
+    assert_eq!(admitted(&freed.events), vec!["small/s1", "big/b"]);
+}
+
+/// A tenant's own quota holds back only that tenant (its later entries wait behind its head,
+/// FIFO), never others. No starvation: a big request that keeps losing to a heavier-weighted
+/// tenant's small ones is aged after `QUEUE_AGING_MS`, and from then on nothing younger takes
+/// capacity in its pool until it is placed.
+#[test]
+fn fifo_within_tenant_and_no_starvation_after_aging() {
+    let mut log = Log::new();
+    log.weighted("capped", 1);
+    log.weighted("free", 1);
+    log.worker("w1", None, 4_000);
+    log.quota(
+        "capped",
+        Quota {
+            total: Limits { cpu_millis: Some(1_000), ..Limits::default() },
+            ..Quota::default()
+        },
+    );
+    log.place("capped", "c0", 1_000).result.expect("at its quota");
+    log.queue("capped", "c1", 500).result.expect("queued: quota");
+    log.queue("capped", "c2", 1).result.expect("queued behind c1");
+    assert!(matches!(log.status("capped", "c2").reason, WaitReason::BehindOwnTenant { .. }));
+    let other = log.queue("free", "f1", 1_000);
+    assert!(matches!(other.result, Ok(Response::Placed(_))), "capped's quota does not block free");
+    assert_eq!(admitted(&log.release("capped", "c0").events), vec!["capped/c1", "capped/c2"]);
+
+    // Starvation: "big" needs 4 cores on one worker; "small" (weight 10) keeps a 1-core job
+    // waiting, so every freed core goes to small while big is younger than the aging bound.
+    let mut log = Log::new();
+    log.weighted("big", 1);
+    log.weighted("small", 10);
+    log.worker("w1", None, 4_000);
+    for i in 0..4 {
+        log.place("small", &format!("s{i}"), 1_000).result.expect("fills");
+    }
+    log.queue("big", "b", 4_000).result.expect("queued");
+    let mut next = 4;
+    let mut released = 0;
+    let start = log.now;
+    for _ in 0..5 {
+        log.queue("small", &format!("s{next}"), 1_000).result.expect("queued");
+        log.now += 100_000;
+        let freed = log.release("small", &format!("s{released}"));
+        assert_eq!(
+            admitted(&freed.events),
+            vec![format!("small/s{next}")],
+            "small wins while big is young"
+        );
+        assert!(!log.status("big", "b").aged);
+        next += 1;
+        released += 1;
+    }
+    log.now = start + QUEUE_AGING_MS;
+    log.tick(0);
+    assert!(log.status("big", "b").aged);
+    assert_eq!(log.status("big", "b").position, 1);
+    // From now on freed cores wait for big; the fourth completes it.
+    log.queue("small", &format!("s{next}"), 1_000).result.expect("queued");
+    for _ in 0..3 {
+        let freed = log.release("small", &format!("s{released}"));
+        assert!(admitted(&freed.events).is_empty(), "reserved for the aged entry");
+        released += 1;
+    }
+    let freed = log.release("small", &format!("s{released}"));
+    assert_eq!(admitted(&freed.events), vec!["big/b"]);
+    assert!(log.placed("big", "b").is_some());
+}
+
+// ----- time windows ---------------------------------------------------------------------------
+
+fn windows(
+    jobs_per_day: Option<u64>,
+    cpu_milli_ms_per_month: Option<u64>,
+    policy: WindowPolicy,
+) -> Quota {
+    Quota {
+        windows: WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted: policy },
+        ..Quota::default()
+    }
+}
+
+/// Jobs per UTC day count every placement of the subtree (a parent's limit caps its
+/// children), are refused with the reset time when spent, reset exactly at 00:00:00.000 UTC
+/// in log time, and — by the tenant's policy — a queued request is refused or waits and is
+/// placed by the first entry of the new day (the leader ticks at the boundary).
+#[test]
+fn jobs_per_day_reset_exactly_at_utc_midnight() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 64_000);
+    log.quota("org", windows(Some(2), None, WindowPolicy::Refuse));
+    let midnight = (T0 / windows::DAY_MS + 1) * windows::DAY_MS;
+
+    log.place("team", "a", 100).result.expect("1 of 2 today");
+    log.release("team", "a");
+    log.place("team", "b", 100).result.expect("2 of 2: releasing does not give a job back");
+    let spent = log.place("team", "c", 100).result.expect_err("spent");
+    assert_eq!(spent.reason(), "QUOTA_EXCEEDED");
+    let m = |k: &str| meta(&spent, k);
+    assert_eq!(
+        (m("limit_kind"), m("window"), m("tenant")),
+        ("window".into(), "jobs_per_day".into(), "org".into())
+    );
+    assert_eq!(
+        (m("limit"), m("used"), m("resets_at_ms")),
+        ("2".into(), "2".into(), midnight.to_string())
+    );
+    let refused = log.queue("team", "c", 100).result.expect_err("policy: refuse, not queue");
+    assert_eq!(refused, spent);
+
+    log.quota("org", windows(Some(2), None, WindowPolicy::Queue));
+    assert!(matches!(log.queue("team", "c", 100).result, Ok(Response::Queued(_))));
+    assert_eq!(log.s.next_deadline(), Some(UnixMillis(midnight)), "the leader ticks at midnight");
+    log.now = midnight - 1;
+    assert!(admitted(&log.apply(Command::Tick).events).is_empty(), "one millisecond early");
+    assert_eq!(
+        log.place("team", "d", 100).result.expect_err("still today").reason(),
+        "QUOTA_EXCEEDED"
+    );
+    log.now = midnight;
+    assert_eq!(admitted(&log.apply(Command::Tick).events), vec!["team/c"], "exactly at midnight");
+    let today = log.s.window_usage(&"org".into()).expect("org");
+    assert_eq!(
+        (today.jobs_today, today.day_resets_at),
+        (1, UnixMillis(midnight + windows::DAY_MS))
+    );
+    assert_eq!(log.s.next_deadline(), None, "nothing waits");
+}
+
+/// Cpu time per UTC calendar month is integrated exactly in cpu_millis × ms from each change
+/// of usage; a spent budget refuses new work (running work continues) until the first
+/// millisecond of the next month, when the count restarts from the boundary.
+#[test]
+fn cpu_time_per_month_integrates_exactly_and_resets_at_month_start() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 64_000);
+    let month = windows::month_of(UnixMillis(T0));
+    let next_month = windows::month_start(month + 1);
+    log.quota("acme", windows(None, Some(1_500 * 1_000 + 2 * 3 * 500), WindowPolicy::Refuse));
+    log.place("acme", "a", 1_500).result.expect("budget untouched");
+    log.now += 1_000;
+    log.place("acme", "b", 2).result.expect("1 500 000 used of 1 503 000");
+    log.now += 500;
+    // 1500 × 1000 + 1502 × 500 = 2 251 000 ≥ the budget.
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_500 * 1_000);
+    log.apply(Command::Tick);
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_500 * 1_000 + 1_502 * 500);
+    let spent = log.place("acme", "c", 1).result.expect_err("budget spent");
+    assert_eq!(
+        (meta(&spent, "window"), meta(&spent, "resets_at_ms")),
+        ("cpu_milli_ms_per_month".into(), next_month.0.to_string())
+    );
+    assert!(log.placed("acme", "a").is_some(), "running work is not stopped");
+
+    log.now = next_month.0 - 1;
+    assert_eq!(
+        log.place("acme", "c", 1).result.expect_err("last ms of the month").reason(),
+        "QUOTA_EXCEEDED"
+    );
+    log.now = next_month.0;
+    log.place("acme", "c", 1).result.expect("a new month starts from zero");
+    log.now += 10;
+    log.apply(Command::Tick);
+    let usage = log.s.window_usage(&"acme".into()).expect("acme");
+    assert_eq!(usage.cpu_milli_ms_this_month, 1_503 * 10, "counted from the boundary only");
+    assert_eq!(usage.month_resets_at, windows::month_start(month + 2));
+}
