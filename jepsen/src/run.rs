@@ -111,7 +111,7 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
                     instances: Some(shared.quota_limit),
                     ..Default::default()
                 }),
-                pools: Default::default(),
+                ..Default::default()
             }),
         };
         c.call(req, |ch, r| async move { client::tenants(ch).set_quota(r).await }).await?;

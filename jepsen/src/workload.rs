@@ -164,7 +164,7 @@ pub async fn set_register(c: &Client, key: &str, v: u64) -> Result<Outcome, Stat
         tenant_id: key.to_owned(),
         quota: Some(pb::Quota {
             total: Some(pb::Limits { instances: Some(v), ..Default::default() }),
-            pools: Default::default(),
+            ..Default::default()
         }),
     };
     let r = c.call(req, |ch, r| async move { client::tenants(ch).set_quota(r).await }).await?;
@@ -187,6 +187,7 @@ pub fn place_request(tenant: &str, id: &str, fence: Option<pb::Fence>) -> pb::Pl
             ..Default::default()
         }),
         fence,
+        ..Default::default()
     }
 }
 
@@ -475,7 +476,7 @@ pub async fn client_loop(
                         request_id: client::new_request_id(),
                         tenant_id: tenant.to_owned(),
                         spec: Some(spec),
-                        fence: None,
+                        ..Default::default()
                     };
                     let res = match c
                         .call(req, |ch, r| async move { client::scheduler(ch).place(r).await })
