@@ -80,6 +80,17 @@ impl Client {
                 .connect_lazy();
             channels.push((endpoint.clone(), channel));
         }
+        Client::with_channels(channels, token, options)
+    }
+
+    /// A client over channels the caller made (named for error messages); the simulation
+    /// passes channels over its simulated network.
+    pub fn with_channels(
+        channels: Vec<(String, Channel)>,
+        token: Option<&str>,
+        options: ClientOptions,
+    ) -> anyhow::Result<Client> {
+        anyhow::ensure!(!channels.is_empty(), "at least one endpoint is needed");
         let token = token
             .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
             .transpose()

@@ -3,11 +3,13 @@
 //! - `types`: the openraft type configuration and what a log entry carries (`Batch`).
 //! - `state_machine`: a thin `RaftStateMachine` that feeds committed commands to
 //!   `scheduler::Scheduler::apply`, numbering each one, and persists snapshots.
+//! - `runtime`: tokio with a seedable generator for election timeouts (the simulation seeds it).
 //! - `replica`: one running replica: the Raft instance, the proposer (group commit, leader
 //!   stamping, forwarding to the leader), the ticker, linearizable reads and status.
 //!
 //! No business logic lives here: every decision is made by the core inside `apply`.
 
 pub mod replica;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;

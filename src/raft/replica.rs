@@ -377,6 +377,9 @@ impl Replica {
 
     async fn wait_for_leadership_news(&self) {
         let mut metrics = self.inner.raft.metrics();
+        // A fresh receiver counts the current value as unseen: without marking it seen,
+        // `changed()` returns at once and a write waiting for a leader spins.
+        metrics.borrow_and_update();
         let _ = tokio::time::timeout(LEADER_POLL, metrics.changed()).await;
     }
 

@@ -165,12 +165,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        let store = self.store.clone();
-        let to_save = stored.clone();
-        tokio::task::spawn_blocking(move || store.save(&to_save))
-            .await
-            .map_err(|e| snapshot_err(Some(&meta), e))?
-            .map_err(|e| snapshot_err(Some(&meta), e))?;
+        self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(&meta), e))?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -211,12 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Validate fully before touching anything: a damaged snapshot is refused.
         let restored = decode_body(meta, &data)?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        let store = self.store.clone();
-        let to_save = stored.clone();
-        tokio::task::spawn_blocking(move || store.save(&to_save))
-            .await
-            .map_err(|e| snapshot_err(Some(meta), e))?
-            .map_err(|e| snapshot_err(Some(meta), e))?;
+        self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(meta), e))?;
         *self.write() = restored;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");

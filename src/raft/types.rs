@@ -34,7 +34,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::raft::runtime::BerthRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 

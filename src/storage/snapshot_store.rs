@@ -48,6 +48,20 @@ impl SnapshotStore {
         }
     }
 
+    /// `save` off the async runtime for files; in place for memory (so the simulation stays
+    /// on its one thread and deterministic).
+    pub async fn save_async(&self, snapshot: StoredSnapshot) -> Result<(), SnapshotFileError> {
+        match self {
+            SnapshotStore::Memory(_) => self.save(&snapshot),
+            SnapshotStore::Dir(_) => {
+                let store = self.clone();
+                tokio::task::spawn_blocking(move || store.save(&snapshot))
+                    .await
+                    .map_err(|e| SnapshotFileError::Io(std::io::Error::other(e)))?
+            }
+        }
+    }
+
     pub fn load(&self) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
         match self {
             SnapshotStore::Memory(slot) => {

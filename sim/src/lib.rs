@@ -1,0 +1,11 @@
+//! Deterministic simulation of a whole Berth cluster with turmoil: the real server code
+//! (openraft, the peer transport, the gRPC API, the scheduler core) for 3 or 5 replicas and
+//! several clients in one process, with faults drawn from a seed, checked against what the
+//! clients were told. See `sim/README.md`.
+
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod run;
+
+pub use run::{run, Report};

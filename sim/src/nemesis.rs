@@ -1,0 +1,213 @@
+//! Faults drawn from the seed: partitions (isolate the leader, majority/minority, bridge,
+//! one-way), hold and release (late delivery of a deposed leader's messages), latency spikes,
+//! crash and restart (short, or long enough to need snapshot catch-up), and clock skew. One
+//! fault at a time; everything is healed before the final phase.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::net::SimClock;
+use crate::run::Rng;
+
+type Slot = std::sync::Arc<std::sync::Mutex<Option<berth::raft::replica::Replica>>>;
+
+const BASE_LATENCY: Duration = Duration::from_millis(3);
+
+enum Active {
+    Cut(Vec<(u64, u64)>),
+    OneWay(u64, u64),
+    Hold(Vec<(u64, u64)>),
+    Crash(u64),
+    Slow,
+}
+
+pub struct Nemesis {
+    rng: Rng,
+    replicas: u64,
+    next_at: u64,
+    active: Option<(Active, u64)>,
+}
+
+fn name(id: u64) -> String {
+    format!("r{id}")
+}
+
+fn leader(slots: &[Slot]) -> Option<u64> {
+    slots
+        .iter()
+        .filter_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .map(|r| r.status())
+        .filter(|s| s.role == "Leader")
+        .max_by_key(|s| s.term)
+        .map(|s| s.id)
+}
+
+impl Nemesis {
+    pub fn new(seed: u64, replicas: u64) -> Self {
+        Nemesis { rng: Rng::new(seed), replicas, next_at: 1_500, active: None }
+    }
+
+    fn others(&self, id: u64) -> Vec<u64> {
+        (1..=self.replicas).filter(|o| *o != id).collect()
+    }
+
+    fn shuffled(&mut self) -> Vec<u64> {
+        let mut ids: Vec<u64> = (1..=self.replicas).collect();
+        for i in (1..ids.len()).rev() {
+            let j = usize::try_from(self.rng.below(i as u64 + 1)).unwrap_or(0);
+            ids.swap(i, j);
+        }
+        ids
+    }
+
+    fn end(&mut self, sim: &mut turmoil::Sim<'_>, active: Active) -> String {
+        match active {
+            Active::Cut(pairs) => {
+                for (a, b) in &pairs {
+                    sim.repair(name(*a), name(*b));
+                }
+                "repair partition".into()
+            }
+            Active::OneWay(from, to) => {
+                sim.repair_oneway(name(from), name(to));
+                format!("repair one-way r{from}->r{to}")
+            }
+            Active::Hold(pairs) => {
+                for (a, b) in &pairs {
+                    sim.release(name(*a), name(*b));
+                }
+                "release held messages".into()
+            }
+            Active::Crash(id) => {
+                sim.bounce(name(id));
+                format!("restart r{id}")
+            }
+            Active::Slow => {
+                sim.set_max_message_latency(BASE_LATENCY);
+                "latency back to normal".into()
+            }
+        }
+    }
+
+    /// Starts or ends a fault when one is due; says what it did.
+    pub fn maybe_act(
+        &mut self,
+        at: u64,
+        sim: &mut turmoil::Sim<'_>,
+        slots: &[Slot],
+        clocks: &[SimClock],
+    ) -> Option<String> {
+        if let Some((_, until)) = &self.active {
+            if at < *until {
+                return None;
+            }
+            let (active, _) = self.active.take()?;
+            self.next_at = at + self.rng.between(200, 1_200);
+            return Some(self.end(sim, active));
+        }
+        if at < self.next_at {
+            return None;
+        }
+        let duration = self.rng.between(300, 2_500);
+        let leader = leader(slots).unwrap_or(1);
+        let (active, what) = match self.rng.below(8) {
+            0 => {
+                let pairs: Vec<(u64, u64)> =
+                    self.others(leader).into_iter().map(|o| (leader, o)).collect();
+                for (a, b) in &pairs {
+                    sim.partition(name(*a), name(*b));
+                }
+                (Active::Cut(pairs), format!("isolate leader r{leader}"))
+            }
+            1 => {
+                let ids = self.shuffled();
+                let minority = usize::try_from((self.replicas - 1) / 2).unwrap_or(1);
+                let (small, big) = ids.split_at(minority);
+                let mut pairs = Vec::new();
+                for a in small {
+                    for b in big {
+                        sim.partition(name(*a), name(*b));
+                        pairs.push((*a, *b));
+                    }
+                }
+                (Active::Cut(pairs), format!("split {small:?} | {big:?}"))
+            }
+            2 => {
+                // Two halves that only the bridge node connects.
+                let ids = self.shuffled();
+                let half = ids.len() / 2;
+                let (left, rest) = ids.split_at(half);
+                let (bridge, right) = rest.split_at(1);
+                let mut pairs = Vec::new();
+                for a in left {
+                    for b in right {
+                        sim.partition(name(*a), name(*b));
+                        pairs.push((*a, *b));
+                    }
+                }
+                (Active::Cut(pairs), format!("bridge {left:?} - {bridge:?} - {right:?}"))
+            }
+            3 => {
+                let others = self.others(leader);
+                let to = others[usize::try_from(self.rng.below(others.len() as u64)).unwrap_or(0)];
+                sim.partition_oneway(name(leader), name(to));
+                (Active::OneWay(leader, to), format!("one-way cut r{leader}->r{to}"))
+            }
+            4 => {
+                let pairs: Vec<(u64, u64)> =
+                    self.others(leader).into_iter().map(|o| (leader, o)).collect();
+                for (a, b) in &pairs {
+                    sim.hold(name(*a), name(*b));
+                }
+                (Active::Hold(pairs), format!("hold leader r{leader}'s messages"))
+            }
+            5 | 6 => {
+                let id = self.rng.between(1, self.replicas);
+                sim.crash(name(id));
+                *slots[usize::try_from(id - 1).unwrap_or(0)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                let long = self.rng.below(3) == 0;
+                let down = if long { duration + 4_000 } else { duration };
+                self.active = Some((Active::Crash(id), at + down));
+                self.next_at = at + down;
+                return Some(format!("crash r{id} for {down} ms"));
+            }
+            _ => {
+                if self.rng.below(2) == 0 {
+                    sim.set_max_message_latency(Duration::from_millis(60));
+                    (Active::Slow, "latency spike to 60 ms".into())
+                } else {
+                    let id = self.rng.between(1, self.replicas);
+                    let skew = i64::try_from(self.rng.below(4_001)).unwrap_or(0) - 2_000;
+                    clocks[usize::try_from(id - 1).unwrap_or(0)]
+                        .skew_ms
+                        .store(skew, Ordering::Relaxed);
+                    self.next_at = at + duration;
+                    return Some(format!("skew r{id}'s clock by {skew} ms"));
+                }
+            }
+        };
+        self.active = Some((active, at + duration));
+        Some(format!("{what} for {duration} ms"))
+    }
+
+    /// Ends any fault, repairs every link, restarts what is down and removes clock skew.
+    pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, clocks: &[SimClock]) -> String {
+        let mut done = Vec::new();
+        if let Some((active, _)) = self.active.take() {
+            done.push(self.end(sim, active));
+        }
+        for a in 1..=self.replicas {
+            for b in (a + 1)..=self.replicas {
+                sim.repair(name(a), name(b));
+            }
+        }
+        sim.set_max_message_latency(BASE_LATENCY);
+        for clock in clocks {
+            clock.skew_ms.store(0, Ordering::Relaxed);
+        }
+        done.push("all links repaired, skew removed".into());
+        done.join("; ")
+    }
+}
