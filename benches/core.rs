@@ -198,6 +198,7 @@ impl Cluster {
             proposed_at: UnixMillis(EPOCH_MS + index),
             request_id: request_id.then(|| RequestId::new(format!("req-{index}"))),
             command,
+            token: None,
         }
     }
 

@@ -91,6 +91,7 @@ impl Sim {
             proposed_at: UnixMillis(self.now),
             request_id: Some(RequestId::new(format!("r{}", self.index))),
             command,
+            token: None,
         })
     }
 

@@ -197,6 +197,7 @@ async fn leases_expire_without_client_traffic() {
         Proposal {
             request_id: Some("tenant".into()),
             command: Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 },
+            token: None,
         },
     )
     .await;
@@ -210,6 +211,7 @@ async fn leases_expire_without_client_traffic() {
                 holder: "me".into(),
                 ttl_ms: 300,
             },
+            token: None,
         },
     )
     .await;

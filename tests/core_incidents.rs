@@ -28,6 +28,7 @@ impl Log {
             proposed_at: UnixMillis(self.now),
             request_id: Some(RequestId::new(format!("req-{}", self.index))),
             command,
+            token: None,
         });
         if let Err(violations) = self.s.check_invariants() {
             panic!("invariants broken after index {}: {violations:#?}", self.index);
@@ -600,6 +601,7 @@ fn cache_isolation_by_tenant() {
             holder: format!("{tenant}-1"),
             ttl_ms: 10_000,
         },
+        token: None,
     };
     let first = log.s.apply(same_rid("alpha", 1_000));
     let second = log.s.apply(same_rid("beta", 1_001));
@@ -682,6 +684,7 @@ fn tenant_deletion_cascades() {
         proposed_at: UnixMillis(log.now),
         request_id: Some("team-place".into()),
         command: Command::Place { tenant: "team".into(), spec: spec("z", 100, 10), fence: None },
+        token: None,
     };
     log.s.apply(Entry {
         index: LogIndex(899),
@@ -857,6 +860,7 @@ fn request_ids_apply_at_most_once() {
         proposed_at: UnixMillis(T0),
         request_id: Some("place-1".into()),
         command: Command::Place { tenant: "acme".into(), spec: spec(id, 600, 10), fence: None },
+        token: None,
     };
     let first = log.s.apply(entry(100, "a"));
     assert!(first.result.is_ok());
@@ -939,6 +943,7 @@ fn deleted_tenant_is_not_recreated_by_a_late_duplicate_create() {
         proposed_at: UnixMillis(T0),
         request_id: Some("ghost-create".into()),
         command: Command::CreateTenant { tenant: "ghost".into(), parent: None, weight: 1 },
+        token: None,
     };
     assert!(log.s.apply(create.clone()).result.is_ok());
     let deleted = log.s.apply(Entry {

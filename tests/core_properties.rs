@@ -658,7 +658,7 @@ impl Driver {
                 Some(rid)
             }
         };
-        Entry { index, proposed_at: UnixMillis(self.clock_ms), request_id, command }
+        Entry { index, proposed_at: UnixMillis(self.clock_ms), request_id, command, token: None }
     }
 
     fn observe(&mut self, entry: &Entry, applied: &Applied) {
@@ -957,6 +957,7 @@ fn checked_apply(
         proposed_at: entry.proposed_at,
         request_id: None,
         command: Command::Tick,
+        token: None,
     });
     let applied = s.apply(entry.clone());
     let what = format!("{entry:?}\n  => {applied:?}");
@@ -1522,6 +1523,7 @@ proptest! {
                 proposed_at: s.now(),
                 request_id: Some(key.request_id.clone()),
                 command: command.clone(),
+                token: None,
             };
             let again = checked_apply(s, model, &retry)?;
             prop_assert!(again.replayed, "not replayed: {:?}", retry);
@@ -1535,6 +1537,7 @@ proptest! {
                 proposed_at: s.now(),
                 request_id: Some(key.request_id.clone()),
                 command: different(&command),
+                token: None,
             };
             let refused = checked_apply(s, model, &reused)?;
             prop_assert!(!refused.replayed);

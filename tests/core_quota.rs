@@ -26,6 +26,7 @@ impl Log {
             proposed_at: UnixMillis(self.now),
             request_id: Some(RequestId::new(format!("req-{}", self.index))),
             command,
+            token: None,
         });
         if let Err(violations) = self.s.check_invariants() {
             panic!("invariants broken after index {}: {violations:#?}", self.index);

@@ -56,6 +56,7 @@ fn entry(index: u64, commands: Vec<Command>) -> LogEntry {
         .map(|(i, command)| Proposal {
             request_id: Some(RequestId::new(format!("r{index}-{i}"))),
             command,
+            token: None,
         })
         .collect();
     LogEntry {

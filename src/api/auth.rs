@@ -2,18 +2,57 @@
 //! tenant (a token issued by `IssueToken`). Tokens are stored only as SHA-256 hashes; the
 //! admin token is compared in constant time. A tenant token acts only on its own tenant:
 //! another tenant's id is PERMISSION_DENIED, never an empty answer.
+//!
+//! A replica may lag the leader, so its own view of the tokens is only a first check. A token
+//! it does not know is looked up again after a linearizable read (a just-issued token works on
+//! every replica); a token it still knows but the leader has revoked is caught later: writes
+//! carry the token hash and the state machine refuses them, reads check it
+//! again against the state they read.
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
 use super::status::{error, invalid};
-use crate::raft::replica::Replica;
-use crate::scheduler::{Answer, Query, TenantId, TokenHash};
+use crate::raft::replica::{Consistency, Replica};
+use crate::scheduler::{Answer, Query, Rejection, Scheduler, TenantId, TokenHash};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Tenant(TenantId),
+    /// A tenant, and the hash of the token it presented.
+    Tenant(TenantId, TokenHash),
+}
+
+impl Caller {
+    /// The token a command must still be authorized by when it is applied.
+    pub fn token(&self) -> Option<TokenHash> {
+        match self {
+            Caller::Admin => None,
+            Caller::Tenant(_, hash) => Some(*hash),
+        }
+    }
+}
+
+fn owner(scheduler: &Scheduler, hash: TokenHash) -> Option<TenantId> {
+    match scheduler.query(&Query::TokenOwner(hash)) {
+        Answer::TokenOwner(owner) => owner.map(|(tenant, _)| tenant),
+        _ => None,
+    }
+}
+
+/// Whether the caller's token still belongs to its tenant in `scheduler`'s state.
+pub fn still_valid(caller: &Caller, scheduler: &Scheduler) -> bool {
+    match caller {
+        Caller::Admin => true,
+        Caller::Tenant(tenant, hash) => owner(scheduler, *hash).as_ref() == Some(tenant),
+    }
+}
+
+/// The status for a token that is unknown or was revoked.
+pub fn unauthenticated() -> Status {
+    super::status::rejection(&Rejection::Unauthenticated)
 }
 
 pub fn hash_token(token: &str) -> TokenHash {
@@ -26,10 +65,11 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// Resolves the bearer token of a request.
-pub fn authenticate<T>(
+pub async fn authenticate<T>(
     request: &tonic::Request<T>,
     admin: &TokenHash,
     replica: &Replica,
+    deadline: Duration,
 ) -> Result<Caller, Status> {
     let header = request.metadata().get("authorization").ok_or_else(|| {
         error(
@@ -57,22 +97,21 @@ pub fn authenticate<T>(
     if constant_time_eq(&hash.0, &admin.0) {
         return Ok(Caller::Admin);
     }
-    // Looked up on this replica's state: a just-issued token may need a moment to reach it.
-    match replica.read_local(|s| s.scheduler.query(&Query::TokenOwner(hash))) {
-        Answer::TokenOwner(Some((tenant, _))) => Ok(Caller::Tenant(tenant)),
-        _ => Err(error(
-            Code::Unauthenticated,
-            "UNAUTHENTICATED",
-            "unknown or revoked token",
-            Vec::new(),
-        )),
+    if let Some(tenant) = replica.read_local(|s| owner(&s.scheduler, hash)) {
+        return Ok(Caller::Tenant(tenant, hash));
+    }
+    // Unknown here; this replica may not have applied the IssueToken yet.
+    match replica.read(Consistency::Linearizable, deadline, |s| owner(&s.scheduler, hash)).await {
+        Ok(Some(tenant)) => Ok(Caller::Tenant(tenant, hash)),
+        Ok(None) => Err(unauthenticated()),
+        Err(e) => Err(super::status::read_error(&e)),
     }
 }
 
 pub fn require_admin(caller: &Caller) -> Result<(), Status> {
     match caller {
         Caller::Admin => Ok(()),
-        Caller::Tenant(t) => Err(error(
+        Caller::Tenant(t, _) => Err(error(
             Code::PermissionDenied,
             "ADMIN_REQUIRED",
             format!("this RPC needs the admin token; tenant {t}'s token may not call it"),
@@ -93,8 +132,8 @@ pub fn tenant_scope(caller: &Caller, tenant_id: &str) -> Result<TenantId, Status
     let tenant = valid_tenant(tenant_id)?;
     match caller {
         Caller::Admin => Ok(tenant),
-        Caller::Tenant(own) if *own == tenant => Ok(tenant),
-        Caller::Tenant(own) => Err(error(
+        Caller::Tenant(own, _) if *own == tenant => Ok(tenant),
+        Caller::Tenant(own, _) => Err(error(
             Code::PermissionDenied,
             "PERMISSION_DENIED",
             format!("tenant {own}'s token may not act on tenant {tenant}"),

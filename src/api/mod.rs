@@ -42,20 +42,24 @@ impl Api {
         Api { replica, admin }
     }
 
-    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        auth::authenticate(request, &self.admin, &self.replica)
+    async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        auth::authenticate(request, &self.admin, &self.replica, READ_DEADLINE).await
     }
 
     /// Proposes a command and returns its response with where it landed in the log.
+    /// A tenant caller's token travels with the command: the state machine refuses the
+    /// command if the token was revoked after this replica checked it.
     async fn write(
         &self,
+        caller: &Caller,
         request_id: &str,
         command: Command,
     ) -> Result<(Response, pb::WriteInfo), Status> {
         let request_id = auth::request_id(request_id)?;
+        let token = caller.token();
         let applied = self
             .replica
-            .propose(Proposal { request_id: Some(request_id), command })
+            .propose(Proposal { request_id: Some(request_id), command, token })
             .await
             .map_err(|e| status::write_error(&e))?;
         let info = pb::WriteInfo {
@@ -70,8 +74,12 @@ impl Api {
         }
     }
 
+    /// Reads with the requested freshness. A tenant caller's token is checked again against
+    /// the state the read sees, so a token revoked before a linearizable read began never
+    /// reads, whichever replica answers.
     async fn read<T>(
         &self,
+        caller: &Caller,
         options: Option<pb::ReadOptions>,
         f: impl FnOnce(&Scheduler) -> T,
     ) -> Result<T, Status> {
@@ -81,9 +89,12 @@ impl Api {
             Consistency::Linearizable
         };
         self.replica
-            .read(consistency, READ_DEADLINE, |s| f(&s.scheduler))
+            .read(consistency, READ_DEADLINE, |s| {
+                auth::still_valid(caller, &s.scheduler).then(|| f(&s.scheduler))
+            })
             .await
-            .map_err(|e| status::read_error(&e))
+            .map_err(|e| status::read_error(&e))?
+            .ok_or_else(auth::unauthenticated)
     }
 
     /// All services, health and reflection, ready to serve on the API port.

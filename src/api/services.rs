@@ -46,12 +46,13 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<pb::CreateTenantResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let parent = (!r.parent_id.is_empty()).then(|| r.parent_id.clone().into());
         let weight = if r.weight == 0 { 1 } else { r.weight };
         let command = Command::CreateTenant { tenant: TenantId::new(&r.tenant_id), parent, weight };
-        let (tenant, write) = match self.write(&r.request_id, command).await? {
+        let (tenant, write) = match self.write(&caller, &r.request_id, command).await? {
             (Response::TenantCreated(t), write) => (Some(convert::tenant(&t)), write),
             (other, _) => return Err(unexpected(other)),
         };
@@ -62,11 +63,12 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::GetTenantRequest>,
     ) -> Result<pb::GetTenantResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
-        let found =
-            self.read(r.read, |s| s.state().tenants.get(&tenant).map(convert::tenant)).await?;
+        let found = self
+            .read(&caller, r.read, |s| s.state().tenants.get(&tenant).map(convert::tenant))
+            .await?;
         let tenant = found.ok_or_else(|| not_found("tenant", &r.tenant_id))?;
         Ok(Reply::new(pb::GetTenantResponse { tenant: Some(tenant) }))
     }
@@ -75,11 +77,12 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<pb::ListTenantsResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let (after, limit) = page(r.page);
         let query = Query::Tenants { after: after.map(Into::into), limit };
-        let tenants = match self.read(r.read, |s| s.query(&query)).await? {
+        let tenants = match self.read(&caller, r.read, |s| s.query(&query)).await? {
             Answer::Tenants(t) => t.iter().map(convert::tenant).collect(),
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
@@ -90,10 +93,11 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<pb::DeleteTenantResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let tenant = valid_tenant(&r.tenant_id)?;
-        match self.write(&r.request_id, Command::DeleteTenant { tenant }).await? {
+        match self.write(&caller, &r.request_id, Command::DeleteTenant { tenant }).await? {
             (Response::TenantDeleted(c), write) => Ok(Reply::new(pb::DeleteTenantResponse {
                 write: Some(write),
                 placements_released: c.placements,
@@ -113,11 +117,13 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::SetQuotaRequest>,
     ) -> Result<pb::SetQuotaResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let tenant = valid_tenant(&r.tenant_id)?;
         let quota = convert::quota(r.quota);
-        let (_, write) = self.write(&r.request_id, Command::SetQuota { tenant, quota }).await?;
+        let (_, write) =
+            self.write(&caller, &r.request_id, Command::SetQuota { tenant, quota }).await?;
         Ok(Reply::new(pb::SetQuotaResponse { write: Some(write) }))
     }
 
@@ -125,11 +131,11 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::GetQuotaRequest>,
     ) -> Result<pb::GetQuotaResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let found = self
-            .read(r.read, |s| {
+            .read(&caller, r.read, |s| {
                 s.state().tenants.get(&tenant).map(|t| pb::GetQuotaResponse {
                     quota: Some(convert::pb_quota(&t.quota)),
                     effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
@@ -153,13 +159,14 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<pb::IssueTokenResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let tenant = valid_tenant(&r.tenant_id)?;
         let token = new_token()?;
         let hash = super::hash_token(&token);
         let command = Command::AddToken { tenant, token: TokenId::new(&r.token_name), hash };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         if write.replayed {
             // The token of the first attempt was shown once and is not stored; say so.
             return Err(error(
@@ -176,11 +183,12 @@ impl pb::tenants_server::Tenants for Api {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<pb::RevokeTokenResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let tenant = valid_tenant(&r.tenant_id)?;
         let command = Command::RevokeToken { tenant, token: TokenId::new(&r.token_name) };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::RevokeTokenResponse { write: Some(write) }))
     }
 }
@@ -191,7 +199,8 @@ impl pb::workers_server::Workers for Api {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<pb::RegisterWorkerResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let command = Command::RegisterWorker {
             worker: WorkerId::new(&r.worker_id),
@@ -199,7 +208,7 @@ impl pb::workers_server::Workers for Api {
             capacity: convert::resources(r.capacity),
             labels: r.labels,
         };
-        let (worker, write) = match self.write(&r.request_id, command).await? {
+        let (worker, write) = match self.write(&caller, &r.request_id, command).await? {
             (Response::WorkerRegistered(w), write) => (Some(convert::worker(&w)), write),
             (other, _) => return Err(unexpected(other)),
         };
@@ -210,10 +219,12 @@ impl pb::workers_server::Workers for Api {
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<pb::GetWorkerResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let id = WorkerId::new(&r.worker_id);
-        let worker = self.read(r.read, |s| s.state().workers.get(&id).map(convert::worker)).await?;
+        let worker =
+            self.read(&caller, r.read, |s| s.state().workers.get(&id).map(convert::worker)).await?;
         Ok(Reply::new(pb::GetWorkerResponse {
             worker: Some(worker.ok_or_else(|| not_found("worker", &r.worker_id))?),
         }))
@@ -223,12 +234,13 @@ impl pb::workers_server::Workers for Api {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<pb::ListWorkersResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let (after, limit) = page(r.page);
         let pool = (!r.pool.is_empty()).then(|| PoolId::new(&r.pool));
         let query = Query::Workers { pool, after: after.map(Into::into), limit };
-        let workers = match self.read(r.read, |s| s.query(&query)).await? {
+        let workers = match self.read(&caller, r.read, |s| s.query(&query)).await? {
             Answer::Workers(w) => w.iter().map(convert::worker).collect(),
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
@@ -239,13 +251,14 @@ impl pb::workers_server::Workers for Api {
         &self,
         request: Request<pb::DrainWorkerRequest>,
     ) -> Result<pb::DrainWorkerResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let command = Command::SetWorkerSchedulable {
             worker: WorkerId::new(&r.worker_id),
             schedulable: !r.drain,
         };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::DrainWorkerResponse { write: Some(write), schedulable: !r.drain }))
     }
 
@@ -253,10 +266,11 @@ impl pb::workers_server::Workers for Api {
         &self,
         request: Request<pb::RemoveWorkerRequest>,
     ) -> Result<pb::RemoveWorkerResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         let r = request.into_inner();
         let command = Command::RemoveWorker { worker: WorkerId::new(&r.worker_id), evict: r.evict };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::WorkerRemoved { evicted }, write) => {
                 Ok(Reply::new(pb::RemoveWorkerResponse {
                     write: Some(write),
@@ -277,14 +291,14 @@ impl pb::workers_server::Workers for Api {
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for Api {
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<pb::PlaceResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let spec = convert::spec(r.spec)?;
         if r.dry_run {
             // A linearizable read: the decision Place would get at the latest applied state.
             let (placement, decision) = self
-                .read(None, |s| convert::decision(&s.dry_run(&tenant, spec), s.now().0))
+                .read(&caller, None, |s| convert::decision(&s.dry_run(&tenant, spec), s.now().0))
                 .await?;
             return Ok(Reply::new(pb::PlaceResponse {
                 write: None,
@@ -299,7 +313,7 @@ impl pb::scheduler_server::Scheduler for Api {
         } else {
             Command::Place { tenant, spec, fence }
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::Placed(p), write) => Ok(Reply::new(pb::PlaceResponse {
                 write: Some(write),
                 placement: Some(convert::placement(&p)),
@@ -317,7 +331,7 @@ impl pb::scheduler_server::Scheduler for Api {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<pb::ReleaseResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::Release {
@@ -325,7 +339,7 @@ impl pb::scheduler_server::Scheduler for Api {
             placement: PlacementId::new(&r.placement_id),
             fence: convert::fence(r.fence),
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::Released { resources, instances }, write) => {
                 Ok(Reply::new(pb::ReleaseResponse {
                     write: Some(write),
@@ -341,20 +355,22 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::GetPlacementRequest>,
     ) -> Result<pb::GetPlacementResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let id = PlacementId::new(&r.placement_id);
         let found = self
-            .read(r.read, |s| match s.state().placements.get(&(tenant.clone(), id.clone())) {
-                Some(p) => Some(pb::GetPlacementResponse {
-                    placement: Some(convert::placement(p)),
-                    queued: None,
-                }),
-                None => s.queue_status(&tenant, &id).map(|q| pb::GetPlacementResponse {
-                    placement: None,
-                    queued: Some(convert::queued(&q)),
-                }),
+            .read(&caller, r.read, |s| {
+                match s.state().placements.get(&(tenant.clone(), id.clone())) {
+                    Some(p) => Some(pb::GetPlacementResponse {
+                        placement: Some(convert::placement(p)),
+                        queued: None,
+                    }),
+                    None => s.queue_status(&tenant, &id).map(|q| pb::GetPlacementResponse {
+                        placement: None,
+                        queued: Some(convert::queued(&q)),
+                    }),
+                }
             })
             .await?;
         Ok(Reply::new(found.ok_or_else(|| not_found("placement", &r.placement_id))?))
@@ -364,12 +380,12 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::ListPlacementsRequest>,
     ) -> Result<pb::ListPlacementsResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let (after, limit) = page(r.page);
         let query = Query::Placements { tenant, after: after.map(Into::into), limit };
-        let placements = match self.read(r.read, |s| s.query(&query)).await? {
+        let placements = match self.read(&caller, r.read, |s| s.query(&query)).await? {
             Answer::Placements(p) => p.iter().map(convert::placement).collect(),
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
@@ -380,7 +396,7 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::CreatePlacementGroupRequest>,
     ) -> Result<pb::CreatePlacementGroupResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::CreatePlacementGroup {
@@ -389,12 +405,12 @@ impl pb::scheduler_server::Scheduler for Api {
             max_instances: r.max_instances,
             strategy: convert::group_strategy(r.strategy)?,
         };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::CreatePlacementGroupResponse { write: Some(write) }))
     }
 
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<pb::ReserveResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::Reserve {
@@ -403,7 +419,7 @@ impl pb::scheduler_server::Scheduler for Api {
             ttl_ms: r.ttl_ms,
             fence: convert::fence(r.fence),
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::Reserved(p), write) => Ok(Reply::new(pb::ReserveResponse {
                 write: Some(write),
                 reservation: Some(convert::placement(&p)),
@@ -416,7 +432,7 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::ConfirmReservationRequest>,
     ) -> Result<pb::ConfirmReservationResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::ConfirmReservation {
@@ -424,7 +440,7 @@ impl pb::scheduler_server::Scheduler for Api {
             reservation: PlacementId::new(&r.reservation_id),
             fence: convert::fence(r.fence),
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::Confirmed(p), write) => Ok(Reply::new(pb::ConfirmReservationResponse {
                 write: Some(write),
                 placement: Some(convert::placement(&p)),
@@ -437,14 +453,14 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::ListQueueRequest>,
     ) -> Result<pb::ListQueueResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let (after, limit) = page(r.page);
         let after = after.map(|a| (tenant.clone(), PlacementId::new(a)));
         let limit = usize::try_from(limit.min(crate::scheduler::query::PAGE_MAX)).unwrap_or(1);
         let queued = self
-            .read(r.read, |s| {
+            .read(&caller, r.read, |s| {
                 s.queue_statuses(Some(&tenant), after.as_ref(), limit)
                     .iter()
                     .map(convert::queued)
@@ -458,12 +474,12 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::CancelQueuedRequest>,
     ) -> Result<pb::CancelQueuedResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command =
             Command::CancelQueued { tenant, placement: PlacementId::new(&r.placement_id) };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::CancelQueuedResponse { write: Some(write) }))
     }
 
@@ -471,7 +487,7 @@ impl pb::scheduler_server::Scheduler for Api {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<pb::CancelReservationResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::CancelReservation {
@@ -479,7 +495,7 @@ impl pb::scheduler_server::Scheduler for Api {
             reservation: PlacementId::new(&r.reservation_id),
             fence: convert::fence(r.fence),
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::Cancelled { resources, .. }, write) => {
                 Ok(Reply::new(pb::CancelReservationResponse {
                     write: Some(write),
@@ -494,7 +510,7 @@ impl pb::scheduler_server::Scheduler for Api {
 #[tonic::async_trait]
 impl pb::leases_server::Leases for Api {
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<pb::AcquireResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::AcquireLease {
@@ -503,7 +519,7 @@ impl pb::leases_server::Leases for Api {
             holder: r.holder,
             ttl_ms: r.ttl_ms,
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::LeaseGranted(l), write) => Ok(Reply::new(pb::AcquireResponse {
                 write: Some(write),
                 lease: Some(convert::lease(&l)),
@@ -516,7 +532,7 @@ impl pb::leases_server::Leases for Api {
         &self,
         request: Request<pb::KeepAliveRequest>,
     ) -> Result<pb::KeepAliveResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::KeepAliveLease {
@@ -524,7 +540,7 @@ impl pb::leases_server::Leases for Api {
             lease: LeaseName::new(&r.name),
             token: LogIndex(r.token),
         };
-        match self.write(&r.request_id, command).await? {
+        match self.write(&caller, &r.request_id, command).await? {
             (Response::LeaseKeptAlive(l), write) => Ok(Reply::new(pb::KeepAliveResponse {
                 write: Some(write),
                 lease: Some(convert::lease(&l)),
@@ -537,7 +553,7 @@ impl pb::leases_server::Leases for Api {
         &self,
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<pb::ReleaseLeaseResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let command = Command::ReleaseLease {
@@ -545,7 +561,7 @@ impl pb::leases_server::Leases for Api {
             lease: LeaseName::new(&r.name),
             token: LogIndex(r.token),
         };
-        let (_, write) = self.write(&r.request_id, command).await?;
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::ReleaseLeaseResponse { write: Some(write) }))
     }
 
@@ -553,11 +569,12 @@ impl pb::leases_server::Leases for Api {
         &self,
         request: Request<pb::GetLeaseRequest>,
     ) -> Result<pb::GetLeaseResponse> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let key = (tenant, LeaseName::new(&r.name));
-        let found = self.read(r.read, |s| s.state().leases.get(&key).map(convert::lease)).await?;
+        let found =
+            self.read(&caller, r.read, |s| s.state().leases.get(&key).map(convert::lease)).await?;
         let lease = found.ok_or_else(|| not_found("lease", &r.name))?;
         Ok(Reply::new(pb::GetLeaseResponse { lease: Some(lease) }))
     }
@@ -569,7 +586,7 @@ impl pb::billing_server::Billing for Api {
         &self,
         request: Request<pb::AllocateSharedCostRequest>,
     ) -> Result<pb::AllocateSharedCostResponse> {
-        self.caller(&request)?;
+        self.caller(&request).await?;
         let r = request.into_inner();
         let parse = |field: &str, s: &str| {
             Decimal::from_str(s.trim()).map_err(|e| {
@@ -593,7 +610,8 @@ impl pb::billing_server::Billing for Api {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<pb::StatusResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         Ok(Reply::new(self.cluster_status().await))
     }
 
@@ -601,7 +619,8 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<pb::AddReplicaResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         self.require_leader()?;
         let r = request.into_inner();
         if r.replica_id == 0 || r.peer_address.is_empty() {
@@ -620,7 +639,8 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<pb::RemoveReplicaResponse> {
-        require_admin(&self.caller(&request)?)?;
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
         self.require_leader()?;
         let r = request.into_inner();
         self.replica.remove_replica(r.replica_id).await.map_err(|e| {

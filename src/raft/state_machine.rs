@@ -107,6 +107,7 @@ impl StateMachine {
                 proposed_at: now,
                 request_id: None,
                 command: Command::LeaderChanged,
+                token: None,
             });
             tracing::debug!(command_index = progress.command_index, ?applied.result, "leader changed");
         }
@@ -125,6 +126,7 @@ impl StateMachine {
                         proposed_at: batch.proposed_at,
                         request_id: proposal.request_id,
                         command: proposal.command,
+                        token: proposal.token,
                     }));
                 }
                 results

@@ -4,13 +4,15 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::{Applied, Command, RequestId, UnixMillis};
+use crate::scheduler::{Applied, Command, RequestId, TokenHash, UnixMillis};
 
 /// One client command inside a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: Option<RequestId>,
     pub command: Command,
+    /// The tenant token that authorized the command (see `scheduler::Entry::token`).
+    pub token: Option<TokenHash>,
 }
 
 /// What one Raft log entry carries: several commands committed together (group commit),

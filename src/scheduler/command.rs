@@ -27,6 +27,10 @@ pub struct Entry {
     /// The client's idempotency key (`None` for internal commands such as `Tick`).
     pub request_id: Option<RequestId>,
     pub command: Command,
+    /// The tenant token the command was authorized with (`None` for the admin and internal
+    /// commands). The replica that accepted it may have lagged: if the token no longer belongs
+    /// to the command's tenant when the entry is applied, the command is refused.
+    pub token: Option<TokenHash>,
 }
 
 /// A lease token that a mutating command must still hold to take effect.
@@ -447,6 +451,8 @@ pub enum Rejection {
     NotQueued { placement: PlacementId },
     #[error("{what} limit of {max} reached")]
     LimitReached { what: String, max: u64 },
+    #[error("unknown or revoked token")]
+    Unauthenticated,
 }
 
 impl Rejection {
@@ -486,6 +492,7 @@ impl Rejection {
             Rejection::TokenNotFound { .. } => "TOKEN_NOT_FOUND",
             Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
+            Rejection::Unauthenticated => "UNAUTHENTICATED",
         }
     }
 

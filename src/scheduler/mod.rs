@@ -159,7 +159,7 @@ impl Scheduler {
     }
 
     fn apply_entry(&mut self, entry: Entry) -> Applied {
-        let Entry { index, proposed_at, request_id, command } = entry;
+        let Entry { index, proposed_at, request_id, command, token } = entry;
         let day = windows::day_of(self.state.now);
         self.state.now = self.state.now.max(proposed_at);
         // A new UTC day (or month) may have reset a window someone waits for.
@@ -169,6 +169,13 @@ impl Scheduler {
         self.admit_queued(index);
         let mut events = std::mem::take(&mut self.events);
 
+        if let Some(hash) = token {
+            let owner = self.ix.tokens.get(&hash).map(|(tenant, _)| tenant);
+            if owner.is_none() || owner != command.tenant() {
+                let refused = self.answer(index, Err(Rejection::Unauthenticated), expired);
+                return Applied { events, ..refused };
+            }
+        }
         let session = request_id.map(|request_id| {
             let key = SessionKey { tenant: command.tenant().cloned(), request_id };
             (key, command_digest(&command))

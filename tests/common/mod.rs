@@ -25,6 +25,7 @@ pub fn register_worker(prefix: &str, i: u64) -> berth::raft::types::Proposal {
             capacity: berth::scheduler::Resources::new(1_000, 1_024),
             labels: BTreeMap::new(),
         },
+        token: None,
     }
 }
 
