@@ -349,7 +349,7 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
         &self,
         _req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
-        let result = match self.replica.raft().ensure_linearizable().await {
+        let result = match self.replica.leader_read_index().await {
             Ok(index) => Ok(index),
             Err(e) => match e.forward_to_leader() {
                 Some(f) => Err(not_leader(f.leader_id, f.leader_node.clone())),

@@ -8,13 +8,18 @@
 //!   least every `tick_idle` while any is live, so expiry needs no client traffic.
 //! - **Reads**: linearizable through `ensure_linearizable` on the leader, or ReadIndex from a
 //!   follower (ask the leader for the index, wait to apply it, read locally); stale reads are
-//!   local.
+//!   local. openraft lets a leader survive its own restart without an election, and then its
+//!   read index (`max(committed, first log of its term)`) can lie behind entries it committed
+//!   and acknowledged before the crash, because the commit index is not synced. Until a new
+//!   vote, such a leader's read index is raised to the last log entry it recovered: leader
+//!   completeness puts every committed entry there, and it commits in this very term.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -24,7 +29,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::network::{Connect, ForwardError, PeerClient, PeerNetwork, PeerService};
 use crate::raft::state_machine::{Replicated, StateMachine};
-use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId};
+use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId, Vote};
 use crate::scheduler::{Applied, Command};
 use crate::storage::{LogStore, SnapshotStore};
 
@@ -155,6 +160,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The last leader we forwarded to, with its client (channels are reused).
     leader_client: Mutex<Option<(ReplicaId, String, PeerClient)>>,
+    /// The vote and the last log entry found on disk at start (see the module header).
+    recovered: (Option<Vote>, Option<LogId>),
 }
 
 /// A running replica; clones share it.
@@ -180,6 +187,9 @@ impl Replica {
     ) -> Result<Replica, String> {
         let config = Arc::new(options.raft_config()?);
         let sm = StateMachine::open(snapshots).map_err(|e| e.to_string())?;
+        let mut recovering = log.clone();
+        let vote = recovering.read_vote().await.map_err(|e| e.to_string())?;
+        let last_log = recovering.get_log_state().await.map_err(|e| e.to_string())?.last_log_id;
         let network = PeerNetwork::new(connect.clone());
         let raft = Raft::new(options.id, config, network, log, sm.clone())
             .await
@@ -197,6 +207,7 @@ impl Replica {
                 stop,
                 tasks: Mutex::new(Vec::new()),
                 leader_client: Mutex::new(None),
+                recovered: (vote, last_log),
             }),
         };
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
@@ -216,6 +227,19 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// The read index of a linearizable read, if this replica leads: openraft's ReadIndex
+    /// (leadership confirmed by a quorum), raised to the recovered last log entry while the
+    /// vote is still the one found on disk (a leader that survived its restart).
+    pub async fn leader_read_index(
+        &self,
+    ) -> Result<Option<LogId>, RaftError<openraft::error::CheckIsLeaderError<ReplicaId, BasicNode>>>
+    {
+        let index = self.inner.raft.ensure_linearizable().await?;
+        let (vote, last_log) = &self.inner.recovered;
+        let same_vote = vote.as_ref() == Some(&self.inner.raft.metrics().borrow().vote);
+        Ok(if same_vote { index.max(*last_log) } else { index })
     }
 
     /// The gRPC service other replicas call on this replica's peer port.
@@ -402,7 +426,7 @@ impl Replica {
                 && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
             if due || idle {
                 last_tick = Some(Instant::now());
-                let tick = Proposal { request_id: None, command: Command::Tick };
+                let tick = Proposal { request_id: None, command: Command::Tick, token: None };
                 if let Err(e) = self.propose(tick).await {
                     tracing::debug!(error = %e, "tick not committed");
                 }
@@ -463,7 +487,7 @@ impl Replica {
         while Instant::now() < until {
             let leader = self.inner.raft.metrics().borrow().current_leader;
             match leader {
-                Some(id) if id == self.id() => match self.inner.raft.ensure_linearizable().await {
+                Some(id) if id == self.id() => match self.leader_read_index().await {
                     Ok(index) => return Ok(index),
                     Err(e) => last_problem = e.to_string(),
                 },
