@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -152,47 +152,105 @@ pub fn pairs(history: &[Op]) -> Vec<Pair<'_>> {
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Mutex<Inner>>,
-    start: Instant,
+    /// The run's time zero, in µs since the Unix epoch: a client process started by the run
+    /// stamps its ops against the same zero, so their times compare with the run's own.
+    start_unix_us: u64,
+}
+
+enum Sink {
+    Memory,
+    File(std::io::BufWriter<std::fs::File>),
+    /// A client process: each op goes to stdout at once, for the run to adopt.
+    Stdout,
 }
 
 struct Inner {
     ops: Vec<Op>,
     next_op: u64,
-    file: Option<std::io::BufWriter<std::fs::File>>,
+    sink: Sink,
+}
+
+/// Microseconds since the Unix epoch (the one clock the run and its client processes share).
+pub fn unix_us() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Recorder {
     /// Records into memory and, if given, streams JSON lines to `path`.
     pub fn new(path: Option<&Path>) -> anyhow::Result<Recorder> {
-        let file = match path {
-            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
-            None => None,
+        let sink = match path {
+            Some(p) => Sink::File(std::io::BufWriter::new(std::fs::File::create(p)?)),
+            None => Sink::Memory,
         };
-        Ok(Recorder {
-            inner: Arc::new(Mutex::new(Inner { ops: Vec::new(), next_op: 1, file })),
-            start: Instant::now(),
-        })
+        Ok(Recorder::with(sink, unix_us()))
+    }
+
+    /// The recorder of a client process: ops go to stdout, timed from the run's zero.
+    pub fn stdout(start_unix_us: u64) -> Recorder {
+        Recorder::with(Sink::Stdout, start_unix_us)
+    }
+
+    fn with(sink: Sink, start_unix_us: u64) -> Recorder {
+        Recorder {
+            inner: Arc::new(Mutex::new(Inner { ops: Vec::new(), next_op: 1, sink })),
+            start_unix_us,
+        }
+    }
+
+    pub fn start_unix_us(&self) -> u64 {
+        self.start_unix_us
     }
 
     pub fn elapsed_us(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+        unix_us().saturating_sub(self.start_unix_us)
     }
 
     fn push(&self, mut op: Op, assign: bool) -> u64 {
+        op.time_us = self.elapsed_us();
+        self.record(op, assign)
+    }
+
+    fn record(&self, mut op: Op, assign: bool) -> u64 {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if assign {
             op.op = inner.next_op;
             inner.next_op += 1;
         }
-        op.time_us = self.elapsed_us();
         let id = op.op;
-        if let Some(file) = inner.file.as_mut() {
-            // A failed history write must not go unnoticed: it would make the run vacuous.
-            let line = serde_json::to_string(&op).expect("invariant: ops serialise");
-            writeln!(file, "{line}").expect("writing history.jsonl");
+        // A failed history write must not go unnoticed: it would make the run vacuous.
+        let line = || serde_json::to_string(&op).expect("invariant: ops serialise");
+        match &mut inner.sink {
+            Sink::Memory => {}
+            Sink::File(file) => writeln!(file, "{}", line()).expect("writing history.jsonl"),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", line()).expect("writing ops to the run");
+                out.flush().expect("writing ops to the run");
+            }
         }
         inner.ops.push(op);
         id
+    }
+
+    /// Records an op reported by a client process, keeping its time. `ids` maps that
+    /// process's op ids to this history's; returns the op's type, or None for a completion
+    /// whose invocation was never seen (then nothing is recorded).
+    pub fn adopt(
+        &self,
+        ids: &mut std::collections::BTreeMap<u64, u64>,
+        mut op: Op,
+    ) -> Option<Type> {
+        let kind = op.kind;
+        if kind == Type::Invoke {
+            let theirs = op.op;
+            let ours = self.record(op, true);
+            ids.insert(theirs, ours);
+        } else {
+            op.op = ids.remove(&op.op)?;
+            self.record(op, false);
+        }
+        Some(kind)
     }
 
     /// Records an invocation by `process`; returns its op id for the completion.
@@ -225,7 +283,7 @@ impl Recorder {
 
     pub fn flush(&self) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = inner.file.as_mut() {
+        if let Sink::File(file) = &mut inner.sink {
             file.flush()?;
         }
         Ok(())

@@ -6,6 +6,7 @@
 //! - `topology`: network namespaces, a bridge, and the replica processes (needs root).
 //! - `nemesis`: faults — partitions (iptables), kill, pause, clock, netem, membership.
 //! - `workload`: the client operations (quota, lease, register) and their recording.
+//! - `clientproc`: lease clients as separate processes (so a holder can be SIGSTOPped).
 //! - `run`: one test run: set up, run clients and nemesis, heal, final reads, check.
 //! - `report`: `index.html` with latency and throughput plots and the checkers' verdicts.
 //!
@@ -13,6 +14,7 @@
 //! checkers can be unit-tested on hand-written histories.
 
 pub mod checker;
+pub mod clientproc;
 pub mod history;
 pub mod nemesis;
 pub mod report;

@@ -64,6 +64,9 @@ struct Opts {
     inside: Option<String>,
     #[arg(long, hide = true)]
     run_dir: Option<PathBuf>,
+    /// Runs one lease client process of a run (started by the run itself).
+    #[arg(long, hide = true, value_name = "SPEC")]
+    lease_client: Option<String>,
 }
 
 fn list(s: &str, all: &[&str]) -> Vec<String> {
@@ -306,6 +309,15 @@ async fn outside(opts: Opts) -> anyhow::Result<ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let opts = Opts::parse();
+    if let Some(spec) = &opts.lease_client {
+        return match jepsen::clientproc::run_client(spec).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jepsen lease client: error: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     let result = match (opts.check.clone(), opts.inside.clone()) {
         (Some(dir), _) => recheck(&opts, &dir),
         (None, Some(run)) => inside(opts, run).await,

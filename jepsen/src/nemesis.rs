@@ -7,7 +7,9 @@
 //! - `kill`: SIGKILL one replica, the leader, a minority, or all of them; restarted on the same
 //!   data directory when healed.
 //! - `pause`: SIGSTOP the leader (or any replica) for the whole fault interval, which is
-//!   beyond the election timeout; SIGCONT when healed.
+//!   beyond the election timeout; SIGCONT when healed. One pause in three stops a lease
+//!   client process instead (when the run has one), for longer than the lease TTL: it
+//!   resumes believing it holds its lease, and its next fenced write must be refused.
 //! - `clock`: restart a replica with `--test-clock-offset-ms` (±0.1–2 s, below the lease
 //!   grace); healed by restarting it with no offset.
 //! - `netem`: `tc netem` delay and loss on some replicas (skipped with a message if the
@@ -65,6 +67,8 @@ pub struct Nemesis {
     partitioned: bool,
     netem: BTreeSet<u64>,
     removed: BTreeSet<u64>,
+    /// Lease client processes stopped by a fault.
+    paused_clients: BTreeSet<u32>,
     pub faults: u64,
 }
 
@@ -89,6 +93,7 @@ impl Nemesis {
             partitioned: false,
             netem: BTreeSet::new(),
             removed: BTreeSet::new(),
+            paused_clients: BTreeSet::new(),
             faults: 0,
         }
     }
@@ -232,6 +237,21 @@ impl Nemesis {
                 Ok(format!("kill {targets:?}"))
             }
             "pause" => {
+                let clients: Vec<(u32, u64)> = self
+                    .shared
+                    .client_pids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(pid, worker)| (*pid, *worker))
+                    .collect();
+                if !clients.is_empty() && self.rng.below(3) == 0 {
+                    let i = usize::try_from(self.rng.below(u64::try_from(clients.len())?))?;
+                    let (pid, worker) = clients[i];
+                    sh_quiet(&["kill", "-STOP", &pid.to_string()]);
+                    self.paused_clients.insert(pid);
+                    return Ok(format!("pause lease client {worker} (pid {pid})"));
+                }
                 let leader = self.rng.below(3) != 0;
                 let t = self.pick_target(leader).await;
                 self.cluster.lock().await.pause(t, true);
@@ -333,6 +353,9 @@ impl Nemesis {
         self.partitioned = false;
         self.killed.clear();
         drop(cluster);
+        for pid in std::mem::take(&mut self.paused_clients) {
+            sh_quiet(&["kill", "-CONT", &pid.to_string()]);
+        }
         let removed = std::mem::take(&mut self.removed);
         for id in removed {
             self.readd(id).await?;

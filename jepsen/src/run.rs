@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::checker::{self, Availability, CheckResult, FinalState, Valid};
-use crate::history::{self, Op, Outcome, Recorder, Type};
+use crate::clientproc::{self, ClientSpec};
+use crate::history::{self, unix_us, Op, Outcome, Recorder, Type};
 use crate::nemesis::{self, Nemesis};
 use crate::topology::{Cluster, Net};
 use crate::workload::{self, Shared, Workload};
@@ -401,16 +402,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     let endpoints = cluster_procs.endpoints();
     let cluster = Arc::new(Mutex::new(cluster_procs));
     let recorder = Recorder::new(Some(&config.dir.join("history.jsonl")))?;
-    let shared = Arc::new(Shared {
-        endpoints,
-        token,
-        recorder: recorder.clone(),
-        quota_limit: config.quota_limit,
-        placed: StdMutex::new(BTreeMap::new()),
-        next_value: AtomicU64::new(1),
-        probe_token: std::sync::OnceLock::new(),
-        counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
-    });
+    let shared = Arc::new(Shared::new(endpoints, token, recorder.clone(), config.quota_limit));
     eprintln!(
         "[setup] {} replicas in namespaces {}-n*, store {}",
         config.replicas,
@@ -444,6 +436,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     let mut clients = Vec::new();
     for w in 0..config.concurrency {
         let workload = config.workloads[usize::try_from(w)? % config.workloads.len()];
+        if workload == Workload::Lease {
+            let spec = ClientSpec {
+                worker: w,
+                concurrency: config.concurrency,
+                gap_ms: u64::try_from(per_client_gap.as_millis())?,
+                seed: config.seed,
+                endpoints: shared.endpoints.clone(),
+                token_file: token_file.clone(),
+                start_unix_us: recorder.start_unix_us(),
+                until_unix_us: unix_us() + u64::try_from(config.time_limit.as_micros())?,
+            };
+            clients.push(clientproc::spawn(shared.clone(), &spec)?);
+            continue;
+        }
         clients.push(tokio::spawn(workload::client_loop(
             shared.clone(),
             workload,

@@ -8,7 +8,8 @@
 //! - `tenants`: CreateTenant / Place into it / DeleteTenant under load, and probes reading
 //!   another tenant with a tenant token (which must be refused).
 //! - `lease`: Acquire, fenced writes (Place with a Fence), KeepAlive, Release; some clients
-//!   stall past the TTL while holding (a paused client) and then try a fenced write.
+//!   stall past the TTL while holding and then try a fenced write. Lease clients run as
+//!   processes of their own (`clientproc`), which the `pause` nemesis also SIGSTOPs.
 //!
 //! Outcomes: a response is `ok`; a definite rejection (a business error code) is `fail`; an
 //! UNAVAILABLE / DEADLINE_EXCEEDED / transport error is `info` for a write (it may have
@@ -105,9 +106,30 @@ pub struct Shared {
     /// A token of tenant `PROBE_FROM`, issued at setup.
     pub probe_token: std::sync::OnceLock<String>,
     pub counts: [AtomicU64; 3],
+    /// Running lease client processes: pid → worker (see `clientproc`).
+    pub client_pids: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl Shared {
+    pub fn new(
+        endpoints: Vec<String>,
+        token: String,
+        recorder: Recorder,
+        quota_limit: u64,
+    ) -> Shared {
+        Shared {
+            endpoints,
+            token,
+            recorder,
+            quota_limit,
+            placed: Mutex::new(BTreeMap::new()),
+            next_value: AtomicU64::new(1),
+            probe_token: std::sync::OnceLock::new(),
+            counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            client_pids: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     pub fn client(&self, deadline: Duration) -> anyhow::Result<Client> {
         Client::new(
             &self.endpoints,
@@ -115,7 +137,7 @@ impl Shared {
             ClientOptions { deadline, attempt_timeout: Duration::from_millis(1_000) },
         )
     }
-    fn count(&self, kind: Type) {
+    pub fn count(&self, kind: Type) {
         let i = match kind {
             Type::Ok => 0,
             Type::Fail => 1,
