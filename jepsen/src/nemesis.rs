@@ -12,8 +12,8 @@
 //!   resumes believing it holds its lease, and its next fenced write must be refused.
 //! - `clock`: restart a replica with `--test-clock-offset-ms` (±0.1–2 s, below the lease
 //!   grace); healed by restarting it with no offset.
-//! - `netem`: `tc netem` delay and loss on some replicas (skipped with a message if the
-//!   kernel has no netem).
+//! - `netem`: `tc netem` delay and loss on some replicas. A kernel without netem gets loss
+//!   only, from an iptables `statistic` rule that drops a random share of incoming packets.
 //! - `member`: remove a replica through the admin API (RemoveReplica); healed by wiping its
 //!   data directory, starting it empty and adding it back (AddReplica: learner, catch-up by
 //!   snapshot or log, promotion).
@@ -69,6 +69,8 @@ pub struct Nemesis {
     removed: BTreeSet<u64>,
     /// Lease client processes stopped by a fault.
     paused_clients: BTreeSet<u32>,
+    /// Whether the kernel has `tc netem` (else `netem` is random loss through iptables).
+    pub netem_supported: bool,
     pub faults: u64,
 }
 
@@ -94,6 +96,7 @@ impl Nemesis {
             netem: BTreeSet::new(),
             removed: BTreeSet::new(),
             paused_clients: BTreeSet::new(),
+            netem_supported: true,
             faults: 0,
         }
     }
@@ -277,6 +280,33 @@ impl Nemesis {
                 let delay = 20 + self.rng.below(200);
                 let loss = self.rng.below(10);
                 let cluster = self.cluster.lock().await;
+                if !self.netem_supported {
+                    let loss = 5 + self.rng.below(26);
+                    let p = format!("0.{loss:02}");
+                    for t in &order {
+                        let ns = &cluster.replicas[t].ns;
+                        sh(&[
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            "iptables",
+                            "-w",
+                            "-I",
+                            "INPUT",
+                            "-m",
+                            "statistic",
+                            "--mode",
+                            "random",
+                            "--probability",
+                            &p,
+                            "-j",
+                            "DROP",
+                        ])?;
+                    }
+                    self.partitioned = true;
+                    return Ok(format!("loss {order:?} {loss}% (iptables; no netem)"));
+                }
                 for t in &order {
                     let ns = &cluster.replicas[t].ns;
                     sh(&[

@@ -411,10 +411,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     );
     wait_for_cluster(&shared, config.replicas).await?;
     setup(&shared).await?;
-    let mut kinds = config.nemesis.clone();
-    if kinds.iter().any(|k| k == "netem") && !nemesis::netem_supported(&Net::ns(&config.run, 1)) {
-        eprintln!("[setup] NOTE: this kernel has no tc netem; the netem nemesis is skipped");
-        kinds.retain(|k| k != "netem");
+    let kinds = config.nemesis.clone();
+    let netem =
+        !kinds.iter().any(|k| k == "netem") || nemesis::netem_supported(&Net::ns(&config.run, 1));
+    if !netem {
+        eprintln!(
+            "[setup] NOTE: this kernel has no tc netem; the netem nemesis drops a random share \
+             of packets with iptables instead (loss, no delay)"
+        );
     }
     config.nemesis = kinds.clone();
     eprintln!(
@@ -461,6 +465,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
         )));
     }
     let mut nemesis = Nemesis::new(kinds, cluster.clone(), shared.clone(), config.seed);
+    nemesis.netem_supported = netem;
     let interval = config.nemesis_interval;
     let nemesis_task = tokio::spawn(async move {
         let r = nemesis.run(interval, until).await;
