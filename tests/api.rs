@@ -697,3 +697,146 @@ async fn billing_status_health_and_reflection() {
     assert_eq!(names, expected, "reflection lists the public services, not the peer protocol");
     cluster.shutdown().await;
 }
+
+/// The admin RPCs and the reservation and keep-alive paths not covered above, each with its
+/// error path: ListTenants, DrainWorker (drain and undrain), RemoveWorker (refused while work
+/// runs, then with evict), Reserve / ConfirmReservation / CancelReservation, KeepAlive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reservations_keepalive_and_listing() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "beta").await;
+    let acme = issue_token(&mut c, "acme").await;
+
+    let listed = c
+        .tenants
+        .list_tenants(authed(ADMIN_TOKEN, pb::ListTenantsRequest::default()))
+        .await
+        .expect("listed")
+        .into_inner();
+    let ids: Vec<&str> = listed.tenants.iter().map(|t| t.tenant_id.as_str()).collect();
+    assert_eq!(ids, ["acme", "beta"]);
+    let refused = c
+        .tenants
+        .list_tenants(authed(&acme, pb::ListTenantsRequest::default()))
+        .await
+        .expect_err("admin only");
+    assert_eq!(reason(&refused), "ADMIN_REQUIRED");
+
+    // A drained worker takes no new work; undrained, it does again.
+    register(&mut c, "w1", 1_000).await;
+    let drain = |worker: &str, drain: bool| pb::DrainWorkerRequest {
+        request_id: rid(),
+        worker_id: worker.into(),
+        drain,
+    };
+    let drained =
+        c.workers.drain_worker(authed(ADMIN_TOKEN, drain("w1", true))).await.expect("drained");
+    assert!(!drained.into_inner().schedulable);
+    let refused =
+        c.scheduler.place(authed(&acme, place("acme", spec("a", 100)))).await.expect_err("drained");
+    assert_eq!((reason(&refused), meta(&refused, "draining")), ("NO_CAPACITY".into(), "1".into()));
+    let unknown =
+        c.workers.drain_worker(authed(ADMIN_TOKEN, drain("nope", true))).await.expect_err("none");
+    assert_eq!((unknown.code(), reason(&unknown).as_str()), (Code::NotFound, "WORKER_NOT_FOUND"));
+    let undrained =
+        c.workers.drain_worker(authed(ADMIN_TOKEN, drain("w1", false))).await.expect("undrained");
+    assert!(undrained.into_inner().schedulable);
+    c.scheduler.place(authed(&acme, place("acme", spec("a", 100)))).await.expect("placed");
+
+    // A reservation holds capacity until confirmed (then it is a placement) or cancelled
+    // (then exactly what it held is free again).
+    let reserve = |id: &str, cpu: u64, ttl_ms: u64| pb::ReserveRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        spec: Some(spec(id, cpu)),
+        ttl_ms,
+        fence: None,
+    };
+    let held = c.scheduler.reserve(authed(&acme, reserve("r1", 300, 60_000))).await.expect("held");
+    let held = held.into_inner().reservation.expect("reservation");
+    assert!(held.expires_at_ms.is_some(), "{held:?}");
+    let confirm = |id: &str| pb::ConfirmReservationRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        reservation_id: id.into(),
+        fence: None,
+    };
+    let placed =
+        c.scheduler.confirm_reservation(authed(&acme, confirm("r1"))).await.expect("confirmed");
+    let placed = placed.into_inner().placement.expect("placement");
+    assert_eq!((placed.expires_at_ms, placed.workers), (None, vec!["w1".to_owned()]));
+    let again =
+        c.scheduler.confirm_reservation(authed(&acme, confirm("r1"))).await.expect_err("placed");
+    assert_eq!(reason(&again), "NOT_A_RESERVATION");
+    let missing =
+        c.scheduler.confirm_reservation(authed(&acme, confirm("r9"))).await.expect_err("none");
+    assert_eq!(
+        (missing.code(), reason(&missing).as_str()),
+        (Code::NotFound, "PLACEMENT_NOT_FOUND")
+    );
+    let bad_ttl =
+        c.scheduler.reserve(authed(&acme, reserve("r0", 100, 0))).await.expect_err("ttl 0");
+    assert_eq!(bad_ttl.code(), Code::InvalidArgument);
+
+    c.scheduler.reserve(authed(&acme, reserve("r2", 600, 60_000))).await.expect("held");
+    let full =
+        c.scheduler.reserve(authed(&acme, reserve("r3", 100, 60_000))).await.expect_err("full");
+    assert_eq!(reason(&full), "NO_CAPACITY");
+    let cancel = pb::CancelReservationRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        reservation_id: "r2".into(),
+        fence: None,
+    };
+    let cancelled = c.scheduler.cancel_reservation(authed(&acme, cancel)).await.expect("cancelled");
+    let released = cancelled.into_inner().released.expect("released");
+    assert_eq!((released.cpu_millis, released.memory_mib), (600, 16));
+    c.scheduler.reserve(authed(&acme, reserve("r3", 600, 60_000))).await.expect("room again");
+
+    // Lease keep-alive: the holder's token extends the lease; any other token is refused.
+    let acquire = pb::AcquireRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        name: "deploy".into(),
+        holder: "ci-1".into(),
+        ttl_ms: 30_000,
+    };
+    let lease = c.leases.acquire(authed(&acme, acquire)).await.expect("granted");
+    let lease = lease.into_inner().lease.expect("lease");
+    let keep = |token: u64| pb::KeepAliveRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        name: "deploy".into(),
+        token,
+    };
+    let kept = c.leases.keep_alive(authed(&acme, keep(lease.token))).await.expect("kept alive");
+    let kept = kept.into_inner().lease.expect("lease");
+    assert_eq!((kept.token, kept.holder.as_str()), (lease.token, "ci-1"));
+    assert!(kept.expires_at_ms >= lease.expires_at_ms, "{kept:?} vs {lease:?}");
+    let stale =
+        c.leases.keep_alive(authed(&acme, keep(lease.token + 1))).await.expect_err("wrong token");
+    assert_eq!(reason(&stale), "STALE_FENCING_TOKEN");
+
+    // RemoveWorker refuses while work runs there; with evict it releases that work.
+    let remove =
+        |evict: bool| pb::RemoveWorkerRequest { request_id: rid(), worker_id: "w1".into(), evict };
+    let busy =
+        c.workers.remove_worker(authed(ADMIN_TOKEN, remove(false))).await.expect_err("not empty");
+    assert_eq!(
+        (busy.code(), reason(&busy).as_str()),
+        (Code::FailedPrecondition, "WORKER_NOT_EMPTY")
+    );
+    let tenant_refused =
+        c.workers.remove_worker(authed(&acme, remove(true))).await.expect_err("admin only");
+    assert_eq!(reason(&tenant_refused), "ADMIN_REQUIRED");
+    let removed =
+        c.workers.remove_worker(authed(ADMIN_TOKEN, remove(true))).await.expect("evicted");
+    let evicted: BTreeSet<String> =
+        removed.into_inner().evicted.into_iter().map(|e| e.placement_id).collect();
+    assert_eq!(evicted, ["a", "r1", "r3"].map(String::from).into_iter().collect());
+    let get = pb::GetWorkerRequest { worker_id: "w1".into(), read: None };
+    let gone = c.workers.get_worker(authed(ADMIN_TOKEN, get)).await.expect_err("removed");
+    assert_eq!(gone.code(), Code::NotFound);
+    cluster.shutdown().await;
+}
