@@ -840,3 +840,54 @@ async fn workers_reservations_keepalive_and_listing() {
     assert_eq!(gone.code(), Code::NotFound);
     cluster.shutdown().await;
 }
+
+/// AddReplica through the API (on the leader): a new empty replica catches up and votes;
+/// RemoveReplica takes it out again. Bad arguments are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_remove_replica_through_the_api() {
+    let (mut cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    let leader = cluster.leader().await;
+    let mut l = clients(&cluster, leader).await;
+    let bad = pb::AddReplicaRequest { replica_id: 0, peer_address: String::new() };
+    let refused = l.cluster.add_replica(authed(ADMIN_TOKEN, bad)).await.expect_err("bad args");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    cluster.spawn_extra(4).await;
+    let add =
+        pb::AddReplicaRequest { replica_id: 4, peer_address: cluster.members[&4].addr.clone() };
+    l.cluster.add_replica(authed(ADMIN_TOKEN, add)).await.expect("added");
+    let voters = |s: &pb::StatusResponse| s.replicas.iter().filter(|r| r.voter).count();
+    poll("replica 4 to vote and catch up", || {
+        let mut cluster = l.cluster.clone();
+        async move {
+            let s = cluster.status(authed(ADMIN_TOKEN, pb::StatusRequest {})).await.ok()?;
+            (voters(&s.into_inner()) == 4).then_some(())
+        }
+    })
+    .await;
+    let tenant = pb::GetTenantRequest {
+        tenant_id: "acme".into(),
+        read: Some(pb::ReadOptions { stale_ok: true }),
+    };
+    let new = clients(&cluster, 4).await;
+    poll("replica 4 to have the state", || {
+        let mut tenants = new.tenants.clone();
+        let r = tenant.clone();
+        async move { tenants.get_tenant(authed(ADMIN_TOKEN, r)).await.ok() }
+    })
+    .await;
+
+    let remove = pb::RemoveReplicaRequest { replica_id: 4 };
+    l.cluster.remove_replica(authed(ADMIN_TOKEN, remove)).await.expect("removed");
+    let status = l.cluster.status(authed(ADMIN_TOKEN, pb::StatusRequest {})).await.expect("status");
+    assert_eq!(voters(&status.into_inner()), 3);
+    let token = issue_token(&mut c, "acme").await;
+    let refused = l
+        .cluster
+        .add_replica(authed(&token, pb::AddReplicaRequest::default()))
+        .await
+        .expect_err("tenant token");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    cluster.shutdown().await;
+}
