@@ -963,3 +963,37 @@ fn deleted_tenant_is_not_recreated_by_a_late_duplicate_create() {
     log.tenant("ghost");
     assert!(matches!(log.s.query(&Query::Tenant("ghost".into())), Answer::Tenant(Some(_))));
 }
+
+/// A command carrying a tenant token is applied only if, at apply time, the token still
+/// belongs to the command's tenant: a token revoked after a lagging replica checked it, or
+/// one of another tenant, is refused with UNAUTHENTICATED and changes nothing.
+#[test]
+fn commands_with_a_revoked_or_foreign_token_are_refused_at_apply() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.tenant("beta");
+    log.worker("w1", 4_000, 4_096);
+    let acme = TokenHash([1; 32]);
+    let beta = TokenHash([2; 32]);
+    log.ok(Command::AddToken { tenant: "acme".into(), token: "ci".into(), hash: acme });
+    log.ok(Command::AddToken { tenant: "beta".into(), token: "ci".into(), hash: beta });
+    let with_token = |log: &mut Log, id: &str, token: TokenHash| {
+        log.index += 1;
+        log.s.apply(Entry {
+            index: LogIndex(log.index),
+            proposed_at: UnixMillis(log.now),
+            request_id: Some(RequestId::new(format!("req-{}", log.index))),
+            command: Command::Place { tenant: "acme".into(), spec: spec(id, 100, 10), fence: None },
+            token: Some(token),
+        })
+    };
+    assert!(with_token(&mut log, "a", acme).result.is_ok(), "own live token");
+    let foreign = with_token(&mut log, "b", beta);
+    assert_eq!(foreign.result.map_err(|e| e.reason()), Err("UNAUTHENTICATED"));
+    log.ok(Command::RevokeToken { tenant: "acme".into(), token: "ci".into() });
+    let hash = log.s.state_hash();
+    let revoked = with_token(&mut log, "c", acme);
+    assert_eq!(revoked.result.map_err(|e| e.reason()), Err("UNAUTHENTICATED"));
+    assert_eq!(log.s.state_hash(), hash, "a refused command changed the state");
+    assert!(log.s.check_invariants().is_ok());
+}
