@@ -117,8 +117,13 @@ pub struct Workload {
     /// Placement group.
     #[arg(long)]
     pub group: Option<String>,
+    /// Higher is more important: a tenant whose quota allows preemption may release
+    /// strictly lower-priority placements to fit this one.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// When preempted, wait in the queue again instead of being released for good.
+    #[arg(long)]
+    pub requeue_on_preemption: bool,
     /// Refuse unless LEASE:TOKEN is the live holder's token.
     #[arg(long, value_parser = parse_fence)]
     pub fence: Option<pb::Fence>,
@@ -157,6 +162,7 @@ impl Workload {
             anti_affinity_preferred: terms(&self.prefer_anti_affinity),
             group: self.group.clone().unwrap_or_default(),
             priority: self.priority,
+            requeue_on_preemption: self.requeue_on_preemption,
         }
     }
 }

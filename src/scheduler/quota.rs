@@ -162,6 +162,46 @@ pub struct Quota {
     pub denied_pools: BTreeSet<PoolId>,
     /// Jobs per day and cpu time per month (checked where set, up the chain).
     pub windows: WindowLimits,
+    /// Whom this subtree's higher-priority work may preempt; `None` inherits (default: never).
+    pub preemption: Option<Preemption>,
+    /// Guaranteed (nominal) shares of pools, with borrowing and lending limits. Not inherited:
+    /// each applies to the tenant that sets it (and the work of its subtree).
+    pub guarantees: BTreeMap<PoolId, Guarantee>,
+}
+
+/// Whose strictly lower-priority placements a tenant's work may preempt when it does not fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Preemption {
+    /// Nothing is preempted for this tenant's work.
+    #[default]
+    Never,
+    /// Placements of the same tenant only.
+    SameTenant,
+    /// Placements of any tenant (in the pool, for capacity; under the limiting tenant, for a
+    /// quota).
+    AnyTenant,
+}
+
+impl Preemption {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preemption::Never => "never",
+            Preemption::SameTenant => "same_tenant",
+            Preemption::AnyTenant => "any_tenant",
+        }
+    }
+}
+
+/// A tenant's guaranteed share of one pool (cpu and memory), how far beyond it the tenant may
+/// borrow idle capacity, and how much of its unused share others may borrow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarantee {
+    pub nominal: Resources,
+    /// Most the subtree's usage in the pool may exceed `nominal` by; `None` is unlimited (up
+    /// to the hard limits).
+    pub borrowing_limit: Option<Resources>,
+    /// Most of the unused nominal share others may borrow; `None` lends all of it.
+    pub lending_limit: Option<Resources>,
 }
 
 /// Quotas may name at most this many pools (limits and denials each).
@@ -178,6 +218,8 @@ pub struct EffectiveQuota {
     /// 0 when no tenant up the chain sets one: nothing is admitted above soft.
     pub grace_ms: u64,
     pub denied_pools: BTreeSet<PoolId>,
+    /// `Never` when no tenant up the chain sets one.
+    pub preemption: Preemption,
 }
 
 impl EffectiveQuota {
@@ -185,7 +227,9 @@ impl EffectiveQuota {
     pub fn resolve<'a>(chain: impl IntoIterator<Item = &'a Quota>) -> EffectiveQuota {
         let mut e = EffectiveQuota::default();
         let mut grace = None;
+        let mut preemption = None;
         for q in chain {
+            preemption = preemption.or(q.preemption);
             e.total = e.total.or(&q.total);
             for (pool, limits) in &q.pools {
                 let slot = e.pools.entry(pool.clone()).or_default();
@@ -196,6 +240,7 @@ impl EffectiveQuota {
             e.denied_pools.extend(q.denied_pools.iter().cloned());
         }
         e.grace_ms = grace.unwrap_or(0);
+        e.preemption = preemption.unwrap_or_default();
         e
     }
 
@@ -214,6 +259,8 @@ pub enum LimitKind {
     Soft {
         grace_ended_at: Option<UnixMillis>,
     },
+    /// The borrowing limit above a pool guarantee (`Guarantee::borrowing_limit`).
+    Borrowing,
 }
 
 impl LimitKind {
@@ -222,6 +269,7 @@ impl LimitKind {
             LimitKind::Hard => "hard",
             LimitKind::Burst => "burst",
             LimitKind::Soft { .. } => "soft",
+            LimitKind::Borrowing => "borrowing",
         }
     }
 }
@@ -246,6 +294,16 @@ pub enum QuotaEvent {
     ReturnedUnderSoft { tenant: TenantId },
     /// A queued placement was placed.
     Admitted { tenant: TenantId, placement: PlacementId },
+    /// A placement was released (and, with `requeued`, queued again) to make room for
+    /// `by_placement` of `by_tenant`: by priority, or to return a guarantee (`reclaimed`).
+    Preempted {
+        tenant: TenantId,
+        placement: PlacementId,
+        by_tenant: TenantId,
+        by_placement: PlacementId,
+        reclaimed: bool,
+        requeued: bool,
+    },
 }
 
 /// What a tenant's subtree holds, in one scope (total or one pool).
