@@ -240,8 +240,64 @@ pub enum QuotaCmd {
     Deny { tenant: String, pool: String },
     /// Lift a pool denial set on this tenant.
     Allow { tenant: String, pool: String },
-    /// Limits as set and in effect, usage and burst state.
+    /// Whose strictly lower-priority placements the tenant's subtree may preempt when its work
+    /// does not fit ("inherit" clears the tenant's own setting).
+    Preemption {
+        tenant: String,
+        #[arg(value_parser = ["never", "same-tenant", "any-tenant", "inherit"])]
+        policy: String,
+    },
+    /// Set the tenant's guaranteed share of a pool (cpu in cores), with optional borrowing and
+    /// lending limits (a dimension left out is unlimited); --remove drops it.
+    Guarantee {
+        tenant: String,
+        pool: String,
+        #[arg(long, value_parser = parse_cpu, default_value = "0")]
+        cpu: u64,
+        #[arg(long, default_value_t = 0)]
+        memory_mib: u64,
+        /// Most cpu the subtree may use above the guarantee in the pool.
+        #[arg(long, value_parser = parse_cpu)]
+        borrow_cpu: Option<u64>,
+        #[arg(long)]
+        borrow_memory_mib: Option<u64>,
+        /// Most of the unused guaranteed cpu other tenants may borrow.
+        #[arg(long, value_parser = parse_cpu)]
+        lend_cpu: Option<u64>,
+        #[arg(long)]
+        lend_memory_mib: Option<u64>,
+        #[arg(long, conflicts_with_all = ["cpu", "memory_mib", "borrow_cpu", "borrow_memory_mib", "lend_cpu", "lend_memory_mib"])]
+        remove: bool,
+    },
+    /// Limits as set and in effect, usage, burst state and each pool's guarantee, borrowed
+    /// and unused amounts.
     Get { tenant: String },
+}
+
+/// A guarantee from CLI flags: a limit dimension left out is unlimited.
+#[allow(clippy::too_many_arguments)]
+fn guarantee_from_flags(
+    cpu: u64,
+    memory_mib: u64,
+    borrow_cpu: Option<u64>,
+    borrow_memory_mib: Option<u64>,
+    lend_cpu: Option<u64>,
+    lend_memory_mib: Option<u64>,
+) -> pb::Guarantee {
+    let res = |cpu_millis, memory_mib| pb::Resources { cpu_millis, memory_mib };
+    let borrowing = (borrow_cpu.is_some() || borrow_memory_mib.is_some()).then(|| {
+        res(
+            borrow_cpu.unwrap_or(u64::MAX - cpu),
+            borrow_memory_mib.unwrap_or(u64::MAX - memory_mib),
+        )
+    });
+    let lending = (lend_cpu.is_some() || lend_memory_mib.is_some())
+        .then(|| res(lend_cpu.unwrap_or(u64::MAX), lend_memory_mib.unwrap_or(u64::MAX)));
+    pb::Guarantee {
+        nominal: Some(res(cpu, memory_mib)),
+        borrowing_limit: borrowing,
+        lending_limit: lending,
+    }
 }
 
 fn parse_soft_pair(
@@ -745,6 +801,60 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 quota.denied_pools.retain(|p| *p != pool);
                 if deny {
                     quota.denied_pools.push(pool);
+                }
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (_, QuotaCmd::Preemption { tenant, policy }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                quota.preemption = match policy.as_str() {
+                    "never" => Some(pb::Preemption::Never.into()),
+                    "same-tenant" => Some(pb::Preemption::SameTenant.into()),
+                    "any-tenant" => Some(pb::Preemption::AnyTenant.into()),
+                    _ => None,
+                };
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (
+                _,
+                QuotaCmd::Guarantee {
+                    tenant,
+                    pool,
+                    cpu,
+                    memory_mib,
+                    borrow_cpu,
+                    borrow_memory_mib,
+                    lend_cpu,
+                    lend_memory_mib,
+                    remove,
+                },
+            ) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                if remove {
+                    quota.guarantees.remove(&pool);
+                } else {
+                    let g = guarantee_from_flags(
+                        cpu,
+                        memory_mib,
+                        borrow_cpu,
+                        borrow_memory_mib,
+                        lend_cpu,
+                        lend_memory_mib,
+                    );
+                    quota.guarantees.insert(pool, g);
                 }
                 let m =
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
