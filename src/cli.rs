@@ -223,6 +223,13 @@ pub enum QuotaCmd {
         /// How long usage may stay above soft (log-time ms); 0 admits nothing above soft.
         #[arg(long)]
         grace_ms: Option<u64>,
+        /// Cpu and memory soft limits as a share of this pool's schedulable capacity, which
+        /// follow the pool as workers come and go (instead of --cpu/--memory-mib).
+        #[arg(long, requires = "share", conflicts_with_all = ["cpu", "memory_mib"])]
+        share_of_pool: Option<String>,
+        /// SOFT:BURST in per-mille of the pool (e.g. 250:400).
+        #[arg(long, value_parser = parse_soft, requires = "share_of_pool")]
+        share: Option<pb::SoftLimit>,
     },
     /// Set time-window limits (UTC, log time); unset flags are unlimited.
     Window {
@@ -757,7 +764,19 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))
             }
-            (_, QuotaCmd::Soft { tenant, cpu, memory_mib, instances, jobs, grace_ms }) => {
+            (
+                _,
+                QuotaCmd::Soft {
+                    tenant,
+                    cpu,
+                    memory_mib,
+                    instances,
+                    jobs,
+                    grace_ms,
+                    share_of_pool,
+                    share,
+                },
+            ) => {
                 let current = call!(
                     tenants,
                     get_quota,
@@ -766,6 +785,11 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 let mut quota = current.quota.unwrap_or_default();
                 quota.soft = Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
                 quota.grace_ms = grace_ms;
+                quota.soft_share = share_of_pool.zip(share).map(|(pool, l)| pb::SoftShare {
+                    pool,
+                    soft_per_mille: u32::try_from(l.soft).unwrap_or(u32::MAX),
+                    burst_per_mille: u32::try_from(l.burst).unwrap_or(u32::MAX),
+                });
                 let m =
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))

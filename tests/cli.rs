@@ -214,6 +214,21 @@ fn up_and_client_subcommands() {
     );
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "below usage: {}", bad.stderr);
     ok(api, token, &["quota", "guarantee", "acme", "default", "--remove"]);
+    // Soft limits as a share of the pool (8 cores): 250‰ soft, 400‰ burst, shown resolved.
+    let args = ["quota", "soft", "acme", "--share-of-pool", "default", "--share", "250:400"];
+    ok(api, token, &[&args[..], &["--grace-ms", "600000"]].concat());
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["soft_share"]["burst_per_mille"], 400, "{quota}");
+    assert_eq!(quota["effective"]["soft"]["cpu_millis"]["soft"], 2_000, "{quota}");
+    assert_eq!(quota["effective"]["soft"]["cpu_millis"]["burst"], 3_200, "{quota}");
+    let bad = berth(
+        api,
+        token,
+        &["quota", "soft", "acme", "--share-of-pool", "default", "--share", "1:1001"],
+    );
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
+    ok(api, token, &["quota", "soft", "acme"]);
     ok(api, token, &["quota", "preemption", "acme", "inherit"]);
     let args = ["quota", "window", "acme", "--jobs-per-day", "3", "--cpu-hours-per-month", "1.5"];
     ok(api, token, &[&args[..], &["--when-exhausted", "refuse"]].concat());

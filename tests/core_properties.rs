@@ -14,7 +14,7 @@ use berth::scheduler::{
     Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
     LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec,
     Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection, RequestId,
-    Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, State,
+    Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
     Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
     WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX,
 };
@@ -337,18 +337,47 @@ fn quota() -> impl Strategy<Value = Quota> {
         2 => Just(BTreeMap::new()),
         3 => prop::collection::btree_map(pool, guarantee(), 1..=2),
     ];
-    (limits(), scopes, soft, grace_ms, denied, windows, preemption, guarantees).prop_map(
-        |(total, pools, soft, grace_ms, denied_pools, windows, preemption, guarantees)| Quota {
-            total,
-            pools,
-            soft,
-            grace_ms,
-            denied_pools,
-            windows,
-            preemption,
-            guarantees,
-        },
-    )
+    // Now and then soft limits as a share of a pool (sometimes inverted or over 1000, which
+    // must be refused), without fixed cpu and memory soft limits so that it is accepted.
+    let soft_share = prop::option::weighted(
+        0.25,
+        (select(vec!["default", "p2"]), 0..=1000u32, 0..=600u32, prop::bool::weighted(0.05))
+            .prop_map(|(pool, soft, extra, bad)| SoftShare {
+                pool: PoolId::from(pool),
+                soft_per_mille: if bad { soft + extra + 1 } else { soft },
+                burst_per_mille: soft + extra,
+            }),
+    );
+    (limits(), scopes, soft, grace_ms, denied, windows, preemption, guarantees, soft_share)
+        .prop_map(
+            |(
+                total,
+                pools,
+                soft,
+                grace_ms,
+                denied_pools,
+                windows,
+                preemption,
+                guarantees,
+                share,
+            )| {
+                let soft = match share {
+                    Some(_) => SoftLimits { cpu_millis: None, memory_mib: None, ..soft },
+                    None => soft,
+                };
+                Quota {
+                    total,
+                    pools,
+                    soft,
+                    grace_ms,
+                    denied_pools,
+                    windows,
+                    preemption,
+                    guarantees,
+                    soft_share: share,
+                }
+            },
+        )
 }
 
 /// A valid quota that lets the tenant preempt, with a tight cpu limit and maybe guarantees.
@@ -363,6 +392,13 @@ fn preempting_quota() -> impl Strategy<Value = Quota> {
         .prop_map(|(cpu_millis, instances, preemption, guarantees)| Quota {
             total: Limits { cpu_millis, instances, ..Limits::default() },
             preemption: Some(preemption),
+            // Soft limits that follow the default pool as workers come and go.
+            soft_share: (cpu_millis.unwrap_or(0) % 2 == 0).then(|| SoftShare {
+                pool: PoolId::from("default"),
+                soft_per_mille: 300,
+                burst_per_mille: 700,
+            }),
+            grace_ms: Some(60_000),
             guarantees,
             ..Quota::default()
         })
@@ -946,6 +982,9 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
                 .chain(quota.guarantees.keys())
                 .any(|p| !object_id_ok(p.as_str()))
                 || quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS)
+                || quota.soft_share.as_ref().is_some_and(|s| {
+                    s.soft_per_mille > s.burst_per_mille || s.burst_per_mille > 1000
+                })
                 || Dimension::ALL
                     .into_iter()
                     .any(|d| quota.soft.get(d).is_some_and(|l| l.soft > l.burst))
@@ -1652,6 +1691,15 @@ fn contention_case() -> impl Strategy<Value = Case> {
         2 => (tenant(), preempting_quota())
             .prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
         2 => Just(Command::Tick),
+        1 => (worker(), any::<bool>())
+            .prop_map(|(worker, schedulable)| Command::SetWorkerSchedulable { worker, schedulable }),
+        1 => (worker(), 1000..=2500u64).prop_map(|(worker, cpu)| Command::RegisterWorker {
+            worker,
+            pool: None,
+            capacity: Resources::new(cpu, 4096),
+            labels: Labels::new(),
+        }),
+        1 => worker().prop_map(|worker| Command::RemoveWorker { worker, evict: true }),
     ];
     let step = (command, prop::option::weighted(0.5, any::<Index>()), 1..=200_000u64).prop_map(
         |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },

@@ -1027,3 +1027,61 @@ fn a_lender_reclaims_its_share_from_borrowers_in_one_step() {
     assert_eq!(preempted(&back.events), vec!["gamma/g-2 by beta/b-again reclaimed"]);
     assert!(log.placed("acme", "a-1").is_some());
 }
+
+// ----- soft limits as a share of a pool --------------------------------------------------------
+
+/// Soft limits declared as per-mille of a pool's schedulable capacity follow the pool: adding a
+/// worker raises them (ending a burst), draining or removing one lowers them (starting one),
+/// and admission checks the ceiling as it stands now. A share next to fixed cpu/memory soft
+/// limits, or beyond 1000 per mille, is refused.
+#[test]
+fn soft_share_of_pool_follows_its_capacity() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 4_000);
+    let share = SoftShare { pool: "default".into(), soft_per_mille: 500, burst_per_mille: 750 };
+    let quota =
+        Quota { soft_share: Some(share.clone()), grace_ms: Some(60_000), ..Quota::default() };
+    log.quota("acme", quota.clone());
+    let cpu = |log: &Log| log.s.effective_quota(&"acme".into()).soft.cpu_millis;
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+
+    let burst = log.place("acme", "a", 2_500);
+    assert_eq!(burst.events, vec![entered("acme", log.now + 60_000)]);
+    let e = log.place("acme", "b", 600).result.expect_err("2500 + 600 > 750‰ of 4000");
+    assert_eq!((meta(&e, "limit_kind"), meta(&e, "limit")), ("burst".into(), "3000".into()));
+
+    // A second worker doubles the pool: 4000 soft, so acme is back under soft.
+    let grown = log.ok(Command::RegisterWorker {
+        worker: "w2".into(),
+        pool: None,
+        capacity: Resources::new(4_000, 1_000_000),
+        labels: Labels::new(),
+    });
+    assert_eq!(grown.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 4_000, burst: 6_000 }));
+    log.place("acme", "b", 600).result.expect("within the larger share");
+
+    // Draining w2 halves it again: above soft at once, with a fresh grace period.
+    let drained = log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    assert_eq!(drained.events, vec![entered("acme", log.now + 60_000)]);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+    let e = log.place("acme", "c", 1).result.expect_err("3100 already above the 3000 ceiling");
+    assert_eq!(meta(&e, "limit_kind"), "burst");
+    // Removing it changes nothing more (it no longer counted); another pool never counts.
+    assert!(log.ok(Command::RemoveWorker { worker: "w2".into(), evict: true }).events.is_empty());
+    log.worker("g1", Some("gpu"), 64_000);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+
+    let both = Quota { soft: soft_cpu(1, 2, None).soft, ..quota };
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "acme".into(), quota: both }).reason(),
+        "INVALID_ARGUMENT"
+    );
+    let over = SoftShare { burst_per_mille: 1_001, ..share };
+    let q = Quota { soft_share: Some(over), ..Quota::default() };
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "acme".into(), quota: q }).reason(),
+        "INVALID_ARGUMENT"
+    );
+}

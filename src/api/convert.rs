@@ -8,7 +8,7 @@ use super::pb;
 use super::status::invalid;
 use crate::scheduler::{
     Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, SoftLimit,
-    SoftLimits, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
+    SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
 };
 use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
@@ -247,6 +247,11 @@ pub fn quota(q: Option<pb::Quota>) -> Result<Quota, Status> {
         windows: window_limits(q.windows.unwrap_or_default()),
         preemption,
         guarantees: q.guarantees.into_iter().map(|(p, g)| (PoolId(p), guarantee(g))).collect(),
+        soft_share: q.soft_share.map(|s| SoftShare {
+            pool: PoolId(s.pool),
+            soft_per_mille: s.soft_per_mille,
+            burst_per_mille: s.burst_per_mille,
+        }),
     })
 }
 
@@ -317,6 +322,11 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
         windows: Some(pb_window_limits(&q.windows)),
         preemption: q.preemption.map(|p| pb_preemption(p).into()),
         guarantees: q.guarantees.iter().map(|(p, g)| (p.0.clone(), pb_guarantee(g))).collect(),
+        soft_share: q.soft_share.as_ref().map(|s| pb::SoftShare {
+            pool: s.pool.0.clone(),
+            soft_per_mille: s.soft_per_mille,
+            burst_per_mille: s.burst_per_mille,
+        }),
     }
 }
 
@@ -330,8 +340,9 @@ pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
         // Window limits are not inherited: each tenant's own apply to its subtree.
         windows: None,
         preemption: Some(pb_preemption(q.preemption).into()),
-        // Guarantees are not inherited either.
+        // Guarantees are not inherited either; soft shows share-of-pool limits resolved.
         guarantees: Default::default(),
+        soft_share: None,
     }
 }
 

@@ -106,7 +106,9 @@ impl Scheduler {
                     ));
                 }
             }
-            for d in Dimension::ALL {
+            // (A share-of-pool ceiling moves with the pool: it binds admission, and a pool that
+            // shrinks may leave running work above it, as a drained worker leaves its work.)
+            for d in Dimension::ALL.into_iter().filter(|_| !e.soft_shared) {
                 if e.soft.get(d).is_some_and(|l| t.usage.total.get(d) > l.burst) {
                     bad.push(format!("tenant {} over its {} burst ceiling", t.id, d.name()));
                 }

@@ -48,7 +48,7 @@ pub use query::{Answer, Query};
 pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
 pub use quota::{
     Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, Preemption, Quota, QuotaEvent,
-    SoftLimit, SoftLimits, Usage, UsageTotals,
+    SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
 };
 pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
@@ -280,6 +280,8 @@ impl Scheduler {
                 self.ix.set_free(w, false);
                 w.schedulable = schedulable;
                 self.ix.set_free(w, true);
+                let pool = w.pool.clone();
+                self.pool_capacity_changed(&pool);
                 self.queue_dirty |= schedulable;
                 Ok(Response::WorkerSchedulable { schedulable })
             }

@@ -11,7 +11,8 @@ use super::{Scheduler, State};
 /// 2: quotas gained soft limits, grace, pool denial; tenants a burst state.
 /// 3: quotas gained a preemption policy and pool guarantees; placements a `borrowed` mark and
 /// specs `requeue_on_preemption`.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// 4: quotas gained soft limits as a share of a pool (`soft_share`).
+pub const SNAPSHOT_VERSION: u32 = 4;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

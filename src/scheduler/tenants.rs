@@ -171,6 +171,21 @@ impl Scheduler {
                 format!("must be at most {GRACE_MAX_MS}"),
             ));
         }
+        if let Some(share) = &quota.soft_share {
+            validate_object_id("pool", share.pool.as_str())?;
+            if share.soft_per_mille > share.burst_per_mille || share.burst_per_mille > 1000 {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    "per-mille shares must satisfy soft <= burst <= 1000",
+                ));
+            }
+            if quota.soft.cpu_millis.is_some() || quota.soft.memory_mib.is_some() {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    "a share of a pool replaces the cpu and memory soft limits: set one or the other",
+                ));
+            }
+        }
         let t = self.tenant(tenant)?;
         // The hard limits that will apply: these, or inherited where these set none.
         let parent_hard = match &t.parent {
