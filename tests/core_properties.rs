@@ -16,7 +16,7 @@ use berth::scheduler::{
     Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection, RequestId,
     Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
     Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
-    WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX,
+    WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -1123,6 +1123,7 @@ fn checked_apply(
             model.remember(key, entry.command.clone(), first);
         }
         check_executed(ticked.state(), s, model, entry, &applied, &what)?;
+        check_reclaim_exhausted(&ticked, entry, &applied, &what)?;
     }
 
     // The session table is exactly the model's.
@@ -1384,7 +1385,7 @@ fn check_preemptions(
     };
     let mut edges: Vec<((TenantId, PlacementId), (TenantId, PlacementId))> = Vec::new();
     let mut last: BTreeMap<(TenantId, PlacementId), bool> = BTreeMap::new();
-    for e in &applied.events {
+    for (i, e) in applied.events.iter().enumerate() {
         let QuotaEvent::Preempted {
             tenant,
             placement,
@@ -1403,7 +1404,12 @@ fn check_preemptions(
             return Err(TestCaseError::fail(format!("unknown preemption {e:?}: {what}")));
         };
         if *reclaimed {
-            if let Some(old) = b.placements.get(&victim) {
+            // (Unless it was placed again by this entry, after an earlier preemption.)
+            let again = applied.events[..i].iter().any(|e| {
+                matches!(e, QuotaEvent::Admitted { tenant: t, placement: id }
+                    if (t, id) == (&victim.0, &victim.1))
+            });
+            if let Some(old) = b.placements.get(&victim).filter(|_| !again) {
                 prop_assert!(old.borrowed, "reclaimed {:?} was not borrowed: {}", victim, what);
             }
             prop_assert!(
@@ -1455,6 +1461,81 @@ fn check_preemptions(
         } else if commanded(victim).is_none() {
             prop_assert!(!back, "preempted {:?} came back: {}", victim, what);
         }
+    }
+    Ok(())
+}
+
+/// A lender gets its guarantee back within the one step that asks for it: if a `Place` within
+/// its tenant's guarantee (by a tenant that may not preempt by priority) is refused for
+/// capacity, then releasing borrowers one by one, as the rules allow (borrowed, of a tenant
+/// still above its own share and unrelated to the claimant; lowest priority, most recent
+/// first), through ordinary `Release` commands on a copy, never makes it fit either.
+fn check_reclaim_exhausted(
+    ticked: &Scheduler,
+    entry: &Entry,
+    applied: &Applied,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let (Command::Place { tenant, spec, .. }, Err(Rejection::NoCapacity { .. })) =
+        (&entry.command, &applied.result)
+    else {
+        return Ok(());
+    };
+    let st = ticked.state();
+    let pool = spec.pool.clone().unwrap_or_else(|| PoolId::from("default"));
+    let (Some(t), Some(total)) =
+        (st.tenants.get(tenant), spec.resources.checked_mul(u64::from(spec.count)))
+    else {
+        return Ok(());
+    };
+    let Some(g) = t.quota.guarantees.get(&pool) else { return Ok(()) };
+    let used = t.usage.pool(&pool);
+    let within = used.cpu_millis + total.cpu_millis <= g.nominal.cpu_millis
+        && used.memory_mib + total.memory_mib <= g.nominal.memory_mib;
+    if !within || ticked.effective_quota(tenant).preemption != Preemption::Never {
+        return Ok(());
+    }
+    let mut copy = ticked.clone();
+    let at = |command| Entry {
+        index: entry.index,
+        proposed_at: entry.proposed_at,
+        request_id: None,
+        command,
+        token: None,
+    };
+    let mut released = Vec::new();
+    for _ in 0..PREEMPT_VICTIMS_MAX {
+        let cs = copy.state();
+        let mut order: Vec<&Placement> = cs.placements.values().collect();
+        order.sort_by_key(|p| {
+            (p.spec.priority, std::cmp::Reverse(p.log_index), std::cmp::Reverse(p.placed_at))
+        });
+        let next = order.into_iter().find(|p| {
+            let over = copy.borrowed(&p.tenant, &pool);
+            p.borrowed
+                && !p.is_reservation()
+                && p.pool == pool
+                && !lineage_of(cs, &p.tenant).contains(tenant)
+                && !lineage_of(cs, tenant).contains(&p.tenant)
+                && ((p.spec.resources.cpu_millis > 0 && over.cpu_millis > 0)
+                    || (p.spec.resources.memory_mib > 0 && over.memory_mib > 0))
+        });
+        let Some(victim) = next.map(|p| (p.tenant.clone(), p.id().clone())) else {
+            return Ok(());
+        };
+        let release =
+            Command::Release { tenant: victim.0.clone(), placement: victim.1.clone(), fence: None };
+        prop_assert!(copy.apply(at(release)).result.is_ok(), "model release failed: {}", what);
+        released.push(victim);
+        let mut trial = copy.clone();
+        let placed = trial.apply(at(entry.command.clone()));
+        let preempted = placed.events.iter().any(|e| matches!(e, QuotaEvent::Preempted { .. }));
+        prop_assert!(
+            placed.result.is_err() || preempted,
+            "within its guarantee, refused, yet releasing {:?} makes it fit: {}",
+            released,
+            what
+        );
     }
     Ok(())
 }

@@ -421,6 +421,9 @@ impl Scheduler {
                     assert!(!burst.expired, "invariant: an ended grace has no deadline");
                     burst.expired = true;
                     self.events.push(QuotaEvent::GraceExpired { tenant });
+                    // An aged entry of this tenant that held its pool for capacity may now wait
+                    // for its quota instead, letting others in.
+                    self.queue_dirty = true;
                 }
             }
         }

@@ -274,6 +274,8 @@ impl Scheduler {
             let removed = self.state.queue.remove(key).expect("invariant: listed above");
             self.ix.remove_queued(&removed);
         }
+        // One of them may have been an aged entry holding its pool for capacity.
+        self.queue_dirty |= !keys.is_empty();
         super::count_u64(keys.len())
     }
 

@@ -479,6 +479,8 @@ impl Scheduler {
             .filter(|t| t.quota.soft_share.as_ref().is_some_and(|s| s.pool == *pool))
             .map(|t| t.id.clone())
             .collect();
+        // Moved soft limits may turn an aged entry's wait from capacity into quota (or back).
+        self.queue_dirty |= !setters.is_empty();
         for setter in setters {
             let subtree = self.subtree(&setter);
             self.settle_bursts(&subtree);
