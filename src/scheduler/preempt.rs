@@ -175,8 +175,10 @@ impl Scheduler {
         let mut scratch = self.scratch();
         let mut refused = refused.clone();
         let mut chosen = Vec::new();
+        let left = PREEMPTIONS_PER_ENTRY_MAX.saturating_sub(self.preempted);
+        let max = PREEMPT_VICTIMS_MAX.min(usize::try_from(left).unwrap_or(usize::MAX));
         loop {
-            if chosen.len() >= PREEMPT_VICTIMS_MAX {
+            if chosen.len() >= max {
                 return None;
             }
             let next =
