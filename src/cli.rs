@@ -117,8 +117,13 @@ pub struct Workload {
     /// Placement group.
     #[arg(long)]
     pub group: Option<String>,
+    /// Higher is more important: a tenant whose quota allows preemption may release
+    /// strictly lower-priority placements to fit this one.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// When preempted, wait in the queue again instead of being released for good.
+    #[arg(long)]
+    pub requeue_on_preemption: bool,
     /// Refuse unless LEASE:TOKEN is the live holder's token.
     #[arg(long, value_parser = parse_fence)]
     pub fence: Option<pb::Fence>,
@@ -157,6 +162,7 @@ impl Workload {
             anti_affinity_preferred: terms(&self.prefer_anti_affinity),
             group: self.group.clone().unwrap_or_default(),
             priority: self.priority,
+            requeue_on_preemption: self.requeue_on_preemption,
         }
     }
 }
@@ -217,6 +223,13 @@ pub enum QuotaCmd {
         /// How long usage may stay above soft (log-time ms); 0 admits nothing above soft.
         #[arg(long)]
         grace_ms: Option<u64>,
+        /// Cpu and memory soft limits as a share of this pool's schedulable capacity, which
+        /// follow the pool as workers come and go (instead of --cpu/--memory-mib).
+        #[arg(long, requires = "share", conflicts_with_all = ["cpu", "memory_mib"])]
+        share_of_pool: Option<String>,
+        /// SOFT:BURST in per-mille of the pool (e.g. 250:400).
+        #[arg(long, value_parser = parse_soft, requires = "share_of_pool")]
+        share: Option<pb::SoftLimit>,
     },
     /// Set time-window limits (UTC, log time); unset flags are unlimited.
     Window {
@@ -234,8 +247,64 @@ pub enum QuotaCmd {
     Deny { tenant: String, pool: String },
     /// Lift a pool denial set on this tenant.
     Allow { tenant: String, pool: String },
-    /// Limits as set and in effect, usage and burst state.
+    /// Whose strictly lower-priority placements the tenant's subtree may preempt when its work
+    /// does not fit ("inherit" clears the tenant's own setting).
+    Preemption {
+        tenant: String,
+        #[arg(value_parser = ["never", "same-tenant", "any-tenant", "inherit"])]
+        policy: String,
+    },
+    /// Set the tenant's guaranteed share of a pool (cpu in cores), with optional borrowing and
+    /// lending limits (a dimension left out is unlimited); --remove drops it.
+    Guarantee {
+        tenant: String,
+        pool: String,
+        #[arg(long, value_parser = parse_cpu, default_value = "0")]
+        cpu: u64,
+        #[arg(long, default_value_t = 0)]
+        memory_mib: u64,
+        /// Most cpu the subtree may use above the guarantee in the pool.
+        #[arg(long, value_parser = parse_cpu)]
+        borrow_cpu: Option<u64>,
+        #[arg(long)]
+        borrow_memory_mib: Option<u64>,
+        /// Most of the unused guaranteed cpu other tenants may borrow.
+        #[arg(long, value_parser = parse_cpu)]
+        lend_cpu: Option<u64>,
+        #[arg(long)]
+        lend_memory_mib: Option<u64>,
+        #[arg(long, conflicts_with_all = ["cpu", "memory_mib", "borrow_cpu", "borrow_memory_mib", "lend_cpu", "lend_memory_mib"])]
+        remove: bool,
+    },
+    /// Limits as set and in effect, usage, burst state and each pool's guarantee, borrowed
+    /// and unused amounts.
     Get { tenant: String },
+}
+
+/// A guarantee from CLI flags: a limit dimension left out is unlimited.
+#[allow(clippy::too_many_arguments)]
+fn guarantee_from_flags(
+    cpu: u64,
+    memory_mib: u64,
+    borrow_cpu: Option<u64>,
+    borrow_memory_mib: Option<u64>,
+    lend_cpu: Option<u64>,
+    lend_memory_mib: Option<u64>,
+) -> pb::Guarantee {
+    let res = |cpu_millis, memory_mib| pb::Resources { cpu_millis, memory_mib };
+    let borrowing = (borrow_cpu.is_some() || borrow_memory_mib.is_some()).then(|| {
+        res(
+            borrow_cpu.unwrap_or(u64::MAX - cpu),
+            borrow_memory_mib.unwrap_or(u64::MAX - memory_mib),
+        )
+    });
+    let lending = (lend_cpu.is_some() || lend_memory_mib.is_some())
+        .then(|| res(lend_cpu.unwrap_or(u64::MAX), lend_memory_mib.unwrap_or(u64::MAX)));
+    pb::Guarantee {
+        nominal: Some(res(cpu, memory_mib)),
+        borrowing_limit: borrowing,
+        lending_limit: lending,
+    }
 }
 
 fn parse_soft_pair(
@@ -695,7 +764,19 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))
             }
-            (_, QuotaCmd::Soft { tenant, cpu, memory_mib, instances, jobs, grace_ms }) => {
+            (
+                _,
+                QuotaCmd::Soft {
+                    tenant,
+                    cpu,
+                    memory_mib,
+                    instances,
+                    jobs,
+                    grace_ms,
+                    share_of_pool,
+                    share,
+                },
+            ) => {
                 let current = call!(
                     tenants,
                     get_quota,
@@ -704,6 +785,11 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 let mut quota = current.quota.unwrap_or_default();
                 quota.soft = Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
                 quota.grace_ms = grace_ms;
+                quota.soft_share = share_of_pool.zip(share).map(|(pool, l)| pb::SoftShare {
+                    pool,
+                    soft_per_mille: u32::try_from(l.soft).unwrap_or(u32::MAX),
+                    burst_per_mille: u32::try_from(l.burst).unwrap_or(u32::MAX),
+                });
                 let m =
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
                 show(json, &call!(tenants, set_quota, m))
@@ -739,6 +825,60 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 quota.denied_pools.retain(|p| *p != pool);
                 if deny {
                     quota.denied_pools.push(pool);
+                }
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (_, QuotaCmd::Preemption { tenant, policy }) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                quota.preemption = match policy.as_str() {
+                    "never" => Some(pb::Preemption::Never.into()),
+                    "same-tenant" => Some(pb::Preemption::SameTenant.into()),
+                    "any-tenant" => Some(pb::Preemption::AnyTenant.into()),
+                    _ => None,
+                };
+                let m =
+                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
+                show(json, &call!(tenants, set_quota, m))
+            }
+            (
+                _,
+                QuotaCmd::Guarantee {
+                    tenant,
+                    pool,
+                    cpu,
+                    memory_mib,
+                    borrow_cpu,
+                    borrow_memory_mib,
+                    lend_cpu,
+                    lend_memory_mib,
+                    remove,
+                },
+            ) => {
+                let current = call!(
+                    tenants,
+                    get_quota,
+                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
+                );
+                let mut quota = current.quota.unwrap_or_default();
+                if remove {
+                    quota.guarantees.remove(&pool);
+                } else {
+                    let g = guarantee_from_flags(
+                        cpu,
+                        memory_mib,
+                        borrow_cpu,
+                        borrow_memory_mib,
+                        lend_cpu,
+                        lend_memory_mib,
+                    );
+                    quota.guarantees.insert(pool, g);
                 }
                 let m =
                     pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };

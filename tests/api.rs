@@ -417,6 +417,93 @@ async fn soft_quota_pool_denial_and_dry_run() {
     cluster.shutdown().await;
 }
 
+/// Through the API: a tenant's preemption policy and pool guarantee round-trip through
+/// SetQuota/GetQuota; a higher-priority Place reports the victim it preempted (re-queued, as its
+/// spec asked) in its WriteInfo; GetQuota shows borrowed and unused amounts per pool; a borrower
+/// beyond another tenant's kept share is refused NOT_LENDABLE; a lender within its guarantee
+/// reclaims from the borrower in one write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_and_guarantees_through_the_api() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "beta").await;
+    register(&mut c, "w1", 4_000).await;
+    let res = |cpu_millis| Some(pb::Resources { cpu_millis, memory_mib: 1 << 20 });
+    let quota = |preemption: Option<pb::Preemption>, nominal, lend| pb::Quota {
+        preemption: preemption.map(Into::into),
+        guarantees: [(
+            "default".to_string(),
+            pb::Guarantee { nominal: res(nominal), borrowing_limit: None, lending_limit: lend },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let set = |tenant: &str, quota: pb::Quota| pb::SetQuotaRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        quota: Some(quota),
+    };
+    let q = quota(Some(pb::Preemption::SameTenant), 1_000, None);
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set("acme", q.clone()))).await.expect("acme quota");
+    let q2 = quota(None, 2_000, res(1_000));
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set("beta", q2))).await.expect("beta quota");
+    let get = |t: &str| pb::GetQuotaRequest { tenant_id: t.into(), read: None };
+    let got = c.tenants.get_quota(authed(ADMIN_TOKEN, get("acme"))).await.expect("get");
+    let got = got.into_inner();
+    assert_eq!(
+        got.quota.as_ref().map(|q| (q.preemption, q.guarantees.clone())),
+        Some((q.preemption, q.guarantees))
+    );
+    assert_eq!(got.effective.and_then(|e| e.preemption), Some(pb::Preemption::SameTenant.into()));
+
+    // acme borrows 1000 beyond its 1000; beta's 2000 unused lends only 1000, so 1000 is kept.
+    let batch = pb::PlacementSpec { requeue_on_preemption: true, ..spec("batch", 2_000) };
+    let placed = c.scheduler.place(authed(ADMIN_TOKEN, place("acme", batch))).await.expect("ok");
+    assert!(placed.into_inner().placement.is_some_and(|p| p.borrowed), "beyond its share");
+    let got = c.tenants.get_quota(authed(ADMIN_TOKEN, get("acme"))).await.expect("get");
+    let share = got.into_inner().shares.into_iter().find(|s| s.pool == "default").expect("share");
+    assert_eq!(
+        (share.borrowed.map(|r| r.cpu_millis), share.unused.map(|r| r.cpu_millis)),
+        (Some(1_000), Some(0))
+    );
+    let more = place("acme", spec("more", 1_001));
+    let refused = c.scheduler.place(authed(ADMIN_TOKEN, more)).await.expect_err("kept for beta");
+    assert_eq!(
+        (refused.code(), reason(&refused), meta(&refused, "held_for_lenders")),
+        (Code::ResourceExhausted, "NOT_LENDABLE".into(), "1000".into())
+    );
+
+    // Priority: acme's urgent work preempts its own batch, which goes back into the queue.
+    let urgent = pb::PlacementSpec { priority: 5, ..spec("urgent", 2_500) };
+    let w = c.scheduler.place(authed(ADMIN_TOKEN, place("acme", urgent))).await.expect("ok");
+    let events = w.into_inner().write.expect("write").quota_events;
+    use pb::quota_event::Kind;
+    let preempted: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind() == Kind::Preempted)
+        .map(|e| (e.placement_id.as_str(), e.by_placement_id.as_str(), e.requeued, e.reclaimed))
+        .collect();
+    assert_eq!(preempted, vec![("batch", "urgent", true, false)]);
+    let r = pb::GetPlacementRequest {
+        tenant_id: "acme".into(),
+        placement_id: "batch".into(),
+        read: None,
+    };
+    let batch = c.scheduler.get_placement(authed(ADMIN_TOKEN, r)).await.expect("get").into_inner();
+    assert!(batch.placement.is_none() && batch.queued.is_some(), "re-queued: {batch:?}");
+
+    // beta, within its guarantee, reclaims from the borrower (urgent borrows 1500) in one write.
+    let own = c.scheduler.place(authed(ADMIN_TOKEN, place("beta", spec("own", 2_000)))).await;
+    let events = own.expect("reclaimed").into_inner().write.expect("write").quota_events;
+    let reclaimed: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind() == Kind::Preempted)
+        .map(|e| (e.tenant_id.as_str(), e.placement_id.as_str(), e.reclaimed))
+        .collect();
+    assert_eq!(reclaimed, vec![("acme", "urgent", true)]);
+    cluster.shutdown().await;
+}
+
 /// A tenant at its quota asks to wait (queue_if_unavailable): it is queued with its position
 /// and reason, visible in GetPlacement and ListQueue, survives a leader kill, and is placed
 /// by the write that releases the other placement; GetPlacement then shows it placed.

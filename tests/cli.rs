@@ -183,6 +183,53 @@ fn up_and_client_subcommands() {
     assert!(ok(api, token, &["queue", "list", "acme"]).contains("(none)"));
 
     // Time windows: a day's job budget, spent, refused with the reset time.
+    // Preemption policy and a pool guarantee: set and shown; a borrowing limit below usage is
+    // refused.
+    ok(api, token, &["quota", "preemption", "acme", "same-tenant"]);
+    let args = ["quota", "guarantee", "acme", "default", "--cpu", "0.5", "--memory-mib", "64"];
+    ok(api, token, &[&args[..], &["--borrow-cpu", "1", "--lend-cpu", "0.25"]].concat());
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    let g = &quota["quota"]["guarantees"]["default"];
+    assert_eq!(
+        (
+            g["nominal"]["cpu_millis"].as_u64(),
+            g["borrowing_limit"]["cpu_millis"].as_u64(),
+            g["lending_limit"]["cpu_millis"].as_u64()
+        ),
+        (Some(500), Some(1_000), Some(250)),
+        "{quota}"
+    );
+    assert_eq!(quota["effective"]["preemption"], 1, "same_tenant: {quota}");
+    let share = quota["shares"].as_array().and_then(|s| s.iter().find(|s| s["pool"] == "default"));
+    assert_eq!(
+        share.map(|s| s["borrowed"]["cpu_millis"].as_u64()),
+        Some(Some(250)),
+        "750 used of 500: {quota}"
+    );
+    let bad = berth(
+        api,
+        token,
+        &["quota", "guarantee", "acme", "default", "--cpu", "0.5", "--borrow-cpu", "0.1"],
+    );
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "below usage: {}", bad.stderr);
+    ok(api, token, &["quota", "guarantee", "acme", "default", "--remove"]);
+    // Soft limits as a share of the pool (8 cores): 250‰ soft, 400‰ burst, shown resolved.
+    let args = ["quota", "soft", "acme", "--share-of-pool", "default", "--share", "250:400"];
+    ok(api, token, &[&args[..], &["--grace-ms", "600000"]].concat());
+    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"]["soft_share"]["burst_per_mille"], 400, "{quota}");
+    assert_eq!(quota["effective"]["soft"]["cpu_millis"]["soft"], 2_000, "{quota}");
+    assert_eq!(quota["effective"]["soft"]["cpu_millis"]["burst"], 3_200, "{quota}");
+    let bad = berth(
+        api,
+        token,
+        &["quota", "soft", "acme", "--share-of-pool", "default", "--share", "1:1001"],
+    );
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
+    ok(api, token, &["quota", "soft", "acme"]);
+    ok(api, token, &["quota", "preemption", "acme", "inherit"]);
     let args = ["quota", "window", "acme", "--jobs-per-day", "3", "--cpu-hours-per-month", "1.5"];
     ok(api, token, &[&args[..], &["--when-exhausted", "refuse"]].concat());
     let quota = ok(api, token, &["quota", "get", "acme", "--json"]);

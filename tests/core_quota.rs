@@ -714,3 +714,374 @@ fn cpu_time_per_month_integrates_exactly_and_resets_at_month_start() {
     assert_eq!(usage.cpu_milli_ms_this_month, 1_503 * 10, "counted from the boundary only");
     assert_eq!(usage.month_resets_at, windows::month_start(month + 2));
 }
+
+// ----- priority and preemption -----------------------------------------------------------------
+
+impl Log {
+    fn place_spec(&mut self, tenant: &str, spec: PlaceSpec) -> Applied {
+        self.apply(Command::Place { tenant: tenant.into(), spec, fence: None })
+    }
+
+    fn preemption(&mut self, tenant: &str, preemption: Preemption) {
+        let mut quota = self.tenant_state(tenant).quota.clone();
+        quota.preemption = Some(preemption);
+        self.quota(tenant, quota);
+    }
+}
+
+fn prio(id: &str, cpu_millis: u64, priority: i32) -> PlaceSpec {
+    PlaceSpec { priority, ..spec(id, cpu_millis) }
+}
+
+/// The preemptions reported, as `victim-tenant/victim by preemptor-tenant/preemptor` plus
+/// ` reclaimed` / ` requeued`.
+fn preempted(events: &[QuotaEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            QuotaEvent::Preempted {
+                tenant,
+                placement,
+                by_tenant,
+                by_placement,
+                reclaimed,
+                requeued,
+            } => Some(format!(
+                "{tenant}/{placement} by {by_tenant}/{by_placement}{}{}",
+                if *reclaimed { " reclaimed" } else { "" },
+                if *requeued { " requeued" } else { "" }
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A tenant allowed to preempt its own work releases strictly lower-priority placements, lowest
+/// priority first and most recent first, only as many as it takes; equal priority is never
+/// preempted, and a policy of `never` (the default) preempts nothing.
+#[test]
+fn preemption_takes_lowest_priority_most_recent_first() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 4_000);
+    for (id, p) in [("low-1", 0), ("low-2", 0), ("mid", 1), ("low-3", 0)] {
+        log.place_spec("acme", prio(id, 1_000, p)).result.expect("fits");
+    }
+    let refused = log.place_spec("acme", prio("urgent", 2_000, 5)).result.expect_err("policy");
+    assert_eq!(refused.reason(), "NO_CAPACITY", "the default policy preempts nothing");
+
+    log.preemption("acme", Preemption::SameTenant);
+    let urgent = log.place_spec("acme", prio("urgent", 2_000, 5));
+    assert!(urgent.result.is_ok(), "{:?}", urgent.result);
+    assert_eq!(
+        preempted(&urgent.events),
+        vec!["acme/low-3 by acme/urgent", "acme/low-2 by acme/urgent"],
+        "lowest priority first, most recent first, and no more than needed"
+    );
+    assert!(log.placed("acme", "low-1").is_some() && log.placed("acme", "mid").is_some());
+    assert!(log.placed("acme", "low-2").is_none() && log.placed("acme", "low-3").is_none());
+
+    // Equal priority is never a victim: strictly lower only.
+    let same = log.place_spec("acme", prio("peer", 1_000, 0)).result.expect_err("full");
+    assert_eq!(same.reason(), "NO_CAPACITY");
+    assert!(log.placed("acme", "low-1").is_some());
+    let next = log.place_spec("acme", prio("peer", 1_000, 2));
+    assert_eq!(preempted(&next.events), vec!["acme/low-1 by acme/peer"], "priority 0 before 1");
+}
+
+/// `same_tenant` never reaches another tenant's work; `any_tenant` does, by the same order.
+/// The policy is inherited from the parent where a tenant sets none.
+#[test]
+fn preemption_across_tenants_needs_any_tenant() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("acme", Some("org"));
+    log.tenant("beta", None);
+    log.worker("w1", None, 2_000);
+    log.place_spec("beta", prio("batch-1", 1_000, 0)).result.expect("fits");
+    log.place_spec("beta", prio("batch-2", 1_000, 0)).result.expect("fits");
+
+    log.preemption("org", Preemption::SameTenant);
+    assert_eq!(log.s.effective_quota(&"acme".into()).preemption, Preemption::SameTenant);
+    let own = log.place_spec("acme", prio("svc", 1_000, 9)).result.expect_err("not its own");
+    assert_eq!(own.reason(), "NO_CAPACITY");
+
+    log.preemption("org", Preemption::AnyTenant);
+    let svc = log.place_spec("acme", prio("svc", 1_000, 9));
+    assert_eq!(preempted(&svc.events), vec!["beta/batch-2 by acme/svc"]);
+    assert_eq!(log.tenant_state("beta").usage.total.cpu_millis, 1_000, "usage follows");
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 1_000);
+}
+
+/// Over a quota, only work that counts against the limiting tenant's quota, in the limited
+/// dimension, is preempted; reservations are never preempted.
+#[test]
+fn preemption_for_quota_takes_only_work_under_the_limit() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("acme", Some("org"));
+    log.tenant("beta", Some("org"));
+    log.tenant("outsider", None);
+    log.worker("w1", None, 64_000);
+    log.quota(
+        "org",
+        Quota {
+            total: Limits { cpu_millis: Some(3_000), ..Limits::default() },
+            preemption: Some(Preemption::AnyTenant),
+            ..Quota::default()
+        },
+    );
+    log.place_spec("outsider", prio("x", 5_000, -10)).result.expect("not under org");
+    log.place_spec("beta", prio("b-old", 1_000, 0)).result.expect("fits");
+    log.ok(Command::Reserve {
+        tenant: "beta".into(),
+        spec: prio("b-held", 1_000, -5),
+        ttl_ms: 60_000,
+        fence: None,
+    });
+    log.place_spec("acme", prio("a-1", 1_000, 0)).result.expect("fits");
+    let big = log.place_spec("acme", prio("a-2", 2_000, 3));
+    assert_eq!(
+        preempted(&big.events),
+        vec!["acme/a-1 by acme/a-2", "beta/b-old by acme/a-2"],
+        "most recent first; never the reservation, never outside org"
+    );
+    assert!(log.placed("outsider", "x").is_some() && log.placed("beta", "b-held").is_some());
+    assert_eq!(log.tenant_state("org").usage.total.cpu_millis, 3_000, "at the hard limit");
+}
+
+/// If releasing every eligible victim would still not make room, nothing is preempted and the
+/// first refusal is returned; a dry run shows the victims a real Place would preempt.
+#[test]
+fn preemption_that_cannot_help_changes_nothing_and_dry_run_shows_victims() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 2_000);
+    log.worker("w2", None, 2_000);
+    log.preemption("acme", Preemption::SameTenant);
+    log.place_spec("acme", prio("low", 1_000, 0)).result.expect("fits");
+    log.place_spec("acme", prio("high", 2_000, 9)).result.expect("fits");
+    let before = log.s.state().placements.clone();
+    // 3000 on one worker never fits, whatever is released.
+    let huge = log.place_spec("acme", prio("huge", 3_000, 5));
+    assert_eq!(huge.result.expect_err("too big").reason(), "NO_CAPACITY");
+    assert!(huge.events.is_empty());
+    assert_eq!(log.s.state().placements, before, "nothing preempted");
+
+    let d = log.s.dry_run(&"acme".into(), prio("mid", 2_000, 5));
+    assert!(d.result.is_ok());
+    assert_eq!(preempted(&d.events), vec!["acme/low by acme/mid"]);
+    assert_eq!(log.s.state().placements, before, "a dry run preempts nothing");
+}
+
+/// A victim whose spec asks for it goes back into the queue (reported `requeued`) and is placed
+/// again when room frees. Having strictly lower priority, it never preempts its preemptor back,
+/// even with a policy that allows preemption.
+#[test]
+fn preempted_work_requeues_and_never_preempts_back() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 2_000);
+    log.preemption("acme", Preemption::SameTenant);
+    let batch = PlaceSpec { requeue_on_preemption: true, ..prio("batch", 2_000, 1) };
+    log.place_spec("acme", batch).result.expect("fits");
+    let svc = log.place_spec("acme", prio("svc", 2_000, 7));
+    assert_eq!(preempted(&svc.events), vec!["acme/batch by acme/svc requeued"]);
+    assert!(admitted(&svc.events).is_empty(), "it must not come straight back");
+    let waiting = log.status("acme", "batch");
+    assert_eq!(waiting.queued.log_index, LogIndex(log.index));
+    assert!(matches!(waiting.reason, WaitReason::Refused(Rejection::NoCapacity { .. })));
+    // Ticks and unrelated writes do not let it back in while the preemptor runs.
+    log.tick(QUEUE_AGING_MS + 1);
+    assert!(log.placed("acme", "svc").is_some() && log.placed("acme", "batch").is_none());
+
+    let release = log.release("acme", "svc");
+    assert_eq!(admitted(&release.events), vec!["acme/batch"]);
+    assert!(preempted(&release.events).is_empty());
+}
+
+// ----- guarantees, borrowing and lending -------------------------------------------------------
+
+/// A guarantee of `cpu_millis` (and 1000 MiB) in pool gpu, with optional cpu borrowing and
+/// lending limits (memory limits 1000 MiB when set).
+fn guarantee(cpu_millis: u64, borrow: Option<u64>, lend: Option<u64>) -> Guarantee {
+    Guarantee {
+        nominal: Resources::new(cpu_millis, 1_000),
+        borrowing_limit: borrow.map(|b| Resources::new(b, 1_000)),
+        lending_limit: lend.map(|l| Resources::new(l, 1_000)),
+    }
+}
+
+impl Log {
+    fn guarantee(&mut self, tenant: &str, g: Guarantee) {
+        let mut quota = self.tenant_state(tenant).quota.clone();
+        quota.guarantees.insert("gpu".into(), g);
+        self.quota(tenant, quota);
+    }
+
+    fn gpu(&mut self, tenant: &str, id: &str, cpu_millis: u64, priority: i32) -> Applied {
+        let spec = PlaceSpec { pool: Some("gpu".into()), ..prio(id, cpu_millis, priority) };
+        self.place_spec(tenant, spec)
+    }
+
+    fn borrowed_cpu(&self, tenant: &str) -> u64 {
+        self.s.borrowed(&tenant.into(), &"gpu".into()).cpu_millis
+    }
+}
+
+/// Beyond its guarantee a tenant borrows idle capacity (marked `borrowed`), up to its borrowing
+/// limit, and never into what other tenants' guarantees keep back (their unused share beyond
+/// what they lend): refused with NOT_LENDABLE. A tenant without a guarantee only borrows.
+#[test]
+fn borrowing_stays_within_borrowing_and_lending_limits() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", None);
+    log.tenant("gamma", None);
+    log.worker("g1", Some("gpu"), 10_000);
+    log.guarantee("acme", guarantee(6_000, None, Some(2_000)));
+    log.guarantee("beta", guarantee(4_000, Some(3_000), None));
+
+    let own = log.gpu("beta", "b-1", 4_000, 0).result.expect("within its share");
+    assert!(matches!(own, Response::Placed(Placement { borrowed: false, .. })));
+    assert_eq!(log.borrowed_cpu("beta"), 0);
+    let more = log.gpu("beta", "b-2", 1_000, 0).result.expect("borrows");
+    assert!(matches!(more, Response::Placed(Placement { borrowed: true, .. })));
+    assert_eq!(log.borrowed_cpu("beta"), 1_000);
+    assert_eq!(log.s.held_for_lenders(&"gpu".into(), &"beta".into()).cpu_millis, 4_000);
+
+    // acme's unused 6000 lends only 2000: 4000 stays free for it.
+    let e = log.gpu("beta", "b-3", 1_500, 0).result.expect_err("into acme's kept share");
+    assert_eq!(e.reason(), "NOT_LENDABLE");
+    assert_eq!(
+        (meta(&e, "free"), meta(&e, "held_for_lenders"), meta(&e, "requested")),
+        ("5000".into(), "4000".into(), "1500".into())
+    );
+    log.gpu("beta", "b-3", 1_000, 0).result.expect("exactly down to what is kept");
+    let e = log.gpu("gamma", "g-1", 1, 0).result.expect_err("nothing left to lend");
+    assert_eq!(e.reason(), "NOT_LENDABLE");
+
+    // The borrowing limit: beta may hold at most 4000 + 3000.
+    log.guarantee("acme", guarantee(6_000, None, None));
+    let e = log.gpu("beta", "b-4", 1_001, 0).result.expect_err("beyond its borrowing limit");
+    assert_eq!((meta(&e, "limit_kind"), meta(&e, "limit")), ("borrowing".into(), "7000".into()));
+    log.gpu("beta", "b-4", 1_000, 0).result.expect("up to it");
+    let g = log.gpu("gamma", "g-1", 1_000, 0).result.expect("no guarantee: all borrowed");
+    assert!(matches!(g, Response::Placed(Placement { borrowed: true, .. })));
+
+    // A borrowing limit below what the subtree holds is refused, like a hard limit.
+    let mut q = log.tenant_state("beta").quota.clone();
+    q.guarantees.insert("gpu".into(), guarantee(4_000, Some(2_000), None));
+    let e = log.err(Command::SetQuota { tenant: "beta".into(), quota: q });
+    assert_eq!(e.reason(), "INVALID_ARGUMENT");
+    let mut q = Quota::default();
+    q.guarantees.insert("bad pool".into(), guarantee(1, None, None));
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "beta".into(), quota: q }).reason(),
+        "INVALID_ARGUMENT"
+    );
+}
+
+/// A tenant that needs capacity within its guarantee gets it back in the same step: borrowers
+/// are preempted (borrowed work of any priority, lowest priority first, most recent first) —
+/// never work within its owner's own share, and never the other way round.
+#[test]
+fn a_lender_reclaims_its_share_from_borrowers_in_one_step() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", None);
+    log.tenant("gamma", None);
+    log.worker("g1", Some("gpu"), 10_000);
+    log.guarantee("acme", guarantee(6_000, None, None));
+    log.guarantee("beta", guarantee(2_000, None, None));
+    log.gpu("beta", "b-own", 2_000, 0).result.expect("its share");
+    log.gpu("beta", "b-hi", 2_000, 100).result.expect("borrowed, high priority");
+    log.gpu("gamma", "g-1", 2_000, 50).result.expect("borrowed, no guarantee");
+    log.gpu("beta", "b-lo", 2_000, 0).result.expect("borrowed, low priority");
+    assert_eq!((log.borrowed_cpu("beta"), log.borrowed_cpu("gamma")), (4_000, 2_000));
+
+    // acme wants 5000 of its 6000: 2000 are free, 3000 more must come back.
+    let claim = log.gpu("acme", "a-1", 5_000, -1);
+    assert!(claim.result.is_ok(), "{:?}", claim.result);
+    assert_eq!(
+        preempted(&claim.events),
+        vec!["beta/b-lo by acme/a-1 reclaimed", "gamma/g-1 by acme/a-1 reclaimed"],
+        "lowest priority first, whatever the claimant's priority"
+    );
+    assert!(log.placed("beta", "b-hi").is_some() && log.placed("beta", "b-own").is_some());
+
+    // beta still borrows 2000 (b-hi); its own share (b-own, placed within it) is never
+    // reclaimed, and work beyond the claimant's own share reclaims nothing.
+    assert_eq!(log.borrowed_cpu("beta"), 2_000);
+    let over = log.gpu("acme", "a-2", 2_000, 0).result.expect_err("beyond acme's share");
+    assert_eq!(over.reason(), "NO_CAPACITY");
+    assert!(log.placed("beta", "b-own").is_some() && log.placed("beta", "b-hi").is_some());
+
+    // The other way round: beta, within its share again, reclaims only from borrowers, never
+    // from acme (whose work is within acme's own share).
+    log.release("beta", "b-own");
+    log.release("beta", "b-hi");
+    log.gpu("gamma", "g-2", 4_000, 0).result.expect("borrows what beta left");
+    let back = log.gpu("beta", "b-again", 2_000, 99);
+    assert!(back.result.is_ok(), "{:?}", back.result);
+    assert_eq!(preempted(&back.events), vec!["gamma/g-2 by beta/b-again reclaimed"]);
+    assert!(log.placed("acme", "a-1").is_some());
+}
+
+// ----- soft limits as a share of a pool --------------------------------------------------------
+
+/// Soft limits declared as per-mille of a pool's schedulable capacity follow the pool: adding a
+/// worker raises them (ending a burst), draining or removing one lowers them (starting one),
+/// and admission checks the ceiling as it stands now. A share next to fixed cpu/memory soft
+/// limits, or beyond 1000 per mille, is refused.
+#[test]
+fn soft_share_of_pool_follows_its_capacity() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 4_000);
+    let share = SoftShare { pool: "default".into(), soft_per_mille: 500, burst_per_mille: 750 };
+    let quota =
+        Quota { soft_share: Some(share.clone()), grace_ms: Some(60_000), ..Quota::default() };
+    log.quota("acme", quota.clone());
+    let cpu = |log: &Log| log.s.effective_quota(&"acme".into()).soft.cpu_millis;
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+
+    let burst = log.place("acme", "a", 2_500);
+    assert_eq!(burst.events, vec![entered("acme", log.now + 60_000)]);
+    let e = log.place("acme", "b", 600).result.expect_err("2500 + 600 > 750‰ of 4000");
+    assert_eq!((meta(&e, "limit_kind"), meta(&e, "limit")), ("burst".into(), "3000".into()));
+
+    // A second worker doubles the pool: 4000 soft, so acme is back under soft.
+    let grown = log.ok(Command::RegisterWorker {
+        worker: "w2".into(),
+        pool: None,
+        capacity: Resources::new(4_000, 1_000_000),
+        labels: Labels::new(),
+    });
+    assert_eq!(grown.events, vec![QuotaEvent::ReturnedUnderSoft { tenant: "acme".into() }]);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 4_000, burst: 6_000 }));
+    log.place("acme", "b", 600).result.expect("within the larger share");
+
+    // Draining w2 halves it again: above soft at once, with a fresh grace period.
+    let drained = log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    assert_eq!(drained.events, vec![entered("acme", log.now + 60_000)]);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+    let e = log.place("acme", "c", 1).result.expect_err("3100 already above the 3000 ceiling");
+    assert_eq!(meta(&e, "limit_kind"), "burst");
+    // Removing it changes nothing more (it no longer counted); another pool never counts.
+    assert!(log.ok(Command::RemoveWorker { worker: "w2".into(), evict: true }).events.is_empty());
+    log.worker("g1", Some("gpu"), 64_000);
+    assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
+
+    let both = Quota { soft: soft_cpu(1, 2, None).soft, ..quota };
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "acme".into(), quota: both }).reason(),
+        "INVALID_ARGUMENT"
+    );
+    let over = SoftShare { burst_per_mille: 1_001, ..share };
+    let q = Quota { soft_share: Some(over), ..Quota::default() };
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "acme".into(), quota: q }).reason(),
+        "INVALID_ARGUMENT"
+    );
+}

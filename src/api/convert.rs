@@ -7,8 +7,8 @@ use tonic::Status;
 use super::pb;
 use super::status::invalid;
 use crate::scheduler::{
-    Burst, Decision, EffectiveQuota, QueueStatus, QuotaEvent, SoftLimit, SoftLimits, WaitReason,
-    WindowLimits, WindowPolicy, WindowUsage,
+    Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, SoftLimit,
+    SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
 };
 use crate::scheduler::{
     Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
@@ -92,6 +92,7 @@ pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
         anti_affinity_preferred: terms(s.anti_affinity_preferred),
         group: non_empty(s.group),
         priority: s.priority,
+        requeue_on_preemption: s.requeue_on_preemption,
     })
 }
 
@@ -115,6 +116,7 @@ fn pb_spec(s: &PlaceSpec) -> pb::PlacementSpec {
         anti_affinity_preferred: pb_terms(&s.anti_affinity_preferred),
         group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
         priority: s.priority,
+        requeue_on_preemption: s.requeue_on_preemption,
     }
 }
 
@@ -127,6 +129,7 @@ pub fn placement(p: &Placement) -> pb::Placement {
         placed_at_ms: p.placed_at.0,
         log_index: p.log_index.0,
         expires_at_ms: p.expires_at.map(|t| t.0),
+        borrowed: p.borrowed,
     }
 }
 
@@ -221,15 +224,58 @@ fn pb_soft_limits(l: &SoftLimits) -> pb::SoftLimits {
     }
 }
 
-pub fn quota(q: Option<pb::Quota>) -> Quota {
+pub fn quota(q: Option<pb::Quota>) -> Result<Quota, Status> {
     let q = q.unwrap_or_default();
-    Quota {
+    let preemption = match q.preemption.map(pb::Preemption::try_from) {
+        None => None,
+        Some(Ok(pb::Preemption::Never)) => Some(Preemption::Never),
+        Some(Ok(pb::Preemption::SameTenant)) => Some(Preemption::SameTenant),
+        Some(Ok(pb::Preemption::AnyTenant)) => Some(Preemption::AnyTenant),
+        Some(Err(_)) => {
+            return Err(invalid(
+                "INVALID_ARGUMENT",
+                format!("unknown preemption policy {}", q.preemption.unwrap_or_default()),
+            ))
+        }
+    };
+    Ok(Quota {
         total: limits(q.total.unwrap_or_default()),
         pools: q.pools.into_iter().map(|(p, l)| (PoolId(p), limits(l))).collect(),
         soft: soft_limits(q.soft.unwrap_or_default()),
         grace_ms: q.grace_ms,
         denied_pools: q.denied_pools.into_iter().map(PoolId).collect(),
         windows: window_limits(q.windows.unwrap_or_default()),
+        preemption,
+        guarantees: q.guarantees.into_iter().map(|(p, g)| (PoolId(p), guarantee(g))).collect(),
+        soft_share: q.soft_share.map(|s| SoftShare {
+            pool: PoolId(s.pool),
+            soft_per_mille: s.soft_per_mille,
+            burst_per_mille: s.burst_per_mille,
+        }),
+    })
+}
+
+fn guarantee(g: pb::Guarantee) -> Guarantee {
+    Guarantee {
+        nominal: resources(g.nominal),
+        borrowing_limit: g.borrowing_limit.map(|r| resources(Some(r))),
+        lending_limit: g.lending_limit.map(|r| resources(Some(r))),
+    }
+}
+
+pub fn pb_guarantee(g: &Guarantee) -> pb::Guarantee {
+    pb::Guarantee {
+        nominal: Some(pb_resources(g.nominal)),
+        borrowing_limit: g.borrowing_limit.map(pb_resources),
+        lending_limit: g.lending_limit.map(pb_resources),
+    }
+}
+
+pub fn pb_preemption(p: Preemption) -> pb::Preemption {
+    match p {
+        Preemption::Never => pb::Preemption::Never,
+        Preemption::SameTenant => pb::Preemption::SameTenant,
+        Preemption::AnyTenant => pb::Preemption::AnyTenant,
     }
 }
 
@@ -274,6 +320,13 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
         grace_ms: q.grace_ms,
         denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
         windows: Some(pb_window_limits(&q.windows)),
+        preemption: q.preemption.map(|p| pb_preemption(p).into()),
+        guarantees: q.guarantees.iter().map(|(p, g)| (p.0.clone(), pb_guarantee(g))).collect(),
+        soft_share: q.soft_share.as_ref().map(|s| pb::SoftShare {
+            pool: s.pool.0.clone(),
+            soft_per_mille: s.soft_per_mille,
+            burst_per_mille: s.burst_per_mille,
+        }),
     }
 }
 
@@ -286,6 +339,10 @@ pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
         denied_pools: q.denied_pools.iter().map(|p| p.0.clone()).collect(),
         // Window limits are not inherited: each tenant's own apply to its subtree.
         windows: None,
+        preemption: Some(pb_preemption(q.preemption).into()),
+        // Guarantees are not inherited either; soft shows share-of-pool limits resolved.
+        guarantees: Default::default(),
+        soft_share: None,
     }
 }
 
@@ -305,8 +362,27 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
             return pb::QuotaEvent {
                 kind: Kind::QueuedPlaced.into(),
                 tenant_id: tenant.0.clone(),
-                grace_ends_at_ms: 0,
                 placement_id: placement.0.clone(),
+                ..Default::default()
+            }
+        }
+        QuotaEvent::Preempted {
+            tenant,
+            placement,
+            by_tenant,
+            by_placement,
+            reclaimed,
+            requeued,
+        } => {
+            return pb::QuotaEvent {
+                kind: Kind::Preempted.into(),
+                tenant_id: tenant.0.clone(),
+                placement_id: placement.0.clone(),
+                by_tenant_id: by_tenant.0.clone(),
+                by_placement_id: by_placement.0.clone(),
+                reclaimed: *reclaimed,
+                requeued: *requeued,
+                grace_ends_at_ms: 0,
             }
         }
     };
@@ -314,7 +390,7 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
         kind: kind.into(),
         tenant_id: tenant.0.clone(),
         grace_ends_at_ms,
-        placement_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -377,4 +453,31 @@ pub fn queued(q: &QueueStatus) -> pb::QueuedPlacement {
         wait_message,
         wait_metadata,
     }
+}
+
+/// The tenant's standing in every pool it uses or holds a guarantee in.
+pub fn shares(s: &crate::scheduler::Scheduler, t: &Tenant) -> Vec<pb::PoolShare> {
+    let pools: std::collections::BTreeSet<&PoolId> =
+        t.usage.pools.keys().chain(t.quota.guarantees.keys()).collect();
+    pools
+        .into_iter()
+        .map(|pool| {
+            let used = t.usage.pool(pool);
+            let g = t.quota.guarantees.get(pool);
+            let nominal = g.map(|g| g.nominal).unwrap_or_default();
+            pb::PoolShare {
+                pool: pool.0.clone(),
+                guarantee: g.map(pb_guarantee),
+                used: Some(pb::Resources {
+                    cpu_millis: used.cpu_millis,
+                    memory_mib: used.memory_mib,
+                }),
+                borrowed: Some(pb_resources(s.borrowed(&t.id, pool))),
+                unused: Some(pb::Resources {
+                    cpu_millis: nominal.cpu_millis.saturating_sub(used.cpu_millis),
+                    memory_mib: nominal.memory_mib.saturating_sub(used.memory_mib),
+                }),
+            }
+        })
+        .collect()
 }

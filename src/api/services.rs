@@ -121,7 +121,7 @@ impl pb::tenants_server::Tenants for Api {
         require_admin(&caller)?;
         let r = request.into_inner();
         let tenant = valid_tenant(&r.tenant_id)?;
-        let quota = convert::quota(r.quota);
+        let quota = convert::quota(r.quota)?;
         let (_, write) =
             self.write(&caller, &r.request_id, Command::SetQuota { tenant, quota }).await?;
         Ok(Reply::new(pb::SetQuotaResponse { write: Some(write) }))
@@ -137,6 +137,7 @@ impl pb::tenants_server::Tenants for Api {
         let found = self
             .read(&caller, r.read, |s| {
                 s.state().tenants.get(&tenant).map(|t| pb::GetQuotaResponse {
+                    shares: convert::shares(s, t),
                     quota: Some(convert::pb_quota(&t.quota)),
                     effective: Some(convert::pb_effective(&s.effective_quota(&tenant))),
                     burst: t.burst.as_ref().map(convert::burst),

@@ -52,6 +52,7 @@ fn code(rejection: &Rejection) -> Code {
         Rejection::QuotaExceeded { .. }
         | Rejection::WindowExhausted { .. }
         | Rejection::NoCapacity { .. }
+        | Rejection::NotLendable { .. }
         | Rejection::GroupFull { .. }
         | Rejection::LimitReached { .. } => Code::ResourceExhausted,
         Rejection::TenantHasChildren { .. }

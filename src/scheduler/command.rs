@@ -72,8 +72,12 @@ pub struct PlaceSpec {
     pub anti_affinity: Vec<LabelTerm>,
     pub anti_affinity_preferred: Vec<LabelTerm>,
     pub group: Option<GroupId>,
-    /// Recorded with the placement (priority bands and preemption come with the quota manager).
+    /// Higher is more important. Work of a tenant whose quota allows preemption may release
+    /// placements of strictly lower priority to fit (`Quota::preemption`).
     pub priority: i32,
+    /// When preempted, wait in the queue again (at the back of its tenant's line) instead of
+    /// being released for good.
+    pub requeue_on_preemption: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,6 +437,14 @@ pub enum Rejection {
         limited_by: TenantId,
         pool: PoolId,
     },
+    #[error("borrowing {requested} {} in pool {pool} would leave less than the {held_for_lenders} held for other tenants' guarantees ({free} free)", dimension.name())]
+    NotLendable {
+        pool: PoolId,
+        dimension: Dimension,
+        free: u64,
+        held_for_lenders: u64,
+        requested: u64,
+    },
     #[error("no capacity for instance {placed_before_failure} of {count} in pool {pool}")]
     NoCapacity { pool: PoolId, count: u32, placed_before_failure: u32, filtered: FilterCounts },
     #[error("lease {lease} is held by {holder} (token {}) until {expires_at}", token.0)]
@@ -484,6 +496,7 @@ impl Rejection {
             Rejection::PoolDenied { .. } => "POOL_DENIED",
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
+            Rejection::NotLendable { .. } => "NOT_LENDABLE",
             Rejection::LeaseHeld { .. } => "LEASE_HELD",
             Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
             Rejection::StaleFencingToken { .. } => "STALE_FENCING_TOKEN",
@@ -544,6 +557,13 @@ impl Rejection {
                 for (reason, n) in filtered.pairs() {
                     put(reason, n.to_string());
                 }
+            }
+            Rejection::NotLendable { pool, dimension, free, held_for_lenders, requested } => {
+                put("pool", pool.to_string());
+                put("dimension", dimension.name().to_owned());
+                put("free", free.to_string());
+                put("held_for_lenders", held_for_lenders.to_string());
+                put("requested", requested.to_string());
             }
             Rejection::LeaseHeld { lease, holder, token, expires_at } => {
                 put("lease", lease.to_string());

@@ -54,8 +54,13 @@ pub struct Indexes {
     pub pool_capacity: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a window limit.
     pub window_limited: u64,
-    /// Queued placements per pool, per tenant in queue order (FIFO within a tenant).
-    pub queue: BTreeMap<PoolId, BTreeMap<(TenantId, LogIndex), PlacementId>>,
+    /// Queued placements per pool, per tenant in queue order (FIFO within a tenant; entries
+    /// queued by one log entry, such as re-queued victims, in id order).
+    pub queue: BTreeMap<PoolId, BTreeMap<(TenantId, LogIndex, PlacementId), PlacementId>>,
+    /// Free capacity of the schedulable workers of each pool (their capacity less allocated).
+    pub pool_free: BTreeMap<PoolId, Resources>,
+    /// Tenants whose own quota sets a guarantee in each pool.
+    pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
 }
 
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, key: &K) {
@@ -104,6 +109,7 @@ impl Indexes {
             for (token, hash) in &tenant.tokens {
                 ix.tokens.insert(*hash, (tenant.id.clone(), token.clone()));
             }
+            ix.set_guaranteed(&tenant.id, tenant.quota.guarantees.keys(), true);
         }
         for (key, session) in &state.sessions {
             ix.session_order.insert(session.first.log_index, key.clone());
@@ -130,19 +136,49 @@ impl Indexes {
             window_limited: self.window_limited,
             pool_capacity: self.pool_capacity.clone(),
             queue: self.queue.clone(),
+            pool_free: self.pool_free.clone(),
+            guaranteed: self.guaranteed.clone(),
         }
+    }
+
+    /// Adds (`present`) or removes `tenant` as holding a guarantee in each of `pools`.
+    pub fn set_guaranteed<'a>(
+        &mut self,
+        tenant: &TenantId,
+        pools: impl IntoIterator<Item = &'a PoolId>,
+        present: bool,
+    ) {
+        for pool in pools {
+            if present {
+                self.guaranteed.entry(pool.clone()).or_default().insert(tenant.clone());
+            } else if let Some(set) = self.guaranteed.get_mut(pool) {
+                set.remove(tenant);
+                if set.is_empty() {
+                    self.guaranteed.remove(pool);
+                }
+            }
+        }
+    }
+
+    /// Free capacity of the schedulable workers in `pool`.
+    pub fn pool_free(&self, pool: &PoolId) -> Resources {
+        self.pool_free.get(pool).copied().unwrap_or_default()
     }
 
     pub fn add_queued(&mut self, queued: &QueuedPlacement) {
         let entries = self.queue.entry(queued.pool.clone()).or_default();
-        let key = (queued.tenant.clone(), queued.log_index);
+        let key = (queued.tenant.clone(), queued.log_index, queued.spec.placement.clone());
         let previous = entries.insert(key, queued.spec.placement.clone());
         assert!(previous.is_none(), "invariant: one queued entry per log index and tenant");
     }
 
     pub fn remove_queued(&mut self, queued: &QueuedPlacement) {
         let entries = self.queue.get_mut(&queued.pool).expect("invariant: queued pool indexed");
-        let removed = entries.remove(&(queued.tenant.clone(), queued.log_index));
+        let removed = entries.remove(&(
+            queued.tenant.clone(),
+            queued.log_index,
+            queued.spec.placement.clone(),
+        ));
         assert!(removed.is_some(), "invariant: queued entry indexed");
         if entries.is_empty() {
             self.queue.remove(&queued.pool);
@@ -186,6 +222,13 @@ impl Indexes {
         .expect("invariant: pool capacity is the sum of its schedulable workers");
         if total.is_zero() {
             self.pool_capacity.remove(&worker.pool);
+        }
+        let pool_free = self.pool_free.entry(worker.pool.clone()).or_default();
+        *pool_free =
+            if present { pool_free.checked_add(free) } else { pool_free.checked_sub(free) }
+                .expect("invariant: pool free capacity is the sum of its schedulable workers'");
+        if pool_free.is_zero() {
+            self.pool_free.remove(&worker.pool);
         }
         if present {
             self.free.entry(worker.pool.clone()).or_default().insert(key);

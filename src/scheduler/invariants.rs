@@ -93,7 +93,22 @@ impl Scheduler {
                     }
                 }
             }
-            for d in Dimension::ALL {
+            // Borrowing never goes beyond a borrowing limit.
+            for (pool, g) in &t.quota.guarantees {
+                let Some(b) = g.borrowing_limit.and_then(|b| b.checked_add(g.nominal)) else {
+                    continue;
+                };
+                let used = t.usage.pool(pool);
+                if used.cpu_millis > b.cpu_millis || used.memory_mib > b.memory_mib {
+                    bad.push(format!(
+                        "tenant {} borrows beyond its limit in pool {pool}: {used:?} > {b:?}",
+                        t.id
+                    ));
+                }
+            }
+            // (A share-of-pool ceiling moves with the pool: it binds admission, and a pool that
+            // shrinks may leave running work above it, as a drained worker leaves its work.)
+            for d in Dimension::ALL.into_iter().filter(|_| !e.soft_shared) {
                 if e.soft.get(d).is_some_and(|l| t.usage.total.get(d) > l.burst) {
                     bad.push(format!("tenant {} over its {} burst ceiling", t.id, d.name()));
                 }
@@ -204,8 +219,13 @@ impl Scheduler {
                 .ix
                 .queue
                 .get(&q.pool)
-                .and_then(|e| e.range((tenant.clone(), super::LogIndex(0))..).next())
-                .is_some_and(|((owner, at), _)| owner == tenant && *at == q.log_index);
+                .and_then(|e| {
+                    e.range((tenant.clone(), super::LogIndex(0), super::PlacementId::new(""))..)
+                        .next()
+                })
+                .is_some_and(|((owner, at, first), _)| {
+                    owner == tenant && *at == q.log_index && first == id
+                });
             if head != q.head_since.is_some() {
                 bad.push(format!(
                     "queued {id} of {tenant}: head {head}, head_since {:?}",

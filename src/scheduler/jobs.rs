@@ -54,7 +54,7 @@ impl Scheduler {
 
     /// A copy to try things on: everything a placement reads or writes, without the session
     /// table (a dry run never records a request id).
-    fn scratch(&self) -> Scheduler {
+    pub(super) fn scratch(&self) -> Scheduler {
         let s = &self.state;
         let state = State {
             config: s.config.clone(),
@@ -68,7 +68,14 @@ impl Scheduler {
             sessions: Default::default(),
         };
         let ix = self.ix.clone_without_sessions();
-        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
+        Scheduler {
+            state,
+            ix,
+            events: Vec::new(),
+            queue_dirty: false,
+            preempted: self.preempted,
+            admitted: Vec::new(),
+        }
     }
 
     /// The decision a queued placement would get if it were tried now.
@@ -92,9 +99,10 @@ impl Scheduler {
         Decision { result, workers, events }
     }
 
-    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing.
-    /// `explain` says how much a refusal for capacity explains.
-    pub(super) fn place(
+    /// Places (or, with `expires_at`, reserves) every instance of `spec`, or nothing, without
+    /// preempting anything (`place` in `preempt.rs` adds that). `explain` says how much a
+    /// refusal for capacity explains.
+    pub(super) fn try_place(
         &mut self,
         index: LogIndex,
         tenant: TenantId,
@@ -137,6 +145,8 @@ impl Scheduler {
         let usage = Usage::of_job(spec.resources, spec.count)
             .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
         self.check_quota(&tenant, &pool, &usage)?;
+        let total = Resources::new(usage.cpu_millis, usage.memory_mib);
+        let borrowed = self.check_borrowing(&tenant, &pool, total)?;
 
         let mut placement = Placement {
             tenant,
@@ -146,6 +156,7 @@ impl Scheduler {
             placed_at: self.state.now,
             log_index: index,
             expires_at,
+            borrowed,
         };
         let scan_max = self.state.config.preferred_scan_max;
         for placed in 0..placement.spec.count {
@@ -192,8 +203,10 @@ impl Scheduler {
             ));
         }
         self.state.placements.insert(key, placement.clone());
-        // A queued placement may have waited for this one (a required affinity on its labels).
-        self.queue_dirty |= !placement.spec.labels.is_empty();
+        // A queued placement may have waited for this one (a required affinity on its labels),
+        // or for an aged entry to stop holding its pool (this placement may have turned that
+        // entry's wait from capacity into its tenant's quota, in any pool).
+        self.queue_dirty |= !placement.spec.labels.is_empty() || !self.ix.queue.is_empty();
         Ok(placement)
     }
 

@@ -11,6 +11,7 @@
 //!
 //! Must not depend on: tokio, tonic, openraft, sled, std::fs, std::net, clocks (`tests/tidy.rs`).
 
+mod borrow;
 pub mod command;
 pub mod ids;
 mod index;
@@ -19,6 +20,7 @@ mod jobs;
 mod leases;
 pub mod money;
 mod placement;
+mod preempt;
 pub mod query;
 mod queue;
 pub mod quota;
@@ -41,11 +43,12 @@ pub use ids::{
 };
 pub use jobs::{Decision, VERDICTS_MAX};
 pub use placement::Filter as WorkerFilter;
+pub use preempt::{PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX};
 pub use query::{Answer, Query};
 pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
 pub use quota::{
-    Burst, Dimension, EffectiveQuota, LimitKind, Limits, Quota, QuotaEvent, SoftLimit, SoftLimits,
-    Usage, UsageTotals,
+    Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, Preemption, Quota, QuotaEvent,
+    SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
 };
 pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
@@ -97,6 +100,10 @@ pub struct Scheduler {
     /// Something that may let a queued placement in has happened in this entry (false between
     /// entries, so it is the same on every replica and after a snapshot).
     queue_dirty: bool,
+    /// Placements preempted by the entry being applied (0 between entries).
+    preempted: u64,
+    /// Placements admitted from the queue by the entry being applied (empty between entries).
+    admitted: Vec<Placement>,
 }
 
 impl PartialEq for Scheduler {
@@ -121,12 +128,21 @@ impl Scheduler {
             ix: Indexes::default(),
             events: Vec::new(),
             queue_dirty: false,
+            preempted: 0,
+            admitted: Vec::new(),
         }
     }
 
     pub(crate) fn from_state(state: State) -> Self {
         let ix = Indexes::build(&state);
-        Scheduler { state, ix, events: Vec::new(), queue_dirty: false }
+        Scheduler {
+            state,
+            ix,
+            events: Vec::new(),
+            queue_dirty: false,
+            preempted: 0,
+            admitted: Vec::new(),
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -151,10 +167,13 @@ impl Scheduler {
     /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
     pub fn apply(&mut self, entry: Entry) -> Applied {
         let index = entry.index;
+        self.preempted = 0;
         let mut applied = self.apply_entry(entry);
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
         applied.events.append(&mut self.events);
+        self.preempted = 0;
+        self.admitted.clear();
         applied
     }
 
@@ -261,6 +280,8 @@ impl Scheduler {
                 self.ix.set_free(w, false);
                 w.schedulable = schedulable;
                 self.ix.set_free(w, true);
+                let pool = w.pool.clone();
+                self.pool_capacity_changed(&pool);
                 self.queue_dirty |= schedulable;
                 Ok(Response::WorkerSchedulable { schedulable })
             }
@@ -400,6 +421,9 @@ impl Scheduler {
                     assert!(!burst.expired, "invariant: an ended grace has no deadline");
                     burst.expired = true;
                     self.events.push(QuotaEvent::GraceExpired { tenant });
+                    // An aged entry of this tenant that held its pool for capacity may now wait
+                    // for its quota instead, letting others in.
+                    self.queue_dirty = true;
                 }
             }
         }

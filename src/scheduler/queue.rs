@@ -78,6 +78,11 @@ pub struct QueueStatus {
     pub reason: WaitReason,
 }
 
+/// The smallest queue index key of `tenant` (a range start).
+fn first_of(tenant: &TenantId) -> (TenantId, LogIndex, PlacementId) {
+    (tenant.clone(), LogIndex(0), PlacementId::new(""))
+}
+
 fn job_usage(queued: &QueuedPlacement) -> Usage {
     Usage::of_job(queued.spec.resources, queued.spec.count).expect("invariant: checked when queued")
 }
@@ -172,12 +177,60 @@ impl Scheduler {
         }
         Usage::of_job(spec.resources, spec.count)
             .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
-        let first = (tenant.clone(), LogIndex(0));
-        let is_head = !self.ix.queue.get(&pool).is_some_and(|entries| {
-            entries.range(first..).next().is_some_and(|((owner, _), _)| *owner == tenant)
+        self.enqueue(index, tenant, spec, pool);
+        self.admit_queued(index);
+        if let Some(p) = self.state.placements.get(&key) {
+            return Ok(Response::Placed(p.clone()));
+        }
+        if self.state.queue.contains_key(&key) {
+            let status = self.queue_status(&key.0, &key.1).expect("invariant: queued");
+            return Ok(Response::Queued(status));
+        }
+        // Placed, then preempted (and not re-queued) by a later admission of this same entry:
+        // the answer is the placement as it was made; the events report the preemption.
+        let placed = self.admitted.iter().rev().find(|p| (&p.tenant, p.id()) == (&key.0, &key.1));
+        Ok(Response::Placed(
+            placed.cloned().expect("invariant: neither placed nor queued, so admitted"),
+        ))
+    }
+
+    /// Puts `spec` at the back of its tenant's line in `pool`. The caller has checked that the
+    /// id is neither placed nor queued and that the queue has room.
+    pub(super) fn enqueue(
+        &mut self,
+        index: LogIndex,
+        tenant: TenantId,
+        spec: PlaceSpec,
+        pool: PoolId,
+    ) {
+        let own = (tenant.clone(), index, spec.placement.clone());
+        let first = self.ix.queue.get(&pool).and_then(|entries| {
+            entries
+                .range(first_of(&tenant)..)
+                .next()
+                .filter(|((owner, _, _), _)| *owner == tenant)
+                .map(|(k, id)| (k.clone(), id.clone()))
         });
+        let is_head = match first {
+            None => true,
+            // Ahead of an entry queued by this same log entry (victims re-queued by one
+            // entry go in id order): it takes over as its tenant's head.
+            Some((k, id)) if own < k => {
+                let q = self.state.queue.get_mut(&(tenant.clone(), id));
+                let q = q.expect("invariant: indexed entry is queued");
+                let since = q.head_since.take();
+                // (A dry run places at log index 0, on a copy that is thrown away.)
+                assert!(
+                    index == LogIndex(0) || since.is_none_or(|s| s == self.state.now),
+                    "invariant: only an entry queued at this log time is overtaken"
+                );
+                true
+            }
+            Some(_) => false,
+        };
+        let key = (tenant.clone(), spec.placement.clone());
         let queued = QueuedPlacement {
-            tenant: tenant.clone(),
+            tenant,
             spec,
             pool,
             queued_at: self.state.now,
@@ -185,15 +238,9 @@ impl Scheduler {
             head_since: is_head.then_some(self.state.now),
         };
         self.ix.add_queued(&queued);
-        self.state.queue.insert(key.clone(), queued);
+        let previous = self.state.queue.insert(key, queued);
+        assert!(previous.is_none(), "invariant: a queued id is queued once");
         self.queue_dirty = true;
-        self.admit_queued(index);
-        match self.state.placements.get(&key) {
-            Some(p) => Ok(Response::Placed(p.clone())),
-            None => Ok(Response::Queued(
-                self.queue_status(&key.0, &key.1).expect("invariant: still queued"),
-            )),
-        }
     }
 
     pub(super) fn cancel_queued(
@@ -227,6 +274,8 @@ impl Scheduler {
             let removed = self.state.queue.remove(key).expect("invariant: listed above");
             self.ix.remove_queued(&removed);
         }
+        // One of them may have been an aged entry holding its pool for capacity.
+        self.queue_dirty |= !keys.is_empty();
         super::count_u64(keys.len())
     }
 
@@ -252,7 +301,8 @@ impl Scheduler {
             self.ix.remove_queued(&queued);
             let spec = queued.spec.clone();
             match self.place(index, queued.tenant.clone(), spec, None, Explain::Nothing) {
-                Ok(_) => {
+                Ok(placed) => {
+                    self.admitted.push(placed);
                     self.promote_head(&queued);
                     self.events.push(QuotaEvent::Admitted { tenant: key.0, placement: key.1 });
                 }
@@ -276,18 +326,23 @@ impl Scheduler {
         if gone.head_since.is_none() {
             return;
         }
-        let first = (gone.tenant.clone(), LogIndex(0));
+        let first = first_of(&gone.tenant);
         let next = self.ix.queue.get(&gone.pool).and_then(|entries| {
             entries
                 .range(first..)
                 .next()
-                .filter(|((owner, _), _)| *owner == gone.tenant)
+                .filter(|((owner, _, _), _)| *owner == gone.tenant)
                 .map(|(_, id)| id.clone())
         });
         if let Some(id) = next {
             let q = self.state.queue.get_mut(&(gone.tenant.clone(), id));
             let q = q.expect("invariant: indexed entry is queued");
-            assert!(q.head_since.is_none(), "invariant: one head per tenant and pool");
+            // A victim re-queued while `gone` was out of the queue being placed is already the
+            // head (it was queued at this log time).
+            assert!(
+                q.head_since.is_none_or(|since| since == self.state.now),
+                "invariant: one head per tenant and pool"
+            );
             q.head_since = Some(self.state.now);
         }
     }
@@ -298,7 +353,7 @@ impl Scheduler {
         let capacity = self.ix.pool_capacity(pool);
         let mut out = Vec::new();
         let mut last: Option<&TenantId> = None;
-        for ((tenant, log_index), id) in entries {
+        for ((tenant, log_index, _), id) in entries {
             if last == Some(tenant) {
                 continue;
             }
@@ -352,16 +407,15 @@ impl Scheduler {
         let position = match head {
             Some(i) => i + 1,
             None => {
-                let ahead_in_tenant = entries
-                    .range((tenant.clone(), LogIndex(0))..(tenant.clone(), queued.log_index))
-                    .count();
+                let own = (tenant.clone(), queued.log_index, placement.clone());
+                let ahead_in_tenant = entries.range(first_of(tenant)..own).count();
                 order.len() + ahead_in_tenant
             }
         };
         let reason = match head {
             None => {
                 let first = entries
-                    .range((tenant.clone(), LogIndex(0))..)
+                    .range(first_of(tenant)..)
                     .next()
                     .map(|(_, id)| id.clone())
                     .expect("invariant: the tenant has a head");

@@ -162,6 +162,73 @@ pub struct Quota {
     pub denied_pools: BTreeSet<PoolId>,
     /// Jobs per day and cpu time per month (checked where set, up the chain).
     pub windows: WindowLimits,
+    /// Whom this subtree's higher-priority work may preempt; `None` inherits (default: never).
+    pub preemption: Option<Preemption>,
+    /// Guaranteed (nominal) shares of pools, with borrowing and lending limits. Not inherited:
+    /// each applies to the tenant that sets it (and the work of its subtree).
+    pub guarantees: BTreeMap<PoolId, Guarantee>,
+    /// Soft limits on cpu and memory as shares of a pool's schedulable capacity: they follow
+    /// the pool as workers are added, drained or removed. Replaces `soft.cpu_millis` and
+    /// `soft.memory_mib` (setting both is refused); inherited like them.
+    pub soft_share: Option<SoftShare>,
+}
+
+/// Per-mille of a pool's schedulable capacity: `soft <= burst <= 1000`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftShare {
+    pub pool: PoolId,
+    pub soft_per_mille: u32,
+    pub burst_per_mille: u32,
+}
+
+impl SoftShare {
+    /// The soft limits this share gives on a pool of `capacity`, rounded down (exact integers).
+    pub fn limits(&self, capacity: Resources) -> (SoftLimit, SoftLimit) {
+        let part = |total: u64, per_mille: u32| {
+            let v = u128::from(total) * u128::from(per_mille) / 1000;
+            u64::try_from(v).expect("invariant: a per-mille share of a u64 fits in a u64")
+        };
+        let of = |total| SoftLimit {
+            soft: part(total, self.soft_per_mille),
+            burst: part(total, self.burst_per_mille),
+        };
+        (of(capacity.cpu_millis), of(capacity.memory_mib))
+    }
+}
+
+/// Whose strictly lower-priority placements a tenant's work may preempt when it does not fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Preemption {
+    /// Nothing is preempted for this tenant's work.
+    #[default]
+    Never,
+    /// Placements of the same tenant only.
+    SameTenant,
+    /// Placements of any tenant (in the pool, for capacity; under the limiting tenant, for a
+    /// quota).
+    AnyTenant,
+}
+
+impl Preemption {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preemption::Never => "never",
+            Preemption::SameTenant => "same_tenant",
+            Preemption::AnyTenant => "any_tenant",
+        }
+    }
+}
+
+/// A tenant's guaranteed share of one pool (cpu and memory), how far beyond it the tenant may
+/// borrow idle capacity, and how much of its unused share others may borrow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarantee {
+    pub nominal: Resources,
+    /// Most the subtree's usage in the pool may exceed `nominal` by; `None` is unlimited (up
+    /// to the hard limits).
+    pub borrowing_limit: Option<Resources>,
+    /// Most of the unused nominal share others may borrow; `None` lends all of it.
+    pub lending_limit: Option<Resources>,
 }
 
 /// Quotas may name at most this many pools (limits and denials each).
@@ -178,24 +245,41 @@ pub struct EffectiveQuota {
     /// 0 when no tenant up the chain sets one: nothing is admitted above soft.
     pub grace_ms: u64,
     pub denied_pools: BTreeSet<PoolId>,
+    /// `Never` when no tenant up the chain sets one.
+    pub preemption: Preemption,
+    /// Some tenant up the chain declares soft limits as a share of a pool (they move with it).
+    pub soft_shared: bool,
 }
 
 impl EffectiveQuota {
-    /// Resolves `chain` (a tenant's quota first, then its ancestors', nearest first).
+    /// Resolves `chain` (a tenant's quota first, then its ancestors', nearest first), with
+    /// share-of-pool soft limits taken as fixed ones.
     pub fn resolve<'a>(chain: impl IntoIterator<Item = &'a Quota>) -> EffectiveQuota {
+        EffectiveQuota::resolve_with(chain.into_iter().map(|q| (q, q.soft.clone())))
+    }
+
+    /// Resolves `chain` of quotas, each with its soft limits as they stand now (share-of-pool
+    /// limits computed from the pool's capacity).
+    pub fn resolve_with<'a>(
+        chain: impl IntoIterator<Item = (&'a Quota, SoftLimits)>,
+    ) -> EffectiveQuota {
         let mut e = EffectiveQuota::default();
         let mut grace = None;
-        for q in chain {
+        let mut preemption = None;
+        for (q, soft) in chain {
+            preemption = preemption.or(q.preemption);
             e.total = e.total.or(&q.total);
             for (pool, limits) in &q.pools {
                 let slot = e.pools.entry(pool.clone()).or_default();
                 *slot = slot.or(limits);
             }
-            e.soft = e.soft.or(&q.soft);
+            e.soft_shared |= q.soft_share.is_some();
+            e.soft = e.soft.or(&soft);
             grace = grace.or(q.grace_ms);
             e.denied_pools.extend(q.denied_pools.iter().cloned());
         }
         e.grace_ms = grace.unwrap_or(0);
+        e.preemption = preemption.unwrap_or_default();
         e
     }
 
@@ -214,6 +298,8 @@ pub enum LimitKind {
     Soft {
         grace_ended_at: Option<UnixMillis>,
     },
+    /// The borrowing limit above a pool guarantee (`Guarantee::borrowing_limit`).
+    Borrowing,
 }
 
 impl LimitKind {
@@ -222,6 +308,7 @@ impl LimitKind {
             LimitKind::Hard => "hard",
             LimitKind::Burst => "burst",
             LimitKind::Soft { .. } => "soft",
+            LimitKind::Borrowing => "borrowing",
         }
     }
 }
@@ -246,6 +333,16 @@ pub enum QuotaEvent {
     ReturnedUnderSoft { tenant: TenantId },
     /// A queued placement was placed.
     Admitted { tenant: TenantId, placement: PlacementId },
+    /// A placement was released (and, with `requeued`, queued again) to make room for
+    /// `by_placement` of `by_tenant`: by priority, or to return a guarantee (`reclaimed`).
+    Preempted {
+        tenant: TenantId,
+        placement: PlacementId,
+        by_tenant: TenantId,
+        by_placement: PlacementId,
+        reclaimed: bool,
+        requeued: bool,
+    },
 }
 
 /// What a tenant's subtree holds, in one scope (total or one pool).
@@ -356,9 +453,38 @@ impl Scheduler {
     /// The tenant's quota with inheritance resolved up its chain.
     pub fn effective_quota(&self, tenant: &TenantId) -> EffectiveQuota {
         let lineage = self.lineage(tenant);
-        EffectiveQuota::resolve(
-            lineage.iter().filter_map(|id| self.state.tenants.get(id)).map(|t| &t.quota),
+        EffectiveQuota::resolve_with(
+            lineage
+                .iter()
+                .filter_map(|id| self.state.tenants.get(id))
+                .map(|t| (&t.quota, self.own_soft(&t.quota))),
         )
+    }
+
+    /// A quota's own soft limits as they stand now: a share of a pool is computed from the
+    /// pool's current schedulable capacity.
+    pub fn own_soft(&self, quota: &Quota) -> SoftLimits {
+        let Some(share) = &quota.soft_share else { return quota.soft.clone() };
+        let (cpu, memory) = share.limits(self.ix.pool_capacity(&share.pool));
+        SoftLimits { cpu_millis: Some(cpu), memory_mib: Some(memory), ..quota.soft.clone() }
+    }
+
+    /// After a pool's schedulable capacity changed: share-of-pool soft limits on it moved, so
+    /// the burst state of every subtree under such a limit is settled again.
+    pub(super) fn pool_capacity_changed(&mut self, pool: &PoolId) {
+        let setters: Vec<TenantId> = self
+            .state
+            .tenants
+            .values()
+            .filter(|t| t.quota.soft_share.as_ref().is_some_and(|s| s.pool == *pool))
+            .map(|t| t.id.clone())
+            .collect();
+        // Moved soft limits may turn an aged entry's wait from capacity into quota (or back).
+        self.queue_dirty |= !setters.is_empty();
+        for setter in setters {
+            let subtree = self.subtree(&setter);
+            self.settle_bursts(&subtree);
+        }
     }
 
     /// Refuses `usage` in `pool` if the tenant or any ancestor denies the pool, or it would take
@@ -403,10 +529,11 @@ impl Scheduler {
                 }
             }
             self.check_windows(&ancestor)?;
-            if let Some(over) = used.exceeds(usage, &t.quota.soft.bursts()) {
+            let own_soft = self.own_soft(&t.quota);
+            if let Some(over) = used.exceeds(usage, &own_soft.bursts()) {
                 return Err(exceeded(LimitKind::Burst, None, over));
             }
-            if t.quota.soft.is_empty() && t.parent.is_none() {
+            if own_soft.is_empty() && t.parent.is_none() {
                 // No soft limit set here, and none to inherit.
                 continue;
             }

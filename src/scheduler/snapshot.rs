@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 use super::{Scheduler, State};
 
 /// 2: quotas gained soft limits, grace, pool denial; tenants a burst state.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// 3: quotas gained a preemption policy and pool guarantees; placements a `borrowed` mark and
+/// specs `requeue_on_preemption`.
+/// 4: quotas gained soft limits as a share of a pool (`soft_share`).
+pub const SNAPSHOT_VERSION: u32 = 4;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -117,6 +117,9 @@ pub struct Placement {
     pub log_index: LogIndex,
     /// `Some` while this is an unconfirmed reservation.
     pub expires_at: Option<UnixMillis>,
+    /// It took its tenant above its guaranteed share of the pool when it was placed, in a pool
+    /// where some tenant holds a guarantee (see `borrow.rs`).
+    pub borrowed: bool,
 }
 
 impl Placement {

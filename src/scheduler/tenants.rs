@@ -6,7 +6,7 @@ use super::quota::{GRACE_MAX_MS, QUOTA_POOLS_MAX};
 use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
-    count_u64, DeletedCounts, Dimension, Limits, PlacementId, Quota, Rejection, Response,
+    count_u64, DeletedCounts, Dimension, Limits, PlacementId, PoolId, Quota, Rejection, Response,
     Scheduler, Tenant, TenantId, TokenHash, TokenId, Usage, UsageTotals, TENANTS_MAX,
     TENANT_DEPTH_MAX, TOKENS_PER_TENANT_MAX, WEIGHT_MAX,
 };
@@ -122,6 +122,7 @@ impl Scheduler {
             self.ix.session_order.remove(&session.first.log_index);
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
+        self.ix.set_guaranteed(tenant, removed.quota.guarantees.keys(), false);
         self.ix.window_limited -= u64::from(!removed.quota.windows.is_unlimited());
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
         assert!(removed.burst.is_none(), "invariant: an empty subtree is under soft");
@@ -141,20 +142,49 @@ impl Scheduler {
         tenant: &TenantId,
         quota: Quota,
     ) -> Result<Response, Rejection> {
-        if quota.pools.len() > QUOTA_POOLS_MAX || quota.denied_pools.len() > QUOTA_POOLS_MAX {
+        if quota.pools.len() > QUOTA_POOLS_MAX
+            || quota.denied_pools.len() > QUOTA_POOLS_MAX
+            || quota.guarantees.len() > QUOTA_POOLS_MAX
+        {
             return Err(Rejection::invalid(
                 "quota.pools",
-                format!("at most {QUOTA_POOLS_MAX} pools with limits and {QUOTA_POOLS_MAX} denied"),
+                format!(
+                    "at most {QUOTA_POOLS_MAX} pools with limits, {QUOTA_POOLS_MAX} denied and \
+                     {QUOTA_POOLS_MAX} guaranteed"
+                ),
             ));
         }
-        for pool in quota.pools.keys().chain(&quota.denied_pools) {
+        for pool in quota.pools.keys().chain(&quota.denied_pools).chain(quota.guarantees.keys()) {
             validate_object_id("pool", pool.as_str())?;
+        }
+        for (pool, g) in &quota.guarantees {
+            if g.nominal.checked_add(g.borrowing_limit.unwrap_or_default()).is_none() {
+                return Err(Rejection::invalid(
+                    "quota.guarantees",
+                    format!("nominal plus borrowing limit overflows in pool {pool}"),
+                ));
+            }
         }
         if quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS) {
             return Err(Rejection::invalid(
                 "quota.grace_ms",
                 format!("must be at most {GRACE_MAX_MS}"),
             ));
+        }
+        if let Some(share) = &quota.soft_share {
+            validate_object_id("pool", share.pool.as_str())?;
+            if share.soft_per_mille > share.burst_per_mille || share.burst_per_mille > 1000 {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    "per-mille shares must satisfy soft <= burst <= 1000",
+                ));
+            }
+            if quota.soft.cpu_millis.is_some() || quota.soft.memory_mib.is_some() {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    "a share of a pool replaces the cpu and memory soft limits: set one or the other",
+                ));
+            }
         }
         let t = self.tenant(tenant)?;
         // The hard limits that will apply: these, or inherited where these set none.
@@ -189,6 +219,22 @@ impl Scheduler {
                     .iter()
                     .map(|(pool, limits)| (Some(pool.clone()), t.usage.pool(pool), limits)),
             );
+        let ceilings: Vec<(PoolId, Limits)> = quota
+            .guarantees
+            .iter()
+            .filter_map(|(pool, g)| {
+                let b = g.borrowing_limit?.checked_add(g.nominal)?;
+                let limits = Limits {
+                    cpu_millis: Some(b.cpu_millis),
+                    memory_mib: Some(b.memory_mib),
+                    ..Limits::default()
+                };
+                Some((pool.clone(), limits))
+            })
+            .collect();
+        let scopes = scopes.chain(
+            ceilings.iter().map(|(pool, limits)| (Some(pool.clone()), t.usage.pool(pool), limits)),
+        );
         for (pool, usage, limits) in scopes {
             if let Some(d) = below(&usage, limits) {
                 return Err(Rejection::invalid(
@@ -206,7 +252,10 @@ impl Scheduler {
         let limited = !quota.windows.is_unlimited();
         let t = self.tenant_mut(tenant)?;
         let was_limited = !t.quota.windows.is_unlimited();
-        t.quota = quota;
+        let old = std::mem::replace(&mut t.quota, quota);
+        let new_pools: Vec<PoolId> = t.quota.guarantees.keys().cloned().collect();
+        self.ix.set_guaranteed(tenant, old.guarantees.keys(), false);
+        self.ix.set_guaranteed(tenant, new_pools.iter(), true);
         self.ix.window_limited =
             self.ix.window_limited + u64::from(limited) - u64::from(was_limited);
         // Descendants inherit from this quota: their burst state may change too.

@@ -42,6 +42,7 @@ impl Scheduler {
         };
         self.ix.add_worker(&w);
         self.state.workers.insert(worker, w.clone());
+        self.pool_capacity_changed(&w.pool);
         self.queue_dirty = true;
         Ok(Response::WorkerRegistered(w))
     }
@@ -78,6 +79,8 @@ impl Scheduler {
             w.labels = labels;
         }
         self.ix.set_free(w, true);
+        let pool = w.pool.clone();
+        self.pool_capacity_changed(&pool);
         self.queue_dirty = true;
         Ok(Response::WorkerUpdated)
     }
@@ -108,6 +111,7 @@ impl Scheduler {
         self.ix.remove_worker(&current);
         let removed = self.state.workers.remove(worker).expect("invariant: looked up above");
         assert!(removed.allocated.is_zero(), "invariant: evicted worker is empty");
+        self.pool_capacity_changed(&removed.pool);
         Ok(Response::WorkerRemoved { evicted: on_worker })
     }
 }
