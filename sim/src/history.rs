@@ -151,13 +151,22 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         }
     }
 
-    // Quota replay in log order.
+    // Quota replay in log order. A release without an answer may have happened at any time
+    // after it was sent, so its placement counts only at its own Place (a lower bound).
+    let maybe_released: std::collections::BTreeSet<(&str, &str)> = history
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::Release { tenant, placement, .. }, Outcome::Info { .. }) => {
+                Some((tenant.as_str(), placement.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut sizes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut usage: BTreeMap<&str, u64> = BTreeMap::new();
     for (index, op) in &by_index {
         match &op.kind {
             OpKind::Place { tenant, placement, instances, .. } => {
-                sizes.insert((tenant, placement), *instances);
                 let used = usage.entry(tenant).or_default();
                 *used += instances;
                 if let Some(limit) = quotas.get(tenant.as_str()) {
@@ -166,6 +175,11 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
                             "quota exceeded at log index {index}: tenant {tenant} holds {used} instances, limit {limit}"
                         ));
                     }
+                }
+                if maybe_released.contains(&(tenant.as_str(), placement.as_str())) {
+                    *used -= instances;
+                } else {
+                    sizes.insert((tenant, placement), *instances);
                 }
             }
             OpKind::Release { tenant, placement, .. } => {
@@ -523,6 +537,17 @@ mod tests {
             op(2, get("a"), (9, 10), read(true)),
         ];
         assert!(check(&h, &quotas())[0].contains("stale read"));
+    }
+
+    #[test]
+    fn a_release_without_an_answer_may_have_freed_quota() {
+        // The release of "a" timed out but was applied; "b" then fits the quota of 4.
+        let h = vec![
+            op(1, place("a", 3), (0, 5), ok(1)),
+            op(1, release("a"), (6, 100), Outcome::Info { why: "timeout".into() }),
+            op(2, place("b", 3), (7, 9), ok(3)),
+        ];
+        assert_eq!(check(&h, &quotas()), Vec::<String>::new());
     }
 
     #[test]
