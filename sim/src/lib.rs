@@ -6,6 +6,7 @@
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod raft_checks;
 pub mod run;
 pub mod scenario;
 

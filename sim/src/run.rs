@@ -19,6 +19,7 @@ use tonic::Code;
 
 use crate::history::{check, Fenced, LeaseSeen, Op, OpKind, Outcome, Quotas};
 use crate::net::{self, SimClock};
+use crate::raft_checks::{Committed, Durable};
 use crate::scenario::{self, Scenario};
 
 const ADMIN: &str = "sim-admin-token";
@@ -67,6 +68,8 @@ pub struct Params {
     pub lease_ttl_ms: (u64, u64),
     /// How long the memory log takes to make a write durable (a crash loses what is newer).
     pub flush_ms: u64,
+    /// Remove and re-add voters through the Cluster API while faults run.
+    pub membership: bool,
 }
 
 impl Params {
@@ -83,6 +86,7 @@ impl Params {
             leases: rng.between(1, 2),
             lease_ttl_ms: (200, rng.between(400, 1_500)),
             flush_ms: rng.between(1, 3),
+            membership: rng.below(2) == 0,
         }
     }
 }
@@ -474,6 +478,80 @@ async fn workload(
     Ok(())
 }
 
+/// Membership churn through the Cluster API: remove a voter (any, the leader included), add it
+/// back a little later, under whatever faults run. After healing every replica is made a voter
+/// again. What it did goes into `events` (and the trace).
+async fn membership(
+    params: Params,
+    seed: u64,
+    events: Arc<Mutex<Vec<String>>>,
+    ready: Arc<AtomicBool>,
+    healed: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed ^ 0x3E3B_E125);
+    let c = api_client(params.replicas, Duration::from_secs(5))?;
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let say = |what: String| lock(&events).push(format!("{} ms: {what}", now_ms()));
+    let add = |id: u64| {
+        let r = pb::AddReplicaRequest {
+            replica_id: id,
+            peer_address: format!("{}:{PEER_PORT}", host(id)),
+        };
+        c.call(r, |ch, r| async move { client::cluster(ch).add_replica(r).await })
+    };
+    // A replica that was (or may have been) removed and is not known to be back.
+    let mut removed: Option<u64> = None;
+    tokio::time::sleep(Duration::from_millis(rng.between(300, 2_000))).await;
+    while now_ms() < params.workload_ms {
+        match removed {
+            None => {
+                let id = rng.between(1, params.replicas);
+                let r = pb::RemoveReplicaRequest { replica_id: id };
+                let outcome = c
+                    .call(r, |ch, r| async move { client::cluster(ch).remove_replica(r).await })
+                    .await;
+                match outcome {
+                    Ok(_) => say(format!("removed r{id}")),
+                    Err(status) => {
+                        say(format!("remove r{id}: {:?} {}", status.code(), status.message()))
+                    }
+                }
+                // Unless certainly refused, it may be out: add it back to be sure.
+                removed = Some(id);
+            }
+            Some(id) => match add(id).await {
+                Ok(_) => {
+                    say(format!("added r{id} back"));
+                    removed = None;
+                }
+                Err(status) => say(format!("add r{id}: {:?} {}", status.code(), status.message())),
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(300, 1_500))).await;
+    }
+    while !healed.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(id) = removed {
+        let until = now_ms() + u64::try_from(LIVENESS_BOUND.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            match add(id).await {
+                Ok(_) => {
+                    say(format!("added r{id} back after healing"));
+                    break;
+                }
+                Err(status) if now_ms() >= until => {
+                    return Err(format!("liveness: r{id} not added back within {LIVENESS_BOUND:?} of healing: {status:?}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// After healing: a fresh write must succeed within the bound, and every acknowledged
 /// placement is read back (the checker decides which must be there).
 async fn final_phase(params: Params, rec: Recorder, healed: Arc<AtomicBool>) -> Result<(), String> {
@@ -514,8 +592,7 @@ async fn final_phase(params: Params, rec: Recorder, healed: Arc<AtomicBool>) -> 
 struct Watcher {
     leaders: BTreeMap<u64, u64>,
     hashes: BTreeMap<u64, String>,
-    /// Entries seen applied and durable on a quorum, encoded, by log index.
-    committed: BTreeMap<u64, Vec<u8>>,
+    committed: Committed,
     violations: Vec<String>,
 }
 
@@ -562,45 +639,28 @@ impl Watcher {
             if let Err(broken) = replica.read_local(|s| s.scheduler.check_invariants()) {
                 self.violations.push(format!("r{} broke invariants: {broken:?}", status.id));
             }
-            // Applied ≤ committed: the last applied entry is durable on a quorum of voters
-            // (or inside their purged, snapshotted prefix).
+            // Applied ≤ committed, and committed entries never change (`raft_checks`).
             let Some(applied) = status.last_applied_index else { continue };
             let Some(entry) = lock(log).entry(applied).map(<[u8]>::to_vec) else { continue };
-            let holders = status
+            let copies: Vec<(Option<Vec<u8>>, Option<u64>)> = status
                 .voters
                 .keys()
                 .filter_map(|v| logs.get(usize::try_from(*v).ok()?.checked_sub(1)?))
-                .filter(|l| {
+                .map(|l| {
                     let l = lock(l);
-                    l.durable_entry(applied) == Some(entry.as_slice())
-                        || l.durable_purged_index().is_some_and(|p| p >= applied)
+                    (l.durable_entry(applied).map(<[u8]>::to_vec), l.durable_purged_index())
                 })
-                .count();
-            if holders * 2 <= status.voters.len() {
-                self.violations.push(format!(
-                    "r{} applied log index {applied}, durable on only {holders} of {} voters",
-                    status.id,
-                    status.voters.len()
-                ));
-            } else if self.committed.get(&applied).is_some_and(|e| *e != entry) {
-                self.violations.push(format!(
-                    "committed entry at log index {applied} changed (seen on r{})",
-                    status.id
-                ));
-            } else {
-                self.committed.entry(applied).or_insert(entry);
+                .collect();
+            let voters: Vec<Durable<'_>> = copies
+                .iter()
+                .map(|(entry, purged)| Durable { entry: entry.as_deref(), purged: *purged })
+                .collect();
+            if let Some(v) = self.committed.applied(status.id, applied, &entry, &voters) {
+                self.violations.push(v);
             }
-            // Committed entries never change: a replica's applied prefix holds exactly them (a
-            // lagging replica may still hold a conflicting uncommitted entry above it).
             let log = lock(log);
-            for (index, entry) in self.committed.range(..=applied) {
-                if log.entry(*index).is_some_and(|e| e != entry.as_slice()) {
-                    self.violations.push(format!(
-                        "committed entry at log index {index} differs on r{}, which applied up to {applied}",
-                        status.id
-                    ));
-                }
-            }
+            self.violations
+                .extend(self.committed.check_prefix(status.id, applied, |i| log.entry(i)));
         }
     }
 }
@@ -625,6 +685,8 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(3))
+        // Membership churn can queue many connections on one port (turmoil's default is 64).
+        .tcp_capacity(65_536)
         .build();
 
     let members: BTreeMap<u64, String> =
@@ -730,6 +792,16 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
             Ok(())
         });
     }
+    let membership_events: Arc<Mutex<Vec<String>>> = Arc::default();
+    if params.membership && scenario == Scenario::Faults {
+        let (params, events) = (params.clone(), membership_events.clone());
+        let (ready, healed, seed) = (ready.clone(), healed.clone(), rng.next_u64());
+        sim.client("member", async move {
+            membership(params, seed, events, ready, healed).await?;
+            Ok(())
+        });
+    }
+
     let mut nemesis = crate::nemesis::Nemesis::new(rng.next_u64(), params.replicas);
     let mut watcher = Watcher::default();
     let mut step = 0u64;
@@ -791,6 +863,10 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     watcher.check(&slots, &logs, &mut trace, at);
     report.violations.append(&mut watcher.violations);
 
+    for event in lock(&membership_events).iter() {
+        trace.push(format!("membership {event}"));
+        report.faults.push(format!("membership {event}"));
+    }
     let history = lock(&history).clone();
     report.violations.extend(check(&history, &params.quotas));
     if scenario == Scenario::LeaseExpiry {
