@@ -37,6 +37,17 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
     }
 }
 
+struct DelayedMemoryBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
+        let log = MemLog::with_flush_delay(std::time::Duration::from_millis(1));
+        let log = LogStore::memory(Arc::new(Mutex::new(log)));
+        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()))?;
+        Ok(((), log, sm))
+    }
+}
+
 /// The sled log store (with the state machine) passes openraft's conformance suite.
 #[test]
 fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
@@ -47,6 +58,12 @@ fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
 #[test]
 fn memory_store_passes_openraft_suite() -> Result<(), StorageError> {
     Suite::test_all(MemoryBuilder)
+}
+
+/// The simulation's memory log (durable only once its flusher ran) passes it too.
+#[test]
+fn delayed_memory_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(DelayedMemoryBuilder)
 }
 
 fn entry(index: u64, commands: Vec<Command>) -> LogEntry {

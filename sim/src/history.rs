@@ -7,6 +7,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// A lease token a write presented (`Fence` in the API): the write must be refused unless
+/// `token` is the lease's live token when it applies.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Fenced {
+    pub lease: String,
+    pub token: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OpKind {
@@ -15,24 +23,75 @@ pub enum OpKind {
         tenant: String,
         placement: String,
         instances: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fence: Option<Fenced>,
     },
     Release {
         tenant: String,
         placement: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fence: Option<Fenced>,
     },
     /// A linearizable read of one placement (`found` in the outcome).
     Read {
         tenant: String,
         placement: String,
     },
+    /// Acquire lease `lease` of `tenant` for `holder` (the token is in the outcome).
+    Acquire {
+        tenant: String,
+        lease: String,
+        holder: String,
+    },
+    KeepAlive {
+        tenant: String,
+        lease: String,
+        token: u64,
+    },
+    ReleaseLease {
+        tenant: String,
+        lease: String,
+        token: u64,
+    },
+}
+
+/// What an acknowledged lease operation said about the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaseSeen {
+    pub token: u64,
+    /// Log time at which the lease was granted (Acquire) or the operation applied.
+    pub at_ms: u64,
+    /// The lease's expiry as the answer gave it (a lower bound: a leader change may extend it).
+    pub expires_at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Outcome {
-    Ok { log_index: Option<u64>, found: Option<bool> },
-    Fail { reason: String },
-    Info { why: String },
+    Ok {
+        log_index: Option<u64>,
+        found: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lease: Option<LeaseSeen>,
+    },
+    Fail {
+        reason: String,
+    },
+    Info {
+        why: String,
+    },
+}
+
+impl Outcome {
+    /// An acknowledged write at `log_index`.
+    pub fn written(log_index: Option<u64>) -> Outcome {
+        Outcome::Ok { log_index, found: None, lease: None }
+    }
+
+    /// A read that found (or did not find) what it looked for.
+    pub fn read(found: bool) -> Outcome {
+        Outcome::Ok { log_index: None, found: Some(found), lease: None }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,6 +126,7 @@ pub type Quotas = BTreeMap<String, u64>;
 /// - A read never misses an acknowledged placement that no acknowledged or pending release
 ///   could have removed, and never finds one whose release was acknowledged before it began
 ///   (stale reads and lost writes).
+/// - Leases and fenced writes: see [`check_leases`].
 pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
     let mut bad = Vec::new();
     let writes: Vec<&Op> = history
@@ -91,13 +151,22 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         }
     }
 
-    // Quota replay in log order.
+    // Quota replay in log order. A release without an answer may have happened at any time
+    // after it was sent, so its placement counts only at its own Place (a lower bound).
+    let maybe_released: std::collections::BTreeSet<(&str, &str)> = history
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::Release { tenant, placement, .. }, Outcome::Info { .. }) => {
+                Some((tenant.as_str(), placement.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut sizes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut usage: BTreeMap<&str, u64> = BTreeMap::new();
     for (index, op) in &by_index {
         match &op.kind {
-            OpKind::Place { tenant, placement, instances } => {
-                sizes.insert((tenant, placement), *instances);
+            OpKind::Place { tenant, placement, instances, .. } => {
                 let used = usage.entry(tenant).or_default();
                 *used += instances;
                 if let Some(limit) = quotas.get(tenant.as_str()) {
@@ -107,13 +176,18 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
                         ));
                     }
                 }
+                if maybe_released.contains(&(tenant.as_str(), placement.as_str())) {
+                    *used -= instances;
+                } else {
+                    sizes.insert((tenant, placement), *instances);
+                }
             }
-            OpKind::Release { tenant, placement } => {
+            OpKind::Release { tenant, placement, .. } => {
                 let released = sizes.remove(&(tenant.as_str(), placement.as_str()));
                 let used = usage.entry(tenant).or_default();
                 *used = used.saturating_sub(released.unwrap_or_default());
             }
-            OpKind::Read { .. } => {}
+            _ => {}
         }
     }
 
@@ -126,8 +200,8 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         };
         let same = |op: &&Op| match &op.kind {
             OpKind::Place { tenant: t, placement: p, .. }
-            | OpKind::Release { tenant: t, placement: p } => t == tenant && p == placement,
-            OpKind::Read { .. } => false,
+            | OpKind::Release { tenant: t, placement: p, .. } => t == tenant && p == placement,
+            _ => false,
         };
         let placed_before = history.iter().filter(same).any(|op| {
             matches!(op.kind, OpKind::Place { .. })
@@ -156,6 +230,171 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
             ));
         }
     }
+    bad.extend(check_leases(history));
+    bad
+}
+
+/// The token an acknowledged operation used, and the lease it used it on.
+fn token_used(op: &Op) -> Option<(&str, &str, u64)> {
+    match &op.kind {
+        OpKind::KeepAlive { tenant, lease, token }
+        | OpKind::ReleaseLease { tenant, lease, token } => Some((tenant, lease, *token)),
+        OpKind::Place { tenant, fence: Some(f), .. }
+        | OpKind::Release { tenant, fence: Some(f), .. } => Some((tenant, &f.lease, f.token)),
+        _ => None,
+    }
+}
+
+/// What the history says about leases (invariant 7), per `(tenant, lease)`:
+///
+/// - A grant's fencing token is the log index of its grant, so tokens of successive grants
+///   strictly increase (real-time order of grants is checked with every other write).
+/// - At most one holder at any log index: every acknowledged use of a token (keep-alive,
+///   release, fenced Place/Release) lies after its grant and before the next grant, and
+///   before an acknowledged release of that token.
+/// - At most one holder at any log time: the next grant comes no earlier than the expiry the
+///   holder was last told (a lower bound of the real one), unless the holder may have
+///   released it.
+/// - The guarded resource never accepts a token lower than one it has already accepted: the
+///   tokens of acknowledged fenced writes do not decrease in log order.
+pub fn check_leases(history: &[Op]) -> Vec<String> {
+    let mut bad = Vec::new();
+    type Key<'a> = (&'a str, &'a str);
+    let mut grants: BTreeMap<Key<'_>, BTreeMap<u64, (&Op, LeaseSeen)>> = BTreeMap::new();
+    for op in history {
+        let (OpKind::Acquire { tenant, lease, .. }, Outcome::Ok { log_index, lease: seen, .. }) =
+            (&op.kind, &op.outcome)
+        else {
+            continue;
+        };
+        let Some(seen) = seen else {
+            bad.push(format!("lease granted without its token: {op:?}"));
+            continue;
+        };
+        if *log_index != Some(seen.token) {
+            bad.push(format!(
+                "fencing token {} is not the log index {log_index:?} of its grant: {op:?}",
+                seen.token
+            ));
+        }
+        if let Some((other, _)) =
+            grants.entry((tenant, lease)).or_default().insert(seen.token, (op, *seen))
+        {
+            bad.push(format!("token {} granted twice: {other:?} and {op:?}", seen.token));
+        }
+    }
+    // Grant time never runs backwards along the tokens.
+    for ((tenant, lease), by_token) in &grants {
+        for pair in by_token.values().collect::<Vec<_>>().windows(2) {
+            let ((_, a), (_, b)) = (pair[0], pair[1]);
+            if b.at_ms < a.at_ms {
+                bad.push(format!(
+                    "lease {tenant}/{lease}: token {} granted at log time {} before token {} at {}",
+                    b.token, b.at_ms, a.token, a.at_ms
+                ));
+            }
+        }
+    }
+    // Every acknowledged use of a token, by lease and token.
+    let mut uses: BTreeMap<(Key<'_>, u64), Vec<&Op>> = BTreeMap::new();
+    for op in history {
+        if let (Some((tenant, lease, token)), Some(_)) = (token_used(op), op.ok_index()) {
+            uses.entry(((tenant, lease), token)).or_default().push(op);
+        }
+    }
+    for ((key, token), ops) in &uses {
+        let (tenant, lease) = key;
+        let by_token = grants.get(key);
+        let next = by_token
+            .and_then(|g| g.range(token + 1..).next())
+            .map(|(next, (_, seen))| (*next, *seen));
+        let released_at = ops
+            .iter()
+            .filter(|op| matches!(op.kind, OpKind::ReleaseLease { .. }))
+            .filter_map(|op| op.ok_index())
+            .min();
+        for op in ops {
+            let index = op.ok_index().unwrap_or_default();
+            if index <= *token {
+                bad.push(format!(
+                    "lease {tenant}/{lease}: token {token} used at log index {index}, before it was granted: {op:?}"
+                ));
+            }
+            if let Some((next, _)) = next {
+                if index >= next {
+                    bad.push(format!(
+                        "two lease holders: {tenant}/{lease} token {token} accepted at log index {index} after token {next} was granted: {op:?}"
+                    ));
+                }
+            }
+            if let Some(released) = released_at {
+                if index > released {
+                    bad.push(format!(
+                        "lease {tenant}/{lease}: token {token} accepted at log index {index} after its release at {released}: {op:?}"
+                    ));
+                }
+            }
+        }
+    }
+    // The next grant waits for the expiry the holder was told, unless it may have released.
+    for (key, by_token) in &grants {
+        let (tenant, lease) = key;
+        let tokens: Vec<(&u64, &(&Op, LeaseSeen))> = by_token.iter().collect();
+        for pair in tokens.windows(2) {
+            let ((token, (_, granted)), (next, (_, regranted))) = (pair[0], pair[1]);
+            let may_have_released = history.iter().any(|op| {
+                matches!(&op.kind, OpKind::ReleaseLease { tenant: t, lease: l, token: k }
+                    if (t.as_str(), l.as_str()) == *key && k == token)
+                    && !matches!(op.outcome, Outcome::Fail { .. })
+            });
+            if may_have_released {
+                continue;
+            }
+            let told = uses
+                .get(&(*key, *token))
+                .into_iter()
+                .flatten()
+                .filter(|op| op.ok_index().is_some_and(|i| i < *next))
+                .filter_map(|op| match &op.outcome {
+                    Outcome::Ok { lease: Some(seen), .. } => Some(seen.expires_at_ms),
+                    _ => None,
+                })
+                .fold(granted.expires_at_ms, u64::max);
+            if regranted.at_ms < told {
+                bad.push(format!(
+                    "two lease holders: {tenant}/{lease} token {token} was told it held until log time {told}, but token {next} was granted at {}",
+                    regranted.at_ms
+                ));
+            }
+        }
+    }
+    // The guarded resource: accepted fenced writes in log order never go back in tokens.
+    let mut accepted: BTreeMap<Key<'_>, BTreeMap<u64, u64>> = BTreeMap::new();
+    for op in history {
+        if let (
+            OpKind::Place { tenant, fence: Some(f), .. }
+            | OpKind::Release { tenant, fence: Some(f), .. },
+            Some(index),
+        ) = (&op.kind, op.ok_index())
+        {
+            accepted.entry((tenant, &f.lease)).or_default().insert(index, f.token);
+        }
+    }
+    for ((tenant, lease), by_index) in &accepted {
+        let mut highest: Option<(u64, u64)> = None;
+        for (index, token) in by_index {
+            if let Some((seen, at)) = highest {
+                if *token < seen {
+                    bad.push(format!(
+                        "guarded resource {tenant}/{lease} accepted token {token} at log index {index} after token {seen} at {at}"
+                    ));
+                }
+            }
+            if highest.is_none_or(|(seen, _)| *token >= seen) {
+                highest = Some((*token, *index));
+            }
+        }
+    }
     bad
 }
 
@@ -167,22 +406,107 @@ mod tests {
         Op { client, kind, invoke_ms: at.0, complete_ms: at.1, outcome }
     }
     fn ok(index: u64) -> Outcome {
-        Outcome::Ok { log_index: Some(index), found: None }
+        Outcome::written(Some(index))
     }
     fn read(found: bool) -> Outcome {
-        Outcome::Ok { log_index: None, found: Some(found) }
+        Outcome::read(found)
     }
     fn place(p: &str, n: u64) -> OpKind {
-        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: n }
+        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: n, fence: None }
     }
     fn release(p: &str) -> OpKind {
-        OpKind::Release { tenant: "t".into(), placement: p.into() }
+        OpKind::Release { tenant: "t".into(), placement: p.into(), fence: None }
+    }
+    fn fenced_place(p: &str, token: u64) -> OpKind {
+        let fence = Some(Fenced { lease: "l".into(), token });
+        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: 1, fence }
+    }
+    fn acquire(holder: &str) -> OpKind {
+        OpKind::Acquire { tenant: "t".into(), lease: "l".into(), holder: holder.into() }
+    }
+    fn keep_alive(token: u64) -> OpKind {
+        OpKind::KeepAlive { tenant: "t".into(), lease: "l".into(), token }
+    }
+    fn release_lease(token: u64) -> OpKind {
+        OpKind::ReleaseLease { tenant: "t".into(), lease: "l".into(), token }
+    }
+    /// An acknowledged lease operation at `index`: token, log time, expiry.
+    fn leased(index: u64, token: u64, at_ms: u64, expires_at_ms: u64) -> Outcome {
+        let lease = Some(LeaseSeen { token, at_ms, expires_at_ms });
+        Outcome::Ok { log_index: Some(index), found: None, lease }
+    }
+    fn stale() -> Outcome {
+        Outcome::Fail { reason: "STALE_FENCING_TOKEN".into() }
+    }
+    /// Two holders in turn, the second after the first's expiry; the old token is refused.
+    fn clean_lease_history() -> Vec<Op> {
+        vec![
+            op(1, acquire("a"), (0, 5), leased(3, 3, 100, 1_100)),
+            op(1, fenced_place("a1", 3), (6, 9), ok(4)),
+            op(1, keep_alive(3), (10, 12), leased(5, 3, 600, 1_600)),
+            op(2, acquire("b"), (13, 14), Outcome::Fail { reason: "LEASE_HELD".into() }),
+            op(2, acquire("b"), (20, 25), leased(9, 9, 1_650, 2_650)),
+            op(2, fenced_place("b1", 9), (26, 28), ok(10)),
+            op(1, fenced_place("a2", 3), (30, 31), stale()),
+            op(1, keep_alive(3), (32, 33), stale()),
+            op(2, release_lease(9), (34, 35), ok(11)),
+            op(1, acquire("a"), (36, 40), leased(12, 12, 1_700, 2_700)),
+        ]
     }
     fn get(p: &str) -> OpKind {
         OpKind::Read { tenant: "t".into(), placement: p.into() }
     }
     fn quotas() -> Quotas {
         [("t".to_string(), 4)].into()
+    }
+
+    #[test]
+    fn a_clean_lease_history_passes() {
+        assert_eq!(check(&clean_lease_history(), &quotas()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn two_lease_holders_at_once_are_caught() {
+        // b is granted at log time 1 200, while a was told it holds until 1 600.
+        let mut h = clean_lease_history();
+        h[4] = op(2, acquire("b"), (20, 25), leased(9, 9, 1_200, 2_200));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("two lease holders")), "{bad:?}");
+        // The old holder's token accepted after the next grant.
+        let mut h = clean_lease_history();
+        h[6] = op(1, fenced_place("a2", 3), (30, 31), ok(10));
+        h[5] = op(2, fenced_place("b1", 9), (26, 28), ok(13));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("two lease holders")), "{bad:?}");
+    }
+
+    #[test]
+    fn a_stale_fenced_write_accepted_is_caught() {
+        // a's token, used after b's grant, accepted by the guarded resource.
+        let mut h = clean_lease_history();
+        h[6] = op(1, fenced_place("a2", 3), (30, 31), ok(14));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("guarded resource")), "{bad:?}");
+        assert!(bad.iter().any(|v| v.contains("after token 9 was granted")), "{bad:?}");
+        // A token still accepted after its own release.
+        let mut h = clean_lease_history();
+        h.push(op(2, fenced_place("b2", 9), (41, 42), ok(15)));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("after its release")), "{bad:?}");
+    }
+
+    #[test]
+    fn fencing_tokens_that_do_not_increase_are_caught() {
+        // A token that is not its grant's log index.
+        let mut h = clean_lease_history();
+        h[4] = op(2, acquire("b"), (20, 25), leased(9, 2, 1_650, 2_650));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("is not the log index")), "{bad:?}");
+        // A later grant (in real time) with a smaller token.
+        let mut h = clean_lease_history();
+        h[9] = op(1, acquire("a"), (36, 40), leased(2, 2, 1_700, 2_700));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("real-time order")), "{bad:?}");
     }
 
     #[test]
@@ -213,6 +537,17 @@ mod tests {
             op(2, get("a"), (9, 10), read(true)),
         ];
         assert!(check(&h, &quotas())[0].contains("stale read"));
+    }
+
+    #[test]
+    fn a_release_without_an_answer_may_have_freed_quota() {
+        // The release of "a" timed out but was applied; "b" then fits the quota of 4.
+        let h = vec![
+            op(1, place("a", 3), (0, 5), ok(1)),
+            op(1, release("a"), (6, 100), Outcome::Info { why: "timeout".into() }),
+            op(2, place("b", 3), (7, 9), ok(3)),
+        ];
+        assert_eq!(check(&h, &quotas()), Vec::<String>::new());
     }
 
     #[test]

@@ -6,6 +6,9 @@
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod raft_checks;
 pub mod run;
+pub mod scenario;
 
-pub use run::{run, Report};
+pub use run::{run, run_scenario, Report};
+pub use scenario::Scenario;

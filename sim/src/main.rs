@@ -20,6 +20,11 @@ struct Args {
     /// One JSON object per seed instead of readable lines.
     #[arg(long)]
     json: bool,
+    /// A named scenario instead of random faults: `faults` (the default) or `lease-expiry`
+    /// (the lease holder is partitioned away, its lease expires and is granted to a rival, and
+    /// its fenced write is refused when it comes back).
+    #[arg(long, default_value = "faults")]
+    scenario: sim::Scenario,
 }
 
 fn range(spec: &str) -> Result<std::ops::Range<u64>, String> {
@@ -59,24 +64,29 @@ fn main() -> ExitCode {
     let (mut failed, mut simulated_ms) = (Vec::new(), 0u64);
     for (n, seed) in seeds.enumerate() {
         let begun = Instant::now();
-        let report = sim::run(seed);
+        let report = sim::run_scenario(seed, args.scenario);
         simulated_ms += report.simulated_ms;
         if args.json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             println!(
-                "[{}/{total}] seed {seed}: {} replicas, {} ops ({} ok, {} fail, {} info), {} faults, {} s simulated in {} ms: {}",
+                "[{}/{total}] seed {seed}: {} replicas, {} ops ({} ok, {} fail, {} info), {} lease grants, {} stale tokens refused, {} faults, {} s simulated in {} ms: {}",
                 n + 1,
                 report.params.as_ref().map_or(0, |p| p.replicas),
                 report.ops,
                 report.ok,
                 report.fail,
                 report.info,
+                report.lease_grants,
+                report.stale_refused,
                 report.faults.len(),
                 report.simulated_ms / 1000,
                 begun.elapsed().as_millis(),
                 if report.violations.is_empty() { "ok" } else { "VIOLATION" },
             );
+        }
+        for step in &report.scenario {
+            println!("  {step}");
         }
         if args.reproduce.is_some() {
             for fault in &report.faults {
@@ -91,7 +101,11 @@ fn main() -> ExitCode {
             for v in &report.violations {
                 eprintln!("  seed {seed}: {v}");
             }
-            eprintln!("  reproduce: cargo run -p sim --release -- --reproduce {seed}");
+            let scenario = match args.scenario {
+                sim::Scenario::Faults => String::new(),
+                sim::Scenario::LeaseExpiry => " --scenario lease-expiry".into(),
+            };
+            eprintln!("  reproduce: cargo run -p sim --release --{scenario} --reproduce {seed}");
             failed.push(seed);
         }
     }

@@ -1,7 +1,8 @@
 //! Faults drawn from the seed: partitions (isolate the leader, majority/minority, bridge,
 //! one-way), hold and release (late delivery of a deposed leader's messages), latency spikes,
-//! crash and restart (short, or long enough to need snapshot catch-up), and clock skew. One
-//! fault at a time; everything is healed before the final phase.
+//! message loss on the peer links, crash and restart (short, or long enough to need snapshot
+//! catch-up), a crash of every replica with a quick restart (the old leader first), and clock
+//! skew. One fault at a time; everything is healed before the final phase.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,6 +19,11 @@ enum Active {
     OneWay(u64, u64),
     Hold(Vec<(u64, u64)>),
     Crash(u64),
+    /// Every replica is down; they restart in this order (the old leader first).
+    CrashAll(Vec<u64>),
+    /// The peer links drop messages (turmoil's fail rate: a link fails and drops what is in
+    /// flight on it, then is repaired).
+    Lossy,
     Slow,
 }
 
@@ -26,13 +32,15 @@ pub struct Nemesis {
     replicas: u64,
     next_at: u64,
     active: Option<(Active, u64)>,
+    /// Replicas still to restart after a crash of all, with when.
+    restarts: Vec<(u64, u64)>,
 }
 
 fn name(id: u64) -> String {
     format!("r{id}")
 }
 
-fn leader(slots: &[Slot]) -> Option<u64> {
+pub(crate) fn leader(slots: &[Slot]) -> Option<u64> {
     slots
         .iter()
         .filter_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
@@ -44,7 +52,13 @@ fn leader(slots: &[Slot]) -> Option<u64> {
 
 impl Nemesis {
     pub fn new(seed: u64, replicas: u64) -> Self {
-        Nemesis { rng: Rng::new(seed), replicas, next_at: 1_500, active: None }
+        Nemesis {
+            rng: Rng::new(seed),
+            replicas,
+            next_at: 1_500,
+            active: None,
+            restarts: Vec::new(),
+        }
     }
 
     fn others(&self, id: u64) -> Vec<u64> {
@@ -82,11 +96,48 @@ impl Nemesis {
                 sim.bounce(name(id));
                 format!("restart r{id}")
             }
+            Active::CrashAll(order) => {
+                // The old leader first, at once; the others a little later, one by one.
+                let mut at = 0;
+                let mut said = Vec::new();
+                for (n, id) in order.into_iter().enumerate() {
+                    if n == 0 {
+                        sim.bounce(name(id));
+                    } else {
+                        at += self.rng.between(5, 150);
+                        self.restarts.push((at, id));
+                    }
+                    said.push(format!("r{id} +{at} ms"));
+                }
+                format!("restart {}", said.join(", "))
+            }
+            Active::Lossy => {
+                self.set_loss(sim, 0.0);
+                "peer links lossless again".into()
+            }
             Active::Slow => {
                 sim.set_max_message_latency(BASE_LATENCY);
                 "latency back to normal".into()
             }
         }
+    }
+
+    fn set_loss(&self, sim: &mut turmoil::Sim<'_>, rate: f64) {
+        for a in 1..=self.replicas {
+            for b in (a + 1)..=self.replicas {
+                sim.set_link_fail_rate(name(a), name(b), rate);
+            }
+        }
+    }
+
+    /// Restarts due after a crash of all replicas; true while some are still down.
+    fn restart_due(&mut self, at: u64, sim: &mut turmoil::Sim<'_>) -> bool {
+        let Some(&(offset, id)) = self.restarts.first() else { return false };
+        if at >= self.next_at + offset {
+            self.restarts.remove(0);
+            sim.bounce(name(id));
+        }
+        true
     }
 
     /// Starts or ends a fault when one is due; says what it did.
@@ -102,15 +153,28 @@ impl Nemesis {
                 return None;
             }
             let (active, _) = self.active.take()?;
-            self.next_at = at + self.rng.between(200, 1_200);
-            return Some(self.end(sim, active));
+            let restarting_from = at;
+            let said = self.end(sim, active);
+            if self.restarts.is_empty() {
+                self.next_at = at + self.rng.between(200, 1_200);
+            } else {
+                // Restart offsets count from now; the next fault waits for them.
+                self.next_at = restarting_from;
+            }
+            return Some(said);
+        }
+        if self.restart_due(at, sim) {
+            if self.restarts.is_empty() {
+                self.next_at = at + self.rng.between(200, 1_200);
+            }
+            return None;
         }
         if at < self.next_at {
             return None;
         }
         let duration = self.rng.between(300, 2_500);
         let leader = leader(slots).unwrap_or(1);
-        let (active, what) = match self.rng.below(8) {
+        let (active, what) = match self.rng.below(10) {
             0 => {
                 let pairs: Vec<(u64, u64)> =
                     self.others(leader).into_iter().map(|o| (leader, o)).collect();
@@ -173,6 +237,24 @@ impl Nemesis {
                 self.next_at = at + down;
                 return Some(format!("crash r{id} for {down} ms"));
             }
+            8 => {
+                let rate = [0.002, 0.01, 0.05][usize::try_from(self.rng.below(3)).unwrap_or(0)];
+                self.set_loss(sim, rate);
+                (Active::Lossy, format!("peer links fail at rate {rate} per ms"))
+            }
+            9 => {
+                let mut order = vec![leader];
+                order.extend(self.others(leader));
+                for id in 1..=self.replicas {
+                    sim.crash(name(id));
+                    *slots[usize::try_from(id - 1).unwrap_or(0)]
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                let down = self.rng.between(1, 300);
+                self.active = Some((Active::CrashAll(order), at + down));
+                return Some(format!("crash every replica (leader r{leader}) for {down} ms"));
+            }
             _ => {
                 if self.rng.below(2) == 0 {
                     sim.set_max_message_latency(Duration::from_millis(60));
@@ -198,6 +280,10 @@ impl Nemesis {
         if let Some((active, _)) = self.active.take() {
             done.push(self.end(sim, active));
         }
+        for (_, id) in std::mem::take(&mut self.restarts) {
+            sim.bounce(name(id));
+        }
+        self.set_loss(sim, 0.0);
         for a in 1..=self.replicas {
             for b in (a + 1)..=self.replicas {
                 sim.repair(name(a), name(b));

@@ -17,8 +17,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-use crate::history::{check, Op, OpKind, Outcome, Quotas};
+use crate::history::{check, Fenced, LeaseSeen, Op, OpKind, Outcome, Quotas};
 use crate::net::{self, SimClock};
+use crate::raft_checks::{Committed, Durable};
+use crate::scenario::{self, Scenario};
 
 const ADMIN: &str = "sim-admin-token";
 const PEER_PORT: u16 = 7401;
@@ -61,6 +63,13 @@ pub struct Params {
     pub quotas: Quotas,
     pub workload_ms: u64,
     pub snapshot_logs: u64,
+    /// Lease names `l0..` in the first tenant, and the range of their TTLs.
+    pub leases: u64,
+    pub lease_ttl_ms: (u64, u64),
+    /// How long the memory log takes to make a write durable (a crash loses what is newer).
+    pub flush_ms: u64,
+    /// Remove and re-add voters through the Cluster API while faults run.
+    pub membership: bool,
 }
 
 impl Params {
@@ -74,6 +83,10 @@ impl Params {
             quotas,
             workload_ms: rng.between(4_000, 7_000),
             snapshot_logs: rng.between(20, 80),
+            leases: rng.between(1, 2),
+            lease_ttl_ms: (200, rng.between(400, 1_500)),
+            flush_ms: rng.between(1, 3),
+            membership: rng.below(2) == 0,
         }
     }
 }
@@ -87,6 +100,11 @@ pub struct Report {
     pub ok: usize,
     pub fail: usize,
     pub info: usize,
+    /// The steps a named scenario went through, as verified.
+    pub scenario: Vec<String>,
+    /// Leases granted, and fenced writes (or keep-alives) refused for a stale token.
+    pub lease_grants: usize,
+    pub stale_refused: usize,
     pub faults: Vec<String>,
     pub violations: Vec<String>,
     /// SHA-256 of the normalised event trace: equal for equal seeds.
@@ -95,30 +113,39 @@ pub struct Report {
     pub history: Vec<Op>,
 }
 
-type Slot = Arc<Mutex<Option<Replica>>>;
+pub(crate) type Slot = Arc<Mutex<Option<Replica>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn host(id: u64) -> String {
+pub(crate) fn host(id: u64) -> String {
     format!("r{id}")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn outcome_of(status: &tonic::Status) -> Outcome {
+    use tonic_types::StatusExt;
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Outcome::Info { why: format!("{:?}: {}", status.code(), status.message()) }
         }
-        code => Outcome::Fail { reason: format!("{code:?}") },
+        // The stable ErrorInfo reason (e.g. STALE_FENCING_TOKEN), else the code.
+        code => match status.get_details_error_info() {
+            Some(info) => Outcome::Fail { reason: info.reason },
+            None => Outcome::Fail { reason: format!("{code:?}") },
+        },
     }
 }
 
-fn api_client(replicas: u64, deadline: Duration) -> Result<Client, String> {
+fn is_stale(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Fail { reason } if reason == "STALE_FENCING_TOKEN")
+}
+
+pub(crate) fn api_client(replicas: u64, deadline: Duration) -> Result<Client, String> {
     let mut channels = Vec::new();
     for id in 1..=replicas {
         channels.push((host(id), net::channel(&format!("{}:{API_PORT}", host(id)))?));
@@ -143,8 +170,24 @@ where
     Err("setup never succeeded".into())
 }
 
-async fn setup(params: Params) -> Result<(), String> {
+async fn setup(params: Params, scenario: Scenario) -> Result<(), String> {
     let c = api_client(params.replicas, Duration::from_secs(5))?;
+    if scenario == Scenario::LeaseExpiry {
+        // The guarded resource: a tenant without quota and a worker the others cannot fill.
+        let r = pb::CreateTenantRequest {
+            request_id: "setup-guarded".into(),
+            tenant_id: scenario::GUARDED.into(),
+            ..Default::default()
+        };
+        must(&c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
+        let r = pb::RegisterWorkerRequest {
+            request_id: "setup-w-guard".into(),
+            worker_id: "w-guard".into(),
+            capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
+            ..Default::default()
+        };
+        must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+    }
     for w in 1..=params.workers {
         let capacity = pb::Resources { cpu_millis: 300, memory_mib: 1_024 };
         let r = pb::RegisterWorkerRequest {
@@ -173,9 +216,9 @@ async fn setup(params: Params) -> Result<(), String> {
     Ok(())
 }
 
-struct Recorder {
-    client: u32,
-    history: Arc<Mutex<Vec<Op>>>,
+pub(crate) struct Recorder {
+    pub(crate) client: u32,
+    pub(crate) history: Arc<Mutex<Vec<Op>>>,
 }
 
 impl Recorder {
@@ -187,13 +230,14 @@ impl Recorder {
     }
 }
 
-async fn place(
+pub(crate) async fn place(
     c: &Client,
     rec: &Recorder,
     request_id: String,
     tenant: &str,
     placement: &str,
     instances: u64,
+    fence: Option<Fenced>,
 ) -> Outcome {
     let spec = pb::PlacementSpec {
         placement_id: placement.to_string(),
@@ -205,15 +249,119 @@ async fn place(
         request_id,
         tenant_id: tenant.to_string(),
         spec: Some(spec),
+        fence: fence.clone().map(|f| pb::Fence { lease: f.lease, token: f.token }),
         ..Default::default()
     };
     let invoked = now_ms();
     let outcome = match c.call(r, |ch, r| async move { client::scheduler(ch).place(r).await }).await
     {
-        Ok(answer) => Outcome::Ok { log_index: answer.write.map(|w| w.log_index), found: None },
+        Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
         Err(status) => outcome_of(&status),
     };
-    let kind = OpKind::Place { tenant: tenant.into(), placement: placement.into(), instances };
+    let kind =
+        OpKind::Place { tenant: tenant.into(), placement: placement.into(), instances, fence };
+    rec.record(kind, invoked, outcome)
+}
+
+async fn release(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    placement: &str,
+    fence: Option<Fenced>,
+) -> Outcome {
+    let r = pb::ReleaseRequest {
+        request_id,
+        tenant_id: tenant.to_string(),
+        placement_id: placement.to_string(),
+        fence: fence.clone().map(|f| pb::Fence { lease: f.lease, token: f.token }),
+    };
+    let invoked = now_ms();
+    let outcome =
+        match c.call(r, |ch, r| async move { client::scheduler(ch).release(r).await }).await {
+            Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
+            Err(status) => outcome_of(&status),
+        };
+    let kind = OpKind::Release { tenant: tenant.into(), placement: placement.into(), fence };
+    rec.record(kind, invoked, outcome)
+}
+
+/// The lease state of an acknowledged lease answer.
+fn lease_seen(write: Option<pb::WriteInfo>, lease: Option<pb::Lease>, grant: bool) -> Outcome {
+    let log_index = write.as_ref().map(|w| w.log_index);
+    let lease = lease.map(|l| LeaseSeen {
+        token: l.token,
+        at_ms: if grant { l.granted_at_ms } else { write.as_ref().map_or(0, |w| w.applied_at_ms) },
+        expires_at_ms: l.expires_at_ms,
+    });
+    Outcome::Ok { log_index, found: None, lease }
+}
+
+pub(crate) async fn acquire(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    lease: &str,
+    holder: &str,
+    ttl_ms: u64,
+) -> Outcome {
+    let r = pb::AcquireRequest {
+        request_id,
+        tenant_id: tenant.into(),
+        name: lease.into(),
+        holder: holder.into(),
+        ttl_ms,
+    };
+    let invoked = now_ms();
+    let outcome = match c.call(r, |ch, r| async move { client::leases(ch).acquire(r).await }).await
+    {
+        Ok(answer) => lease_seen(answer.write, answer.lease, true),
+        Err(status) => outcome_of(&status),
+    };
+    let kind =
+        OpKind::Acquire { tenant: tenant.into(), lease: lease.into(), holder: holder.into() };
+    rec.record(kind, invoked, outcome)
+}
+
+pub(crate) async fn keep_alive(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    lease: &str,
+    token: u64,
+) -> Outcome {
+    let r =
+        pb::KeepAliveRequest { request_id, tenant_id: tenant.into(), name: lease.into(), token };
+    let invoked = now_ms();
+    let outcome =
+        match c.call(r, |ch, r| async move { client::leases(ch).keep_alive(r).await }).await {
+            Ok(answer) => lease_seen(answer.write, answer.lease, false),
+            Err(status) => outcome_of(&status),
+        };
+    let kind = OpKind::KeepAlive { tenant: tenant.into(), lease: lease.into(), token };
+    rec.record(kind, invoked, outcome)
+}
+
+async fn release_lease(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    lease: &str,
+    token: u64,
+) -> Outcome {
+    let r =
+        pb::ReleaseLeaseRequest { request_id, tenant_id: tenant.into(), name: lease.into(), token };
+    let invoked = now_ms();
+    let outcome = match c.call(r, |ch, r| async move { client::leases(ch).release(r).await }).await
+    {
+        Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
+        Err(status) => outcome_of(&status),
+    };
+    let kind = OpKind::ReleaseLease { tenant: tenant.into(), lease: lease.into(), token };
     rec.record(kind, invoked, outcome)
 }
 
@@ -228,10 +376,8 @@ async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &str) {
         .call(r, |ch, r| async move { client::scheduler(ch).get_placement(r).await })
         .await
     {
-        Ok(_) => Outcome::Ok { log_index: None, found: Some(true) },
-        Err(status) if status.code() == Code::NotFound => {
-            Outcome::Ok { log_index: None, found: Some(false) }
-        }
+        Ok(_) => Outcome::read(true),
+        Err(status) if status.code() == Code::NotFound => Outcome::read(false),
         Err(status) => outcome_of(&status),
     };
     rec.record(
@@ -241,7 +387,16 @@ async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &str) {
     );
 }
 
-/// Quota-bound Place/Release with a linearizable read after every acknowledged Place.
+/// A lease a client believes it holds (it keeps using the token until told it is stale, so
+/// stale fenced writes happen).
+struct Held {
+    lease: String,
+    token: u64,
+}
+
+/// Quota-bound Place/Release with a linearizable read after every acknowledged Place, and
+/// leases: acquire, keep-alive, release, and fenced Place/Release on the lease's tenant with
+/// the token the client holds.
 async fn workload(
     params: Params,
     index: u32,
@@ -255,42 +410,144 @@ async fn workload(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let tenants: Vec<String> = params.quotas.keys().cloned().collect();
+    let lease_tenant = tenants.first().cloned().unwrap_or_default();
+    let holder = format!("c{index}");
+    let mut held: Option<Held> = None;
     let mut live: Vec<(String, String)> = Vec::new();
     let mut n = 0u64;
     while now_ms() < params.workload_ms {
         n += 1;
         let request_id = format!("c{index}-{n}");
-        if live.is_empty() || rng.below(5) < 3 {
-            let tenant = &tenants[usize::try_from(rng.below(tenants.len() as u64)).unwrap_or(0)];
+        let fence = held.as_ref().map(|h| Fenced { lease: h.lease.clone(), token: h.token });
+        let action = rng.below(10);
+        if action >= 7 {
+            match held.take() {
+                None => {
+                    let lease = format!("l{}", rng.below(params.leases));
+                    let ttl_ms = rng.between(params.lease_ttl_ms.0, params.lease_ttl_ms.1);
+                    let outcome =
+                        acquire(&c, &rec, request_id, &lease_tenant, &lease, &holder, ttl_ms).await;
+                    if let Outcome::Ok { lease: Some(seen), .. } = outcome {
+                        held = Some(Held { lease, token: seen.token });
+                    }
+                }
+                Some(h) if action == 9 => {
+                    // Released or not, the client stops using the token.
+                    release_lease(&c, &rec, request_id, &lease_tenant, &h.lease, h.token).await;
+                }
+                Some(h) => {
+                    let outcome =
+                        keep_alive(&c, &rec, request_id, &lease_tenant, &h.lease, h.token).await;
+                    if !matches!(outcome, Outcome::Fail { .. }) {
+                        held = Some(h);
+                    }
+                }
+            }
+        } else if live.is_empty() || rng.below(5) < 3 {
+            // Fenced writes go to the lease's tenant.
+            let fenced = fence.is_some() && rng.below(2) == 0;
+            let tenant = if fenced {
+                lease_tenant.clone()
+            } else {
+                tenants[usize::try_from(rng.below(tenants.len() as u64)).unwrap_or(0)].clone()
+            };
             let placement = format!("c{index}-p{n}");
             let instances = rng.between(1, 3);
-            let outcome = place(&c, &rec, request_id, tenant, &placement, instances).await;
+            let fence = if fenced { fence } else { None };
+            let outcome = place(&c, &rec, request_id, &tenant, &placement, instances, fence).await;
+            if is_stale(&outcome) {
+                held = None;
+            }
             if matches!(outcome, Outcome::Ok { .. }) {
-                read(&c, &rec, tenant, &placement).await;
-                live.push((tenant.clone(), placement));
+                read(&c, &rec, &tenant, &placement).await;
+                live.push((tenant, placement));
             }
         } else {
             let at = usize::try_from(rng.below(live.len() as u64)).unwrap_or(0);
             let (tenant, placement) = live.swap_remove(at);
-            let r = pb::ReleaseRequest {
-                request_id,
-                tenant_id: tenant.clone(),
-                placement_id: placement.clone(),
-                ..Default::default()
-            };
-            let invoked = now_ms();
-            let outcome = match c
-                .call(r, |ch, r| async move { client::scheduler(ch).release(r).await })
-                .await
-            {
-                Ok(answer) => {
-                    Outcome::Ok { log_index: answer.write.map(|w| w.log_index), found: None }
-                }
-                Err(status) => outcome_of(&status),
-            };
-            rec.record(OpKind::Release { tenant, placement }, invoked, outcome);
+            let fence = if tenant == lease_tenant && rng.below(2) == 0 { fence } else { None };
+            let outcome = release(&c, &rec, request_id, &tenant, &placement, fence).await;
+            if is_stale(&outcome) {
+                // Not released: the token is stale. Release it later without a fence.
+                held = None;
+                live.push((tenant, placement));
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.between(1, 30))).await;
+    }
+    Ok(())
+}
+
+/// Membership churn through the Cluster API: remove a voter (any, the leader included), add it
+/// back a little later, under whatever faults run. After healing every replica is made a voter
+/// again. What it did goes into `events` (and the trace).
+async fn membership(
+    params: Params,
+    seed: u64,
+    events: Arc<Mutex<Vec<String>>>,
+    ready: Arc<AtomicBool>,
+    healed: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed ^ 0x3E3B_E125);
+    let c = api_client(params.replicas, Duration::from_secs(5))?;
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let say = |what: String| lock(&events).push(format!("{} ms: {what}", now_ms()));
+    let add = |id: u64| {
+        let r = pb::AddReplicaRequest {
+            replica_id: id,
+            peer_address: format!("{}:{PEER_PORT}", host(id)),
+        };
+        c.call(r, |ch, r| async move { client::cluster(ch).add_replica(r).await })
+    };
+    // A replica that was (or may have been) removed and is not known to be back.
+    let mut removed: Option<u64> = None;
+    tokio::time::sleep(Duration::from_millis(rng.between(300, 2_000))).await;
+    while now_ms() < params.workload_ms {
+        match removed {
+            None => {
+                let id = rng.between(1, params.replicas);
+                let r = pb::RemoveReplicaRequest { replica_id: id };
+                let outcome = c
+                    .call(r, |ch, r| async move { client::cluster(ch).remove_replica(r).await })
+                    .await;
+                match outcome {
+                    Ok(_) => say(format!("removed r{id}")),
+                    Err(status) => {
+                        say(format!("remove r{id}: {:?} {}", status.code(), status.message()))
+                    }
+                }
+                // Unless certainly refused, it may be out: add it back to be sure.
+                removed = Some(id);
+            }
+            Some(id) => match add(id).await {
+                Ok(_) => {
+                    say(format!("added r{id} back"));
+                    removed = None;
+                }
+                Err(status) => say(format!("add r{id}: {:?} {}", status.code(), status.message())),
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(300, 1_500))).await;
+    }
+    while !healed.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(id) = removed {
+        let until = now_ms() + u64::try_from(LIVENESS_BOUND.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            match add(id).await {
+                Ok(_) => {
+                    say(format!("added r{id} back after healing"));
+                    break;
+                }
+                Err(status) if now_ms() >= until => {
+                    return Err(format!("liveness: r{id} not added back within {LIVENESS_BOUND:?} of healing: {status:?}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
     Ok(())
 }
@@ -328,18 +585,26 @@ async fn final_phase(params: Params, rec: Recorder, healed: Arc<AtomicBool>) -> 
     Ok(())
 }
 
-/// Watches every running replica: core invariants, one leader per term, and equal state at
-/// equal applied command index.
+/// Watches every running replica: core invariants, one leader per term, equal state at
+/// equal applied command index, applied ≤ committed (every applied entry is durable on a
+/// quorum of voters), and committed entries never change in any replica's log.
 #[derive(Default)]
 struct Watcher {
     leaders: BTreeMap<u64, u64>,
     hashes: BTreeMap<u64, String>,
+    committed: Committed,
     violations: Vec<String>,
 }
 
 impl Watcher {
-    fn check(&mut self, slots: &[Slot], trace: &mut Vec<String>, at: u64) {
-        for slot in slots {
+    fn check(
+        &mut self,
+        slots: &[Slot],
+        logs: &[Arc<Mutex<MemLog>>],
+        trace: &mut Vec<String>,
+        at: u64,
+    ) {
+        for (slot, log) in slots.iter().zip(logs) {
             let Some(replica) = lock(slot).clone() else { continue };
             let status = replica.status();
             trace.push(format!(
@@ -374,12 +639,39 @@ impl Watcher {
             if let Err(broken) = replica.read_local(|s| s.scheduler.check_invariants()) {
                 self.violations.push(format!("r{} broke invariants: {broken:?}", status.id));
             }
+            // Applied ≤ committed, and committed entries never change (`raft_checks`).
+            let Some(applied) = status.last_applied_index else { continue };
+            let Some(entry) = lock(log).entry(applied).map(<[u8]>::to_vec) else { continue };
+            let copies: Vec<(Option<Vec<u8>>, Option<u64>)> = status
+                .voters
+                .keys()
+                .filter_map(|v| logs.get(usize::try_from(*v).ok()?.checked_sub(1)?))
+                .map(|l| {
+                    let l = lock(l);
+                    (l.durable_entry(applied).map(<[u8]>::to_vec), l.durable_purged_index())
+                })
+                .collect();
+            let voters: Vec<Durable<'_>> = copies
+                .iter()
+                .map(|(entry, purged)| Durable { entry: entry.as_deref(), purged: *purged })
+                .collect();
+            if let Some(v) = self.committed.applied(status.id, applied, &entry, &voters) {
+                self.violations.push(v);
+            }
+            let log = lock(log);
+            self.violations
+                .extend(self.committed.check_prefix(status.id, applied, |i| log.entry(i)));
         }
     }
 }
 
-/// Runs one seed to the end and checks it.
+/// Runs one seed of the random workload under random faults to the end and checks it.
 pub fn run(seed: u64) -> Report {
+    run_scenario(seed, Scenario::Faults)
+}
+
+/// Runs one seed of `scenario` to the end and checks it.
+pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let mut rng = Rng::new(seed);
     let params = Params::from_seed(&mut rng);
     berth::raft::runtime::seed_thread_rng(rng.next_u64());
@@ -393,19 +685,24 @@ pub fn run(seed: u64) -> Report {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(3))
+        // Membership churn can queue many connections on one port (turmoil's default is 64).
+        .tcp_capacity(65_536)
         .build();
 
     let members: BTreeMap<u64, String> =
         (1..=params.replicas).map(|id| (id, format!("{}:{PEER_PORT}", host(id)))).collect();
     let mut slots: Vec<Slot> = Vec::new();
     let mut clocks: Vec<SimClock> = Vec::new();
+    let mut logs: Vec<Arc<Mutex<MemLog>>> = Vec::new();
     for id in 1..=params.replicas {
         let slot: Slot = Arc::default();
         let clock = SimClock::default();
-        let log: Arc<Mutex<MemLog>> = Arc::default();
+        let log =
+            Arc::new(Mutex::new(MemLog::with_flush_delay(Duration::from_millis(params.flush_ms))));
         let snapshot: Arc<Mutex<Option<StoredSnapshot>>> = Arc::default();
         let (s, c, m, snapshot_logs) =
             (slot.clone(), clock.clone(), members.clone(), params.snapshot_logs);
+        logs.push(log.clone());
         sim.host(host(id), move || {
             let (slot, clock, members, log, snapshot) =
                 (s.clone(), c.clone(), m.clone(), log.clone(), snapshot.clone());
@@ -418,6 +715,8 @@ pub fn run(seed: u64) -> Report {
                 options.snapshot_keep_logs = 5;
                 options.tick_idle = Duration::from_millis(200);
                 options.write_deadline = Duration::from_secs(2);
+                // What was not flushed before a crash is gone (a no-op on first start).
+                lock(&log).crash();
                 let storage = Storage {
                     log: LogStore::memory(log),
                     snapshots: SnapshotStore::Memory(snapshot),
@@ -453,7 +752,7 @@ pub fn run(seed: u64) -> Report {
     {
         let (params, ready) = (params.clone(), ready.clone());
         sim.client("setup", async move {
-            setup(params).await?;
+            setup(params, scenario).await?;
             ready.store(true, Ordering::SeqCst);
             Ok(())
         });
@@ -466,11 +765,39 @@ pub fn run(seed: u64) -> Report {
             Ok(())
         });
     }
+    if scenario == Scenario::LeaseExpiry {
+        let step = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ttl_ms = rng.between(500, 2_000);
+        let rec = Recorder { client: scenario::HOLDER, history: history.clone() };
+        let (params2, ready2, step2) = (params.clone(), ready.clone(), step.clone());
+        sim.client("holder", async move {
+            while !ready2.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            scenario::holder(params2, rec, step2, ttl_ms).await?;
+            Ok(())
+        });
+        let rec = Recorder { client: scenario::RIVAL, history: history.clone() };
+        let (params2, slots2, scenario_seed) = (params.clone(), slots.clone(), rng.next_u64());
+        sim.client("rival", async move {
+            scenario::rival(params2, rec, step, slots2, scenario_seed).await?;
+            Ok(())
+        });
+    }
     {
         let rec = Recorder { client: 0, history: history.clone() };
         let (params, healed) = (params.clone(), healed.clone());
         sim.client("final", async move {
             final_phase(params, rec, healed).await?;
+            Ok(())
+        });
+    }
+    let membership_events: Arc<Mutex<Vec<String>>> = Arc::default();
+    if params.membership && scenario == Scenario::Faults {
+        let (params, events) = (params.clone(), membership_events.clone());
+        let (ready, healed, seed) = (ready.clone(), healed.clone(), rng.next_u64());
+        sim.client("member", async move {
+            membership(params, seed, events, ready, healed).await?;
             Ok(())
         });
     }
@@ -489,7 +816,9 @@ pub fn run(seed: u64) -> Report {
         step += 1;
         let at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if at < params.workload_ms {
-            if let Some(fault) = nemesis.maybe_act(at, &mut sim, &slots, &clocks) {
+            if scenario != Scenario::Faults {
+                // A scenario makes its own faults.
+            } else if let Some(fault) = nemesis.maybe_act(at, &mut sim, &slots, &clocks) {
                 trace.push(format!("{at} fault {fault}"));
                 report.faults.push(format!("{at} ms: {fault}"));
             }
@@ -500,7 +829,7 @@ pub fn run(seed: u64) -> Report {
             healed.store(true, Ordering::SeqCst);
         }
         if step % 25 == 0 {
-            watcher.check(&slots, &mut trace, at);
+            watcher.check(&slots, &logs, &mut trace, at);
         }
         if step % 1_000 == 0 {
             tracing::info!(sim_ms = at, ops = lock(&history).len(), "progress");
@@ -531,13 +860,28 @@ pub fn run(seed: u64) -> Report {
         ));
     }
     let at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
-    watcher.check(&slots, &mut trace, at);
+    watcher.check(&slots, &logs, &mut trace, at);
     report.violations.append(&mut watcher.violations);
 
+    for event in lock(&membership_events).iter() {
+        trace.push(format!("membership {event}"));
+        report.faults.push(format!("membership {event}"));
+    }
     let history = lock(&history).clone();
     report.violations.extend(check(&history, &params.quotas));
+    if scenario == Scenario::LeaseExpiry {
+        match scenario::verify_lease_expiry(&history) {
+            Ok(steps) => report.scenario = steps,
+            Err(missing) => report.violations.push(format!("lease-expiry scenario: {missing}")),
+        }
+    }
     for op in &history {
         trace.push(serde_json::to_string(op).unwrap_or_default());
+        match (&op.kind, &op.outcome) {
+            (OpKind::Acquire { .. }, Outcome::Ok { .. }) => report.lease_grants += 1,
+            (_, outcome) if is_stale(outcome) => report.stale_refused += 1,
+            _ => {}
+        }
         match op.outcome {
             Outcome::Ok { .. } => report.ok += 1,
             Outcome::Fail { .. } => report.fail += 1,

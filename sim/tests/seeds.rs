@@ -35,3 +35,23 @@ fn a_seed_replays_exactly() {
     let other = sim::run(12);
     assert_ne!(first.trace_hash, other.trace_hash, "the trace does not depend on the seed");
 }
+
+#[test]
+fn the_lease_expiry_scenario_plays_out_exactly() {
+    // Lock TTL expiry under partition: grant, fenced write, holder cut off, expiry in log
+    // time, grant to the rival, its fenced write, and the old holder's write refused as stale.
+    for seed in 0..4 {
+        let report = sim::run_scenario(seed, sim::Scenario::LeaseExpiry);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} failed: {:#?}\nreproduce: cargo run -p sim --release -- --scenario lease-expiry --reproduce {seed}",
+            report.violations
+        );
+        assert_eq!(report.scenario.len(), 6, "seed {seed}: {:#?}", report.scenario);
+        assert!(
+            report.scenario[5].contains("refused STALE_FENCING_TOKEN"),
+            "{:#?}",
+            report.scenario
+        );
+    }
+}

@@ -174,6 +174,8 @@ pub struct Replica {
 const QUEUE_MAX: usize = 65_536;
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
+/// The shortest wait between two looks for a leader.
+const LEADER_BACKOFF: Duration = Duration::from_millis(2);
 
 impl Replica {
     /// Opens storage, starts Raft and the proposer and ticker. Serve `peer_service()` on the
@@ -319,7 +321,7 @@ impl Replica {
         let mut sent = false;
         let mut last_problem = String::from("no leader elected yet");
         while Instant::now() < deadline {
-            let leader = self.inner.raft.metrics().borrow().current_leader;
+            let leader = self.known_leader();
             match leader {
                 Some(id) if id == self.id() => {
                     let batch =
@@ -404,7 +406,15 @@ impl Replica {
         // A fresh receiver counts the current value as unseen: without marking it seen,
         // `changed()` returns at once and a write waiting for a leader spins.
         metrics.borrow_and_update();
+        let started = Instant::now();
         let _ = tokio::time::timeout(LEADER_POLL, metrics.changed()).await;
+        // Metrics can change on every round while nothing useful happens (a replica removed
+        // while leading still names itself leader, and each refused write updates them):
+        // never retry sooner than the backoff, or the caller spins without time passing.
+        let waited = started.elapsed();
+        if waited < LEADER_BACKOFF {
+            tokio::time::sleep(LEADER_BACKOFF - waited).await;
+        }
     }
 
     async fn run_ticker(self) {
@@ -454,8 +464,23 @@ impl Replica {
         }
     }
 
+    /// Whether this replica leads now. A leader removed from the voters turns learner but
+    /// keeps naming itself as `current_leader`; only the role tells.
     pub fn is_leader(&self) -> bool {
-        self.inner.raft.metrics().borrow().current_leader == Some(self.id())
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id())
+    }
+
+    /// The leader to send writes and read-index requests to: this replica only while it
+    /// leads (see `is_leader`), else the one it last heard of.
+    fn known_leader(&self) -> Option<ReplicaId> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(id) if id == self.id() && m.state != ServerState::Leader => None,
+            other => other,
+        }
     }
 
     /// Reads the replicated state with the requested freshness.
@@ -485,7 +510,7 @@ impl Replica {
     async fn read_index(&self, until: Instant) -> Result<Option<LogId>, ReadError> {
         let mut last_problem = String::from("no leader elected yet");
         while Instant::now() < until {
-            let leader = self.inner.raft.metrics().borrow().current_leader;
+            let leader = self.known_leader();
             match leader {
                 Some(id) if id == self.id() => match self.leader_read_index().await {
                     Ok(index) => return Ok(index),

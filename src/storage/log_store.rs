@@ -8,6 +8,11 @@
 //! On sled, `append` writes and returns at once; a flusher thread makes the entries durable
 //! and then fires the callback. The Raft core keeps replicating while the leader's own
 //! entries sync, and one flush covers every append queued before it began.
+//!
+//! In memory, writes are durable at once by default. With a flush delay (the simulation),
+//! the memory log keeps what was written apart from what was flushed, like a disk: a flusher
+//! task makes everything written durable `flush_delay` after a sync or append asks for it, and
+//! [`MemLog::crash`] drops what was not flushed (entries, vote, purge and commit marks alike).
 
 // openraft's traits return its (large) `StorageError`; helpers return the same type.
 #![allow(clippy::result_large_err)]
@@ -36,8 +41,117 @@ const COMMITTED: &str = "committed";
 /// what its predecessor wrote.
 #[derive(Debug, Default)]
 pub struct MemLog {
+    /// Everything written: what reads see.
     logs: BTreeMap<u64, Vec<u8>>,
     meta: BTreeMap<&'static str, Vec<u8>>,
+    /// With a flush delay, what was last flushed (what survives a crash).
+    durable: Option<Durable>,
+    flush_delay: std::time::Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    logs: BTreeMap<u64, Vec<u8>>,
+    meta: BTreeMap<&'static str, Vec<u8>>,
+}
+
+impl MemLog {
+    /// A memory log whose writes become durable only when flushed, `delay` after a sync or an
+    /// append asks for it (on tokio time; the flusher runs on the runtime that uses the log).
+    pub fn with_flush_delay(delay: std::time::Duration) -> MemLog {
+        MemLog { durable: Some(Durable::default()), flush_delay: delay, ..MemLog::default() }
+    }
+
+    /// Makes everything written so far durable.
+    fn flush(&mut self) {
+        if let Some(durable) = &mut self.durable {
+            durable.logs.clone_from(&self.logs);
+            durable.meta.clone_from(&self.meta);
+        }
+    }
+
+    /// A crash: whatever was written but not flushed is gone. Call before reopening.
+    pub fn crash(&mut self) {
+        if let Some(durable) = &self.durable {
+            self.logs.clone_from(&durable.logs);
+            self.meta.clone_from(&durable.meta);
+        }
+    }
+
+    /// Whether anything written is not yet durable.
+    pub fn has_pending(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.logs != self.logs || d.meta != self.meta)
+    }
+
+    /// The encoded entry at `index` as written (durable or not): for checks that read the
+    /// log from outside (the simulation compares committed entries across replicas).
+    pub fn entry(&self, index: u64) -> Option<&[u8]> {
+        self.logs.get(&index).map(Vec::as_slice)
+    }
+
+    /// The encoded entry at `index` as last flushed (what a crash would keep).
+    pub fn durable_entry(&self, index: u64) -> Option<&[u8]> {
+        let logs = self.durable.as_ref().map_or(&self.logs, |d| &d.logs);
+        logs.get(&index).map(Vec::as_slice)
+    }
+
+    /// The index up to which the log is durably purged (those entries are in a snapshot).
+    pub fn durable_purged_index(&self) -> Option<u64> {
+        let meta = self.durable.as_ref().map_or(&self.meta, |d| &d.meta);
+        let bytes = meta.get(LAST_PURGED)?;
+        decode::<LogId>(bytes).ok().map(|l| l.index)
+    }
+}
+
+/// A request to the memory log's flusher.
+enum MemFlush {
+    Append(LogFlushed<TypeConfig>),
+    Sync(oneshot::Sender<()>),
+}
+
+/// The memory log's flusher: started on first use, on the runtime of the caller (so it dies
+/// with a simulated host). Requests complete in the order they were queued.
+#[derive(Default)]
+struct MemFlusher {
+    queue: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<MemFlush>>,
+}
+
+impl MemFlusher {
+    fn request(&self, log: &Arc<Mutex<MemLog>>, request: MemFlush) -> io::Result<()> {
+        if self.queue.get().is_none() {
+            let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+            let (queue, requests) = tokio::sync::mpsc::unbounded_channel::<MemFlush>();
+            let delay = LogStore::mem(log).flush_delay;
+            runtime.spawn(Self::run(log.clone(), delay, requests));
+            // Lost a race to another first caller: that one's flusher serves, this one stops.
+            let _ = self.queue.set(queue);
+        }
+        let queue = self.queue.get().ok_or_else(|| io::Error::other("no memory log flusher"))?;
+        queue.send(request).map_err(|_| io::Error::other("memory log flusher stopped"))
+    }
+
+    async fn run(
+        log: Arc<Mutex<MemLog>>,
+        delay: std::time::Duration,
+        mut requests: tokio::sync::mpsc::UnboundedReceiver<MemFlush>,
+    ) {
+        while let Some(first) = requests.recv().await {
+            tokio::time::sleep(delay).await;
+            let mut waiting = vec![first];
+            while let Ok(next) = requests.try_recv() {
+                waiting.push(next);
+            }
+            LogStore::mem(&log).flush();
+            for request in waiting {
+                match request {
+                    MemFlush::Append(callback) => callback.log_io_completed(Ok(())),
+                    MemFlush::Sync(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct SledLog {
@@ -106,7 +220,7 @@ impl Drop for Flusher {
 #[derive(Clone)]
 enum Backend {
     Sled(Arc<SledLog>),
-    Memory(Arc<Mutex<MemLog>>),
+    Memory(Arc<Mutex<MemLog>>, Arc<MemFlusher>),
 }
 
 /// A Raft log store; cheap to clone (clones share the same log).
@@ -163,7 +277,12 @@ impl LogStore {
 
     /// A log in memory; pass the same `Arc` again to reopen it after a simulated restart.
     pub fn memory(log: Arc<Mutex<MemLog>>) -> LogStore {
-        LogStore { backend: Backend::Memory(log) }
+        LogStore { backend: Backend::Memory(log, Arc::default()) }
+    }
+
+    /// With a flush delay, whether writes wait for the flusher.
+    fn delayed(log: &Arc<Mutex<MemLog>>) -> bool {
+        Self::mem(log).durable.is_some()
     }
 
     fn mem(log: &Mutex<MemLog>) -> std::sync::MutexGuard<'_, MemLog> {
@@ -173,7 +292,7 @@ impl LogStore {
     fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StorageError> {
         let bytes = match &self.backend {
             Backend::Sled(s) => s.meta.get(key).map_err(read_err)?.map(|v| v.to_vec()),
-            Backend::Memory(m) => Self::mem(m).meta.get(key).cloned(),
+            Backend::Memory(m, _) => Self::mem(m).meta.get(key).cloned(),
         };
         bytes.map(|b| decode(&b)).transpose()
     }
@@ -184,7 +303,7 @@ impl LogStore {
             Backend::Sled(s) => {
                 s.meta.insert(key, bytes).map_err(write_err)?;
             }
-            Backend::Memory(m) => {
+            Backend::Memory(m, _) => {
                 Self::mem(m).meta.insert(key, bytes);
             }
         }
@@ -198,7 +317,9 @@ impl LogStore {
                 .range::<[u8; 8], _>((be(range.0), be(range.1)))
                 .map(|kv| decode(&kv.map_err(read_err)?.1))
                 .collect(),
-            Backend::Memory(m) => Self::mem(m).logs.range(range).map(|(_, v)| decode(v)).collect(),
+            Backend::Memory(m, _) => {
+                Self::mem(m).logs.range(range).map(|(_, v)| decode(v)).collect()
+            }
         }
     }
 
@@ -211,7 +332,7 @@ impl LogStore {
                 }
                 s.logs.apply_batch(batch).map_err(write_err)
             }
-            Backend::Memory(m) => {
+            Backend::Memory(m, _) => {
                 let mut log = Self::mem(m);
                 let doomed: Vec<u64> = log.logs.range(range).map(|(k, _)| *k).collect();
                 for k in doomed {
@@ -227,7 +348,7 @@ impl LogStore {
             Backend::Sled(s) => {
                 s.logs.last().map_err(read_err)?.map(|(_, v)| decode(&v)).transpose()
             }
-            Backend::Memory(m) => {
+            Backend::Memory(m, _) => {
                 Self::mem(m).logs.values().next_back().map(|v| decode(v)).transpose()
             }
         }
@@ -241,7 +362,12 @@ impl LogStore {
                 s.flusher.request(FlushRequest::Sync(reply))?;
                 synced.await.map_err(|_| io::Error::other("log sync thread stopped"))?
             }
-            Backend::Memory(_) => Ok(()),
+            Backend::Memory(m, flusher) if Self::delayed(m) => {
+                let (reply, synced) = oneshot::channel();
+                flusher.request(m, MemFlush::Sync(reply))?;
+                synced.await.map_err(|_| io::Error::other("memory log flusher stopped"))
+            }
+            Backend::Memory(..) => Ok(()),
         }
     }
 }
@@ -312,10 +438,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 s.logs.apply_batch(batch).map_err(write_err)?;
                 s.flusher.request(FlushRequest::Append(callback)).map_err(write_err)
             }
-            Backend::Memory(m) => {
+            Backend::Memory(m, flusher) => {
                 Self::mem(m).logs.extend(encoded);
-                callback.log_io_completed(Ok(()));
-                Ok(())
+                if Self::delayed(m) {
+                    flusher.request(m, MemFlush::Append(callback)).map_err(write_err)
+                } else {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
+                }
             }
         }
     }
@@ -331,5 +461,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync().await.map_err(write_err)?;
         self.remove_range((Bound::Unbounded, Bound::Included(log_id.index)))?;
         self.sync().await.map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Vote};
+
+    fn delayed() -> (Arc<Mutex<MemLog>>, LogStore) {
+        let log =
+            Arc::new(Mutex::new(MemLog::with_flush_delay(std::time::Duration::from_millis(1))));
+        (log.clone(), LogStore::memory(log))
+    }
+
+    /// A vote is durable once `save_vote` returns; a commit mark written after it is not, and
+    /// a crash takes exactly that back.
+    #[tokio::test]
+    async fn a_crash_loses_what_was_not_flushed() {
+        let (log, mut store) = delayed();
+        let vote = Vote::new(3, 1);
+        store.save_vote(&vote).await.expect("saves");
+        assert!(!LogStore::mem(&log).has_pending());
+        let committed = Some(LogId::new(CommittedLeaderId::new(3, 1), 7));
+        store.save_committed(committed).await.expect("saves");
+        assert!(LogStore::mem(&log).has_pending(), "a commit mark alone is not flushed");
+        LogStore::mem(&log).crash();
+        let mut reopened = LogStore::memory(log.clone());
+        assert_eq!(reopened.read_vote().await.expect("reads"), Some(vote));
+        assert_eq!(reopened.read_committed().await.expect("reads"), None, "not flushed, lost");
+    }
+
+    /// Entries written but not flushed are readable, and gone after a crash; flushed ones stay.
+    #[tokio::test]
+    async fn unflushed_entries_are_readable_until_a_crash() {
+        let (log, mut store) = delayed();
+        LogStore::mem(&log).logs.insert(1, vec![1]);
+        store.save_vote(&Vote::new(1, 1)).await.expect("flushes everything written before");
+        LogStore::mem(&log).logs.insert(2, vec![2]);
+        assert!(LogStore::mem(&log).entry(2).is_some(), "readable before it is flushed");
+        assert!(LogStore::mem(&log).durable_entry(2).is_none());
+        LogStore::mem(&log).crash();
+        assert_eq!(LogStore::mem(&log).entry(1), Some(&[1u8][..]));
+        assert_eq!(LogStore::mem(&log).entry(2), None, "not flushed, lost");
+    }
+
+    /// Without a flush delay every write is durable at once (tests and `berth up`).
+    #[tokio::test]
+    async fn an_undelayed_memory_log_loses_nothing() {
+        let log: Arc<Mutex<MemLog>> = Arc::default();
+        let mut store = LogStore::memory(log.clone());
+        store.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 2))).await.expect("ok");
+        assert!(!LogStore::mem(&log).has_pending());
+        LogStore::mem(&log).crash();
+        assert!(store.read_committed().await.expect("reads").is_some());
     }
 }
