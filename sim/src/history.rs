@@ -3,7 +3,7 @@
 //! refused it; it did not happen) or `info` (no answer: it may or may not have happened).
 //! A timeout is always `info`, never `fail`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -25,6 +25,33 @@ pub enum OpKind {
         instances: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         fence: Option<Fenced>,
+        /// The placement group it joins.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    },
+    /// Reserve `instances` instances as `placement` (expiry in the outcome).
+    Reserve {
+        tenant: String,
+        placement: String,
+        instances: u64,
+    },
+    /// Turn reservation `placement` into a placement.
+    Confirm {
+        tenant: String,
+        placement: String,
+    },
+    Cancel {
+        tenant: String,
+        placement: String,
+    },
+    /// A placement group of at most `max` instances.
+    CreateGroup {
+        tenant: String,
+        group: String,
+        max: u64,
+    },
+    DeleteTenant {
+        tenant: String,
     },
     Release {
         tenant: String,
@@ -73,6 +100,12 @@ pub enum Outcome {
         found: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         lease: Option<LeaseSeen>,
+        /// Log time at which the write applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        /// A reservation's expiry (log time) as the answer gave it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
     },
     Fail {
         reason: String,
@@ -85,12 +118,24 @@ pub enum Outcome {
 impl Outcome {
     /// An acknowledged write at `log_index`.
     pub fn written(log_index: Option<u64>) -> Outcome {
-        Outcome::Ok { log_index, found: None, lease: None }
+        Outcome::Ok { log_index, found: None, lease: None, at_ms: None, expires_at_ms: None }
+    }
+
+    /// An acknowledged write at `log_index`, applied at log time `at_ms`.
+    pub fn applied(log_index: u64, at_ms: u64, expires_at_ms: Option<u64>) -> Outcome {
+        let (log_index, at_ms) = (Some(log_index), Some(at_ms));
+        Outcome::Ok { log_index, found: None, lease: None, at_ms, expires_at_ms }
     }
 
     /// A read that found (or did not find) what it looked for.
     pub fn read(found: bool) -> Outcome {
-        Outcome::Ok { log_index: None, found: Some(found), lease: None }
+        Outcome::Ok {
+            log_index: None,
+            found: Some(found),
+            lease: None,
+            at_ms: None,
+            expires_at_ms: None,
+        }
     }
 }
 
@@ -151,41 +196,163 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         }
     }
 
-    // Quota replay in log order. A release without an answer may have happened at any time
-    // after it was sent, so its placement counts only at its own Place (a lower bound).
-    let maybe_released: std::collections::BTreeSet<(&str, &str)> = history
+    // Quota and placement-group replay in log order, with reservations and tenant deletion.
+    // A release or cancel without an answer may have happened at any time after it was sent,
+    // so its placement or reservation counts only at its own write (a lower bound). An
+    // unconfirmed reservation counts until its expiry: it is released at the first write whose
+    // log time reaches it. An acknowledged DeleteTenant frees everything of the tenant, and
+    // nothing of the tenant may be accepted at a later log index. A tenant whose deletion got
+    // no answer is not replayed after it (it may have been emptied at any point).
+    let maybe_released: BTreeSet<(&str, &str)> = history
         .iter()
         .filter_map(|op| match (&op.kind, &op.outcome) {
-            (OpKind::Release { tenant, placement, .. }, Outcome::Info { .. }) => {
-                Some((tenant.as_str(), placement.as_str()))
+            (
+                OpKind::Release { tenant, placement, .. } | OpKind::Cancel { tenant, placement },
+                Outcome::Info { .. },
+            ) => Some((tenant.as_str(), placement.as_str())),
+            _ => None,
+        })
+        .collect();
+    let maybe_deleted: BTreeSet<&str> = history
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::DeleteTenant { tenant }, Outcome::Info { .. }) => Some(tenant.as_str()),
+            _ => None,
+        })
+        .collect();
+    let limits: BTreeMap<(&str, &str), u64> = writes
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::CreateGroup { tenant, group, max } => {
+                Some(((tenant.as_str(), group.as_str()), *max))
             }
             _ => None,
         })
         .collect();
-    let mut sizes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut sizes: BTreeMap<(&str, &str), (u64, Option<&str>)> = BTreeMap::new();
+    let mut reserved: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    let mut expired: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut cancelled: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut usage: BTreeMap<&str, u64> = BTreeMap::new();
-    for (index, op) in &by_index {
+    let mut group_usage: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut deleted: BTreeMap<&str, u64> = BTreeMap::new();
+    for (index, &op) in &by_index {
+        let now = match op.outcome {
+            Outcome::Ok { at_ms, .. } => at_ms,
+            _ => None,
+        };
+        if let Some(now) = now {
+            reserved.retain(|key, (instances, expires)| {
+                if *expires > now {
+                    return true;
+                }
+                let used = usage.entry(key.0).or_default();
+                *used = used.saturating_sub(*instances);
+                expired.insert(*key, *expires);
+                false
+            });
+        }
+        let Some(tenant) = tenant_of(&op.kind) else { continue };
+        if let Some(at) = deleted.get(tenant) {
+            bad.push(format!(
+                "tenant {tenant} was deleted at log index {at}, but log index {index} accepted {op:?}"
+            ));
+            continue;
+        }
+        if maybe_deleted.contains(tenant) {
+            continue;
+        }
+        if let OpKind::Place { instances, .. } | OpKind::Reserve { instances, .. } = &op.kind {
+            let used = usage.entry(tenant).or_default();
+            *used += instances;
+            if let Some(limit) = quotas.get(tenant) {
+                if *used > *limit {
+                    bad.push(format!(
+                        "quota exceeded at log index {index}: tenant {tenant} holds {used} instances, limit {limit}"
+                    ));
+                }
+            }
+        }
         match &op.kind {
-            OpKind::Place { tenant, placement, instances, .. } => {
-                let used = usage.entry(tenant).or_default();
-                *used += instances;
-                if let Some(limit) = quotas.get(tenant.as_str()) {
-                    if *used > *limit {
+            OpKind::Place { placement, instances, group, .. } => {
+                let key = (tenant, placement.as_str());
+                let group = group.as_deref();
+                if let Some(g) = group {
+                    let in_group = group_usage.entry((tenant, g)).or_default();
+                    *in_group += instances;
+                    if let Some(max) = limits.get(&(tenant, g)) {
+                        if *in_group > *max {
+                            bad.push(format!(
+                                "placement group {tenant}/{g} exceeded at log index {index}: {in_group} instances, max {max}"
+                            ));
+                        }
+                    }
+                }
+                if maybe_released.contains(&key) {
+                    *usage.entry(tenant).or_default() -= instances;
+                    if let Some(g) = group {
+                        *group_usage.entry((tenant, g)).or_default() -= instances;
+                    }
+                } else {
+                    sizes.insert(key, (*instances, group));
+                }
+            }
+            OpKind::Reserve { placement, instances, .. } => {
+                let key = (tenant, placement.as_str());
+                let expires = match op.outcome {
+                    Outcome::Ok { expires_at_ms: Some(at), .. } => at,
+                    _ => {
+                        bad.push(format!("reservation acknowledged without its expiry: {op:?}"));
+                        u64::MAX
+                    }
+                };
+                if maybe_released.contains(&key) {
+                    *usage.entry(tenant).or_default() -= instances;
+                } else {
+                    reserved.insert(key, (*instances, expires));
+                }
+            }
+            OpKind::Confirm { placement, .. } => {
+                let key = (tenant, placement.as_str());
+                if let Some((instances, _)) = reserved.remove(&key) {
+                    sizes.insert(key, (instances, None));
+                } else if cancelled.contains(&key) {
+                    bad.push(format!(
+                        "reservation {tenant}/{placement} confirmed at log index {index} after its cancel was acknowledged"
+                    ));
+                } else if let (Some(expires), Some(now)) = (expired.get(&key), now) {
+                    // Expiry runs in apply; at exactly its expiry the order is not asserted.
+                    if *expires < now {
                         bad.push(format!(
-                            "quota exceeded at log index {index}: tenant {tenant} holds {used} instances, limit {limit}"
+                            "reservation {tenant}/{placement} confirmed at log index {index}, log time {now}, after it expired at {expires}"
                         ));
                     }
                 }
-                if maybe_released.contains(&(tenant.as_str(), placement.as_str())) {
-                    *used -= instances;
-                } else {
-                    sizes.insert((tenant, placement), *instances);
+            }
+            OpKind::Cancel { placement, .. } => {
+                let key = (tenant, placement.as_str());
+                if let Some((instances, _)) = reserved.remove(&key) {
+                    let used = usage.entry(tenant).or_default();
+                    *used = used.saturating_sub(instances);
+                }
+                cancelled.insert(key);
+            }
+            OpKind::Release { placement, .. } => {
+                let released = sizes.remove(&(tenant, placement.as_str()));
+                let (instances, group) = released.unwrap_or_default();
+                let used = usage.entry(tenant).or_default();
+                *used = used.saturating_sub(instances);
+                if let Some(g) = group {
+                    let in_group = group_usage.entry((tenant, g)).or_default();
+                    *in_group = in_group.saturating_sub(instances);
                 }
             }
-            OpKind::Release { tenant, placement, .. } => {
-                let released = sizes.remove(&(tenant.as_str(), placement.as_str()));
-                let used = usage.entry(tenant).or_default();
-                *used = used.saturating_sub(released.unwrap_or_default());
+            OpKind::DeleteTenant { .. } => {
+                usage.remove(tenant);
+                sizes.retain(|(t, _), _| *t != tenant);
+                reserved.retain(|(t, _), _| *t != tenant);
+                group_usage.retain(|(t, _), _| *t != tenant);
+                deleted.insert(tenant, *index);
             }
             _ => {}
         }
@@ -200,25 +367,55 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         };
         let same = |op: &&Op| match &op.kind {
             OpKind::Place { tenant: t, placement: p, .. }
-            | OpKind::Release { tenant: t, placement: p, .. } => t == tenant && p == placement,
+            | OpKind::Release { tenant: t, placement: p, .. }
+            | OpKind::Reserve { tenant: t, placement: p, .. }
+            | OpKind::Confirm { tenant: t, placement: p }
+            | OpKind::Cancel { tenant: t, placement: p } => t == tenant && p == placement,
             _ => false,
         };
+        let deletes = || {
+            history
+                .iter()
+                .filter(|op| matches!(&op.kind, OpKind::DeleteTenant { tenant: t } if t == tenant))
+        };
         let placed_before = history.iter().filter(same).any(|op| {
-            matches!(op.kind, OpKind::Place { .. })
+            matches!(op.kind, OpKind::Place { .. } | OpKind::Confirm { .. })
                 && op.ok_index().is_some()
                 && op.complete_ms < read.invoke_ms
         });
-        // A release that may have taken effect by the time the read answered.
-        let maybe_released = history.iter().filter(same).any(|op| {
-            matches!(op.kind, OpKind::Release { .. })
-                && !matches!(op.outcome, Outcome::Fail { .. })
+        // A release (or cancel, or deletion of the tenant) that may have taken effect by the
+        // time the read answered.
+        let maybe_released = history.iter().filter(same).chain(deletes()).any(|op| {
+            matches!(
+                op.kind,
+                OpKind::Release { .. } | OpKind::Cancel { .. } | OpKind::DeleteTenant { .. }
+            ) && !matches!(op.outcome, Outcome::Fail { .. })
                 && op.invoke_ms <= read.complete_ms
         });
         let surely_released = history.iter().filter(same).any(|op| {
-            matches!(op.kind, OpKind::Release { .. })
+            matches!(op.kind, OpKind::Release { .. } | OpKind::Cancel { .. })
                 && op.ok_index().is_some()
                 && op.complete_ms < read.invoke_ms
         });
+        let surely_deleted =
+            deletes().any(|op| op.ok_index().is_some() && op.complete_ms < read.invoke_ms);
+        // An unconfirmed reservation is surely expired once a later write, acknowledged
+        // before the read began, applied at or after its expiry.
+        let may_be_confirmed = history.iter().filter(same).any(|op| {
+            matches!(op.kind, OpKind::Confirm { .. }) && !matches!(op.outcome, Outcome::Fail { .. })
+        });
+        let surely_expired = !may_be_confirmed
+            && history.iter().filter(same).any(|reserve| {
+                let (OpKind::Reserve { .. }, Outcome::Ok { log_index: Some(at), expires_at_ms: Some(expires), .. }) =
+                    (&reserve.kind, &reserve.outcome)
+                else {
+                    return false;
+                };
+                writes.iter().any(|w| {
+                    matches!(w.outcome, Outcome::Ok { log_index: Some(i), at_ms: Some(t), .. } if i > *at && t >= *expires)
+                        && w.complete_ms < read.invoke_ms
+                })
+            });
         if placed_before && !maybe_released && !found {
             bad.push(format!(
                 "stale read or lost write: {read:?} missed an acknowledged placement"
@@ -229,9 +426,36 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
                 "stale read: {read:?} found a placement whose release was acknowledged"
             ));
         }
+        if surely_deleted && *found {
+            bad.push(format!(
+                "deleted tenant: {read:?} found a placement after its tenant's deletion was acknowledged"
+            ));
+        }
+        if surely_expired && *found {
+            bad.push(format!(
+                "expired reservation: {read:?} found a reservation after it expired in log time"
+            ));
+        }
     }
     bad.extend(check_leases(history));
     bad
+}
+
+/// The tenant an operation acts on.
+fn tenant_of(kind: &OpKind) -> Option<&str> {
+    match kind {
+        OpKind::Place { tenant, .. }
+        | OpKind::Release { tenant, .. }
+        | OpKind::Reserve { tenant, .. }
+        | OpKind::Confirm { tenant, .. }
+        | OpKind::Cancel { tenant, .. }
+        | OpKind::CreateGroup { tenant, .. }
+        | OpKind::DeleteTenant { tenant }
+        | OpKind::Acquire { tenant, .. }
+        | OpKind::KeepAlive { tenant, .. }
+        | OpKind::ReleaseLease { tenant, .. } => Some(tenant),
+        OpKind::Read { .. } => None,
+    }
 }
 
 /// The token an acknowledged operation used, and the lease it used it on.
@@ -412,14 +636,20 @@ mod tests {
         Outcome::read(found)
     }
     fn place(p: &str, n: u64) -> OpKind {
-        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: n, fence: None }
+        OpKind::Place {
+            tenant: "t".into(),
+            placement: p.into(),
+            instances: n,
+            fence: None,
+            group: None,
+        }
     }
     fn release(p: &str) -> OpKind {
         OpKind::Release { tenant: "t".into(), placement: p.into(), fence: None }
     }
     fn fenced_place(p: &str, token: u64) -> OpKind {
         let fence = Some(Fenced { lease: "l".into(), token });
-        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: 1, fence }
+        OpKind::Place { tenant: "t".into(), placement: p.into(), instances: 1, fence, group: None }
     }
     fn acquire(holder: &str) -> OpKind {
         OpKind::Acquire { tenant: "t".into(), lease: "l".into(), holder: holder.into() }
@@ -433,7 +663,7 @@ mod tests {
     /// An acknowledged lease operation at `index`: token, log time, expiry.
     fn leased(index: u64, token: u64, at_ms: u64, expires_at_ms: u64) -> Outcome {
         let lease = Some(LeaseSeen { token, at_ms, expires_at_ms });
-        Outcome::Ok { log_index: Some(index), found: None, lease }
+        Outcome::Ok { log_index: Some(index), found: None, lease, at_ms: None, expires_at_ms: None }
     }
     fn stale() -> Outcome {
         Outcome::Fail { reason: "STALE_FENCING_TOKEN".into() }
@@ -562,5 +792,85 @@ mod tests {
         assert!(check(&h, &quotas())[0].contains("real-time order"));
         let h = vec![op(1, place("a", 1), (0, 5), ok(3)), op(2, place("b", 1), (0, 8), ok(3))];
         assert!(check(&h, &quotas())[0].contains("acknowledged twice"));
+    }
+
+    fn at(index: u64, at_ms: u64) -> Outcome {
+        Outcome::applied(index, at_ms, None)
+    }
+    fn reserve(p: &str, n: u64) -> OpKind {
+        OpKind::Reserve { tenant: "t".into(), placement: p.into(), instances: n }
+    }
+    fn confirm(p: &str) -> OpKind {
+        OpKind::Confirm { tenant: "t".into(), placement: p.into() }
+    }
+
+    #[test]
+    fn an_expired_reservation_frees_quota_and_is_not_confirmed_or_held() {
+        // "r" (3 of 4) expires at log time 100; "b" (3) fits at log time 150, not at 50.
+        let reserved = Outcome::applied(1, 10, Some(100));
+        let clean = vec![
+            op(1, reserve("r", 3), (0, 5), reserved.clone()),
+            op(2, place("b", 3), (6, 9), at(2, 150)),
+            op(1, confirm("r"), (10, 12), Outcome::Fail { reason: "PLACEMENT_NOT_FOUND".into() }),
+            op(1, get("r"), (13, 14), read(false)),
+        ];
+        assert_eq!(check(&clean, &quotas()), Vec::<String>::new());
+        let mut h = clean.clone();
+        h[1] = op(2, place("b", 3), (6, 9), at(2, 50));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("quota exceeded")), "{bad:?}");
+        // Confirmed after its expiry.
+        let mut h = clean.clone();
+        h[2] = op(1, confirm("r"), (10, 12), at(3, 160));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("after it expired")), "{bad:?}");
+        // Still held after a later write moved log time past its expiry.
+        let mut h = clean;
+        h[3] = op(1, get("r"), (13, 14), read(true));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("expired reservation")), "{bad:?}");
+    }
+
+    #[test]
+    fn a_placement_group_over_its_max_is_caught() {
+        let in_group = |p: &str, n: u64| OpKind::Place {
+            tenant: "t".into(),
+            placement: p.into(),
+            instances: n,
+            fence: None,
+            group: Some("g".into()),
+        };
+        let group = OpKind::CreateGroup { tenant: "t".into(), group: "g".into(), max: 2 };
+        let clean = vec![
+            op(100, group, (0, 1), at(1, 1)),
+            op(1, in_group("a", 2), (2, 3), at(2, 2)),
+            op(1, release("a"), (4, 5), at(3, 3)),
+            op(2, in_group("b", 2), (6, 7), at(4, 4)),
+        ];
+        assert_eq!(check(&clean, &quotas()), Vec::<String>::new());
+        let mut h = clean;
+        h.remove(2);
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("placement group t/g exceeded")), "{bad:?}");
+    }
+
+    #[test]
+    fn a_write_after_its_tenants_deletion_is_caught() {
+        let delete = OpKind::DeleteTenant { tenant: "t".into() };
+        let clean = vec![
+            op(1, place("a", 1), (0, 1), at(1, 1)),
+            op(1, delete, (2, 3), at(2, 2)),
+            op(2, place("b", 1), (4, 5), Outcome::Fail { reason: "TENANT_NOT_FOUND".into() }),
+            op(0, get("a"), (6, 7), read(false)),
+        ];
+        assert_eq!(check(&clean, &quotas()), Vec::<String>::new());
+        let mut h = clean.clone();
+        h[2] = op(2, place("b", 1), (4, 5), at(3, 3));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("was deleted at log index 2")), "{bad:?}");
+        let mut h = clean;
+        h[3] = op(0, get("a"), (6, 7), read(true));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("deleted tenant")), "{bad:?}");
     }
 }

@@ -23,6 +23,10 @@ use crate::raft_checks::{Committed, Durable};
 use crate::scenario::{self, Scenario};
 
 const ADMIN: &str = "sim-admin-token";
+/// The client number of setup's recorded writes (placement groups).
+const SETUP: u32 = 100;
+/// The tenant client 1 deletes during the workload.
+const DELETED: &str = "t3";
 const PEER_PORT: u16 = 7401;
 const API_PORT: u16 = 7501;
 /// The cluster must accept a fresh write within this long after every fault is healed.
@@ -70,23 +74,34 @@ pub struct Params {
     pub flush_ms: u64,
     /// Remove and re-add voters through the Cluster API while faults run.
     pub membership: bool,
+    /// Every tenant has placement group `g` of this many instances at most.
+    pub group_max: u64,
+    /// The range of reservation TTLs.
+    pub reservation_ttl_ms: (u64, u64),
+    /// When client 1 deletes the last tenant (the others keep using it).
+    pub delete_at_ms: u64,
 }
 
 impl Params {
     pub fn from_seed(rng: &mut Rng) -> Params {
         let replicas = if rng.below(4) == 0 { 5 } else { 3 };
-        let quotas = (1..=2).map(|t| (format!("t{t}"), rng.between(3, 8))).collect();
+        let mut quotas: Quotas = (1..=2).map(|t| (format!("t{t}"), rng.between(3, 8))).collect();
+        let workload_ms = rng.between(4_000, 7_000);
+        quotas.insert("t3".into(), rng.between(3, 8));
         Params {
             replicas,
             clients: 3,
             workers: rng.between(2, 4),
             quotas,
-            workload_ms: rng.between(4_000, 7_000),
+            workload_ms,
             snapshot_logs: rng.between(20, 80),
             leases: rng.between(1, 2),
             lease_ttl_ms: (200, rng.between(400, 1_500)),
             flush_ms: rng.between(1, 3),
             membership: rng.below(2) == 0,
+            group_max: rng.between(2, 4),
+            reservation_ttl_ms: (50, rng.between(150, 600)),
+            delete_at_ms: rng.between(workload_ms / 4, workload_ms * 3 / 4),
         }
     }
 }
@@ -141,6 +156,14 @@ fn outcome_of(status: &tonic::Status) -> Outcome {
     }
 }
 
+/// An acknowledged write, with its log index and log time.
+fn wrote(write: Option<pb::WriteInfo>, expires_at_ms: Option<u64>) -> Outcome {
+    match write {
+        Some(w) => Outcome::applied(w.log_index, w.applied_at_ms, expires_at_ms),
+        None => Outcome::written(None),
+    }
+}
+
 fn is_stale(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Fail { reason } if reason == "STALE_FENCING_TOKEN")
 }
@@ -170,7 +193,7 @@ where
     Err("setup never succeeded".into())
 }
 
-async fn setup(params: Params, scenario: Scenario) -> Result<(), String> {
+async fn setup(params: Params, scenario: Scenario, rec: Recorder) -> Result<(), String> {
     let c = api_client(params.replicas, Duration::from_secs(5))?;
     if scenario == Scenario::LeaseExpiry {
         // The guarded resource: a tenant without quota and a worker the others cannot fill.
@@ -212,6 +235,11 @@ async fn setup(params: Params, scenario: Scenario) -> Result<(), String> {
             quota: Some(pb::Quota { total: Some(total), ..Default::default() }),
         };
         must(&c, r, |ch, r| async move { client::tenants(ch).set_quota(r).await }).await?;
+        let id = format!("setup-group-{tenant}");
+        let outcome = create_group(&c, &rec, id, tenant, "g", params.group_max).await;
+        if !matches!(outcome, Outcome::Ok { .. }) {
+            return Err(format!("setup: placement group of {tenant} not created: {outcome:?}"));
+        }
     }
     Ok(())
 }
@@ -239,12 +267,30 @@ pub(crate) async fn place(
     instances: u64,
     fence: Option<Fenced>,
 ) -> Outcome {
-    let spec = pb::PlacementSpec {
+    place_in(c, rec, request_id, (tenant, placement), instances, fence, None).await
+}
+
+fn spec(placement: &str, instances: u64, group: Option<&str>) -> pb::PlacementSpec {
+    pb::PlacementSpec {
         placement_id: placement.to_string(),
         count: u32::try_from(instances).unwrap_or(1),
         resources: Some(pb::Resources { cpu_millis: 100, memory_mib: 64 }),
+        group: group.unwrap_or_default().to_string(),
         ..Default::default()
-    };
+    }
+}
+
+/// Place, optionally into a placement group.
+async fn place_in(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    (tenant, placement): (&str, &str),
+    instances: u64,
+    fence: Option<Fenced>,
+    group: Option<&str>,
+) -> Outcome {
+    let spec = spec(placement, instances, group);
     let r = pb::PlaceRequest {
         request_id,
         tenant_id: tenant.to_string(),
@@ -255,11 +301,17 @@ pub(crate) async fn place(
     let invoked = now_ms();
     let outcome = match c.call(r, |ch, r| async move { client::scheduler(ch).place(r).await }).await
     {
-        Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
+        Ok(answer) => wrote(answer.write, None),
         Err(status) => outcome_of(&status),
     };
-    let kind =
-        OpKind::Place { tenant: tenant.into(), placement: placement.into(), instances, fence };
+    let group = group.map(str::to_string);
+    let kind = OpKind::Place {
+        tenant: tenant.into(),
+        placement: placement.into(),
+        instances,
+        fence,
+        group,
+    };
     rec.record(kind, invoked, outcome)
 }
 
@@ -280,11 +332,145 @@ async fn release(
     let invoked = now_ms();
     let outcome =
         match c.call(r, |ch, r| async move { client::scheduler(ch).release(r).await }).await {
-            Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
+            Ok(answer) => wrote(answer.write, None),
             Err(status) => outcome_of(&status),
         };
     let kind = OpKind::Release { tenant: tenant.into(), placement: placement.into(), fence };
     rec.record(kind, invoked, outcome)
+}
+
+async fn reserve(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    (tenant, placement): (&str, &str),
+    instances: u64,
+    ttl_ms: u64,
+) -> Outcome {
+    let r = pb::ReserveRequest {
+        request_id,
+        tenant_id: tenant.to_string(),
+        spec: Some(spec(placement, instances, None)),
+        ttl_ms,
+        fence: None,
+    };
+    let invoked = now_ms();
+    let outcome =
+        match c.call(r, |ch, r| async move { client::scheduler(ch).reserve(r).await }).await {
+            Ok(answer) => {
+                let expires = answer.reservation.and_then(|p| p.expires_at_ms);
+                wrote(answer.write, expires)
+            }
+            Err(status) => outcome_of(&status),
+        };
+    let kind = OpKind::Reserve { tenant: tenant.into(), placement: placement.into(), instances };
+    rec.record(kind, invoked, outcome)
+}
+
+async fn confirm(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    placement: &str,
+) -> Outcome {
+    let r = pb::ConfirmReservationRequest {
+        request_id,
+        tenant_id: tenant.to_string(),
+        reservation_id: placement.to_string(),
+        fence: None,
+    };
+    let invoked = now_ms();
+    let outcome = match c
+        .call(r, |ch, r| async move { client::scheduler(ch).confirm_reservation(r).await })
+        .await
+    {
+        Ok(answer) => wrote(answer.write, None),
+        Err(status) => outcome_of(&status),
+    };
+    let kind = OpKind::Confirm { tenant: tenant.into(), placement: placement.into() };
+    rec.record(kind, invoked, outcome)
+}
+
+async fn cancel(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    placement: &str,
+) -> Outcome {
+    let r = pb::CancelReservationRequest {
+        request_id,
+        tenant_id: tenant.to_string(),
+        reservation_id: placement.to_string(),
+        fence: None,
+    };
+    let invoked = now_ms();
+    let outcome = match c
+        .call(r, |ch, r| async move { client::scheduler(ch).cancel_reservation(r).await })
+        .await
+    {
+        Ok(answer) => wrote(answer.write, None),
+        Err(status) => outcome_of(&status),
+    };
+    let kind = OpKind::Cancel { tenant: tenant.into(), placement: placement.into() };
+    rec.record(kind, invoked, outcome)
+}
+
+async fn create_group(
+    c: &Client,
+    rec: &Recorder,
+    request_id: String,
+    tenant: &str,
+    group: &str,
+    max: u64,
+) -> Outcome {
+    let r = pb::CreatePlacementGroupRequest {
+        request_id,
+        tenant_id: tenant.to_string(),
+        group: group.to_string(),
+        max_instances: u32::try_from(max).unwrap_or(u32::MAX),
+        strategy: pb::GroupStrategy::Pack.into(),
+    };
+    let invoked = now_ms();
+    let mut outcome = Outcome::Info { why: "never sent".into() };
+    // Retried with the same request id until answered: the answer carries the first log index.
+    for _ in 0..5 {
+        outcome = match c
+            .call(r.clone(), |ch, r| async move {
+                client::scheduler(ch).create_placement_group(r).await
+            })
+            .await
+        {
+            Ok(answer) => wrote(answer.write, None),
+            Err(status) => outcome_of(&status),
+        };
+        if !matches!(outcome, Outcome::Info { .. }) {
+            break;
+        }
+    }
+    let kind = OpKind::CreateGroup { tenant: tenant.into(), group: group.into(), max };
+    rec.record(kind, invoked, outcome)
+}
+
+/// DeleteTenant, retried with the same request id until answered.
+async fn delete_tenant(c: &Client, rec: &Recorder, request_id: String, tenant: &str) -> Outcome {
+    let r = pb::DeleteTenantRequest { request_id, tenant_id: tenant.to_string() };
+    let invoked = now_ms();
+    let mut outcome = Outcome::Info { why: "never sent".into() };
+    for _ in 0..5 {
+        outcome = match c
+            .call(r.clone(), |ch, r| async move { client::tenants(ch).delete_tenant(r).await })
+            .await
+        {
+            Ok(answer) => wrote(answer.write, None),
+            Err(status) => outcome_of(&status),
+        };
+        if !matches!(outcome, Outcome::Info { .. }) {
+            break;
+        }
+    }
+    rec.record(OpKind::DeleteTenant { tenant: tenant.into() }, invoked, outcome)
 }
 
 /// The lease state of an acknowledged lease answer.
@@ -295,7 +481,8 @@ fn lease_seen(write: Option<pb::WriteInfo>, lease: Option<pb::Lease>, grant: boo
         at_ms: if grant { l.granted_at_ms } else { write.as_ref().map_or(0, |w| w.applied_at_ms) },
         expires_at_ms: l.expires_at_ms,
     });
-    Outcome::Ok { log_index, found: None, lease }
+    let at_ms = write.as_ref().map(|w| w.applied_at_ms);
+    Outcome::Ok { log_index, found: None, lease, at_ms, expires_at_ms: None }
 }
 
 pub(crate) async fn acquire(
@@ -358,7 +545,7 @@ async fn release_lease(
     let invoked = now_ms();
     let outcome = match c.call(r, |ch, r| async move { client::leases(ch).release(r).await }).await
     {
-        Ok(answer) => Outcome::written(answer.write.map(|w| w.log_index)),
+        Ok(answer) => wrote(answer.write, None),
         Err(status) => outcome_of(&status),
     };
     let kind = OpKind::ReleaseLease { tenant: tenant.into(), lease: lease.into(), token };
@@ -414,13 +601,43 @@ async fn workload(
     let holder = format!("c{index}");
     let mut held: Option<Held> = None;
     let mut live: Vec<(String, String)> = Vec::new();
+    let mut reserved: Vec<(String, String)> = Vec::new();
+    let mut deleted = false;
     let mut n = 0u64;
     while now_ms() < params.workload_ms {
         n += 1;
         let request_id = format!("c{index}-{n}");
         let fence = held.as_ref().map(|h| Fenced { lease: h.lease.clone(), token: h.token });
-        let action = rng.below(10);
-        if action >= 7 {
+        let action = rng.below(14);
+        if index == 1 && !deleted && now_ms() >= params.delete_at_ms {
+            // The others keep writing to it: nothing may be accepted after the deletion.
+            deleted = true;
+            delete_tenant(&c, &rec, request_id, DELETED).await;
+        } else if action >= 10 {
+            // Reservations with short TTLs: confirm, cancel, or let them expire.
+            if action == 13 || reserved.is_empty() {
+                let t = &tenants[usize::try_from(rng.below(tenants.len() as u64)).unwrap_or(0)];
+                let placement = format!("c{index}-r{n}");
+                let ttl_ms = rng.between(params.reservation_ttl_ms.0, params.reservation_ttl_ms.1);
+                let instances = rng.between(1, 2);
+                let outcome =
+                    reserve(&c, &rec, request_id, (t, &placement), instances, ttl_ms).await;
+                if matches!(outcome, Outcome::Ok { .. }) {
+                    reserved.push((t.clone(), placement));
+                }
+            } else {
+                let at = usize::try_from(rng.below(reserved.len() as u64)).unwrap_or(0);
+                let (tenant, placement) = reserved.swap_remove(at);
+                if action == 12 {
+                    cancel(&c, &rec, request_id, &tenant, &placement).await;
+                } else {
+                    let outcome = confirm(&c, &rec, request_id, &tenant, &placement).await;
+                    if matches!(outcome, Outcome::Ok { .. }) {
+                        live.push((tenant, placement));
+                    }
+                }
+            }
+        } else if action >= 7 {
             match held.take() {
                 None => {
                     let lease = format!("l{}", rng.below(params.leases));
@@ -454,7 +671,10 @@ async fn workload(
             let placement = format!("c{index}-p{n}");
             let instances = rng.between(1, 3);
             let fence = if fenced { fence } else { None };
-            let outcome = place(&c, &rec, request_id, &tenant, &placement, instances, fence).await;
+            let group = (!fenced && rng.below(3) == 0).then_some("g");
+            let outcome =
+                place_in(&c, &rec, request_id, (&tenant, &placement), instances, fence, group)
+                    .await;
             if is_stale(&outcome) {
                 held = None;
             }
@@ -570,12 +790,17 @@ async fn final_phase(params: Params, rec: Recorder, healed: Arc<AtomicBool>) -> 
         |s| format!("liveness: no fresh write within {LIVENESS_BOUND:?} of healing: {s:?}"),
     )?;
     tracing::info!(ms = now_ms() - started, "fresh write after healing");
+    // Let every reservation reach its expiry, then a recorded write moves log time past it.
+    tokio::time::sleep(Duration::from_millis(params.reservation_ttl_ms.1 + 50)).await;
+    let first = params.quotas.keys().next().cloned().unwrap_or_default();
+    create_group(&c, &rec, "final-group".into(), &first, "final", 1).await;
     let placed: Vec<(String, String)> = lock(&rec.history)
         .iter()
         .filter_map(|op| match (&op.kind, &op.outcome) {
-            (OpKind::Place { tenant, placement, .. }, Outcome::Ok { .. }) => {
-                Some((tenant.clone(), placement.clone()))
-            }
+            (
+                OpKind::Place { tenant, placement, .. } | OpKind::Reserve { tenant, placement, .. },
+                Outcome::Ok { .. },
+            ) => Some((tenant.clone(), placement.clone())),
             _ => None,
         })
         .collect();
@@ -751,8 +976,9 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let healed = Arc::new(AtomicBool::new(false));
     {
         let (params, ready) = (params.clone(), ready.clone());
+        let rec = Recorder { client: SETUP, history: history.clone() };
         sim.client("setup", async move {
-            setup(params, scenario).await?;
+            setup(params, scenario, rec).await?;
             ready.store(true, Ordering::SeqCst);
             Ok(())
         });
