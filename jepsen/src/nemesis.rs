@@ -31,19 +31,16 @@ use tokio::time::Instant;
 
 use crate::history::{Op, Outcome, Recorder, Type, NEMESIS};
 use crate::rng::Rng;
-use crate::topology::{replica_ip, sh, sh_quiet, Cluster};
+use crate::topology::{replica_ip, sh_in, sh_quiet, sh_quiet_in, Cluster};
 use crate::workload::Shared;
 
 pub const KINDS: &[&str] = &["partition", "kill", "pause", "clock", "netem", "member"];
 
 /// True if the kernel has `tc netem` (some containers lack the module).
 pub fn netem_supported(ns: &str) -> bool {
-    let ok = sh(&[
-        "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay",
-        "1ms",
-    ])
-    .is_ok();
-    sh_quiet(&["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+    let ok =
+        sh_in(ns, &["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"]).is_ok();
+    sh_quiet_in(ns, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
     ok
 }
 
@@ -201,20 +198,10 @@ impl Nemesis {
                 for (to, from) in &grudge {
                     let ns = &cluster.replicas[to].ns;
                     for f in from {
-                        sh(&[
-                            "ip",
-                            "netns",
-                            "exec",
+                        sh_in(
                             ns,
-                            "iptables",
-                            "-w",
-                            "-A",
-                            "INPUT",
-                            "-s",
-                            &replica_ip(*f),
-                            "-j",
-                            "DROP",
-                        ])?;
+                            &["iptables", "-w", "-A", "INPUT", "-s", &replica_ip(*f), "-j", "DROP"],
+                        )?;
                     }
                 }
                 self.partitioned = true;
@@ -285,48 +272,46 @@ impl Nemesis {
                     let p = format!("0.{loss:02}");
                     for t in &order {
                         let ns = &cluster.replicas[t].ns;
-                        sh(&[
-                            "ip",
-                            "netns",
-                            "exec",
+                        sh_in(
                             ns,
-                            "iptables",
-                            "-w",
-                            "-I",
-                            "INPUT",
-                            "-m",
-                            "statistic",
-                            "--mode",
-                            "random",
-                            "--probability",
-                            &p,
-                            "-j",
-                            "DROP",
-                        ])?;
+                            &[
+                                "iptables",
+                                "-w",
+                                "-I",
+                                "INPUT",
+                                "-m",
+                                "statistic",
+                                "--mode",
+                                "random",
+                                "--probability",
+                                &p,
+                                "-j",
+                                "DROP",
+                            ],
+                        )?;
                     }
                     self.partitioned = true;
                     return Ok(format!("loss {order:?} {loss}% (iptables; no netem)"));
                 }
                 for t in &order {
                     let ns = &cluster.replicas[t].ns;
-                    sh(&[
-                        "ip",
-                        "netns",
-                        "exec",
+                    sh_in(
                         ns,
-                        "tc",
-                        "qdisc",
-                        "add",
-                        "dev",
-                        "eth0",
-                        "root",
-                        "netem",
-                        "delay",
-                        &format!("{delay}ms"),
-                        &format!("{}ms", delay / 2),
-                        "loss",
-                        &format!("{loss}%"),
-                    ])?;
+                        &[
+                            "tc",
+                            "qdisc",
+                            "add",
+                            "dev",
+                            "eth0",
+                            "root",
+                            "netem",
+                            "delay",
+                            &format!("{delay}ms"),
+                            &format!("{}ms", delay / 2),
+                            "loss",
+                            &format!("{loss}%"),
+                        ],
+                    )?;
                     self.netem.insert(*t);
                 }
                 Ok(format!("netem {order:?} delay {delay}ms loss {loss}%"))
@@ -360,12 +345,10 @@ impl Nemesis {
         for id in &ids {
             let ns = cluster.replicas[id].ns.clone();
             if self.partitioned {
-                sh(&["ip", "netns", "exec", &ns, "iptables", "-w", "-F", "INPUT"])?;
+                sh_in(&ns, &["iptables", "-w", "-F", "INPUT"])?;
             }
             if self.netem.remove(id) {
-                sh_quiet(&[
-                    "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
-                ]);
+                sh_quiet_in(&ns, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
             }
             if cluster.replicas[id].paused {
                 cluster.pause(*id, false);

@@ -50,6 +50,16 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `args` inside network namespace `ns` (`ip netns exec`).
+pub fn sh_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    sh(&[&["ip", "netns", "exec", ns], args].concat())
+}
+
+/// `sh_in`, for a command whose failure does not matter.
+pub fn sh_quiet_in(ns: &str, args: &[&str]) {
+    sh_quiet(&[&["ip", "netns", "exec", ns], args].concat());
+}
+
 /// Runs a command whose failure does not matter (cleanup, healing what may not be broken).
 pub fn sh_quiet(args: &[&str]) {
     let _ = Command::new(args[0])
