@@ -281,6 +281,39 @@ fn spec(placement: &str, instances: u64, group: Option<&str>) -> pb::PlacementSp
 }
 
 /// Place, optionally into a placement group.
+/// Sends one write and records it as `kind`; `answered` reads an acknowledged reply. An
+/// unanswered write is sent again, with the same request id (so the answer is the first one),
+/// up to `attempts` times in all; if none is answered it is recorded as `info`.
+async fn write<M: Clone, T, F, Fut>(
+    c: &Client,
+    rec: &Recorder,
+    kind: OpKind,
+    attempts: usize,
+    (message, rpc): (M, F),
+    answered: impl Fn(T) -> Outcome,
+) -> Outcome
+where
+    F: Fn(tonic::transport::Channel, tonic::Request<M>) -> Fut + Copy,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let invoked = now_ms();
+    let mut outcome = Outcome::Info { why: "never sent".into() };
+    for _ in 0..attempts {
+        outcome = match c.call(message.clone(), rpc).await {
+            Ok(answer) => answered(answer),
+            Err(status) => outcome_of(&status),
+        };
+        if !matches!(outcome, Outcome::Info { .. }) {
+            break;
+        }
+    }
+    rec.record(kind, invoked, outcome)
+}
+
+fn acknowledged(write: Option<pb::WriteInfo>) -> Outcome {
+    wrote(write, None)
+}
+
 async fn place_in(
     c: &Client,
     rec: &Recorder,
@@ -290,29 +323,22 @@ async fn place_in(
     fence: Option<Fenced>,
     group: Option<&str>,
 ) -> Outcome {
-    let spec = spec(placement, instances, group);
     let r = pb::PlaceRequest {
         request_id,
         tenant_id: tenant.to_string(),
-        spec: Some(spec),
+        spec: Some(spec(placement, instances, group)),
         fence: fence.clone().map(|f| pb::Fence { lease: f.lease, token: f.token }),
         ..Default::default()
     };
-    let invoked = now_ms();
-    let outcome = match c.call(r, |ch, r| async move { client::scheduler(ch).place(r).await }).await
-    {
-        Ok(answer) => wrote(answer.write, None),
-        Err(status) => outcome_of(&status),
-    };
-    let group = group.map(str::to_string);
     let kind = OpKind::Place {
         tenant: tenant.into(),
         placement: placement.into(),
         instances,
         fence,
-        group,
+        group: group.map(str::to_string),
     };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).place(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::PlaceResponse| acknowledged(a.write)).await
 }
 
 async fn release(
@@ -329,14 +355,9 @@ async fn release(
         placement_id: placement.to_string(),
         fence: fence.clone().map(|f| pb::Fence { lease: f.lease, token: f.token }),
     };
-    let invoked = now_ms();
-    let outcome =
-        match c.call(r, |ch, r| async move { client::scheduler(ch).release(r).await }).await {
-            Ok(answer) => wrote(answer.write, None),
-            Err(status) => outcome_of(&status),
-        };
     let kind = OpKind::Release { tenant: tenant.into(), placement: placement.into(), fence };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).release(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::ReleaseResponse| acknowledged(a.write)).await
 }
 
 async fn reserve(
@@ -354,17 +375,12 @@ async fn reserve(
         ttl_ms,
         fence: None,
     };
-    let invoked = now_ms();
-    let outcome =
-        match c.call(r, |ch, r| async move { client::scheduler(ch).reserve(r).await }).await {
-            Ok(answer) => {
-                let expires = answer.reservation.and_then(|p| p.expires_at_ms);
-                wrote(answer.write, expires)
-            }
-            Err(status) => outcome_of(&status),
-        };
     let kind = OpKind::Reserve { tenant: tenant.into(), placement: placement.into(), instances };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).reserve(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::ReserveResponse| {
+        wrote(a.write, a.reservation.and_then(|p| p.expires_at_ms))
+    })
+    .await
 }
 
 async fn confirm(
@@ -380,16 +396,10 @@ async fn confirm(
         reservation_id: placement.to_string(),
         fence: None,
     };
-    let invoked = now_ms();
-    let outcome = match c
-        .call(r, |ch, r| async move { client::scheduler(ch).confirm_reservation(r).await })
-        .await
-    {
-        Ok(answer) => wrote(answer.write, None),
-        Err(status) => outcome_of(&status),
-    };
     let kind = OpKind::Confirm { tenant: tenant.into(), placement: placement.into() };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).confirm_reservation(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::ConfirmReservationResponse| acknowledged(a.write))
+        .await
 }
 
 async fn cancel(
@@ -405,18 +415,13 @@ async fn cancel(
         reservation_id: placement.to_string(),
         fence: None,
     };
-    let invoked = now_ms();
-    let outcome = match c
-        .call(r, |ch, r| async move { client::scheduler(ch).cancel_reservation(r).await })
-        .await
-    {
-        Ok(answer) => wrote(answer.write, None),
-        Err(status) => outcome_of(&status),
-    };
     let kind = OpKind::Cancel { tenant: tenant.into(), placement: placement.into() };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).cancel_reservation(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::CancelReservationResponse| acknowledged(a.write)).await
 }
 
+/// CreatePlacementGroup, retried with the same request id until answered (the answer carries
+/// the first log index).
 async fn create_group(
     c: &Client,
     rec: &Recorder,
@@ -432,45 +437,18 @@ async fn create_group(
         max_instances: u32::try_from(max).unwrap_or(u32::MAX),
         strategy: pb::GroupStrategy::Pack.into(),
     };
-    let invoked = now_ms();
-    let mut outcome = Outcome::Info { why: "never sent".into() };
-    // Retried with the same request id until answered: the answer carries the first log index.
-    for _ in 0..5 {
-        outcome = match c
-            .call(r.clone(), |ch, r| async move {
-                client::scheduler(ch).create_placement_group(r).await
-            })
-            .await
-        {
-            Ok(answer) => wrote(answer.write, None),
-            Err(status) => outcome_of(&status),
-        };
-        if !matches!(outcome, Outcome::Info { .. }) {
-            break;
-        }
-    }
     let kind = OpKind::CreateGroup { tenant: tenant.into(), group: group.into(), max };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::scheduler(ch).create_placement_group(r).await };
+    write(c, rec, kind, 5, (r, rpc), |a: pb::CreatePlacementGroupResponse| acknowledged(a.write))
+        .await
 }
 
 /// DeleteTenant, retried with the same request id until answered.
 async fn delete_tenant(c: &Client, rec: &Recorder, request_id: String, tenant: &str) -> Outcome {
     let r = pb::DeleteTenantRequest { request_id, tenant_id: tenant.to_string() };
-    let invoked = now_ms();
-    let mut outcome = Outcome::Info { why: "never sent".into() };
-    for _ in 0..5 {
-        outcome = match c
-            .call(r.clone(), |ch, r| async move { client::tenants(ch).delete_tenant(r).await })
-            .await
-        {
-            Ok(answer) => wrote(answer.write, None),
-            Err(status) => outcome_of(&status),
-        };
-        if !matches!(outcome, Outcome::Info { .. }) {
-            break;
-        }
-    }
-    rec.record(OpKind::DeleteTenant { tenant: tenant.into() }, invoked, outcome)
+    let kind = OpKind::DeleteTenant { tenant: tenant.into() };
+    let rpc = |ch, r| async move { client::tenants(ch).delete_tenant(r).await };
+    write(c, rec, kind, 5, (r, rpc), |a: pb::DeleteTenantResponse| acknowledged(a.write)).await
 }
 
 /// The lease state of an acknowledged lease answer.
@@ -501,15 +479,11 @@ pub(crate) async fn acquire(
         holder: holder.into(),
         ttl_ms,
     };
-    let invoked = now_ms();
-    let outcome = match c.call(r, |ch, r| async move { client::leases(ch).acquire(r).await }).await
-    {
-        Ok(answer) => lease_seen(answer.write, answer.lease, true),
-        Err(status) => outcome_of(&status),
-    };
     let kind =
         OpKind::Acquire { tenant: tenant.into(), lease: lease.into(), holder: holder.into() };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::leases(ch).acquire(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::AcquireResponse| lease_seen(a.write, a.lease, true))
+        .await
 }
 
 pub(crate) async fn keep_alive(
@@ -522,14 +496,10 @@ pub(crate) async fn keep_alive(
 ) -> Outcome {
     let r =
         pb::KeepAliveRequest { request_id, tenant_id: tenant.into(), name: lease.into(), token };
-    let invoked = now_ms();
-    let outcome =
-        match c.call(r, |ch, r| async move { client::leases(ch).keep_alive(r).await }).await {
-            Ok(answer) => lease_seen(answer.write, answer.lease, false),
-            Err(status) => outcome_of(&status),
-        };
     let kind = OpKind::KeepAlive { tenant: tenant.into(), lease: lease.into(), token };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::leases(ch).keep_alive(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::KeepAliveResponse| lease_seen(a.write, a.lease, false))
+        .await
 }
 
 async fn release_lease(
@@ -542,14 +512,9 @@ async fn release_lease(
 ) -> Outcome {
     let r =
         pb::ReleaseLeaseRequest { request_id, tenant_id: tenant.into(), name: lease.into(), token };
-    let invoked = now_ms();
-    let outcome = match c.call(r, |ch, r| async move { client::leases(ch).release(r).await }).await
-    {
-        Ok(answer) => wrote(answer.write, None),
-        Err(status) => outcome_of(&status),
-    };
     let kind = OpKind::ReleaseLease { tenant: tenant.into(), lease: lease.into(), token };
-    rec.record(kind, invoked, outcome)
+    let rpc = |ch, r| async move { client::leases(ch).release(r).await };
+    write(c, rec, kind, 1, (r, rpc), |a: pb::ReleaseLeaseResponse| acknowledged(a.write)).await
 }
 
 async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &str) {
