@@ -712,6 +712,21 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 .map_err(|s| anyhow::anyhow!(describe(&s)))?
         };
     }
+    // Read-modify-write of a tenant's quota as set: `edit` changes one part, the rest is kept.
+    // Run one quota change at a time.
+    macro_rules! edit_quota {
+        ($tenant:ident, |$quota:ident| $edit:block) => {{
+            let current = call!(
+                tenants,
+                get_quota,
+                pb::GetQuotaRequest { tenant_id: $tenant.clone(), read: None }
+            );
+            let mut $quota = current.quota.unwrap_or_default();
+            $edit
+            let m = pb::SetQuotaRequest { request_id: rid, tenant_id: $tenant, quota: Some($quota) };
+            show(json, &call!(tenants, set_quota, m))
+        }};
+    }
     match command {
         ClientCmd::Tenant(cmd) => match cmd {
             TenantCmd::Create { id, parent, weight } => {
@@ -747,22 +762,14 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Quota(cmd) => match (matches!(cmd, QuotaCmd::Deny { .. }), cmd) {
             (_, QuotaCmd::Set { tenant, pool, cpu, memory_mib, instances, jobs }) => {
                 let limits = pb::Limits { cpu_millis: cpu, memory_mib, instances, jobs };
-                // Read-modify-write of the other scopes; run one quota change at a time.
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                match pool {
-                    Some(pool) => {
-                        quota.pools.insert(pool, limits);
+                edit_quota!(tenant, |quota| {
+                    match pool {
+                        Some(pool) => {
+                            quota.pools.insert(pool, limits);
+                        }
+                        None => quota.total = Some(limits),
                     }
-                    None => quota.total = Some(limits),
-                }
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                })
             }
             (
                 _,
@@ -777,75 +784,48 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     share,
                 },
             ) => {
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                quota.soft = Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
-                quota.grace_ms = grace_ms;
-                quota.soft_share = share_of_pool.zip(share).map(|(pool, l)| pb::SoftShare {
-                    pool,
-                    soft_per_mille: u32::try_from(l.soft).unwrap_or(u32::MAX),
-                    burst_per_mille: u32::try_from(l.burst).unwrap_or(u32::MAX),
-                });
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                edit_quota!(tenant, |quota| {
+                    quota.soft =
+                        Some(pb::SoftLimits { cpu_millis: cpu, memory_mib, instances, jobs });
+                    quota.grace_ms = grace_ms;
+                    quota.soft_share = share_of_pool.zip(share).map(|(pool, l)| pb::SoftShare {
+                        pool,
+                        soft_per_mille: u32::try_from(l.soft).unwrap_or(u32::MAX),
+                        burst_per_mille: u32::try_from(l.burst).unwrap_or(u32::MAX),
+                    });
+                })
             }
             (_, QuotaCmd::Window { tenant, jobs_per_day, cpu_hours_per_month, when_exhausted }) => {
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                let policy = if when_exhausted == "refuse" {
-                    pb::window_limits::Policy::Refuse
-                } else {
-                    pb::window_limits::Policy::Queue
-                };
-                quota.windows = Some(pb::WindowLimits {
-                    jobs_per_day,
-                    cpu_milli_ms_per_month: cpu_hours_per_month,
-                    when_exhausted: policy.into(),
-                });
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                edit_quota!(tenant, |quota| {
+                    let policy = if when_exhausted == "refuse" {
+                        pb::window_limits::Policy::Refuse
+                    } else {
+                        pb::window_limits::Policy::Queue
+                    };
+                    quota.windows = Some(pb::WindowLimits {
+                        jobs_per_day,
+                        cpu_milli_ms_per_month: cpu_hours_per_month,
+                        when_exhausted: policy.into(),
+                    });
+                })
             }
             (deny, QuotaCmd::Deny { tenant, pool } | QuotaCmd::Allow { tenant, pool }) => {
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                quota.denied_pools.retain(|p| *p != pool);
-                if deny {
-                    quota.denied_pools.push(pool);
-                }
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                edit_quota!(tenant, |quota| {
+                    quota.denied_pools.retain(|p| *p != pool);
+                    if deny {
+                        quota.denied_pools.push(pool);
+                    }
+                })
             }
             (_, QuotaCmd::Preemption { tenant, policy }) => {
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                quota.preemption = match policy.as_str() {
-                    "never" => Some(pb::Preemption::Never.into()),
-                    "same-tenant" => Some(pb::Preemption::SameTenant.into()),
-                    "any-tenant" => Some(pb::Preemption::AnyTenant.into()),
-                    _ => None,
-                };
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                edit_quota!(tenant, |quota| {
+                    quota.preemption = match policy.as_str() {
+                        "never" => Some(pb::Preemption::Never.into()),
+                        "same-tenant" => Some(pb::Preemption::SameTenant.into()),
+                        "any-tenant" => Some(pb::Preemption::AnyTenant.into()),
+                        _ => None,
+                    };
+                })
             }
             (
                 _,
@@ -861,28 +841,21 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     remove,
                 },
             ) => {
-                let current = call!(
-                    tenants,
-                    get_quota,
-                    pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None }
-                );
-                let mut quota = current.quota.unwrap_or_default();
-                if remove {
-                    quota.guarantees.remove(&pool);
-                } else {
-                    let g = guarantee_from_flags(
-                        cpu,
-                        memory_mib,
-                        borrow_cpu,
-                        borrow_memory_mib,
-                        lend_cpu,
-                        lend_memory_mib,
-                    );
-                    quota.guarantees.insert(pool, g);
-                }
-                let m =
-                    pb::SetQuotaRequest { request_id: rid, tenant_id: tenant, quota: Some(quota) };
-                show(json, &call!(tenants, set_quota, m))
+                edit_quota!(tenant, |quota| {
+                    if remove {
+                        quota.guarantees.remove(&pool);
+                    } else {
+                        let g = guarantee_from_flags(
+                            cpu,
+                            memory_mib,
+                            borrow_cpu,
+                            borrow_memory_mib,
+                            lend_cpu,
+                            lend_memory_mib,
+                        );
+                        quota.guarantees.insert(pool, g);
+                    }
+                })
             }
             (_, QuotaCmd::Get { tenant }) => show(
                 json,
