@@ -9,7 +9,7 @@
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
 //!   group commit, ticker, reads, membership).
-//! - `storage` — the Raft log (sled, or memory) and snapshot files.
+//! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
 //! - `network` — peer RPC over tonic on its own port, with injected connectors.
 //! - `clock` — the injected wall clock the leader stamps into entries.
 //! - `server` — a replica plus its peer gRPC server, with all IO passed in.

@@ -21,6 +21,9 @@ use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
 use crate::storage::{LogStore, SnapshotStore};
 
+/// How long a stopping server waits for open connections to close.
+const SERVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where a replica keeps its log and snapshot.
 pub struct Storage {
     pub log: LogStore,
@@ -28,10 +31,10 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// sled log in `<dir>/log`, snapshot file in `<dir>/snapshot`.
+    /// Raft log in `<dir>/log`, snapshot file in `<dir>/snapshot`.
     pub fn open_dir(dir: &Path) -> std::io::Result<Storage> {
         Ok(Storage {
-            log: LogStore::open_sled(&dir.join("log"))?,
+            log: LogStore::open_dir(&dir.join("log"))?,
             snapshots: SnapshotStore::Dir(dir.join("snapshot")),
         })
     }
@@ -107,11 +110,18 @@ impl Server {
         for stop in self.stop_serving {
             let _ = stop.send(());
         }
-        for serving in self.serving {
-            match serving.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "server task failed"),
+        // Open client connections hold a graceful shutdown up; a client that keeps its
+        // connection idle must not keep the replica running.
+        let until = tokio::time::Instant::now() + SERVE_DRAIN;
+        for mut serving in self.serving {
+            match tokio::time::timeout_at(until, &mut serving).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+                Err(_) => {
+                    tracing::info!("closing client connections still open after {SERVE_DRAIN:?}");
+                    serving.abort();
+                }
             }
         }
     }

@@ -62,7 +62,7 @@ async fn three_replicas_elect_replicate_and_fail_over() {
     cluster.shutdown().await;
 }
 
-/// A replica restarted from its sled directory keeps what it had and catches up on what it
+/// A replica restarted from its data directory keeps what it had and catches up on what it
 /// missed; retrying an acknowledged request id returns the first answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_replica_catches_up_from_disk() {

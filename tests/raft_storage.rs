@@ -12,16 +12,16 @@ use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
 use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
 use berth::storage::{LogStore, MemLog, SnapshotStore};
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
-struct SledBuilder;
+struct FileBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for FileBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open_sled(&dir.path().join("log")).expect("sled opens");
+        let log = LogStore::open_dir(&dir.path().join("log")).expect("log opens");
         let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
         Ok((dir, log, sm))
     }
@@ -48,10 +48,123 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuild
     }
 }
 
-/// The sled log store (with the state machine) passes openraft's conformance suite.
+/// The file log store (with the state machine) passes openraft's conformance suite.
 #[test]
-fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn file_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(FileBuilder)
+}
+
+/// A file log store compacting at every write (so rewrites interleave with every operation)
+/// passes it too.
+#[test]
+fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), StorageError> {
+    struct Compacting;
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Compacting {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = LogStore::open_dir_compacting_at(&dir.path().join("log"), 1).expect("opens");
+            let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
+            Ok((dir, log, sm))
+        }
+    }
+    Suite::test_all(Compacting)
+}
+
+async fn log_state(log: &mut LogStore) -> (Option<u64>, Option<u64>) {
+    let state = log.get_log_state().await.expect("log state");
+    (state.last_purged_log_id.map(|l| l.index), state.last_log_id.map(|l| l.index))
+}
+
+async fn indexes(log: &mut LogStore) -> Vec<u64> {
+    let entries = log.try_get_log_entries(0..u64::MAX).await.expect("reads");
+    entries.iter().map(|e| e.log_id.index).collect()
+}
+
+/// What the file log acknowledged is there after reopening: entries, vote, truncation and
+/// purge; a record torn by a crash at the end of the file is dropped, and the log goes on.
+#[tokio::test]
+async fn file_log_reopens_what_it_acknowledged_and_drops_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    {
+        let mut log = LogStore::open_dir(&path).expect("opens");
+        log.save_vote(&openraft::Vote::new(2, 1)).await.expect("vote");
+        log.blocking_append((1..=6).map(|i| entry(i, vec![register(&format!("w{i}"))])))
+            .await
+            .expect("appends");
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 5)).await.expect("truncates");
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.expect("purges");
+    }
+    let wal = path.join("wal");
+    let intact = std::fs::metadata(&wal).expect("wal").len();
+    // A crash in the middle of the next record: its header and part of its payload.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&wal).expect("wal");
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).expect("torn write");
+    drop(file);
+
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(std::fs::metadata(&wal).expect("wal").len(), intact, "torn tail cut off");
+    assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(2, 1)));
+    assert_eq!(log_state(&mut log).await, (Some(2), Some(4)));
+    assert_eq!(indexes(&mut log).await, vec![3, 4]);
+    log.blocking_append([entry(5, vec![register("again")])]).await.expect("appends");
+    drop(log);
+    let mut log = LogStore::open_dir(&path).expect("reopens again");
+    assert_eq!(indexes(&mut log).await, vec![3, 4, 5], "appends after the cut survive");
+}
+
+/// A byte flipped inside a record fails its checksum: the log ends before it, never with a
+/// damaged entry.
+#[tokio::test]
+async fn file_log_never_returns_a_damaged_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    {
+        let mut log = LogStore::open_dir(&path).expect("opens");
+        log.blocking_append([entry(1, vec![register("a")])]).await.expect("appends");
+        log.blocking_append([entry(2, vec![register("b")])]).await.expect("appends");
+    }
+    let wal = path.join("wal");
+    let mut bytes = std::fs::read(&wal).expect("wal");
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&wal, &bytes).expect("damage");
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(indexes(&mut log).await, vec![1]);
+}
+
+/// Compaction rewrites the file with only the live log: after purging, the file shrinks, and
+/// reopening it gives the same log.
+#[tokio::test]
+async fn file_log_compaction_keeps_the_live_log_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    let big = |i: u64| entry(i, (0..20).map(|k| register(&format!("worker-{i}-{k}"))).collect());
+    {
+        let mut log = LogStore::open_dir_compacting_at(&path, 64 * 1024).expect("opens");
+        for i in 1..=200 {
+            log.blocking_append([big(i)]).await.expect("appends");
+            if i % 50 == 0 {
+                log.purge(LogId::new(CommittedLeaderId::new(1, 1), i - 10)).await.expect("purges");
+            }
+        }
+        log.save_vote(&openraft::Vote::new(7, 2)).await.expect("vote");
+    }
+    let size = std::fs::metadata(path.join("wal")).expect("wal").len();
+    assert!(size < 128 * 1024, "the file holds about the live log only ({size} bytes)");
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(log_state(&mut log).await, (Some(190), Some(200)));
+    assert_eq!(indexes(&mut log).await, (191..=200).collect::<Vec<_>>());
+    assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(7, 2)));
+}
+
+/// A log directory of the old sled format is refused with a clear error, not read as empty.
+#[test]
+fn a_sled_log_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("db"), b"sled data").expect("fake sled file");
+    let Err(error) = LogStore::open_dir(dir.path()) else { panic!("opened a sled directory") };
+    assert!(error.to_string().contains("sled format"), "{error}");
 }
 
 /// The in-memory log store behaves the same and passes the same suite.

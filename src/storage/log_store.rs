@@ -1,13 +1,17 @@
-//! The Raft log store (`RaftLogStorage`, openraft storage-v2), on sled or in memory.
+//! The Raft log store (`RaftLogStorage`, openraft storage-v2), on file or in memory.
 //!
-//! Keys are big-endian log indexes, so sled's byte order is log order. The vote is synced
-//! before `save_vote` returns, appended entries before the append callback fires, and
-//! `last_purged` before anything is deleted. Both backends share this code and pass
-//! openraft's storage conformance suite.
+//! The live log (entries by index, and the vote, commit and purge marks) is kept in memory,
+//! where reads find it. On file, every change is also a record in a write-ahead file
+//! (`<dir>/wal`, replayed on open). The vote is synced before `save_vote` returns, appended
+//! entries before the append callback fires, and `last_purged` before anything is deleted.
+//! Both backends share this code and pass openraft's storage conformance suite.
 //!
-//! On sled, `append` writes and returns at once; a flusher thread makes the entries durable
-//! and then fires the callback. The Raft core keeps replicating while the leader's own
-//! entries sync, and one flush covers every append queued before it began.
+//! On file, `append` updates memory and returns at once; one writer thread writes the records
+//! and syncs them (`fdatasync`), then fires the callbacks. The Raft core keeps replicating
+//! while the leader's own entries sync, and one sync covers every append queued before it.
+//! A torn record at the end of the file (a crash mid-write, never acknowledged) is dropped
+//! on open. Once the file is mostly entries already purged, it is rewritten with only the live
+//! log (new file, sync, rename, sync the directory).
 //!
 //! In memory, writes are durable at once by default. With a flush delay (the simulation),
 //! the memory log keeps what was written apart from what was flushed, like a disk: a flusher
@@ -154,61 +158,218 @@ impl MemFlusher {
     }
 }
 
-struct SledLog {
-    logs: sled::Tree,
-    meta: sled::Tree,
-    flusher: Flusher,
+/// One change to the log, as the write-ahead file records it. Replaying the records in order
+/// rebuilds the log; each one sets or removes keys, so a record applied twice in a row changes
+/// nothing more.
+#[derive(Serialize, serde::Deserialize)]
+enum Record {
+    /// Entries (index, encoded entry), written over whatever those indexes held.
+    Entries(Vec<(u64, Vec<u8>)>),
+    /// A vote, commit or purge mark.
+    Meta(String, Vec<u8>),
+    /// Removes every entry at or after the index (truncate).
+    RemoveFrom(u64),
+    /// Removes every entry at or before the index (purge).
+    RemoveThrough(u64),
 }
 
-/// Waits for durability of everything written before it was queued.
-enum FlushRequest {
+impl Record {
+    fn apply(self, log: &mut MemLog) -> Result<(), String> {
+        match self {
+            Record::Entries(entries) => log.logs.extend(entries),
+            Record::Meta(key, value) => {
+                let key = META_KEYS
+                    .into_iter()
+                    .find(|k| *k == key)
+                    .ok_or_else(|| format!("unknown log meta key {key:?}"))?;
+                log.meta.insert(key, value);
+            }
+            Record::RemoveFrom(index) => {
+                log.logs.split_off(&index);
+            }
+            Record::RemoveThrough(index) => {
+                log.logs = match index.checked_add(1) {
+                    Some(next) => log.logs.split_off(&next),
+                    None => BTreeMap::new(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// `[length u32 LE][crc32 of the payload u32 LE][payload]`.
+    fn frame(&self) -> Result<Vec<u8>, StorageError> {
+        let payload = encode(self)?;
+        let len = u32::try_from(payload.len()).map_err(write_err)?;
+        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        Ok(frame)
+    }
+}
+
+const META_KEYS: [&str; 3] = [VOTE, LAST_PURGED, COMMITTED];
+const FRAME_HEADER: usize = 8;
+/// The write-ahead file, and its replacement while being compacted.
+const WAL_FILE: &str = "wal";
+const WAL_TMP: &str = "wal.tmp";
+/// The file is rewritten with only the live log once it grows past this and past twice what
+/// the last rewrite wrote (entries behind a snapshot are purged, but stay in the file until then).
+const COMPACT_AT_BYTES: u64 = 64 << 20;
+
+/// Reads the records of a write-ahead file into `log`. Returns the length of the valid prefix:
+/// a record cut short or failing its checksum ends the file (a write torn by a crash; nothing
+/// after it was ever acknowledged, because every acknowledgement waits for `fdatasync`).
+fn replay(bytes: &[u8], log: &mut MemLog) -> Result<usize, String> {
+    let mut at = 0;
+    while bytes.len() - at >= FRAME_HEADER {
+        let word = |from: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&bytes[from..from + 4]);
+            u32::from_le_bytes(w)
+        };
+        let (len, crc) = (word(at) as usize, word(at + 4));
+        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else { break };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let record: Record =
+            bincode::serde::decode_from_slice(payload, bincode::config::standard())
+                .map(|(r, _)| r)
+                .map_err(|e| {
+                    format!("record at byte {at} passes its checksum but not decoding: {e}")
+                })?;
+        record.apply(log)?;
+        at += FRAME_HEADER + len;
+    }
+    Ok(at)
+}
+
+/// What the writer thread is asked to do: write a framed record, then, if asked, make
+/// everything written durable and say so.
+struct WriteRequest {
+    frame: Vec<u8>,
+    done: Done,
+}
+
+enum Done {
+    /// Durable with the next sync (a commit mark).
+    Later,
     Append(LogFlushed<TypeConfig>),
     Sync(oneshot::Sender<io::Result<()>>),
 }
 
-/// The thread that syncs sled: flush, then `fdatasync` of sled's data file (sled's own flush
-/// ends in `sync_file_range`, which neither empties the device cache nor persists the file
-/// size). Requests complete in the order they were queued. Dropping it drains the queue and
-/// joins the thread, so sled's lock is released when the store is gone.
-struct Flusher {
-    queue: Option<mpsc::Sender<FlushRequest>>,
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The log on disk: the whole live log in memory (what reads see) and a write-ahead file that
+/// makes it durable. One thread writes the file: it takes every request queued, writes them
+/// with one `write`, runs one `fdatasync` for all that need it, and only then acknowledges
+/// them, in order. (sled 0.34 did this before; its flush woke all seven of its IO threads
+/// for every append, and cost a `sync_file_range` on top of the `fdatasync`.)
+struct FileLog {
+    mem: Arc<Mutex<MemLog>>,
+    /// Records that need no sync of their own (commit marks), held back to go out with the
+    /// next write that syncs, so they cost no extra write or wake-up. Locked inside `mem`.
+    held: Arc<Mutex<Vec<u8>>>,
+    queue: Option<mpsc::Sender<WriteRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Flusher {
-    fn start(db: sled::Db, data_file: File) -> io::Result<Flusher> {
-        let (queue, requests) = mpsc::channel::<FlushRequest>();
-        let thread =
-            std::thread::Builder::new().name("berth-log-sync".into()).spawn(move || {
-                while let Ok(first) = requests.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(requests.try_iter());
-                    let synced =
-                        db.flush().map_err(io::Error::other).and_then(|_| data_file.sync_data());
-                    for request in waiting {
-                        let outcome = match &synced {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        };
-                        match request {
-                            FlushRequest::Append(callback) => callback.log_io_completed(outcome),
-                            FlushRequest::Sync(reply) => {
-                                let _ = reply.send(outcome);
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(Flusher { queue: Some(queue), thread: Some(thread) })
+struct Writer {
+    dir: std::path::PathBuf,
+    file: File,
+    len: u64,
+    /// Rewrite once the file passes this ...
+    compact_at_bytes: u64,
+    /// ... and twice the size of the last rewrite.
+    compact_at: u64,
+    mem: Arc<Mutex<MemLog>>,
+    held: Arc<Mutex<Vec<u8>>>,
+    requests: mpsc::Receiver<WriteRequest>,
+    /// After a failed write the file's tail is unknown: every later request fails too.
+    failed: Option<String>,
+}
+
+impl FileLog {
+    fn open(dir: &Path, compact_at_bytes: u64) -> io::Result<FileLog> {
+        std::fs::create_dir_all(dir)?;
+        if dir.join("db").exists() && !dir.join(WAL_FILE).exists() {
+            return Err(io::Error::other(format!(
+                "{} holds a Raft log in the sled format of earlier Berth versions, which this \
+                 version does not read: remove this replica's data directory and add the \
+                 replica again (it catches up from the others)",
+                dir.display()
+            )));
+        }
+        // A rewrite that did not reach its rename: the old file is still the log.
+        let _ = std::fs::remove_file(dir.join(WAL_TMP));
+        let path = dir.join(WAL_FILE);
+        let created = !path.exists();
+        let mut file = File::options().read(true).append(true).create(true).open(&path)?;
+        if created {
+            File::open(dir)?.sync_all()?;
+        }
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        let mut mem = MemLog::default();
+        let valid = replay(&bytes, &mut mem).map_err(io::Error::other)?;
+        if valid < bytes.len() {
+            tracing::warn!(
+                file = %path.display(),
+                kept = valid,
+                dropped = bytes.len() - valid,
+                "the log ends in a torn write (a crash mid-append); dropping it"
+            );
+            file.set_len(valid as u64)?;
+            file.sync_all()?;
+        }
+        let len = valid as u64;
+        let mem = Arc::new(Mutex::new(mem));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (queue, requests) = mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_owned(),
+            file,
+            len,
+            compact_at_bytes,
+            compact_at: compact_at_bytes.max(2 * len),
+            mem: mem.clone(),
+            held: held.clone(),
+            requests,
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("berth-log-sync".into())
+            .spawn(move || writer.run())?;
+        Ok(FileLog { mem, held, queue: Some(queue), thread: Some(thread) })
     }
 
-    fn request(&self, request: FlushRequest) -> io::Result<()> {
-        let stopped = || io::Error::other("log sync thread stopped");
-        self.queue.as_ref().ok_or_else(stopped)?.send(request).map_err(|_| stopped())
+    /// Applies `record` (if any) to the log in memory and queues it for the file, in one
+    /// step, so the file holds the changes in the order reads saw them.
+    fn write(&self, record: Option<Record>, done: Done) -> Result<(), StorageError> {
+        let frame = record.as_ref().map(Record::frame).transpose()?.unwrap_or_default();
+        let mut mem = LogStore::mem(&self.mem);
+        if let Some(record) = record {
+            record.apply(&mut mem).map_err(write_err)?;
+        }
+        let mut held = lock(&self.held);
+        if let Done::Later = done {
+            held.extend_from_slice(&frame);
+            return Ok(());
+        }
+        let mut frames = std::mem::take(&mut *held);
+        frames.extend_from_slice(&frame);
+        let queue = self.queue.as_ref().ok_or_else(|| write_err("log writer stopped"))?;
+        queue
+            .send(WriteRequest { frame: frames, done })
+            .map_err(|_| write_err("log writer stopped"))
     }
 }
 
-impl Drop for Flusher {
+impl Drop for FileLog {
     fn drop(&mut self) {
         drop(self.queue.take());
         if let Some(thread) = self.thread.take() {
@@ -217,9 +378,103 @@ impl Drop for Flusher {
     }
 }
 
+impl Writer {
+    fn run(mut self) {
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match self.requests.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
+            let mut batch = vec![first];
+            batch.extend(self.requests.try_iter());
+            let outcome = self.write(&batch);
+            for request in batch {
+                let outcome = outcome.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.clone()));
+                match request.done {
+                    Done::Later => {}
+                    Done::Append(callback) => callback.log_io_completed(outcome),
+                    Done::Sync(reply) => {
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            if self.failed.is_none() && self.len >= self.compact_at {
+                match self.compact() {
+                    Ok(next) => carried = next,
+                    Err(e) => self.failed = Some(format!("rewriting the Raft log failed: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Writes the frames of `batch` and syncs them.
+    fn write(&mut self, batch: &[WriteRequest]) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        let mut bytes = Vec::with_capacity(batch.iter().map(|r| r.frame.len()).sum());
+        for request in batch {
+            bytes.extend_from_slice(&request.frame);
+        }
+        let written =
+            io::Write::write_all(&mut self.file, &bytes).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("writing the Raft log failed: {e}");
+                self.failed = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Replaces the file with one holding just the live log: write a new file, sync it, rename
+    /// it over the old one, sync the directory. Runs only when every queued change is written
+    /// (changes are queued under the memory lock, which this holds), so the memory log is
+    /// exactly what the file says; otherwise hands back the request it found queued.
+    fn compact(&mut self) -> io::Result<Option<WriteRequest>> {
+        let mem = LogStore::mem(&self.mem);
+        match self.requests.try_recv() {
+            // Not idle: write that first, and try again after it.
+            Ok(request) => return Ok(Some(request)),
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => return Ok(None),
+        }
+        // Held records are already in memory, so in the new file.
+        let mut held = lock(&self.held);
+        let mut bytes = Vec::new();
+        for (key, value) in &mem.meta {
+            let record = Record::Meta((*key).to_owned(), value.clone());
+            bytes.extend(record.frame().map_err(io::Error::other)?);
+        }
+        let entries: Vec<(u64, Vec<u8>)> = mem.logs.iter().map(|(i, e)| (*i, e.clone())).collect();
+        for chunk in entries.chunks(1024) {
+            bytes.extend(Record::Entries(chunk.to_vec()).frame().map_err(io::Error::other)?);
+        }
+        let tmp = self.dir.join(WAL_TMP);
+        let mut file = File::create(&tmp)?;
+        io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(WAL_FILE))?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = File::options().append(true).open(self.dir.join(WAL_FILE))?;
+        self.len = bytes.len() as u64;
+        self.compact_at = self.compact_at_bytes.max(2 * self.len);
+        held.clear();
+        tracing::debug!(bytes = self.len, entries = mem.logs.len(), "rewrote the Raft log file");
+        Ok(None)
+    }
+}
 #[derive(Clone)]
 enum Backend {
-    Sled(Arc<SledLog>),
+    File(Arc<FileLog>),
     Memory(Arc<Mutex<MemLog>>, Arc<MemFlusher>),
 }
 
@@ -255,24 +510,15 @@ fn key_range<R: RangeBounds<u64>>(range: &R) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
-fn be(bound: Bound<u64>) -> Bound<[u8; 8]> {
-    match bound {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 impl LogStore {
-    /// Opens (or creates) the sled log in `dir`.
-    pub fn open_sled(dir: &Path) -> Result<LogStore, std::io::Error> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).open().map_err(std::io::Error::other)?;
-        let logs = db.open_tree("raft_log").map_err(std::io::Error::other)?;
-        let meta = db.open_tree("raft_meta").map_err(std::io::Error::other)?;
-        let data_file = File::options().read(true).write(true).open(dir.join("db"))?;
-        let flusher = Flusher::start(db, data_file)?;
-        Ok(LogStore { backend: Backend::Sled(Arc::new(SledLog { logs, meta, flusher })) })
+    /// Opens (or creates) the log in `dir` (its write-ahead file is `<dir>/wal`).
+    pub fn open_dir(dir: &Path) -> Result<LogStore, std::io::Error> {
+        Self::open_dir_compacting_at(dir, COMPACT_AT_BYTES)
+    }
+
+    /// As `open_dir`, rewriting the file once it passes `bytes` (and twice its last rewrite).
+    pub fn open_dir_compacting_at(dir: &Path, bytes: u64) -> Result<LogStore, std::io::Error> {
+        Ok(LogStore { backend: Backend::File(Arc::new(FileLog::open(dir, bytes)?)) })
     }
 
     /// A log in memory; pass the same `Arc` again to reopen it after a simulated restart.
@@ -289,78 +535,58 @@ impl LogStore {
         log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The log as reads see it.
+    fn log(&self) -> std::sync::MutexGuard<'_, MemLog> {
+        match &self.backend {
+            Backend::File(f) => Self::mem(&f.mem),
+            Backend::Memory(m, _) => Self::mem(m),
+        }
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StorageError> {
-        let bytes = match &self.backend {
-            Backend::Sled(s) => s.meta.get(key).map_err(read_err)?.map(|v| v.to_vec()),
-            Backend::Memory(m, _) => Self::mem(m).meta.get(key).cloned(),
-        };
+        let bytes = self.log().meta.get(key).cloned();
         bytes.map(|b| decode(&b)).transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
-        let bytes = encode(value)?;
+    /// Records a change; on file it is durable with the next sync (or with `done`).
+    fn write(&self, record: Record, done: Done) -> Result<(), StorageError> {
         match &self.backend {
-            Backend::Sled(s) => {
-                s.meta.insert(key, bytes).map_err(write_err)?;
-            }
-            Backend::Memory(m, _) => {
-                Self::mem(m).meta.insert(key, bytes);
+            Backend::File(f) => f.write(Some(record), done),
+            Backend::Memory(m, flusher) => {
+                record.apply(&mut Self::mem(m)).map_err(write_err)?;
+                match done {
+                    Done::Append(callback) if Self::delayed(m) => {
+                        flusher.request(m, MemFlush::Append(callback)).map_err(write_err)
+                    }
+                    Done::Append(callback) => {
+                        callback.log_io_completed(Ok(()));
+                        Ok(())
+                    }
+                    Done::Later | Done::Sync(_) => Ok(()),
+                }
             }
         }
-        Ok(())
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
+        self.write(Record::Meta(key.to_owned(), encode(value)?), Done::Later)
     }
 
     fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<LogEntry>, StorageError> {
-        match &self.backend {
-            Backend::Sled(s) => s
-                .logs
-                .range::<[u8; 8], _>((be(range.0), be(range.1)))
-                .map(|kv| decode(&kv.map_err(read_err)?.1))
-                .collect(),
-            Backend::Memory(m, _) => {
-                Self::mem(m).logs.range(range).map(|(_, v)| decode(v)).collect()
-            }
-        }
-    }
-
-    fn remove_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<(), StorageError> {
-        match &self.backend {
-            Backend::Sled(s) => {
-                let mut batch = sled::Batch::default();
-                for kv in s.logs.range::<[u8; 8], _>((be(range.0), be(range.1))) {
-                    batch.remove(kv.map_err(write_err)?.0);
-                }
-                s.logs.apply_batch(batch).map_err(write_err)
-            }
-            Backend::Memory(m, _) => {
-                let mut log = Self::mem(m);
-                let doomed: Vec<u64> = log.logs.range(range).map(|(k, _)| *k).collect();
-                for k in doomed {
-                    log.logs.remove(&k);
-                }
-                Ok(())
-            }
-        }
+        self.log().logs.range(range).map(|(_, v)| decode(v)).collect()
     }
 
     fn last_entry(&self) -> Result<Option<LogEntry>, StorageError> {
-        match &self.backend {
-            Backend::Sled(s) => {
-                s.logs.last().map_err(read_err)?.map(|(_, v)| decode(&v)).transpose()
-            }
-            Backend::Memory(m, _) => {
-                Self::mem(m).logs.values().next_back().map(|v| decode(v)).transpose()
-            }
-        }
+        self.log().logs.values().next_back().map(|v| decode(v)).transpose()
     }
 
-    /// Makes everything written so far durable: sled flush, then fdatasync of its data file.
+    /// Makes everything written so far durable (on file: one `fdatasync` after the writes).
     async fn sync(&self) -> io::Result<()> {
         match &self.backend {
-            Backend::Sled(s) => {
+            Backend::File(f) => {
                 let (reply, synced) = oneshot::channel();
-                s.flusher.request(FlushRequest::Sync(reply))?;
-                synced.await.map_err(|_| io::Error::other("log sync thread stopped"))?
+                f.write(None, Done::Sync(reply)).map_err(io::Error::other)?;
+                synced.await.map_err(|_| io::Error::other("log writer stopped"))?
             }
             Backend::Memory(m, flusher) if Self::delayed(m) => {
                 let (reply, synced) = oneshot::channel();
@@ -429,29 +655,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((entry.log_id.index, encode(&entry)?));
         }
         // Readable at once; acknowledged (the callback) only once durable.
-        match &self.backend {
-            Backend::Sled(s) => {
-                let mut batch = sled::Batch::default();
-                for (index, bytes) in encoded {
-                    batch.insert(&index.to_be_bytes(), bytes);
-                }
-                s.logs.apply_batch(batch).map_err(write_err)?;
-                s.flusher.request(FlushRequest::Append(callback)).map_err(write_err)
-            }
-            Backend::Memory(m, flusher) => {
-                Self::mem(m).logs.extend(encoded);
-                if Self::delayed(m) {
-                    flusher.request(m, MemFlush::Append(callback)).map_err(write_err)
-                } else {
-                    callback.log_io_completed(Ok(()));
-                    Ok(())
-                }
-            }
-        }
+        self.write(Record::Entries(encoded), Done::Append(callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range((Bound::Included(log_id.index), Bound::Unbounded))?;
+        self.write(Record::RemoveFrom(log_id.index), Done::Later)?;
         self.sync().await.map_err(write_err)
     }
 
@@ -459,7 +667,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record how far the log is purged, durably, before deleting anything.
         self.put_meta(LAST_PURGED, &log_id)?;
         self.sync().await.map_err(write_err)?;
-        self.remove_range((Bound::Unbounded, Bound::Included(log_id.index)))?;
+        self.write(Record::RemoveThrough(log_id.index), Done::Later)?;
         self.sync().await.map_err(write_err)
     }
 }

@@ -1,9 +1,9 @@
-//! Durable storage: the Raft log (sled, or memory for tests and simulation) and snapshot
-//! files.
+//! Durable storage: the Raft log (a write-ahead file, or memory for tests and simulation) and
+//! snapshot files.
 //!
-//! Rule: nothing is acknowledged before it is on stable storage. sled 0.34's `flush()` ends in
-//! `sync_file_range` on Linux, which neither empties the device cache nor persists the file
-//! size, so every flush is followed by `fdatasync` on sled's data file.
+//! Rule: nothing is acknowledged before it is on stable storage: every append and vote is
+//! followed by `fdatasync` of the log file before it is acknowledged, and snapshots are written
+//! to a new file, synced, renamed into place, and the directory synced.
 
 pub mod log_store;
 pub mod snapshot_store;

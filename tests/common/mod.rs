@@ -1,4 +1,4 @@
-//! A test harness: real replicas (sled storage in a temp dir) on loopback ports, optionally
+//! A test harness: real replicas (file storage in a temp dir) on loopback ports, optionally
 //! serving the public API with a known admin token.
 #![allow(dead_code)]
 
@@ -40,7 +40,7 @@ pub struct Member {
     server: Option<Server>,
 }
 
-/// Replicas with sled storage in a temp dir, each on its own loopback port.
+/// Replicas with file storage in a temp dir, each on its own loopback port.
 pub struct Cluster {
     pub members: BTreeMap<u64, Member>,
     options: fn(u64, String) -> ReplicaOptions,
