@@ -276,6 +276,15 @@ impl Replica {
         let in_flight = Arc::new(Semaphore::new(self.inner.options.batches_in_flight.max(1)));
         let mut stop = self.inner.stop.subscribe();
         loop {
+            // A batch slot first, then everything queued by the time it frees: while every
+            // slot is busy, commands pile up and go out together in the next entry.
+            let permit = tokio::select! {
+                _ = stop.changed() => break,
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
             let first = tokio::select! {
                 _ = stop.changed() => break,
                 next = rx.recv() => match next { Some(p) => p, None => break },
@@ -287,7 +296,6 @@ impl Replica {
                     Err(_) => break,
                 }
             }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
             let me = self.clone();
             tokio::spawn(async move {
                 let proposals: Vec<Proposal> = batch.iter().map(|p| p.proposal.clone()).collect();
