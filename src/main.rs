@@ -87,6 +87,12 @@ struct ServerArgs {
     /// Most client commands committed in one log entry (group commit).
     #[arg(long, default_value_t = 512)]
     batch_max: usize,
+    /// Threads running the replica's tasks (Raft, peers, the API). With 1 (the default) they
+    /// share one thread and hand work to each other without waking another thread, which on
+    /// a small machine costs less CPU per write than spreading them (the log writer always has
+    /// a thread of its own). More threads let one replica use more cores.
+    #[arg(long, env = "BERTH_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: u16,
     /// Exit cleanly when standard input closes (used by `berth up` for its replicas).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
@@ -304,14 +310,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
         if let Some(i) = exited(&mut children) {
-            stop_children(&mut children);
+            stop_children(&mut children).await;
             bail!(
                 "replica {i} exited during start-up; see {}",
                 data_dir.join(format!("replica-{i}.log")).display()
             );
         }
         if std::time::Instant::now() > until {
-            stop_children(&mut children);
+            stop_children(&mut children).await;
             bail!("no leader after 60 s; see the logs in {}", data_dir.display());
         }
         eprint!(".");
@@ -340,14 +346,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // The replicas wait for open connections to close before they stop: close ours first.
+    drop(client);
     eprintln!("stopping {} replicas...", children.len());
-    stop_children(&mut children);
+    stop_children(&mut children).await;
     eprintln!("stopped; the data stays in {}", data_dir.display());
     Ok(())
 }
 
 /// Closes each replica's stdin (a clean shutdown), waits up to 15 s, then kills stragglers.
-fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
+async fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
     for (_, child) in children.iter_mut() {
         drop(child.stdin.take());
     }
@@ -357,7 +365,7 @@ fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
             match child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) if std::time::Instant::now() < until => {
-                    std::thread::sleep(Duration::from_millis(50))
+                    tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 _ => {
                     eprintln!("replica {i} did not stop in time; killing it");
@@ -422,7 +430,17 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A replica runs on as many threads as asked; every other command (the CLI, `up`, the
+    // benchmark's load generator) on one, so it takes as little CPU from the cluster as it can.
+    let mut builder = match &cli.command {
+        Cmd::Server(args) if args.worker_threads > 1 => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(args.worker_threads));
+            builder
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
