@@ -469,6 +469,7 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
         5 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        2 => set_pool_reserve(),
         1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
             Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
         }),
@@ -519,6 +520,12 @@ fn command() -> impl Strategy<Value = Command> {
             token: LogIndex(0)
         }),
     ]
+}
+
+fn set_pool_reserve() -> impl Strategy<Value = Command> {
+    let reserve = (0..=6000u64, 0..=8192u64).prop_map(|(c, m)| Resources::new(c, m));
+    (select(vec!["default", "p2", "Bad Pool"]), prop::option::weighted(0.8, reserve))
+        .prop_map(|(pool, reserve)| Command::SetPoolReserve { pool: PoolId::from(pool), reserve })
 }
 
 fn set_config() -> impl Strategy<Value = Command> {
@@ -992,10 +999,27 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::Place { spec, .. } | Command::PlaceOrQueue { spec, .. } => bad_spec(spec),
         Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
+        Command::SetPoolReserve { pool, .. } => !object_id_ok(pool.as_str()),
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
         _ => false,
     };
     invalid.then_some(None)
+}
+
+/// A pool's guarantees summed over every tenant, and its schedulable capacity, per dimension
+/// (cpu, memory), recomputed from the state.
+fn pool_split(state: &State, pool: &PoolId) -> ([u128; 2], [u128; 2]) {
+    let mut guaranteed = [0u128; 2];
+    for g in state.tenants.values().filter_map(|t| t.quota.guarantees.get(pool)) {
+        guaranteed[0] += u128::from(g.nominal.cpu_millis);
+        guaranteed[1] += u128::from(g.nominal.memory_mib);
+    }
+    let mut capacity = [0u128; 2];
+    for w in state.workers.values().filter(|w| w.pool == *pool && w.schedulable) {
+        capacity[0] += u128::from(w.capacity.cpu_millis);
+        capacity[1] += u128::from(w.capacity.memory_mib);
+    }
+    (guaranteed, capacity)
 }
 
 /// What advancing log time to `now` must expire, from the state before the entry.
@@ -1031,6 +1055,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.groups, &b.groups, "groups changed: {}", what);
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
     prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
+    prop_assert_eq!(&a.pool_reserves, &b.pool_reserves, "pool reserves changed: {}", what);
     Ok(())
 }
 
@@ -1583,6 +1608,24 @@ fn check_executed(
         }
     }
 
+    // A pool's reserve is never guaranteed to anyone: no entry raises a reserved pool's
+    // guarantees plus reserve, in a dimension, above its schedulable capacity.
+    for (pool, reserve) in &after.pool_reserves {
+        let wide = |r: Resources| [u128::from(r.cpu_millis), u128::from(r.memory_mib)];
+        let ((was, _), (will, capacity)) = (pool_split(ticked, pool), pool_split(after, pool));
+        let (before, reserve) =
+            (wide(ticked.pool_reserves.get(pool).copied().unwrap_or_default()), wide(*reserve));
+        for i in 0..2 {
+            let (old, new) = (was[i] + before[i], will[i] + reserve[i]);
+            prop_assert!(
+                new <= old || new <= capacity[i],
+                "pool {} overcommitted past its reserve: {}",
+                pool,
+                what
+            );
+        }
+    }
+
     // A lease's life is never cut short while it is held (keep-alive and leader change only
     // extend it).
     for (key, l) in &after.leases {
@@ -1781,6 +1824,7 @@ fn contention_case() -> impl Strategy<Value = Case> {
             labels: Labels::new(),
         }),
         1 => worker().prop_map(|worker| Command::RemoveWorker { worker, evict: true }),
+        1 => set_pool_reserve(),
     ];
     let step = (command, prop::option::weighted(0.5, any::<Index>()), 1..=200_000u64).prop_map(
         |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },

@@ -12,7 +12,8 @@ use super::{Scheduler, State};
 /// 3: quotas gained a preemption policy and pool guarantees; placements a `borrowed` mark and
 /// specs `requeue_on_preemption`.
 /// 4: quotas gained soft limits as a share of a pool (`soft_share`).
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// 5: pools gained reserves (`State::pool_reserves`).
+pub const SNAPSHOT_VERSION: u32 = 5;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
