@@ -25,11 +25,11 @@
 //! there plus the reserve above the pool's schedulable capacity, in cpu or memory, is refused
 //! (`POOL_OVERCOMMITTED`); lowering either is always allowed. The reserve is a split of the
 //! capacity, not a check at admission: as long as the pool keeps that capacity, guaranteed work
-//! fits its nominal share and borrowing, by anyone, has at least the reserve. A pool that later shrinks
-//! (a worker drained or removed) stops nothing: guarantees keep their claim, and the reserve is
-//! what is left (`PoolStatus::shortfall` says how much is missing). A pool without a reserve
-//! keeps guarantees as pure accounting, unchecked against its capacity (they may be set before
-//! its workers are registered).
+//! fits its nominal share and borrowing, by anyone, has at least the reserve. A pool that later
+//! shrinks (a worker drained or removed) stops nothing: guarantees keep their claim, and the
+//! reserve is what is left (`PoolStatus::shortfall` says how much is missing). A pool without a
+//! reserve keeps guarantees as pure accounting, unchecked against its capacity (they may be set
+//! before its workers are registered).
 //!
 //! Must not depend on anything outside the core.
 
