@@ -1495,6 +1495,19 @@ fn check_preemptions(
 /// capacity, then releasing borrowers one by one, as the rules allow (borrowed, of a tenant
 /// still above its own share and unrelated to the claimant; lowest priority, most recent
 /// first), through ordinary `Release` commands on a copy, never makes it fit either.
+/// True when `p` may be reclaimed for `claimant` in `pool` on state `s` (borrow.rs's rule).
+fn reclaimable(s: &Scheduler, p: &Placement, claimant: &TenantId, pool: &PoolId) -> bool {
+    let st = s.state();
+    let over = s.borrowed(&p.tenant, pool);
+    p.borrowed
+        && !p.is_reservation()
+        && p.pool == *pool
+        && !lineage_of(st, &p.tenant).contains(claimant)
+        && !lineage_of(st, claimant).contains(&p.tenant)
+        && ((p.spec.resources.cpu_millis > 0 && over.cpu_millis > 0)
+            || (p.spec.resources.memory_mib > 0 && over.memory_mib > 0))
+}
+
 fn check_reclaim_exhausted(
     ticked: &Scheduler,
     entry: &Entry,
@@ -1528,6 +1541,28 @@ fn check_reclaim_exhausted(
         command,
         token: None,
     };
+    // No single reclaimable victim makes it fit on its own either (reclaim must not give up
+    // early by taking the wrong borrower's work first).
+    let single: Vec<(TenantId, PlacementId)> = st
+        .placements
+        .values()
+        .filter(|p| reclaimable(ticked, p, tenant, &pool))
+        .map(|p| (p.tenant.clone(), p.id().clone()))
+        .collect();
+    for victim in single {
+        let mut trial = ticked.clone();
+        let release =
+            Command::Release { tenant: victim.0.clone(), placement: victim.1.clone(), fence: None };
+        prop_assert!(trial.apply(at(release)).result.is_ok(), "model release failed: {}", what);
+        let placed = trial.apply(at(entry.command.clone()));
+        let preempted = placed.events.iter().any(|e| matches!(e, QuotaEvent::Preempted { .. }));
+        prop_assert!(
+            placed.result.is_err() || preempted,
+            "within its guarantee, refused, yet reclaiming only {:?} makes it fit: {}",
+            victim,
+            what
+        );
+    }
     let mut released = Vec::new();
     for _ in 0..PREEMPT_VICTIMS_MAX {
         let cs = copy.state();
@@ -1535,16 +1570,7 @@ fn check_reclaim_exhausted(
         order.sort_by_key(|p| {
             (p.spec.priority, std::cmp::Reverse(p.log_index), std::cmp::Reverse(p.placed_at))
         });
-        let next = order.into_iter().find(|p| {
-            let over = copy.borrowed(&p.tenant, &pool);
-            p.borrowed
-                && !p.is_reservation()
-                && p.pool == pool
-                && !lineage_of(cs, &p.tenant).contains(tenant)
-                && !lineage_of(cs, tenant).contains(&p.tenant)
-                && ((p.spec.resources.cpu_millis > 0 && over.cpu_millis > 0)
-                    || (p.spec.resources.memory_mib > 0 && over.memory_mib > 0))
-        });
+        let next = order.into_iter().find(|p| reclaimable(&copy, p, tenant, &pool));
         let Some(victim) = next.map(|p| (p.tenant.clone(), p.id().clone())) else {
             return Ok(());
         };

@@ -1189,3 +1189,46 @@ fn a_pool_reserve_is_held_back_from_guarantees() {
     log.guarantee("gamma", guarantee(50_000, None, None));
     assert_eq!(log.gpu_status().reserve, None);
 }
+
+/// Reclaim does not give up while a victim that would make room exists: a borrower holds two
+/// borrowed placements but only one of them is above its share, and only the older one's
+/// worker can take the claimant. Taking the most recent first (the usual order) would bring the
+/// borrower down to its share with nothing gained, and the useful victim would no longer be
+/// reclaimable; the victim whose worker can take the claimant goes first instead.
+#[test]
+fn reclaim_takes_the_victim_that_makes_room() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", None);
+    for (worker, zone, cpu_millis) in [("g1", "a", 4_000), ("g2", "b", 3_000)] {
+        log.ok(Command::RegisterWorker {
+            worker: worker.into(),
+            pool: Some("gpu".into()),
+            capacity: Resources::new(cpu_millis, 1_000_000),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+        });
+    }
+    log.guarantee("acme", guarantee(4_000, None, None));
+    log.guarantee("beta", guarantee(2_000, None, None));
+    let zone = |id: &str, zone: &str| PlaceSpec {
+        pool: Some("gpu".into()),
+        worker_requires: vec![LabelRequirement {
+            key: "zone".into(),
+            op: LabelOp::In,
+            values: vec![zone.into()],
+        }],
+        ..spec(id, 2_000)
+    };
+    log.place_spec("beta", zone("b-own", "a")).result.expect("within beta's share");
+    log.place_spec("beta", zone("b-1", "a")).result.expect("borrowed, on g1");
+    log.place_spec("beta", zone("b-2", "b")).result.expect("borrowed, on g2");
+    log.release("beta", "b-own");
+    // beta holds 4000 of its 2000: one of b-1 and b-2 may be reclaimed, not both. acme needs
+    // 4000 on one worker: only g1 (2000 free + b-1) can take it; g2 (1000 free + b-2) cannot.
+    assert_eq!(log.borrowed_cpu("beta"), 2_000);
+    let claim = log.gpu("acme", "a-1", 4_000, 0);
+    assert!(claim.result.is_ok(), "reclaim gave up: {:?}", claim.result);
+    assert_eq!(preempted(&claim.events), vec!["beta/b-1 by acme/a-1 reclaimed"]);
+    assert!(log.placed("beta", "b-2").is_some());
+    assert_eq!(log.borrowed_cpu("beta"), 0);
+}
