@@ -93,3 +93,27 @@ impl Scheduler {
         Sha256::digest(payload(&self.state)).into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{PoolId, Resources};
+
+    /// A snapshot whose pool reserve names an invalid pool is refused by the invariants, and
+    /// one of the previous format version is refused outright.
+    #[test]
+    fn decode_refuses_a_bad_reserve_and_an_old_version() {
+        let mut state = State::default();
+        state.pool_reserves.insert(PoolId::new("Bad Pool"), Resources::new(1, 1));
+        let bytes = Scheduler::from_state(state).encode();
+        assert!(matches!(Scheduler::decode(&bytes), Err(DecodeError::Invariants(_))));
+
+        let mut bytes = Scheduler::default().encode();
+        assert!(Scheduler::decode(&bytes).is_ok());
+        bytes[4..8].copy_from_slice(&(SNAPSHOT_VERSION - 1).to_le_bytes());
+        assert!(matches!(
+            Scheduler::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion { found }) if found == SNAPSHOT_VERSION - 1
+        ));
+    }
+}
