@@ -3,9 +3,9 @@
 //!
 //! Four tenants with weights 1:2:3:4 each keep `BACKLOG` jobs waiting, submitted with
 //! `queue_if_unavailable` into pool `fair` (4 workers of 1000 cpu_millis: 32 jobs of 125 fit),
-//! so the pool stays full and the queue decides. A job runs for 1–3 s of the
-//! client's time after the client sees it placed, then is released; every write is retried
-//! with its request id until answered, and a job whose submission got no answer is submitted
+//! so the pool stays full and the queue decides. A job runs for 1–3 s of the client's time
+//! after the client sees it placed, then is released; every write is retried with its request
+//! id until answered, and a job whose submission got no answer is submitted
 //! again (same request id) until the cluster says what became of it. At the end the clients
 //! stop submitting, cancel what still waits and release what runs.
 //!
