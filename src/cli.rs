@@ -384,6 +384,26 @@ pub enum WorkerCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Hold capacity of a pool back from guarantees, for borrowers: from then on, guarantees
+    /// plus the reserve may not be raised beyond the pool's schedulable capacity.
+    Reserve {
+        pool: String,
+        /// CPU cores held back (up to three decimals).
+        #[arg(long, value_parser = parse_cpu, required_unless_present = "remove")]
+        cpu: Option<u64>,
+        /// Memory held back, in MiB.
+        #[arg(long, required_unless_present = "remove")]
+        memory_mib: Option<u64>,
+        /// Drop the reserve (guarantees are no longer checked against capacity).
+        #[arg(long, conflicts_with_all = ["cpu", "memory_mib"])]
+        remove: bool,
+    },
+    /// A pool's capacity, free capacity, reserve, guarantees and any shortfall.
+    Get { pool: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PlacementCmd {
     Get {
         tenant: String,
@@ -487,6 +507,8 @@ pub enum ClientCmd {
     Token(TokenCmd),
     #[command(subcommand)]
     Worker(WorkerCmd),
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Place instances of a workload (with --dry-run: only say what would happen).
     Place {
         #[command(flatten)]
@@ -924,6 +946,24 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     pb::RemoveWorkerRequest { request_id: rid, worker_id: id, evict }
                 ),
             ),
+        },
+        ClientCmd::Pool(cmd) => match cmd {
+            PoolCmd::Reserve { pool, cpu, memory_mib, remove } => {
+                let m = pb::SetPoolReserveRequest {
+                    request_id: rid,
+                    pool,
+                    reserve: Some(pb::Resources {
+                        cpu_millis: cpu.unwrap_or_default(),
+                        memory_mib: memory_mib.unwrap_or_default(),
+                    }),
+                    remove,
+                };
+                show(json, &call!(workers, set_pool_reserve, m))
+            }
+            PoolCmd::Get { pool } => {
+                let r = call!(workers, get_pool, pb::GetPoolRequest { pool, read: None });
+                show(json, &r.pool)
+            }
         },
         ClientCmd::Place { workload: w, dry_run, queue } => {
             let m = pb::PlaceRequest {

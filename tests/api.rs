@@ -978,3 +978,74 @@ async fn add_and_remove_replica_through_the_api() {
     assert_eq!(refused.code(), Code::PermissionDenied);
     cluster.shutdown().await;
 }
+
+/// SetPoolReserve through the API: it answers with its log index, a retry with the same
+/// request id gets the first answer again, GetPool shows the split, a guarantee that would eat
+/// into the reserve is refused (FAILED_PRECONDITION, POOL_OVERCOMMITTED) and changes nothing,
+/// and tenants may not set or read a pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_reserve_through_the_api() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    let token = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 4_000).await;
+    let res = |cpu_millis, memory_mib| Some(pb::Resources { cpu_millis, memory_mib });
+    let set = pb::SetPoolReserveRequest {
+        request_id: rid(),
+        pool: String::new(),
+        reserve: res(1_000, 0),
+        remove: false,
+    };
+    let first = c.workers.set_pool_reserve(authed(ADMIN_TOKEN, set.clone())).await.expect("set");
+    let first = first.into_inner().write.expect("write");
+    assert!(first.log_index > 0 && !first.replayed);
+    let again = c.workers.set_pool_reserve(authed(ADMIN_TOKEN, set.clone())).await.expect("retry");
+    let again = again.into_inner().write.expect("write");
+    assert_eq!((again.log_index, again.replayed), (first.log_index, true));
+    let denied = c.workers.set_pool_reserve(authed(&token, set)).await.expect_err("tenant");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    let get = |pool: &str| pb::GetPoolRequest { pool: pool.into(), read: None };
+    let pool = c.workers.get_pool(authed(ADMIN_TOKEN, get(""))).await.expect("get");
+    let pool = pool.into_inner().pool.expect("pool");
+    assert_eq!(
+        (pool.pool.as_str(), pool.workers, pool.capacity, pool.reserve, pool.guaranteed),
+        ("default", 1, res(4_000, 1 << 20), res(1_000, 0), res(0, 0))
+    );
+
+    let guarantee = |cpu_millis| pb::SetQuotaRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        quota: Some(pb::Quota {
+            guarantees: [(
+                "default".to_string(),
+                pb::Guarantee { nominal: res(cpu_millis, 0), ..Default::default() },
+            )]
+            .into(),
+            ..Default::default()
+        }),
+    };
+    let refused = c.tenants.set_quota(authed(ADMIN_TOKEN, guarantee(3_001))).await;
+    let refused = refused.expect_err("into the reserve");
+    assert_eq!(
+        (refused.code(), reason(&refused), meta(&refused, "guaranteed"), meta(&refused, "reserve")),
+        (Code::FailedPrecondition, "POOL_OVERCOMMITTED".into(), "3001".into(), "1000".into())
+    );
+    c.tenants.set_quota(authed(ADMIN_TOKEN, guarantee(3_000))).await.expect("fits exactly");
+    let pool = c.workers.get_pool(authed(ADMIN_TOKEN, get("default"))).await.expect("get");
+    let pool = pool.into_inner().pool.expect("pool");
+    assert_eq!((pool.guaranteed, pool.guarantees, pool.shortfall), (res(3_000, 0), 1, res(0, 0)));
+
+    let missing = c.workers.get_pool(authed(ADMIN_TOKEN, get("nowhere"))).await;
+    assert_eq!(missing.expect_err("no such pool").code(), Code::NotFound);
+    let remove = pb::SetPoolReserveRequest {
+        request_id: rid(),
+        pool: "default".into(),
+        reserve: None,
+        remove: true,
+    };
+    c.workers.set_pool_reserve(authed(ADMIN_TOKEN, remove)).await.expect("removed");
+    let pool = c.workers.get_pool(authed(ADMIN_TOKEN, get(""))).await.expect("get");
+    assert_eq!(pool.into_inner().pool.and_then(|p| p.reserve), None);
+    cluster.shutdown().await;
+}

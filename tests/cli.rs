@@ -214,6 +214,18 @@ fn up_and_client_subcommands() {
     );
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "below usage: {}", bad.stderr);
     ok(api, token, &["quota", "guarantee", "acme", "default", "--remove"]);
+    // A pool reserve (8 cores in the pool): shown, and a guarantee that would eat into it is
+    // refused with the reason.
+    ok(api, token, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);
+    let pool = ok(api, token, &["pool", "get", "default"]);
+    assert!(pool.contains("reserve: cpu_millis=6000 memory_mib=0"), "{pool}");
+    let args = ["quota", "guarantee", "acme", "default", "--cpu", "2.001", "--memory-mib", "64"];
+    let bad = berth(api, token, &args);
+    assert!(!bad.ok && bad.stderr.contains("POOL_OVERCOMMITTED"), "{}", bad.stderr);
+    ok(api, token, &["pool", "reserve", "default", "--remove"]);
+    let pool = ok(api, token, &["pool", "get", "default", "--json"]);
+    let pool: serde_json::Value = serde_json::from_str(&pool).expect("json");
+    assert!(pool["reserve"].is_null() && pool["capacity"]["cpu_millis"] == 8_000, "{pool}");
     // Soft limits as a share of the pool (8 cores): 250‰ soft, 400‰ burst, shown resolved.
     let args = ["quota", "soft", "acme", "--share-of-pool", "default", "--share", "250:400"];
     ok(api, token, &[&args[..], &["--grace-ms", "600000"]].concat());

@@ -469,6 +469,7 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
         5 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        2 => set_pool_reserve(),
         1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
             Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
         }),
@@ -519,6 +520,12 @@ fn command() -> impl Strategy<Value = Command> {
             token: LogIndex(0)
         }),
     ]
+}
+
+fn set_pool_reserve() -> impl Strategy<Value = Command> {
+    let reserve = (0..=6000u64, 0..=8192u64).prop_map(|(c, m)| Resources::new(c, m));
+    (select(vec!["default", "p2", "Bad Pool"]), prop::option::weighted(0.8, reserve))
+        .prop_map(|(pool, reserve)| Command::SetPoolReserve { pool: PoolId::from(pool), reserve })
 }
 
 fn set_config() -> impl Strategy<Value = Command> {
@@ -992,10 +999,27 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::Place { spec, .. } | Command::PlaceOrQueue { spec, .. } => bad_spec(spec),
         Command::Reserve { spec, ttl_ms, .. } => bad_spec(spec) || *ttl_ms == 0,
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
+        Command::SetPoolReserve { pool, .. } => !object_id_ok(pool.as_str()),
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
         _ => false,
     };
     invalid.then_some(None)
+}
+
+/// A pool's guarantees summed over every tenant, and its schedulable capacity, per dimension
+/// (cpu, memory), recomputed from the state.
+fn pool_split(state: &State, pool: &PoolId) -> ([u128; 2], [u128; 2]) {
+    let mut guaranteed = [0u128; 2];
+    for g in state.tenants.values().filter_map(|t| t.quota.guarantees.get(pool)) {
+        guaranteed[0] += u128::from(g.nominal.cpu_millis);
+        guaranteed[1] += u128::from(g.nominal.memory_mib);
+    }
+    let mut capacity = [0u128; 2];
+    for w in state.workers.values().filter(|w| w.pool == *pool && w.schedulable) {
+        capacity[0] += u128::from(w.capacity.cpu_millis);
+        capacity[1] += u128::from(w.capacity.memory_mib);
+    }
+    (guaranteed, capacity)
 }
 
 /// What advancing log time to `now` must expire, from the state before the entry.
@@ -1031,6 +1055,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.groups, &b.groups, "groups changed: {}", what);
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
     prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
+    prop_assert_eq!(&a.pool_reserves, &b.pool_reserves, "pool reserves changed: {}", what);
     Ok(())
 }
 
@@ -1470,6 +1495,19 @@ fn check_preemptions(
 /// capacity, then releasing borrowers one by one, as the rules allow (borrowed, of a tenant
 /// still above its own share and unrelated to the claimant; lowest priority, most recent
 /// first), through ordinary `Release` commands on a copy, never makes it fit either.
+/// True when `p` may be reclaimed for `claimant` in `pool` on state `s` (borrow.rs's rule).
+fn reclaimable(s: &Scheduler, p: &Placement, claimant: &TenantId, pool: &PoolId) -> bool {
+    let st = s.state();
+    let over = s.borrowed(&p.tenant, pool);
+    p.borrowed
+        && !p.is_reservation()
+        && p.pool == *pool
+        && !lineage_of(st, &p.tenant).contains(claimant)
+        && !lineage_of(st, claimant).contains(&p.tenant)
+        && ((p.spec.resources.cpu_millis > 0 && over.cpu_millis > 0)
+            || (p.spec.resources.memory_mib > 0 && over.memory_mib > 0))
+}
+
 fn check_reclaim_exhausted(
     ticked: &Scheduler,
     entry: &Entry,
@@ -1503,6 +1541,28 @@ fn check_reclaim_exhausted(
         command,
         token: None,
     };
+    // No single reclaimable victim makes it fit on its own either (reclaim must not give up
+    // early by taking the wrong borrower's work first).
+    let single: Vec<(TenantId, PlacementId)> = st
+        .placements
+        .values()
+        .filter(|p| reclaimable(ticked, p, tenant, &pool))
+        .map(|p| (p.tenant.clone(), p.id().clone()))
+        .collect();
+    for victim in single {
+        let mut trial = ticked.clone();
+        let release =
+            Command::Release { tenant: victim.0.clone(), placement: victim.1.clone(), fence: None };
+        prop_assert!(trial.apply(at(release)).result.is_ok(), "model release failed: {}", what);
+        let placed = trial.apply(at(entry.command.clone()));
+        let preempted = placed.events.iter().any(|e| matches!(e, QuotaEvent::Preempted { .. }));
+        prop_assert!(
+            placed.result.is_err() || preempted,
+            "within its guarantee, refused, yet reclaiming only {:?} makes it fit: {}",
+            victim,
+            what
+        );
+    }
     let mut released = Vec::new();
     for _ in 0..PREEMPT_VICTIMS_MAX {
         let cs = copy.state();
@@ -1510,16 +1570,7 @@ fn check_reclaim_exhausted(
         order.sort_by_key(|p| {
             (p.spec.priority, std::cmp::Reverse(p.log_index), std::cmp::Reverse(p.placed_at))
         });
-        let next = order.into_iter().find(|p| {
-            let over = copy.borrowed(&p.tenant, &pool);
-            p.borrowed
-                && !p.is_reservation()
-                && p.pool == pool
-                && !lineage_of(cs, &p.tenant).contains(tenant)
-                && !lineage_of(cs, tenant).contains(&p.tenant)
-                && ((p.spec.resources.cpu_millis > 0 && over.cpu_millis > 0)
-                    || (p.spec.resources.memory_mib > 0 && over.memory_mib > 0))
-        });
+        let next = order.into_iter().find(|p| reclaimable(&copy, p, tenant, &pool));
         let Some(victim) = next.map(|p| (p.tenant.clone(), p.id().clone())) else {
             return Ok(());
         };
@@ -1578,6 +1629,24 @@ fn check_executed(
                 &applied.result,
                 &Err(Rejection::StaleFencingToken { lease, presented: token, current: live }),
                 "stale fence: {}",
+                what
+            );
+        }
+    }
+
+    // A pool's reserve is never guaranteed to anyone: no entry raises a reserved pool's
+    // guarantees plus reserve, in a dimension, above its schedulable capacity.
+    for (pool, reserve) in &after.pool_reserves {
+        let wide = |r: Resources| [u128::from(r.cpu_millis), u128::from(r.memory_mib)];
+        let ((was, _), (will, capacity)) = (pool_split(ticked, pool), pool_split(after, pool));
+        let (before, reserve) =
+            (wide(ticked.pool_reserves.get(pool).copied().unwrap_or_default()), wide(*reserve));
+        for i in 0..2 {
+            let (old, new) = (was[i] + before[i], will[i] + reserve[i]);
+            prop_assert!(
+                new <= old || new <= capacity[i],
+                "pool {} overcommitted past its reserve: {}",
+                pool,
                 what
             );
         }
@@ -1781,6 +1850,7 @@ fn contention_case() -> impl Strategy<Value = Case> {
             labels: Labels::new(),
         }),
         1 => worker().prop_map(|worker| Command::RemoveWorker { worker, evict: true }),
+        1 => set_pool_reserve(),
     ];
     let step = (command, prop::option::weighted(0.5, any::<Index>()), 1..=200_000u64).prop_map(
         |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },

@@ -1085,3 +1085,150 @@ fn soft_share_of_pool_follows_its_capacity() {
         "INVALID_ARGUMENT"
     );
 }
+
+// ----- pool reserves ---------------------------------------------------------------------------
+
+impl Log {
+    fn reserve(&mut self, reserve: Option<Resources>) -> Applied {
+        self.apply(Command::SetPoolReserve { pool: "gpu".into(), reserve })
+    }
+
+    fn gpu_status(&self) -> PoolStatus {
+        self.s.pool_status(&"gpu".into()).expect("pool gpu exists")
+    }
+}
+
+/// A pool's reserve is nobody's guarantee: raising a guarantee or the reserve so that all
+/// guarantees plus the reserve exceed the pool's schedulable capacity (in cpu or memory) is
+/// refused with POOL_OVERCOMMITTED and changes nothing; the reserve stays open to borrowers;
+/// a pool that shrinks stops nothing and shows its shortfall, and lowering is always allowed.
+#[test]
+fn a_pool_reserve_is_held_back_from_guarantees() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", None);
+    log.tenant("gamma", None);
+    // Capacity exists before a reserve can hold any of it back.
+    let e = log.reserve(Some(Resources::new(1, 0))).result.expect_err("an empty pool");
+    assert_eq!((e.reason(), meta(&e, "capacity")), ("POOL_OVERCOMMITTED", "0".into()));
+    assert!(log.s.pool_status(&"gpu".into()).is_none());
+    log.worker("g1", Some("gpu"), 10_000);
+    log.worker("g2", Some("gpu"), 6_000);
+    log.reserve(Some(Resources::new(4_000, 0))).result.expect("16000 of cpu to split");
+    log.guarantee("acme", guarantee(8_000, None, Some(0)));
+    log.guarantee("beta", guarantee(4_000, None, Some(0)));
+    let status = log.gpu_status();
+    assert_eq!(
+        (status.capacity, status.guaranteed, status.reserve, status.shortfall),
+        (
+            Resources::new(16_000, 2_000_000),
+            Resources::new(12_000, 2_000),
+            Some(Resources::new(4_000, 0)),
+            Resources::ZERO
+        )
+    );
+
+    // One more millicore of guarantee, or of reserve, would eat into the other.
+    let mut q = log.tenant_state("beta").quota.clone();
+    q.guarantees.insert("gpu".into(), guarantee(4_001, None, Some(0)));
+    let e = log.err(Command::SetQuota { tenant: "beta".into(), quota: q });
+    assert_eq!(e.reason(), "POOL_OVERCOMMITTED");
+    assert_eq!(
+        ["dimension", "capacity", "guaranteed", "reserve"].map(|k| meta(&e, k)),
+        ["cpu_millis", "16000", "12001", "4000"]
+    );
+    assert_eq!(
+        log.s.guarantee(&"beta".into(), &"gpu".into()),
+        Some(guarantee(4_000, None, Some(0)))
+    );
+    let mut q = log.tenant_state("gamma").quota.clone();
+    q.guarantees.insert("gpu".into(), guarantee(1, None, None));
+    assert_eq!(
+        log.err(Command::SetQuota { tenant: "gamma".into(), quota: q }).reason(),
+        "POOL_OVERCOMMITTED"
+    );
+    let e = log.reserve(Some(Resources::new(4_001, 0))).result.expect_err("into the guarantees");
+    assert_eq!((meta(&e, "dimension"), meta(&e, "reserve")), ("cpu_millis".into(), "4001".into()));
+    let e = log.reserve(Some(Resources::new(4_000, 1_998_001))).result.expect_err("memory too");
+    assert_eq!(
+        (meta(&e, "dimension"), meta(&e, "capacity")),
+        ("memory_mib".into(), "2000000".into())
+    );
+    assert_eq!(log.gpu_status().reserve, Some(Resources::new(4_000, 0)), "refusals change nothing");
+    let e = log.apply(Command::SetPoolReserve { pool: "bad pool".into(), reserve: None });
+    assert_eq!(e.result.expect_err("invalid pool id").reason(), "INVALID_ARGUMENT");
+
+    // The reserve is for borrowers: gamma, without a guarantee, gets exactly it (acme and beta
+    // lend nothing of their unused shares).
+    let g = log.gpu("gamma", "g-1", 4_000, 0).result.expect("the reserve");
+    assert!(matches!(g, Response::Placed(Placement { borrowed: true, .. })));
+    assert_eq!(
+        log.gpu("gamma", "g-2", 1, 0).result.expect_err("the rest is guaranteed").reason(),
+        "NOT_LENDABLE"
+    );
+    log.gpu("acme", "a-1", 8_000, 0).result.expect("acme's share is there");
+    log.gpu("beta", "b-1", 4_000, 0).result.expect("and beta's");
+
+    // Draining a worker stops nothing; the shortfall shows, and only lowering is allowed.
+    let placed = log.s.state().placements.len();
+    log.ok(Command::SetWorkerSchedulable { worker: "g2".into(), schedulable: false });
+    assert_eq!(log.gpu_status().shortfall, Resources::new(6_000, 0));
+    assert_eq!(log.s.state().placements.len(), placed);
+    assert_eq!(
+        log.reserve(Some(Resources::new(4_001, 0))).result.expect_err("raised").reason(),
+        "POOL_OVERCOMMITTED"
+    );
+    log.guarantee("beta", guarantee(3_000, None, None));
+    log.reserve(Some(Resources::new(1_000, 0))).result.expect("lowered");
+    assert_eq!(log.gpu_status().shortfall, Resources::new(2_000, 0));
+
+    // The reserve survives a snapshot; without one, guarantees are unchecked accounting again.
+    let copy = Scheduler::decode(&log.s.encode()).expect("round trip");
+    assert_eq!(copy.pool_status(&"gpu".into()), log.s.pool_status(&"gpu".into()));
+    log.reserve(None).result.expect("removed");
+    log.guarantee("gamma", guarantee(50_000, None, None));
+    assert_eq!(log.gpu_status().reserve, None);
+}
+
+/// Reclaim does not give up while a victim that would make room exists: a borrower holds two
+/// borrowed placements but only one of them is above its share, and only the older one's
+/// worker can take the claimant. Taking the most recent first (the usual order) would bring the
+/// borrower down to its share with nothing gained, and the useful victim would no longer be
+/// reclaimable; the victim whose worker can take the claimant goes first instead.
+#[test]
+fn reclaim_takes_the_victim_that_makes_room() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", None);
+    for (worker, zone, cpu_millis) in [("g1", "a", 4_000), ("g2", "b", 3_000)] {
+        log.ok(Command::RegisterWorker {
+            worker: worker.into(),
+            pool: Some("gpu".into()),
+            capacity: Resources::new(cpu_millis, 1_000_000),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+        });
+    }
+    log.guarantee("acme", guarantee(4_000, None, None));
+    log.guarantee("beta", guarantee(2_000, None, None));
+    let zone = |id: &str, zone: &str| PlaceSpec {
+        pool: Some("gpu".into()),
+        worker_requires: vec![LabelRequirement {
+            key: "zone".into(),
+            op: LabelOp::In,
+            values: vec![zone.into()],
+        }],
+        ..spec(id, 2_000)
+    };
+    log.place_spec("beta", zone("b-own", "a")).result.expect("within beta's share");
+    log.place_spec("beta", zone("b-1", "a")).result.expect("borrowed, on g1");
+    log.place_spec("beta", zone("b-2", "b")).result.expect("borrowed, on g2");
+    log.release("beta", "b-own");
+    // beta holds 4000 of its 2000: one of b-1 and b-2 may be reclaimed, not both. acme needs
+    // 4000 on one worker: only g1 (2000 free + b-1) can take it; g2 (1000 free + b-2) cannot.
+    assert_eq!(log.borrowed_cpu("beta"), 2_000);
+    let claim = log.gpu("acme", "a-1", 4_000, 0);
+    assert!(claim.result.is_ok(), "reclaim gave up: {:?}", claim.result);
+    assert_eq!(preempted(&claim.events), vec!["beta/b-1 by acme/a-1 reclaimed"]);
+    assert!(log.placed("beta", "b-2").is_some());
+    assert_eq!(log.borrowed_cpu("beta"), 0);
+}

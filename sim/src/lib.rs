@@ -3,6 +3,7 @@
 //! several clients in one process, with faults drawn from a seed, checked against what the
 //! clients were told. See `sim/README.md`.
 
+pub mod fairness;
 pub mod history;
 pub mod nemesis;
 pub mod net;

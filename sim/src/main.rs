@@ -22,7 +22,8 @@ struct Args {
     json: bool,
     /// A named scenario instead of random faults: `faults` (the default) or `lease-expiry`
     /// (the lease holder is partitioned away, its lease expires and is granted to a rival, and
-    /// its fenced write is refused when it comes back).
+    /// its fenced write is refused when it comes back), or `fairness` (tenants with weights
+    /// 1:2:3:4 keep a full pool queued under the random faults; prints their shares).
     #[arg(long, default_value = "faults")]
     scenario: sim::Scenario,
 }
@@ -104,6 +105,7 @@ fn main() -> ExitCode {
             let scenario = match args.scenario {
                 sim::Scenario::Faults => String::new(),
                 sim::Scenario::LeaseExpiry => " --scenario lease-expiry".into(),
+                sim::Scenario::Fairness => " --scenario fairness".into(),
             };
             eprintln!("  reproduce: cargo run -p sim --release --{scenario} --reproduce {seed}");
             failed.push(seed);

@@ -17,6 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
+use crate::fairness;
 use crate::history::{check, Fenced, LeaseSeen, Op, OpKind, Outcome, Quotas};
 use crate::net::{self, SimClock};
 use crate::raft_checks::{Committed, Durable};
@@ -124,13 +125,16 @@ pub struct Report {
     pub violations: Vec<String>,
     /// SHA-256 of the normalised event trace: equal for equal seeds.
     pub trace_hash: String,
+    /// The fairness scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<crate::fairness::Fairness>,
     #[serde(skip)]
     pub history: Vec<Op>,
 }
 
 pub(crate) type Slot = Arc<Mutex<Option<Replica>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -210,6 +214,31 @@ async fn setup(params: Params, scenario: Scenario, rec: Recorder) -> Result<(), 
             ..Default::default()
         };
         must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+    }
+    if scenario == Scenario::Fairness {
+        for (i, weight) in fairness::WEIGHTS.iter().enumerate() {
+            let r = pb::CreateTenantRequest {
+                request_id: format!("setup-{}", fairness::tenant(i)),
+                tenant_id: fairness::tenant(i),
+                weight: *weight,
+                ..Default::default()
+            };
+            must(&c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
+        }
+        for w in 1..=fairness::WORKERS {
+            let r = pb::RegisterWorkerRequest {
+                request_id: format!("setup-fw{w}"),
+                worker_id: format!("fw{w}"),
+                pool: fairness::POOL.into(),
+                capacity: Some(pb::Resources {
+                    cpu_millis: fairness::WORKER_CPU_MILLIS,
+                    memory_mib: 1_000_000,
+                }),
+                ..Default::default()
+            };
+            must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await })
+                .await?;
+        }
     }
     for w in 1..=params.workers {
         let capacity = pb::Resources { cpu_millis: 300, memory_mib: 1_024 };
@@ -863,7 +892,10 @@ pub fn run(seed: u64) -> Report {
 /// Runs one seed of `scenario` to the end and checks it.
 pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let mut rng = Rng::new(seed);
-    let params = Params::from_seed(&mut rng);
+    let mut params = Params::from_seed(&mut rng);
+    if scenario == Scenario::Fairness {
+        params.workload_ms = fairness::WORKLOAD_MS;
+    }
     berth::raft::runtime::seed_thread_rng(rng.next_u64());
     let mut report = Report { seed, params: Some(params.clone()), ..Default::default() };
     let mut trace: Vec<String> = Vec::new();
@@ -975,6 +1007,20 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
             Ok(())
         });
     }
+    let fair_jobs: Arc<Mutex<Vec<fairness::Job>>> = Arc::default();
+    if scenario == Scenario::Fairness {
+        for t in 0..fairness::WEIGHTS.len() {
+            let (params, ready, jobs, seed) =
+                (params.clone(), ready.clone(), fair_jobs.clone(), rng.next_u64());
+            sim.client(fairness::tenant(t), async move {
+                while !ready.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                fairness::client(params, t, seed, jobs).await?;
+                Ok(())
+            });
+        }
+    }
     {
         let rec = Recorder { client: 0, history: history.clone() };
         let (params, healed) = (params.clone(), healed.clone());
@@ -984,7 +1030,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         });
     }
     let membership_events: Arc<Mutex<Vec<String>>> = Arc::default();
-    if params.membership && scenario == Scenario::Faults {
+    if params.membership && scenario != Scenario::LeaseExpiry {
         let (params, events) = (params.clone(), membership_events.clone());
         let (ready, healed, seed) = (ready.clone(), healed.clone(), rng.next_u64());
         sim.client("member", async move {
@@ -1007,8 +1053,8 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         step += 1;
         let at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if at < params.workload_ms {
-            if scenario != Scenario::Faults {
-                // A scenario makes its own faults.
+            if scenario == Scenario::LeaseExpiry {
+                // This scenario makes its own faults.
             } else if let Some(fault) = nemesis.maybe_act(at, &mut sim, &slots, &clocks) {
                 trace.push(format!("{at} fault {fault}"));
                 report.faults.push(format!("{at} ms: {fault}"));
@@ -1065,6 +1111,11 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
             Ok(steps) => report.scenario = steps,
             Err(missing) => report.violations.push(format!("lease-expiry scenario: {missing}")),
         }
+    }
+    if scenario == Scenario::Fairness {
+        let figures = fairness::measure(&lock(&fair_jobs));
+        report.scenario = figures.lines();
+        report.fairness = Some(figures);
     }
     for op in &history {
         trace.push(serde_json::to_string(op).unwrap_or_default());

@@ -39,6 +39,8 @@ pub enum Scenario {
     Faults,
     /// Lock TTL expiry under partition (see the module header).
     LeaseExpiry,
+    /// The fairness benchmark through the cluster, under the random faults (`fairness.rs`).
+    Fairness,
 }
 
 impl std::str::FromStr for Scenario {
@@ -47,7 +49,8 @@ impl std::str::FromStr for Scenario {
         match s {
             "faults" => Ok(Scenario::Faults),
             "lease-expiry" => Ok(Scenario::LeaseExpiry),
-            other => Err(format!("unknown scenario {other:?} (faults, lease-expiry)")),
+            "fairness" => Ok(Scenario::Fairness),
+            other => Err(format!("unknown scenario {other:?} (faults, lease-expiry, fairness)")),
         }
     }
 }

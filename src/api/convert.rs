@@ -24,6 +24,19 @@ pub fn pb_resources(r: Resources) -> pb::Resources {
     pb::Resources { cpu_millis: r.cpu_millis, memory_mib: r.memory_mib }
 }
 
+pub fn pool(p: crate::scheduler::PoolStatus) -> pb::Pool {
+    pb::Pool {
+        pool: p.pool.0,
+        workers: p.workers,
+        capacity: Some(pb_resources(p.capacity)),
+        free: Some(pb_resources(p.free)),
+        reserve: p.reserve.map(pb_resources),
+        guaranteed: Some(pb_resources(p.guaranteed)),
+        guarantees: p.guarantees,
+        shortfall: Some(pb_resources(p.shortfall)),
+    }
+}
+
 fn non_empty<T: From<String>>(s: String) -> Option<T> {
     (!s.is_empty()).then(|| T::from(s))
 }

@@ -13,7 +13,7 @@ use super::{unexpected, Api};
 use crate::scheduler::money::allocate;
 use crate::scheduler::{
     Answer, Command, LeaseName, LogIndex, PlacementId, PoolId, Query, Response, TenantId, TokenId,
-    WorkerId,
+    WorkerId, DEFAULT_POOL,
 };
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
@@ -287,6 +287,33 @@ impl pb::workers_server::Workers for Api {
             (other, _) => Err(unexpected(other)),
         }
     }
+
+    async fn set_pool_reserve(
+        &self,
+        request: Request<pb::SetPoolReserveRequest>,
+    ) -> Result<pb::SetPoolReserveResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let reserve = (!r.remove).then(|| convert::resources(r.reserve));
+        let command = Command::SetPoolReserve { pool: pool_or_default(&r.pool), reserve };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetPoolReserveResponse { write: Some(write) }))
+    }
+
+    async fn get_pool(&self, request: Request<pb::GetPoolRequest>) -> Result<pb::GetPoolResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let pool = pool_or_default(&r.pool);
+        let found = self.read(&caller, r.read, |s| s.pool_status(&pool).map(convert::pool)).await?;
+        let pool = found.ok_or_else(|| not_found("pool", pool.as_str()))?;
+        Ok(Reply::new(pb::GetPoolResponse { pool: Some(pool) }))
+    }
+}
+
+fn pool_or_default(pool: &str) -> PoolId {
+    PoolId::new(if pool.is_empty() { DEFAULT_POOL } else { pool })
 }
 
 #[tonic::async_trait]

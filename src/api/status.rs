@@ -59,6 +59,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::TenantTooDeep { .. }
         | Rejection::WorkerNotEmpty { .. }
         | Rejection::CapacityBelowAllocated { .. }
+        | Rejection::PoolOvercommitted { .. }
         | Rejection::NotAReservation { .. }
         | Rejection::LeaseHeld { .. }
         | Rejection::StaleFencingToken { .. }

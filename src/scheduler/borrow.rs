@@ -19,13 +19,62 @@
 //!   tenant's share, and work of a tenant back within its share, is never a reclaim victim,
 //!   so reclaim never runs the other way round.
 //!
+//! A pool may hold a *reserve* (`SetPoolReserve`, Kueue's cohort-level nominal quota): capacity
+//! that is nobody's guarantee, so it stays open to borrowers (and to work without a guarantee).
+//! In a pool with a reserve, a change that raises the sum of every tenant's nominal guarantee
+//! there plus the reserve above the pool's schedulable capacity, in cpu or memory, is refused
+//! (`POOL_OVERCOMMITTED`); lowering either is always allowed. The reserve is a split of the
+//! capacity, not a check at admission: as long as the pool keeps that capacity, guaranteed work
+//! fits its nominal share and borrowing, by anyone, has at least the reserve. A pool that later
+//! shrinks (a worker drained or removed) stops nothing: guarantees keep their claim, and the
+//! reserve is what is left (`PoolStatus::shortfall` says how much is missing). A pool without a
+//! reserve keeps guarantees as pure accounting, unchecked against its capacity (they may be set
+//! before its workers are registered).
+//!
 //! Must not depend on anything outside the core.
 
-use super::ids::{PoolId, TenantId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::command::Response;
+use super::ids::{validate_object_id, PoolId, TenantId};
 use super::quota::{Dimension, Guarantee, LimitKind};
 use super::resources::Resources;
 use super::state::Placement;
 use super::{Rejection, Scheduler};
+
+/// Most pools that may hold a reserve.
+pub const POOL_RESERVES_MAX: usize = 10_000;
+
+/// A pool's capacity and how it is split between guarantees and the reserve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub pool: PoolId,
+    /// Workers in the pool, schedulable or not.
+    pub workers: u64,
+    /// Capacity of its schedulable workers.
+    pub capacity: Resources,
+    pub free: Resources,
+    pub reserve: Option<Resources>,
+    /// The sum of every tenant's nominal guarantee in the pool (saturating at `u64::MAX`).
+    pub guaranteed: Resources,
+    /// Tenants holding a guarantee in the pool.
+    pub guarantees: u64,
+    /// How far guarantees plus the reserve exceed the capacity (zero while they fit).
+    pub shortfall: Resources,
+}
+
+/// A sum of guarantees per dimension (cpu, memory), wide enough never to overflow.
+type Sum = [u128; 2];
+
+fn wide(r: Resources) -> Sum {
+    [u128::from(r.cpu_millis), u128::from(r.memory_mib)]
+}
+
+fn narrow(s: Sum) -> Resources {
+    let n = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+    Resources::new(n(s[0]), n(s[1]))
+}
 
 /// The two dimensions a guarantee covers, with their values in `r`.
 fn dims(r: Resources) -> [(Dimension, u64); 2] {
@@ -40,6 +89,117 @@ fn pick(r: Resources, d: Dimension) -> u64 {
 }
 
 impl Scheduler {
+    /// The sum of every tenant's nominal guarantee in `pool`.
+    fn guaranteed_sum(&self, pool: &PoolId) -> Sum {
+        let mut sum = [0u128; 2];
+        for tenant in self.ix.guaranteed.get(pool).into_iter().flatten() {
+            let n = wide(self.state.tenants[tenant].quota.guarantees[pool].nominal);
+            sum = [sum[0] + n[0], sum[1] + n[1]];
+        }
+        sum
+    }
+
+    /// Where `pool` holds a reserve (`new_reserve`), refuses a change of its guarantees (their
+    /// sum, `old_sum` to `new_sum`) or of its reserve that raises their total in a dimension
+    /// above the pool's schedulable capacity. Lowering is always allowed, so a pool that shrank
+    /// can still be put right.
+    fn check_split(
+        &self,
+        pool: &PoolId,
+        (old_sum, old_reserve): (Sum, Option<Resources>),
+        (new_sum, new_reserve): (Sum, Option<Resources>),
+    ) -> Result<(), Rejection> {
+        let Some(reserve) = new_reserve else { return Ok(()) };
+        let (old_reserve, new_reserve) = (wide(old_reserve.unwrap_or_default()), wide(reserve));
+        let capacity = wide(self.ix.pool_capacity(pool));
+        for (i, d) in [Dimension::CpuMillis, Dimension::MemoryMib].into_iter().enumerate() {
+            let (before, after) = (old_sum[i] + old_reserve[i], new_sum[i] + new_reserve[i]);
+            if after > before && after > capacity[i] {
+                return Err(Rejection::PoolOvercommitted {
+                    pool: pool.clone(),
+                    dimension: d,
+                    capacity: pick(narrow(capacity), d),
+                    guaranteed: pick(narrow(new_sum), d),
+                    reserve: pick(reserve, d),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a tenant's guarantees changing from `old` to `new` where that overcommits a pool
+    /// with a reserve (module header).
+    pub(super) fn check_guarantees_fit(
+        &self,
+        old: &BTreeMap<PoolId, Guarantee>,
+        new: &BTreeMap<PoolId, Guarantee>,
+    ) -> Result<(), Rejection> {
+        let pools: BTreeSet<&PoolId> = old.keys().chain(new.keys()).collect();
+        for pool in pools {
+            let Some(reserve) = self.state.pool_reserves.get(pool) else { continue };
+            let nominal = |g: &BTreeMap<PoolId, Guarantee>| {
+                wide(g.get(pool).map(|g| g.nominal).unwrap_or_default())
+            };
+            let (was, will) = (nominal(old), nominal(new));
+            if was == will {
+                continue;
+            }
+            let sum = self.guaranteed_sum(pool);
+            let after = [sum[0] - was[0] + will[0], sum[1] - was[1] + will[1]];
+            self.check_split(pool, (sum, Some(*reserve)), (after, Some(*reserve)))?;
+        }
+        Ok(())
+    }
+
+    /// `SetPoolReserve`: holds `reserve` of `pool` back from guarantees, or with `None` stops.
+    pub(super) fn set_pool_reserve(
+        &mut self,
+        pool: PoolId,
+        reserve: Option<Resources>,
+    ) -> Result<Response, Rejection> {
+        validate_object_id("pool", pool.as_str())?;
+        let old = self.state.pool_reserves.get(&pool).copied();
+        if old.is_none() && reserve.is_some() && self.state.pool_reserves.len() >= POOL_RESERVES_MAX
+        {
+            return Err(Rejection::LimitReached {
+                what: "pools with a reserve".into(),
+                max: super::count_u64(POOL_RESERVES_MAX),
+            });
+        }
+        let sum = self.guaranteed_sum(&pool);
+        self.check_split(&pool, (sum, old), (sum, reserve))?;
+        match reserve {
+            Some(r) => self.state.pool_reserves.insert(pool, r),
+            None => self.state.pool_reserves.remove(&pool),
+        };
+        Ok(Response::PoolReserveSet)
+    }
+
+    /// How `pool` is split between guarantees and its reserve; `None` for a pool with no
+    /// workers, no reserve and no guarantees.
+    pub fn pool_status(&self, pool: &PoolId) -> Option<PoolStatus> {
+        let workers = self.ix.pool_workers.get(pool).map_or(0, |w| w.len());
+        let reserve = self.state.pool_reserves.get(pool).copied();
+        let guarantees = self.ix.guaranteed.get(pool).map_or(0, |g| g.len());
+        if workers == 0 && reserve.is_none() && guarantees == 0 {
+            return None;
+        }
+        let sum = self.guaranteed_sum(pool);
+        let (capacity, held) =
+            (wide(self.ix.pool_capacity(pool)), wide(reserve.unwrap_or_default()));
+        let short = |i: usize| (sum[i] + held[i]).saturating_sub(capacity[i]);
+        Some(PoolStatus {
+            pool: pool.clone(),
+            workers: super::count_u64(workers),
+            capacity: narrow(capacity),
+            free: self.ix.pool_free(pool),
+            reserve,
+            guaranteed: narrow(sum),
+            guarantees: super::count_u64(guarantees),
+            shortfall: narrow([short(0), short(1)]),
+        })
+    }
+
     /// The guarantee `tenant` itself sets in `pool`.
     pub fn guarantee(&self, tenant: &TenantId, pool: &PoolId) -> Option<Guarantee> {
         self.state.tenants.get(tenant).and_then(|t| t.quota.guarantees.get(pool)).copied()

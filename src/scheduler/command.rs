@@ -114,6 +114,13 @@ pub enum Command {
         worker: WorkerId,
         evict: bool,
     },
+    /// Hold `reserve` of a pool's capacity back from guarantees (`None` removes the reserve):
+    /// from then on, raising the pool's guarantees or its reserve is refused unless the sum of
+    /// every guarantee there plus the reserve fits the pool's schedulable capacity.
+    SetPoolReserve {
+        pool: PoolId,
+        reserve: Option<Resources>,
+    },
     CreateTenant {
         tenant: TenantId,
         parent: Option<TenantId>,
@@ -211,7 +218,8 @@ impl Command {
             | Command::RegisterWorker { .. }
             | Command::UpdateWorker { .. }
             | Command::SetWorkerSchedulable { .. }
-            | Command::RemoveWorker { .. } => None,
+            | Command::RemoveWorker { .. }
+            | Command::SetPoolReserve { .. } => None,
             Command::CreateTenant { tenant, .. }
             | Command::DeleteTenant { tenant }
             | Command::SetQuota { tenant, .. }
@@ -240,6 +248,7 @@ impl Command {
             Command::RegisterWorker { .. } => "RegisterWorker",
             Command::UpdateWorker { .. } => "UpdateWorker",
             Command::SetWorkerSchedulable { .. } => "SetWorkerSchedulable",
+            Command::SetPoolReserve { .. } => "SetPoolReserve",
             Command::RemoveWorker { .. } => "RemoveWorker",
             Command::CreateTenant { .. } => "CreateTenant",
             Command::DeleteTenant { .. } => "DeleteTenant",
@@ -314,6 +323,7 @@ pub enum Response {
     WorkerRemoved {
         evicted: Vec<(TenantId, PlacementId)>,
     },
+    PoolReserveSet,
     /// The tenant as created.
     TenantCreated(Tenant),
     TenantDeleted(DeletedCounts),
@@ -445,6 +455,15 @@ pub enum Rejection {
         held_for_lenders: u64,
         requested: u64,
     },
+    #[error("pool {pool}: guarantees of {guaranteed} {} plus a reserve of {reserve} would exceed its schedulable capacity of {capacity}", dimension.name())]
+    PoolOvercommitted {
+        pool: PoolId,
+        dimension: Dimension,
+        capacity: u64,
+        /// The sum of every tenant's nominal guarantee in the pool, as it would be.
+        guaranteed: u64,
+        reserve: u64,
+    },
     #[error("no capacity for instance {placed_before_failure} of {count} in pool {pool}")]
     NoCapacity { pool: PoolId, count: u32, placed_before_failure: u32, filtered: FilterCounts },
     #[error("lease {lease} is held by {holder} (token {}) until {expires_at}", token.0)]
@@ -497,6 +516,7 @@ impl Rejection {
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::NotLendable { .. } => "NOT_LENDABLE",
+            Rejection::PoolOvercommitted { .. } => "POOL_OVERCOMMITTED",
             Rejection::LeaseHeld { .. } => "LEASE_HELD",
             Rejection::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
             Rejection::StaleFencingToken { .. } => "STALE_FENCING_TOKEN",
@@ -564,6 +584,13 @@ impl Rejection {
                 put("free", free.to_string());
                 put("held_for_lenders", held_for_lenders.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::PoolOvercommitted { pool, dimension, capacity, guaranteed, reserve } => {
+                put("pool", pool.to_string());
+                put("dimension", dimension.name().to_owned());
+                put("capacity", capacity.to_string());
+                put("guaranteed", guaranteed.to_string());
+                put("reserve", reserve.to_string());
             }
             Rejection::LeaseHeld { lease, holder, token, expires_at } => {
                 put("lease", lease.to_string());

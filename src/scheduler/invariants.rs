@@ -237,6 +237,16 @@ impl Scheduler {
             bad.push(format!("{} queued exceed the bound {}", s.queue.len(), super::QUEUE_MAX));
         }
 
+        // Pool reserves name valid pools and are bounded.
+        for pool in s.pool_reserves.keys() {
+            if super::ids::validate_object_id("pool", pool.as_str()).is_err() {
+                bad.push(format!("reserve of invalid pool {pool:?}"));
+            }
+        }
+        if s.pool_reserves.len() > super::POOL_RESERVES_MAX {
+            bad.push(format!("{} pool reserves exceed the bound", s.pool_reserves.len()));
+        }
+
         // 8: the session table is bounded.
         if s.sessions.len() as u64 > s.config.sessions_max {
             bad.push(format!(

@@ -66,6 +66,7 @@ impl Scheduler {
             leases: s.leases.clone(),
             queue: s.queue.clone(),
             sessions: Default::default(),
+            pool_reserves: s.pool_reserves.clone(),
         };
         let ix = self.ix.clone_without_sessions();
         Scheduler {

@@ -33,6 +33,7 @@ mod workers;
 
 use sha2::{Digest, Sha256};
 
+pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
 pub use command::{
     Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, PlaceSpec, Rejection,
     Response, Strategy,
@@ -286,6 +287,7 @@ impl Scheduler {
                 Ok(Response::WorkerSchedulable { schedulable })
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
+            Command::SetPoolReserve { pool, reserve } => self.set_pool_reserve(pool, reserve),
             Command::CreateTenant { tenant, parent, weight } => {
                 self.create_tenant(tenant, parent, weight)
             }

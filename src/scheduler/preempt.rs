@@ -14,7 +14,10 @@
 //!   placements of tenants above their own share (borrowers), whatever their priority.
 //!
 //! Victims are chosen deterministically: borrowers first, then lowest priority, then most
-//! recent (log index, then placement time), then by tenant and id. A victim is released only if
+//! recent (log index, then placement time), then by tenant and id; except that for a lack of
+//! capacity, a borrower with an instance on a worker that could then take an instance of the
+//! placement goes before other borrowers (so reclaim does not give up early: see
+//! `next_victim`). A victim is released only if
 //! it can help with what refuses the placement *at that point*: for capacity it runs in the
 //! pool; for a quota it belongs to the limiting tenant's subtree, runs in the limited pool (if
 //! the limit is per pool) and uses the limited dimension. Victims are released one at a time on
@@ -35,12 +38,14 @@
 //! policy or a guarantee allows it and some candidate exists.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use super::command::{PlaceSpec, Rejection};
-use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, DEFAULT_POOL};
+use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, WorkerId, DEFAULT_POOL};
 use super::jobs::Explain;
 use super::queue::QUEUE_MAX;
 use super::quota::{Preemption, QuotaEvent, Usage};
+use super::resources::Resources;
 use super::state::Placement;
 use super::Scheduler;
 
@@ -181,8 +186,7 @@ impl Scheduler {
             if chosen.len() >= max {
                 return None;
             }
-            let next =
-                candidates.iter().position(|(c, _)| scratch.may_release(c, &refused, tenant))?;
+            let next = scratch.next_victim(&candidates, &refused, tenant, spec)?;
             let (c, _) = candidates.remove(next);
             // Reclaimed if that is what made it eligible now (a borrower goes first either way).
             let reclaimed =
@@ -201,6 +205,53 @@ impl Scheduler {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// The next candidate to release: the first one in victim order that may be released, except
+    /// that for a lack of capacity a reclaim candidate with an instance on a worker that could
+    /// then take an instance of `spec` (its free capacity plus what reclaim candidates hold
+    /// there) goes first. Otherwise releasing a borrower's work elsewhere could bring it down to
+    /// its share with nothing gained, and the victim that would have made room could no longer
+    /// be reclaimed.
+    fn next_victim(
+        &self,
+        candidates: &[(Candidate, VictimOrder)],
+        refused: &Rejection,
+        claimant: &TenantId,
+        spec: &PlaceSpec,
+    ) -> Option<usize> {
+        let eligible: Vec<usize> = (0..candidates.len())
+            .filter(|i| self.may_release(&candidates[*i].0, refused, claimant))
+            .collect();
+        let first = *eligible.first()?;
+        if !matches!(refused, Rejection::NoCapacity { .. }) {
+            return Some(first);
+        }
+        let reclaim: Vec<&Placement> = eligible
+            .iter()
+            .map(|i| &candidates[*i].0)
+            .filter(|c| c.by_reclaim)
+            .map(|c| &self.state.placements[&c.key])
+            .collect();
+        let mut held: BTreeMap<&WorkerId, Resources> = BTreeMap::new();
+        for p in &reclaim {
+            for w in &p.instances {
+                let slot = held.entry(w).or_default();
+                *slot = slot.checked_add(p.spec.resources).unwrap_or(*slot);
+            }
+        }
+        let room = |w: &WorkerId| {
+            let worker = &self.state.workers[w];
+            let free = worker.free().checked_add(held[w]).unwrap_or(Resources::ZERO);
+            worker.schedulable
+                && spec.resources.fits_in(free)
+                && spec.worker_requires.iter().all(|r| r.matches(&worker.labels))
+        };
+        let useful = eligible.into_iter().find(|i| {
+            let c = &candidates[*i].0;
+            c.by_reclaim && self.state.placements[&c.key].instances.iter().any(room)
+        });
+        Some(useful.unwrap_or(first))
     }
 
     /// True when releasing candidate `c` (on this state) is allowed and can help with `refused`.

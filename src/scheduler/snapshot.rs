@@ -12,7 +12,8 @@ use super::{Scheduler, State};
 /// 3: quotas gained a preemption policy and pool guarantees; placements a `borrowed` mark and
 /// specs `requeue_on_preemption`.
 /// 4: quotas gained soft limits as a share of a pool (`soft_share`).
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// 5: pools gained reserves (`State::pool_reserves`).
+pub const SNAPSHOT_VERSION: u32 = 5;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
@@ -90,5 +91,29 @@ impl Scheduler {
     /// SHA-256 of the encoded state: equal on replicas that applied the same entries.
     pub fn state_hash(&self) -> [u8; 32] {
         Sha256::digest(payload(&self.state)).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{PoolId, Resources};
+
+    /// A snapshot whose pool reserve names an invalid pool is refused by the invariants, and
+    /// one of the previous format version is refused outright.
+    #[test]
+    fn decode_refuses_a_bad_reserve_and_an_old_version() {
+        let mut state = State::default();
+        state.pool_reserves.insert(PoolId::new("Bad Pool"), Resources::new(1, 1));
+        let bytes = Scheduler::from_state(state).encode();
+        assert!(matches!(Scheduler::decode(&bytes), Err(DecodeError::Invariants(_))));
+
+        let mut bytes = Scheduler::default().encode();
+        assert!(Scheduler::decode(&bytes).is_ok());
+        bytes[4..8].copy_from_slice(&(SNAPSHOT_VERSION - 1).to_le_bytes());
+        assert!(matches!(
+            Scheduler::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion { found }) if found == SNAPSHOT_VERSION - 1
+        ));
     }
 }

@@ -173,4 +173,7 @@ pub struct State {
     /// Placements waiting for quota or capacity (`PlaceOrQueue`).
     pub queue: BTreeMap<(TenantId, PlacementId), QueuedPlacement>,
     pub sessions: BTreeMap<SessionKey, Session>,
+    /// Capacity of a pool held back from guarantees, for borrowers (`SetPoolReserve`). A pool
+    /// with a reserve refuses guarantees that would eat into it (see `borrow.rs`).
+    pub pool_reserves: BTreeMap<PoolId, Resources>,
 }

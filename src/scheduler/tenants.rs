@@ -249,6 +249,7 @@ impl Scheduler {
                 ));
             }
         }
+        self.check_guarantees_fit(&t.quota.guarantees, &quota.guarantees)?;
         let limited = !quota.windows.is_unlimited();
         let t = self.tenant_mut(tenant)?;
         let was_limited = !t.quota.windows.is_unlimited();
