@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
 use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
-use berth::storage::{LogStore, MemLog, SnapshotStore};
+use berth::storage::{FileLogOptions, LogStore, MemLog, SnapshotStore};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
@@ -62,7 +62,8 @@ fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), Storag
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Compacting {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let log = LogStore::open_dir_compacting_at(&dir.path().join("log"), 1).expect("opens");
+            let options = FileLogOptions { compact_at_bytes: 1, preallocate_bytes: 4096 };
+            let log = LogStore::open_dir_with(&dir.path().join("log"), options).expect("opens");
             let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
             Ok((dir, log, sm))
         }
@@ -96,14 +97,13 @@ async fn file_log_reopens_what_it_acknowledged_and_drops_a_torn_tail() {
         log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.expect("purges");
     }
     let wal = path.join("wal");
-    let intact = std::fs::metadata(&wal).expect("wal").len();
+    let end = records_end(&std::fs::read(&wal).expect("wal"));
     // A crash in the middle of the next record: its header and part of its payload.
-    let mut file = std::fs::OpenOptions::new().append(true).open(&wal).expect("wal");
-    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).expect("torn write");
-    drop(file);
+    write_at(&wal, end, &[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]);
 
     let mut log = LogStore::open_dir(&path).expect("reopens");
-    assert_eq!(std::fs::metadata(&wal).expect("wal").len(), intact, "torn tail cut off");
+    let bytes = std::fs::read(&wal).expect("wal");
+    assert!(bytes[end..].iter().all(|b| *b == 0), "torn tail zeroed");
     assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(2, 1)));
     assert_eq!(log_state(&mut log).await, (Some(2), Some(4)));
     assert_eq!(indexes(&mut log).await, vec![3, 4]);
@@ -111,6 +111,50 @@ async fn file_log_reopens_what_it_acknowledged_and_drops_a_torn_tail() {
     drop(log);
     let mut log = LogStore::open_dir(&path).expect("reopens again");
     assert_eq!(indexes(&mut log).await, vec![3, 4, 5], "appends after the cut survive");
+}
+
+/// Where the records of a log file end (the first zero length).
+fn records_end(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return at;
+        }
+        at += 8 + len;
+    }
+}
+
+fn write_at(path: &std::path::Path, offset: usize, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).expect("wal");
+    file.write_all_at(bytes, offset as u64).expect("write");
+}
+
+/// A torn write can leave whole records of its own behind the one it tore. They were never
+/// acknowledged, and a later record written over the torn one must not bring them back.
+#[tokio::test]
+async fn records_behind_a_torn_one_never_come_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    {
+        let mut log = LogStore::open_dir(&path).expect("opens");
+        for i in 1..=3 {
+            log.blocking_append([entry(i, vec![register("w")])]).await.expect("appends");
+        }
+    }
+    let wal = path.join("wal");
+    let bytes = std::fs::read(&wal).expect("wal");
+    let second = 8 + u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    // Tear the second record (its checksum no longer matches); the third stays whole.
+    write_at(&wal, second + 4, &[0xde, 0xad, 0xbe, 0xef]);
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(indexes(&mut log).await, vec![1]);
+    // The same size as the torn record: it ends exactly where the stale third one began.
+    log.blocking_append([entry(2, vec![register("v")])]).await.expect("appends");
+    drop(log);
+    let mut log = LogStore::open_dir(&path).expect("reopens again");
+    assert_eq!(indexes(&mut log).await, vec![1, 2], "the stale third record stays gone");
 }
 
 /// A byte flipped inside a record fails its checksum: the log ends before it, never with a
@@ -126,7 +170,7 @@ async fn file_log_never_returns_a_damaged_record() {
     }
     let wal = path.join("wal");
     let mut bytes = std::fs::read(&wal).expect("wal");
-    let last = bytes.len() - 3;
+    let last = records_end(&bytes) - 3;
     bytes[last] ^= 0x40;
     std::fs::write(&wal, &bytes).expect("damage");
     let mut log = LogStore::open_dir(&path).expect("reopens");
@@ -141,7 +185,8 @@ async fn file_log_compaction_keeps_the_live_log_only() {
     let path = dir.path().join("log");
     let big = |i: u64| entry(i, (0..20).map(|k| register(&format!("worker-{i}-{k}"))).collect());
     {
-        let mut log = LogStore::open_dir_compacting_at(&path, 64 * 1024).expect("opens");
+        let options = FileLogOptions { compact_at_bytes: 64 * 1024, preallocate_bytes: 4096 };
+        let mut log = LogStore::open_dir_with(&path, options).expect("opens");
         for i in 1..=200 {
             log.blocking_append([big(i)]).await.expect("appends");
             if i % 50 == 0 {

@@ -8,5 +8,5 @@
 pub mod log_store;
 pub mod snapshot_store;
 
-pub use log_store::{LogStore, MemLog};
+pub use log_store::{FileLogOptions, LogStore, MemLog};
 pub use snapshot_store::SnapshotStore;
