@@ -127,7 +127,7 @@ impl MemFlusher {
         if self.queue.get().is_none() {
             let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
             let (queue, requests) = tokio::sync::mpsc::unbounded_channel::<MemFlush>();
-            let delay = LogStore::mem(log).flush_delay;
+            let delay = lock(log).flush_delay;
             runtime.spawn(Self::run(log.clone(), delay, requests));
             // Lost a race to another first caller: that one's flusher serves, this one stops.
             let _ = self.queue.set(queue);
@@ -147,7 +147,7 @@ impl MemFlusher {
             while let Ok(next) = requests.try_recv() {
                 waiting.push(next);
             }
-            LogStore::mem(&log).flush();
+            lock(&log).flush();
             for request in waiting {
                 match request {
                     MemFlush::Append(callback) => callback.log_io_completed(Ok(())),
@@ -199,15 +199,25 @@ impl Record {
         Ok(())
     }
 
-    /// `[length u32 LE][crc32 of the payload u32 LE][payload]`.
-    fn frame(&self) -> Result<Vec<u8>, StorageError> {
-        let payload = encode(self)?;
-        let len = u32::try_from(payload.len()).map_err(write_err)?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        Ok(frame)
+    /// Appends `[length u32 LE][crc32 of the payload u32 LE][payload]` to `out`, encoding
+    /// the payload in place (on failure `out` is left as it was).
+    fn frame_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        let encoded = bincode::serde::encode_into_std_write(self, out, bincode::config::standard())
+            .map_err(write_err)
+            .and_then(|n| u32::try_from(n).map_err(write_err));
+        let len = match encoded {
+            Ok(len) => len,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
     }
 }
 
@@ -282,18 +292,28 @@ fn replay(bytes: &[u8], log: &mut MemLog) -> Result<usize, String> {
     Ok(at)
 }
 
-/// What the writer thread is asked to do: write a framed record, then, if asked, make
-/// everything written durable and say so.
+/// What the writer thread is asked to do: write framed records, sync, and say so.
 struct WriteRequest {
-    frame: Vec<u8>,
-    done: Done,
+    frames: Vec<u8>,
+    ack: Ack,
 }
 
-enum Done {
-    /// Durable with the next sync (a commit mark).
-    Later,
+/// Who is told once a write is durable.
+enum Ack {
     Append(LogFlushed<TypeConfig>),
     Sync(oneshot::Sender<io::Result<()>>),
+}
+
+impl Ack {
+    fn send(self, outcome: &Result<(), String>) {
+        let outcome = outcome.clone().map_err(io::Error::other);
+        match self {
+            Ack::Append(callback) => callback.log_io_completed(outcome),
+            Ack::Sync(reply) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -393,24 +413,19 @@ impl FileLog {
     }
 
     /// Applies `record` (if any) to the log in memory and queues it for the file, in one
-    /// step, so the file holds the changes in the order reads saw them.
-    fn write(&self, record: Option<Record>, done: Done) -> Result<(), StorageError> {
-        let frame = record.as_ref().map(Record::frame).transpose()?.unwrap_or_default();
-        let mut mem = LogStore::mem(&self.mem);
+    /// step, so the file holds the changes in the order reads saw them. Without `ack` the
+    /// record is held back for the next write that has one.
+    fn write(&self, record: Option<Record>, ack: Option<Ack>) -> Result<(), StorageError> {
+        let mut mem = lock(&self.mem);
+        let mut held = lock(&self.held);
         if let Some(record) = record {
+            record.frame_into(&mut held)?;
             record.apply(&mut mem).map_err(write_err)?;
         }
-        let mut held = lock(&self.held);
-        if let Done::Later = done {
-            held.extend_from_slice(&frame);
-            return Ok(());
-        }
-        let mut frames = std::mem::take(&mut *held);
-        frames.extend_from_slice(&frame);
+        let Some(ack) = ack else { return Ok(()) };
+        let frames = std::mem::take(&mut *held);
         let queue = self.queue.as_ref().ok_or_else(|| write_err("log writer stopped"))?;
-        queue
-            .send(WriteRequest { frame: frames, done })
-            .map_err(|_| write_err("log writer stopped"))
+        queue.send(WriteRequest { frames, ack }).map_err(|_| write_err("log writer stopped"))
     }
 }
 
@@ -438,14 +453,7 @@ impl Writer {
             batch.extend(self.requests.try_iter());
             let outcome = self.write(&batch);
             for request in batch {
-                let outcome = outcome.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.clone()));
-                match request.done {
-                    Done::Later => {}
-                    Done::Append(callback) => callback.log_io_completed(outcome),
-                    Done::Sync(reply) => {
-                        let _ = reply.send(outcome);
-                    }
-                }
+                request.ack.send(&outcome);
             }
             if self.failed.is_none() && self.len >= self.compact_at {
                 match self.compact() {
@@ -461,12 +469,16 @@ impl Writer {
         if let Some(why) = &self.failed {
             return Err(why.clone());
         }
-        let mut bytes = Vec::with_capacity(batch.iter().map(|r| r.frame.len()).sum());
-        for request in batch {
-            bytes.extend_from_slice(&request.frame);
-        }
-        let written = self.write_at_end(&bytes);
-        match written {
+        // One request (the common case) is written as it is; several are joined for one write.
+        let joined;
+        let bytes = match batch {
+            [one] => &one.frames[..],
+            _ => {
+                joined = batch.iter().map(|r| r.frames.as_slice()).collect::<Vec<_>>().concat();
+                &joined[..]
+            }
+        };
+        match self.write_at_end(bytes) {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 Ok(())
@@ -498,7 +510,7 @@ impl Writer {
     /// (changes are queued under the memory lock, which this holds), so the memory log is
     /// exactly what the file says; otherwise hands back the request it found queued.
     fn compact(&mut self) -> io::Result<Option<WriteRequest>> {
-        let mem = LogStore::mem(&self.mem);
+        let mem = lock(&self.mem);
         match self.requests.try_recv() {
             // Not idle: write that first, and try again after it.
             Ok(request) => return Ok(Some(request)),
@@ -510,11 +522,12 @@ impl Writer {
         let mut bytes = Vec::new();
         for (key, value) in &mem.meta {
             let record = Record::Meta((*key).to_owned(), value.clone());
-            bytes.extend(record.frame().map_err(io::Error::other)?);
+            record.frame_into(&mut bytes).map_err(io::Error::other)?;
         }
-        let entries: Vec<(u64, Vec<u8>)> = mem.logs.iter().map(|(i, e)| (*i, e.clone())).collect();
-        for chunk in entries.chunks(1024) {
-            bytes.extend(Record::Entries(chunk.to_vec()).frame().map_err(io::Error::other)?);
+        let mut entries = mem.logs.iter().peekable();
+        while entries.peek().is_some() {
+            let chunk = entries.by_ref().take(1024).map(|(i, e)| (*i, e.clone())).collect();
+            Record::Entries(chunk).frame_into(&mut bytes).map_err(io::Error::other)?;
         }
         let tmp = self.dir.join(WAL_TMP);
         let mut file = File::create(&tmp)?;
@@ -589,18 +602,14 @@ impl LogStore {
 
     /// With a flush delay, whether writes wait for the flusher.
     fn delayed(log: &Arc<Mutex<MemLog>>) -> bool {
-        Self::mem(log).durable.is_some()
-    }
-
-    fn mem(log: &Mutex<MemLog>) -> std::sync::MutexGuard<'_, MemLog> {
-        log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(log).durable.is_some()
     }
 
     /// The log as reads see it.
     fn log(&self) -> std::sync::MutexGuard<'_, MemLog> {
         match &self.backend {
-            Backend::File(f) => Self::mem(&f.mem),
-            Backend::Memory(m, _) => Self::mem(m),
+            Backend::File(f) => lock(&f.mem),
+            Backend::Memory(m, _) => lock(m),
         }
     }
 
@@ -609,28 +618,33 @@ impl LogStore {
         bytes.map(|b| decode(&b)).transpose()
     }
 
-    /// Records a change; on file it is durable with the next sync (or with `done`).
-    fn write(&self, record: Record, done: Done) -> Result<(), StorageError> {
+    /// Records a change. On file it is durable with the next sync; an append's callback
+    /// fires once it is.
+    fn write(
+        &self,
+        record: Record,
+        append: Option<LogFlushed<TypeConfig>>,
+    ) -> Result<(), StorageError> {
         match &self.backend {
-            Backend::File(f) => f.write(Some(record), done),
+            Backend::File(f) => f.write(Some(record), append.map(Ack::Append)),
             Backend::Memory(m, flusher) => {
-                record.apply(&mut Self::mem(m)).map_err(write_err)?;
-                match done {
-                    Done::Append(callback) if Self::delayed(m) => {
+                record.apply(&mut lock(m)).map_err(write_err)?;
+                match append {
+                    Some(callback) if Self::delayed(m) => {
                         flusher.request(m, MemFlush::Append(callback)).map_err(write_err)
                     }
-                    Done::Append(callback) => {
+                    Some(callback) => {
                         callback.log_io_completed(Ok(()));
                         Ok(())
                     }
-                    Done::Later | Done::Sync(_) => Ok(()),
+                    None => Ok(()),
                 }
             }
         }
     }
 
     fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
-        self.write(Record::Meta(key.to_owned(), encode(value)?), Done::Later)
+        self.write(Record::Meta(key.to_owned(), encode(value)?), None)
     }
 
     fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<LogEntry>, StorageError> {
@@ -646,7 +660,7 @@ impl LogStore {
         match &self.backend {
             Backend::File(f) => {
                 let (reply, synced) = oneshot::channel();
-                f.write(None, Done::Sync(reply)).map_err(io::Error::other)?;
+                f.write(None, Some(Ack::Sync(reply))).map_err(io::Error::other)?;
                 synced.await.map_err(|_| io::Error::other("log writer stopped"))?
             }
             Backend::Memory(m, flusher) if Self::delayed(m) => {
@@ -716,11 +730,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((entry.log_id.index, encode(&entry)?));
         }
         // Readable at once; acknowledged (the callback) only once durable.
-        self.write(Record::Entries(encoded), Done::Append(callback))
+        self.write(Record::Entries(encoded), Some(callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.write(Record::RemoveFrom(log_id.index), Done::Later)?;
+        self.write(Record::RemoveFrom(log_id.index), None)?;
         self.sync().await.map_err(write_err)
     }
 
@@ -728,7 +742,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record how far the log is purged, durably, before deleting anything.
         self.put_meta(LAST_PURGED, &log_id)?;
         self.sync().await.map_err(write_err)?;
-        self.write(Record::RemoveThrough(log_id.index), Done::Later)?;
+        self.write(Record::RemoveThrough(log_id.index), None)?;
         self.sync().await.map_err(write_err)
     }
 }
@@ -751,11 +765,11 @@ mod tests {
         let (log, mut store) = delayed();
         let vote = Vote::new(3, 1);
         store.save_vote(&vote).await.expect("saves");
-        assert!(!LogStore::mem(&log).has_pending());
+        assert!(!lock(&log).has_pending());
         let committed = Some(LogId::new(CommittedLeaderId::new(3, 1), 7));
         store.save_committed(committed).await.expect("saves");
-        assert!(LogStore::mem(&log).has_pending(), "a commit mark alone is not flushed");
-        LogStore::mem(&log).crash();
+        assert!(lock(&log).has_pending(), "a commit mark alone is not flushed");
+        lock(&log).crash();
         let mut reopened = LogStore::memory(log.clone());
         assert_eq!(reopened.read_vote().await.expect("reads"), Some(vote));
         assert_eq!(reopened.read_committed().await.expect("reads"), None, "not flushed, lost");
@@ -765,14 +779,14 @@ mod tests {
     #[tokio::test]
     async fn unflushed_entries_are_readable_until_a_crash() {
         let (log, mut store) = delayed();
-        LogStore::mem(&log).logs.insert(1, vec![1]);
+        lock(&log).logs.insert(1, vec![1]);
         store.save_vote(&Vote::new(1, 1)).await.expect("flushes everything written before");
-        LogStore::mem(&log).logs.insert(2, vec![2]);
-        assert!(LogStore::mem(&log).entry(2).is_some(), "readable before it is flushed");
-        assert!(LogStore::mem(&log).durable_entry(2).is_none());
-        LogStore::mem(&log).crash();
-        assert_eq!(LogStore::mem(&log).entry(1), Some(&[1u8][..]));
-        assert_eq!(LogStore::mem(&log).entry(2), None, "not flushed, lost");
+        lock(&log).logs.insert(2, vec![2]);
+        assert!(lock(&log).entry(2).is_some(), "readable before it is flushed");
+        assert!(lock(&log).durable_entry(2).is_none());
+        lock(&log).crash();
+        assert_eq!(lock(&log).entry(1), Some(&[1u8][..]));
+        assert_eq!(lock(&log).entry(2), None, "not flushed, lost");
     }
 
     /// Without a flush delay every write is durable at once (tests and `berth up`).
@@ -781,8 +795,8 @@ mod tests {
         let log: Arc<Mutex<MemLog>> = Arc::default();
         let mut store = LogStore::memory(log.clone());
         store.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 2))).await.expect("ok");
-        assert!(!LogStore::mem(&log).has_pending());
-        LogStore::mem(&log).crash();
+        assert!(!lock(&log).has_pending());
+        lock(&log).crash();
         assert!(store.read_committed().await.expect("reads").is_some());
     }
 }
