@@ -259,20 +259,8 @@ pub enum QuotaCmd {
     Guarantee {
         tenant: String,
         pool: String,
-        #[arg(long, value_parser = parse_cpu, default_value = "0")]
-        cpu: u64,
-        #[arg(long, default_value_t = 0)]
-        memory_mib: u64,
-        /// Most cpu the subtree may use above the guarantee in the pool.
-        #[arg(long, value_parser = parse_cpu)]
-        borrow_cpu: Option<u64>,
-        #[arg(long)]
-        borrow_memory_mib: Option<u64>,
-        /// Most of the unused guaranteed cpu other tenants may borrow.
-        #[arg(long, value_parser = parse_cpu)]
-        lend_cpu: Option<u64>,
-        #[arg(long)]
-        lend_memory_mib: Option<u64>,
+        #[command(flatten)]
+        share: GuaranteeFlags,
         #[arg(long, conflicts_with_all = ["cpu", "memory_mib", "borrow_cpu", "borrow_memory_mib", "lend_cpu", "lend_memory_mib"])]
         remove: bool,
     },
@@ -281,29 +269,44 @@ pub enum QuotaCmd {
     Get { tenant: String },
 }
 
-/// A guarantee from CLI flags: a limit dimension left out is unlimited.
-#[allow(clippy::too_many_arguments)]
-fn guarantee_from_flags(
+/// A guaranteed share of a pool, as `berth quota guarantee` takes it.
+#[derive(clap::Args, Debug)]
+pub struct GuaranteeFlags {
+    #[arg(long, value_parser = parse_cpu, default_value = "0")]
     cpu: u64,
+    #[arg(long, default_value_t = 0)]
     memory_mib: u64,
+    /// Most cpu the subtree may use above the guarantee in the pool.
+    #[arg(long, value_parser = parse_cpu)]
     borrow_cpu: Option<u64>,
+    #[arg(long)]
     borrow_memory_mib: Option<u64>,
+    /// Most of the unused guaranteed cpu other tenants may borrow.
+    #[arg(long, value_parser = parse_cpu)]
     lend_cpu: Option<u64>,
+    #[arg(long)]
     lend_memory_mib: Option<u64>,
-) -> pb::Guarantee {
-    let res = |cpu_millis, memory_mib| pb::Resources { cpu_millis, memory_mib };
-    let borrowing = (borrow_cpu.is_some() || borrow_memory_mib.is_some()).then(|| {
-        res(
-            borrow_cpu.unwrap_or(u64::MAX - cpu),
-            borrow_memory_mib.unwrap_or(u64::MAX - memory_mib),
-        )
-    });
-    let lending = (lend_cpu.is_some() || lend_memory_mib.is_some())
-        .then(|| res(lend_cpu.unwrap_or(u64::MAX), lend_memory_mib.unwrap_or(u64::MAX)));
-    pb::Guarantee {
-        nominal: Some(res(cpu, memory_mib)),
-        borrowing_limit: borrowing,
-        lending_limit: lending,
+}
+
+impl GuaranteeFlags {
+    /// The guarantee: a limit dimension left out is unlimited.
+    fn guarantee(&self) -> pb::Guarantee {
+        let res = |cpu_millis, memory_mib| pb::Resources { cpu_millis, memory_mib };
+        let borrowing =
+            (self.borrow_cpu.is_some() || self.borrow_memory_mib.is_some()).then(|| {
+                res(
+                    self.borrow_cpu.unwrap_or(u64::MAX - self.cpu),
+                    self.borrow_memory_mib.unwrap_or(u64::MAX - self.memory_mib),
+                )
+            });
+        let lending = (self.lend_cpu.is_some() || self.lend_memory_mib.is_some()).then(|| {
+            res(self.lend_cpu.unwrap_or(u64::MAX), self.lend_memory_mib.unwrap_or(u64::MAX))
+        });
+        pb::Guarantee {
+            nominal: Some(res(self.cpu, self.memory_mib)),
+            borrowing_limit: borrowing,
+            lending_limit: lending,
+        }
     }
 }
 
@@ -849,32 +852,12 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                     };
                 })
             }
-            (
-                _,
-                QuotaCmd::Guarantee {
-                    tenant,
-                    pool,
-                    cpu,
-                    memory_mib,
-                    borrow_cpu,
-                    borrow_memory_mib,
-                    lend_cpu,
-                    lend_memory_mib,
-                    remove,
-                },
-            ) => {
+            (_, QuotaCmd::Guarantee { tenant, pool, share, remove }) => {
                 edit_quota!(tenant, |quota| {
                     if remove {
                         quota.guarantees.remove(&pool);
                     } else {
-                        let g = guarantee_from_flags(
-                            cpu,
-                            memory_mib,
-                            borrow_cpu,
-                            borrow_memory_mib,
-                            lend_cpu,
-                            lend_memory_mib,
-                        );
+                        let g = share.guarantee();
                         quota.guarantees.insert(pool, g);
                     }
                 })
