@@ -3,8 +3,8 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The public API; the replicas' peer protocol is compiled alongside but not advertised
-    // by reflection on the API port (it is served only on the peer port).
+    // The public API. (Replicas talk to each other in frames of their own on the peer port:
+    // see src/network/mod.rs.)
     let api = [
         "proto/berth/v1/common.proto",
         "proto/berth/v1/tenants.proto",
@@ -14,12 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/v1/billing.proto",
         "proto/berth/v1/cluster.proto",
     ];
-    let peer = "proto/berth/raft/v1/raft.proto";
     println!("cargo:rerun-if-changed=proto");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let api_descriptors = protox::compile(api, ["proto"])?;
-    std::fs::write(out_dir.join("berth_api_descriptor.bin"), api_descriptors.encode_to_vec())?;
-    let descriptors = protox::compile(api.iter().copied().chain([peer]), ["proto"])?;
+    let descriptors = protox::compile(api, ["proto"])?;
+    std::fs::write(out_dir.join("berth_api_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
         // Ordered maps: labels and quotas convert to the core's BTreeMaps as they are.
         .btree_map(".")

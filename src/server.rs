@@ -55,10 +55,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the replica, serves its peer RPC (and the public API, if given a listener). With
-    /// `bootstrap`, a
-    /// replica whose storage is new initialises the cluster with those members; a replica that
-    /// already belongs to a cluster never re-initialises.
+    /// Starts the replica, serves its peer port (and the public API, if given a listener). With
+    /// `bootstrap`, a replica whose storage is new initialises the cluster with those members;
+    /// a replica that already belongs to a cluster never re-initialises.
     pub async fn start<I, IO, IE>(
         options: ReplicaOptions,
         storage: Storage,
@@ -71,14 +70,26 @@ impl Server {
         I: Stream<Item = Result<IO, IE>> + Send + 'static,
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
         IO::ConnectInfo: Clone + Send + Sync + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send + 'static,
     {
         let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
             .await
             .map_err(anyhow::Error::msg)?;
         let mut stop_serving = Vec::new();
         let mut serving = Vec::new();
-        let mut serve = |routes: tonic::service::Routes, incoming: I| {
+        let (stop, stopped) = oneshot::channel::<()>();
+        stop_serving.push(stop);
+        let peer = replica.peer_service();
+        serving.push(tokio::spawn(async move {
+            peer.serve(listeners.peer, async {
+                let _ = stopped.await;
+            })
+            .await;
+            Ok(())
+        }));
+        if let Some((incoming, admin)) = listeners.api {
+            let routes =
+                Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
             let (stop, stopped) = oneshot::channel::<()>();
             stop_serving.push(stop);
             serving.push(tokio::spawn(
@@ -88,13 +99,6 @@ impl Server {
                         let _ = stopped.await;
                     }),
             ));
-        };
-        let peer = tonic::service::Routes::new(replica.peer_service().into_server());
-        serve(peer, listeners.peer);
-        if let Some((incoming, admin)) = listeners.api {
-            let routes =
-                Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
-            serve(routes, incoming);
         }
         if let Some(members) = bootstrap {
             if replica.initialize(members).await.map_err(anyhow::Error::msg)? {

@@ -1,5 +1,5 @@
-//! Glue between Berth's injectable IO and turmoil: listeners, a connector for tonic channels,
-//! and a clock driven by simulated time (plus a per-replica skew).
+//! Glue between Berth's injectable IO and turmoil: listeners, connectors (for peers and for
+//! tonic channels), and a clock driven by simulated time (plus a per-replica skew).
 
 use std::io;
 use std::pin::Pin;
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth::clock::Clock;
-use berth::network::Connect;
+use berth::network::{Connect, PeerStream};
 use berth::scheduler::UnixMillis;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -69,7 +69,7 @@ pub async fn listen(port: u16) -> io::Result<Incoming> {
     Ok(ReceiverStream::new(rx))
 }
 
-/// A lazy tonic channel to `host:port` over the simulated network.
+/// A lazy tonic channel to `host:port` over the simulated network (for API clients).
 pub fn channel(addr: &str) -> Result<Channel, String> {
     let target = addr.to_string();
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -84,9 +84,20 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
     })))
 }
 
-/// The peer connector for `Server::start`.
+/// The peer connector for `Server::start`: simulated TCP connections.
 pub fn connect() -> Connect {
-    Arc::new(channel)
+    Arc::new(|addr: &str| {
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let stream = tokio::time::timeout(
+                Duration::from_millis(500),
+                turmoil::net::TcpStream::connect(addr.as_str()),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no connection within 500ms"))??;
+            Ok(Box::new(stream) as Box<dyn PeerStream>)
+        })
+    })
 }
 
 /// Simulated wall clock: turmoil's time since its (fixed) epoch, plus this replica's skew.

@@ -244,7 +244,7 @@ impl Replica {
         Ok(if same_vote { index.max(*last_log) } else { index })
     }
 
-    /// The gRPC service other replicas call on this replica's peer port.
+    /// What other replicas call on this replica's peer port.
     pub fn peer_service(&self) -> PeerService {
         PeerService::new(self.clone(), self.inner.clock.clone())
     }
@@ -375,11 +375,11 @@ impl Replica {
         proposals: &[Proposal],
         deadline: Instant,
     ) -> Result<Result<BatchResult, ForwardError>, String> {
-        let mut client = self.leader_client(leader)?;
+        let client = self.leader_client(leader)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        client.propose(proposals, remaining).await.map_err(|status| {
+        client.propose(proposals, remaining).await.map_err(|e| {
             self.forget_leader_client();
-            status.message().to_owned()
+            e.to_string()
         })
     }
 
@@ -400,7 +400,7 @@ impl Replica {
                 return Ok(client.clone());
             }
         }
-        let client = PeerClient::new(&self.inner.connect, &addr)?;
+        let client = PeerClient::new(&self.inner.connect, &addr);
         *cached = Some((leader, addr, client.clone()));
         Ok(client)
     }
@@ -527,12 +527,12 @@ impl Replica {
                 Some(id) => {
                     let remaining = until.saturating_duration_since(Instant::now());
                     match self.leader_client(id) {
-                        Ok(mut client) => match client.read_index(remaining).await {
+                        Ok(client) => match client.read_index(remaining).await {
                             Ok(Ok(index)) => return Ok(index),
                             Ok(Err(e)) => last_problem = e.to_string(),
-                            Err(status) => {
+                            Err(e) => {
                                 self.forget_leader_client();
-                                last_problem = status.message().to_owned();
+                                last_problem = e.to_string();
                             }
                         },
                         Err(e) => last_problem = e,
@@ -580,7 +580,7 @@ impl Replica {
 
     /// Asks a peer for its own status over the peer port (`None` if it does not answer).
     pub async fn peer_status(&self, addr: &str) -> Option<ReplicaStatus> {
-        let mut client = PeerClient::new(&self.inner.connect, addr).ok()?;
+        let client = PeerClient::new(&self.inner.connect, addr);
         client.status(Duration::from_secs(1)).await.ok()
     }
 
