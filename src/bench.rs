@@ -203,16 +203,22 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         pb::DeleteTenantRequest { request_id: new_request_id(), tenant_id: tenant.clone() }
     );
     if connection.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} clients, {} s, {} errors", report.clients, report.seconds, report.errors);
-        println!(
+        out!("{} clients, {} s, {} errors", report.clients, report.seconds, report.errors);
+        out!(
             "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "op", "count", "ops/s", "p50 ms", "p99 ms", "p999 ms", "max ms"
+            "op",
+            "count",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "p999 ms",
+            "max ms"
         );
         let ms = |us: u64| format!("{}.{:03}", us / 1000, us % 1000);
         for s in &report.ops {
-            println!(
+            out!(
                 "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 s.op,
                 s.count,

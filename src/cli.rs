@@ -570,7 +570,7 @@ pub enum ClientCmd {
 fn show<T: Serialize>(json: bool, value: &T) -> anyhow::Result<()> {
     let value = serde_json::to_value(value)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         render(&value, 0);
     }
@@ -608,16 +608,16 @@ fn render(value: &serde_json::Value, indent: usize) {
         serde_json::Value::Object(map) => {
             for (key, v) in map {
                 match scalar(v) {
-                    Some(s) => println!("{pad}{key}: {s}"),
+                    Some(s) => out!("{pad}{key}: {s}"),
                     None => {
-                        println!("{pad}{key}:");
+                        out!("{pad}{key}:");
                         render(v, indent + 1);
                     }
                 }
             }
         }
         serde_json::Value::Array(items) => table(items, indent),
-        other => println!("{pad}{}", scalar(other).unwrap_or_default()),
+        other => out!("{pad}{}", scalar(other).unwrap_or_default()),
     }
 }
 
@@ -648,14 +648,14 @@ fn table(items: &[serde_json::Value], indent: usize) {
     let line = |cells: Vec<String>| {
         let text: Vec<String> =
             cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{pad}{}", text.join("  ").trim_end());
+        out!("{pad}{}", text.join("  ").trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in rows {
         line(row);
     }
     if items.is_empty() {
-        println!("{pad}(none)");
+        out!("{pad}(none)");
     }
 }
 
@@ -694,16 +694,16 @@ fn queued_row(q: &pb::QueuedPlacement) -> serde_json::Value {
 fn show_decision(placement: &Option<pb::Placement>, d: &pb::PlaceDecision) -> anyhow::Result<()> {
     if d.would_place {
         let workers = placement.as_ref().map(|p| p.workers.join(", ")).unwrap_or_default();
-        println!("would place on: {workers}");
+        out!("would place on: {workers}");
     } else {
-        println!("would refuse: {} ({})", d.reason, d.message);
+        out!("would refuse: {} ({})", d.reason, d.message);
         let meta: BTreeMap<_, _> = d.metadata.iter().collect();
         for (k, v) in meta {
-            println!("  {k}: {v}");
+            out!("  {k}: {v}");
         }
     }
     for e in &d.quota_events {
-        println!("quota event: {:?} tenant={} {}", e.kind(), e.tenant_id, e.grace_ends_at_ms);
+        out!("quota event: {:?} tenant={} {}", e.kind(), e.tenant_id, e.grace_ends_at_ms);
     }
     if !d.workers.is_empty() {
         let rows: Vec<serde_json::Value> = d
@@ -1090,7 +1090,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
                 if json {
                     show(true, &r)
                 } else {
-                    println!(
+                    out!(
                         "leader: {}  term: {}",
                         r.leader_id.map(|l| l.to_string()).unwrap_or("-".into()),
                         r.term

@@ -7,6 +7,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+/// `println!` for command output, except that output into a closed pipe
+/// (`berth tenant list | head -1`) ends the process quietly with the usual status 141, as Unix
+/// tools do, where `println!` would panic. (Rust ignores SIGPIPE, and so must Berth: a write to
+/// a peer's closed socket must be an error, not a kill.)
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            crate::stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1)
+}
+
 mod bench;
 mod cli;
 

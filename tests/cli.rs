@@ -266,6 +266,7 @@ fn up_and_client_subcommands() {
     assert!(spent.stderr.contains(&format!("resets_at_ms={resets}")), "{}", spent.stderr);
     let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
+    closed_stdout_ends_quietly(api, token);
     drop(cluster);
 
     // Same data directory: same token, same state.
@@ -283,4 +284,25 @@ fn up_and_client_subcommands() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(cluster);
+}
+
+/// Output into a pipe whose reader has gone (`berth cluster status | head -0`) ends the command
+/// quietly, as Unix tools do (status 141, or 0 if the output fit before the reader left), never
+/// with a panic.
+fn closed_stdout_ends_quietly(api: u16, token: &str) {
+    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", api + i)).collect::<Vec<_>>().join(",");
+    let mut child = Command::new(BERTH)
+        .args(["cluster", "status"])
+        .env("BERTH_ENDPOINTS", endpoints)
+        .env("BERTH_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("berth runs");
+    // The reader goes before the command has its answer to print.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("berth ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
 }
