@@ -125,8 +125,15 @@ async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> io::Result<Option<(
     if len == 0 || len > PEER_MESSAGE_MAX_BYTES {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length {len}")));
     }
-    let mut payload = vec![0u8; len - 1];
-    stream.read_exact(&mut payload).await?;
+    // Grown as bytes arrive, not allocated at the declared length up front: a stray or broken
+    // connection announcing 64 MiB costs only what it actually sends.
+    let want = len - 1;
+    let mut payload = Vec::new();
+    while payload.len() < want {
+        let start = payload.len();
+        payload.resize(start + (want - start).min(READ_BUFFER_BYTES), 0);
+        stream.read_exact(&mut payload[start..]).await?;
+    }
     Ok(Some((header[4], payload)))
 }
 
@@ -529,6 +536,22 @@ mod tests {
         let again = client.call::<u64, u64>(Rpc::Query, &3, Duration::from_secs(5)).await;
         assert_eq!(again, Ok(3));
         assert_eq!(client.idle().len(), 1, "the good connection is reused, the late one dropped");
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error_not_a_message() {
+        let (mut writer, mut reader) = tokio::io::duplex(1024);
+        let mut cut = 1_000_000u32.to_le_bytes().to_vec();
+        cut.push(Rpc::Query as u8);
+        cut.extend_from_slice(b"ten bytes!");
+        writer.write_all(&cut).await.expect("written");
+        drop(writer);
+        let read = read_frame(&mut reader).await;
+        assert_eq!(read.map_err(|e| e.kind()), Err(io::ErrorKind::UnexpectedEof));
+        // A stream that ends between frames has simply ended.
+        let (writer, mut reader) = tokio::io::duplex(16);
+        drop(writer);
+        assert!(matches!(read_frame(&mut reader).await, Ok(None)));
     }
 
     #[tokio::test]
