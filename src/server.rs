@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
@@ -50,7 +50,7 @@ pub struct Listeners<I> {
 /// A running server; `stop` shuts it down gracefully.
 pub struct Server {
     pub replica: Replica,
-    stop_serving: Vec<oneshot::Sender<()>>,
+    stop_serving: watch::Sender<()>,
     serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -75,29 +75,28 @@ impl Server {
         let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
             .await
             .map_err(anyhow::Error::msg)?;
-        let mut stop_serving = Vec::new();
+        // One signal stops every server; a dropped sender stops them too.
+        let (stop_serving, stop) = watch::channel(());
+        let stopped = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.changed().await;
+            }
+        };
         let mut serving = Vec::new();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stop_serving.push(stop);
         let peer = replica.peer_service();
+        let peer_stopped = stopped();
         serving.push(tokio::spawn(async move {
-            peer.serve(listeners.peer, async {
-                let _ = stopped.await;
-            })
-            .await;
+            peer.serve(listeners.peer, peer_stopped).await;
             Ok(())
         }));
         if let Some((incoming, admin)) = listeners.api {
             let routes =
                 Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            stop_serving.push(stop);
             serving.push(tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    }),
+                    .serve_with_incoming_shutdown(incoming, stopped()),
             ));
         }
         if let Some(members) = bootstrap {
@@ -111,9 +110,7 @@ impl Server {
     /// Stops Raft, then the servers.
     pub async fn stop(self) {
         self.replica.shutdown().await;
-        for stop in self.stop_serving {
-            let _ = stop.send(());
-        }
+        let _ = self.stop_serving.send(());
         // Open client connections hold a graceful shutdown up; a client that keeps its
         // connection idle must not keep the replica running.
         let until = tokio::time::Instant::now() + SERVE_DRAIN;

@@ -329,14 +329,16 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        use tracing::Instrument;
+        // The span follows the call's future (a guard held across `.await` would tag whatever
+        // else runs on this thread meanwhile).
         let span = tracing::trace_span!("peer_rpc", ?rpc, target = self.target);
-        let _guard = span.enter();
         // openraft's hard TTL bounds the call; the soft TTL leaves it room to react.
-        let result: Result<Resp, E> =
-            self.client.call(rpc, request, option.soft_ttl()).await.map_err(|e| match e {
-                PeerError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
-                PeerError::Failed { .. } => RpcError::Network(NetworkError::new(&e)),
-            })?;
+        let call = self.client.call(rpc, request, option.soft_ttl()).instrument(span);
+        let result: Result<Resp, E> = call.await.map_err(|e| match e {
+            PeerError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
+            PeerError::Failed { .. } => RpcError::Network(NetworkError::new(&e)),
+        })?;
         result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
