@@ -10,8 +10,9 @@
 //! - `place+release`: one timed iteration is a `Place` plus a `Release` of the oldest live
 //!   placement (steady state). One iteration places one workload, so iterations/s is
 //!   placements/s *including* the cost of the release.
-//! - `place+request-id`: as `place`, but every entry carries a request id, as production does;
-//!   the session table starts full (`Config::sessions_max`), so every entry also evicts one.
+//! - `place+request-id`: as `place`, but every entry carries a random request id, as production
+//!   does; the session table starts full (`Config::sessions_max`), so every entry also evicts
+//!   one.
 //!
 //! Both run twice: `unconstrained`, and `constrained`, where workload `appN` (N in 0..1000) is
 //! labelled `app=appN`, has a required anti-affinity to `app=appN` and joins the spread
@@ -84,6 +85,14 @@ fn next_random(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A request id shaped like a client's (32 random hex digits, see `client::new_request_id`),
+/// derived from the entry's index on a stream of its own, so the placements are unchanged.
+/// Sequential ids ("req-1", "req-2", ...) made every lookup walk the same cached B-tree path.
+fn request_id_for(index: u64) -> RequestId {
+    let mut state = index;
+    RequestId::new(format!("{:016x}{:016x}", next_random(&mut state), next_random(&mut state)))
 }
 
 fn pick<T: Copy>(state: &mut u64, items: &[T]) -> T {
@@ -196,7 +205,7 @@ impl Cluster {
         Entry {
             index: LogIndex(index),
             proposed_at: UnixMillis(EPOCH_MS + index),
-            request_id: request_id.then(|| RequestId::new(format!("req-{index}"))),
+            request_id: request_id.then(|| request_id_for(index)),
             command,
             token: None,
         }

@@ -1151,11 +1151,11 @@ fn checked_apply(
         check_reclaim_exhausted(&ticked, entry, &applied, &what)?;
     }
 
-    // The session table is exactly the model's.
+    // The session table is exactly the model's, oldest first.
     let table: Vec<(&SessionKey, &Applied)> =
         s.state().sessions.iter().map(|(k, v)| (k, &v.first)).collect();
     let modelled: Vec<(&SessionKey, &Applied)> =
-        model.sessions.iter().map(|(k, (_, first))| (k, first)).collect();
+        model.order.values().map(|k| (k, &model.sessions[k].1)).collect();
     prop_assert_eq!(table, modelled, "session table: {}", what);
 
     // Every instance runs in its placement's pool.

@@ -13,7 +13,7 @@ use super::ids::{
 };
 use super::queue::QueuedPlacement;
 use super::resources::{LabelTerm, Resources};
-use super::state::{Placement, SessionKey, State, Worker};
+use super::state::{Placement, State, Worker};
 
 /// A schedulable worker ordered by free cpu, then free memory, then id.
 pub type FreeKey = (u64, u64, WorkerId);
@@ -48,8 +48,6 @@ pub struct Indexes {
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
-    /// Client sessions in the order they were created (eviction order).
-    pub session_order: BTreeMap<LogIndex, SessionKey>,
     /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
     pub pool_capacity: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a window limit.
@@ -111,34 +109,10 @@ impl Indexes {
             }
             ix.set_guaranteed(&tenant.id, tenant.quota.guarantees.keys(), true);
         }
-        for (key, session) in &state.sessions {
-            ix.session_order.insert(session.first.log_index, key.clone());
-        }
         for queued in state.queue.values() {
             ix.add_queued(queued);
         }
         ix
-    }
-
-    /// A copy without the session order (for scratch copies that record no sessions).
-    pub fn clone_without_sessions(&self) -> Indexes {
-        Indexes {
-            free: self.free.clone(),
-            pool_workers: self.pool_workers.clone(),
-            labels: self.labels.clone(),
-            anti: self.anti.clone(),
-            worker_placements: self.worker_placements.clone(),
-            group_workers: self.group_workers.clone(),
-            group_sizes: self.group_sizes.clone(),
-            deadlines: self.deadlines.clone(),
-            tokens: self.tokens.clone(),
-            session_order: BTreeMap::new(),
-            window_limited: self.window_limited,
-            pool_capacity: self.pool_capacity.clone(),
-            queue: self.queue.clone(),
-            pool_free: self.pool_free.clone(),
-            guaranteed: self.guaranteed.clone(),
-        }
     }
 
     /// Adds (`present`) or removes `tenant` as holding a guarantee in each of `pools`.

@@ -247,7 +247,10 @@ impl Scheduler {
             bad.push(format!("{} pool reserves exceed the bound", s.pool_reserves.len()));
         }
 
-        // 8: the session table is bounded.
+        // 8: the session table is bounded, and its lookup and its order agree.
+        if !s.sessions.consistent() {
+            bad.push("the session table's lookup and order disagree".to_owned());
+        }
         if s.sessions.len() as u64 > s.config.sessions_max {
             bad.push(format!(
                 "{} sessions exceed the bound {}",

@@ -68,7 +68,7 @@ impl Scheduler {
             sessions: Default::default(),
             pool_reserves: s.pool_reserves.clone(),
         };
-        let ix = self.ix.clone_without_sessions();
+        let ix = self.ix.clone();
         Scheduler {
             state,
             ix,

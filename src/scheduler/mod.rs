@@ -54,8 +54,8 @@ pub use quota::{
 pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
-    Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, State, Tenant,
-    Worker, PLACEMENT_ALGORITHM,
+    Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, Sessions, State,
+    Tenant, Worker, PLACEMENT_ALGORITHM,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -246,7 +246,6 @@ impl Scheduler {
     }
 
     fn remember(&mut self, key: SessionKey, session: Session) {
-        self.ix.session_order.insert(session.first.log_index, key.clone());
         self.state.sessions.insert(key, session);
         self.evict_sessions();
     }
@@ -255,9 +254,7 @@ impl Scheduler {
     fn evict_sessions(&mut self) {
         let max = usize::try_from(self.state.config.sessions_max).unwrap_or(usize::MAX);
         while self.state.sessions.len() > max {
-            let (_, oldest) =
-                self.ix.session_order.pop_first().expect("invariant: sessions are ordered");
-            self.state.sessions.remove(&oldest);
+            self.state.sessions.pop_oldest();
         }
     }
 

@@ -97,7 +97,57 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::{PoolId, Resources};
+    use crate::scheduler::{
+        Applied, LogIndex, PoolId, RequestId, Resources, Response, Session, SessionKey, Sessions,
+    };
+    use std::collections::BTreeMap;
+
+    fn session(index: u64) -> Session {
+        Session {
+            command_digest: [0; 32],
+            first: Applied {
+                log_index: LogIndex(index),
+                applied_at: Default::default(),
+                result: Ok(Response::Ticked),
+                replayed: false,
+                expired: Vec::new(),
+                events: Vec::new(),
+            },
+        }
+    }
+
+    fn key(request_id: &str) -> SessionKey {
+        SessionKey { tenant: None, request_id: RequestId::new(request_id) }
+    }
+
+    fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encodes")
+    }
+
+    fn decode_sessions(bytes: &[u8]) -> Result<Sessions, bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(s, _)| s)
+    }
+
+    /// The session table encodes as the `BTreeMap` it replaced did, so a table written by an
+    /// earlier build decodes into the same sessions, oldest first; one listing a request id or
+    /// a log index twice is refused.
+    #[test]
+    fn sessions_decode_from_the_earlier_map_encoding() {
+        // Key order ("a" before "b") is the reverse of creation order.
+        let earlier: BTreeMap<SessionKey, Session> =
+            [(key("a"), session(2)), (key("b"), session(1))].into();
+        let sessions = decode_sessions(&encode(&earlier)).expect("decodes");
+        let listed: Vec<(&SessionKey, LogIndex)> =
+            sessions.iter().map(|(k, s)| (k, s.first.log_index)).collect();
+        assert_eq!(listed, vec![(&key("b"), LogIndex(1)), (&key("a"), LogIndex(2))]);
+        assert!(sessions.consistent());
+        assert_eq!(decode_sessions(&encode(&sessions)).expect("decodes"), sessions);
+
+        let same_id = vec![(key("a"), session(1)), (key("a"), session(2))];
+        assert!(decode_sessions(&encode(&same_id)).is_err());
+        let same_index = vec![(key("a"), session(1)), (key("b"), session(1))];
+        assert!(decode_sessions(&encode(&same_index)).is_err());
+    }
 
     /// A snapshot whose pool reserve names an invalid pool is refused by the invariants, and
     /// one of the previous format version is refused outright.

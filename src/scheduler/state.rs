@@ -2,7 +2,7 @@
 //! lookup structures live in `index.rs` and are rebuilt from this on decode.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::command::{Applied, PlaceSpec};
 use super::ids::{
@@ -145,25 +145,10 @@ pub struct Lease {
 }
 
 /// Who a request id belongs to: its tenant, or the operator for tenant-less commands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionKey {
     pub tenant: Option<TenantId>,
     pub request_id: RequestId,
-}
-
-/// Ordered by request id first: request ids are random and differ in their first bytes, while
-/// one tenant's keys share the whole tenant id, so comparing the tenant first made every step
-/// of a lookup in the (100,000-entry) session table compare two equal strings in full.
-impl Ord for SessionKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.request_id, &self.tenant).cmp(&(&other.request_id, &other.tenant))
-    }
-}
-
-impl PartialOrd for SessionKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
 }
 
 /// The first answer to a request id, kept so a retry gets it again.
@@ -172,6 +157,113 @@ pub struct Session {
     /// SHA-256 of the encoded command, to refuse a request id reused for something else.
     pub command_digest: [u8; 32],
     pub first: Applied,
+}
+
+/// The session table: the first answer to each request id, found by key and kept in the order
+/// the sessions were created, which is the order they are evicted in and listed in a snapshot.
+///
+/// Lookups go through a hash map, the core's only one. With the default 100,000 sessions, a
+/// B-tree lookup walked about seven levels of nodes and compared heap strings at each; three of
+/// those per write were a seventh of a leader's CPU. The map's hasher is std's randomly keyed
+/// SipHash, so no client can pick request ids that collide. Its keys decide only where entries
+/// sit in memory: the map is only ever asked about one key (`tests/tidy.rs` checks), and every
+/// walk, comparison and encoding goes through `order`, so no outcome depends on them.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    by_key: HashMap<SessionKey, Session>,
+    order: BTreeMap<LogIndex, SessionKey>,
+}
+
+impl Sessions {
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn get(&self, key: &SessionKey) -> Option<&Session> {
+        self.by_key.get(key)
+    }
+
+    /// Records the first answer to `key`, which must not have one yet.
+    pub fn insert(&mut self, key: SessionKey, session: Session) {
+        let index = session.first.log_index;
+        let earlier = self.order.insert(index, key.clone());
+        assert!(earlier.is_none(), "invariant: one command per log index");
+        let replaced = self.by_key.insert(key, session);
+        assert!(replaced.is_none(), "invariant: a request id is recorded once");
+    }
+
+    pub fn remove(&mut self, key: &SessionKey) -> Option<Session> {
+        let session = self.by_key.remove(key)?;
+        self.order.remove(&session.first.log_index);
+        Some(session)
+    }
+
+    /// Drops the oldest session.
+    pub fn pop_oldest(&mut self) -> Option<(SessionKey, Session)> {
+        let (_, key) = self.order.pop_first()?;
+        let session = self.by_key.remove(&key).expect("invariant: ordered sessions are kept");
+        Some((key, session))
+    }
+
+    /// Every session, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
+        self.order
+            .values()
+            .map(|key| (key, self.by_key.get(key).expect("invariant: ordered sessions are kept")))
+    }
+
+    /// Whether the two views agree: the same keys, each ordered under its own log index.
+    pub fn consistent(&self) -> bool {
+        self.by_key.len() == self.order.len()
+            && self.order.iter().all(|(index, key)| {
+                self.by_key.get(key).is_some_and(|s| s.first.log_index == *index)
+            })
+    }
+}
+
+impl PartialEq for Sessions {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Sessions {}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A sequence of (key, session) pairs, oldest first. In bincode this is byte for byte what the
+/// earlier `BTreeMap` encoding was (a length, then the pairs), so older snapshots still decode.
+impl Serialize for Sessions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sessions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(SessionKey, Session)>::deserialize(deserializer)?;
+        let mut sessions = Sessions::default();
+        for (key, session) in pairs {
+            if sessions.by_key.contains_key(&key)
+                || sessions.order.contains_key(&session.first.log_index)
+            {
+                return Err(serde::de::Error::custom(format!(
+                    "session {key:?} or its log index {} is listed twice",
+                    session.first.log_index.0
+                )));
+            }
+            sessions.insert(key, session);
+        }
+        Ok(sessions)
+    }
 }
 
 /// The whole replicated state.
@@ -187,7 +279,7 @@ pub struct State {
     pub leases: BTreeMap<(TenantId, LeaseName), Lease>,
     /// Placements waiting for quota or capacity (`PlaceOrQueue`).
     pub queue: BTreeMap<(TenantId, PlacementId), QueuedPlacement>,
-    pub sessions: BTreeMap<SessionKey, Session>,
+    pub sessions: Sessions,
     /// Capacity of a pool held back from guarantees, for borrowers (`SetPoolReserve`). A pool
     /// with a reserve refuses guarantees that would eat into it (see `borrow.rs`).
     pub pool_reserves: BTreeMap<PoolId, Resources>,

@@ -118,8 +118,7 @@ impl Scheduler {
             .map(|(k, _)| k.clone())
             .collect();
         for key in sessions {
-            let session = self.state.sessions.remove(&key).expect("invariant: listed above");
-            self.ix.session_order.remove(&session.first.log_index);
+            self.state.sessions.remove(&key).expect("invariant: listed above");
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
         self.ix.set_guaranteed(tenant, removed.quota.guarantees.keys(), false);
