@@ -346,16 +346,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!();
-    println!("Berth is up: {} replicas, leader replica {leader}", args.replicas);
-    println!("  endpoints:   {}", endpoints.join(","));
-    println!("  admin token: {token}  (also in {})", token_file.display());
-    println!(
+    out!("Berth is up: {} replicas, leader replica {leader}", args.replicas);
+    out!("  endpoints:   {}", endpoints.join(","));
+    out!("  admin token: {token}  (also in {})", token_file.display());
+    out!(
         "  try:         export BERTH_ENDPOINTS={} BERTH_TOKEN=$(cat {})",
         endpoints.join(","),
         token_file.display()
     );
-    println!("               berth cluster status");
-    println!("Press Ctrl-C to stop every replica.");
+    out!("               berth cluster status");
+    out!("Press Ctrl-C to stop every replica.");
 
     loop {
         tokio::select! {
