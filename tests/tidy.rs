@@ -45,8 +45,8 @@ const HASH_MAP_FILE: &str = "state.rs";
 const HASH_MAP_FIELD: &str = "by_key";
 const POINT_OPERATIONS: &[&str] = &["get(", "insert(", "remove(", "contains_key(", "len()"];
 
-/// Every use of the hash map field in `text` other than its declaration and point operations
-/// (an iteration, a comparison, a reference handed elsewhere).
+/// Every use of the hash map field in `text` other than its declaration, its replacement and
+/// point operations (an iteration, a comparison, a reference handed elsewhere).
 fn unpointed_uses(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -55,7 +55,7 @@ fn unpointed_uses(text: &str) -> Vec<String> {
         }
         for (at, _) in line.match_indices(HASH_MAP_FIELD) {
             let rest = &line[at + HASH_MAP_FIELD.len()..];
-            let declared = rest.starts_with(": HashMap<");
+            let declared = rest.starts_with(": HashMap<") || rest.starts_with(" = ");
             let pointed = rest
                 .strip_prefix('.')
                 .is_some_and(|call| POINT_OPERATIONS.iter().any(|op| call.starts_with(op)));
@@ -115,6 +115,8 @@ fn matcher_is_not_vacuous() {
     assert!(!mentions("let my_tokio_like = 1;", "tokio"));
 
     assert!(unpointed_uses("    by_key: HashMap<K, V>,\n    self.by_key.get(k)").is_empty());
+    assert!(unpointed_uses("self.by_key = keyed;").is_empty());
+    assert_eq!(unpointed_uses("let all = &self.by_key;").len(), 1);
     assert_eq!(unpointed_uses("self.by_key.iter()").len(), 1);
     assert_eq!(unpointed_uses("for (k, v) in &self.by_key {").len(), 1);
     assert_eq!(unpointed_uses("self.by_key == other.by_key").len(), 2);

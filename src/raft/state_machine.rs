@@ -11,6 +11,7 @@
 // openraft's traits return its (large) `StorageError`; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+use std::collections::hash_map::RandomState;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,8 +69,10 @@ fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> Stora
 impl StateMachine {
     /// Opens the state machine, restoring the last persisted snapshot if there is one.
     pub fn open(store: SnapshotStore) -> Result<StateMachine, StorageError> {
+        let mut fresh = Replicated::default();
+        fresh.scheduler.key_session_lookup(RandomState::new());
         let sm = StateMachine {
-            shared: Arc::default(),
+            shared: Arc::new(RwLock::new(fresh)),
             store,
             current: Arc::default(),
             builds: Arc::default(),
@@ -142,7 +145,9 @@ fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<Replicated, StorageEr
     if body.progress.last_applied != meta.last_log_id {
         return Err(snapshot_err(Some(meta), "snapshot body and metadata disagree on last log id"));
     }
-    let scheduler = Scheduler::decode(&body.scheduler).map_err(|e| snapshot_err(Some(meta), e))?;
+    let mut scheduler =
+        Scheduler::decode(&body.scheduler).map_err(|e| snapshot_err(Some(meta), e))?;
+    scheduler.key_session_lookup(RandomState::new());
     Ok(Replicated { scheduler, progress: body.progress })
 }
 

@@ -150,6 +150,12 @@ impl Scheduler {
         &self.state
     }
 
+    /// Hashes the session lookup under `keys`, random keys from the shell, so that no client
+    /// can choose request ids that collide in it. Changes no state and no outcome.
+    pub fn key_session_lookup(&mut self, keys: std::collections::hash_map::RandomState) {
+        self.state.sessions.rekey(keys);
+    }
+
     /// Log time: the latest `proposed_at` applied.
     pub fn now(&self) -> UnixMillis {
         self.state.now

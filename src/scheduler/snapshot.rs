@@ -143,6 +143,12 @@ mod tests {
         assert!(sessions.consistent());
         assert_eq!(decode_sessions(&encode(&sessions)).expect("decodes"), sessions);
 
+        let mut rekeyed = sessions.clone();
+        rekeyed.rekey(std::collections::hash_map::RandomState::new());
+        assert_eq!(rekeyed, sessions, "keys change where sessions sit, nothing else");
+        assert!(rekeyed.consistent());
+        assert_eq!(rekeyed.get(&key("a")).map(|s| s.first.log_index), Some(LogIndex(2)));
+
         let same_id = vec![(key("a"), session(1)), (key("a"), session(2))];
         assert!(decode_sessions(&encode(&same_id)).is_err());
         let same_index = vec![(key("a"), session(1)), (key("b"), session(1))];

@@ -2,7 +2,9 @@
 //! lookup structures live in `index.rs` and are rebuilt from this on decode.
 
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 
 use super::command::{Applied, PlaceSpec};
 use super::ids::{
@@ -164,14 +166,30 @@ pub struct Session {
 ///
 /// Lookups go through a hash map, the core's only one. With the default 100,000 sessions, a
 /// B-tree lookup walked about seven levels of nodes and compared heap strings at each; three of
-/// those per write were a seventh of a leader's CPU. The map's hasher is std's randomly keyed
-/// SipHash, so no client can pick request ids that collide. Its keys decide only where entries
+/// those per write were a seventh of a leader's CPU. The map's keys decide only where entries
 /// sit in memory: the map is only ever asked about one key (`tests/tidy.rs` checks), and every
 /// walk, comparison and encoding goes through `order`, so no outcome depends on them.
 #[derive(Clone, Default)]
 pub struct Sessions {
-    by_key: HashMap<SessionKey, Session>,
+    by_key: HashMap<SessionKey, Session, SessionHasher>,
     order: BTreeMap<LogIndex, SessionKey>,
+}
+
+/// How the session lookup hashes: SipHash under std's fixed keys, until the shell hands it
+/// random ones (`Scheduler::key_session_lookup`) so no client can choose request ids that
+/// collide. The core itself draws no randomness.
+#[derive(Clone, Default)]
+pub struct SessionHasher(Option<RandomState>);
+
+impl BuildHasher for SessionHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        match &self.0 {
+            Some(keys) => keys.build_hasher(),
+            None => DefaultHasher::new(),
+        }
+    }
 }
 
 impl Sessions {
@@ -207,6 +225,16 @@ impl Sessions {
         let (_, key) = self.order.pop_first()?;
         let session = self.by_key.remove(&key).expect("invariant: ordered sessions are kept");
         Some((key, session))
+    }
+
+    /// Hashes the lookup under `keys` from now on. Changes no session and no outcome.
+    pub fn rekey(&mut self, keys: RandomState) {
+        let mut keyed = HashMap::with_capacity_and_hasher(self.len(), SessionHasher(Some(keys)));
+        for key in self.order.values() {
+            let session = self.by_key.remove(key).expect("invariant: ordered sessions are kept");
+            keyed.insert(key.clone(), session);
+        }
+        self.by_key = keyed;
     }
 
     /// Every session, oldest first.
