@@ -89,7 +89,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 /// A request id shaped like a client's (32 random hex digits, see `client::new_request_id`),
 /// derived from the entry's index on a stream of its own, so the placements are unchanged.
-/// Sequential ids ("req-1", "req-2", ...) made every lookup walk the same cached B-tree path.
+/// Sequential ids ("req-1", "req-2", ...) would keep the session table's lookups in cache.
 fn request_id_for(index: u64) -> RequestId {
     let mut state = index;
     RequestId::new(format!("{:016x}{:016x}", next_random(&mut state), next_random(&mut state)))

@@ -207,11 +207,26 @@ impl Sessions {
 
     /// Records the first answer to `key`, which must not have one yet.
     pub fn insert(&mut self, key: SessionKey, session: Session) {
-        let index = session.first.log_index;
-        let earlier = self.order.insert(index, key.clone());
-        assert!(earlier.is_none(), "invariant: one command per log index");
-        let replaced = self.by_key.insert(key, session);
-        assert!(replaced.is_none(), "invariant: a request id is recorded once");
+        if let Err(key) = self.try_insert(key, session) {
+            panic!("invariant: {key:?} is recorded once, one command per log index");
+        }
+    }
+
+    /// Records the first answer to `key`, or hands the key back (changing nothing) if it, or
+    /// the answer's log index, is recorded already.
+    fn try_insert(&mut self, key: SessionKey, session: Session) -> Result<(), SessionKey> {
+        use std::collections::{btree_map, hash_map};
+        let btree_map::Entry::Vacant(slot) = self.order.entry(session.first.log_index) else {
+            return Err(key);
+        };
+        match self.by_key.entry(key) {
+            hash_map::Entry::Occupied(taken) => Err(taken.key().clone()),
+            hash_map::Entry::Vacant(entry) => {
+                slot.insert(entry.key().clone());
+                entry.insert(session);
+                Ok(())
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &SessionKey) -> Option<Session> {
@@ -280,15 +295,12 @@ impl<'de> Deserialize<'de> for Sessions {
         let pairs = Vec::<(SessionKey, Session)>::deserialize(deserializer)?;
         let mut sessions = Sessions::default();
         for (key, session) in pairs {
-            if sessions.by_key.contains_key(&key)
-                || sessions.order.contains_key(&session.first.log_index)
-            {
-                return Err(serde::de::Error::custom(format!(
-                    "session {key:?} or its log index {} is listed twice",
-                    session.first.log_index.0
-                )));
-            }
-            sessions.insert(key, session);
+            let index = session.first.log_index.0;
+            sessions.try_insert(key, session).map_err(|key| {
+                serde::de::Error::custom(format!(
+                    "session {key:?} or log index {index} listed twice"
+                ))
+            })?;
         }
         Ok(sessions)
     }
