@@ -1,10 +1,14 @@
 //! The wall clock the leader stamps into entries, injected so tests and the simulation can
 //! substitute their own (with an offset to model skew). Only the shell reads it; the core
-//! sees time only through entries.
+//! sees time only through entries. [`ClockSync`] bounds how far ahead of its peers' clocks a
+//! leader may stamp.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use crate::scheduler::UnixMillis;
 
@@ -19,10 +23,6 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
-    pub fn with_offset_ms(offset_ms: i64) -> Self {
-        SystemClock { offset_ms: Arc::new(AtomicI64::new(offset_ms)) }
-    }
-
     pub fn set_offset_ms(&self, offset_ms: i64) {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
     }
@@ -34,5 +34,207 @@ impl Clock for SystemClock {
         let ms = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
         let skewed = ms.saturating_add(self.offset_ms.load(Ordering::Relaxed));
         UnixMillis(u64::try_from(skewed).unwrap_or(0))
+    }
+}
+
+/// The most a leader stamps an entry ahead of the median of the voters' clocks.
+/// A leader whose own clock runs further ahead stamps that bound instead (and warns), so a
+/// skewed clock can neither expire leases and reservations early nor leap log time forward.
+/// Lease grace (`Config::lease_grace_ms`) must cover this plus an election timeout.
+pub const CLOCK_AHEAD_MAX_MS: u64 = 1_000;
+/// How often every replica reads its peers' clocks.
+pub const CLOCK_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+/// A reading older than this says nothing about a peer's clock any more.
+pub const CLOCK_SAMPLE_AGE_MAX: Duration = Duration::from_secs(10);
+/// How often a leader held back by its peers' clocks says so.
+const CLOCK_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What one replica knows of its peers' clocks, after TigerBeetle's clock synchronisation: each
+/// reading of a peer's clock is kept with the monotonic instant it was taken at and the round
+/// trip's uncertainty, and advanced by this replica's monotonic time since. The lower median of
+/// the voters' clocks (each estimated from above; this replica's own as it reads) bounds what a
+/// leader stamps. With a majority of sound clocks, at least half the estimates are sound, so the
+/// lower median is at most a sound clock's: log time never leads real time by more than
+/// `CLOCK_AHEAD_MAX_MS` plus half a round trip. (With two voters that is the smaller clock:
+/// neither can tell which of the two is wrong, and stamping early only makes leases last
+/// longer.) Monotonic time keeps the estimate right when this replica's own wall clock jumps.
+#[derive(Debug, Default)]
+pub struct ClockSync {
+    readings: Mutex<BTreeMap<u64, Reading>>,
+    warned_at: Mutex<Option<Instant>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    /// The peer's clock at `at`, as far as the round trip can tell ...
+    peer_ms: u64,
+    at: Instant,
+    /// ... give or take this (half the round trip, rounded up).
+    error_ms: u64,
+}
+
+impl ClockSync {
+    /// Records that `peer` answered `peer_ms` to a request sent at `sent` and answered at
+    /// `received` (monotonic instants).
+    pub fn record(&self, peer: u64, sent: Instant, peer_ms: u64, received: Instant) {
+        let half = received.saturating_duration_since(sent) / 2;
+        let error_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).saturating_add(1);
+        lock(&self.readings).insert(peer, Reading { peer_ms, at: sent + half, error_ms });
+    }
+
+    /// The lower median of the clocks of `voters` at `now`: this replica's (`me`, reading
+    /// `own`) and each peer's with a fresh reading, estimated from above. A voter without one
+    /// (just added, or unreachable) does not count, so right after a membership change the
+    /// bound rests on fewer clocks for up to a sampling interval.
+    pub fn median_time(
+        &self,
+        me: u64,
+        own: UnixMillis,
+        voters: &BTreeSet<u64>,
+        now: Instant,
+    ) -> UnixMillis {
+        let readings = lock(&self.readings);
+        let mut highs: Vec<u64> = voters
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| {
+                let r = readings.get(id)?;
+                let age = now.saturating_duration_since(r.at);
+                (age <= CLOCK_SAMPLE_AGE_MAX).then(|| {
+                    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                    r.peer_ms.saturating_add(age_ms).saturating_add(r.error_ms)
+                })
+            })
+            .collect();
+        highs.push(own.0);
+        highs.sort_unstable();
+        let lower_median = (highs.len() - 1) / 2;
+        UnixMillis(highs[lower_median])
+    }
+
+    /// The time a leader stamps: its own clock, unless that runs more than
+    /// `CLOCK_AHEAD_MAX_MS` ahead of the voters' median, then that bound (with a warning now
+    /// and then).
+    pub fn stamp(
+        &self,
+        me: u64,
+        own: UnixMillis,
+        voters: &BTreeSet<u64>,
+        now: Instant,
+    ) -> UnixMillis {
+        let median = self.median_time(me, own, voters, now);
+        let ceiling = median.plus_ms(CLOCK_AHEAD_MAX_MS);
+        if own <= ceiling {
+            return own;
+        }
+        let mut warned_at = lock(&self.warned_at);
+        if warned_at.is_none_or(|at| now.saturating_duration_since(at) >= CLOCK_WARN_EVERY) {
+            *warned_at = Some(now);
+            tracing::warn!(
+                replica = me,
+                ahead_ms = own.0.saturating_sub(median.0),
+                bound_ms = CLOCK_AHEAD_MAX_MS,
+                "this replica's clock runs ahead of the median of the voters' clocks: stamping \
+                 entries at most the bound ahead of it (fix this host's clock)"
+            );
+        }
+        ceiling
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: u64 = 1_800_000_000_000;
+
+    fn voters() -> BTreeSet<u64> {
+        [1, 2, 3].into()
+    }
+
+    /// Replica 1 reads sound clocks on 2 and 3 at `t0` with a 2 ms round trip.
+    fn synced(t0: Instant) -> ClockSync {
+        let sync = ClockSync::default();
+        for peer in [2, 3] {
+            sync.record(peer, t0, REAL + 1, t0 + Duration::from_millis(2));
+        }
+        sync
+    }
+
+    // A leader 60 s ahead of two sound peers stamps no more than the bound ahead of them.
+    #[test]
+    fn a_clock_far_ahead_is_held_to_the_bound() {
+        let t0 = Instant::now();
+        let sync = synced(t0);
+        let later = t0 + Duration::from_millis(500);
+        let stamped = sync.stamp(1, UnixMillis(REAL + 60_000 + 500), &voters(), later);
+        let real_then = REAL + 500;
+        assert!(stamped.0 > real_then, "not behind real time: {stamped:?}");
+        assert!(stamped.0 <= real_then + CLOCK_AHEAD_MAX_MS + 3, "held: {stamped:?}");
+    }
+
+    // A sound leader stamps its own clock, whatever one faulty peer's clock says.
+    #[test]
+    fn one_faulty_peer_changes_nothing() {
+        let t0 = Instant::now();
+        for faulty in [REAL - 60_000, REAL + 60_000] {
+            let sync = ClockSync::default();
+            sync.record(2, t0, REAL, t0);
+            sync.record(3, t0, faulty, t0);
+            let own = UnixMillis(REAL + 5);
+            assert_eq!(sync.stamp(1, own, &voters(), t0 + Duration::from_millis(5)), own);
+        }
+    }
+
+    // A leader behind its peers is never pushed forward: the core keeps time monotonic.
+    #[test]
+    fn a_clock_behind_stamps_its_own_time() {
+        let t0 = Instant::now();
+        let own = UnixMillis(REAL - 30_000);
+        assert_eq!(synced(t0).stamp(1, own, &voters(), t0), own);
+    }
+
+    // Without fresh readings there is no bound to apply; with some, they bound the leader.
+    #[test]
+    fn only_fresh_readings_count() {
+        let t0 = Instant::now();
+        let own = UnixMillis(REAL + 60_000);
+        assert_eq!(ClockSync::default().stamp(1, own, &voters(), t0), own);
+        let stale = t0 + CLOCK_SAMPLE_AGE_MAX + Duration::from_secs(1);
+        assert_eq!(synced(t0).stamp(1, own, &voters(), stale), own);
+        // One fresh reading of a sound peer is enough to hold a leader far ahead.
+        let one = ClockSync::default();
+        one.record(2, t0, REAL, t0);
+        assert_eq!(one.stamp(1, own, &voters(), t0), UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS));
+        // A single replica is its own quorum.
+        let alone: BTreeSet<u64> = [1].into();
+        assert_eq!(ClockSync::default().stamp(1, own, &alone, t0), own);
+    }
+
+    // Of two voters, the leader ahead of the other is held to it: neither can tell which
+    // clock is wrong, and stamping early is the safe side.
+    #[test]
+    fn two_voters_stamp_within_the_bound_of_the_earlier_clock() {
+        let t0 = Instant::now();
+        let sync = ClockSync::default();
+        sync.record(2, t0, REAL, t0);
+        let pair: BTreeSet<u64> = [1, 2].into();
+        let stamped = sync.stamp(1, UnixMillis(REAL + 60_000), &pair, t0);
+        assert_eq!(stamped, UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS));
+    }
+
+    // Readings advance with monotonic time, so a jump of the leader's own wall clock after
+    // they were taken is still caught.
+    #[test]
+    fn readings_advance_with_monotonic_time() {
+        let t0 = Instant::now();
+        let sync = synced(t0);
+        let later = t0 + Duration::from_secs(5);
+        let median = sync.median_time(1, UnixMillis(REAL + 90_000), &voters(), later).0;
+        assert!((REAL + 5_000..=REAL + 5_003).contains(&median), "{median}");
     }
 }

@@ -11,7 +11,8 @@
 //!   group commit, ticker, reads, membership).
 //! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
 //! - `network` — peer RPC over tonic on its own port, with injected connectors.
-//! - `clock` — the injected wall clock the leader stamps into entries.
+//! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
+//!   far ahead of the voters' median a leader stamps an entry.
 //! - `server` — a replica plus its peer gRPC server, with all IO passed in.
 //!
 //! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends

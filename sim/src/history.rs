@@ -438,6 +438,36 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
         }
     }
     bad.extend(check_leases(history));
+    bad.extend(check_log_time(history));
+    bad
+}
+
+/// The simulation's wall-clock epoch: true time is this plus simulated time.
+pub const EPOCH_MS: u64 = 1_800_000_000_000;
+/// What a leader's clock-reading error may add to `CLOCK_AHEAD_MAX_MS` here: half the round
+/// trip of a clock reading, at most half the reading's deadline.
+const CLOCK_READING_ERROR_MS: u64 = 250;
+
+/// Log time never leads true time by more than the bound a leader stamps within
+/// (`berth::clock::CLOCK_AHEAD_MAX_MS`), whatever one replica's clock says: an acknowledged
+/// write applied at log time `t` completed at true time `c` with `t <= c + bound`. A leader
+/// stamping its own skewed clock would expire leases and reservations early.
+pub fn check_log_time(history: &[Op]) -> Vec<String> {
+    let bound = berth::clock::CLOCK_AHEAD_MAX_MS + CLOCK_READING_ERROR_MS;
+    let mut bad = Vec::new();
+    for op in history {
+        let Outcome::Ok { at_ms, lease, .. } = &op.outcome else { continue };
+        let applied = at_ms.or(lease.map(|l| l.at_ms));
+        let Some(applied) = applied else { continue };
+        let true_ms = EPOCH_MS + op.complete_ms;
+        if applied > true_ms + bound {
+            bad.push(format!(
+                "log time leaps ahead: applied at {applied} ms, {} ms after the true time {true_ms} ms \
+                 at its completion (bound {bound} ms): {op:?}",
+                applied - true_ms
+            ));
+        }
+    }
     bad
 }
 
@@ -708,6 +738,20 @@ mod tests {
         h[5] = op(2, fenced_place("b1", 9), (26, 28), ok(13));
         let bad = check(&h, &quotas());
         assert!(bad.iter().any(|v| v.contains("two lease holders")), "{bad:?}");
+    }
+
+    #[test]
+    fn log_time_leaping_ahead_of_true_time_is_caught() {
+        // A lease granted at a log time 20 s past the true time of its answer.
+        let mut h = clean_lease_history();
+        let leapt = EPOCH_MS + 40 + 20_000;
+        h[9] = op(1, acquire("a"), (36, 40), leased(12, 12, leapt, leapt + 1_000));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("log time leaps ahead")), "{bad:?}");
+        // Within the bound it is a leader's ordinary clock error.
+        let near = EPOCH_MS + 40 + berth::clock::CLOCK_AHEAD_MAX_MS;
+        h[9] = op(1, acquire("a"), (36, 40), leased(12, 12, near, near + 1_000));
+        assert_eq!(check(&h, &quotas()), Vec::<String>::new());
     }
 
     #[test]

@@ -261,7 +261,11 @@ impl Nemesis {
                     (Active::Slow, "latency spike to 60 ms".into())
                 } else {
                     let id = self.rng.between(1, self.replicas);
-                    let skew = i64::try_from(self.rng.below(4_001)).unwrap_or(0) - 2_000;
+                    // Mostly within the lease grace; one in three far beyond it, where only
+                    // the leader's bound by its peers' clocks keeps log time true.
+                    let range = if self.rng.below(3) == 0 { 120_000 } else { 4_000 };
+                    let skew = i64::try_from(self.rng.below(range + 1)).unwrap_or(0)
+                        - i64::try_from(range / 2).unwrap_or(0);
                     clocks[usize::try_from(id - 1).unwrap_or(0)]
                         .skew_ms
                         .store(skew, Ordering::Relaxed);

@@ -902,7 +902,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.next_u64())
-        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_millis(crate::history::EPOCH_MS))
         .simulation_duration(Duration::from_secs(600))
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_micros(200))

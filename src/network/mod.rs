@@ -1,5 +1,6 @@
 //! Peer transport: openraft's AppendEntries / Vote / InstallSnapshot, plus forwarding of client
-//! commands and read-index requests to the leader, on the replica's own peer port.
+//! commands and read-index requests to the leader, and clock readings, on the replica's own
+//! peer port.
 //!
 //! The protocol is frames on a plain byte stream, one request at a time per connection:
 //!
@@ -42,6 +43,7 @@ use crate::raft::types::{
     BatchResult, InstallSnapshotError, LogId, Node, Proposal, RaftError, ReplicaId, RpcError,
     TypeConfig,
 };
+use crate::scheduler::UnixMillis;
 
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const PEER_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -175,6 +177,8 @@ pub enum Rpc {
     Status = 6,
     /// A read of the replica's local state, possibly stale (for inspection and tests).
     Query = 7,
+    /// The replica's wall clock, for its peers to bound how far ahead a leader stamps.
+    Clock = 8,
 }
 
 impl Rpc {
@@ -187,6 +191,7 @@ impl Rpc {
             Rpc::ReadIndex,
             Rpc::Status,
             Rpc::Query,
+            Rpc::Clock,
         ]
         .into_iter()
         .find(|rpc| *rpc as u8 == tag)
@@ -281,6 +286,11 @@ impl PeerClient {
         deadline: Duration,
     ) -> Result<crate::scheduler::Answer, PeerError> {
         self.call(Rpc::Query, query, deadline).await
+    }
+
+    /// The peer's wall clock.
+    pub async fn clock(&self, deadline: Duration) -> Result<UnixMillis, PeerError> {
+        self.call(Rpc::Clock, &(), deadline).await
     }
 
     /// Asks the leader for a linearizable read index (ReadIndex, confirmed by a quorum).
@@ -468,6 +478,7 @@ impl PeerService {
                 reply(&result)
             }
             Rpc::Status => reply(&self.replica.status()),
+            Rpc::Clock => reply(&self.clock.now()),
             Rpc::Query => {
                 let query: crate::scheduler::Query = decode(payload)?;
                 reply(&self.replica.read_local(|state| state.scheduler.query(&query)))
@@ -477,7 +488,7 @@ impl PeerService {
 
     async fn propose(&self, proposals: Vec<Proposal>) -> Result<BatchResult, ForwardError> {
         use openraft::error::ClientWriteError;
-        let batch = crate::raft::types::Batch { proposed_at: self.clock.now(), proposals };
+        let batch = crate::raft::types::Batch { proposed_at: self.replica.stamp(), proposals };
         match self.replica.raft().client_write(batch).await {
             Ok(written) => Ok(written.data),
             Err(e) => match e.forward_to_leader() {

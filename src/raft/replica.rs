@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
 use crate::network::{Connect, ForwardError, PeerClient, PeerNetwork, PeerService};
 use crate::raft::state_machine::{Replicated, StateMachine};
 use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId, Vote};
@@ -154,6 +154,8 @@ struct Inner {
     raft: Raft,
     sm: StateMachine,
     clock: Arc<dyn Clock>,
+    /// Peers' clock readings: what bounds the time this replica stamps as leader.
+    clock_sync: ClockSync,
     connect: Connect,
     queue: mpsc::Sender<Pending>,
     stop: watch::Sender<bool>,
@@ -204,6 +206,7 @@ impl Replica {
                 raft,
                 sm,
                 clock,
+                clock_sync: ClockSync::default(),
                 connect,
                 queue,
                 stop,
@@ -215,7 +218,8 @@ impl Replica {
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
         let ticker = tokio::spawn(replica.clone().run_ticker());
         let reporter = tokio::spawn(replica.clone().report_role_changes());
-        replica.lock_tasks().extend([proposer, ticker, reporter]);
+        let clocks = tokio::spawn(replica.clone().read_peer_clocks());
+        replica.lock_tasks().extend([proposer, ticker, reporter, clocks]);
         Ok(replica)
     }
 
@@ -332,8 +336,7 @@ impl Replica {
             let leader = self.known_leader();
             match leader {
                 Some(id) if id == self.id() => {
-                    let batch =
-                        Batch { proposed_at: self.inner.clock.now(), proposals: proposals.clone() };
+                    let batch = Batch { proposed_at: self.stamp(), proposals: proposals.clone() };
                     sent = true;
                     match self.inner.raft.client_write(batch).await {
                         Ok(written) => return Ok(written.data),
@@ -425,6 +428,56 @@ impl Replica {
         }
     }
 
+    /// The time this replica stamps into an entry it proposes as leader: its clock, held to at
+    /// most `CLOCK_AHEAD_MAX_MS` ahead of what a majority of the voters' clocks read.
+    pub fn stamp(&self) -> crate::scheduler::UnixMillis {
+        let own = self.inner.clock.now();
+        self.inner.clock_sync.stamp(self.id(), own, &self.voter_ids(), Instant::now())
+    }
+
+    /// Reads every other voter's clock every `CLOCK_SAMPLE_INTERVAL`, all at once.
+    async fn read_peer_clocks(self) {
+        let mut stop = self.inner.stop.subscribe();
+        let mut every = tokio::time::interval(CLOCK_SAMPLE_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clients: BTreeMap<ReplicaId, (String, PeerClient)> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = every.tick() => {}
+            }
+            let voters = self.voter_ids();
+            let addrs: BTreeMap<ReplicaId, String> = {
+                let metrics = self.inner.raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                voters
+                    .iter()
+                    .filter(|id| **id != self.id())
+                    .filter_map(|id| membership.get_node(id).map(|n| (*id, n.addr.clone())))
+                    .collect()
+            };
+            clients.retain(|id, (addr, _)| addrs.get(id) == Some(addr));
+            let mut readings = tokio::task::JoinSet::new();
+            for (id, addr) in addrs {
+                let (_, client) = clients
+                    .entry(id)
+                    .or_insert_with(|| (addr.clone(), PeerClient::new(&self.inner.connect, &addr)));
+                let client = client.clone();
+                readings.spawn(async move {
+                    let sent = Instant::now();
+                    let reading = client.clock(CLOCK_SAMPLE_INTERVAL).await;
+                    (id, sent, reading, Instant::now())
+                });
+            }
+            while let Some(done) = readings.join_next().await {
+                if let Ok((id, sent, Ok(peer), received)) = done {
+                    self.inner.clock_sync.record(id, sent, peer.0, received);
+                }
+            }
+        }
+    }
+
     async fn run_ticker(self) {
         let mut stop = self.inner.stop.subscribe();
         let mut check = tokio::time::interval(Duration::from_millis(50));
@@ -439,7 +492,7 @@ impl Replica {
                 continue;
             }
             let next_deadline = self.inner.sm.read().scheduler.next_deadline();
-            let due = next_deadline.is_some_and(|at| at <= self.inner.clock.now());
+            let due = next_deadline.is_some_and(|at| at <= self.stamp());
             let idle = next_deadline.is_some()
                 && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
             if due || idle {
