@@ -118,9 +118,23 @@ struct ServerArgs {
     /// Exit cleanly when standard input closes (used by `berth up` for its replicas).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
-    /// Testing only: add this many milliseconds to the wall clock (models clock skew).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    test_clock_offset_ms: i64,
+    /// Testing only: a file holding milliseconds to add to the wall clock (models clock skew),
+    /// read at start and every 100 ms, so a test can move a running replica's clock.
+    #[arg(long, hide = true)]
+    test_clock_offset_file: Option<PathBuf>,
+}
+
+/// The clock offset in `path`: none if the file is missing or unreadable.
+fn clock_offset_ms(path: &std::path::Path) -> i64 {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Follows the offset in `path` while the process runs.
+async fn follow_clock_offset(clock: SystemClock, path: PathBuf) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.set_offset_ms(clock_offset_ms(&path));
+    }
 }
 
 fn parse_members(specs: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -184,7 +198,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding peer address {}", args.peer_listen))?;
     let peer_incoming = incoming(listener);
-    let clock = Arc::new(SystemClock::with_offset_ms(args.test_clock_offset_ms));
+    let clock = SystemClock::default();
+    if let Some(path) = args.test_clock_offset_file.clone() {
+        clock.set_offset_ms(clock_offset_ms(&path));
+        tokio::spawn(follow_clock_offset(clock.clone(), path));
+    }
+    let clock = Arc::new(clock);
     let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
     let listeners = Listeners { peer: peer_incoming, api };
     let server = Server::start(options, storage, clock, connect, listeners, bootstrap).await?;

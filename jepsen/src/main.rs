@@ -225,7 +225,8 @@ fn recheck(opts: &Opts, dir: &Path) -> anyhow::Result<ExitCode> {
         .as_array()
         .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    let summary = jepsen::run::check(&config, &ops, &last, 0, Vec::new());
+    let start_unix_us = results["start_unix_us"].as_u64().unwrap_or(0);
+    let summary = jepsen::run::check(&config, &ops, &last, 0, Vec::new(), start_unix_us);
     print_summary(&summary, opts.json);
     Ok(exit(summary.valid))
 }

@@ -10,8 +10,11 @@
 //!   beyond the election timeout; SIGCONT when healed. One pause in three stops a lease
 //!   client process instead (when the run has one), for longer than the lease TTL: it
 //!   resumes believing it holds its lease, and its next fenced write must be refused.
-//! - `clock`: restart a replica with `--test-clock-offset-ms` (±0.1–2 s, below the lease
-//!   grace); healed by restarting it with no offset.
+//! - `clock`: move a running replica's clock (the leader's, half the time) by ±0.1–2 s (below
+//!   the lease grace), or one time in three by ±20–60 s (far beyond it: a leader that far ahead
+//!   must be held to its peers' clocks); healed by setting it back. The replica follows the
+//!   offset in a file (`--test-clock-offset-file`), so the clock jumps while it runs, as an
+//!   NTP step would.
 //! - `netem`: `tc netem` delay and loss on some replicas. A kernel without netem gets loss
 //!   only, from an iptables `statistic` rule that drops a random share of incoming packets.
 //! - `member`: remove a replica through the admin API (RemoveReplica); healed by wiping its
@@ -250,14 +253,18 @@ impl Nemesis {
             "clock" => {
                 let prefer_leader = self.rng.below(2) == 0;
                 let t = self.pick_target(prefer_leader).await;
-                let magnitude = i64::try_from(100 + self.rng.below(1_900))?;
+                // Mostly within the lease grace; one in three far beyond it (20-60 s), where
+                // only a leader's bound by its peers' clocks keeps log time true.
+                let magnitude = if self.rng.below(3) == 0 {
+                    i64::try_from(20_000 + self.rng.below(40_001))?
+                } else {
+                    i64::try_from(100 + self.rng.below(1_900))?
+                };
                 let offset = if self.rng.below(2) == 0 { magnitude } else { -magnitude };
                 let mut cluster = self.cluster.lock().await;
-                cluster.kill(t);
                 if let Some(r) = cluster.replicas.get_mut(&t) {
-                    r.clock_offset_ms = offset;
+                    r.set_clock_offset(offset)?;
                 }
-                cluster.start(t)?;
                 Ok(format!("clock {t} offset {offset} ms"))
             }
             "netem" => {
@@ -354,9 +361,8 @@ impl Nemesis {
                 cluster.pause(*id, false);
             }
             if cluster.replicas[id].clock_offset_ms != 0 {
-                cluster.kill(*id);
                 if let Some(r) = cluster.replicas.get_mut(id) {
-                    r.clock_offset_ms = 0;
+                    r.set_clock_offset(0)?;
                 }
             }
             if !cluster.running(*id) {

@@ -58,6 +58,8 @@ pub struct Summary {
     pub checks: Vec<CheckResult>,
     pub store: PathBuf,
     pub problems: Vec<String>,
+    /// The run's time zero, µs since the Unix epoch (op times count from it).
+    pub start_unix_us: u64,
 }
 
 async fn wait_for_cluster(shared: &Shared, replicas: u64) -> anyhow::Result<()> {
@@ -499,7 +501,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     problems.extend(cluster.lock().await.panics());
     recorder.flush()?;
     let ops = recorder.snapshot();
-    let summary = check(&config, &ops, &last, faults, problems);
+    let summary = check(&config, &ops, &last, faults, problems, recorder.start_unix_us());
     std::fs::write(config.dir.join("final.json"), serde_json::to_string_pretty(&last)?)?;
     std::fs::write(config.dir.join("results.json"), serde_json::to_string_pretty(&summary)?)?;
     crate::report::write(&config.dir.join("index.html"), &config, &ops, &summary)?;
@@ -513,9 +515,11 @@ pub fn check(
     last: &FinalState,
     faults: u64,
     problems: Vec<String>,
+    start_unix_us: u64,
 ) -> Summary {
     let pairs = history::pairs(ops);
-    let mut checks = vec![checker::writes_ordered(&pairs)];
+    let mut checks =
+        vec![checker::writes_ordered(&pairs), checker::log_time(&pairs, start_unix_us)];
     for w in &config.workloads {
         match w {
             Workload::Register => {
@@ -569,5 +573,6 @@ pub fn check(
         checks,
         store: config.dir.clone(),
         problems,
+        start_unix_us,
     }
 }

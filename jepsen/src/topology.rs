@@ -210,6 +210,20 @@ pub struct Replica {
     pub started: bool,
 }
 
+impl Replica {
+    /// Where the replica reads its clock offset from (while it runs, too).
+    pub fn clock_offset_file(&self) -> PathBuf {
+        self.data_dir.with_file_name("clock-offset-ms")
+    }
+
+    /// Moves the running replica's clock by `offset_ms` from true time (0 to heal).
+    pub fn set_clock_offset(&mut self, offset_ms: i64) -> anyhow::Result<()> {
+        std::fs::write(self.clock_offset_file(), offset_ms.to_string())?;
+        self.clock_offset_ms = offset_ms;
+        Ok(())
+    }
+}
+
 /// The replica processes of one run; all SIGKILLed on drop.
 pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
@@ -279,7 +293,8 @@ impl Cluster {
             .arg(&r.data_dir)
             // Small snapshot threshold: restarted replicas catch up by snapshot too.
             .args(["--snapshot-logs", "500", "--snapshot-keep-logs", "50"])
-            .args(["--test-clock-offset-ms", &r.clock_offset_ms.to_string()]);
+            .arg("--test-clock-offset-file")
+            .arg(r.clock_offset_file());
         if id == 1 && !r.started {
             cmd.args(["--bootstrap", "--initial-members", &members]);
         }

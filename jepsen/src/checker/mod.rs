@@ -5,6 +5,7 @@
 //! - `wgl`: linearizability search, used per register key and per quota tenant.
 //! - `register`, `quota`, `lease`: per-workload models and log-index ("witness") checks.
 //! - `writes_ordered`: acknowledged writes have distinct log indexes that respect real time.
+//! - `log_time`: log time never leads real time by more than a leader's stamping bound.
 //! - `final_state`: nothing acknowledged lost, no overcommit, replicas converged.
 
 pub mod capacity;
@@ -107,6 +108,34 @@ fn describe(op: &Op) -> String {
         s.push_str(&format!(" arg={a}"));
     }
     s
+}
+
+/// What a clock reading's round trip and the replicas' own clocks (within NTP of the host's,
+/// which every process here shares) may add to `berth::clock::CLOCK_AHEAD_MAX_MS`.
+const CLOCK_READING_ERROR_MS: u64 = 250;
+
+/// Log time never leads real time by more than the bound a leader stamps within, whatever one
+/// replica's clock says (the `clock` nemesis skews replicas by up to ±60 s): an acknowledged
+/// write applied at log time `t` completed at real time `c` with
+/// `t <= c + CLOCK_AHEAD_MAX_MS + error`. A leader stamping a clock far ahead would expire
+/// leases and reservations early. `start_unix_us` is the run's time zero.
+pub fn log_time(pairs: &[Pair<'_>], start_unix_us: u64) -> CheckResult {
+    let mut r = CheckResult::new("log-time (never far ahead of real time)");
+    let bound = berth::clock::CLOCK_AHEAD_MAX_MS + CLOCK_READING_ERROR_MS;
+    for p in pairs.iter().filter(|p| p.is_ok()) {
+        let Some(applied) = p.done_field(|d| d.applied_at_ms) else { continue };
+        r.checked += 1;
+        let real_ms = (start_unix_us + p.end_us()) / 1_000;
+        if applied > real_ms + bound {
+            r.violation(format!(
+                "{} applied at log time {applied} ms, {} ms after the real time {real_ms} ms of \
+                 its answer (bound {bound} ms)",
+                describe(p.invoke),
+                applied - real_ms
+            ));
+        }
+    }
+    r
 }
 
 /// Acknowledged writes carry distinct log indexes, and a write that completed before another
@@ -275,6 +304,28 @@ mod tests {
         h.done(10, a, Type::Ok, |o| o.log_index = Some(50));
         h.done(30, b, Type::Ok, |o| o.log_index = Some(40));
         assert_eq!(writes_ordered(&pairs(&h.ops)).valid, Valid::True);
+    }
+
+    /// A write applied at a log time far past the real time of its answer is caught; one
+    /// within a leader's stamping bound is not.
+    #[test]
+    fn log_time_catches_a_leap_ahead_of_real_time() {
+        let start_us = 1_800_000_000_000_000;
+        let real_ms = 1_800_000_000_010;
+        let write_at = |applied_ms: u64| {
+            let mut h = H::new();
+            let a = h.invoke(0, 1, Op::invoke("register", "write", "k").with_arg(1));
+            h.done(10_000, a, Type::Ok, |o| {
+                o.log_index = Some(5);
+                o.applied_at_ms = Some(applied_ms);
+            });
+            log_time(&pairs(&h.ops), start_us)
+        };
+        let r = write_at(real_ms + 20_000);
+        assert_eq!(r.valid, Valid::False, "{r:?}");
+        assert!(r.details[0].contains("20000 ms after"), "{r:?}");
+        let r = write_at(real_ms + berth::clock::CLOCK_AHEAD_MAX_MS);
+        assert_eq!((r.valid, r.checked), (Valid::True, 1), "{r:?}");
     }
 
     /// An overcommitted worker and a capacity leak are caught in the final state.
