@@ -219,3 +219,47 @@ async fn leader_kill_loses_no_acknowledged_write() {
         assert!(!log.contains("panicked"), "a replica panicked:\n{log}");
     }
 }
+
+/// Fifteen bytes on the peer port announcing a 2^62-byte string are refused with a clean
+/// error: the replica process survives and keeps serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let replica = Replica {
+        addr: addr.clone(),
+        dir: tmp.path().join("replica-1"),
+        log: tmp.path().join("replica-1.log"),
+        child: None,
+    };
+    let mut procs =
+        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    procs.spawn(1);
+    let connect = tcp_connect(Duration::from_millis(300));
+    let addrs = vec![addr.clone()];
+    assert!(write(&connect, &addrs, 0).await, "serves before");
+
+    // [len 11][Query][Query::Tenant][a string of 2^62 bytes follows...]
+    let mut frame = 11u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&[7, 0, 0xfd]);
+    frame.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    assert_eq!(frame.len(), 15);
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    stream.write_all(&frame).await.expect("sent");
+    let mut header = [0u8; 5];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut header))
+        .await
+        .expect("the replica answers")
+        .expect("reads");
+    assert_eq!(header[4], 1, "an error reply");
+    let mut message =
+        vec![0u8; u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize - 1];
+    stream.read_exact(&mut message).await.expect("reads the message");
+    let message = String::from_utf8_lossy(&message);
+    assert!(message.contains("LimitExceeded"), "{message}");
+
+    assert!(write(&connect, &addrs, 1).await, "serves after");
+    let child = procs.replicas.get_mut(&1).and_then(|r| r.child.as_mut()).expect("running");
+    assert!(matches!(child.try_wait(), Ok(None)), "the process is still running");
+}

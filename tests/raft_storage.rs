@@ -131,30 +131,85 @@ fn write_at(path: &std::path::Path, offset: usize, bytes: &[u8]) {
     file.write_all_at(bytes, offset as u64).expect("write");
 }
 
-/// A torn write can leave whole records of its own behind the one it tore. They were never
-/// acknowledged, and a later record written over the torn one must not bring them back.
+/// Where each record of a log file starts, up to the first zero length.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len;
+    }
+    starts
+}
+
+/// A file log of 50 appended records (one entry each), closed.
+async fn fifty_records(path: &std::path::Path) -> Vec<u8> {
+    let mut log = LogStore::open_dir(path).expect("opens");
+    for i in 1..=50 {
+        log.blocking_append([entry(i, vec![register(&format!("w{i}"))])]).await.expect("appends");
+    }
+    drop(log);
+    std::fs::read(path.join("wal")).expect("wal")
+}
+
+/// One byte flipped in record 3 of 50 is damage, not a torn write: the log refuses to open,
+/// naming the file and the record's offset, and leaves the file exactly as it was.
 #[tokio::test]
-async fn records_behind_a_torn_one_never_come_back() {
+async fn a_damaged_record_before_others_refuses_to_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("log");
-    {
-        let mut log = LogStore::open_dir(&path).expect("opens");
-        for i in 1..=3 {
-            log.blocking_append([entry(i, vec![register("w")])]).await.expect("appends");
-        }
-    }
+    let mut bytes = fifty_records(&path).await;
+    let starts = record_starts(&bytes);
+    assert_eq!(starts.len(), 50);
     let wal = path.join("wal");
-    let bytes = std::fs::read(&wal).expect("wal");
-    let second = 8 + u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    // Tear the second record (its checksum no longer matches); the third stays whole.
-    write_at(&wal, second + 4, &[0xde, 0xad, 0xbe, 0xef]);
+    // A payload byte (bad checksum), then a length byte (a length running past the file).
+    for (flip, why) in [(starts[2] + 20, "checksum mismatch"), (starts[2] + 3, "runs past")] {
+        bytes[flip] ^= 0x80;
+        std::fs::write(&wal, &bytes).expect("damage");
+        let Err(error) = LogStore::open_dir(&path) else { panic!("opened a damaged log") };
+        let message = error.to_string();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{message}");
+        assert!(message.contains(&wal.display().to_string()), "names the file: {message}");
+        assert!(message.contains(&format!("byte {}", starts[2])), "names the offset: {message}");
+        assert!(message.contains(why), "{message}");
+        assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
+        bytes[flip] ^= 0x80;
+    }
+    std::fs::write(&wal, &bytes).expect("repair");
+    let mut log = LogStore::open_dir(&path).expect("opens once repaired");
+    assert_eq!(indexes(&mut log).await, (1..=50).collect::<Vec<_>>());
+}
+
+/// A write torn by a crash recovers: a file cut in the middle of its last record, or a last
+/// record partly garbage and then zeros, loses that record only.
+#[tokio::test]
+async fn a_torn_last_record_is_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    let bytes = fifty_records(&path).await;
+    let last = *record_starts(&bytes).last().expect("records");
+    let wal = path.join("wal");
+    let end = records_end(&bytes);
+
+    std::fs::write(&wal, &bytes[..last + 13]).expect("cut mid-record");
     let mut log = LogStore::open_dir(&path).expect("reopens");
-    assert_eq!(indexes(&mut log).await, vec![1]);
-    // The same size as the torn record: it ends exactly where the stale third one began.
-    log.blocking_append([entry(2, vec![register("v")])]).await.expect("appends");
+    assert_eq!(indexes(&mut log).await, (1..=49).collect::<Vec<_>>());
+    drop(log);
+
+    let mut torn = bytes.clone();
+    torn[last + 10..end].fill(0);
+    torn[last + 10..last + 14].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    std::fs::write(&wal, &torn).expect("tear");
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(indexes(&mut log).await, (1..=49).collect::<Vec<_>>());
+    log.blocking_append([entry(50, vec![register("again")])]).await.expect("appends");
     drop(log);
     let mut log = LogStore::open_dir(&path).expect("reopens again");
-    assert_eq!(indexes(&mut log).await, vec![1, 2], "the stale third record stays gone");
+    assert_eq!(indexes(&mut log).await, (1..=50).collect::<Vec<_>>(), "the log goes on");
 }
 
 /// A byte flipped inside a record fails its checksum: the log ends before it, never with a

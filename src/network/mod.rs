@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::codec;
 use crate::raft::types::{
     BatchResult, InstallSnapshotError, LogId, Node, Proposal, RaftError, ReplicaId, RpcError,
     TypeConfig,
@@ -82,21 +83,15 @@ pub fn tcp_connect(connect_timeout: Duration) -> Connect {
     })
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
-}
-
+/// A peer message decoded (with a size limit, see `codec`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
+    codec::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// A frame: its header (length and tag) followed by `value` encoded in place.
 fn frame<T: Serialize>(tag: u8, value: &T) -> Result<Vec<u8>, String> {
     let mut frame = vec![0u8; 5];
-    bincode::serde::encode_into_std_write(value, &mut frame, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    codec::encode_into(value, &mut frame).map_err(|e| e.to_string())?;
     seal(frame, tag)
 }
 

@@ -20,6 +20,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::raft::types::{
     BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
@@ -139,9 +140,7 @@ impl StateMachine {
 }
 
 fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<Replicated, StorageError> {
-    let (body, _): (SnapshotBody, usize) =
-        bincode::serde::decode_from_slice(data, bincode::config::standard())
-            .map_err(|e| snapshot_err(Some(meta), e))?;
+    let body: SnapshotBody = codec::decode(data).map_err(|e| snapshot_err(Some(meta), e))?;
     if body.progress.last_applied != meta.last_log_id {
         return Err(snapshot_err(Some(meta), "snapshot body and metadata disagree on last log id"));
     }
@@ -159,8 +158,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (state.progress.clone(), state.scheduler.encode())
         };
         let body = SnapshotBody { progress: progress.clone(), scheduler };
-        let data = bincode::serde::encode_to_vec(&body, bincode::config::standard())
-            .map_err(|e| snapshot_err(None, e))?;
+        let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
         let build = self.builds.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match progress.last_applied {
             Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
