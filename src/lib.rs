@@ -13,6 +13,7 @@
 //! - `network` — peer RPC over tonic on its own port, with injected connectors.
 //! - `clock` — the injected wall clock the leader stamps into entries.
 //! - `server` — a replica plus its peer gRPC server, with all IO passed in.
+//! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!
 //! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
@@ -22,6 +23,7 @@ pub mod api;
 pub mod client;
 pub mod clock;
 pub mod codec;
+pub mod fatal;
 pub mod network;
 pub mod raft;
 pub mod scheduler;

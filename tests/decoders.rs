@@ -7,6 +7,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use berth::codec;
+use berth::fatal::FailStop;
 use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, SnapshotMeta, TypeConfig, Vote};
 use berth::scheduler::{Command, Query, RequestId, Resources, TenantId, UnixMillis};
@@ -163,12 +164,14 @@ fn snapshot_file() -> Vec<u8> {
 /// panic; a refused one leaves the state as it was.
 #[tokio::test]
 async fn damaged_snapshot_bodies_are_refused() {
-    let mut source = StateMachine::open(SnapshotStore::Memory(Arc::default())).expect("opens");
+    let mut source = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
+        .expect("opens");
     source.apply((1..4).map(entry).collect::<Vec<_>>()).await.expect("applies");
     let snapshot = source.build_snapshot().await.expect("builds");
     let body = snapshot.snapshot.into_inner();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default())).expect("opens");
+    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
+        .expect("opens");
     let mut refused = 0;
     for _ in 0..200 {
         let mut data = body.clone();

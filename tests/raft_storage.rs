@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
+use berth::fatal::FailStop;
 use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
 use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
@@ -22,7 +23,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fil
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open_dir(&dir.path().join("log")).expect("log opens");
-        let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
+        let sm = StateMachine::open(
+            SnapshotStore::Dir(dir.path().join("snapshot")),
+            FailStop::record(),
+        )?;
         Ok((dir, log, sm))
     }
 }
@@ -32,7 +36,7 @@ struct MemoryBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = LogStore::memory(Arc::new(Mutex::new(MemLog::default())));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()))?;
+        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -43,7 +47,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuild
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = MemLog::with_flush_delay(std::time::Duration::from_millis(1));
         let log = LogStore::memory(Arc::new(Mutex::new(log)));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()))?;
+        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -64,7 +68,10 @@ fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), Storag
             let dir = tempfile::tempdir().expect("temp dir");
             let options = FileLogOptions { compact_at_bytes: 1, preallocate_bytes: 4096 };
             let log = LogStore::open_dir_with(&dir.path().join("log"), options).expect("opens");
-            let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
+            let sm = StateMachine::open(
+                SnapshotStore::Dir(dir.path().join("snapshot")),
+                FailStop::record(),
+            )?;
             Ok((dir, log, sm))
         }
     }
@@ -310,7 +317,7 @@ fn register(id: &str) -> Command {
 async fn snapshot_round_trip_through_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SnapshotStore::Dir(dir.path().join("snapshot"));
-    let mut sm = StateMachine::open(store.clone()).expect("opens");
+    let mut sm = StateMachine::open(store.clone(), FailStop::record()).expect("opens");
     let results = sm
         .apply(vec![entry(1, vec![register("a"), register("b")]), entry(2, vec![register("c")])])
         .await
@@ -319,7 +326,7 @@ async fn snapshot_round_trip_through_disk() {
     assert_eq!(indexes, vec![2, 3, 4], "a leader change (1) then one index per command");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
-    let reopened = StateMachine::open(store).expect("reopens from disk");
+    let reopened = StateMachine::open(store, FailStop::record()).expect("reopens from disk");
     let (before, after) = (sm.read(), reopened.read());
     assert_eq!(before.scheduler.state_hash(), after.scheduler.state_hash());
     assert_eq!(before.progress, after.progress);
@@ -333,7 +340,8 @@ async fn snapshot_round_trip_through_disk() {
 async fn corrupt_snapshots_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
-    let mut sm = StateMachine::open(SnapshotStore::Dir(path.clone())).expect("opens");
+    let mut sm =
+        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).expect("opens");
     sm.apply(vec![entry(1, vec![register("a")])]).await.expect("applies");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
@@ -342,14 +350,21 @@ async fn corrupt_snapshots_are_refused() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).expect("rewrite");
-    assert!(StateMachine::open(SnapshotStore::Dir(path.clone())).is_err(), "flipped byte");
+    assert!(
+        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).is_err(),
+        "flipped byte"
+    );
     std::fs::write(&file, &bytes[..bytes.len() - 10]).expect("truncate");
-    assert!(StateMachine::open(SnapshotStore::Dir(path)).is_err(), "truncated file");
+    assert!(
+        StateMachine::open(SnapshotStore::Dir(path), FailStop::record()).is_err(),
+        "truncated file"
+    );
 
     let mut data = snapshot.snapshot.into_inner();
     let last = data.len() - 1;
     data[last] ^= 0x01;
-    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default())).expect("opens");
+    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
+        .expect("opens");
     let hash = target.read().scheduler.state_hash();
     let refused = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data))).await;
     assert!(refused.is_err());
