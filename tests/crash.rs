@@ -1,6 +1,9 @@
 //! Real processes: three `berth server` replicas, the leader killed with SIGKILL while a client
 //! writes, then restarted on the same data directory. Every acknowledged write must be on all
-//! three replicas afterwards, and their state hashes must be equal.
+//! three replicas afterwards, and their state hashes must be equal. And replicas that must stop
+//! do, while hostile bytes on the peer port do not stop one: a failed disk write ends the
+//! process (fail-stop), an in-process fail-stop stops only that replica, and a frame announcing
+//! a huge string is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

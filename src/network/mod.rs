@@ -8,9 +8,11 @@
 //! reply:    [len u32 LE][0 u8][bincode 2 of the reply]  or  [len][1 u8][UTF-8 error message]
 //! ```
 //!
-//! (`len` counts the byte after it and the payload.) It replaced tonic unary calls, whose
-//! HTTP/2 machinery cost each AppendEntries about half a millisecond more than the follower
-//! spent handling it, and a fifth of a follower's CPU; see the README's performance section.
+//! (`len` counts the byte after it and the payload, at most `PEER_MESSAGE_MAX_BYTES`; payloads
+//! decode with a size limit, `crate::codec`, so no length inside one is trusted.) It replaced
+//! tonic unary calls, whose HTTP/2 machinery cost each AppendEntries about half a millisecond
+//! more than the follower spent handling it, and a fifth of a follower's CPU; see the README's
+//! performance section.
 //!
 //! A client keeps a small pool of open connections per peer, so concurrent callers (forwarded
 //! writes, reads) each get their own and a lone caller (a follower's replication stream)

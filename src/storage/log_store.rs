@@ -10,10 +10,12 @@
 //! and syncs them (`fdatasync`), then fires the callbacks. The Raft core keeps replicating
 //! while the leader's own entries sync, and one sync covers every append queued before it.
 //! The file is grown in preallocated runs of zeros, so an append overwrites blocks that exist
-//! and its sync has no size or allocation to persist; a zero length ends the records. A torn
-//! record at the end (a crash mid-write, never acknowledged) is zeroed out on open. Once the
-//! file is mostly entries already purged, it is rewritten with only the live log (new file,
-//! sync, rename, sync the directory).
+//! and its sync has no size or allocation to persist; zeros end the records. A torn record
+//! at the end (a crash mid-write, never acknowledged) is zeroed out on open; a bad record with
+//! data after it is damage, and the log refuses to open rather than drop what follows (see
+//! `replay`). A failed write or sync fails every later one, and openraft stops on it (which
+//! the server turns into a fail-stop, `crate::fatal`). Once the file is mostly entries already
+//! purged, it is rewritten with only the live log (new file, sync, rename, sync the directory).
 //!
 //! In memory, writes are durable at once by default. With a flush delay (the simulation),
 //! the memory log keeps what was written apart from what was flushed, like a disk: a flusher
