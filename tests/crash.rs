@@ -351,3 +351,57 @@ async fn a_recorded_fail_stop_stops_only_that_replica() {
     );
     cluster.shutdown().await;
 }
+
+/// A replica whose log is damaged before its last record refuses to start: the process exits
+/// non-zero naming the file and offset, and leaves the file as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_damaged_log_refuses_to_start() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let replica = Replica {
+        addr: addr.clone(),
+        dir: tmp.path().join("replica-1"),
+        log: tmp.path().join("replica-1.log"),
+        child: None,
+    };
+    let mut procs =
+        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    procs.spawn(1);
+    let connect = tcp_connect(Duration::from_millis(300));
+    for i in 0..20 {
+        assert!(write(&connect, std::slice::from_ref(&addr), i).await, "write {i}");
+    }
+    procs.kill(1);
+
+    let wal = procs.replicas[&1].dir.join("log").join("wal");
+    let mut bytes = std::fs::read(&wal).expect("wal");
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while let Some(len) =
+        bytes.get(at..at + 4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    {
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len as usize;
+    }
+    assert!(starts.len() > 10, "{} records", starts.len());
+    bytes[starts[2] + 9] ^= 0x01;
+    std::fs::write(&wal, &bytes).expect("damage");
+
+    procs.spawn(1);
+    let status = poll("the damaged replica to exit", || {
+        let child = procs.replicas.get_mut(&1).and_then(|r| r.child.as_mut()).expect("spawned");
+        let exited = child.try_wait().expect("waits");
+        async move { exited }
+    })
+    .await;
+    let log = std::fs::read_to_string(&procs.replicas[&1].log).expect("log");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{}: the Raft log is damaged at byte {}", wal.display(), starts[2])),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
+}
