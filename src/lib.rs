@@ -14,6 +14,8 @@
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry.
 //! - `server` — a replica plus its peer gRPC server, with all IO passed in.
+//! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
+//! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!
 //! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
 //! on nothing else in the crate.
@@ -21,6 +23,8 @@
 pub mod api;
 pub mod client;
 pub mod clock;
+pub mod codec;
+pub mod fatal;
 pub mod network;
 pub mod raft;
 pub mod scheduler;

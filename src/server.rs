@@ -52,6 +52,7 @@ pub struct Server {
     pub replica: Replica,
     stop_serving: watch::Sender<()>,
     serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    fail_stop_guard: JoinHandle<()>,
 }
 
 impl Server {
@@ -75,12 +76,18 @@ impl Server {
         let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
             .await
             .map_err(anyhow::Error::msg)?;
-        // One signal stops every server; a dropped sender stops them too.
+        let fail_stop_guard = tokio::spawn(fail_stop_guard(replica.clone()));
+        // One signal stops every server; a dropped sender stops them too, and so does a
+        // fail-stop (in-process: the replica never serves again).
         let (stop_serving, stop) = watch::channel(());
+        let fail_stop = replica.fail_stop().clone();
         let stopped = move || {
-            let mut stop = stop.clone();
+            let (mut stop, fail_stop) = (stop.clone(), fail_stop.clone());
             async move {
-                let _ = stop.changed().await;
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = fail_stop.stopped() => {}
+                }
             }
         };
         let mut serving = Vec::new();
@@ -104,11 +111,12 @@ impl Server {
                 tracing::info!(replica = replica.id(), "initialised a new cluster");
             }
         }
-        Ok(Server { replica, stop_serving, serving })
+        Ok(Server { replica, stop_serving, serving, fail_stop_guard })
     }
 
     /// Stops Raft, then the servers.
     pub async fn stop(self) {
+        self.fail_stop_guard.abort();
         self.replica.shutdown().await;
         let _ = self.stop_serving.send(());
         // Open client connections hold a graceful shutdown up; a client that keeps its
@@ -126,4 +134,33 @@ impl Server {
             }
         }
     }
+}
+
+/// Turns a fatal Raft error (above all, a log or vote write that failed) into a fail-stop,
+/// and stops Raft once the replica fail-stopped (in-process; a process has exited by then).
+/// Ends when Raft stops normally.
+async fn fail_stop_guard(replica: Replica) {
+    let fail_stop = replica.fail_stop().clone();
+    let mut metrics = replica.raft().metrics();
+    let fatal = async {
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return match fatal {
+                    openraft::error::Fatal::Stopped => None,
+                    other => Some(other.to_string()),
+                };
+            }
+            if metrics.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    tokio::select! {
+        fatal = fatal => match fatal {
+            Some(why) => fail_stop.stop(format!("Raft stopped on a fatal error: {why}")),
+            None => return,
+        },
+        _ = fail_stop.stopped() => {}
+    }
+    replica.shutdown().await;
 }

@@ -1,6 +1,9 @@
 //! Real processes: three `berth server` replicas, the leader killed with SIGKILL while a client
 //! writes, then restarted on the same data directory. Every acknowledged write must be on all
-//! three replicas afterwards, and their state hashes must be equal.
+//! three replicas afterwards, and their state hashes must be equal. And replicas that must stop
+//! do, while hostile bytes on the peer port do not stop one: a failed disk write ends the
+//! process (fail-stop), an in-process fail-stop stops only that replica, and a frame announcing
+//! a huge string is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -52,13 +55,27 @@ fn free_port() -> u16 {
 
 impl Processes {
     fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, Process::new(env!("CARGO_BIN_EXE_berth")));
+    }
+
+    /// Starts replica `id` with files limited to `kib` KiB (`ulimit -f`, with SIGXFSZ
+    /// ignored), so that writing past that fails with EFBIG: an injected disk write error.
+    fn spawn_with_file_size_limit(&mut self, id: u64, kib: u64) {
+        let mut shell = Process::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"", kib * 2))
+            .arg(env!("CARGO_BIN_EXE_berth"));
+        self.spawn_with(id, shell);
+    }
+
+    fn spawn_with(&mut self, id: u64, mut process: Process) {
         let replica = self.replicas.get_mut(&id).expect("replica");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&replica.log)
             .expect("log file");
-        let mut process = Process::new(env!("CARGO_BIN_EXE_berth"));
         process
             .args(["server", "--id", &id.to_string(), "--peer-listen", &replica.addr])
             .arg("--data-dir")
@@ -218,4 +235,173 @@ async fn leader_kill_loses_no_acknowledged_write() {
         let log = std::fs::read_to_string(&replica.log).unwrap_or_default();
         assert!(!log.contains("panicked"), "a replica panicked:\n{log}");
     }
+}
+
+/// Fifteen bytes on the peer port announcing a 2^62-byte string are refused with a clean
+/// error: the replica process survives and keeps serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let replica = Replica {
+        addr: addr.clone(),
+        dir: tmp.path().join("replica-1"),
+        log: tmp.path().join("replica-1.log"),
+        child: None,
+    };
+    let mut procs =
+        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    procs.spawn(1);
+    let connect = tcp_connect(Duration::from_millis(300));
+    let addrs = vec![addr.clone()];
+    assert!(write(&connect, &addrs, 0).await, "serves before");
+
+    // [len 11][Query][Query::Tenant][a string of 2^62 bytes follows...]
+    let mut frame = 11u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&[7, 0, 0xfd]);
+    frame.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    assert_eq!(frame.len(), 15);
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    stream.write_all(&frame).await.expect("sent");
+    let mut header = [0u8; 5];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut header))
+        .await
+        .expect("the replica answers")
+        .expect("reads");
+    assert_eq!(header[4], 1, "an error reply");
+    let mut message =
+        vec![0u8; u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize - 1];
+    stream.read_exact(&mut message).await.expect("reads the message");
+    let message = String::from_utf8_lossy(&message);
+    assert!(message.contains("LimitExceeded"), "{message}");
+
+    assert!(write(&connect, &addrs, 1).await, "serves after");
+    let child = procs.replicas.get_mut(&1).and_then(|r| r.child.as_mut()).expect("running");
+    assert!(matches!(child.try_wait(), Ok(None)), "the process is still running");
+}
+
+/// A replica whose log write fails (its disk refuses the write) stops: the process exits
+/// with the fail-stop status, saying what failed, instead of running on as a zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_write_stops_the_replica_process() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut replicas = BTreeMap::new();
+    for id in 1..=2u64 {
+        replicas.insert(
+            id,
+            Replica {
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("replica-{id}")),
+                log: tmp.path().join(format!("replica-{id}.log")),
+                child: None,
+            },
+        );
+    }
+    let members =
+        replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
+    let mut procs = Processes { replicas, members };
+    // Replica 2 can write 1 MiB: its first write (a vote for replica 1, which grows the log
+    // file by its 16 MiB preallocation) fails.
+    procs.spawn_with_file_size_limit(2, 1024);
+    procs.spawn(1);
+    let status = poll("replica 2 to exit", || {
+        let child = procs.replicas.get_mut(&2).and_then(|r| r.child.as_mut()).expect("spawned");
+        let exited = child.try_wait().expect("waits");
+        async move { exited }
+    })
+    .await;
+    let log = std::fs::read_to_string(&procs.replicas[&2].log).expect("log");
+    assert_eq!(status.code(), Some(berth::fatal::FAIL_STOP_EXIT_CODE), "{log}");
+    assert!(log.contains("berth: fail-stop:"), "{log}");
+    assert!(log.contains("writing the Raft log failed"), "{log}");
+}
+
+fn recording_options(id: u64, addr: String) -> berth::raft::replica::ReplicaOptions {
+    let mut options = common::fast_options(id, addr);
+    options.fail_stop = berth::fatal::FailStop::record();
+    options
+}
+
+/// In-process (tests, simulation), a fail-stopped replica stops Raft and both its ports and
+/// never serves again, while the others go on serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_fail_stop_stops_only_that_replica() {
+    let cluster = common::Cluster::start(3, recording_options).await;
+    let leader = cluster.leader().await;
+    let victim = if leader == 1 { 2 } else { 1 };
+    let survivor = (1..=3).find(|id| *id != leader && *id != victim).expect("a third replica");
+    cluster.replica(survivor).propose(register(1)).await.expect("a write before");
+
+    cluster.replica(victim).fail_stop().stop("test: an injected fail-stop");
+    let connect = tcp_connect(Duration::from_millis(300));
+    let addr = cluster.members[&victim].addr.clone();
+    poll("the fail-stopped replica to stop serving", || async {
+        status(&connect, &addr).await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(cluster.replica(victim).role(), openraft::ServerState::Shutdown);
+    assert!(cluster.replica(victim).propose(register(2)).await.is_err(), "it takes no writes");
+    for i in 3..6 {
+        cluster.replica(survivor).propose(register(i)).await.expect("the others still write");
+    }
+    assert_eq!(
+        cluster.replica(victim).fail_stop().reason().as_deref(),
+        Some("test: an injected fail-stop")
+    );
+    cluster.shutdown().await;
+}
+
+/// A replica whose log is damaged before its last record refuses to start: the process exits
+/// non-zero naming the file and offset, and leaves the file as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_damaged_log_refuses_to_start() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let replica = Replica {
+        addr: addr.clone(),
+        dir: tmp.path().join("replica-1"),
+        log: tmp.path().join("replica-1.log"),
+        child: None,
+    };
+    let mut procs =
+        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    procs.spawn(1);
+    let connect = tcp_connect(Duration::from_millis(300));
+    for i in 0..20 {
+        assert!(write(&connect, std::slice::from_ref(&addr), i).await, "write {i}");
+    }
+    procs.kill(1);
+
+    let wal = procs.replicas[&1].dir.join("log").join("wal");
+    let mut bytes = std::fs::read(&wal).expect("wal");
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while let Some(len) =
+        bytes.get(at..at + 4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    {
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len as usize;
+    }
+    assert!(starts.len() > 10, "{} records", starts.len());
+    bytes[starts[2] + 9] ^= 0x01;
+    std::fs::write(&wal, &bytes).expect("damage");
+
+    procs.spawn(1);
+    let status = poll("the damaged replica to exit", || {
+        let child = procs.replicas.get_mut(&1).and_then(|r| r.child.as_mut()).expect("spawned");
+        let exited = child.try_wait().expect("waits");
+        async move { exited }
+    })
+    .await;
+    let log = std::fs::read_to_string(&procs.replicas[&1].log).expect("log");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{}: the Raft log is damaged at byte {}", wal.display(), starts[2])),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
+use berth::fatal::FailStop;
 use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
 use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
@@ -22,7 +23,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fil
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open_dir(&dir.path().join("log")).expect("log opens");
-        let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
+        let sm = StateMachine::open(
+            SnapshotStore::Dir(dir.path().join("snapshot")),
+            FailStop::record(),
+        )?;
         Ok((dir, log, sm))
     }
 }
@@ -32,7 +36,7 @@ struct MemoryBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = LogStore::memory(Arc::new(Mutex::new(MemLog::default())));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()))?;
+        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -43,7 +47,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuild
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = MemLog::with_flush_delay(std::time::Duration::from_millis(1));
         let log = LogStore::memory(Arc::new(Mutex::new(log)));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()))?;
+        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -64,7 +68,10 @@ fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), Storag
             let dir = tempfile::tempdir().expect("temp dir");
             let options = FileLogOptions { compact_at_bytes: 1, preallocate_bytes: 4096 };
             let log = LogStore::open_dir_with(&dir.path().join("log"), options).expect("opens");
-            let sm = StateMachine::open(SnapshotStore::Dir(dir.path().join("snapshot")))?;
+            let sm = StateMachine::open(
+                SnapshotStore::Dir(dir.path().join("snapshot")),
+                FailStop::record(),
+            )?;
             Ok((dir, log, sm))
         }
     }
@@ -131,30 +138,85 @@ fn write_at(path: &std::path::Path, offset: usize, bytes: &[u8]) {
     file.write_all_at(bytes, offset as u64).expect("write");
 }
 
-/// A torn write can leave whole records of its own behind the one it tore. They were never
-/// acknowledged, and a later record written over the torn one must not bring them back.
+/// Where each record of a log file starts, up to the first zero length.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len;
+    }
+    starts
+}
+
+/// A file log of 50 appended records (one entry each), closed.
+async fn fifty_records(path: &std::path::Path) -> Vec<u8> {
+    let mut log = LogStore::open_dir(path).expect("opens");
+    for i in 1..=50 {
+        log.blocking_append([entry(i, vec![register(&format!("w{i}"))])]).await.expect("appends");
+    }
+    drop(log);
+    std::fs::read(path.join("wal")).expect("wal")
+}
+
+/// One byte flipped in record 3 of 50 is damage, not a torn write: the log refuses to open,
+/// naming the file and the record's offset, and leaves the file exactly as it was.
 #[tokio::test]
-async fn records_behind_a_torn_one_never_come_back() {
+async fn a_damaged_record_before_others_refuses_to_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("log");
-    {
-        let mut log = LogStore::open_dir(&path).expect("opens");
-        for i in 1..=3 {
-            log.blocking_append([entry(i, vec![register("w")])]).await.expect("appends");
-        }
-    }
+    let mut bytes = fifty_records(&path).await;
+    let starts = record_starts(&bytes);
+    assert_eq!(starts.len(), 50);
     let wal = path.join("wal");
-    let bytes = std::fs::read(&wal).expect("wal");
-    let second = 8 + u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    // Tear the second record (its checksum no longer matches); the third stays whole.
-    write_at(&wal, second + 4, &[0xde, 0xad, 0xbe, 0xef]);
+    // A payload byte (bad checksum), then a length byte (a length running past the file).
+    for (flip, why) in [(starts[2] + 20, "checksum mismatch"), (starts[2] + 3, "runs past")] {
+        bytes[flip] ^= 0x80;
+        std::fs::write(&wal, &bytes).expect("damage");
+        let Err(error) = LogStore::open_dir(&path) else { panic!("opened a damaged log") };
+        let message = error.to_string();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{message}");
+        assert!(message.contains(&wal.display().to_string()), "names the file: {message}");
+        assert!(message.contains(&format!("byte {}", starts[2])), "names the offset: {message}");
+        assert!(message.contains(why), "{message}");
+        assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
+        bytes[flip] ^= 0x80;
+    }
+    std::fs::write(&wal, &bytes).expect("repair");
+    let mut log = LogStore::open_dir(&path).expect("opens once repaired");
+    assert_eq!(indexes(&mut log).await, (1..=50).collect::<Vec<_>>());
+}
+
+/// A write torn by a crash recovers: a file cut in the middle of its last record, or a last
+/// record partly garbage and then zeros, loses that record only.
+#[tokio::test]
+async fn a_torn_last_record_is_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("log");
+    let bytes = fifty_records(&path).await;
+    let last = *record_starts(&bytes).last().expect("records");
+    let wal = path.join("wal");
+    let end = records_end(&bytes);
+
+    std::fs::write(&wal, &bytes[..last + 13]).expect("cut mid-record");
     let mut log = LogStore::open_dir(&path).expect("reopens");
-    assert_eq!(indexes(&mut log).await, vec![1]);
-    // The same size as the torn record: it ends exactly where the stale third one began.
-    log.blocking_append([entry(2, vec![register("v")])]).await.expect("appends");
+    assert_eq!(indexes(&mut log).await, (1..=49).collect::<Vec<_>>());
+    drop(log);
+
+    let mut torn = bytes.clone();
+    torn[last + 10..end].fill(0);
+    torn[last + 10..last + 14].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    std::fs::write(&wal, &torn).expect("tear");
+    let mut log = LogStore::open_dir(&path).expect("reopens");
+    assert_eq!(indexes(&mut log).await, (1..=49).collect::<Vec<_>>());
+    log.blocking_append([entry(50, vec![register("again")])]).await.expect("appends");
     drop(log);
     let mut log = LogStore::open_dir(&path).expect("reopens again");
-    assert_eq!(indexes(&mut log).await, vec![1, 2], "the stale third record stays gone");
+    assert_eq!(indexes(&mut log).await, (1..=50).collect::<Vec<_>>(), "the log goes on");
 }
 
 /// A byte flipped inside a record fails its checksum: the log ends before it, never with a
@@ -255,7 +317,7 @@ fn register(id: &str) -> Command {
 async fn snapshot_round_trip_through_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SnapshotStore::Dir(dir.path().join("snapshot"));
-    let mut sm = StateMachine::open(store.clone()).expect("opens");
+    let mut sm = StateMachine::open(store.clone(), FailStop::record()).expect("opens");
     let results = sm
         .apply(vec![entry(1, vec![register("a"), register("b")]), entry(2, vec![register("c")])])
         .await
@@ -264,7 +326,7 @@ async fn snapshot_round_trip_through_disk() {
     assert_eq!(indexes, vec![2, 3, 4], "a leader change (1) then one index per command");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
-    let reopened = StateMachine::open(store).expect("reopens from disk");
+    let reopened = StateMachine::open(store, FailStop::record()).expect("reopens from disk");
     let (before, after) = (sm.read(), reopened.read());
     assert_eq!(before.scheduler.state_hash(), after.scheduler.state_hash());
     assert_eq!(before.progress, after.progress);
@@ -278,7 +340,8 @@ async fn snapshot_round_trip_through_disk() {
 async fn corrupt_snapshots_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
-    let mut sm = StateMachine::open(SnapshotStore::Dir(path.clone())).expect("opens");
+    let mut sm =
+        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).expect("opens");
     sm.apply(vec![entry(1, vec![register("a")])]).await.expect("applies");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
@@ -287,14 +350,21 @@ async fn corrupt_snapshots_are_refused() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).expect("rewrite");
-    assert!(StateMachine::open(SnapshotStore::Dir(path.clone())).is_err(), "flipped byte");
+    assert!(
+        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).is_err(),
+        "flipped byte"
+    );
     std::fs::write(&file, &bytes[..bytes.len() - 10]).expect("truncate");
-    assert!(StateMachine::open(SnapshotStore::Dir(path)).is_err(), "truncated file");
+    assert!(
+        StateMachine::open(SnapshotStore::Dir(path), FailStop::record()).is_err(),
+        "truncated file"
+    );
 
     let mut data = snapshot.snapshot.into_inner();
     let last = data.len() - 1;
     data[last] ^= 0x01;
-    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default())).expect("opens");
+    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
+        .expect("opens");
     let hash = target.read().scheduler.state_hash();
     let refused = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data))).await;
     assert!(refused.is_err());

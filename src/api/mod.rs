@@ -119,10 +119,17 @@ impl Api {
             "berth.v1.Billing",
             "berth.v1.Cluster",
         ];
+        let fail_stop = self.replica.fail_stop().clone();
         tokio::spawn(async move {
-            reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-            for name in names {
-                reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+            for status in
+                [tonic_health::ServingStatus::Serving, tonic_health::ServingStatus::NotServing]
+            {
+                reporter.set_service_status("", status).await;
+                for name in names {
+                    reporter.set_service_status(name, status).await;
+                }
+                // Serving until the replica fail-stops.
+                fail_stop.stopped().await;
             }
         });
         Ok(tonic::service::Routes::new(health)

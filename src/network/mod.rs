@@ -9,9 +9,11 @@
 //! reply:    [len u32 LE][0 u8][bincode 2 of the reply]  or  [len][1 u8][UTF-8 error message]
 //! ```
 //!
-//! (`len` counts the byte after it and the payload.) It replaced tonic unary calls, whose
-//! HTTP/2 machinery cost each AppendEntries about half a millisecond more than the follower
-//! spent handling it, and a fifth of a follower's CPU; see the README's performance section.
+//! (`len` counts the byte after it and the payload, at most `PEER_MESSAGE_MAX_BYTES`; payloads
+//! decode with a size limit, `crate::codec`, so no length inside one is trusted.) It replaced
+//! tonic unary calls, whose HTTP/2 machinery cost each AppendEntries about half a millisecond
+//! more than the follower spent handling it, and a fifth of a follower's CPU; see the README's
+//! performance section.
 //!
 //! A client keeps a small pool of open connections per peer, so concurrent callers (forwarded
 //! writes, reads) each get their own and a lone caller (a follower's replication stream)
@@ -39,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::codec;
 use crate::raft::types::{
     BatchResult, InstallSnapshotError, LogId, Node, Proposal, RaftError, ReplicaId, RpcError,
     TypeConfig,
@@ -84,21 +87,15 @@ pub fn tcp_connect(connect_timeout: Duration) -> Connect {
     })
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
-}
-
+/// A peer message decoded (with a size limit, see `codec`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
+    codec::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// A frame: its header (length and tag) followed by `value` encoded in place.
 fn frame<T: Serialize>(tag: u8, value: &T) -> Result<Vec<u8>, String> {
     let mut frame = vec![0u8; 5];
-    bincode::serde::encode_into_std_write(value, &mut frame, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    codec::encode_into(value, &mut frame).map_err(|e| e.to_string())?;
     seal(frame, tag)
 }
 

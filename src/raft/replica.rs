@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
+use crate::fatal::FailStop;
 use crate::network::{Connect, ForwardError, PeerClient, PeerNetwork, PeerService};
 use crate::raft::state_machine::{Replicated, StateMachine};
 use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId, Vote};
@@ -54,6 +55,9 @@ pub struct ReplicaOptions {
     pub batches_in_flight: usize,
     /// How long a write may take before its outcome is reported unknown.
     pub write_deadline: Duration,
+    /// What stops the replica when its storage fails or apply panics: the process exits,
+    /// unless tests or the simulation record it instead (`crate::fatal`).
+    pub fail_stop: FailStop,
 }
 
 impl ReplicaOptions {
@@ -70,6 +74,7 @@ impl ReplicaOptions {
             batch_max: 512,
             batches_in_flight: 4,
             write_deadline: Duration::from_secs(5),
+            fail_stop: FailStop::exit_process(),
         }
     }
 
@@ -190,7 +195,8 @@ impl Replica {
         connect: Connect,
     ) -> Result<Replica, String> {
         let config = Arc::new(options.raft_config()?);
-        let sm = StateMachine::open(snapshots).map_err(|e| e.to_string())?;
+        let sm =
+            StateMachine::open(snapshots, options.fail_stop.clone()).map_err(|e| e.to_string())?;
         let mut recovering = log.clone();
         let vote = recovering.read_vote().await.map_err(|e| e.to_string())?;
         let last_log = recovering.get_log_state().await.map_err(|e| e.to_string())?.last_log_id;
@@ -233,6 +239,11 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// What stops this replica for good; `stopped()` tells when it has.
+    pub fn fail_stop(&self) -> &FailStop {
+        &self.inner.options.fail_stop
     }
 
     /// The read index of a linearizable read, if this replica leads: openraft's ReadIndex

@@ -7,12 +7,18 @@
 //!
 //! Snapshots are a point-in-time encoding of the scheduler plus this wrapper's counters; they
 //! are persisted before openraft purges the log they replace, and loaded again on open.
+//!
+//! The core is total, so `apply` never panics; if it ever does (a bug), the panic is caught at
+//! the command, the replica fail-stops naming the raft index, command index and command kind
+//! (`crate::fatal`), and this state machine applies nothing more: the state the panic left is
+//! never served, and every restart replays the same command and stops again.
 
 // openraft's traits return its (large) `StorageError`; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
 use std::collections::hash_map::RandomState;
 use std::io::Cursor;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,6 +26,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
+use crate::fatal::FailStop;
 use crate::raft::types::{
     BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
@@ -52,6 +60,9 @@ struct SnapshotBody {
     scheduler: Vec<u8>,
 }
 
+/// The core's `apply` (a unit test puts a panicking one in its place).
+type CoreApply = fn(&mut Scheduler, Entry) -> Applied;
+
 /// The `RaftStateMachine`. Clones share the same state.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -59,6 +70,8 @@ pub struct StateMachine {
     store: SnapshotStore,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     builds: Arc<AtomicU64>,
+    fail_stop: FailStop,
+    core_apply: CoreApply,
 }
 
 fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
@@ -67,8 +80,9 @@ fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> Stora
 }
 
 impl StateMachine {
-    /// Opens the state machine, restoring the last persisted snapshot if there is one.
-    pub fn open(store: SnapshotStore) -> Result<StateMachine, StorageError> {
+    /// Opens the state machine, restoring the last persisted snapshot if there is one. A
+    /// panic in `apply` stops the replica through `fail_stop`.
+    pub fn open(store: SnapshotStore, fail_stop: FailStop) -> Result<StateMachine, StorageError> {
         let mut fresh = Replicated::default();
         fresh.scheduler.key_session_lookup(RandomState::new());
         let sm = StateMachine {
@@ -76,6 +90,8 @@ impl StateMachine {
             store,
             current: Arc::default(),
             builds: Arc::default(),
+            fail_stop,
+            core_apply: Scheduler::apply,
         };
         if let Some(stored) = sm.store.load().map_err(|e| snapshot_err(None, e))? {
             let restored = decode_body(&stored.meta, &stored.data)?;
@@ -94,9 +110,11 @@ impl StateMachine {
         self.shared.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply_entry(state: &mut Replicated, entry: LogEntry) -> BatchResult {
+    /// Applies one Raft entry; `Err` is the fail-stop reason of a panic in the core.
+    fn apply_entry(&self, state: &mut Replicated, entry: LogEntry) -> Result<BatchResult, String> {
         let leader = entry.log_id.leader_id;
-        let span = tracing::debug_span!("apply", raft_index = entry.log_id.index);
+        let raft_index = entry.log_id.index;
+        let span = tracing::debug_span!("apply", raft_index);
         let _guard = span.enter();
         let progress = &mut state.progress;
         progress.last_applied = Some(entry.log_id);
@@ -105,43 +123,68 @@ impl StateMachine {
             progress.last_leader = Some(leader);
             progress.command_index += 1;
             let now = state.scheduler.now();
-            let applied = state.scheduler.apply(Entry {
+            let changed = Entry {
                 index: LogIndex(progress.command_index),
                 proposed_at: now,
                 request_id: None,
                 command: Command::LeaderChanged,
                 token: None,
-            });
+            };
+            let applied = self.apply_command(&mut state.scheduler, raft_index, changed)?;
             tracing::debug!(command_index = progress.command_index, ?applied.result, "leader changed");
         }
         match entry.payload {
-            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Blank => Ok(Vec::new()),
             EntryPayload::Membership(membership) => {
                 progress.membership = StoredMembership::new(Some(entry.log_id), membership);
-                Vec::new()
+                Ok(Vec::new())
             }
             EntryPayload::Normal(batch) => {
                 let mut results: Vec<Applied> = Vec::with_capacity(batch.proposals.len());
                 for proposal in batch.proposals {
                     progress.command_index += 1;
-                    results.push(state.scheduler.apply(Entry {
+                    let entry = Entry {
                         index: LogIndex(progress.command_index),
                         proposed_at: batch.proposed_at,
                         request_id: proposal.request_id,
                         command: proposal.command,
                         token: proposal.token,
-                    }));
+                    };
+                    results.push(self.apply_command(&mut state.scheduler, raft_index, entry)?);
                 }
-                results
+                Ok(results)
             }
         }
+    }
+
+    /// Applies one command through the core; a panic comes back as the fail-stop reason,
+    /// naming where it happened. (The panic hook has already printed the panic itself.)
+    fn apply_command(
+        &self,
+        scheduler: &mut Scheduler,
+        raft_index: u64,
+        entry: Entry,
+    ) -> Result<Applied, String> {
+        let (command_index, kind) = (entry.index.0, entry.command.name());
+        let core_apply = self.core_apply;
+        std::panic::catch_unwind(AssertUnwindSafe(|| core_apply(scheduler, entry))).map_err(
+            |panic| {
+                let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                    (Some(message), _) => (*message).to_owned(),
+                    (None, Some(message)) => message.clone(),
+                    (None, None) => "no message".to_owned(),
+                };
+                format!(
+                    "applying the committed command at raft index {raft_index} (command index \
+                     {command_index}, {kind}) panicked: {message}"
+                )
+            },
+        )
     }
 }
 
 fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<Replicated, StorageError> {
-    let (body, _): (SnapshotBody, usize) =
-        bincode::serde::decode_from_slice(data, bincode::config::standard())
-            .map_err(|e| snapshot_err(Some(meta), e))?;
+    let body: SnapshotBody = codec::decode(data).map_err(|e| snapshot_err(Some(meta), e))?;
     if body.progress.last_applied != meta.last_log_id {
         return Err(snapshot_err(Some(meta), "snapshot body and metadata disagree on last log id"));
     }
@@ -159,8 +202,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (state.progress.clone(), state.scheduler.encode())
         };
         let body = SnapshotBody { progress: progress.clone(), scheduler };
-        let data = bincode::serde::encode_to_vec(&body, bincode::config::standard())
-            .map_err(|e| snapshot_err(None, e))?;
+        let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
         let build = self.builds.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match progress.last_applied {
             Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
@@ -193,7 +235,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut state = self.write();
-        Ok(entries.into_iter().map(|entry| Self::apply_entry(&mut state, entry)).collect())
+        let mut results = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let failed =
+                |why: String| StorageIOError::apply(log_id, openraft::AnyError::error(why));
+            // After a fail-stop nothing more is applied (in-process, the replica is stopping).
+            if let Some(why) = self.fail_stop.reason() {
+                return Err(failed(why).into());
+            }
+            match self.apply_entry(&mut state, entry) {
+                Ok(result) => results.push(result),
+                Err(why) => {
+                    self.fail_stop.stop(why.clone());
+                    return Err(failed(why).into());
+                }
+            }
+        }
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -223,5 +282,89 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(current.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::raft::types::{Batch, Proposal};
+    use crate::scheduler::{Resources, UnixMillis, WorkerId};
+
+    /// The core, except that it panics on registering a worker named "poison" (a stand-in
+    /// for a bug: the real core is total).
+    fn buggy_core(scheduler: &mut Scheduler, entry: Entry) -> Applied {
+        let poison = WorkerId::new("poison");
+        if matches!(&entry.command, Command::RegisterWorker { worker, .. } if *worker == poison) {
+            panic!("invariant: a bug in the core");
+        }
+        scheduler.apply(entry)
+    }
+
+    fn register(id: &str) -> Proposal {
+        Proposal {
+            request_id: None,
+            command: Command::RegisterWorker {
+                worker: WorkerId::new(id),
+                pool: None,
+                capacity: Resources::new(1_000, 1_024),
+                labels: BTreeMap::new(),
+            },
+            token: None,
+        }
+    }
+
+    fn entry(index: u64, workers: &[&str]) -> LogEntry {
+        LogEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch {
+                proposed_at: UnixMillis(1_000),
+                proposals: workers.iter().map(|w| register(w)).collect(),
+            }),
+        }
+    }
+
+    /// A state machine over `store` whose core panics on "poison".
+    fn buggy(store: &SnapshotStore) -> (StateMachine, FailStop) {
+        let fail_stop = FailStop::record();
+        let mut sm = StateMachine::open(store.clone(), fail_stop.clone()).expect("opens");
+        sm.core_apply = buggy_core;
+        (sm, fail_stop)
+    }
+
+    /// A panic in the core fail-stops the replica naming the raft index, the command index
+    /// and the command kind; nothing is applied after it; and a restart that replays the same
+    /// log fails the same way instead of serving.
+    #[tokio::test]
+    async fn a_panic_in_apply_fail_stops_naming_the_command() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SnapshotStore::Dir(dir.path().to_owned());
+        let log = vec![entry(1, &["a"]), entry(2, &["b", "poison", "c"]), entry(3, &["d"])];
+        for start in ["first start", "restart"] {
+            let (mut sm, fail_stop) = buggy(&store);
+            let Err(error) = sm.apply(log.clone()).await else { panic!("{start}: applied") };
+            let reason = fail_stop.reason().expect("fail-stopped");
+            // Command 1 is the leader change, 2 is "a", 3 is "b", 4 is "poison".
+            let expected = "raft index 2 (command index 4, RegisterWorker) panicked: invariant";
+            assert!(reason.contains(expected), "{start}: {reason}");
+            assert!(error.to_string().contains(expected), "{start}: {error}");
+            assert_eq!(sm.read().progress.last_applied.map(|l| l.index), Some(2));
+            let later = sm.apply(vec![entry(3, &["d"])]).await;
+            assert!(later.is_err(), "{start}: applied after a fail-stop");
+            assert!(!sm.read().scheduler.state().workers.contains_key(&WorkerId::new("d")));
+        }
+    }
+
+    /// Without a bug, the same entries apply and nothing stops.
+    #[tokio::test]
+    async fn a_total_core_applies_and_nothing_stops() {
+        let fail_stop = FailStop::record();
+        let mut sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), fail_stop.clone())
+            .expect("opens");
+        let results = sm.apply(vec![entry(1, &["a"]), entry(2, &["b", "c"])]).await.expect("ok");
+        assert_eq!(results.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(fail_stop.reason(), None);
     }
 }

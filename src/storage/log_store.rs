@@ -10,10 +10,12 @@
 //! and syncs them (`fdatasync`), then fires the callbacks. The Raft core keeps replicating
 //! while the leader's own entries sync, and one sync covers every append queued before it.
 //! The file is grown in preallocated runs of zeros, so an append overwrites blocks that exist
-//! and its sync has no size or allocation to persist; a zero length ends the records. A torn
-//! record at the end (a crash mid-write, never acknowledged) is zeroed out on open. Once the
-//! file is mostly entries already purged, it is rewritten with only the live log (new file,
-//! sync, rename, sync the directory).
+//! and its sync has no size or allocation to persist; zeros end the records. A torn record
+//! at the end (a crash mid-write, never acknowledged) is zeroed out on open; a bad record with
+//! data after it is damage, and the log refuses to open rather than drop what follows (see
+//! `replay`). A failed write or sync fails every later one, and openraft stops on it (which
+//! the server turns into a fail-stop, `crate::fatal`). Once the file is mostly entries already
+//! purged, it is rewritten with only the live log (new file, sync, rename, sync the directory).
 //!
 //! In memory, writes are durable at once by default. With a flush delay (the simulation),
 //! the memory log keeps what was written apart from what was flushed, like a disk: a flusher
@@ -37,6 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::codec;
 use crate::raft::types::{LogEntry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -204,7 +207,7 @@ impl Record {
     fn frame_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
-        let encoded = bincode::serde::encode_into_std_write(self, out, bincode::config::standard())
+        let encoded = codec::encode_into(self, out)
             .map_err(write_err)
             .and_then(|n| u32::try_from(n).map_err(write_err));
         let len = match encoded {
@@ -260,36 +263,74 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// A record that does not read back whole, and why.
+#[derive(Debug)]
+struct Damage {
+    at: usize,
+    why: String,
+}
+
 /// Reads the records of a write-ahead file into `log`. Returns the length of the valid prefix:
-/// a zero length (the preallocated tail) ends it, and so does a record cut short or failing
-/// its checksum (a write torn by a crash; nothing after it was ever acknowledged, because every
-/// acknowledgement waits for `fdatasync`, and nothing is written after a write until it synced).
-fn replay(bytes: &[u8], log: &mut MemLog) -> Result<usize, String> {
+/// what follows it is zeros (the preallocated tail) or a write torn by a crash. Nothing after
+/// a torn write was ever acknowledged: every acknowledgement waits for `fdatasync`, and nothing
+/// is written after a write until it synced. So a bad record (cut short, or failing its
+/// checksum) is a torn write only if nothing but zeros follows it; anything else after it
+/// is damage, and refused rather than dropped. A record cut short by the end of the file is
+/// torn only if the file ends in it: the writer always leaves zeros after its last record,
+/// so a length that runs past them was itself damaged. A record that passes its checksum but
+/// does not decode was never torn either. (A torn write whose later pages reached the disk
+/// before its earlier ones is refused too: it cannot be told apart from damage.)
+fn replay(bytes: &[u8], log: &mut MemLog) -> Result<usize, Damage> {
+    // Everything from here on is zero.
+    let data_end = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
     let mut at = 0;
-    while bytes.len() - at >= FRAME_HEADER {
+    while at < data_end {
+        let header = bytes.get(at..at + FRAME_HEADER);
         let word = |from: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&bytes[from..from + 4]);
-            u32::from_le_bytes(w)
+            header.map(|h| u32::from_le_bytes([h[from], h[from + 1], h[from + 2], h[from + 3]]))
         };
-        let (len, crc) = (word(at) as usize, word(at + 4));
+        let (len, crc) = match (word(0), word(4)) {
+            (Some(len), Some(crc)) => (len as usize, crc),
+            _ => return torn_or_damaged(bytes, data_end, at, usize::MAX, "header cut short"),
+        };
+        let end = at + FRAME_HEADER + len;
         if len == 0 {
-            break;
+            return torn_or_damaged(bytes, data_end, at, end, "zero length");
         }
-        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else { break };
+        let Some(payload) = bytes.get(at + FRAME_HEADER..end) else {
+            return torn_or_damaged(bytes, data_end, at, end, "cut short");
+        };
         if crc32fast::hash(payload) != crc {
-            break;
+            return torn_or_damaged(bytes, data_end, at, end, "checksum mismatch");
         }
-        let record: Record =
-            bincode::serde::decode_from_slice(payload, bincode::config::standard())
-                .map(|(r, _)| r)
-                .map_err(|e| {
-                    format!("record at byte {at} passes its checksum but not decoding: {e}")
-                })?;
-        record.apply(log)?;
-        at += FRAME_HEADER + len;
+        let damaged = |why: String| Damage { at, why };
+        let record: Record = codec::decode(payload)
+            .map_err(|e| damaged(format!("passes its checksum but does not decode: {e}")))?;
+        record.apply(log).map_err(damaged)?;
+        at = end;
     }
     Ok(at)
+}
+
+/// The bad record at `at`, ending at `end` by its header: a torn write to drop (`Ok`, the
+/// valid prefix) or damage to refuse (see `replay`).
+fn torn_or_damaged(
+    bytes: &[u8],
+    data_end: usize,
+    at: usize,
+    end: usize,
+    why: &str,
+) -> Result<usize, Damage> {
+    let cut_short = end > bytes.len();
+    let torn = if cut_short { data_end == bytes.len() } else { end >= data_end };
+    if torn {
+        return Ok(at);
+    }
+    let why = match cut_short {
+        true => format!("{why}, and its length runs past the zeros that end the file"),
+        false => format!("{why}, and {} bytes of data follow it", data_end - end),
+    };
+    Err(Damage { at, why })
 }
 
 /// What the writer thread is asked to do: write framed records, sync, and say so.
@@ -375,7 +416,18 @@ impl FileLog {
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut file, &mut bytes)?;
         let mut mem = MemLog::default();
-        let valid = replay(&bytes, &mut mem).map_err(io::Error::other)?;
+        let valid = replay(&bytes, &mut mem).map_err(|Damage { at, why }| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the Raft log is damaged at byte {at} ({why}); this is not a write torn \
+                     by a crash, so nothing after it is dropped and the file is left as it is. \
+                     Replace this replica: see \"A replica's log is damaged\" in \
+                     docs/runbook.md",
+                    path.display()
+                ),
+            )
+        })?;
         if bytes[valid..].iter().any(|b| *b != 0) {
             // Zero what a torn write left, before anything is written over part of it: a
             // later, shorter record could otherwise be followed by a stale record of the torn
@@ -571,13 +623,11 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(write_err)
+    codec::encode(value).map_err(write_err)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(read_err)
+    codec::decode(bytes).map_err(read_err)
 }
 
 fn key_range<R: RangeBounds<u64>>(range: &R) -> (Bound<u64>, Bound<u64>) {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::codec;
 use crate::raft::types::SnapshotMeta;
 
 const MAGIC: &[u8; 4] = b"BSNP";
@@ -77,8 +78,7 @@ impl SnapshotStore {
 }
 
 fn frame(snapshot: &StoredSnapshot) -> Result<Vec<u8>, SnapshotFileError> {
-    let payload = bincode::serde::encode_to_vec(snapshot, bincode::config::standard())
-        .map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
+    let payload = codec::encode(snapshot).map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
     let mut out = Vec::with_capacity(payload.len() + 44);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -101,9 +101,7 @@ pub fn unframe(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
     if Sha256::digest(payload).as_slice() != &bytes[bytes.len() - 32..] {
         return Err(damaged("checksum mismatch"));
     }
-    bincode::serde::decode_from_slice(payload, bincode::config::standard())
-        .map(|(s, _)| s)
-        .map_err(|e| SnapshotFileError::Damaged(e.to_string()))
+    codec::decode(payload).map_err(|e| SnapshotFileError::Damaged(e.to_string()))
 }
 
 fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), SnapshotFileError> {
