@@ -937,6 +937,8 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
                 options.snapshot_keep_logs = 5;
                 options.tick_idle = Duration::from_millis(200);
                 options.write_deadline = Duration::from_secs(2);
+                // A fail-stop ends this host with an error (a violation), not the process.
+                options.fail_stop = berth::fatal::FailStop::record();
                 // What was not flushed before a crash is gone (a no-op on first start).
                 lock(&log).crash();
                 let storage = Storage {
@@ -959,9 +961,8 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
                 .await
                 .map_err(|e| e.to_string())?;
                 *lock(&slot) = Some(server.replica.clone());
-                std::future::pending::<()>().await;
-                drop(server);
-                Ok(())
+                let why = server.replica.fail_stop().stopped().await;
+                Err(format!("r{id} fail-stopped: {why}").into())
             }
         });
         slots.push(slot);
