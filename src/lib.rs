@@ -10,10 +10,11 @@
 //! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
 //!   group commit, ticker, reads, membership).
 //! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
-//! - `network` — peer RPC over tonic on its own port, with injected connectors.
+//! - `network` — peer RPC on its own port: length-prefixed bincode frames over any byte stream,
+//!   with injected connectors (TCP in production, `turmoil::net` in the simulation).
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry.
-//! - `server` — a replica plus its peer gRPC server, with all IO passed in.
+//! - `server` — a replica plus its peer and API servers, with all IO passed in.
 //! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!
