@@ -27,8 +27,8 @@ use crate::scheduler::{Command, Response, Scheduler, TokenHash};
 
 pub use auth::{hash_token, Caller};
 
-/// Largest request any RPC accepts, in encoded bytes; a larger one is refused
-/// (RESOURCE_EXHAUSTED) before it is decoded, let alone proposed. The largest legitimate
+/// Largest request any RPC accepts, in encoded bytes; tonic refuses a larger one
+/// (OUT_OF_RANGE) before decoding it, let alone proposing it. The largest legitimate
 /// requests (a Place or Reserve with every label and rule at its bound, a SetQuota with every
 /// pool, a cost allocation with every part) need well under half of it.
 pub const API_REQUEST_BYTES_MAX: usize = 1024 * 1024;

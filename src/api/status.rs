@@ -58,9 +58,12 @@ pub fn error(
         DOMAIN,
         metadata
             .into_iter()
-            .map(|(key, value)| match value.len() <= METADATA_VALUE_BYTES_MAX {
-                true => (key, value),
-                false => (key, quoted(&value)),
+            .map(|(key, value)| {
+                if value.len() <= METADATA_VALUE_BYTES_MAX {
+                    (key, value)
+                } else {
+                    (key, quoted(&value))
+                }
             })
             .collect::<std::collections::HashMap<_, _>>(),
     );

@@ -189,17 +189,18 @@ pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 const _: () = assert!(PROPOSAL_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= crate::network::PEER_MESSAGE_MAX_BYTES / 16);
 
-/// The encoded size of `proposal`, counted without building the encoding.
-fn encoded_len(proposal: &Proposal) -> Result<usize, WriteError> {
-    let mut counter = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(proposal, &mut counter, bincode::config::standard())
-        .map_err(|e| WriteError::Unknown(format!("the command does not encode: {e}")))?;
-    Ok(counter.bytes_written)
-}
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 /// The shortest wait between two looks for a leader.
 const LEADER_BACKOFF: Duration = Duration::from_millis(2);
+
+/// The encoded size of `proposal`, counted without building the encoding.
+fn encoded_len(proposal: &Proposal) -> usize {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(proposal, &mut counter, bincode::config::standard())
+        .expect("invariant: a proposal encodes (every sequence in it has a known length)");
+    counter.bytes_written
+}
 
 impl Replica {
     /// Opens storage, starts Raft and the proposer and ticker. Serve `peer_service()` on the
@@ -288,7 +289,7 @@ impl Replica {
     /// Proposes one client command and waits for its answer. A command larger than
     /// `PROPOSAL_BYTES_MAX` is refused at once (`TooLarge`) and never proposed.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, WriteError> {
-        let bytes = encoded_len(&proposal)?;
+        let bytes = encoded_len(&proposal);
         if bytes > PROPOSAL_BYTES_MAX {
             return Err(WriteError::TooLarge { bytes, max: PROPOSAL_BYTES_MAX });
         }
