@@ -369,8 +369,18 @@ fn report_exit(replica: &Supervised, status: std::process::ExitStatus) {
 }
 
 /// After `replica` exited: plan its restart (with `--restart-on-exit`), or say how to start it.
-fn after_exit(replica: &mut Supervised, exe: &std::path::Path, restart: bool, survivors: usize) {
-    eprintln!("the other {survivors} replicas keep serving");
+/// `running` of `total` replicas are still up.
+fn after_exit(
+    replica: &mut Supervised,
+    exe: &std::path::Path,
+    restart: bool,
+    (running, total): (usize, usize),
+) {
+    if running > total / 2 {
+        eprintln!("the other {running} replicas keep serving");
+    } else {
+        eprintln!("only {running} of {total} replicas run: no writes until a majority is back");
+    }
     if !restart {
         eprintln!("start replica {} again with:\n  {}", replica.id, replica.command_line(exe));
         return;
@@ -510,8 +520,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         for k in 0..replicas.len() {
             if let Some(status) = replicas[k].exited() {
                 report_exit(&replicas[k], status);
-                let survivors = replicas.iter().filter(|r| r.child.is_some()).count();
-                after_exit(&mut replicas[k], &exe, args.restart_on_exit, survivors);
+                let running = replicas.iter().filter(|r| r.child.is_some()).count();
+                let total = replicas.len();
+                after_exit(&mut replicas[k], &exe, args.restart_on_exit, (running, total));
             }
             let replica = &mut replicas[k];
             if replica.restart_at.is_some_and(|at| std::time::Instant::now() >= at) {
