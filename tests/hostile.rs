@@ -123,7 +123,8 @@ async fn oversized_requests_are_refused_before_the_log() {
         request_id: rid(),
         tenant_id: "acme".into(),
         spec: Some(pb::PlacementSpec {
-            placement_id: "p".repeat(4 * 1024 * 1024),
+            // 4 MB: under tonic's default limit (4 MiB), which let such requests through.
+            placement_id: "p".repeat(4_000_000),
             count: 1,
             resources: Some(pb::Resources { cpu_millis: 1, memory_mib: 1 }),
             ..Default::default()
