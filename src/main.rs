@@ -250,6 +250,11 @@ struct UpArgs {
     /// API port of replica 1 (replica N uses this + N - 1).
     #[arg(long, default_value_t = 7501)]
     api_base_port: u16,
+    /// Start a replica that exits again, after a backoff (1 s, doubling to 30 s); give up after
+    /// 5 exits in a row each within 10 s of its start. Without it, `up` prints the command that
+    /// starts the replica again, and the others keep serving either way.
+    #[arg(long)]
+    restart_on_exit: bool,
 }
 
 /// The admin token of a local cluster: reused from `<data-dir>/admin.token`, or created.
@@ -271,18 +276,154 @@ fn local_admin_token(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The id of a replica process that has exited, if any.
-fn exited(children: &mut [(u64, std::process::Child)]) -> Option<u64> {
-    for (i, child) in children.iter_mut() {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return Some(*i);
-        }
+/// Shortest wait before `up --restart-on-exit` starts an exited replica again; it doubles
+/// with each quick exit in a row, up to `RESTART_BACKOFF_MAX`.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An exit this soon after a start counts as a quick failure.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// Quick failures in a row after which `up` stops restarting a replica.
+const QUICK_EXITS_MAX: u32 = 5;
+/// Lines of a stopped replica's log that `up` shows.
+const LOG_TAIL_LINES: usize = 10;
+
+/// One replica of `berth up`: how to start it, and its process while it runs.
+struct Supervised {
+    id: u64,
+    /// The `berth server` arguments that start it again (never `--bootstrap`).
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+    started: std::time::Instant,
+    /// Exits within `QUICK_EXIT` of a start, in a row.
+    quick_exits: u32,
+    /// When `--restart-on-exit` starts it again.
+    restart_at: Option<std::time::Instant>,
+}
+
+impl Supervised {
+    /// Starts the replica with `extra` arguments; its stdin stays open while `up` runs (the
+    /// replica stops when it closes) and its stderr goes to its log file.
+    fn spawn(&mut self, exe: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
+        use std::process::Stdio;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = std::process::Command::new(exe)
+            .args(&self.args)
+            .arg("--exit-with-parent")
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting replica {}", self.id))?;
+        self.child = Some(child);
+        self.started = std::time::Instant::now();
+        Ok(())
     }
-    None
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// The exit status, once the process has exited (and is no longer held).
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    /// The command that starts this replica by hand, as a shell line.
+    fn command_line(&self, exe: &std::path::Path) -> String {
+        let words = std::iter::once(exe.as_os_str()).chain(self.args.iter().map(|a| a.as_os_str()));
+        let mut line: Vec<String> = words.map(|w| shell_quote(&w.to_string_lossy())).collect();
+        line.push(format!("2>>{}", shell_quote(&self.log.to_string_lossy())));
+        line.join(" ")
+    }
+}
+
+/// `word` quoted for a POSIX shell when it needs it.
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The last `n` lines of a file (or why it could not be read).
+fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].iter().map(|l| (*l).to_owned()).collect()
+        }
+        Err(e) => vec![format!("(cannot read {}: {e})", path.display())],
+    }
+}
+
+/// Says which replica stopped, how, and the end of its log.
+fn report_exit(replica: &Supervised, status: std::process::ExitStatus) {
+    eprintln!(
+        "replica {} exited ({status}); the last lines of {}:",
+        replica.id,
+        replica.log.display()
+    );
+    for line in log_tail(&replica.log, LOG_TAIL_LINES) {
+        eprintln!("  | {line}");
+    }
+}
+
+/// After `replica` exited: plan its restart (with `--restart-on-exit`), or say how to start it.
+/// `running` of `total` replicas are still up.
+fn after_exit(
+    replica: &mut Supervised,
+    exe: &std::path::Path,
+    restart: bool,
+    (running, total): (usize, usize),
+) {
+    if running > total / 2 {
+        eprintln!("the other {running} replicas keep serving");
+    } else {
+        eprintln!("only {running} of {total} replicas run: no writes until a majority is back");
+    }
+    if !restart {
+        eprintln!("start replica {} again with:\n  {}", replica.id, replica.command_line(exe));
+        return;
+    }
+    replica.quick_exits =
+        if replica.started.elapsed() < QUICK_EXIT { replica.quick_exits + 1 } else { 1 };
+    if replica.quick_exits >= QUICK_EXITS_MAX {
+        eprintln!(
+            "replica {} exited {} times in a row within {QUICK_EXIT:?} of starting; not restarting \
+             it again. Fix the cause (see its log), then start it with:\n  {}",
+            replica.id,
+            replica.quick_exits,
+            replica.command_line(exe)
+        );
+        return;
+    }
+    let backoff = RESTART_BACKOFF_MIN
+        .saturating_mul(1 << (replica.quick_exits - 1).min(5))
+        .min(RESTART_BACKOFF_MAX);
+    eprintln!("restarting replica {} in {backoff:?}", replica.id);
+    replica.restart_at = Some(std::time::Instant::now() + backoff);
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    use std::process::{Command as Process, Stdio};
     if args.replicas != 3 && args.replicas != 5 {
         bail!("--replicas must be 3 or 5");
     }
@@ -299,34 +440,42 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     for i in 1..=args.replicas {
         members.push(format!("{i}=127.0.0.1:{}", port(args.peer_base_port, i)?));
     }
-    let mut children = Vec::new();
+    let mut replicas = Vec::new();
     let mut endpoints = Vec::new();
     for i in 1..=args.replicas {
         let api = format!("127.0.0.1:{}", port(args.api_base_port, i)?);
-        let log_path = data_dir.join(format!("replica-{i}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut process = Process::new(&exe);
-        process
-            .args(["server", "--id", &i.to_string(), "--exit-with-parent"])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", port(args.peer_base_port, i)?)])
-            .args(["--api-listen", &api])
-            .arg("--admin-token-file")
-            .arg(&token_file)
-            .arg("--data-dir")
-            .arg(data_dir.join(format!("replica-{i}")))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if i == 1 {
-            process.args(["--bootstrap", "--initial-members", &members.join(",")]);
+        let mut replica = Supervised {
+            id: i,
+            args: vec![
+                "server".into(),
+                "--id".into(),
+                i.to_string().into(),
+                "--peer-listen".into(),
+                format!("127.0.0.1:{}", port(args.peer_base_port, i)?).into(),
+                "--api-listen".into(),
+                api.clone().into(),
+                "--admin-token-file".into(),
+                token_file.clone().into(),
+                "--data-dir".into(),
+                data_dir.join(format!("replica-{i}")).into(),
+            ],
+            log: data_dir.join(format!("replica-{i}.log")),
+            child: None,
+            started: std::time::Instant::now(),
+            quick_exits: 0,
+            restart_at: None,
+        };
+        let bootstrap = if i == 1 {
+            vec!["--bootstrap".to_owned(), "--initial-members".to_owned(), members.join(",")]
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = replica.spawn(&exe, &bootstrap) {
+            stop_replicas(&mut replicas).await;
+            return Err(e);
         }
-        let child = process.spawn().with_context(|| format!("starting replica {i}"))?;
-        eprintln!("replica {i}: pid {}, api {api}, log {}", child.id(), log_path.display());
-        children.push((i, child));
+        eprintln!("replica {i}: pid {}, api {api}, log {}", replica.pid(), replica.log.display());
+        replicas.push(replica);
         endpoints.push(api);
     }
 
@@ -350,15 +499,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 break leader;
             }
         }
-        if let Some(i) = exited(&mut children) {
-            stop_children(&mut children).await;
-            bail!(
-                "replica {i} exited during start-up; see {}",
-                data_dir.join(format!("replica-{i}.log")).display()
-            );
+        if let Some((i, status)) = replicas.iter_mut().find_map(|r| Some((r.id, r.exited()?))) {
+            eprintln!();
+            if let Some(replica) = replicas.iter().find(|r| r.id == i) {
+                report_exit(replica, status);
+            }
+            stop_replicas(&mut replicas).await;
+            bail!("replica {i} exited during start-up");
         }
         if std::time::Instant::now() > until {
-            stop_children(&mut children).await;
+            stop_replicas(&mut replicas).await;
             bail!("no leader after 60 s; see the logs in {}", data_dir.display());
         }
         eprint!(".");
@@ -374,29 +524,57 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         token_file.display()
     );
     out!("               berth cluster status");
+    if args.restart_on_exit {
+        out!("A replica that exits is started again (--restart-on-exit).");
+    } else {
+        out!("A replica that exits stays down; the others keep serving.");
+    }
     out!("Press Ctrl-C to stop every replica.");
 
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if let Some(i) = exited(&mut children) {
-                    eprintln!("replica {i} exited; stopping the others");
-                    break;
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for k in 0..replicas.len() {
+            if let Some(status) = replicas[k].exited() {
+                report_exit(&replicas[k], status);
+                let running = replicas.iter().filter(|r| r.child.is_some()).count();
+                let total = replicas.len();
+                after_exit(&mut replicas[k], &exe, args.restart_on_exit, (running, total));
+            }
+            let replica = &mut replicas[k];
+            if replica.restart_at.is_some_and(|at| std::time::Instant::now() >= at) {
+                replica.restart_at = None;
+                match replica.spawn(&exe, &[]) {
+                    Ok(()) => eprintln!(
+                        "replica {}: pid {}, restarted, log {}",
+                        replica.id,
+                        replica.pid(),
+                        replica.log.display()
+                    ),
+                    Err(e) => eprintln!("replica {} could not be restarted: {e:#}", replica.id),
                 }
             }
+        }
+        if replicas.iter().all(|r| r.child.is_none() && r.restart_at.is_none()) {
+            bail!("every replica has stopped; the data stays in {}", data_dir.display());
         }
     }
     // The replicas wait for open connections to close before they stop: close ours first.
     drop(client);
-    eprintln!("stopping {} replicas...", children.len());
-    stop_children(&mut children).await;
+    let running = replicas.iter().filter(|r| r.child.is_some()).count();
+    eprintln!("stopping {running} replicas...");
+    stop_replicas(&mut replicas).await;
     eprintln!("stopped; the data stays in {}", data_dir.display());
     Ok(())
 }
 
-/// Closes each replica's stdin (a clean shutdown), waits up to 15 s, then kills stragglers.
-async fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
+/// Closes each running replica's stdin (a clean shutdown), waits up to 15 s, then kills
+/// stragglers.
+async fn stop_replicas(replicas: &mut [Supervised]) {
+    let mut children: Vec<(u64, std::process::Child)> =
+        replicas.iter_mut().filter_map(|r| Some((r.id, r.child.take()?))).collect();
     for (_, child) in children.iter_mut() {
         drop(child.stdin.take());
     }
@@ -417,7 +595,6 @@ async fn stop_children(children: &mut Vec<(u64, std::process::Child)>) {
             }
         }
     }
-    children.clear();
 }
 
 /// The admin token from a file (first line) or `BERTH_ADMIN_TOKEN`.

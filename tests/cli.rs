@@ -2,6 +2,7 @@
 //! subcommands work against it (readable and --json), errors are one line with their reason
 //! and a non-zero exit, and a second `berth up` on the same data directory keeps the state.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +14,39 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 /// `berth up` with its printed lines; killed (and so its replicas stopped) on drop.
 struct Up {
     child: Child,
+    /// Every replica pid `up` printed, restarts included.
     pids: Vec<u32>,
+    /// The latest pid of each replica.
+    replica_pids: BTreeMap<u64, u32>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Up {
+    /// Reads `up`'s output until a line satisfies `wanted`, noting pids on the way; fails
+    /// after `within`.
+    fn wait_for(&mut self, within: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let Ok(line) = self.lines.recv_timeout(until.saturating_duration_since(Instant::now()))
+            else {
+                panic!("berth up did not print the expected line in time; it printed {seen:#?}");
+            };
+            seen.push(line.clone());
+            // "replica N: pid P, ..."
+            let replica = line.strip_prefix("replica ").and_then(|r| r.split(':').next());
+            let pid = line.split("pid ").nth(1).and_then(|r| r.split(',').next());
+            if let (Some(Ok(id)), Some(Ok(pid))) =
+                (replica.map(str::parse), pid.map(str::parse::<u32>))
+            {
+                self.pids.push(pid);
+                self.replica_pids.insert(id, pid);
+            }
+            if wanted(&line) {
+                return line;
+            }
+        }
+    }
 }
 
 impl Drop for Up {
@@ -32,9 +65,12 @@ impl Drop for Up {
 
 fn free_base(count: u16) -> u16 {
     // A base with `count` free consecutive ports in a range unlikely to be in use.
-    let seed = u16::try_from(std::process::id() % 2_000).unwrap_or(0);
-    (0..200u16)
-        .map(|k| 30_000 + (seed * 7 + k * 13) % 20_000)
+    // Tests run in parallel: each call starts its search elsewhere.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = std::process::id() % 2_000 + u32::from(call) * 1_013;
+    (0..200u32)
+        .filter_map(|k| u16::try_from(30_000 + (seed * 7 + k * 13) % 20_000).ok())
         .find(|base| {
             (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         })
@@ -42,8 +78,13 @@ fn free_base(count: u16) -> u16 {
 }
 
 fn up(data: &Path, peer: u16, api: u16) -> Up {
+    up_with(data, peer, api, &[])
+}
+
+fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
     let mut child = Command::new(BERTH)
         .args(["up", "--peer-base-port", &peer.to_string(), "--api-base-port", &api.to_string()])
+        .args(flags)
         .arg("--data-dir")
         .arg(data)
         .env_remove("RUST_BACKTRACE")
@@ -63,21 +104,9 @@ fn up(data: &Path, peer: u16, api: u16) -> Up {
             }
         });
     }
-    let mut up = Up { child, pids: Vec::new() };
-    let until = Instant::now() + Duration::from_secs(90);
-    loop {
-        let line = rx
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .expect("berth up printed readiness");
-        if let Some(pid) =
-            line.split("pid ").nth(1).and_then(|r| r.split(',').next()).and_then(|p| p.parse().ok())
-        {
-            up.pids.push(pid);
-        }
-        if line.contains("Press Ctrl-C") {
-            return up;
-        }
-    }
+    let mut up = Up { child, pids: Vec::new(), replica_pids: BTreeMap::new(), lines: rx };
+    up.wait_for(Duration::from_secs(90), |line| line.contains("Press Ctrl-C"));
+    up
 }
 
 struct Run {
@@ -305,4 +334,89 @@ fn closed_stdout_ends_quietly(api: u16, token: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// The leader's replica id, from `berth cluster status --json`.
+fn leader(api: u16, token: &str) -> u64 {
+    let status = ok(api, token, &["cluster", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    status["leader_id"].as_u64().expect("a leader")
+}
+
+/// Kills replica `id` of `up` with SIGKILL.
+fn kill_replica(up: &Up, id: u64) {
+    let pid = up.replica_pids[&id].to_string();
+    let killed = Command::new("kill").args(["-KILL", &pid]).status().expect("kill runs");
+    assert!(killed.success(), "kill -KILL {pid}");
+}
+
+/// Retries a write through every endpoint until it succeeds; fails after `within`.
+fn write_succeeds_within(api: u16, token: &str, within: Duration, tenant: &str) {
+    let until = Instant::now() + within;
+    loop {
+        let run = berth(api, token, &["tenant", "create", tenant]);
+        if run.ok || run.stderr.contains("TENANT_EXISTS") {
+            return;
+        }
+        assert!(Instant::now() < until, "no write within {within:?}: {}", run.stderr);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGKILL of the leader replica: `berth up` says which replica stopped and how to start it,
+/// keeps the other two serving (a write through the client succeeds within seconds), and is
+/// still running.
+#[test]
+fn up_keeps_the_survivors() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let mut cluster = up(&data, peer, api);
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
+    let token = token.trim();
+    ok(api, token, &["tenant", "create", "before"]);
+    let leader = leader(api, token);
+    kill_replica(&cluster, leader);
+    let report = format!("replica {leader} exited");
+    cluster.wait_for(Duration::from_secs(10), |line| line.contains(&report));
+    let hint = cluster.wait_for(Duration::from_secs(10), |line| line.contains(" server --id "));
+    assert!(hint.contains(&format!("--id {leader} ")), "{hint}");
+    write_succeeds_within(api, token, Duration::from_secs(10), "after");
+    assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
+}
+
+/// With --restart-on-exit, a killed replica is started again and rejoins the cluster.
+#[test]
+fn up_restarts_an_exited_replica() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let mut cluster = up_with(&data, peer, api, &["--restart-on-exit"]);
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
+    let token = token.trim();
+    let leader = leader(api, token);
+    let killed = cluster.replica_pids[&leader];
+    kill_replica(&cluster, leader);
+    let restarted = format!("replica {leader}: pid ");
+    cluster.wait_for(Duration::from_secs(20), |line| line.starts_with(&restarted));
+    assert_ne!(cluster.replica_pids[&leader], killed, "a new process");
+    write_succeeds_within(api, token, Duration::from_secs(10), "after");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ok(api, token, &["cluster", "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+        let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
+        let back = replicas.iter().any(|r| {
+            r["replica_id"].as_u64() == Some(leader)
+                && matches!(r["role"].as_str(), Some("Follower" | "Leader"))
+        });
+        if back {
+            break;
+        }
+        assert!(Instant::now() < until, "replica {leader} never rejoined: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
 }

@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 
 use super::status::{error, invalid};
 use crate::raft::replica::{Consistency, Replica};
+use crate::scheduler::ids::validate_object_id;
 use crate::scheduler::{Answer, Query, Rejection, Scheduler, TenantId, TokenHash};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +143,8 @@ pub fn tenant_scope(caller: &Caller, tenant_id: &str) -> Result<TenantId, Status
     }
 }
 
+/// A well-formed request id, checked here as `apply` checks it, so a bad one is refused
+/// before it is proposed and never reaches the log.
 pub fn request_id(id: &str) -> Result<crate::scheduler::RequestId, Status> {
     if id.trim().is_empty() {
         return Err(invalid(
@@ -149,5 +152,6 @@ pub fn request_id(id: &str) -> Result<crate::scheduler::RequestId, Status> {
             "request_id is required on every mutating request (an idempotency key)",
         ));
     }
+    validate_object_id("request", id).map_err(|rejection| super::status::rejection(&rejection))?;
     Ok(crate::scheduler::RequestId::new(id))
 }

@@ -5,7 +5,7 @@
 use tonic::Status;
 
 use super::pb;
-use super::status::invalid;
+use super::status::{invalid, quoted};
 use crate::scheduler::{
     Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, SoftLimit,
     SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
@@ -51,7 +51,7 @@ fn requirement(r: pb::LabelRequirement) -> Result<LabelRequirement, Status> {
         _ => {
             return Err(invalid(
                 "INVALID_ARGUMENT",
-                format!("label requirement on {:?} needs an op", r.key),
+                format!("label requirement on {:?} needs an op", quoted(&r.key)),
             ))
         }
     };

@@ -27,6 +27,12 @@ use crate::scheduler::{Command, Response, Scheduler, TokenHash};
 
 pub use auth::{hash_token, Caller};
 
+/// Largest request any RPC accepts, in encoded bytes; tonic refuses a larger one
+/// (OUT_OF_RANGE) before decoding it, let alone proposing it. The largest legitimate
+/// requests (a Place or Reserve with every label and rule at its bound, a SetQuota with every
+/// pool, a cost allocation with every part) need well under half of it.
+pub const API_REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
 /// Most time a read may take.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -132,15 +138,32 @@ impl Api {
                 fail_stop.stopped().await;
             }
         });
-        Ok(tonic::service::Routes::new(health)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(pb::tenants_server::TenantsServer::new(self.clone()))
-            .add_service(pb::workers_server::WorkersServer::new(self.clone()))
-            .add_service(pb::scheduler_server::SchedulerServer::new(self.clone()))
-            .add_service(pb::leases_server::LeasesServer::new(self.clone()))
-            .add_service(pb::billing_server::BillingServer::new(self.clone()))
-            .add_service(pb::cluster_server::ClusterServer::new(self)))
+        let limit = API_REQUEST_BYTES_MAX;
+        Ok(tonic::service::Routes::new(health.max_decoding_message_size(limit))
+            .add_service(reflection.max_decoding_message_size(limit))
+            .add_service(reflection_alpha.max_decoding_message_size(limit))
+            .add_service(
+                pb::tenants_server::TenantsServer::new(self.clone())
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                pb::workers_server::WorkersServer::new(self.clone())
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                pb::scheduler_server::SchedulerServer::new(self.clone())
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                pb::leases_server::LeasesServer::new(self.clone()).max_decoding_message_size(limit),
+            )
+            .add_service(
+                pb::billing_server::BillingServer::new(self.clone())
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                pb::cluster_server::ClusterServer::new(self).max_decoding_message_size(limit),
+            ))
     }
 }
 

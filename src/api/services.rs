@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response as Reply, Status};
 use super::auth::{require_admin, tenant_scope, valid_tenant};
 use super::convert;
 use super::pb;
-use super::status::{error, invalid};
+use super::status::{error, invalid, quoted};
 use super::{unexpected, Api};
 use crate::scheduler::money::allocate;
 use crate::scheduler::{
@@ -22,7 +22,7 @@ fn not_found(what: &str, id: &str) -> Status {
     error(
         Code::NotFound,
         &format!("{}_NOT_FOUND", what.to_uppercase()),
-        format!("{what} {id} not found"),
+        format!("{what} {} not found", quoted(id)),
         Vec::new(),
     )
 }
@@ -618,7 +618,7 @@ impl pb::billing_server::Billing for Api {
         let r = request.into_inner();
         let parse = |field: &str, s: &str| {
             Decimal::from_str(s.trim()).map_err(|e| {
-                invalid("INVALID_DECIMAL", format!("{field} {s:?} is not a decimal: {e}"))
+                invalid("INVALID_DECIMAL", format!("{field} {:?} is not a decimal: {e}", quoted(s)))
             })
         };
         let total = parse("total", &r.total)?;

@@ -8,11 +8,45 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::raft::replica::{ReadError, WriteError};
+use crate::scheduler::ids::OBJECT_ID_LEN_MAX;
 use crate::scheduler::Rejection;
 
 pub const DOMAIN: &str = "berth";
 
-/// A status with an ErrorInfo detail.
+/// Most characters of a client-supplied value an error quotes; the rest is only counted.
+pub const QUOTE_CHARS_MAX: usize = 32;
+
+/// Most bytes of an error message. Client values inside it are quoted short already; this is
+/// the backstop that keeps every error readable (gRPC clients refuse large metadata).
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+
+/// A client-supplied value as an error may show it: whole if short, else its first
+/// `QUOTE_CHARS_MAX` characters, "…" and its length in bytes.
+pub fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS_MAX) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// Longest metadata value passed on whole: every valid id fits (`OBJECT_ID_LEN_MAX`); a
+/// longer value can only be bad input, and is quoted.
+pub const METADATA_VALUE_BYTES_MAX: usize = OBJECT_ID_LEN_MAX;
+
+/// `message` cut to at most `ERROR_MESSAGE_BYTES_MAX` bytes (at a character boundary).
+fn bounded(message: String) -> String {
+    if message.len() <= ERROR_MESSAGE_BYTES_MAX {
+        return message;
+    }
+    let mut cut = ERROR_MESSAGE_BYTES_MAX;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &message[..cut], message.len())
+}
+
+/// A status with an ErrorInfo detail. Long metadata values are quoted and the message is
+/// bounded, whoever built them: an error never carries a client's whole input back.
 pub fn error(
     code: Code,
     reason: &str,
@@ -22,9 +56,18 @@ pub fn error(
     let details = ErrorDetails::with_error_info(
         reason,
         DOMAIN,
-        metadata.into_iter().collect::<std::collections::HashMap<_, _>>(),
+        metadata
+            .into_iter()
+            .map(|(key, value)| {
+                if value.len() <= METADATA_VALUE_BYTES_MAX {
+                    (key, value)
+                } else {
+                    (key, quoted(&value))
+                }
+            })
+            .collect::<std::collections::HashMap<_, _>>(),
     );
-    Status::with_error_details(code, message, details)
+    Status::with_error_details(code, bounded(message.into()), details)
 }
 
 pub fn invalid(reason: &str, message: impl Into<String>) -> Status {
@@ -88,6 +131,12 @@ pub fn write_error(e: &WriteError) -> Status {
         ),
         WriteError::NoLeader(why) => error(Code::Unavailable, "NOT_LEADER", format!("no leader: {why}"), Vec::new()),
         WriteError::ShuttingDown => error(Code::Unavailable, "SHUTTING_DOWN", "replica is shutting down", Vec::new()),
+        WriteError::TooLarge { bytes, max } => error(
+            Code::InvalidArgument,
+            "REQUEST_TOO_LARGE",
+            e.to_string(),
+            vec![("bytes".into(), bytes.to_string()), ("max_bytes".into(), max.to_string())],
+        ),
     }
 }
 

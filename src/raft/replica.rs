@@ -108,6 +108,9 @@ pub enum WriteError {
     NoLeader(String),
     #[error("replica is shutting down")]
     ShuttingDown,
+    /// The command encodes to more than `PROPOSAL_BYTES_MAX`; it was not proposed.
+    #[error("the command encodes to {bytes} bytes, more than the {max} a proposal may take")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +154,8 @@ pub struct ReplicaStatus {
 
 struct Pending {
     proposal: Proposal,
+    /// The proposal's encoded size.
+    bytes: usize,
     reply: oneshot::Sender<Result<Applied, WriteError>>,
 }
 
@@ -179,10 +184,30 @@ pub struct Replica {
 
 /// Commands waiting for the proposer, at most.
 const QUEUE_MAX: usize = 65_536;
+/// Largest client command, encoded, that a replica proposes; a larger one is refused before
+/// it is queued. Every request the API accepts (`api::API_REQUEST_BYTES_MAX`) fits.
+pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
+/// Most encoded bytes of commands in one log entry (group commit stops adding commands at
+/// this size or at `batch_max` commands, whichever comes first). Any single proposal fits.
+/// openraft gives an AppendEntries one heartbeat interval to travel and be appended, so an
+/// entry must stay small enough to cross in one, batches in flight included; and far below
+/// the peer frame limit (`network::PEER_MESSAGE_MAX_BYTES`, 64 MiB).
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(PROPOSAL_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX <= crate::network::PEER_MESSAGE_MAX_BYTES / 16);
+
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 /// The shortest wait between two looks for a leader.
 const LEADER_BACKOFF: Duration = Duration::from_millis(2);
+
+/// The encoded size of `proposal`, counted without building the encoding.
+fn encoded_len(proposal: &Proposal) -> usize {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(proposal, &mut counter, bincode::config::standard())
+        .expect("invariant: a proposal encodes (every sequence in it has a known length)");
+    counter.bytes_written
+}
 
 impl Replica {
     /// Opens storage, starts Raft and the proposer and ticker. Serve `peer_service()` on the
@@ -276,12 +301,17 @@ impl Replica {
         }
     }
 
-    /// Proposes one client command and waits for its answer.
+    /// Proposes one client command and waits for its answer. A command larger than
+    /// `PROPOSAL_BYTES_MAX` is refused at once (`TooLarge`) and never proposed.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, WriteError> {
+        let bytes = encoded_len(&proposal);
+        if bytes > PROPOSAL_BYTES_MAX {
+            return Err(WriteError::TooLarge { bytes, max: PROPOSAL_BYTES_MAX });
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .queue
-            .send(Pending { proposal, reply })
+            .send(Pending { proposal, bytes, reply })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
@@ -290,6 +320,8 @@ impl Replica {
     async fn run_proposer(self, mut rx: mpsc::Receiver<Pending>) {
         let in_flight = Arc::new(Semaphore::new(self.inner.options.batches_in_flight.max(1)));
         let mut stop = self.inner.stop.subscribe();
+        // The command that did not fit the last batch's byte budget opens the next one.
+        let mut carried: Option<Pending> = None;
         loop {
             // A batch slot first, then everything queued by the time it frees: while every
             // slot is busy, commands pile up and go out together in the next entry.
@@ -300,14 +332,25 @@ impl Replica {
                     Err(_) => break,
                 },
             };
-            let first = tokio::select! {
-                _ = stop.changed() => break,
-                next = rx.recv() => match next { Some(p) => p, None => break },
+            let first = match carried.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    _ = stop.changed() => break,
+                    next = rx.recv() => match next { Some(p) => p, None => break },
+                },
             };
+            let mut bytes = first.bytes;
             let mut batch = vec![first];
             while batch.len() < self.inner.options.batch_max {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) if bytes + p.bytes > BATCH_BYTES_MAX => {
+                        carried = Some(p);
+                        break;
+                    }
+                    Ok(p) => {
+                        bytes += p.bytes;
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }

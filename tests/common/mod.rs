@@ -7,13 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth::api::pb;
 use berth::clock::SystemClock;
 use berth::network::tcp_connect;
 use berth::raft::replica::{Replica, ReplicaOptions, ReplicaStatus};
 use berth::server::{Listeners, Server, Storage};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+use tonic_types::StatusExt;
 
 /// A RegisterWorker proposal for worker `w{i}`, with request id `{prefix}-{i}`.
 pub fn register_worker(prefix: &str, i: u64) -> berth::raft::types::Proposal {
@@ -209,4 +214,110 @@ pub async fn converged(cluster: &Cluster) -> Vec<ReplicaStatus> {
     })
     .await;
     statuses
+}
+
+// The public API through tonic clients.
+
+/// A request with a bearer token.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {token}")).expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+pub fn reason(status: &Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+pub fn meta(status: &Status, key: &str) -> String {
+    status.get_details_error_info().and_then(|i| i.metadata.get(key).cloned()).unwrap_or_default()
+}
+
+pub struct Clients {
+    pub tenants: pb::tenants_client::TenantsClient<Channel>,
+    pub workers: pb::workers_client::WorkersClient<Channel>,
+    pub scheduler: pb::scheduler_client::SchedulerClient<Channel>,
+    pub leases: pb::leases_client::LeasesClient<Channel>,
+    pub billing: pb::billing_client::BillingClient<Channel>,
+    pub cluster: pb::cluster_client::ClusterClient<Channel>,
+    pub channel: Channel,
+}
+
+pub async fn clients(cluster: &Cluster, id: u64) -> Clients {
+    let addr = cluster.members[&id].api_addr.clone().expect("api served");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    Clients {
+        tenants: pb::tenants_client::TenantsClient::new(channel.clone()),
+        workers: pb::workers_client::WorkersClient::new(channel.clone()),
+        scheduler: pb::scheduler_client::SchedulerClient::new(channel.clone()),
+        leases: pb::leases_client::LeasesClient::new(channel.clone()),
+        billing: pb::billing_client::BillingClient::new(channel.clone()),
+        cluster: pb::cluster_client::ClusterClient::new(channel.clone()),
+        channel,
+    }
+}
+
+/// A cluster with the API on every replica, and clients talking to a follower (so every write
+/// also exercises forwarding to the leader).
+pub async fn setup() -> (Cluster, Clients) {
+    let cluster = Cluster::start_with(3, fast_options, true).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let c = clients(&cluster, follower).await;
+    (cluster, c)
+}
+
+pub fn rid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("req-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn create_tenant(c: &mut Clients, id: &str) {
+    let r =
+        pb::CreateTenantRequest { request_id: rid(), tenant_id: id.into(), ..Default::default() };
+    c.tenants.create_tenant(authed(ADMIN_TOKEN, r)).await.expect("tenant created");
+}
+
+pub async fn issue_token(c: &mut Clients, tenant: &str) -> String {
+    let r = pb::IssueTokenRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.issue_token(authed(ADMIN_TOKEN, r)).await.expect("token issued").into_inner().token
+}
+
+pub async fn register(c: &mut Clients, id: &str, cpu_millis: u64) {
+    let r = pb::RegisterWorkerRequest {
+        request_id: rid(),
+        worker_id: id.into(),
+        capacity: Some(pb::Resources { cpu_millis, memory_mib: 1 << 20 }),
+        ..Default::default()
+    };
+    c.workers.register_worker(authed(ADMIN_TOKEN, r)).await.expect("worker registered");
+}
+
+pub fn spec(id: &str, cpu_millis: u64) -> pb::PlacementSpec {
+    pb::PlacementSpec {
+        placement_id: id.into(),
+        resources: Some(pb::Resources { cpu_millis, memory_mib: 16 }),
+        ..Default::default()
+    }
+}
+
+pub fn place(tenant: &str, spec: pb::PlacementSpec) -> pb::PlaceRequest {
+    pb::PlaceRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        spec: Some(spec),
+        fence: None,
+        dry_run: false,
+        queue_if_unavailable: false,
+    }
 }
