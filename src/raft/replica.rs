@@ -90,6 +90,7 @@ impl ReplicaOptions {
             // Purge in batches, but never more than a snapshot interval could ever accumulate.
             purge_batch_size: (self.snapshot_logs / 4).clamp(1, 256),
             snapshot_max_chunk_size: 4 * 1024 * 1024,
+            max_payload_entries: ENTRIES_PER_APPEND_MAX,
             ..Default::default()
         }
         .validate()
@@ -195,6 +196,10 @@ pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
 pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 const _: () = assert!(PROPOSAL_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= crate::network::PEER_MESSAGE_MAX_BYTES / 16);
+/// Most log entries in one AppendEntries: at `BATCH_BYTES_MAX` each they fill half a peer frame,
+/// so a follower catching up on the largest entries is never sent a message it must refuse
+/// (openraft's default, 300, could build one of 300 MiB and retry it forever).
+const ENTRIES_PER_APPEND_MAX: u64 = (crate::network::PEER_MESSAGE_MAX_BYTES / 2 / BATCH_BYTES_MAX) as u64;
 
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
