@@ -9,10 +9,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
 use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
-    Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp, LabelRequirement,
-    LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId, PoolId, Preemption,
-    Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread,
-    TenantId, TokenHash, TokenId, UnixMillis, WindowLimits, WindowPolicy, WorkerId,
+    Applied, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp,
+    LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId,
+    PoolId, Preemption, Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare,
+    Strategy as Spread, TenantId, TokenHash, TokenId, UnixMillis, WindowLimits, WindowPolicy,
+    WorkerId, SESSIONS_PER_TENANT_MAX,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -651,4 +652,127 @@ fn a_huge_declared_length_is_refused_without_allocating() {
         "expected a payload error, got {:?}",
         refused.map(|_| ())
     );
+}
+
+// ----- findings 4 and 7 ------------------------------------------------------------------------
+
+/// Applies `command` at the next index with `request_id`.
+fn apply_at(s: &mut Scheduler, index: &mut u64, request_id: &str, command: Command) -> Applied {
+    *index += 1;
+    s.apply(Entry {
+        index: LogIndex(*index),
+        proposed_at: UnixMillis(START_MS),
+        request_id: Some(RequestId::new(request_id)),
+        command,
+        token: None,
+    })
+}
+
+/// Finding 4: a 10,000-character tenant id, a 5 KB placement id, a huge label and a huge
+/// request id are refused with a message and fields that each stay under 200 bytes.
+#[test]
+fn rejections_quote_only_a_short_prefix() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let spec = |placement: String, labels: Labels| PlaceSpec {
+        placement: placement.into(),
+        count: 1,
+        resources: Resources::new(100, 100),
+        labels,
+        ..PlaceSpec::default()
+    };
+    let huge_label: Labels = [("k".repeat(5_000), "v".to_owned())].into();
+    let cases = [
+        (
+            "r1".to_owned(),
+            Command::Place {
+                tenant: "a".repeat(10_000).into(),
+                spec: spec("p1".into(), Labels::new()),
+                fence: None,
+            },
+        ),
+        (
+            "r2".to_owned(),
+            Command::Place {
+                tenant: "t1".into(),
+                spec: spec("x".repeat(5_000), Labels::new()),
+                fence: None,
+            },
+        ),
+        (
+            "r3".to_owned(),
+            Command::Place {
+                tenant: "t1".into(),
+                spec: spec("p1".into(), huge_label),
+                fence: None,
+            },
+        ),
+        ("é".repeat(3_000), Command::Tick),
+    ];
+    for (request_id, command) in cases {
+        let what = command.name();
+        let refused = apply_at(&mut s, &mut index, &request_id, command).result;
+        let rejection = refused.expect_err("an out-of-bound value is refused");
+        let shown = rejection.to_string();
+        assert!(shown.len() < 200, "{what}: message of {} bytes: {shown}", shown.len());
+        for (key, value) in rejection.metadata() {
+            assert!(value.len() < 200, "{what}: metadata {key} of {} bytes", value.len());
+        }
+        let fields = format!("{rejection:?}");
+        assert!(fields.len() < 300, "{what}: fields of {} bytes: {fields}", fields.len());
+    }
+}
+
+/// Finding 7: tenant A sending twice its window of writes evicts only its own records;
+/// tenant B's earlier request id still replays its first answer, at its first log index.
+/// (The table holds two windows, so one global FIFO would have evicted B's.)
+#[test]
+fn one_tenant_cannot_spend_anothers_exactly_once_window() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let window = u64::try_from(SESSIONS_PER_TENANT_MAX).expect("fits");
+    let config = Config { sessions_max: 2 * window, ..Config::default() };
+    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    let lease = |tenant: &str| Command::AcquireLease {
+        tenant: tenant.into(),
+        lease: "l1".into(),
+        holder: "h".into(),
+        ttl_ms: 60_000,
+    };
+    let first_b = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    assert!(first_b.result.is_ok(), "{:?}", first_b.result);
+    let first_a = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    for n in 1..=2 * SESSIONS_PER_TENANT_MAX {
+        let release =
+            Command::Release { tenant: "t1".into(), placement: "none".into(), fence: None };
+        apply_at(&mut s, &mut index, &format!("a-{n}"), release);
+    }
+    let retry = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    assert!(retry.replayed, "B's request id replays");
+    assert_eq!(retry.log_index, first_b.log_index);
+    assert_eq!(retry.result, first_b.result);
+    // A's own oldest record went: its retry is applied afresh (and finds the lease held).
+    let again = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    assert!(!again.replayed, "A's oldest request id left A's window");
+    assert_ne!(again.log_index, first_a.log_index);
+    s.check_invariants().expect("invariants hold");
+}
+
+/// A full table (a small `sessions_max`) evicts from the tenant holding the most records, so
+/// a tenant with fewer keeps its own.
+#[test]
+fn a_full_session_table_evicts_from_the_largest_tenant() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let config = Config { sessions_max: 4, ..Config::default() };
+    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    let release = |tenant: &str| Command::Release {
+        tenant: tenant.into(),
+        placement: "none".into(),
+        fence: None,
+    };
+    let first_b = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    for n in 0..10 {
+        apply_at(&mut s, &mut index, &format!("a-{n}"), release("t1"));
+    }
+    assert_eq!(s.state().sessions.len(), 4);
+    let retry = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    assert!(retry.replayed && retry.log_index == first_b.log_index, "B kept its record");
 }
