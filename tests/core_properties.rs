@@ -17,6 +17,7 @@ use berth::scheduler::{
     Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
     Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
     WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX,
+    SESSIONS_PER_TENANT_MAX,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -887,9 +888,21 @@ impl Model {
     }
 
     fn remember(&mut self, key: SessionKey, command: Command, first: Applied) {
+        let scope = key.tenant.clone();
         self.order.insert(first.log_index, key.clone());
         self.sessions.insert(key, (command, first));
+        // Its own scope's window first, then the whole table.
+        let window = SESSIONS_PER_TENANT_MAX.min(self.sessions_max);
+        while self.order.values().filter(|k| k.tenant == scope).count() > window {
+            self.drop_oldest_of(&scope);
+        }
         self.evict();
+    }
+
+    fn drop_oldest_of(&mut self, scope: &Option<TenantId>) {
+        let index = self.order.iter().find(|(_, k)| k.tenant == *scope).map(|(i, _)| *i);
+        let key = self.order.remove(&index.expect("scope has sessions")).expect("ordered");
+        self.sessions.remove(&key);
     }
 
     /// `SetConfig` took effect: a smaller table drops its oldest sessions at once.
@@ -911,10 +924,18 @@ impl Model {
         self.order.retain(|_, k| sessions.contains_key(k));
     }
 
+    /// A full table drops the oldest session of the largest scope (of those, the one whose
+    /// oldest session is oldest), so no tenant loses records while another holds more.
     fn evict(&mut self) {
         while self.sessions.len() > self.sessions_max {
-            let (_, oldest) = self.order.pop_first().expect("ordered sessions");
-            self.sessions.remove(&oldest);
+            let mut sizes: BTreeMap<Option<TenantId>, (usize, LogIndex)> = BTreeMap::new();
+            for (index, key) in &self.order {
+                sizes.entry(key.tenant.clone()).or_insert((0, *index)).0 += 1;
+            }
+            let largest =
+                sizes.iter().max_by_key(|(_, (n, oldest))| (*n, std::cmp::Reverse(*oldest)));
+            let scope = largest.map(|(scope, _)| scope.clone()).expect("sessions exist");
+            self.drop_oldest_of(&scope);
         }
     }
 }
@@ -1109,7 +1130,9 @@ fn checked_apply(
             prop_assert_eq!(s.state_hash(), ticked.state_hash(), "invalid request id: {}", what);
             false
         }
-        Some(key) if model.sessions.contains_key(key) => {
+        // An out-of-bound command is refused by the static check before its request id is
+        // looked up, and never remembered (a retry gets the same refusal).
+        Some(key) if model.sessions.contains_key(key) && entry.command.validate().is_ok() => {
             let (command, first) = &model.sessions[key];
             if *command == entry.command {
                 prop_assert!(applied.replayed, "retry not replayed: {}", what);
@@ -1143,7 +1166,7 @@ fn checked_apply(
         if let (Command::DeleteTenant { tenant }, Ok(_)) = (&entry.command, &applied.result) {
             model.forget_tenant(tenant);
         }
-        if let Some(key) = key {
+        if let Some(key) = key.filter(|_| entry.command.validate().is_ok()) {
             let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
             model.remember(key, entry.command.clone(), first);
         }
@@ -1622,7 +1645,7 @@ fn check_executed(
         if ok {
             prop_assert_eq!(live, Some(token), "stale fence accepted: {}", what);
         } else if live != Some(token)
-            && tenant_id_ok(tenant.as_str())
+            && entry.command.validate().is_ok()
             && ticked.tenants.contains_key(&tenant)
         {
             prop_assert_eq!(

@@ -121,3 +121,41 @@ fn matcher_is_not_vacuous() {
     assert_eq!(unpointed_uses("for (k, v) in &self.by_key {").len(), 1);
     assert_eq!(unpointed_uses("self.by_key == other.by_key").len(), 2);
 }
+
+/// Every `pub const …_MAX` in `text`, as `line: name`, whose line above is not a doc comment.
+fn undocumented_bounds(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let Some(rest) = line.trim_start().strip_prefix("pub const ") else { continue };
+        let name = rest.split(':').next().unwrap_or_default().trim();
+        if !name.contains("_MAX") {
+            continue;
+        }
+        let documented = n > 0 && lines[n - 1].trim_start().starts_with("///");
+        if !documented {
+            found.push(format!("{}: {name}", n + 1));
+        }
+    }
+    found
+}
+
+/// Every bound in the core is named and says what it bounds (issue 15: the README limits
+/// table and the proto comments are written from these).
+#[test]
+fn core_bounds_are_documented() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scheduler");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src/scheduler exists") {
+        let path = entry.expect("readable entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("readable source");
+            found.extend(undocumented_bounds(&text).into_iter().map(|f| {
+                format!("{}:{f}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+            }));
+        }
+    }
+    assert!(found.is_empty(), "bounds without a doc comment:\n{}", found.join("\n"));
+    assert_eq!(undocumented_bounds("pub const A_MAX: u8 = 1;"), vec!["1: A_MAX".to_owned()]);
+    assert!(undocumented_bounds("/// Most a.\npub const A_MAX: u8 = 1;").is_empty());
+}

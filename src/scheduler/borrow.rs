@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::command::Response;
-use super::ids::{validate_object_id, PoolId, TenantId};
+use super::ids::{PoolId, TenantId};
 use super::quota::{Dimension, Guarantee, LimitKind};
 use super::resources::Resources;
 use super::state::Placement;
@@ -157,7 +157,6 @@ impl Scheduler {
         pool: PoolId,
         reserve: Option<Resources>,
     ) -> Result<Response, Rejection> {
-        validate_object_id("pool", pool.as_str())?;
         let old = self.state.pool_reserves.get(&pool).copied();
         if old.is_none() && reserve.is_some() && self.state.pool_reserves.len() >= POOL_RESERVES_MAX
         {

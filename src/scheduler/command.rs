@@ -3,17 +3,24 @@
 //!
 //! Business rejections are values: `apply` never fails. Each rejection has a stable
 //! UPPER_SNAKE `reason()` that the API puts into `google.rpc.ErrorInfo`.
+//!
+//! `Command::validate` is the one static check of every client-settable field against its
+//! named bound: the API calls it before proposing, and `apply` again before anything else (a
+//! replica never trusts the API layer). Checks that need the state stay where the state is.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::ids::{
-    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
-    UnixMillis, WorkerId,
+    validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId,
+    TokenHash, TokenId, UnixMillis, WorkerId,
 };
 use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
-use super::resources::{LabelRequirement, LabelTerm, Labels, Resources};
+use super::resources::{
+    validate_labels, LabelRequirement, LabelTerm, Labels, Resources, POOL_RESOURCES_MAX, RULES_MAX,
+    WORKER_RESOURCES_MAX,
+};
 use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
 use super::windows::Window;
 
@@ -208,7 +215,160 @@ pub enum Command {
     },
 }
 
+impl PlaceSpec {
+    /// Checks every field against its bound (state-free).
+    pub fn validate(&self) -> Result<(), Rejection> {
+        validate_object_id("placement", self.placement.as_str())?;
+        if !(1..=super::INSTANCES_PER_PLACEMENT_MAX).contains(&self.count) {
+            return Err(Rejection::invalid(
+                "count",
+                format!("must be 1..={}", super::INSTANCES_PER_PLACEMENT_MAX),
+            ));
+        }
+        self.resources.validate("resources", WORKER_RESOURCES_MAX, false)?;
+        if let Some(pool) = &self.pool {
+            validate_object_id("pool", pool.as_str())?;
+        }
+        if let Some(group) = &self.group {
+            validate_object_id("group", group.as_str())?;
+        }
+        validate_labels("labels", &self.labels)?;
+        let lists = [
+            ("worker_requires", self.worker_requires.len()),
+            ("worker_prefers", self.worker_prefers.len()),
+            ("affinity", self.affinity.len()),
+            ("affinity_preferred", self.affinity_preferred.len()),
+            ("anti_affinity", self.anti_affinity.len()),
+            ("anti_affinity_preferred", self.anti_affinity_preferred.len()),
+        ];
+        for (field, len) in lists {
+            if len > RULES_MAX {
+                return Err(Rejection::invalid(field, format!("at most {RULES_MAX} rules")));
+            }
+        }
+        for rule in self.worker_requires.iter().chain(&self.worker_prefers) {
+            rule.validate("worker rules")?;
+        }
+        let terms = self
+            .affinity
+            .iter()
+            .chain(&self.affinity_preferred)
+            .chain(&self.anti_affinity)
+            .chain(&self.anti_affinity_preferred);
+        for term in terms {
+            term.validate("affinity rules")?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_fence(fence: &Option<Fence>) -> Result<(), Rejection> {
+    match fence {
+        Some(fence) => validate_object_id("lease", fence.lease.as_str()),
+        None => Ok(()),
+    }
+}
+
+fn validate_ttl(ttl_ms: u64, max: u64) -> Result<(), Rejection> {
+    if (1..=max).contains(&ttl_ms) {
+        Ok(())
+    } else {
+        Err(Rejection::invalid("ttl_ms", format!("must be 1..={max}")))
+    }
+}
+
 impl Command {
+    /// Checks every client-settable field against its named bound, without the state: ids and
+    /// their lengths, labels, rule counts, resources, counts, ttls, weights, quota and config
+    /// values, the lease holder. The API calls it before proposing; `apply` calls it again.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        if let Some(tenant) = self.tenant() {
+            tenant.validate()?;
+        }
+        match self {
+            Command::Tick | Command::LeaderChanged | Command::DeleteTenant { .. } => Ok(()),
+            Command::SetConfig { config } => config.validate(),
+            Command::RegisterWorker { worker, pool, capacity, labels } => {
+                validate_object_id("worker", worker.as_str())?;
+                if let Some(pool) = pool {
+                    validate_object_id("pool", pool.as_str())?;
+                }
+                capacity.validate("capacity", WORKER_RESOURCES_MAX, false)?;
+                validate_labels("labels", labels)
+            }
+            Command::UpdateWorker { worker, capacity, labels } => {
+                validate_object_id("worker", worker.as_str())?;
+                if let Some(capacity) = capacity {
+                    capacity.validate("capacity", WORKER_RESOURCES_MAX, false)?;
+                }
+                labels.as_ref().map_or(Ok(()), |labels| validate_labels("labels", labels))
+            }
+            Command::SetWorkerSchedulable { worker, .. } | Command::RemoveWorker { worker, .. } => {
+                validate_object_id("worker", worker.as_str())
+            }
+            Command::SetPoolReserve { pool, reserve } => {
+                validate_object_id("pool", pool.as_str())?;
+                reserve.map_or(Ok(()), |r| r.validate("reserve", POOL_RESOURCES_MAX, true))
+            }
+            Command::CreateTenant { parent, weight, .. } => {
+                if let Some(parent) = parent {
+                    parent.validate()?;
+                }
+                if (1..=super::WEIGHT_MAX).contains(weight) {
+                    Ok(())
+                } else {
+                    Err(Rejection::invalid("weight", format!("must be 1..={}", super::WEIGHT_MAX)))
+                }
+            }
+            Command::SetQuota { quota, .. } => quota.validate(),
+            Command::AddToken { token, .. } | Command::RevokeToken { token, .. } => {
+                validate_object_id("token", token.as_str())
+            }
+            Command::Place { spec, fence, .. } | Command::PlaceOrQueue { spec, fence, .. } => {
+                spec.validate()?;
+                validate_fence(fence)
+            }
+            Command::Reserve { spec, ttl_ms, fence, .. } => {
+                spec.validate()?;
+                validate_ttl(*ttl_ms, super::RESERVATION_TTL_MAX_MS)?;
+                validate_fence(fence)
+            }
+            Command::CancelQueued { placement, .. } => {
+                validate_object_id("placement", placement.as_str())
+            }
+            Command::Release { placement: id, fence, .. }
+            | Command::ConfirmReservation { reservation: id, fence, .. }
+            | Command::CancelReservation { reservation: id, fence, .. } => {
+                validate_object_id("placement", id.as_str())?;
+                validate_fence(fence)
+            }
+            Command::CreatePlacementGroup { group, max_instances, .. } => {
+                validate_object_id("group", group.as_str())?;
+                if (1..=super::GROUP_INSTANCES_MAX).contains(max_instances) {
+                    Ok(())
+                } else {
+                    Err(Rejection::invalid(
+                        "max_instances",
+                        format!("must be 1..={}", super::GROUP_INSTANCES_MAX),
+                    ))
+                }
+            }
+            Command::AcquireLease { lease, holder, ttl_ms, .. } => {
+                validate_object_id("lease", lease.as_str())?;
+                if holder.trim().is_empty() || holder.len() > super::HOLDER_LEN_MAX {
+                    return Err(Rejection::invalid(
+                        "holder",
+                        format!("must be 1..={} bytes", super::HOLDER_LEN_MAX),
+                    ));
+                }
+                validate_ttl(*ttl_ms, super::LEASE_TTL_MAX_MS)
+            }
+            Command::KeepAliveLease { lease, .. } | Command::ReleaseLease { lease, .. } => {
+                validate_object_id("lease", lease.as_str())
+            }
+        }
+    }
+
     /// The tenant the command acts on; also the scope of its request id.
     pub fn tenant(&self) -> Option<&TenantId> {
         match self {
@@ -388,7 +548,10 @@ pub enum Rejection {
     #[error(
         "tenant id {tenant:?} is invalid: use 1-63 of [a-z0-9-], starting and ending with [a-z0-9]"
     )]
-    InvalidTenantId { tenant: String },
+    InvalidTenantId {
+        /// The id as `ids::shortened` gives it: at most a short prefix of what was sent.
+        tenant: String,
+    },
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
     #[error("tenant {tenant} not found")]

@@ -1,8 +1,10 @@
 //! Identifiers and units of the replicated state.
 //!
 //! Every id is a newtype so a `TenantId` can never be passed where a `WorkerId` is meant.
-//! Ids arrive from clients as strings; they are checked in `apply` (see `Scheduler::validate`),
-//! never trusted because a command deserialised.
+//! Ids arrive from clients as strings; they are checked by `Command::validate` (at the API
+//! and again in `apply`), never trusted because a command deserialised. A rejection quotes at
+//! most a short prefix of a bad value (`quoted`), so an error is never larger than its input
+//! warrants.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -11,8 +13,25 @@ use super::command::Rejection;
 
 /// The longest tenant id (DNS label rule).
 pub const TENANT_ID_LEN_MAX: usize = 63;
-/// The longest id of any other object (worker, pool, placement, group, lease, holder, request).
+/// The longest id of any other object (worker, pool, placement, group, lease, token, request).
 pub const OBJECT_ID_LEN_MAX: usize = 128;
+/// Most bytes of a client-supplied value a rejection quotes.
+pub const QUOTED_LEN_MAX: usize = 32;
+
+/// `text` for an error: itself when short, else its first `QUOTED_LEN_MAX` bytes (at most)
+/// and its full length, so a huge bad value never travels back in an error.
+pub fn shortened(text: &str) -> String {
+    if text.len() <= QUOTED_LEN_MAX {
+        return text.to_owned();
+    }
+    let cut = (0..=QUOTED_LEN_MAX).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…({} bytes)", &text[..cut], text.len())
+}
+
+/// `shortened(text)`, Rust-quoted, for a message.
+pub fn quoted(text: &str) -> String {
+    format!("{:?}", shortened(text))
+}
 
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident) => {
@@ -99,6 +118,10 @@ pub struct LogIndex(pub u64);
 )]
 pub struct UnixMillis(pub u64);
 
+/// The latest log time: 9999-12-31T23:59:59.999Z. A later `proposed_at` counts as this, so
+/// every deadline (now plus a bounded ttl or grace) is a real time that can still pass.
+pub const UNIX_MILLIS_MAX: UnixMillis = UnixMillis(253_402_300_799_999);
+
 impl UnixMillis {
     /// `self + ms`, saturating: a deadline past the end of time never fires.
     pub fn plus_ms(self, ms: u64) -> UnixMillis {
@@ -133,8 +156,15 @@ impl TenantId {
         if valid {
             Ok(())
         } else {
-            Err(Rejection::InvalidTenantId { tenant: self.0.clone() })
+            Err(Rejection::InvalidTenantId { tenant: shortened(id) })
         }
+    }
+}
+
+impl RequestId {
+    /// Checks the object id rule; the API and `apply` both call this.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        validate_object_id("request", self.as_str())
     }
 }
 
@@ -153,7 +183,8 @@ pub fn validate_object_id(kind: &'static str, id: &str) -> Result<(), Rejection>
         Err(Rejection::invalid(
             kind,
             format!(
-                "{kind} id {id:?} must be 1..={OBJECT_ID_LEN_MAX} characters of [A-Za-z0-9._:-] starting with a letter or digit"
+                "{kind} id {} must be 1..={OBJECT_ID_LEN_MAX} characters of [A-Za-z0-9._:-] starting with a letter or digit",
+                quoted(id)
             ),
         ))
     }

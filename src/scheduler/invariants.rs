@@ -80,6 +80,9 @@ impl Scheduler {
                     t.id, t.usage, expected
                 ));
             }
+            if self.lineage(&t.id).len() > usize::try_from(super::TENANT_DEPTH_MAX).unwrap_or(0) {
+                bad.push(format!("tenant {} is nested deeper than allowed, or in a cycle", t.id));
+            }
             // 2: hard limits (inherited where unset) are never exceeded, nor burst ceilings;
             // usage is above soft exactly while a burst is recorded, and a running grace
             // period ends in the future.
@@ -251,7 +254,7 @@ impl Scheduler {
         if !s.sessions.consistent() {
             bad.push("the session table's lookup and order disagree".to_owned());
         }
-        if s.sessions.len() as u64 > s.config.sessions_max {
+        if super::count_u64(s.sessions.len()) > s.config.sessions_max {
             bad.push(format!(
                 "{} sessions exceed the bound {}",
                 s.sessions.len(),

@@ -4,10 +4,8 @@
 //! instance, all in one `apply`: either all `count` instances land and usage rises by exactly
 //! their sum, or nothing changes.
 
-use super::ids::validate_object_id;
 use super::index::Deadline;
 use super::placement::{choose_worker, diagnose, verdicts, Filter};
-use super::resources::{validate_labels, RULES_MAX};
 use serde::{Deserialize, Serialize};
 
 use super::command::FilterCounts;
@@ -16,7 +14,7 @@ use super::state::State;
 use super::{
     GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
     Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
-    GROUPS_MAX, GROUP_INSTANCES_MAX, INSTANCES_PER_PLACEMENT_MAX, PLACEMENTS_MAX,
+    GROUPS_MAX, PLACEMENTS_MAX,
 };
 
 /// How much a refusal for capacity explains (the scan of the pool costs O(workers)).
@@ -91,8 +89,11 @@ impl Scheduler {
     fn decide(mut self, tenant: &TenantId, spec: PlaceSpec) -> Decision {
         let scratch = &mut self;
         let mut workers = Vec::new();
-        let result =
-            tenant.validate().and_then(|()| scratch.tenant(tenant).map(|_| ())).and_then(|()| {
+        let result = tenant
+            .validate()
+            .and_then(|()| spec.validate())
+            .and_then(|()| scratch.tenant(tenant).map(|_| ()))
+            .and_then(|()| {
                 let explain = Explain::Workers(&mut workers);
                 scratch.place(LogIndex(0), tenant.clone(), spec, None, explain)
             });
@@ -111,7 +112,6 @@ impl Scheduler {
         expires_at: Option<UnixMillis>,
         explain: Explain<'_>,
     ) -> Result<Placement, Rejection> {
-        validate_spec(&spec)?;
         let key = (tenant.clone(), spec.placement.clone());
         if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
             return Err(Rejection::PlacementExists { placement: spec.placement });
@@ -144,7 +144,7 @@ impl Scheduler {
         };
         let pool = spec.pool.clone().unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
         let usage = Usage::of_job(spec.resources, spec.count)
-            .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
+            .expect("invariant: validated resources × count fit in a u64");
         self.check_quota(&tenant, &pool, &usage)?;
         let total = Resources::new(usage.cpu_millis, usage.memory_mib);
         let borrowed = self.check_borrowing(&tenant, &pool, total)?;
@@ -297,13 +297,6 @@ impl Scheduler {
         strategy: GroupStrategy,
     ) -> Result<Response, Rejection> {
         self.tenant(&tenant)?;
-        validate_object_id("group", group.as_str())?;
-        if !(1..=GROUP_INSTANCES_MAX).contains(&max_instances) {
-            return Err(Rejection::invalid(
-                "max_instances",
-                format!("must be 1..={GROUP_INSTANCES_MAX}"),
-            ));
-        }
         let key = (tenant.clone(), group.clone());
         if self.state.groups.contains_key(&key) {
             return Err(Rejection::GroupExists { group });
@@ -319,50 +312,4 @@ impl Scheduler {
         self.queue_dirty = true;
         Ok(Response::GroupCreated)
     }
-}
-
-pub(super) fn validate_spec(spec: &PlaceSpec) -> Result<(), Rejection> {
-    validate_object_id("placement", spec.placement.as_str())?;
-    if !(1..=INSTANCES_PER_PLACEMENT_MAX).contains(&spec.count) {
-        return Err(Rejection::invalid(
-            "count",
-            format!("must be 1..={INSTANCES_PER_PLACEMENT_MAX}"),
-        ));
-    }
-    if spec.resources.is_zero() {
-        return Err(Rejection::invalid("resources", "an instance needs cpu or memory"));
-    }
-    if let Some(pool) = &spec.pool {
-        validate_object_id("pool", pool.as_str())?;
-    }
-    if let Some(group) = &spec.group {
-        validate_object_id("group", group.as_str())?;
-    }
-    validate_labels("labels", &spec.labels)?;
-    let lists = [
-        ("worker_requires", spec.worker_requires.len()),
-        ("worker_prefers", spec.worker_prefers.len()),
-        ("affinity", spec.affinity.len()),
-        ("affinity_preferred", spec.affinity_preferred.len()),
-        ("anti_affinity", spec.anti_affinity.len()),
-        ("anti_affinity_preferred", spec.anti_affinity_preferred.len()),
-    ];
-    for (field, len) in lists {
-        if len > RULES_MAX {
-            return Err(Rejection::invalid(field, format!("at most {RULES_MAX} rules")));
-        }
-    }
-    for rule in spec.worker_requires.iter().chain(&spec.worker_prefers) {
-        rule.validate("worker rules")?;
-    }
-    let terms = spec
-        .affinity
-        .iter()
-        .chain(&spec.affinity_preferred)
-        .chain(&spec.anti_affinity)
-        .chain(&spec.anti_affinity_preferred);
-    for term in terms {
-        term.validate("affinity rules")?;
-    }
-    Ok(())
 }

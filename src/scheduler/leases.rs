@@ -4,12 +4,8 @@
 //! grant, so tokens strictly increase across grants and leaders (invariant 7). Keep-alive,
 //! release and fenced commands must present the live token (checked by `check_fence`).
 
-use super::ids::validate_object_id;
 use super::index::Deadline;
-use super::{
-    Lease, LeaseName, LogIndex, Rejection, Response, Scheduler, TenantId, HOLDER_LEN_MAX,
-    LEASES_MAX, LEASE_TTL_MAX_MS,
-};
+use super::{Lease, LeaseName, LogIndex, Rejection, Response, Scheduler, TenantId, LEASES_MAX};
 
 impl Scheduler {
     /// Grants the lease if nobody holds it; never blocks. A busy lease names its holder.
@@ -22,16 +18,6 @@ impl Scheduler {
         ttl_ms: u64,
     ) -> Result<Response, Rejection> {
         self.tenant(&tenant)?;
-        validate_object_id("lease", lease.as_str())?;
-        if holder.trim().is_empty() || holder.len() > HOLDER_LEN_MAX {
-            return Err(Rejection::invalid(
-                "holder",
-                format!("must be 1..={HOLDER_LEN_MAX} bytes"),
-            ));
-        }
-        if !(1..=LEASE_TTL_MAX_MS).contains(&ttl_ms) {
-            return Err(Rejection::invalid("ttl_ms", format!("must be 1..={LEASE_TTL_MAX_MS}")));
-        }
         let key = (tenant.clone(), lease.clone());
         if let Some(held) = self.state.leases.get(&key) {
             // Expired leases were removed before this command ran, so `held` is live.

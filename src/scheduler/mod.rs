@@ -40,7 +40,7 @@ pub use command::{
 };
 pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
-    UnixMillis, WorkerId, DEFAULT_POOL,
+    UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
 };
 pub use jobs::{Decision, VERDICTS_MAX};
 pub use placement::Filter as WorkerFilter;
@@ -51,15 +51,17 @@ pub use quota::{
     Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, Preemption, Quota, QuotaEvent,
     SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
 };
-pub use resources::{LabelOp, LabelRequirement, LabelTerm, Labels, Resources};
+pub use resources::{
+    LabelOp, LabelRequirement, LabelTerm, Labels, Resources, POOL_CPU_MILLIS_MAX,
+    POOL_MEMORY_MIB_MAX, WORKER_CPU_MILLIS_MAX, WORKER_MEMORY_MIB_MAX,
+};
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, Sessions, State,
-    Tenant, Worker, PLACEMENT_ALGORITHM,
+    Tenant, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
-use ids::validate_object_id;
 use index::{Deadline, Indexes};
 use jobs::Explain;
 
@@ -187,7 +189,8 @@ impl Scheduler {
     fn apply_entry(&mut self, entry: Entry) -> Applied {
         let Entry { index, proposed_at, request_id, command, token } = entry;
         let day = windows::day_of(self.state.now);
-        self.state.now = self.state.now.max(proposed_at);
+        // Never backwards, never past the end of log time (a deadline must be able to pass).
+        self.state.now = self.state.now.max(proposed_at.min(UNIX_MILLIS_MAX));
         // A new UTC day (or month) may have reset a window someone waits for.
         self.queue_dirty |= windows::day_of(self.state.now) != day;
         let expired = self.expire_due();
@@ -195,6 +198,12 @@ impl Scheduler {
         self.admit_queued(index);
         let mut events = std::mem::take(&mut self.events);
 
+        // A replica never trusts the API layer: out-of-bound input changes nothing, and is not
+        // remembered (a retry gets the same refusal, from the same static check).
+        let valid = request_id.as_ref().map_or(Ok(()), RequestId::validate);
+        if let Err(rejection) = valid.and_then(|()| command.validate()) {
+            return Applied { events, ..self.answer(index, Err(rejection), expired) };
+        }
         if let Some(hash) = token {
             let owner = self.ix.tokens.get(&hash).map(|(tenant, _)| tenant);
             if owner.is_none() || owner != command.tenant() {
@@ -207,9 +216,6 @@ impl Scheduler {
             (key, command_digest(&command))
         });
         if let Some((key, digest)) = &session {
-            if let Err(rejection) = validate_object_id("request", key.request_id.as_str()) {
-                return Applied { events, ..self.answer(index, Err(rejection), expired) };
-            }
             if let Some(first) = self.state.sessions.get(key) {
                 if first.command_digest == *digest {
                     return Applied { replayed: true, expired, events, ..first.first.clone() };
@@ -252,22 +258,15 @@ impl Scheduler {
     }
 
     fn remember(&mut self, key: SessionKey, session: Session) {
-        self.state.sessions.insert(key, session);
-        self.evict_sessions();
+        let max = self.sessions_max();
+        self.state.sessions.insert(key, session, max);
     }
 
-    /// Drops the oldest sessions beyond `sessions_max`.
-    fn evict_sessions(&mut self) {
-        let max = usize::try_from(self.state.config.sessions_max).unwrap_or(usize::MAX);
-        while self.state.sessions.len() > max {
-            self.state.sessions.pop_oldest();
-        }
+    fn sessions_max(&self) -> usize {
+        usize::try_from(self.state.config.sessions_max).unwrap_or(usize::MAX)
     }
 
     fn execute(&mut self, index: LogIndex, command: Command) -> Result<Response, Rejection> {
-        if let Some(tenant) = command.tenant() {
-            tenant.validate()?;
-        }
         match command {
             Command::Tick => Ok(Response::Ticked),
             Command::LeaderChanged => Ok(self.extend_leases()),
@@ -311,12 +310,6 @@ impl Scheduler {
             Command::Reserve { tenant, spec, ttl_ms, fence } => {
                 self.tenant(&tenant)?;
                 self.check_fence(&tenant, fence.as_ref())?;
-                if !(1..=RESERVATION_TTL_MAX_MS).contains(&ttl_ms) {
-                    return Err(Rejection::invalid(
-                        "ttl_ms",
-                        format!("must be 1..={RESERVATION_TTL_MAX_MS}"),
-                    ));
-                }
                 let expires_at = self.state.now.plus_ms(ttl_ms);
                 let at = Some(expires_at);
                 self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
@@ -450,36 +443,9 @@ impl Scheduler {
     }
 
     fn set_config(&mut self, config: Config) -> Result<Response, Rejection> {
-        if config.placement_algorithm != state::PLACEMENT_ALGORITHM {
-            return Err(Rejection::invalid(
-                "placement_algorithm",
-                format!(
-                    "this build implements version {}, not {}",
-                    state::PLACEMENT_ALGORITHM,
-                    config.placement_algorithm
-                ),
-            ));
-        }
-        if config.lease_grace_ms > state::LEASE_GRACE_MAX_MS {
-            return Err(Rejection::invalid(
-                "lease_grace_ms",
-                format!("must be at most {}", state::LEASE_GRACE_MAX_MS),
-            ));
-        }
-        if !(1..=state::SESSIONS_MAX).contains(&config.sessions_max) {
-            return Err(Rejection::invalid(
-                "sessions_max",
-                format!("must be 1..={}", state::SESSIONS_MAX),
-            ));
-        }
-        if config.preferred_scan_max > state::PREFERRED_SCAN_MAX {
-            return Err(Rejection::invalid(
-                "preferred_scan_max",
-                format!("must be at most {}", state::PREFERRED_SCAN_MAX),
-            ));
-        }
         self.state.config = config;
-        self.evict_sessions();
+        let max = self.sessions_max();
+        self.state.sessions.evict(max);
         Ok(Response::ConfigSet)
     }
 
@@ -512,11 +478,16 @@ impl Scheduler {
             .ok_or_else(|| Rejection::WorkerNotFound { worker: id.clone() })
     }
 
-    /// The tenant and its ancestors, nearest first.
+    /// The tenant and its ancestors, nearest first. At most one more than `TENANT_DEPTH_MAX`
+    /// long, so a damaged snapshot's parent cycle ends here and fails `check_invariants`.
     fn lineage(&self, tenant: &TenantId) -> Vec<TenantId> {
         let mut chain = vec![tenant.clone()];
         let mut at = tenant;
+        let depth_max = usize::try_from(TENANT_DEPTH_MAX).unwrap_or(usize::MAX);
         while let Some(parent) = self.state.tenants.get(at).and_then(|t| t.parent.as_ref()) {
+            if chain.len() > depth_max {
+                break;
+            }
             chain.push(parent.clone());
             at = parent;
         }

@@ -157,7 +157,6 @@ impl Scheduler {
         tenant: TenantId,
         spec: PlaceSpec,
     ) -> Result<Response, Rejection> {
-        super::jobs::validate_spec(&spec)?;
         let key = (tenant.clone(), spec.placement.clone());
         if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
             return Err(Rejection::PlacementExists { placement: spec.placement });
@@ -175,8 +174,6 @@ impl Scheduler {
                 }
             }
         }
-        Usage::of_job(spec.resources, spec.count)
-            .ok_or_else(|| Rejection::invalid("resources", "count × resources overflows"))?;
         self.enqueue(index, tenant, spec, pool);
         self.admit_queued(index);
         if let Some(p) = self.state.placements.get(&key) {

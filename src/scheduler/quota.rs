@@ -16,8 +16,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ids::{PlacementId, PoolId, TenantId, UnixMillis};
-use super::resources::Resources;
+use super::ids::{validate_object_id, PlacementId, PoolId, TenantId, UnixMillis};
+use super::resources::{Resources, POOL_RESOURCES_MAX};
 use super::windows::{Window, WindowLimits};
 
 /// A quota dimension.
@@ -231,10 +231,72 @@ pub struct Guarantee {
     pub lending_limit: Option<Resources>,
 }
 
-/// Quotas may name at most this many pools (limits and denials each).
+/// Quotas may name at most this many pools (limits, denials and guarantees each).
 pub const QUOTA_POOLS_MAX: usize = 64;
 /// Longest grace period: 30 days.
 pub const GRACE_MAX_MS: u64 = 30 * 24 * 3_600_000;
+/// Largest per-mille share of a pool (all of it).
+pub const PER_MILLE_MAX: u32 = 1_000;
+
+impl Quota {
+    /// Checks every value against its bound (state-free; part of `Command::validate`). Hard,
+    /// soft and window limits may be any u64: they are only compared, with checked sums.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        if self.pools.len() > QUOTA_POOLS_MAX
+            || self.denied_pools.len() > QUOTA_POOLS_MAX
+            || self.guarantees.len() > QUOTA_POOLS_MAX
+        {
+            return Err(Rejection::invalid(
+                "quota.pools",
+                format!(
+                    "at most {QUOTA_POOLS_MAX} pools with limits, {QUOTA_POOLS_MAX} denied and \
+                     {QUOTA_POOLS_MAX} guaranteed"
+                ),
+            ));
+        }
+        for pool in self.pools.keys().chain(&self.denied_pools).chain(self.guarantees.keys()) {
+            validate_object_id("pool", pool.as_str())?;
+        }
+        for g in self.guarantees.values() {
+            let amounts = [Some(g.nominal), g.borrowing_limit, g.lending_limit];
+            for amount in amounts.into_iter().flatten() {
+                amount.validate("quota.guarantees", POOL_RESOURCES_MAX, true)?;
+            }
+        }
+        if self.grace_ms.is_some_and(|g| g > GRACE_MAX_MS) {
+            return Err(Rejection::invalid(
+                "quota.grace_ms",
+                format!("must be at most {GRACE_MAX_MS}"),
+            ));
+        }
+        for d in Dimension::ALL {
+            let Some(l) = self.soft.get(d) else { continue };
+            if l.soft > l.burst {
+                return Err(Rejection::invalid(
+                    "quota.soft",
+                    format!("{} soft limit {} is above its burst {}", d.name(), l.soft, l.burst),
+                ));
+            }
+        }
+        if let Some(share) = &self.soft_share {
+            validate_object_id("pool", share.pool.as_str())?;
+            if share.soft_per_mille > share.burst_per_mille || share.burst_per_mille > PER_MILLE_MAX
+            {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    format!("per-mille shares must satisfy soft <= burst <= {PER_MILLE_MAX}"),
+                ));
+            }
+            if self.soft.cpu_millis.is_some() || self.soft.memory_mib.is_some() {
+                return Err(Rejection::invalid(
+                    "quota.soft_share",
+                    "a share of a pool replaces the cpu and memory soft limits: set one or the other",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A quota with inheritance resolved: what actually limits a tenant's subtree.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,21 @@ use super::command::Rejection;
 pub const LABELS_MAX: usize = 64;
 /// Longest label key or value.
 pub const LABEL_LEN_MAX: usize = 128;
-/// Largest number of rules (label requirements, affinity terms) in one request.
+/// Largest number of rules (label requirements, affinity terms) in one request, and of values
+/// in one label requirement.
 pub const RULES_MAX: usize = 32;
+/// Largest cpu of one worker, and of one instance: 10,000 cores. `WORKERS_MAX` workers of this
+/// size sum to 10^12, so pool capacities, allocations and usage never overflow a u64, and
+/// usage × time in `windows.rs` never overflows its u128.
+pub const WORKER_CPU_MILLIS_MAX: u64 = 10_000_000;
+/// Largest memory of one worker, and of one instance: 1 PiB (2^30 MiB); `WORKERS_MAX` of them
+/// sum to about 1.1 × 10^14.
+pub const WORKER_MEMORY_MIB_MAX: u64 = 1 << 30;
+/// Largest cpu a pool-wide amount may name (a guarantee, a borrowing or lending limit, a
+/// reserve): every worker at its largest.
+pub const POOL_CPU_MILLIS_MAX: u64 = WORKER_CPU_MILLIS_MAX * super::WORKERS_MAX as u64;
+/// Largest memory a pool-wide amount may name.
+pub const POOL_MEMORY_MIB_MAX: u64 = WORKER_MEMORY_MIB_MAX * super::WORKERS_MAX as u64;
 
 /// An amount of compute: cpu in millicores, memory in MiB.
 #[derive(
@@ -61,7 +74,32 @@ impl Resources {
     pub fn is_zero(self) -> bool {
         self == Resources::ZERO
     }
+
+    /// Refuses an amount above `(cpu_max, memory_max)` in either dimension, or a zero one
+    /// unless `zero_ok`.
+    pub fn validate(
+        self,
+        field: &'static str,
+        (cpu_max, memory_max): (u64, u64),
+        zero_ok: bool,
+    ) -> Result<(), Rejection> {
+        if !zero_ok && self.is_zero() {
+            return Err(Rejection::invalid(field, "needs cpu or memory"));
+        }
+        if self.cpu_millis > cpu_max || self.memory_mib > memory_max {
+            return Err(Rejection::invalid(
+                field,
+                format!("at most {cpu_max} cpu_millis and {memory_max} memory_mib"),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Bounds of one worker's capacity and of one instance's resources.
+pub const WORKER_RESOURCES_MAX: (u64, u64) = (WORKER_CPU_MILLIS_MAX, WORKER_MEMORY_MIB_MAX);
+/// Bounds of a pool-wide amount.
+pub const POOL_RESOURCES_MAX: (u64, u64) = (POOL_CPU_MILLIS_MAX, POOL_MEMORY_MIB_MAX);
 
 /// Labels on a worker or a workload: ordered, so iteration is deterministic.
 pub type Labels = BTreeMap<String, String>;
@@ -89,7 +127,8 @@ fn validate_label_text(field: &'static str, text: &str, empty_ok: bool) -> Resul
         Err(Rejection::invalid(
             field,
             format!(
-                "label text {text:?} must be at most {LABEL_LEN_MAX} characters of [A-Za-z0-9._/-]"
+                "label text {} must be at most {LABEL_LEN_MAX} characters of [A-Za-z0-9._/-]",
+                super::ids::quoted(text)
             ),
         ))
     }
@@ -137,9 +176,9 @@ impl LabelRequirement {
             return Err(Rejection::invalid(
                 field,
                 format!(
-                    "{:?} on {:?} takes {}",
+                    "{:?} on {} takes {}",
                     self.op,
-                    self.key,
+                    super::ids::quoted(&self.key),
                     if needs_values { "1..=32 values" } else { "no values" }
                 ),
             ));

@@ -2,7 +2,8 @@
 //!
 //! Layout: `b"BRTH"`, format version (u32 LE), payload length (u64 LE), payload (bincode 2 of
 //! `State`), SHA-256 of the payload. `decode` checks every part and then the invariants, so a
-//! truncated, corrupted or inconsistent snapshot is refused rather than installed.
+//! truncated, corrupted or inconsistent snapshot is refused rather than installed, and no bytes
+//! make it panic or allocate without bound (the payload decodes under a size limit).
 
 use sha2::{Digest, Sha256};
 
@@ -17,6 +18,12 @@ pub const SNAPSHOT_VERSION: u32 = 5;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
+/// Largest snapshot payload this build decodes: 4 GiB.
+pub const SNAPSHOT_PAYLOAD_MAX: usize = 1 << 32;
+/// Most bytes bincode's limit counts per payload byte. The limit counts what each value claims
+/// in memory as it decodes (a varint u128 claims 16 bytes however short its encoding), not the
+/// bytes read, so a payload needs a limit of up to this many times its length.
+const CLAIM_PER_BYTE_MAX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -32,6 +39,10 @@ pub enum DecodeError {
     LengthMismatch { declared: u64, actual: u64 },
     #[error("snapshot checksum mismatch")]
     Checksum,
+    #[error(
+        "snapshot payload of {0} bytes is larger than the {SNAPSHOT_PAYLOAD_MAX} this build reads"
+    )]
+    TooLarge(usize),
     #[error("snapshot payload does not decode: {0}")]
     Payload(String),
     #[error("snapshot state breaks invariants: {0}")]
@@ -41,6 +52,33 @@ pub enum DecodeError {
 fn payload(state: &State) -> Vec<u8> {
     bincode::serde::encode_to_vec(state, bincode::config::standard())
         .expect("invariant: state always encodes")
+}
+
+/// Decodes a payload under a bincode limit: the smallest of a few fixed limits (the limit is a
+/// type parameter) that is at least `CLAIM_PER_BYTE_MAX` times its length. A length inside
+/// the payload that claims more (a 2^62-byte string) is an error before anything is allocated,
+/// so no allocation is larger than that multiple of the bytes given.
+fn decode_limited(body: &[u8]) -> Result<(State, usize), DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    if body.len() > SNAPSHOT_PAYLOAD_MAX {
+        return Err(DecodeError::TooLarge(body.len()));
+    }
+    let claim = body.len().saturating_mul(CLAIM_PER_BYTE_MAX);
+    let decoded = if claim <= 1 << 16 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 16 }>())
+    } else if claim <= 1 << 20 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 20 }>())
+    } else if claim <= 1 << 24 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 24 }>())
+    } else if claim <= 1 << 28 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 28 }>())
+    } else if claim <= 1 << 32 {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 32 }>())
+    } else {
+        decode_from_slice(body, standard().with_limit::<{ 1 << 36 }>())
+    };
+    decoded.map_err(|e| DecodeError::Payload(e.to_string()))
 }
 
 impl Scheduler {
@@ -77,11 +115,22 @@ impl Scheduler {
         if Sha256::digest(body).as_slice() != digest {
             return Err(DecodeError::Checksum);
         }
-        let (state, read): (State, usize) =
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|e| DecodeError::Payload(e.to_string()))?;
+        let (state, read) = decode_limited(body)?;
         if read != body.len() {
             return Err(DecodeError::Payload(format!("{} trailing bytes", body.len() - read)));
+        }
+        // What building the indexes relies on; everything else is `check_invariants`.
+        for w in state.workers.values() {
+            let bounded =
+                w.capacity.validate("capacity", super::resources::WORKER_RESOURCES_MAX, true);
+            if bounded.is_err() || !w.allocated.fits_in(w.capacity) {
+                return Err(DecodeError::Invariants(format!(
+                    "worker {} holds {:?} of {:?}",
+                    super::ids::quoted(w.id.as_str()),
+                    w.allocated,
+                    w.capacity
+                )));
+            }
         }
         let scheduler = Scheduler::from_state(state);
         scheduler.check_invariants().map_err(|v| DecodeError::Invariants(v.join("; ")))?;

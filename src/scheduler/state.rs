@@ -2,11 +2,12 @@
 //! lookup structures live in `index.rs` and are rebuilt from this on decode.
 
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
-use super::command::{Applied, PlaceSpec};
+use super::command::{Applied, PlaceSpec, Rejection};
 use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId,
@@ -20,9 +21,11 @@ use super::windows::WindowCounters;
 /// new version, switched on by `SetConfig` once every replica runs a build that knows it, so
 /// replicas of mixed versions never decide differently.
 pub const PLACEMENT_ALGORITHM: u32 = 1;
-/// Bounds accepted by `SetConfig`.
+/// Longest `Config::lease_grace_ms`: 10 minutes.
 pub const LEASE_GRACE_MAX_MS: u64 = 600_000;
+/// Largest `Config::sessions_max`.
 pub const SESSIONS_MAX: u64 = 10_000_000;
+/// Largest `Config::preferred_scan_max`.
 pub const PREFERRED_SCAN_MAX: u32 = 10_000;
 
 /// Tunables that are part of replicated state, so every replica uses the same values. They
@@ -38,6 +41,37 @@ pub struct Config {
     /// How many further feasible workers a placement with preferred rules ranks after the
     /// first feasible one (Nomad's limit iterator). Required rules are always searched fully.
     pub preferred_scan_max: u32,
+}
+
+impl Config {
+    /// Checks every value against its bound (state-free; part of `Command::validate`).
+    pub fn validate(&self) -> Result<(), Rejection> {
+        if self.placement_algorithm != PLACEMENT_ALGORITHM {
+            return Err(Rejection::invalid(
+                "placement_algorithm",
+                format!(
+                    "this build implements version {PLACEMENT_ALGORITHM}, not {}",
+                    self.placement_algorithm
+                ),
+            ));
+        }
+        if self.lease_grace_ms > LEASE_GRACE_MAX_MS {
+            return Err(Rejection::invalid(
+                "lease_grace_ms",
+                format!("must be at most {LEASE_GRACE_MAX_MS}"),
+            ));
+        }
+        if !(1..=SESSIONS_MAX).contains(&self.sessions_max) {
+            return Err(Rejection::invalid("sessions_max", format!("must be 1..={SESSIONS_MAX}")));
+        }
+        if self.preferred_scan_max > PREFERRED_SCAN_MAX {
+            return Err(Rejection::invalid(
+                "preferred_scan_max",
+                format!("must be at most {PREFERRED_SCAN_MAX}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -162,18 +196,35 @@ pub struct Session {
 }
 
 /// The session table: the first answer to each request id, found by key and kept in the order
-/// the sessions were created, which is the order they are evicted in and listed in a snapshot.
+/// the sessions were created, which is the order they are listed in a snapshot.
+///
+/// Each scope (a tenant, or the operator's tenant-less commands) has its own window: a new
+/// session evicts the oldest of its own scope beyond `SESSIONS_PER_TENANT_MAX`, so no tenant's
+/// traffic can evict another's records. When the whole table is full (`Config::sessions_max`),
+/// the oldest session of the largest scope goes (ties: the scope whose oldest is oldest), so a
+/// tenant loses records to others only while it holds more than any of them, and every active
+/// tenant keeps at least `sessions_max` ÷ active tenants.
 ///
 /// Lookups go through a hash map, the core's only one. With the default 100,000 sessions, a
 /// B-tree lookup walked about seven levels of nodes and compared heap strings at each; three of
 /// those per write were a seventh of a leader's CPU. The map's keys decide only where entries
 /// sit in memory: the map is only ever asked about one key (`tests/tidy.rs` checks), and every
-/// walk, comparison and encoding goes through `order`, so no outcome depends on them.
+/// walk, comparison and encoding goes through `order`, so no outcome depends on them. `scopes`
+/// and `sizes` are derived from `order` (rebuilt on decode).
 #[derive(Clone, Default)]
 pub struct Sessions {
     by_key: HashMap<SessionKey, Session, SessionHasher>,
     order: BTreeMap<LogIndex, SessionKey>,
+    /// Each scope's sessions, oldest first.
+    scopes: BTreeMap<Option<TenantId>, BTreeSet<LogIndex>>,
+    /// Every scope by size, then by its oldest session (oldest last): the last is evicted from
+    /// when the table is full.
+    sizes: BTreeSet<(usize, Reverse<LogIndex>, Option<TenantId>)>,
 }
+
+/// Most sessions of one tenant (or of the operator): its exactly-once window. A snapshot of an
+/// earlier build may hold more in one scope; the next session there trims it.
+pub const SESSIONS_PER_TENANT_MAX: usize = 10_000;
 
 /// How the session lookup hashes: SipHash under std's fixed keys, until the shell hands it
 /// random ones (`Scheduler::key_session_lookup`) so no client can choose request ids that
@@ -205,10 +256,25 @@ impl Sessions {
         self.by_key.get(key)
     }
 
-    /// Records the first answer to `key`, which must not have one yet.
-    pub fn insert(&mut self, key: SessionKey, session: Session) {
+    /// Records the first answer to `key`, which must not have one yet, then evicts: the
+    /// scope's oldest beyond its window, and the largest scope's oldest beyond `total_max`.
+    pub fn insert(&mut self, key: SessionKey, session: Session, total_max: usize) {
+        let scope = key.tenant.clone();
         if let Err(key) = self.try_insert(key, session) {
             panic!("invariant: {key:?} is recorded once, one command per log index");
+        }
+        let window = SESSIONS_PER_TENANT_MAX.min(total_max);
+        while self.scopes.get(&scope).is_some_and(|s| s.len() > window) {
+            self.pop_oldest_of(&scope);
+        }
+        self.evict(total_max);
+    }
+
+    /// Drops sessions, the largest scope's oldest first, until at most `total_max` remain.
+    pub fn evict(&mut self, total_max: usize) {
+        while self.len() > total_max {
+            let Some((_, _, scope)) = self.sizes.last().cloned() else { return };
+            self.pop_oldest_of(&scope);
         }
     }
 
@@ -216,30 +282,60 @@ impl Sessions {
     /// the answer's log index, is recorded already.
     fn try_insert(&mut self, key: SessionKey, session: Session) -> Result<(), SessionKey> {
         use std::collections::{btree_map, hash_map};
-        let btree_map::Entry::Vacant(slot) = self.order.entry(session.first.log_index) else {
+        let index = session.first.log_index;
+        let btree_map::Entry::Vacant(slot) = self.order.entry(index) else {
             return Err(key);
         };
         match self.by_key.entry(key) {
             hash_map::Entry::Occupied(taken) => Err(taken.key().clone()),
             hash_map::Entry::Vacant(entry) => {
+                let scope = entry.key().tenant.clone();
                 slot.insert(entry.key().clone());
                 entry.insert(session);
+                self.resize(scope, |set| {
+                    set.insert(index);
+                });
                 Ok(())
             }
         }
     }
 
-    pub fn remove(&mut self, key: &SessionKey) -> Option<Session> {
-        let session = self.by_key.remove(key)?;
-        self.order.remove(&session.first.log_index);
-        Some(session)
+    /// Changes one scope's set of sessions, keeping `sizes` in step.
+    fn resize(&mut self, scope: Option<TenantId>, change: impl FnOnce(&mut BTreeSet<LogIndex>)) {
+        let set = self.scopes.entry(scope.clone()).or_default();
+        if let Some(oldest) = set.first() {
+            let removed = self.sizes.remove(&(set.len(), Reverse(*oldest), scope.clone()));
+            assert!(removed, "invariant: every scope is sized");
+        }
+        change(set);
+        match set.first() {
+            Some(oldest) => {
+                self.sizes.insert((set.len(), Reverse(*oldest), scope));
+            }
+            None => {
+                self.scopes.remove(&scope);
+            }
+        }
     }
 
-    /// Drops the oldest session.
-    pub fn pop_oldest(&mut self) -> Option<(SessionKey, Session)> {
-        let (_, key) = self.order.pop_first()?;
+    /// Forgets the session recorded at `index`.
+    fn forget(&mut self, index: LogIndex) -> Option<(SessionKey, Session)> {
+        let key = self.order.remove(&index)?;
         let session = self.by_key.remove(&key).expect("invariant: ordered sessions are kept");
+        self.resize(key.tenant.clone(), |set| {
+            set.remove(&index);
+        });
         Some((key, session))
+    }
+
+    fn pop_oldest_of(&mut self, scope: &Option<TenantId>) -> Option<(SessionKey, Session)> {
+        let oldest = *self.scopes.get(scope)?.first()?;
+        self.forget(oldest)
+    }
+
+    pub fn remove(&mut self, key: &SessionKey) -> Option<Session> {
+        let index = self.by_key.get(key)?.first.log_index;
+        self.forget(index).map(|(_, session)| session)
     }
 
     /// Hashes the lookup under `keys` from now on. Changes no session and no outcome.
@@ -254,17 +350,41 @@ impl Sessions {
 
     /// Every session, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
-        self.order
-            .values()
-            .map(|key| (key, self.by_key.get(key).expect("invariant: ordered sessions are kept")))
+        self.order.values().map(|key| self.session(key))
     }
 
-    /// Whether the two views agree: the same keys, each ordered under its own log index.
+    /// The sessions of one scope (a tenant, or `None` for the operator), oldest first.
+    pub fn of_scope(
+        &self,
+        scope: &Option<TenantId>,
+    ) -> impl Iterator<Item = (&SessionKey, &Session)> {
+        let indexes = self.scopes.get(scope).into_iter().flatten();
+        indexes.map(|index| {
+            self.session(self.order.get(index).expect("invariant: scoped sessions are ordered"))
+        })
+    }
+
+    fn session<'a>(&'a self, key: &'a SessionKey) -> (&'a SessionKey, &'a Session) {
+        (key, self.by_key.get(key).expect("invariant: ordered sessions are kept"))
+    }
+
+    /// Whether the views agree: the same keys, each ordered under its own log index, and the
+    /// scope sets and sizes are what the order implies.
     pub fn consistent(&self) -> bool {
+        let mut scopes: BTreeMap<Option<TenantId>, BTreeSet<LogIndex>> = BTreeMap::new();
+        for (index, key) in &self.order {
+            scopes.entry(key.tenant.clone()).or_default().insert(*index);
+        }
+        let sizes: BTreeSet<_> = scopes
+            .iter()
+            .filter_map(|(scope, set)| Some((set.len(), Reverse(*set.first()?), scope.clone())))
+            .collect();
         self.by_key.len() == self.order.len()
             && self.order.iter().all(|(index, key)| {
                 self.by_key.get(key).is_some_and(|s| s.first.log_index == *index)
             })
+            && scopes == self.scopes
+            && sizes == self.sizes
     }
 }
 

@@ -1,14 +1,12 @@
 //! Tenant commands: create, delete (cascading), quota, tokens.
 
-use super::ids::validate_object_id;
 use super::index::Deadline;
-use super::quota::{GRACE_MAX_MS, QUOTA_POOLS_MAX};
 use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
     count_u64, DeletedCounts, Dimension, Limits, PlacementId, PoolId, Quota, Rejection, Response,
     Scheduler, Tenant, TenantId, TokenHash, TokenId, Usage, UsageTotals, TENANTS_MAX,
-    TENANT_DEPTH_MAX, TOKENS_PER_TENANT_MAX, WEIGHT_MAX,
+    TENANT_DEPTH_MAX, TOKENS_PER_TENANT_MAX,
 };
 
 impl Scheduler {
@@ -18,9 +16,6 @@ impl Scheduler {
         parent: Option<TenantId>,
         weight: u32,
     ) -> Result<Response, Rejection> {
-        if !(1..=WEIGHT_MAX).contains(&weight) {
-            return Err(Rejection::invalid("weight", format!("must be 1..={WEIGHT_MAX}")));
-        }
         if self.state.tenants.contains_key(&tenant) {
             return Err(Rejection::TenantExists { tenant });
         }
@@ -31,7 +26,6 @@ impl Scheduler {
             });
         }
         if let Some(parent) = &parent {
-            parent.validate()?;
             self.tenant(parent)?;
             let depth = u32::try_from(self.lineage(parent).len()).unwrap_or(u32::MAX);
             if depth >= TENANT_DEPTH_MAX {
@@ -111,10 +105,8 @@ impl Scheduler {
         let sessions: Vec<SessionKey> = self
             .state
             .sessions
-            .iter()
-            .filter(|(k, s)| {
-                k.tenant == scope && !matches!(s.first.result, Ok(Response::TenantCreated(_)))
-            })
+            .of_scope(&scope)
+            .filter(|(_, s)| !matches!(s.first.result, Ok(Response::TenantCreated(_))))
             .map(|(k, _)| k.clone())
             .collect();
         for key in sessions {
@@ -141,50 +133,6 @@ impl Scheduler {
         tenant: &TenantId,
         quota: Quota,
     ) -> Result<Response, Rejection> {
-        if quota.pools.len() > QUOTA_POOLS_MAX
-            || quota.denied_pools.len() > QUOTA_POOLS_MAX
-            || quota.guarantees.len() > QUOTA_POOLS_MAX
-        {
-            return Err(Rejection::invalid(
-                "quota.pools",
-                format!(
-                    "at most {QUOTA_POOLS_MAX} pools with limits, {QUOTA_POOLS_MAX} denied and \
-                     {QUOTA_POOLS_MAX} guaranteed"
-                ),
-            ));
-        }
-        for pool in quota.pools.keys().chain(&quota.denied_pools).chain(quota.guarantees.keys()) {
-            validate_object_id("pool", pool.as_str())?;
-        }
-        for (pool, g) in &quota.guarantees {
-            if g.nominal.checked_add(g.borrowing_limit.unwrap_or_default()).is_none() {
-                return Err(Rejection::invalid(
-                    "quota.guarantees",
-                    format!("nominal plus borrowing limit overflows in pool {pool}"),
-                ));
-            }
-        }
-        if quota.grace_ms.is_some_and(|g| g > GRACE_MAX_MS) {
-            return Err(Rejection::invalid(
-                "quota.grace_ms",
-                format!("must be at most {GRACE_MAX_MS}"),
-            ));
-        }
-        if let Some(share) = &quota.soft_share {
-            validate_object_id("pool", share.pool.as_str())?;
-            if share.soft_per_mille > share.burst_per_mille || share.burst_per_mille > 1000 {
-                return Err(Rejection::invalid(
-                    "quota.soft_share",
-                    "per-mille shares must satisfy soft <= burst <= 1000",
-                ));
-            }
-            if quota.soft.cpu_millis.is_some() || quota.soft.memory_mib.is_some() {
-                return Err(Rejection::invalid(
-                    "quota.soft_share",
-                    "a share of a pool replaces the cpu and memory soft limits: set one or the other",
-                ));
-            }
-        }
         let t = self.tenant(tenant)?;
         // The hard limits that will apply: these, or inherited where these set none.
         let parent_hard = match &t.parent {
@@ -194,12 +142,6 @@ impl Scheduler {
         let hard = quota.total.or(&parent_hard);
         for d in Dimension::ALL {
             let Some(l) = quota.soft.get(d) else { continue };
-            if l.soft > l.burst {
-                return Err(Rejection::invalid(
-                    "quota.soft",
-                    format!("{} soft limit {} is above its burst {}", d.name(), l.soft, l.burst),
-                ));
-            }
             if let Some(h) = hard.get(d).filter(|h| l.burst > *h) {
                 return Err(Rejection::invalid(
                     "quota.soft",
@@ -271,7 +213,6 @@ impl Scheduler {
         token: TokenId,
         hash: TokenHash,
     ) -> Result<Response, Rejection> {
-        validate_object_id("token", token.as_str())?;
         let t = self.tenant(tenant)?;
         if t.tokens.contains_key(&token) || self.ix.tokens.contains_key(&hash) {
             return Err(Rejection::TokenExists { token });

@@ -1,7 +1,5 @@
 //! Worker commands: register, update, remove (drain is a flag flip in `mod.rs`).
 
-use super::ids::validate_object_id;
-use super::resources::validate_labels;
 use super::Labels;
 use super::{
     PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL, WORKERS_MAX,
@@ -15,13 +13,7 @@ impl Scheduler {
         capacity: Resources,
         labels: Labels,
     ) -> Result<Response, Rejection> {
-        validate_object_id("worker", worker.as_str())?;
         let pool = pool.unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
-        validate_object_id("pool", pool.as_str())?;
-        validate_labels("labels", &labels)?;
-        if capacity.is_zero() {
-            return Err(Rejection::invalid("capacity", "a worker needs cpu or memory"));
-        }
         if self.state.workers.contains_key(&worker) {
             return Err(Rejection::WorkerExists { worker });
         }
@@ -53,15 +45,9 @@ impl Scheduler {
         capacity: Option<Resources>,
         labels: Option<Labels>,
     ) -> Result<Response, Rejection> {
-        if let Some(labels) = &labels {
-            validate_labels("labels", labels)?;
-        }
         let w = self.state.workers.get_mut(worker);
         let w = w.ok_or_else(|| Rejection::WorkerNotFound { worker: worker.clone() })?;
         if let Some(capacity) = capacity {
-            if capacity.is_zero() {
-                return Err(Rejection::invalid("capacity", "a worker needs cpu or memory"));
-            }
             if !w.allocated.fits_in(capacity) {
                 return Err(Rejection::CapacityBelowAllocated {
                     worker: worker.clone(),

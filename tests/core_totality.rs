@@ -1,0 +1,778 @@
+//! The core is total: no command of any kind, with any field values, in any order, makes
+//! `apply` panic or breaks an invariant (issue 15). Every `Command` kind is generated with
+//! full-range values (0, 1, MAX, MAX-1, powers of two, random; strings empty, huge, non-ASCII,
+//! at and one past each length bound), mixed with ordinary commands on a few reused names so
+//! that runs reach placements, queues, leases, reservations expiring and preemption.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
+use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
+use berth::scheduler::{
+    Applied, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp,
+    LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId,
+    PoolId, Preemption, Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare,
+    Strategy as Spread, TenantId, TokenHash, TokenId, UnixMillis, WindowLimits, WindowPolicy,
+    WorkerId, SESSIONS_PER_TENANT_MAX,
+};
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::TestCaseError;
+
+const TENANTS: [&str; 3] = ["t1", "t2", "t3"];
+const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
+const POOLS: [&str; 2] = ["default", "p2"];
+const PLACEMENTS: [&str; 3] = ["p1", "p2", "p3"];
+const GROUPS: [&str; 1] = ["g1"];
+const LEASES: [&str; 2] = ["l1", "l2"];
+const START_MS: u64 = 1_700_000_000_000;
+
+// ----- full-range values -----------------------------------------------------------------------
+
+fn extreme_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        (0..64u32).prop_map(|k| 1u64 << k),
+        (0..64u32).prop_map(|k| (1u64 << k) - 1),
+        any::<u64>(),
+    ]
+}
+
+/// Mostly `sane`, sometimes anything.
+fn amount(sane: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = u64> {
+    prop_oneof![6 => sane, 1 => extreme_u64()]
+}
+
+fn extreme_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(u32::MAX),
+        Just(u32::MAX - 1),
+        (0..32u32).prop_map(|k| 1u32 << k),
+        any::<u32>(),
+    ]
+}
+
+fn small_u32(sane: std::ops::RangeInclusive<u32>) -> impl Strategy<Value = u32> {
+    prop_oneof![6 => sane, 1 => extreme_u32()]
+}
+
+fn extreme_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just(" ".to_owned()),
+        Just("a".repeat(TENANT_ID_LEN_MAX)),
+        Just("a".repeat(TENANT_ID_LEN_MAX + 1)),
+        Just("x".repeat(OBJECT_ID_LEN_MAX)),
+        Just("x".repeat(OBJECT_ID_LEN_MAX + 1)),
+        Just("x".repeat(LABEL_LEN_MAX + 1)),
+        Just("é".repeat(70)),
+        Just("x".repeat(10_000)),
+        Just("a b\n\"".to_owned()),
+        "\\PC{0,40}",
+    ]
+}
+
+fn name(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![12 => select(pool).prop_map(str::to_owned), 1 => extreme_string()]
+}
+
+fn tenant() -> impl Strategy<Value = TenantId> {
+    name(&TENANTS).prop_map(TenantId::from)
+}
+
+fn resources(
+    cpu: std::ops::RangeInclusive<u64>,
+    mem: std::ops::RangeInclusive<u64>,
+) -> impl Strategy<Value = Resources> {
+    (amount(cpu), amount(mem)).prop_map(|(c, m)| Resources::new(c, m))
+}
+
+fn labels() -> impl Strategy<Value = Labels> {
+    let ordinary = prop::collection::btree_map(
+        select(vec!["zone", "disk", "app"]).prop_map(str::to_owned),
+        select(vec!["a", "b", "ssd", "web", ""]).prop_map(str::to_owned),
+        0..=2,
+    );
+    let many = |n: usize| (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect::<Labels>();
+    prop_oneof![
+        12 => ordinary,
+        1 => Just(many(LABELS_MAX)),
+        1 => Just(many(LABELS_MAX + 1)),
+        1 => (extreme_string(), extreme_string()).prop_map(|(k, v)| [(k, v)].into()),
+    ]
+}
+
+fn requirement() -> impl Strategy<Value = LabelRequirement> {
+    let op = select(vec![LabelOp::In, LabelOp::NotIn, LabelOp::Exists, LabelOp::DoesNotExist]);
+    let values = prop_oneof![
+        6 => prop::collection::vec(select(vec!["a", "b", "ssd"]).prop_map(str::to_owned), 0..=2),
+        1 => Just(vec!["v".to_owned(); RULES_MAX]),
+        1 => Just(vec!["v".to_owned(); RULES_MAX + 1]),
+        1 => prop::collection::vec(extreme_string(), 1..=2),
+    ];
+    (name(&["zone", "disk"]), op, values).prop_map(|(key, op, values)| LabelRequirement {
+        key,
+        op,
+        values,
+    })
+}
+
+fn term() -> impl Strategy<Value = LabelTerm> {
+    (name(&["app"]), name(&["web", "db"])).prop_map(|(k, v)| LabelTerm::new(k, v))
+}
+
+/// Usually empty or one rule; sometimes exactly at or one past the bound.
+fn rules<T: Clone + std::fmt::Debug + 'static, S: Strategy<Value = T> + 'static>(
+    s: fn() -> S,
+) -> impl Strategy<Value = Vec<T>> {
+    prop_oneof![
+        8 => Just(Vec::new()),
+        3 => prop::collection::vec(s(), 1..=2),
+        1 => prop::collection::vec(s(), RULES_MAX..=RULES_MAX + 1),
+    ]
+}
+
+fn fence() -> impl Strategy<Value = Option<Fence>> {
+    prop_oneof![
+        8 => Just(None),
+        1 => (name(&LEASES), amount(0..=200)).prop_map(|(lease, token)| Some(Fence {
+            lease: LeaseName::from(lease),
+            token: LogIndex(token),
+        })),
+    ]
+}
+
+fn spec() -> impl Strategy<Value = PlaceSpec> {
+    let basics = (
+        name(&PLACEMENTS).prop_map(PlacementId::from),
+        small_u32(1..=3),
+        resources(100..=1500, 64..=1500),
+        prop::option::of(name(&POOLS).prop_map(PoolId::from)),
+        select(vec![Spread::BinPack, Spread::Spread]),
+        labels(),
+        any::<bool>(),
+    );
+    let rule_sets = (
+        rules(requirement),
+        rules(requirement),
+        rules(term),
+        rules(term),
+        rules(term),
+        rules(term),
+        prop::option::weighted(0.2, name(&GROUPS).prop_map(GroupId::from)),
+        prop_oneof![6 => -2..=2i32, 1 => Just(i32::MIN), 1 => Just(i32::MAX), 1 => any::<i32>()],
+    );
+    (basics, rule_sets).prop_map(
+        |(
+            (placement, count, resources, pool, strategy, labels, requeue_on_preemption),
+            (
+                worker_requires,
+                worker_prefers,
+                affinity,
+                affinity_preferred,
+                anti,
+                anti_pref,
+                group,
+                priority,
+            ),
+        )| PlaceSpec {
+            placement,
+            count,
+            resources,
+            pool,
+            strategy,
+            labels,
+            worker_requires,
+            worker_prefers,
+            affinity,
+            affinity_preferred,
+            anti_affinity: anti,
+            anti_affinity_preferred: anti_pref,
+            group,
+            priority,
+            requeue_on_preemption,
+        },
+    )
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    let one = || prop::option::weighted(0.3, amount(0..=10_000));
+    (one(), one(), one(), one()).prop_map(|(cpu_millis, memory_mib, instances, jobs)| Limits {
+        cpu_millis,
+        memory_mib,
+        instances,
+        jobs,
+    })
+}
+
+fn quota() -> impl Strategy<Value = Quota> {
+    let soft_limit = || {
+        prop::option::weighted(0.3, (amount(0..=4000), amount(0..=4000))).prop_map(|l| {
+            l.map(|(soft, extra)| SoftLimit { soft, burst: soft.saturating_add(extra) })
+        })
+    };
+    let soft = (soft_limit(), soft_limit(), soft_limit(), soft_limit()).prop_map(
+        |(cpu_millis, memory_mib, instances, jobs)| SoftLimits {
+            cpu_millis,
+            memory_mib,
+            instances,
+            jobs,
+        },
+    );
+    let pool = || name(&POOLS).prop_map(PoolId::from);
+    let guarantee = (
+        resources(0..=3000, 0..=3000),
+        prop::option::of(resources(0..=3000, 0..=3000)),
+        prop::option::of(resources(0..=3000, 0..=3000)),
+    )
+        .prop_map(|(nominal, borrowing_limit, lending_limit)| Guarantee {
+            nominal,
+            borrowing_limit,
+            lending_limit,
+        });
+    let many_pools = |n: usize| (0..n).map(|i| PoolId::new(format!("q{i}"))).collect::<Vec<_>>();
+    let pools = prop_oneof![
+        8 => prop::collection::btree_map(pool(), limits(), 0..=1),
+        1 => Just(many_pools(65).into_iter().map(|p| (p, Limits::default())).collect()),
+    ];
+    let share = prop::option::weighted(
+        0.2,
+        (pool(), small_u32(0..=1000), small_u32(0..=1000)).prop_map(|(pool, a, b)| SoftShare {
+            pool,
+            soft_per_mille: a.min(b),
+            burst_per_mille: a.max(b),
+        }),
+    );
+    let windows =
+        (
+            prop::option::weighted(0.2, amount(0..=4)),
+            prop::option::weighted(0.2, amount(0..=20_000_000)),
+            select(vec![WindowPolicy::Queue, WindowPolicy::Refuse]),
+        )
+            .prop_map(|(jobs_per_day, cpu_milli_ms_per_month, when_exhausted)| {
+                WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted }
+            });
+    (
+        limits(),
+        pools,
+        soft,
+        prop::option::weighted(0.5, amount(0..=10_000)),
+        prop::collection::btree_set(pool(), 0..=1),
+        windows,
+        prop::option::of(select(vec![
+            Preemption::Never,
+            Preemption::SameTenant,
+            Preemption::AnyTenant,
+        ])),
+        prop::collection::btree_map(pool(), guarantee, 0..=1),
+        share,
+    )
+        .prop_map(
+            |(
+                total,
+                pools,
+                soft,
+                grace_ms,
+                denied_pools,
+                windows,
+                preemption,
+                guarantees,
+                soft_share,
+            )| {
+                Quota {
+                    total,
+                    pools,
+                    soft,
+                    grace_ms,
+                    denied_pools,
+                    windows,
+                    preemption,
+                    guarantees,
+                    soft_share,
+                }
+            },
+        )
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    (small_u32(1..=1), amount(0..=10_000), amount(1..=100_000), small_u32(0..=100)).prop_map(
+        |(placement_algorithm, lease_grace_ms, sessions_max, preferred_scan_max)| Config {
+            placement_algorithm,
+            lease_grace_ms,
+            sessions_max,
+            preferred_scan_max,
+        },
+    )
+}
+
+fn token_hash() -> impl Strategy<Value = TokenHash> {
+    (0..3u8).prop_map(|b| TokenHash([b; 32]))
+}
+
+/// Every `Command` kind. The weights favour the commands that build deep states.
+fn command() -> impl Strategy<Value = Command> {
+    let worker = || name(&WORKERS).prop_map(WorkerId::from);
+    let pool = || name(&POOLS).prop_map(PoolId::from);
+    let lease = || name(&LEASES).prop_map(LeaseName::from);
+    let placement = || name(&PLACEMENTS).prop_map(PlacementId::from);
+    let capacity = || resources(1000..=4000, 1024..=4096);
+    prop_oneof![
+        2 => Just(Command::Tick),
+        1 => Just(Command::LeaderChanged),
+        1 => config().prop_map(|config| Command::SetConfig { config }),
+        4 => (worker(), prop::option::of(pool()), capacity(), labels()).prop_map(
+            |(worker, pool, capacity, labels)| Command::RegisterWorker { worker, pool, capacity, labels }
+        ),
+        2 => (worker(), prop::option::of(capacity()), prop::option::of(labels())).prop_map(
+            |(worker, capacity, labels)| Command::UpdateWorker { worker, capacity, labels }
+        ),
+        1 => (worker(), any::<bool>())
+            .prop_map(|(worker, schedulable)| Command::SetWorkerSchedulable { worker, schedulable }),
+        1 => (worker(), any::<bool>()).prop_map(|(worker, evict)| Command::RemoveWorker { worker, evict }),
+        1 => (pool(), prop::option::of(resources(0..=4000, 0..=4000)))
+            .prop_map(|(pool, reserve)| Command::SetPoolReserve { pool, reserve }),
+        3 => (tenant(), prop::option::weighted(0.4, tenant()), small_u32(1..=10))
+            .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
+        1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
+        3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        1 => (tenant(), name(&["k1", "k2"]), token_hash()).prop_map(|(tenant, token, hash)| {
+            Command::AddToken { tenant, token: TokenId::from(token), hash }
+        }),
+        1 => (tenant(), name(&["k1", "k2"]))
+            .prop_map(|(tenant, token)| Command::RevokeToken { tenant, token: TokenId::from(token) }),
+        6 => (tenant(), spec(), fence()).prop_map(|(tenant, spec, fence)| Command::Place { tenant, spec, fence }),
+        4 => (tenant(), spec(), fence())
+            .prop_map(|(tenant, spec, fence)| Command::PlaceOrQueue { tenant, spec, fence }),
+        1 => (tenant(), placement())
+            .prop_map(|(tenant, placement)| Command::CancelQueued { tenant, placement }),
+        3 => (tenant(), placement(), fence())
+            .prop_map(|(tenant, placement, fence)| Command::Release { tenant, placement, fence }),
+        1 => (tenant(), name(&GROUPS), small_u32(1..=4), select(vec![GroupStrategy::Spread, GroupStrategy::Pack]))
+            .prop_map(|(tenant, group, max_instances, strategy)| Command::CreatePlacementGroup {
+                tenant,
+                group: GroupId::from(group),
+                max_instances,
+                strategy,
+            }),
+        3 => (tenant(), spec(), amount(1..=20_000), fence())
+            .prop_map(|(tenant, spec, ttl_ms, fence)| Command::Reserve { tenant, spec, ttl_ms, fence }),
+        1 => (tenant(), placement(), fence()).prop_map(|(tenant, reservation, fence)| {
+            Command::ConfirmReservation { tenant, reservation, fence }
+        }),
+        1 => (tenant(), placement(), fence()).prop_map(|(tenant, reservation, fence)| {
+            Command::CancelReservation { tenant, reservation, fence }
+        }),
+        2 => (tenant(), lease(), name(&["h1", "h2"]), amount(1..=20_000))
+            .prop_map(|(tenant, lease, holder, ttl_ms)| Command::AcquireLease { tenant, lease, holder, ttl_ms }),
+        1 => (tenant(), lease(), amount(0..=200))
+            .prop_map(|(tenant, lease, token)| Command::KeepAliveLease { tenant, lease, token: LogIndex(token) }),
+        1 => (tenant(), lease(), amount(0..=200))
+            .prop_map(|(tenant, lease, token)| Command::ReleaseLease { tenant, lease, token: LogIndex(token) }),
+    ]
+}
+
+/// How the leader's clock moves before an entry: forward, backward, or anywhere at all.
+#[derive(Clone, Debug)]
+enum Clock {
+    Forward(u64),
+    Back(u64),
+    At(u64),
+}
+
+fn clock() -> impl Strategy<Value = Clock> {
+    prop_oneof![
+        20 => (0..3_000u64).prop_map(Clock::Forward),
+        3 => (0..20_000u64).prop_map(Clock::Back),
+        1 => extreme_u64().prop_map(Clock::At),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    clock: Clock,
+    request_id: Option<String>,
+    token: Option<TokenHash>,
+    command: Command,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let request_id = prop_oneof![
+        6 => Just(None),
+        4 => (0..8u32).prop_map(|n| Some(format!("r{n}"))),
+        1 => extreme_string().prop_map(Some),
+    ];
+    (clock(), request_id, prop::option::weighted(0.05, token_hash()), command())
+        .prop_map(|(clock, request_id, token, command)| Step { clock, request_id, token, command })
+}
+
+// ----- running ---------------------------------------------------------------------------------
+
+/// A short description of a command for failure reports: long strings are cut.
+fn describe(step: &Step) -> String {
+    let text = format!("{step:?}");
+    if text.len() <= 600 {
+        return text;
+    }
+    let cut = (0..=600).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…({} bytes)", &text[..cut], text.len())
+}
+
+/// Applies `entry`, turning a panic into an error that names the command.
+fn apply_caught(s: &mut Scheduler, entry: Entry, what: &str) -> Result<(), TestCaseError> {
+    let result = catch_unwind(AssertUnwindSafe(|| s.apply(entry)));
+    if let Err(panic) = result {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        return Err(TestCaseError::fail(format!("apply panicked ({message}) on {what}")));
+    }
+    if let Err(broken) = s.check_invariants() {
+        return Err(TestCaseError::fail(format!("invariants broken after {what}: {broken:#?}")));
+    }
+    Ok(())
+}
+
+/// A cluster with tenants and workers, so random steps start from a useful state.
+fn seeded() -> Result<(Scheduler, u64), TestCaseError> {
+    let mut s = Scheduler::default();
+    let mut index = 0;
+    let mut seed = |s: &mut Scheduler, command: Command| {
+        index += 1;
+        let entry = Entry {
+            index: LogIndex(index),
+            proposed_at: UnixMillis(START_MS),
+            request_id: None,
+            command,
+            token: None,
+        };
+        apply_caught(s, entry, "seed")
+    };
+    for (i, t) in TENANTS.iter().enumerate() {
+        let parent = (i == 2).then(|| TenantId::from("t1"));
+        seed(&mut s, Command::CreateTenant { tenant: (*t).into(), parent, weight: 1 })?;
+    }
+    for (i, w) in WORKERS.iter().enumerate() {
+        let pool = (i == 2).then(|| PoolId::from("p2"));
+        let capacity = Resources::new(4000, 4096);
+        seed(
+            &mut s,
+            Command::RegisterWorker { worker: (*w).into(), pool, capacity, labels: Labels::new() },
+        )?;
+    }
+    Ok((s, index))
+}
+
+fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+    let (mut s, mut index) = seeded()?;
+    let mut clock = START_MS;
+    for (i, step) in steps.iter().enumerate() {
+        clock = match step.clock {
+            Clock::Forward(ms) => clock.saturating_add(ms),
+            Clock::Back(ms) => clock.saturating_sub(ms),
+            Clock::At(at) => at,
+        };
+        index += 1;
+        let entry = Entry {
+            index: LogIndex(index),
+            proposed_at: UnixMillis(clock),
+            request_id: step.request_id.clone().map(RequestId::from),
+            command: step.command.clone(),
+            token: step.token,
+        };
+        apply_caught(&mut s, entry, &format!("step {i}: {}", describe(step)))?;
+    }
+    Ok(())
+}
+
+fn cases() -> ProptestConfig {
+    let default = ProptestConfig::default();
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { 512 };
+    ProptestConfig { cases, failure_persistence: None, ..default }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// No sequence of commands with full-range values panics `apply` or breaks an invariant.
+    #[test]
+    fn apply_is_total(steps in prop::collection::vec(step(), 1..60)) {
+        // The panic is reported through the error above; the default hook would print it
+        // once per shrinking step.
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcome = run(&steps);
+        let _ = std::panic::take_hook();
+        outcome?;
+    }
+}
+
+/// Finding 1: a worker with a near-`u64::MAX` memory capacity and a second one in the same
+/// pool are refused (or accepted) without a panic, and the cluster keeps taking writes.
+#[test]
+fn an_extreme_worker_capacity_does_not_poison_the_log() {
+    let mut s = Scheduler::default();
+    let register = |worker: &str, memory_mib: u64| Command::RegisterWorker {
+        worker: worker.into(),
+        pool: None,
+        capacity: Resources::new(1000, memory_mib),
+        labels: Labels::new(),
+    };
+    let commands = [
+        register("huge", u64::MAX - 1),
+        register("w1", 4096),
+        Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 },
+    ];
+    for (i, command) in commands.into_iter().enumerate() {
+        let entry = Entry {
+            index: LogIndex(i as u64 + 1),
+            proposed_at: UnixMillis(START_MS),
+            request_id: None,
+            command,
+            token: None,
+        };
+        let applied = catch_unwind(AssertUnwindSafe(|| s.apply(entry)));
+        let applied = applied.unwrap_or_else(|_| panic!("apply panicked on entry {}", i + 1));
+        if i == 0 {
+            assert!(applied.result.is_err(), "an out-of-bound capacity is refused");
+        } else {
+            assert!(applied.result.is_ok(), "entry {} is applied: {:?}", i + 1, applied.result);
+        }
+        s.check_invariants().expect("invariants hold");
+    }
+}
+
+// ----- snapshot decoding -----------------------------------------------------------------------
+
+/// A snapshot of a seeded cluster after a few steps, so it holds every kind of object.
+fn sample_snapshot() -> Vec<u8> {
+    let (mut s, index) = seeded().expect("seeds");
+    let spec = PlaceSpec {
+        placement: "p1".into(),
+        count: 2,
+        resources: Resources::new(500, 512),
+        ..PlaceSpec::default()
+    };
+    let commands = [
+        Command::Place { tenant: "t1".into(), spec: spec.clone(), fence: None },
+        Command::Reserve { tenant: "t2".into(), spec, ttl_ms: 60_000, fence: None },
+        Command::AcquireLease {
+            tenant: "t3".into(),
+            lease: "l1".into(),
+            holder: "h".into(),
+            ttl_ms: 9_000,
+        },
+    ];
+    for (i, command) in commands.into_iter().enumerate() {
+        let n = index + 1 + i as u64;
+        s.apply(Entry {
+            index: LogIndex(n),
+            proposed_at: UnixMillis(START_MS),
+            request_id: Some(RequestId::new(format!("r{n}"))),
+            command,
+            token: None,
+        });
+    }
+    s.encode()
+}
+
+/// `payload` framed as a snapshot with a correct header and checksum, so it reaches bincode.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = b"BRTH".to_vec();
+    out.extend_from_slice(&berth::scheduler::SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&Sha256::digest(payload));
+    out
+}
+
+fn decode_caught(bytes: &[u8]) -> Result<bool, TestCaseError> {
+    match catch_unwind(AssertUnwindSafe(|| Scheduler::decode(bytes).map(|s| s.check_invariants())))
+    {
+        Ok(Ok(invariants)) => {
+            prop_assert!(invariants.is_ok(), "a decoded snapshot holds its invariants");
+            Ok(true)
+        }
+        Ok(Err(_)) => Ok(false),
+        Err(_) => Err(TestCaseError::fail(format!("decode panicked on {} bytes", bytes.len()))),
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// A truncated snapshot, or one with any bit flipped, is refused with an error.
+    #[test]
+    fn damaged_snapshots_are_refused(cut in any::<prop::sample::Index>(), bit in any::<prop::sample::Index>()) {
+        let bytes = sample_snapshot();
+        let truncated = &bytes[..cut.index(bytes.len())];
+        prop_assert!(!decode_caught(truncated)?, "a truncated snapshot decodes");
+        let mut flipped = bytes.clone();
+        let at = bit.index(bytes.len() * 8);
+        flipped[at / 8] ^= 1 << (at % 8);
+        prop_assert!(!decode_caught(&flipped)?, "a snapshot with bit {at} flipped decodes");
+    }
+
+    /// Random bytes, and a real payload with bits flipped or cut short, framed with a correct
+    /// checksum (so bincode sees them), never panic the decoder.
+    #[test]
+    fn any_payload_decodes_or_is_refused(
+        random in prop::collection::vec(any::<u8>(), 0..512),
+        flips in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        decode_caught(&framed(&random))?;
+        let bytes = sample_snapshot();
+        let mut payload = bytes[16..bytes.len() - 32].to_vec();
+        for flip in &flips {
+            let at = flip.index(payload.len() * 8);
+            payload[at / 8] ^= 1 << (at % 8);
+        }
+        decode_caught(&framed(&payload))?;
+        decode_caught(&framed(&payload[..cut.index(payload.len())]))?;
+    }
+}
+
+/// A payload whose first string claims 2^62 bytes is refused before anything is allocated
+/// (without a limit, bincode allocates the claimed length first and the process aborts).
+#[test]
+fn a_huge_declared_length_is_refused_without_allocating() {
+    // Config (4 small varints), now, one worker, then the worker id's length: 0xFD + u64 LE.
+    let mut payload = vec![1, 0, 1, 0, 0, 1, 0xFD];
+    payload.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    let refused = Scheduler::decode(&framed(&payload));
+    assert!(
+        matches!(refused, Err(berth::scheduler::DecodeError::Payload(_))),
+        "expected a payload error, got {:?}",
+        refused.map(|_| ())
+    );
+}
+
+// ----- findings 4 and 7 ------------------------------------------------------------------------
+
+/// Applies `command` at the next index with `request_id`.
+fn apply_at(s: &mut Scheduler, index: &mut u64, request_id: &str, command: Command) -> Applied {
+    *index += 1;
+    s.apply(Entry {
+        index: LogIndex(*index),
+        proposed_at: UnixMillis(START_MS),
+        request_id: Some(RequestId::new(request_id)),
+        command,
+        token: None,
+    })
+}
+
+/// Finding 4: a 10,000-character tenant id, a 5 KB placement id, a huge label and a huge
+/// request id are refused with a message and fields that each stay under 200 bytes.
+#[test]
+fn rejections_quote_only_a_short_prefix() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let spec = |placement: String, labels: Labels| PlaceSpec {
+        placement: placement.into(),
+        count: 1,
+        resources: Resources::new(100, 100),
+        labels,
+        ..PlaceSpec::default()
+    };
+    let huge_label: Labels = [("k".repeat(5_000), "v".to_owned())].into();
+    let cases = [
+        (
+            "r1".to_owned(),
+            Command::Place {
+                tenant: "a".repeat(10_000).into(),
+                spec: spec("p1".into(), Labels::new()),
+                fence: None,
+            },
+        ),
+        (
+            "r2".to_owned(),
+            Command::Place {
+                tenant: "t1".into(),
+                spec: spec("x".repeat(5_000), Labels::new()),
+                fence: None,
+            },
+        ),
+        (
+            "r3".to_owned(),
+            Command::Place {
+                tenant: "t1".into(),
+                spec: spec("p1".into(), huge_label),
+                fence: None,
+            },
+        ),
+        ("é".repeat(3_000), Command::Tick),
+    ];
+    for (request_id, command) in cases {
+        let what = command.name();
+        let refused = apply_at(&mut s, &mut index, &request_id, command).result;
+        let rejection = refused.expect_err("an out-of-bound value is refused");
+        let shown = rejection.to_string();
+        assert!(shown.len() < 200, "{what}: message of {} bytes: {shown}", shown.len());
+        for (key, value) in rejection.metadata() {
+            assert!(value.len() < 200, "{what}: metadata {key} of {} bytes", value.len());
+        }
+        let fields = format!("{rejection:?}");
+        assert!(fields.len() < 300, "{what}: fields of {} bytes: {fields}", fields.len());
+    }
+}
+
+/// Finding 7: tenant A sending twice its window of writes evicts only its own records;
+/// tenant B's earlier request id still replays its first answer, at its first log index.
+/// (The table holds two windows, so one global FIFO would have evicted B's.)
+#[test]
+fn one_tenant_cannot_spend_anothers_exactly_once_window() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let window = u64::try_from(SESSIONS_PER_TENANT_MAX).expect("fits");
+    let config = Config { sessions_max: 2 * window, ..Config::default() };
+    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    let lease = |tenant: &str| Command::AcquireLease {
+        tenant: tenant.into(),
+        lease: "l1".into(),
+        holder: "h".into(),
+        ttl_ms: 60_000,
+    };
+    let first_b = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    assert!(first_b.result.is_ok(), "{:?}", first_b.result);
+    let first_a = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    for n in 1..=2 * SESSIONS_PER_TENANT_MAX {
+        let release =
+            Command::Release { tenant: "t1".into(), placement: "none".into(), fence: None };
+        apply_at(&mut s, &mut index, &format!("a-{n}"), release);
+    }
+    let retry = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    assert!(retry.replayed, "B's request id replays");
+    assert_eq!(retry.log_index, first_b.log_index);
+    assert_eq!(retry.result, first_b.result);
+    // A's own oldest record went: its retry is applied afresh (and finds the lease held).
+    let again = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    assert!(!again.replayed, "A's oldest request id left A's window");
+    assert_ne!(again.log_index, first_a.log_index);
+    s.check_invariants().expect("invariants hold");
+}
+
+/// A full table (a small `sessions_max`) evicts from the tenant holding the most records, so
+/// a tenant with fewer keeps its own.
+#[test]
+fn a_full_session_table_evicts_from_the_largest_tenant() {
+    let (mut s, mut index) = seeded().expect("seeds");
+    let config = Config { sessions_max: 4, ..Config::default() };
+    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    let release = |tenant: &str| Command::Release {
+        tenant: tenant.into(),
+        placement: "none".into(),
+        fence: None,
+    };
+    let first_b = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    for n in 0..10 {
+        apply_at(&mut s, &mut index, &format!("a-{n}"), release("t1"));
+    }
+    assert_eq!(s.state().sessions.len(), 4);
+    let retry = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    assert!(retry.replayed && retry.log_index == first_b.log_index, "B kept its record");
+}
