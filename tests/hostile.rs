@@ -58,11 +58,13 @@ async fn leader_position(cluster: &Cluster) -> (u64, u64, Option<u64>) {
 
 /// Finding 1: a worker with a capacity near u64::MAX is refused at the API (it used to be
 /// committed and then panic `apply` on every replica when a second worker joined its pool);
-/// an ordinary worker in the same pool is registered, and the cluster keeps writing.
-/// Needs the core's `Command::validate()` wired into the API to pass.
+/// nothing reaches the log; an ordinary worker in the same pool is registered, and the
+/// cluster keeps writing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_worker_capacity_is_refused() {
     let (cluster, mut c) = setup().await;
+    every_replica_writes(&cluster).await;
+    let before = leader_position(&cluster).await;
     for (worker, memory_mib) in [("huge-1", u64::MAX - 1), ("huge-2", u64::MAX)] {
         let r = pb::RegisterWorkerRequest {
             request_id: rid(),
@@ -77,7 +79,9 @@ async fn extreme_worker_capacity_is_refused() {
             .await
             .expect_err("an extreme capacity is refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(meta(&refused, "field"), "capacity");
     }
+    assert_eq!(leader_position(&cluster).await, before, "nothing was appended");
     let r = pb::RegisterWorkerRequest {
         request_id: rid(),
         worker_id: "ordinary".into(),
@@ -269,7 +273,6 @@ async fn largest_legitimate_place_fits() {
 
 /// Finding 4: a 10,000-character tenant id, a 5 KB placement id and a long decimal each come
 /// back as INVALID_ARGUMENT with a small error (under 1 KB of headers), not the whole input.
-/// Release's INVALID_ARGUMENT (today NOT_FOUND) needs the core's `Command::validate()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_quote_a_short_prefix() {
     let (cluster, mut c) = setup().await;
@@ -324,8 +327,8 @@ async fn errors_quote_a_short_prefix() {
 }
 
 /// Finding 7: one tenant's flood of writes, twice the exactly-once window, does not evict
-/// another tenant's session: B's retry of an acknowledged write is replayed, not applied again.
-/// The replay assertion needs the core's per-tenant session windows.
+/// another tenant's session: B's retry of an acknowledged write is replayed, not applied again
+/// (before per-tenant windows, A's flood evicted B's record and the retry failed GROUP_EXISTS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_spend_anothers_exactly_once_window() {
     const WINDOW: u64 = 20;
@@ -362,8 +365,6 @@ async fn one_tenant_cannot_spend_anothers_exactly_once_window() {
         };
         c.scheduler.create_placement_group(authed(ADMIN_TOKEN, a)).await.expect("A's write");
     }
-    // Needs the core branch: today A's flood evicts B's session and this retry is applied
-    // again (GROUP_EXISTS) instead of replayed.
     let retry = c
         .scheduler
         .create_placement_group(authed(ADMIN_TOKEN, b))

@@ -16,7 +16,6 @@ use tonic::{Code, Status};
 
 use super::status::{error, invalid};
 use crate::raft::replica::{Consistency, Replica};
-use crate::scheduler::ids::validate_object_id;
 use crate::scheduler::{Answer, Query, Rejection, Scheduler, TenantId, TokenHash};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +151,7 @@ pub fn request_id(id: &str) -> Result<crate::scheduler::RequestId, Status> {
             "request_id is required on every mutating request (an idempotency key)",
         ));
     }
-    validate_object_id("request", id).map_err(|rejection| super::status::rejection(&rejection))?;
-    Ok(crate::scheduler::RequestId::new(id))
+    let id = crate::scheduler::RequestId::new(id);
+    id.validate().map_err(|rejection| super::status::rejection(&rejection))?;
+    Ok(id)
 }

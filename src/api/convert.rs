@@ -5,7 +5,8 @@
 use tonic::Status;
 
 use super::pb;
-use super::status::{invalid, quoted};
+use super::status::invalid;
+use crate::scheduler::ids::quoted;
 use crate::scheduler::{
     Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, SoftLimit,
     SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
@@ -51,7 +52,7 @@ fn requirement(r: pb::LabelRequirement) -> Result<LabelRequirement, Status> {
         _ => {
             return Err(invalid(
                 "INVALID_ARGUMENT",
-                format!("label requirement on {:?} needs an op", quoted(&r.key)),
+                format!("label requirement on {} needs an op", quoted(&r.key)),
             ))
         }
     };

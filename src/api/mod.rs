@@ -62,6 +62,9 @@ impl Api {
         command: Command,
     ) -> Result<(Response, pb::WriteInfo), Status> {
         let request_id = auth::request_id(request_id)?;
+        // The core checks the same bounds again when it applies the command; checking here
+        // keeps a command it would refuse out of the log.
+        command.validate().map_err(|rejection| status::rejection(&rejection))?;
         let token = caller.token();
         let applied = self
             .replica

@@ -8,8 +8,9 @@ use tonic::{Code, Request, Response as Reply, Status};
 use super::auth::{require_admin, tenant_scope, valid_tenant};
 use super::convert;
 use super::pb;
-use super::status::{error, invalid, quoted};
+use super::status::{error, invalid};
 use super::{unexpected, Api};
+use crate::scheduler::ids::quoted;
 use crate::scheduler::money::allocate;
 use crate::scheduler::{
     Answer, Command, LeaseName, LogIndex, PlacementId, PoolId, Query, Response, TenantId, TokenId,
@@ -618,7 +619,7 @@ impl pb::billing_server::Billing for Api {
         let r = request.into_inner();
         let parse = |field: &str, s: &str| {
             Decimal::from_str(s.trim()).map_err(|e| {
-                invalid("INVALID_DECIMAL", format!("{field} {:?} is not a decimal: {e}", quoted(s)))
+                invalid("INVALID_DECIMAL", format!("{field} {} is not a decimal: {e}", quoted(s)))
             })
         };
         let total = parse("total", &r.total)?;

@@ -8,26 +8,14 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::raft::replica::{ReadError, WriteError};
-use crate::scheduler::ids::OBJECT_ID_LEN_MAX;
+use crate::scheduler::ids::{shortened, OBJECT_ID_LEN_MAX};
 use crate::scheduler::Rejection;
 
 pub const DOMAIN: &str = "berth";
 
-/// Most characters of a client-supplied value an error quotes; the rest is only counted.
-pub const QUOTE_CHARS_MAX: usize = 32;
-
 /// Most bytes of an error message. Client values inside it are quoted short already; this is
 /// the backstop that keeps every error readable (gRPC clients refuse large metadata).
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
-
-/// A client-supplied value as an error may show it: whole if short, else its first
-/// `QUOTE_CHARS_MAX` characters, "…" and its length in bytes.
-pub fn quoted(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_CHARS_MAX) {
-        None => s.to_owned(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
-    }
-}
 
 /// Longest metadata value passed on whole: every valid id fits (`OBJECT_ID_LEN_MAX`); a
 /// longer value can only be bad input, and is quoted.
@@ -62,7 +50,7 @@ pub fn error(
                 if value.len() <= METADATA_VALUE_BYTES_MAX {
                     (key, value)
                 } else {
-                    (key, quoted(&value))
+                    (key, shortened(&value))
                 }
             })
             .collect::<std::collections::HashMap<_, _>>(),

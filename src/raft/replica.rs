@@ -199,7 +199,8 @@ const _: () = assert!(BATCH_BYTES_MAX <= crate::network::PEER_MESSAGE_MAX_BYTES 
 /// Most log entries in one AppendEntries: at `BATCH_BYTES_MAX` each they fill half a peer frame,
 /// so a follower catching up on the largest entries is never sent a message it must refuse
 /// (openraft's default, 300, could build one of 300 MiB and retry it forever).
-const ENTRIES_PER_APPEND_MAX: u64 = (crate::network::PEER_MESSAGE_MAX_BYTES / 2 / BATCH_BYTES_MAX) as u64;
+const ENTRIES_PER_APPEND_MAX: u64 =
+    (crate::network::PEER_MESSAGE_MAX_BYTES / 2 / BATCH_BYTES_MAX) as u64;
 
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
