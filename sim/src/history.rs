@@ -80,6 +80,10 @@ pub enum OpKind {
         lease: String,
         token: u64,
     },
+    /// A request no cluster may accept (`hostile.rs`): it must be refused.
+    Hostile {
+        shape: String,
+    },
 }
 
 /// What an acknowledged lease operation said about the lease.
@@ -439,6 +443,23 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
     }
     bad.extend(check_leases(history));
     bad.extend(check_log_time(history));
+    bad.extend(check_hostile(history));
+    bad
+}
+
+/// A hostile request is never acknowledged, and its refusal is small enough to read.
+pub fn check_hostile(history: &[Op]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for op in history {
+        let OpKind::Hostile { shape } = &op.kind else { continue };
+        match &op.outcome {
+            Outcome::Ok { .. } => bad.push(format!("hostile request {shape} was accepted: {op:?}")),
+            Outcome::Fail { reason } if reason.starts_with("ERROR_TOO_LARGE") => {
+                bad.push(format!("hostile request {shape}: its error echoes the input ({reason})"))
+            }
+            Outcome::Fail { .. } | Outcome::Info { .. } => {}
+        }
+    }
     bad
 }
 
@@ -484,7 +505,7 @@ fn tenant_of(kind: &OpKind) -> Option<&str> {
         | OpKind::Acquire { tenant, .. }
         | OpKind::KeepAlive { tenant, .. }
         | OpKind::ReleaseLease { tenant, .. } => Some(tenant),
-        OpKind::Read { .. } => None,
+        OpKind::Read { .. } | OpKind::Hostile { .. } => None,
     }
 }
 

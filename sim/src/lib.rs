@@ -5,6 +5,7 @@
 
 pub mod fairness;
 pub mod history;
+pub mod hostile;
 pub mod nemesis;
 pub mod net;
 pub mod raft_checks;

@@ -19,6 +19,7 @@ use tonic::Code;
 
 use crate::fairness;
 use crate::history::{check, Fenced, LeaseSeen, Op, OpKind, Outcome, Quotas};
+use crate::hostile;
 use crate::net::{self, SimClock};
 use crate::raft_checks::{Committed, Durable};
 use crate::scenario::{self, Scenario};
@@ -146,7 +147,7 @@ pub(crate) fn now_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn outcome_of(status: &tonic::Status) -> Outcome {
+pub(crate) fn outcome_of(status: &tonic::Status) -> Outcome {
     use tonic_types::StatusExt;
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
@@ -279,7 +280,7 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    fn record(&self, kind: OpKind, invoke_ms: u64, outcome: Outcome) -> Outcome {
+    pub(crate) fn record(&self, kind: OpKind, invoke_ms: u64, outcome: Outcome) -> Outcome {
         let op = Op { client: self.client, kind, invoke_ms, complete_ms: now_ms(), outcome };
         let outcome = op.outcome.clone();
         lock(&self.history).push(op);
@@ -578,6 +579,9 @@ struct Held {
 /// Quota-bound Place/Release with a linearizable read after every acknowledged Place, and
 /// leases: acquire, keep-alive, release, and fenced Place/Release on the lease's tenant with
 /// the token the client holds.
+/// One request in this many is hostile (`hostile.rs`).
+const HOSTILE_ONE_IN: u64 = 25;
+
 async fn workload(
     params: Params,
     index: u32,
@@ -607,6 +611,9 @@ async fn workload(
             // The others keep writing to it: nothing may be accepted after the deletion.
             deleted = true;
             delete_tenant(&c, &rec, request_id, DELETED).await;
+        } else if rng.below(HOSTILE_ONE_IN) == 0 {
+            let t = &tenants[usize::try_from(rng.below(tenants.len() as u64)).unwrap_or(0)];
+            hostile::send(&c, &rec, request_id, t, &mut rng).await;
         } else if action >= 10 {
             // Reservations with short TTLs: confirm, cancel, or let them expire.
             if action == 13 || reserved.is_empty() {
