@@ -126,13 +126,14 @@ fn term() -> impl Strategy<Value = LabelTerm> {
     (name(&["app"]), name(&["web", "db"])).prop_map(|(k, v)| LabelTerm::new(k, v))
 }
 
-/// Usually empty or one rule; sometimes exactly at or one past the bound.
+/// Usually empty or one rule; now and then exactly at or one past the bound. (Mostly empty:
+/// each rule list of a spec can make it invalid, and valid specs are what reach deep states.)
 fn rules<T: Clone + std::fmt::Debug + 'static, S: Strategy<Value = T> + 'static>(
     s: fn() -> S,
 ) -> impl Strategy<Value = Vec<T>> {
     prop_oneof![
-        8 => Just(Vec::new()),
-        3 => prop::collection::vec(s(), 1..=2),
+        24 => Just(Vec::new()),
+        4 => prop::collection::vec(s(), 1..=2),
         1 => prop::collection::vec(s(), RULES_MAX..=RULES_MAX + 1),
     ]
 }

@@ -9,6 +9,11 @@
 //! ownership) happen inside one `apply`, so they are one atomic step on every replica.
 //! Rejections are values; a broken invariant is a panic (`expect("invariant: …")`).
 //!
+//! `apply` is total: a committed entry runs on every replica and again on every restart, so no
+//! input may reach a panic. Every client-settable value has a named bound, checked first by
+//! `Command::validate` (which the API also calls before proposing), and the bounds keep every
+//! sum of client values within its integer type (`tests/core_totality.rs` generates them all).
+//!
 //! Must not depend on: tokio, tonic, openraft, sled, std::fs, std::net, clocks (`tests/tidy.rs`).
 
 mod borrow;

@@ -202,8 +202,9 @@ pub struct Session {
 /// session evicts the oldest of its own scope beyond `SESSIONS_PER_TENANT_MAX`, so no tenant's
 /// traffic can evict another's records. When the whole table is full (`Config::sessions_max`),
 /// the oldest session of the largest scope goes (ties: the scope whose oldest is oldest), so a
-/// tenant loses records to others only while it holds more than any of them, and every active
-/// tenant keeps at least `sessions_max` ÷ active tenants.
+/// tenant loses a record to another's traffic only while it holds the most, and every active
+/// tenant keeps at least `sessions_max` ÷ active tenants. At the defaults (100,000 in all,
+/// 10,000 per tenant) up to ten busy tenants each keep a full window.
 ///
 /// Lookups go through a hash map, the core's only one. With the default 100,000 sessions, a
 /// B-tree lookup walked about seven levels of nodes and compared heap strings at each; three of
