@@ -289,18 +289,23 @@ pub struct GuaranteeFlags {
 }
 
 impl GuaranteeFlags {
-    /// The guarantee: a limit dimension left out is unlimited.
+    /// The guarantee: a limit dimension left out is unlimited, which is the most any pool can
+    /// hold (`POOL_*_MAX`, the bound on a guarantee's amounts).
     fn guarantee(&self) -> pb::Guarantee {
+        use berth::scheduler::resources::{POOL_CPU_MILLIS_MAX, POOL_MEMORY_MIB_MAX};
         let res = |cpu_millis, memory_mib| pb::Resources { cpu_millis, memory_mib };
         let borrowing =
             (self.borrow_cpu.is_some() || self.borrow_memory_mib.is_some()).then(|| {
                 res(
-                    self.borrow_cpu.unwrap_or(u64::MAX - self.cpu),
-                    self.borrow_memory_mib.unwrap_or(u64::MAX - self.memory_mib),
+                    self.borrow_cpu.unwrap_or(POOL_CPU_MILLIS_MAX),
+                    self.borrow_memory_mib.unwrap_or(POOL_MEMORY_MIB_MAX),
                 )
             });
         let lending = (self.lend_cpu.is_some() || self.lend_memory_mib.is_some()).then(|| {
-            res(self.lend_cpu.unwrap_or(u64::MAX), self.lend_memory_mib.unwrap_or(u64::MAX))
+            res(
+                self.lend_cpu.unwrap_or(POOL_CPU_MILLIS_MAX),
+                self.lend_memory_mib.unwrap_or(POOL_MEMORY_MIB_MAX),
+            )
         });
         pb::Guarantee {
             nominal: Some(res(self.cpu, self.memory_mib)),
