@@ -54,6 +54,24 @@ fn free_port() -> u16 {
 }
 
 impl Processes {
+    /// Replicas 1..=n on free loopback ports, with data and logs under `dir`; none running.
+    fn new(dir: &std::path::Path, n: u64) -> Processes {
+        let replicas: BTreeMap<u64, Replica> = (1..=n)
+            .map(|id| {
+                let replica = Replica {
+                    addr: format!("127.0.0.1:{}", free_port()),
+                    dir: dir.join(format!("replica-{id}")),
+                    log: dir.join(format!("replica-{id}.log")),
+                    child: None,
+                };
+                (id, replica)
+            })
+            .collect();
+        let members =
+            replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
+        Processes { replicas, members }
+    }
+
     fn spawn(&mut self, id: u64) {
         self.spawn_with(id, Process::new(env!("CARGO_BIN_EXE_berth")));
     }
@@ -141,21 +159,7 @@ async fn write(connect: &Connect, addrs: &[String], i: u64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3u64 {
-        replicas.insert(
-            id,
-            Replica {
-                addr: format!("127.0.0.1:{}", free_port()),
-                dir: tmp.path().join(format!("replica-{id}")),
-                log: tmp.path().join(format!("replica-{id}.log")),
-                child: None,
-            },
-        );
-    }
-    let members =
-        replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
-    let mut procs = Processes { replicas, members };
+    let mut procs = Processes::new(tmp.path(), 3);
     for id in 1..=3 {
         procs.spawn(id);
     }
@@ -243,15 +247,8 @@ async fn leader_kill_loses_no_acknowledged_write() {
 async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().expect("temp dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let replica = Replica {
-        addr: addr.clone(),
-        dir: tmp.path().join("replica-1"),
-        log: tmp.path().join("replica-1.log"),
-        child: None,
-    };
-    let mut procs =
-        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    let mut procs = Processes::new(tmp.path(), 1);
+    let addr = procs.replicas[&1].addr.clone();
     procs.spawn(1);
     let connect = tcp_connect(Duration::from_millis(300));
     let addrs = vec![addr.clone()];
@@ -286,21 +283,7 @@ async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_log_write_stops_the_replica_process() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut replicas = BTreeMap::new();
-    for id in 1..=2u64 {
-        replicas.insert(
-            id,
-            Replica {
-                addr: format!("127.0.0.1:{}", free_port()),
-                dir: tmp.path().join(format!("replica-{id}")),
-                log: tmp.path().join(format!("replica-{id}.log")),
-                child: None,
-            },
-        );
-    }
-    let members =
-        replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
-    let mut procs = Processes { replicas, members };
+    let mut procs = Processes::new(tmp.path(), 2);
     // Replica 2 can write 1 MiB: its first write (a vote for replica 1, which grows the log
     // file by its 16 MiB preallocation) fails.
     procs.spawn_with_file_size_limit(2, 1024);
@@ -336,11 +319,11 @@ async fn a_recorded_fail_stop_stops_only_that_replica() {
     cluster.replica(victim).fail_stop().stop("test: an injected fail-stop");
     let connect = tcp_connect(Duration::from_millis(300));
     let addr = cluster.members[&victim].addr.clone();
-    poll("the fail-stopped replica to stop serving", || async {
-        status(&connect, &addr).await.is_none().then_some(())
+    poll("the fail-stopped replica to stop serving and shut Raft down", || async {
+        let shut = cluster.replica(victim).role() == openraft::ServerState::Shutdown;
+        (shut && status(&connect, &addr).await.is_none()).then_some(())
     })
     .await;
-    assert_eq!(cluster.replica(victim).role(), openraft::ServerState::Shutdown);
     assert!(cluster.replica(victim).propose(register(2)).await.is_err(), "it takes no writes");
     for i in 3..6 {
         cluster.replica(survivor).propose(register(i)).await.expect("the others still write");
@@ -357,15 +340,8 @@ async fn a_recorded_fail_stop_stops_only_that_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_a_damaged_log_refuses_to_start() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let replica = Replica {
-        addr: addr.clone(),
-        dir: tmp.path().join("replica-1"),
-        log: tmp.path().join("replica-1.log"),
-        child: None,
-    };
-    let mut procs =
-        Processes { replicas: BTreeMap::from([(1, replica)]), members: format!("1={addr}") };
+    let mut procs = Processes::new(tmp.path(), 1);
+    let addr = procs.replicas[&1].addr.clone();
     procs.spawn(1);
     let connect = tcp_connect(Duration::from_millis(300));
     for i in 0..20 {

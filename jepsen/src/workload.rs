@@ -37,8 +37,9 @@ pub const LEASE_TENANT: &str = "l-0";
 pub const LEASE_NAMES: u64 = 2;
 pub const LEASE_TTL_MS: u64 = 1_000;
 pub const WORKERS: u64 = 3;
-/// Big enough that capacity never decides a quota or lease placement.
-pub const WORKER_CPU: u64 = 100_000_000;
+/// Big enough that capacity never decides a quota or lease placement (the largest worker
+/// Berth accepts: a million placements of `PLACE_CPU`).
+pub const WORKER_CPU: u64 = berth::scheduler::resources::WORKER_CPU_MILLIS_MAX;
 pub const WORKER_MEM: u64 = 100_000_000;
 pub const PLACE_CPU: u64 = 10;
 pub const PLACE_MEM: u64 = 10;
