@@ -265,13 +265,16 @@ fn local_admin_token(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         getrandom::fill(&mut bytes)
             .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
         let token = format!("berth_admin_{}", berth::raft::replica::hex(&bytes));
-        std::fs::write(&path, format!("{token}\n"))
+        // Created owner-only: never readable by others, not even for an instant.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
             .with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
     }
     Ok(path)
 }
@@ -597,8 +600,25 @@ async fn stop_replicas(replicas: &mut [Supervised]) {
     }
 }
 
-/// The admin token from a file (first line) or `BERTH_ADMIN_TOKEN`.
+/// The admin token from a file (first line) or `BERTH_ADMIN_TOKEN`. A file that anyone but
+/// its owner may read or write is refused: it holds the key to every tenant.
 fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading admin token file {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "admin token file {} has mode {:o}: others may read or change it; \
+                 run `chmod 600 {}` (the owner alone may have it)",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
     let token = match file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading admin token file {}", path.display()))?

@@ -145,6 +145,11 @@ fn up_and_client_subcommands() {
     let peer = free_base(6);
     let api = peer + 3;
     let cluster = up(&data, peer, api);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(data.join("admin.token")).expect("admin token written");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "only its owner may read it");
+    }
     let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
     let token = token.trim();
 
@@ -419,4 +424,53 @@ fn up_restarts_an_exited_replica() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
+}
+
+/// `berth server` refuses an admin token file that others may read, saying how to fix it, and
+/// takes the same file once it is the owner's alone.
+#[test]
+fn a_world_readable_admin_token_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let file = tmp.path().join("admin.token");
+    std::fs::write(&file, "berth_admin_0123456789abcdef\n").expect("token written");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let base = free_base(2);
+    let server = |data: &str| {
+        Command::new(BERTH)
+            .args(["server", "--id", "1", "--peer-listen", &format!("127.0.0.1:{base}")])
+            .args(["--api-listen", &format!("127.0.0.1:{}", base + 1), "--admin-token-file"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(tmp.path().join(data))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth server starts")
+    };
+    let mut refused = server("refused");
+    let until = Instant::now() + Duration::from_secs(10);
+    while matches!(refused.try_wait(), Ok(None)) {
+        if Instant::now() > until {
+            let _ = refused.kill();
+            panic!("berth server kept running with a world-readable admin token file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused.wait_with_output().expect("berth server exited");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("has mode 644") && stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut accepted = server("accepted");
+    // It serves until killed: still running once its API port answers.
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", base + 1)).is_err() {
+        assert!(matches!(accepted.try_wait(), Ok(None)), "the 0600 file was refused too");
+        assert!(Instant::now() < until, "the API never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = accepted.kill();
+    let _ = accepted.wait();
 }

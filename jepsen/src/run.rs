@@ -395,7 +395,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&config.dir)?;
     let token = format!("jepsen-admin-{}", client::new_request_id());
     let token_file = config.dir.join("admin.token");
-    std::fs::write(&token_file, format!("{token}\n"))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner-only, as `berth server` requires.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&token_file)?
+            .write_all(format!("{token}\n").as_bytes())?;
+    }
     let mut cluster_procs =
         Cluster::new(&config.run, config.replicas, &config.berth, &config.dir, &token_file);
     for id in cluster_procs.ids() {
