@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth::client::{self, new_request_id, pb, Client, ClientOptions};
+use berth::client::{self, new_request_id, pb, ClientOptions};
 use clap::Args;
 use serde::Serialize;
 
@@ -72,8 +72,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         deadline: Duration::from_millis(connection.timeout_ms),
         ..Default::default()
     };
-    let client =
-        Arc::new(Client::new(&connection.endpoints, connection.token.as_deref(), options)?);
+    let client = Arc::new(connection.client(options)?);
     let run_id = &new_request_id()[..8];
     let tenant = format!("bench-{run_id}");
     let c = &client;

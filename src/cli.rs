@@ -30,6 +30,42 @@ pub struct Connection {
     /// Deadline for the call, retries included.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// The cluster's CA certificate (PEM), to verify the replicas' API certificates.
+    /// `berth up` prints it.
+    #[arg(long, env = "BERTH_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present, for a cluster that requires one (with --key).
+    #[arg(long, env = "BERTH_CERT", global = true, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "BERTH_KEY", global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// Speak plaintext, to a cluster started with `--insecure`.
+    #[arg(long, env = "BERTH_INSECURE", global = true, conflicts_with_all = ["ca", "cert", "key"])]
+    pub insecure: bool,
+}
+
+impl Connection {
+    /// TLS with the given CA (and client certificate), or plaintext if asked for explicitly.
+    pub fn security(&self) -> anyhow::Result<berth::client::ClientSecurity> {
+        use berth::client::{ClientSecurity, ClientTls};
+        if self.insecure {
+            return Ok(ClientSecurity::Insecure);
+        }
+        let Some(ca) = &self.ca else {
+            anyhow::bail!(
+                "the API is served over TLS: give the cluster's CA certificate with --ca FILE or \
+                 BERTH_CA (berth up prints it), or --insecure for a cluster started with --insecure"
+            );
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(ClientSecurity::Tls(ClientTls::load(ca, identity)?))
+    }
+
+    /// A client for these endpoints, token and security.
+    pub fn client(&self, options: berth::client::ClientOptions) -> anyhow::Result<Client> {
+        Client::new(&self.endpoints, self.token.as_deref(), &self.security()?, options)
+    }
 }
 
 /// Resources of a workload or worker: `--cpu 8.1` is exactly 8100 millicores.
@@ -731,7 +767,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         deadline: std::time::Duration::from_millis(connection.timeout_ms),
         ..Default::default()
     };
-    let client = Client::new(&connection.endpoints, connection.token.as_deref(), options)?;
+    let client = connection.client(options)?;
     let rid = connection.request_id.clone().unwrap_or_else(new_request_id);
     let json = connection.json;
     let c = &client;

@@ -11,10 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 pub use crate::api::pb;
+pub use crate::tls::{ClientSecurity, ClientTls};
+
+/// How long opening a connection to one endpoint may take (its TLS handshake has its own).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -59,27 +63,25 @@ fn retryable(status: &Status) -> bool {
 }
 
 impl Client {
-    /// `endpoints` are `host:port` (or full `http://` URIs) of replicas' API ports.
+    /// `endpoints` are `host:port` (or URIs, whose scheme is ignored) of replicas' API ports,
+    /// reached over TLS unless `security` is `Insecure`.
     pub fn new(
         endpoints: &[String],
         token: Option<&str>,
+        security: &ClientSecurity,
         options: ClientOptions,
     ) -> anyhow::Result<Client> {
         anyhow::ensure!(!endpoints.is_empty(), "at least one endpoint is needed");
-        let mut channels = Vec::new();
-        for endpoint in endpoints {
-            let uri = if endpoint.contains("://") {
-                endpoint.clone()
-            } else {
-                format!("http://{endpoint}")
-            };
-            let channel = Endpoint::from_shared(uri.clone())
-                .map_err(|e| anyhow::anyhow!("bad endpoint {endpoint:?}: {e}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            channels.push((endpoint.clone(), channel));
-        }
+        let connect = crate::network::tcp_connect(CONNECT_TIMEOUT);
+        let channels = endpoints
+            .iter()
+            .map(|endpoint| {
+                let channel =
+                    crate::tls::channel(endpoint, security, connect.clone(), CONNECT_TIMEOUT)
+                        .map_err(anyhow::Error::msg)?;
+                Ok((endpoint.clone(), channel))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Client::with_channels(channels, token, options)
     }
 

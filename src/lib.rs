@@ -31,3 +31,4 @@ pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod storage;
+pub mod tls;

@@ -81,6 +81,8 @@ struct ServerArgs {
     /// Directory for this replica's Raft log and snapshots (created if missing).
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    tls: ServerTls,
     /// Initialise a new cluster from --initial-members if this replica's storage is new.
     /// Give it to exactly one replica; restarts never re-initialise.
     #[arg(long, env = "BERTH_BOOTSTRAP")]
@@ -124,6 +126,50 @@ struct ServerArgs {
     test_clock_offset_file: Option<PathBuf>,
 }
 
+/// How a replica secures its ports: its certificate from the cluster's CA (as `berth certs`
+/// writes them), or `--insecure`.
+#[derive(Args, Debug)]
+struct ServerTls {
+    /// The cluster's CA certificate (PEM): peers must present a certificate from it.
+    #[arg(long, env = "BERTH_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// This replica's certificate (PEM, from the cluster's CA, naming its id); used on both
+    /// ports.
+    #[arg(long, env = "BERTH_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// This replica's private key (PEM).
+    #[arg(long, env = "BERTH_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Require API clients to present a certificate from this CA (PEM), besides their token.
+    #[arg(long, env = "BERTH_API_CLIENT_CA_FILE")]
+    api_client_ca_file: Option<PathBuf>,
+    /// Plaintext on both ports: anyone who reaches the peer port can act as a replica, and
+    /// tokens cross the network in the clear. For a trusted test network only.
+    #[arg(long, env = "BERTH_INSECURE", conflicts_with_all = ["ca_file", "cert_file", "key_file", "api_client_ca_file"])]
+    insecure: bool,
+}
+
+impl ServerTls {
+    fn security(&self) -> anyhow::Result<berth::server::Security> {
+        use berth::tls::{load_roots, Identity};
+        if self.insecure {
+            return Ok(berth::server::Security::Insecure);
+        }
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca_file, &self.cert_file, &self.key_file)
+        else {
+            bail!(
+                "a replica needs --ca-file, --cert-file and --key-file (see `berth certs`), \
+                 or --insecure to speak plaintext"
+            );
+        };
+        Ok(berth::server::Security::Tls {
+            ca: load_roots(ca)?,
+            identity: Identity::load(cert, key)?,
+            api_client_ca: self.api_client_ca_file.as_deref().map(load_roots).transpose()?,
+        })
+    }
+}
+
 /// The clock offset in `path`: none if the file is missing or unreadable.
 fn clock_offset_ms(path: &std::path::Path) -> i64 {
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
@@ -157,6 +203,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if args.id == 0 {
         bail!("--id must be a positive integer");
     }
+    let security = args.tls.security()?;
     let advertise = args.peer_advertise.clone().unwrap_or_else(|| args.peer_listen.to_string());
     let bootstrap = if args.bootstrap {
         let members = parse_members(&args.initial_members)?;
@@ -206,7 +253,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let clock = Arc::new(clock);
     let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
     let listeners = Listeners { peer: peer_incoming, api };
-    let server = Server::start(options, storage, clock, connect, listeners, bootstrap).await?;
+    let server =
+        Server::start(options, storage, clock, connect, security, listeners, bootstrap).await?;
     tracing::info!(id = args.id, peer = %advertise, data_dir = %args.data_dir.display(), "replica started");
 
     if args.exit_with_parent {
@@ -250,6 +298,9 @@ struct UpArgs {
     /// API port of replica 1 (replica N uses this + N - 1).
     #[arg(long, default_value_t = 7501)]
     api_base_port: u16,
+    /// Plaintext on every port instead of TLS (the CLI then needs --insecure too).
+    #[arg(long)]
+    insecure: bool,
     /// Start a replica that exits again, after a backoff (1 s, doubling to 30 s); give up after
     /// 5 exits in a row each within 10 s of its start. Without it, `up` prints the command that
     /// starts the replica again, and the others keep serving either way.
@@ -265,18 +316,63 @@ fn local_admin_token(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         getrandom::fill(&mut bytes)
             .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
         let token = format!("berth_admin_{}", berth::raft::replica::hex(&bytes));
-        // Created owner-only: never readable by others, not even for an instant.
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_private(&path, &format!("{token}\n"))?;
     }
     Ok(path)
+}
+
+/// Creates `path` owner-only (0600) with `contents`: never readable by others, not even for an
+/// instant. Refuses to overwrite.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The TLS files of a local cluster under `<data-dir>/tls`: the CA (`ca.pem`, key
+/// `ca-key.pem`) and each replica's certificate (`replica-N.pem`, key `replica-N-key.pem`,
+/// naming its id, `localhost` and `127.0.0.1`), reused when present, created when missing.
+/// Keys are owner-only. Returns the directory.
+fn local_tls(data_dir: &std::path::Path, replicas: u64) -> anyhow::Result<PathBuf> {
+    use berth::tls::{Authority, Pem};
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Authority::from_pem(&Pem { cert: read(&ca_cert)?, key: read(&ca_key)? })?
+    } else {
+        let ca = Authority::generate()?;
+        write_private(&ca_key, &ca.key_pem())?;
+        std::fs::write(&ca_cert, ca.cert_pem())
+            .with_context(|| format!("writing {}", ca_cert.display()))?;
+        ca
+    };
+    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for id in 1..=replicas {
+        let (cert, key) = local_replica_tls(&dir, id);
+        if cert.exists() && key.exists() {
+            continue;
+        }
+        let pem = ca.replica(id, &hosts)?;
+        let _ = std::fs::remove_file(&key);
+        write_private(&key, &pem.key)?;
+        std::fs::write(&cert, &pem.cert).with_context(|| format!("writing {}", cert.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Where `local_tls` keeps replica `id`'s certificate and key.
+fn local_replica_tls(dir: &std::path::Path, id: u64) -> (PathBuf, PathBuf) {
+    (dir.join(format!("replica-{id}.pem")), dir.join(format!("replica-{id}-key.pem")))
 }
 
 /// Shortest wait before `up --restart-on-exit` starts an exited replica again; it doubles
@@ -435,6 +531,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let token_file = local_admin_token(&data_dir)?;
     let token = admin_token(Some(&token_file))?;
+    let tls = if args.insecure { None } else { Some(local_tls(&data_dir, args.replicas)?) };
     let exe = std::env::current_exe().context("finding the berth binary")?;
     let port = |base: u16, i: u64| -> anyhow::Result<u16> {
         u16::try_from(u64::from(base) + i - 1).context("port out of range")
@@ -468,6 +565,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             quick_exits: 0,
             restart_at: None,
         };
+        match &tls {
+            Some(dir) => {
+                let (cert, key) = local_replica_tls(dir, i);
+                let files =
+                    [("--ca-file", dir.join("ca.pem")), ("--cert-file", cert), ("--key-file", key)];
+                for (flag, path) in files {
+                    replica.args.extend([flag.into(), path.into()]);
+                }
+            }
+            None => replica.args.push("--insecure".into()),
+        }
         let bootstrap = if i == 1 {
             vec!["--bootstrap".to_owned(), "--initial-members".to_owned(), members.join(",")]
         } else {
@@ -482,9 +590,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         endpoints.push(api);
     }
 
+    let security = match &tls {
+        Some(dir) => berth::client::ClientSecurity::Tls(berth::client::ClientTls::load(
+            &dir.join("ca.pem"),
+            None,
+        )?),
+        None => berth::client::ClientSecurity::Insecure,
+    };
     let client = berth::client::Client::new(
         &endpoints,
         Some(&token),
+        &security,
         berth::client::ClientOptions::default(),
     )?;
     eprint!("waiting for a leader");
@@ -521,8 +637,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     out!("Berth is up: {} replicas, leader replica {leader}", args.replicas);
     out!("  endpoints:   {}", endpoints.join(","));
     out!("  admin token: {token}  (also in {})", token_file.display());
+    let security = match &tls {
+        Some(dir) => {
+            let ca = dir.join("ca.pem");
+            out!("  CA:          {}  (the API and peers speak TLS)", ca.display());
+            format!("BERTH_CA={}", ca.display())
+        }
+        None => {
+            out!("  insecure:    plaintext on every port (--insecure)");
+            "BERTH_INSECURE=true".to_owned()
+        }
+    };
     out!(
-        "  try:         export BERTH_ENDPOINTS={} BERTH_TOKEN=$(cat {})",
+        "  try:         export BERTH_ENDPOINTS={} {security} BERTH_TOKEN=$(cat {})",
         endpoints.join(","),
         token_file.display()
     );

@@ -1,25 +1,28 @@
-//! A Berth server: one replica plus the gRPC server on its peer port.
+//! A Berth server: one replica, its peer port (framed messages, mutual TLS between members)
+//! and, optionally, its public API port (gRPC over TLS).
 //!
 //! All IO comes from the caller: the incoming connection stream, the connector to peers, the
 //! clock and the storage. Production passes TCP and the system clock; tests pass `127.0.0.1:0`
 //! listeners; the simulation passes `turmoil::net` and simulated time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
 use crate::api::Api;
 use crate::clock::Clock;
-use crate::network::Connect;
+use crate::network::{Connect, PeerStream};
 use crate::raft::replica::{Replica, ReplicaOptions};
 use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
 use crate::storage::{LogStore, SnapshotStore};
+use crate::tls::{Admission, ApiTls, Identity, PeerTls};
 
 /// How long a stopping server waits for open connections to close.
 const SERVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -40,6 +43,22 @@ impl Storage {
     }
 }
 
+/// Most API connections completing their TLS handshake at once; more wait to be accepted.
+const API_HANDSHAKES_MAX: usize = 256;
+
+/// How the server's ports are secured.
+pub enum Security {
+    /// Mutual TLS between replicas (certificates from `ca` that name a member), and TLS on the
+    /// API, requiring client certificates from `api_client_ca` if given.
+    Tls {
+        ca: rustls::RootCertStore,
+        identity: Identity,
+        api_client_ca: Option<rustls::RootCertStore>,
+    },
+    /// Plaintext on both ports: anyone who reaches the peer port can act as a replica.
+    Insecure,
+}
+
 /// Where the replica listens: the peer port, and optionally the public API port with the
 /// hash of the admin token.
 pub struct Listeners<I> {
@@ -53,29 +72,48 @@ pub struct Server {
     stop_serving: watch::Sender<()>,
     serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     fail_stop_guard: JoinHandle<()>,
+    admitting: JoinHandle<()>,
 }
 
 impl Server {
     /// Starts the replica, serves its peer port (and the public API, if given a listener). With
     /// `bootstrap`, a replica whose storage is new initialises the cluster with those members;
     /// a replica that already belongs to a cluster never re-initialises.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start<I, IO, IE>(
         options: ReplicaOptions,
         storage: Storage,
         clock: Arc<dyn Clock>,
         connect: Connect,
+        security: Security,
         listeners: Listeners<I>,
         bootstrap: Option<BTreeMap<ReplicaId, String>>,
     ) -> anyhow::Result<Server>
     where
         I: Stream<Item = Result<IO, IE>> + Send + 'static,
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        IE: std::fmt::Display + Send + 'static,
     {
+        let admission = Admission::default();
+        let (connect, peer_tls, api_tls) = match security {
+            Security::Tls { ca, identity, api_client_ca } => {
+                let peer = PeerTls::new(ca, identity.clone(), admission.clone())?;
+                let api = ApiTls::new(identity, api_client_ca)?;
+                (peer.secure(connect), Some(peer), Some(api))
+            }
+            Security::Insecure => {
+                tracing::warn!(
+                    replica = options.id,
+                    "insecure: peer and API ports speak plaintext; anyone who can reach the \
+                     peer port can act as a replica"
+                );
+                (connect, None, None)
+            }
+        };
         let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
             .await
             .map_err(anyhow::Error::msg)?;
+        let admitting = tokio::spawn(admit_members(replica.clone(), admission));
         let fail_stop_guard = tokio::spawn(fail_stop_guard(replica.clone()));
         // One signal stops every server; a dropped sender stops them too, and so does a
         // fail-stop (in-process: the replica never serves again).
@@ -94,7 +132,7 @@ impl Server {
         let peer = replica.peer_service();
         let peer_stopped = stopped();
         serving.push(tokio::spawn(async move {
-            peer.serve(listeners.peer, peer_stopped).await;
+            peer.serve(listeners.peer, peer_tls, peer_stopped).await;
             Ok(())
         }));
         if let Some((incoming, admin)) = listeners.api {
@@ -103,7 +141,10 @@ impl Server {
             serving.push(tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, stopped()),
+                    .serve_with_incoming_shutdown(
+                        accept_api(incoming, api_tls, stopped()),
+                        stopped(),
+                    ),
             ));
         }
         if let Some(members) = bootstrap {
@@ -111,12 +152,13 @@ impl Server {
                 tracing::info!(replica = replica.id(), "initialised a new cluster");
             }
         }
-        Ok(Server { replica, stop_serving, serving, fail_stop_guard })
+        Ok(Server { replica, stop_serving, serving, fail_stop_guard, admitting })
     }
 
     /// Stops Raft, then the servers.
     pub async fn stop(self) {
         self.fail_stop_guard.abort();
+        self.admitting.abort();
         self.replica.shutdown().await;
         let _ = self.stop_serving.send(());
         // Open client connections hold a graceful shutdown up; a client that keeps its
@@ -163,4 +205,121 @@ async fn fail_stop_guard(replica: Replica) {
         _ = fail_stop.stopped() => {}
     }
     replica.shutdown().await;
+}
+
+/// Keeps the peer port's admission equal to the replica's membership (voters and learners,
+/// effective as soon as a change is in the log), from its first membership on.
+async fn admit_members(replica: Replica, admission: Admission) {
+    let mut metrics = replica.raft().metrics();
+    let mut admitted = BTreeSet::new();
+    loop {
+        let members: BTreeSet<ReplicaId> = metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if !members.is_empty() && members != admitted {
+            tracing::info!(replica = replica.id(), ?members, "peer port admits");
+            admission.set(members.clone());
+            admitted = members;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An accepted API connection, after its TLS handshake if any.
+pub struct ApiConnection(Box<dyn PeerStream>);
+
+impl Connected for ApiConnection {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for ApiConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ApiConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The API connections `incoming` yields, each after its TLS handshake (done concurrently,
+/// at most `API_HANDSHAKES_MAX` at once, each within `tls::HANDSHAKE_TIMEOUT`); one whose
+/// handshake fails is dropped. Stops accepting when `stopped` resolves.
+fn accept_api<I, IO, IE>(
+    incoming: I,
+    tls: Option<ApiTls>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ReceiverStream<std::io::Result<ApiConnection>>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IE: std::fmt::Display + Send + 'static,
+{
+    let (accepted, connections) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(API_HANDSHAKES_MAX));
+        let mut incoming = std::pin::pin!(incoming);
+        let mut stopped = std::pin::pin!(stopped);
+        loop {
+            let io = tokio::select! {
+                _ = &mut stopped => return,
+                next = incoming.next() => match next {
+                    Some(Ok(io)) => io,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "accepting an API connection failed");
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let Some(tls) = &tls else {
+                let connection = ApiConnection(Box::new(io));
+                if accepted.send(Ok(connection)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+            let (tls, accepted) = (tls.clone(), accepted.clone());
+            tokio::spawn(async move {
+                match tls.accept(io).await {
+                    Ok(io) => {
+                        let _ = accepted.send(Ok(ApiConnection(Box::new(io)))).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "API connection without a TLS handshake"),
+                }
+                drop(permit);
+            });
+        }
+    });
+    ReceiverStream::new(connections)
 }

@@ -291,6 +291,7 @@ impl Cluster {
             .arg(&self.token_file)
             .arg("--data-dir")
             .arg(&r.data_dir)
+            .arg("--insecure")
             // Small snapshot threshold: restarted replicas catch up by snapshot too.
             .args(["--snapshot-logs", "500", "--snapshot-keep-logs", "50"])
             .arg("--test-clock-offset-file")

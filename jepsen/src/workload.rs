@@ -135,6 +135,7 @@ impl Shared {
         Client::new(
             &self.endpoints,
             Some(&self.token),
+            &berth::client::ClientSecurity::Insecure,
             ClientOptions { deadline, attempt_timeout: Duration::from_millis(1_000) },
         )
     }
@@ -260,6 +261,7 @@ pub async fn client_loop(
         Some(token) => Some(Client::new(
             &shared.endpoints,
             Some(token),
+            &berth::client::ClientSecurity::Insecure,
             ClientOptions {
                 deadline: Duration::from_secs(4),
                 attempt_timeout: Duration::from_millis(1_000),

@@ -962,6 +962,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
                     storage,
                     Arc::new(clock),
                     net::connect(),
+                    berth::server::Security::Insecure,
                     listeners,
                     bootstrap,
                 )

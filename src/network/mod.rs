@@ -399,8 +399,14 @@ impl PeerService {
 
     /// Serves every connection `incoming` yields until `shutdown` resolves, then closes them
     /// all (a peer must not keep talking to a stopped replica through an open connection).
-    pub async fn serve<I, IO, IE>(self, incoming: I, shutdown: impl Future<Output = ()>)
-    where
+    /// With `tls`, each connection first completes a mutual TLS handshake as an admitted
+    /// member (see `crate::tls`); one that does not is closed before any frame is read.
+    pub async fn serve<I, IO, IE>(
+        self,
+        incoming: I,
+        tls: Option<crate::tls::PeerTls>,
+        shutdown: impl Future<Output = ()>,
+    ) where
         I: Stream<Item = Result<IO, IE>>,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         IE: std::fmt::Display,
@@ -413,7 +419,19 @@ impl PeerService {
                 _ = &mut shutdown => break,
                 next = incoming.next() => match next {
                     Some(Ok(stream)) => {
-                        connections.spawn(self.clone().serve_connection(stream));
+                        let (service, tls) = (self.clone(), tls.clone());
+                        connections.spawn(async move {
+                            match tls {
+                                None => service.serve_connection(stream).await,
+                                Some(tls) => match tls.accept(stream).await {
+                                    Ok(stream) => service.serve_connection(stream).await,
+                                    Err(e) => tracing::info!(
+                                        error = %e,
+                                        "refused a peer connection: no TLS handshake as a member"
+                                    ),
+                                },
+                            }
+                        });
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "accepting a peer connection failed"),
                     None => break,

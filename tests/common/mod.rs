@@ -11,7 +11,8 @@ use berth::api::pb;
 use berth::clock::SystemClock;
 use berth::network::tcp_connect;
 use berth::raft::replica::{Replica, ReplicaOptions, ReplicaStatus};
-use berth::server::{Listeners, Server, Storage};
+use berth::server::{Listeners, Security, Server, Storage};
+use berth::tls::{roots, Authority, ClientSecurity, ClientTls, Identity};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
@@ -48,6 +49,8 @@ pub struct Member {
 /// Replicas with file storage in a temp dir, each on its own loopback port.
 pub struct Cluster {
     pub members: BTreeMap<u64, Member>,
+    /// The cluster's CA: every replica's certificate comes from it.
+    pub authority: Arc<Authority>,
     options: fn(u64, String) -> ReplicaOptions,
     with_api: bool,
     _tmp: tempfile::TempDir,
@@ -95,7 +98,8 @@ impl Cluster {
             let dir = tmp.path().join(format!("replica-{id}"));
             members.insert(id, Member { addr, api_addr: None, dir, server: None });
         }
-        let mut cluster = Cluster { members, options, with_api, _tmp: tmp };
+        let authority = Arc::new(Authority::generate().expect("a CA"));
+        let mut cluster = Cluster { members, authority, options, with_api, _tmp: tmp };
         let founders: BTreeMap<u64, String> =
             cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
         for (id, listener) in listeners {
@@ -124,6 +128,7 @@ impl Cluster {
         } else {
             None
         };
+        let security = self.security(id);
         let member = self.members.get_mut(&id).expect("member");
         let storage = Storage::open_dir(&member.dir).expect("storage opens");
         let server = Server::start(
@@ -131,12 +136,30 @@ impl Cluster {
             storage,
             Arc::new(SystemClock::default()),
             tcp_connect(Duration::from_millis(500)),
+            security,
             Listeners { peer: TcpIncoming::from(listener).with_nodelay(Some(true)), api },
             bootstrap,
         )
         .await
         .expect("server starts");
         member.server = Some(server);
+    }
+
+    /// What replica `id` is started with: mutual TLS with a fresh certificate for it from the
+    /// cluster's CA (also naming 127.0.0.1, for API clients).
+    pub fn security(&self, id: u64) -> Security {
+        let pem = self.authority.replica(id, &["127.0.0.1".into()]).expect("a certificate");
+        Security::Tls {
+            ca: roots(self.authority.cert_pem()).expect("CA roots"),
+            identity: Identity::from_pem(&pem).expect("an identity"),
+            api_client_ca: None,
+        }
+    }
+
+    /// How API clients reach this cluster: TLS, trusting its CA.
+    pub fn client_security(&self) -> ClientSecurity {
+        let ca = roots(self.authority.cert_pem()).expect("CA roots");
+        ClientSecurity::Tls(ClientTls::new(ca, None).expect("client TLS"))
     }
 
     /// Adds a new, empty replica process-alike (not yet a cluster member).
@@ -246,11 +269,13 @@ pub struct Clients {
 
 pub async fn clients(cluster: &Cluster, id: u64) -> Clients {
     let addr = cluster.members[&id].api_addr.clone().expect("api served");
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
+    let channel = berth::tls::channel(
+        &addr,
+        &cluster.client_security(),
+        tcp_connect(Duration::from_secs(1)),
+        Duration::from_secs(1),
+    )
+    .expect("a channel");
     Clients {
         tenants: pb::tenants_client::TenantsClient::new(channel.clone()),
         workers: pb::workers_client::WorkersClient::new(channel.clone()),
