@@ -244,12 +244,20 @@ fn validity(params: &mut CertificateParams) {
 #[derive(Clone, Debug, Default)]
 pub struct Admission {
     members: Arc<RwLock<Option<BTreeSet<ReplicaId>>>>,
+    /// Counts changes, so an open connection re-checks its peer only after one.
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Admission {
-    /// Admits exactly `members` from now on (an empty set admits no one).
+    /// Admits exactly `members` from now on (an empty set admits no one), on new connections
+    /// and on open ones (see `Admitted`).
     pub fn set(&self, members: BTreeSet<ReplicaId>) {
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = Some(members);
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The names one of which an admitted certificate must carry.
@@ -276,6 +284,27 @@ impl Admission {
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
+    }
+}
+
+/// The member at the other end of an accepted peer connection, re-checked against the
+/// admission after each membership change: a replica removed from the cluster loses the
+/// connections it already had, not just new ones.
+pub struct Admitted {
+    admission: Admission,
+    cert: CertificateDer<'static>,
+    checked: u64,
+}
+
+impl Admitted {
+    /// Whether the peer is still admitted (cheap unless the membership changed).
+    pub fn still(&mut self) -> bool {
+        let changes = self.admission.changes();
+        if changes == self.checked {
+            return true;
+        }
+        self.checked = changes;
+        self.admission.admits(&self.cert).is_ok()
     }
 }
 
@@ -383,6 +412,7 @@ impl ServerCertVerifier for MemberServerVerifier {
 pub struct PeerTls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
+    admission: Admission,
 }
 
 impl PeerTls {
@@ -413,23 +443,42 @@ impl PeerTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(MemberServerVerifier {
                 ca: server_verifier,
-                admission,
+                admission: admission.clone(),
             }))
             .with_client_auth_cert(identity.chain, identity.key)
             .map_err(|e| invalid("replica certificate")(e.to_string()))?;
         client.enable_sni = false;
+        // No session resumption on the peer port: a resumed session skips certificate
+        // verification, so a replica removed from the cluster could come back in on a ticket
+        // from when it was a member. Peer connections are long-lived; a full handshake each
+        // costs little.
+        client.resumption = rustls::client::Resumption::disabled();
+        let mut server = server;
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         Ok(PeerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
+            admission,
         })
     }
 
-    /// The server side of a peer connection: the handshake, within `HANDSHAKE_TIMEOUT`.
-    pub async fn accept<IO>(&self, io: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+    /// The server side of a peer connection: the handshake, within `HANDSHAKE_TIMEOUT`, and
+    /// the admitted member it reached.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, Admitted)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        within_handshake_timeout(self.acceptor.accept(io)).await
+        let checked = self.admission.changes();
+        let stream = within_handshake_timeout(self.acceptor.accept(io)).await?;
+        let cert = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+        let Some(cert) = cert.map(|c| c.clone().into_owned()) else {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "no peer certificate"));
+        };
+        Ok((stream, Admitted { admission: self.admission.clone(), cert, checked }))
     }
 
     /// `connect`, with a TLS handshake on every connection it opens.

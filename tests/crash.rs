@@ -14,10 +14,11 @@ use std::time::Duration;
 
 mod common;
 
-use berth::network::{tcp_connect, Connect, ForwardError, PeerClient};
+use berth::network::{Connect, ForwardError, PeerClient};
 use berth::raft::replica::ReplicaStatus;
 use berth::raft::types::Proposal;
 use berth::scheduler::{Answer, Query, WorkerId};
+use berth::tls::Authority;
 use common::{eventually, poll, register_worker};
 use tokio::time::Instant;
 
@@ -35,6 +36,9 @@ struct Replica {
 struct Processes {
     replicas: BTreeMap<u64, Replica>,
     members: String,
+    /// The cluster's CA; each replica's certificate files are under `<dir>/tls`.
+    authority: Authority,
+    tls: PathBuf,
 }
 
 impl Drop for Processes {
@@ -69,7 +73,21 @@ impl Processes {
             .collect();
         let members =
             replicas.iter().map(|(id, r)| format!("{id}={}", r.addr)).collect::<Vec<_>>().join(",");
-        Processes { replicas, members }
+        let authority = Authority::generate().expect("a CA");
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).expect("tls dir");
+        std::fs::write(tls.join("ca.pem"), authority.cert_pem()).expect("CA file");
+        for id in replicas.keys() {
+            let pem = authority.replica(*id, &[]).expect("a certificate");
+            std::fs::write(tls.join(format!("{id}.pem")), pem.cert).expect("certificate file");
+            std::fs::write(tls.join(format!("{id}-key.pem")), pem.key).expect("key file");
+        }
+        Processes { replicas, members, authority, tls }
+    }
+
+    /// A peer connector acting as member 1.
+    fn connect(&self) -> Connect {
+        common::member_connect(&self.authority, 1)
     }
 
     fn spawn(&mut self, id: u64) {
@@ -97,7 +115,13 @@ impl Processes {
         process
             .args(["server", "--id", &id.to_string(), "--peer-listen", &replica.addr])
             .arg("--data-dir")
-            .arg(&replica.dir);
+            .arg(&replica.dir)
+            .arg("--ca-file")
+            .arg(self.tls.join("ca.pem"))
+            .arg("--cert-file")
+            .arg(self.tls.join(format!("{id}.pem")))
+            .arg("--key-file")
+            .arg(self.tls.join(format!("{id}-key.pem")));
         if id == 1 {
             // Replica 1 always starts with --bootstrap; only its first start initialises.
             process.args(["--bootstrap", "--initial-members", &self.members]);
@@ -164,7 +188,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
         procs.spawn(id);
     }
     let addrs: Vec<String> = procs.replicas.values().map(|r| r.addr.clone()).collect();
-    let connect = tcp_connect(Duration::from_millis(300));
+    let connect = procs.connect();
 
     let acked = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -241,8 +265,9 @@ async fn leader_kill_loses_no_acknowledged_write() {
     }
 }
 
-/// Fifteen bytes on the peer port announcing a 2^62-byte string are refused with a clean
-/// error: the replica process survives and keeps serving writes.
+/// Fifteen bytes on the peer port announcing a 2^62-byte string, sent by a member (only a
+/// member gets to send frames at all), are refused with a clean error: the replica process
+/// survives and keeps serving writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -250,7 +275,7 @@ async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
     let mut procs = Processes::new(tmp.path(), 1);
     let addr = procs.replicas[&1].addr.clone();
     procs.spawn(1);
-    let connect = tcp_connect(Duration::from_millis(300));
+    let connect = procs.connect();
     let addrs = vec![addr.clone()];
     assert!(write(&connect, &addrs, 0).await, "serves before");
 
@@ -259,7 +284,7 @@ async fn a_frame_announcing_a_huge_string_does_not_kill_the_replica() {
     frame.extend_from_slice(&[7, 0, 0xfd]);
     frame.extend_from_slice(&(1u64 << 62).to_le_bytes());
     assert_eq!(frame.len(), 15);
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let mut stream = connect(&addr).await.expect("connects as a member");
     stream.write_all(&frame).await.expect("sent");
     let mut header = [0u8; 5];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut header))
@@ -317,7 +342,7 @@ async fn a_recorded_fail_stop_stops_only_that_replica() {
     cluster.replica(survivor).propose(register(1)).await.expect("a write before");
 
     cluster.replica(victim).fail_stop().stop("test: an injected fail-stop");
-    let connect = tcp_connect(Duration::from_millis(300));
+    let connect = common::member_connect(&cluster.authority, survivor);
     let addr = cluster.members[&victim].addr.clone();
     poll("the fail-stopped replica to stop serving and shut Raft down", || async {
         let shut = cluster.replica(victim).role() == openraft::ServerState::Shutdown;
@@ -343,7 +368,7 @@ async fn a_replica_with_a_damaged_log_refuses_to_start() {
     let mut procs = Processes::new(tmp.path(), 1);
     let addr = procs.replicas[&1].addr.clone();
     procs.spawn(1);
-    let connect = tcp_connect(Duration::from_millis(300));
+    let connect = procs.connect();
     for i in 0..20 {
         assert!(write(&connect, std::slice::from_ref(&addr), i).await, "write {i}");
     }

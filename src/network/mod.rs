@@ -422,9 +422,11 @@ impl PeerService {
                         let (service, tls) = (self.clone(), tls.clone());
                         connections.spawn(async move {
                             match tls {
-                                None => service.serve_connection(stream).await,
+                                None => service.serve_connection(stream, None).await,
                                 Some(tls) => match tls.accept(stream).await {
-                                    Ok(stream) => service.serve_connection(stream).await,
+                                    Ok((stream, member)) => {
+                                        service.serve_connection(stream, Some(member)).await
+                                    }
                                     Err(e) => tracing::info!(
                                         error = %e,
                                         "refused a peer connection: no TLS handshake as a member"
@@ -441,8 +443,13 @@ impl PeerService {
         }
     }
 
-    /// Answers one connection's requests in order until it closes or breaks the protocol.
-    async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin>(self, stream: IO) {
+    /// Answers one connection's requests in order until it closes or breaks the protocol, or
+    /// (over TLS) its `member` is no longer one.
+    async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        stream: IO,
+        mut member: Option<crate::tls::Admitted>,
+    ) {
         let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         loop {
             let (tag, payload) = match read_frame(&mut stream).await {
@@ -453,6 +460,10 @@ impl PeerService {
                     return;
                 }
             };
+            if member.as_mut().is_some_and(|member| !member.still()) {
+                tracing::info!("closed a peer connection: its replica is no longer a member");
+                return;
+            }
             let reply = match Rpc::from_tag(tag) {
                 Some(rpc) => self.handle(rpc, &payload).await,
                 None => Err(format!("unknown peer call {tag}")),

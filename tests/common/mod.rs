@@ -201,6 +201,19 @@ impl Cluster {
     }
 }
 
+/// A peer connector that presents a certificate from `authority` for replica `id` (a member,
+/// if `id` is one), and accepts any replica of that CA: how a test talks to the peer port.
+pub fn member_connect(authority: &Authority, id: u64) -> berth::network::Connect {
+    let pem = authority.replica(id, &[]).expect("a certificate");
+    let tls = berth::tls::PeerTls::new(
+        roots(authority.cert_pem()).expect("CA roots"),
+        Identity::from_pem(&pem).expect("an identity"),
+        berth::tls::Admission::default(),
+    )
+    .expect("peer TLS");
+    tls.secure(tcp_connect(Duration::from_millis(500)))
+}
+
 /// Runs the async `check` every 20 ms until it yields a value; fails with `what` after
 /// `DEADLINE`. The one way tests wait for a condition.
 pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
