@@ -14,6 +14,8 @@
 //!   with injected connectors (TCP in production, `turmoil::net` in the simulation).
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry.
+//! - `tls` — certificates (a CA for `berth up`, `berth certs`, tests and the simulation),
+//!   mutual TLS on the peer port with admission by membership, TLS on the API and for clients.
 //! - `server` — a replica plus its peer and API servers, with all IO passed in.
 //! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.

@@ -15,6 +15,13 @@
 //! more than the follower spent handling it, and a fifth of a follower's CPU; see the README's
 //! performance section.
 //!
+//! Over TLS (`crate::tls`), only members of the cluster reach this protocol at all: both ends
+//! present a certificate from the cluster's CA naming a current member, checked in the
+//! handshake and again on an open connection after each membership change. That is what lets
+//! a leader trust what a peer forwards: a forwarded proposal carries the identity its caller
+//! was authenticated as by the forwarding replica (`Proposal::token`: the tenant token's hash,
+//! or none for the admin), and the state machine checks that token again when it applies.
+//!
 //! A client keeps a small pool of open connections per peer, so concurrent callers (forwarded
 //! writes, reads) each get their own and a lone caller (a follower's replication stream)
 //! reuses one. Every call has a deadline (a partitioned TCP connection may never fail by
