@@ -86,7 +86,9 @@ pub fn run(args: &CertsArgs, json: bool) -> anyhow::Result<()> {
         let dir = args.out.join(&host.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         write_public(&dir.join(CA_CERT), ca.cert_pem())?;
-        let pem = ca.replica(host.id, &host.hosts)?;
+        let pem = ca
+            .replica(host.id, &host.hosts)
+            .with_context(|| format!("the certificate of replica {} ({})", host.id, host.name))?;
         write_pair(&pem, &dir.join("replica.pem"), &dir.join("replica-key.pem"))?;
         let mut names = vec![replica_name(host.id)];
         names.extend(host.hosts);
@@ -131,13 +133,20 @@ fn report(written: &Written, args: &CertsArgs) {
         client.key.display()
     );
     out!("next:");
-    out!("  on each host berth-N: copy {}/berth-N/* to /etc/berth/tls/", args.out.display());
-    out!("    (owner berth, replica-key.pem mode 0600), and berth-N.env from");
-    out!("    {} to /etc/berth/berth.env; then systemctl restart berth", args.hosts.display());
+    out!(
+        "  on host berth-N: copy {}/berth-N/* to /etc/berth/tls/ (replica-key.pem: owner berth, \
+         mode 0600)",
+        args.out.display()
+    );
+    out!(
+        "    and {}/berth-N.env to /etc/berth/berth.env; then systemctl restart berth",
+        args.hosts.display()
+    );
     out!("  the CLI: export BERTH_CA={}", ca.cert.display());
     if ca.reused {
         out!("  rotation: replace one host's files at a time and restart its replica; it rejoins");
     }
+    out!("  (docs/security.md: file owners and modes, rotation, client certificates)");
 }
 
 /// Every `berth-*.env` in `dir`, in name order; replica ids must be distinct.
