@@ -543,9 +543,9 @@ fn mode(path: &Path) -> u32 {
 /// `berth certs` on cluster/hosts/3 writes the CA, a directory per host and a client
 /// certificate, every key 0600; each replica's certificate is from the CA and names its own
 /// replica id (no other) and its hosts, never the wildcard it listens on; a second run reuses
-/// the CA and issues new certificates.
+/// the CA and issues new certificates. cluster/hosts/5 gives five such certificates.
 #[test]
-fn certs_for_the_three_shipped_hosts() {
+fn certs_for_the_shipped_hosts() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = tmp.path().join("tls");
     let hosts = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/hosts/3");
@@ -591,6 +591,17 @@ fn certs_for_the_three_shipped_hosts() {
     assert!(valid_for(&ca, &rotated, "r1.replica.berth"));
     for key in &keys {
         assert_eq!(mode(key), 0o600, "{} is owner-only after a re-issue", key.display());
+    }
+
+    let out = tmp.path().join("tls-5");
+    let written = certs(&hosts.with_file_name("5"), &out);
+    assert_eq!(written["replicas"].as_array().map(Vec::len), Some(5), "{written}");
+    let ca = read(&out.join("ca.pem"));
+    for id in 1..=5 {
+        let cert = read(&out.join(format!("berth-{id}/replica.pem")));
+        for name in [format!("r{id}.replica.berth"), format!("10.0.0.1{id}")] {
+            assert!(valid_for(&ca, &cert, &name), "replica {id}'s certificate names {name}");
+        }
     }
 }
 
