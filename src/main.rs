@@ -30,6 +30,7 @@ fn stdout_failed(e: std::io::Error) -> ! {
 }
 
 mod bench;
+mod certs;
 mod cli;
 
 use berth::clock::SystemClock;
@@ -54,6 +55,20 @@ enum Cmd {
     Server(ServerArgs),
     /// Start a local cluster of 3 or 5 replicas on 127.0.0.1 and keep it running until Ctrl-C.
     Up(UpArgs),
+    /// Create a CA and certificates for the replicas of a cluster/hosts/N directory.
+    ///
+    /// Reads each berth-*.env there (BERTH_ID, and the hosts of BERTH_PEER_ADVERTISE,
+    /// BERTH_PEER_LISTEN and BERTH_API_LISTEN) and writes under --out: the CA (ca.pem, and
+    /// ca-key.pem, which signs every certificate: keep it offline), one directory per host
+    /// (berth-N/ with ca.pem, replica.pem and replica-key.pem, for /etc/berth/tls/ there; the
+    /// certificate names replica N and those hosts), and an operator client certificate
+    /// (client.pem, client-key.pem) for clusters started with --api-client-ca-file. Private
+    /// keys are owner-only (0600) from the start.
+    ///
+    /// Rotation: run it again with the same --out. It reuses the CA there and issues new
+    /// certificates; copy one host's new files over its old ones, restart that replica, and it
+    /// rejoins (old and new certificates from the same CA work together).
+    Certs(certs::CertsArgs),
     /// Drive Place + Release against a running cluster and print ops/s and latency.
     Bench(bench::BenchArgs),
     #[command(flatten)]
@@ -316,63 +331,9 @@ fn local_admin_token(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         getrandom::fill(&mut bytes)
             .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
         let token = format!("berth_admin_{}", berth::raft::replica::hex(&bytes));
-        write_private(&path, &format!("{token}\n"))?;
+        certs::write_private(&path, &format!("{token}\n"))?;
     }
     Ok(path)
-}
-
-/// Creates `path` owner-only (0600) with `contents`: never readable by others, not even for an
-/// instant. Refuses to overwrite.
-fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(contents.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// The TLS files of a local cluster under `<data-dir>/tls`: the CA (`ca.pem`, key
-/// `ca-key.pem`) and each replica's certificate (`replica-N.pem`, key `replica-N-key.pem`,
-/// naming its id, `localhost` and `127.0.0.1`), reused when present, created when missing.
-/// Keys are owner-only. Returns the directory.
-fn local_tls(data_dir: &std::path::Path, replicas: u64) -> anyhow::Result<PathBuf> {
-    use berth::tls::{Authority, Pem};
-    let dir = data_dir.join("tls");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    let ca = if ca_cert.exists() && ca_key.exists() {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        Authority::from_pem(&Pem { cert: read(&ca_cert)?, key: read(&ca_key)? })?
-    } else {
-        let ca = Authority::generate()?;
-        write_private(&ca_key, &ca.key_pem())?;
-        std::fs::write(&ca_cert, ca.cert_pem())
-            .with_context(|| format!("writing {}", ca_cert.display()))?;
-        ca
-    };
-    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-    for id in 1..=replicas {
-        let (cert, key) = local_replica_tls(&dir, id);
-        if cert.exists() && key.exists() {
-            continue;
-        }
-        let pem = ca.replica(id, &hosts)?;
-        let _ = std::fs::remove_file(&key);
-        write_private(&key, &pem.key)?;
-        std::fs::write(&cert, &pem.cert).with_context(|| format!("writing {}", cert.display()))?;
-    }
-    Ok(dir)
-}
-
-/// Where `local_tls` keeps replica `id`'s certificate and key.
-fn local_replica_tls(dir: &std::path::Path, id: u64) -> (PathBuf, PathBuf) {
-    (dir.join(format!("replica-{id}.pem")), dir.join(format!("replica-{id}-key.pem")))
 }
 
 /// Shortest wait before `up --restart-on-exit` starts an exited replica again; it doubles
@@ -531,7 +492,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let token_file = local_admin_token(&data_dir)?;
     let token = admin_token(Some(&token_file))?;
-    let tls = if args.insecure { None } else { Some(local_tls(&data_dir, args.replicas)?) };
+    let tls = if args.insecure { None } else { Some(certs::local_tls(&data_dir, args.replicas)?) };
     let exe = std::env::current_exe().context("finding the berth binary")?;
     let port = |base: u16, i: u64| -> anyhow::Result<u16> {
         u16::try_from(u64::from(base) + i - 1).context("port out of range")
@@ -567,7 +528,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         };
         match &tls {
             Some(dir) => {
-                let (cert, key) = local_replica_tls(dir, i);
+                let (cert, key) = certs::local_replica_tls(dir, i);
                 let files =
                     [("--ca-file", dir.join("ca.pem")), ("--cert-file", cert), ("--key-file", key)];
                 for (flag, path) in files {
@@ -815,6 +776,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Cmd::Server(args) => runtime.block_on(server(args)),
         Cmd::Up(args) => runtime.block_on(up(args)),
+        Cmd::Certs(args) => certs::run(&args, cli.connection.json),
         Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };

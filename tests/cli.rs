@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -109,21 +109,47 @@ fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
     up
 }
 
+/// How the CLI logs in to a cluster: a token, and the cluster's CA (`None`: plaintext, with
+/// `--insecure`).
+#[derive(Clone)]
+struct Login {
+    token: String,
+    ca: Option<PathBuf>,
+}
+
+impl Login {
+    /// The admin token and the CA that `berth up` keeps in its data directory.
+    fn of_up(data: &Path) -> Login {
+        let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
+        Login { token: token.trim().to_owned(), ca: Some(data.join("tls/ca.pem")) }
+    }
+}
+
+/// The CLI, pointed at the three API ports from `api` on, logged in with `login`.
+fn cli(api: u16, login: &Login) -> Command {
+    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", api + i)).collect::<Vec<_>>().join(",");
+    let mut command = Command::new(BERTH);
+    command
+        .env("BERTH_ENDPOINTS", endpoints)
+        .env("BERTH_TOKEN", &login.token)
+        .env_remove("BERTH_CA")
+        .env_remove("BERTH_INSECURE")
+        .env_remove("RUST_BACKTRACE");
+    match &login.ca {
+        Some(ca) => command.env("BERTH_CA", ca),
+        None => command.env("BERTH_INSECURE", "true"),
+    };
+    command
+}
+
 struct Run {
     ok: bool,
     stdout: String,
     stderr: String,
 }
 
-fn berth(api: u16, token: &str, args: &[&str]) -> Run {
-    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", api + i)).collect::<Vec<_>>().join(",");
-    let out = Command::new(BERTH)
-        .args(args)
-        .env("BERTH_ENDPOINTS", endpoints)
-        .env("BERTH_TOKEN", token)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("berth runs");
+fn berth(api: u16, login: &Login, args: &[&str]) -> Run {
+    let out = cli(api, login).args(args).output().expect("berth runs");
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -131,8 +157,8 @@ fn berth(api: u16, token: &str, args: &[&str]) -> Run {
     }
 }
 
-fn ok(api: u16, token: &str, args: &[&str]) -> String {
-    let run = berth(api, token, args);
+fn ok(api: u16, login: &Login, args: &[&str]) -> String {
+    let run = berth(api, login, args);
     assert!(run.ok, "berth {args:?} failed: {}", run.stderr);
     run.stdout
 }
@@ -150,19 +176,18 @@ fn up_and_client_subcommands() {
         let meta = std::fs::metadata(data.join("admin.token")).expect("admin token written");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "only its owner may read it");
     }
-    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
-    let token = token.trim();
+    let login = &Login::of_up(&data);
 
-    ok(api, token, &["tenant", "create", "acme"]);
-    ok(api, token, &["quota", "set", "acme", "--cpu", "1.5", "--instances", "10"]);
-    ok(api, token, &["worker", "register", "w1", "--cpu", "8", "--memory-mib", "16384"]);
+    ok(api, login, &["tenant", "create", "acme"]);
+    ok(api, login, &["quota", "set", "acme", "--cpu", "1.5", "--instances", "10"]);
+    ok(api, login, &["worker", "register", "w1", "--cpu", "8", "--memory-mib", "16384"]);
     let placed =
-        ok(api, token, &["place", "acme", "web", "--cpu", "0.75", "--memory-mib", "512", "--json"]);
+        ok(api, login, &["place", "acme", "web", "--cpu", "0.75", "--memory-mib", "512", "--json"]);
     let placed: serde_json::Value = serde_json::from_str(&placed).expect("json");
     assert_eq!(placed["placement"]["workers"][0], "w1");
     assert_eq!(placed["placement"]["spec"]["resources"]["cpu_millis"], 750);
 
-    let over = berth(api, token, &["place", "acme", "big", "--cpu", "0.751", "--memory-mib", "1"]);
+    let over = berth(api, login, &["place", "acme", "big", "--cpu", "0.751", "--memory-mib", "1"]);
     assert!(!over.ok);
     assert!(
         over.stderr.contains("QUOTA_EXCEEDED") && over.stderr.contains("limit=1500"),
@@ -171,58 +196,58 @@ fn up_and_client_subcommands() {
     );
     assert_eq!(over.stderr.trim().lines().count(), 1, "one line, no backtrace: {}", over.stderr);
     let rounded =
-        berth(api, token, &["place", "acme", "x", "--cpu", "0.1234", "--memory-mib", "1"]);
+        berth(api, login, &["place", "acme", "x", "--cpu", "0.1234", "--memory-mib", "1"]);
     assert!(!rounded.ok && rounded.stderr.contains("more than three decimals"));
 
-    let quota = ok(api, token, &["quota", "get", "acme"]);
+    let quota = ok(api, login, &["quota", "get", "acme"]);
     assert!(quota.contains("usage: cpu_millis=750"), "{quota}");
 
     // Soft limits, pool denial and dry runs.
-    ok(api, token, &["quota", "soft", "acme", "--cpu", "0.5:1.2", "--grace-ms", "600000"]);
-    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    ok(api, login, &["quota", "soft", "acme", "--cpu", "0.5:1.2", "--grace-ms", "600000"]);
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
     let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
     assert_eq!(quota["quota"]["soft"]["cpu_millis"]["burst"], 1200, "{quota}");
     assert!(quota["burst"]["grace_ends_at_ms"].as_u64().is_some(), "750 > soft 500: {quota}");
     let dry =
-        ok(api, token, &["place", "acme", "d", "--cpu", "0.25", "--memory-mib", "1", "--dry-run"]);
+        ok(api, login, &["place", "acme", "d", "--cpu", "0.25", "--memory-mib", "1", "--dry-run"]);
     assert!(dry.contains("would place on: w1"), "{dry}");
     let dry =
-        ok(api, token, &["place", "acme", "d", "--cpu", "0.5", "--memory-mib", "1", "--dry-run"]);
+        ok(api, login, &["place", "acme", "d", "--cpu", "0.5", "--memory-mib", "1", "--dry-run"]);
     assert!(
         dry.contains("would refuse: QUOTA_EXCEEDED") && dry.contains("limit_kind: burst"),
         "{dry}"
     );
-    ok(api, token, &["quota", "deny", "acme", "gpu"]);
+    ok(api, login, &["quota", "deny", "acme", "gpu"]);
     let denied = berth(
         api,
-        token,
+        login,
         &["place", "acme", "g", "--cpu", "1", "--memory-mib", "1", "--pool", "gpu"],
     );
     assert!(!denied.ok && denied.stderr.contains("POOL_DENIED"), "{}", denied.stderr);
-    ok(api, token, &["quota", "allow", "acme", "gpu"]);
+    ok(api, login, &["quota", "allow", "acme", "gpu"]);
 
     // Queueing: a request over quota waits, is listed with its reason, and can be cancelled.
     let queued =
-        ok(api, token, &["place", "acme", "q1", "--cpu", "1", "--memory-mib", "1", "--queue"]);
+        ok(api, login, &["place", "acme", "q1", "--cpu", "1", "--memory-mib", "1", "--queue"]);
     assert!(queued.contains("wait_reason: QUOTA_EXCEEDED"), "{queued}");
-    let listed = ok(api, token, &["queue", "list", "acme"]);
+    let listed = ok(api, login, &["queue", "list", "acme"]);
     assert!(
         listed.contains("q1") && listed.contains("1/1") && listed.contains("QUOTA_EXCEEDED"),
         "{listed}"
     );
-    let got = ok(api, token, &["placement", "get", "acme", "q1", "--json"]);
+    let got = ok(api, login, &["placement", "get", "acme", "q1", "--json"]);
     let got: serde_json::Value = serde_json::from_str(&got).expect("json");
     assert_eq!(got["queued"]["position"], 1, "{got}");
-    ok(api, token, &["queue", "cancel", "acme", "q1"]);
-    assert!(ok(api, token, &["queue", "list", "acme"]).contains("(none)"));
+    ok(api, login, &["queue", "cancel", "acme", "q1"]);
+    assert!(ok(api, login, &["queue", "list", "acme"]).contains("(none)"));
 
     // Time windows: a day's job budget, spent, refused with the reset time.
     // Preemption policy and a pool guarantee: set and shown; a borrowing limit below usage is
     // refused.
-    ok(api, token, &["quota", "preemption", "acme", "same-tenant"]);
+    ok(api, login, &["quota", "preemption", "acme", "same-tenant"]);
     let args = ["quota", "guarantee", "acme", "default", "--cpu", "0.5", "--memory-mib", "64"];
-    ok(api, token, &[&args[..], &["--borrow-cpu", "1", "--lend-cpu", "0.25"]].concat());
-    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    ok(api, login, &[&args[..], &["--borrow-cpu", "1", "--lend-cpu", "0.25"]].concat());
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
     let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
     let g = &quota["quota"]["guarantees"]["default"];
     assert_eq!(
@@ -243,42 +268,42 @@ fn up_and_client_subcommands() {
     );
     let bad = berth(
         api,
-        token,
+        login,
         &["quota", "guarantee", "acme", "default", "--cpu", "0.5", "--borrow-cpu", "0.1"],
     );
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "below usage: {}", bad.stderr);
-    ok(api, token, &["quota", "guarantee", "acme", "default", "--remove"]);
+    ok(api, login, &["quota", "guarantee", "acme", "default", "--remove"]);
     // A pool reserve (8 cores in the pool): shown, and a guarantee that would eat into it is
     // refused with the reason.
-    ok(api, token, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);
-    let pool = ok(api, token, &["pool", "get", "default"]);
+    ok(api, login, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);
+    let pool = ok(api, login, &["pool", "get", "default"]);
     assert!(pool.contains("reserve: cpu_millis=6000 memory_mib=0"), "{pool}");
     let args = ["quota", "guarantee", "acme", "default", "--cpu", "2.001", "--memory-mib", "64"];
-    let bad = berth(api, token, &args);
+    let bad = berth(api, login, &args);
     assert!(!bad.ok && bad.stderr.contains("POOL_OVERCOMMITTED"), "{}", bad.stderr);
-    ok(api, token, &["pool", "reserve", "default", "--remove"]);
-    let pool = ok(api, token, &["pool", "get", "default", "--json"]);
+    ok(api, login, &["pool", "reserve", "default", "--remove"]);
+    let pool = ok(api, login, &["pool", "get", "default", "--json"]);
     let pool: serde_json::Value = serde_json::from_str(&pool).expect("json");
     assert!(pool["reserve"].is_null() && pool["capacity"]["cpu_millis"] == 8_000, "{pool}");
     // Soft limits as a share of the pool (8 cores): 250‰ soft, 400‰ burst, shown resolved.
     let args = ["quota", "soft", "acme", "--share-of-pool", "default", "--share", "250:400"];
-    ok(api, token, &[&args[..], &["--grace-ms", "600000"]].concat());
-    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    ok(api, login, &[&args[..], &["--grace-ms", "600000"]].concat());
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
     let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
     assert_eq!(quota["quota"]["soft_share"]["burst_per_mille"], 400, "{quota}");
     assert_eq!(quota["effective"]["soft"]["cpu_millis"]["soft"], 2_000, "{quota}");
     assert_eq!(quota["effective"]["soft"]["cpu_millis"]["burst"], 3_200, "{quota}");
     let bad = berth(
         api,
-        token,
+        login,
         &["quota", "soft", "acme", "--share-of-pool", "default", "--share", "1:1001"],
     );
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
-    ok(api, token, &["quota", "soft", "acme"]);
-    ok(api, token, &["quota", "preemption", "acme", "inherit"]);
+    ok(api, login, &["quota", "soft", "acme"]);
+    ok(api, login, &["quota", "preemption", "acme", "inherit"]);
     let args = ["quota", "window", "acme", "--jobs-per-day", "3", "--cpu-hours-per-month", "1.5"];
-    ok(api, token, &[&args[..], &["--when-exhausted", "refuse"]].concat());
-    let quota = ok(api, token, &["quota", "get", "acme", "--json"]);
+    ok(api, login, &[&args[..], &["--when-exhausted", "refuse"]].concat());
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
     let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
     assert_eq!(quota["quota"]["windows"]["cpu_milli_ms_per_month"], 5_400_000_000u64, "{quota}");
     let jobs = quota["windows"]["jobs_today"].as_u64().expect("jobs today");
@@ -287,30 +312,34 @@ fn up_and_client_subcommands() {
     for i in jobs..3 {
         ok(
             api,
-            token,
+            login,
             &["place", "acme", &format!("day-{i}"), "--cpu", "0.001", "--memory-mib", "1"],
         );
     }
     let spent = berth(
         api,
-        token,
+        login,
         &["place", "acme", "day-x", "--cpu", "0.001", "--memory-mib", "1", "--queue"],
     );
     assert!(!spent.ok && spent.stderr.contains("window=jobs_per_day"), "{}", spent.stderr);
     assert!(spent.stderr.contains(&format!("resets_at_ms={resets}")), "{}", spent.stderr);
-    let denied = berth(api, "not-the-token", &["tenant", "get", "acme"]);
+    let denied = berth(
+        api,
+        &Login { token: "not-the-token".into(), ..login.clone() },
+        &["tenant", "get", "acme"],
+    );
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
-    closed_stdout_ends_quietly(api, token);
+    closed_stdout_ends_quietly(api, login);
     drop(cluster);
 
     // Same data directory: same token, same state.
     let cluster = up(&data, peer, api);
-    let placements = ok(api, token, &["placement", "list", "acme"]);
+    let placements = ok(api, login, &["placement", "list", "acme"]);
     assert!(placements.contains("web"), "{placements}");
     // Right after a restart a replica may still be catching up or electing: wait for calm.
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = ok(api, token, &["cluster", "status"]);
+        let status = ok(api, login, &["cluster", "status"]);
         if status.contains("Leader") && status.matches("Follower").count() == 2 {
             break;
         }
@@ -323,12 +352,9 @@ fn up_and_client_subcommands() {
 /// Output into a pipe whose reader has gone (`berth cluster status | head -0`) ends the command
 /// quietly, as Unix tools do (status 141, or 0 if the output fit before the reader left), never
 /// with a panic.
-fn closed_stdout_ends_quietly(api: u16, token: &str) {
-    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", api + i)).collect::<Vec<_>>().join(",");
-    let mut child = Command::new(BERTH)
+fn closed_stdout_ends_quietly(api: u16, login: &Login) {
+    let mut child = cli(api, login)
         .args(["cluster", "status"])
-        .env("BERTH_ENDPOINTS", endpoints)
-        .env("BERTH_TOKEN", token)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -342,8 +368,8 @@ fn closed_stdout_ends_quietly(api: u16, token: &str) {
 }
 
 /// The leader's replica id, from `berth cluster status --json`.
-fn leader(api: u16, token: &str) -> u64 {
-    let status = ok(api, token, &["cluster", "status", "--json"]);
+fn leader(api: u16, login: &Login) -> u64 {
+    let status = ok(api, login, &["cluster", "status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     status["leader_id"].as_u64().expect("a leader")
 }
@@ -356,10 +382,10 @@ fn kill_replica(up: &Up, id: u64) {
 }
 
 /// Retries a write through every endpoint until it succeeds; fails after `within`.
-fn write_succeeds_within(api: u16, token: &str, within: Duration, tenant: &str) {
+fn write_succeeds_within(api: u16, login: &Login, within: Duration, tenant: &str) {
     let until = Instant::now() + within;
     loop {
-        let run = berth(api, token, &["tenant", "create", tenant]);
+        let run = berth(api, login, &["tenant", "create", tenant]);
         if run.ok || run.stderr.contains("TENANT_EXISTS") {
             return;
         }
@@ -378,16 +404,15 @@ fn up_keeps_the_survivors() {
     let peer = free_base(6);
     let api = peer + 3;
     let mut cluster = up(&data, peer, api);
-    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
-    let token = token.trim();
-    ok(api, token, &["tenant", "create", "before"]);
-    let leader = leader(api, token);
+    let login = &Login::of_up(&data);
+    ok(api, login, &["tenant", "create", "before"]);
+    let leader = leader(api, login);
     kill_replica(&cluster, leader);
     let report = format!("replica {leader} exited");
     cluster.wait_for(Duration::from_secs(10), |line| line.contains(&report));
     let hint = cluster.wait_for(Duration::from_secs(10), |line| line.contains(" server --id "));
     assert!(hint.contains(&format!("--id {leader} ")), "{hint}");
-    write_succeeds_within(api, token, Duration::from_secs(10), "after");
+    write_succeeds_within(api, login, Duration::from_secs(10), "after");
     assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
 }
 
@@ -399,18 +424,17 @@ fn up_restarts_an_exited_replica() {
     let peer = free_base(6);
     let api = peer + 3;
     let mut cluster = up_with(&data, peer, api, &["--restart-on-exit"]);
-    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token written");
-    let token = token.trim();
-    let leader = leader(api, token);
+    let login = &Login::of_up(&data);
+    let leader = leader(api, login);
     let killed = cluster.replica_pids[&leader];
     kill_replica(&cluster, leader);
     let restarted = format!("replica {leader}: pid ");
     cluster.wait_for(Duration::from_secs(20), |line| line.starts_with(&restarted));
     assert_ne!(cluster.replica_pids[&leader], killed, "a new process");
-    write_succeeds_within(api, token, Duration::from_secs(10), "after");
+    write_succeeds_within(api, login, Duration::from_secs(10), "after");
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = ok(api, token, &["cluster", "status", "--json"]);
+        let status = ok(api, login, &["cluster", "status", "--json"]);
         let status: serde_json::Value = serde_json::from_str(&status).expect("json");
         let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
         let back = replicas.iter().any(|r| {
@@ -439,7 +463,8 @@ fn a_world_readable_admin_token_file_is_refused() {
     let server = |data: &str| {
         Command::new(BERTH)
             .args(["server", "--id", "1", "--peer-listen", &format!("127.0.0.1:{base}")])
-            .args(["--api-listen", &format!("127.0.0.1:{}", base + 1), "--admin-token-file"])
+            .args(["--api-listen", &format!("127.0.0.1:{}", base + 1), "--insecure"])
+            .arg("--admin-token-file")
             .arg(&file)
             .arg("--data-dir")
             .arg(tmp.path().join(data))
@@ -473,4 +498,281 @@ fn a_world_readable_admin_token_file_is_refused() {
     }
     let _ = accepted.kill();
     let _ = accepted.wait();
+}
+
+/// `berth certs HOSTS --out OUT --json`: what it wrote.
+fn certs(hosts: &Path, out: &Path) -> serde_json::Value {
+    let run = Command::new(BERTH)
+        .arg("certs")
+        .arg(hosts)
+        .arg("--out")
+        .arg(out)
+        .arg("--json")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("berth certs runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "berth certs failed: {stderr}");
+    serde_json::from_slice(&run.stdout).expect("json")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Whether the PEM certificate `cert` chains to the CA in `ca` and is valid for `name`.
+fn valid_for(ca: &str, cert: &str, name: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let roots = std::sync::Arc::new(berth::tls::roots(ca).expect("a CA certificate"));
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+        .build()
+        .expect("a verifier");
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).expect("a PEM certificate");
+    let name = ServerName::try_from(name.to_owned()).expect("a server name");
+    verifier.verify_server_cert(&cert, &[], &name, &[], UnixTime::now()).is_ok()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("file written").permissions().mode() & 0o777
+}
+
+/// `berth certs` on cluster/hosts/3 writes the CA, a directory per host and a client
+/// certificate, every key 0600; each replica's certificate is from the CA and names its own
+/// replica id (no other) and its hosts, never the wildcard it listens on; a second run reuses
+/// the CA and issues new certificates. cluster/hosts/5 gives five such certificates.
+#[test]
+fn certs_for_the_shipped_hosts() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("tls");
+    let hosts = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/hosts/3");
+    let written = certs(&hosts, &out);
+    assert_eq!(written["ca"]["reused"], false, "{written}");
+    let ca = read(&out.join("ca.pem"));
+    let others_ca = berth::tls::Authority::generate().expect("another CA");
+    let mut keys = vec![out.join("ca-key.pem"), out.join("client-key.pem")];
+    for id in 1..=3u64 {
+        let dir = out.join(format!("berth-{id}"));
+        assert_eq!(written["replicas"][id as usize - 1]["dir"], dir.to_str().expect("utf-8"));
+        assert_eq!(read(&dir.join("ca.pem")), ca, "each host gets the CA certificate");
+        keys.push(dir.join("replica-key.pem"));
+        let cert = read(&dir.join("replica.pem"));
+        for name in [
+            format!("r{id}.replica.berth"),
+            format!("berth-{id}.example.internal"),
+            format!("10.0.0.1{id}"),
+        ] {
+            assert!(valid_for(&ca, &cert, &name), "replica {id}'s certificate names {name}");
+        }
+        for id in (1..=3).filter(|other| *other != id) {
+            assert!(!valid_for(&ca, &cert, &format!("r{id}.replica.berth")), "not replica {id}");
+        }
+        assert!(!valid_for(&ca, &cert, "0.0.0.0"), "no wildcard address");
+        assert!(!valid_for(others_ca.cert_pem(), &cert, &format!("r{id}.replica.berth")));
+    }
+    for key in &keys {
+        assert_eq!(mode(key), 0o600, "{} is owner-only", key.display());
+    }
+    let client = read(&out.join("client.pem"));
+    assert!(!valid_for(&ca, &client, "replica.berth"), "the client certificate names no replica");
+    assert!(!valid_for(&ca, &client, "r1.replica.berth"));
+
+    let (ca_key, replica_1) =
+        (read(&out.join("ca-key.pem")), read(&out.join("berth-1/replica.pem")));
+    let again = certs(&hosts, &out);
+    assert_eq!(again["ca"]["reused"], true, "{again}");
+    assert_eq!(read(&out.join("ca.pem")), ca, "the same CA");
+    assert_eq!(read(&out.join("ca-key.pem")), ca_key);
+    let rotated = read(&out.join("berth-1/replica.pem"));
+    assert_ne!(rotated, replica_1, "a new certificate");
+    assert!(valid_for(&ca, &rotated, "r1.replica.berth"));
+    for key in &keys {
+        assert_eq!(mode(key), 0o600, "{} is owner-only after a re-issue", key.display());
+    }
+
+    let out = tmp.path().join("tls-5");
+    let written = certs(&hosts.with_file_name("5"), &out);
+    assert_eq!(written["replicas"].as_array().map(Vec::len), Some(5), "{written}");
+    let ca = read(&out.join("ca.pem"));
+    for id in 1..=5 {
+        let cert = read(&out.join(format!("berth-{id}/replica.pem")));
+        for name in [format!("r{id}.replica.berth"), format!("10.0.0.1{id}")] {
+            assert!(valid_for(&ca, &cert, &name), "replica {id}'s certificate names {name}");
+        }
+    }
+}
+
+/// `berth server` processes started from host env files, as systemd starts them; killed on
+/// drop.
+struct Servers {
+    envs: BTreeMap<u64, Vec<(String, String)>>,
+    children: BTreeMap<u64, Child>,
+    logs: PathBuf,
+}
+
+impl Servers {
+    fn start(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("replica-{id}.log")))
+            .expect("log file");
+        let child = Command::new(BERTH)
+            .arg("server")
+            .envs(self.envs[&id].iter().map(|(k, v)| (k, v)))
+            .env_remove("BERTH_INSECURE")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth server starts");
+        self.children.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Every replica's log, to say why a wait failed.
+    fn logs(&self) -> String {
+        let logs = self.envs.keys().map(|id| self.logs.join(format!("replica-{id}.log")));
+        logs.map(|log| format!("{}:\n{}", log.display(), read(&log))).collect()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replicas started from host env files and the certificates `berth certs` made from those
+/// files form a cluster; the CLI reaches it with `--ca` and gets an error, not data, with
+/// `--insecure`. After `berth certs` again (rotation), a replica restarted with its new
+/// certificate rejoins: it serves a linearizable read of a write made after its restart.
+#[test]
+fn a_cluster_from_berth_certs_rotates_a_certificate() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (hosts, out) = (tmp.path().join("hosts"), tmp.path().join("tls"));
+    std::fs::create_dir(&hosts).expect("hosts dir");
+    let token_file = tmp.path().join("admin.token");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .expect("token file");
+        file.write_all(b"berth_admin_certs_test_0123456789\n").expect("token written");
+    }
+    let peer = free_base(6);
+    let api = peer + 3;
+    let members: Vec<String> =
+        (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, peer + i)).collect();
+    let mut servers =
+        Servers { envs: BTreeMap::new(), children: BTreeMap::new(), logs: tmp.path().into() };
+    for id in 1..=3u16 {
+        let files = out.join(format!("berth-{id}"));
+        let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+        let env = vec![
+            ("BERTH_ID", id.to_string()),
+            ("BERTH_PEER_LISTEN", format!("127.0.0.1:{}", peer + id - 1)),
+            ("BERTH_API_LISTEN", format!("127.0.0.1:{}", api + id - 1)),
+            ("BERTH_ADMIN_TOKEN_FILE", path(&token_file)),
+            ("BERTH_CA_FILE", path(&files.join("ca.pem"))),
+            ("BERTH_CERT_FILE", path(&files.join("replica.pem"))),
+            ("BERTH_KEY_FILE", path(&files.join("replica-key.pem"))),
+            ("BERTH_DATA_DIR", path(&tmp.path().join(format!("data-{id}")))),
+            ("BERTH_BOOTSTRAP", (id == 1).to_string()),
+            ("BERTH_INITIAL_MEMBERS", members.join(",")),
+        ];
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(hosts.join(format!("berth-{id}.env")), text).expect("env file");
+        let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        servers.envs.insert(u64::from(id), env);
+    }
+    certs(&hosts, &out);
+    for id in 1..=3 {
+        servers.start(id);
+    }
+    let login = &Login { token: read(&token_file).trim().to_owned(), ca: Some(out.join("ca.pem")) };
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = berth(api, login, &["cluster", "status"]);
+        if status.stdout.contains("Leader") && status.stdout.matches("Follower").count() == 2 {
+            break;
+        }
+        let logs = servers.logs();
+        assert!(Instant::now() < until, "no cluster: {}{}\n{logs}", status.stdout, status.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(api, login, &["tenant", "create", "acme"]);
+    let plaintext = berth(api, &Login { ca: None, ..login.clone() }, &["tenant", "get", "acme"]);
+    assert!(!plaintext.ok && !plaintext.stdout.contains("acme"), "{}", plaintext.stdout);
+
+    let rotated = certs(&hosts, &out);
+    assert_eq!(rotated["ca"]["reused"], true, "{rotated}");
+    servers.kill(3);
+    servers.start(3);
+    write_succeeds_within(api, login, Duration::from_secs(20), "after");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = cli(api, login)
+            .env("BERTH_ENDPOINTS", format!("127.0.0.1:{}", api + 2))
+            .args(["tenant", "get", "after"])
+            .output()
+            .expect("berth runs");
+        if read.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&read.stderr);
+        let logs = servers.logs();
+        assert!(Instant::now() < until, "replica 3 never rejoined: {stderr}\n{logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `berth up --insecure` serves plaintext, says so in each replica's log, and the CLI reaches
+/// it with `--insecure`; without `--ca` or `--insecure` the CLI refuses, naming both, and a TLS
+/// client gets an error from it, not data.
+#[test]
+fn up_insecure_is_plaintext_on_request() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let _cluster = up_with(&data, peer, api, &["--insecure"]);
+    assert!(!data.join("tls").exists(), "no certificates for a plaintext cluster");
+    let log = read(&data.join("replica-1.log"));
+    assert!(log.contains("insecure: peer and API ports speak plaintext"), "{log}");
+    let plaintext = &Login { ca: None, ..Login::of_up(&data) };
+    ok(api, plaintext, &["tenant", "create", "acme"]);
+    assert!(ok(api, plaintext, &["tenant", "get", "acme"]).contains("acme"));
+
+    let neither = cli(api, plaintext)
+        .env_remove("BERTH_INSECURE")
+        .args(["tenant", "get", "acme"])
+        .output()
+        .expect("berth runs");
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(!neither.status.success(), "{stderr}");
+    assert!(stderr.contains("--ca") && stderr.contains("--insecure"), "{stderr}");
+    assert!(neither.stdout.is_empty());
+
+    let ca = tmp.path().join("other-ca.pem");
+    std::fs::write(&ca, berth::tls::Authority::generate().expect("a CA").cert_pem())
+        .expect("CA written");
+    let tls = berth(api, &Login { ca: Some(ca), ..plaintext.clone() }, &["tenant", "get", "acme"]);
+    assert!(!tls.ok && tls.stdout.is_empty(), "{}", tls.stdout);
 }
