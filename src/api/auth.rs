@@ -8,6 +8,9 @@
 //! every replica); a token it still knows but the leader has revoked is caught later: writes
 //! carry the token hash and the state machine refuses them, reads check it
 //! again against the state they read.
+//!
+//! An expired token is refused (`TOKEN_EXPIRED`) against this replica's clock here, and
+//! against the entry's log time when a write is applied.
 
 use std::time::Duration;
 
@@ -16,7 +19,9 @@ use tonic::{Code, Status};
 
 use super::status::{error, invalid};
 use crate::raft::replica::{Consistency, Replica};
-use crate::scheduler::{Answer, Query, Rejection, Scheduler, TenantId, TokenHash};
+use crate::scheduler::{
+    Answer, Query, Rejection, Scheduler, TenantId, Token, TokenHash, TokenId, UnixMillis,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -35,10 +40,34 @@ impl Caller {
     }
 }
 
-fn owner(scheduler: &Scheduler, hash: TokenHash) -> Option<TenantId> {
+/// A tenant token as found in some replica's state, with that state's log time.
+struct Found {
+    tenant: TenantId,
+    name: TokenId,
+    token: Token,
+    log_now: UnixMillis,
+}
+
+fn lookup(scheduler: &Scheduler, hash: TokenHash) -> Option<Found> {
     match scheduler.query(&Query::TokenOwner(hash)) {
-        Answer::TokenOwner(owner) => owner.map(|(tenant, _)| tenant),
+        Answer::TokenOwner(Some((tenant, name, token))) => {
+            Some(Found { tenant, name, token, log_now: scheduler.now() })
+        }
         _ => None,
+    }
+}
+
+/// The caller a found token makes, unless it has expired by `now` (this replica's clock, or
+/// the state's log time if that is later).
+fn admit(found: Found, now: UnixMillis) -> Result<Caller, Status> {
+    match found.token.expires_at {
+        Some(expired_at) if found.token.expired(now.max(found.log_now)) => {
+            Err(super::status::rejection(&Rejection::TokenExpired {
+                token: found.name,
+                expired_at,
+            }))
+        }
+        _ => Ok(Caller::Tenant(found.tenant, found.token.hash)),
     }
 }
 
@@ -46,7 +75,9 @@ fn owner(scheduler: &Scheduler, hash: TokenHash) -> Option<TenantId> {
 pub fn still_valid(caller: &Caller, scheduler: &Scheduler) -> bool {
     match caller {
         Caller::Admin => true,
-        Caller::Tenant(tenant, hash) => owner(scheduler, *hash).as_ref() == Some(tenant),
+        Caller::Tenant(tenant, hash) => {
+            lookup(scheduler, *hash).is_some_and(|found| found.tenant == *tenant)
+        }
     }
 }
 
@@ -97,12 +128,12 @@ pub async fn authenticate<T>(
     if constant_time_eq(&hash.0, &admin.0) {
         return Ok(Caller::Admin);
     }
-    if let Some(tenant) = replica.read_local(|s| owner(&s.scheduler, hash)) {
-        return Ok(Caller::Tenant(tenant, hash));
+    if let Some(found) = replica.read_local(|s| lookup(&s.scheduler, hash)) {
+        return admit(found, replica.stamp());
     }
     // Unknown here; this replica may not have applied the IssueToken yet.
-    match replica.read(Consistency::Linearizable, deadline, |s| owner(&s.scheduler, hash)).await {
-        Ok(Some(tenant)) => Ok(Caller::Tenant(tenant, hash)),
+    match replica.read(Consistency::Linearizable, deadline, |s| lookup(&s.scheduler, hash)).await {
+        Ok(Some(found)) => admit(found, replica.stamp()),
         Ok(None) => Err(unauthenticated()),
         Err(e) => Err(super::status::read_error(&e)),
     }

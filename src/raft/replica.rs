@@ -551,8 +551,12 @@ impl Replica {
             if !self.is_leader() {
                 continue;
             }
-            let next_deadline = self.inner.sm.read().scheduler.next_deadline();
-            let due = next_deadline.is_some_and(|at| at <= self.stamp());
+            let (next_deadline, next_purge) = {
+                let s = &self.inner.sm.read().scheduler;
+                (s.next_deadline(), s.next_token_purge())
+            };
+            let now = self.stamp();
+            let due = next_deadline.into_iter().chain(next_purge).any(|at| at <= now);
             let idle = next_deadline.is_some()
                 && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
             if due || idle {
