@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
+use crate::api::connection::ApiStream;
 use crate::api::Api;
 use crate::clock::Clock;
 use crate::network::Connect;
@@ -103,7 +104,10 @@ impl Server {
             serving.push(tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, stopped()),
+                    .serve_with_incoming_shutdown(
+                        incoming.map(|io| io.map(|io| ApiStream::new(Box::new(io)))),
+                        stopped(),
+                    ),
             ));
         }
         if let Some(members) = bootstrap {

@@ -724,6 +724,7 @@ impl Api {
                     applied_command_index: s.applied_command_index,
                     state_hash: s.state_hash,
                     voter,
+                    read_indexes: s.read_indexes,
                 },
                 None => pb::ReplicaStatus {
                     replica_id: *id,
