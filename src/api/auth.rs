@@ -135,11 +135,11 @@ fn lookup(scheduler: &Scheduler, hash: TokenHash) -> Option<Found> {
     }
 }
 
-/// The caller a found token makes, unless it has expired by `now` (this replica's clock, or
-/// the state's log time if that is later).
-fn admit(found: Found, now: UnixMillis) -> Result<Caller, Status> {
+/// The caller a found token makes, unless it has expired by `now()` (this replica's clock,
+/// asked only for a token that expires) or by the state's log time, if that is later.
+fn admit(found: Found, now: impl FnOnce() -> UnixMillis) -> Result<Caller, Status> {
     match found.token.expires_at {
-        Some(expired_at) if found.token.expired(now.max(found.log_now)) => {
+        Some(expired_at) if found.token.expired(now().max(found.log_now)) => {
             Err(super::status::rejection(&Rejection::TokenExpired {
                 token: found.name,
                 expired_at,
@@ -209,7 +209,7 @@ pub async fn authenticate<T>(
         return Ok(Caller::Admin);
     }
     if let Some(found) = replica.read_local(|s| lookup(&s.scheduler, hash)) {
-        return admit(found, replica.stamp());
+        return admit(found, || replica.stamp());
     }
     // Unknown here; this replica may not have applied the IssueToken yet.
     let connection = request.extensions().get::<ApiConnection>().map(|c| &*c.lookups);
@@ -228,7 +228,7 @@ pub async fn authenticate<T>(
             if let Some(connection) = connection {
                 connection.give_back();
             }
-            admit(found, replica.stamp())
+            admit(found, || replica.stamp())
         }
         Ok(None) => Err(unauthenticated()),
         Err(e) => Err(super::status::read_error(&e)),
