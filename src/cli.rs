@@ -102,6 +102,30 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a duration like `90s`, `15m`, `12h` or `30d` (also `ms`) into milliseconds; zero is
+/// refused.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?} is not a duration like 90s, 15m, 12h or 30d")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h or 30d"))?;
+    match number.checked_mul(unit_ms) {
+        Some(0) => Err(format!("{text:?} is not longer than zero")),
+        Some(ms) => Ok(ms),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
 fn parse_pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -383,6 +407,9 @@ pub enum TokenCmd {
     Issue {
         tenant: String,
         name: String,
+        /// Lifetime, like 90s, 15m, 12h or 30d (at most 365d); by default it never expires.
+        #[arg(long, value_parser = parse_duration_ms)]
+        expires_in: Option<u64>,
     },
     Revoke {
         tenant: String,
@@ -909,9 +936,13 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
             ),
         },
         ClientCmd::Token(cmd) => match cmd {
-            TokenCmd::Issue { tenant, name } => {
-                let m =
-                    pb::IssueTokenRequest { request_id: rid, tenant_id: tenant, token_name: name };
+            TokenCmd::Issue { tenant, name, expires_in } => {
+                let m = pb::IssueTokenRequest {
+                    request_id: rid,
+                    tenant_id: tenant,
+                    token_name: name,
+                    ttl_ms: expires_in.unwrap_or(0),
+                };
                 show(json, &call!(tenants, issue_token, m))
             }
             TokenCmd::Revoke { tenant, name } => {
@@ -1173,7 +1204,20 @@ pub fn describe(status: &tonic::Status) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cpu;
+    use super::{parse_cpu, parse_duration_ms};
+
+    /// Durations take one unit (ms, s, m, h, d); zero, no unit or overflow is an error.
+    #[test]
+    fn durations_parse_to_millis() {
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("15m"), Ok(900_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
+        assert_eq!(parse_duration_ms("30d"), Ok(2_592_000_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        for bad in ["", "0s", "90", "s", "1.5h", "-1d", "1w", "99999999999999999999d", "1h30m"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
 
     /// Cores parse exactly to millicores; more than three decimals is an error, never rounded.
     #[test]

@@ -5,7 +5,8 @@
 //! # Layout
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Depends on nothing
 //!   below; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
-//! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping.
+//! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping, and the
+//!   per-connection state its requests share (`ApiStream`, under tonic).
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
 //!   group commit, ticker, reads, membership).

@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::Connected;
 
+use crate::api::connection::ApiStream;
 use crate::api::Api;
 use crate::clock::Clock;
-use crate::network::{Connect, PeerStream};
+use crate::network::Connect;
 use crate::raft::replica::{Replica, ReplicaOptions};
 use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
@@ -231,46 +231,6 @@ async fn admit_members(replica: Replica, admission: Admission) {
     }
 }
 
-/// An accepted API connection, after its TLS handshake if any.
-pub struct ApiConnection(Box<dyn PeerStream>);
-
-impl Connected for ApiConnection {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl tokio::io::AsyncRead for ApiConnection {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for ApiConnection {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// The API connections `incoming` yields, each after its TLS handshake (done concurrently,
 /// at most `API_HANDSHAKES_MAX` at once, each within `tls::HANDSHAKE_TIMEOUT`); one whose
 /// handshake fails is dropped. Stops accepting when `stopped` resolves.
@@ -278,7 +238,7 @@ fn accept_api<I, IO, IE>(
     incoming: I,
     tls: Option<ApiTls>,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
-) -> ReceiverStream<std::io::Result<ApiConnection>>
+) -> ReceiverStream<std::io::Result<ApiStream>>
 where
     I: Stream<Item = Result<IO, IE>> + Send + 'static,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -302,7 +262,7 @@ where
                 },
             };
             let Some(tls) = &tls else {
-                let connection = ApiConnection(Box::new(io));
+                let connection = ApiStream::new(Box::new(io));
                 if accepted.send(Ok(connection)).await.is_err() {
                     return;
                 }
@@ -313,7 +273,7 @@ where
             tokio::spawn(async move {
                 match tls.accept(io).await {
                     Ok(io) => {
-                        let _ = accepted.send(Ok(ApiConnection(Box::new(io)))).await;
+                        let _ = accepted.send(Ok(ApiStream::new(Box::new(io)))).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "API connection without a TLS handshake"),
                 }

@@ -103,6 +103,78 @@ async fn auth_and_tenant_isolation() {
     cluster.shutdown().await;
 }
 
+/// A token issued with a lifetime works until then, and afterwards is UNAUTHENTICATED with
+/// reason TOKEN_EXPIRED for reads and writes on every replica; a lifetime above
+/// `TOKEN_TTL_MAX_MS` is INVALID_ARGUMENT and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "alpha").await;
+    register(&mut c, "w1", 1_000_000).await;
+    let issue = |name: &str, ttl_ms| pb::IssueTokenRequest {
+        request_id: rid(),
+        tenant_id: "alpha".into(),
+        token_name: name.into(),
+        ttl_ms,
+    };
+    let get = || pb::GetTenantRequest { tenant_id: "alpha".into(), read: None };
+
+    let applied = cluster.replica(cluster.leader().await).status().applied_command_index;
+    let too_long = issue("long", berth::scheduler::TOKEN_TTL_MAX_MS + 1);
+    let refused = c.tenants.issue_token(authed(ADMIN_TOKEN, too_long)).await.expect_err("too long");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str(), meta(&refused, "field").as_str()),
+        (Code::InvalidArgument, "INVALID_ARGUMENT", "ttl_ms")
+    );
+    let leader = cluster.leader().await;
+    assert_eq!(cluster.replica(leader).status().applied_command_index, applied, "proposed");
+
+    let issued = c
+        .tenants
+        .issue_token(authed(ADMIN_TOKEN, issue("short", 3_000)))
+        .await
+        .expect("issued")
+        .into_inner();
+    let applied_at = issued.write.expect("write info").applied_at_ms;
+    assert_eq!(issued.expires_at_ms, applied_at + 3_000);
+    let token = issued.token;
+    let tenant = c.tenants.get_tenant(authed(&token, get())).await.expect("works").into_inner();
+    let listed = tenant.tenant.expect("tenant").tokens;
+    assert_eq!(
+        listed,
+        vec![pb::TokenInfo { name: "short".into(), expires_at_ms: issued.expires_at_ms }]
+    );
+    c.scheduler.place(authed(&token, place("alpha", spec("early", 100)))).await.expect("works");
+
+    poll("the token to expire", || {
+        let mut tenants = c.tenants.clone();
+        let request = authed(&token, get());
+        async move {
+            let refused = tenants.get_tenant(request).await.err()?;
+            (reason(&refused) == "TOKEN_EXPIRED").then_some(())
+        }
+    })
+    .await;
+    for id in cluster.running() {
+        let mut r = clients(&cluster, id).await;
+        let read = r.tenants.get_tenant(authed(&token, get())).await.expect_err("expired");
+        let write = r
+            .scheduler
+            .place(authed(&token, place("alpha", spec("late", 100))))
+            .await
+            .expect_err("expired");
+        for refused in [read, write] {
+            assert_eq!(
+                (refused.code(), reason(&refused).as_str(), meta(&refused, "token").as_str()),
+                (Code::Unauthenticated, "TOKEN_EXPIRED", "short"),
+                "{refused}"
+            );
+            assert_eq!(meta(&refused, "expired_at_ms"), issued.expires_at_ms.to_string());
+        }
+    }
+    cluster.shutdown().await;
+}
+
 /// 50 concurrent Place calls against a quota of 10 instances: exactly 10 succeed, the rest
 /// are QUOTA_EXCEEDED with dimension, limit, used and requested.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,12 @@ fn up_and_client_subcommands() {
         &["tenant", "get", "acme"],
     );
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
+    let issued = ok(api, login, &["token", "issue", "acme", "ci", "--expires-in", "1h", "--json"]);
+    let issued: serde_json::Value = serde_json::from_str(&issued).expect("json");
+    let expires_at = issued["expires_at_ms"].as_u64().expect("expiry");
+    assert_eq!(expires_at, issued["write"]["applied_at_ms"].as_u64().expect("time") + 3_600_000);
+    let listed = ok(api, login, &["tenant", "get", "acme"]);
+    assert!(listed.contains(&format!("{expires_at}  ci")), "{listed}");
     closed_stdout_ends_quietly(api, login);
     drop(cluster);
 

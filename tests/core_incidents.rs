@@ -651,6 +651,7 @@ fn tenant_deletion_cascades() {
         tenant: "team".into(),
         token: "ci".into(),
         hash: TokenHash([7; 32]),
+        ttl_ms: 60_000,
     });
     log.place("bystander", spec("b", 300, 30)).expect("placed");
     assert_eq!(log.usage("org").cpu_millis, 4_200);
@@ -674,6 +675,7 @@ fn tenant_deletion_cascades() {
     assert!(log.usage("org").is_zero());
     assert!(state.tenants[&TenantId::from("org")].children.is_empty());
     assert_eq!(log.s.next_deadline(), None, "no deadline outlives its tenant");
+    assert_eq!(log.s.next_token_purge(), None, "nor a token's purge");
     assert_eq!(log.s.query(&Query::TokenOwner(TokenHash([7; 32]))), Answer::TokenOwner(None));
     assert_eq!(log.usage("bystander").cpu_millis, 300);
 
@@ -973,8 +975,8 @@ fn commands_with_a_revoked_or_foreign_token_are_refused_at_apply() {
     log.worker("w1", 4_000, 4_096);
     let acme = TokenHash([1; 32]);
     let beta = TokenHash([2; 32]);
-    log.ok(Command::AddToken { tenant: "acme".into(), token: "ci".into(), hash: acme });
-    log.ok(Command::AddToken { tenant: "beta".into(), token: "ci".into(), hash: beta });
+    log.ok(Command::AddToken { tenant: "acme".into(), token: "ci".into(), hash: acme, ttl_ms: 0 });
+    log.ok(Command::AddToken { tenant: "beta".into(), token: "ci".into(), hash: beta, ttl_ms: 0 });
     let with_token = |log: &mut Log, id: &str, token: TokenHash| {
         log.index += 1;
         log.s.apply(Entry {

@@ -471,9 +471,13 @@ fn command() -> impl Strategy<Value = Command> {
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
         5 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
         2 => set_pool_reserve(),
-        1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8).prop_map(|(tenant, token, b)| {
-            Command::AddToken { tenant, token: TokenId::from(token), hash: TokenHash([b; 32]) }
-        }),
+        1 => (tenant(), select(vec!["t1", "t2"]), 0..3u8, prop_oneof![Just(0u64), 1..=5_000u64])
+            .prop_map(|(tenant, token, b, ttl_ms)| Command::AddToken {
+                tenant,
+                token: TokenId::from(token),
+                hash: TokenHash([b; 32]),
+                ttl_ms,
+            }),
         1 => (tenant(), select(vec!["t1", "t2"]))
             .prop_map(|(tenant, token)| {
                 Command::RevokeToken { tenant, token: TokenId::from(token) }

@@ -13,7 +13,7 @@ use berth::scheduler::{
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId,
     PoolId, Preemption, Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare,
     Strategy as Spread, TenantId, TokenHash, TokenId, UnixMillis, WindowLimits, WindowPolicy,
-    WorkerId, SESSIONS_PER_TENANT_MAX,
+    WorkerId, SESSIONS_PER_TENANT_MAX, TOKEN_TTL_MAX_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -315,6 +315,18 @@ fn token_hash() -> impl Strategy<Value = TokenHash> {
     (0..3u8).prop_map(|b| TokenHash([b; 32]))
 }
 
+/// No expiry, short enough to expire (and be purged) within a run, at and past the bound,
+/// and anything.
+fn token_ttl() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => Just(0u64),
+        4 => 1..=20_000u64,
+        1 => Just(TOKEN_TTL_MAX_MS),
+        1 => Just(TOKEN_TTL_MAX_MS + 1),
+        1 => extreme_u64(),
+    ]
+}
+
 /// Every `Command` kind. The weights favour the commands that build deep states.
 fn command() -> impl Strategy<Value = Command> {
     let worker = || name(&WORKERS).prop_map(WorkerId::from);
@@ -341,9 +353,9 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
         3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
-        1 => (tenant(), name(&["k1", "k2"]), token_hash()).prop_map(|(tenant, token, hash)| {
-            Command::AddToken { tenant, token: TokenId::from(token), hash }
-        }),
+        1 => (tenant(), name(&["k1", "k2"]), token_hash(), token_ttl()).prop_map(
+            |(tenant, token, hash, ttl_ms)| Command::AddToken { tenant, token: TokenId::from(token), hash, ttl_ms }
+        ),
         1 => (tenant(), name(&["k1", "k2"]))
             .prop_map(|(tenant, token)| Command::RevokeToken { tenant, token: TokenId::from(token) }),
         6 => (tenant(), spec(), fence()).prop_map(|(tenant, spec, fence)| Command::Place { tenant, spec, fence }),

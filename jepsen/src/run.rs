@@ -158,6 +158,7 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
         request_id: "setup-probe-token".to_owned(),
         tenant_id: workload::PROBE_FROM.to_owned(),
         token_name: "probe".to_owned(),
+        ttl_ms: 0,
     };
     let token =
         c.call(req, |ch, r| async move { client::tenants(ch).issue_token(r).await }).await?.token;

@@ -179,6 +179,14 @@ pub fn tenant(t: &Tenant) -> pb::Tenant {
         weight: t.weight,
         created_at_ms: t.created_at.0,
         token_names: t.tokens.keys().map(|k| k.0.clone()).collect(),
+        tokens: t
+            .tokens
+            .iter()
+            .map(|(name, token)| pb::TokenInfo {
+                name: name.0.clone(),
+                expires_at_ms: token.expires_at.map_or(0, |at| at.0),
+            })
+            .collect(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! place (`status.rs`).
 
 pub mod auth;
+pub mod connection;
 pub mod convert;
 mod services;
 pub mod status;
@@ -17,6 +18,7 @@ pub mod pb {
         tonic::include_file_descriptor_set!("berth_api_descriptor");
 }
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
@@ -41,15 +43,17 @@ const READ_DEADLINE: Duration = Duration::from_secs(5);
 pub struct Api {
     replica: Replica,
     admin: TokenHash,
+    /// The replica's budget of unknown-token lookups, shared by every connection.
+    lookups: Arc<auth::LookupBudget>,
 }
 
 impl Api {
     pub fn new(replica: Replica, admin: TokenHash) -> Self {
-        Api { replica, admin }
+        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()) }
     }
 
     async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        auth::authenticate(request, &self.admin, &self.replica, READ_DEADLINE).await
+        auth::authenticate(request, &self.admin, &self.replica, &self.lookups, READ_DEADLINE).await
     }
 
     /// Proposes a command and returns its response with where it landed in the log.

@@ -167,8 +167,9 @@ impl pb::tenants_server::Tenants for Api {
         let tenant = valid_tenant(&r.tenant_id)?;
         let token = new_token()?;
         let hash = super::hash_token(&token);
-        let command = Command::AddToken { tenant, token: TokenId::new(&r.token_name), hash };
-        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        let name = TokenId::new(&r.token_name);
+        let command = Command::AddToken { tenant, token: name, hash, ttl_ms: r.ttl_ms };
+        let (response, write) = self.write(&caller, &r.request_id, command).await?;
         if write.replayed {
             // The token of the first attempt was shown once and is not stored; say so.
             return Err(error(
@@ -178,7 +179,11 @@ impl pb::tenants_server::Tenants for Api {
                 Vec::new(),
             ));
         }
-        Ok(Reply::new(pb::IssueTokenResponse { write: Some(write), token }))
+        let expires_at_ms = match response {
+            Response::TokenAdded { expires_at } => expires_at.map_or(0, |at| at.0),
+            other => return Err(unexpected(other)),
+        };
+        Ok(Reply::new(pb::IssueTokenResponse { write: Some(write), token, expires_at_ms }))
     }
 
     async fn revoke_token(
@@ -719,6 +724,7 @@ impl Api {
                     applied_command_index: s.applied_command_index,
                     state_hash: s.state_hash,
                     voter,
+                    read_indexes: s.read_indexes,
                 },
                 None => pb::ReplicaStatus {
                     replica_id: *id,

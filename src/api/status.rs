@@ -96,7 +96,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::StaleFencingToken { .. }
         | Rejection::RequestIdReused { .. } => Code::FailedPrecondition,
         Rejection::PoolDenied { .. } => Code::PermissionDenied,
-        Rejection::Unauthenticated => Code::Unauthenticated,
+        Rejection::Unauthenticated | Rejection::TokenExpired { .. } => Code::Unauthenticated,
     }
 }
 

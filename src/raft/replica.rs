@@ -15,6 +15,7 @@
 //!   completeness puts every committed entry there, and it commits in this very term.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,6 +152,10 @@ pub struct ReplicaStatus {
     pub now_ms: u64,
     /// SHA-256 of the scheduler state, hex; equal on replicas at equal applied index.
     pub state_hash: String,
+    /// ReadIndex rounds this replica has served as leader since it started (its own
+    /// linearizable reads and its followers'), each confirmed by a quorum. A round that
+    /// failed (no quorum in time) is not counted; its read tries again.
+    pub read_indexes: u64,
 }
 
 struct Pending {
@@ -175,6 +180,8 @@ struct Inner {
     leader_client: Mutex<Option<(ReplicaId, String, PeerClient)>>,
     /// The vote and the last log entry found on disk at start (see the module header).
     recovered: (Option<Vote>, Option<LogId>),
+    /// ReadIndex rounds served as leader (`ReplicaStatus::read_indexes`).
+    read_indexes: AtomicU64,
 }
 
 /// A running replica; clones share it.
@@ -250,6 +257,7 @@ impl Replica {
                 tasks: Mutex::new(Vec::new()),
                 leader_client: Mutex::new(None),
                 recovered: (vote, last_log),
+                read_indexes: AtomicU64::new(0),
             }),
         };
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
@@ -285,6 +293,7 @@ impl Replica {
     ) -> Result<Option<LogId>, RaftError<openraft::error::CheckIsLeaderError<ReplicaId, BasicNode>>>
     {
         let index = self.inner.raft.ensure_linearizable().await?;
+        self.inner.read_indexes.fetch_add(1, Ordering::Relaxed);
         let (vote, last_log) = &self.inner.recovered;
         let same_vote = vote.as_ref() == Some(&self.inner.raft.metrics().borrow().vote);
         Ok(if same_vote { index.max(*last_log) } else { index })
@@ -551,8 +560,12 @@ impl Replica {
             if !self.is_leader() {
                 continue;
             }
-            let next_deadline = self.inner.sm.read().scheduler.next_deadline();
-            let due = next_deadline.is_some_and(|at| at <= self.stamp());
+            let (next_deadline, next_purge) = {
+                let s = &self.inner.sm.read().scheduler;
+                (s.next_deadline(), s.next_token_purge())
+            };
+            let now = self.stamp();
+            let due = next_deadline.into_iter().chain(next_purge).any(|at| at <= now);
             let idle = next_deadline.is_some()
                 && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
             if due || idle {
@@ -688,6 +701,7 @@ impl Replica {
             applied_command_index: state.progress.command_index,
             now_ms: state.scheduler.now().0,
             state_hash: hex(&state.scheduler.state_hash()),
+            read_indexes: self.inner.read_indexes.load(Ordering::Relaxed),
         }
     }
 

@@ -146,6 +146,8 @@ pub enum Command {
         tenant: TenantId,
         token: TokenId,
         hash: TokenHash,
+        /// Lifetime from this entry's log time, 0..=`TOKEN_TTL_MAX_MS` (0: never expires).
+        ttl_ms: u64,
     },
     RevokeToken {
         tenant: TenantId,
@@ -321,9 +323,17 @@ impl Command {
                 }
             }
             Command::SetQuota { quota, .. } => quota.validate(),
-            Command::AddToken { token, .. } | Command::RevokeToken { token, .. } => {
-                validate_object_id("token", token.as_str())
+            Command::AddToken { token, ttl_ms, .. } => {
+                validate_object_id("token", token.as_str())?;
+                if *ttl_ms > super::TOKEN_TTL_MAX_MS {
+                    return Err(Rejection::invalid(
+                        "ttl_ms",
+                        format!("must be 0 (never expires) to {}", super::TOKEN_TTL_MAX_MS),
+                    ));
+                }
+                Ok(())
             }
+            Command::RevokeToken { token, .. } => validate_object_id("token", token.as_str()),
             Command::Place { spec, fence, .. } | Command::PlaceOrQueue { spec, fence, .. } => {
                 spec.validate()?;
                 validate_fence(fence)
@@ -488,7 +498,10 @@ pub enum Response {
     TenantCreated(Tenant),
     TenantDeleted(DeletedCounts),
     QuotaSet,
-    TokenAdded,
+    /// The token was added; it is refused from `expires_at` on, if set.
+    TokenAdded {
+        expires_at: Option<UnixMillis>,
+    },
     TokenRevoked,
     /// A placement or reservation as it now stands (instances name their workers).
     Placed(Placement),
@@ -647,6 +660,8 @@ pub enum Rejection {
     LimitReached { what: String, max: u64 },
     #[error("unknown or revoked token")]
     Unauthenticated,
+    #[error("token {token} expired at {expired_at}")]
+    TokenExpired { token: TokenId, expired_at: UnixMillis },
 }
 
 impl Rejection {
@@ -689,6 +704,7 @@ impl Rejection {
             Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
             Rejection::Unauthenticated => "UNAUTHENTICATED",
+            Rejection::TokenExpired { .. } => "TOKEN_EXPIRED",
         }
     }
 
@@ -773,6 +789,10 @@ impl Rejection {
                 put("max_instances", max_instances.to_string());
                 put("current", current.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::TokenExpired { token, expired_at } => {
+                put("token", token.to_string());
+                put("expired_at_ms", expired_at.0.to_string());
             }
             Rejection::InvalidArgument { field, .. } => put("field", field.clone()),
             Rejection::InvalidTenantId { tenant } => put("tenant", tenant.clone()),

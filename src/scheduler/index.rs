@@ -13,7 +13,7 @@ use super::ids::{
 };
 use super::queue::QueuedPlacement;
 use super::resources::{LabelTerm, Resources};
-use super::state::{Placement, State, Worker};
+use super::state::{Placement, State, Token, Worker};
 
 /// A schedulable worker ordered by free cpu, then free memory, then id.
 pub type FreeKey = (u64, u64, WorkerId);
@@ -48,6 +48,8 @@ pub struct Indexes {
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
+    /// When each expiring token is forgotten (`EXPIRED_TOKEN_RETENTION_MS` after it expires).
+    pub token_purges: BTreeSet<(UnixMillis, TenantId, TokenId)>,
     /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
     pub pool_capacity: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a window limit.
@@ -59,6 +61,11 @@ pub struct Indexes {
     pub pool_free: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a guarantee in each pool.
     pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
+}
+
+/// When a token that expires at `expires_at` is forgotten.
+pub fn purge_at(expires_at: UnixMillis) -> UnixMillis {
+    expires_at.plus_ms(super::EXPIRED_TOKEN_RETENTION_MS)
 }
 
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, key: &K) {
@@ -104,8 +111,8 @@ impl Indexes {
             if let Some(burst) = tenant.burst.filter(|b| !b.expired) {
                 ix.deadlines.insert((burst.grace_ends_at, Deadline::Grace(tenant.id.clone())));
             }
-            for (token, hash) in &tenant.tokens {
-                ix.tokens.insert(*hash, (tenant.id.clone(), token.clone()));
+            for (id, token) in &tenant.tokens {
+                ix.add_token(&tenant.id, id, token);
             }
             ix.set_guaranteed(&tenant.id, tenant.quota.guarantees.keys(), true);
         }
@@ -113,6 +120,20 @@ impl Indexes {
             ix.add_queued(queued);
         }
         ix
+    }
+
+    pub fn add_token(&mut self, tenant: &TenantId, id: &TokenId, token: &Token) {
+        self.tokens.insert(token.hash, (tenant.clone(), id.clone()));
+        if let Some(at) = token.expires_at {
+            self.token_purges.insert((purge_at(at), tenant.clone(), id.clone()));
+        }
+    }
+
+    pub fn forget_token(&mut self, tenant: &TenantId, id: &TokenId, token: &Token) {
+        self.tokens.remove(&token.hash);
+        if let Some(at) = token.expires_at {
+            self.token_purges.remove(&(purge_at(at), tenant.clone(), id.clone()));
+        }
     }
 
     /// Adds (`present`) or removes `tenant` as holding a guarantee in each of `pools`.

@@ -63,7 +63,7 @@ pub use resources::{
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, Sessions, State,
-    Tenant, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
+    Tenant, Token, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -88,8 +88,13 @@ pub const GROUP_INSTANCES_MAX: u32 = 100_000;
 pub const TENANT_DEPTH_MAX: u32 = 8;
 /// Largest fair-share weight.
 pub const WEIGHT_MAX: u32 = 1_000;
-/// Most API tokens per tenant.
+/// Most API tokens per tenant (expired ones count until they are forgotten).
 pub const TOKENS_PER_TENANT_MAX: usize = 16;
+/// Longest token lifetime: 1 year (`AddToken::ttl_ms`; 0 means the token never expires).
+pub const TOKEN_TTL_MAX_MS: u64 = 365 * 24 * 3_600_000;
+/// How long an expired token is kept, refused as `TOKEN_EXPIRED`, before it is forgotten
+/// (then it is an unknown token): 1 day. Expired tokens must not pile up in the state.
+pub const EXPIRED_TOKEN_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Longest reservation: 7 days.
 pub const RESERVATION_TTL_MAX_MS: u64 = 7 * 24 * 3_600_000;
 /// Longest lease TTL: 1 hour.
@@ -178,6 +183,13 @@ impl Scheduler {
         }
     }
 
+    /// When the next expired token is due to be forgotten, so the leader proposes `Tick` then.
+    /// Apart from `next_deadline`: a token that expires in a year must not keep the leader
+    /// ticking while idle.
+    pub fn next_token_purge(&self) -> Option<UnixMillis> {
+        self.ix.token_purges.first().map(|(at, _, _)| *at)
+    }
+
     /// Applies one committed entry. Never fails: rejections are in `Applied::result`.
     pub fn apply(&mut self, entry: Entry) -> Applied {
         let index = entry.index;
@@ -199,6 +211,7 @@ impl Scheduler {
         // A new UTC day (or month) may have reset a window someone waits for.
         self.queue_dirty |= windows::day_of(self.state.now) != day;
         let expired = self.expire_due();
+        self.purge_expired_tokens();
         // What expiry freed is offered to the queue before the command runs.
         self.admit_queued(index);
         let mut events = std::mem::take(&mut self.events);
@@ -210,10 +223,8 @@ impl Scheduler {
             return Applied { events, ..self.answer(index, Err(rejection), expired) };
         }
         if let Some(hash) = token {
-            let owner = self.ix.tokens.get(&hash).map(|(tenant, _)| tenant);
-            if owner.is_none() || owner != command.tenant() {
-                let refused = self.answer(index, Err(Rejection::Unauthenticated), expired);
-                return Applied { events, ..refused };
+            if let Err(rejection) = self.check_token(hash, command.tenant()) {
+                return Applied { events, ..self.answer(index, Err(rejection), expired) };
             }
         }
         let session = request_id.map(|request_id| {
@@ -300,11 +311,15 @@ impl Scheduler {
             }
             Command::DeleteTenant { tenant } => self.delete_tenant(&tenant),
             Command::SetQuota { tenant, quota } => self.set_quota(&tenant, quota),
-            Command::AddToken { tenant, token, hash } => self.add_token(&tenant, token, hash),
+            Command::AddToken { tenant, token, hash, ttl_ms } => {
+                self.add_token(&tenant, token, hash, ttl_ms)
+            }
             Command::RevokeToken { tenant, token } => {
                 let t = self.tenant_mut(&tenant)?;
-                let hash = t.tokens.remove(&token).ok_or(Rejection::TokenNotFound { token })?;
-                self.ix.tokens.remove(&hash);
+                let Some(removed) = t.tokens.remove(&token) else {
+                    return Err(Rejection::TokenNotFound { token });
+                };
+                self.ix.forget_token(&tenant, &token, &removed);
                 Ok(Response::TokenRevoked)
             }
             Command::Place { tenant, spec, fence } => {

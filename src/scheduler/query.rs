@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     GroupId, Lease, LeaseName, Placement, PlacementGroup, PlacementId, PoolId, Scheduler, Tenant,
-    TenantId, TokenHash, TokenId, UnixMillis, Worker, WorkerId,
+    TenantId, Token, TokenHash, TokenId, UnixMillis, Worker, WorkerId,
 };
 
 /// Most items one list query returns.
@@ -35,7 +35,7 @@ pub enum Query {
     },
     Group(TenantId, GroupId),
     Lease(TenantId, LeaseName),
-    /// Which tenant (and token name) a token hash belongs to.
+    /// Which tenant (and token name and record) a token hash belongs to.
     TokenOwner(TokenHash),
     Summary,
 }
@@ -63,7 +63,7 @@ pub enum Answer {
     /// The group and how many instances it holds now.
     Group(Option<(PlacementGroup, u64)>),
     Lease(Option<Lease>),
-    TokenOwner(Option<(TenantId, TokenId)>),
+    TokenOwner(Option<(TenantId, TokenId, Token)>),
     Summary(Summary),
 }
 
@@ -120,7 +120,12 @@ impl Scheduler {
                     .map(|g| (g.clone(), self.ix.group_instances(&tenant, &id))),
             ),
             Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
-            Query::TokenOwner(hash) => Answer::TokenOwner(self.ix.tokens.get(&hash).cloned()),
+            Query::TokenOwner(hash) => {
+                Answer::TokenOwner(self.ix.tokens.get(&hash).and_then(|(tenant, id)| {
+                    let token = self.state.tenants.get(tenant)?.tokens.get(id)?;
+                    Some((tenant.clone(), id.clone(), *token))
+                }))
+            }
             Query::Summary => Answer::Summary(Summary {
                 now: s.now,
                 workers: super::count_u64(s.workers.len()),

@@ -14,7 +14,8 @@ use super::{Scheduler, State};
 /// specs `requeue_on_preemption`.
 /// 4: quotas gained soft limits as a share of a pool (`soft_share`).
 /// 5: pools gained reserves (`State::pool_reserves`).
-pub const SNAPSHOT_VERSION: u32 = 5;
+/// 6: tenants' tokens gained an expiry (`Token`).
+pub const SNAPSHOT_VERSION: u32 = 6;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -117,8 +117,24 @@ pub struct Tenant {
     pub burst: Option<Burst>,
     /// Jobs today and cpu time this month of this tenant and its descendants.
     pub windows: WindowCounters,
-    pub tokens: BTreeMap<TokenId, TokenHash>,
+    pub tokens: BTreeMap<TokenId, Token>,
     pub created_at: UnixMillis,
+}
+
+/// One of a tenant's API tokens: only its hash is kept, never the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub hash: TokenHash,
+    /// The log time from which the token is refused (`TOKEN_EXPIRED`); `None`: never. It is
+    /// forgotten `EXPIRED_TOKEN_RETENTION_MS` later.
+    pub expires_at: Option<UnixMillis>,
+}
+
+impl Token {
+    /// Whether the token is refused at log time (or replica clock) `now`.
+    pub fn expired(&self, now: UnixMillis) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
     count_u64, DeletedCounts, Dimension, Limits, PlacementId, PoolId, Quota, Rejection, Response,
-    Scheduler, Tenant, TenantId, TokenHash, TokenId, Usage, UsageTotals, TENANTS_MAX,
+    Scheduler, Tenant, TenantId, Token, TokenHash, TokenId, Usage, UsageTotals, TENANTS_MAX,
     TENANT_DEPTH_MAX, TOKENS_PER_TENANT_MAX,
 };
 
@@ -117,8 +117,8 @@ impl Scheduler {
         self.ix.window_limited -= u64::from(!removed.quota.windows.is_unlimited());
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
         assert!(removed.burst.is_none(), "invariant: an empty subtree is under soft");
-        for hash in removed.tokens.values() {
-            self.ix.tokens.remove(hash);
+        for (id, token) in &removed.tokens {
+            self.ix.forget_token(tenant, id, token);
         }
         if let Some(parent) = &removed.parent {
             self.tenant_mut(parent).expect("invariant: parent exists").children.remove(tenant);
@@ -207,11 +207,13 @@ impl Scheduler {
         Ok(Response::QuotaSet)
     }
 
+    /// Adds a token that expires `ttl_ms` after this entry's log time (0: never).
     pub(super) fn add_token(
         &mut self,
         tenant: &TenantId,
         token: TokenId,
         hash: TokenHash,
+        ttl_ms: u64,
     ) -> Result<Response, Rejection> {
         let t = self.tenant(tenant)?;
         if t.tokens.contains_key(&token) || self.ix.tokens.contains_key(&hash) {
@@ -223,8 +225,48 @@ impl Scheduler {
                 max: TOKENS_PER_TENANT_MAX as u64,
             });
         }
-        self.tenant_mut(tenant)?.tokens.insert(token.clone(), hash);
-        self.ix.tokens.insert(hash, (tenant.clone(), token));
-        Ok(Response::TokenAdded)
+        let expires_at = (ttl_ms > 0).then(|| self.state.now.plus_ms(ttl_ms));
+        let record = Token { hash, expires_at };
+        self.tenant_mut(tenant)?.tokens.insert(token.clone(), record);
+        self.ix.add_token(tenant, &token, &record);
+        Ok(Response::TokenAdded { expires_at })
+    }
+
+    /// Refuses a command authorized by a token that is unknown, another tenant's, or expired
+    /// at this entry's log time.
+    pub(super) fn check_token(
+        &self,
+        hash: TokenHash,
+        tenant: Option<&TenantId>,
+    ) -> Result<(), Rejection> {
+        let Some((owner, id)) = self.ix.tokens.get(&hash) else {
+            return Err(Rejection::Unauthenticated);
+        };
+        if Some(owner) != tenant {
+            return Err(Rejection::Unauthenticated);
+        }
+        let token = self.state.tenants.get(owner).and_then(|t| t.tokens.get(id));
+        let token = token.expect("invariant: an indexed token belongs to its tenant");
+        match token.expires_at {
+            Some(expired_at) if token.expired(self.state.now) => {
+                Err(Rejection::TokenExpired { token: id.clone(), expired_at })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets every token whose retention after expiry has ended at this entry's log time.
+    pub(super) fn purge_expired_tokens(&mut self) {
+        while let Some((at, _, _)) = self.ix.token_purges.first() {
+            if *at > self.state.now {
+                break;
+            }
+            let (_, tenant, id) =
+                self.ix.token_purges.pop_first().expect("invariant: first exists");
+            let t = self.state.tenants.get_mut(&tenant);
+            let token = t.and_then(|t| t.tokens.remove(&id));
+            let token = token.expect("invariant: a purge names a token of its tenant");
+            self.ix.tokens.remove(&token.hash);
+        }
     }
 }

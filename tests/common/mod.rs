@@ -327,6 +327,7 @@ pub async fn issue_token(c: &mut Clients, tenant: &str) -> String {
         request_id: rid(),
         tenant_id: tenant.into(),
         token_name: "ci".into(),
+        ttl_ms: 0,
     };
     c.tenants.issue_token(authed(ADMIN_TOKEN, r)).await.expect("token issued").into_inner().token
 }
