@@ -28,6 +28,8 @@ pub struct ClientSpec {
     pub seed: u64,
     pub endpoints: Vec<String>,
     pub token_file: std::path::PathBuf,
+    /// The run's CA certificate: the API's TLS is verified against it.
+    pub ca_file: std::path::PathBuf,
     /// The run's time zero and its end, in µs since the Unix epoch.
     pub start_unix_us: u64,
     pub until_unix_us: u64,
@@ -39,7 +41,9 @@ pub async fn run_client(spec: &str) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&spec.token_file)
         .with_context(|| format!("reading {}", spec.token_file.display()))?;
     let recorder = Recorder::stdout(spec.start_unix_us);
-    let shared = Arc::new(Shared::new(spec.endpoints, token.trim().to_owned(), recorder, 0));
+    let tls =
+        berth::client::ClientSecurity::Tls(berth::client::ClientTls::load(&spec.ca_file, None)?);
+    let shared = Arc::new(Shared::new(spec.endpoints, token.trim().to_owned(), tls, recorder, 0));
     let left = spec.until_unix_us.saturating_sub(unix_us());
     let until = Instant::now() + Duration::from_micros(left);
     let gap = Duration::from_millis(spec.gap_ms);
