@@ -459,7 +459,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
                 seed: config.seed,
                 endpoints: shared.endpoints.clone(),
                 token_file: token_file.clone(),
-                ca_file: certs.ca(),
+                certs: certs.clone(),
                 start_unix_us: recorder.start_unix_us(),
                 until_unix_us: unix_us() + u64::try_from(config.time_limit.as_micros())?,
             };

@@ -222,7 +222,7 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 /// The run's TLS files in one directory: the CA's certificate (`ca.pem`; its key is never
 /// written) and each replica's certificate and key (`replica-N.pem`, `replica-N-key.pem`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Certificates {
     pub dir: PathBuf,
 }
