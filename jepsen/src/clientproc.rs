@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::history::{unix_us, Op, Recorder, Type};
+use crate::topology::Certificates;
 use crate::workload::{client_loop, Shared, Workload};
 
 /// What a client process needs to know (passed as JSON in one argument).
@@ -28,6 +29,8 @@ pub struct ClientSpec {
     pub seed: u64,
     pub endpoints: Vec<String>,
     pub token_file: std::path::PathBuf,
+    /// The run's TLS files: the API's certificates are verified against its CA.
+    pub certs: Certificates,
     /// The run's time zero and its end, in µs since the Unix epoch.
     pub start_unix_us: u64,
     pub until_unix_us: u64,
@@ -39,7 +42,8 @@ pub async fn run_client(spec: &str) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&spec.token_file)
         .with_context(|| format!("reading {}", spec.token_file.display()))?;
     let recorder = Recorder::stdout(spec.start_unix_us);
-    let shared = Arc::new(Shared::new(spec.endpoints, token.trim().to_owned(), recorder, 0));
+    let tls = spec.certs.client_security()?;
+    let shared = Arc::new(Shared::new(spec.endpoints, token.trim().to_owned(), tls, recorder, 0));
     let left = spec.until_unix_us.saturating_sub(unix_us());
     let until = Instant::now() + Duration::from_micros(left);
     let gap = Duration::from_millis(spec.gap_ms);

@@ -17,7 +17,7 @@ use crate::checker::{self, Availability, CheckResult, FinalState, Valid};
 use crate::clientproc::{self, ClientSpec};
 use crate::history::{self, unix_us, Op, Outcome, Recorder, Type};
 use crate::nemesis::{self, Nemesis};
-use crate::topology::{Cluster, Net};
+use crate::topology::{write_private, Certificates, Cluster, Net};
 use crate::workload::{self, Shared, Workload};
 
 /// Longest wait for the cluster to elect a leader, converge or answer a final read.
@@ -396,27 +396,25 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&config.dir)?;
     let token = format!("jepsen-admin-{}", client::new_request_id());
     let token_file = config.dir.join("admin.token");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Owner-only, as `berth server` requires.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&token_file)?
-            .write_all(format!("{token}\n").as_bytes())?;
-    }
-    let mut cluster_procs =
-        Cluster::new(&config.run, config.replicas, &config.berth, &config.dir, &token_file);
+    // Owner-only, as `berth server` requires.
+    write_private(&token_file, &format!("{token}\n"))?;
+    let certs = Certificates::create(&config.dir.join("tls"), config.replicas)?;
+    let tls = certs.client_security()?;
+    let mut cluster_procs = Cluster::new(
+        &config.run,
+        config.replicas,
+        &config.berth,
+        &config.dir,
+        &token_file,
+        certs.clone(),
+    );
     for id in cluster_procs.ids() {
         cluster_procs.start(id)?;
     }
     let endpoints = cluster_procs.endpoints();
     let cluster = Arc::new(Mutex::new(cluster_procs));
     let recorder = Recorder::new(Some(&config.dir.join("history.jsonl")))?;
-    let shared = Arc::new(Shared::new(endpoints, token, recorder.clone(), config.quota_limit));
+    let shared = Arc::new(Shared::new(endpoints, token, tls, recorder.clone(), config.quota_limit));
     eprintln!(
         "[setup] {} replicas in namespaces {}-n*, store {}",
         config.replicas,
@@ -462,6 +460,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
                 seed: config.seed,
                 endpoints: shared.endpoints.clone(),
                 token_file: token_file.clone(),
+                certs: certs.clone(),
                 start_unix_us: recorder.start_unix_us(),
                 until_unix_us: unix_us() + u64::try_from(config.time_limit.as_micros())?,
             };

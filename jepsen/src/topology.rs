@@ -9,6 +9,9 @@
 //!
 //! `Net` and `Cluster` clean up on drop: every process in the namespaces is SIGKILLed and the
 //! namespaces deleted (which deletes the veths and the bridge with them).
+//!
+//! Replicas run with TLS on both ports: `Certificates` makes a CA for the run and a
+//! certificate per replica (naming its id and its address, which API clients dial).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -197,6 +200,66 @@ impl Drop for Net {
     }
 }
 
+/// Creates `path` owner-only (0600) with `contents`, replacing any file there: never readable
+/// by others, not even for an instant.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The run's TLS files in one directory: the CA's certificate (`ca.pem`; its key is never
+/// written) and each replica's certificate and key (`replica-N.pem`, `replica-N-key.pem`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Certificates {
+    pub dir: PathBuf,
+}
+
+impl Certificates {
+    /// A new CA, and for replicas `1..=n` a certificate naming the id and `replica_ip(id)`.
+    pub fn create(dir: &Path, n: u64) -> anyhow::Result<Certificates> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let certs = Certificates { dir: dir.to_owned() };
+        let ca = berth::tls::Authority::generate()?;
+        for id in 1..=n {
+            let pem = ca.replica(id, &[replica_ip(id)])?;
+            let (cert, key) = certs.replica(id);
+            write_private(&key, &pem.key)?;
+            std::fs::write(&cert, &pem.cert)
+                .with_context(|| format!("writing {}", cert.display()))?;
+        }
+        std::fs::write(certs.ca(), ca.cert_pem())
+            .with_context(|| format!("writing {}", certs.ca().display()))?;
+        Ok(certs)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Replica `id`'s certificate and key.
+    pub fn replica(&self, id: u64) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("replica-{id}.pem")), self.dir.join(format!("replica-{id}-key.pem")))
+    }
+
+    /// How the harness's clients reach the API: TLS, trusting the run's CA.
+    pub fn client_security(&self) -> anyhow::Result<berth::client::ClientSecurity> {
+        Ok(berth::client::ClientSecurity::Tls(berth::client::ClientTls::load(&self.ca(), None)?))
+    }
+}
+
 /// One `berth server` process.
 pub struct Replica {
     pub id: u64,
@@ -229,11 +292,19 @@ pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
     pub berth: PathBuf,
     pub token_file: PathBuf,
+    pub certs: Certificates,
     pub members: String,
 }
 
 impl Cluster {
-    pub fn new(run: &str, n: u64, berth: &Path, dir: &Path, token_file: &Path) -> Cluster {
+    pub fn new(
+        run: &str,
+        n: u64,
+        berth: &Path,
+        dir: &Path,
+        token_file: &Path,
+        certs: Certificates,
+    ) -> Cluster {
         let mut replicas = BTreeMap::new();
         for id in 1..=n {
             let rdir = dir.join(format!("replica-{id}"));
@@ -255,7 +326,13 @@ impl Cluster {
             .map(|id| format!("{id}={}:{PEER_PORT}", replica_ip(id)))
             .collect::<Vec<_>>()
             .join(",");
-        Cluster { replicas, berth: berth.to_owned(), token_file: token_file.to_owned(), members }
+        Cluster {
+            replicas,
+            berth: berth.to_owned(),
+            token_file: token_file.to_owned(),
+            certs,
+            members,
+        }
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -274,6 +351,7 @@ impl Cluster {
     /// cluster on its very first start only.
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let members = self.members.clone();
+        let (cert, key) = self.certs.replica(id);
         let r = self.replicas.get_mut(&id).context("no such replica")?;
         if r.child.is_some() {
             return Ok(());
@@ -291,7 +369,12 @@ impl Cluster {
             .arg(&self.token_file)
             .arg("--data-dir")
             .arg(&r.data_dir)
-            .arg("--insecure")
+            .arg("--ca-file")
+            .arg(self.certs.ca())
+            .arg("--cert-file")
+            .arg(cert)
+            .arg("--key-file")
+            .arg(key)
             // Small snapshot threshold: restarted replicas catch up by snapshot too.
             .args(["--snapshot-logs", "500", "--snapshot-keep-logs", "50"])
             .arg("--test-clock-offset-file")

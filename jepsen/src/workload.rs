@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth::client::{self, pb, Client, ClientOptions};
+use berth::client::{self, pb, Client, ClientOptions, ClientSecurity};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -99,6 +99,8 @@ pub fn quota_tenant(i: u64) -> String {
 pub struct Shared {
     pub endpoints: Vec<String>,
     pub token: String,
+    /// How clients reach the API (TLS, trusting the run's CA).
+    pub tls: ClientSecurity,
     pub recorder: Recorder,
     pub quota_limit: u64,
     /// Placement ids placed (ok or unknown) per quota tenant, for releases to pick from.
@@ -115,12 +117,14 @@ impl Shared {
     pub fn new(
         endpoints: Vec<String>,
         token: String,
+        tls: ClientSecurity,
         recorder: Recorder,
         quota_limit: u64,
     ) -> Shared {
         Shared {
             endpoints,
             token,
+            tls,
             recorder,
             quota_limit,
             placed: Mutex::new(BTreeMap::new()),
@@ -135,7 +139,7 @@ impl Shared {
         Client::new(
             &self.endpoints,
             Some(&self.token),
-            &berth::client::ClientSecurity::Insecure,
+            &self.tls,
             ClientOptions { deadline, attempt_timeout: Duration::from_millis(1_000) },
         )
     }
@@ -261,7 +265,7 @@ pub async fn client_loop(
         Some(token) => Some(Client::new(
             &shared.endpoints,
             Some(token),
-            &berth::client::ClientSecurity::Insecure,
+            &shared.tls,
             ClientOptions {
                 deadline: Duration::from_secs(4),
                 attempt_timeout: Duration::from_millis(1_000),

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth::client::{self, pb, Client};
+use berth::client::{self, pb, Client, ClientSecurity};
 use serde::Serialize;
 use tonic::Code;
 
@@ -292,12 +292,13 @@ async fn cancel(c: &Client, job: &Job) -> Result<bool, ()> {
 /// each a while after it is placed; then withdraw or release everything left.
 pub(crate) async fn client(
     params: Params,
+    tls: ClientSecurity,
     t: usize,
     seed: u64,
     out: Arc<Mutex<Vec<Job>>>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed ^ 0xFA1E_0000 ^ u64::try_from(t).unwrap_or(0));
-    let c = api_client(params.replicas, Duration::from_secs(3))?;
+    let c = api_client(params.replicas, &tls, Duration::from_secs(3))?;
     let mut open: BTreeMap<String, Open> = BTreeMap::new();
     let mut done: Vec<Job> = Vec::new();
     let mut n = 0u64;

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use berth::client::{self, pb, Client, ClientOptions};
+use berth::client::{self, pb, Client, ClientOptions, ClientSecurity, ClientTls};
 use berth::raft::replica::{Replica, ReplicaOptions};
-use berth::server::{Listeners, Server, Storage};
+use berth::server::{Listeners, Security, Server, Storage};
 use berth::storage::snapshot_store::StoredSnapshot;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
+use berth::tls::{roots, Authority, Identity, Pem, TlsError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -173,13 +174,29 @@ fn is_stale(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Fail { reason } if reason == "STALE_FENCING_TOKEN")
 }
 
-pub(crate) fn api_client(replicas: u64, deadline: Duration) -> Result<Client, String> {
+/// An admin client of every replica's API, over TLS (`tls`) on the simulated network.
+pub(crate) fn api_client(
+    replicas: u64,
+    tls: &ClientSecurity,
+    deadline: Duration,
+) -> Result<Client, String> {
     let mut channels = Vec::new();
     for id in 1..=replicas {
-        channels.push((host(id), net::channel(&format!("{}:{API_PORT}", host(id)))?));
+        let endpoint = format!("{}:{API_PORT}", host(id));
+        let channel = berth::tls::channel(&endpoint, tls, net::connect(), net::CONNECT_TIMEOUT)?;
+        channels.push((host(id), channel));
     }
     let options = ClientOptions { deadline, attempt_timeout: Duration::from_millis(800) };
     Client::with_channels(channels, Some(ADMIN), options).map_err(|e| e.to_string())
+}
+
+/// The run's CA: a certificate for each replica (`1..=replicas`), naming its id and the host
+/// name API clients dial, and the CA's certificate, which API clients trust.
+fn certificates(replicas: u64) -> Result<(String, Vec<Pem>, ClientSecurity), TlsError> {
+    let ca = Authority::generate()?;
+    let pems = (1..=replicas).map(|id| ca.replica(id, &[host(id)])).collect::<Result<_, _>>()?;
+    let clients = ClientSecurity::Tls(ClientTls::new(roots(ca.cert_pem())?, None)?);
+    Ok((ca.cert_pem().to_owned(), pems, clients))
 }
 
 /// Retries a setup write (same request id) until it is applied.
@@ -198,8 +215,13 @@ where
     Err("setup never succeeded".into())
 }
 
-async fn setup(params: Params, scenario: Scenario, rec: Recorder) -> Result<(), String> {
-    let c = api_client(params.replicas, Duration::from_secs(5))?;
+async fn setup(
+    params: Params,
+    tls: ClientSecurity,
+    scenario: Scenario,
+    rec: Recorder,
+) -> Result<(), String> {
+    let c = api_client(params.replicas, &tls, Duration::from_secs(5))?;
     if scenario == Scenario::LeaseExpiry {
         // The guarded resource: a tenant without quota and a worker the others cannot fill.
         let r = pb::CreateTenantRequest {
@@ -584,13 +606,14 @@ const HOSTILE_ONE_IN: u64 = 25;
 
 async fn workload(
     params: Params,
+    tls: ClientSecurity,
     index: u32,
     seed: u64,
     rec: Recorder,
     ready: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed ^ (u64::from(index) << 32));
-    let c = api_client(params.replicas, Duration::from_secs(3))?;
+    let c = api_client(params.replicas, &tls, Duration::from_secs(3))?;
     while !ready.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -704,13 +727,14 @@ async fn workload(
 /// again. What it did goes into `events` (and the trace).
 async fn membership(
     params: Params,
+    tls: ClientSecurity,
     seed: u64,
     events: Arc<Mutex<Vec<String>>>,
     ready: Arc<AtomicBool>,
     healed: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed ^ 0x3E3B_E125);
-    let c = api_client(params.replicas, Duration::from_secs(5))?;
+    let c = api_client(params.replicas, &tls, Duration::from_secs(5))?;
     while !ready.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -775,8 +799,13 @@ async fn membership(
 
 /// After healing: a fresh write must succeed within the bound, and every acknowledged
 /// placement is read back (the checker decides which must be there).
-async fn final_phase(params: Params, rec: Recorder, healed: Arc<AtomicBool>) -> Result<(), String> {
-    let c = api_client(params.replicas, LIVENESS_BOUND)?;
+async fn final_phase(
+    params: Params,
+    tls: ClientSecurity,
+    rec: Recorder,
+    healed: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let c = api_client(params.replicas, &tls, LIVENESS_BOUND)?;
     while !healed.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -907,6 +936,14 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let mut report = Report { seed, params: Some(params.clone()), ..Default::default() };
     let mut trace: Vec<String> = Vec::new();
 
+    let (ca, pems, tls) = match certificates(params.replicas) {
+        Ok(made) => made,
+        Err(e) => {
+            report.violations.push(format!("no certificates for the cluster: {e}"));
+            return report;
+        }
+    };
+
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.next_u64())
         .epoch(SystemTime::UNIX_EPOCH + Duration::from_millis(crate::history::EPOCH_MS))
@@ -923,7 +960,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let mut slots: Vec<Slot> = Vec::new();
     let mut clocks: Vec<SimClock> = Vec::new();
     let mut logs: Vec<Arc<Mutex<MemLog>>> = Vec::new();
-    for id in 1..=params.replicas {
+    for (id, pem) in (1..=params.replicas).zip(pems) {
         let slot: Slot = Arc::default();
         let clock = SimClock::default();
         let log =
@@ -931,10 +968,12 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         let snapshot: Arc<Mutex<Option<StoredSnapshot>>> = Arc::default();
         let (s, c, m, snapshot_logs) =
             (slot.clone(), clock.clone(), members.clone(), params.snapshot_logs);
+        let ca = ca.clone();
         logs.push(log.clone());
         sim.host(host(id), move || {
             let (slot, clock, members, log, snapshot) =
                 (s.clone(), c.clone(), m.clone(), log.clone(), snapshot.clone());
+            let (ca, pem) = (ca.clone(), pem.clone());
             async move {
                 let mut options = ReplicaOptions::new(id, format!("{}:{PEER_PORT}", host(id)));
                 options.heartbeat_ms = 50;
@@ -957,12 +996,17 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
                     api: Some((net::listen(API_PORT).await?, berth::api::hash_token(ADMIN))),
                 };
                 let bootstrap = (id == 1).then_some(members);
+                let security = Security::Tls {
+                    ca: roots(&ca)?,
+                    identity: Identity::from_pem(&pem)?,
+                    api_client_ca: None,
+                };
                 let server = Server::start(
                     options,
                     storage,
                     Arc::new(clock),
                     net::connect(),
-                    berth::server::Security::Insecure,
+                    security,
                     listeners,
                     bootstrap,
                 )
@@ -981,19 +1025,19 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let ready = Arc::new(AtomicBool::new(false));
     let healed = Arc::new(AtomicBool::new(false));
     {
-        let (params, ready) = (params.clone(), ready.clone());
+        let (params, tls, ready) = (params.clone(), tls.clone(), ready.clone());
         let rec = Recorder { client: SETUP, history: history.clone() };
         sim.client("setup", async move {
-            setup(params, scenario, rec).await?;
+            setup(params, tls, scenario, rec).await?;
             ready.store(true, Ordering::SeqCst);
             Ok(())
         });
     }
     for index in 1..=params.clients {
         let rec = Recorder { client: index, history: history.clone() };
-        let (params, ready) = (params.clone(), ready.clone());
+        let (params, tls, ready) = (params.clone(), tls.clone(), ready.clone());
         sim.client(format!("c{index}"), async move {
-            workload(params, index, seed, rec, ready).await?;
+            workload(params, tls, index, seed, rec, ready).await?;
             Ok(())
         });
     }
@@ -1001,49 +1045,51 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         let step = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ttl_ms = rng.between(500, 2_000);
         let rec = Recorder { client: scenario::HOLDER, history: history.clone() };
-        let (params2, ready2, step2) = (params.clone(), ready.clone(), step.clone());
+        let (params2, tls2, ready2, step2) =
+            (params.clone(), tls.clone(), ready.clone(), step.clone());
         sim.client("holder", async move {
             while !ready2.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            scenario::holder(params2, rec, step2, ttl_ms).await?;
+            scenario::holder(params2, tls2, rec, step2, ttl_ms).await?;
             Ok(())
         });
         let rec = Recorder { client: scenario::RIVAL, history: history.clone() };
-        let (params2, slots2, scenario_seed) = (params.clone(), slots.clone(), rng.next_u64());
+        let (params2, tls2, slots2, scenario_seed) =
+            (params.clone(), tls.clone(), slots.clone(), rng.next_u64());
         sim.client("rival", async move {
-            scenario::rival(params2, rec, step, slots2, scenario_seed).await?;
+            scenario::rival(params2, tls2, rec, step, slots2, scenario_seed).await?;
             Ok(())
         });
     }
     let fair_jobs: Arc<Mutex<Vec<fairness::Job>>> = Arc::default();
     if scenario == Scenario::Fairness {
         for t in 0..fairness::WEIGHTS.len() {
-            let (params, ready, jobs, seed) =
-                (params.clone(), ready.clone(), fair_jobs.clone(), rng.next_u64());
+            let (params, tls, ready, jobs, seed) =
+                (params.clone(), tls.clone(), ready.clone(), fair_jobs.clone(), rng.next_u64());
             sim.client(fairness::tenant(t), async move {
                 while !ready.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                fairness::client(params, t, seed, jobs).await?;
+                fairness::client(params, tls, t, seed, jobs).await?;
                 Ok(())
             });
         }
     }
     {
         let rec = Recorder { client: 0, history: history.clone() };
-        let (params, healed) = (params.clone(), healed.clone());
+        let (params, tls, healed) = (params.clone(), tls.clone(), healed.clone());
         sim.client("final", async move {
-            final_phase(params, rec, healed).await?;
+            final_phase(params, tls, rec, healed).await?;
             Ok(())
         });
     }
     let membership_events: Arc<Mutex<Vec<String>>> = Arc::default();
     if params.membership && scenario != Scenario::LeaseExpiry {
-        let (params, events) = (params.clone(), membership_events.clone());
+        let (params, tls, events) = (params.clone(), tls.clone(), membership_events.clone());
         let (ready, healed, seed) = (ready.clone(), healed.clone(), rng.next_u64());
         sim.client("member", async move {
-            membership(params, seed, events, ready, healed).await?;
+            membership(params, tls, seed, events, ready, healed).await?;
             Ok(())
         });
     }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth::client::ClientSecurity;
 use serde::Serialize;
 
 use crate::history::{Fenced, Op, OpKind, Outcome};
@@ -73,11 +74,12 @@ fn fence(token: u64) -> Option<Fenced> {
 /// The holder's part: acquire, write, be cut off, come back and try the old token.
 pub(crate) async fn holder(
     params: Params,
+    tls: ClientSecurity,
     rec: Recorder,
     step: Arc<AtomicU64>,
     ttl_ms: u64,
 ) -> Result<(), String> {
-    let c = api_client(params.replicas, Duration::from_secs(10))?;
+    let c = api_client(params.replicas, &tls, Duration::from_secs(10))?;
     wait_for(&step, START).await;
     let mut token = None;
     for attempt in 0..20 {
@@ -102,14 +104,14 @@ pub(crate) async fn holder(
         turmoil::partition("holder", host(id));
     }
     step.store(HOLDER_AWAY, Ordering::SeqCst);
-    let cut_off = api_client(params.replicas, Duration::from_secs(1))?;
+    let cut_off = api_client(params.replicas, &tls, Duration::from_secs(1))?;
     keep_alive(&cut_off, &rec, "holder-keepalive-1".into(), GUARDED, LEASE, token).await;
     wait_for(&step, RIVAL_DONE).await;
     for id in 1..=params.replicas {
         turmoil::repair("holder", host(id));
     }
     // Back, on fresh connections (the old ones stalled when the partition dropped them).
-    let back = api_client(params.replicas, Duration::from_secs(10))?;
+    let back = api_client(params.replicas, &tls, Duration::from_secs(10))?;
     place(&back, &rec, "holder-write-2".into(), GUARDED, "guard-a2", 1, fence(token)).await;
     keep_alive(&back, &rec, "holder-keepalive-2".into(), GUARDED, LEASE, token).await;
     Ok(())
@@ -119,13 +121,14 @@ pub(crate) async fn holder(
 /// granted, write with the new token.
 pub(crate) async fn rival(
     params: Params,
+    tls: ClientSecurity,
     rec: Recorder,
     step: Arc<AtomicU64>,
     slots: Vec<Slot>,
     seed: u64,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed ^ 0x5CE4_A210);
-    let c = api_client(params.replicas, Duration::from_secs(5))?;
+    let c = api_client(params.replicas, &tls, Duration::from_secs(5))?;
     wait_for(&step, HOLDER_AWAY).await;
     let mut isolate_leader = rng.below(2) == 0;
     let until = now_ms() + u64::try_from(RIVAL_PATIENCE.as_millis()).unwrap_or(u64::MAX);
