@@ -569,6 +569,91 @@ async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &str) {
     );
 }
 
+/// The tenant whose token the token reader reads with and revokes (not the one deleted).
+const TOKEN_TENANT: &str = "t2";
+/// The token reader's client number in the history.
+const TOKEN_READER: u32 = 103;
+
+/// Issues a token for `TOKEN_TENANT`: its name and the token. A request whose answer was lost
+/// cannot show its token again, so each attempt issues a new one (the lost ones go unused).
+async fn issue_reader_token(c: &Client) -> Result<(String, String), String> {
+    for attempt in 0..100 {
+        let name = format!("reader-{attempt}");
+        let r = pb::IssueTokenRequest {
+            request_id: format!("reader-issue-{attempt}"),
+            tenant_id: TOKEN_TENANT.into(),
+            token_name: name.clone(),
+        };
+        match c.call(r, |ch, r| async move { client::tenants(ch).issue_token(r).await }).await {
+            Ok(answer) => return Ok((name, answer.token)),
+            Err(status) if matches!(outcome_of(&status), Outcome::Info { .. }) => {}
+            Err(status) => return Err(format!("token reader: token not issued: {status:?}")),
+        }
+    }
+    Err("token reader: no token issued".into())
+}
+
+/// Reads `TOKEN_TENANT` with a token of its own from one replica at a time, stale or
+/// linearizable, and revokes the token (through any replica) at a time the seed picks: no
+/// read that begins after the revocation is acknowledged may succeed (`check_revoked`).
+async fn token_reader(
+    params: Params,
+    seed: u64,
+    rec: Recorder,
+    ready: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let admin = api_client(params.replicas, Duration::from_secs(5))?;
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (name, token) = issue_reader_token(&admin).await?;
+    let options = ClientOptions {
+        deadline: Duration::from_secs(1),
+        attempt_timeout: Duration::from_millis(800),
+    };
+    let mut replicas = Vec::new();
+    for id in 1..=params.replicas {
+        let channel = net::channel(&format!("{}:{API_PORT}", host(id)))?;
+        let c = Client::with_channels(vec![(host(id), channel)], Some(&token), options.clone());
+        replicas.push(c.map_err(|e| e.to_string())?);
+    }
+    let revoke_at_ms = rng.between(params.workload_ms / 5, params.workload_ms / 2);
+    let mut revoked = false;
+    while now_ms() < params.workload_ms {
+        if !revoked && now_ms() >= revoke_at_ms {
+            revoked = true;
+            let r = pb::RevokeTokenRequest {
+                request_id: "reader-revoke".into(),
+                tenant_id: TOKEN_TENANT.into(),
+                token_name: name.clone(),
+            };
+            let kind = OpKind::RevokeToken { tenant: TOKEN_TENANT.into(), token: name.clone() };
+            let rpc = |ch, r| async move { client::tenants(ch).revoke_token(r).await };
+            write(&admin, &rec, kind, 5, (r, rpc), |a: pb::RevokeTokenResponse| {
+                acknowledged(a.write)
+            })
+            .await;
+        }
+        let at = usize::try_from(rng.below(params.replicas)).unwrap_or(0);
+        let stale = rng.below(2) == 0;
+        let r = pb::GetTenantRequest {
+            tenant_id: TOKEN_TENANT.into(),
+            read: Some(pb::ReadOptions { stale_ok: stale }),
+        };
+        let invoked = now_ms();
+        let rpc = |ch, r| async move { client::tenants(ch).get_tenant(r).await };
+        let outcome = match replicas[at].call(r, rpc).await {
+            Ok(_) => Outcome::read(true),
+            Err(status) => outcome_of(&status),
+        };
+        let kind = OpKind::TokenRead { tenant: TOKEN_TENANT.into(), token: name.clone(), stale };
+        rec.record(kind, invoked, outcome);
+        tokio::time::sleep(Duration::from_millis(rng.between(1, 30))).await;
+    }
+    Ok(())
+}
+
 /// A lease a client believes it holds (it keeps using the token until told it is stale, so
 /// stale fenced writes happen).
 struct Held {
@@ -993,6 +1078,15 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         let (params, ready) = (params.clone(), ready.clone());
         sim.client(format!("c{index}"), async move {
             workload(params, index, seed, rec, ready).await?;
+            Ok(())
+        });
+    }
+    if scenario == Scenario::Faults {
+        let rec = Recorder { client: TOKEN_READER, history: history.clone() };
+        // Its own random stream, so the other clients and the faults stay as the seed had them.
+        let (params, ready, seed) = (params.clone(), ready.clone(), seed ^ 0x70CE_4EAD);
+        sim.client("reader", async move {
+            token_reader(params, seed, rec, ready).await?;
             Ok(())
         });
     }
