@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use berth::client::{self, pb, Client, ClientOptions};
 use berth::raft::replica::{Replica, ReplicaOptions};
+use berth::raft::types::Proposal;
+use berth::scheduler::{Command, RequestId, TenantId, TokenId};
 use berth::server::{Listeners, Server, Storage};
 use berth::storage::snapshot_store::StoredSnapshot;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
@@ -574,23 +576,34 @@ const TOKEN_TENANT: &str = "t2";
 /// The token reader's client number in the history.
 const TOKEN_READER: u32 = 103;
 
-/// Issues a token for `TOKEN_TENANT`: its name and the token. A request whose answer was lost
-/// cannot show its token again, so each attempt issues a new one (the lost ones go unused).
-async fn issue_reader_token(c: &Client) -> Result<(String, String), String> {
+/// The token reader's token, and its name.
+const READER_TOKEN: &str = "sim-reader-token";
+const READER_TOKEN_NAME: &str = "reader";
+
+/// Adds the token reader's token to `TOKEN_TENANT`, proposed through any running replica
+/// (retried with the same request id). Not through IssueToken: that draws the token from the
+/// OS, and the simulation must replay exactly.
+async fn add_reader_token(slots: &[Slot]) -> Result<(), String> {
+    let proposal = Proposal {
+        request_id: Some(RequestId::new("reader-token")),
+        command: Command::AddToken {
+            tenant: TenantId::new(TOKEN_TENANT),
+            token: TokenId::new(READER_TOKEN_NAME),
+            hash: berth::api::hash_token(READER_TOKEN),
+        },
+        token: None,
+    };
     for attempt in 0..100 {
-        let name = format!("reader-{attempt}");
-        let r = pb::IssueTokenRequest {
-            request_id: format!("reader-issue-{attempt}"),
-            tenant_id: TOKEN_TENANT.into(),
-            token_name: name.clone(),
-        };
-        match c.call(r, |ch, r| async move { client::tenants(ch).issue_token(r).await }).await {
-            Ok(answer) => return Ok((name, answer.token)),
-            Err(status) if matches!(outcome_of(&status), Outcome::Info { .. }) => {}
-            Err(status) => return Err(format!("token reader: token not issued: {status:?}")),
+        let replica =
+            (0..slots.len()).find_map(|i| lock(&slots[(attempt + i) % slots.len()]).clone());
+        if let Some(replica) = replica {
+            if let Ok(applied) = replica.propose(proposal.clone()).await {
+                return applied.result.map(|_| ()).map_err(|r| format!("token reader: {r}"));
+            }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("token reader: no token issued".into())
+    Err("token reader: its token was never added".into())
 }
 
 /// Reads `TOKEN_TENANT` with a token of its own from one replica at a time, stale or
@@ -601,13 +614,15 @@ async fn token_reader(
     seed: u64,
     rec: Recorder,
     ready: Arc<AtomicBool>,
+    slots: Vec<Slot>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let admin = api_client(params.replicas, Duration::from_secs(5))?;
     while !ready.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (name, token) = issue_reader_token(&admin).await?;
+    add_reader_token(&slots).await?;
+    let (name, token) = (READER_TOKEN_NAME.to_owned(), READER_TOKEN);
     let options = ClientOptions {
         deadline: Duration::from_secs(1),
         attempt_timeout: Duration::from_millis(800),
@@ -615,7 +630,7 @@ async fn token_reader(
     let mut replicas = Vec::new();
     for id in 1..=params.replicas {
         let channel = net::channel(&format!("{}:{API_PORT}", host(id)))?;
-        let c = Client::with_channels(vec![(host(id), channel)], Some(&token), options.clone());
+        let c = Client::with_channels(vec![(host(id), channel)], Some(token), options.clone());
         replicas.push(c.map_err(|e| e.to_string())?);
     }
     let revoke_at_ms = rng.between(params.workload_ms / 5, params.workload_ms / 2);
@@ -1085,8 +1100,9 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         let rec = Recorder { client: TOKEN_READER, history: history.clone() };
         // Its own random stream, so the other clients and the faults stay as the seed had them.
         let (params, ready, seed) = (params.clone(), ready.clone(), seed ^ 0x70CE_4EAD);
+        let slots = slots.clone();
         sim.client("reader", async move {
-            token_reader(params, seed, rec, ready).await?;
+            token_reader(params, seed, rec, ready, slots).await?;
             Ok(())
         });
     }
