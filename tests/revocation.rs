@@ -118,7 +118,8 @@ async fn concurrent_stale_reads_share_one_read_index_round_per_lease() {
     let rounds = u128::from(cluster.links.sent(&y_addr, Rpc::ReadIndex) - rounds_before);
     assert!(
         (1..=periods).contains(&rounds),
-        "{rounds} ReadIndex rounds for {READS} stale reads over {periods} lease periods"
+        "{rounds} ReadIndex rounds for {READS} stale reads over {periods} lease periods (y is {})",
+        cluster.replica(y).status().role
     );
     cluster.shutdown().await;
 }
