@@ -84,6 +84,17 @@ pub enum OpKind {
     Hostile {
         shape: String,
     },
+    /// Revoke the token `token` of `tenant`.
+    RevokeToken {
+        tenant: String,
+        token: String,
+    },
+    /// A read of `tenant` with its token `token`, from one replica (`stale`: its own state).
+    TokenRead {
+        tenant: String,
+        token: String,
+        stale: bool,
+    },
 }
 
 /// What an acknowledged lease operation said about the lease.
@@ -444,7 +455,34 @@ pub fn check(history: &[Op], quotas: &Quotas) -> Vec<String> {
     bad.extend(check_leases(history));
     bad.extend(check_log_time(history));
     bad.extend(check_hostile(history));
+    bad.extend(check_revoked(history));
     bad
+}
+
+/// A token never reads once its revocation was acknowledged: no read with it that began after
+/// the acknowledgement succeeds, stale or not, whichever replica served it.
+pub fn check_revoked(history: &[Op]) -> Vec<String> {
+    let revoked: BTreeMap<(&str, &str), u64> = history
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::RevokeToken { tenant, token }, Outcome::Ok { .. }) => {
+                Some(((tenant.as_str(), token.as_str()), op.complete_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    history
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::TokenRead { tenant, token, .. }, Outcome::Ok { .. }) => revoked
+                .get(&(tenant.as_str(), token.as_str()))
+                .filter(|at| op.invoke_ms > **at)
+                .map(|at| {
+                    format!("token read after its revocation was acknowledged at {at} ms: {op:?}")
+                }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A hostile request is never acknowledged, and its refusal is small enough to read.
@@ -504,8 +542,9 @@ fn tenant_of(kind: &OpKind) -> Option<&str> {
         | OpKind::DeleteTenant { tenant }
         | OpKind::Acquire { tenant, .. }
         | OpKind::KeepAlive { tenant, .. }
-        | OpKind::ReleaseLease { tenant, .. } => Some(tenant),
-        OpKind::Read { .. } | OpKind::Hostile { .. } => None,
+        | OpKind::ReleaseLease { tenant, .. }
+        | OpKind::RevokeToken { tenant, .. } => Some(tenant),
+        OpKind::Read { .. } | OpKind::Hostile { .. } | OpKind::TokenRead { .. } => None,
     }
 }
 
@@ -739,6 +778,25 @@ mod tests {
     }
     fn quotas() -> Quotas {
         [("t".to_string(), 4)].into()
+    }
+
+    #[test]
+    fn a_read_with_a_token_after_its_revocation_is_caught() {
+        let revoke = OpKind::RevokeToken { tenant: "t".into(), token: "k".into() };
+        let read_with = |stale| OpKind::TokenRead { tenant: "t".into(), token: "k".into(), stale };
+        let refused = Outcome::Fail { reason: "UNAUTHENTICATED".into() };
+        let mut h = vec![
+            op(1, read_with(true), (0, 2), read(true)),
+            op(2, revoke, (1, 600), ok(3)),
+            // Concurrent with the revocation: may read.
+            op(1, read_with(true), (500, 601), read(true)),
+            op(1, read_with(true), (602, 603), refused.clone()),
+            op(1, read_with(false), (604, 605), refused),
+        ];
+        assert_eq!(check(&h, &quotas()), Vec::<String>::new());
+        h.push(op(1, read_with(true), (606, 607), read(true)));
+        let bad = check(&h, &quotas());
+        assert!(bad.iter().any(|v| v.contains("token read after its revocation")), "{bad:?}");
     }
 
     #[test]

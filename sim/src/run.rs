@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use berth::client::{self, pb, Client, ClientOptions, ClientSecurity, ClientTls};
 use berth::raft::replica::{Replica, ReplicaOptions};
+use berth::raft::types::Proposal;
+use berth::scheduler::{Command, RequestId, TenantId, TokenId};
 use berth::server::{Listeners, Security, Server, Storage};
 use berth::storage::snapshot_store::StoredSnapshot;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
@@ -591,6 +593,107 @@ async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &str) {
     );
 }
 
+/// The tenant whose token the token reader reads with and revokes (not the one deleted).
+const TOKEN_TENANT: &str = "t2";
+/// The token reader's client number in the history.
+const TOKEN_READER: u32 = 103;
+
+/// The token reader's token, and its name.
+const READER_TOKEN: &str = "sim-reader-token";
+const READER_TOKEN_NAME: &str = "reader";
+
+/// Adds the token reader's token to `TOKEN_TENANT`, proposed through any running replica
+/// (retried with the same request id). Not through IssueToken: that draws the token from the
+/// OS, and the simulation must replay exactly.
+async fn add_reader_token(slots: &[Slot]) -> Result<(), String> {
+    let proposal = Proposal {
+        request_id: Some(RequestId::new("reader-token")),
+        command: Command::AddToken {
+            tenant: TenantId::new(TOKEN_TENANT),
+            token: TokenId::new(READER_TOKEN_NAME),
+            hash: berth::api::hash_token(READER_TOKEN),
+            ttl_ms: 0,
+        },
+        token: None,
+    };
+    for attempt in 0..100 {
+        let replica =
+            (0..slots.len()).find_map(|i| lock(&slots[(attempt + i) % slots.len()]).clone());
+        if let Some(replica) = replica {
+            if let Ok(applied) = replica.propose(proposal.clone()).await {
+                return applied.result.map(|_| ()).map_err(|r| format!("token reader: {r}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("token reader: its token was never added".into())
+}
+
+/// Reads `TOKEN_TENANT` with a token of its own from one replica at a time, stale or
+/// linearizable, and revokes the token (through any replica) at a time the seed picks: no
+/// read that begins after the revocation is acknowledged may succeed (`check_revoked`).
+async fn token_reader(
+    params: Params,
+    tls: ClientSecurity,
+    seed: u64,
+    rec: Recorder,
+    ready: Arc<AtomicBool>,
+    slots: Vec<Slot>,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let admin = api_client(params.replicas, &tls, Duration::from_secs(5))?;
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    add_reader_token(&slots).await?;
+    let (name, token) = (READER_TOKEN_NAME.to_owned(), READER_TOKEN);
+    let options = ClientOptions {
+        deadline: Duration::from_secs(1),
+        attempt_timeout: Duration::from_millis(800),
+    };
+    let mut replicas = Vec::new();
+    for id in 1..=params.replicas {
+        let endpoint = format!("{}:{API_PORT}", host(id));
+        let channel = berth::tls::channel(&endpoint, &tls, net::connect(), net::CONNECT_TIMEOUT)?;
+        let c = Client::with_channels(vec![(host(id), channel)], Some(token), options.clone());
+        replicas.push(c.map_err(|e| e.to_string())?);
+    }
+    let revoke_at_ms = rng.between(params.workload_ms / 5, params.workload_ms / 2);
+    let mut revoked = false;
+    while now_ms() < params.workload_ms {
+        if !revoked && now_ms() >= revoke_at_ms {
+            revoked = true;
+            let r = pb::RevokeTokenRequest {
+                request_id: "reader-revoke".into(),
+                tenant_id: TOKEN_TENANT.into(),
+                token_name: name.clone(),
+            };
+            let kind = OpKind::RevokeToken { tenant: TOKEN_TENANT.into(), token: name.clone() };
+            let rpc = |ch, r| async move { client::tenants(ch).revoke_token(r).await };
+            write(&admin, &rec, kind, 5, (r, rpc), |a: pb::RevokeTokenResponse| {
+                acknowledged(a.write)
+            })
+            .await;
+        }
+        let at = usize::try_from(rng.below(params.replicas)).unwrap_or(0);
+        let stale = rng.below(2) == 0;
+        let r = pb::GetTenantRequest {
+            tenant_id: TOKEN_TENANT.into(),
+            read: Some(pb::ReadOptions { stale_ok: stale }),
+        };
+        let invoked = now_ms();
+        let rpc = |ch, r| async move { client::tenants(ch).get_tenant(r).await };
+        let outcome = match replicas[at].call(r, rpc).await {
+            Ok(_) => Outcome::read(true),
+            Err(status) => outcome_of(&status),
+        };
+        let kind = OpKind::TokenRead { tenant: TOKEN_TENANT.into(), token: name.clone(), stale };
+        rec.record(kind, invoked, outcome);
+        tokio::time::sleep(Duration::from_millis(rng.between(1, 30))).await;
+    }
+    Ok(())
+}
+
 /// A lease a client believes it holds (it keeps using the token until told it is stale, so
 /// stale fenced writes happen).
 struct Held {
@@ -1038,6 +1141,16 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         let (params, tls, ready) = (params.clone(), tls.clone(), ready.clone());
         sim.client(format!("c{index}"), async move {
             workload(params, tls, index, seed, rec, ready).await?;
+            Ok(())
+        });
+    }
+    if scenario == Scenario::Faults {
+        let rec = Recorder { client: TOKEN_READER, history: history.clone() };
+        // Its own random stream, so the other clients and the faults stay as the seed had them.
+        let (params, ready, seed) = (params.clone(), ready.clone(), seed ^ 0x70CE_4EAD);
+        let (slots, tls) = (slots.clone(), tls.clone());
+        sim.client("reader", async move {
+            token_reader(params, tls, seed, rec, ready, slots).await?;
             Ok(())
         });
     }

@@ -6,8 +6,9 @@
 //! A replica may lag the leader, so its own view of the tokens is only a first check. A token
 //! it does not know is looked up again after a linearizable read (a just-issued token works on
 //! every replica); a token it still knows but the leader has revoked is caught later: writes
-//! carry the token hash and the state machine refuses them, reads check it
-//! again against the state they read.
+//! carry the token hash and the state machine refuses them, reads check it again against the
+//! state they read, and a stale read does so only on a replica that holds a vouch lease
+//! (`Replica::vouch_lease`), which the answer to a revocation waits out.
 //!
 //! An expired token is refused (`TOKEN_EXPIRED`) against this replica's clock here, and
 //! against the entry's log time when a write is applied.
@@ -28,9 +29,11 @@ use tonic::{Code, Status};
 
 use super::connection::ApiConnection;
 use super::status::{error, invalid};
-use crate::raft::replica::{Consistency, Replica};
+use crate::raft::replica::{
+    Consistency, ReadError, Replica, TOKEN_VOUCH_DRIFT_MARGIN, TOKEN_VOUCH_LEASE,
+};
 use crate::scheduler::{
-    Answer, Query, Rejection, Scheduler, TenantId, Token, TokenHash, TokenId, UnixMillis,
+    Answer, Command, Query, Rejection, Scheduler, TenantId, Token, TokenHash, TokenId, UnixMillis,
 };
 
 /// Unknown tokens one API connection may have looked up (a linearizable read each) before it
@@ -162,6 +165,33 @@ pub fn still_valid(caller: &Caller, scheduler: &Scheduler) -> bool {
 /// The status for a token that is unknown or was revoked.
 pub fn unauthenticated() -> Status {
     super::status::rejection(&Rejection::Unauthenticated)
+}
+
+/// The status for a tenant's stale read on a replica that holds no vouch lease and could not
+/// get one (no leader confirmed a read index in time).
+pub fn cannot_vouch(why: &ReadError) -> Status {
+    error(
+        Code::Unavailable,
+        "CANNOT_VOUCH_FOR_TOKEN",
+        format!(
+            "this replica cannot confirm the token is still valid; retry on another replica or without stale_ok ({why})"
+        ),
+        Vec::new(),
+    )
+}
+
+/// Whether `command` takes tokens away from a tenant (revokes one, or deletes the tenant
+/// with all of its tokens).
+pub fn takes_tokens_away(command: &Command) -> bool {
+    matches!(command, Command::RevokeToken { .. } | Command::DeleteTenant { .. })
+}
+
+/// Waits until no replica can still vouch for a token from state older than a revocation
+/// this replica has just learned was applied: `TOKEN_VOUCH_LEASE` and the drift margin (the
+/// argument is on `TOKEN_VOUCH_LEASE`). Waited whatever the command's outcome, a replayed
+/// one included, since the revocation it reports may be that recent.
+pub async fn revocation_settled() {
+    tokio::time::sleep(TOKEN_VOUCH_LEASE + TOKEN_VOUCH_DRIFT_MARGIN).await;
 }
 
 pub fn hash_token(token: &str) -> TokenHash {

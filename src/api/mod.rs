@@ -21,6 +21,7 @@ pub mod pb {
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::raft::replica::{Consistency, Replica};
@@ -58,7 +59,9 @@ impl Api {
 
     /// Proposes a command and returns its response with where it landed in the log.
     /// A tenant caller's token travels with the command: the state machine refuses the
-    /// command if the token was revoked after this replica checked it.
+    /// command if the token was revoked after this replica checked it. A command that takes
+    /// tokens away is answered only once no replica can still vouch for them from state
+    /// older than it (`auth::revocation_settled`).
     async fn write(
         &self,
         caller: &Caller,
@@ -70,11 +73,15 @@ impl Api {
         // keeps a command it would refuse out of the log.
         command.validate().map_err(|rejection| status::rejection(&rejection))?;
         let token = caller.token();
+        let revokes = auth::takes_tokens_away(&command);
         let applied = self
             .replica
             .propose(Proposal { request_id: Some(request_id), command, token })
             .await
             .map_err(|e| status::write_error(&e))?;
+        if revokes {
+            auth::revocation_settled().await;
+        }
         let info = pb::WriteInfo {
             log_index: applied.log_index.0,
             applied_at_ms: applied.applied_at.0,
@@ -88,8 +95,11 @@ impl Api {
     }
 
     /// Reads with the requested freshness. A tenant caller's token is checked again against
-    /// the state the read sees, so a token revoked before a linearizable read began never
-    /// reads, whichever replica answers.
+    /// the state the read sees, so a token whose revocation was answered before the read
+    /// began never reads, whichever replica answers: a linearizable read sees the revocation;
+    /// a stale one is served only while this replica holds a vouch lease (its state is recent
+    /// enough, see `TOKEN_VOUCH_LEASE`), else it is refused (`CANNOT_VOUCH_FOR_TOKEN`). The
+    /// admin token is never revoked: admin stale reads need no leader.
     async fn read<T>(
         &self,
         caller: &Caller,
@@ -101,6 +111,12 @@ impl Api {
         } else {
             Consistency::Linearizable
         };
+        if consistency == Consistency::Stale && caller.token().is_some() {
+            self.replica
+                .vouch_lease(Instant::now() + READ_DEADLINE)
+                .await
+                .map_err(|e| auth::cannot_vouch(&e))?;
+        }
         self.replica
             .read(consistency, READ_DEADLINE, |s| {
                 auth::still_valid(caller, &s.scheduler).then(|| f(&s.scheduler))

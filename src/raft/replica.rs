@@ -13,6 +13,8 @@
 //!   and acknowledged before the crash, because the commit index is not synced. Until a new
 //!   vote, such a leader's read index is raised to the last log entry it recovered: leader
 //!   completeness puts every committed entry there, and it commits in this very term.
+//! - **Vouch lease**: a replica may vouch that a tenant token is still valid on a stale read
+//!   only while its state is known to be recent (`vouch_lease`, `TOKEN_VOUCH_LEASE`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +125,16 @@ pub enum ReadError {
     Timeout(String),
 }
 
+/// The vouch lease (`Replica::vouch_lease`); its mutex also makes renewals single-flight.
+#[derive(Default)]
+struct Vouch {
+    /// The lease ends at this instant.
+    until: Option<Instant>,
+    /// The last renewal that failed: when it began, and why. Callers that were already
+    /// waiting when it began share its answer rather than each trying again in turn.
+    failed: Option<(Instant, ReadError)>,
+}
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
@@ -182,6 +194,7 @@ struct Inner {
     recovered: (Option<Vote>, Option<LogId>),
     /// ReadIndex rounds served as leader (`ReplicaStatus::read_indexes`).
     read_indexes: AtomicU64,
+    vouch: tokio::sync::Mutex<Vouch>,
 }
 
 /// A running replica; clones share it.
@@ -208,6 +221,29 @@ const _: () = assert!(BATCH_BYTES_MAX <= crate::network::PEER_MESSAGE_MAX_BYTES 
 /// (openraft's default, 300, could build one of 300 MiB and retry it forever).
 const ENTRIES_PER_APPEND_MAX: u64 =
     (crate::network::PEER_MESSAGE_MAX_BYTES / 2 / BATCH_BYTES_MAX) as u64;
+
+/// How long a replica may vouch for tenant tokens on stale reads after it asked for a read
+/// index and applied up to it, measured from the moment it *asked* (`vouch_lease`).
+///
+/// Why a revoked token then never reads again once its revocation was answered: a command
+/// that takes a token away (RevokeToken, DeleteTenant) is answered only
+/// `TOKEN_VOUCH_LEASE + TOKEN_VOUCH_DRIFT_MARGIN` after the answering replica learned it was
+/// applied, which is after it committed. A replica whose read index includes the revocation
+/// sees it in its state and refuses the token. A replica whose read index does not include it
+/// asked for that index before the revocation committed (a read index covers every entry
+/// committed before the leader received the request), so its lease ends before the
+/// revocation is answered; to vouch again it must ask again, and gets an index that includes
+/// the revocation. This assumes nothing about network delay, only that replicas' monotonic
+/// clocks measure elapsed time at rates within the margin of each other.
+///
+/// Longer leases cost revocations more waiting; shorter ones cost more ReadIndex rounds
+/// (at most one per lease per replica, however many stale reads share it).
+pub const TOKEN_VOUCH_LEASE: Duration = Duration::from_millis(500);
+
+/// What a revocation waits beyond `TOKEN_VOUCH_LEASE`, for replicas' clocks measuring elapsed
+/// time at different rates: a tenth of the lease covers rates 10 % apart (real clocks differ
+/// by well under 0.1 %).
+pub const TOKEN_VOUCH_DRIFT_MARGIN: Duration = Duration::from_millis(50);
 
 /// How long to wait for leadership news before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
@@ -258,6 +294,7 @@ impl Replica {
                 leader_client: Mutex::new(None),
                 recovered: (vote, last_log),
                 read_indexes: AtomicU64::new(0),
+                vouch: tokio::sync::Mutex::new(Vouch::default()),
             }),
         };
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
@@ -638,6 +675,42 @@ impl Replica {
             }
         }
         Ok(self.read_local(f))
+    }
+
+    /// Holds a vouch lease (see `TOKEN_VOUCH_LEASE`), renewing it if it ran out: by then this
+    /// replica has applied a read index it asked for less than `TOKEN_VOUCH_LEASE` ago. A
+    /// renewal costs one ReadIndex round; concurrent callers share it. Fails if no leader
+    /// confirms an index in time (no renewal is given longer than the lease it would yield).
+    pub async fn vouch_lease(&self, until: Instant) -> Result<(), ReadError> {
+        let waiting_since = Instant::now();
+        let held = |vouch: &Vouch| vouch.until.is_some_and(|end| Instant::now() < end);
+        let mut vouch = tokio::time::timeout_at(until, self.inner.vouch.lock())
+            .await
+            .map_err(|_| ReadError::Timeout("waiting for the vouch lease".into()))?;
+        if held(&vouch) {
+            return Ok(());
+        }
+        if let Some((began, why)) = &vouch.failed {
+            if *began >= waiting_since {
+                return Err(why.clone());
+            }
+        }
+        let asked = Instant::now();
+        let renewal = until.min(asked + TOKEN_VOUCH_LEASE).saturating_duration_since(asked);
+        match self.read(Consistency::Linearizable, renewal, |_| ()).await {
+            Ok(()) => {
+                *vouch = Vouch { until: Some(asked + TOKEN_VOUCH_LEASE), failed: None };
+                if held(&vouch) {
+                    Ok(())
+                } else {
+                    Err(ReadError::Timeout("the vouch lease ran out while it was renewed".into()))
+                }
+            }
+            Err(why) => {
+                vouch.failed = Some((asked, why.clone()));
+                Err(why)
+            }
+        }
     }
 
     /// A read index confirmed by a quorum: locally when leading, else from the leader.

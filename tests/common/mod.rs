@@ -2,6 +2,8 @@
 //! serving the public API with a known admin token.
 #![allow(dead_code)]
 
+pub mod links;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct Cluster {
     pub authority: Arc<Authority>,
     options: fn(u64, String) -> ReplicaOptions,
     with_api: bool,
+    /// Every replica's peer connections go through these, for tests to cut or slow them.
+    pub links: links::Links,
     _tmp: tempfile::TempDir,
 }
 
@@ -99,7 +103,8 @@ impl Cluster {
             members.insert(id, Member { addr, api_addr: None, dir, server: None });
         }
         let authority = Arc::new(Authority::generate().expect("a CA"));
-        let mut cluster = Cluster { members, authority, options, with_api, _tmp: tmp };
+        let links = links::Links::default();
+        let mut cluster = Cluster { members, authority, options, with_api, links, _tmp: tmp };
         let founders: BTreeMap<u64, String> =
             cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
         for (id, listener) in listeners {
@@ -135,7 +140,7 @@ impl Cluster {
             (self.options)(id, member.addr.clone()),
             storage,
             Arc::new(SystemClock::default()),
-            tcp_connect(Duration::from_millis(500)),
+            self.links.wrap(&member.addr, tcp_connect(Duration::from_millis(500))),
             security,
             Listeners { peer: TcpIncoming::from(listener).with_nodelay(Some(true)), api },
             bootstrap,
