@@ -77,8 +77,10 @@ async fn a_replica_cut_off_refuses_a_token_revoked_behind_its_back() {
 }
 
 /// Right after RevokeToken returns, a stale read with the token on a follower that lags the
-/// leader (everything sent to it is delayed) is UNAUTHENTICATED, though it vouched for the
-/// token just before.
+/// leader (everything sent to it is delayed) is refused, though it vouched for the token just
+/// before: UNAUTHENTICATED once it renewed its vouch lease past the revocation, or UNAVAILABLE
+/// (`CANNOT_VOUCH_FOR_TOKEN`) if, on a loaded machine, it could not renew it in time. Never
+/// data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_refuses_a_token_right_after_its_revocation_returns() {
     let (cluster, mut on_leader, token, y, _) = acme().await;
@@ -89,7 +91,11 @@ async fn a_lagging_follower_refuses_a_token_right_after_its_revocation_returns()
 
     revoke(&mut on_leader).await;
     let stale = read(&on_y, &token, true).await.expect_err("a stale read with a revoked token");
-    assert_eq!(stale.code(), Code::Unauthenticated, "{stale:?}");
+    let refused = matches!(
+        (stale.code(), reason(&stale).as_str()),
+        (Code::Unauthenticated, _) | (Code::Unavailable, "CANNOT_VOUCH_FOR_TOKEN")
+    );
+    assert!(refused, "{stale:?}");
     cluster.shutdown().await;
 }
 
