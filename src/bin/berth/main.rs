@@ -5,28 +5,11 @@
 //! - `up`: `berth up`, a local cluster of `berth server` child processes.
 //! - `certs`: `berth certs`, a CA and the certificates of a cluster's replicas.
 //! - `bench`: `berth bench`, load against a running cluster.
-//! - `cli`: the client subcommands, one file per resource, and their shared output.
+//! - `cli`: the client subcommands, one file per resource.
+//! - `output`: how every command prints: `out!`, `--json`, `key: value` lines and tables.
 
-/// `println!` for command output, except that output into a closed pipe
-/// (`berth tenant list | head -1`) ends the process quietly with the usual status 141, as Unix
-/// tools do, where `println!` would panic. (Rust ignores SIGPIPE, and so must Berth: a write to
-/// a peer's closed socket must be an error, not a kill.)
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            crate::stdout_failed(e)
-        }
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
-    }
-    eprintln!("error: cannot write the output: {e}");
-    std::process::exit(1)
-}
+#[macro_use]
+mod output;
 
 mod bench;
 mod certs;

@@ -3,8 +3,8 @@
 use berth::client::pb;
 use clap::Subcommand;
 
-use super::output::show;
 use super::Session;
+use crate::output::show;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {

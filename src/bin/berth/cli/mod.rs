@@ -1,6 +1,6 @@
 //! Client subcommands: one file per resource, each with its clap subcommand enum and its
-//! handler; readable output by default and `--json` for scripts (`output`), shared arguments
-//! and parsers in `args`.
+//! handler; readable output by default and `--json` for scripts (`crate::output`), shared
+//! arguments and parsers in `args`.
 
 use berth::client::{new_request_id, Client, ClientOptions};
 use clap::{Args, Subcommand};
@@ -23,7 +23,6 @@ mod cluster;
 mod cost;
 mod group;
 mod lease;
-mod output;
 mod placement;
 mod pool;
 mod queue;
@@ -144,9 +143,9 @@ impl Session {
         self.request_id.clone()
     }
 
-    /// Prints a response as `--json` asks (`output::show`).
+    /// Prints a response as `--json` asks (`crate::output::show`).
     fn show<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
-        output::show(self.json, value)
+        crate::output::show(self.json, value)
     }
 }
 

@@ -7,8 +7,8 @@ use berth::client::pb;
 use clap::{Args, Subcommand};
 
 use super::args::{page, PlacementRef, Workload};
-use super::output::show;
 use super::Session;
+use crate::output::show;
 
 #[derive(Args, Debug)]
 pub struct PlaceArgs {

@@ -4,8 +4,8 @@ use berth::client::pb;
 use clap::Subcommand;
 
 use super::args::page;
-use super::output::show;
 use super::Session;
+use crate::output::show;
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {

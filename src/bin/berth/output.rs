@@ -1,7 +1,28 @@
-//! How client subcommands print: `--json` for scripts, otherwise readable `key: value` lines,
+//! How the binary's commands print: `--json` for scripts, otherwise readable `key: value` lines,
 //! with lists as aligned tables. Every line goes through `out!`, so a closed pipe ends quietly.
 
 use serde::Serialize;
+
+/// `println!` for command output, except that output into a closed pipe
+/// (`berth tenant list | head -1`) ends the process quietly with the usual status 141, as Unix
+/// tools do, where `println!` would panic. (Rust ignores SIGPIPE, and so must Berth: a write to
+/// a peer's closed socket must be an error, not a kill.)
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            crate::output::stdout_failed(e)
+        }
+    }};
+}
+
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1)
+}
 
 /// Prints a response: JSON with --json, otherwise readable `key: value` lines and tables.
 pub fn show<T: Serialize>(json: bool, value: &T) -> anyhow::Result<()> {
