@@ -21,6 +21,10 @@
 //! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!
+//!
+//! The `berth` binary (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `output`, and `cli/`
+//! with one file per resource) sits on top of the library; nothing in the library depends on it.
+//!
 //! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
 //! on nothing else in the crate.
 

@@ -329,6 +329,17 @@ fn up_and_client_subcommands() {
         &["tenant", "get", "acme"],
     );
     assert!(!denied.ok && denied.stderr.contains("Unauthenticated"));
+    // A lease's fencing token and the bearer token are different flags (they once clashed,
+    // and keepalive and release panicked whenever a bearer token was given).
+    let lease = ok(
+        api,
+        login,
+        &["lease", "acquire", "acme", "l1", "--holder", "me", "--ttl-ms", "60000", "--json"],
+    );
+    let lease: serde_json::Value = serde_json::from_str(&lease).expect("json");
+    let fence = lease["lease"]["token"].as_u64().expect("fencing token").to_string();
+    ok(api, login, &["lease", "keepalive", "acme", "l1", "--fencing-token", &fence]);
+    ok(api, login, &["lease", "release", "acme", "l1", "--fencing-token", &fence]);
     let issued = ok(api, login, &["token", "issue", "acme", "ci", "--expires-in", "1h", "--json"]);
     let issued: serde_json::Value = serde_json::from_str(&issued).expect("json");
     let expires_at = issued["expires_at_ms"].as_u64().expect("expiry");

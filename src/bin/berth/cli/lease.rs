@@ -18,14 +18,16 @@ pub enum LeaseCmd {
     Keepalive {
         tenant: String,
         name: String,
+        /// The fencing token `lease acquire` returned (not the bearer `--token`).
         #[arg(long)]
-        token: u64,
+        fencing_token: u64,
     },
     Release {
         tenant: String,
         name: String,
+        /// The fencing token `lease acquire` returned (not the bearer `--token`).
         #[arg(long)]
-        token: u64,
+        fencing_token: u64,
     },
     Get {
         tenant: String,
@@ -40,11 +42,11 @@ pub async fn run(s: &Session, cmd: LeaseCmd) -> anyhow::Result<()> {
             let m = pb::AcquireRequest { request_id, tenant_id: tenant, name, holder, ttl_ms };
             s.show(&call!(s, leases, acquire, m))
         }
-        LeaseCmd::Keepalive { tenant, name, token } => {
+        LeaseCmd::Keepalive { tenant, name, fencing_token: token } => {
             let m = pb::KeepAliveRequest { request_id, tenant_id: tenant, name, token };
             s.show(&call!(s, leases, keep_alive, m))
         }
-        LeaseCmd::Release { tenant, name, token } => {
+        LeaseCmd::Release { tenant, name, fencing_token: token } => {
             let m = pb::ReleaseLeaseRequest { request_id, tenant_id: tenant, name, token };
             s.show(&call!(s, leases, release, m))
         }
