@@ -1,8 +1,9 @@
 //! Peer transport: frames in, frames out, on the replica's own peer port. It carries openraft's
 //! AppendEntries / Vote / InstallSnapshot (`PeerNetwork`, openraft's `RaftNetwork`) and Berth's
 //! own calls (`Rpc`), but serves none of them itself: `serve` hands each request to a `Handler`
-//! (the replica's, `crate::raft::peer`) and writes back its reply. It holds no clock and never
-//! writes to Raft; from the crate it imports only `codec`, `tls` and `raft::types`.
+//! (the replica's, `raft::replica`) and writes back its reply. It holds no clock and never
+//! writes to Raft; from the crate it imports only `codec`, `tls` and `raft::types`. Opening
+//! connections is `connect`'s, which imports nothing (so `tls` can wrap it).
 //!
 //! The protocol is frames on a plain byte stream, one request at a time per connection:
 //!
@@ -34,7 +35,6 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,10 @@ use crate::codec;
 use crate::raft::types::{InstallSnapshotError, Node, RaftError, ReplicaId, RpcError, TypeConfig};
 use crate::tls::{Admitted, PeerTls};
 
+pub mod connect;
+
+pub use connect::{tcp_connect, Connect, Connecting, PeerStream};
+
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const PEER_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -62,36 +66,6 @@ const IDLE_CONNECTIONS_MAX: usize = 8;
 
 /// Read buffer per connection: a whole frame of an ordinary append in one read.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// A connection to a peer: any byte stream.
-pub trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for T {}
-
-/// What `Connect` returns: an open connection, or why it could not be opened.
-pub type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn PeerStream>>> + Send>>;
-
-/// Opens a connection to a peer address. Production uses TCP; the simulation its own.
-pub type Connect = Arc<dyn Fn(&str) -> Connecting + Send + Sync>;
-
-/// TCP connections (no Nagle delay) with a connect timeout.
-pub fn tcp_connect(connect_timeout: Duration) -> Connect {
-    Arc::new(move |addr: &str| {
-        let addr = addr.to_owned();
-        Box::pin(async move {
-            let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no connection within {connect_timeout:?}"),
-                        )
-                    })??;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn PeerStream>)
-        })
-    })
-}
 
 /// A peer message decoded (with a size limit, see `codec`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -334,7 +308,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// What answers the calls arriving on the peer port (the replica: `crate::raft::peer`).
+/// What answers the calls arriving on the peer port (the replica: `raft::replica`).
 pub trait Handler: Clone + Send + Sync + 'static {
     /// The reply frame to one call (built with `reply`), or why it could not be served.
     fn handle(
