@@ -3,30 +3,46 @@
 //! A Raft-replicated, multi-tenant resource scheduler.
 //!
 //! # Layout
-//! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Depends on nothing
-//!   below; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
+//! One entry per module, in dependency order: `→` names what it imports from the crate, and a
+//! module imports only modules listed above it, so there are no cycles. The `berth` binary
+//! (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `output`, and `cli/` with one file per
+//! resource) uses the library from outside; nothing in the library depends on it.
+//! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
+//!   Imports nothing from the crate.
+//! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
+//!   Imports nothing.
+//! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Imports nothing
+//!   else from the crate; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
+//! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
+//!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
+//! - `raft::types` — the shared bottom of replication: the openraft type configuration and
+//!   what a log entry carries (`Batch`). → `scheduler` (and `raft::runtime`).
+//! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
+//!   → `codec`, `fatal`, `raft::types`.
+//! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
+//!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.
+//!   Imports nothing.
+//! - `tls` — certificates (a CA for `berth up`, `berth certs`, tests and the simulation),
+//!   mutual TLS on the peer port with admission by membership, TLS on the API and for
+//!   clients. → `network::connect`, `raft::types`.
+//! - `network` — pure peer transport: length-prefixed bincode frames, pooled connections,
+//!   deadlines, TLS hand-off; each request goes to a `Handler` it is given. No clock, no
+//!   writes to Raft. → `codec`, `tls`, `raft::types`.
+//! - `raft` — openraft around the core: `peer` (typed calls to other replicas), the state
+//!   machine wrapper, and the replica (the one proposer: group commit, leader stamping,
+//!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
+//!   → `network`, `storage`, `clock`, `fatal`, `codec`, `scheduler`.
 //! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping, and the
 //!   per-connection state its requests share (`ApiStream`, under tonic).
+//!   → `raft`, `scheduler`, `network::connect`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
-//! - `raft` — openraft around the core: the state machine wrapper, the replica (proposer with
-//!   group commit, ticker, reads, membership).
-//! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
-//! - `network` — peer RPC on its own port: length-prefixed bincode frames over any byte stream,
-//!   with injected connectors (TCP in production, `turmoil::net` in the simulation).
-//! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
-//!   far ahead of the voters' median a leader stamps an entry.
-//! - `tls` — certificates (a CA for `berth up`, `berth certs`, tests and the simulation),
-//!   mutual TLS on the peer port with admission by membership, TLS on the API and for clients.
+//!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
 //! - `server` — a replica plus its peer and API servers, with all IO passed in.
-//! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
-//! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
+//!   → `api`, `raft`, `network`, `storage`, `tls`, `clock`, `scheduler`.
 //!
-//!
-//! The `berth` binary (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `output`, and `cli/`
-//! with one file per resource) sits on top of the library; nothing in the library depends on it.
-//!
-//! Dependencies point inwards: `network`/`storage` → `raft` → `scheduler`; the core depends
-//! on nothing else in the crate.
+//! In short: `server` → `api` → `raft` → `network`/`storage` → `raft::types` → `scheduler`.
+//! `raft::types` is the one part of `raft` that `storage`, `network` and `tls` import: the
+//! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `types` → `runtime`.
 
 pub mod api;
 pub mod client;

@@ -17,7 +17,7 @@ use tokio_stream::{Stream, StreamExt};
 use crate::api::connection::ApiStream;
 use crate::api::Api;
 use crate::clock::Clock;
-use crate::network::Connect;
+use crate::network::{self, Connect};
 use crate::raft::replica::{Replica, ReplicaOptions};
 use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
@@ -129,10 +129,9 @@ impl Server {
             }
         };
         let mut serving = Vec::new();
-        let peer = replica.peer_service();
-        let peer_stopped = stopped();
+        let peer = network::serve(replica.clone(), listeners.peer, peer_tls, stopped());
         serving.push(tokio::spawn(async move {
-            peer.serve(listeners.peer, peer_tls, peer_stopped).await;
+            peer.await;
             Ok(())
         }));
         if let Some((incoming, admin)) = listeners.api {

@@ -36,7 +36,7 @@ use rustls::{ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::network::{Connect, PeerStream};
+use crate::network::connect::{Connect, PeerStream};
 use crate::raft::types::ReplicaId;
 
 /// The name every replica certificate carries, beside its own `replica_name`.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 mod common;
 
-use berth::network::{Connect, ForwardError, PeerClient};
-use berth::raft::replica::ReplicaStatus;
+use berth::network::Connect;
+use berth::raft::peer::{ForwardError, Peer, ReplicaStatus};
 use berth::raft::types::Proposal;
 use berth::scheduler::{Answer, Query, WorkerId};
 use berth::tls::Authority;
@@ -145,7 +145,7 @@ impl Processes {
 }
 
 async fn status(connect: &Connect, addr: &str) -> Option<ReplicaStatus> {
-    PeerClient::new(connect, addr).status(Duration::from_millis(500)).await.ok()
+    Peer::new(connect, addr).status(Duration::from_millis(500)).await.ok()
 }
 
 fn register(i: u64) -> Proposal {
@@ -159,8 +159,7 @@ async fn write(connect: &Connect, addrs: &[String], i: u64) -> bool {
     let mut target = 0usize;
     while Instant::now() < until {
         let addr = &addrs[target % addrs.len()];
-        let reply =
-            PeerClient::new(connect, addr).propose(&[register(i)], Duration::from_secs(2)).await;
+        let reply = Peer::new(connect, addr).propose(&[register(i)], Duration::from_secs(2)).await;
         match reply {
             Ok(Ok(results)) => {
                 assert!(results[0].result.is_ok(), "refused: {:?}", results[0].result);
@@ -250,7 +249,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
     );
 
     for addr in &addrs {
-        let client = PeerClient::new(&connect, addr);
+        let client = Peer::new(&connect, addr);
         for i in &acknowledged {
             let answer = client
                 .query(&Query::Worker(WorkerId::new(format!("w{i}"))), Duration::from_secs(2))

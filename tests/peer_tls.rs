@@ -8,7 +8,8 @@ use std::time::Duration;
 
 mod common;
 
-use berth::network::{tcp_connect, Connect, PeerClient};
+use berth::network::{tcp_connect, Connect};
+use berth::raft::peer::Peer;
 use berth::tls::{roots, Admission, Authority, Identity, PeerTls};
 use common::{converged, member_connect, poll, register_worker, Cluster};
 
@@ -27,7 +28,7 @@ fn presenting(authority: &Authority, pem: &berth::tls::Pem) -> Connect {
 
 /// Whether `connect` gets a status answer from the peer at `addr`.
 async fn answered(connect: &Connect, addr: &str) -> bool {
-    PeerClient::new(connect, addr).status(CALL).await.is_ok()
+    Peer::new(connect, addr).status(CALL).await.is_ok()
 }
 
 /// Plain TCP, another CA's certificate, this CA's certificate for a non-member id and an
@@ -109,7 +110,7 @@ async fn admission_follows_membership() {
     assert!(answered(&as_four, &leader_addr).await, "a member now");
 
     // A connection opened while 4 was a member, kept open across its removal.
-    let open = PeerClient::new(&as_four, &leader_addr);
+    let open = Peer::new(&as_four, &leader_addr);
     assert!(open.status(CALL).await.is_ok(), "answered on the open connection");
 
     cluster.replica(leader).remove_replica(4).await.expect("removes 4");

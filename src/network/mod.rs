@@ -1,6 +1,9 @@
-//! Peer transport: openraft's AppendEntries / Vote / InstallSnapshot, plus forwarding of client
-//! commands and read-index requests to the leader, and clock readings, on the replica's own
-//! peer port.
+//! Peer transport: frames in, frames out, on the replica's own peer port. It carries openraft's
+//! AppendEntries / Vote / InstallSnapshot (`PeerNetwork`, openraft's `RaftNetwork`) and Berth's
+//! own calls (`Rpc`), but serves none of them itself: `serve` hands each request to a `Handler`
+//! (the replica's, `raft::replica`) and writes back its reply. It holds no clock and never
+//! writes to Raft; from the crate it imports only `codec`, `tls` and `raft::types`. Opening
+//! connections is `connect`'s, which imports nothing (so `tls` can wrap it).
 //!
 //! The protocol is frames on a plain byte stream, one request at a time per connection:
 //!
@@ -32,7 +35,6 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,17 +45,18 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::codec;
-use crate::raft::types::{
-    BatchResult, InstallSnapshotError, LogId, Node, Proposal, RaftError, ReplicaId, RpcError,
-    TypeConfig,
-};
-use crate::scheduler::UnixMillis;
+use crate::raft::types::{InstallSnapshotError, Node, RaftError, ReplicaId, RpcError, TypeConfig};
+use crate::tls::{Admitted, PeerTls};
+
+pub mod connect;
+
+pub use connect::{tcp_connect, Connect, Connecting, PeerStream};
 
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const PEER_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -63,36 +66,6 @@ const IDLE_CONNECTIONS_MAX: usize = 8;
 
 /// Read buffer per connection: a whole frame of an ordinary append in one read.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// A connection to a peer: any byte stream.
-pub trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for T {}
-
-/// What `Connect` returns: an open connection, or why it could not be opened.
-pub type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn PeerStream>>> + Send>>;
-
-/// Opens a connection to a peer address. Production uses TCP; the simulation its own.
-pub type Connect = Arc<dyn Fn(&str) -> Connecting + Send + Sync>;
-
-/// TCP connections (no Nagle delay) with a connect timeout.
-pub fn tcp_connect(connect_timeout: Duration) -> Connect {
-    Arc::new(move |addr: &str| {
-        let addr = addr.to_owned();
-        Box::pin(async move {
-            let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no connection within {connect_timeout:?}"),
-                        )
-                    })??;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn PeerStream>)
-        })
-    })
-}
 
 /// A peer message decoded (with a size limit, see `codec`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -157,15 +130,6 @@ pub enum PeerError {
     Failed { addr: String, rpc: Rpc, why: String },
 }
 
-/// Why a forwarded command or read could not be served by the replica it reached.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ForwardError {
-    #[error("replica is not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<(ReplicaId, String)> },
-    #[error("replica could not serve the request: {0}")]
-    Unavailable(String),
-}
-
 /// The calls a replica serves on its peer port; the discriminant is the frame's tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -223,7 +187,7 @@ impl PeerClient {
     }
 
     /// Sends `request` and returns the reply, all within `deadline`.
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         rpc: Rpc,
         request: &Req,
@@ -264,45 +228,6 @@ impl PeerClient {
             }
         }
         result
-    }
-
-    /// Asks the leader to propose `proposals`; the leader stamps the time.
-    pub async fn propose(
-        &self,
-        proposals: &[Proposal],
-        deadline: Duration,
-    ) -> Result<Result<BatchResult, ForwardError>, PeerError> {
-        self.call(Rpc::Propose, &proposals, deadline).await
-    }
-
-    /// The peer's status.
-    pub async fn status(
-        &self,
-        deadline: Duration,
-    ) -> Result<crate::raft::replica::ReplicaStatus, PeerError> {
-        self.call(Rpc::Status, &(), deadline).await
-    }
-
-    /// A read of the peer's local (possibly stale) state.
-    pub async fn query(
-        &self,
-        query: &crate::scheduler::Query,
-        deadline: Duration,
-    ) -> Result<crate::scheduler::Answer, PeerError> {
-        self.call(Rpc::Query, query, deadline).await
-    }
-
-    /// The peer's wall clock.
-    pub async fn clock(&self, deadline: Duration) -> Result<UnixMillis, PeerError> {
-        self.call(Rpc::Clock, &(), deadline).await
-    }
-
-    /// Asks the leader for a linearizable read index (ReadIndex, confirmed by a quorum).
-    pub async fn read_index(
-        &self,
-        deadline: Duration,
-    ) -> Result<Result<Option<LogId>, ForwardError>, PeerError> {
-        self.call(Rpc::ReadIndex, &(), deadline).await
     }
 }
 
@@ -383,162 +308,105 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// The receiving side: hands peer requests to the local Raft, serves forwarded commands and
-/// read-index requests when this replica leads, and reports status.
-#[derive(Clone)]
-pub struct PeerService {
-    replica: crate::raft::replica::Replica,
-    clock: Arc<dyn crate::clock::Clock>,
+/// What answers the calls arriving on the peer port (the replica: `raft::replica`).
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The reply frame to one call (built with `reply`), or why it could not be served.
+    fn handle(
+        &self,
+        rpc: Rpc,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
-/// Maps openraft's "forward to leader" into our answer for the forwarding replica.
-pub fn not_leader(leader_id: Option<ReplicaId>, leader_node: Option<Node>) -> ForwardError {
-    ForwardError::NotLeader { leader: leader_id.zip(leader_node.map(|n| n.addr)) }
-}
-
-impl PeerService {
-    pub fn new(
-        replica: crate::raft::replica::Replica,
-        clock: Arc<dyn crate::clock::Clock>,
-    ) -> Self {
-        PeerService { replica, clock }
-    }
-
-    /// Serves every connection `incoming` yields until `shutdown` resolves, then closes them
-    /// all (a peer must not keep talking to a stopped replica through an open connection).
-    /// With `tls`, each connection first completes a mutual TLS handshake as an admitted
-    /// member (see `crate::tls`); one that does not is closed before any frame is read.
-    pub async fn serve<I, IO, IE>(
-        self,
-        incoming: I,
-        tls: Option<crate::tls::PeerTls>,
-        shutdown: impl Future<Output = ()>,
-    ) where
-        I: Stream<Item = Result<IO, IE>>,
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        IE: std::fmt::Display,
-    {
-        let mut incoming = std::pin::pin!(incoming);
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                next = incoming.next() => match next {
-                    Some(Ok(stream)) => {
-                        let (service, tls) = (self.clone(), tls.clone());
-                        connections.spawn(async move {
-                            match tls {
-                                None => service.serve_connection(stream, None).await,
-                                Some(tls) => match tls.accept(stream).await {
-                                    Ok((stream, member)) => {
-                                        service.serve_connection(stream, Some(member)).await
-                                    }
-                                    Err(e) => tracing::info!(
-                                        error = %e,
-                                        "refused a peer connection: no TLS handshake as a member"
-                                    ),
-                                },
-                            }
-                        });
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "accepting a peer connection failed"),
-                    None => break,
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-    }
-
-    /// Answers one connection's requests in order until it closes or breaks the protocol, or
-    /// (over TLS) its `member` is no longer one.
-    async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin>(
-        self,
-        stream: IO,
-        mut member: Option<crate::tls::Admitted>,
-    ) {
-        let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
-        loop {
-            let (tag, payload) = match read_frame(&mut stream).await {
-                Ok(Some(request)) => request,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "peer connection ended");
-                    return;
-                }
-            };
-            if member.as_mut().is_some_and(|member| !member.still()) {
-                tracing::info!("closed a peer connection: its replica is no longer a member");
-                return;
-            }
-            let reply = match Rpc::from_tag(tag) {
-                Some(rpc) => self.handle(rpc, &payload).await,
-                None => Err(format!("unknown peer call {tag}")),
-            };
-            let frame = match reply {
-                Ok(frame) => frame,
-                Err(why) => {
-                    let mut frame = vec![0u8; 5];
-                    frame.extend_from_slice(why.as_bytes());
-                    seal(frame, REPLY_ERROR).expect("invariant: error messages are short")
-                }
-            };
-            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// One request's reply frame, or why the request could not be served.
-    async fn handle(&self, rpc: Rpc, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let raft = self.replica.raft();
-        match rpc {
-            Rpc::AppendEntries => reply(&raft.append_entries(decode(payload)?).await),
-            Rpc::Vote => reply(&raft.vote(decode(payload)?).await),
-            Rpc::InstallSnapshot => reply(&raft.install_snapshot(decode(payload)?).await),
-            Rpc::Propose => {
-                let proposals: Vec<Proposal> = decode(payload)?;
-                reply(&self.propose(proposals).await)
-            }
-            Rpc::ReadIndex => {
-                let result = match self.replica.leader_read_index().await {
-                    Ok(index) => Ok(index),
-                    Err(e) => match e.forward_to_leader() {
-                        Some(f) => Err(not_leader(f.leader_id, f.leader_node.clone())),
-                        None => Err(ForwardError::Unavailable(e.to_string())),
-                    },
-                };
-                reply(&result)
-            }
-            Rpc::Status => reply(&self.replica.status()),
-            Rpc::Clock => reply(&self.clock.now()),
-            Rpc::Query => {
-                let query: crate::scheduler::Query = decode(payload)?;
-                reply(&self.replica.read_local(|state| state.scheduler.query(&query)))
-            }
-        }
-    }
-
-    async fn propose(&self, proposals: Vec<Proposal>) -> Result<BatchResult, ForwardError> {
-        use openraft::error::ClientWriteError;
-        let batch = crate::raft::types::Batch { proposed_at: self.replica.stamp(), proposals };
-        match self.replica.raft().client_write(batch).await {
-            Ok(written) => Ok(written.data),
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(not_leader(f.leader_id, f.leader_node.clone())),
-                None => Err(ForwardError::Unavailable(match e {
-                    openraft::error::RaftError::APIError(
-                        ClientWriteError::ChangeMembershipError(c),
-                    ) => c.to_string(),
-                    other => other.to_string(),
-                })),
-            },
-        }
-    }
-}
-
-fn reply<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+/// A reply frame carrying `value`, encoded in place.
+pub fn reply<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     frame(REPLY_OK, value)
+}
+
+/// Serves every connection `incoming` yields until `shutdown` resolves, then closes them all
+/// (a peer must not keep talking to a stopped replica through an open connection). With `tls`,
+/// each connection first completes a mutual TLS handshake as an admitted member (see
+/// `crate::tls`); one that does not is closed before any frame is read.
+pub async fn serve<H, I, IO, IE>(
+    handler: H,
+    incoming: I,
+    tls: Option<PeerTls>,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Handler,
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IE: std::fmt::Display,
+{
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            next = incoming.next() => match next {
+                Some(Ok(stream)) => {
+                    let (handler, tls) = (handler.clone(), tls.clone());
+                    connections.spawn(async move {
+                        match tls {
+                            None => serve_connection(handler, stream, None).await,
+                            Some(tls) => match tls.accept(stream).await {
+                                Ok((stream, member)) => {
+                                    serve_connection(handler, stream, Some(member)).await
+                                }
+                                Err(e) => tracing::info!(
+                                    error = %e,
+                                    "refused a peer connection: no TLS handshake as a member"
+                                ),
+                            },
+                        }
+                    });
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "accepting a peer connection failed"),
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Answers one connection's requests in order until it closes or breaks the protocol, or
+/// (over TLS) its `member` is no longer one.
+async fn serve_connection<H: Handler, IO: AsyncRead + AsyncWrite + Unpin>(
+    handler: H,
+    stream: IO,
+    mut member: Option<Admitted>,
+) {
+    let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    loop {
+        let (tag, payload) = match read_frame(&mut stream).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer connection ended");
+                return;
+            }
+        };
+        if member.as_mut().is_some_and(|member| !member.still()) {
+            tracing::info!("closed a peer connection: its replica is no longer a member");
+            return;
+        }
+        let reply = match Rpc::from_tag(tag) {
+            Some(rpc) => handler.handle(rpc, &payload).await,
+            None => Err(format!("unknown peer call {tag}")),
+        };
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(why) => {
+                let mut frame = vec![0u8; 5];
+                frame.extend_from_slice(why.as_bytes());
+                seal(frame, REPLY_ERROR).expect("invariant: error messages are short")
+            }
+        };
+        if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,16 +24,18 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, InitializeError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
 use crate::fatal::FailStop;
-use crate::network::{Connect, ForwardError, PeerClient, PeerNetwork, PeerService};
+use crate::network::{self, Connect, PeerNetwork, Rpc};
+use crate::raft::peer::{ForwardError, Peer, ReplicaStatus};
 use crate::raft::state_machine::{Replicated, StateMachine};
-use crate::raft::types::{Batch, BatchResult, LogId, Proposal, Raft, RaftError, ReplicaId, Vote};
+use crate::raft::types::{
+    Batch, BatchResult, LogId, Node, Proposal, Raft, RaftError, ReplicaId, Vote,
+};
 use crate::scheduler::{Applied, Command};
 use crate::storage::{LogStore, SnapshotStore};
 
@@ -144,32 +146,6 @@ pub enum Consistency {
     Stale,
 }
 
-/// What a replica reports about itself and the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    pub id: ReplicaId,
-    pub role: String,
-    pub leader: Option<ReplicaId>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub last_applied_index: Option<u64>,
-    pub snapshot_index: Option<u64>,
-    pub purged_index: Option<u64>,
-    /// Voters and learners with their peer addresses.
-    pub voters: BTreeMap<ReplicaId, String>,
-    pub learners: BTreeMap<ReplicaId, String>,
-    /// The last command index applied (the `log_index` clients see).
-    pub applied_command_index: u64,
-    /// Log time of the state machine.
-    pub now_ms: u64,
-    /// SHA-256 of the scheduler state, hex; equal on replicas at equal applied index.
-    pub state_hash: String,
-    /// ReadIndex rounds this replica has served as leader since it started (its own
-    /// linearizable reads and its followers'), each confirmed by a quorum. A round that
-    /// failed (no quorum in time) is not counted; its read tries again.
-    pub read_indexes: u64,
-}
-
 struct Pending {
     proposal: Proposal,
     /// The proposal's encoded size.
@@ -189,7 +165,7 @@ struct Inner {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The last leader we forwarded to, with its client (channels are reused).
-    leader_client: Mutex<Option<(ReplicaId, String, PeerClient)>>,
+    leader_client: Mutex<Option<(ReplicaId, String, Peer)>>,
     /// The vote and the last log entry found on disk at start (see the module header).
     recovered: (Option<Vote>, Option<LogId>),
     /// ReadIndex rounds served as leader (`ReplicaStatus::read_indexes`).
@@ -259,8 +235,8 @@ fn encoded_len(proposal: &Proposal) -> usize {
 }
 
 impl Replica {
-    /// Opens storage, starts Raft and the proposer and ticker. Serve `peer_service()` on the
-    /// peer listener for the replica to reach and be reached by the others.
+    /// Opens storage, starts Raft and the proposer and ticker. Serve the replica on the peer
+    /// listener (`network::serve`, it is the port's `Handler`) for the replica to reach and be reached by the others.
     pub async fn start(
         options: ReplicaOptions,
         log: LogStore,
@@ -334,11 +310,6 @@ impl Replica {
         let (vote, last_log) = &self.inner.recovered;
         let same_vote = vote.as_ref() == Some(&self.inner.raft.metrics().borrow().vote);
         Ok(if same_vote { index.max(*last_log) } else { index })
-    }
-
-    /// What other replicas call on this replica's peer port.
-    pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.clone(), self.inner.clock.clone())
     }
 
     /// Initialises a new cluster with `members` (id → peer address). Returns false if this
@@ -442,15 +413,16 @@ impl Replica {
             let leader = self.known_leader();
             match leader {
                 Some(id) if id == self.id() => {
-                    let batch = Batch { proposed_at: self.stamp(), proposals: proposals.clone() };
                     sent = true;
-                    match self.inner.raft.client_write(batch).await {
-                        Ok(written) => return Ok(written.data),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    match self.write(proposals.clone()).await {
+                        Ok(results) => return Ok(results),
+                        Err(ForwardError::NotLeader { .. }) => {
                             // Not appended: we lost leadership before proposing.
                             last_problem = "leadership moved".into();
                         }
-                        Err(e) => return Err(WriteError::Unknown(e.to_string())),
+                        Err(ForwardError::Unavailable(why)) => {
+                            return Err(WriteError::Unknown(why))
+                        }
                     }
                 }
                 Some(id) => match self.forward(id, &proposals, deadline).await {
@@ -478,6 +450,19 @@ impl Replica {
         })
     }
 
+    /// Stamps `proposals` with this replica's time and proposes them as one entry, if it
+    /// leads: the only writer of `Batch::proposed_at`, for this replica's own commands and
+    /// those its followers forward alike.
+    async fn write(&self, proposals: Vec<Proposal>) -> Result<BatchResult, ForwardError> {
+        let batch = Batch { proposed_at: self.stamp(), proposals };
+        self.inner.raft.client_write(batch).await.map(|written| written.data).map_err(|e| {
+            match e.forward_to_leader() {
+                Some(f) => not_leader(f.leader_id, f.leader_node.clone()),
+                None => ForwardError::Unavailable(e.to_string()),
+            }
+        })
+    }
+
     async fn forward(
         &self,
         leader: ReplicaId,
@@ -492,7 +477,7 @@ impl Replica {
         })
     }
 
-    fn leader_client(&self, leader: ReplicaId) -> Result<PeerClient, String> {
+    fn leader_client(&self, leader: ReplicaId) -> Result<Peer, String> {
         let addr = self
             .inner
             .raft
@@ -509,7 +494,7 @@ impl Replica {
                 return Ok(client.clone());
             }
         }
-        let client = PeerClient::new(&self.inner.connect, &addr);
+        let client = Peer::new(&self.inner.connect, &addr);
         *cached = Some((leader, addr, client.clone()));
         Ok(client)
     }
@@ -546,7 +531,7 @@ impl Replica {
         let mut stop = self.inner.stop.subscribe();
         let mut every = tokio::time::interval(CLOCK_SAMPLE_INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut clients: BTreeMap<ReplicaId, (String, PeerClient)> = BTreeMap::new();
+        let mut clients: BTreeMap<ReplicaId, (String, Peer)> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -568,7 +553,7 @@ impl Replica {
             for (id, addr) in addrs {
                 let (_, client) = clients
                     .entry(id)
-                    .or_insert_with(|| (addr.clone(), PeerClient::new(&self.inner.connect, &addr)));
+                    .or_insert_with(|| (addr.clone(), Peer::new(&self.inner.connect, &addr)));
                 let client = client.clone();
                 readings.spawn(async move {
                     let sent = Instant::now();
@@ -780,7 +765,7 @@ impl Replica {
 
     /// Asks a peer for its own status over the peer port (`None` if it does not answer).
     pub async fn peer_status(&self, addr: &str) -> Option<ReplicaStatus> {
-        let client = PeerClient::new(&self.inner.connect, addr);
+        let client = Peer::new(&self.inner.connect, addr);
         client.status(Duration::from_secs(1)).await.ok()
     }
 
@@ -876,6 +861,38 @@ impl Replica {
             task.abort();
         }
     }
+}
+
+/// What this replica answers on its peer port: openraft's calls go to Raft, forwarded
+/// writes to `write`, forwarded reads to `leader_read_index`.
+impl network::Handler for Replica {
+    async fn handle(&self, rpc: Rpc, payload: &[u8]) -> Result<Vec<u8>, String> {
+        use network::{decode, reply};
+        let raft = &self.inner.raft;
+        match rpc {
+            Rpc::AppendEntries => reply(&raft.append_entries(decode(payload)?).await),
+            Rpc::Vote => reply(&raft.vote(decode(payload)?).await),
+            Rpc::InstallSnapshot => reply(&raft.install_snapshot(decode(payload)?).await),
+            Rpc::Propose => reply(&self.write(decode(payload)?).await),
+            Rpc::ReadIndex => {
+                reply(&self.leader_read_index().await.map_err(|e| match e.forward_to_leader() {
+                    Some(f) => not_leader(f.leader_id, f.leader_node.clone()),
+                    None => ForwardError::Unavailable(e.to_string()),
+                }))
+            }
+            Rpc::Status => reply(&self.status()),
+            Rpc::Clock => reply(&self.inner.clock.now()),
+            Rpc::Query => {
+                let query: crate::scheduler::Query = decode(payload)?;
+                reply(&self.read_local(|state| state.scheduler.query(&query)))
+            }
+        }
+    }
+}
+
+/// openraft's "forward to leader", as told to the replica that forwarded the request.
+fn not_leader(leader_id: Option<ReplicaId>, leader_node: Option<Node>) -> ForwardError {
+    ForwardError::NotLeader { leader: leader_id.zip(leader_node.map(|n| n.addr)) }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
