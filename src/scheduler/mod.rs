@@ -33,6 +33,7 @@ pub mod resources;
 mod snapshot;
 pub mod state;
 mod tenants;
+pub mod testing;
 pub mod windows;
 mod workers;
 
