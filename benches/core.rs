@@ -28,9 +28,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use berth::scheduler::testing::Log;
 use berth::scheduler::{
-    Command, Config, Entry, GroupId, GroupStrategy, LabelTerm, Limits, LogIndex, PlaceSpec,
-    PlacementId, Quota, RequestId, Resources, Scheduler, Strategy, TenantId, UnixMillis, WorkerId,
+    Command, Entry, GroupId, GroupStrategy, LabelTerm, Limits, PlaceSpec, PlacementId, Quota,
+    RequestId, Resources, Strategy, TenantId, WorkerId,
 };
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
@@ -110,11 +111,10 @@ fn assert_accepted(applied: &berth::scheduler::Applied, what: &str) {
 /// A cluster plus the bookkeeping needed to keep feeding it valid entries.
 #[derive(Clone)]
 struct Cluster {
-    scheduler: Scheduler,
+    log: Log,
     scale: Scale,
     constrained: bool,
     tenant: TenantId,
-    last_index: u64,
     placements_made: u64,
     random: u64,
     /// Live placements, oldest first.
@@ -125,11 +125,10 @@ impl Cluster {
     fn build(scale: Scale, constrained: bool) -> Cluster {
         let started = Instant::now();
         let mut cluster = Cluster {
-            scheduler: Scheduler::new(Config::default()),
+            log: Log::at(EPOCH_MS),
             scale,
             constrained,
             tenant: TenantId::new(TENANT),
-            last_index: 0,
             placements_made: 0,
             random: 0x5EED,
             live: VecDeque::new(),
@@ -177,7 +176,7 @@ impl Cluster {
         // first). Bin-pack consolidates work over time, so only after this does the timed
         // part start from the cluster's steady state rather than drift during the samples.
         cluster.time_place_release_pairs(scale.placements);
-        let state = cluster.scheduler.state();
+        let state = cluster.log.s.state();
         let (cpu, memory) = state.workers.values().fold((0u64, 0u64), |(c, m), w| {
             (c + w.allocated.cpu_millis, m + w.allocated.memory_mib)
         });
@@ -186,7 +185,7 @@ impl Cluster {
         let built_ms = started.elapsed().as_millis();
         // Equal across builds iff they placed identically: an optimisation must keep it.
         let hash: String =
-            cluster.scheduler.state_hash()[..8].iter().map(|b| format!("{b:02x}")).collect();
+            cluster.log.s.state_hash()[..8].iter().map(|b| format!("{b:02x}")).collect();
         println!(
             "setup {kind}: {} workers ({idle} idle), {} placements, {} sessions, cpu {}% / \
              memory {}% allocated, built in {built_ms} ms, state hash {hash}",
@@ -200,15 +199,10 @@ impl Cluster {
     }
 
     fn entry(&mut self, command: Command, request_id: bool) -> Entry {
-        self.last_index += 1;
-        let index = self.last_index;
-        Entry {
-            index: LogIndex(index),
-            proposed_at: UnixMillis(EPOCH_MS + index),
-            request_id: request_id.then(|| request_id_for(index)),
-            command,
-            token: None,
-        }
+        // One millisecond of log time per entry.
+        self.log.advance(1);
+        let entry = self.log.entry(command);
+        Entry { request_id: request_id.then(|| request_id_for(entry.index.0)), ..entry }
     }
 
     fn apply_ok(&mut self, command: Command) {
@@ -217,7 +211,7 @@ impl Cluster {
     }
 
     fn apply_entry_ok(&mut self, entry: Entry, what: &str) {
-        let applied = self.scheduler.apply(entry);
+        let applied = self.log.s.apply(entry);
         assert_accepted(&applied, what);
     }
 
@@ -262,7 +256,7 @@ impl Cluster {
                 (0..chunk).map(|_| self.place_entry(Strategy::BinPack, request_ids)).collect();
             let started = Instant::now();
             for entry in entries {
-                let applied = self.scheduler.apply(entry);
+                let applied = self.log.s.apply(entry);
                 assert_accepted(&applied, "timed place");
             }
             elapsed += started.elapsed();
@@ -291,7 +285,7 @@ impl Cluster {
             }
             let started = Instant::now();
             for entry in entries {
-                let applied = self.scheduler.apply(entry);
+                let applied = self.log.s.apply(entry);
                 assert_accepted(&applied, "timed place/release");
             }
             elapsed += started.elapsed();

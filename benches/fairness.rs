@@ -16,9 +16,10 @@
 
 use std::collections::BTreeMap;
 
+use berth::scheduler::testing::Log;
 use berth::scheduler::{
-    Applied, Command, Entry, LogIndex, PlaceSpec, QuotaEvent, RequestId, Resources, Response,
-    Scheduler, TenantId, UnixMillis, WorkerId, QUEUE_AGING_MS,
+    Applied, Command, PlaceSpec, QuotaEvent, Resources, Response, TenantId, WorkerId,
+    QUEUE_AGING_MS,
 };
 
 const WEIGHTS: [u32; 4] = [1, 2, 3, 4];
@@ -70,9 +71,7 @@ struct TenantStats {
 }
 
 struct Sim {
-    s: Scheduler,
-    index: u64,
-    now: u64,
+    log: Log,
     rng: Random,
     next_id: u64,
     /// Submitted jobs by placement id, until released.
@@ -85,14 +84,8 @@ struct Sim {
 
 impl Sim {
     fn apply(&mut self, command: Command) -> Applied {
-        self.index += 1;
-        self.s.apply(Entry {
-            index: LogIndex(self.index),
-            proposed_at: UnixMillis(self.now),
-            request_id: Some(RequestId::new(format!("r{}", self.index))),
-            command,
-            token: None,
-        })
+        let entry = self.log.entry(command);
+        self.log.s.apply(entry)
     }
 
     fn tenant_id(i: usize) -> TenantId {
@@ -102,16 +95,16 @@ impl Sim {
     /// A job starts: record its wait and when it ends.
     fn started(&mut self, id: &str) {
         let job = &self.jobs[id];
-        let wait = self.now - job.submitted_at;
-        let end = self.now + job.run_ms;
+        let wait = self.log.now - job.submitted_at;
+        let end = self.log.now + job.run_ms;
         let tenant = job.tenant;
         let st = &mut self.stats[tenant];
-        if self.now >= EPOCH_MS + WARM_UP_MS {
+        if self.log.now >= EPOCH_MS + WARM_UP_MS {
             st.placed += 1;
             st.wait_sum_ms += u128::from(wait);
             st.wait_max_ms = st.wait_max_ms.max(wait);
         }
-        self.running.insert((end, id.to_owned()), self.now);
+        self.running.insert((end, id.to_owned()), self.log.now);
     }
 
     fn admitted(&mut self, applied: &Applied) {
@@ -128,7 +121,8 @@ impl Sim {
         let id = format!("j{}", self.next_id);
         let cpu_millis = JOB_CPU_MILLIS[usize::try_from(self.rng.below(4)).unwrap_or(0)];
         let run_ms = JOB_RUN_MS.0 + self.rng.below(JOB_RUN_MS.1 - JOB_RUN_MS.0);
-        self.jobs.insert(id.clone(), Job { tenant, cpu_millis, run_ms, submitted_at: self.now });
+        self.jobs
+            .insert(id.clone(), Job { tenant, cpu_millis, run_ms, submitted_at: self.log.now });
         let spec = PlaceSpec {
             placement: id.as_str().into(),
             count: 1,
@@ -154,8 +148,8 @@ impl Sim {
     fn account(&mut self, id: &str, started_at: u64) {
         let job = &self.jobs[id];
         let from = started_at.max(EPOCH_MS + WARM_UP_MS);
-        if self.now > from {
-            let ms = u128::from(self.now - from);
+        if self.log.now > from {
+            let ms = u128::from(self.log.now - from);
             self.stats[job.tenant].cpu_ms += ms * u128::from(job.cpu_millis);
         }
     }
@@ -169,9 +163,7 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let period = if smoke { SMOKE_PERIOD_MS.max(WARM_UP_MS + 3_600_000) } else { PERIOD_MS };
     let mut sim = Sim {
-        s: Scheduler::default(),
-        index: 0,
-        now: EPOCH_MS,
+        log: Log::at(EPOCH_MS),
         rng: Random(0x5EED_FA1E),
         next_id: 0,
         jobs: BTreeMap::new(),
@@ -200,14 +192,14 @@ fn main() {
         }
         let Some(((finish, id), started_at)) = sim.running.pop_first() else { break };
         if finish > end {
-            sim.now = end;
+            sim.log.now = end;
             sim.account(&id, started_at);
             for ((_, id), started_at) in std::mem::take(&mut sim.running) {
                 sim.account(&id, started_at);
             }
             break;
         }
-        sim.now = finish;
+        sim.log.now = finish;
         sim.account(&id, started_at);
         let tenant = Sim::tenant_id(sim.jobs[&id].tenant);
         let applied =
@@ -216,7 +208,7 @@ fn main() {
         sim.jobs.remove(&id);
         sim.admitted(&applied);
     }
-    if let Err(broken) = sim.s.check_invariants() {
+    if let Err(broken) = sim.log.s.check_invariants() {
         panic!("invariants broken: {broken:?}");
     }
 

@@ -6,58 +6,27 @@ use berth::scheduler::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
-/// A scheduler with a log index and a leader clock that the test advances by hand.
-struct Log {
-    s: Scheduler,
-    index: u64,
-    now: u64,
+use berth::scheduler::testing::T0;
+
+/// The core's shared test harness, plus this file's fixtures.
+struct Log(testing::Log);
+
+impl std::ops::Deref for Log {
+    type Target = testing::Log;
+    fn deref(&self) -> &testing::Log {
+        &self.0
+    }
 }
 
-const T0: u64 = 1_700_000_000_000;
+impl std::ops::DerefMut for Log {
+    fn deref_mut(&mut self) -> &mut testing::Log {
+        &mut self.0
+    }
+}
 
 impl Log {
     fn new() -> Self {
-        Log { s: Scheduler::default(), index: 0, now: T0 }
-    }
-
-    /// Applies `command` with a fresh request id and checks every invariant afterwards.
-    fn apply(&mut self, command: Command) -> Applied {
-        self.index += 1;
-        let applied = self.s.apply(Entry {
-            index: LogIndex(self.index),
-            proposed_at: UnixMillis(self.now),
-            request_id: Some(RequestId::new(format!("req-{}", self.index))),
-            command,
-            token: None,
-        });
-        if let Err(violations) = self.s.check_invariants() {
-            panic!("invariants broken after index {}: {violations:#?}", self.index);
-        }
-        applied
-    }
-
-    fn ok(&mut self, command: Command) -> Response {
-        let name = command.name();
-        match self.apply(command).result {
-            Ok(r) => r,
-            Err(e) => panic!("{name} refused: {e}"),
-        }
-    }
-
-    fn err(&mut self, command: Command) -> Rejection {
-        let name = command.name();
-        match self.apply(command).result {
-            Ok(r) => panic!("{name} should have been refused, got {r:?}"),
-            Err(e) => e,
-        }
-    }
-
-    fn advance(&mut self, ms: u64) {
-        self.now += ms;
-    }
-
-    fn tick(&mut self) -> Applied {
-        self.apply(Command::Tick)
+        Log(testing::Log::default())
     }
 
     fn worker(&mut self, id: &str, cpu_millis: u64, memory_mib: u64) {
@@ -978,14 +947,10 @@ fn commands_with_a_revoked_or_foreign_token_are_refused_at_apply() {
     log.ok(Command::AddToken { tenant: "acme".into(), token: "ci".into(), hash: acme, ttl_ms: 0 });
     log.ok(Command::AddToken { tenant: "beta".into(), token: "ci".into(), hash: beta, ttl_ms: 0 });
     let with_token = |log: &mut Log, id: &str, token: TokenHash| {
-        log.index += 1;
-        log.s.apply(Entry {
-            index: LogIndex(log.index),
-            proposed_at: UnixMillis(log.now),
-            request_id: Some(RequestId::new(format!("req-{}", log.index))),
-            command: Command::Place { tenant: "acme".into(), spec: spec(id, 100, 10), fence: None },
-            token: Some(token),
-        })
+        let command =
+            Command::Place { tenant: "acme".into(), spec: spec(id, 100, 10), fence: None };
+        let entry = Entry { token: Some(token), ..log.entry(command) };
+        log.s.apply(entry)
     };
     assert!(with_token(&mut log, "a", acme).result.is_ok(), "own live token");
     let foreign = with_token(&mut log, "b", beta);

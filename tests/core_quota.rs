@@ -5,54 +5,31 @@
 
 use berth::scheduler::*;
 
-const T0: u64 = 1_700_000_000_000;
+use berth::scheduler::testing::T0;
 
-/// A scheduler with a log index and a leader clock the test advances by hand.
-struct Log {
-    s: Scheduler,
-    index: u64,
-    now: u64,
+/// The core's shared test harness, plus this file's fixtures.
+struct Log(testing::Log);
+
+impl std::ops::Deref for Log {
+    type Target = testing::Log;
+    fn deref(&self) -> &testing::Log {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Log {
+    fn deref_mut(&mut self) -> &mut testing::Log {
+        &mut self.0
+    }
 }
 
 impl Log {
     fn new() -> Self {
-        Log { s: Scheduler::default(), index: 0, now: T0 }
-    }
-
-    fn apply(&mut self, command: Command) -> Applied {
-        self.index += 1;
-        let applied = self.s.apply(Entry {
-            index: LogIndex(self.index),
-            proposed_at: UnixMillis(self.now),
-            request_id: Some(RequestId::new(format!("req-{}", self.index))),
-            command,
-            token: None,
-        });
-        if let Err(violations) = self.s.check_invariants() {
-            panic!("invariants broken after index {}: {violations:#?}", self.index);
-        }
-        applied
-    }
-
-    fn ok(&mut self, command: Command) -> Applied {
-        let name = command.name();
-        let applied = self.apply(command);
-        if let Err(e) = &applied.result {
-            panic!("{name} refused: {e}");
-        }
-        applied
-    }
-
-    fn err(&mut self, command: Command) -> Rejection {
-        let name = command.name();
-        match self.apply(command).result {
-            Ok(r) => panic!("{name} should have been refused, got {r:?}"),
-            Err(e) => e,
-        }
+        Log(testing::Log::default())
     }
 
     fn tenant(&mut self, id: &str, parent: Option<&str>) {
-        self.ok(Command::CreateTenant {
+        self.accepted(Command::CreateTenant {
             tenant: id.into(),
             parent: parent.map(Into::into),
             weight: 1,
@@ -60,7 +37,7 @@ impl Log {
     }
 
     fn worker(&mut self, id: &str, pool: Option<&str>, cpu_millis: u64) {
-        self.ok(Command::RegisterWorker {
+        self.accepted(Command::RegisterWorker {
             worker: id.into(),
             pool: pool.map(Into::into),
             capacity: Resources::new(cpu_millis, 1_000_000),
@@ -69,7 +46,7 @@ impl Log {
     }
 
     fn quota(&mut self, tenant: &str, quota: Quota) -> Applied {
-        self.ok(Command::SetQuota { tenant: tenant.into(), quota })
+        self.accepted(Command::SetQuota { tenant: tenant.into(), quota })
     }
 
     fn place(&mut self, tenant: &str, id: &str, cpu_millis: u64) -> Applied {
@@ -81,7 +58,7 @@ impl Log {
     }
 
     fn release(&mut self, tenant: &str, id: &str) -> Applied {
-        self.ok(Command::Release { tenant: tenant.into(), placement: id.into(), fence: None })
+        self.accepted(Command::Release { tenant: tenant.into(), placement: id.into(), fence: None })
     }
 
     fn tick(&mut self, advance_ms: u64) -> Applied {
@@ -276,7 +253,7 @@ fn hierarchy_inherits_and_caps_up_the_chain() {
     );
 
     // Deleting dev releases its work from every ancestor and ends their bursts in one step.
-    let deleted = log.ok(Command::DeleteTenant { tenant: "dev".into() });
+    let deleted = log.accepted(Command::DeleteTenant { tenant: "dev".into() });
     let under = |t: &str| QuotaEvent::ReturnedUnderSoft { tenant: t.into() };
     assert_eq!(deleted.events, vec![under("team"), under("org")]);
     assert_eq!(log.tenant_state("team").usage.total.cpu_millis, 2_100);
@@ -303,7 +280,7 @@ fn pool_limits_and_denial() {
             ..Quota::default()
         },
     );
-    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g1", 2_000), fence: None });
+    log.accepted(Command::Place { tenant: "team".into(), spec: gpu("g1", 2_000), fence: None });
     let full = log.err(Command::Place { tenant: "team".into(), spec: gpu("g2", 1), fence: None });
     assert_eq!((meta(&full, "pool"), meta(&full, "limit")), ("gpu".into(), "2000".into()));
     log.place("team", "c1", 30_000).result.expect("the default pool is not limited");
@@ -317,7 +294,7 @@ fn pool_limits_and_denial() {
     log.place("team", "c2", 1_000).result.expect("other pools stay open");
 
     log.quota("org", Quota::default());
-    log.ok(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
+    log.accepted(Command::Place { tenant: "team".into(), spec: gpu("g3", 1), fence: None });
 }
 
 /// A dry run returns exactly the decision Place would make (same workers, same refusal with
@@ -330,7 +307,7 @@ fn dry_run_explains_without_changing_anything() {
     log.tenant("team", Some("org"));
     log.worker("w1", None, 4_000);
     log.worker("w2", None, 2_000);
-    log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    log.accepted(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
     log.worker("w3", None, 1_000);
     log.quota("org", soft_cpu(1_000, 3_500, Some(60_000)));
 
@@ -402,7 +379,7 @@ impl Log {
     }
 
     fn weighted(&mut self, id: &str, weight: u32) {
-        self.ok(Command::CreateTenant { tenant: id.into(), parent: None, weight });
+        self.accepted(Command::CreateTenant { tenant: id.into(), parent: None, weight });
     }
 }
 
@@ -457,7 +434,7 @@ fn queued_placement_waits_and_is_placed_when_room_frees() {
     assert!(log.s.state().queue.is_empty());
 
     // Capacity: a reservation holds the worker; its expiry (a Tick) admits the waiter.
-    log.ok(Command::Reserve {
+    log.accepted(Command::Reserve {
         tenant: "other".into(),
         spec: spec("r", 3_000),
         ttl_ms: 1_000,
@@ -475,18 +452,18 @@ fn queued_placement_waits_and_is_placed_when_room_frees() {
     // A new worker admits too; cancel withdraws; deleting a tenant withdraws its entries.
     log.queue("other", "d", 3_000).result.expect("queued");
     log.queue("other", "e", 64_000).result.expect("queued");
-    let more = log.ok(Command::RegisterWorker {
+    let more = log.accepted(Command::RegisterWorker {
         worker: "w2".into(),
         pool: None,
         capacity: Resources::new(4_000, 1_000_000),
         labels: Labels::new(),
     });
     assert_eq!(admitted(&more.events), vec!["other/d"]);
-    log.ok(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
+    log.accepted(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
     let gone = log.err(Command::CancelQueued { tenant: "other".into(), placement: "e".into() });
     assert_eq!(gone.reason(), "NOT_QUEUED");
     log.queue("other", "f", 64_000).result.expect("queued");
-    match log.ok(Command::DeleteTenant { tenant: "other".into() }).result {
+    match log.accepted(Command::DeleteTenant { tenant: "other".into() }).result {
         Ok(Response::TenantDeleted(c)) => assert_eq!(c.queued, 1),
         other => panic!("{other:?}"),
     }
@@ -518,7 +495,7 @@ fn admission_follows_weighted_dominant_share() {
 
     // Four more cores. Shares after admission (cpu over 14 cores, per weight): b1 1/42,
     // b2 2/42, then a1 3/42 ties b3 3/42 and a1 is older, then b3; a2 (6/42) waits.
-    let grown = log.ok(Command::UpdateWorker {
+    let grown = log.accepted(Command::UpdateWorker {
         worker: "w1".into(),
         capacity: Some(Resources::new(14_000, 1_000_000)),
         labels: None,
@@ -833,7 +810,7 @@ fn preemption_for_quota_takes_only_work_under_the_limit() {
     );
     log.place_spec("outsider", prio("x", 5_000, -10)).result.expect("not under org");
     log.place_spec("beta", prio("b-old", 1_000, 0)).result.expect("fits");
-    log.ok(Command::Reserve {
+    log.accepted(Command::Reserve {
         tenant: "beta".into(),
         spec: prio("b-held", 1_000, -5),
         ttl_ms: 60_000,
@@ -1052,7 +1029,7 @@ fn soft_share_of_pool_follows_its_capacity() {
     assert_eq!((meta(&e, "limit_kind"), meta(&e, "limit")), ("burst".into(), "3000".into()));
 
     // A second worker doubles the pool: 4000 soft, so acme is back under soft.
-    let grown = log.ok(Command::RegisterWorker {
+    let grown = log.accepted(Command::RegisterWorker {
         worker: "w2".into(),
         pool: None,
         capacity: Resources::new(4_000, 1_000_000),
@@ -1063,13 +1040,17 @@ fn soft_share_of_pool_follows_its_capacity() {
     log.place("acme", "b", 600).result.expect("within the larger share");
 
     // Draining w2 halves it again: above soft at once, with a fresh grace period.
-    let drained = log.ok(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
+    let drained =
+        log.accepted(Command::SetWorkerSchedulable { worker: "w2".into(), schedulable: false });
     assert_eq!(drained.events, vec![entered("acme", log.now + 60_000)]);
     assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
     let e = log.place("acme", "c", 1).result.expect_err("3100 already above the 3000 ceiling");
     assert_eq!(meta(&e, "limit_kind"), "burst");
     // Removing it changes nothing more (it no longer counted); another pool never counts.
-    assert!(log.ok(Command::RemoveWorker { worker: "w2".into(), evict: true }).events.is_empty());
+    assert!(log
+        .accepted(Command::RemoveWorker { worker: "w2".into(), evict: true })
+        .events
+        .is_empty());
     log.worker("g1", Some("gpu"), 64_000);
     assert_eq!(cpu(&log), Some(SoftLimit { soft: 2_000, burst: 3_000 }));
 
@@ -1171,7 +1152,7 @@ fn a_pool_reserve_is_held_back_from_guarantees() {
 
     // Draining a worker stops nothing; the shortfall shows, and only lowering is allowed.
     let placed = log.s.state().placements.len();
-    log.ok(Command::SetWorkerSchedulable { worker: "g2".into(), schedulable: false });
+    log.accepted(Command::SetWorkerSchedulable { worker: "g2".into(), schedulable: false });
     assert_eq!(log.gpu_status().shortfall, Resources::new(6_000, 0));
     assert_eq!(log.s.state().placements.len(), placed);
     assert_eq!(
@@ -1201,7 +1182,7 @@ fn reclaim_takes_the_victim_that_makes_room() {
     log.tenant("acme", None);
     log.tenant("beta", None);
     for (worker, zone, cpu_millis) in [("g1", "a", 4_000), ("g2", "b", 3_000)] {
-        log.ok(Command::RegisterWorker {
+        log.accepted(Command::RegisterWorker {
             worker: worker.into(),
             pool: Some("gpu".into()),
             capacity: Resources::new(cpu_millis, 1_000_000),

@@ -4,20 +4,30 @@
 
 use berth::scheduler::*;
 
-const T0: u64 = 1_700_000_000_000;
+use berth::scheduler::testing::T0;
 const TENANT: &str = "team";
 const HASH: TokenHash = TokenHash([7; 32]);
 
-/// A scheduler fed entries by hand, checking invariants after each.
-struct Log {
-    s: Scheduler,
-    index: u64,
+/// The core's shared test harness, plus this file's fixtures.
+struct Log(testing::Log);
+
+impl std::ops::Deref for Log {
+    type Target = testing::Log;
+    fn deref(&self) -> &testing::Log {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Log {
+    fn deref_mut(&mut self) -> &mut testing::Log {
+        &mut self.0
+    }
 }
 
 impl Log {
     /// A tenant, a worker, and a token `ci` with `ttl_ms`, issued at `T0`.
     fn with_token(ttl_ms: u64) -> Log {
-        let mut log = Log { s: Scheduler::default(), index: 0 };
+        let mut log = Log(testing::Log::default());
         log.admin(T0, Command::CreateTenant { tenant: TENANT.into(), parent: None, weight: 1 });
         log.admin(
             T0,
@@ -37,28 +47,15 @@ impl Log {
         log
     }
 
+    /// The next entry, stamped `at` and carrying `token`.
     fn entry(&mut self, at: u64, command: Command, token: Option<TokenHash>) -> Entry {
-        self.index += 1;
-        Entry {
-            index: LogIndex(self.index),
-            proposed_at: UnixMillis(at),
-            request_id: Some(RequestId::new(format!("req-{}", self.index))),
-            command,
-            token,
-        }
-    }
-
-    fn apply(&mut self, entry: Entry) -> Applied {
-        let applied = self.s.apply(entry);
-        if let Err(broken) = self.s.check_invariants() {
-            panic!("invariants broken after index {}: {broken:#?}", self.index);
-        }
-        applied
+        self.now = at;
+        Entry { token, ..self.0.entry(command) }
     }
 
     fn admin(&mut self, at: u64, command: Command) -> Applied {
         let entry = self.entry(at, command, None);
-        self.apply(entry)
+        self.apply_entry(entry)
     }
 
     /// A Place authorized by the token, at log time `at`.
@@ -72,7 +69,7 @@ impl Log {
         };
         let command = Command::Place { tenant: TENANT.into(), spec, fence: None };
         let entry = self.entry(at, command, Some(HASH));
-        self.apply(entry)
+        self.apply_entry(entry)
     }
 
     fn owner(&self) -> Option<(TenantId, TokenId, Token)> {
@@ -129,9 +126,9 @@ fn a_write_with_an_expired_token_changes_nothing() {
             token: Some(HASH),
             ..entry
         };
-        let first = log.apply(place.clone());
+        let first = log.apply_entry(place.clone());
         assert_eq!(log.s.state_hash(), before, "the refused write changed the state");
-        let retry = log.apply(Entry { index: LogIndex(place.index.0 + 1), ..place });
+        let retry = log.apply_entry(Entry { index: LogIndex(place.index.0 + 1), ..place });
         assert!(!retry.replayed, "a refusal for the token is not remembered");
         assert_eq!(retry.result, first.result);
         assert_eq!(log.s.state_hash(), before);

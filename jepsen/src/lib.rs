@@ -18,7 +18,6 @@ pub mod clientproc;
 pub mod history;
 pub mod nemesis;
 pub mod report;
-pub mod rng;
 pub mod run;
 pub mod topology;
 pub mod workload;

@@ -33,9 +33,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::history::{Op, Outcome, Recorder, Type, NEMESIS};
-use crate::rng::Rng;
 use crate::topology::{replica_ip, sh_in, sh_quiet, sh_quiet_in, Cluster};
 use crate::workload::Shared;
+use berth_rng::Rng;
 
 pub const KINDS: &[&str] = &["partition", "kill", "pause", "clock", "netem", "member"];
 

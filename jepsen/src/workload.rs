@@ -29,7 +29,7 @@ use tonic_types::StatusExt;
 
 use crate::checker;
 use crate::history::{Op, Outcome, Recorder, Type};
-use crate::rng::Rng;
+use berth_rng::Rng;
 
 pub const REGISTER_KEYS: u64 = 3;
 pub const QUOTA_TENANTS: u64 = 2;

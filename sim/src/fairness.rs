@@ -24,7 +24,8 @@ use berth::client::{self, pb, Client, ClientSecurity};
 use serde::Serialize;
 use tonic::Code;
 
-use crate::run::{api_client, now_ms, Params, Rng};
+use crate::run::{api_client, now_ms, Params};
+use berth_rng::Rng;
 
 pub const POOL: &str = "fair";
 pub const WEIGHTS: [u32; 4] = [1, 2, 3, 4];

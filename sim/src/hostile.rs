@@ -6,7 +6,8 @@
 use berth::client::{self, pb, Client};
 
 use crate::history::{OpKind, Outcome};
-use crate::run::{now_ms, outcome_of, Recorder, Rng};
+use crate::run::{now_ms, outcome_of, Recorder};
+use berth_rng::Rng;
 
 /// The largest error (message plus details) a refusal may carry: a client must be able to read
 /// it, whatever it sent.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::net::SimClock;
-use crate::run::Rng;
+use berth_rng::Rng;
 
 type Slot = std::sync::Arc<std::sync::Mutex<Option<berth::raft::replica::Replica>>>;
 

@@ -16,6 +16,7 @@ use berth::server::{Listeners, Security, Server, Storage};
 use berth::storage::snapshot_store::StoredSnapshot;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
 use berth::tls::{roots, Authority, Identity, Pem, TlsError};
+use berth_rng::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -38,30 +39,6 @@ const API_PORT: u16 = 7501;
 const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// All replicas must reach the same state within this long after the clients are done.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(20);
-
-/// splitmix64: small, seedable, and the same everywhere.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 /// The cluster and workload a seed chooses.
 #[derive(Clone, Debug, Serialize)]

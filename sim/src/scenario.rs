@@ -18,9 +18,8 @@ use berth::client::ClientSecurity;
 use serde::Serialize;
 
 use crate::history::{Fenced, Op, OpKind, Outcome};
-use crate::run::{
-    acquire, api_client, host, keep_alive, now_ms, place, Params, Recorder, Rng, Slot,
-};
+use crate::run::{acquire, api_client, host, keep_alive, now_ms, place, Params, Recorder, Slot};
+use berth_rng::Rng;
 
 /// The tenant whose lease guards the resource; it has no quota and a worker of its own size.
 pub const GUARDED: &str = "guarded";

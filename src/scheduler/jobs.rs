@@ -12,9 +12,9 @@ use super::command::FilterCounts;
 use super::quota::QuotaEvent;
 use super::state::State;
 use super::{
-    GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId, PoolId,
-    Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId, DEFAULT_POOL,
-    GROUPS_MAX, PLACEMENTS_MAX,
+    Fence, GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId,
+    PoolId, Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId,
+    DEFAULT_POOL, GROUPS_MAX, PLACEMENTS_MAX,
 };
 
 /// How much a refusal for capacity explains (the scan of the pool costs O(workers)).
@@ -268,12 +268,53 @@ impl Scheduler {
         Ok((held.expect("invariant: usage was computed at placement"), placement.spec.count))
     }
 
+    /// `Place`: all instances now, or a refusal.
+    pub(super) fn place_now(
+        &mut self,
+        index: LogIndex,
+        tenant: TenantId,
+        spec: PlaceSpec,
+        fence: Option<Fence>,
+    ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(&tenant, fence.as_ref())?;
+        self.place(index, tenant, spec, None, Explain::Counts).map(Response::Placed)
+    }
+
+    /// `Reserve`: a placement that expires `ttl_ms` from now unless confirmed.
+    pub(super) fn reserve(
+        &mut self,
+        index: LogIndex,
+        tenant: TenantId,
+        spec: PlaceSpec,
+        ttl_ms: u64,
+        fence: Option<Fence>,
+    ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(&tenant, fence.as_ref())?;
+        let expires_at = self.state.now.plus_ms(ttl_ms);
+        let at = Some(expires_at);
+        self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
+    }
+
+    /// `Release`: frees a placement or reservation.
+    pub(super) fn release_placement(
+        &mut self,
+        tenant: &TenantId,
+        placement: &PlacementId,
+        fence: Option<Fence>,
+    ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(tenant, fence.as_ref())?;
+        let released = self.release(tenant, placement)?;
+        Ok(Response::Released { resources: released.0, instances: released.1 })
+    }
+
     /// Turns a reservation into a placement on the same workers, keeping its quota.
-    pub(super) fn confirm(
+    pub(super) fn confirm_reservation(
         &mut self,
         tenant: &TenantId,
         id: &PlacementId,
-    ) -> Result<Placement, Rejection> {
+        fence: Option<Fence>,
+    ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(tenant, fence.as_ref())?;
         let key = (tenant.clone(), id.clone());
         let placement = self
             .state
@@ -286,7 +327,27 @@ impl Scheduler {
         let confirmed = placement.clone();
         let deadline = Deadline::Reservation(tenant.clone(), id.clone());
         assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
-        Ok(confirmed)
+        Ok(Response::Confirmed(confirmed))
+    }
+
+    /// Frees a reservation before it expires; a placement is not a reservation.
+    pub(super) fn cancel_reservation(
+        &mut self,
+        tenant: &TenantId,
+        reservation: &PlacementId,
+        fence: Option<Fence>,
+    ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(tenant, fence.as_ref())?;
+        let key = (tenant.clone(), reservation.clone());
+        match self.state.placements.get(&key) {
+            None => return Err(Rejection::PlacementNotFound { placement: reservation.clone() }),
+            Some(p) if !p.is_reservation() => {
+                return Err(Rejection::NotAReservation { placement: reservation.clone() })
+            }
+            Some(_) => {}
+        }
+        let (resources, instances) = self.release(tenant, reservation)?;
+        Ok(Response::Cancelled { resources, instances })
     }
 
     pub(super) fn create_group(

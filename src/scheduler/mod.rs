@@ -33,6 +33,7 @@ pub mod resources;
 mod snapshot;
 pub mod state;
 mod tenants;
+pub mod testing;
 pub mod windows;
 mod workers;
 
@@ -53,8 +54,8 @@ pub use preempt::{PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX};
 pub use query::{Answer, Query};
 pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
 pub use quota::{
-    Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, Preemption, Quota, QuotaEvent,
-    SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
+    Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, PerDimension, Preemption,
+    Quota, QuotaEvent, SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
 };
 pub use resources::{
     LabelOp, LabelRequirement, LabelTerm, Labels, Resources, POOL_CPU_MILLIS_MAX,
@@ -68,7 +69,6 @@ pub use state::{
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
 use index::{Deadline, Indexes};
-use jobs::Explain;
 
 /// Most workers in the cluster.
 pub const WORKERS_MAX: usize = 100_000;
@@ -294,15 +294,7 @@ impl Scheduler {
                 self.update_worker(&worker, capacity, labels)
             }
             Command::SetWorkerSchedulable { worker, schedulable } => {
-                let w = self.state.workers.get_mut(&worker);
-                let w = w.ok_or(Rejection::WorkerNotFound { worker })?;
-                self.ix.set_free(w, false);
-                w.schedulable = schedulable;
-                self.ix.set_free(w, true);
-                let pool = w.pool.clone();
-                self.pool_capacity_changed(&pool);
-                self.queue_dirty |= schedulable;
-                Ok(Response::WorkerSchedulable { schedulable })
+                self.set_worker_schedulable(worker, schedulable)
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
             Command::SetPoolReserve { pool, reserve } => self.set_pool_reserve(pool, reserve),
@@ -314,59 +306,23 @@ impl Scheduler {
             Command::AddToken { tenant, token, hash, ttl_ms } => {
                 self.add_token(&tenant, token, hash, ttl_ms)
             }
-            Command::RevokeToken { tenant, token } => {
-                let t = self.tenant_mut(&tenant)?;
-                let Some(removed) = t.tokens.remove(&token) else {
-                    return Err(Rejection::TokenNotFound { token });
-                };
-                self.ix.forget_token(&tenant, &token, &removed);
-                Ok(Response::TokenRevoked)
-            }
-            Command::Place { tenant, spec, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                self.place(index, tenant, spec, None, Explain::Counts).map(Response::Placed)
-            }
+            Command::RevokeToken { tenant, token } => self.revoke_token(&tenant, token),
+            Command::Place { tenant, spec, fence } => self.place_now(index, tenant, spec, fence),
             Command::Reserve { tenant, spec, ttl_ms, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                let expires_at = self.state.now.plus_ms(ttl_ms);
-                let at = Some(expires_at);
-                self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
+                self.reserve(index, tenant, spec, ttl_ms, fence)
             }
             Command::PlaceOrQueue { tenant, spec, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                self.place_or_queue(index, tenant, spec)
+                self.place_or_queue(index, tenant, spec, fence)
             }
-            Command::CancelQueued { tenant, placement } => {
-                self.tenant(&tenant)?;
-                self.cancel_queued(&tenant, &placement)
-            }
+            Command::CancelQueued { tenant, placement } => self.cancel_queued(&tenant, &placement),
             Command::Release { tenant, placement, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                let released = self.release(&tenant, &placement)?;
-                Ok(Response::Released { resources: released.0, instances: released.1 })
+                self.release_placement(&tenant, &placement, fence)
             }
             Command::ConfirmReservation { tenant, reservation, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                self.confirm(&tenant, &reservation).map(Response::Confirmed)
+                self.confirm_reservation(&tenant, &reservation, fence)
             }
             Command::CancelReservation { tenant, reservation, fence } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, fence.as_ref())?;
-                let key = (tenant.clone(), reservation.clone());
-                match self.state.placements.get(&key) {
-                    None => return Err(Rejection::PlacementNotFound { placement: reservation }),
-                    Some(p) if !p.is_reservation() => {
-                        return Err(Rejection::NotAReservation { placement: reservation })
-                    }
-                    Some(_) => {}
-                }
-                let (resources, instances) = self.release(&tenant, &reservation)?;
-                Ok(Response::Cancelled { resources, instances })
+                self.cancel_reservation(&tenant, &reservation, fence)
             }
             Command::CreatePlacementGroup { tenant, group, max_instances, strategy } => {
                 self.create_group(tenant, group, max_instances, strategy)
@@ -375,26 +331,10 @@ impl Scheduler {
                 self.acquire_lease(index, tenant, lease, holder, ttl_ms)
             }
             Command::KeepAliveLease { tenant, lease, token } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, Some(&Fence { lease: lease.clone(), token }))?;
-                let key = (tenant, lease);
-                let old = self.state.leases.get(&key).expect("invariant: fence checked").clone();
-                let expires_at = self.state.now.plus_ms(old.ttl_ms).max(old.expires_at);
-                self.move_lease_deadline(&old, expires_at);
-                let lease = self.state.leases.get_mut(&key).expect("invariant: fence checked");
-                lease.expires_at = expires_at;
-                Ok(Response::LeaseKeptAlive(lease.clone()))
+                self.keep_alive_lease(tenant, lease, token)
             }
             Command::ReleaseLease { tenant, lease, token } => {
-                self.tenant(&tenant)?;
-                self.check_fence(&tenant, Some(&Fence { lease: lease.clone(), token }))?;
-                let removed =
-                    self.state.leases.remove(&(tenant, lease)).expect("invariant: fence checked");
-                self.ix.deadlines.remove(&(
-                    removed.expires_at,
-                    Deadline::Lease(removed.tenant.clone(), removed.name.clone()),
-                ));
-                Ok(Response::LeaseReleased)
+                self.release_lease(tenant, lease, token)
             }
         }
     }
@@ -448,34 +388,11 @@ impl Scheduler {
         expired
     }
 
-    /// A new leader's clock may run ahead: give every live lease at least the grace period.
-    fn extend_leases(&mut self) -> Response {
-        let floor = self.state.now.plus_ms(self.state.config.lease_grace_ms);
-        let short: Vec<Lease> =
-            self.state.leases.values().filter(|l| l.expires_at < floor).cloned().collect();
-        for old in &short {
-            self.move_lease_deadline(old, floor);
-            let key = (old.tenant.clone(), old.name.clone());
-            self.state.leases.get_mut(&key).expect("invariant: listed lease exists").expires_at =
-                floor;
-        }
-        Response::LeaderChanged { leases_extended: count_u64(short.len()) }
-    }
-
     fn set_config(&mut self, config: Config) -> Result<Response, Rejection> {
         self.state.config = config;
         let max = self.sessions_max();
         self.state.sessions.evict(max);
         Ok(Response::ConfigSet)
-    }
-
-    fn move_lease_deadline(&mut self, old: &Lease, expires_at: UnixMillis) {
-        let deadline = Deadline::Lease(old.tenant.clone(), old.name.clone());
-        assert!(
-            self.ix.deadlines.remove(&(old.expires_at, deadline.clone())),
-            "invariant: every lease has a deadline"
-        );
-        self.ix.deadlines.insert((expires_at, deadline));
     }
 
     // ----- lookups ---------------------------------------------------------------------------
@@ -512,6 +429,16 @@ impl Scheduler {
             at = parent;
         }
         chain
+    }
+
+    /// The tenant exists and, if a fence is presented, it holds the live token.
+    fn check_tenant_fence(
+        &self,
+        tenant: &TenantId,
+        fence: Option<&Fence>,
+    ) -> Result<(), Rejection> {
+        self.tenant(tenant)?;
+        self.check_fence(tenant, fence)
     }
 
     fn check_fence(&self, tenant: &TenantId, fence: Option<&Fence>) -> Result<(), Rejection> {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use super::command::{PlaceSpec, Rejection, Response};
+use super::command::{Fence, PlaceSpec, Rejection, Response};
 use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, DEFAULT_POOL};
 use super::jobs::Explain;
 use super::quota::{QuotaEvent, Usage};
@@ -156,7 +156,9 @@ impl Scheduler {
         index: LogIndex,
         tenant: TenantId,
         spec: PlaceSpec,
+        fence: Option<Fence>,
     ) -> Result<Response, Rejection> {
+        self.check_tenant_fence(&tenant, fence.as_ref())?;
         let key = (tenant.clone(), spec.placement.clone());
         if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
             return Err(Rejection::PlacementExists { placement: spec.placement });
@@ -245,6 +247,7 @@ impl Scheduler {
         tenant: &TenantId,
         placement: &PlacementId,
     ) -> Result<Response, Rejection> {
+        self.tenant(tenant)?;
         let key = (tenant.clone(), placement.clone());
         let removed = self
             .state

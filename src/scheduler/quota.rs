@@ -45,17 +45,29 @@ impl Dimension {
     }
 }
 
-/// Hard limits per dimension; `None` is unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub cpu_millis: Option<u64>,
-    pub memory_mib: Option<u64>,
-    pub instances: Option<u64>,
-    pub jobs: Option<u64>,
+/// One optional value per quota dimension; `None` sets none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerDimension<T> {
+    pub cpu_millis: Option<T>,
+    pub memory_mib: Option<T>,
+    pub instances: Option<T>,
+    pub jobs: Option<T>,
 }
 
-impl Limits {
-    pub fn get(&self, dimension: Dimension) -> Option<u64> {
+/// Hard limits per dimension; `None` is unlimited.
+pub type Limits = PerDimension<u64>;
+
+/// Soft limits per dimension; `None` sets none (inherit, or no soft limit).
+pub type SoftLimits = PerDimension<SoftLimit>;
+
+impl<T> Default for PerDimension<T> {
+    fn default() -> Self {
+        PerDimension { cpu_millis: None, memory_mib: None, instances: None, jobs: None }
+    }
+}
+
+impl<T: Copy + PartialEq> PerDimension<T> {
+    pub fn get(&self, dimension: Dimension) -> Option<T> {
         match dimension {
             Dimension::CpuMillis => self.cpu_millis,
             Dimension::MemoryMib => self.memory_mib,
@@ -63,21 +75,32 @@ impl Limits {
             Dimension::Jobs => self.jobs,
         }
     }
-}
 
-impl Limits {
     /// Each dimension from `self`, or from `fallback` where `self` sets none.
-    pub fn or(&self, fallback: &Limits) -> Limits {
-        Limits {
-            cpu_millis: self.cpu_millis.or(fallback.cpu_millis),
-            memory_mib: self.memory_mib.or(fallback.memory_mib),
-            instances: self.instances.or(fallback.instances),
-            jobs: self.jobs.or(fallback.jobs),
-        }
+    pub fn or(&self, fallback: &Self) -> Self {
+        self.map2(fallback, Option::or)
     }
 
     pub fn is_empty(&self) -> bool {
-        *self == Limits::default()
+        Dimension::ALL.into_iter().all(|d| self.get(d).is_none())
+    }
+
+    fn map<U>(&self, f: impl Fn(Option<T>) -> Option<U>) -> PerDimension<U> {
+        PerDimension {
+            cpu_millis: f(self.cpu_millis),
+            memory_mib: f(self.memory_mib),
+            instances: f(self.instances),
+            jobs: f(self.jobs),
+        }
+    }
+
+    fn map2(&self, other: &Self, f: impl Fn(Option<T>, Option<T>) -> Option<T>) -> Self {
+        PerDimension {
+            cpu_millis: f(self.cpu_millis, other.cpu_millis),
+            memory_mib: f(self.memory_mib, other.memory_mib),
+            instances: f(self.instances, other.instances),
+            jobs: f(self.jobs, other.jobs),
+        }
     }
 }
 
@@ -88,58 +111,15 @@ pub struct SoftLimit {
     pub burst: u64,
 }
 
-/// Soft limits per dimension; `None` sets none (inherit, or no soft limit).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SoftLimits {
-    pub cpu_millis: Option<SoftLimit>,
-    pub memory_mib: Option<SoftLimit>,
-    pub instances: Option<SoftLimit>,
-    pub jobs: Option<SoftLimit>,
-}
-
 impl SoftLimits {
-    pub fn get(&self, dimension: Dimension) -> Option<SoftLimit> {
-        match dimension {
-            Dimension::CpuMillis => self.cpu_millis,
-            Dimension::MemoryMib => self.memory_mib,
-            Dimension::Instances => self.instances,
-            Dimension::Jobs => self.jobs,
-        }
-    }
-
-    pub fn or(&self, fallback: &SoftLimits) -> SoftLimits {
-        SoftLimits {
-            cpu_millis: self.cpu_millis.or(fallback.cpu_millis),
-            memory_mib: self.memory_mib.or(fallback.memory_mib),
-            instances: self.instances.or(fallback.instances),
-            jobs: self.jobs.or(fallback.jobs),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == SoftLimits::default()
-    }
-
     /// The soft limits as plain limits.
     pub fn softs(&self) -> Limits {
-        let pick = |l: Option<SoftLimit>| l.map(|l| l.soft);
-        Limits {
-            cpu_millis: pick(self.cpu_millis),
-            memory_mib: pick(self.memory_mib),
-            instances: pick(self.instances),
-            jobs: pick(self.jobs),
-        }
+        self.map(|l| l.map(|l| l.soft))
     }
 
     /// The burst ceilings as plain limits.
     pub fn bursts(&self) -> Limits {
-        let pick = |l: Option<SoftLimit>| l.map(|l| l.burst);
-        Limits {
-            cpu_millis: pick(self.cpu_millis),
-            memory_mib: pick(self.memory_mib),
-            instances: pick(self.instances),
-            jobs: pick(self.jobs),
-        }
+        self.map(|l| l.map(|l| l.burst))
     }
 
     /// True when `usage` is above the soft limit in some dimension.

@@ -234,6 +234,19 @@ impl Scheduler {
 
     /// Refuses a command authorized by a token that is unknown, another tenant's, or expired
     /// at this entry's log time.
+    pub(super) fn revoke_token(
+        &mut self,
+        tenant: &TenantId,
+        token: TokenId,
+    ) -> Result<Response, Rejection> {
+        let t = self.tenant_mut(tenant)?;
+        let Some(removed) = t.tokens.remove(&token) else {
+            return Err(Rejection::TokenNotFound { token });
+        };
+        self.ix.forget_token(tenant, &token, &removed);
+        Ok(Response::TokenRevoked)
+    }
+
     pub(super) fn check_token(
         &self,
         hash: TokenHash,

@@ -1,4 +1,4 @@
-//! Worker commands: register, update, remove (drain is a flag flip in `mod.rs`).
+//! Worker commands: register, update, drain (schedulable or not), remove.
 
 use super::Labels;
 use super::{
@@ -69,6 +69,23 @@ impl Scheduler {
         self.pool_capacity_changed(&pool);
         self.queue_dirty = true;
         Ok(Response::WorkerUpdated)
+    }
+
+    /// Drains a worker (no new work lands on it) or opens it again.
+    pub(super) fn set_worker_schedulable(
+        &mut self,
+        worker: WorkerId,
+        schedulable: bool,
+    ) -> Result<Response, Rejection> {
+        let w = self.state.workers.get_mut(&worker);
+        let w = w.ok_or(Rejection::WorkerNotFound { worker })?;
+        self.ix.set_free(w, false);
+        w.schedulable = schedulable;
+        self.ix.set_free(w, true);
+        let pool = w.pool.clone();
+        self.pool_capacity_changed(&pool);
+        self.queue_dirty |= schedulable;
+        Ok(Response::WorkerSchedulable { schedulable })
     }
 
     pub(super) fn remove_worker(
