@@ -6,13 +6,16 @@
 //! One entry per module, in dependency order: `→` names what it imports from the crate, and a
 //! module imports only modules listed above it, so there are no cycles. The `berth` binary
 //! (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `output`, and `cli/` with one file per
-//! resource) uses the library from outside; nothing in the library depends on it.
+//! resource) uses the library from outside; nothing in the library depends on it. The
+//! workspace's `rng/` crate (`berth-rng`) is the one seeded generator of `sim/` and `jepsen/`.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!   Imports nothing from the crate.
 //! - `fatal` — fail-stop: a replica whose storage failed or whose apply panicked stops for good.
 //!   Imports nothing.
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Imports nothing
 //!   else from the crate; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
+//!   `scheduler::testing` is the one harness (a log with its own index and time) for the
+//!   core's tests and benches.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
