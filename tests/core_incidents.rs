@@ -8,27 +8,10 @@ use std::str::FromStr;
 
 use berth::scheduler::testing::T0;
 
-/// The core's shared test harness, plus this file's fixtures.
-struct Log(testing::Log);
-
-impl std::ops::Deref for Log {
-    type Target = testing::Log;
-    fn deref(&self) -> &testing::Log {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Log {
-    fn deref_mut(&mut self) -> &mut testing::Log {
-        &mut self.0
-    }
-}
+mod core_harness;
+use core_harness::Log;
 
 impl Log {
-    fn new() -> Self {
-        Log(testing::Log::default())
-    }
-
     fn worker(&mut self, id: &str, cpu_millis: u64, memory_mib: u64) {
         self.worker_labelled(id, cpu_millis, memory_mib, &[]);
     }

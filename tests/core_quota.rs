@@ -7,27 +7,10 @@ use berth::scheduler::*;
 
 use berth::scheduler::testing::T0;
 
-/// The core's shared test harness, plus this file's fixtures.
-struct Log(testing::Log);
-
-impl std::ops::Deref for Log {
-    type Target = testing::Log;
-    fn deref(&self) -> &testing::Log {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Log {
-    fn deref_mut(&mut self) -> &mut testing::Log {
-        &mut self.0
-    }
-}
+mod core_harness;
+use core_harness::Log;
 
 impl Log {
-    fn new() -> Self {
-        Log(testing::Log::default())
-    }
-
     fn tenant(&mut self, id: &str, parent: Option<&str>) {
         self.accepted(Command::CreateTenant {
             tenant: id.into(),

@@ -8,26 +8,13 @@ use berth::scheduler::testing::T0;
 const TENANT: &str = "team";
 const HASH: TokenHash = TokenHash([7; 32]);
 
-/// The core's shared test harness, plus this file's fixtures.
-struct Log(testing::Log);
-
-impl std::ops::Deref for Log {
-    type Target = testing::Log;
-    fn deref(&self) -> &testing::Log {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Log {
-    fn deref_mut(&mut self) -> &mut testing::Log {
-        &mut self.0
-    }
-}
+mod core_harness;
+use core_harness::Log;
 
 impl Log {
     /// A tenant, a worker, and a token `ci` with `ttl_ms`, issued at `T0`.
     fn with_token(ttl_ms: u64) -> Log {
-        let mut log = Log(testing::Log::default());
+        let mut log = Log::new();
         log.admin(T0, Command::CreateTenant { tenant: TENANT.into(), parent: None, weight: 1 });
         log.admin(
             T0,
