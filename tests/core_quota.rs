@@ -860,6 +860,55 @@ fn preempted_work_requeues_and_never_preempts_back() {
     assert!(preempted(&release.events).is_empty());
 }
 
+/// One entry may admit a queued placement next to the carrier of its required affinity and
+/// then admit a higher-priority one that needs room: the carrier is not its victim, since no
+/// reader ever saw the first placement without it. (Found by `request_ids_apply_at_most_once`.)
+#[test]
+fn an_admission_never_preempts_the_carrier_another_admission_stands_next_to() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.worker("w1", None, 2_000);
+    let db = PlaceSpec {
+        labels: [("app".to_string(), "db".to_string())].into(),
+        ..prio("db", 1_000, 0)
+    };
+    log.place_spec("acme", db).result.expect("fits");
+    log.place_spec("acme", prio("filler", 1_000, 9)).result.expect("fits");
+    let dependent = PlaceSpec {
+        affinity: vec![LabelTerm::new("app", "db")],
+        requeue_on_preemption: true,
+        ..prio("dependent", 1_000, 4)
+    };
+    let queued =
+        log.apply(Command::PlaceOrQueue { tenant: "acme".into(), spec: dependent, fence: None });
+    assert!(matches!(queued.result, Ok(Response::Queued(_))), "{:?}", queued.result);
+    let urgent = prio("urgent", 1_000, 5);
+    let queued =
+        log.apply(Command::PlaceOrQueue { tenant: "acme".into(), spec: urgent, fence: None });
+    assert!(matches!(queued.result, Ok(Response::Queued(_))), "{:?}", queued.result);
+    log.preemption("acme", Preemption::SameTenant);
+
+    // Room for one: `dependent` (first in the tenant's FIFO) is admitted next to `db`, then
+    // `urgent` needs room and `db` (priority 0) would go first, leaving `dependent` stranded.
+    let release = log.release("acme", "filler");
+    assert_eq!(admitted(&release.events)[0], "acme/dependent", "{:?}", release.events);
+    assert!(log.placed("acme", "db").is_some(), "the carrier stays: {:?}", release.events);
+    // `urgent` takes the next victim in order instead, which here is `dependent` itself.
+    assert_eq!(preempted(&release.events), vec!["acme/dependent by acme/urgent requeued"]);
+    for p in log.s.state().placements.values() {
+        for term in &p.spec.affinity {
+            for w in &p.instances {
+                let carried = log.s.state().placements.values().any(|q| {
+                    q.tenant == p.tenant
+                        && q.spec.labels.get(&term.key) == Some(&term.value)
+                        && q.instances.contains(w)
+                });
+                assert!(carried, "{} on {w} without its {term:?}", p.spec.placement);
+            }
+        }
+    }
+}
+
 // ----- guarantees, borrowing and lending -------------------------------------------------------
 
 /// A guarantee of `cpu_millis` (and 1000 MiB) in pool gpu, with optional cpu borrowing and

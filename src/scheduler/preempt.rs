@@ -24,7 +24,8 @@
 //! a scratch copy until the placement fits; only then are they released for real (each reported
 //! as a `Preempted` event, and re-queued if its spec asks) and the placement made. If it cannot
 //! fit with up to `PREEMPT_VICTIMS_MAX` victims, nothing is preempted and the first refusal is
-//! returned. Reservations are never preempted.
+//! returned. Reservations are never preempted, nor the carrier of a required-affinity label that
+//! a placement made earlier in the same entry stands next to (`anchors_of_this_entry`).
 //!
 //! No cycles: a priority victim has strictly lower priority than its preemptor, so it can never
 //! preempt the preemptor back by priority; a cross-tenant priority preemptor in a pool with
@@ -38,7 +39,7 @@
 //! policy or a guarantee allows it and some candidate exists.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::command::{PlaceSpec, Rejection};
 use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, WorkerId, DEFAULT_POOL};
@@ -147,11 +148,12 @@ impl Scheduler {
         // In a pool with guarantees, work that would borrow may not take other tenants' work
         // by priority: the victim could reclaim it right back (a cycle).
         let borrows_here = self.ix.guaranteed.contains_key(&pool) && !reclaiming;
+        let anchors = self.anchors_of_this_entry(index);
         let mut candidates: Vec<(Candidate, VictimOrder)> = self
             .state
             .placements
             .iter()
-            .filter(|(_, p)| !p.is_reservation())
+            .filter(|(key, p)| !p.is_reservation() && !anchors.contains(key))
             .filter_map(|(key, p)| {
                 // Another tenant's work placed within its guarantee is never a priority
                 // victim: a guarantee outranks priority across tenants.
@@ -205,6 +207,38 @@ impl Scheduler {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Placements that carry a required-affinity label next to an instance of a placement made
+    /// earlier in this entry (`index`). They are never victims: no reader ever saw that
+    /// placement without its carrier, so releasing the carrier in the same entry would place it
+    /// against its own rule. (A later entry may release the carrier: affinity is checked when a
+    /// placement is made, as Kubernetes' `requiredDuringSchedulingIgnoredDuringExecution`.)
+    fn anchors_of_this_entry(&self, index: LogIndex) -> BTreeSet<(TenantId, PlacementId)> {
+        let fresh: Vec<&Placement> = self
+            .state
+            .placements
+            .values()
+            .filter(|p| p.log_index == index && !p.spec.affinity.is_empty())
+            .collect();
+        if fresh.is_empty() {
+            return BTreeSet::new();
+        }
+        self.state
+            .placements
+            .iter()
+            .filter(|(_, carrier)| {
+                fresh.iter().any(|p| {
+                    p.tenant == carrier.tenant
+                        && p.instances.iter().any(|w| carrier.instances.contains(w))
+                        && p.spec
+                            .affinity
+                            .iter()
+                            .any(|t| carrier.spec.labels.get(&t.key) == Some(&t.value))
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// The next candidate to release: the first one in victim order that may be released, except
