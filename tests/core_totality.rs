@@ -9,15 +9,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
 use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
-    Applied, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp,
-    LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId,
-    PoolId, Preemption, Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare,
-    Strategy as Spread, TenantId, TokenHash, TokenId, UnixMillis, WindowLimits, WindowPolicy,
-    WorkerId, SESSIONS_PER_TENANT_MAX, TOKEN_TTL_MAX_MS,
+    Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp, LabelRequirement,
+    LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId, PoolId, Preemption,
+    Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread,
+    TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy, WorkerId, SESSIONS_PER_TENANT_MAX,
+    TOKEN_TTL_MAX_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
+
+use berth::scheduler::testing::{Log, T0};
 
 const TENANTS: [&str; 3] = ["t1", "t2", "t3"];
 const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
@@ -25,7 +27,6 @@ const POOLS: [&str; 2] = ["default", "p2"];
 const PLACEMENTS: [&str; 3] = ["p1", "p2", "p3"];
 const GROUPS: [&str; 1] = ["g1"];
 const LEASES: [&str; 2] = ["l1", "l2"];
-const START_MS: u64 = 1_700_000_000_000;
 
 // ----- full-range values -----------------------------------------------------------------------
 
@@ -453,53 +454,40 @@ fn apply_caught(s: &mut Scheduler, entry: Entry, what: &str) -> Result<(), TestC
 }
 
 /// A cluster with tenants and workers, so random steps start from a useful state.
-fn seeded() -> Result<(Scheduler, u64), TestCaseError> {
-    let mut s = Scheduler::default();
-    let mut index = 0;
-    let mut seed = |s: &mut Scheduler, command: Command| {
-        index += 1;
-        let entry = Entry {
-            index: LogIndex(index),
-            proposed_at: UnixMillis(START_MS),
-            request_id: None,
-            command,
-            token: None,
-        };
-        apply_caught(s, entry, "seed")
+fn seeded() -> Result<Log, TestCaseError> {
+    let mut log = Log::at(T0);
+    let seed = |log: &mut Log, command: Command| {
+        let mut entry = log.entry(command);
+        entry.request_id = None;
+        apply_caught(&mut log.s, entry, "seed")
     };
     for (i, t) in TENANTS.iter().enumerate() {
         let parent = (i == 2).then(|| TenantId::from("t1"));
-        seed(&mut s, Command::CreateTenant { tenant: (*t).into(), parent, weight: 1 })?;
+        seed(&mut log, Command::CreateTenant { tenant: (*t).into(), parent, weight: 1 })?;
     }
     for (i, w) in WORKERS.iter().enumerate() {
         let pool = (i == 2).then(|| PoolId::from("p2"));
         let capacity = Resources::new(4000, 4096);
         seed(
-            &mut s,
+            &mut log,
             Command::RegisterWorker { worker: (*w).into(), pool, capacity, labels: Labels::new() },
         )?;
     }
-    Ok((s, index))
+    Ok(log)
 }
 
 fn run(steps: &[Step]) -> Result<(), TestCaseError> {
-    let (mut s, mut index) = seeded()?;
-    let mut clock = START_MS;
+    let mut log = seeded()?;
     for (i, step) in steps.iter().enumerate() {
-        clock = match step.clock {
-            Clock::Forward(ms) => clock.saturating_add(ms),
-            Clock::Back(ms) => clock.saturating_sub(ms),
+        log.now = match step.clock {
+            Clock::Forward(ms) => log.now.saturating_add(ms),
+            Clock::Back(ms) => log.now.saturating_sub(ms),
             Clock::At(at) => at,
         };
-        index += 1;
-        let entry = Entry {
-            index: LogIndex(index),
-            proposed_at: UnixMillis(clock),
-            request_id: step.request_id.clone().map(RequestId::from),
-            command: step.command.clone(),
-            token: step.token,
-        };
-        apply_caught(&mut s, entry, &format!("step {i}: {}", describe(step)))?;
+        let mut entry = log.entry(step.command.clone());
+        entry.request_id = step.request_id.clone().map(RequestId::from);
+        entry.token = step.token;
+        apply_caught(&mut log.s, entry, &format!("step {i}: {}", describe(step)))?;
     }
     Ok(())
 }
@@ -529,7 +517,7 @@ proptest! {
 /// pool are refused (or accepted) without a panic, and the cluster keeps taking writes.
 #[test]
 fn an_extreme_worker_capacity_does_not_poison_the_log() {
-    let mut s = Scheduler::default();
+    let mut log = Log::at(T0);
     let register = |worker: &str, memory_mib: u64| Command::RegisterWorker {
         worker: worker.into(),
         pool: None,
@@ -542,21 +530,16 @@ fn an_extreme_worker_capacity_does_not_poison_the_log() {
         Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 },
     ];
     for (i, command) in commands.into_iter().enumerate() {
-        let entry = Entry {
-            index: LogIndex(i as u64 + 1),
-            proposed_at: UnixMillis(START_MS),
-            request_id: None,
-            command,
-            token: None,
-        };
-        let applied = catch_unwind(AssertUnwindSafe(|| s.apply(entry)));
+        let mut entry = log.entry(command);
+        entry.request_id = None;
+        let applied = catch_unwind(AssertUnwindSafe(|| log.s.apply(entry)));
         let applied = applied.unwrap_or_else(|_| panic!("apply panicked on entry {}", i + 1));
         if i == 0 {
             assert!(applied.result.is_err(), "an out-of-bound capacity is refused");
         } else {
             assert!(applied.result.is_ok(), "entry {} is applied: {:?}", i + 1, applied.result);
         }
-        s.check_invariants().expect("invariants hold");
+        log.s.check_invariants().expect("invariants hold");
     }
 }
 
@@ -564,7 +547,7 @@ fn an_extreme_worker_capacity_does_not_poison_the_log() {
 
 /// A snapshot of a seeded cluster after a few steps, so it holds every kind of object.
 fn sample_snapshot() -> Vec<u8> {
-    let (mut s, index) = seeded().expect("seeds");
+    let mut log = seeded().expect("seeds");
     let spec = PlaceSpec {
         placement: "p1".into(),
         count: 2,
@@ -581,17 +564,10 @@ fn sample_snapshot() -> Vec<u8> {
             ttl_ms: 9_000,
         },
     ];
-    for (i, command) in commands.into_iter().enumerate() {
-        let n = index + 1 + i as u64;
-        s.apply(Entry {
-            index: LogIndex(n),
-            proposed_at: UnixMillis(START_MS),
-            request_id: Some(RequestId::new(format!("r{n}"))),
-            command,
-            token: None,
-        });
+    for command in commands {
+        log.apply(command);
     }
-    s.encode()
+    log.s.encode()
 }
 
 /// `payload` framed as a snapshot with a correct header and checksum, so it reaches bincode.
@@ -669,23 +645,11 @@ fn a_huge_declared_length_is_refused_without_allocating() {
 
 // ----- findings 4 and 7 ------------------------------------------------------------------------
 
-/// Applies `command` at the next index with `request_id`.
-fn apply_at(s: &mut Scheduler, index: &mut u64, request_id: &str, command: Command) -> Applied {
-    *index += 1;
-    s.apply(Entry {
-        index: LogIndex(*index),
-        proposed_at: UnixMillis(START_MS),
-        request_id: Some(RequestId::new(request_id)),
-        command,
-        token: None,
-    })
-}
-
 /// Finding 4: a 10,000-character tenant id, a 5 KB placement id, a huge label and a huge
 /// request id are refused with a message and fields that each stay under 200 bytes.
 #[test]
 fn rejections_quote_only_a_short_prefix() {
-    let (mut s, mut index) = seeded().expect("seeds");
+    let mut log = seeded().expect("seeds");
     let spec = |placement: String, labels: Labels| PlaceSpec {
         placement: placement.into(),
         count: 1,
@@ -723,7 +687,7 @@ fn rejections_quote_only_a_short_prefix() {
     ];
     for (request_id, command) in cases {
         let what = command.name();
-        let refused = apply_at(&mut s, &mut index, &request_id, command).result;
+        let refused = log.apply_as(&request_id, command).result;
         let rejection = refused.expect_err("an out-of-bound value is refused");
         let shown = rejection.to_string();
         assert!(shown.len() < 200, "{what}: message of {} bytes: {shown}", shown.len());
@@ -740,52 +704,52 @@ fn rejections_quote_only_a_short_prefix() {
 /// (The table holds two windows, so one global FIFO would have evicted B's.)
 #[test]
 fn one_tenant_cannot_spend_anothers_exactly_once_window() {
-    let (mut s, mut index) = seeded().expect("seeds");
+    let mut log = seeded().expect("seeds");
     let window = u64::try_from(SESSIONS_PER_TENANT_MAX).expect("fits");
     let config = Config { sessions_max: 2 * window, ..Config::default() };
-    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    assert!(log.apply_as("cfg", Command::SetConfig { config }).result.is_ok());
     let lease = |tenant: &str| Command::AcquireLease {
         tenant: tenant.into(),
         lease: "l1".into(),
         holder: "h".into(),
         ttl_ms: 60_000,
     };
-    let first_b = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    let first_b = log.apply_as("b-1", lease("t2"));
     assert!(first_b.result.is_ok(), "{:?}", first_b.result);
-    let first_a = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    let first_a = log.apply_as("a-0", lease("t1"));
     for n in 1..=2 * SESSIONS_PER_TENANT_MAX {
         let release =
             Command::Release { tenant: "t1".into(), placement: "none".into(), fence: None };
-        apply_at(&mut s, &mut index, &format!("a-{n}"), release);
+        log.apply_as(&format!("a-{n}"), release);
     }
-    let retry = apply_at(&mut s, &mut index, "b-1", lease("t2"));
+    let retry = log.apply_as("b-1", lease("t2"));
     assert!(retry.replayed, "B's request id replays");
     assert_eq!(retry.log_index, first_b.log_index);
     assert_eq!(retry.result, first_b.result);
     // A's own oldest record went: its retry is applied afresh (and finds the lease held).
-    let again = apply_at(&mut s, &mut index, "a-0", lease("t1"));
+    let again = log.apply_as("a-0", lease("t1"));
     assert!(!again.replayed, "A's oldest request id left A's window");
     assert_ne!(again.log_index, first_a.log_index);
-    s.check_invariants().expect("invariants hold");
+    log.s.check_invariants().expect("invariants hold");
 }
 
 /// A full table (a small `sessions_max`) evicts from the tenant holding the most records, so
 /// a tenant with fewer keeps its own.
 #[test]
 fn a_full_session_table_evicts_from_the_largest_tenant() {
-    let (mut s, mut index) = seeded().expect("seeds");
+    let mut log = seeded().expect("seeds");
     let config = Config { sessions_max: 4, ..Config::default() };
-    assert!(apply_at(&mut s, &mut index, "cfg", Command::SetConfig { config }).result.is_ok());
+    assert!(log.apply_as("cfg", Command::SetConfig { config }).result.is_ok());
     let release = |tenant: &str| Command::Release {
         tenant: tenant.into(),
         placement: "none".into(),
         fence: None,
     };
-    let first_b = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    let first_b = log.apply_as("b-1", release("t2"));
     for n in 0..10 {
-        apply_at(&mut s, &mut index, &format!("a-{n}"), release("t1"));
+        log.apply_as(&format!("a-{n}"), release("t1"));
     }
-    assert_eq!(s.state().sessions.len(), 4);
-    let retry = apply_at(&mut s, &mut index, "b-1", release("t2"));
+    assert_eq!(log.s.state().sessions.len(), 4);
+    let retry = log.apply_as("b-1", release("t2"));
     assert!(retry.replayed && retry.log_index == first_b.log_index, "B kept its record");
 }

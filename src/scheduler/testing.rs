@@ -59,6 +59,13 @@ impl Log {
         self.apply_entry(entry)
     }
 
+    /// Applies `command` as the next entry with `request_id` (a client's retry reuses one).
+    pub fn apply_as(&mut self, request_id: &str, command: Command) -> Applied {
+        let mut entry = self.entry(command);
+        entry.request_id = Some(RequestId::new(request_id));
+        self.apply_entry(entry)
+    }
+
     /// Applies `command`, which must be accepted.
     pub fn accepted(&mut self, command: Command) -> Applied {
         let name = command.name();
