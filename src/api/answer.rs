@@ -145,3 +145,25 @@ narrow! {
         Answer::Summary(_),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    // A response narrows to the answer its variant is classified as, and to no other (INTERNAL).
+    #[test]
+    fn a_response_narrows_only_to_its_own_answer() {
+        let resources = Resources { cpu_millis: 1, memory_mib: 2 };
+        let cancelled = Response::Cancelled { resources, instances: 3 };
+        let Cancelled { resources: got } = answer(cancelled.clone()).expect("cancelled narrows");
+        assert_eq!(got, resources);
+        let Err(wrong) = answer::<Released, _>(cancelled) else { panic!("not a release") };
+        assert_eq!(wrong.code(), Code::Internal);
+        assert!(answer::<Placed, _>(Response::QuotaSet).is_err(), "an unread variant is no answer");
+        let tenants: Vec<Tenant> = answer(Answer::Tenants(Vec::new())).expect("tenants narrow");
+        assert!(tenants.is_empty());
+        assert!(answer::<Vec<Worker>, _>(Answer::Tenants(Vec::new())).is_err());
+    }
+}
