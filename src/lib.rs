@@ -35,7 +35,9 @@
 //!   machine wrapper, and the replica (the one proposer: group commit, leader stamping,
 //!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
 //!   → `network`, `storage`, `clock`, `fatal`, `codec`, `scheduler`.
-//! - `api` — the public gRPC API (`berth.v1`): auth, tenant scoping, error mapping, and the
+//! - `api` — the public gRPC API (`berth.v1`): one file per service (`tenants`, `workers`,
+//!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
+//!   error mapping (`status`), the one narrowing of the core's answers (`answer`), and the
 //!   per-connection state its requests share (`ApiStream`, under tonic).
 //!   → `raft`, `scheduler`, `network::connect`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.

@@ -27,13 +27,14 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use super::answer::answer;
 use super::connection::ApiConnection;
 use super::status::{error, invalid};
 use crate::raft::replica::{
     Consistency, ReadError, Replica, TOKEN_VOUCH_DRIFT_MARGIN, TOKEN_VOUCH_LEASE,
 };
 use crate::scheduler::{
-    Answer, Command, Query, Rejection, Scheduler, TenantId, Token, TokenHash, TokenId, UnixMillis,
+    Command, Query, Rejection, Scheduler, TenantId, Token, TokenHash, TokenId, UnixMillis,
 };
 
 /// Unknown tokens one API connection may have looked up (a linearizable read each) before it
@@ -130,12 +131,10 @@ struct Found {
 }
 
 fn lookup(scheduler: &Scheduler, hash: TokenHash) -> Option<Found> {
-    match scheduler.query(&Query::TokenOwner(hash)) {
-        Answer::TokenOwner(Some((tenant, name, token))) => {
-            Some(Found { tenant, name, token, log_now: scheduler.now() })
-        }
-        _ => None,
-    }
+    let owner: Option<(TenantId, TokenId, Token)> =
+        answer(scheduler.query(&Query::TokenOwner(hash))).ok()?;
+    let (tenant, name, token) = owner?;
+    Some(Found { tenant, name, token, log_now: scheduler.now() })
 }
 
 /// The caller a found token makes, unless it has expired by `now()` (this replica's clock,

@@ -16,6 +16,13 @@ use crate::scheduler::{
     Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
 };
 
+/// A list request's page: the id to start after (none: from the first) and how many (0: 100).
+pub fn page(page: Option<pb::Page>) -> (Option<String>, u32) {
+    let page = page.unwrap_or_default();
+    let limit = if page.limit == 0 { 100 } else { page.limit };
+    ((!page.after.is_empty()).then_some(page.after), limit)
+}
+
 pub fn resources(r: Option<pb::Resources>) -> Resources {
     let r = r.unwrap_or_default();
     Resources::new(r.cpu_millis, r.memory_mib)

@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::raft::replica::{ReadError, WriteError};
-use crate::scheduler::ids::{shortened, OBJECT_ID_LEN_MAX};
+use crate::scheduler::ids::{quoted, shortened, OBJECT_ID_LEN_MAX};
 use crate::scheduler::Rejection;
 
 pub const DOMAIN: &str = "berth";
@@ -60,6 +60,16 @@ pub fn error(
 
 pub fn invalid(reason: &str, message: impl Into<String>) -> Status {
     error(Code::InvalidArgument, reason, message, Vec::new())
+}
+
+/// NOT_FOUND for a read of an object that does not exist: reason `<WHAT>_NOT_FOUND`.
+pub fn not_found(what: &str, id: &str) -> Status {
+    error(
+        Code::NotFound,
+        &format!("{}_NOT_FOUND", what.to_uppercase()),
+        format!("{what} {} not found", quoted(id)),
+        Vec::new(),
+    )
 }
 
 /// The gRPC code for each business rejection.

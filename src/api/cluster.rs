@@ -1,0 +1,108 @@
+//! The `Cluster` service: the replicas' status and membership changes. Admin only; membership
+//! changes run on the leader.
+
+use tonic::{Code, Request, Response as Reply, Status};
+
+use super::auth::require_admin;
+use super::status::{error, invalid};
+use super::{pb, Api};
+
+type Result<T> = std::result::Result<Reply<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Api {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<pb::StatusResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        Ok(Reply::new(self.cluster_status().await))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<pb::AddReplicaRequest>,
+    ) -> Result<pb::AddReplicaResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        self.require_leader()?;
+        let r = request.into_inner();
+        if r.replica_id == 0 || r.peer_address.is_empty() {
+            return Err(invalid(
+                "INVALID_ARGUMENT",
+                "replica_id (> 0) and peer_address are required",
+            ));
+        }
+        self.replica.add_replica(r.replica_id, r.peer_address).await.map_err(|e| {
+            error(Code::FailedPrecondition, "MEMBERSHIP_CHANGE_FAILED", e, Vec::new())
+        })?;
+        Ok(Reply::new(pb::AddReplicaResponse { status: Some(self.cluster_status().await) }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<pb::RemoveReplicaResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        self.require_leader()?;
+        let r = request.into_inner();
+        self.replica.remove_replica(r.replica_id).await.map_err(|e| {
+            error(Code::FailedPrecondition, "MEMBERSHIP_CHANGE_FAILED", e, Vec::new())
+        })?;
+        Ok(Reply::new(pb::RemoveReplicaResponse { status: Some(self.cluster_status().await) }))
+    }
+}
+
+impl Api {
+    /// Membership changes run on the leader. Elsewhere the answer is UNAVAILABLE/NOT_LEADER,
+    /// which clients treat like any unavailable replica: they try the next endpoint.
+    fn require_leader(&self) -> std::result::Result<(), Status> {
+        if self.replica.is_leader() {
+            return Ok(());
+        }
+        let leader = self.replica.status().leader.map(|l| l.to_string()).unwrap_or_default();
+        Err(error(
+            Code::Unavailable,
+            "NOT_LEADER",
+            "membership changes must be sent to the leader; try another endpoint",
+            vec![("leader_replica_id".into(), leader)],
+        ))
+    }
+
+    /// Every member's own status (asked over the peer port), or "Unreachable".
+    async fn cluster_status(&self) -> pb::StatusResponse {
+        let local = self.replica.status();
+        let mut replicas = Vec::new();
+        let members =
+            local.voters.iter().map(|m| (m, true)).chain(local.learners.iter().map(|m| (m, false)));
+        for ((id, addr), voter) in members {
+            let status = if *id == local.id {
+                Some(local.clone())
+            } else {
+                self.replica.peer_status(addr).await
+            };
+            replicas.push(match status {
+                Some(s) => pb::ReplicaStatus {
+                    replica_id: *id,
+                    peer_address: addr.clone(),
+                    role: s.role,
+                    term: s.term,
+                    last_log_index: s.last_log_index,
+                    last_applied_index: s.last_applied_index,
+                    snapshot_index: s.snapshot_index,
+                    applied_command_index: s.applied_command_index,
+                    state_hash: s.state_hash,
+                    voter,
+                    read_indexes: s.read_indexes,
+                },
+                None => pb::ReplicaStatus {
+                    replica_id: *id,
+                    peer_address: addr.clone(),
+                    role: "Unreachable".into(),
+                    voter,
+                    ..Default::default()
+                },
+            });
+        }
+        pb::StatusResponse { leader_id: local.leader, term: local.term, replicas }
+    }
+}
