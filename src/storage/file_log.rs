@@ -19,7 +19,7 @@ use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
 use super::memory::MemLog;
-use super::wal::{replay, Damage, Record};
+use super::wal::{replay, Damage, EntryBytes, Record};
 use super::{lock, write_err};
 use crate::raft::types::{StorageError, TypeConfig};
 
@@ -305,7 +305,8 @@ impl Writer {
         }
         let mut entries = mem.logs.iter().peekable();
         while entries.peek().is_some() {
-            let chunk = entries.by_ref().take(1024).map(|(i, e)| (*i, e.clone())).collect();
+            let chunk =
+                entries.by_ref().take(1024).map(|(i, e)| (*i, EntryBytes(e.clone()))).collect();
             Record::Entries(chunk).frame_into(&mut bytes).map_err(io::Error::other)?;
         }
         let tmp = self.dir.join(WAL_TMP);

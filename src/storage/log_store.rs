@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::file_log::{Ack, FileLog, FileLogOptions};
 use super::memory::{MemFlush, MemFlusher, MemLog, COMMITTED, LAST_PURGED, VOTE};
-use super::wal::Record;
+use super::wal::{EntryBytes, Record};
 use super::{io_err, lock, read_err, write_err};
 use crate::codec;
 use crate::raft::types::{LogEntry, LogId, StorageError, TypeConfig, Vote};
@@ -195,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut encoded = Vec::new();
         for entry in entries {
-            encoded.push((entry.log_id.index, encode(&entry)?));
+            encoded.push((entry.log_id.index, EntryBytes(encode(&entry)?)));
         }
         // Readable at once; acknowledged (the callback) only once durable.
         self.write(Record::Entries(encoded), Some(callback))

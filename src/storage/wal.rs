@@ -26,19 +26,26 @@ const FRAME_HEADER: usize = 8;
 #[derive(Serialize, Deserialize)]
 pub(super) enum Record {
     /// Entries (index, encoded entry), written over whatever those indexes held.
-    Entries(Vec<(u64, Vec<u8>)>),
+    Entries(Vec<(u64, EntryBytes)>),
     /// A vote, commit or purge mark.
-    Meta(String, Vec<u8>),
+    Meta(String, #[serde(with = "codec::bytes")] Vec<u8>),
     /// Removes every entry at or after the index (truncate).
     RemoveFrom(u64),
     /// Removes every entry at or before the index (purge).
     RemoveThrough(u64),
 }
 
+/// An entry as `log_store` encoded it, recorded as one run of bytes (`codec::bytes`: the same
+/// bytes as a plain `Vec<u8>`, copied at once rather than encoded again byte by byte).
+#[derive(Serialize, Deserialize)]
+pub(super) struct EntryBytes(#[serde(with = "codec::bytes")] pub(super) Vec<u8>);
+
 impl Record {
     pub(super) fn apply(self, log: &mut MemLog) -> Result<(), String> {
         match self {
-            Record::Entries(entries) => log.logs.extend(entries),
+            Record::Entries(entries) => {
+                log.logs.extend(entries.into_iter().map(|(index, entry)| (index, entry.0)))
+            }
             Record::Meta(key, value) => {
                 let key = META_KEYS
                     .into_iter()
