@@ -20,8 +20,11 @@
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
 //!   what a log entry carries (`Batch`). → `scheduler` (and `raft::runtime`).
-//! - `storage` — the Raft log (a write-ahead file, or memory) and snapshot files.
-//!   → `codec`, `fatal`, `raft::types`.
+//! - `storage` — the Raft log and snapshot files, one file per concern: `memory` (the live
+//!   log every read sees, and the memory backend), `wal` (the write-ahead file's records,
+//!   framing and replay), `file_log` (the writer thread: group sync, preallocation,
+//!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`.
+//!   → `codec`, `raft::types`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
 //!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.
 //!   Imports nothing.

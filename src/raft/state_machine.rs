@@ -56,7 +56,8 @@ pub struct Replicated {
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     progress: Progress,
-    /// `Scheduler::encode` (versioned, checksummed).
+    /// `Scheduler::encode` (versioned, checksummed), written as one run (`codec::bytes`).
+    #[serde(with = "codec::bytes")]
     scheduler: Vec<u8>,
 }
 

@@ -457,7 +457,9 @@ impl Scheduler {
     }
 }
 
-/// SHA-256 of a command's encoding: equal commands, equal digests.
+/// SHA-256 of a command's encoding: equal commands, equal digests. Each replica encodes the
+/// command here once more: the log entry carries commands, not their digests, and apply gets
+/// entries openraft decoded, so reusing an encoding would mean changing the log format.
 fn command_digest(command: &Command) -> [u8; 32] {
     let bytes = bincode::serde::encode_to_vec(command, bincode::config::standard())
         .expect("invariant: commands always encode");

@@ -21,6 +21,8 @@ const FILE_NAME: &str = "snapshot.bin";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
+    /// Written as one run of bytes (`codec::bytes`; the same bytes as a plain `Vec<u8>`).
+    #[serde(with = "codec::bytes")]
     pub data: Vec<u8>,
 }
 
