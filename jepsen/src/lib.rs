@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `history`: the operation log (`invoke` → `ok`/`fail`/`info`), written as JSON lines.
-//! - `checker`: linearizability (WGL) and log-index checks over a history; pure, no IO.
+//! - `checker`: linearizability (WGL) and log-index checks over a history; pure, no IO. Lease
+//!   safety is `berth_check::lease`, shared with the simulation.
 //! - `topology`: network namespaces, a bridge, and the replica processes (needs root).
 //! - `nemesis`: faults — partitions (iptables), kill, pause, clock, netem, membership.
 //! - `workload`: the client operations (quota, lease, register) and their recording.

@@ -24,7 +24,7 @@ use berth::client::{self, pb, Client, ClientSecurity};
 use serde::Serialize;
 use tonic::Code;
 
-use crate::run::{api_client, now_ms, Params};
+use crate::cluster::{api_client, now_ms, Params};
 use berth_rng::Rng;
 
 pub const POOL: &str = "fair";
@@ -381,7 +381,7 @@ pub(crate) async fn client(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     done.extend(open.into_values().map(|o| o.job));
-    crate::run::lock(&out).extend(done);
+    crate::cluster::lock(&out).extend(done);
     if !submitted {
         return Err(format!("fairness: {} never got a submission answered", tenant(t)));
     }

@@ -548,167 +548,89 @@ fn tenant_of(kind: &OpKind) -> Option<&str> {
     }
 }
 
-/// The token an acknowledged operation used, and the lease it used it on.
-fn token_used(op: &Op) -> Option<(&str, &str, u64)> {
-    match &op.kind {
-        OpKind::KeepAlive { tenant, lease, token }
-        | OpKind::ReleaseLease { tenant, lease, token } => Some((tenant, lease, *token)),
-        OpKind::Place { tenant, fence: Some(f), .. }
-        | OpKind::Release { tenant, fence: Some(f), .. } => Some((tenant, &f.lease, f.token)),
-        _ => None,
+/// A lease, by tenant and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LeaseName<'a> {
+    tenant: &'a str,
+    lease: &'a str,
+}
+
+impl std::fmt::Display for LeaseName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.lease)
     }
 }
 
-/// What the history says about leases (invariant 7), per `(tenant, lease)`:
-///
-/// - A grant's fencing token is the log index of its grant, so tokens of successive grants
-///   strictly increase (real-time order of grants is checked with every other write).
-/// - At most one holder at any log index: every acknowledged use of a token (keep-alive,
-///   release, fenced Place/Release) lies after its grant and before the next grant, and
-///   before an acknowledged release of that token.
-/// - At most one holder at any log time: the next grant comes no earlier than the expiry the
-///   holder was last told (a lower bound of the real one), unless the holder may have
-///   released it.
-/// - The guarded resource never accepts a token lower than one it has already accepted: the
-///   tokens of acknowledged fenced writes do not decrease in log order.
+/// An operation as a lease violation shows it: the whole recorded op.
+#[derive(Clone, Copy)]
+struct Shown<'a>(&'a Op);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// What the history says about leases (invariant 7): the lease-safety model of
+/// `berth_check::lease`, which the Jepsen harness checks too; this only turns each operation
+/// into its event. A grant's fencing token must be the log index of its grant, so tokens of
+/// successive grants strictly increase (their real-time order is checked with every other
+/// write).
 pub fn check_leases(history: &[Op]) -> Vec<String> {
+    use berth_check::lease::{self, Event, Use};
     let mut bad = Vec::new();
-    type Key<'a> = (&'a str, &'a str);
-    let mut grants: BTreeMap<Key<'_>, BTreeMap<u64, (&Op, LeaseSeen)>> = BTreeMap::new();
+    let mut events = Vec::new();
     for op in history {
-        let (OpKind::Acquire { tenant, lease, .. }, Outcome::Ok { log_index, lease: seen, .. }) =
-            (&op.kind, &op.outcome)
-        else {
-            continue;
+        let shown = Shown(op);
+        let told = match &op.outcome {
+            Outcome::Ok { lease: Some(seen), .. } => Some(seen.expires_at_ms),
+            _ => None,
         };
-        let Some(seen) = seen else {
-            bad.push(format!("lease granted without its token: {op:?}"));
-            continue;
-        };
-        if *log_index != Some(seen.token) {
-            bad.push(format!(
-                "fencing token {} is not the log index {log_index:?} of its grant: {op:?}",
-                seen.token
-            ));
-        }
-        if let Some((other, _)) =
-            grants.entry((tenant, lease)).or_default().insert(seen.token, (op, *seen))
-        {
-            bad.push(format!("token {} granted twice: {other:?} and {op:?}", seen.token));
-        }
-    }
-    // Grant time never runs backwards along the tokens.
-    for ((tenant, lease), by_token) in &grants {
-        for pair in by_token.values().collect::<Vec<_>>().windows(2) {
-            let ((_, a), (_, b)) = (pair[0], pair[1]);
-            if b.at_ms < a.at_ms {
-                bad.push(format!(
-                    "lease {tenant}/{lease}: token {} granted at log time {} before token {} at {}",
-                    b.token, b.at_ms, a.token, a.at_ms
-                ));
-            }
-        }
-    }
-    // Every acknowledged use of a token, by lease and token.
-    let mut uses: BTreeMap<(Key<'_>, u64), Vec<&Op>> = BTreeMap::new();
-    for op in history {
-        if let (Some((tenant, lease, token)), Some(_)) = (token_used(op), op.ok_index()) {
-            uses.entry(((tenant, lease), token)).or_default().push(op);
-        }
-    }
-    for ((key, token), ops) in &uses {
-        let (tenant, lease) = key;
-        let by_token = grants.get(key);
-        let next = by_token
-            .and_then(|g| g.range(token + 1..).next())
-            .map(|(next, (_, seen))| (*next, *seen));
-        let released_at = ops
-            .iter()
-            .filter(|op| matches!(op.kind, OpKind::ReleaseLease { .. }))
-            .filter_map(|op| op.ok_index())
-            .min();
-        for op in ops {
-            let index = op.ok_index().unwrap_or_default();
-            if index <= *token {
-                bad.push(format!(
-                    "lease {tenant}/{lease}: token {token} used at log index {index}, before it was granted: {op:?}"
-                ));
-            }
-            if let Some((next, _)) = next {
-                if index >= next {
-                    bad.push(format!(
-                        "two lease holders: {tenant}/{lease} token {token} accepted at log index {index} after token {next} was granted: {op:?}"
-                    ));
-                }
-            }
-            if let Some(released) = released_at {
-                if index > released {
-                    bad.push(format!(
-                        "lease {tenant}/{lease}: token {token} accepted at log index {index} after its release at {released}: {op:?}"
-                    ));
-                }
-            }
-        }
-    }
-    // The next grant waits for the expiry the holder was told, unless it may have released.
-    for (key, by_token) in &grants {
-        let (tenant, lease) = key;
-        let tokens: Vec<(&u64, &(&Op, LeaseSeen))> = by_token.iter().collect();
-        for pair in tokens.windows(2) {
-            let ((token, (_, granted)), (next, (_, regranted))) = (pair[0], pair[1]);
-            let may_have_released = history.iter().any(|op| {
-                matches!(&op.kind, OpKind::ReleaseLease { tenant: t, lease: l, token: k }
-                    if (t.as_str(), l.as_str()) == *key && k == token)
-                    && !matches!(op.outcome, Outcome::Fail { .. })
-            });
-            if may_have_released {
+        let (lease, token, how) = match &op.kind {
+            OpKind::Acquire { tenant, lease, .. } => {
+                let Outcome::Ok { log_index, lease: seen, .. } = &op.outcome else { continue };
+                let Some(seen) = seen else {
+                    bad.push(format!("lease granted without its token: {op:?}"));
+                    continue;
+                };
+                events.push(Event::Granted {
+                    lease: LeaseName { tenant, lease },
+                    token: seen.token,
+                    log_index: *log_index,
+                    at_ms: seen.at_ms,
+                    expires_at_ms: Some(seen.expires_at_ms),
+                    op: shown,
+                });
                 continue;
             }
-            let told = uses
-                .get(&(*key, *token))
-                .into_iter()
-                .flatten()
-                .filter(|op| op.ok_index().is_some_and(|i| i < *next))
-                .filter_map(|op| match &op.outcome {
-                    Outcome::Ok { lease: Some(seen), .. } => Some(seen.expires_at_ms),
-                    _ => None,
-                })
-                .fold(granted.expires_at_ms, u64::max);
-            if regranted.at_ms < told {
-                bad.push(format!(
-                    "two lease holders: {tenant}/{lease} token {token} was told it held until log time {told}, but token {next} was granted at {}",
-                    regranted.at_ms
-                ));
+            OpKind::KeepAlive { tenant, lease, token } => {
+                (LeaseName { tenant, lease }, *token, Use::KeepAlive)
             }
-        }
-    }
-    // The guarded resource: accepted fenced writes in log order never go back in tokens.
-    let mut accepted: BTreeMap<Key<'_>, BTreeMap<u64, u64>> = BTreeMap::new();
-    for op in history {
-        if let (
+            OpKind::ReleaseLease { tenant, lease, token } => {
+                (LeaseName { tenant, lease }, *token, Use::Release)
+            }
             OpKind::Place { tenant, fence: Some(f), .. }
-            | OpKind::Release { tenant, fence: Some(f), .. },
-            Some(index),
-        ) = (&op.kind, op.ok_index())
-        {
-            accepted.entry((tenant, &f.lease)).or_default().insert(index, f.token);
+            | OpKind::Release { tenant, fence: Some(f), .. } => {
+                (LeaseName { tenant, lease: &f.lease }, f.token, Use::FencedWrite)
+            }
+            _ => continue,
+        };
+        match op.ok_index() {
+            Some(log_index) => events.push(Event::Used {
+                lease,
+                token,
+                log_index,
+                how,
+                expires_at_ms: told,
+                op: shown,
+            }),
+            None if how == Use::Release && !matches!(op.outcome, Outcome::Fail { .. }) => {
+                events.push(Event::MayHaveReleased { lease, token });
+            }
+            None => {}
         }
     }
-    for ((tenant, lease), by_index) in &accepted {
-        let mut highest: Option<(u64, u64)> = None;
-        for (index, token) in by_index {
-            if let Some((seen, at)) = highest {
-                if *token < seen {
-                    bad.push(format!(
-                        "guarded resource {tenant}/{lease} accepted token {token} at log index {index} after token {seen} at {at}"
-                    ));
-                }
-            }
-            if highest.is_none_or(|(seen, _)| *token >= seen) {
-                highest = Some((*token, *index));
-            }
-        }
-    }
+    bad.extend(lease::check(events).iter().map(ToString::to_string));
     bad
 }
 

@@ -5,8 +5,9 @@
 
 use berth::client::{self, pb, Client};
 
+use crate::cluster::now_ms;
 use crate::history::{OpKind, Outcome};
-use crate::run::{now_ms, outcome_of, Recorder};
+use crate::ops::{outcome_of, Recorder};
 use berth_rng::Rng;
 
 /// The largest error (message plus details) a refusal may carry: a client must be able to read

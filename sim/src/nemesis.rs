@@ -7,10 +7,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::net::SimClock;
 use berth_rng::Rng;
 
-type Slot = std::sync::Arc<std::sync::Mutex<Option<berth::raft::replica::Replica>>>;
+use crate::cluster::Slot;
+use crate::net::SimClock;
 
 const BASE_LATENCY: Duration = Duration::from_millis(3);
 

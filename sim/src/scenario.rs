@@ -17,8 +17,9 @@ use std::time::Duration;
 use berth::client::ClientSecurity;
 use serde::Serialize;
 
+use crate::cluster::{api_client, host, now_ms, Params, Slot};
 use crate::history::{Fenced, Op, OpKind, Outcome};
-use crate::run::{acquire, api_client, host, keep_alive, now_ms, place, Params, Recorder, Slot};
+use crate::ops::{acquire, keep_alive, place, Recorder};
 use berth_rng::Rng;
 
 /// The tenant whose lease guards the resource; it has no quota and a worker of its own size.

@@ -1,19 +1,18 @@
 //! The `lease` workload: clients Acquire a lease (non-blocking), write to a guarded resource
 //! with the fencing token (a Place carrying a Fence), KeepAlive, stall past the TTL (a paused
 //! client), and Release. Every grant's token is its log index, so the checks read the log
-//! order straight from the history:
+//! order straight from the history.
 //!
-//! 1. tokens are distinct and equal to the grant's log index;
-//! 2. at most one holder: a grant lands only after the previous grant was released or, in log
-//!    time, had expired (as far as any acknowledged Acquire/KeepAlive told its holder);
-//! 3. no stale fenced write: an acknowledged fenced write (or KeepAlive, or Release) with token
-//!    `t` at log index `i` has no later grant between `t` and `i`, and `t` was not released
-//!    before `i`.
+//! `check` is the lease-safety model the simulation checks too (`sim/src/history.rs`,
+//! `check_leases`): both adapt their histories to `berth_check::lease`, which holds the rules
+//! — tokens are distinct and equal to the grant's log index; at most one holder at a log index
+//! (no keep-alive, release or fenced write with a token after a newer grant or after its
+//! release) and at a log time (a grant lands only after the previous holder's lease expired,
+//! as far as any acknowledged Acquire/KeepAlive told it, or it may have released); the guarded
+//! resource never goes back in tokens. Only acknowledged operations count as evidence; unknown
+//! ones can only excuse (an unknown Release may explain an early re-grant), never accuse.
 //!
-//! Only acknowledged operations count as evidence; unknown ones can only excuse (an unknown
-//! Release may explain an early re-grant), never accuse.
-//!
-//! `linearizable` also runs the WGL search per lease against a mutex-with-tokens model: a
+//! `linearizable` (Jepsen's alone) also runs the WGL search per lease against a mutex-with-tokens model: a
 //! grant needs no holder (or one expired by the grant's log time) and a larger token; a
 //! KeepAlive, Release or fenced write is acknowledged only while its token holds the lease.
 //! The model never learns of expiry extensions (keep-alives with unknown outcome, the grace a
@@ -21,132 +20,63 @@
 //! correct history.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use berth_check::lease::{self as model, Event, Use};
 
 use super::wgl::{self, Model, Verdict};
 use super::CheckResult;
 use crate::history::{Pair, Type};
 
-#[derive(Default)]
-struct Lease<'a> {
-    /// token → (acquire op, applied_at_ms)
-    grants: BTreeMap<u64, (&'a Pair<'a>, u64)>,
-    /// token → latest expiry an acknowledged op reported, with that op's log index.
-    expiries: BTreeMap<u64, Vec<(u64, u64)>>,
-    /// token → log indexes of acknowledged uses (keepalive, fenced write, release).
-    uses: BTreeMap<u64, Vec<(u64, &'a Pair<'a>)>>,
-    /// token → log index of an acknowledged release (or None if only an unknown one).
-    releases: BTreeMap<u64, Option<u64>>,
+/// An operation as a lease violation names it.
+#[derive(Clone, Copy)]
+struct Shown<'a>(&'a Pair<'a>);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op {} {}", self.0.invoke.op, self.0.invoke.f)
+    }
 }
 
+/// The log-index and expiry checks of the module header: `berth_check::lease`, the model the
+/// simulation checks too; this turns each lease operation into its event.
 pub fn check(pairs: &[Pair<'_>]) -> CheckResult {
     let mut r = CheckResult::new("lease (one holder, fencing tokens, no stale fenced write)");
-    let ops: Vec<&Pair<'_>> = pairs.iter().filter(|p| p.invoke.workload == "lease").collect();
-    let mut leases: BTreeMap<&str, Lease<'_>> = BTreeMap::new();
-    for p in &ops {
-        let lease = leases.entry(p.invoke.key.as_str()).or_default();
-        let index = p.done_field(|d| d.log_index);
+    let mut events = Vec::new();
+    for p in pairs.iter().filter(|p| p.invoke.workload == "lease") {
+        let (lease, op) = (p.invoke.key.as_str(), Shown(p));
+        let log_index = p.done_field(|d| d.log_index);
+        let expires_at_ms = p.done_field(|d| d.expires_at_ms);
         match (p.invoke.f.as_str(), p.kind()) {
             ("acquire", Type::Ok) => {
                 r.checked += 1;
-                let (Some(token), Some(index)) = (p.done_field(|d| d.value), index) else {
-                    r.violation(format!(
-                        "op {}: acquire acknowledged without a token",
-                        p.invoke.op
-                    ));
+                let Some(token) = p.done_field(|d| d.value) else {
+                    r.violation(format!("{op}: acquire acknowledged without a token"));
                     continue;
                 };
-                if token != index {
-                    r.violation(format!(
-                        "op {}: token {token} is not the grant's log index {index}",
-                        p.invoke.op
-                    ));
-                }
-                let applied = p.done_field(|d| d.applied_at_ms).unwrap_or(0);
-                if let Some((other, _)) = lease.grants.insert(token, (p, applied)) {
-                    r.violation(format!(
-                        "lease {}: token {token} granted twice (ops {} and {})",
-                        p.invoke.key, other.invoke.op, p.invoke.op
-                    ));
-                }
-                if let Some(e) = p.done_field(|d| d.expires_at_ms) {
-                    lease.expiries.entry(token).or_default().push((index, e));
-                }
+                let at_ms = p.done_field(|d| d.applied_at_ms).unwrap_or(0);
+                events.push(Event::Granted { lease, token, log_index, at_ms, expires_at_ms, op });
             }
-            ("keepalive" | "fenced-write" | "release-lease", Type::Ok) => {
+            (f @ ("keepalive" | "fenced-write" | "release-lease"), Type::Ok) => {
                 r.checked += 1;
-                let (Some(token), Some(index)) = (p.invoke.arg, index) else { continue };
-                lease.uses.entry(token).or_default().push((index, p));
-                if p.invoke.f == "keepalive" {
-                    if let Some(e) = p.done_field(|d| d.expires_at_ms) {
-                        lease.expiries.entry(token).or_default().push((index, e));
-                    }
-                }
-                if p.invoke.f == "release-lease" {
-                    lease.releases.insert(token, Some(index));
-                }
+                let (Some(token), Some(log_index)) = (p.invoke.arg, log_index) else { continue };
+                let (how, expires_at_ms) = match f {
+                    "keepalive" => (Use::KeepAlive, expires_at_ms),
+                    "release-lease" => (Use::Release, None),
+                    _ => (Use::FencedWrite, None),
+                };
+                events.push(Event::Used { lease, token, log_index, how, expires_at_ms, op });
             }
             ("release-lease", Type::Info) => {
                 if let Some(token) = p.invoke.arg {
-                    lease.releases.entry(token).or_insert(None);
+                    events.push(Event::MayHaveReleased { lease, token });
                 }
             }
             _ => {}
         }
     }
-    for (name, lease) in &leases {
-        let tokens: Vec<u64> = lease.grants.keys().copied().collect();
-        // Uses of a token must lie between its grant and the next grant.
-        for (token, uses) in &lease.uses {
-            let next = tokens.iter().find(|t| *t > token);
-            for (index, p) in uses {
-                if index <= token {
-                    r.violation(format!(
-                        "lease {name}: op {} used token {token} at log index {index}, before its grant",
-                        p.invoke.op
-                    ));
-                }
-                if let Some(next) = next {
-                    if index > next {
-                        r.violation(format!(
-                            "lease {name}: stale token honoured: op {} {} with token {token} at log index {index}, after token {next} was granted",
-                            p.invoke.op, p.invoke.f
-                        ));
-                    }
-                }
-                if let Some(Some(released)) = lease.releases.get(token) {
-                    if index > released {
-                        r.violation(format!(
-                            "lease {name}: op {} {} with token {token} at log index {index}, after its release at {released}",
-                            p.invoke.op, p.invoke.f
-                        ));
-                    }
-                }
-            }
-        }
-        // Consecutive grants do not overlap.
-        for pair in tokens.windows(2) {
-            let (t1, t2) = (pair[0], pair[1]);
-            if lease.releases.contains_key(&t1) {
-                continue;
-            }
-            let (g2, granted_at) = lease.grants[&t2];
-            let held_until = lease
-                .expiries
-                .get(&t1)
-                .into_iter()
-                .flatten()
-                .filter(|(i, _)| *i < t2)
-                .map(|(_, e)| *e)
-                .max();
-            if let Some(until) = held_until {
-                if granted_at < until {
-                    r.violation(format!(
-                        "lease {name}: two holders: token {t2} (op {}) granted at {granted_at} ms while token {t1} was held until {until} ms",
-                        g2.invoke.op
-                    ));
-                }
-            }
-        }
+    for v in model::check(events) {
+        r.violation(v.to_string());
     }
     r
 }
