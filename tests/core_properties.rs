@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use berth::scheduler::quota::GRACE_MAX_MS;
+use berth::scheduler::testing::Log;
 use berth::scheduler::{
     Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
     LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec,
@@ -683,38 +684,33 @@ fn case() -> impl Strategy<Value = Case> {
 
 // ----- building entries -----------------------------------------------------------------------
 
-/// Turns generated steps into log entries: log index, leader clock, request ids, tokens.
+/// Turns generated steps into log entries on the shared harness's `Log` (log index, leader
+/// clock) and picks their request ids and fencing tokens.
 struct Driver {
-    clock_ms: u64,
-    next_index: u64,
+    log: Log,
     granted: Vec<LogIndex>,
     last_granted: BTreeMap<(TenantId, LeaseName), LogIndex>,
     used: Vec<(RequestId, Command)>,
 }
 
 impl Driver {
-    fn new() -> Self {
+    fn new(config: &Config) -> Self {
         Driver {
-            clock_ms: CLOCK_START_MS,
-            next_index: 1,
+            log: Log { s: Scheduler::new(config.clone()), index: 0, now: CLOCK_START_MS },
             granted: Vec::new(),
             last_granted: BTreeMap::new(),
             used: Vec::new(),
         }
     }
 
-    fn next_index(&mut self) -> LogIndex {
-        let index = LogIndex(self.next_index);
-        self.next_index += 1;
-        index
-    }
-
-    fn entry(&mut self, step: &Step, s: &Scheduler) -> Entry {
-        self.clock_ms = match step.dt {
-            Dt::Forward(ms) => self.clock_ms + ms,
-            Dt::Back(ms) => self.clock_ms.saturating_sub(ms),
+    /// The next entry for `step`, stamped with the leader clock moved by `step.dt`.
+    fn entry(&mut self, step: &Step) -> Entry {
+        self.log.now = match step.dt {
+            Dt::Forward(ms) => self.log.now + ms,
+            Dt::Back(ms) => self.log.now.saturating_sub(ms),
         };
-        let index = self.next_index();
+        let s = &self.log.s;
+        let index = LogIndex(self.log.index + 1);
         let mut command = step.command.clone();
         if let Some(target) = &step.target {
             retarget(&mut command, target, s.state());
@@ -753,7 +749,17 @@ impl Driver {
                 Some(rid)
             }
         };
-        Entry { index, proposed_at: UnixMillis(self.clock_ms), request_id, command, token: None }
+        let mut entry = self.log.entry(command);
+        entry.request_id = request_id;
+        entry
+    }
+
+    /// The next entry, stamped with the scheduler's own log time: a client's retry of `command`.
+    fn retry(&mut self, request_id: &RequestId, command: Command) -> Entry {
+        let mut entry = self.log.entry(command);
+        entry.proposed_at = self.log.s.now();
+        entry.request_id = Some(request_id.clone());
+        entry
     }
 
     fn observe(&mut self, entry: &Entry, applied: &Applied) {
@@ -1783,35 +1789,32 @@ struct Run {
     last: Scheduler,
 }
 
-type Hook<'a> =
-    dyn FnMut(&mut Scheduler, &mut Model, &mut Driver, &Step) -> Result<(), TestCaseError> + 'a;
+type Hook<'a> = dyn FnMut(&mut Model, &mut Driver, &Step) -> Result<(), TestCaseError> + 'a;
 
 /// Builds and applies every step of `case` with `checked_apply`, calling `hook` after each.
 fn drive(case: &Case, hook: &mut Hook<'_>) -> Result<Run, TestCaseError> {
-    let mut s = Scheduler::new(case.config.clone());
     let mut model = Model::new(&case.config);
-    let mut driver = Driver::new();
-    let mut run =
-        Run { entries: Vec::new(), applied: Vec::new(), hashes: Vec::new(), last: s.clone() };
+    let mut driver = Driver::new(&case.config);
+    let mut run = Run {
+        entries: Vec::new(),
+        applied: Vec::new(),
+        hashes: Vec::new(),
+        last: driver.log.s.clone(),
+    };
     for step in &case.steps {
-        let entry = driver.entry(step, &s);
-        let applied = checked_apply(&mut s, &mut model, &entry)?;
+        let entry = driver.entry(step);
+        let applied = checked_apply(&mut driver.log.s, &mut model, &entry)?;
         driver.observe(&entry, &applied);
         run.entries.push(entry);
         run.applied.push(applied);
-        run.hashes.push(s.state_hash());
-        hook(&mut s, &mut model, &mut driver, step)?;
+        run.hashes.push(driver.log.s.state_hash());
+        hook(&mut model, &mut driver, step)?;
     }
-    run.last = s;
+    run.last = driver.log.s;
     Ok(run)
 }
 
-fn no_hook(
-    _: &mut Scheduler,
-    _: &mut Model,
-    _: &mut Driver,
-    _: &Step,
-) -> Result<(), TestCaseError> {
+fn no_hook(_: &mut Model, _: &mut Driver, _: &Step) -> Result<(), TestCaseError> {
     Ok(())
 }
 
@@ -1960,10 +1963,11 @@ proptest! {
     /// `decode(encode(s))` equals `s`, hashes and re-encodes identically, at random points.
     #[test]
     fn snapshot_round_trips(case in case()) {
-        let mut round_trip = |s: &mut Scheduler, _: &mut Model, _: &mut Driver, step: &Step| {
+        let mut round_trip = |_: &mut Model, driver: &mut Driver, step: &Step| {
             if step.probe.is_none() {
                 return Ok(());
             }
+            let s = &driver.log.s;
             let bytes = s.encode();
             let decoded = Scheduler::decode(&bytes)
                 .map_err(|e| TestCaseError::fail(format!("decode failed: {e}")))?;
@@ -2002,7 +2006,7 @@ proptest! {
     /// changes nothing; with a different command it is refused as reused and changes nothing.
     #[test]
     fn request_ids_apply_at_most_once(case in case()) {
-        let mut probe = |s: &mut Scheduler, model: &mut Model, driver: &mut Driver, step: &Step| {
+        let mut probe = |model: &mut Model, driver: &mut Driver, step: &Step| {
             let Some(pick) = &step.probe else { return Ok(()) };
             if model.sessions.is_empty() {
                 return Ok(());
@@ -2013,36 +2017,24 @@ proptest! {
                 .nth(pick.index(model.sessions.len()))
                 .map(|(k, (c, f))| (k.clone(), (c.clone(), f.clone())))
                 .expect("index in range");
-            let hash = s.state_hash();
-            let retry = Entry {
-                index: driver.next_index(),
-                proposed_at: s.now(),
-                request_id: Some(key.request_id.clone()),
-                command: command.clone(),
-                token: None,
-            };
-            let again = checked_apply(s, model, &retry)?;
+            let hash = driver.log.s.state_hash();
+            let retry = driver.retry(&key.request_id, command.clone());
+            let again = checked_apply(&mut driver.log.s, model, &retry)?;
             prop_assert!(again.replayed, "not replayed: {:?}", retry);
             prop_assert_eq!(&again.result, &first.result);
             prop_assert_eq!(again.log_index, first.log_index);
             prop_assert!(again.expired.is_empty());
-            prop_assert_eq!(s.state_hash(), hash, "retry changed the state: {:?}", retry);
+            prop_assert_eq!(driver.log.s.state_hash(), hash, "retry changed the state: {:?}", retry);
 
-            let reused = Entry {
-                index: driver.next_index(),
-                proposed_at: s.now(),
-                request_id: Some(key.request_id.clone()),
-                command: different(&command),
-                token: None,
-            };
-            let refused = checked_apply(s, model, &reused)?;
+            let reused = driver.retry(&key.request_id, different(&command));
+            let refused = checked_apply(&mut driver.log.s, model, &reused)?;
             prop_assert!(!refused.replayed);
             prop_assert_eq!(
                 &refused.result,
                 &Err(Rejection::RequestIdReused { first_index: first.log_index })
             );
             prop_assert_eq!(refused.log_index, reused.index);
-            prop_assert_eq!(s.state_hash(), hash, "reuse changed the state: {:?}", reused);
+            prop_assert_eq!(driver.log.s.state_hash(), hash, "reuse changed the state: {:?}", reused);
             Ok(())
         };
         drive(&case, &mut probe)?;
