@@ -13,9 +13,9 @@ use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::testing::Log;
 use berth::scheduler::{
     Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
-    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec,
-    Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection, RequestId,
-    Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
+    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost,
+    PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection,
+    RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
     Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
     WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX,
     SESSIONS_PER_TENANT_MAX,
@@ -209,6 +209,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
         prop_oneof![Just(PlaceStrategy::BinPack), Just(PlaceStrategy::Spread)],
         workload_labels(),
         prop::bool::weighted(0.3),
+        prop_oneof![3 => Just(OnWorkerLost::Reschedule), 1 => Just(OnWorkerLost::Release)],
     );
     let rule_sets = (
         rules(5, label_requirement()),
@@ -225,7 +226,16 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
     );
     (basics, rule_sets).prop_map(
         |(
-            (placement, count, resources, pool, strategy, labels, requeue_on_preemption),
+            (
+                placement,
+                count,
+                resources,
+                pool,
+                strategy,
+                labels,
+                requeue_on_preemption,
+                on_worker_lost,
+            ),
             (
                 requires,
                 prefers,
@@ -252,6 +262,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
             group,
             priority,
             requeue_on_preemption,
+            on_worker_lost,
         },
     )
 }

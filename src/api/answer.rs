@@ -126,6 +126,8 @@ narrow! {
         Response::QueuedCancelled,
         Response::GroupCreated,
         Response::LeaseReleased,
+        Response::Heartbeats(_),
+        Response::PoolWorkerTtlSet,
     }
 }
 

@@ -114,6 +114,8 @@ pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
         group: non_empty(s.group),
         priority: s.priority,
         requeue_on_preemption: s.requeue_on_preemption,
+        // Not in the proto yet: the core's default (reschedule).
+        on_worker_lost: Default::default(),
     })
 }
 

@@ -55,6 +55,17 @@ pub enum Strategy {
     Spread,
 }
 
+/// What happens to a placement when a worker holding one of its instances goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OnWorkerLost {
+    /// Move only the lost instances to other workers, under every rule of the spec, in the
+    /// entry that marks the worker down; release (or queue) the placement where they do not fit.
+    #[default]
+    Reschedule,
+    /// Release the whole placement (reason `WORKER_LOST`).
+    Release,
+}
+
 /// What to place: `count` identical instances of one workload, all or nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaceSpec {
@@ -85,6 +96,8 @@ pub struct PlaceSpec {
     /// When preempted, wait in the queue again (at the back of its tenant's line) instead of
     /// being released for good.
     pub requeue_on_preemption: bool,
+    /// What happens to it when one of its workers goes down (`OnWorkerLost`).
+    pub on_worker_lost: OnWorkerLost,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +227,19 @@ pub enum Command {
         tenant: TenantId,
         lease: LeaseName,
         token: LogIndex,
+    },
+    /// Keeps each listed worker alive for its pool's worker TTL from now (log time); a worker
+    /// becomes managed (it can go down) with its first heartbeat, and one that is down comes
+    /// back ready, holding nothing. 1..=`HEARTBEATS_PER_ENTRY_MAX` ids; unknown ones are
+    /// answered `None`.
+    Heartbeat {
+        workers: Vec<WorkerId>,
+    },
+    /// Sets the worker TTL of a pool (`WORKER_TTL_MIN_MS..=WORKER_TTL_MAX_MS`; `None`: the
+    /// default, `WORKER_TTL_DEFAULT_MS`). It applies from each worker's next heartbeat.
+    SetPoolWorkerTtl {
+        pool: PoolId,
+        ttl_ms: Option<u64>,
     },
 }
 
@@ -376,6 +402,26 @@ impl Command {
             Command::KeepAliveLease { lease, .. } | Command::ReleaseLease { lease, .. } => {
                 validate_object_id("lease", lease.as_str())
             }
+            Command::Heartbeat { workers } => {
+                if !(1..=super::HEARTBEATS_PER_ENTRY_MAX).contains(&workers.len()) {
+                    return Err(Rejection::invalid(
+                        "workers",
+                        format!("must list 1..={} workers", super::HEARTBEATS_PER_ENTRY_MAX),
+                    ));
+                }
+                workers.iter().try_for_each(|w| validate_object_id("worker", w.as_str()))
+            }
+            Command::SetPoolWorkerTtl { pool, ttl_ms } => {
+                validate_object_id("pool", pool.as_str())?;
+                let range = super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS;
+                match ttl_ms {
+                    Some(ttl) if !range.contains(ttl) => Err(Rejection::invalid(
+                        "ttl_ms",
+                        format!("must be {}..={}", range.start(), range.end()),
+                    )),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
@@ -389,7 +435,9 @@ impl Command {
             | Command::UpdateWorker { .. }
             | Command::SetWorkerSchedulable { .. }
             | Command::RemoveWorker { .. }
-            | Command::SetPoolReserve { .. } => None,
+            | Command::SetPoolReserve { .. }
+            | Command::Heartbeat { .. }
+            | Command::SetPoolWorkerTtl { .. } => None,
             Command::CreateTenant { tenant, .. }
             | Command::DeleteTenant { tenant }
             | Command::SetQuota { tenant, .. }
@@ -436,6 +484,8 @@ impl Command {
             Command::AcquireLease { .. } => "AcquireLease",
             Command::KeepAliveLease { .. } => "KeepAliveLease",
             Command::ReleaseLease { .. } => "ReleaseLease",
+            Command::Heartbeat { .. } => "Heartbeat",
+            Command::SetPoolWorkerTtl { .. } => "SetPoolWorkerTtl",
         }
     }
 }
@@ -455,12 +505,73 @@ pub struct Applied {
     /// Quota state changes this entry caused, in order: those of its advance of log time, then
     /// those of its command (reported once, by the entry that did it, like `expired`).
     pub events: Vec<QuotaEvent>,
+    /// What became of the placements that had instances on the workers this entry marked down
+    /// (`Expired::Worker`), in (tenant, placement) order; reported once, like `expired`.
+    pub lost: Vec<Lost>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Expired {
-    Reservation { tenant: TenantId, reservation: PlacementId },
-    Lease { tenant: TenantId, lease: LeaseName, token: LogIndex },
+    Reservation {
+        tenant: TenantId,
+        reservation: PlacementId,
+    },
+    Lease {
+        tenant: TenantId,
+        lease: LeaseName,
+        token: LogIndex,
+    },
+    /// The worker's TTL passed: it is down.
+    Worker {
+        worker: WorkerId,
+    },
+}
+
+/// A placement that had instances on a worker that went down, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Lost {
+    pub tenant: TenantId,
+    pub placement: PlacementId,
+    /// The positions (in `Placement::instances`) of the lost instances, ascending.
+    pub slots: Vec<u32>,
+    pub outcome: LostOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LostOutcome {
+    /// Every lost instance moved: `(slot, from, to)`. The other instances, the placement's
+    /// usage, quota, windows and grace periods are unchanged.
+    Rescheduled { moves: Vec<(u32, WorkerId, WorkerId)> },
+    /// Released (reason `WORKER_LOST`) and queued again (it came through the queue), to be
+    /// placed anew by the fair-share queue.
+    Queued,
+    /// Released for good (reason `WORKER_LOST`).
+    Released,
+}
+
+impl LostOutcome {
+    /// The stable release reason (UPPER_SNAKE) when the placement was released.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            LostOutcome::Rescheduled { .. } => None,
+            LostOutcome::Queued | LostOutcome::Released => Some("WORKER_LOST"),
+        }
+    }
+}
+
+/// A heartbeat's answer for one known worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The index at which the worker last became ready (registration or revival): an agent
+    /// that sees it change knows the cluster dropped everything it ran.
+    pub generation: LogIndex,
+    /// Until when (log time) it stays up without another heartbeat.
+    pub alive_until: UnixMillis,
+    pub ttl_ms: u64,
+    /// It was down, and this heartbeat brought it back (holding nothing).
+    pub revived: bool,
+    /// It is drained (alive, but receives no new work).
+    pub drained: bool,
 }
 
 /// What was released when a tenant was deleted.
@@ -522,6 +633,9 @@ pub enum Response {
     LeaseGranted(Lease),
     LeaseKeptAlive(Lease),
     LeaseReleased,
+    /// One answer per listed worker, in the order listed (`None`: no such worker).
+    Heartbeats(Vec<Option<HeartbeatAck>>),
+    PoolWorkerTtlSet,
 }
 
 /// Why workers were not chosen, counted once per worker (the first failing check, cheapest
@@ -530,6 +644,8 @@ pub enum Response {
 pub struct FilterCounts {
     pub workers_in_pool: u64,
     pub draining: u64,
+    /// Down: its TTL passed without a heartbeat.
+    pub down: u64,
     pub insufficient_cpu: u64,
     pub insufficient_memory: u64,
     pub label_mismatch: u64,
@@ -540,10 +656,11 @@ pub struct FilterCounts {
 
 impl FilterCounts {
     /// The counts as `(reason, count)` pairs, for error metadata.
-    pub fn pairs(&self) -> [(&'static str, u64); 8] {
+    pub fn pairs(&self) -> [(&'static str, u64); 9] {
         [
             ("workers_in_pool", self.workers_in_pool),
             ("draining", self.draining),
+            ("down", self.down),
             ("insufficient_cpu", self.insufficient_cpu),
             ("insufficient_memory", self.insufficient_memory),
             ("label_mismatch", self.label_mismatch),

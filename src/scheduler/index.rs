@@ -25,11 +25,13 @@ pub enum Deadline {
     Lease(TenantId, LeaseName),
     /// The end of a tenant's burst grace period.
     Grace(TenantId),
+    /// A managed, ready worker's TTL (`Liveness::alive_until`).
+    Worker(WorkerId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Indexes {
-    /// Schedulable workers per pool, by free capacity.
+    /// Workers that accept work (neither drained nor down) per pool, by free capacity.
     pub free: BTreeMap<PoolId, BTreeSet<FreeKey>>,
     /// Every worker per pool, schedulable or not.
     pub pool_workers: BTreeMap<PoolId, BTreeSet<WorkerId>>,
@@ -50,7 +52,8 @@ pub struct Indexes {
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// When each expiring token is forgotten (`EXPIRED_TOKEN_RETENTION_MS` after it expires).
     pub token_purges: BTreeSet<(UnixMillis, TenantId, TokenId)>,
-    /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
+    /// Total capacity of the workers of each pool that accept work (the denominator of fair
+    /// shares): drained and down workers are out.
     pub pool_capacity: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a window limit.
     pub window_limited: u64,
@@ -61,6 +64,11 @@ pub struct Indexes {
     pub pool_free: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a guarantee in each pool.
     pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
+}
+
+/// When a managed, ready worker goes down without another heartbeat (`None`: it cannot).
+pub fn alive_until(worker: &Worker) -> Option<UnixMillis> {
+    worker.liveness.filter(|_| !worker.is_down()).map(|l| l.alive_until)
 }
 
 /// When a token that expires at `expires_at` is forgotten.
@@ -88,6 +96,9 @@ impl Indexes {
         let mut ix = Indexes::default();
         for worker in state.workers.values() {
             ix.add_worker(worker);
+            if let Some(at) = alive_until(worker) {
+                ix.deadlines.insert((at, Deadline::Worker(worker.id.clone())));
+            }
         }
         for placement in state.placements.values() {
             for worker in &placement.instances {
@@ -200,10 +211,11 @@ impl Indexes {
         }
     }
 
-    /// Adds (`present`) or removes the worker's free-capacity key, if it is schedulable.
-    /// Call with `false` before changing `allocated`/`capacity`/`schedulable`, `true` after.
+    /// Adds (`present`) or removes the worker's free-capacity key, if it accepts work (neither
+    /// drained nor down). Call with `false` before changing `allocated`/`capacity`/
+    /// `schedulable`/`down_since`, `true` after.
     pub fn set_free(&mut self, worker: &Worker, present: bool) {
-        if !worker.schedulable {
+        if !worker.accepts_work() {
             return;
         }
         let free = worker.free();

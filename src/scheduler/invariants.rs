@@ -62,6 +62,55 @@ impl Scheduler {
             }
         }
 
+        // 4: a down worker holds nothing and is managed; a pool's schedulable capacity (and
+        // free capacity) counts exactly its workers that accept work (neither drained nor down).
+        let mut accepting: BTreeMap<&super::PoolId, (Resources, Resources)> = BTreeMap::new();
+        for w in s.workers.values() {
+            if w.is_down() {
+                if !w.allocated.is_zero() || self.ix.worker_placements.contains_key(&w.id) {
+                    bad.push(format!("down worker {} still holds work", w.id));
+                }
+                if w.liveness.is_none() {
+                    bad.push(format!("worker {} is down but was never managed", w.id));
+                }
+            }
+            if let Some(l) = w.liveness {
+                if !(super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS).contains(&l.ttl_ms)
+                    || l.last_heartbeat > s.now
+                    || l.alive_until < l.last_heartbeat
+                {
+                    bad.push(format!("worker {} liveness {l:?} out of bounds at {}", w.id, s.now));
+                }
+            }
+            if w.accepts_work() {
+                let slot = accepting.entry(&w.pool).or_default();
+                let free = w.capacity.checked_sub(w.allocated).unwrap_or_default();
+                match (slot.0.checked_add(w.capacity), slot.1.checked_add(free)) {
+                    (Some(c), Some(f)) => *slot = (c, f),
+                    _ => bad.push(format!("pool {} capacity overflows", w.pool)),
+                }
+            }
+        }
+        for pool in self.ix.pool_workers.keys() {
+            let (capacity, free) = accepting.get(pool).copied().unwrap_or_default();
+            if self.ix.pool_capacity(pool) != capacity || self.ix.pool_free(pool) != free {
+                bad.push(format!(
+                    "pool {pool} capacity/free {:?}/{:?}, its ready, undrained workers' {:?}/{:?}",
+                    self.ix.pool_capacity(pool),
+                    self.ix.pool_free(pool),
+                    capacity,
+                    free
+                ));
+            }
+        }
+        if s.pool_worker_ttls.len() > super::POOL_WORKER_TTLS_MAX
+            || s.pool_worker_ttls
+                .values()
+                .any(|t| !(super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS).contains(t))
+        {
+            bad.push(format!("pool worker TTLs out of bounds: {:?}", s.pool_worker_ttls));
+        }
+
         // 2 and 6: usage is the subtree's placements, within every hard limit.
         let mut usage: BTreeMap<&TenantId, UsageTotals> = BTreeMap::new();
         for p in s.placements.values() {

@@ -65,6 +65,7 @@ impl Scheduler {
             queue: s.queue.clone(),
             sessions: Default::default(),
             pool_reserves: s.pool_reserves.clone(),
+            pool_worker_ttls: s.pool_worker_ttls.clone(),
         };
         let ix = self.ix.clone();
         Scheduler {
@@ -74,6 +75,8 @@ impl Scheduler {
             queue_dirty: false,
             preempted: self.preempted,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: self.moved.clone(),
         }
     }
 
@@ -158,6 +161,7 @@ impl Scheduler {
             log_index: index,
             expires_at,
             borrowed,
+            queue_if_unavailable: false,
         };
         let scan_max = self.state.config.preferred_scan_max;
         for placed in 0..placement.spec.count {
@@ -212,12 +216,12 @@ impl Scheduler {
     }
 
     /// Puts one instance of `placement` on `worker`: capacity and indexes.
-    fn bind(&mut self, placement: &Placement, worker: &WorkerId) {
+    pub(super) fn bind(&mut self, placement: &Placement, worker: &WorkerId) {
         self.adjust_allocation(worker, placement.spec.resources, true);
         self.ix.add_instance(placement, worker);
     }
 
-    fn unbind(&mut self, placement: &Placement, worker: &WorkerId) {
+    pub(super) fn unbind(&mut self, placement: &Placement, worker: &WorkerId) {
         self.ix.remove_instance(placement, worker);
         self.adjust_allocation(worker, placement.spec.resources, false);
     }

@@ -82,7 +82,8 @@ impl Scheduler {
         Ok(Response::LeaseReleased)
     }
 
-    /// A new leader's clock may run ahead: give every live lease at least the grace period.
+    /// A new leader's clock may run ahead: give every live lease, and every managed, ready
+    /// worker's TTL, at least the grace period.
     pub(super) fn extend_leases(&mut self) -> Response {
         let floor = self.state.now.plus_ms(self.state.config.lease_grace_ms);
         let short: Vec<Lease> =
@@ -93,6 +94,8 @@ impl Scheduler {
             self.state.leases.get_mut(&key).expect("invariant: listed lease exists").expires_at =
                 floor;
         }
+        // Worker TTLs are lower bounds exactly as lease TTLs (`liveness.rs`).
+        self.extend_workers(floor);
         Response::LeaderChanged { leases_extended: count_u64(short.len()) }
     }
 

@@ -23,6 +23,7 @@ mod index;
 mod invariants;
 mod jobs;
 mod leases;
+mod liveness;
 pub mod money;
 mod placement;
 mod preempt;
@@ -41,8 +42,8 @@ use sha2::{Digest, Sha256};
 
 pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
 pub use command::{
-    Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, PlaceSpec, Rejection,
-    Response, Strategy,
+    Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, HeartbeatAck, Lost,
+    LostOutcome, OnWorkerLost, PlaceSpec, Rejection, Response, Strategy,
 };
 pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
@@ -63,8 +64,8 @@ pub use resources::{
 };
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
-    Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, Sessions, State,
-    Tenant, Token, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
+    Config, GroupStrategy, Lease, Liveness, Placement, PlacementGroup, Session, SessionKey,
+    Sessions, State, Tenant, Token, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -101,6 +102,21 @@ pub const RESERVATION_TTL_MAX_MS: u64 = 7 * 24 * 3_600_000;
 pub const LEASE_TTL_MAX_MS: u64 = 3_600_000;
 /// Longest lease holder name.
 pub const HOLDER_LEN_MAX: usize = 128;
+/// Most worker ids in one `Heartbeat` (a batch of 4,096 ids is about 0.5 MiB).
+pub const HEARTBEATS_PER_ENTRY_MAX: usize = 4_096;
+/// Shortest worker TTL a pool may set: 1 second.
+pub const WORKER_TTL_MIN_MS: u64 = 1_000;
+/// Longest worker TTL a pool may set: 1 hour.
+pub const WORKER_TTL_MAX_MS: u64 = 3_600_000;
+/// The worker TTL of a pool that sets none: 10 seconds.
+pub const WORKER_TTL_DEFAULT_MS: u64 = 10_000;
+/// Most pools that may set their own worker TTL (like `POOL_RESERVES_MAX`).
+pub const POOL_WORKER_TTLS_MAX: usize = 10_000;
+/// Most workers one entry marks down; further due workers wait for the next entry (the
+/// leader ticks again at once), so a rack's loss is spread over a few entries.
+pub const WORKERS_DOWN_PER_ENTRY_MAX: usize = 256;
+/// Most lost instances one entry handles (at least one worker's, however many it held).
+pub const LOST_INSTANCES_PER_ENTRY_MAX: u64 = 10_000;
 
 /// The replicated scheduler: state plus its derived indexes.
 #[derive(Clone, Debug)]
@@ -117,6 +133,12 @@ pub struct Scheduler {
     preempted: u64,
     /// Placements admitted from the queue by the entry being applied (empty between entries).
     admitted: Vec<Placement>,
+    /// What became of work on workers marked down by the entry being applied (empty between
+    /// entries); drained into `Applied::lost`.
+    lost: Vec<Lost>,
+    /// Placements whose lost instances moved in the entry being applied (empty between
+    /// entries): their new instances stand as if placed now (`anchors_of_this_entry`).
+    moved: std::collections::BTreeSet<(TenantId, PlacementId)>,
 }
 
 impl PartialEq for Scheduler {
@@ -143,6 +165,8 @@ impl Scheduler {
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: Default::default(),
         }
     }
 
@@ -155,6 +179,8 @@ impl Scheduler {
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: Default::default(),
         }
     }
 
@@ -173,8 +199,8 @@ impl Scheduler {
         self.state.now
     }
 
-    /// The earliest reservation or lease expiry or grace end, so the leader knows when to
-    /// propose `Tick`.
+    /// The earliest reservation, lease or worker expiry or grace end, so the leader knows when
+    /// to propose `Tick`.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
         let first = self.ix.deadlines.first().map(|(at, _)| *at);
         match (first, self.window_deadline()) {
@@ -198,8 +224,10 @@ impl Scheduler {
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
         applied.events.append(&mut self.events);
+        applied.lost = std::mem::take(&mut self.lost);
         self.preempted = 0;
         self.admitted.clear();
+        self.moved.clear();
         applied
     }
 
@@ -210,7 +238,7 @@ impl Scheduler {
         self.state.now = self.state.now.max(proposed_at.min(UNIX_MILLIS_MAX));
         // A new UTC day (or month) may have reset a window someone waits for.
         self.queue_dirty |= windows::day_of(self.state.now) != day;
-        let expired = self.expire_due();
+        let expired = self.expire_due(index);
         self.purge_expired_tokens();
         // What expiry freed is offered to the queue before the command runs.
         self.admit_queued(index);
@@ -251,7 +279,12 @@ impl Scheduler {
         events.append(&mut self.events);
         let applied = Applied { events, ..self.answer(index, result, expired) };
         if let Some((key, command_digest)) = session {
-            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
+            let first = Applied {
+                expired: Vec::new(),
+                events: Vec::new(),
+                lost: Vec::new(),
+                ..applied.clone()
+            };
             self.remember(key, Session { command_digest, first });
         }
         applied
@@ -270,6 +303,7 @@ impl Scheduler {
             replayed: false,
             expired,
             events: Vec::new(),
+            lost: Vec::new(),
         }
     }
 
@@ -288,7 +322,7 @@ impl Scheduler {
             Command::LeaderChanged => Ok(self.extend_leases()),
             Command::SetConfig { config } => self.set_config(config),
             Command::RegisterWorker { worker, pool, capacity, labels } => {
-                self.register_worker(worker, pool, capacity, labels)
+                self.register_worker(index, worker, pool, capacity, labels)
             }
             Command::UpdateWorker { worker, capacity, labels } => {
                 self.update_worker(&worker, capacity, labels)
@@ -336,21 +370,29 @@ impl Scheduler {
             Command::ReleaseLease { tenant, lease, token } => {
                 self.release_lease(tenant, lease, token)
             }
+            Command::Heartbeat { workers } => self.heartbeat(index, workers),
+            Command::SetPoolWorkerTtl { pool, ttl_ms } => self.set_pool_worker_ttl(pool, ttl_ms),
         }
     }
 
     // ----- expiry and time -------------------------------------------------------------------
 
     /// Expires every reservation, lease and burst grace period whose deadline is at or before
-    /// `now`.
-    fn expire_due(&mut self) -> Vec<Expired> {
+    /// `now`, then marks down the workers whose TTL passed (within the per-entry bounds) and
+    /// handles their work (`liveness.rs`).
+    fn expire_due(&mut self, index: LogIndex) -> Vec<Expired> {
         let mut expired = Vec::new();
+        let mut dying = liveness::Dying::default();
         while let Some((at, _)) = self.ix.deadlines.first() {
             if *at > self.state.now {
                 break;
             }
-            let (_, deadline) = self.ix.deadlines.pop_first().expect("invariant: first exists");
+            let (at, deadline) = self.ix.deadlines.pop_first().expect("invariant: first exists");
             match deadline {
+                Deadline::Worker(worker) => {
+                    let instances = self.instances_on(&worker);
+                    dying.offer(at, worker, instances);
+                }
                 Deadline::Reservation(tenant, reservation) => {
                     // The deadline was popped above; release() must not look for it again.
                     let key = (tenant.clone(), reservation.clone());
@@ -384,6 +426,11 @@ impl Scheduler {
                     self.queue_dirty = true;
                 }
             }
+        }
+        // Past a bound: still due, for the next entry.
+        self.ix.deadlines.extend(dying.deferred);
+        if !dying.workers.is_empty() {
+            self.mark_down(index, &dying.workers, &mut expired);
         }
         expired
     }

@@ -215,11 +215,15 @@ impl Scheduler {
     /// against its own rule. (A later entry may release the carrier: affinity is checked when a
     /// placement is made, as Kubernetes' `requiredDuringSchedulingIgnoredDuringExecution`.)
     fn anchors_of_this_entry(&self, index: LogIndex) -> BTreeSet<(TenantId, PlacementId)> {
+        // (Placements whose lost instances moved in this entry stand where they are as newly.)
         let fresh: Vec<&Placement> = self
             .state
             .placements
-            .values()
-            .filter(|p| p.log_index == index && !p.spec.affinity.is_empty())
+            .iter()
+            .filter(|(key, p)| {
+                (p.log_index == index || self.moved.contains(*key)) && !p.spec.affinity.is_empty()
+            })
+            .map(|(_, p)| p)
             .collect();
         if fresh.is_empty() {
             return BTreeSet::new();
@@ -277,7 +281,7 @@ impl Scheduler {
         let room = |w: &WorkerId| {
             let worker = &self.state.workers[w];
             let free = worker.free().checked_add(held[w]).unwrap_or(Resources::ZERO);
-            worker.schedulable
+            worker.accepts_work()
                 && spec.resources.fits_in(free)
                 && spec.worker_requires.iter().all(|r| r.matches(&worker.labels))
         };

@@ -301,7 +301,12 @@ impl Scheduler {
             self.ix.remove_queued(&queued);
             let spec = queued.spec.clone();
             match self.place(index, queued.tenant.clone(), spec, None, Explain::Nothing) {
-                Ok(placed) => {
+                Ok(mut placed) => {
+                    // It came through the queue: a worker loss it cannot survive queues it again.
+                    placed.queue_if_unavailable = true;
+                    if let Some(p) = self.state.placements.get_mut(&key) {
+                        p.queue_if_unavailable = true;
+                    }
                     self.admitted.push(placed);
                     self.promote_head(&queued);
                     self.events.push(QuotaEvent::Admitted { tenant: key.0, placement: key.1 });

@@ -96,9 +96,38 @@ pub struct Worker {
     /// False while drained/cordoned: no new placement or reservation lands here.
     pub schedulable: bool,
     pub registered_at: UnixMillis,
+    /// `None` until its first heartbeat: a worker nobody heartbeats (registered by hand) never
+    /// goes down. `Some` once managed, kept while down (its last heartbeat's view).
+    pub liveness: Option<Liveness>,
+    /// `Some` while down (its TTL passed): it accepts no work, holds nothing, and its capacity
+    /// is out of its pool's. Separate from draining (`schedulable`).
+    pub down_since: Option<UnixMillis>,
+    /// The index at which it last became ready: its registration, or the heartbeat that
+    /// revived it. An agent that sees it change knows everything it ran was taken away.
+    pub generation: LogIndex,
+}
+
+/// A managed worker's heartbeat state (log time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liveness {
+    /// The TTL its last heartbeat was given (its pool's at that time).
+    pub ttl_ms: u64,
+    /// It goes down when log time reaches this without another heartbeat (a deadline while
+    /// it is ready; a new leader lifts it to its grace floor, as for leases).
+    pub alive_until: UnixMillis,
+    pub last_heartbeat: UnixMillis,
 }
 
 impl Worker {
+    /// Whether new placements and reservations may land here: not drained and not down.
+    pub fn accepts_work(&self) -> bool {
+        self.schedulable && self.down_since.is_none()
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_since.is_some()
+    }
+
     pub fn free(&self) -> Resources {
         self.capacity.checked_sub(self.allocated).expect("invariant: allocated <= capacity")
     }
@@ -172,6 +201,9 @@ pub struct Placement {
     /// It took its tenant above its guaranteed share of the pool when it was placed, in a pool
     /// where some tenant holds a guarantee (see `borrow.rs`).
     pub borrowed: bool,
+    /// It came through the queue (`PlaceOrQueue`, or re-queued after preemption): if a worker
+    /// loss cannot be rescheduled, it waits in the queue again instead of being released.
+    pub queue_if_unavailable: bool,
 }
 
 impl Placement {
@@ -460,4 +492,6 @@ pub struct State {
     /// Capacity of a pool held back from guarantees, for borrowers (`SetPoolReserve`). A pool
     /// with a reserve refuses guarantees that would eat into it (see `borrow.rs`).
     pub pool_reserves: BTreeMap<PoolId, Resources>,
+    /// Worker TTLs set per pool (`SetPoolWorkerTtl`); other pools use `WORKER_TTL_DEFAULT_MS`.
+    pub pool_worker_ttls: BTreeMap<PoolId, u64>,
 }

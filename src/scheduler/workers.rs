@@ -1,13 +1,17 @@
-//! Worker commands: register, update, drain (schedulable or not), remove.
+//! Worker commands: register, update, drain (schedulable or not), remove. Liveness
+//! (heartbeats, down, revival, lost work) is in `liveness.rs`.
 
+use super::index::{alive_until, Deadline};
 use super::Labels;
 use super::{
-    PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL, WORKERS_MAX,
+    LogIndex, PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL,
+    WORKERS_MAX,
 };
 
 impl Scheduler {
     pub(super) fn register_worker(
         &mut self,
+        index: LogIndex,
         worker: WorkerId,
         pool: Option<PoolId>,
         capacity: Resources,
@@ -31,6 +35,9 @@ impl Scheduler {
             labels,
             schedulable: true,
             registered_at: self.state.now,
+            liveness: None,
+            down_since: None,
+            generation: index,
         };
         self.ix.add_worker(&w);
         self.state.workers.insert(worker, w.clone());
@@ -111,6 +118,10 @@ impl Scheduler {
             self.release(tenant, placement).expect("invariant: indexed placement exists");
         }
         let current = Worker { allocated: Resources::ZERO, ..current };
+        if let Some(at) = alive_until(&current) {
+            let removed = self.ix.deadlines.remove(&(at, Deadline::Worker(worker.clone())));
+            assert!(removed, "invariant: a managed, ready worker has a deadline");
+        }
         self.ix.remove_worker(&current);
         let removed = self.state.workers.remove(worker).expect("invariant: looked up above");
         assert!(removed.allocated.is_zero(), "invariant: evicted worker is empty");
