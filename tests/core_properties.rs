@@ -13,12 +13,13 @@ use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::testing::Log;
 use berth::scheduler::{
     Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
-    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost,
-    PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection,
-    RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
-    Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
-    WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX,
-    SESSIONS_PER_TENANT_MAX,
+    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, Lost, LostOutcome,
+    OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent,
+    Rejection, RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits,
+    SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis,
+    WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
+    PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX, QUEUE_MAX, SESSIONS_PER_TENANT_MAX,
+    WORKER_TTL_DEFAULT_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -449,8 +450,31 @@ fn placement_id() -> impl Strategy<Value = PlacementId> {
     select(PLACEMENTS.to_vec()).prop_map(PlacementId::from)
 }
 
+/// A heartbeat of one to three of the workers (an unknown one now and then), or of none.
+fn heartbeat() -> impl Strategy<Value = Command> {
+    let id = prop_oneof![12 => worker(), 1 => Just(WorkerId::from("w9"))];
+    prop_oneof![
+        20 => prop::collection::vec(id, 1..=3),
+        1 => Just(Vec::new()),
+    ]
+    .prop_map(|workers| Command::Heartbeat { workers })
+}
+
+/// Worker TTLs of 1–3 s (so that the clock's jumps cross them), the default, or out of bounds.
+fn set_pool_worker_ttl() -> impl Strategy<Value = Command> {
+    let ttl = prop_oneof![
+        6 => ms(WORKER_TTL_MIN_MS..=3_000).prop_map(Some),
+        2 => Just(None),
+        1 => Just(Some(WORKER_TTL_MIN_MS - 1)),
+    ];
+    (select(vec!["default", "p2"]), ttl)
+        .prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool: PoolId::from(pool), ttl_ms })
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
+        8 => heartbeat(),
+        2 => set_pool_worker_ttl(),
         4 => Just(Command::Tick),
         3 => Just(Command::LeaderChanged),
         1 => set_config(),
@@ -643,6 +667,13 @@ fn case() -> impl Strategy<Value = Case> {
     );
     let group = || (prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)], 1..=4u32);
     let body = prop::collection::vec(step(), 0..=60);
+    // In half the runs every worker is managed from the start, often with short TTLs.
+    // (Some stay unmanaged: they never go down, so lost work has somewhere to go.)
+    let liveness = (
+        any::<bool>(),
+        prop::option::weighted(0.6, ms(WORKER_TTL_MIN_MS..=3_000)),
+        prop::collection::vec(prop::bool::weighted(0.7), WORKERS.len()),
+    );
     // Often start with quotas (soft limits especially) on some tenants, so that bursts, grace
     // ends and refusals by every kind of limit happen within a short run.
     // And often with preemption policies, tight cpu limits and guarantees, so that priority
@@ -651,8 +682,8 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![2 => Just(None), 2 => quota().prop_map(Some), 3 => preempting_quota().prop_map(Some)],
         3,
     );
-    (config, workers, group(), group(), body, quotas).prop_map(
-        |(config, workers, g1, g2, body, quotas)| {
+    (config, workers, group(), group(), body, quotas, liveness).prop_map(
+        |(config, workers, g1, g2, body, quotas, (managed, ttl_ms, mask))| {
             let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
                 tenant: TenantId::from(tenant),
                 parent: parent.map(TenantId::from),
@@ -673,6 +704,7 @@ fn case() -> impl Strategy<Value = Case> {
                     strategy,
                 }));
             }
+            let registered = workers.len();
             for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
                 steps.push(setup_step(Command::RegisterWorker {
                     worker: WorkerId::from(WORKERS[i]),
@@ -680,6 +712,21 @@ fn case() -> impl Strategy<Value = Case> {
                     capacity,
                     labels,
                 }));
+            }
+            if managed {
+                for pool in ["default", "p2"] {
+                    let pool = PoolId::from(pool);
+                    steps.push(setup_step(Command::SetPoolWorkerTtl { pool, ttl_ms }));
+                }
+                let workers: Vec<WorkerId> = WORKERS[..registered]
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(w, _)| WorkerId::from(*w))
+                    .collect();
+                if !workers.is_empty() {
+                    steps.push(setup_step(Command::Heartbeat { workers }));
+                }
             }
             for (tenant, quota) in TENANTS.iter().zip(quotas) {
                 if let Some(quota) = quota {
@@ -896,6 +943,8 @@ struct Model {
     sessions: BTreeMap<SessionKey, (Command, Applied)>,
     order: BTreeMap<LogIndex, SessionKey>,
     last_token: BTreeMap<(TenantId, LeaseName), LogIndex>,
+    /// Worker TTLs set per pool (`SetPoolWorkerTtl`); the default elsewhere.
+    pool_ttls: BTreeMap<PoolId, u64>,
 }
 
 impl Model {
@@ -905,6 +954,7 @@ impl Model {
             sessions: BTreeMap::new(),
             order: BTreeMap::new(),
             last_token: BTreeMap::new(),
+            pool_ttls: BTreeMap::new(),
         }
     }
 
@@ -918,6 +968,11 @@ impl Model {
             self.drop_oldest_of(&scope);
         }
         self.evict();
+    }
+
+    /// The TTL a heartbeat gives a worker of `pool`.
+    fn ttl_of(&self, pool: &PoolId) -> u64 {
+        self.pool_ttls.get(pool).copied().unwrap_or(WORKER_TTL_DEFAULT_MS)
     }
 
     fn drop_oldest_of(&mut self, scope: &Option<TenantId>) {
@@ -1043,6 +1098,10 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
         Command::SetPoolReserve { pool, .. } => !object_id_ok(pool.as_str()),
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
+        Command::Heartbeat { workers } => workers.is_empty(),
+        Command::SetPoolWorkerTtl { ttl_ms, .. } => {
+            ttl_ms.is_some_and(|t| !(WORKER_TTL_MIN_MS..=WORKER_TTL_MAX_MS).contains(&t))
+        }
         _ => false,
     };
     invalid.then_some(None)
@@ -1076,6 +1135,15 @@ fn due(state: &State, now: UnixMillis) -> Vec<Expired> {
             lease: l.name.clone(),
             token: l.token,
         }))
+        .chain(
+            state
+                .workers
+                .values()
+                .filter(|w| {
+                    w.down_since.is_none() && w.liveness.is_some_and(|l| l.alive_until <= now)
+                })
+                .map(|w| Expired::Worker { worker: w.id.clone() }),
+        )
         .collect();
     due.sort();
     due
@@ -1098,6 +1166,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
     prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
     prop_assert_eq!(&a.pool_reserves, &b.pool_reserves, "pool reserves changed: {}", what);
+    prop_assert_eq!(&a.pool_worker_ttls, &b.pool_worker_ttls, "worker TTLs changed: {}", what);
     Ok(())
 }
 
@@ -1124,6 +1193,7 @@ fn checked_apply(
         return Err(TestCaseError::fail(format!("invariants broken: {broken:#?}\n  by {what}")));
     }
     check_preemptions(&before, s, entry, &applied, &what)?;
+    check_lost(before.state(), s.state(), entry, &applied, &what)?;
 
     // Time never runs backwards; it is the largest proposed_at seen.
     let now = before.now().max(entry.proposed_at);
@@ -1188,7 +1258,12 @@ fn checked_apply(
             model.forget_tenant(tenant);
         }
         if let Some(key) = key.filter(|_| entry.command.validate().is_ok()) {
-            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
+            let first = Applied {
+                expired: Vec::new(),
+                events: Vec::new(),
+                lost: Vec::new(),
+                ..applied.clone()
+            };
             model.remember(key, entry.command.clone(), first);
         }
         check_executed(ticked.state(), s, model, entry, &applied, &what)?;
@@ -1213,7 +1288,18 @@ fn checked_apply(
     for (key, p) in &s.state().placements {
         match before.state().placements.get(key) {
             Some(old) if old.log_index == p.log_index => {
-                prop_assert_eq!(&old.instances, &p.instances, "{:?} moved: {}", key, what);
+                // Only its lost instances move, each exactly as reported (`check_lost`).
+                let mut expected = old.instances.clone();
+                for lost in
+                    applied.lost.iter().filter(|l| (&l.tenant, &l.placement) == (&key.0, &key.1))
+                {
+                    if let LostOutcome::Rescheduled { moves } = &lost.outcome {
+                        for (slot, _, to) in moves {
+                            expected[*slot as usize] = to.clone();
+                        }
+                    }
+                }
+                prop_assert_eq!(&expected, &p.instances, "{:?} moved: {}", key, what);
             }
             _ => {
                 // Placed from the queue by this entry (before or after its command ran).
@@ -1221,8 +1307,14 @@ fn checked_apply(
                     matches!(e, QuotaEvent::Preempted { tenant, placement, requeued: true, .. }
                         if (tenant, placement) == (&key.0, &key.1))
                 });
+                // (Or lost with its worker and queued again by this entry.)
+                let lost_queued = applied.lost.iter().any(|l| {
+                    (&l.tenant, &l.placement) == (&key.0, &key.1)
+                        && l.outcome == LostOutcome::Queued
+                });
                 let queued = before.state().queue.contains_key(key)
                     || requeued
+                    || lost_queued
                     || matches!(&entry.command, Command::PlaceOrQueue { tenant, spec, .. }
                         if (tenant, &spec.placement) == (&key.0, &key.1));
                 if queued {
@@ -1322,6 +1414,12 @@ fn checked_apply(
                 .map(|b| b.grace_ends_at),
         )
         .chain(
+            st.workers
+                .values()
+                .filter(|w| w.down_since.is_none())
+                .filter_map(|w| w.liveness.map(|l| l.alive_until)),
+        )
+        .chain(
             (!st.queue.is_empty()
                 && st.tenants.values().any(|t| {
                     t.quota.windows.jobs_per_day.is_some()
@@ -1332,6 +1430,137 @@ fn checked_apply(
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);
     Ok(applied)
+}
+
+/// Workers that go down take nothing with them: no instance stands on a down worker after any
+/// entry; every placement that had an instance on a worker this entry marked down (and did not
+/// expire in it) is reported exactly once in `Applied::lost` with exactly its lost slots, and
+/// either each lost slot moved (to a worker that was ready, undrained and met the spec's
+/// required labels, never under `OnWorkerLost::Release`) or the placement was released
+/// `WORKER_LOST` (queued again exactly when it came through the queue).
+fn check_lost(
+    before: &State,
+    after: &State,
+    entry: &Entry,
+    applied: &Applied,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    for (key, p) in &after.placements {
+        for w in &p.instances {
+            let down = after.workers.get(w).is_some_and(|w| w.down_since.is_some());
+            prop_assert!(!down, "{:?} has an instance on down worker {}: {}", key, w, what);
+        }
+    }
+    let dead: Vec<&WorkerId> = applied
+        .expired
+        .iter()
+        .filter_map(|e| match e {
+            Expired::Worker { worker } => Some(worker),
+            _ => None,
+        })
+        .collect();
+    let now = after.now;
+    let mut expected: Vec<(TenantId, PlacementId, Vec<u32>)> = before
+        .placements
+        .iter()
+        .filter(|(_, p)| p.expires_at.is_none_or(|at| at > now))
+        .filter_map(|(key, p)| {
+            let slots: Vec<u32> = (0..p.instances.len())
+                .filter(|i| dead.contains(&&p.instances[*i]))
+                .map(|i| i as u32)
+                .collect();
+            (!slots.is_empty()).then(|| (key.0.clone(), key.1.clone(), slots))
+        })
+        .collect();
+    expected.sort();
+    let reported: Vec<(TenantId, PlacementId, Vec<u32>)> = applied
+        .lost
+        .iter()
+        .map(|l| (l.tenant.clone(), l.placement.clone(), l.slots.clone()))
+        .collect();
+    prop_assert_eq!(&reported, &expected, "lost instances, each once: {}", what);
+    for Lost { tenant, placement, slots, outcome } in &applied.lost {
+        let key = (tenant.clone(), placement.clone());
+        let old = &before.placements[&key];
+        let still = after.placements.get(&key).filter(|p| p.log_index == old.log_index);
+        let commanded = match &entry.command {
+            Command::Place { tenant: t, spec, .. }
+            | Command::PlaceOrQueue { tenant: t, spec, .. }
+            | Command::Reserve { tenant: t, spec, .. } => {
+                (t, &spec.placement) == (tenant, placement)
+            }
+            Command::CancelQueued { tenant: t, .. } | Command::DeleteTenant { tenant: t } => {
+                t == tenant
+            }
+            _ => false,
+        };
+        match outcome {
+            LostOutcome::Rescheduled { moves } => {
+                prop_assert_eq!(old.spec.on_worker_lost, OnWorkerLost::Reschedule, "{}", what);
+                let moved: Vec<u32> = moves.iter().map(|m| m.0).collect();
+                prop_assert_eq!(&moved, slots, "every lost slot moves: {}", what);
+                for (slot, from, to) in moves {
+                    prop_assert_eq!(&old.instances[*slot as usize], from);
+                    let target = before.workers.get(to);
+                    prop_assert!(
+                        target.is_some_and(|w| w.down_since.is_none() && w.schedulable)
+                            && !dead.contains(&to),
+                        "{:?} slot {} moved to {} that was down, drained or dying: {}",
+                        key,
+                        slot,
+                        to,
+                        what
+                    );
+                    let labels = target.map(|w| w.labels.clone()).unwrap_or_default();
+                    for rule in &old.spec.worker_requires {
+                        prop_assert!(
+                            rule.matches(&labels),
+                            "{:?} moved to {} against {:?}: {}",
+                            key,
+                            to,
+                            rule,
+                            what
+                        );
+                    }
+                }
+            }
+            LostOutcome::Queued | LostOutcome::Released => {
+                prop_assert!(still.is_none(), "released {:?} is still placed: {}", key, what);
+                let queued = matches!(outcome, LostOutcome::Queued);
+                prop_assert_eq!(
+                    queued,
+                    old.queue_if_unavailable,
+                    "{:?} queued again iff it came through the queue: {}",
+                    key,
+                    what
+                );
+                let back = after.queue.contains_key(&key) || after.placements.contains_key(&key);
+                if queued {
+                    // (Unless placed again and then preempted within this entry.)
+                    let preempted = applied.events.iter().any(|e| {
+                        matches!(e, QuotaEvent::Preempted { tenant: t, placement: id, .. }
+                            if (t, id) == (tenant, placement))
+                    });
+                    prop_assert!(
+                        back || commanded || preempted,
+                        "queued {:?} is gone: {}",
+                        key,
+                        what
+                    );
+                } else if !commanded && before.queue.len() < QUEUE_MAX {
+                    let placed_anew =
+                        after.placements.get(&key).is_some_and(|p| p.log_index == entry.index);
+                    prop_assert!(
+                        !after.queue.contains_key(&key) && !placed_anew,
+                        "released {:?} came back: {}",
+                        key,
+                        what
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A placement made by this entry: invariant 4 temporally (no instance on a worker that was
@@ -1367,6 +1596,14 @@ fn check_new_placement(
             p.id(),
             w,
             was.map(|w| w.schedulable),
+            what
+        );
+        let then = ticked.workers.get(w);
+        prop_assert!(
+            then.is_some_and(|w| w.down_since.is_none()),
+            "new instance of {} on worker {} that was down: {}",
+            p.id(),
+            w,
             what
         );
         let labels = was.map(|w| &w.labels).cloned().unwrap_or_default();
@@ -1730,8 +1967,52 @@ fn check_executed(
             let key = (tenant.clone(), lease.clone());
             prop_assert!(!after.leases.contains_key(&key), "released lease held: {}", what);
         }
+        (Command::SetPoolWorkerTtl { pool, ttl_ms }, Ok(_)) => {
+            match ttl_ms {
+                Some(ttl) => model.pool_ttls.insert(pool.clone(), *ttl),
+                None => model.pool_ttls.remove(pool),
+            };
+            prop_assert_eq!(&after.pool_worker_ttls, &model.pool_ttls, "pool TTLs: {}", what);
+        }
+        (Command::Heartbeat { workers }, Ok(Response::Heartbeats(acks))) => {
+            prop_assert_eq!(acks.len(), workers.len(), "one answer per id: {}", what);
+            for (id, ack) in workers.iter().zip(acks) {
+                let (Some(was), Some(ack)) = (ticked.workers.get(id), ack) else {
+                    prop_assert!(ack.is_none(), "unknown {} answered: {}", id, what);
+                    continue;
+                };
+                let w = &after.workers[id];
+                let ttl = model.ttl_of(&was.pool);
+                let old = was.liveness.filter(|_| was.down_since.is_none()).map(|l| l.alive_until);
+                let until = now.plus_ms(ttl).max(old.unwrap_or(UnixMillis(0)));
+                prop_assert_eq!(
+                    w.liveness.map(|l| l.alive_until),
+                    Some(until),
+                    "TTL of {}: {}",
+                    id,
+                    what
+                );
+                prop_assert_eq!(ack.alive_until, until);
+                prop_assert_eq!(ack.revived, was.down_since.is_some(), "revived {}: {}", id, what);
+                prop_assert!(
+                    w.down_since.is_none(),
+                    "{} still down after a heartbeat: {}",
+                    id,
+                    what
+                );
+                let generation = if ack.revived { entry.index } else { was.generation };
+                prop_assert_eq!(w.generation, generation, "generation of {}: {}", id, what);
+                if ack.revived {
+                    prop_assert!(was.allocated.is_zero(), "revived {} held work: {}", id, what);
+                }
+            }
+        }
         (Command::LeaderChanged, Ok(_)) => {
             let floor = now.plus_ms(after.config.lease_grace_ms);
+            for w in after.workers.values().filter(|w| w.down_since.is_none()) {
+                let until = w.liveness.map(|l| l.alive_until);
+                prop_assert!(until.is_none_or(|u| u >= floor), "{} not extended: {}", w.id, what);
+            }
             for l in after.leases.values() {
                 prop_assert!(l.expires_at >= floor, "lease {} not extended: {}", l.name, what);
             }
@@ -1892,6 +2173,7 @@ fn contention_case() -> impl Strategy<Value = Case> {
         }),
         1 => worker().prop_map(|worker| Command::RemoveWorker { worker, evict: true }),
         1 => set_pool_reserve(),
+        4 => heartbeat(),
     ];
     let step = (command, prop::option::weighted(0.5, any::<Index>()), 1..=200_000u64).prop_map(
         |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },
@@ -1924,6 +2206,13 @@ fn contention_case() -> impl Strategy<Value = Case> {
                     .push(setup_step(Command::SetQuota { tenant: TenantId::from(*tenant), quota }));
             }
         }
+        // Managed workers with the longest TTL: the clock's jumps (up to 200 s) still take
+        // them down now and then, and heartbeats bring them back.
+        steps.push(setup_step(Command::SetPoolWorkerTtl {
+            pool: PoolId::from("default"),
+            ttl_ms: Some(120_000),
+        }));
+        steps.push(setup_step(Command::Heartbeat { workers: vec![WorkerId::from("w1")] }));
         steps.extend(body);
         Case { config: Config::default(), steps }
     })
