@@ -15,9 +15,9 @@ use berth::scheduler::{
     Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
     LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, Lost, LostOutcome,
     OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent,
-    Rejection, RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits,
-    SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis,
-    WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
+    Rejection, ReportedStatus, RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit,
+    SoftLimits, SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId,
+    UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
     PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX, QUEUE_MAX, SESSIONS_PER_TENANT_MAX,
     WORKER_TTL_DEFAULT_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
@@ -211,6 +211,11 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
         workload_labels(),
         prop::bool::weighted(0.3),
         prop_oneof![3 => Just(OnWorkerLost::Reschedule), 1 => Just(OnWorkerLost::Release)],
+        prop_oneof![
+            6 => Just(None),
+            3 => ms(250..=6000).prop_map(Some),
+            1 => Just(Some(0u64)),
+        ],
     );
     let rule_sets = (
         rules(5, label_requirement()),
@@ -236,6 +241,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
                 labels,
                 requeue_on_preemption,
                 on_worker_lost,
+                max_runtime_ms,
             ),
             (
                 requires,
@@ -264,6 +270,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
             priority,
             requeue_on_preemption,
             on_worker_lost,
+            max_runtime_ms,
         },
     )
 }
@@ -471,8 +478,38 @@ fn set_pool_worker_ttl() -> impl Strategy<Value = Command> {
         .prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool: PoolId::from(pool), ttl_ms })
 }
 
+/// A report on a slot; `retarget` aims it at a live slot (with its live `assigned_at` when
+/// it is 0 here, else a stale or arbitrary one).
+fn report_status() -> impl Strategy<Value = Command> {
+    let status = prop_oneof![
+        3 => Just(ReportedStatus::Running),
+        4 => Just(ReportedStatus::Completed),
+        1 => (any::<i32>(), prop_oneof![5 => Just(String::from("oom")), 1 => Just("x".repeat(257))])
+            .prop_map(|(exit_code, message)| ReportedStatus::Failed { exit_code, message }),
+    ];
+    (
+        tenant(),
+        placement_id(),
+        worker(),
+        0..=3u32,
+        prop_oneof![4 => Just(0u64), 1 => 1..=40u64],
+        status,
+    )
+        .prop_map(|(tenant, placement, worker, slot, assigned_at, status)| {
+            Command::ReportStatus {
+                worker,
+                tenant,
+                placement,
+                slot,
+                assigned_at: LogIndex(assigned_at),
+                status,
+            }
+        })
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
+        6 => report_status(),
         8 => heartbeat(),
         2 => set_pool_worker_ttl(),
         4 => Just(Command::Tick),
@@ -899,6 +936,19 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
                 (*tenant, *lease) = target.get(&keys).clone();
             }
         }
+        Command::ReportStatus { worker, tenant, placement, slot, assigned_at, .. } => {
+            let live: Vec<&Placement> =
+                state.placements.values().filter(|p| !p.is_reservation()).collect();
+            if !live.is_empty() {
+                let p = *target.get(&live);
+                let i = (*slot as usize) % p.instances.len();
+                (*tenant, *placement) = (p.tenant.clone(), p.id().clone());
+                (*worker, *slot) = (p.instances[i].clone(), i as u32);
+                if assigned_at.0 == 0 {
+                    *assigned_at = p.slots[i].assigned_at;
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -1058,7 +1108,8 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         needs_values == r.values.is_empty()
     };
     let bad_spec = |s: &PlaceSpec| {
-        s.count == 0
+        s.max_runtime_ms == Some(0)
+            || s.count == 0
             || s.resources.is_zero()
             || !object_id_ok(s.placement.as_str())
             || s.worker_requires.iter().chain(&s.worker_prefers).any(bad_rule)
@@ -1099,6 +1150,10 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::SetPoolReserve { pool, .. } => !object_id_ok(pool.as_str()),
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
         Command::Heartbeat { workers } => workers.is_empty(),
+        Command::ReportStatus { slot, status, .. } => {
+            *slot >= 1_000
+                || matches!(status, ReportedStatus::Failed { message, .. } if message.len() > 256)
+        }
         Command::SetPoolWorkerTtl { ttl_ms, .. } => {
             ttl_ms.is_some_and(|t| !(WORKER_TTL_MIN_MS..=WORKER_TTL_MAX_MS).contains(&t))
         }
@@ -1125,11 +1180,25 @@ fn pool_split(state: &State, pool: &PoolId) -> ([u128; 2], [u128; 2]) {
 
 /// What advancing log time to `now` must expire, from the state before the entry.
 fn due(state: &State, now: UnixMillis) -> Vec<Expired> {
+    // A reservation with a time limit ends by whichever comes first (a tie: its expiry).
+    let expiry_first = |p: &Placement| {
+        p.expires_at.is_some_and(|e| e <= now && p.time_limit_at.is_none_or(|t| e <= t))
+    };
     let mut due: Vec<Expired> = state
         .placements
         .values()
-        .filter(|p| p.expires_at.is_some_and(|at| at <= now))
+        .filter(|p| expiry_first(p))
         .map(|p| Expired::Reservation { tenant: p.tenant.clone(), reservation: p.id().clone() })
+        .chain(
+            state
+                .placements
+                .values()
+                .filter(|p| p.time_limit_at.is_some_and(|t| t <= now) && !expiry_first(p))
+                .map(|p| Expired::TimeLimit {
+                    tenant: p.tenant.clone(),
+                    placement: p.id().clone(),
+                }),
+        )
         .chain(state.leases.values().filter(|l| l.expires_at <= now).map(|l| Expired::Lease {
             tenant: l.tenant.clone(),
             lease: l.name.clone(),
@@ -1406,6 +1475,7 @@ fn checked_apply(
         .placements
         .values()
         .filter_map(|p| p.expires_at)
+        .chain(st.placements.values().filter_map(|p| p.time_limit_at))
         .chain(st.leases.values().map(|l| l.expires_at))
         .chain(
             st.tenants
@@ -1464,6 +1534,7 @@ fn check_lost(
         .placements
         .iter()
         .filter(|(_, p)| p.expires_at.is_none_or(|at| at > now))
+        .filter(|(_, p)| p.time_limit_at.is_none_or(|at| at > now))
         .filter_map(|(key, p)| {
             let slots: Vec<u32> = (0..p.instances.len())
                 .filter(|i| dead.contains(&&p.instances[*i]))
@@ -1967,6 +2038,32 @@ fn check_executed(
             let key = (tenant.clone(), lease.clone());
             prop_assert!(!after.leases.contains_key(&key), "released lease held: {}", what);
         }
+        (Command::ReportStatus { worker, tenant, placement, slot, assigned_at, .. }, result) => {
+            let key = (tenant.clone(), placement.clone());
+            let was = ticked.placements.get(&key);
+            let live = was.and_then(|p| {
+                let i = *slot as usize;
+                (i < p.instances.len() && p.instances[i] == *worker && !p.is_reservation())
+                    .then(|| p.slots[i].assigned_at)
+            });
+            match result {
+                Ok(Response::StatusReported { finished }) => {
+                    prop_assert_eq!(live, Some(*assigned_at), "a stale report landed: {}", what);
+                    let old = was.map(|p| p.log_index);
+                    let still =
+                        after.placements.get(&key).is_some_and(|p| Some(p.log_index) == old);
+                    prop_assert_eq!(still, finished.is_none(), "ended iff released: {}", what);
+                    if let Some(state) = finished {
+                        let record = after.finished.get(&key).map(|f| &f.state);
+                        prop_assert_eq!(record, Some(state), "finished record: {}", what);
+                    }
+                }
+                Err(Rejection::StaleAssignment { .. }) => {
+                    prop_assert!(live != Some(*assigned_at), "a live report refused: {}", what);
+                }
+                _ => {}
+            }
+        }
         (Command::SetPoolWorkerTtl { pool, ttl_ms }, Ok(_)) => {
             match ttl_ms {
                 Some(ttl) => model.pool_ttls.insert(pool.clone(), *ttl),
@@ -2048,6 +2145,8 @@ fn check_executed(
                 _ => None,
             };
             prop_assert_eq!(p.expires_at, expires_at, "reservation expiry: {}", what);
+            let limit = spec.max_runtime_ms.map(|ms| now.plus_ms(ms));
+            prop_assert_eq!(p.time_limit_at, limit, "time limit: {}", what);
         }
         (Command::Release { tenant, placement: id, .. }, Ok(_))
         | (Command::CancelReservation { tenant, reservation: id, .. }, Ok(_)) => {

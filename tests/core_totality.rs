@@ -11,10 +11,10 @@ use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
     Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp, LabelRequirement,
     LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec, PlacementId, PoolId,
-    Preemption, Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare,
-    Strategy as Spread, TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy, WorkerId,
-    HEARTBEATS_PER_ENTRY_MAX, SESSIONS_PER_TENANT_MAX, TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS,
-    WORKER_TTL_MIN_MS,
+    Preemption, Quota, ReportedStatus, RequestId, Resources, Scheduler, SoftLimit, SoftLimits,
+    SoftShare, Strategy as Spread, TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy,
+    WorkerId, HEARTBEATS_PER_ENTRY_MAX, MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX,
+    STATUS_MESSAGE_LEN_MAX, TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -160,6 +160,14 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
         labels(),
         any::<bool>(),
         select(vec![OnWorkerLost::Reschedule, OnWorkerLost::Release]),
+        prop_oneof![
+            4 => Just(None),
+            2 => (1..=5_000u64).prop_map(Some),
+            1 => Just(Some(0u64)),
+            1 => Just(Some(MAX_RUNTIME_MAX_MS)),
+            1 => Just(Some(MAX_RUNTIME_MAX_MS + 1)),
+            1 => extreme_u64().prop_map(Some),
+        ],
     );
     let rule_sets = (
         rules(requirement),
@@ -182,6 +190,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
                 labels,
                 requeue_on_preemption,
                 on_worker_lost,
+                max_runtime_ms,
             ),
             (
                 worker_requires,
@@ -210,6 +219,7 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
             priority,
             requeue_on_preemption,
             on_worker_lost,
+            max_runtime_ms,
         },
     )
 }
@@ -365,6 +375,22 @@ fn worker_ttl() -> impl Strategy<Value = Option<u64>> {
     ]
 }
 
+/// A worker's report: every kind, failures with any exit code and messages at, past and far
+/// past `STATUS_MESSAGE_LEN_MAX`.
+fn reported_status() -> impl Strategy<Value = ReportedStatus> {
+    let message = prop_oneof![
+        4 => extreme_string(),
+        1 => Just("m".repeat(STATUS_MESSAGE_LEN_MAX)),
+        1 => Just("m".repeat(STATUS_MESSAGE_LEN_MAX + 1)),
+    ];
+    prop_oneof![
+        Just(ReportedStatus::Running),
+        Just(ReportedStatus::Completed),
+        (any::<i32>(), message)
+            .prop_map(|(exit_code, message)| ReportedStatus::Failed { exit_code, message }),
+    ]
+}
+
 /// Every `Command` kind. The weights favour the commands that build deep states.
 fn command() -> impl Strategy<Value = Command> {
     let worker = || name(&WORKERS).prop_map(WorkerId::from);
@@ -426,6 +452,16 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, lease, token)| Command::ReleaseLease { tenant, lease, token: LogIndex(token) }),
         4 => heartbeat_workers().prop_map(|workers| Command::Heartbeat { workers }),
         1 => (pool(), worker_ttl()).prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool, ttl_ms }),
+        3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(
+            |(worker, tenant, placement, slot, assigned_at, status)| Command::ReportStatus {
+                worker,
+                tenant,
+                placement,
+                slot,
+                assigned_at: LogIndex(assigned_at),
+                status,
+            }
+        ),
     ]
 }
 

@@ -418,3 +418,171 @@ fn a_down_worker_can_be_removed() {
     assert_eq!(removed, Response::WorkerRemoved { evicted: Vec::new() });
     assert_eq!(log.heartbeat(&["w1"]), vec![None]);
 }
+
+// ----- placement lifecycle: reports, time limits, finished records ----------------------------
+
+impl Log {
+    fn report(
+        &mut self,
+        worker: &str,
+        id: &str,
+        slot: u32,
+        assigned_at: LogIndex,
+        status: ReportedStatus,
+    ) -> Result<Response, Rejection> {
+        self.apply(Command::ReportStatus {
+            worker: worker.into(),
+            tenant: "acme".into(),
+            placement: id.into(),
+            slot,
+            assigned_at,
+            status,
+        })
+        .result
+    }
+
+    fn finished(&self, id: &str) -> Option<&Finished> {
+        self.s.state().finished.get(&("acme".into(), id.into()))
+    }
+}
+
+/// A time limit releases its placement at exactly `placed_at + max_runtime_ms` in log time,
+/// freeing capacity and quota, and leaves a `TimedOut` record; a new leader does not extend it.
+#[test]
+fn a_time_limit_releases_at_exactly_its_log_time() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.worker("w1", "r1", 1_000);
+    let placed =
+        log.place_spec("acme", PlaceSpec { max_runtime_ms: Some(5_000), ..spec("job", 400) });
+    let at = placed.placed_at.plus_ms(5_000);
+    assert_eq!(placed.time_limit_at, Some(at));
+    assert_eq!(log.s.next_deadline(), Some(at));
+    log.advance(4_000);
+    log.ok(Command::LeaderChanged);
+    assert!(log.tick_after(999).expired.is_empty(), "1 ms before its limit");
+    assert!(log.placement("acme", "job").is_some());
+    let tick = log.tick_after(1);
+    let timed_out = Expired::TimeLimit { tenant: "acme".into(), placement: "job".into() };
+    assert_eq!(tick.expired, vec![timed_out]);
+    assert!(log.placement("acme", "job").is_none());
+    assert_eq!(log.worker_state("w1").allocated, Resources::ZERO);
+    assert_eq!(log.s.state().tenants[&TenantId::from("acme")].usage.total.cpu_millis, 0);
+    let record = log.finished("job").expect("kept");
+    assert_eq!((record.state.reason(), record.ended_at), ("TIME_LIMIT", at));
+    let spec_bad = PlaceSpec { max_runtime_ms: Some(0), ..spec("bad", 1) };
+    let refused = log.err(Command::Place { tenant: "acme".into(), spec: spec_bad, fence: None });
+    assert!(
+        matches!(refused, Rejection::InvalidArgument { field, .. } if field == "max_runtime_ms")
+    );
+}
+
+/// Reports are fenced by the slot's worker and `assigned_at`: running is recorded once, a gang
+/// is released only when every instance completed, a failure releases it at once, a
+/// reservation takes no report, and a report for a slot that moved off a down worker is stale.
+#[test]
+fn reports_are_fenced_and_end_placements() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.worker("w1", "r1", 1_000);
+    log.worker("w2", "r2", 1_000);
+    let gang = log.place_spec("acme", PlaceSpec { count: 2, ..spec("gang", 600) });
+    let (at, on) = (gang.log_index, gang.instances.clone());
+    assert_eq!(gang.slots.iter().map(|s| s.assigned_at).collect::<Vec<_>>(), vec![at, at]);
+
+    let stale = log.report(on[0].as_str(), "gang", 0, LogIndex(at.0 - 1), ReportedStatus::Running);
+    assert_eq!(stale.expect_err("stale").reason(), "STALE_ASSIGNMENT");
+    let other = log.report(on[1].as_str(), "gang", 0, at, ReportedStatus::Running);
+    assert_eq!(other.expect_err("wrong worker").reason(), "STALE_ASSIGNMENT");
+    let running = log.report(on[0].as_str(), "gang", 0, at, ReportedStatus::Running);
+    assert_eq!(running, Ok(Response::StatusReported { finished: None }));
+    let since = log.placement("acme", "gang").and_then(|p| p.slots[0].running_since);
+    log.advance(10);
+    log.report(on[0].as_str(), "gang", 0, at, ReportedStatus::Running).expect("again");
+    assert_eq!(log.placement("acme", "gang").and_then(|p| p.slots[0].running_since), since);
+
+    let first = log.report(on[0].as_str(), "gang", 0, at, ReportedStatus::Completed);
+    assert_eq!(first, Ok(Response::StatusReported { finished: None }), "one of two done");
+    assert_eq!(log.worker_state(on[0].as_str()).allocated, Resources::new(600, 1), "held");
+    let last = log.report(on[1].as_str(), "gang", 1, at, ReportedStatus::Completed);
+    let completed = Some(FinishedState::Completed);
+    assert_eq!(last, Ok(Response::StatusReported { finished: completed.clone() }));
+    assert!(log.placement("acme", "gang").is_none());
+    assert_eq!(log.finished("gang").map(|f| f.state.clone()), completed);
+
+    let solo = log.place_spec("acme", spec("solo", 100));
+    let failed = ReportedStatus::Failed { exit_code: 137, message: "oom".into() };
+    let ended = log.report(solo.instances[0].as_str(), "solo", 0, solo.log_index, failed);
+    assert!(matches!(
+        ended,
+        Ok(Response::StatusReported {
+            finished: Some(FinishedState::Failed { exit_code: 137, .. })
+        })
+    ));
+    assert!(log.placement("acme", "solo").is_none());
+    // Placing the id again forgets its record.
+    log.place_spec("acme", spec("solo", 100));
+    assert!(log.finished("solo").is_none());
+
+    log.accepted(Command::Reserve {
+        tenant: "acme".into(),
+        spec: spec("res", 100),
+        ttl_ms: 60_000,
+        fence: None,
+    });
+    let r = log.placement("acme", "res").cloned().expect("reserved");
+    let refused =
+        log.report(r.instances[0].as_str(), "res", 0, r.log_index, ReportedStatus::Running);
+    assert_eq!(refused.expect_err("a reservation").reason(), "NOT_A_PLACEMENT");
+
+    // A slot that moves gets a new assignment: the old worker's report is stale.
+    let moving = log.place_spec(
+        "acme",
+        PlaceSpec { worker_requires: on_racks(&["r1", "r2"]), ..spec("moving", 100) },
+    );
+    let from = moving.instances[0].clone();
+    log.heartbeat(&[from.as_str()]);
+    let tick = log.tick_after(WORKER_TTL_DEFAULT_MS);
+    let now_at = log.placement("acme", "moving").cloned().expect("moved");
+    assert_ne!(now_at.instances[0], from);
+    assert_eq!(now_at.slots[0].assigned_at, tick.log_index, "assigned by the entry that moved it");
+    let old = log.report(from.as_str(), "moving", 0, moving.log_index, ReportedStatus::Completed);
+    assert_eq!(old.expect_err("moved away").reason(), "STALE_ASSIGNMENT");
+    let new = log.report(
+        now_at.instances[0].as_str(),
+        "moving",
+        0,
+        tick.log_index,
+        ReportedStatus::Completed,
+    );
+    assert!(matches!(
+        new,
+        Ok(Response::StatusReported { finished: Some(FinishedState::Completed) })
+    ));
+}
+
+/// Finished records are bounded per tenant (its oldest forgotten first) and lost placements
+/// released `WORKER_LOST` leave a `Lost` record; deleting the tenant forgets them all.
+#[test]
+fn finished_records_are_bounded() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.worker("w1", "r1", 1_000);
+    for i in 0..=FINISHED_PER_TENANT_MAX {
+        let id = format!("p{i:04}");
+        let p = log.place_spec("acme", spec(&id, 10));
+        let failed = ReportedStatus::Failed { exit_code: 1, message: String::new() };
+        log.report("w1", &id, 0, p.log_index, failed).expect("ends it");
+    }
+    assert_eq!(log.s.state().finished.len(), FINISHED_PER_TENANT_MAX);
+    assert!(log.finished("p0000").is_none(), "the oldest is forgotten");
+    assert!(log.finished(&format!("p{FINISHED_PER_TENANT_MAX:04}")).is_some());
+
+    log.place_spec("acme", PlaceSpec { on_worker_lost: OnWorkerLost::Release, ..spec("lost", 10) });
+    log.heartbeat(&["w1"]);
+    log.tick_after(WORKER_TTL_DEFAULT_MS);
+    assert_eq!(log.finished("lost").map(|f| f.state.reason()), Some("WORKER_LOST"));
+    assert_eq!(log.s.state().finished.len(), FINISHED_PER_TENANT_MAX);
+    log.ok(Command::DeleteTenant { tenant: "acme".into() });
+    assert!(log.s.state().finished.is_empty());
+}

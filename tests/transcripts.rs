@@ -273,6 +273,9 @@ fn answer(applied: &Applied) -> Vec<String> {
                 format!("expired lease {tenant}/{lease} token {}", token.0)
             }
             Expired::Worker { worker } => format!("worker {worker} down"),
+            Expired::TimeLimit { tenant, placement } => {
+                format!("time limit: released {tenant}/{placement} TIME_LIMIT")
+            }
         });
     }
     for lost in &applied.lost {

@@ -128,6 +128,7 @@ narrow! {
         Response::LeaseReleased,
         Response::Heartbeats(_),
         Response::PoolWorkerTtlSet,
+        Response::StatusReported { .. },
     }
 }
 

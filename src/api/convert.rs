@@ -116,6 +116,7 @@ pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
         requeue_on_preemption: s.requeue_on_preemption,
         // Not in the proto yet: the core's default (reschedule).
         on_worker_lost: Default::default(),
+        max_runtime_ms: None,
     })
 }
 

@@ -21,7 +21,7 @@ use super::resources::{
     validate_labels, LabelRequirement, LabelTerm, Labels, Resources, POOL_RESOURCES_MAX, RULES_MAX,
     WORKER_RESOURCES_MAX,
 };
-use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
+use super::state::{Config, FinishedState, GroupStrategy, Lease, Placement, Tenant, Worker};
 use super::windows::Window;
 
 /// One command as committed in the log.
@@ -98,6 +98,22 @@ pub struct PlaceSpec {
     pub requeue_on_preemption: bool,
     /// What happens to it when one of its workers goes down (`OnWorkerLost`).
     pub on_worker_lost: OnWorkerLost,
+    /// Slurm's time limit: released (reason `TIME_LIMIT`) this long after it was placed, in
+    /// log time (1..=`MAX_RUNTIME_MAX_MS`; `None`: no limit).
+    pub max_runtime_ms: Option<u64>,
+}
+
+/// What a worker's agent reports about one instance (`Command::ReportStatus`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportedStatus {
+    Running,
+    /// The instance finished; the placement is released once every instance has.
+    Completed,
+    /// The instance failed: the whole placement is released.
+    Failed {
+        exit_code: i32,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +257,17 @@ pub enum Command {
         pool: PoolId,
         ttl_ms: Option<u64>,
     },
+    /// A worker's report on one instance of a placement (not a reservation). `assigned_at`
+    /// (`Slot::assigned_at`) fences it: a report for an instance that moved, or from an
+    /// earlier incarnation, is refused `STALE_ASSIGNMENT`.
+    ReportStatus {
+        worker: WorkerId,
+        tenant: TenantId,
+        placement: PlacementId,
+        slot: u32,
+        assigned_at: LogIndex,
+        status: ReportedStatus,
+    },
 }
 
 impl PlaceSpec {
@@ -251,6 +278,12 @@ impl PlaceSpec {
             return Err(Rejection::invalid(
                 "count",
                 format!("must be 1..={}", super::INSTANCES_PER_PLACEMENT_MAX),
+            ));
+        }
+        if self.max_runtime_ms.is_some_and(|ms| !(1..=super::MAX_RUNTIME_MAX_MS).contains(&ms)) {
+            return Err(Rejection::invalid(
+                "max_runtime_ms",
+                format!("must be 1..={}", super::MAX_RUNTIME_MAX_MS),
             ));
         }
         self.resources.validate("resources", WORKER_RESOURCES_MAX, false)?;
@@ -422,6 +455,27 @@ impl Command {
                     _ => Ok(()),
                 }
             }
+            Command::ReportStatus { worker, placement, slot, status, .. } => {
+                validate_object_id("worker", worker.as_str())?;
+                validate_object_id("placement", placement.as_str())?;
+                if *slot >= super::INSTANCES_PER_PLACEMENT_MAX {
+                    return Err(Rejection::invalid(
+                        "slot",
+                        format!("must be below {}", super::INSTANCES_PER_PLACEMENT_MAX),
+                    ));
+                }
+                match status {
+                    ReportedStatus::Failed { message, .. }
+                        if message.len() > super::STATUS_MESSAGE_LEN_MAX =>
+                    {
+                        Err(Rejection::invalid(
+                            "message",
+                            format!("at most {} bytes", super::STATUS_MESSAGE_LEN_MAX),
+                        ))
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
@@ -453,7 +507,8 @@ impl Command {
             | Command::CancelReservation { tenant, .. }
             | Command::AcquireLease { tenant, .. }
             | Command::KeepAliveLease { tenant, .. }
-            | Command::ReleaseLease { tenant, .. } => Some(tenant),
+            | Command::ReleaseLease { tenant, .. }
+            | Command::ReportStatus { tenant, .. } => Some(tenant),
         }
     }
 
@@ -486,6 +541,7 @@ impl Command {
             Command::ReleaseLease { .. } => "ReleaseLease",
             Command::Heartbeat { .. } => "Heartbeat",
             Command::SetPoolWorkerTtl { .. } => "SetPoolWorkerTtl",
+            Command::ReportStatus { .. } => "ReportStatus",
         }
     }
 }
@@ -524,6 +580,11 @@ pub enum Expired {
     /// The worker's TTL passed: it is down.
     Worker {
         worker: WorkerId,
+    },
+    /// The placement reached its `max_runtime_ms` and was released (reason `TIME_LIMIT`).
+    TimeLimit {
+        tenant: TenantId,
+        placement: PlacementId,
     },
 }
 
@@ -636,6 +697,10 @@ pub enum Response {
     /// One answer per listed worker, in the order listed (`None`: no such worker).
     Heartbeats(Vec<Option<HeartbeatAck>>),
     PoolWorkerTtlSet,
+    /// The report was recorded; `finished` when it ended the placement (then released).
+    StatusReported {
+        finished: Option<FinishedState>,
+    },
 }
 
 /// Why workers were not chosen, counted once per worker (the first failing check, cheapest
@@ -777,6 +842,16 @@ pub enum Rejection {
     LimitReached { what: String, max: u64 },
     #[error("unknown or revoked token")]
     Unauthenticated,
+    #[error("slot {slot} of {placement} is not assigned to this worker at index {} (current: {})", presented.0, current.map(|c| c.0.to_string()).unwrap_or_else(|| "none".into()))]
+    StaleAssignment {
+        placement: PlacementId,
+        slot: u32,
+        presented: LogIndex,
+        /// The slot's `assigned_at` if it is on the reporting worker.
+        current: Option<LogIndex>,
+    },
+    #[error("{placement} is a reservation, not a placement")]
+    NotAPlacement { placement: PlacementId },
     #[error("token {token} expired at {expired_at}")]
     TokenExpired { token: TokenId, expired_at: UnixMillis },
 }
@@ -821,6 +896,8 @@ impl Rejection {
             Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
             Rejection::Unauthenticated => "UNAUTHENTICATED",
+            Rejection::StaleAssignment { .. } => "STALE_ASSIGNMENT",
+            Rejection::NotAPlacement { .. } => "NOT_A_PLACEMENT",
             Rejection::TokenExpired { .. } => "TOKEN_EXPIRED",
         }
     }
@@ -906,6 +983,14 @@ impl Rejection {
                 put("max_instances", max_instances.to_string());
                 put("current", current.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::StaleAssignment { placement, slot, presented, current } => {
+                put("placement", placement.to_string());
+                put("slot", slot.to_string());
+                put("presented", presented.0.to_string());
+                if let Some(current) = current {
+                    put("current", current.0.to_string());
+                }
             }
             Rejection::TokenExpired { token, expired_at } => {
                 put("token", token.to_string());

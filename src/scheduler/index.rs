@@ -27,6 +27,8 @@ pub enum Deadline {
     Grace(TenantId),
     /// A managed, ready worker's TTL (`Liveness::alive_until`).
     Worker(WorkerId),
+    /// A placement's `time_limit_at`.
+    TimeLimit(TenantId, PlacementId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Indexes {
     pub pool_free: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a guarantee in each pool.
     pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
+    /// Each tenant's finished placements, oldest (ending index) first.
+    pub finished_order: BTreeMap<TenantId, BTreeSet<(LogIndex, PlacementId)>>,
 }
 
 /// When a managed, ready worker goes down without another heartbeat (`None`: it cannot).
@@ -110,6 +114,12 @@ impl Indexes {
                     Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
                 ));
             }
+            if let Some(at) = placement.time_limit_at {
+                ix.deadlines.insert((
+                    at,
+                    Deadline::TimeLimit(placement.tenant.clone(), placement.id().clone()),
+                ));
+            }
         }
         for lease in state.leases.values() {
             ix.deadlines.insert((
@@ -129,6 +139,9 @@ impl Indexes {
         }
         for queued in state.queue.values() {
             ix.add_queued(queued);
+        }
+        for ((tenant, id), f) in &state.finished {
+            ix.finished_order.entry(tenant.clone()).or_default().insert((f.log_index, id.clone()));
         }
         ix
     }

@@ -45,6 +45,19 @@ impl Scheduler {
             if p.expires_at.is_some_and(|at| at <= s.now) {
                 bad.push(format!("reservation {} outlived its expiry", p.id()));
             }
+            // Lifecycle: one slot per instance, assigned no earlier than the placement; never
+            // every slot completed (it would have been released); a time limit ahead, exact.
+            let completed = p.slots.iter().filter(|s| s.completed_at.is_some()).count();
+            if p.slots.len() != p.instances.len()
+                || p.slots.iter().any(|s| s.assigned_at < p.log_index)
+                || (completed > 0 && completed == p.slots.len())
+            {
+                bad.push(format!("placement {} slots {:?} inconsistent", p.id(), p.slots));
+            }
+            let limit = p.spec.max_runtime_ms.map(|ms| p.placed_at.plus_ms(ms));
+            if p.time_limit_at != limit || p.time_limit_at.is_some_and(|at| at <= s.now) {
+                bad.push(format!("placement {} time limit {:?} wrong or passed", p.id(), limit));
+            }
         }
         for w in s.workers.values() {
             let expected = allocated.get(&w.id).copied().unwrap_or_default();
@@ -109,6 +122,20 @@ impl Scheduler {
                 .any(|t| !(super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS).contains(t))
         {
             bad.push(format!("pool worker TTLs out of bounds: {:?}", s.pool_worker_ttls));
+        }
+
+        // Finished records: bounded, of existing tenants, filed under their own key.
+        let mut per_tenant: BTreeMap<&TenantId, usize> = BTreeMap::new();
+        for ((tenant, id), f) in &s.finished {
+            *per_tenant.entry(tenant).or_default() += 1;
+            if f.tenant != *tenant || f.placement != *id || !s.tenants.contains_key(tenant) {
+                bad.push(format!("finished {id} of {tenant} misfiled or of a missing tenant"));
+            }
+        }
+        if s.finished.len() > super::FINISHED_MAX
+            || per_tenant.values().any(|n| *n > super::FINISHED_PER_TENANT_MAX)
+        {
+            bad.push(format!("{} finished records exceed a bound", s.finished.len()));
         }
 
         // 2 and 6: usage is the subtree's placements, within every hard limit.

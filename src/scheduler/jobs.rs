@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::FilterCounts;
 use super::quota::QuotaEvent;
-use super::state::State;
+use super::state::{Slot, State};
 use super::{
     Fence, GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId,
     PoolId, Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId,
@@ -66,8 +66,11 @@ impl Scheduler {
             sessions: Default::default(),
             pool_reserves: s.pool_reserves.clone(),
             pool_worker_ttls: s.pool_worker_ttls.clone(),
+            // A copy never ends a placement it keeps a record of.
+            finished: Default::default(),
         };
-        let ix = self.ix.clone();
+        let mut ix = self.ix.clone();
+        ix.finished_order.clear();
         Scheduler {
             state,
             ix,
@@ -162,6 +165,8 @@ impl Scheduler {
             expires_at,
             borrowed,
             queue_if_unavailable: false,
+            slots: Vec::new(),
+            time_limit_at: None,
         };
         let scan_max = self.state.config.preferred_scan_max;
         for placed in 0..placement.spec.count {
@@ -191,6 +196,7 @@ impl Scheduler {
             };
             self.bind(&placement, &worker);
             placement.instances.push(worker);
+            placement.slots.push(Slot::assigned(index));
         }
 
         let lineage = self.lineage(&placement.tenant);
@@ -207,6 +213,16 @@ impl Scheduler {
                 Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
             ));
         }
+        if let Some(ms) = placement.spec.max_runtime_ms {
+            let at = placement.placed_at.plus_ms(ms);
+            placement.time_limit_at = Some(at);
+            self.ix.deadlines.insert((
+                at,
+                Deadline::TimeLimit(placement.tenant.clone(), placement.id().clone()),
+            ));
+        }
+        // The id is in use again: its old record (if any) is forgotten.
+        self.forget_finished(&key);
         self.state.placements.insert(key, placement.clone());
         // A queued placement may have waited for this one (a required affinity on its labels),
         // or for an aged entry to stop holding its pool (this placement may have turned that
@@ -254,6 +270,10 @@ impl Scheduler {
         if let Some(at) = placement.expires_at {
             let deadline = Deadline::Reservation(tenant.clone(), id.clone());
             assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
+        }
+        if let Some(at) = placement.time_limit_at {
+            let deadline = Deadline::TimeLimit(tenant.clone(), id.clone());
+            assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: time limit deadline");
         }
         for worker in placement.instances.iter().rev() {
             self.unbind(&placement, worker);

@@ -35,7 +35,7 @@ use super::command::{HeartbeatAck, Lost, LostOutcome, OnWorkerLost};
 use super::index::{alive_until, Deadline};
 use super::placement::choose_worker;
 use super::queue::QUEUE_MAX;
-use super::state::{Liveness, Placement};
+use super::state::{FinishedState, Liveness, Placement, Slot};
 use super::{
     count_u64, Expired, LogIndex, PlacementId, PoolId, Rejection, Response, Scheduler, TenantId,
     UnixMillis, WorkerId, LOST_INSTANCES_PER_ENTRY_MAX, POOL_WORKER_TTLS_MAX,
@@ -231,8 +231,10 @@ impl Scheduler {
                 let placement =
                     self.state.placements.get_mut(&key).expect("invariant: placed above");
                 for (slot, _, to) in &moves {
-                    placement.instances[usize::try_from(*slot).expect("invariant: small")] =
-                        to.clone();
+                    let i = usize::try_from(*slot).expect("invariant: small");
+                    placement.instances[i] = to.clone();
+                    // A new assignment: reports for the old one are stale from now on.
+                    placement.slots[i] = Slot::assigned(index);
                 }
                 self.moved.insert(key.clone());
                 LostOutcome::Rescheduled { moves }
@@ -289,6 +291,7 @@ impl Scheduler {
             self.enqueue(index, p.tenant.clone(), p.spec.clone(), p.pool.clone());
             LostOutcome::Queued
         } else {
+            self.record_finished(index, p, FinishedState::Lost);
             LostOutcome::Released
         }
     }

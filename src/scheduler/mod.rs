@@ -23,6 +23,7 @@ mod index;
 mod invariants;
 mod jobs;
 mod leases;
+mod lifecycle;
 mod liveness;
 pub mod money;
 mod placement;
@@ -43,7 +44,7 @@ use sha2::{Digest, Sha256};
 pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
 pub use command::{
     Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, HeartbeatAck, Lost,
-    LostOutcome, OnWorkerLost, PlaceSpec, Rejection, Response, Strategy,
+    LostOutcome, OnWorkerLost, PlaceSpec, Rejection, ReportedStatus, Response, Strategy,
 };
 pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
@@ -64,8 +65,9 @@ pub use resources::{
 };
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
-    Config, GroupStrategy, Lease, Liveness, Placement, PlacementGroup, Session, SessionKey,
-    Sessions, State, Tenant, Token, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
+    Config, Finished, FinishedState, GroupStrategy, Lease, Liveness, Placement, PlacementGroup,
+    Session, SessionKey, Sessions, Slot, State, Tenant, Token, Worker, PLACEMENT_ALGORITHM,
+    SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -117,6 +119,14 @@ pub const POOL_WORKER_TTLS_MAX: usize = 10_000;
 pub const WORKERS_DOWN_PER_ENTRY_MAX: usize = 256;
 /// Most lost instances one entry handles (at least one worker's, however many it held).
 pub const LOST_INSTANCES_PER_ENTRY_MAX: u64 = 10_000;
+/// Longest `PlaceSpec::max_runtime_ms`: 365 days.
+pub const MAX_RUNTIME_MAX_MS: u64 = 365 * 24 * 3_600_000;
+/// Longest message of a failed instance's report, in bytes.
+pub const STATUS_MESSAGE_LEN_MAX: usize = 256;
+/// Most finished-placement records kept per tenant (its oldest are forgotten first).
+pub const FINISHED_PER_TENANT_MAX: usize = 1_000;
+/// Most finished-placement records kept in all (the largest tenant's oldest go first).
+pub const FINISHED_MAX: usize = 100_000;
 
 /// The replicated scheduler: state plus its derived indexes.
 #[derive(Clone, Debug)]
@@ -372,6 +382,9 @@ impl Scheduler {
             }
             Command::Heartbeat { workers } => self.heartbeat(index, workers),
             Command::SetPoolWorkerTtl { pool, ttl_ms } => self.set_pool_worker_ttl(pool, ttl_ms),
+            Command::ReportStatus { worker, tenant, placement, slot, assigned_at, status } => {
+                self.report_status(index, worker, tenant, placement, slot, assigned_at, status)
+            }
         }
     }
 
@@ -392,6 +405,17 @@ impl Scheduler {
                 Deadline::Worker(worker) => {
                     let instances = self.instances_on(&worker);
                     dying.offer(at, worker, instances);
+                }
+                Deadline::TimeLimit(tenant, placement) => {
+                    // The deadline was popped above; release() must not look for it again.
+                    let key = (tenant.clone(), placement.clone());
+                    let p = self.state.placements.get_mut(&key);
+                    let p = p.expect("invariant: a time limit's placement");
+                    p.time_limit_at = None;
+                    let ended = p.clone();
+                    self.release(&tenant, &placement).expect("invariant: placed");
+                    self.record_finished(index, &ended, FinishedState::TimedOut);
+                    expired.push(Expired::TimeLimit { tenant, placement });
                 }
                 Deadline::Reservation(tenant, reservation) => {
                     // The deadline was popped above; release() must not look for it again.

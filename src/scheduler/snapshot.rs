@@ -16,8 +16,9 @@ use super::{Scheduler, State};
 /// 5: pools gained reserves (`State::pool_reserves`).
 /// 6: tenants' tokens gained an expiry (`Token`).
 /// 7: workers gained liveness (heartbeats, TTL), a down mark and a generation; placements
-/// `queue_if_unavailable`; specs `on_worker_lost`; the state pool worker TTLs; session answers
-/// the work lost with a worker (`Applied::lost`).
+/// `queue_if_unavailable`, slots and a time limit; specs `on_worker_lost` and
+/// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
+/// work lost with a worker (`Applied::lost`).
 pub const SNAPSHOT_VERSION: u32 = 7;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;

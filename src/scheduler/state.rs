@@ -204,6 +204,70 @@ pub struct Placement {
     /// It came through the queue (`PlaceOrQueue`, or re-queued after preemption): if a worker
     /// loss cannot be rescheduled, it waits in the queue again instead of being released.
     pub queue_if_unavailable: bool,
+    /// One per instance, parallel to `instances`: when it was bound there, and what its
+    /// worker's agent reported.
+    pub slots: Vec<Slot>,
+    /// `placed_at + max_runtime_ms`: released then (reason `TIME_LIMIT`), exactly in log time.
+    pub time_limit_at: Option<UnixMillis>,
+}
+
+/// One instance of a placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// The index of the entry that bound it to its worker (the placement's, or the one that
+    /// moved it off a down worker): the fence of `ReportStatus`.
+    pub assigned_at: LogIndex,
+    /// First reported running (or completed) at.
+    pub running_since: Option<UnixMillis>,
+    /// Reported completed at; the placement is released when every slot has completed.
+    pub completed_at: Option<UnixMillis>,
+}
+
+impl Slot {
+    pub fn assigned(at: LogIndex) -> Slot {
+        Slot { assigned_at: at, running_since: None, completed_at: None }
+    }
+}
+
+/// How a placement ended, for the ends a client did not ask for itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishedState {
+    /// Every instance reported completed.
+    Completed,
+    /// An instance reported failed.
+    Failed { exit_code: i32, message: String },
+    /// A worker went down and it could not be rescheduled (or asked to be released).
+    Lost,
+    /// It reached `max_runtime_ms`.
+    TimedOut,
+}
+
+impl FinishedState {
+    /// The stable release reason (UPPER_SNAKE).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FinishedState::Completed => "COMPLETED",
+            FinishedState::Failed { .. } => "FAILED",
+            FinishedState::Lost => "WORKER_LOST",
+            FinishedState::TimedOut => "TIME_LIMIT",
+        }
+    }
+}
+
+/// A placement that ended (kept `FINISHED_PER_TENANT_MAX` per tenant, `FINISHED_MAX` in all).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub tenant: TenantId,
+    pub placement: PlacementId,
+    pub pool: PoolId,
+    pub workers: Vec<WorkerId>,
+    pub resources: Resources,
+    pub count: u32,
+    pub placed_at: UnixMillis,
+    pub ended_at: UnixMillis,
+    /// The index of the entry that ended it.
+    pub log_index: LogIndex,
+    pub state: FinishedState,
 }
 
 impl Placement {
@@ -494,4 +558,6 @@ pub struct State {
     pub pool_reserves: BTreeMap<PoolId, Resources>,
     /// Worker TTLs set per pool (`SetPoolWorkerTtl`); other pools use `WORKER_TTL_DEFAULT_MS`.
     pub pool_worker_ttls: BTreeMap<PoolId, u64>,
+    /// Placements that completed, failed, were lost or timed out, for a bounded retention.
+    pub finished: BTreeMap<(TenantId, PlacementId), Finished>,
 }

@@ -81,6 +81,7 @@ impl Scheduler {
                 counts.resources.checked_add(resources).expect("invariant: released fits");
         }
         counts.queued = self.drop_queued_of(tenant);
+        self.forget_finished_of(tenant);
         let before = self.state.groups.len();
         self.state.groups.retain(|(owner, _), _| owner != tenant);
         counts.groups = count_u64(before - self.state.groups.len());

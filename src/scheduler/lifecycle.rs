@@ -1,0 +1,148 @@
+//! A placement's life after it is placed: its workers' reports (`ReportStatus`), its time
+//! limit (`PlaceSpec::max_runtime_ms`, Slurm's), and the records of placements that ended.
+//!
+//! Each instance (`Slot`) is fenced by `assigned_at`, the index of the entry that bound it to its
+//! worker: a report must name the worker the slot is on now and that index, so a report for a
+//! slot that moved off a down worker, or from an earlier incarnation, never lands
+//! (`STALE_ASSIGNMENT`). `Running` is recorded once; `Completed` marks the slot, and the
+//! placement is released when every slot has completed (a gang: an instance that finished early
+//! keeps its capacity until the last one ends); `Failed` releases the whole placement at once.
+//! Reservations take no reports (`NOT_A_PLACEMENT`).
+//!
+//! A placement with `max_runtime_ms` is released at exactly `placed_at + max_runtime_ms` in log
+//! time (a `Deadline::TimeLimit`; a new leader's grace does not extend it).
+//!
+//! Completed, failed, lost and timed-out placements are kept as `Finished` records (not those a
+//! client released or cancelled itself): at most `FINISHED_PER_TENANT_MAX` per tenant, the
+//! tenant's oldest evicted first, and `FINISHED_MAX` in all, the largest tenant's oldest first.
+//! Placing an id again forgets its record; deleting a tenant forgets all of its records.
+//!
+//! Must not depend on anything outside the core.
+
+use super::command::ReportedStatus;
+use super::ids::{LogIndex, PlacementId, TenantId, WorkerId};
+use super::state::{Finished, FinishedState, Placement};
+use super::{Rejection, Response, Scheduler, FINISHED_MAX, FINISHED_PER_TENANT_MAX};
+
+impl Scheduler {
+    /// `ReportStatus`: a worker's report on one slot (module header).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn report_status(
+        &mut self,
+        index: LogIndex,
+        worker: WorkerId,
+        tenant: TenantId,
+        id: PlacementId,
+        slot: u32,
+        assigned_at: LogIndex,
+        status: ReportedStatus,
+    ) -> Result<Response, Rejection> {
+        self.tenant(&tenant)?;
+        let key = (tenant, id);
+        let p = self
+            .state
+            .placements
+            .get(&key)
+            .ok_or_else(|| Rejection::PlacementNotFound { placement: key.1.clone() })?;
+        if p.is_reservation() {
+            return Err(Rejection::NotAPlacement { placement: key.1.clone() });
+        }
+        let i = usize::try_from(slot).ok().filter(|i| *i < p.instances.len());
+        let current = i.filter(|i| p.instances[*i] == worker).map(|i| p.slots[i].assigned_at);
+        let Some(i) = i.filter(|_| current == Some(assigned_at)) else {
+            return Err(Rejection::StaleAssignment {
+                placement: key.1.clone(),
+                slot,
+                presented: assigned_at,
+                current,
+            });
+        };
+        let now = self.state.now;
+        let p = self.state.placements.get_mut(&key).expect("invariant: looked up above");
+        let ended = match status {
+            ReportedStatus::Running => {
+                p.slots[i].running_since.get_or_insert(now);
+                None
+            }
+            ReportedStatus::Completed => {
+                let s = &mut p.slots[i];
+                s.running_since.get_or_insert(now);
+                s.completed_at.get_or_insert(now);
+                p.slots.iter().all(|s| s.completed_at.is_some()).then_some(FinishedState::Completed)
+            }
+            ReportedStatus::Failed { exit_code, message } => {
+                Some(FinishedState::Failed { exit_code, message })
+            }
+        };
+        if let Some(state) = &ended {
+            let placement = self.state.placements[&key].clone();
+            self.release(&key.0, &key.1).expect("invariant: looked up above");
+            self.record_finished(index, &placement, state.clone());
+        }
+        Ok(Response::StatusReported { finished: ended })
+    }
+
+    /// Keeps a record of a placement that ended as `state` (already released), evicting the
+    /// oldest beyond the bounds (module header).
+    pub(super) fn record_finished(&mut self, index: LogIndex, p: &Placement, state: FinishedState) {
+        let key = (p.tenant.clone(), p.id().clone());
+        self.forget_finished(&key);
+        let record = Finished {
+            tenant: p.tenant.clone(),
+            placement: p.id().clone(),
+            pool: p.pool.clone(),
+            workers: p.instances.clone(),
+            resources: p.spec.resources,
+            count: p.spec.count,
+            placed_at: p.placed_at,
+            ended_at: self.state.now,
+            log_index: index,
+            state,
+        };
+        self.state.finished.insert(key.clone(), record);
+        let order = self.ix.finished_order.entry(key.0.clone()).or_default();
+        order.insert((index, key.1));
+        while self.ix.finished_order.get(&key.0).is_some_and(|o| o.len() > FINISHED_PER_TENANT_MAX)
+        {
+            self.evict_oldest_finished(&key.0);
+        }
+        while self.state.finished.len() > FINISHED_MAX {
+            let largest = self
+                .ix
+                .finished_order
+                .iter()
+                .max_by_key(|(tenant, o)| (o.len(), std::cmp::Reverse(*tenant)))
+                .map(|(tenant, _)| tenant.clone())
+                .expect("invariant: records are ordered");
+            self.evict_oldest_finished(&largest);
+        }
+    }
+
+    fn evict_oldest_finished(&mut self, tenant: &TenantId) {
+        let order = self.ix.finished_order.get_mut(tenant).expect("invariant: tenant has records");
+        let (_, id) = order.pop_first().expect("invariant: tenant has records");
+        if order.is_empty() {
+            self.ix.finished_order.remove(tenant);
+        }
+        let removed = self.state.finished.remove(&(tenant.clone(), id));
+        assert!(removed.is_some(), "invariant: ordered records are kept");
+    }
+
+    /// Forgets the record of `key`, if any (the id is placed again, or its tenant deleted).
+    pub(super) fn forget_finished(&mut self, key: &(TenantId, PlacementId)) {
+        let Some(old) = self.state.finished.remove(key) else { return };
+        let order = self.ix.finished_order.get_mut(&key.0).expect("invariant: records ordered");
+        assert!(order.remove(&(old.log_index, key.1.clone())), "invariant: record ordered");
+        if order.is_empty() {
+            self.ix.finished_order.remove(&key.0);
+        }
+    }
+
+    /// Forgets every record of `tenant` (tenant deletion).
+    pub(super) fn forget_finished_of(&mut self, tenant: &TenantId) {
+        let Some(order) = self.ix.finished_order.remove(tenant) else { return };
+        for (_, id) in order {
+            self.state.finished.remove(&(tenant.clone(), id));
+        }
+    }
+}
