@@ -586,3 +586,29 @@ fn finished_records_are_bounded() {
     log.ok(Command::DeleteTenant { tenant: "acme".into() });
     assert!(log.s.state().finished.is_empty());
 }
+
+/// Borrowed work whose instance is lost may not move into capacity held for a lender's unused
+/// guarantee: it is released `WORKER_LOST`, though the pool has room for it.
+#[test]
+fn a_borrowed_loss_never_takes_a_lenders_held_capacity() {
+    let mut log = Log::new();
+    log.tenant("lender");
+    log.tenant("acme");
+    log.worker("w1", "r1", 1_000);
+    log.worker("w2", "r2", 1_500);
+    let guarantee = Guarantee {
+        nominal: Resources::new(2_000, 0),
+        borrowing_limit: None,
+        lending_limit: Some(Resources::ZERO),
+    };
+    let quota = Quota { guarantees: [(DEFAULT.into(), guarantee)].into(), ..Quota::default() };
+    log.accepted(Command::SetQuota { tenant: "lender".into(), quota });
+    let borrowed = log.place_spec("acme", spec("b", 500));
+    assert!(borrowed.borrowed && borrowed.instances == ids(&["w1"]), "{borrowed:?}");
+    log.heartbeat(&["w1"]);
+    let tick = log.tick_after(WORKER_TTL_DEFAULT_MS);
+    // w2 has 1,500 free, but 2,000 are held for the lender: moving 500 there is not lendable.
+    assert_eq!(tick.lost[0].outcome, LostOutcome::Released);
+    assert!(log.placement("acme", "b").is_none());
+    assert_eq!(log.worker_state("w2").allocated, Resources::ZERO);
+}
