@@ -1563,6 +1563,10 @@ fn check_lost(
             Command::CancelQueued { tenant: t, .. } | Command::DeleteTenant { tenant: t } => {
                 t == tenant
             }
+            // (Queued again, admitted at once, then released by the command.)
+            Command::Release { tenant: t, placement: id, .. } => (t, id) == (tenant, placement),
+            Command::RemoveWorker { .. } => matches!(&applied.result,
+                Ok(Response::WorkerRemoved { evicted }) if evicted.contains(&key)),
             _ => false,
         };
         match outcome {
@@ -2317,8 +2321,124 @@ fn contention_case() -> impl Strategy<Value = Case> {
     })
 }
 
+/// A fleet whose workers die and come back: several workers (some never managed, so lost work
+/// has somewhere to go), short TTLs, heartbeats of random subsets, and simple placements with
+/// anti-affinity, a spread group, both `on_worker_lost` policies and some through the queue, so
+/// that most runs move, release and re-queue lost instances.
+fn fleet_case() -> impl Strategy<Value = Case> {
+    let simple = || {
+        (
+            select(PLACEMENTS.to_vec()).prop_map(PlacementId::from),
+            1..=3u32,
+            (100..=700u64, 64..=512u64).prop_map(|(c, m)| Resources::new(c, m)),
+            prop::bool::weighted(0.3),
+            prop::bool::weighted(0.3),
+            prop_oneof![3 => Just(OnWorkerLost::Reschedule), 1 => Just(OnWorkerLost::Release)],
+            prop::option::weighted(0.2, ms(1000..=8000)),
+        )
+            .prop_map(
+                |(placement, count, resources, anti, grouped, on_worker_lost, max_runtime_ms)| {
+                    let mut labels = Labels::new();
+                    labels.insert("app".into(), "web".into());
+                    PlaceSpec {
+                        placement,
+                        count,
+                        resources,
+                        labels,
+                        anti_affinity: if anti {
+                            vec![LabelTerm::new("app", "web")]
+                        } else {
+                            Vec::new()
+                        },
+                        group: grouped.then(|| GroupId::from("g1")),
+                        on_worker_lost,
+                        max_runtime_ms,
+                        ..PlaceSpec::default()
+                    }
+                },
+            )
+    };
+    let command = prop_oneof![
+        6 => (tenant(), simple())
+            .prop_map(|(tenant, spec)| Command::Place { tenant, spec, fence: None }),
+        4 => (tenant(), simple())
+            .prop_map(|(tenant, spec)| Command::PlaceOrQueue { tenant, spec, fence: None }),
+        2 => (tenant(), placement_id())
+            .prop_map(|(tenant, placement)| Command::Release { tenant, placement, fence: None }),
+        8 => heartbeat(),
+        2 => report_status(),
+        3 => Just(Command::Tick),
+        1 => Just(Command::LeaderChanged),
+        1 => (worker(), any::<bool>())
+            .prop_map(|(worker, schedulable)| Command::SetWorkerSchedulable { worker, schedulable }),
+        1 => set_pool_worker_ttl(),
+    ];
+    let step = (command, prop::option::weighted(0.6, any::<Index>()), ms(0..=2500)).prop_map(
+        |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },
+    );
+    let workers =
+        prop::collection::vec((2000..=4000u64, any::<bool>(), prop::bool::weighted(0.5)), 4..=6);
+    (workers, ms(WORKER_TTL_MIN_MS..=3000), prop::collection::vec(step, 10..=60)).prop_map(
+        |(workers, ttl, body)| {
+            let mut steps = Vec::new();
+            for (tenant, parent) in [("acme", None), ("beta", Some("acme")), ("gamma", None)] {
+                steps.push(setup_step(Command::CreateTenant {
+                    tenant: TenantId::from(tenant),
+                    parent: parent.map(TenantId::from),
+                    weight: 1,
+                }));
+            }
+            steps.push(setup_step(Command::CreatePlacementGroup {
+                tenant: TenantId::from("acme"),
+                group: GroupId::from("g1"),
+                max_instances: 4,
+                strategy: GroupStrategy::Spread,
+            }));
+            let mut managed = Vec::new();
+            for (i, (cpu, zone_a, is_managed)) in workers.into_iter().enumerate() {
+                let mut labels = Labels::new();
+                labels.insert("zone".into(), if zone_a { "a" } else { "b" }.into());
+                steps.push(setup_step(Command::RegisterWorker {
+                    worker: WorkerId::from(WORKERS[i]),
+                    pool: None,
+                    capacity: Resources::new(cpu, 4096),
+                    labels,
+                }));
+                if is_managed {
+                    managed.push(WorkerId::from(WORKERS[i]));
+                }
+            }
+            steps.push(setup_step(Command::SetPoolWorkerTtl {
+                pool: PoolId::from("default"),
+                ttl_ms: Some(ttl),
+            }));
+            if !managed.is_empty() {
+                steps.push(setup_step(Command::Heartbeat { workers: managed }));
+            }
+            steps.extend(body);
+            Case { config: Config::default(), steps }
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(cases())]
+
+    /// Workers die and revive: after every step no instance stands on a down worker, each lost
+    /// instance is moved (under its rules) or released `WORKER_LOST` exactly once, capacity and
+    /// quota are exact (`check_invariants`), and the run is deterministic and round-trips.
+    #[test]
+    fn workers_die_and_revive_without_losing_work(case in fleet_case()) {
+        let run = drive(&case, &mut no_hook)?;
+        let mut other = Scheduler::new(case.config.clone());
+        for (i, entry) in run.entries.iter().enumerate() {
+            let applied = other.apply(entry.clone());
+            prop_assert_eq!(&applied, &run.applied[i], "answer to entry {}", i);
+        }
+        prop_assert_eq!(other.state_hash(), run.last.state_hash());
+        let decoded = Scheduler::decode(&run.last.encode()).expect("round trip");
+        prop_assert!(decoded == run.last);
+    }
 
     /// Under contention, every step keeps the invariants and the preemption rules (strictly
     /// lower priority or a reclaim from a borrower, no mutual preemption, re-queued victims
