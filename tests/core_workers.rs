@@ -333,6 +333,9 @@ fn drained_is_not_down() {
     assert!(ack.revived && ack.drained);
     let w1 = log.worker_state("w1");
     assert!(!w1.accepts_work() && w1.down_since.is_none());
+    let history: Vec<WorkerState> = w1.history.iter().map(|h| h.state).collect();
+    use WorkerState::{Down, Drained, Registered, Revived};
+    assert_eq!(history, vec![Registered, Drained, Down, Revived], "drained and down apart");
     assert_eq!(log.pool_capacity(), Resources::new(1_000, 100_000), "drained w1 stays out");
 }
 
@@ -611,4 +614,23 @@ fn a_borrowed_loss_never_takes_a_lenders_held_capacity() {
     assert_eq!(tick.lost[0].outcome, LostOutcome::Released);
     assert!(log.placement("acme", "b").is_none());
     assert_eq!(log.worker_state("w2").allocated, Resources::ZERO);
+}
+
+/// A worker's history keeps its latest `WORKER_HISTORY_MAX` state changes, oldest first, and
+/// records only real changes (draining a drained worker is none).
+#[test]
+fn worker_history_is_bounded() {
+    let mut log = Log::new();
+    log.worker("w1", "r1", 1_000);
+    for i in 0..20 {
+        log.advance(1);
+        let schedulable = i % 2 == 1;
+        log.accepted(Command::SetWorkerSchedulable { worker: "w1".into(), schedulable });
+        log.accepted(Command::SetWorkerSchedulable { worker: "w1".into(), schedulable });
+    }
+    let history = &log.worker_state("w1").history;
+    assert_eq!(history.len(), WORKER_HISTORY_MAX);
+    assert_eq!(history.last().map(|h| h.state), Some(WorkerState::Undrained));
+    assert_eq!(history.first().map(|h| h.state), Some(WorkerState::Drained));
+    assert!(history.windows(2).all(|h| h[0].index < h[1].index), "oldest first");
 }

@@ -95,6 +95,12 @@ impl Scheduler {
                     bad.push(format!("worker {} liveness {l:?} out of bounds at {}", w.id, s.now));
                 }
             }
+            if w.history.len() > super::WORKER_HISTORY_MAX
+                || w.history.windows(2).any(|h| h[0].index > h[1].index || h[0].at > h[1].at)
+                || w.history.last().is_some_and(|h| h.at > s.now)
+            {
+                bad.push(format!("worker {} history out of order or bounds", w.id));
+            }
             if w.accepts_work() {
                 let slot = accepting.entry(&w.pool).or_default();
                 let free = w.capacity.checked_sub(w.allocated).unwrap_or_default();

@@ -35,7 +35,7 @@ use super::command::{HeartbeatAck, Lost, LostOutcome, OnWorkerLost};
 use super::index::{alive_until, Deadline};
 use super::placement::choose_worker;
 use super::queue::QUEUE_MAX;
-use super::state::{FinishedState, Liveness, Placement, Slot};
+use super::state::{FinishedState, Liveness, Placement, Slot, WorkerState};
 use super::{
     count_u64, Expired, LogIndex, PlacementId, PoolId, Rejection, Response, Scheduler, TenantId,
     UnixMillis, WorkerId, LOST_INSTANCES_PER_ENTRY_MAX, POOL_WORKER_TTLS_MAX,
@@ -111,6 +111,7 @@ impl Scheduler {
                 self.ix.set_free(w, false);
                 w.down_since = None;
                 w.generation = index;
+                w.record(now, index, WorkerState::Revived);
                 self.ix.set_free(w, true);
                 revived_pools.insert(pool);
             }
@@ -192,6 +193,7 @@ impl Scheduler {
             assert!(!w.is_down() && w.liveness.is_some(), "invariant: only managed, ready die");
             self.ix.set_free(w, false);
             w.down_since = Some(now);
+            w.record(now, index, WorkerState::Down);
             self.ix.set_free(w, true);
             pools.insert(w.pool.clone());
         }

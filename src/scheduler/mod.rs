@@ -66,8 +66,8 @@ pub use resources::{
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, Finished, FinishedState, GroupStrategy, Lease, Liveness, Placement, PlacementGroup,
-    Session, SessionKey, Sessions, Slot, State, Tenant, Token, Worker, PLACEMENT_ALGORITHM,
-    SESSIONS_PER_TENANT_MAX,
+    Session, SessionKey, Sessions, Slot, State, Tenant, Token, Worker, WorkerState,
+    WorkerTransition, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -117,6 +117,8 @@ pub const POOL_WORKER_TTLS_MAX: usize = 10_000;
 /// Most workers one entry marks down; further due workers wait for the next entry (the
 /// leader ticks again at once), so a rack's loss is spread over a few entries.
 pub const WORKERS_DOWN_PER_ENTRY_MAX: usize = 256;
+/// Most state changes kept in a worker's history (the oldest are forgotten first).
+pub const WORKER_HISTORY_MAX: usize = 16;
 /// Most lost instances one entry handles (at least one worker's, however many it held).
 pub const LOST_INSTANCES_PER_ENTRY_MAX: u64 = 10_000;
 /// Longest `PlaceSpec::max_runtime_ms`: 365 days.
@@ -338,7 +340,7 @@ impl Scheduler {
                 self.update_worker(&worker, capacity, labels)
             }
             Command::SetWorkerSchedulable { worker, schedulable } => {
-                self.set_worker_schedulable(worker, schedulable)
+                self.set_worker_schedulable(index, worker, schedulable)
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
             Command::SetPoolReserve { pool, reserve } => self.set_pool_reserve(pool, reserve),

@@ -15,8 +15,8 @@ use super::{Scheduler, State};
 /// 4: quotas gained soft limits as a share of a pool (`soft_share`).
 /// 5: pools gained reserves (`State::pool_reserves`).
 /// 6: tenants' tokens gained an expiry (`Token`).
-/// 7: workers gained liveness (heartbeats, TTL), a down mark and a generation; placements
-/// `queue_if_unavailable`, slots and a time limit; specs `on_worker_lost` and
+/// 7: workers gained liveness (heartbeats, TTL), a down mark, a generation and a history;
+/// placements `queue_if_unavailable`, slots and a time limit; specs `on_worker_lost` and
 /// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
 /// work lost with a worker (`Applied::lost`).
 pub const SNAPSHOT_VERSION: u32 = 7;

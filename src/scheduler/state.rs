@@ -105,6 +105,27 @@ pub struct Worker {
     /// The index at which it last became ready: its registration, or the heartbeat that
     /// revived it. An agent that sees it change knows everything it ran was taken away.
     pub generation: LogIndex,
+    /// Its latest state changes, oldest first (at most `WORKER_HISTORY_MAX`).
+    pub history: Vec<WorkerTransition>,
+}
+
+/// A change of a worker's state, at a log time and index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTransition {
+    pub at: UnixMillis,
+    pub index: LogIndex,
+    pub state: WorkerState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    Registered,
+    /// Its TTL passed.
+    Down,
+    /// A heartbeat brought it back after down.
+    Revived,
+    Drained,
+    Undrained,
 }
 
 /// A managed worker's heartbeat state (log time).
@@ -119,6 +140,13 @@ pub struct Liveness {
 }
 
 impl Worker {
+    /// Records a state change, forgetting the oldest beyond `WORKER_HISTORY_MAX`.
+    pub fn record(&mut self, at: UnixMillis, index: LogIndex, state: WorkerState) {
+        self.history.push(WorkerTransition { at, index, state });
+        let excess = self.history.len().saturating_sub(super::WORKER_HISTORY_MAX);
+        self.history.drain(..excess);
+    }
+
     /// Whether new placements and reservations may land here: not drained and not down.
     pub fn accepts_work(&self) -> bool {
         self.schedulable && self.down_since.is_none()

@@ -2,6 +2,7 @@
 //! (heartbeats, down, revival, lost work) is in `liveness.rs`.
 
 use super::index::{alive_until, Deadline};
+use super::state::WorkerState;
 use super::Labels;
 use super::{
     LogIndex, PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL,
@@ -38,7 +39,10 @@ impl Scheduler {
             liveness: None,
             down_since: None,
             generation: index,
+            history: Vec::new(),
         };
+        let mut w = w;
+        w.record(self.state.now, index, WorkerState::Registered);
         self.ix.add_worker(&w);
         self.state.workers.insert(worker, w.clone());
         self.pool_capacity_changed(&w.pool);
@@ -81,12 +85,17 @@ impl Scheduler {
     /// Drains a worker (no new work lands on it) or opens it again.
     pub(super) fn set_worker_schedulable(
         &mut self,
+        index: LogIndex,
         worker: WorkerId,
         schedulable: bool,
     ) -> Result<Response, Rejection> {
         let w = self.state.workers.get_mut(&worker);
         let w = w.ok_or(Rejection::WorkerNotFound { worker })?;
         self.ix.set_free(w, false);
+        if w.schedulable != schedulable {
+            let state = if schedulable { WorkerState::Undrained } else { WorkerState::Drained };
+            w.record(self.state.now, index, state);
+        }
         w.schedulable = schedulable;
         self.ix.set_free(w, true);
         let pool = w.pool.clone();
