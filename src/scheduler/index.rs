@@ -68,6 +68,9 @@ pub struct Indexes {
     pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
     /// Each tenant's finished placements, oldest (ending index) first.
     pub finished_order: BTreeMap<TenantId, BTreeSet<(LogIndex, PlacementId)>>,
+    /// Every tenant with finished records by their number, then by its oldest (oldest last):
+    /// the last is evicted from when `FINISHED_MAX` is reached (the `Sessions` rule).
+    pub finished_sizes: BTreeSet<(usize, std::cmp::Reverse<LogIndex>, TenantId)>,
 }
 
 /// When a managed, ready worker goes down without another heartbeat (`None`: it cannot).
@@ -141,7 +144,7 @@ impl Indexes {
             ix.add_queued(queued);
         }
         for ((tenant, id), f) in &state.finished {
-            ix.finished_order.entry(tenant.clone()).or_default().insert((f.log_index, id.clone()));
+            ix.change_finished(tenant, |order| order.insert((f.log_index, id.clone())));
         }
         ix
     }
@@ -332,6 +335,31 @@ impl Indexes {
         term: &LabelTerm,
     ) -> Option<&BTreeMap<WorkerId, u32>> {
         self.anti.get(&(tenant.clone(), term.clone()))
+    }
+
+    /// Changes one tenant's order of finished records, keeping `finished_sizes` in step.
+    pub fn change_finished<R>(
+        &mut self,
+        tenant: &TenantId,
+        change: impl FnOnce(&mut BTreeSet<(LogIndex, PlacementId)>) -> R,
+    ) -> R {
+        use std::cmp::Reverse;
+        let order = self.finished_order.entry(tenant.clone()).or_default();
+        if let Some((oldest, _)) = order.first() {
+            let sized =
+                self.finished_sizes.remove(&(order.len(), Reverse(*oldest), tenant.clone()));
+            assert!(sized, "invariant: every tenant with records is sized");
+        }
+        let result = change(order);
+        match order.first() {
+            Some((oldest, _)) => {
+                self.finished_sizes.insert((order.len(), Reverse(*oldest), tenant.clone()));
+            }
+            None => {
+                self.finished_order.remove(tenant);
+            }
+        }
+        result
     }
 
     /// Instances currently in a placement group.

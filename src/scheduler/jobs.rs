@@ -71,6 +71,7 @@ impl Scheduler {
         };
         let mut ix = self.ix.clone();
         ix.finished_order.clear();
+        ix.finished_sizes.clear();
         Scheduler {
             state,
             ix,

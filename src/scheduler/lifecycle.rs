@@ -14,7 +14,8 @@
 //!
 //! Completed, failed, lost and timed-out placements are kept as `Finished` records (not those a
 //! client released or cancelled itself): at most `FINISHED_PER_TENANT_MAX` per tenant, the
-//! tenant's oldest evicted first, and `FINISHED_MAX` in all, the largest tenant's oldest first.
+//! tenant's oldest evicted first, and `FINISHED_MAX` in all, the largest tenant's oldest first
+//! (ties: the tenant whose oldest is oldest; `Indexes::finished_sizes`, as for sessions).
 //! Placing an id again forgets its record; deleting a tenant forgets all of its records.
 //!
 //! Must not depend on anything outside the core.
@@ -100,30 +101,20 @@ impl Scheduler {
             state,
         };
         self.state.finished.insert(key.clone(), record);
-        let order = self.ix.finished_order.entry(key.0.clone()).or_default();
-        order.insert((index, key.1));
+        self.ix.change_finished(&key.0, |order| order.insert((index, key.1.clone())));
         while self.ix.finished_order.get(&key.0).is_some_and(|o| o.len() > FINISHED_PER_TENANT_MAX)
         {
             self.evict_oldest_finished(&key.0);
         }
         while self.state.finished.len() > FINISHED_MAX {
-            let largest = self
-                .ix
-                .finished_order
-                .iter()
-                .max_by_key(|(tenant, o)| (o.len(), std::cmp::Reverse(*tenant)))
-                .map(|(tenant, _)| tenant.clone())
-                .expect("invariant: records are ordered");
-            self.evict_oldest_finished(&largest);
+            let largest = self.ix.finished_sizes.last().map(|(_, _, tenant)| tenant.clone());
+            self.evict_oldest_finished(&largest.expect("invariant: records are sized"));
         }
     }
 
     fn evict_oldest_finished(&mut self, tenant: &TenantId) {
-        let order = self.ix.finished_order.get_mut(tenant).expect("invariant: tenant has records");
-        let (_, id) = order.pop_first().expect("invariant: tenant has records");
-        if order.is_empty() {
-            self.ix.finished_order.remove(tenant);
-        }
+        let oldest = self.ix.change_finished(tenant, |order| order.pop_first());
+        let (_, id) = oldest.expect("invariant: tenant has records");
         let removed = self.state.finished.remove(&(tenant.clone(), id));
         assert!(removed.is_some(), "invariant: ordered records are kept");
     }
@@ -131,18 +122,62 @@ impl Scheduler {
     /// Forgets the record of `key`, if any (the id is placed again, or its tenant deleted).
     pub(super) fn forget_finished(&mut self, key: &(TenantId, PlacementId)) {
         let Some(old) = self.state.finished.remove(key) else { return };
-        let order = self.ix.finished_order.get_mut(&key.0).expect("invariant: records ordered");
-        assert!(order.remove(&(old.log_index, key.1.clone())), "invariant: record ordered");
-        if order.is_empty() {
-            self.ix.finished_order.remove(&key.0);
-        }
+        let removed =
+            self.ix.change_finished(&key.0, |o| o.remove(&(old.log_index, key.1.clone())));
+        assert!(removed, "invariant: record ordered");
     }
 
     /// Forgets every record of `tenant` (tenant deletion).
     pub(super) fn forget_finished_of(&mut self, tenant: &TenantId) {
-        let Some(order) = self.ix.finished_order.remove(tenant) else { return };
+        let order = self.ix.change_finished(tenant, std::mem::take);
         for (_, id) in order {
             self.state.finished.remove(&(tenant.clone(), id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::{FinishedState, Placement};
+    use super::super::{LogIndex, PlaceSpec, Scheduler, TenantId, UnixMillis, FINISHED_MAX};
+
+    fn placement(tenant: &str, id: &str) -> Placement {
+        Placement {
+            tenant: tenant.into(),
+            spec: PlaceSpec { placement: id.into(), count: 1, ..PlaceSpec::default() },
+            pool: "default".into(),
+            instances: Vec::new(),
+            placed_at: UnixMillis(0),
+            log_index: LogIndex(0),
+            expires_at: None,
+            borrowed: false,
+            queue_if_unavailable: false,
+            slots: Vec::new(),
+            time_limit_at: None,
+        }
+    }
+
+    // With the table full, a new record evicts the oldest record of the largest tenant (ties:
+    // the tenant whose oldest record is oldest), never the newcomer's.
+    #[test]
+    fn a_full_finished_table_evicts_from_the_largest_tenant() {
+        let mut s = Scheduler::default();
+        let tenants = FINISHED_MAX / super::FINISHED_PER_TENANT_MAX;
+        let mut index = 0;
+        for round in 0..super::FINISHED_PER_TENANT_MAX {
+            for t in 0..tenants {
+                index += 1;
+                let p = placement(&format!("t{t:03}"), &format!("p{round}"));
+                s.record_finished(LogIndex(index), &p, FinishedState::Completed);
+            }
+        }
+        assert_eq!(s.state.finished.len(), FINISHED_MAX);
+        s.record_finished(LogIndex(index + 1), &placement("zz", "new"), FinishedState::Lost);
+        assert_eq!(s.state.finished.len(), FINISHED_MAX);
+        assert!(s.state.finished.contains_key(&(TenantId::from("zz"), "new".into())));
+        let first: TenantId = "t000".into();
+        assert!(!s.state.finished.contains_key(&(first.clone(), "p0".into())), "oldest gone");
+        assert_eq!(s.ix.finished_order[&first].len(), super::FINISHED_PER_TENANT_MAX - 1);
+        assert_eq!(s.ix.finished_sizes.len(), tenants + 1);
     }
 }
