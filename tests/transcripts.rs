@@ -16,7 +16,9 @@
 //!   acquire TENANT LEASE HOLDER ttl=MS · keep-alive TENANT LEASE TOKEN
 //!   release-lease TENANT LEASE TOKEN
 //!   heartbeat WORKER… · pool-ttl POOL MS · group TENANT ID MAX (a spread group)
-//!   place/queue options: [lost=reschedule|release] [group=G]
+//!   report TENANT ID SLOT WORKER ASSIGNED_AT running|completed|failed [code=N] (ASSIGNED_AT:
+//!   the index of the entry that placed or moved the instance; each `> ` line is one entry)
+//!   place/queue options: [lost=reschedule|release] [group=G] [max-runtime=MS]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,12 +138,29 @@ fn command(verb: &str, args: &[&str]) -> Result<Command, String> {
                 Some(other) => return Err(format!("lost=reschedule|release, not {other:?}")),
             },
             group: options.get("group").map(|g| GroupId::from(*g)),
+            max_runtime_ms: opt("max-runtime")?,
             ..PlaceSpec::default()
         })
     };
     Ok(match verb {
         "tick" => Command::Tick,
         "heartbeat" => Command::Heartbeat { workers: args.iter().map(|w| (*w).into()).collect() },
+        "report" => Command::ReportStatus {
+            tenant: tenant()?,
+            placement: arg(args, 1)?.into(),
+            slot: u32::try_from(number(args, 2)?).map_err(|e| e.to_string())?,
+            worker: arg(args, 3)?.into(),
+            assigned_at: LogIndex(number(args, 4)?),
+            status: match arg(args, 5)? {
+                "running" => ReportedStatus::Running,
+                "completed" => ReportedStatus::Completed,
+                "failed" => ReportedStatus::Failed {
+                    exit_code: i32::try_from(opt("code")?.unwrap_or(1)).map_err(|e| e.to_string())?,
+                    message: String::new(),
+                },
+                other => return Err(format!("running|completed|failed, not {other:?}")),
+            },
+        },
         "pool-ttl" => {
             Command::SetPoolWorkerTtl { pool: arg(args, 0)?.into(), ttl_ms: Some(number(args, 1)?) }
         }
@@ -333,6 +352,10 @@ fn response_line(response: &Response) -> String {
         Response::LeaseKeptAlive(l) => format!("kept {} until {}", l.name, at(l.expires_at)),
         Response::WorkerRegistered(w) => format!("registered {} in {}", w.id, w.pool),
         Response::TenantCreated(t) => format!("created {}", t.id),
+        Response::StatusReported { finished } => match finished {
+            None => "reported".to_owned(),
+            Some(state) => format!("reported; released {}", state.reason()),
+        },
         Response::Heartbeats(acks) => {
             let acks: Vec<String> = acks
                 .iter()
