@@ -634,3 +634,45 @@ fn worker_history_is_bounded() {
     assert_eq!(history.first().map(|h| h.state), Some(WorkerState::Drained));
     assert!(history.windows(2).all(|h| h[0].index < h[1].index), "oldest first");
 }
+
+/// Operator views: a worker's placements across tenants (from the index), a tenant's finished
+/// placements, and a pool's down workers and worker TTL.
+#[test]
+fn views_show_workers_placements_finished_and_down() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.tenant("beta");
+    log.worker("w1", "r1", 1_000);
+    log.worker("w2", "r2", 1_000);
+    log.place_spec("acme", PlaceSpec { worker_requires: on_racks(&["r1"]), ..spec("a", 100) });
+    log.place_spec("beta", PlaceSpec { worker_requires: on_racks(&["r1"]), ..spec("b", 100) });
+    let gone = PlaceSpec { on_worker_lost: OnWorkerLost::Release, ..spec("gone", 100) };
+    log.place_spec("acme", PlaceSpec { worker_requires: on_racks(&["r2"]), ..gone });
+    let on = |log: &Log, worker: &str, after: Option<(&str, &str)>| -> Vec<(String, String)> {
+        let after = after.map(|(t, p)| (TenantId::from(t), PlacementId::from(p)));
+        let query = Query::WorkerPlacements { worker: worker.into(), after, limit: 10 };
+        match log.s.query(&query) {
+            Answer::Placements(ps) => {
+                ps.iter().map(|p| (p.tenant.to_string(), p.id().to_string())).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let both = vec![("acme".to_owned(), "a".to_owned()), ("beta".to_owned(), "b".to_owned())];
+    assert_eq!(on(&log, "w1", None), both);
+    assert_eq!(on(&log, "w1", Some(("acme", "a"))), both[1..].to_vec(), "paged");
+
+    log.accepted(Command::SetPoolWorkerTtl { pool: DEFAULT.into(), ttl_ms: Some(3_000) });
+    log.heartbeat(&["w2"]);
+    log.tick_after(3_000);
+    let pool = log.s.pool_status(&DEFAULT.into()).expect("pool");
+    assert_eq!((pool.down, pool.worker_ttl_ms, pool.workers), (1, 3_000, 2));
+    assert!(on(&log, "w2", None).is_empty(), "a down worker holds nothing");
+    let query = Query::Finished { tenant: "acme".into(), after: None, limit: 10 };
+    let Answer::Finished(records) = log.s.query(&query) else { panic!("finished answer") };
+    let summary: Vec<(&str, &str)> =
+        records.iter().map(|f| (f.placement.as_str(), f.state.reason())).collect();
+    assert_eq!(summary, vec![("gone", "WORKER_LOST")]);
+    let other = Query::Finished { tenant: "beta".into(), after: None, limit: 10 };
+    assert_eq!(log.s.query(&other), Answer::Finished(Vec::new()), "another tenant's are not seen");
+}

@@ -155,7 +155,8 @@ fn command(verb: &str, args: &[&str]) -> Result<Command, String> {
                 "running" => ReportedStatus::Running,
                 "completed" => ReportedStatus::Completed,
                 "failed" => ReportedStatus::Failed {
-                    exit_code: i32::try_from(opt("code")?.unwrap_or(1)).map_err(|e| e.to_string())?,
+                    exit_code: i32::try_from(opt("code")?.unwrap_or(1))
+                        .map_err(|e| e.to_string())?,
                     message: String::new(),
                 },
                 other => return Err(format!("running|completed|failed, not {other:?}")),

@@ -145,6 +145,7 @@ narrow! {
         Answer::Placement(_),
         Answer::Group(_),
         Answer::Lease(_),
+        Answer::Finished(_),
         Answer::Summary(_),
     }
 }

@@ -62,6 +62,10 @@ pub struct PoolStatus {
     pub guarantees: u64,
     /// How far guarantees plus the reserve exceed the capacity (zero while they fit).
     pub shortfall: Resources,
+    /// Workers of the pool that are down (their capacity is out of `capacity`).
+    pub down: u64,
+    /// The TTL a heartbeat gives the pool's workers.
+    pub worker_ttl_ms: u64,
 }
 
 /// A sum of guarantees per dimension (cpu, memory), wide enough never to overflow.
@@ -196,6 +200,16 @@ impl Scheduler {
             guaranteed: narrow(sum),
             guarantees: super::count_u64(guarantees),
             shortfall: narrow([short(0), short(1)]),
+            down: super::count_u64(
+                self.ix
+                    .pool_workers
+                    .get(pool)
+                    .into_iter()
+                    .flatten()
+                    .filter(|w| self.state.workers.get(*w).is_some_and(|w| w.is_down()))
+                    .count(),
+            ),
+            worker_ttl_ms: self.worker_ttl_ms(pool),
         })
     }
 
