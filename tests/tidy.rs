@@ -140,8 +140,8 @@ fn undocumented_bounds(text: &str) -> Vec<String> {
     found
 }
 
-/// Every bound in the core is named and says what it bounds (issue 15: the README limits
-/// table and the proto comments are written from these).
+/// Every bound in the core is named and says what it bounds (issue 15: the limits table in
+/// `docs/limits.md` and the proto comments are written from these).
 #[test]
 fn core_bounds_are_documented() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scheduler");

@@ -101,6 +101,19 @@ pub(crate) fn api_client(
     Client::with_channels(channels, Some(ADMIN), options).map_err(|e| e.to_string())
 }
 
+/// An admin client of replica `id`'s API alone (no failover to the others).
+pub(crate) fn replica_client(
+    id: u64,
+    tls: &ClientSecurity,
+    deadline: Duration,
+) -> Result<Client, String> {
+    let endpoint = format!("{}:{API_PORT}", host(id));
+    let channel = berth::tls::channel(&endpoint, tls, net::connect(), net::CONNECT_TIMEOUT)?;
+    let options = ClientOptions { deadline, attempt_timeout: Duration::from_millis(800) };
+    Client::with_channels(vec![(host(id), channel)], Some(ADMIN), options)
+        .map_err(|e| e.to_string())
+}
+
 /// The run's CA: a certificate for each replica (`1..=replicas`), naming its id and the host
 /// name API clients dial, and the CA's certificate, which API clients trust.
 pub(crate) fn certificates(replicas: u64) -> Result<(String, Vec<Pem>, ClientSecurity), TlsError> {

@@ -16,8 +16,9 @@
 //! - `ops`: the client operations, each sent and recorded in the history.
 //! - `nemesis`: the faults (`cluster`'s replica handles, `net`'s clocks).
 //! - `watch`: looks into every running replica between steps (`raft_checks`).
-//! - `hostile`, `scenario`, `fairness`: requests no cluster may accept, the named scenarios'
-//!   stories, the fairness figures — built on `cluster` and `ops`.
+//! - `hostile`, `scenario`, `restart`, `fairness`: requests no cluster may accept, the named
+//!   scenarios' stories (`restart`: the read from a leader that survived a whole-cluster
+//!   crash), the fairness figures — built on `cluster` and `ops`.
 //! - `workload`: setup, the random clients, the token reader, membership churn, the final
 //!   phase, and `spawn`, which starts the ones a scenario runs.
 //! - `run`: one seed end to end — cluster, clients, the step loop with faults and the
@@ -31,6 +32,7 @@ pub mod nemesis;
 pub mod net;
 mod ops;
 pub mod raft_checks;
+pub mod restart;
 pub mod run;
 pub mod scenario;
 mod watch;

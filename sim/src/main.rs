@@ -23,7 +23,9 @@ struct Args {
     /// A named scenario instead of random faults: `faults` (the default) or `lease-expiry`
     /// (the lease holder is partitioned away, its lease expires and is granted to a rival, and
     /// its fenced write is refused when it comes back), or `fairness` (tenants with weights
-    /// 1:2:3:4 keep a full pool queued under the random faults; prints their shares).
+    /// 1:2:3:4 keep a full pool queued under the random faults; prints their shares), or
+    /// `restart-read` (acknowledged writes, every replica crashed, the old leader restarted
+    /// alone and read from before its peers are back).
     #[arg(long, default_value = "faults")]
     scenario: sim::Scenario,
 }
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
                 sim::Scenario::Faults => String::new(),
                 sim::Scenario::LeaseExpiry => " --scenario lease-expiry".into(),
                 sim::Scenario::Fairness => " --scenario fairness".into(),
+                sim::Scenario::RestartRead => " --scenario restart-read".into(),
             };
             eprintln!("  reproduce: cargo run -p sim --release --{scenario} --reproduce {seed}");
             failed.push(seed);

@@ -14,6 +14,7 @@ use crate::cluster::{self, certificates, lock, Cluster, Params};
 use crate::fairness;
 use crate::history::{check, Op, OpKind, Outcome};
 use crate::ops::is_stale;
+use crate::restart;
 use crate::scenario::{self, Scenario};
 use crate::watch::Watcher;
 use crate::workload::{self, Clients};
@@ -84,9 +85,11 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let cluster = cluster::start(&mut sim, &params, (ca, pems));
     let Cluster { slots, clocks, logs } = &cluster;
     let clients = workload::spawn(&mut sim, (&params, &tls, scenario), (seed, &mut rng), slots);
-    let Clients { history, healed, fair_jobs, membership_events, .. } = &clients;
+    let Clients { history, healed, fair_jobs, membership_events, restart: story, .. } = &clients;
 
     let mut nemesis = crate::nemesis::Nemesis::new(rng.next_u64(), params.replicas);
+    // Its own stream, so the other scenarios draw from `rng` as before.
+    let mut crasher = restart::Crasher::new(seed ^ 0x2E57_A2D0, params.replicas);
     let mut watcher = Watcher::default();
     let mut step = 0u64;
     loop {
@@ -102,11 +105,19 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         if at < params.workload_ms {
             if scenario == Scenario::LeaseExpiry {
                 // This scenario makes its own faults.
+            } else if scenario == Scenario::RestartRead {
+                if let Some(fault) = crasher.act(at, &mut sim, slots, story) {
+                    trace.push(format!("{at} fault {fault}"));
+                    report.faults.push(format!("{at} ms: {fault}"));
+                }
             } else if let Some(fault) = nemesis.maybe_act(at, &mut sim, slots, clocks) {
                 trace.push(format!("{at} fault {fault}"));
                 report.faults.push(format!("{at} ms: {fault}"));
             }
         } else if !healed.load(Ordering::SeqCst) {
+            if scenario == Scenario::RestartRead {
+                crasher.heal(&mut sim);
+            }
             let healing = nemesis.heal(&mut sim, clocks);
             trace.push(format!("{at} heal {healing}"));
             report.faults.push(format!("{at} ms: heal ({healing})"));
@@ -157,6 +168,12 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         match scenario::verify_lease_expiry(&history) {
             Ok(steps) => report.scenario = steps,
             Err(missing) => report.violations.push(format!("lease-expiry scenario: {missing}")),
+        }
+    }
+    if scenario == Scenario::RestartRead {
+        match restart::verify(&history, &crasher) {
+            Ok(steps) => report.scenario = steps,
+            Err(missing) => report.violations.push(format!("restart-read scenario: {missing}")),
         }
     }
     if scenario == Scenario::Fairness {

@@ -42,6 +42,9 @@ pub enum Scenario {
     LeaseExpiry,
     /// The fairness benchmark through the cluster, under the random faults (`fairness.rs`).
     Fairness,
+    /// A linearizable read from a leader that survived a crash of every replica, before its
+    /// peers are back (`restart.rs`).
+    RestartRead,
 }
 
 impl std::str::FromStr for Scenario {
@@ -51,7 +54,10 @@ impl std::str::FromStr for Scenario {
             "faults" => Ok(Scenario::Faults),
             "lease-expiry" => Ok(Scenario::LeaseExpiry),
             "fairness" => Ok(Scenario::Fairness),
-            other => Err(format!("unknown scenario {other:?} (faults, lease-expiry, fairness)")),
+            "restart-read" => Ok(Scenario::RestartRead),
+            other => Err(format!(
+                "unknown scenario {other:?} (faults, lease-expiry, fairness, restart-read)"
+            )),
         }
     }
 }

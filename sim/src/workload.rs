@@ -21,6 +21,7 @@ use crate::ops::{
     acknowledged, acquire, cancel, confirm, create_group, delete_tenant, is_stale, keep_alive,
     outcome_of, place_in, read, release, release_lease, reserve, write, Recorder,
 };
+use crate::restart;
 use crate::scenario::{self, Scenario};
 
 /// The client number of setup's recorded writes (placement groups).
@@ -64,6 +65,21 @@ async fn setup(
         let r = pb::RegisterWorkerRequest {
             request_id: "setup-w-guard".into(),
             worker_id: "w-guard".into(),
+            capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
+            ..Default::default()
+        };
+        must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+    }
+    if scenario == Scenario::RestartRead {
+        let r = pb::CreateTenantRequest {
+            request_id: "setup-durable".into(),
+            tenant_id: restart::DURABLE.into(),
+            ..Default::default()
+        };
+        must(&c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
+        let r = pb::RegisterWorkerRequest {
+            request_id: "setup-w-durable".into(),
+            worker_id: "w-durable".into(),
             capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
             ..Default::default()
         };
@@ -487,6 +503,8 @@ pub(crate) struct Clients {
     pub(crate) healed: Arc<AtomicBool>,
     pub(crate) fair_jobs: Arc<Mutex<Vec<fairness::Job>>>,
     pub(crate) membership_events: Arc<Mutex<Vec<String>>>,
+    /// The restart-read story, shared with the run loop's crasher.
+    pub(crate) restart: Arc<restart::Story>,
 }
 
 /// Starts the clients `scenario` runs as turmoil clients of `sim`; their seeds come from
@@ -548,6 +566,18 @@ pub(crate) fn spawn(
             Ok(())
         });
     }
+    if scenario == Scenario::RestartRead {
+        let rec = Recorder { client: restart::WRITER, history: history.clone() };
+        let (params, tls, ready, story, seed) =
+            (params.clone(), tls.clone(), ready.clone(), shared.restart.clone(), rng.next_u64());
+        sim.client("writer", async move {
+            while !ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            restart::writer(params, tls, rec, story, seed).await?;
+            Ok(())
+        });
+    }
     if scenario == Scenario::Fairness {
         for t in 0..fairness::WEIGHTS.len() {
             let (params, tls, ready, jobs, seed) = (
@@ -574,7 +604,7 @@ pub(crate) fn spawn(
             Ok(())
         });
     }
-    if params.membership && scenario != Scenario::LeaseExpiry {
+    if params.membership && !matches!(scenario, Scenario::LeaseExpiry | Scenario::RestartRead) {
         let (params, tls, events) = (params.clone(), tls.clone(), shared.membership_events.clone());
         let (ready, healed, seed) = (ready.clone(), healed.clone(), rng.next_u64());
         sim.client("member", async move {

@@ -15,8 +15,8 @@
 //! (`len` counts the byte after it and the payload, at most `PEER_MESSAGE_MAX_BYTES`; payloads
 //! decode with a size limit, `crate::codec`, so no length inside one is trusted.) It replaced
 //! tonic unary calls, whose HTTP/2 machinery cost each AppendEntries about half a millisecond
-//! more than the follower spent handling it, and a fifth of a follower's CPU; see the README's
-//! performance section.
+//! more than the follower spent handling it, and a fifth of a follower's CPU; see
+//! `docs/performance.md`.
 //!
 //! Over TLS (`crate::tls`), only members of the cluster reach this protocol at all: both ends
 //! present a certificate from the cluster's CA naming a current member, checked in the
