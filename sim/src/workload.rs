@@ -47,6 +47,24 @@ where
     Err("setup never succeeded".into())
 }
 
+/// Creates `tenant` (no quota) and a worker far bigger than the rest of the workload needs.
+async fn tenant_with_big_worker(c: &Client, tenant: &str, worker: &str) -> Result<(), String> {
+    let r = pb::CreateTenantRequest {
+        request_id: format!("setup-{tenant}"),
+        tenant_id: tenant.into(),
+        ..Default::default()
+    };
+    must(c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
+    let r = pb::RegisterWorkerRequest {
+        request_id: format!("setup-{worker}"),
+        worker_id: worker.into(),
+        capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
+        ..Default::default()
+    };
+    must(c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+    Ok(())
+}
+
 async fn setup(
     params: Params,
     tls: ClientSecurity,
@@ -54,36 +72,11 @@ async fn setup(
     rec: Recorder,
 ) -> Result<(), String> {
     let c = api_client(params.replicas, &tls, Duration::from_secs(5))?;
-    if scenario == Scenario::LeaseExpiry {
+    match scenario {
         // The guarded resource: a tenant without quota and a worker the others cannot fill.
-        let r = pb::CreateTenantRequest {
-            request_id: "setup-guarded".into(),
-            tenant_id: scenario::GUARDED.into(),
-            ..Default::default()
-        };
-        must(&c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
-        let r = pb::RegisterWorkerRequest {
-            request_id: "setup-w-guard".into(),
-            worker_id: "w-guard".into(),
-            capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
-            ..Default::default()
-        };
-        must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
-    }
-    if scenario == Scenario::RestartRead {
-        let r = pb::CreateTenantRequest {
-            request_id: "setup-durable".into(),
-            tenant_id: restart::DURABLE.into(),
-            ..Default::default()
-        };
-        must(&c, r, |ch, r| async move { client::tenants(ch).create_tenant(r).await }).await?;
-        let r = pb::RegisterWorkerRequest {
-            request_id: "setup-w-durable".into(),
-            worker_id: "w-durable".into(),
-            capacity: Some(pb::Resources { cpu_millis: 1_000_000, memory_mib: 1_000_000 }),
-            ..Default::default()
-        };
-        must(&c, r, |ch, r| async move { client::workers(ch).register_worker(r).await }).await?;
+        Scenario::LeaseExpiry => tenant_with_big_worker(&c, scenario::GUARDED, "w-guard").await?,
+        Scenario::RestartRead => tenant_with_big_worker(&c, restart::DURABLE, "w-durable").await?,
+        _ => {}
     }
     if scenario == Scenario::Fairness {
         for (i, weight) in fairness::WEIGHTS.iter().enumerate() {
