@@ -473,6 +473,11 @@ fn a_time_limit_releases_at_exactly_its_log_time() {
     assert_eq!(log.s.state().tenants[&TenantId::from("acme")].usage.total.cpu_millis, 0);
     let record = log.finished("job").expect("kept");
     assert_eq!((record.state.reason(), record.ended_at), ("TIME_LIMIT", at));
+    // Noticed late (the next entry comes 250 ms after the limit), it still ended at its limit.
+    let late = log.place_spec("acme", PlaceSpec { max_runtime_ms: Some(100), ..spec("late", 400) });
+    log.tick_after(350);
+    let record = log.finished("late").expect("kept");
+    assert_eq!(record.ended_at, late.placed_at.plus_ms(100));
     let spec_bad = PlaceSpec { max_runtime_ms: Some(0), ..spec("bad", 1) };
     let refused = log.err(Command::Place { tenant: "acme".into(), spec: spec_bad, fence: None });
     assert!(

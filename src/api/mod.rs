@@ -14,6 +14,7 @@ mod billing;
 mod cluster;
 pub mod connection;
 pub mod convert;
+mod heartbeats;
 mod leases;
 mod placements;
 pub mod status;
@@ -57,11 +58,14 @@ pub struct Api {
     admin: TokenHash,
     /// The replica's budget of unknown-token lookups, shared by every connection.
     lookups: Arc<auth::LookupBudget>,
+    /// Gathers heartbeats into one command per batch.
+    heartbeats: heartbeats::Batcher,
 }
 
 impl Api {
     pub fn new(replica: Replica, admin: TokenHash) -> Self {
-        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()) }
+        let heartbeats = heartbeats::Batcher::start(replica.clone());
+        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()), heartbeats }
     }
 
     async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {

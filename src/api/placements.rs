@@ -8,7 +8,7 @@ use super::auth::tenant_scope;
 use super::status::not_found;
 use super::{convert, pb, Api};
 use crate::scheduler::query::PAGE_MAX;
-use crate::scheduler::{Command, Placement, PlacementId, Query};
+use crate::scheduler::{Command, Finished, Placement, PlacementId, Query};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -210,6 +210,22 @@ impl pb::scheduler_server::Scheduler for Api {
         Ok(Reply::new(pb::CancelReservationResponse {
             write: Some(write),
             released: Some(convert::pb_resources(resources)),
+        }))
+    }
+
+    async fn list_finished(
+        &self,
+        request: Request<pb::ListFinishedRequest>,
+    ) -> Result<pb::ListFinishedResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let (after, limit) = convert::page(r.page);
+        let query = Query::Finished { tenant, after: after.map(Into::into), limit };
+        let finished: Vec<Finished> =
+            answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListFinishedResponse {
+            finished: finished.iter().map(convert::finished).collect(),
         }))
     }
 }

@@ -21,7 +21,7 @@
 //! Must not depend on anything outside the core.
 
 use super::command::ReportedStatus;
-use super::ids::{LogIndex, PlacementId, TenantId, WorkerId};
+use super::ids::{LogIndex, PlacementId, TenantId, UnixMillis, WorkerId};
 use super::state::{Finished, FinishedState, Placement};
 use super::{Rejection, Response, Scheduler, FINISHED_MAX, FINISHED_PER_TENANT_MAX};
 
@@ -78,14 +78,20 @@ impl Scheduler {
         if let Some(state) = &ended {
             let placement = self.state.placements[&key].clone();
             self.release(&key.0, &key.1).expect("invariant: looked up above");
-            self.record_finished(index, &placement, state.clone());
+            self.record_finished(index, self.state.now, &placement, state.clone());
         }
         Ok(Response::StatusReported { finished: ended })
     }
 
-    /// Keeps a record of a placement that ended as `state` (already released), evicting the
-    /// oldest beyond the bounds (module header).
-    pub(super) fn record_finished(&mut self, index: LogIndex, p: &Placement, state: FinishedState) {
+    /// Keeps a record of a placement that ended as `state` at log time `ended_at` (already
+    /// released), evicting the oldest beyond the bounds (module header).
+    pub(super) fn record_finished(
+        &mut self,
+        index: LogIndex,
+        ended_at: UnixMillis,
+        p: &Placement,
+        state: FinishedState,
+    ) {
         let key = (p.tenant.clone(), p.id().clone());
         self.forget_finished(&key);
         let record = Finished {
@@ -96,7 +102,7 @@ impl Scheduler {
             resources: p.spec.resources,
             count: p.spec.count,
             placed_at: p.placed_at,
-            ended_at: self.state.now,
+            ended_at,
             log_index: index,
             state,
         };
@@ -168,11 +174,16 @@ mod tests {
             for t in 0..tenants {
                 index += 1;
                 let p = placement(&format!("t{t:03}"), &format!("p{round}"));
-                s.record_finished(LogIndex(index), &p, FinishedState::Completed);
+                s.record_finished(LogIndex(index), UnixMillis(0), &p, FinishedState::Completed);
             }
         }
         assert_eq!(s.state.finished.len(), FINISHED_MAX);
-        s.record_finished(LogIndex(index + 1), &placement("zz", "new"), FinishedState::Lost);
+        s.record_finished(
+            LogIndex(index + 1),
+            UnixMillis(0),
+            &placement("zz", "new"),
+            FinishedState::Lost,
+        );
         assert_eq!(s.state.finished.len(), FINISHED_MAX);
         assert!(s.state.finished.contains_key(&(TenantId::from("zz"), "new".into())));
         let first: TenantId = "t000".into();

@@ -293,7 +293,7 @@ impl Scheduler {
             self.enqueue(index, p.tenant.clone(), p.spec.clone(), p.pool.clone());
             LostOutcome::Queued
         } else {
-            self.record_finished(index, p, FinishedState::Lost);
+            self.record_finished(index, self.state.now, p, FinishedState::Lost);
             LostOutcome::Released
         }
     }

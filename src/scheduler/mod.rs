@@ -416,7 +416,8 @@ impl Scheduler {
                     p.time_limit_at = None;
                     let ended = p.clone();
                     self.release(&tenant, &placement).expect("invariant: placed");
-                    self.record_finished(index, &ended, FinishedState::TimedOut);
+                    // Its time limit passed at `at`, whichever later entry noticed.
+                    self.record_finished(index, at, &ended, FinishedState::TimedOut);
                     expired.push(Expired::TimeLimit { tenant, placement });
                 }
                 Deadline::Reservation(tenant, reservation) => {

@@ -1,0 +1,406 @@
+//! Workers that live and die, through the public API of a real in-process 3-replica cluster:
+//! heartbeats keep a worker up for its pool's TTL in log time, a worker that stops beating goes
+//! down and its instances move, agents report on their instances, time limits end placements,
+//! and every new field refuses hostile input.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use berth::api::pb;
+use common::*;
+use tonic::Code;
+
+async fn heartbeat(c: &Clients, worker: &str) -> Result<pb::HeartbeatResponse, tonic::Status> {
+    let mut workers = c.workers.clone();
+    let r = pb::HeartbeatRequest { worker_id: worker.into() };
+    workers.heartbeat(authed(ADMIN_TOKEN, r)).await.map(|r| r.into_inner())
+}
+
+async fn get_worker(c: &Clients, worker: &str) -> pb::Worker {
+    let mut workers = c.workers.clone();
+    let r = pb::GetWorkerRequest { worker_id: worker.into(), read: None };
+    workers
+        .get_worker(authed(ADMIN_TOKEN, r))
+        .await
+        .expect("worker read")
+        .into_inner()
+        .worker
+        .expect("a worker")
+}
+
+async fn placement(c: &Clients, tenant: &str, id: &str) -> Option<pb::Placement> {
+    let mut scheduler = c.scheduler.clone();
+    let r =
+        pb::GetPlacementRequest { tenant_id: tenant.into(), placement_id: id.into(), read: None };
+    match scheduler.get_placement(authed(ADMIN_TOKEN, r)).await {
+        Ok(r) => r.into_inner().placement,
+        Err(s) if s.code() == Code::NotFound => None,
+        Err(s) => panic!("placement read failed: {s:?}"),
+    }
+}
+
+async fn finished(
+    c: &Clients,
+    token: &str,
+    tenant: &str,
+) -> Result<Vec<pb::FinishedPlacement>, tonic::Status> {
+    let mut scheduler = c.scheduler.clone();
+    let r = pb::ListFinishedRequest { tenant_id: tenant.into(), page: None, read: None };
+    scheduler.list_finished(authed(token, r)).await.map(|r| r.into_inner().finished)
+}
+
+async fn set_ttl(c: &mut Clients, pool: &str, ttl_ms: u64) -> Result<(), tonic::Status> {
+    let r =
+        pb::SetPoolWorkerTtlRequest { request_id: rid(), pool: pool.into(), ttl_ms, reset: false };
+    c.workers.set_pool_worker_ttl(authed(ADMIN_TOKEN, r)).await.map(|_| ())
+}
+
+async fn report(
+    c: &Clients,
+    worker: &str,
+    tenant: &str,
+    placement: &str,
+    slot: u32,
+    assigned_at: u64,
+    status: pb::InstanceStatus,
+) -> Result<pb::ReportStatusResponse, tonic::Status> {
+    let mut workers = c.workers.clone();
+    let r = pb::ReportStatusRequest {
+        request_id: rid(),
+        worker_id: worker.into(),
+        tenant_id: tenant.into(),
+        placement_id: placement.into(),
+        slot,
+        assigned_at,
+        status: status.into(),
+        exit_code: if status == pb::InstanceStatus::Failed { 3 } else { 0 },
+        message: String::new(),
+    };
+    workers.report_status(authed(ADMIN_TOKEN, r)).await.map(|r| r.into_inner())
+}
+
+/// A worker that stops heartbeating goes down once its TTL passes (while another keeps
+/// beating), its instance moves to the live worker in that same step, its capacity leaves the
+/// pool, and a later heartbeat brings it back ready with a new generation, holding nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_goes_down_and_its_instance_moves() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    set_ttl(&mut c, "default", 1_000).await.expect("ttl set");
+    register(&mut c, "w1", 4_000).await;
+    register(&mut c, "w2", 4_000).await;
+    let first = heartbeat(&c, "w1").await.expect("w1 beats");
+    assert_eq!(first.ttl_ms, 1_000);
+    assert!(!first.revived);
+    heartbeat(&c, "w2").await.expect("w2 beats");
+    let r = place("acme", spec("api", 1_500));
+    let placed = c.scheduler.place(authed(ADMIN_TOKEN, r)).await.expect("placed").into_inner();
+    let on = placed.placement.expect("placement").workers[0].clone();
+    let (dead, alive) = if on == "w1" { ("w1", "w2") } else { ("w2", "w1") };
+
+    // Keep only `alive` beating until `dead` is down.
+    let beating = {
+        let c = clients(&cluster, cluster.leader().await).await;
+        let alive = alive.to_string();
+        tokio::spawn(async move {
+            loop {
+                let _ = heartbeat(&c, &alive).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let down = poll("the silent worker to go down", || async {
+        let w = get_worker(&c, dead).await;
+        w.down_since_ms.is_some().then_some(w)
+    })
+    .await;
+    let liveness = down.liveness.expect("managed");
+    assert!(
+        down.down_since_ms.expect("down") >= liveness.alive_until_ms,
+        "down no earlier than its TTL"
+    );
+    assert_eq!(down.history.last().map(|t| t.state()), Some(pb::worker_transition::State::Down));
+    let moved = placement(&c, "acme", "api").await.expect("still placed");
+    assert_eq!(
+        moved.workers,
+        vec![alive.to_string()],
+        "the lost instance moved to the live worker"
+    );
+    assert!(moved.instances[0].assigned_at > placed.write.as_ref().expect("write").log_index);
+    let mut workers = c.workers.clone();
+    let r = pb::GetPoolRequest { pool: "default".into(), read: None };
+    let pool = workers
+        .get_pool(authed(ADMIN_TOKEN, r))
+        .await
+        .expect("pool")
+        .into_inner()
+        .pool
+        .expect("pool");
+    assert_eq!(pool.down, 1);
+    assert_eq!(pool.worker_ttl_ms, 1_000);
+    let r = pb::ListWorkerPlacementsRequest { worker_id: dead.into(), page: None, read: None };
+    assert!(workers
+        .list_worker_placements(authed(ADMIN_TOKEN, r))
+        .await
+        .expect("list")
+        .into_inner()
+        .placements
+        .is_empty());
+    let r = pb::ListWorkerPlacementsRequest { worker_id: alive.into(), page: None, read: None };
+    let on_alive = workers
+        .list_worker_placements(authed(ADMIN_TOKEN, r))
+        .await
+        .expect("list")
+        .into_inner()
+        .placements;
+    assert_eq!(
+        on_alive
+            .iter()
+            .map(|p| p.spec.as_ref().expect("spec").placement_id.as_str())
+            .collect::<Vec<_>>(),
+        ["api"]
+    );
+
+    let back = heartbeat(&c, dead).await.expect("a heartbeat revives");
+    assert!(back.revived);
+    assert!(back.generation > down.generation, "a revived worker is a new generation");
+    let w = get_worker(&c, dead).await;
+    assert!(w.down_since_ms.is_none());
+    assert_eq!(
+        w.allocated,
+        Some(pb::Resources { cpu_millis: 0, memory_mib: 0 }),
+        "revived holding nothing"
+    );
+    beating.abort();
+    cluster.shutdown().await;
+}
+
+/// Heartbeats sent at the same time share log entries: 200 concurrent heartbeats for 200
+/// workers are all acknowledged, each with its own worker's answer, in fewer entries than
+/// heartbeats; an unknown worker gets NOT_FOUND without sinking the batch it rode in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_heartbeats_share_entries() {
+    let (cluster, mut c) = setup().await;
+    set_ttl(&mut c, "default", 60_000).await.expect("ttl set");
+    for i in 0..200 {
+        register(&mut c, &format!("hb{i}"), 1_000).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..201 {
+        let c = clients(&cluster, cluster.running()[i % 3]).await;
+        let worker = if i == 200 { "never-registered".to_string() } else { format!("hb{i}") };
+        tasks.push(tokio::spawn(async move { (worker.clone(), heartbeat(&c, &worker).await) }));
+    }
+    let mut entries = BTreeSet::new();
+    for task in tasks {
+        let (worker, answer) = task.await.expect("task");
+        match answer {
+            Ok(ack) => {
+                assert_eq!(ack.ttl_ms, 60_000, "{worker}");
+                entries.insert(ack.write.expect("write").log_index);
+                let w = get_worker(&c, &worker).await;
+                assert!(w.liveness.expect("managed").alive_until_ms >= ack.alive_until_ms);
+            }
+            Err(s) => {
+                assert_eq!(worker, "never-registered");
+                assert_eq!(s.code(), Code::NotFound, "{s:?}");
+            }
+        }
+    }
+    assert!(entries.len() < 200, "200 heartbeats took {} entries", entries.len());
+    cluster.shutdown().await;
+}
+
+/// An agent's reports: running, then completed on every instance ends the placement with a
+/// COMPLETED record; a failed report ends one at once; a report with a stale assigned_at is
+/// refused; a time limit ends a placement at exactly placed_at + max_runtime_ms; and a tenant
+/// reads only its own records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_time_limits_end_placements() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "other").await;
+    let token = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 8_000).await;
+    let r = place("acme", pb::PlacementSpec { count: 2, ..spec("job", 1_000) });
+    let p = c
+        .scheduler
+        .place(authed(&token, r))
+        .await
+        .expect("placed")
+        .into_inner()
+        .placement
+        .expect("placement");
+    let at = p.instances[0].assigned_at;
+    assert_eq!(p.instances.len(), 2);
+    assert_eq!(at, p.log_index);
+
+    let stale = report(&c, "w1", "acme", "job", 0, at - 1, pb::InstanceStatus::Running)
+        .await
+        .expect_err("stale");
+    assert_eq!(
+        (stale.code(), reason(&stale).as_str()),
+        (Code::FailedPrecondition, "STALE_ASSIGNMENT")
+    );
+    let r =
+        report(&c, "w1", "acme", "job", 0, at, pb::InstanceStatus::Running).await.expect("running");
+    assert_eq!(r.finished_reason, "");
+    let running = placement(&c, "acme", "job").await.expect("placed");
+    assert!(running.instances[0].running_since_ms.is_some());
+    assert!(running.instances[1].running_since_ms.is_none());
+    let r =
+        report(&c, "w1", "acme", "job", 0, at, pb::InstanceStatus::Completed).await.expect("done");
+    assert_eq!(r.finished_reason, "", "one of two instances completed");
+    let r =
+        report(&c, "w1", "acme", "job", 1, at, pb::InstanceStatus::Completed).await.expect("done");
+    assert_eq!(r.finished_reason, "COMPLETED");
+    assert!(placement(&c, "acme", "job").await.is_none(), "completed placements are released");
+
+    let r = place("acme", spec("flaky", 1_000));
+    let p = c
+        .scheduler
+        .place(authed(&token, r))
+        .await
+        .expect("placed")
+        .into_inner()
+        .placement
+        .expect("placement");
+    let r = report(&c, "w1", "acme", "flaky", 0, p.log_index, pb::InstanceStatus::Failed)
+        .await
+        .expect("failed");
+    assert_eq!(r.finished_reason, "FAILED");
+
+    let r = place("acme", pb::PlacementSpec { max_runtime_ms: 1_500, ..spec("batch", 1_000) });
+    let p = c
+        .scheduler
+        .place(authed(&token, r))
+        .await
+        .expect("placed")
+        .into_inner()
+        .placement
+        .expect("placement");
+    assert_eq!(p.time_limit_at_ms, Some(p.placed_at_ms + 1_500));
+    let records = poll("the time limit to end the placement", || async {
+        let records = finished(&c, &token, "acme").await.expect("records");
+        records.iter().any(|f| f.placement_id == "batch").then_some(records)
+    })
+    .await;
+    let by_id = |id: &str| records.iter().find(|f| f.placement_id == id).expect("a record").clone();
+    assert_eq!(by_id("job").reason, "COMPLETED");
+    assert_eq!((by_id("flaky").reason.as_str(), by_id("flaky").exit_code), ("FAILED", 3));
+    let batch = by_id("batch");
+    assert_eq!(batch.reason, "TIME_LIMIT");
+    assert_eq!(batch.ended_at_ms, p.placed_at_ms + 1_500, "released at exactly its log time");
+    let mut workers = c.workers.clone();
+    let w = workers
+        .get_worker(authed(
+            ADMIN_TOKEN,
+            pb::GetWorkerRequest { worker_id: "w1".into(), read: None },
+        ))
+        .await
+        .expect("worker")
+        .into_inner()
+        .worker
+        .expect("worker");
+    assert_eq!(w.allocated.expect("allocated").cpu_millis, 0, "every end released its capacity");
+
+    let denied = finished(&c, &token, "other").await.expect_err("another tenant's records");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(finished(&c, ADMIN_TOKEN, "other").await.expect("admin reads").is_empty());
+    cluster.shutdown().await;
+}
+
+/// Hostile values for every new field are refused at the API with INVALID_ARGUMENT (or
+/// NOT_FOUND / PERMISSION_DENIED), never echoing the input whole, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fleet_input_is_refused() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    let token = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 8_000).await;
+    let huge = "w".repeat(100_000);
+    for bad in ["", " ", "w/1", huge.as_str()] {
+        let s = heartbeat(&c, bad).await.expect_err("a bad worker id");
+        assert_eq!(s.code(), Code::InvalidArgument, "{bad:.40}: {s:?}");
+        assert!(s.message().len() <= 256, "the error stays small");
+    }
+    let s = heartbeat(&c, "nobody").await.expect_err("unknown");
+    assert_eq!(s.code(), Code::NotFound);
+    let mut workers = c.workers.clone();
+    let r = pb::HeartbeatRequest { worker_id: "w1".into() };
+    let s = workers.heartbeat(authed(&token, r)).await.expect_err("tenants do not heartbeat");
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert!(get_worker(&c, "w1").await.liveness.is_none(), "no refused heartbeat made w1 managed");
+
+    for ttl in [0, 999, 3_600_001, u64::MAX] {
+        let s = set_ttl(&mut c, "default", ttl).await.expect_err("out of bounds");
+        assert_eq!(s.code(), Code::InvalidArgument, "{ttl}: {s:?}");
+    }
+    for max_runtime_ms in [365 * 24 * 3_600_000 + 1, u64::MAX] {
+        let r = place("acme", pb::PlacementSpec { max_runtime_ms, ..spec("x", 1) });
+        let s = c.scheduler.place(authed(&token, r)).await.expect_err("too long a time limit");
+        assert_eq!(s.code(), Code::InvalidArgument, "{max_runtime_ms}: {s:?}");
+    }
+    let r = place("acme", pb::PlacementSpec { on_worker_lost: 7, ..spec("x", 1) });
+    let s = c.scheduler.place(authed(&token, r)).await.expect_err("unknown policy");
+    assert_eq!(s.code(), Code::InvalidArgument);
+
+    let r = place("acme", spec("job", 1_000));
+    let p = c
+        .scheduler
+        .place(authed(&token, r))
+        .await
+        .expect("placed")
+        .into_inner()
+        .placement
+        .expect("placement");
+    for status in [0, 4, i32::MAX, -1] {
+        let r = pb::ReportStatusRequest {
+            request_id: rid(),
+            worker_id: "w1".into(),
+            tenant_id: "acme".into(),
+            placement_id: "job".into(),
+            slot: 0,
+            assigned_at: p.log_index,
+            status,
+            exit_code: 0,
+            message: String::new(),
+        };
+        let s = workers.report_status(authed(ADMIN_TOKEN, r)).await.expect_err("bad status");
+        assert_eq!(s.code(), Code::InvalidArgument, "{status}: {s:?}");
+    }
+    let long = pb::ReportStatusRequest {
+        request_id: rid(),
+        worker_id: "w1".into(),
+        tenant_id: "acme".into(),
+        placement_id: "job".into(),
+        slot: 0,
+        assigned_at: p.log_index,
+        status: pb::InstanceStatus::Failed.into(),
+        exit_code: 1,
+        message: "m".repeat(257),
+    };
+    let s = workers.report_status(authed(ADMIN_TOKEN, long)).await.expect_err("a long message");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    for slot in [1, 1_000, u32::MAX] {
+        let s = report(&c, "w1", "acme", "job", slot, p.log_index, pb::InstanceStatus::Running)
+            .await
+            .expect_err("no such slot");
+        assert!(
+            matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound),
+            "{slot}: {s:?}"
+        );
+    }
+    let r = pb::ListWorkerPlacementsRequest {
+        worker_id: "w1".into(),
+        page: Some(pb::Page { after: "no-slash".into(), limit: 10 }),
+        read: None,
+    };
+    let s = workers.list_worker_placements(authed(ADMIN_TOKEN, r)).await.expect_err("a bad page");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(placement(&c, "acme", "job").await.expect("still placed").instances[0]
+        .running_since_ms
+        .is_none());
+    cluster.shutdown().await;
+}
