@@ -1010,6 +1010,9 @@ struct Watch {
     leases: BTreeMap<(TenantId, LeaseName), LogIndex>,
     /// Each worker: (down, drained).
     workers: BTreeMap<WorkerId, (bool, bool)>,
+    /// Each worker's assignments (tenant, placement, slot), folded only from the events that
+    /// name it (`Event::workers`) and `TenantDeleted`: what `WatchAssignments` can know.
+    assignments: BTreeMap<WorkerId, BTreeSet<(TenantId, PlacementId, u32)>>,
 }
 
 impl Watch {
@@ -1029,11 +1032,66 @@ impl Watch {
                 .iter()
                 .map(|(id, w)| (id.clone(), (w.is_down(), !w.schedulable)))
                 .collect(),
+            assignments: state.placements.values().fold(BTreeMap::new(), |mut map, p| {
+                for (slot, w) in p.instances.iter().enumerate() {
+                    let slot = u32::try_from(slot).expect("small");
+                    let set: &mut BTreeSet<_> = map.entry(w.clone()).or_default();
+                    set.insert((p.tenant.clone(), p.id().clone(), slot));
+                }
+                map
+            }),
         }
+    }
+
+    /// Folds `event` into the assignments of `worker`, one of the workers it names.
+    fn assign(
+        &mut self,
+        worker: &WorkerId,
+        event: &Event,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        let set = self.assignments.entry(worker.clone()).or_default();
+        let slots = |instances: &[WorkerId]| -> Vec<u32> {
+            let on = instances.iter().enumerate().filter(|(_, w)| *w == worker);
+            on.map(|(i, _)| u32::try_from(i).expect("small")).collect()
+        };
+        match event {
+            Event::Placed { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    set.insert((tenant.clone(), placement.clone(), slot));
+                }
+            }
+            Event::Released { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    let gone = set.remove(&(tenant.clone(), placement.clone(), slot));
+                    prop_assert!(gone, "{:?} released what it did not hold: {}", worker, what);
+                }
+            }
+            Event::Rescheduled { tenant, placement, moves } => {
+                for (slot, from, to) in moves {
+                    let a = (tenant.clone(), placement.clone(), *slot);
+                    if from == worker {
+                        prop_assert!(set.remove(&a), "moved off {:?}: {}", worker, what);
+                    }
+                    if to == worker {
+                        set.insert(a);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if set.is_empty() {
+            self.assignments.remove(worker);
+        }
+        Ok(())
     }
 
     /// Folds one event in; an event that contradicts what came before fails.
     fn fold(&mut self, event: &Event, what: &str) -> Result<(), TestCaseError> {
+        let named: BTreeSet<&WorkerId> = event.workers().into_iter().collect();
+        for worker in named {
+            self.assign(worker, event, what)?;
+        }
         let key = |t: &TenantId, p: &PlacementId| (t.clone(), p.clone());
         match event {
             Event::Placed { tenant, placement, instances, from_queue, expires_at, .. } => {
@@ -1093,6 +1151,10 @@ impl Watch {
                 self.placements.retain(|(t, _), _| t != tenant);
                 self.queued.retain(|(t, _)| t != tenant);
                 self.leases.retain(|(t, _), _| t != tenant);
+                for set in self.assignments.values_mut() {
+                    set.retain(|(t, _, _)| t != tenant);
+                }
+                self.assignments.retain(|_, set| !set.is_empty());
             }
             Event::WorkerRegistered { worker, .. } => {
                 let old = self.workers.insert(worker.clone(), (false, false));
