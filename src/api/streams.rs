@@ -35,8 +35,7 @@ fn compacted() -> Status {
         tonic::Code::FailedPrecondition,
         "WATCH_COMPACTED",
         "this replica no longer holds every event after the resume point: list again, then \
-         watch from now"
-            .into(),
+         watch from now",
         Vec::new(),
     )
 }
