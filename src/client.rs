@@ -165,7 +165,11 @@ impl Client {
 
     /// Opens a server stream with `rpc`, failing over between endpoints as `call` does. The
     /// stream itself has no deadline (only opening it does).
-    pub async fn open<M, T, F, Fut>(&self, message: M, rpc: F) -> Result<tonic::Streaming<T>, Status>
+    pub async fn open<M, T, F, Fut>(
+        &self,
+        message: M,
+        rpc: F,
+    ) -> Result<tonic::Streaming<T>, Status>
     where
         M: Clone,
         F: Fn(Channel, Request<M>) -> Fut,
@@ -186,13 +190,16 @@ impl Client {
         mut deliver: impl FnMut(pb::WatchResponse) -> bool,
     ) -> Result<(), Status> {
         loop {
-            let mut stream =
-                self.open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await }).await?;
+            let mut stream = self
+                .open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await })
+                .await?;
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
                         let at = match &message.message {
-                            Some(pb::watch_response::Message::Event(e)) => Some((e.log_index, e.event)),
+                            Some(pb::watch_response::Message::Event(e)) => {
+                                Some((e.log_index, e.event))
+                            }
                             Some(pb::watch_response::Message::Progress(p)) => {
                                 Some((p.log_index, p.event))
                             }

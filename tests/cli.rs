@@ -883,9 +883,15 @@ fn agents_heartbeat_run_hooks_and_a_killed_one_loses_its_work() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    ok(api, login, &["place", "acme", "job", "--cpu", "1", "--memory-mib", "256", "--count", "2", "--spread"]);
+    ok(
+        api,
+        login,
+        &["place", "acme", "job", "--cpu", "1", "--memory-mib", "256", "--count", "2", "--spread"],
+    );
     for a in [&a1, &a2] {
-        a.wait_for(Duration::from_secs(20), |l| l.starts_with("assigned") && l.contains("placement=job"));
+        a.wait_for(Duration::from_secs(20), |l| {
+            l.starts_with("assigned") && l.contains("placement=job")
+        });
     }
     let placement = ok(api, login, &["placement", "get", "acme", "job", "--json"]);
     let placement: serde_json::Value = serde_json::from_str(&placement).expect("json");
@@ -925,19 +931,27 @@ fn agents_heartbeat_run_hooks_and_a_killed_one_loses_its_work() {
         serde_json::from_str(&ok(api, login, &["worker", "get", "a1", "--json"])).expect("json");
     let alive_until = last["worker"]["liveness"]["alive_until_ms"].as_u64().expect("alive until");
     let at = down["at_ms"].as_u64().expect("at");
-    assert!(at >= alive_until && at <= alive_until + 1_000, "down at {at}, alive until {alive_until}");
+    assert!(
+        at >= alive_until && at <= alive_until + 1_000,
+        "down at {at}, alive until {alive_until}"
+    );
     a2.wait_for(Duration::from_secs(20), |l| l.starts_with("assigned") && l.contains("slot="));
     let placement = ok(api, login, &["placement", "get", "acme", "job", "--json"]);
     assert!(!placement.contains("\"a1\""), "nothing left on a1: {placement}");
 
     // A hook's exit status is the report; the instance is in its environment.
     let seen = tmp.path().join("seen");
-    let hook = format!("echo \"$BERTH_TENANT $BERTH_PLACEMENT $BERTH_SLOT $BERTH_WORKER\" > {}; exit 3", seen.display());
+    let hook = format!(
+        "echo \"$BERTH_TENANT $BERTH_PLACEMENT $BERTH_SLOT $BERTH_WORKER\" > {}; exit 3",
+        seen.display()
+    );
     let a3 = agent("a3", Some(&hook));
     a3.wait_for(Duration::from_secs(20), |l| l.starts_with("started"));
     ok(api, login, &["worker", "drain", "a2"]);
     ok(api, login, &["place", "acme", "flaky", "--cpu", "1", "--memory-mib", "256"]);
-    a3.wait_for(Duration::from_secs(20), |l| l.starts_with("hook exited") && l.contains("exit_code=3"));
+    a3.wait_for(Duration::from_secs(20), |l| {
+        l.starts_with("hook exited") && l.contains("exit_code=3")
+    });
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let finished = ok(api, login, &["placement", "finished", "acme", "--json"]);

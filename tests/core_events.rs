@@ -180,7 +180,11 @@ fn releases_and_reservations_say_why() {
     };
     assert_eq!(
         log.journal(confirm),
-        vec![Event::Confirmed { tenant: "acme".into(), placement: "r1".into() }]
+        vec![Event::Confirmed {
+            tenant: "acme".into(),
+            placement: "r1".into(),
+            instances: vec!["w1".into()]
+        }]
     );
 
     log.journal(reserve("r2"));

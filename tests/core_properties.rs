@@ -1102,9 +1102,14 @@ impl Watch {
                 let old = self.placements.insert(k, (instances.clone(), *expires_at));
                 prop_assert!(old.is_none(), "placed twice: {}", what);
             }
-            Event::Confirmed { tenant, placement } => {
+            Event::Confirmed { tenant, placement, instances } => {
                 let p = self.placements.get_mut(&key(tenant, placement));
                 prop_assert!(p.as_ref().is_some_and(|p| p.1.is_some()), "confirmed: {}", what);
+                prop_assert!(
+                    p.as_ref().is_some_and(|p| &p.0 == instances),
+                    "confirmed where: {}",
+                    what
+                );
                 if let Some(p) = p {
                     p.1 = None;
                 }

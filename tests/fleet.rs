@@ -404,3 +404,262 @@ async fn hostile_fleet_input_is_refused() {
         .is_none());
     cluster.shutdown().await;
 }
+
+/// Collects the events of a Watch stream until `count` arrived (or fails after the deadline).
+async fn collect(
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+    count: usize,
+) -> Vec<pb::WatchEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let next = tokio::time::timeout(DEADLINE, stream.message()).await;
+        let message =
+            next.expect("an event in time").expect("the stream is healthy").expect("open");
+        if let Some(pb::watch_response::Message::Event(e)) = message.message {
+            events.push(e);
+        }
+    }
+    events
+}
+
+fn positions(events: &[pb::WatchEvent]) -> Vec<(u64, u32)> {
+    events.iter().map(|e| (e.log_index, e.event)).collect()
+}
+
+/// A tenant's watch sees its own events in log order and no one else's; a watch that resumes
+/// on another replica after a position sees exactly what followed it; any replica gives the
+/// same positions; a tenant may not watch another tenant or everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_ordered_scoped_and_resumable_anywhere() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "other").await;
+    let token = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 8_000).await;
+    let mut scheduler = c.scheduler.clone();
+    let r = pb::WatchRequest { tenant_id: "acme".into(), ..Default::default() };
+    let mut stream = scheduler.watch(authed(&token, r)).await.expect("watch").into_inner();
+    let first = stream.message().await.expect("healthy").expect("open");
+    let Some(pb::watch_response::Message::Progress(start)) = first.message else {
+        panic!("a watch from now says where it starts: {first:?}")
+    };
+    for id in ["a", "b"] {
+        c.scheduler.place(authed(&token, place("acme", spec(id, 1_000)))).await.expect("placed");
+        c.scheduler
+            .place(authed(ADMIN_TOKEN, place("other", spec(id, 1_000))))
+            .await
+            .expect("placed");
+    }
+    let r = pb::ReleaseRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        placement_id: "a".into(),
+        fence: None,
+    };
+    c.scheduler.release(authed(&token, r)).await.expect("released");
+    let events = collect(&mut stream, 3).await;
+    let kinds: Vec<(&str, &str)> =
+        events.iter().map(|e| (e.kind.as_str(), e.placement_id.as_str())).collect();
+    assert_eq!(kinds, [("PLACED", "a"), ("PLACED", "b"), ("RELEASED", "a")]);
+    assert!(events.iter().all(|e| e.tenant_id == "acme"), "only acme's events");
+    assert_eq!(events[0].workers, ["w1"]);
+    assert_eq!(events[2].reason, "REQUESTED");
+    let pos = positions(&events);
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "in log order: {pos:?}");
+    assert!((start.log_index, start.event) < pos[0]);
+
+    // Resume after the first event on every replica: the same two events follow.
+    for id in cluster.running() {
+        let other = clients(&cluster, id).await;
+        let mut scheduler = other.scheduler.clone();
+        let r = pb::WatchRequest {
+            tenant_id: "acme".into(),
+            after_log_index: Some(events[0].log_index),
+            after_event: Some(events[0].event),
+            kinds: Vec::new(),
+        };
+        let mut resumed = scheduler.watch(authed(&token, r)).await.expect("resume").into_inner();
+        let again = collect(&mut resumed, 2).await;
+        assert_eq!(again, events[1..].to_vec(), "replica {id} resumes exactly after the position");
+    }
+    // A filter by kind.
+    let r = pb::WatchRequest {
+        tenant_id: "acme".into(),
+        after_log_index: Some(start.log_index),
+        after_event: Some(start.event),
+        kinds: vec!["RELEASED".into()],
+    };
+    let mut released = scheduler.watch(authed(&token, r)).await.expect("watch").into_inner();
+    assert_eq!(positions(&collect(&mut released, 1).await), vec![pos[2]]);
+
+    for (tenant, what) in [("other", "another tenant"), ("", "everything")] {
+        let r = pb::WatchRequest { tenant_id: tenant.into(), ..Default::default() };
+        let denied = scheduler.watch(authed(&token, r)).await.expect_err(what);
+        assert_eq!(denied.code(), Code::PermissionDenied, "{what}");
+    }
+    for (kinds, what) in [
+        (vec!["NOPE".to_string()], "an unknown kind"),
+        (vec!["PLACED".to_string(); 33], "too many kinds"),
+    ] {
+        let r = pb::WatchRequest { tenant_id: "acme".into(), kinds, ..Default::default() };
+        let refused = scheduler.watch(authed(&token, r)).await.expect_err(what);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}");
+    }
+    cluster.shutdown().await;
+}
+
+/// The admin's watch of everything survives the kill of the replica it streams from: the
+/// client library resumes on another replica after the last event it delivered, and the events
+/// it delivers equal, position for position, a fresh watch over the same range (no gap, no
+/// duplicate); a worker's assignment stream starts with the full set and follows a move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
+    let (mut cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 8_000).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    // The library client lists the follower first, so its stream starts there.
+    let order: Vec<u64> = std::iter::once(follower)
+        .chain(cluster.running().into_iter().filter(|id| *id != follower))
+        .collect();
+    let channels = {
+        let mut channels = Vec::new();
+        for id in &order {
+            channels.push((format!("replica {id}"), clients(&cluster, *id).await.channel));
+        }
+        channels
+    };
+    let watcher =
+        berth::client::Client::with_channels(channels, Some(ADMIN_TOKEN), Default::default())
+            .expect("a client");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watching = tokio::spawn(async move {
+        let r = pb::WatchRequest { after_log_index: Some(0), ..Default::default() };
+        watcher
+            .watch(r, |m| {
+                if let Some(pb::watch_response::Message::Event(e)) = m.message {
+                    let _ = tx.send(e);
+                }
+                true
+            })
+            .await
+    });
+    let writer = clients(&cluster, leader).await;
+    let mut writes = writer.scheduler.clone();
+    for i in 0..5 {
+        writes
+            .place(authed(ADMIN_TOKEN, place("acme", spec(&format!("before-{i}"), 100))))
+            .await
+            .expect("placed");
+    }
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &pb::WatchEvent| e.placement_id == "before-4") {
+        seen.push(tokio::time::timeout(DEADLINE, rx.recv()).await.expect("in time").expect("open"));
+    }
+    cluster.stop(follower).await;
+    let leader = cluster.leader().await;
+    let mut writes = clients(&cluster, leader).await.scheduler.clone();
+    for i in 0..5 {
+        poll("a write after the kill", || {
+            let mut writes = writes.clone();
+            let r = place("acme", spec(&format!("after-{i}"), 100));
+            async move { writes.place(authed(ADMIN_TOKEN, r)).await.ok() }
+        })
+        .await;
+    }
+    while !seen.iter().any(|e| e.placement_id == "after-4") {
+        seen.push(tokio::time::timeout(DEADLINE, rx.recv()).await.expect("in time").expect("open"));
+    }
+    watching.abort();
+    let pos = positions(&seen);
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "no duplicate, in order: {pos:?}");
+    // A fresh watch of the same range on a survivor gives exactly the same events.
+    let mut scheduler = clients(&cluster, leader).await.scheduler.clone();
+    let r = pb::WatchRequest { after_log_index: Some(0), ..Default::default() };
+    let mut fresh = scheduler.watch(authed(ADMIN_TOKEN, r)).await.expect("watch").into_inner();
+    let fresh = collect(&mut fresh, seen.len()).await;
+    assert_eq!(fresh, seen, "no gap: the resumed history is the whole history");
+    cluster.shutdown().await;
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<pb::WatchAssignmentsResponse>,
+) -> pb::WatchAssignmentsResponse {
+    let message = tokio::time::timeout(DEADLINE, stream.message()).await.expect("in time");
+    message.expect("healthy").expect("open")
+}
+
+/// WatchAssignments: the first message is the worker's full set; a placement, a move off a
+/// worker that went down, a confirmed reservation and a release each arrive as a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_stream_the_full_set_then_each_change() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    set_ttl(&mut c, "default", 1_000).await.expect("ttl");
+    register(&mut c, "w1", 4_000).await;
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("acme", spec("early", 1_000))))
+        .await
+        .expect("placed");
+    register(&mut c, "w2", 4_000).await;
+    let mut workers = c.workers.clone();
+    let r = pb::WatchAssignmentsRequest { worker_id: "w1".into() };
+    let mut stream =
+        workers.watch_assignments(authed(ADMIN_TOKEN, r)).await.expect("watch").into_inner();
+    let full = next(&mut stream).await;
+    assert!(full.full && full.registered && !full.down);
+    let ids = |a: &[pb::Assignment]| a.iter().map(|a| a.placement_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&full.assigned), ["early"]);
+
+    // Placed on w2 (w1 drained), then w2 stops heartbeating: the instance moves to w1.
+    let r = pb::DrainWorkerRequest { request_id: rid(), worker_id: "w1".into(), drain: true };
+    c.workers.drain_worker(authed(ADMIN_TOKEN, r)).await.expect("drained");
+    heartbeat(&c, "w2").await.expect("managed, alive for a second");
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("acme", spec("moved", 1_000))))
+        .await
+        .expect("placed");
+    let r = pb::DrainWorkerRequest { request_id: rid(), worker_id: "w1".into(), drain: false };
+    c.workers.drain_worker(authed(ADMIN_TOKEN, r)).await.expect("undrained");
+    let change = next(&mut stream).await;
+    assert!(!change.full);
+    assert_eq!(ids(&change.assigned), ["moved"], "the lost instance arrives on w1");
+    assert!(change.assigned[0].assigned_at > 0);
+
+    let r = pb::ReserveRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        spec: Some(spec("held", 1_000)),
+        ttl_ms: 60_000,
+        fence: None,
+    };
+    c.scheduler.reserve(authed(ADMIN_TOKEN, r)).await.expect("reserved");
+    let reserved = next(&mut stream).await;
+    assert_eq!(ids(&reserved.assigned), ["held"]);
+    assert!(reserved.assigned[0].reservation);
+    let r = pb::ConfirmReservationRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        reservation_id: "held".into(),
+        fence: None,
+    };
+    c.scheduler.confirm_reservation(authed(ADMIN_TOKEN, r)).await.expect("confirmed");
+    let confirmed = next(&mut stream).await;
+    assert_eq!(
+        (ids(&confirmed.unassigned), ids(&confirmed.assigned)),
+        (vec!["held".to_string()], vec!["held".to_string()])
+    );
+    assert!(!confirmed.assigned[0].reservation, "a confirmed reservation arrives as a placement");
+
+    let r = pb::ReleaseRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        placement_id: "moved".into(),
+        fence: None,
+    };
+    c.scheduler.release(authed(ADMIN_TOKEN, r)).await.expect("released");
+    let released = next(&mut stream).await;
+    assert_eq!(ids(&released.unassigned), ["moved"]);
+    cluster.shutdown().await;
+}

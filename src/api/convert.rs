@@ -606,7 +606,8 @@ pub fn shares(s: &crate::scheduler::Scheduler, t: &Tenant) -> Vec<pb::PoolShare>
 /// One journaled event as a watcher receives it.
 pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
     use crate::scheduler::events::{Event, QueueCause, ReleaseReason};
-    let ids = |workers: &[crate::scheduler::WorkerId]| workers.iter().map(|w| w.0.clone()).collect();
+    let ids =
+        |workers: &[crate::scheduler::WorkerId]| workers.iter().map(|w| w.0.clone()).collect();
     let mut e = pb::WatchEvent {
         log_index: j.pos.index.0,
         event: j.pos.n,
@@ -634,9 +635,11 @@ pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
             e.from_queue = *from_queue;
             e.expires_at_ms = expires_at.map(|t| t.0);
         }
-        Event::Confirmed { placement, .. } | Event::Dequeued { placement, .. } => {
+        Event::Confirmed { placement, instances, .. } => {
             e.placement_id = placement.0.clone();
+            e.workers = ids(instances);
         }
+        Event::Dequeued { placement, .. } => e.placement_id = placement.0.clone(),
         Event::Released { placement, instances, reason, .. } => {
             e.placement_id = placement.0.clone();
             e.workers = ids(instances);

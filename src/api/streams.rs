@@ -47,7 +47,8 @@ fn kinds(names: &[String]) -> Result<Option<BTreeSet<EventKind>>, Status> {
     if names.is_empty() {
         return Ok(None);
     }
-    let by_name: BTreeMap<&str, EventKind> = EventKind::ALL.iter().map(|k| (k.name(), *k)).collect();
+    let by_name: BTreeMap<&str, EventKind> =
+        EventKind::ALL.iter().map(|k| (k.name(), *k)).collect();
     names
         .iter()
         .map(|n| {

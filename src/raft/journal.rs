@@ -26,7 +26,9 @@ pub const JOURNAL_EVENTS_MAX: usize = 100_000;
 
 /// Where an event stands in the log: its command's index and its place among that command's
 /// events. Ordered as the log is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct EventPos {
     pub index: LogIndex,
     pub n: u32,
@@ -215,5 +217,67 @@ impl Journal {
         let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         wakers.tenants.retain(|_, w| Arc::strong_count(w) > 1);
         wakers.workers.retain(|_, w| Arc::strong_count(w) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::events::Event;
+
+    fn created(tenant: &str) -> Event {
+        Event::TenantCreated { tenant: TenantId::new(tenant), parent: None }
+    }
+
+    fn after(index: u64) -> EventPos {
+        EventPos::after_command(LogIndex(index))
+    }
+
+    // Reads return a scope's events in log order with the next resume point; a position past
+    // the head reads nothing; a restart at a snapshot refuses older resume points.
+    #[test]
+    fn reads_are_scoped_ordered_and_bounded_by_the_start() {
+        let j = Journal::default();
+        j.append(LogIndex(1), UnixMillis(10), vec![created("a"), created("b")]);
+        j.append(LogIndex(2), UnixMillis(20), vec![created("a")]);
+        let a = Scope::Tenant(TenantId::new("a"));
+        let (events, next) = j.read(&a, after(0), 10).expect("covered");
+        let at: Vec<EventPos> = events.iter().map(|e| e.pos).collect();
+        assert_eq!(
+            at,
+            [EventPos { index: LogIndex(1), n: 0 }, EventPos { index: LogIndex(2), n: 0 }]
+        );
+        assert_eq!(next, j.head());
+        let (events, next) = j.read(&a, EventPos { index: LogIndex(1), n: 0 }, 1).expect("covered");
+        assert_eq!(events.len(), 1, "after (1, 0) only (2, 0) is a's");
+        assert!(next >= EventPos { index: LogIndex(1), n: 1 });
+        let (all, _) = j.read(&Scope::All, after(0), 10).expect("covered");
+        assert_eq!(all.len(), 3);
+        let (none, next) = j.read(&Scope::All, after(9), 10).expect("a future position waits");
+        assert!(none.is_empty());
+        assert_eq!(next, after(9));
+        j.restart_at(LogIndex(5));
+        assert_eq!(j.read(&a, after(4), 10).map(|r| r.0.len()), Err(Compacted));
+        assert_eq!(j.read(&a, after(5), 10).map(|r| r.0.len()), Ok(0));
+    }
+
+    // Past `JOURNAL_EVENTS_MAX`, the oldest events go: a watcher that would have seen one is
+    // refused, one of a tenant that lost nothing is not.
+    #[test]
+    fn dropping_old_events_compacts_only_those_who_would_see_them() {
+        let j = Journal::default();
+        j.append(LogIndex(1), UnixMillis(1), vec![created("old")]);
+        j.append(LogIndex(2), UnixMillis(1), vec![created("quiet")]);
+        // One more than fits: (1, 0) goes.
+        let busy: Vec<Event> = (0..JOURNAL_EVENTS_MAX - 1).map(|_| created("busy")).collect();
+        j.append(LogIndex(3), UnixMillis(2), busy);
+        let old = Scope::Tenant(TenantId::new("old"));
+        let quiet = Scope::Tenant(TenantId::new("quiet"));
+        let busy = Scope::Tenant(TenantId::new("busy"));
+        assert_eq!(j.read(&old, after(0), 1).map(|r| r.0.len()), Err(Compacted));
+        assert_eq!(j.read(&Scope::All, after(0), 1).map(|r| r.0.len()), Err(Compacted));
+        assert_eq!(j.read(&quiet, after(0), 1).map(|r| r.0.len()), Ok(1), "it lost nothing");
+        assert_eq!(j.read(&busy, after(1), 1).map(|r| r.0.len()), Ok(1));
+        assert_eq!(j.read(&Scope::All, after(2), 1).map(|r| r.0.len()), Ok(1));
     }
 }

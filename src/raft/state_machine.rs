@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::fatal::FailStop;
+use crate::raft::journal::Journal;
 use crate::raft::types::{
     BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
 };
-use crate::raft::journal::Journal;
 use crate::scheduler::{Applied, Command, Entry, LogIndex, Scheduler};
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 
@@ -179,13 +179,13 @@ impl StateMachine {
         let (command_index, kind) = (entry.index.0, entry.command.name());
         let core_apply = self.core_apply;
         let applied = std::panic::catch_unwind(AssertUnwindSafe(|| core_apply(scheduler, entry)));
-        applied.map(|mut applied| {
-            let events = std::mem::take(&mut applied.journal);
-            self.journal.append(LogIndex(command_index), applied.applied_at, events);
-            applied
-        })
-        .map_err(
-            |panic| {
+        applied
+            .map(|mut applied| {
+                let events = std::mem::take(&mut applied.journal);
+                self.journal.append(LogIndex(command_index), applied.applied_at, events);
+                applied
+            })
+            .map_err(|panic| {
                 let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
                     (Some(message), _) => (*message).to_owned(),
                     (None, Some(message)) => message.clone(),
@@ -195,8 +195,7 @@ impl StateMachine {
                     "applying the committed command at raft index {raft_index} (command index \
                      {command_index}, {kind}) panicked: {message}"
                 )
-            },
-        )
+            })
     }
 }
 

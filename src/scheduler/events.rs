@@ -39,10 +39,11 @@ pub enum Event {
         from_queue: bool,
         expires_at: Option<UnixMillis>,
     },
-    /// A reservation became a placement on the same workers.
+    /// A reservation became a placement on the same `instances` (slot order).
     Confirmed {
         tenant: TenantId,
         placement: PlacementId,
+        instances: Vec<WorkerId>,
     },
     /// A placement or reservation ended; its instances are free.
     Released {
@@ -357,9 +358,9 @@ impl Event {
     /// placement of its tenant, wherever they ran.
     pub fn workers(&self) -> Vec<&WorkerId> {
         match self {
-            Event::Placed { instances, .. } | Event::Released { instances, .. } => {
-                instances.iter().collect()
-            }
+            Event::Placed { instances, .. }
+            | Event::Confirmed { instances, .. }
+            | Event::Released { instances, .. } => instances.iter().collect(),
             Event::Rescheduled { moves, .. } => {
                 moves.iter().flat_map(|(_, from, to)| [from, to]).collect()
             }
@@ -372,8 +373,7 @@ impl Event {
             | Event::WorkerDrained { worker }
             | Event::WorkerUndrained { worker }
             | Event::WorkerRemoved { worker } => vec![worker],
-            Event::Confirmed { .. }
-            | Event::Queued { .. }
+            Event::Queued { .. }
             | Event::Dequeued { .. }
             | Event::LeaseGranted { .. }
             | Event::LeaseReleased { .. }

@@ -392,7 +392,8 @@ impl Scheduler {
         let confirmed = placement.clone();
         let deadline = Deadline::Reservation(tenant.clone(), id.clone());
         assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
-        self.emit(Event::Confirmed { tenant: tenant.clone(), placement: id.clone() });
+        let instances = confirmed.instances.clone();
+        self.emit(Event::Confirmed { tenant: tenant.clone(), placement: id.clone(), instances });
         Ok(Response::Confirmed(confirmed))
     }
 

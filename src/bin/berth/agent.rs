@@ -77,15 +77,24 @@ struct Agent {
 }
 
 pub async fn run(connection: Connection, args: AgentArgs) -> anyhow::Result<()> {
-    let options =
-        ClientOptions { deadline: Duration::from_secs(30), attempt_timeout: Duration::from_secs(3) };
+    let options = ClientOptions {
+        deadline: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(3),
+    };
     let client = Arc::new(connection.client(options)?);
     register(&client, &args).await?;
     let (heard, mut hear) = mpsc::channel(256);
-    let heartbeats = tokio::spawn(heartbeat(client.clone(), args.worker.clone(), args.heartbeat_every));
+    let heartbeats =
+        tokio::spawn(heartbeat(client.clone(), args.worker.clone(), args.heartbeat_every));
     let watching = tokio::spawn(watch(client.clone(), args.worker.clone(), heard.clone()));
-    let mut agent =
-        Agent { client, args, json: connection.json, running: BTreeMap::new(), heard, draining: false };
+    let mut agent = Agent {
+        client,
+        args,
+        json: connection.json,
+        running: BTreeMap::new(),
+        heard,
+        draining: false,
+    };
     agent.say("started", &[("worker", agent.args.worker.clone())]);
     let mut drain_until = None;
     loop {
@@ -127,7 +136,10 @@ async fn register(client: &Client, args: &AgentArgs) -> anyhow::Result<()> {
         request_id: berth::client::new_request_id(),
         worker_id: args.worker.clone(),
         pool: args.pool.clone().unwrap_or_default(),
-        capacity: Some(pb::Resources { cpu_millis: args.size.cpu, memory_mib: args.size.memory_mib }),
+        capacity: Some(pb::Resources {
+            cpu_millis: args.size.cpu,
+            memory_mib: args.size.memory_mib,
+        }),
         labels: args.labels.iter().cloned().collect(),
     };
     let registered = client
@@ -156,11 +168,16 @@ async fn heartbeat(client: Arc<Client>, worker: String, every: Option<u64>) {
     let mut interval = Duration::from_millis(every.unwrap_or(1_000));
     loop {
         let m = pb::HeartbeatRequest { worker_id: worker.clone() };
-        match client.call(m, |ch, r| async move { berth::client::workers(ch).heartbeat(r).await }).await
+        match client
+            .call(m, |ch, r| async move { berth::client::workers(ch).heartbeat(r).await })
+            .await
         {
             Ok(ack) => {
                 if ack.revived {
-                    eprintln!("agent: the worker was down; revived (generation {})", ack.generation);
+                    eprintln!(
+                        "agent: the worker was down; revived (generation {})",
+                        ack.generation
+                    );
                 }
                 let third = Duration::from_millis((ack.ttl_ms / 3).max(100));
                 interval = every.map_or(third, Duration::from_millis);
@@ -299,7 +316,13 @@ impl Agent {
         self.report(&a, status, code.unwrap_or(-1), message).await;
     }
 
-    async fn report(&self, a: &pb::Assignment, status: pb::InstanceStatus, exit_code: i32, message: String) {
+    async fn report(
+        &self,
+        a: &pb::Assignment,
+        status: pb::InstanceStatus,
+        exit_code: i32,
+        message: String,
+    ) {
         let m = pb::ReportStatusRequest {
             request_id: berth::client::new_request_id(),
             worker_id: self.args.worker.clone(),
@@ -329,8 +352,10 @@ impl Agent {
             worker_id: self.args.worker.clone(),
             drain: true,
         };
-        let drained =
-            self.client.call(m, |ch, r| async move { berth::client::workers(ch).drain_worker(r).await }).await;
+        let drained = self
+            .client
+            .call(m, |ch, r| async move { berth::client::workers(ch).drain_worker(r).await })
+            .await;
         if let Err(status) = drained {
             eprintln!("agent: drain failed: {}", describe(&status));
         }
@@ -357,8 +382,13 @@ impl Agent {
 
 /// Runs `sh -c cmd` with `env`; killed when `stop` fires or is dropped. Its exit code (`None`:
 /// a signal, or it could not start).
-async fn run_hook(cmd: &str, env: Vec<(String, String)>, stop: Option<oneshot::Receiver<()>>) -> Option<i32> {
-    let child = tokio::process::Command::new("sh").arg("-c").arg(cmd).envs(env).kill_on_drop(true).spawn();
+async fn run_hook(
+    cmd: &str,
+    env: Vec<(String, String)>,
+    stop: Option<oneshot::Receiver<()>>,
+) -> Option<i32> {
+    let child =
+        tokio::process::Command::new("sh").arg("-c").arg(cmd).envs(env).kill_on_drop(true).spawn();
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {

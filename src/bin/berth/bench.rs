@@ -343,8 +343,9 @@ fn heartbeat_fleet(
                         .await;
                     match beat {
                         Ok(ack) if started >= measuring => {
-                            latencies
-                                .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                            latencies.push(
+                                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                            );
                             indexes.push(ack.write.map_or(0, |w| w.log_index));
                         }
                         Ok(_) => {}
@@ -373,7 +374,8 @@ async fn open_idle_watchers(
             .open(m, |ch, r| async move { client::scheduler(ch).watch(r).await })
             .await
             .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
-        watchers.push(tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} }));
+        watchers
+            .push(tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} }));
     }
     Ok(watchers)
 }
