@@ -194,7 +194,11 @@ impl Client {
                 .open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await })
                 .await?;
             loop {
-                match stream.message().await {
+                // An idle stream hears progress every second: silence means its replica is
+                // paused or gone.
+                let next = tokio::time::timeout(self.options.attempt_timeout, stream.message());
+                let Ok(next) = next.await else { break };
+                match next {
                     Ok(Some(message)) => {
                         let at = match &message.message {
                             Some(pb::watch_response::Message::Event(e)) => {
@@ -219,8 +223,13 @@ impl Client {
                     Err(status) => return Err(status),
                 }
             }
-            self.preferred.fetch_add(1, Ordering::Relaxed);
+            self.next_endpoint();
         }
+    }
+
+    /// Prefers the next endpoint from now on: a stream from the current one broke.
+    pub fn next_endpoint(&self) {
+        self.preferred.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -583,11 +583,17 @@ async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
     cluster.shutdown().await;
 }
 
+/// The next message that is not an idle stream's "still here" (an empty change).
 async fn next(
     stream: &mut tonic::Streaming<pb::WatchAssignmentsResponse>,
 ) -> pb::WatchAssignmentsResponse {
-    let message = tokio::time::timeout(DEADLINE, stream.message()).await.expect("in time");
-    message.expect("healthy").expect("open")
+    loop {
+        let message = tokio::time::timeout(DEADLINE, stream.message()).await.expect("in time");
+        let message = message.expect("healthy").expect("open");
+        if message.full || !message.assigned.is_empty() || !message.unassigned.is_empty() {
+            return message;
+        }
+    }
 }
 
 /// WatchAssignments: the first message is the worker's full set; a placement, a move off a

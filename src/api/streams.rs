@@ -5,8 +5,15 @@
 //! reading, so nothing appended in between is missed) or for the client to go away. A slow
 //! client holds back only its own task: the journal keeps events for it until they age out,
 //! and then its stream ends with WATCH_COMPACTED.
+//!
+//! An idle stream proves every `STREAM_PROGRESS_INTERVAL` that its replica is still current (it
+//! renews the replica's vouch lease: a read index confirmed by the leader, shared by every
+//! caller) and sends a progress message; a replica that cannot (cut off from the leader) ends
+//! the stream with UNAVAILABLE. A client that hears nothing for a few intervals (a replica
+//! paused or gone) knows the stream is dead and resumes elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +34,10 @@ pub const WATCH_KINDS_MAX: usize = 32;
 const STREAM_BUFFER: usize = 256;
 /// Events read from the journal at a time.
 const READ_CHUNK: usize = 256;
+/// How often an idle stream says it is alive and current.
+pub const STREAM_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an idle stream's replica may take to confirm it is current.
+const VOUCH_DEADLINE: Duration = Duration::from_secs(2);
 
 pub(super) type Stream<T> = ReceiverStream<Result<T, Status>>;
 
@@ -59,6 +70,16 @@ fn kinds(names: &[String]) -> Result<Option<BTreeSet<EventKind>>, Status> {
         })
         .collect::<Result<BTreeSet<_>, _>>()
         .map(Some)
+}
+
+/// Whether this replica is still current (it can confirm a read index with the leader); an
+/// idle stream's check.
+async fn still_current(replica: &Replica) -> Result<(), Status> {
+    let until = tokio::time::Instant::now() + VOUCH_DEADLINE;
+    replica.vouch_lease(until).await.map_err(|why| {
+        let message = format!("this replica is not current ({why}); resume on another replica");
+        error(tonic::Code::Unavailable, "REPLICA_NOT_CURRENT", message, Vec::new())
+    })
 }
 
 /// Whether the caller may still read: a revoked token ends its stream.
@@ -138,6 +159,17 @@ pub(super) async fn watch(
             tokio::select! {
                 () = &mut notified => {}
                 () = tx.closed() => break,
+                () = tokio::time::sleep(STREAM_PROGRESS_INTERVAL) => {
+                    if let Err(status) = still_current(&replica).await {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    let progress = pb::WatchPosition { log_index: pos.index.0, event: pos.n };
+                    let message = pb::watch_response::Message::Progress(progress);
+                    if tx.send(Ok(pb::WatchResponse { message: Some(message) })).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         drop(waker);
@@ -155,6 +187,45 @@ struct WorkerView {
     generation: u64,
     down: bool,
     assignments: BTreeMap<(String, String, u32, u64, bool), pb::Assignment>,
+}
+
+impl WorkerView {
+    /// A message with this view's state and no assignments.
+    fn message(&self, full: bool) -> pb::WatchAssignmentsResponse {
+        pb::WatchAssignmentsResponse {
+            log_index: self.log_index,
+            full,
+            assigned: Vec::new(),
+            unassigned: Vec::new(),
+            generation: self.generation,
+            down: self.down,
+            registered: self.registered,
+        }
+    }
+}
+
+/// What to send for `view` after `known`: everything first, then only what changed.
+fn change(known: Option<&WorkerView>, view: &WorkerView) -> Option<pb::WatchAssignmentsResponse> {
+    let Some(old) = known else {
+        let assigned = view.assignments.values().cloned().collect();
+        return Some(pb::WatchAssignmentsResponse { assigned, ..view.message(true) });
+    };
+    let assigned: Vec<_> = view
+        .assignments
+        .iter()
+        .filter(|(k, _)| !old.assignments.contains_key(*k))
+        .map(|(_, a)| a.clone())
+        .collect();
+    let unassigned: Vec<_> = old
+        .assignments
+        .iter()
+        .filter(|(k, _)| !view.assignments.contains_key(*k))
+        .map(|(_, a)| a.clone())
+        .collect();
+    let same =
+        (old.generation, old.down, old.registered) == (view.generation, view.down, view.registered);
+    (!assigned.is_empty() || !unassigned.is_empty() || !same)
+        .then(|| pb::WatchAssignmentsResponse { assigned, unassigned, ..view.message(false) })
 }
 
 fn worker_view(replica: &Replica, worker: &WorkerId) -> WorkerView {
@@ -236,49 +307,21 @@ pub(super) async fn watch_assignments(
     tokio::spawn(async move {
         let waker = journal.worker_waker(&worker);
         let mut known: Option<WorkerView> = None;
+        let mut idle = false;
         loop {
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let view = worker_view(&replica, &worker);
-            let message = match &known {
-                None => Some(pb::WatchAssignmentsResponse {
-                    log_index: view.log_index,
-                    full: true,
-                    assigned: view.assignments.values().cloned().collect(),
-                    unassigned: Vec::new(),
-                    generation: view.generation,
-                    down: view.down,
-                    registered: view.registered,
-                }),
-                Some(old) => {
-                    let assigned: Vec<_> = view
-                        .assignments
-                        .iter()
-                        .filter(|(k, _)| !old.assignments.contains_key(*k))
-                        .map(|(_, a)| a.clone())
-                        .collect();
-                    let unassigned: Vec<_> = old
-                        .assignments
-                        .iter()
-                        .filter(|(k, _)| !view.assignments.contains_key(*k))
-                        .map(|(_, a)| a.clone())
-                        .collect();
-                    let changed = !assigned.is_empty()
-                        || !unassigned.is_empty()
-                        || (old.generation, old.down, old.registered)
-                            != (view.generation, view.down, view.registered);
-                    changed.then(|| pb::WatchAssignmentsResponse {
-                        log_index: view.log_index,
-                        full: false,
-                        assigned,
-                        unassigned,
-                        generation: view.generation,
-                        down: view.down,
-                        registered: view.registered,
-                    })
+            if idle {
+                if let Err(status) = still_current(&replica).await {
+                    let _ = tx.send(Err(status)).await;
+                    break;
                 }
-            };
+            }
+            let view = worker_view(&replica, &worker);
+            // Idle and unchanged: an empty change says the stream is alive.
+            let message =
+                change(known.as_ref(), &view).or_else(|| idle.then(|| view.message(false)));
             if let Some(message) = message {
                 if tx.send(Ok(message)).await.is_err() {
                     break;
@@ -289,10 +332,11 @@ pub(super) async fn watch_assignments(
             if !registered {
                 break;
             }
-            tokio::select! {
-                () = &mut notified => {}
+            idle = tokio::select! {
+                () = &mut notified => false,
                 () = tx.closed() => break,
-            }
+                () = tokio::time::sleep(STREAM_PROGRESS_INTERVAL) => true,
+            };
         }
         drop(waker);
         journal.forget_idle_wakers();

@@ -74,6 +74,8 @@ struct Agent {
     running: BTreeMap<Key, Instance>,
     heard: mpsc::Sender<Heard>,
     draining: bool,
+    /// The worker was down in the last view.
+    down: bool,
 }
 
 pub async fn run(connection: Connection, args: AgentArgs) -> anyhow::Result<()> {
@@ -94,6 +96,7 @@ pub async fn run(connection: Connection, args: AgentArgs) -> anyhow::Result<()> 
         running: BTreeMap::new(),
         heard,
         draining: false,
+        down: false,
     };
     agent.say("started", &[("worker", agent.args.worker.clone())]);
     let mut drain_until = None;
@@ -198,7 +201,14 @@ async fn watch(client: Arc<Client>, worker: String, heard: mpsc::Sender<Heard>) 
             .await;
         match opened {
             Ok(mut stream) => loop {
-                match stream.message().await {
+                // An idle stream hears from its replica every second: silence means it is
+                // paused or gone.
+                let next = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+                let Ok(next) = next else {
+                    eprintln!("agent: the assignment stream fell silent; reconnecting");
+                    break;
+                };
+                match next {
                     Ok(Some(view)) => {
                         backoff = Duration::from_millis(100);
                         if heard.send(Heard::Assignments(view)).await.is_err() {
@@ -214,6 +224,7 @@ async fn watch(client: Arc<Client>, worker: String, heard: mpsc::Sender<Heard>) 
             },
             Err(status) => eprintln!("agent: cannot watch assignments: {}", describe(&status)),
         }
+        client.next_endpoint();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -260,9 +271,10 @@ impl Agent {
                 self.taken_away(instance).await;
             }
         }
-        if view.down {
+        if view.down && !self.down {
             self.say("worker down", &[("worker", self.args.worker.clone())]);
         }
+        self.down = view.down;
         for a in wanted {
             if !self.draining && !self.running.contains_key(&key(&a)) {
                 self.start(a).await;
