@@ -508,20 +508,19 @@ async fn watch_streams_are_ordered_scoped_and_resumable_anywhere() {
     cluster.shutdown().await;
 }
 
-/// The admin's watch of everything survives the kill of the replica it streams from: the
-/// client library resumes on another replica after the last event it delivered, and the events
-/// it delivers equal, position for position, a fresh watch over the same range (no gap, no
-/// duplicate); a worker's assignment stream starts with the full set and follows a move.
+/// The admin's watch of everything survives the kill of the leader it streams from: the
+/// client library resumes on another replica (under a new leader) after the last event it
+/// delivered, and the events it delivers equal, position for position, a fresh watch over the
+/// same range (no gap, no duplicate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
+async fn a_watch_resumes_across_a_leader_kill_with_no_gap_and_no_duplicate() {
     let (mut cluster, mut c) = setup().await;
     create_tenant(&mut c, "acme").await;
     register(&mut c, "w1", 8_000).await;
-    let leader = cluster.leader().await;
-    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
-    // The library client lists the follower first, so its stream starts there.
-    let order: Vec<u64> = std::iter::once(follower)
-        .chain(cluster.running().into_iter().filter(|id| *id != follower))
+    let first_leader = cluster.leader().await;
+    // The library client lists the leader first, so its stream starts there.
+    let order: Vec<u64> = std::iter::once(first_leader)
+        .chain(cluster.running().into_iter().filter(|id| *id != first_leader))
         .collect();
     let channels = {
         let mut channels = Vec::new();
@@ -545,7 +544,7 @@ async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
             })
             .await
     });
-    let writer = clients(&cluster, leader).await;
+    let writer = clients(&cluster, first_leader).await;
     let mut writes = writer.scheduler.clone();
     for i in 0..5 {
         writes
@@ -557,8 +556,9 @@ async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
     while !seen.iter().any(|e: &pb::WatchEvent| e.placement_id == "before-4") {
         seen.push(tokio::time::timeout(DEADLINE, rx.recv()).await.expect("in time").expect("open"));
     }
-    cluster.stop(follower).await;
+    cluster.stop(first_leader).await;
     let leader = cluster.leader().await;
+    assert_ne!(leader, first_leader);
     let writes = clients(&cluster, leader).await.scheduler.clone();
     for i in 0..5 {
         poll("a write after the kill", || {
@@ -667,5 +667,62 @@ async fn assignments_stream_the_full_set_then_each_change() {
     c.scheduler.release(authed(ADMIN_TOKEN, r)).await.expect("released");
     let released = next(&mut stream).await;
     assert_eq!(ids(&released.unassigned), ["moved"]);
+    cluster.shutdown().await;
+}
+
+/// Operator views across tenants: a pool's placements of every tenant, and the cluster-wide
+/// queue; a tenant token sees neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_pools_and_the_queue_across_tenants() {
+    let (cluster, mut c) = setup().await;
+    for t in ["acme", "beta"] {
+        create_tenant(&mut c, t).await;
+    }
+    let token = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 2_000).await;
+    for (t, id) in [("beta", "b1"), ("acme", "a1")] {
+        c.scheduler.place(authed(ADMIN_TOKEN, place(t, spec(id, 1_000)))).await.expect("placed");
+    }
+    for (t, id) in [("beta", "b2"), ("acme", "a2")] {
+        let r = pb::PlaceRequest { queue_if_unavailable: true, ..place(t, spec(id, 1_500)) };
+        let answer = c.scheduler.place(authed(ADMIN_TOKEN, r)).await.expect("queued").into_inner();
+        assert!(answer.queued.is_some(), "{id} waits");
+    }
+    let mut workers = c.workers.clone();
+    let r = pb::ListPoolPlacementsRequest {
+        pool: String::new(),
+        page: Some(pb::Page { after: String::new(), limit: 1 }),
+        read: None,
+    };
+    let first =
+        workers.list_pool_placements(authed(ADMIN_TOKEN, r)).await.expect("list").into_inner();
+    let key = |p: &pb::Placement| {
+        format!("{}/{}", p.tenant_id, p.spec.as_ref().expect("spec").placement_id)
+    };
+    assert_eq!(first.placements.iter().map(key).collect::<Vec<_>>(), ["acme/a1"]);
+    let r = pb::ListPoolPlacementsRequest {
+        pool: "default".into(),
+        page: Some(pb::Page { after: "acme/a1".into(), limit: 10 }),
+        read: None,
+    };
+    let rest =
+        workers.list_pool_placements(authed(ADMIN_TOKEN, r)).await.expect("list").into_inner();
+    assert_eq!(rest.placements.iter().map(key).collect::<Vec<_>>(), ["beta/b1"]);
+    let r = pb::ListPoolPlacementsRequest { pool: "default".into(), page: None, read: None };
+    let s = workers.list_pool_placements(authed(&token, r)).await.expect_err("admin only");
+    assert_eq!(s.code(), Code::PermissionDenied);
+
+    let mut scheduler = c.scheduler.clone();
+    let r = pb::ListQueueRequest { tenant_id: String::new(), page: None, read: None };
+    let queue = scheduler.list_queue(authed(ADMIN_TOKEN, r)).await.expect("queue").into_inner();
+    let queued: Vec<String> = queue
+        .queued
+        .iter()
+        .map(|q| format!("{}/{}", q.tenant_id, q.spec.as_ref().expect("spec").placement_id))
+        .collect();
+    assert_eq!(queued, ["acme/a2", "beta/b2"], "every tenant's queue");
+    let r = pb::ListQueueRequest { tenant_id: String::new(), page: None, read: None };
+    let s = scheduler.list_queue(authed(&token, r)).await.expect_err("a tenant names itself");
+    assert!(matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied), "{s:?}");
     cluster.shutdown().await;
 }

@@ -24,6 +24,17 @@ pub fn page(page: Option<pb::Page>) -> (Option<String>, u32) {
     ((!page.after.is_empty()).then_some(page.after), limit)
 }
 
+/// A cross-tenant list's `after`: "tenant_id/placement_id" (neither id has a '/').
+pub fn tenant_page_after(
+    after: Option<String>,
+) -> Result<Option<(crate::scheduler::TenantId, PlacementId)>, Status> {
+    let Some(after) = after else { return Ok(None) };
+    let (tenant, placement) = after.split_once('/').ok_or_else(|| {
+        invalid("INVALID_ARGUMENT", "page.after must be \"tenant_id/placement_id\"")
+    })?;
+    Ok(Some((crate::scheduler::TenantId::new(tenant), PlacementId::new(placement))))
+}
+
 pub fn resources(r: Option<pb::Resources>) -> Resources {
     let r = r.unwrap_or_default();
     Resources::new(r.cpu_millis, r.memory_mib)

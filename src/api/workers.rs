@@ -208,24 +208,28 @@ impl pb::workers_server::Workers for Api {
         require_admin(&caller)?;
         let r = request.into_inner();
         let (after, limit) = convert::page(r.page);
-        let after = match after {
-            None => None,
-            Some(after) => match after.split_once('/') {
-                Some((tenant, placement)) => {
-                    Some((TenantId::new(tenant), PlacementId::new(placement)))
-                }
-                None => {
-                    return Err(status::invalid(
-                        "INVALID_ARGUMENT",
-                        "page.after must be \"tenant_id/placement_id\"",
-                    ))
-                }
-            },
-        };
+        let after = convert::tenant_page_after(after)?;
         let query = Query::WorkerPlacements { worker: WorkerId::new(&r.worker_id), after, limit };
         let placements: Vec<Placement> =
             answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
         Ok(Reply::new(pb::ListWorkerPlacementsResponse {
+            placements: placements.iter().map(convert::placement).collect(),
+        }))
+    }
+
+    async fn list_pool_placements(
+        &self,
+        request: Request<pb::ListPoolPlacementsRequest>,
+    ) -> Result<pb::ListPoolPlacementsResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let (after, limit) = convert::page(r.page);
+        let after = convert::tenant_page_after(after)?;
+        let query = Query::PoolPlacements { pool: pool_or_default(&r.pool), after, limit };
+        let placements: Vec<Placement> =
+            answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListPoolPlacementsResponse {
             placements: placements.iter().map(convert::placement).collect(),
         }))
     }

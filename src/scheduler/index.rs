@@ -44,6 +44,8 @@ pub struct Indexes {
     pub anti: BTreeMap<(TenantId, LabelTerm), BTreeMap<WorkerId, u32>>,
     /// Placement instances on each worker.
     pub worker_placements: BTreeMap<WorkerId, BTreeMap<(TenantId, PlacementId), u32>>,
+    /// Placement instances in each pool (an operator's view across tenants).
+    pub pool_placements: BTreeMap<PoolId, BTreeMap<(TenantId, PlacementId), u32>>,
     /// Instances of each placement group per worker.
     pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
     /// Instances of each placement group in total (the sum of `group_workers`).
@@ -274,10 +276,9 @@ impl Indexes {
         for term in &placement.spec.anti_affinity {
             bump(self.anti.entry((tenant.clone(), term.clone())).or_default(), worker);
         }
-        bump(
-            self.worker_placements.entry(worker.clone()).or_default(),
-            &(tenant.clone(), placement.id().clone()),
-        );
+        let key = (tenant.clone(), placement.id().clone());
+        bump(self.worker_placements.entry(worker.clone()).or_default(), &key);
+        bump(self.pool_placements.entry(placement.pool.clone()).or_default(), &key);
         if let Some(group) = &placement.spec.group {
             let key = (tenant.clone(), group.clone());
             *self.group_sizes.entry(key.clone()).or_insert(0) += 1;
@@ -301,9 +302,14 @@ impl Indexes {
                 self.anti.remove(&key);
             }
         }
+        let key = (tenant.clone(), placement.id().clone());
         let map = self.worker_placements.get_mut(worker).expect("invariant: worker has placements");
-        if drop_one(map, &(tenant.clone(), placement.id().clone())) {
+        if drop_one(map, &key) {
             self.worker_placements.remove(worker);
+        }
+        let map = self.pool_placements.get_mut(&placement.pool).expect("invariant: pool indexed");
+        if drop_one(map, &key) {
+            self.pool_placements.remove(&placement.pool);
         }
         if let Some(group) = &placement.spec.group {
             let key = (tenant.clone(), group.clone());

@@ -42,6 +42,13 @@ pub enum Query {
         after: Option<(TenantId, PlacementId)>,
         limit: u32,
     },
+    /// The placements and reservations in a pool, all tenants (an operator's view), in
+    /// (tenant, id) order after `after`; from the index, never a scan.
+    PoolPlacements {
+        pool: PoolId,
+        after: Option<(TenantId, PlacementId)>,
+        limit: u32,
+    },
     /// One tenant's finished placements (completed, failed, lost, timed out) after `after`, in
     /// id order.
     Finished {
@@ -135,16 +142,12 @@ impl Scheduler {
                     .map(|g| (g.clone(), self.ix.group_instances(&tenant, &id))),
             ),
             Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
-            Query::WorkerPlacements { worker, after: a, limit } => Answer::Placements(
-                self.ix
-                    .worker_placements
-                    .get(&worker)
-                    .into_iter()
-                    .flat_map(|on| on.range((after(a.clone()), std::ops::Bound::Unbounded)))
-                    .take(page(limit))
-                    .filter_map(|(key, _)| s.placements.get(key).cloned())
-                    .collect(),
-            ),
+            Query::WorkerPlacements { worker, after: a, limit } => {
+                Answer::Placements(indexed(s, self.ix.worker_placements.get(&worker), a, limit))
+            }
+            Query::PoolPlacements { pool, after: a, limit } => {
+                Answer::Placements(indexed(s, self.ix.pool_placements.get(&pool), a, limit))
+            }
             Query::Finished { tenant, after: a, limit } => {
                 let start = match a {
                     Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
@@ -176,4 +179,20 @@ impl Scheduler {
             }),
         }
     }
+}
+
+/// A page of the placements an index lists, in (tenant, id) order after `a`.
+fn indexed(
+    s: &super::State,
+    index: Option<&std::collections::BTreeMap<(TenantId, PlacementId), u32>>,
+    a: Option<(TenantId, PlacementId)>,
+    limit: u32,
+) -> Vec<Placement> {
+    let start = after(a);
+    index
+        .into_iter()
+        .flat_map(|on| on.range((start.clone(), std::ops::Bound::Unbounded)))
+        .take(page(limit))
+        .filter_map(|(key, _)| s.placements.get(key).cloned())
+        .collect()
 }

@@ -3,7 +3,7 @@
 use berth::client::pb;
 use clap::Subcommand;
 
-use super::args::{parse_cpu, parse_duration_ms};
+use super::args::{page, parse_cpu, parse_duration_ms};
 use super::Session;
 
 #[derive(Subcommand, Debug)]
@@ -24,6 +24,15 @@ pub enum PoolCmd {
     },
     /// A pool's capacity, free capacity, reserve, guarantees and any shortfall.
     Get { pool: String },
+    /// Every placement in the pool, across tenants.
+    Placements {
+        pool: String,
+        /// TENANT/PLACEMENT of the last one seen.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// How long a heartbeat keeps the pool's workers alive (from each one's next heartbeat).
     Ttl {
         pool: String,
@@ -52,6 +61,10 @@ pub async fn run(s: &Session, cmd: PoolCmd) -> anyhow::Result<()> {
         }
         PoolCmd::Get { pool } => {
             s.show(&call!(s, workers, get_pool, pb::GetPoolRequest { pool, read: None }).pool)
+        }
+        PoolCmd::Placements { pool, after, limit } => {
+            let m = pb::ListPoolPlacementsRequest { pool, page: page(after, limit), read: None };
+            s.show(&call!(s, workers, list_pool_placements, m).placements)
         }
         PoolCmd::Ttl { pool, ttl, reset } => {
             let m = pb::SetPoolWorkerTtlRequest {
