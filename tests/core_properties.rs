@@ -7,17 +7,17 @@
 //! lease tokens collide often. Every entry goes through `checked_apply`, which compares the
 //! core against a small model of what must (not) happen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::testing::Log;
 use berth::scheduler::{
-    Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
-    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, Lost, LostOutcome,
-    OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent,
-    Rejection, ReportedStatus, RequestId, Resources, Response, Scheduler, SessionKey, SoftLimit,
-    SoftLimits, SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash, TokenId,
-    UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
+    Applied, Command, Config, Dimension, Entry, Event, Expired, Fence, GroupId, GroupStrategy,
+    Guarantee, LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, Lost,
+    LostOutcome, OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota,
+    QuotaEvent, Rejection, ReportedStatus, RequestId, Resources, Response, Scheduler, SessionKey,
+    SoftLimit, SoftLimits, SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash,
+    TokenId, UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
     PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX, QUEUE_MAX, SESSIONS_PER_TENANT_MAX,
     WORKER_TTL_DEFAULT_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
@@ -995,6 +995,198 @@ struct Model {
     last_token: BTreeMap<(TenantId, LeaseName), LogIndex>,
     /// Worker TTLs set per pool (`SetPoolWorkerTtl`); the default elsewhere.
     pool_ttls: BTreeMap<PoolId, u64>,
+    /// What a watcher that saw every journal event knows.
+    watch: Watch,
+}
+
+/// The state as rebuilt from nothing but the journal: what `Watch` and `WatchAssignments`
+/// promise their clients they can know.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Watch {
+    tenants: BTreeSet<TenantId>,
+    /// Placements and reservations: their instances and, for a reservation, its expiry.
+    placements: BTreeMap<(TenantId, PlacementId), (Vec<WorkerId>, Option<UnixMillis>)>,
+    queued: BTreeSet<(TenantId, PlacementId)>,
+    leases: BTreeMap<(TenantId, LeaseName), LogIndex>,
+    /// Each worker: (down, drained).
+    workers: BTreeMap<WorkerId, (bool, bool)>,
+    /// Each worker's assignments (tenant, placement, slot), folded only from the events that
+    /// name it (`Event::workers`) and `TenantDeleted`: what `WatchAssignments` can know.
+    assignments: BTreeMap<WorkerId, BTreeSet<(TenantId, PlacementId, u32)>>,
+}
+
+impl Watch {
+    /// The same view, read from the state.
+    fn of(state: &State) -> Watch {
+        Watch {
+            tenants: state.tenants.keys().cloned().collect(),
+            placements: state
+                .placements
+                .iter()
+                .map(|(k, p)| (k.clone(), (p.instances.clone(), p.expires_at)))
+                .collect(),
+            queued: state.queue.keys().cloned().collect(),
+            leases: state.leases.iter().map(|(k, l)| (k.clone(), l.token)).collect(),
+            workers: state
+                .workers
+                .iter()
+                .map(|(id, w)| (id.clone(), (w.is_down(), !w.schedulable)))
+                .collect(),
+            assignments: state.placements.values().fold(BTreeMap::new(), |mut map, p| {
+                for (slot, w) in p.instances.iter().enumerate() {
+                    let slot = u32::try_from(slot).expect("small");
+                    let set: &mut BTreeSet<_> = map.entry(w.clone()).or_default();
+                    set.insert((p.tenant.clone(), p.id().clone(), slot));
+                }
+                map
+            }),
+        }
+    }
+
+    /// Folds `event` into the assignments of `worker`, one of the workers it names.
+    fn assign(
+        &mut self,
+        worker: &WorkerId,
+        event: &Event,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        let set = self.assignments.entry(worker.clone()).or_default();
+        let slots = |instances: &[WorkerId]| -> Vec<u32> {
+            let on = instances.iter().enumerate().filter(|(_, w)| *w == worker);
+            on.map(|(i, _)| u32::try_from(i).expect("small")).collect()
+        };
+        match event {
+            Event::Placed { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    set.insert((tenant.clone(), placement.clone(), slot));
+                }
+            }
+            Event::Released { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    let gone = set.remove(&(tenant.clone(), placement.clone(), slot));
+                    prop_assert!(gone, "{:?} released what it did not hold: {}", worker, what);
+                }
+            }
+            Event::Rescheduled { tenant, placement, moves } => {
+                for (slot, from, to) in moves {
+                    let a = (tenant.clone(), placement.clone(), *slot);
+                    if from == worker {
+                        prop_assert!(set.remove(&a), "moved off {:?}: {}", worker, what);
+                    }
+                    if to == worker {
+                        set.insert(a);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if set.is_empty() {
+            self.assignments.remove(worker);
+        }
+        Ok(())
+    }
+
+    /// Folds one event in; an event that contradicts what came before fails.
+    fn fold(&mut self, event: &Event, what: &str) -> Result<(), TestCaseError> {
+        let named: BTreeSet<&WorkerId> = event.workers().into_iter().collect();
+        for worker in named {
+            self.assign(worker, event, what)?;
+        }
+        let key = |t: &TenantId, p: &PlacementId| (t.clone(), p.clone());
+        match event {
+            Event::Placed { tenant, placement, instances, from_queue, expires_at, .. } => {
+                let k = key(tenant, placement);
+                if *from_queue {
+                    prop_assert!(self.queued.remove(&k), "admitted unqueued {:?}: {}", k, what);
+                }
+                let old = self.placements.insert(k, (instances.clone(), *expires_at));
+                prop_assert!(old.is_none(), "placed twice: {}", what);
+            }
+            Event::Confirmed { tenant, placement } => {
+                let p = self.placements.get_mut(&key(tenant, placement));
+                prop_assert!(p.as_ref().is_some_and(|p| p.1.is_some()), "confirmed: {}", what);
+                if let Some(p) = p {
+                    p.1 = None;
+                }
+            }
+            Event::Released { tenant, placement, instances, .. } => {
+                let old = self.placements.remove(&key(tenant, placement)).map(|p| p.0);
+                prop_assert_eq!(old.as_ref(), Some(instances), "released: {}", what);
+            }
+            Event::Queued { tenant, placement, .. } => {
+                let k = key(tenant, placement);
+                prop_assert!(!self.placements.contains_key(&k), "queued while placed: {}", what);
+                prop_assert!(self.queued.insert(k), "queued twice: {}", what);
+            }
+            Event::Dequeued { tenant, placement } => {
+                prop_assert!(self.queued.remove(&key(tenant, placement)), "dequeued: {}", what);
+            }
+            Event::Rescheduled { tenant, placement, moves } => {
+                let p = self.placements.get_mut(&key(tenant, placement));
+                let Some((instances, _)) = p else {
+                    return Err(TestCaseError::fail(format!("moved unplaced: {what}")));
+                };
+                for (slot, from, to) in moves {
+                    let at = instances.get_mut(*slot as usize);
+                    prop_assert_eq!(at.as_deref(), Some(from), "moved from: {}", what);
+                    if let Some(at) = at {
+                        *at = to.clone();
+                    }
+                }
+            }
+            Event::LeaseGranted { tenant, lease, token, .. } => {
+                let old = self.leases.insert((tenant.clone(), lease.clone()), *token);
+                prop_assert!(old.is_none(), "granted a held lease: {}", what);
+            }
+            Event::LeaseReleased { tenant, lease, token }
+            | Event::LeaseExpired { tenant, lease, token } => {
+                let old = self.leases.remove(&(tenant.clone(), lease.clone()));
+                prop_assert_eq!(old, Some(*token), "lease ended: {}", what);
+            }
+            Event::TenantCreated { tenant, .. } => {
+                prop_assert!(self.tenants.insert(tenant.clone()), "created twice: {}", what);
+            }
+            Event::TenantDeleted { tenant } => {
+                prop_assert!(self.tenants.remove(tenant), "deleted unknown: {}", what);
+                self.placements.retain(|(t, _), _| t != tenant);
+                self.queued.retain(|(t, _)| t != tenant);
+                self.leases.retain(|(t, _), _| t != tenant);
+                for set in self.assignments.values_mut() {
+                    set.retain(|(t, _, _)| t != tenant);
+                }
+                self.assignments.retain(|_, set| !set.is_empty());
+            }
+            Event::WorkerRegistered { worker, .. } => {
+                let old = self.workers.insert(worker.clone(), (false, false));
+                prop_assert!(old.is_none(), "registered twice: {}", what);
+            }
+            Event::WorkerRemoved { worker } => {
+                prop_assert!(self.workers.remove(worker).is_some(), "removed: {}", what);
+            }
+            Event::WorkerDown { worker, .. }
+            | Event::WorkerRevived { worker }
+            | Event::WorkerDrained { worker }
+            | Event::WorkerUndrained { worker } => {
+                let w = self.workers.get_mut(worker);
+                let Some((down, drained)) = w else {
+                    return Err(TestCaseError::fail(format!("unknown worker: {what}")));
+                };
+                let (flag, to) = match event {
+                    Event::WorkerDown { .. } => (down, true),
+                    Event::WorkerRevived { .. } => (down, false),
+                    Event::WorkerDrained { .. } => (drained, true),
+                    _ => (drained, false),
+                };
+                prop_assert!(*flag != to, "no change reported: {}", what);
+                *flag = to;
+            }
+            Event::InstanceRunning { .. }
+            | Event::InstanceCompleted { .. }
+            | Event::InstanceFailed { .. }
+            | Event::Quota(_) => {}
+        }
+        Ok(())
+    }
 }
 
 impl Model {
@@ -1005,6 +1197,7 @@ impl Model {
             order: BTreeMap::new(),
             last_token: BTreeMap::new(),
             pool_ttls: BTreeMap::new(),
+            watch: Watch::default(),
         }
     }
 
@@ -1264,6 +1457,18 @@ fn checked_apply(
     check_preemptions(&before, s, entry, &applied, &what)?;
     check_lost(before.state(), s.state(), entry, &applied, &what)?;
 
+    // A watcher that folds every event knows exactly what the state holds.
+    for event in &applied.journal {
+        model.watch.fold(event, &what)?;
+    }
+    prop_assert_eq!(&model.watch, &Watch::of(s.state()), "journal vs state: {}", what);
+    let quota: Vec<&QuotaEvent> = applied
+        .journal
+        .iter()
+        .filter_map(|e| if let Event::Quota(q) = e { Some(q) } else { None })
+        .collect();
+    prop_assert_eq!(quota, applied.events.iter().collect::<Vec<_>>(), "events: {}", what);
+
     // Time never runs backwards; it is the largest proposed_at seen.
     let now = before.now().max(entry.proposed_at);
     prop_assert_eq!(s.now(), now, "log time: {}", what);
@@ -1315,6 +1520,11 @@ fn checked_apply(
         _ => true,
     };
 
+    // A refused or replayed command emits nothing beyond what its log time did.
+    if !executed || applied.result.is_err() {
+        prop_assert_eq!(&applied.journal, &tick.journal, "a refusal emitted: {}", what);
+    }
+
     if executed {
         prop_assert!(!applied.replayed, "fresh command replayed: {}", what);
         prop_assert_eq!(applied.log_index, entry.index, "log index: {}", what);
@@ -1331,6 +1541,7 @@ fn checked_apply(
                 expired: Vec::new(),
                 events: Vec::new(),
                 lost: Vec::new(),
+                journal: Vec::new(),
                 ..applied.clone()
             };
             model.remember(key, entry.command.clone(), first);

@@ -602,3 +602,115 @@ pub fn shares(s: &crate::scheduler::Scheduler, t: &Tenant) -> Vec<pb::PoolShare>
         })
         .collect()
 }
+
+/// One journaled event as a watcher receives it.
+pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
+    use crate::scheduler::events::{Event, QueueCause, ReleaseReason};
+    let ids = |workers: &[crate::scheduler::WorkerId]| workers.iter().map(|w| w.0.clone()).collect();
+    let mut e = pb::WatchEvent {
+        log_index: j.pos.index.0,
+        event: j.pos.n,
+        at_ms: j.at.0,
+        kind: j.event.kind().name().into(),
+        tenant_id: j.event.tenant().map(|t| t.0.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    match &*j.event {
+        Event::Placed {
+            placement,
+            pool,
+            instances,
+            resources,
+            reservation,
+            from_queue,
+            expires_at,
+            ..
+        } => {
+            e.placement_id = placement.0.clone();
+            e.pool = pool.0.clone();
+            e.workers = ids(instances);
+            e.resources = Some(pb_resources(*resources));
+            e.reservation = *reservation;
+            e.from_queue = *from_queue;
+            e.expires_at_ms = expires_at.map(|t| t.0);
+        }
+        Event::Confirmed { placement, .. } | Event::Dequeued { placement, .. } => {
+            e.placement_id = placement.0.clone();
+        }
+        Event::Released { placement, instances, reason, .. } => {
+            e.placement_id = placement.0.clone();
+            e.workers = ids(instances);
+            e.reason = reason.reason().into();
+            match reason {
+                ReleaseReason::Preempted { by_tenant, by_placement, reclaimed } => {
+                    e.by_tenant_id = by_tenant.0.clone();
+                    e.by_placement_id = by_placement.0.clone();
+                    e.reclaimed = *reclaimed;
+                }
+                ReleaseReason::Failed { exit_code } => e.exit_code = *exit_code,
+                _ => {}
+            }
+        }
+        Event::Queued { placement, cause, .. } => {
+            e.placement_id = placement.0.clone();
+            e.reason = match cause {
+                QueueCause::Requested => "REQUESTED",
+                QueueCause::Preempted => "PREEMPTED",
+                QueueCause::WorkerLost => "WORKER_LOST",
+            }
+            .into();
+        }
+        Event::Rescheduled { placement, moves, .. } => {
+            e.placement_id = placement.0.clone();
+            e.moves = moves
+                .iter()
+                .map(|(slot, from, to)| pb::InstanceMove {
+                    slot: *slot,
+                    from_worker: from.0.clone(),
+                    to_worker: to.0.clone(),
+                })
+                .collect();
+        }
+        Event::InstanceRunning { placement, slot, worker, .. }
+        | Event::InstanceCompleted { placement, slot, worker, .. } => {
+            e.placement_id = placement.0.clone();
+            e.slot = *slot;
+            e.workers = vec![worker.0.clone()];
+        }
+        Event::InstanceFailed { placement, slot, worker, exit_code, .. } => {
+            e.placement_id = placement.0.clone();
+            e.slot = *slot;
+            e.workers = vec![worker.0.clone()];
+            e.exit_code = *exit_code;
+        }
+        Event::LeaseGranted { lease, holder, token, expires_at, .. } => {
+            e.lease = lease.0.clone();
+            e.holder = holder.clone();
+            e.fencing_token = token.0;
+            e.expires_at_ms = Some(expires_at.0);
+        }
+        Event::LeaseReleased { lease, token, .. } | Event::LeaseExpired { lease, token, .. } => {
+            e.lease = lease.0.clone();
+            e.fencing_token = token.0;
+        }
+        Event::Quota(q) => e.quota = Some(quota_event(q)),
+        Event::TenantCreated { parent, .. } => {
+            e.parent_id = parent.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        }
+        Event::TenantDeleted { .. } => {}
+        Event::WorkerRegistered { worker, pool, capacity } => {
+            e.workers = vec![worker.0.clone()];
+            e.pool = pool.0.clone();
+            e.resources = Some(pb_resources(*capacity));
+        }
+        Event::WorkerDown { worker, instances_lost } => {
+            e.workers = vec![worker.0.clone()];
+            e.instances_lost = *instances_lost;
+        }
+        Event::WorkerRevived { worker }
+        | Event::WorkerDrained { worker }
+        | Event::WorkerUndrained { worker }
+        | Event::WorkerRemoved { worker } => e.workers = vec![worker.0.clone()],
+    }
+    e
+}

@@ -18,6 +18,7 @@ mod heartbeats;
 mod leases;
 mod placements;
 pub mod status;
+mod streams;
 mod tenants;
 mod workers;
 

@@ -14,6 +14,12 @@ type Result<T> = std::result::Result<Reply<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for Api {
+    type WatchStream = super::streams::Stream<pb::WatchResponse>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Self::WatchStream> {
+        super::streams::watch(self, request).await.map(Reply::new)
+    }
+
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<pb::PlaceResponse> {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();

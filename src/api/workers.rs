@@ -19,6 +19,15 @@ fn pool_or_default(pool: &str) -> PoolId {
 
 #[tonic::async_trait]
 impl pb::workers_server::Workers for Api {
+    type WatchAssignmentsStream = super::streams::Stream<pb::WatchAssignmentsResponse>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Self::WatchAssignmentsStream> {
+        super::streams::watch_assignments(self, request).await.map(Reply::new)
+    }
+
     async fn register_worker(
         &self,
         request: Request<pb::RegisterWorkerRequest>,

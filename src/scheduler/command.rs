@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::events::Event;
 use super::ids::{
     validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId,
     TokenHash, TokenId, UnixMillis, WorkerId,
@@ -564,6 +565,13 @@ pub struct Applied {
     /// What became of the placements that had instances on the workers this entry marked down
     /// (`Expired::Worker`), in (tenant, placement) order; reported once, like `expired`.
     pub lost: Vec<Lost>,
+    /// Everything this entry did, in order (`events.rs`): the complete record, identical on
+    /// every replica; `expired`, `events` and `lost` are views of it for the proposer's answer.
+    /// A replayed request id's journal holds only what this entry's log time did. Never
+    /// encoded (not in snapshots' session records nor in forwarded answers): each replica
+    /// takes it from its own `apply`.
+    #[serde(skip)]
+    pub journal: Vec<Event>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -615,7 +623,9 @@ impl LostOutcome {
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             LostOutcome::Rescheduled { .. } => None,
-            LostOutcome::Queued | LostOutcome::Released => Some("WORKER_LOST"),
+            LostOutcome::Queued | LostOutcome::Released => {
+                Some(super::events::ReleaseReason::WorkerLost.reason())
+            }
         }
     }
 }

@@ -21,6 +21,7 @@
 //! Must not depend on anything outside the core.
 
 use super::command::ReportedStatus;
+use super::events::{Event, ReleaseReason};
 use super::ids::{LogIndex, PlacementId, TenantId, UnixMillis, WorkerId};
 use super::state::{Finished, FinishedState, Placement};
 use super::{Rejection, Response, Scheduler, FINISHED_MAX, FINISHED_PER_TENANT_MAX};
@@ -60,27 +61,50 @@ impl Scheduler {
         };
         let now = self.state.now;
         let p = self.state.placements.get_mut(&key).expect("invariant: looked up above");
-        let ended = match status {
+        let (tenant, placement) = key.clone();
+        let (event, ended) = match status {
             ReportedStatus::Running => {
+                let first = p.slots[i].running_since.is_none();
                 p.slots[i].running_since.get_or_insert(now);
-                None
+                let event = Event::InstanceRunning { tenant, placement, slot, worker };
+                (first.then_some(event), None)
             }
             ReportedStatus::Completed => {
                 let s = &mut p.slots[i];
+                let first = s.completed_at.is_none();
                 s.running_since.get_or_insert(now);
                 s.completed_at.get_or_insert(now);
-                p.slots.iter().all(|s| s.completed_at.is_some()).then_some(FinishedState::Completed)
+                let all = p.slots.iter().all(|s| s.completed_at.is_some());
+                let event = Event::InstanceCompleted { tenant, placement, slot, worker };
+                (first.then_some(event), all.then_some(FinishedState::Completed))
             }
             ReportedStatus::Failed { exit_code, message } => {
-                Some(FinishedState::Failed { exit_code, message })
+                let event = Event::InstanceFailed { tenant, placement, slot, worker, exit_code };
+                (Some(event), Some(FinishedState::Failed { exit_code, message }))
             }
         };
+        if let Some(event) = event {
+            self.emit(event);
+        }
         if let Some(state) = &ended {
             let placement = self.state.placements[&key].clone();
-            self.release(&key.0, &key.1).expect("invariant: looked up above");
-            self.record_finished(index, self.state.now, &placement, state.clone());
+            self.end(index, self.state.now, &placement, state.clone());
         }
         Ok(Response::StatusReported { finished: ended })
+    }
+
+    /// Releases `p` (placed) because it ended as `state` at log time `ended_at`, and keeps its
+    /// record.
+    pub(super) fn end(
+        &mut self,
+        index: LogIndex,
+        ended_at: UnixMillis,
+        p: &Placement,
+        state: FinishedState,
+    ) {
+        let released = self.release(&p.tenant, p.id(), ReleaseReason::from(&state));
+        released.expect("invariant: an ending placement is placed");
+        self.record_finished(index, ended_at, p, state);
     }
 
     /// Keeps a record of a placement that ended as `state` at log time `ended_at` (already

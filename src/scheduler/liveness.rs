@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::command::{HeartbeatAck, Lost, LostOutcome, OnWorkerLost};
+use super::events::{Event, QueueCause, ReleaseReason};
 use super::index::{alive_until, Deadline};
 use super::placement::choose_worker;
 use super::queue::QUEUE_MAX;
@@ -125,6 +126,9 @@ impl Scheduler {
                 drained: !w.schedulable,
             };
             acks.insert(id.clone(), Some(ack));
+            if revived {
+                self.emit(Event::WorkerRevived { worker: id.clone() });
+            }
         }
         for pool in &revived_pools {
             self.pool_capacity_changed(pool);
@@ -189,6 +193,8 @@ impl Scheduler {
         let now = self.state.now;
         let mut pools = BTreeSet::new();
         for id in dying {
+            let instances_lost = self.instances_on(id);
+            self.emit(Event::WorkerDown { worker: id.clone(), instances_lost });
             let w = self.state.workers.get_mut(id).expect("invariant: a worker deadline's worker");
             assert!(!w.is_down() && w.liveness.is_some(), "invariant: only managed, ready die");
             self.ix.set_free(w, false);
@@ -239,6 +245,8 @@ impl Scheduler {
                     placement.slots[i] = Slot::assigned(index);
                 }
                 self.moved.insert(key.clone());
+                let (tenant, placement) = key.clone();
+                self.emit(Event::Rescheduled { tenant, placement, moves: moves.clone() });
                 LostOutcome::Rescheduled { moves }
             }
             None => self.release_lost(index, &p),
@@ -288,9 +296,11 @@ impl Scheduler {
     /// Releases a placement whose instances could not all be moved (reason `WORKER_LOST`);
     /// queues it again if it came through the queue and the queue has room.
     fn release_lost(&mut self, index: LogIndex, p: &Placement) -> LostOutcome {
-        self.release(&p.tenant, p.id()).expect("invariant: a lost placement is placed");
+        let released = self.release(&p.tenant, p.id(), ReleaseReason::WorkerLost);
+        released.expect("invariant: a lost placement is placed");
         if p.queue_if_unavailable && self.state.queue.len() < QUEUE_MAX {
-            self.enqueue(index, p.tenant.clone(), p.spec.clone(), p.pool.clone());
+            let cause = QueueCause::WorkerLost;
+            self.enqueue(index, p.tenant.clone(), p.spec.clone(), p.pool.clone(), cause);
             LostOutcome::Queued
         } else {
             self.record_finished(index, self.state.now, p, FinishedState::Lost);

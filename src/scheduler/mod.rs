@@ -18,6 +18,7 @@
 
 mod borrow;
 pub mod command;
+pub mod events;
 pub mod ids;
 mod index;
 mod invariants;
@@ -46,6 +47,7 @@ pub use command::{
     Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, HeartbeatAck, Lost,
     LostOutcome, OnWorkerLost, PlaceSpec, Rejection, ReportedStatus, Response, Strategy,
 };
+pub use events::{Event, EventKind, QueueCause, ReleaseReason};
 pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
@@ -135,9 +137,9 @@ pub const FINISHED_MAX: usize = 100_000;
 pub struct Scheduler {
     state: State,
     ix: Indexes,
-    /// Quota events of the entry being applied; drained into `Applied::events`. Never part of
-    /// the state (empty between entries).
-    events: Vec<QuotaEvent>,
+    /// What the entry being applied did, in order (`Scheduler::emit`); drained into
+    /// `Applied::journal`. Never part of the state (empty between entries).
+    journal: Vec<Event>,
     /// Something that may let a queued placement in has happened in this entry (false between
     /// entries, so it is the same on every replica and after a snapshot).
     queue_dirty: bool,
@@ -173,7 +175,7 @@ impl Scheduler {
         Scheduler {
             state: State { config, ..State::default() },
             ix: Indexes::default(),
-            events: Vec::new(),
+            journal: Vec::new(),
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
@@ -187,7 +189,7 @@ impl Scheduler {
         Scheduler {
             state,
             ix,
-            events: Vec::new(),
+            journal: Vec::new(),
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
@@ -235,7 +237,8 @@ impl Scheduler {
         let mut applied = self.apply_entry(entry);
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
-        applied.events.append(&mut self.events);
+        applied.journal = std::mem::take(&mut self.journal);
+        applied.events = events::quota_events(&applied.journal);
         applied.lost = std::mem::take(&mut self.lost);
         self.preempted = 0;
         self.admitted.clear();
@@ -254,17 +257,16 @@ impl Scheduler {
         self.purge_expired_tokens();
         // What expiry freed is offered to the queue before the command runs.
         self.admit_queued(index);
-        let mut events = std::mem::take(&mut self.events);
 
         // A replica never trusts the API layer: out-of-bound input changes nothing, and is not
         // remembered (a retry gets the same refusal, from the same static check).
         let valid = request_id.as_ref().map_or(Ok(()), RequestId::validate);
         if let Err(rejection) = valid.and_then(|()| command.validate()) {
-            return Applied { events, ..self.answer(index, Err(rejection), expired) };
+            return self.answer(index, Err(rejection), expired);
         }
         if let Some(hash) = token {
             if let Err(rejection) = self.check_token(hash, command.tenant()) {
-                return Applied { events, ..self.answer(index, Err(rejection), expired) };
+                return self.answer(index, Err(rejection), expired);
             }
         }
         let session = request_id.map(|request_id| {
@@ -274,29 +276,23 @@ impl Scheduler {
         if let Some((key, digest)) = &session {
             if let Some(first) = self.state.sessions.get(key) {
                 if first.command_digest == *digest {
-                    return Applied { replayed: true, expired, events, ..first.first.clone() };
+                    return Applied { replayed: true, expired, ..first.first.clone() };
                 }
                 let first_index = first.first.log_index;
-                return Applied {
-                    events,
-                    ..self.answer(index, Err(Rejection::RequestIdReused { first_index }), expired)
-                };
+                let reused = Err(Rejection::RequestIdReused { first_index });
+                return self.answer(index, reused, expired);
             }
         }
 
+        let emitted = self.journal.len();
         let result = self.execute(index, command);
         if result.is_err() {
-            assert!(self.events.is_empty(), "invariant: a rejected command changes nothing");
+            assert!(self.journal.len() == emitted, "invariant: a rejected command emits nothing");
         }
-        events.append(&mut self.events);
-        let applied = Applied { events, ..self.answer(index, result, expired) };
+        let applied = self.answer(index, result, expired);
         if let Some((key, command_digest)) = session {
-            let first = Applied {
-                expired: Vec::new(),
-                events: Vec::new(),
-                lost: Vec::new(),
-                ..applied.clone()
-            };
+            // (`events`, `lost` and `journal` are filled in by `apply`, after this.)
+            let first = Applied { expired: Vec::new(), ..applied.clone() };
             self.remember(key, Session { command_digest, first });
         }
         applied
@@ -316,7 +312,13 @@ impl Scheduler {
             expired,
             events: Vec::new(),
             lost: Vec::new(),
+            journal: Vec::new(),
         }
+    }
+
+    /// Records that `event` happened in the entry being applied (the one way into the journal).
+    fn emit(&mut self, event: Event) {
+        self.journal.push(event);
     }
 
     fn remember(&mut self, key: SessionKey, session: Session) {
@@ -415,9 +417,8 @@ impl Scheduler {
                     let p = p.expect("invariant: a time limit's placement");
                     p.time_limit_at = None;
                     let ended = p.clone();
-                    self.release(&tenant, &placement).expect("invariant: placed");
                     // Its time limit passed at `at`, whichever later entry noticed.
-                    self.record_finished(index, at, &ended, FinishedState::TimedOut);
+                    self.end(index, at, &ended, FinishedState::TimedOut);
                     expired.push(Expired::TimeLimit { tenant, placement });
                 }
                 Deadline::Reservation(tenant, reservation) => {
@@ -430,7 +431,8 @@ impl Scheduler {
                         .expect("invariant: deadline has reservation");
                     assert!(p.is_reservation(), "invariant: only reservations have deadlines");
                     p.expires_at = None;
-                    self.release(&tenant, &reservation).expect("invariant: reservation exists");
+                    let reason = ReleaseReason::ReservationExpired;
+                    self.release(&tenant, &reservation, reason).expect("invariant: reserved");
                     expired.push(Expired::Reservation { tenant, reservation });
                 }
                 Deadline::Lease(tenant, lease) => {
@@ -439,7 +441,10 @@ impl Scheduler {
                         .leases
                         .remove(&(tenant.clone(), lease.clone()))
                         .expect("invariant: deadline has lease");
-                    expired.push(Expired::Lease { tenant, lease, token: removed.token });
+                    let token = removed.token;
+                    let (t, l) = (tenant.clone(), lease.clone());
+                    self.emit(Event::LeaseExpired { tenant: t, lease: l, token });
+                    expired.push(Expired::Lease { tenant, lease, token });
                 }
                 Deadline::Grace(tenant) => {
                     let t = self.state.tenants.get_mut(&tenant);
@@ -447,7 +452,7 @@ impl Scheduler {
                     let burst = burst.expect("invariant: grace deadline has a burst");
                     assert!(!burst.expired, "invariant: an ended grace has no deadline");
                     burst.expired = true;
-                    self.events.push(QuotaEvent::GraceExpired { tenant });
+                    self.emit(Event::Quota(QuotaEvent::GraceExpired { tenant }));
                     // An aged entry of this tenant that held its pool for capacity may now wait
                     // for its quota instead, letting others in.
                     self.queue_dirty = true;

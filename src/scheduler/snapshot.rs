@@ -166,6 +166,7 @@ mod tests {
                 replayed: false,
                 expired: Vec::new(),
                 events: Vec::new(),
+                journal: Vec::new(),
                 lost: Vec::new(),
             },
         }

@@ -273,12 +273,7 @@ pub enum FinishedState {
 impl FinishedState {
     /// The stable release reason (UPPER_SNAKE).
     pub fn reason(&self) -> &'static str {
-        match self {
-            FinishedState::Completed => "COMPLETED",
-            FinishedState::Failed { .. } => "FAILED",
-            FinishedState::Lost => "WORKER_LOST",
-            FinishedState::TimedOut => "TIME_LIMIT",
-        }
+        super::events::ReleaseReason::from(self).reason()
     }
 }
 
