@@ -26,7 +26,7 @@ use berth::client::{self, pb, Client, ClientSecurity};
 use berth_rng::Rng;
 use serde::Serialize;
 
-use crate::cluster::{api_client, host, lock, now_ms, Params};
+use crate::cluster::{api_client, host, lock, now_ms, replica_client, Params};
 use crate::history::Outcome;
 use crate::ops::{must, outcome_of};
 
@@ -173,6 +173,15 @@ pub enum Seen {
         deliberately_stale: bool,
         answer: Answer,
     },
+    /// A message of an agent's `WatchAssignments` stream: the replica's applied index it is
+    /// of, and the instances (placement, assigned_at) the agent holds once it is applied.
+    Assigned {
+        worker: String,
+        log_index: u64,
+        generation: u64,
+        down: bool,
+        holds: Vec<(String, u64)>,
+    },
     /// `ListWorkers` of the pool.
     Workers {
         workers: Vec<WorkerView>,
@@ -183,6 +192,21 @@ pub enum Seen {
         placements: Vec<PlacementView>,
     },
     Final(Final),
+    /// An event the watcher received: its position, on which replica, in which round, and
+    /// the whole event (its debug form: equal events print alike).
+    Watched {
+        round: u32,
+        replica: u64,
+        log_index: u64,
+        event: u32,
+        what: String,
+    },
+    /// After the final state: a fresh watch from the start of `replica`'s journal, up to the
+    /// watcher's last position (replica 0: every replica had compacted it).
+    Replay {
+        replica: u64,
+        events: Vec<(u64, u32, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -207,6 +231,8 @@ impl Event {
                 answer.log_index().unwrap_or(0)
             }
             Seen::Heartbeat { ack, .. } => ack.map_or(0, |(i, g, _)| i.max(g)),
+            Seen::Assigned { log_index, .. } | Seen::Watched { log_index, .. } => *log_index,
+            Seen::Replay { .. } => 0,
             Seen::Workers { workers: ws } => workers(ws).unwrap_or(0),
             Seen::OnWorker { placements, .. } => views(placements),
             Seen::Final(f) => workers(&f.workers).unwrap_or(0).max(views(&f.placements)),
@@ -214,11 +240,25 @@ impl Event {
     }
 
     /// Every placement this answer showed.
-    fn placements(&self) -> Vec<&PlacementView> {
+    fn placements(&self) -> Vec<PlacementView> {
         match &self.seen {
-            Seen::Place { answer: Answer::Ok { placed: Some(p), .. }, .. } => vec![p],
-            Seen::OnWorker { placements, .. } => placements.iter().collect(),
-            Seen::Final(f) => f.placements.iter().chain(f.on_worker.values().flatten()).collect(),
+            Seen::Place { answer: Answer::Ok { placed: Some(p), .. }, .. } => vec![p.clone()],
+            Seen::OnWorker { placements, .. } => placements.clone(),
+            Seen::Assigned { worker, holds, .. } => {
+                let mut by: BTreeMap<&str, PlacementView> = BTreeMap::new();
+                for (p, at) in holds {
+                    let view = by.entry(p).or_insert_with(|| PlacementView {
+                        placement: p.clone(),
+                        cpu: 0,
+                        instances: Vec::new(),
+                    });
+                    view.instances.push((worker.clone(), *at));
+                }
+                by.into_values().collect()
+            }
+            Seen::Final(f) => {
+                f.placements.iter().chain(f.on_worker.values().flatten()).cloned().collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -232,6 +272,8 @@ pub(crate) struct Shared {
     ready: AtomicBool,
     /// After healing: agents only heartbeat, so the final state settles.
     settling: AtomicBool,
+    /// The final state is read.
+    settled: AtomicBool,
     /// An agent paused between looking at its instances and reporting on them.
     paused: Vec<AtomicBool>,
     /// Starts of each agent's host (request ids stay unique across restarts).
@@ -456,6 +498,7 @@ pub(crate) async fn tenant(
         match read_final(&c).await {
             Ok(read) if last.as_ref() == Some(&read) => {
                 shared.note(invoked, Seen::Final(read));
+                shared.settled.store(true, Ordering::SeqCst);
                 return Ok(());
             }
             Ok(read) => last = Some(read),
@@ -470,9 +513,57 @@ fn status_name(status: pb::InstanceStatus) -> String {
     status.as_str_name().trim_start_matches("INSTANCE_STATUS_").to_string()
 }
 
-/// One agent: heartbeat, look at its instances, (a pause, if the fault driver holds it here,)
-/// report on them; every third of the TTL. A failed call gets fresh connections (a partition
-/// leaves the old ones stalled).
+/// What an agent's assignment stream has told it so far.
+#[derive(Default)]
+struct Held {
+    /// (placement, slot) → (assigned_at, running), this tenant's instances only.
+    slots: BTreeMap<(String, u32), (u64, bool)>,
+}
+
+/// Follows `Workers.WatchAssignments` for `me` into `held`, recording each view (the
+/// replica's applied index it is of, and what the agent then holds). Reopens when the stream
+/// ends; the first message of each stream is the full set.
+async fn follow(c: Client, me: String, held: Arc<Mutex<Held>>, shared: Arc<Shared>) {
+    loop {
+        let r = pb::WatchAssignmentsRequest { worker_id: me.clone() };
+        let rpc = |ch, r| async move { client::workers(ch).watch_assignments(r).await };
+        let Ok(mut stream) = c.open(r, rpc).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while let Ok(Some(m)) = stream.message().await {
+            let invoked = now_ms();
+            let mut held = lock(&held);
+            if m.full {
+                held.slots.clear();
+            }
+            let ours = |a: &&pb::Assignment| a.tenant_id == TENANT && !a.reservation;
+            for a in m.unassigned.iter().filter(ours) {
+                let key = (a.placement_id.clone(), a.slot);
+                if held.slots.get(&key).is_some_and(|(at, _)| *at == a.assigned_at) {
+                    held.slots.remove(&key);
+                }
+            }
+            for a in m.assigned.iter().filter(ours) {
+                held.slots.insert((a.placement_id.clone(), a.slot), (a.assigned_at, a.running));
+            }
+            let holds = held.slots.iter().map(|((p, _), (at, _))| (p.clone(), *at)).collect();
+            drop(held);
+            let seen = Seen::Assigned {
+                worker: me.clone(),
+                log_index: m.log_index,
+                generation: m.generation,
+                down: m.down,
+                holds,
+            };
+            shared.note(invoked, seen);
+        }
+    }
+}
+
+/// One agent: heartbeat, take what its assignment stream says it holds, (a pause, if the
+/// fault driver holds it here,) report on it; every third of the TTL. A failed heartbeat gets
+/// fresh connections and a fresh stream (a partition leaves the old ones stalled).
 pub(crate) async fn agent(
     params: Params,
     tls: ClientSecurity,
@@ -486,51 +577,49 @@ pub(crate) async fn agent(
     let mut rng = Rng::new(plan.ttl_ms ^ (i << 16) ^ (boot << 32));
     let period = Duration::from_millis(plan.ttl_ms / 3);
     let connect = || api_client(params.replicas, &tls, period);
-    let mut c = connect()?;
     while !shared.ready.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let held: Arc<Mutex<Held>> = Arc::default();
+    let start = |c: Client| tokio::spawn(follow(c, me.clone(), held.clone(), shared.clone()));
+    let mut c = connect()?;
+    let mut stream = start(connect()?);
     let mut n = 0u64;
     loop {
         let started = now_ms();
-        let invoked = now_ms();
         let r = pb::HeartbeatRequest { worker_id: me.clone() };
-        let ack =
-            match c.call(r, |ch, r| async move { client::workers(ch).heartbeat(r).await }).await {
-                Ok(a) => Some((a.write.map_or(0, |w| w.log_index), a.generation, a.revived)),
-                Err(_) => {
-                    c = connect()?;
-                    None
-                }
-            };
-        shared.note(invoked, Seen::Heartbeat { worker: me.clone(), ack });
-        let invoked = now_ms();
-        let view = on_worker(&c, &me).await;
-        let mut reports = Vec::new();
-        if let Ok(placements) = view {
-            for p in &placements {
-                for (slot, (w, assigned_at)) in p.instances.iter().enumerate() {
-                    if *w == me {
-                        reports.push((p.placement.clone(), slot, *assigned_at));
-                    }
-                }
+        let rpc = |ch, r| async move { client::workers(ch).heartbeat(r).await };
+        let ack = match c.call(r, rpc).await {
+            Ok(a) => Some((a.write.map_or(0, |w| w.log_index), a.generation, a.revived)),
+            Err(_) => {
+                c = connect()?;
+                stream.abort();
+                stream = start(connect()?);
+                None
             }
-            shared.note(invoked, Seen::OnWorker { worker: me.clone(), placements });
-        }
+        };
+        shared.note(started, Seen::Heartbeat { worker: me.clone(), ack });
+        let mut reports: Vec<(String, u32, u64, bool)> = lock(&held)
+            .slots
+            .iter()
+            .map(|((p, slot), (assigned_at, running))| (p.clone(), *slot, *assigned_at, *running))
+            .collect();
         while shared.paused[at].load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         rng.shuffle(&mut reports);
-        for (placement, slot, assigned_at) in reports.into_iter().take(REPORTS_PER_LOOK_MAX) {
+        for (placement, slot, assigned_at, running) in
+            reports.into_iter().take(REPORTS_PER_LOOK_MAX)
+        {
             if shared.settling.load(Ordering::SeqCst) {
                 break;
             }
-            let roll = rng.below(100);
-            let (status, stale) = match roll {
+            let (status, stale) = match rng.below(100) {
                 0..=4 => (pb::InstanceStatus::Running, true),
-                5..=19 => (pb::InstanceStatus::Completed, false),
-                20..=22 => (pb::InstanceStatus::Failed, false),
-                _ => (pb::InstanceStatus::Running, false),
+                5..=19 if running => (pb::InstanceStatus::Completed, false),
+                20..=22 if running => (pb::InstanceStatus::Failed, false),
+                _ if !running => (pb::InstanceStatus::Running, false),
+                _ => continue,
             };
             let assigned_at = if stale { assigned_at.saturating_sub(1) } else { assigned_at };
             n += 1;
@@ -539,7 +628,7 @@ pub(crate) async fn agent(
                 worker_id: me.clone(),
                 tenant_id: TENANT.into(),
                 placement_id: placement.clone(),
-                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                slot,
                 assigned_at,
                 status: status.into(),
                 exit_code: i32::from(status == pb::InstanceStatus::Failed),
@@ -555,25 +644,112 @@ pub(crate) async fn agent(
                 },
                 Err(status) => Answer::from_status(&status),
             };
-            shared.note(
-                invoked,
-                Seen::Report {
-                    worker: me.clone(),
-                    placement,
-                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                    assigned_at,
-                    status: status_name(status),
-                    deliberately_stale: stale,
-                    answer,
-                },
-            );
+            // The stream does not say when an instance starts running: the agent knows.
+            if matches!(answer, Answer::Ok { .. }) && !stale {
+                if let Some(slot) = lock(&held).slots.get_mut(&(placement.clone(), slot)) {
+                    slot.1 |= slot.0 == assigned_at;
+                }
+            }
+            let status = status_name(status);
+            let deliberately_stale = stale;
+            let seen = Seen::Report {
+                worker: me.clone(),
+                placement,
+                slot,
+                assigned_at,
+                status,
+                deliberately_stale,
+                answer,
+            };
+            shared.note(invoked, seen);
         }
         let next = started + plan.ttl_ms / 3;
         tokio::time::sleep(Duration::from_millis(next.saturating_sub(now_ms()).max(1))).await;
     }
 }
 
-/// Starts the fleet: an agent host per worker and the tenant client.
+/// How long the watcher stays on one replica before it resumes on the next.
+const WATCH_ROUND_MS: u64 = 1_500;
+
+/// `Scheduler.Watch` of everything (admin), from the start of the journal, through
+/// `Client::watch`, one replica per round, resuming on the next replica after the last
+/// position; stops at the final state (or when no replica still holds its resume point).
+/// Then a fresh watch from the start, on the first replica that still holds it all, replays
+/// up to the last position seen.
+pub(crate) async fn watcher(
+    params: Params,
+    tls: ClientSecurity,
+    shared: Arc<Shared>,
+) -> Result<(), String> {
+    while !shared.ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut after: (u64, Option<u32>) = (0, None);
+    let (mut round, mut compacted) = (0u32, 0u64);
+    while !shared.settled.load(Ordering::SeqCst) && compacted < params.replicas {
+        round += 1;
+        let replica = u64::from(round) % params.replicas + 1;
+        let c = replica_client(replica, &tls, Duration::from_secs(2))?;
+        let request = pb::WatchRequest {
+            tenant_id: String::new(),
+            after_log_index: Some(after.0),
+            after_event: after.1,
+            kinds: Vec::new(),
+        };
+        let deliver = |m: pb::WatchResponse| {
+            match m.message {
+                Some(pb::watch_response::Message::Event(e)) => {
+                    after = (e.log_index, Some(e.event));
+                    let (log_index, event, what) = (e.log_index, e.event, format!("{e:?}"));
+                    let seen = Seen::Watched { round, replica, log_index, event, what };
+                    shared.note(now_ms(), seen);
+                }
+                Some(pb::watch_response::Message::Progress(p)) => {
+                    after = (p.log_index, Some(p.event));
+                }
+                None => {}
+            }
+            true
+        };
+        let round_ms = Duration::from_millis(WATCH_ROUND_MS);
+        match tokio::time::timeout(round_ms, c.watch(request, deliver)).await {
+            Ok(Err(status)) if is_compacted(&status) => compacted += 1,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => compacted = 0,
+        }
+    }
+    while !shared.settled.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = (after.0, after.1.unwrap_or(0));
+    for replica in 1..=params.replicas {
+        let c = replica_client(replica, &tls, Duration::from_secs(2))?;
+        let request = pb::WatchRequest { after_log_index: Some(0), ..Default::default() };
+        let mut events = Vec::new();
+        let deliver = |m: pb::WatchResponse| match m.message {
+            Some(pb::watch_response::Message::Event(e)) if (e.log_index, e.event) <= last => {
+                let done = (e.log_index, e.event) == last;
+                events.push((e.log_index, e.event, format!("{e:?}")));
+                !done
+            }
+            Some(pb::watch_response::Message::Event(_)) => false,
+            _ => true,
+        };
+        let until = Duration::from_secs(5);
+        if let Ok(Ok(())) = tokio::time::timeout(until, c.watch(request, deliver)).await {
+            shared.note(now_ms(), Seen::Replay { replica, events });
+            return Ok(());
+        }
+    }
+    shared.note(now_ms(), Seen::Replay { replica: 0, events: Vec::new() });
+    Ok(())
+}
+
+fn is_compacted(status: &tonic::Status) -> bool {
+    matches!(outcome_of(status), Outcome::Fail { reason } if reason == "WATCH_COMPACTED")
+}
+
+/// Starts the fleet: an agent host per worker, the tenant client and the watcher.
 pub(crate) fn spawn(
     sim: &mut turmoil::Sim<'_>,
     (params, tls): (&Params, &ClientSecurity),
@@ -594,6 +770,13 @@ pub(crate) fn spawn(
     }
     let (params, tls, shared, healed) =
         (params.clone(), tls.clone(), shared.clone(), healed.clone());
+    {
+        let (params, tls, shared) = (params.clone(), tls.clone(), shared.clone());
+        sim.client("fleet-watcher", async move {
+            watcher(params, tls, shared).await?;
+            Ok(())
+        });
+    }
     sim.client("fleet", async move {
         tenant(params, tls, plan, shared, healed, seed ^ 0xF1EE_7E4A).await?;
         Ok(())
@@ -726,6 +909,8 @@ fn floors(events: &[Event]) -> Vec<u64> {
                 Seen::Place { .. } | Seen::Report { .. } | Seen::Heartbeat { .. } => {
                     seen.max(e.reached())
                 }
+                // A stream's view is of its replica's applied index, which may lag.
+                Seen::Assigned { log_index, .. } => log_index,
                 _ => seen,
             }
         })
@@ -776,6 +961,15 @@ pub fn check_no_instance_on_down(events: &[Event]) -> Vec<String> {
                         p.placement, e.invoke_ms, e.complete_ms
                     ));
                 }
+            }
+        }
+    }
+    for e in events {
+        if let Seen::Assigned { worker, log_index, down: true, holds, .. } = &e.seen {
+            if !holds.is_empty() {
+                bad.push(format!(
+                    "{worker}'s assignments at log index {log_index} say it is down but hold {holds:?}"
+                ));
             }
         }
     }
@@ -854,6 +1048,7 @@ pub fn check_fates(events: &[Event]) -> Vec<String> {
         }
         if spec.anti_affinity {
             for seen in events.iter().flat_map(Event::placements).filter(|p| p.placement == id) {
+                let seen = &seen;
                 let on: BTreeSet<&str> = seen.instances.iter().map(|(w, _)| w.as_str()).collect();
                 if on.len() != seen.instances.len() {
                     bad.push(format!("{id} has anti-affinity but was seen as {seen:?}"));
@@ -987,6 +1182,48 @@ pub fn check_revivals(events: &[Event]) -> Vec<String> {
     bad
 }
 
+/// The watcher's events are in log order with no repeat (positions strictly increase across
+/// its rounds on different replicas), and a fresh watch from the start of the journal replays
+/// exactly them, up to the last.
+pub fn check_watch(events: &[Event]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let watched: Vec<(u64, u32, String)> = events
+        .iter()
+        .filter_map(|e| match &e.seen {
+            Seen::Watched { log_index, event, what, .. } => {
+                Some((*log_index, *event, what.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for w in watched.windows(2) {
+        if (w[0].0, w[0].1) >= (w[1].0, w[1].1) {
+            bad.push(format!(
+                "watch out of order: ({}, {}) then ({}, {})",
+                w[0].0, w[0].1, w[1].0, w[1].1
+            ));
+        }
+    }
+    let replay = events.iter().find_map(|e| match &e.seen {
+        Seen::Replay { replica, events } if *replica > 0 => Some((replica, events)),
+        _ => None,
+    });
+    if let Some((replica, replayed)) = replay {
+        if *replayed != watched {
+            let at = replayed.iter().zip(&watched).position(|(a, b)| a != b);
+            let at = at.unwrap_or(replayed.len().min(watched.len()));
+            bad.push(format!(
+                "a fresh watch from the start on r{replica} replayed {} events, the watcher saw {}; first difference at #{at}: {:?} vs {:?}",
+                replayed.len(),
+                watched.len(),
+                replayed.get(at).map(|e| (e.0, e.1)),
+                watched.get(at).map(|e| (e.0, e.1))
+            ));
+        }
+    }
+    bad
+}
+
 /// Every fleet check.
 pub fn check(events: &[Event]) -> Vec<String> {
     let mut bad = check_no_instance_on_down(events);
@@ -994,6 +1231,7 @@ pub fn check(events: &[Event]) -> Vec<String> {
     bad.extend(check_final_accounting(events));
     bad.extend(check_reports(events));
     bad.extend(check_revivals(events));
+    bad.extend(check_watch(events));
     bad
 }
 
@@ -1010,10 +1248,32 @@ pub(crate) fn summary(events: &[Event], plan: Plan) -> Vec<String> {
     );
     let revived = count(&|s| matches!(s, Seen::Heartbeat { ack: Some((_, _, true)), .. }));
     let downs: usize = downs(events).values().map(BTreeSet::len).sum();
+    let watched = count(&|s| matches!(s, Seen::Watched { .. }));
+    let rounds: BTreeSet<u32> = events
+        .iter()
+        .filter_map(|e| match e.seen {
+            Seen::Watched { round, .. } => Some(round),
+            _ => None,
+        })
+        .collect();
+    let replayed = events.iter().find_map(|e| match &e.seen {
+        Seen::Replay { replica: 0, .. } => {
+            Some("no replica held the journal from the start".to_string())
+        }
+        Seen::Replay { replica, events } => {
+            Some(format!("replayed {} from the start on r{replica}", events.len()))
+        }
+        _ => None,
+    });
     let mut lines = vec![format!(
         "{} agents, TTL {} ms, replica faults {}: {placed} placed, {queued} queued; {accepted} reports accepted, {stale} refused STALE_ASSIGNMENT; {downs} workers down, {revived} revived",
         plan.agents, plan.ttl_ms, plan.replica_faults
     )];
+    lines.push(format!(
+        "watch: {watched} events over {} rounds on rotating replicas; {}",
+        rounds.len(),
+        replayed.unwrap_or_else(|| "no replay".into())
+    ));
     if let Some(f) = final_state(events) {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &f.finished {
@@ -1154,6 +1414,21 @@ mod tests {
         let mut h = clean();
         final_mut(&mut h).workers[1].down = true;
         assert!(!check_no_instance_on_down(&h).is_empty());
+        // An assignment stream's view at 21 (exact: its replica's applied index) still holding
+        // the instance aw1 lost at 20, though it began before anything said so.
+        let mut h = clean();
+        let holds = vec![("f1".to_string(), 10)];
+        let (worker, generation, down) = ("aw1".to_string(), 1, false);
+        let view = Seen::Assigned { worker, log_index: 21, generation, down, holds };
+        h.insert(1, ev(1, 2, view));
+        assert!(!check_no_instance_on_down(&h).is_empty());
+        // A view that says its worker is down while it holds something.
+        let holds = vec![("f1".to_string(), 10)];
+        let (worker, generation, down) = ("aw1".to_string(), 1, true);
+        let view = Seen::Assigned { worker, log_index: 12, generation, down, holds };
+        let mut h = clean();
+        h.insert(1, ev(1, 2, view));
+        assert!(!check_no_instance_on_down(&h).is_empty());
     }
 
     #[test]
@@ -1242,5 +1517,30 @@ mod tests {
             ),
         );
         assert!(!check_revivals(&h).is_empty());
+    }
+
+    fn watched(round: u32, log_index: u64, event: u32) -> Event {
+        let (replica, what) = (u64::from(round), format!("e{log_index}.{event}"));
+        ev(0, 0, Seen::Watched { round, replica, log_index, event, what })
+    }
+
+    #[test]
+    fn a_watch_with_a_gap_a_repeat_or_a_different_replay_is_caught() {
+        // Two rounds on two replicas, then a replay from the start that matches.
+        let mut h = clean();
+        h.extend([watched(1, 5, 0), watched(1, 5, 1), watched(2, 7, 0)]);
+        let events = vec![(5, 0, "e5.0".into()), (5, 1, "e5.1".into()), (7, 0, "e7.0".into())];
+        h.push(ev(40, 41, Seen::Replay { replica: 1, events: events.clone() }));
+        assert_eq!(check_watch(&h), Vec::<String>::new());
+        // The second round repeats the first round's last event.
+        let mut bad = h.clone();
+        bad.insert(bad.len() - 2, watched(2, 5, 1));
+        assert!(!check_watch(&bad).is_empty());
+        // The replay has an event the watcher never got (a gap at the reconnect).
+        let mut bad = h.clone();
+        let mut more = events;
+        more.insert(2, (6, 0, "e6.0".into()));
+        *bad.last_mut().expect("replay") = ev(40, 41, Seen::Replay { replica: 1, events: more });
+        assert!(!check_watch(&bad).is_empty());
     }
 }
