@@ -1235,57 +1235,93 @@ pub fn check(events: &[Event]) -> Vec<String> {
     bad
 }
 
-/// What happened, for the report: placements, reports, downs and revivals.
-pub(crate) fn summary(events: &[Event], plan: Plan) -> Vec<String> {
-    let count = |f: &dyn Fn(&Seen) -> bool| events.iter().filter(|e| f(&e.seen)).count();
-    let placed =
-        count(&|s| matches!(s, Seen::Place { answer: Answer::Ok { placed: Some(_), .. }, .. }));
-    let queued =
-        count(&|s| matches!(s, Seen::Place { answer: Answer::Ok { placed: None, .. }, .. }));
-    let accepted = count(&|s| matches!(s, Seen::Report { answer: Answer::Ok { .. }, .. }));
-    let stale = count(
-        &|s| matches!(s, Seen::Report { answer: Answer::Refused { reason }, .. } if reason == "STALE_ASSIGNMENT"),
-    );
-    let revived = count(&|s| matches!(s, Seen::Heartbeat { ack: Some((_, _, true)), .. }));
-    let downs: usize = downs(events).values().map(BTreeSet::len).sum();
-    let watched = count(&|s| matches!(s, Seen::Watched { .. }));
-    let rounds: BTreeSet<u32> = events
-        .iter()
-        .filter_map(|e| match e.seen {
-            Seen::Watched { round, .. } => Some(round),
-            _ => None,
-        })
-        .collect();
-    let replayed = events.iter().find_map(|e| match &e.seen {
-        Seen::Replay { replica: 0, .. } => {
-            Some("no replica held the journal from the start".to_string())
+/// What happened in a fleet run (the report's `fleet`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Figures {
+    pub placed: usize,
+    pub queued: usize,
+    pub reports_accepted: usize,
+    pub stale_refused: usize,
+    pub downs: usize,
+    pub revived: usize,
+    pub watched: usize,
+    pub watch_rounds: usize,
+    /// The replica a fresh watch replayed the journal from (none: every replica had
+    /// compacted its start), and how many events.
+    pub replayed_from: Option<u64>,
+    pub replayed: usize,
+    /// The final state: placed, queued, finished by reason.
+    pub final_placed: usize,
+    pub final_queued: usize,
+    pub finished: BTreeMap<String, usize>,
+}
+
+impl Figures {
+    pub fn of(events: &[Event]) -> Figures {
+        let count = |f: &dyn Fn(&Seen) -> bool| events.iter().filter(|e| f(&e.seen)).count();
+        let mut figures = Figures {
+            placed: count(&|s| {
+                matches!(s, Seen::Place { answer: Answer::Ok { placed: Some(_), .. }, .. })
+            }),
+            queued: count(&|s| {
+                matches!(s, Seen::Place { answer: Answer::Ok { placed: None, .. }, .. })
+            }),
+            reports_accepted: count(&|s| {
+                matches!(s, Seen::Report { answer: Answer::Ok { .. }, .. })
+            }),
+            stale_refused: count(
+                &|s| matches!(s, Seen::Report { answer: Answer::Refused { reason }, .. } if reason == "STALE_ASSIGNMENT"),
+            ),
+            downs: downs(events).values().map(BTreeSet::len).sum(),
+            revived: count(&|s| matches!(s, Seen::Heartbeat { ack: Some((_, _, true)), .. })),
+            watched: count(&|s| matches!(s, Seen::Watched { .. })),
+            ..Figures::default()
+        };
+        let rounds: BTreeSet<u32> = events
+            .iter()
+            .filter_map(|e| match e.seen {
+                Seen::Watched { round, .. } => Some(round),
+                _ => None,
+            })
+            .collect();
+        figures.watch_rounds = rounds.len();
+        for e in events {
+            if let Seen::Replay { replica, events } = &e.seen {
+                figures.replayed_from = (*replica > 0).then_some(*replica);
+                figures.replayed = events.len();
+            }
         }
-        Seen::Replay { replica, events } => {
-            Some(format!("replayed {} from the start on r{replica}", events.len()))
+        if let Some(f) = final_state(events) {
+            figures.final_placed = f.placements.len();
+            figures.final_queued = f.queued.len();
+            for r in &f.finished {
+                *figures.finished.entry(r.reason.clone()).or_default() += 1;
+            }
         }
-        _ => None,
-    });
-    let mut lines = vec![format!(
-        "{} agents, TTL {} ms, replica faults {}: {placed} placed, {queued} queued; {accepted} reports accepted, {stale} refused STALE_ASSIGNMENT; {downs} workers down, {revived} revived",
-        plan.agents, plan.ttl_ms, plan.replica_faults
-    )];
-    lines.push(format!(
-        "watch: {watched} events over {} rounds on rotating replicas; {}",
-        rounds.len(),
-        replayed.unwrap_or_else(|| "no replay".into())
-    ));
-    if let Some(f) = final_state(events) {
-        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &f.finished {
-            *reasons.entry(r.reason.as_str()).or_default() += 1;
-        }
-        lines.push(format!(
-            "final: {} placed, {} queued, finished {reasons:?}",
-            f.placements.len(),
-            f.queued.len()
-        ));
+        figures
     }
-    lines
+
+    /// The report's scenario lines.
+    pub fn lines(&self, plan: Plan) -> Vec<String> {
+        let replay = match self.replayed_from {
+            Some(r) => {
+                format!("a fresh watch from the start on r{r} replayed the same {}", self.replayed)
+            }
+            None => "no replica held the journal from the start".into(),
+        };
+        vec![
+            format!(
+                "{} agents, TTL {} ms, replica faults {}: {} placed, {} queued; {} reports accepted, {} refused STALE_ASSIGNMENT; {} workers down, {} revived",
+                plan.agents, plan.ttl_ms, plan.replica_faults, self.placed, self.queued,
+                self.reports_accepted, self.stale_refused, self.downs, self.revived
+            ),
+            format!("watch: {} events over {} rounds on rotating replicas; {replay}", self.watched, self.watch_rounds),
+            format!(
+                "final: {} placed, {} queued, finished {:?}",
+                self.final_placed, self.final_queued, self.finished
+            ),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub struct Report {
     /// The fairness scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fairness: Option<crate::fairness::Fairness>,
+    /// The fleet scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::Figures>,
     #[serde(skip)]
     pub history: Vec<Op>,
 }
@@ -206,7 +209,9 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     if scenario == Scenario::Fleet {
         let events = lock(&agents.events).clone();
         report.violations.extend(fleet::check(&events).into_iter().map(|v| format!("fleet: {v}")));
-        report.scenario = fleet::summary(&events, fleet::Plan::from_seed(seed));
+        let figures = fleet::Figures::of(&events);
+        report.scenario = figures.lines(fleet::Plan::from_seed(seed));
+        report.fleet = Some(figures);
     }
     if scenario == Scenario::Fairness {
         let figures = fairness::measure(&lock(fair_jobs));
