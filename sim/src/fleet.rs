@@ -562,7 +562,8 @@ async fn follow(c: Client, me: String, held: Arc<Mutex<Held>>, shared: Arc<Share
 }
 
 /// One agent: heartbeat, take what its assignment stream says it holds, (a pause, if the
-/// fault driver holds it here,) report on it; every third of the TTL. A failed heartbeat gets
+/// fault driver holds it here, after which it reports all of that COMPLETED,) report on it;
+/// every third of the TTL. A failed heartbeat gets
 /// fresh connections and a fresh stream (a partition leaves the old ones stalled).
 pub(crate) async fn agent(
     params: Params,
@@ -604,7 +605,9 @@ pub(crate) async fn agent(
             .iter()
             .map(|((p, slot), (assigned_at, running))| (p.clone(), *slot, *assigned_at, *running))
             .collect();
+        let mut resumed = false;
         while shared.paused[at].load(Ordering::SeqCst) {
+            resumed = true;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         rng.shuffle(&mut reports);
@@ -615,6 +618,8 @@ pub(crate) async fn agent(
                 break;
             }
             let (status, stale) = match rng.below(100) {
+                // Back from a pause: what it held has finished, as far as it knows.
+                _ if resumed => (pb::InstanceStatus::Completed, false),
                 0..=4 => (pb::InstanceStatus::Running, true),
                 5..=19 if running => (pb::InstanceStatus::Completed, false),
                 20..=22 if running => (pb::InstanceStatus::Failed, false),
