@@ -67,6 +67,8 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         // One random client in the background: the fleet brings its own load.
         params.workload_ms = fleet::WORKLOAD_MS;
         params.clients = 1;
+        // Membership churn elects leaders too (each extends worker TTLs by the lease grace).
+        params.membership &= fleet::Plan::from_seed(seed).replica_faults;
     }
     berth::raft::runtime::seed_thread_rng(rng.next_u64());
     let mut report = Report { seed, params: Some(params.clone()), ..Default::default() };
