@@ -194,9 +194,9 @@ impl Client {
                 .open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await })
                 .await?;
             loop {
-                // An idle stream hears progress every second: silence means its replica is
-                // paused or gone.
-                let next = tokio::time::timeout(self.options.attempt_timeout, stream.message());
+                // An idle stream hears progress every few seconds: silence means its replica
+                // is paused or gone.
+                let next = tokio::time::timeout(crate::api::STREAM_SILENCE_MAX, stream.message());
                 let Ok(next) = next.await else { break };
                 match next {
                     Ok(Some(message)) => {

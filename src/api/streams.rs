@@ -6,7 +6,7 @@
 //! client holds back only its own task: the journal keeps events for it until they age out,
 //! and then its stream ends with WATCH_COMPACTED.
 //!
-//! An idle stream proves every `STREAM_PROGRESS_INTERVAL` that its replica is still current (it
+//! An idle stream proves every `STREAM_PROGRESS_INTERVAL` (5 s) that its replica is still current (it
 //! renews the replica's vouch lease: a read index confirmed by the leader, shared by every
 //! caller) and sends a progress message; a replica that cannot (cut off from the leader) ends
 //! the stream with UNAVAILABLE. A client that hears nothing for a few intervals (a replica
@@ -35,7 +35,10 @@ const STREAM_BUFFER: usize = 256;
 /// Events read from the journal at a time.
 const READ_CHUNK: usize = 256;
 /// How often an idle stream says it is alive and current.
-pub const STREAM_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+pub const STREAM_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a client waits on a silent stream before it takes it for dead and resumes on
+/// another replica (three progress intervals).
+pub const STREAM_SILENCE_MAX: Duration = Duration::from_secs(15);
 /// How long an idle stream's replica may take to confirm it is current.
 const VOUCH_DEADLINE: Duration = Duration::from_secs(2);
 

@@ -114,41 +114,44 @@ impl Journal {
         if events.is_empty() {
             return;
         }
-        let mut touched_tenants = Vec::new();
-        let mut touched_workers = Vec::new();
-        let mut every_worker = false;
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         {
             let mut inner = self.lock();
-            for (n, event) in events.into_iter().enumerate() {
+            for (n, event) in events.iter().enumerate() {
                 let pos = EventPos { index, n: u32::try_from(n).unwrap_or(u32::MAX) };
-                if let Some(t) = event.tenant() {
-                    touched_tenants.push(t.clone());
-                }
-                touched_workers.extend(event.workers().into_iter().cloned());
-                every_worker |= matches!(event, Event::TenantDeleted { .. });
                 inner.head = pos;
-                inner.events.push_back(Journaled { pos, at, event: Arc::new(event) });
+                inner.events.push_back(Journaled { pos, at, event: event.clone() });
             }
             while inner.events.len() > JOURNAL_EVENTS_MAX {
                 let Some(old) = inner.events.pop_front() else { break };
                 inner.dropped = Some(old.pos);
                 if let Some(t) = old.event.tenant() {
-                    inner.dropped_by_tenant.insert(t.clone(), old.pos);
+                    match inner.dropped_by_tenant.get_mut(t) {
+                        Some(pos) => *pos = old.pos,
+                        None => {
+                            inner.dropped_by_tenant.insert(t.clone(), old.pos);
+                        }
+                    }
                 }
             }
         }
+        // Wake only the keys these events touch (nothing to look up while nobody watches).
         let wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        for t in touched_tenants {
-            if let Some(w) = wakers.tenants.get(&t) {
-                w.notify_waiters();
+        if !wakers.tenants.is_empty() {
+            for t in events.iter().filter_map(|e| e.tenant()) {
+                if let Some(w) = wakers.tenants.get(t) {
+                    w.notify_waiters();
+                }
             }
         }
-        if every_worker {
-            wakers.workers.values().for_each(|w| w.notify_waiters());
-        } else {
-            for id in touched_workers {
-                if let Some(w) = wakers.workers.get(&id) {
-                    w.notify_waiters();
+        if !wakers.workers.is_empty() {
+            if events.iter().any(|e| matches!(**e, Event::TenantDeleted { .. })) {
+                wakers.workers.values().for_each(|w| w.notify_waiters());
+            } else {
+                for id in events.iter().flat_map(|e| e.workers()) {
+                    if let Some(w) = wakers.workers.get(id) {
+                        w.notify_waiters();
+                    }
                 }
             }
         }

@@ -201,9 +201,10 @@ async fn watch(client: Arc<Client>, worker: String, heard: mpsc::Sender<Heard>) 
             .await;
         match opened {
             Ok(mut stream) => loop {
-                // An idle stream hears from its replica every second: silence means it is
+                // An idle stream hears from its replica every few seconds: silence means it is
                 // paused or gone.
-                let next = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+                let next = tokio::time::timeout(berth::api::STREAM_SILENCE_MAX, stream.message());
+                let next = next.await;
                 let Ok(next) = next else {
                     eprintln!("agent: the assignment stream fell silent; reconnecting");
                     break;
