@@ -268,7 +268,7 @@ pub(super) async fn watch_assignments(
                         || !unassigned.is_empty()
                         || (old.generation, old.down, old.registered)
                             != (view.generation, view.down, view.registered);
-                    changed.then(|| pb::WatchAssignmentsResponse {
+                    changed.then_some(pb::WatchAssignmentsResponse {
                         log_index: view.log_index,
                         full: false,
                         assigned,
