@@ -324,7 +324,7 @@ async fn read_holdings(c: &Client) -> Result<(Holdings, BTreeSet<String>), tonic
     for t in list_tenants(c).await? {
         for p in list_placements(c, &t).await? {
             let id = p.spec.map(|s| s.placement_id).unwrap_or_default();
-            h.placements.insert((t.clone(), id), p.workers);
+            h.placements.insert(format!("{t}/{id}"), p.workers);
         }
     }
     let mut down = BTreeSet::new();
@@ -349,10 +349,7 @@ async fn read_holdings(c: &Client) -> Result<(Holdings, BTreeSet<String>), tonic
             for p in &page {
                 let id = p.spec.as_ref().map(|s| s.placement_id.clone()).unwrap_or_default();
                 after = format!("{}/{id}", p.tenant_id);
-                h.by_worker
-                    .entry(w.worker_id.clone())
-                    .or_default()
-                    .insert((p.tenant_id.clone(), id));
+                h.by_worker.entry(w.worker_id.clone()).or_default().insert(after.clone());
             }
             if page.len() < 1_000 {
                 break;

@@ -93,6 +93,7 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     tenants.push(workload::CAPACITY_TENANT.to_owned());
     tenants.push(workload::PROBE_FROM.to_owned());
     tenants.push(workload::PROBE_TO.to_owned());
+    tenants.push(checker::worker::TENANT.to_owned());
     for t in &tenants {
         let req = pb::CreateTenantRequest {
             request_id: format!("setup-tenant-{t}"),
