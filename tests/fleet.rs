@@ -559,7 +559,7 @@ async fn a_watch_resumes_across_a_replica_kill_with_no_gap_and_no_duplicate() {
     }
     cluster.stop(follower).await;
     let leader = cluster.leader().await;
-    let mut writes = clients(&cluster, leader).await.scheduler.clone();
+    let writes = clients(&cluster, leader).await.scheduler.clone();
     for i in 0..5 {
         poll("a write after the kill", || {
             let mut writes = writes.clone();

@@ -362,7 +362,7 @@ impl Agent {
     }
 
     fn env(&self, a: &pb::Assignment) -> Vec<(String, String)> {
-        let resources = a.resources.clone().unwrap_or_default();
+        let resources = a.resources.unwrap_or_default();
         vec![
             ("BERTH_WORKER".into(), self.args.worker.clone()),
             ("BERTH_TENANT".into(), a.tenant_id.clone()),
