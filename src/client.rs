@@ -55,6 +55,11 @@ pub fn new_request_id() -> String {
     crate::raft::replica::hex(&bytes)
 }
 
+fn compacted(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().is_some_and(|info| info.reason == "WATCH_COMPACTED")
+}
+
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -182,17 +187,15 @@ impl Client {
     /// again (on another endpoint if this one is gone), resuming after the last position
     /// delivered, so `deliver` sees every event once, in log order (positions are the same on
     /// every replica). Ends when `deliver` returns false, or with the first error that is not
-    /// transient (`WATCH_COMPACTED`: list again and watch from now; `PERMISSION_DENIED`; ...),
-    /// or when no endpoint opens it within the call deadline.
+    /// transient (`WATCH_COMPACTED` from every endpoint: list again and watch from now;
+    /// `PERMISSION_DENIED`; ...), or when no endpoint opens it within the call deadline.
     pub async fn watch(
         &self,
         mut request: pb::WatchRequest,
         mut deliver: impl FnMut(pb::WatchResponse) -> bool,
     ) -> Result<(), Status> {
         loop {
-            let mut stream = self
-                .open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await })
-                .await?;
+            let mut stream = self.open_watch(&request).await?;
             loop {
                 // An idle stream hears progress every few seconds: silence means its replica
                 // is paused or gone.
@@ -224,6 +227,27 @@ impl Client {
                 }
             }
             self.next_endpoint();
+        }
+    }
+
+    /// Opens a watch. A replica that no longer holds the resume point (it caught up by
+    /// snapshot, or restarted) may not be the only one: each endpoint is asked once before
+    /// `WATCH_COMPACTED` is the answer.
+    async fn open_watch(
+        &self,
+        request: &pb::WatchRequest,
+    ) -> Result<tonic::Streaming<pb::WatchResponse>, Status> {
+        let mut tried = 0;
+        loop {
+            let opened =
+                self.open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await });
+            match opened.await {
+                Err(status) if compacted(&status) && tried + 1 < self.channels.len() => {
+                    tried += 1;
+                    self.next_endpoint();
+                }
+                other => return other,
+            }
         }
     }
 

@@ -726,3 +726,55 @@ async fn operators_see_pools_and_the_queue_across_tenants() {
     assert!(matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied), "{s:?}");
     cluster.shutdown().await;
 }
+
+/// A replica restarted from its snapshot holds no events before it: a resume point older than
+/// that is WATCH_COMPACTED there, while the client library asks the other replicas, which
+/// still hold it, and delivers from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_before_a_replicas_snapshot_is_compacted_there_only() {
+    let mut cluster = Cluster::start_with(3, snapshotting_options, true).await;
+    let leader = cluster.leader().await;
+    let mut c = clients(&cluster, leader).await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 1_000_000).await;
+    for i in 0..60 {
+        c.scheduler
+            .place(authed(ADMIN_TOKEN, place("acme", spec(&format!("p{i}"), 10))))
+            .await
+            .expect("placed");
+    }
+    let restarted = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    cluster.stop(restarted).await;
+    cluster.restart(restarted).await;
+    converged(&cluster).await;
+    let there = clients(&cluster, restarted).await;
+    let mut scheduler = there.scheduler.clone();
+    let r = pb::WatchRequest { after_log_index: Some(0), ..Default::default() };
+    let refused = scheduler.watch(authed(ADMIN_TOKEN, r.clone())).await.expect_err("compacted");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "WATCH_COMPACTED")
+    );
+
+    let mut channels = vec![(format!("replica {restarted}"), there.channel.clone())];
+    for id in cluster.running().into_iter().filter(|id| *id != restarted) {
+        channels.push((format!("replica {id}"), clients(&cluster, id).await.channel));
+    }
+    let client =
+        berth::client::Client::with_channels(channels, Some(ADMIN_TOKEN), Default::default())
+            .expect("a client");
+    let mut first = None;
+    client
+        .watch(r, |m| match m.message {
+            Some(pb::watch_response::Message::Event(e)) => {
+                first = Some(e);
+                false
+            }
+            _ => true,
+        })
+        .await
+        .expect("another replica still holds it");
+    let first = first.expect("an event");
+    assert_eq!((first.kind.as_str(), first.tenant_id.as_str()), ("TENANT_CREATED", "acme"));
+    cluster.shutdown().await;
+}

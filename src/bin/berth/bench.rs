@@ -122,7 +122,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         );
     }
     let fleet = register_fleet(client.clone(), &tenant, args.heartbeat_workers).await?;
-    let watchers = open_idle_watchers(client.clone(), &tenant, args.idle_watchers).await?;
+    let watchers = open_idle_watchers(&connection, &tenant, args.idle_watchers).await?;
     eprintln!(
         "bench: tenant {tenant}, {} workers, {} clients, {} s, {} heartbeating workers, {} idle \
          watchers",
@@ -361,21 +361,34 @@ fn heartbeat_fleet(
 }
 
 /// Opens `count` Watch streams on tenants of their own that never have events, and keeps each
-/// open (reading, should anything come) until aborted.
+/// open (reading, should anything come) until aborted. They are other clients: 100 per client
+/// of their own (own connections), spread over the endpoints, not sharing the load's
+/// connections.
 async fn open_idle_watchers(
-    client: Arc<client::Client>,
+    connection: &crate::cli::Connection,
     tenant: &str,
     count: u32,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut watchers = Vec::new();
+    let mut client = None;
     for i in 0..count {
+        if i % 100 == 0 {
+            let c = connection.client(ClientOptions::default())?;
+            for _ in 0..(i / 100) {
+                c.next_endpoint();
+            }
+            client = Some(Arc::new(c));
+        }
+        let client = client.clone().expect("invariant: made at i = 0");
         let m = pb::WatchRequest { tenant_id: format!("{tenant}-idle-{i}"), ..Default::default() };
         let mut stream = client
             .open(m, |ch, r| async move { client::scheduler(ch).watch(r).await })
             .await
             .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
-        watchers
-            .push(tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} }));
+        watchers.push(tokio::spawn(async move {
+            let _client = client;
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
     }
     Ok(watchers)
 }
