@@ -55,6 +55,11 @@ pub fn new_request_id() -> String {
     crate::raft::replica::hex(&bytes)
 }
 
+fn compacted(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().is_some_and(|info| info.reason == "WATCH_COMPACTED")
+}
+
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -108,6 +113,17 @@ impl Client {
         F: Fn(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.attempts(message, rpc, true).await
+    }
+
+    /// `call`'s loop; `bounded` sends the attempt timeout to the server too (a unary call),
+    /// where a stream bounds only its opening.
+    async fn attempts<M, T, F, Fut>(&self, message: M, rpc: F, bounded: bool) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let until = tokio::time::Instant::now() + self.options.deadline;
         let mut attempt = 0usize;
         let mut last = Status::unavailable("no endpoint answered");
@@ -115,7 +131,9 @@ impl Client {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.channels.len();
             let (name, channel) = &self.channels[index];
             let mut request = Request::new(message.clone());
-            request.set_timeout(self.options.attempt_timeout);
+            if bounded {
+                request.set_timeout(self.options.attempt_timeout);
+            }
             if let Some(token) = &self.token {
                 request.metadata_mut().insert("authorization", token.clone());
             }
@@ -148,6 +166,94 @@ impl Client {
                 last.message()
             ),
         ))
+    }
+
+    /// Opens a server stream with `rpc`, failing over between endpoints as `call` does. The
+    /// stream itself has no deadline (only opening it does).
+    pub async fn open<M, T, F, Fut>(
+        &self,
+        message: M,
+        rpc: F,
+    ) -> Result<tonic::Streaming<T>, Status>
+    where
+        M: Clone,
+        F: Fn(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
+    {
+        self.attempts(message, rpc, false).await
+    }
+
+    /// Watches events (`Scheduler.Watch`) through failures: when a stream breaks, it is opened
+    /// again (on another endpoint if this one is gone), resuming after the last position
+    /// delivered, so `deliver` sees every event once, in log order (positions are the same on
+    /// every replica). Ends when `deliver` returns false, or with the first error that is not
+    /// transient (`WATCH_COMPACTED` from every endpoint: list again and watch from now;
+    /// `PERMISSION_DENIED`; ...), or when no endpoint opens it within the call deadline.
+    pub async fn watch(
+        &self,
+        mut request: pb::WatchRequest,
+        mut deliver: impl FnMut(pb::WatchResponse) -> bool,
+    ) -> Result<(), Status> {
+        loop {
+            let mut stream = self.open_watch(&request).await?;
+            loop {
+                // An idle stream hears progress every few seconds: silence means its replica
+                // is paused or gone.
+                let next = tokio::time::timeout(crate::api::STREAM_SILENCE_MAX, stream.message());
+                let Ok(next) = next.await else { break };
+                match next {
+                    Ok(Some(message)) => {
+                        let at = match &message.message {
+                            Some(pb::watch_response::Message::Event(e)) => {
+                                Some((e.log_index, e.event))
+                            }
+                            Some(pb::watch_response::Message::Progress(p)) => {
+                                Some((p.log_index, p.event))
+                            }
+                            None => None,
+                        };
+                        if let Some((log_index, event)) = at {
+                            request.after_log_index = Some(log_index);
+                            request.after_event = Some(event);
+                        }
+                        if !deliver(message) {
+                            return Ok(());
+                        }
+                    }
+                    // The replica went away (or ended the stream): resume elsewhere.
+                    Ok(None) => break,
+                    Err(status) if retryable(&status) => break,
+                    Err(status) => return Err(status),
+                }
+            }
+            self.next_endpoint();
+        }
+    }
+
+    /// Opens a watch. A replica that no longer holds the resume point (it caught up by
+    /// snapshot, or restarted) may not be the only one: each endpoint is asked once before
+    /// `WATCH_COMPACTED` is the answer.
+    async fn open_watch(
+        &self,
+        request: &pb::WatchRequest,
+    ) -> Result<tonic::Streaming<pb::WatchResponse>, Status> {
+        let mut tried = 0;
+        loop {
+            let opened =
+                self.open(request.clone(), |ch, r| async move { scheduler(ch).watch(r).await });
+            match opened.await {
+                Err(status) if compacted(&status) && tried + 1 < self.channels.len() => {
+                    tried += 1;
+                    self.next_endpoint();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Prefers the next endpoint from now on: a stream from the current one broke.
+    pub fn next_endpoint(&self) {
+        self.preferred.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,8 +5,8 @@
 //! # Layout
 //! One entry per module, in dependency order: `→` names what it imports from the crate, and a
 //! module imports only modules listed above it, so there are no cycles. The `berth` binary
-//! (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `output`, and `cli/` with one file per
-//! resource) uses the library from outside; nothing in the library depends on it. The
+//! (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `agent`, `output`, and `cli/` with one
+//! file per resource) uses the library from outside; nothing in the library depends on it. The
 //! workspace's `rng/` crate (`berth-rng`) is the one seeded generator of `sim/` and `jepsen/`.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.
 //!   Imports nothing from the crate.
@@ -15,7 +15,8 @@
 //! - `scheduler` — the pure, deterministic core: `apply(Entry) -> Applied`. Imports nothing
 //!   else from the crate; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
 //!   `scheduler::testing` is the one harness (a log with its own index and time) for the
-//!   core's tests and benches.
+//!   core's tests and benches; `scheduler::events` is what each applied entry reports it did
+//!   (`Applied::journal`, in order, the same on every replica), the source of watches.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
@@ -35,13 +36,16 @@
 //!   deadlines, TLS hand-off; each request goes to a `Handler` it is given. No clock, no
 //!   writes to Raft. → `codec`, `tls`, `raft::types`.
 //! - `raft` — openraft around the core: `peer` (typed calls to other replicas), the state
-//!   machine wrapper, and the replica (the one proposer: group commit, leader stamping,
+//!   machine wrapper, `journal` (the events of applied entries, kept for watch streams), and
+//!   the replica (the one proposer: group commit, leader stamping,
 //!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
 //!   → `network`, `storage`, `clock`, `fatal`, `codec`, `scheduler`.
 //! - `api` — the public gRPC API (`berth.v1`): one file per service (`tenants`, `workers`,
 //!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
-//!   error mapping (`status`), the one narrowing of the core's answers (`answer`), and the
-//!   per-connection state its requests share (`ApiStream`, under tonic).
+//!   error mapping (`status`), the one narrowing of the core's answers (`answer`), the
+//!   heartbeat batcher (`heartbeats`), the server streams (`streams`: Watch,
+//!   WatchAssignments), and the per-connection state its requests share (`ApiStream`, under
+//!   tonic).
 //!   → `raft`, `scheduler`, `network::connect`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
@@ -50,7 +54,8 @@
 //!
 //! In short: `server` → `api` → `raft` → `network`/`storage` → `raft::types` → `scheduler`.
 //! `raft::types` is the one part of `raft` that `storage`, `network` and `tls` import: the
-//! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `types` → `runtime`.
+//! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `journal`, `types` →
+//! `runtime`.
 
 pub mod api;
 pub mod client;

@@ -793,3 +793,190 @@ fn up_insecure_is_plaintext_on_request() {
     let tls = berth(api, &Login { ca: Some(ca), ..plaintext.clone() }, &["tenant", "get", "acme"]);
     assert!(!tls.ok && tls.stdout.is_empty(), "{}", tls.stdout);
 }
+
+/// A long-running `berth` child (an agent, a watch) whose output lines arrive on a channel;
+/// killed on drop.
+struct Background {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(mut command: Command) -> Background {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth starts");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Background { child, lines }
+    }
+
+    /// The first line (after those already read) that satisfies `wanted`, within `within`.
+    fn wait_for(&self, within: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("no expected line in time; saw {seen:#?}");
+            };
+            if wanted(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two `berth agent`s run a spread placement; SIGKILL of one makes its worker go down within
+/// its TTL plus a tick of log time, and `berth watch` shows its instance moving to the other;
+/// a hook's exit status becomes the instance's report (with the instance in its environment);
+/// Ctrl-C drains an agent and it exits cleanly.
+#[test]
+fn agents_heartbeat_run_hooks_and_a_killed_one_loses_its_work() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let _cluster = up(&data, peer, api);
+    let login = &Login::of_up(&data);
+    ok(api, login, &["pool", "ttl", "default", "2s"]);
+    ok(api, login, &["tenant", "create", "acme"]);
+    let watch = Background::start({
+        let mut c = cli(api, login);
+        c.args(["watch", "--json"]);
+        c
+    });
+    let agent = |worker: &str, hook: Option<&str>| {
+        let mut c = cli(api, login);
+        c.args(["agent", worker, "--cpu", "4", "--memory-mib", "4096"]);
+        if let Some(hook) = hook {
+            c.args(["--on-assign", hook]);
+        }
+        Background::start(c)
+    };
+    let a1 = agent("a1", None);
+    let a2 = agent("a2", None);
+    for a in [&a1, &a2] {
+        a.wait_for(Duration::from_secs(20), |l| l.starts_with("started"));
+    }
+    // Both managed (heartbeating) before anything is placed.
+    for w in ["a1", "a2"] {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !ok(api, login, &["worker", "get", w, "--json"]).contains("alive_until_ms") {
+            assert!(Instant::now() < until, "{w} never heartbeat");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ok(
+        api,
+        login,
+        &["place", "acme", "job", "--cpu", "1", "--memory-mib", "256", "--count", "2", "--spread"],
+    );
+    for a in [&a1, &a2] {
+        a.wait_for(Duration::from_secs(20), |l| {
+            l.starts_with("assigned") && l.contains("placement=job")
+        });
+    }
+    let placement = ok(api, login, &["placement", "get", "acme", "job", "--json"]);
+    let placement: serde_json::Value = serde_json::from_str(&placement).expect("json");
+    let running = placement["placement"]["instances"].as_array().expect("instances").clone();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let placement = ok(api, login, &["placement", "get", "acme", "job", "--json"]);
+        let placement: serde_json::Value = serde_json::from_str(&placement).expect("json");
+        let reported = placement["placement"]["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["running_since_ms"].is_u64()));
+        if reported {
+            break;
+        }
+        assert!(Instant::now() < until, "the agents never reported running: {running:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let worker: serde_json::Value =
+        serde_json::from_str(&ok(api, login, &["worker", "get", "a1", "--json"])).expect("json");
+    let mut a1 = a1;
+    a1.child.kill().expect("SIGKILL a1");
+    let _ = a1.child.wait();
+    let ttl = worker["worker"]["liveness"]["ttl_ms"].as_u64().expect("ttl");
+    assert_eq!(ttl, 2_000);
+    let down = watch.wait_for(Duration::from_secs(30), |l| l.contains("\"WORKER_DOWN\""));
+    let down: serde_json::Value = serde_json::from_str(&down).expect("json");
+    assert_eq!(down["workers"][0], "a1");
+    let moved = watch.wait_for(Duration::from_secs(5), |l| l.contains("\"RESCHEDULED\""));
+    let moved: serde_json::Value = serde_json::from_str(&moved).expect("json");
+    assert_eq!(moved["placement_id"], "job");
+    assert_eq!(moved["moves"][0]["from_worker"], "a1");
+    assert_eq!(moved["moves"][0]["to_worker"], "a2");
+    assert_eq!(moved["log_index"], down["log_index"], "moved in the entry that marked it down");
+    // In log time: no later than its last heartbeat's TTL plus one tick of the leader.
+    let last: serde_json::Value =
+        serde_json::from_str(&ok(api, login, &["worker", "get", "a1", "--json"])).expect("json");
+    let alive_until = last["worker"]["liveness"]["alive_until_ms"].as_u64().expect("alive until");
+    let at = down["at_ms"].as_u64().expect("at");
+    assert!(
+        at >= alive_until && at <= alive_until + 1_000,
+        "down at {at}, alive until {alive_until}"
+    );
+    a2.wait_for(Duration::from_secs(20), |l| l.starts_with("assigned") && l.contains("slot="));
+    let placement = ok(api, login, &["placement", "get", "acme", "job", "--json"]);
+    assert!(!placement.contains("\"a1\""), "nothing left on a1: {placement}");
+
+    // A hook's exit status is the report; the instance is in its environment.
+    let seen = tmp.path().join("seen");
+    let hook = format!(
+        "echo \"$BERTH_TENANT $BERTH_PLACEMENT $BERTH_SLOT $BERTH_WORKER\" > {}; exit 3",
+        seen.display()
+    );
+    let a3 = agent("a3", Some(&hook));
+    a3.wait_for(Duration::from_secs(20), |l| l.starts_with("started"));
+    ok(api, login, &["worker", "drain", "a2"]);
+    ok(api, login, &["place", "acme", "flaky", "--cpu", "1", "--memory-mib", "256"]);
+    a3.wait_for(Duration::from_secs(20), |l| {
+        l.starts_with("hook exited") && l.contains("exit_code=3")
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let finished = ok(api, login, &["placement", "finished", "acme", "--json"]);
+        if finished.contains("\"FAILED\"") {
+            assert!(finished.contains("\"exit_code\": 3"), "{finished}");
+            break;
+        }
+        assert!(Instant::now() < until, "the failure was never reported: {finished}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&seen).expect("the hook ran").trim(), "acme flaky 0 a3");
+
+    // Ctrl-C drains: the worker stops taking work and the agent exits 0.
+    let pid = a3.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    let mut a3 = a3;
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = a3.child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(Instant::now() < until, "the agent did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let a3_state = ok(api, login, &["worker", "get", "a3", "--json"]);
+    assert!(a3_state.contains("\"schedulable\": false"), "{a3_state}");
+}

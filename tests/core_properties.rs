@@ -7,18 +7,19 @@
 //! lease tokens collide often. Every entry goes through `checked_apply`, which compares the
 //! core against a small model of what must (not) happen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth::scheduler::quota::GRACE_MAX_MS;
 use berth::scheduler::testing::Log;
 use berth::scheduler::{
-    Applied, Command, Config, Dimension, Entry, Expired, Fence, GroupId, GroupStrategy, Guarantee,
-    LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec,
-    Placement, PlacementId, PoolId, Preemption, Query, Quota, QuotaEvent, Rejection, RequestId,
-    Resources, Response, Scheduler, SessionKey, SoftLimit, SoftLimits, SoftShare, State,
-    Strategy as PlaceStrategy, TenantId, TokenHash, TokenId, UnixMillis, WaitReason, WindowLimits,
-    WindowPolicy, WorkerId, PLACEMENT_ALGORITHM, PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX,
-    SESSIONS_PER_TENANT_MAX,
+    Applied, Command, Config, Dimension, Entry, Event, Expired, Fence, GroupId, GroupStrategy,
+    Guarantee, LabelOp, LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, Lost,
+    LostOutcome, OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Preemption, Query, Quota,
+    QuotaEvent, Rejection, ReportedStatus, RequestId, Resources, Response, Scheduler, SessionKey,
+    SoftLimit, SoftLimits, SoftShare, State, Strategy as PlaceStrategy, TenantId, TokenHash,
+    TokenId, UnixMillis, WaitReason, WindowLimits, WindowPolicy, WorkerId, PLACEMENT_ALGORITHM,
+    PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX, QUEUE_MAX, SESSIONS_PER_TENANT_MAX,
+    WORKER_TTL_DEFAULT_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -209,6 +210,12 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
         prop_oneof![Just(PlaceStrategy::BinPack), Just(PlaceStrategy::Spread)],
         workload_labels(),
         prop::bool::weighted(0.3),
+        prop_oneof![3 => Just(OnWorkerLost::Reschedule), 1 => Just(OnWorkerLost::Release)],
+        prop_oneof![
+            6 => Just(None),
+            3 => ms(250..=6000).prop_map(Some),
+            1 => Just(Some(0u64)),
+        ],
     );
     let rule_sets = (
         rules(5, label_requirement()),
@@ -225,7 +232,17 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
     );
     (basics, rule_sets).prop_map(
         |(
-            (placement, count, resources, pool, strategy, labels, requeue_on_preemption),
+            (
+                placement,
+                count,
+                resources,
+                pool,
+                strategy,
+                labels,
+                requeue_on_preemption,
+                on_worker_lost,
+                max_runtime_ms,
+            ),
             (
                 requires,
                 prefers,
@@ -252,6 +269,8 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
             group,
             priority,
             requeue_on_preemption,
+            on_worker_lost,
+            max_runtime_ms,
         },
     )
 }
@@ -438,8 +457,61 @@ fn placement_id() -> impl Strategy<Value = PlacementId> {
     select(PLACEMENTS.to_vec()).prop_map(PlacementId::from)
 }
 
+/// A heartbeat of one to three of the workers (an unknown one now and then), or of none.
+fn heartbeat() -> impl Strategy<Value = Command> {
+    let id = prop_oneof![12 => worker(), 1 => Just(WorkerId::from("w9"))];
+    prop_oneof![
+        20 => prop::collection::vec(id, 1..=3),
+        1 => Just(Vec::new()),
+    ]
+    .prop_map(|workers| Command::Heartbeat { workers })
+}
+
+/// Worker TTLs of 1–3 s (so that the clock's jumps cross them), the default, or out of bounds.
+fn set_pool_worker_ttl() -> impl Strategy<Value = Command> {
+    let ttl = prop_oneof![
+        6 => ms(WORKER_TTL_MIN_MS..=3_000).prop_map(Some),
+        2 => Just(None),
+        1 => Just(Some(WORKER_TTL_MIN_MS - 1)),
+    ];
+    (select(vec!["default", "p2"]), ttl)
+        .prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool: PoolId::from(pool), ttl_ms })
+}
+
+/// A report on a slot; `retarget` aims it at a live slot (with its live `assigned_at` when
+/// it is 0 here, else a stale or arbitrary one).
+fn report_status() -> impl Strategy<Value = Command> {
+    let status = prop_oneof![
+        3 => Just(ReportedStatus::Running),
+        4 => Just(ReportedStatus::Completed),
+        1 => (any::<i32>(), prop_oneof![5 => Just(String::from("oom")), 1 => Just("x".repeat(257))])
+            .prop_map(|(exit_code, message)| ReportedStatus::Failed { exit_code, message }),
+    ];
+    (
+        tenant(),
+        placement_id(),
+        worker(),
+        0..=3u32,
+        prop_oneof![4 => Just(0u64), 1 => 1..=40u64],
+        status,
+    )
+        .prop_map(|(tenant, placement, worker, slot, assigned_at, status)| {
+            Command::ReportStatus {
+                worker,
+                tenant,
+                placement,
+                slot,
+                assigned_at: LogIndex(assigned_at),
+                status,
+            }
+        })
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
+        6 => report_status(),
+        8 => heartbeat(),
+        2 => set_pool_worker_ttl(),
         4 => Just(Command::Tick),
         3 => Just(Command::LeaderChanged),
         1 => set_config(),
@@ -632,6 +704,13 @@ fn case() -> impl Strategy<Value = Case> {
     );
     let group = || (prop_oneof![Just(GroupStrategy::Spread), Just(GroupStrategy::Pack)], 1..=4u32);
     let body = prop::collection::vec(step(), 0..=60);
+    // In half the runs every worker is managed from the start, often with short TTLs.
+    // (Some stay unmanaged: they never go down, so lost work has somewhere to go.)
+    let liveness = (
+        any::<bool>(),
+        prop::option::weighted(0.6, ms(WORKER_TTL_MIN_MS..=3_000)),
+        prop::collection::vec(prop::bool::weighted(0.7), WORKERS.len()),
+    );
     // Often start with quotas (soft limits especially) on some tenants, so that bursts, grace
     // ends and refusals by every kind of limit happen within a short run.
     // And often with preemption policies, tight cpu limits and guarantees, so that priority
@@ -640,8 +719,8 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![2 => Just(None), 2 => quota().prop_map(Some), 3 => preempting_quota().prop_map(Some)],
         3,
     );
-    (config, workers, group(), group(), body, quotas).prop_map(
-        |(config, workers, g1, g2, body, quotas)| {
+    (config, workers, group(), group(), body, quotas, liveness).prop_map(
+        |(config, workers, g1, g2, body, quotas, (managed, ttl_ms, mask))| {
             let create = |tenant: &str, parent: Option<&str>| Command::CreateTenant {
                 tenant: TenantId::from(tenant),
                 parent: parent.map(TenantId::from),
@@ -662,6 +741,7 @@ fn case() -> impl Strategy<Value = Case> {
                     strategy,
                 }));
             }
+            let registered = workers.len();
             for (i, (pool, capacity, labels)) in workers.into_iter().enumerate() {
                 steps.push(setup_step(Command::RegisterWorker {
                     worker: WorkerId::from(WORKERS[i]),
@@ -669,6 +749,21 @@ fn case() -> impl Strategy<Value = Case> {
                     capacity,
                     labels,
                 }));
+            }
+            if managed {
+                for pool in ["default", "p2"] {
+                    let pool = PoolId::from(pool);
+                    steps.push(setup_step(Command::SetPoolWorkerTtl { pool, ttl_ms }));
+                }
+                let workers: Vec<WorkerId> = WORKERS[..registered]
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(w, _)| WorkerId::from(*w))
+                    .collect();
+                if !workers.is_empty() {
+                    steps.push(setup_step(Command::Heartbeat { workers }));
+                }
             }
             for (tenant, quota) in TENANTS.iter().zip(quotas) {
                 if let Some(quota) = quota {
@@ -841,6 +936,19 @@ fn retarget(command: &mut Command, target: &Index, state: &State) {
                 (*tenant, *lease) = target.get(&keys).clone();
             }
         }
+        Command::ReportStatus { worker, tenant, placement, slot, assigned_at, .. } => {
+            let live: Vec<&Placement> =
+                state.placements.values().filter(|p| !p.is_reservation()).collect();
+            if !live.is_empty() {
+                let p = *target.get(&live);
+                let i = (*slot as usize) % p.instances.len();
+                (*tenant, *placement) = (p.tenant.clone(), p.id().clone());
+                (*worker, *slot) = (p.instances[i].clone(), i as u32);
+                if assigned_at.0 == 0 {
+                    *assigned_at = p.slots[i].assigned_at;
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -885,6 +993,205 @@ struct Model {
     sessions: BTreeMap<SessionKey, (Command, Applied)>,
     order: BTreeMap<LogIndex, SessionKey>,
     last_token: BTreeMap<(TenantId, LeaseName), LogIndex>,
+    /// Worker TTLs set per pool (`SetPoolWorkerTtl`); the default elsewhere.
+    pool_ttls: BTreeMap<PoolId, u64>,
+    /// What a watcher that saw every journal event knows.
+    watch: Watch,
+}
+
+/// The state as rebuilt from nothing but the journal: what `Watch` and `WatchAssignments`
+/// promise their clients they can know.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Watch {
+    tenants: BTreeSet<TenantId>,
+    /// Placements and reservations: their instances and, for a reservation, its expiry.
+    placements: BTreeMap<(TenantId, PlacementId), (Vec<WorkerId>, Option<UnixMillis>)>,
+    queued: BTreeSet<(TenantId, PlacementId)>,
+    leases: BTreeMap<(TenantId, LeaseName), LogIndex>,
+    /// Each worker: (down, drained).
+    workers: BTreeMap<WorkerId, (bool, bool)>,
+    /// Each worker's assignments (tenant, placement, slot), folded only from the events that
+    /// name it (`Event::workers`) and `TenantDeleted`: what `WatchAssignments` can know.
+    assignments: BTreeMap<WorkerId, BTreeSet<(TenantId, PlacementId, u32)>>,
+}
+
+impl Watch {
+    /// The same view, read from the state.
+    fn of(state: &State) -> Watch {
+        Watch {
+            tenants: state.tenants.keys().cloned().collect(),
+            placements: state
+                .placements
+                .iter()
+                .map(|(k, p)| (k.clone(), (p.instances.clone(), p.expires_at)))
+                .collect(),
+            queued: state.queue.keys().cloned().collect(),
+            leases: state.leases.iter().map(|(k, l)| (k.clone(), l.token)).collect(),
+            workers: state
+                .workers
+                .iter()
+                .map(|(id, w)| (id.clone(), (w.is_down(), !w.schedulable)))
+                .collect(),
+            assignments: state.placements.values().fold(BTreeMap::new(), |mut map, p| {
+                for (slot, w) in p.instances.iter().enumerate() {
+                    let slot = u32::try_from(slot).expect("small");
+                    let set: &mut BTreeSet<_> = map.entry(w.clone()).or_default();
+                    set.insert((p.tenant.clone(), p.id().clone(), slot));
+                }
+                map
+            }),
+        }
+    }
+
+    /// Folds `event` into the assignments of `worker`, one of the workers it names.
+    fn assign(
+        &mut self,
+        worker: &WorkerId,
+        event: &Event,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        let set = self.assignments.entry(worker.clone()).or_default();
+        let slots = |instances: &[WorkerId]| -> Vec<u32> {
+            let on = instances.iter().enumerate().filter(|(_, w)| *w == worker);
+            on.map(|(i, _)| u32::try_from(i).expect("small")).collect()
+        };
+        match event {
+            Event::Placed { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    set.insert((tenant.clone(), placement.clone(), slot));
+                }
+            }
+            Event::Released { tenant, placement, instances, .. } => {
+                for slot in slots(instances) {
+                    let gone = set.remove(&(tenant.clone(), placement.clone(), slot));
+                    prop_assert!(gone, "{:?} released what it did not hold: {}", worker, what);
+                }
+            }
+            Event::Rescheduled { tenant, placement, moves } => {
+                for (slot, from, to) in moves {
+                    let a = (tenant.clone(), placement.clone(), *slot);
+                    if from == worker {
+                        prop_assert!(set.remove(&a), "moved off {:?}: {}", worker, what);
+                    }
+                    if to == worker {
+                        set.insert(a);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if set.is_empty() {
+            self.assignments.remove(worker);
+        }
+        Ok(())
+    }
+
+    /// Folds one event in; an event that contradicts what came before fails.
+    fn fold(&mut self, event: &Event, what: &str) -> Result<(), TestCaseError> {
+        let named: BTreeSet<&WorkerId> = event.workers().into_iter().collect();
+        for worker in named {
+            self.assign(worker, event, what)?;
+        }
+        let key = |t: &TenantId, p: &PlacementId| (t.clone(), p.clone());
+        match event {
+            Event::Placed { tenant, placement, instances, from_queue, expires_at, .. } => {
+                let k = key(tenant, placement);
+                if *from_queue {
+                    prop_assert!(self.queued.remove(&k), "admitted unqueued {:?}: {}", k, what);
+                }
+                let old = self.placements.insert(k, (instances.clone(), *expires_at));
+                prop_assert!(old.is_none(), "placed twice: {}", what);
+            }
+            Event::Confirmed { tenant, placement, instances } => {
+                let p = self.placements.get_mut(&key(tenant, placement));
+                prop_assert!(p.as_ref().is_some_and(|p| p.1.is_some()), "confirmed: {}", what);
+                prop_assert!(
+                    p.as_ref().is_some_and(|p| &p.0 == instances),
+                    "confirmed where: {}",
+                    what
+                );
+                if let Some(p) = p {
+                    p.1 = None;
+                }
+            }
+            Event::Released { tenant, placement, instances, .. } => {
+                let old = self.placements.remove(&key(tenant, placement)).map(|p| p.0);
+                prop_assert_eq!(old.as_ref(), Some(instances), "released: {}", what);
+            }
+            Event::Queued { tenant, placement, .. } => {
+                let k = key(tenant, placement);
+                prop_assert!(!self.placements.contains_key(&k), "queued while placed: {}", what);
+                prop_assert!(self.queued.insert(k), "queued twice: {}", what);
+            }
+            Event::Dequeued { tenant, placement } => {
+                prop_assert!(self.queued.remove(&key(tenant, placement)), "dequeued: {}", what);
+            }
+            Event::Rescheduled { tenant, placement, moves } => {
+                let p = self.placements.get_mut(&key(tenant, placement));
+                let Some((instances, _)) = p else {
+                    return Err(TestCaseError::fail(format!("moved unplaced: {what}")));
+                };
+                for (slot, from, to) in moves {
+                    let at = instances.get_mut(*slot as usize);
+                    prop_assert_eq!(at.as_deref(), Some(from), "moved from: {}", what);
+                    if let Some(at) = at {
+                        *at = to.clone();
+                    }
+                }
+            }
+            Event::LeaseGranted { tenant, lease, token, .. } => {
+                let old = self.leases.insert((tenant.clone(), lease.clone()), *token);
+                prop_assert!(old.is_none(), "granted a held lease: {}", what);
+            }
+            Event::LeaseReleased { tenant, lease, token }
+            | Event::LeaseExpired { tenant, lease, token } => {
+                let old = self.leases.remove(&(tenant.clone(), lease.clone()));
+                prop_assert_eq!(old, Some(*token), "lease ended: {}", what);
+            }
+            Event::TenantCreated { tenant, .. } => {
+                prop_assert!(self.tenants.insert(tenant.clone()), "created twice: {}", what);
+            }
+            Event::TenantDeleted { tenant } => {
+                prop_assert!(self.tenants.remove(tenant), "deleted unknown: {}", what);
+                self.placements.retain(|(t, _), _| t != tenant);
+                self.queued.retain(|(t, _)| t != tenant);
+                self.leases.retain(|(t, _), _| t != tenant);
+                for set in self.assignments.values_mut() {
+                    set.retain(|(t, _, _)| t != tenant);
+                }
+                self.assignments.retain(|_, set| !set.is_empty());
+            }
+            Event::WorkerRegistered { worker, .. } => {
+                let old = self.workers.insert(worker.clone(), (false, false));
+                prop_assert!(old.is_none(), "registered twice: {}", what);
+            }
+            Event::WorkerRemoved { worker } => {
+                prop_assert!(self.workers.remove(worker).is_some(), "removed: {}", what);
+            }
+            Event::WorkerDown { worker, .. }
+            | Event::WorkerRevived { worker }
+            | Event::WorkerDrained { worker }
+            | Event::WorkerUndrained { worker } => {
+                let w = self.workers.get_mut(worker);
+                let Some((down, drained)) = w else {
+                    return Err(TestCaseError::fail(format!("unknown worker: {what}")));
+                };
+                let (flag, to) = match event {
+                    Event::WorkerDown { .. } => (down, true),
+                    Event::WorkerRevived { .. } => (down, false),
+                    Event::WorkerDrained { .. } => (drained, true),
+                    _ => (drained, false),
+                };
+                prop_assert!(*flag != to, "no change reported: {}", what);
+                *flag = to;
+            }
+            Event::InstanceRunning { .. }
+            | Event::InstanceCompleted { .. }
+            | Event::InstanceFailed { .. }
+            | Event::Quota(_) => {}
+        }
+        Ok(())
+    }
 }
 
 impl Model {
@@ -894,6 +1201,8 @@ impl Model {
             sessions: BTreeMap::new(),
             order: BTreeMap::new(),
             last_token: BTreeMap::new(),
+            pool_ttls: BTreeMap::new(),
+            watch: Watch::default(),
         }
     }
 
@@ -907,6 +1216,11 @@ impl Model {
             self.drop_oldest_of(&scope);
         }
         self.evict();
+    }
+
+    /// The TTL a heartbeat gives a worker of `pool`.
+    fn ttl_of(&self, pool: &PoolId) -> u64 {
+        self.pool_ttls.get(pool).copied().unwrap_or(WORKER_TTL_DEFAULT_MS)
     }
 
     fn drop_oldest_of(&mut self, scope: &Option<TenantId>) {
@@ -992,7 +1306,8 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         needs_values == r.values.is_empty()
     };
     let bad_spec = |s: &PlaceSpec| {
-        s.count == 0
+        s.max_runtime_ms == Some(0)
+            || s.count == 0
             || s.resources.is_zero()
             || !object_id_ok(s.placement.as_str())
             || s.worker_requires.iter().chain(&s.worker_prefers).any(bad_rule)
@@ -1032,6 +1347,14 @@ fn must_reject(command: &Command) -> Option<Option<Rejection>> {
         Command::CreatePlacementGroup { max_instances, .. } => *max_instances == 0,
         Command::SetPoolReserve { pool, .. } => !object_id_ok(pool.as_str()),
         Command::AcquireLease { holder, ttl_ms, .. } => holder.trim().is_empty() || *ttl_ms == 0,
+        Command::Heartbeat { workers } => workers.is_empty(),
+        Command::ReportStatus { slot, status, .. } => {
+            *slot >= 1_000
+                || matches!(status, ReportedStatus::Failed { message, .. } if message.len() > 256)
+        }
+        Command::SetPoolWorkerTtl { ttl_ms, .. } => {
+            ttl_ms.is_some_and(|t| !(WORKER_TTL_MIN_MS..=WORKER_TTL_MAX_MS).contains(&t))
+        }
         _ => false,
     };
     invalid.then_some(None)
@@ -1055,16 +1378,39 @@ fn pool_split(state: &State, pool: &PoolId) -> ([u128; 2], [u128; 2]) {
 
 /// What advancing log time to `now` must expire, from the state before the entry.
 fn due(state: &State, now: UnixMillis) -> Vec<Expired> {
+    // A reservation with a time limit ends by whichever comes first (a tie: its expiry).
+    let expiry_first = |p: &Placement| {
+        p.expires_at.is_some_and(|e| e <= now && p.time_limit_at.is_none_or(|t| e <= t))
+    };
     let mut due: Vec<Expired> = state
         .placements
         .values()
-        .filter(|p| p.expires_at.is_some_and(|at| at <= now))
+        .filter(|p| expiry_first(p))
         .map(|p| Expired::Reservation { tenant: p.tenant.clone(), reservation: p.id().clone() })
+        .chain(
+            state
+                .placements
+                .values()
+                .filter(|p| p.time_limit_at.is_some_and(|t| t <= now) && !expiry_first(p))
+                .map(|p| Expired::TimeLimit {
+                    tenant: p.tenant.clone(),
+                    placement: p.id().clone(),
+                }),
+        )
         .chain(state.leases.values().filter(|l| l.expires_at <= now).map(|l| Expired::Lease {
             tenant: l.tenant.clone(),
             lease: l.name.clone(),
             token: l.token,
         }))
+        .chain(
+            state
+                .workers
+                .values()
+                .filter(|w| {
+                    w.down_since.is_none() && w.liveness.is_some_and(|l| l.alive_until <= now)
+                })
+                .map(|w| Expired::Worker { worker: w.id.clone() }),
+        )
         .collect();
     due.sort();
     due
@@ -1087,6 +1433,7 @@ fn same_objects(a: &State, b: &State, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(&a.leases, &b.leases, "leases changed: {}", what);
     prop_assert_eq!(&a.queue, &b.queue, "queue changed: {}", what);
     prop_assert_eq!(&a.pool_reserves, &b.pool_reserves, "pool reserves changed: {}", what);
+    prop_assert_eq!(&a.pool_worker_ttls, &b.pool_worker_ttls, "worker TTLs changed: {}", what);
     Ok(())
 }
 
@@ -1113,6 +1460,19 @@ fn checked_apply(
         return Err(TestCaseError::fail(format!("invariants broken: {broken:#?}\n  by {what}")));
     }
     check_preemptions(&before, s, entry, &applied, &what)?;
+    check_lost(before.state(), s.state(), entry, &applied, &what)?;
+
+    // A watcher that folds every event knows exactly what the state holds.
+    for event in &applied.journal {
+        model.watch.fold(event, &what)?;
+    }
+    prop_assert_eq!(&model.watch, &Watch::of(s.state()), "journal vs state: {}", what);
+    let quota: Vec<&QuotaEvent> = applied
+        .journal
+        .iter()
+        .filter_map(|e| if let Event::Quota(q) = e { Some(q) } else { None })
+        .collect();
+    prop_assert_eq!(quota, applied.events.iter().collect::<Vec<_>>(), "events: {}", what);
 
     // Time never runs backwards; it is the largest proposed_at seen.
     let now = before.now().max(entry.proposed_at);
@@ -1165,6 +1525,11 @@ fn checked_apply(
         _ => true,
     };
 
+    // A refused or replayed command emits nothing beyond what its log time did.
+    if !executed || applied.result.is_err() {
+        prop_assert_eq!(&applied.journal, &tick.journal, "a refusal emitted: {}", what);
+    }
+
     if executed {
         prop_assert!(!applied.replayed, "fresh command replayed: {}", what);
         prop_assert_eq!(applied.log_index, entry.index, "log index: {}", what);
@@ -1177,7 +1542,13 @@ fn checked_apply(
             model.forget_tenant(tenant);
         }
         if let Some(key) = key.filter(|_| entry.command.validate().is_ok()) {
-            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
+            let first = Applied {
+                expired: Vec::new(),
+                events: Vec::new(),
+                lost: Vec::new(),
+                journal: Vec::new(),
+                ..applied.clone()
+            };
             model.remember(key, entry.command.clone(), first);
         }
         check_executed(ticked.state(), s, model, entry, &applied, &what)?;
@@ -1202,7 +1573,18 @@ fn checked_apply(
     for (key, p) in &s.state().placements {
         match before.state().placements.get(key) {
             Some(old) if old.log_index == p.log_index => {
-                prop_assert_eq!(&old.instances, &p.instances, "{:?} moved: {}", key, what);
+                // Only its lost instances move, each exactly as reported (`check_lost`).
+                let mut expected = old.instances.clone();
+                for lost in
+                    applied.lost.iter().filter(|l| (&l.tenant, &l.placement) == (&key.0, &key.1))
+                {
+                    if let LostOutcome::Rescheduled { moves } = &lost.outcome {
+                        for (slot, _, to) in moves {
+                            expected[*slot as usize] = to.clone();
+                        }
+                    }
+                }
+                prop_assert_eq!(&expected, &p.instances, "{:?} moved: {}", key, what);
             }
             _ => {
                 // Placed from the queue by this entry (before or after its command ran).
@@ -1210,8 +1592,14 @@ fn checked_apply(
                     matches!(e, QuotaEvent::Preempted { tenant, placement, requeued: true, .. }
                         if (tenant, placement) == (&key.0, &key.1))
                 });
+                // (Or lost with its worker and queued again by this entry.)
+                let lost_queued = applied.lost.iter().any(|l| {
+                    (&l.tenant, &l.placement) == (&key.0, &key.1)
+                        && l.outcome == LostOutcome::Queued
+                });
                 let queued = before.state().queue.contains_key(key)
                     || requeued
+                    || lost_queued
                     || matches!(&entry.command, Command::PlaceOrQueue { tenant, spec, .. }
                         if (tenant, &spec.placement) == (&key.0, &key.1));
                 if queued {
@@ -1303,12 +1691,19 @@ fn checked_apply(
         .placements
         .values()
         .filter_map(|p| p.expires_at)
+        .chain(st.placements.values().filter_map(|p| p.time_limit_at))
         .chain(st.leases.values().map(|l| l.expires_at))
         .chain(
             st.tenants
                 .values()
                 .filter_map(|t| t.burst.filter(|b| !b.expired))
                 .map(|b| b.grace_ends_at),
+        )
+        .chain(
+            st.workers
+                .values()
+                .filter(|w| w.down_since.is_none())
+                .filter_map(|w| w.liveness.map(|l| l.alive_until)),
         )
         .chain(
             (!st.queue.is_empty()
@@ -1321,6 +1716,142 @@ fn checked_apply(
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);
     Ok(applied)
+}
+
+/// Workers that go down take nothing with them: no instance stands on a down worker after any
+/// entry; every placement that had an instance on a worker this entry marked down (and did not
+/// expire in it) is reported exactly once in `Applied::lost` with exactly its lost slots, and
+/// either each lost slot moved (to a worker that was ready, undrained and met the spec's
+/// required labels, never under `OnWorkerLost::Release`) or the placement was released
+/// `WORKER_LOST` (queued again exactly when it came through the queue).
+fn check_lost(
+    before: &State,
+    after: &State,
+    entry: &Entry,
+    applied: &Applied,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    for (key, p) in &after.placements {
+        for w in &p.instances {
+            let down = after.workers.get(w).is_some_and(|w| w.down_since.is_some());
+            prop_assert!(!down, "{:?} has an instance on down worker {}: {}", key, w, what);
+        }
+    }
+    let dead: Vec<&WorkerId> = applied
+        .expired
+        .iter()
+        .filter_map(|e| match e {
+            Expired::Worker { worker } => Some(worker),
+            _ => None,
+        })
+        .collect();
+    let now = after.now;
+    let mut expected: Vec<(TenantId, PlacementId, Vec<u32>)> = before
+        .placements
+        .iter()
+        .filter(|(_, p)| p.expires_at.is_none_or(|at| at > now))
+        .filter(|(_, p)| p.time_limit_at.is_none_or(|at| at > now))
+        .filter_map(|(key, p)| {
+            let slots: Vec<u32> = (0..p.instances.len())
+                .filter(|i| dead.contains(&&p.instances[*i]))
+                .map(|i| i as u32)
+                .collect();
+            (!slots.is_empty()).then(|| (key.0.clone(), key.1.clone(), slots))
+        })
+        .collect();
+    expected.sort();
+    let reported: Vec<(TenantId, PlacementId, Vec<u32>)> = applied
+        .lost
+        .iter()
+        .map(|l| (l.tenant.clone(), l.placement.clone(), l.slots.clone()))
+        .collect();
+    prop_assert_eq!(&reported, &expected, "lost instances, each once: {}", what);
+    for Lost { tenant, placement, slots, outcome } in &applied.lost {
+        let key = (tenant.clone(), placement.clone());
+        let old = &before.placements[&key];
+        let still = after.placements.get(&key).filter(|p| p.log_index == old.log_index);
+        let commanded = match &entry.command {
+            Command::Place { tenant: t, spec, .. }
+            | Command::PlaceOrQueue { tenant: t, spec, .. }
+            | Command::Reserve { tenant: t, spec, .. } => {
+                (t, &spec.placement) == (tenant, placement)
+            }
+            Command::CancelQueued { tenant: t, .. } | Command::DeleteTenant { tenant: t } => {
+                t == tenant
+            }
+            // (Queued again, admitted at once, then released by the command.)
+            Command::Release { tenant: t, placement: id, .. } => (t, id) == (tenant, placement),
+            Command::RemoveWorker { .. } => matches!(&applied.result,
+                Ok(Response::WorkerRemoved { evicted }) if evicted.contains(&key)),
+            _ => false,
+        };
+        match outcome {
+            LostOutcome::Rescheduled { moves } => {
+                prop_assert_eq!(old.spec.on_worker_lost, OnWorkerLost::Reschedule, "{}", what);
+                let moved: Vec<u32> = moves.iter().map(|m| m.0).collect();
+                prop_assert_eq!(&moved, slots, "every lost slot moves: {}", what);
+                for (slot, from, to) in moves {
+                    prop_assert_eq!(&old.instances[*slot as usize], from);
+                    let target = before.workers.get(to);
+                    prop_assert!(
+                        target.is_some_and(|w| w.down_since.is_none() && w.schedulable)
+                            && !dead.contains(&to),
+                        "{:?} slot {} moved to {} that was down, drained or dying: {}",
+                        key,
+                        slot,
+                        to,
+                        what
+                    );
+                    let labels = target.map(|w| w.labels.clone()).unwrap_or_default();
+                    for rule in &old.spec.worker_requires {
+                        prop_assert!(
+                            rule.matches(&labels),
+                            "{:?} moved to {} against {:?}: {}",
+                            key,
+                            to,
+                            rule,
+                            what
+                        );
+                    }
+                }
+            }
+            LostOutcome::Queued | LostOutcome::Released => {
+                prop_assert!(still.is_none(), "released {:?} is still placed: {}", key, what);
+                let queued = matches!(outcome, LostOutcome::Queued);
+                prop_assert_eq!(
+                    queued,
+                    old.queue_if_unavailable,
+                    "{:?} queued again iff it came through the queue: {}",
+                    key,
+                    what
+                );
+                let back = after.queue.contains_key(&key) || after.placements.contains_key(&key);
+                if queued {
+                    // (Unless placed again and then preempted within this entry.)
+                    let preempted = applied.events.iter().any(|e| {
+                        matches!(e, QuotaEvent::Preempted { tenant: t, placement: id, .. }
+                            if (t, id) == (tenant, placement))
+                    });
+                    prop_assert!(
+                        back || commanded || preempted,
+                        "queued {:?} is gone: {}",
+                        key,
+                        what
+                    );
+                } else if !commanded && before.queue.len() < QUEUE_MAX {
+                    let placed_anew =
+                        after.placements.get(&key).is_some_and(|p| p.log_index == entry.index);
+                    prop_assert!(
+                        !after.queue.contains_key(&key) && !placed_anew,
+                        "released {:?} came back: {}",
+                        key,
+                        what
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A placement made by this entry: invariant 4 temporally (no instance on a worker that was
@@ -1356,6 +1887,14 @@ fn check_new_placement(
             p.id(),
             w,
             was.map(|w| w.schedulable),
+            what
+        );
+        let then = ticked.workers.get(w);
+        prop_assert!(
+            then.is_some_and(|w| w.down_since.is_none()),
+            "new instance of {} on worker {} that was down: {}",
+            p.id(),
+            w,
             what
         );
         let labels = was.map(|w| &w.labels).cloned().unwrap_or_default();
@@ -1719,8 +2258,78 @@ fn check_executed(
             let key = (tenant.clone(), lease.clone());
             prop_assert!(!after.leases.contains_key(&key), "released lease held: {}", what);
         }
+        (Command::ReportStatus { worker, tenant, placement, slot, assigned_at, .. }, result) => {
+            let key = (tenant.clone(), placement.clone());
+            let was = ticked.placements.get(&key);
+            let live = was.and_then(|p| {
+                let i = *slot as usize;
+                (i < p.instances.len() && p.instances[i] == *worker && !p.is_reservation())
+                    .then(|| p.slots[i].assigned_at)
+            });
+            match result {
+                Ok(Response::StatusReported { finished }) => {
+                    prop_assert_eq!(live, Some(*assigned_at), "a stale report landed: {}", what);
+                    let old = was.map(|p| p.log_index);
+                    let still =
+                        after.placements.get(&key).is_some_and(|p| Some(p.log_index) == old);
+                    prop_assert_eq!(still, finished.is_none(), "ended iff released: {}", what);
+                    if let Some(state) = finished {
+                        let record = after.finished.get(&key).map(|f| &f.state);
+                        prop_assert_eq!(record, Some(state), "finished record: {}", what);
+                    }
+                }
+                Err(Rejection::StaleAssignment { .. }) => {
+                    prop_assert!(live != Some(*assigned_at), "a live report refused: {}", what);
+                }
+                _ => {}
+            }
+        }
+        (Command::SetPoolWorkerTtl { pool, ttl_ms }, Ok(_)) => {
+            match ttl_ms {
+                Some(ttl) => model.pool_ttls.insert(pool.clone(), *ttl),
+                None => model.pool_ttls.remove(pool),
+            };
+            prop_assert_eq!(&after.pool_worker_ttls, &model.pool_ttls, "pool TTLs: {}", what);
+        }
+        (Command::Heartbeat { workers }, Ok(Response::Heartbeats(acks))) => {
+            prop_assert_eq!(acks.len(), workers.len(), "one answer per id: {}", what);
+            for (id, ack) in workers.iter().zip(acks) {
+                let (Some(was), Some(ack)) = (ticked.workers.get(id), ack) else {
+                    prop_assert!(ack.is_none(), "unknown {} answered: {}", id, what);
+                    continue;
+                };
+                let w = &after.workers[id];
+                let ttl = model.ttl_of(&was.pool);
+                let old = was.liveness.filter(|_| was.down_since.is_none()).map(|l| l.alive_until);
+                let until = now.plus_ms(ttl).max(old.unwrap_or(UnixMillis(0)));
+                prop_assert_eq!(
+                    w.liveness.map(|l| l.alive_until),
+                    Some(until),
+                    "TTL of {}: {}",
+                    id,
+                    what
+                );
+                prop_assert_eq!(ack.alive_until, until);
+                prop_assert_eq!(ack.revived, was.down_since.is_some(), "revived {}: {}", id, what);
+                prop_assert!(
+                    w.down_since.is_none(),
+                    "{} still down after a heartbeat: {}",
+                    id,
+                    what
+                );
+                let generation = if ack.revived { entry.index } else { was.generation };
+                prop_assert_eq!(w.generation, generation, "generation of {}: {}", id, what);
+                if ack.revived {
+                    prop_assert!(was.allocated.is_zero(), "revived {} held work: {}", id, what);
+                }
+            }
+        }
         (Command::LeaderChanged, Ok(_)) => {
             let floor = now.plus_ms(after.config.lease_grace_ms);
+            for w in after.workers.values().filter(|w| w.down_since.is_none()) {
+                let until = w.liveness.map(|l| l.alive_until);
+                prop_assert!(until.is_none_or(|u| u >= floor), "{} not extended: {}", w.id, what);
+            }
             for l in after.leases.values() {
                 prop_assert!(l.expires_at >= floor, "lease {} not extended: {}", l.name, what);
             }
@@ -1756,6 +2365,8 @@ fn check_executed(
                 _ => None,
             };
             prop_assert_eq!(p.expires_at, expires_at, "reservation expiry: {}", what);
+            let limit = spec.max_runtime_ms.map(|ms| now.plus_ms(ms));
+            prop_assert_eq!(p.time_limit_at, limit, "time limit: {}", what);
         }
         (Command::Release { tenant, placement: id, .. }, Ok(_))
         | (Command::CancelReservation { tenant, reservation: id, .. }, Ok(_)) => {
@@ -1881,6 +2492,7 @@ fn contention_case() -> impl Strategy<Value = Case> {
         }),
         1 => worker().prop_map(|worker| Command::RemoveWorker { worker, evict: true }),
         1 => set_pool_reserve(),
+        4 => heartbeat(),
     ];
     let step = (command, prop::option::weighted(0.5, any::<Index>()), 1..=200_000u64).prop_map(
         |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },
@@ -1913,13 +2525,136 @@ fn contention_case() -> impl Strategy<Value = Case> {
                     .push(setup_step(Command::SetQuota { tenant: TenantId::from(*tenant), quota }));
             }
         }
+        // Managed workers with the longest TTL: the clock's jumps (up to 200 s) still take
+        // them down now and then, and heartbeats bring them back.
+        steps.push(setup_step(Command::SetPoolWorkerTtl {
+            pool: PoolId::from("default"),
+            ttl_ms: Some(120_000),
+        }));
+        steps.push(setup_step(Command::Heartbeat { workers: vec![WorkerId::from("w1")] }));
         steps.extend(body);
         Case { config: Config::default(), steps }
     })
 }
 
+/// A fleet whose workers die and come back: several workers (some never managed, so lost work
+/// has somewhere to go), short TTLs, heartbeats of random subsets, and simple placements with
+/// anti-affinity, a spread group, both `on_worker_lost` policies and some through the queue, so
+/// that most runs move, release and re-queue lost instances.
+fn fleet_case() -> impl Strategy<Value = Case> {
+    let simple = || {
+        (
+            select(PLACEMENTS.to_vec()).prop_map(PlacementId::from),
+            1..=3u32,
+            (100..=700u64, 64..=512u64).prop_map(|(c, m)| Resources::new(c, m)),
+            prop::bool::weighted(0.3),
+            prop::bool::weighted(0.3),
+            prop_oneof![3 => Just(OnWorkerLost::Reschedule), 1 => Just(OnWorkerLost::Release)],
+            prop::option::weighted(0.2, ms(1000..=8000)),
+        )
+            .prop_map(
+                |(placement, count, resources, anti, grouped, on_worker_lost, max_runtime_ms)| {
+                    let mut labels = Labels::new();
+                    labels.insert("app".into(), "web".into());
+                    PlaceSpec {
+                        placement,
+                        count,
+                        resources,
+                        labels,
+                        anti_affinity: if anti {
+                            vec![LabelTerm::new("app", "web")]
+                        } else {
+                            Vec::new()
+                        },
+                        group: grouped.then(|| GroupId::from("g1")),
+                        on_worker_lost,
+                        max_runtime_ms,
+                        ..PlaceSpec::default()
+                    }
+                },
+            )
+    };
+    let command = prop_oneof![
+        6 => (tenant(), simple())
+            .prop_map(|(tenant, spec)| Command::Place { tenant, spec, fence: None }),
+        4 => (tenant(), simple())
+            .prop_map(|(tenant, spec)| Command::PlaceOrQueue { tenant, spec, fence: None }),
+        2 => (tenant(), placement_id())
+            .prop_map(|(tenant, placement)| Command::Release { tenant, placement, fence: None }),
+        8 => heartbeat(),
+        2 => report_status(),
+        3 => Just(Command::Tick),
+        1 => Just(Command::LeaderChanged),
+        1 => (worker(), any::<bool>())
+            .prop_map(|(worker, schedulable)| Command::SetWorkerSchedulable { worker, schedulable }),
+        1 => set_pool_worker_ttl(),
+    ];
+    let step = (command, prop::option::weighted(0.6, any::<Index>()), ms(0..=2500)).prop_map(
+        |(command, target, dt)| Step { dt: Dt::Forward(dt), target, ..setup_step(command) },
+    );
+    let workers =
+        prop::collection::vec((2000..=4000u64, any::<bool>(), prop::bool::weighted(0.5)), 4..=6);
+    (workers, ms(WORKER_TTL_MIN_MS..=3000), prop::collection::vec(step, 10..=60)).prop_map(
+        |(workers, ttl, body)| {
+            let mut steps = Vec::new();
+            for (tenant, parent) in [("acme", None), ("beta", Some("acme")), ("gamma", None)] {
+                steps.push(setup_step(Command::CreateTenant {
+                    tenant: TenantId::from(tenant),
+                    parent: parent.map(TenantId::from),
+                    weight: 1,
+                }));
+            }
+            steps.push(setup_step(Command::CreatePlacementGroup {
+                tenant: TenantId::from("acme"),
+                group: GroupId::from("g1"),
+                max_instances: 4,
+                strategy: GroupStrategy::Spread,
+            }));
+            let mut managed = Vec::new();
+            for (i, (cpu, zone_a, is_managed)) in workers.into_iter().enumerate() {
+                let mut labels = Labels::new();
+                labels.insert("zone".into(), if zone_a { "a" } else { "b" }.into());
+                steps.push(setup_step(Command::RegisterWorker {
+                    worker: WorkerId::from(WORKERS[i]),
+                    pool: None,
+                    capacity: Resources::new(cpu, 4096),
+                    labels,
+                }));
+                if is_managed {
+                    managed.push(WorkerId::from(WORKERS[i]));
+                }
+            }
+            steps.push(setup_step(Command::SetPoolWorkerTtl {
+                pool: PoolId::from("default"),
+                ttl_ms: Some(ttl),
+            }));
+            if !managed.is_empty() {
+                steps.push(setup_step(Command::Heartbeat { workers: managed }));
+            }
+            steps.extend(body);
+            Case { config: Config::default(), steps }
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(cases())]
+
+    /// Workers die and revive: after every step no instance stands on a down worker, each lost
+    /// instance is moved (under its rules) or released `WORKER_LOST` exactly once, capacity and
+    /// quota are exact (`check_invariants`), and the run is deterministic and round-trips.
+    #[test]
+    fn workers_die_and_revive_without_losing_work(case in fleet_case()) {
+        let run = drive(&case, &mut no_hook)?;
+        let mut other = Scheduler::new(case.config.clone());
+        for (i, entry) in run.entries.iter().enumerate() {
+            let applied = other.apply(entry.clone());
+            prop_assert_eq!(&applied, &run.applied[i], "answer to entry {}", i);
+        }
+        prop_assert_eq!(other.state_hash(), run.last.state_hash());
+        let decoded = Scheduler::decode(&run.last.encode()).expect("round trip");
+        prop_assert!(decoded == run.last);
+    }
 
     /// Under contention, every step keeps the invariants and the preemption rules (strictly
     /// lower priority or a reclaim from a borrower, no mutual preemption, re-queued victims

@@ -10,10 +10,11 @@ use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
 use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
     Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp, LabelRequirement,
-    LabelTerm, Labels, LeaseName, Limits, LogIndex, PlaceSpec, PlacementId, PoolId, Preemption,
-    Quota, RequestId, Resources, Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread,
-    TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy, WorkerId, SESSIONS_PER_TENANT_MAX,
-    TOKEN_TTL_MAX_MS,
+    LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec, PlacementId, PoolId,
+    Preemption, Quota, ReportedStatus, RequestId, Resources, Scheduler, SoftLimit, SoftLimits,
+    SoftShare, Strategy as Spread, TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy,
+    WorkerId, HEARTBEATS_PER_ENTRY_MAX, MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX,
+    STATUS_MESSAGE_LEN_MAX, TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -158,6 +159,15 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
         select(vec![Spread::BinPack, Spread::Spread]),
         labels(),
         any::<bool>(),
+        select(vec![OnWorkerLost::Reschedule, OnWorkerLost::Release]),
+        prop_oneof![
+            4 => Just(None),
+            2 => (1..=5_000u64).prop_map(Some),
+            1 => Just(Some(0u64)),
+            1 => Just(Some(MAX_RUNTIME_MAX_MS)),
+            1 => Just(Some(MAX_RUNTIME_MAX_MS + 1)),
+            1 => extreme_u64().prop_map(Some),
+        ],
     );
     let rule_sets = (
         rules(requirement),
@@ -171,7 +181,17 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
     );
     (basics, rule_sets).prop_map(
         |(
-            (placement, count, resources, pool, strategy, labels, requeue_on_preemption),
+            (
+                placement,
+                count,
+                resources,
+                pool,
+                strategy,
+                labels,
+                requeue_on_preemption,
+                on_worker_lost,
+                max_runtime_ms,
+            ),
             (
                 worker_requires,
                 worker_prefers,
@@ -198,6 +218,8 @@ fn spec() -> impl Strategy<Value = PlaceSpec> {
             group,
             priority,
             requeue_on_preemption,
+            on_worker_lost,
+            max_runtime_ms,
         },
     )
 }
@@ -328,6 +350,47 @@ fn token_ttl() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// A heartbeat's worker list: empty, a few of the workers (repeats included), at and one
+/// past `HEARTBEATS_PER_ENTRY_MAX`, or extreme names.
+fn heartbeat_workers() -> impl Strategy<Value = Vec<WorkerId>> {
+    let many = |n: usize| (0..n).map(|i| WorkerId::from(format!("w{}", i % 5).as_str())).collect();
+    prop_oneof![
+        1 => Just(Vec::new()),
+        12 => prop::collection::vec(select(&WORKERS).prop_map(WorkerId::from), 1..=4),
+        1 => Just(many(HEARTBEATS_PER_ENTRY_MAX)),
+        1 => Just(many(HEARTBEATS_PER_ENTRY_MAX + 1)),
+        1 => prop::collection::vec(extreme_string().prop_map(|w| WorkerId::from(w.as_str())), 1..=3),
+    ]
+}
+
+/// A worker TTL: none, in range, at and one past each bound, and anything.
+fn worker_ttl() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![
+        2 => Just(None),
+        4 => (WORKER_TTL_MIN_MS..=5_000u64).prop_map(Some),
+        1 => Just(Some(WORKER_TTL_MIN_MS - 1)),
+        1 => Just(Some(WORKER_TTL_MAX_MS)),
+        1 => Just(Some(WORKER_TTL_MAX_MS + 1)),
+        1 => extreme_u64().prop_map(Some),
+    ]
+}
+
+/// A worker's report: every kind, failures with any exit code and messages at, past and far
+/// past `STATUS_MESSAGE_LEN_MAX`.
+fn reported_status() -> impl Strategy<Value = ReportedStatus> {
+    let message = prop_oneof![
+        4 => extreme_string(),
+        1 => Just("m".repeat(STATUS_MESSAGE_LEN_MAX)),
+        1 => Just("m".repeat(STATUS_MESSAGE_LEN_MAX + 1)),
+    ];
+    prop_oneof![
+        Just(ReportedStatus::Running),
+        Just(ReportedStatus::Completed),
+        (any::<i32>(), message)
+            .prop_map(|(exit_code, message)| ReportedStatus::Failed { exit_code, message }),
+    ]
+}
+
 /// Every `Command` kind. The weights favour the commands that build deep states.
 fn command() -> impl Strategy<Value = Command> {
     let worker = || name(&WORKERS).prop_map(WorkerId::from);
@@ -387,6 +450,18 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, lease, token)| Command::KeepAliveLease { tenant, lease, token: LogIndex(token) }),
         1 => (tenant(), lease(), amount(0..=200))
             .prop_map(|(tenant, lease, token)| Command::ReleaseLease { tenant, lease, token: LogIndex(token) }),
+        4 => heartbeat_workers().prop_map(|workers| Command::Heartbeat { workers }),
+        1 => (pool(), worker_ttl()).prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool, ttl_ms }),
+        3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(
+            |(worker, tenant, placement, slot, assigned_at, status)| Command::ReportStatus {
+                worker,
+                tenant,
+                placement,
+                slot,
+                assigned_at: LogIndex(assigned_at),
+                status,
+            }
+        ),
     ]
 }
 

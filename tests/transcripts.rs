@@ -15,6 +15,10 @@
 //!   reserve TENANT ID CPU MEM ttl=MS · confirm TENANT ID · cancel TENANT ID
 //!   acquire TENANT LEASE HOLDER ttl=MS · keep-alive TENANT LEASE TOKEN
 //!   release-lease TENANT LEASE TOKEN
+//!   heartbeat WORKER… · pool-ttl POOL MS · group TENANT ID MAX (a spread group)
+//!   report TENANT ID SLOT WORKER ASSIGNED_AT running|completed|failed [code=N] (ASSIGNED_AT:
+//!   the index of the entry that placed or moved the instance; each `> ` line is one entry)
+//!   place/queue options: [lost=reschedule|release] [group=G] [max-runtime=MS]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,11 +132,45 @@ fn command(verb: &str, args: &[&str]) -> Result<Command, String> {
             placement: arg(args, 1)?.into(),
             count: u32::try_from(count.unwrap_or(1)).map_err(|e| e.to_string())?,
             resources: Resources::new(number(args, 2)?, number(args, 3)?),
+            on_worker_lost: match options.get("lost") {
+                None | Some(&"reschedule") => OnWorkerLost::Reschedule,
+                Some(&"release") => OnWorkerLost::Release,
+                Some(other) => return Err(format!("lost=reschedule|release, not {other:?}")),
+            },
+            group: options.get("group").map(|g| GroupId::from(*g)),
+            max_runtime_ms: opt("max-runtime")?,
             ..PlaceSpec::default()
         })
     };
     Ok(match verb {
         "tick" => Command::Tick,
+        "heartbeat" => Command::Heartbeat { workers: args.iter().map(|w| (*w).into()).collect() },
+        "report" => Command::ReportStatus {
+            tenant: tenant()?,
+            placement: arg(args, 1)?.into(),
+            slot: u32::try_from(number(args, 2)?).map_err(|e| e.to_string())?,
+            worker: arg(args, 3)?.into(),
+            assigned_at: LogIndex(number(args, 4)?),
+            status: match arg(args, 5)? {
+                "running" => ReportedStatus::Running,
+                "completed" => ReportedStatus::Completed,
+                "failed" => ReportedStatus::Failed {
+                    exit_code: i32::try_from(opt("code")?.unwrap_or(1))
+                        .map_err(|e| e.to_string())?,
+                    message: String::new(),
+                },
+                other => return Err(format!("running|completed|failed, not {other:?}")),
+            },
+        },
+        "pool-ttl" => {
+            Command::SetPoolWorkerTtl { pool: arg(args, 0)?.into(), ttl_ms: Some(number(args, 1)?) }
+        }
+        "group" => Command::CreatePlacementGroup {
+            tenant: tenant()?,
+            group: arg(args, 1)?.into(),
+            max_instances: u32::try_from(number(args, 2)?).map_err(|e| e.to_string())?,
+            strategy: GroupStrategy::Spread,
+        },
         "leader-changed" => Command::LeaderChanged,
         "worker" => Command::RegisterWorker {
             worker: arg(args, 0)?.into(),
@@ -254,7 +292,25 @@ fn answer(applied: &Applied) -> Vec<String> {
             Expired::Lease { tenant, lease, token } => {
                 format!("expired lease {tenant}/{lease} token {}", token.0)
             }
+            Expired::Worker { worker } => format!("worker {worker} down"),
+            Expired::TimeLimit { tenant, placement } => {
+                format!("time limit: released {tenant}/{placement} TIME_LIMIT")
+            }
         });
+    }
+    for lost in &applied.lost {
+        let slots: Vec<String> = lost.slots.iter().map(ToString::to_string).collect();
+        let outcome = match &lost.outcome {
+            LostOutcome::Rescheduled { moves } => {
+                let moves: Vec<String> =
+                    moves.iter().map(|(slot, from, to)| format!("{slot}:{from}->{to}")).collect();
+                format!("rescheduled {}", moves.join(" "))
+            }
+            LostOutcome::Queued => "released WORKER_LOST, queued again".to_owned(),
+            LostOutcome::Released => "released WORKER_LOST".to_owned(),
+        };
+        let (tenant, placement) = (&lost.tenant, &lost.placement);
+        lines.push(format!("lost {tenant}/{placement} slots [{}]: {outcome}", slots.join(",")));
     }
     lines.extend(applied.events.iter().map(|e| format!("event {e:?}")));
     lines
@@ -297,6 +353,25 @@ fn response_line(response: &Response) -> String {
         Response::LeaseKeptAlive(l) => format!("kept {} until {}", l.name, at(l.expires_at)),
         Response::WorkerRegistered(w) => format!("registered {} in {}", w.id, w.pool),
         Response::TenantCreated(t) => format!("created {}", t.id),
+        Response::StatusReported { finished } => match finished {
+            None => "reported".to_owned(),
+            Some(state) => format!("reported; released {}", state.reason()),
+        },
+        Response::Heartbeats(acks) => {
+            let acks: Vec<String> = acks
+                .iter()
+                .map(|ack| match ack {
+                    None => "unknown".to_owned(),
+                    Some(a) => format!(
+                        "until {} gen {}{}",
+                        at(a.alive_until),
+                        a.generation.0,
+                        if a.revived { " revived" } else { "" }
+                    ),
+                })
+                .collect();
+            format!("heartbeat {}", acks.join("; "))
+        }
         other => format!("{other:?}"),
     }
 }
@@ -306,8 +381,13 @@ fn state(s: &State) -> Vec<String> {
     let mut lines = vec![format!("state at {}", at(s.now))];
     for w in s.workers.values() {
         let drained = if w.schedulable { "" } else { " draining" };
+        let live = match (w.down_since, w.liveness) {
+            (Some(since), _) => format!(" down since {}", at(since)),
+            (None, Some(l)) => format!(" managed until {}", at(l.alive_until)),
+            (None, None) => String::new(),
+        };
         lines.push(format!(
-            "  worker {} pool={} cpu {}/{} mem {}/{}{drained}",
+            "  worker {} pool={} cpu {}/{} mem {}/{}{drained}{live}",
             w.id,
             w.pool,
             w.allocated.cpu_millis,

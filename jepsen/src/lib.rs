@@ -6,8 +6,10 @@
 //!   safety is `berth_check::lease`, shared with the simulation.
 //! - `topology`: network namespaces, a bridge, and the replica processes (needs root).
 //! - `nemesis`: faults — partitions (iptables), kill, pause, clock, netem, membership.
-//! - `workload`: the client operations (quota, lease, register) and their recording.
+//! - `workload`: the client operations (quota, capacity, tenants, lease, register, worker) and
+//!   their recording.
 //! - `clientproc`: lease clients as separate processes (so a holder can be SIGSTOPped).
+//! - `fleet`: the worker workload's `berth agent` processes, watchers and final reads.
 //! - `run`: one test run: set up, run clients and nemesis, heal, final reads, check.
 //! - `report`: `index.html` with latency and throughput plots and the checkers' verdicts.
 //!
@@ -16,6 +18,7 @@
 
 pub mod checker;
 pub mod clientproc;
+pub mod fleet;
 pub mod history;
 pub mod nemesis;
 pub mod report;

@@ -30,7 +30,7 @@ struct Opts {
     /// Faults, comma separated: partition, kill, pause, clock, netem; `all`, or `none`.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
-    /// Workloads, comma separated: quota, capacity, lease, register, tenants; or `all`.
+    /// Workloads, comma separated: quota, capacity, lease, register, tenants, worker; or `all`.
     #[arg(long, default_value = "quota")]
     workload: String,
     /// Concurrent clients (split across the workloads).
@@ -120,10 +120,11 @@ fn config(
     for k in &nemesis {
         anyhow::ensure!(KINDS.contains(&k.as_str()), "unknown nemesis {k:?}; one of {KINDS:?}");
     }
-    let workloads = list(&opts.workload, &["quota", "capacity", "lease", "register", "tenants"])
-        .iter()
-        .map(|w| Workload::parse(w))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let workloads =
+        list(&opts.workload, &["quota", "capacity", "lease", "register", "tenants", "worker"])
+            .iter()
+            .map(|w| Workload::parse(w))
+            .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!workloads.is_empty(), "--workload needs at least one workload");
     anyhow::ensure!(
         opts.concurrency >= u64::try_from(workloads.len())?,

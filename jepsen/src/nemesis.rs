@@ -5,11 +5,15 @@
 //!   isolate the leader, majority/minority halves, majorities-ring (5+ replicas), bridge, and
 //!   one-way. Clients are never cut off: they can still reach a minority replica.
 //! - `kill`: SIGKILL one replica, the leader, a minority, or all of them; restarted on the same
-//!   data directory when healed.
+//!   data directory when healed. One kill in three, when the run has `berth agent` processes
+//!   (the worker workload), kills an agent instead: its worker goes down after the pool's TTL,
+//!   and the agent started again at healing revives it.
 //! - `pause`: SIGSTOP the leader (or any replica) for the whole fault interval, which is
 //!   beyond the election timeout; SIGCONT when healed. One pause in three stops a lease
 //!   client process instead (when the run has one), for longer than the lease TTL: it
-//!   resumes believing it holds its lease, and its next fenced write must be refused.
+//!   resumes believing it holds its lease, and its next fenced write must be refused. With
+//!   agent processes, one pause in three (drawn first) stops an agent for the interval: its
+//!   worker goes down while it sleeps, and it wakes to a worker that holds nothing.
 //! - `clock`: move a running replica's clock (the leader's, half the time) by ±0.1–2 s (below
 //!   the lease grace), or one time in three by ±20–60 s (far beyond it: a leader that far ahead
 //!   must be held to its peers' clocks); healed by setting it back. The replica follows the
@@ -135,6 +139,20 @@ impl Nemesis {
         ids[i]
     }
 
+    fn with_agents<T>(&self, f: impl FnOnce(&mut crate::fleet::Agents) -> T) -> Option<T> {
+        self.shared.agents.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(f)
+    }
+
+    /// One time in three, when the run has agent processes: one of them to kill or pause.
+    fn pick_agent(&mut self) -> Option<String> {
+        let targets = self.with_agents(|a| a.targets())?;
+        if targets.is_empty() || self.rng.below(3) != 0 {
+            return None;
+        }
+        let i = usize::try_from(self.rng.below(u64::try_from(targets.len()).ok()?)).ok()?;
+        Some(targets[i].clone())
+    }
+
     /// Starts one fault of `kind`; returns its description.
     async fn start(&mut self, kind: &str) -> anyhow::Result<String> {
         let ids = self.cluster.lock().await.ids();
@@ -211,6 +229,10 @@ impl Nemesis {
                 Ok(desc)
             }
             "kill" => {
+                if let Some(w) = self.pick_agent() {
+                    self.with_agents(|a| a.kill(&w));
+                    return Ok(format!("kill agent {w}"));
+                }
                 let targets: Vec<u64> = match self.rng.below(4) {
                     0 => vec![self.pick_target(true).await],
                     1 => vec![self.pick_target(false).await],
@@ -230,6 +252,10 @@ impl Nemesis {
                 Ok(format!("kill {targets:?}"))
             }
             "pause" => {
+                if let Some(w) = self.pick_agent() {
+                    self.with_agents(|a| a.pause(&w, true));
+                    return Ok(format!("pause agent {w}"));
+                }
                 let clients: Vec<(u32, u64)> = self
                     .shared
                     .client_pids
@@ -375,6 +401,7 @@ impl Nemesis {
         for pid in std::mem::take(&mut self.paused_clients) {
             sh_quiet(&["kill", "-CONT", &pid.to_string()]);
         }
+        self.with_agents(crate::fleet::Agents::heal).transpose()?;
         let removed = std::mem::take(&mut self.removed);
         for id in removed {
             self.readd(id).await?;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::checker::{self, Availability, CheckResult, FinalState, Valid};
 use crate::clientproc::{self, ClientSpec};
+use crate::fleet;
 use crate::history::{self, unix_us, Op, Outcome, Recorder, Type};
 use crate::nemesis::{self, Nemesis};
 use crate::topology::{write_private, Certificates, Cluster, Net};
@@ -92,6 +93,7 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     tenants.push(workload::CAPACITY_TENANT.to_owned());
     tenants.push(workload::PROBE_FROM.to_owned());
     tenants.push(workload::PROBE_TO.to_owned());
+    tenants.push(checker::worker::TENANT.to_owned());
     for t in &tenants {
         let req = pb::CreateTenantRequest {
             request_id: format!("setup-tenant-{t}"),
@@ -166,7 +168,10 @@ async fn setup(shared: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list_placements(c: &Client, tenant: &str) -> Result<Vec<pb::Placement>, tonic::Status> {
+pub(crate) async fn list_placements(
+    c: &Client,
+    tenant: &str,
+) -> Result<Vec<pb::Placement>, tonic::Status> {
     let mut out: Vec<pb::Placement> = Vec::new();
     loop {
         let after = out.last().and_then(|p| p.spec.as_ref()).map(|s| s.placement_id.clone());
@@ -187,7 +192,7 @@ async fn list_placements(c: &Client, tenant: &str) -> Result<Vec<pb::Placement>,
     }
 }
 
-async fn list_tenants(c: &Client) -> Result<Vec<String>, tonic::Status> {
+pub(crate) async fn list_tenants(c: &Client) -> Result<Vec<String>, tonic::Status> {
     let mut out: Vec<String> = Vec::new();
     loop {
         let after = out.last().cloned().unwrap_or_default();
@@ -205,7 +210,7 @@ async fn list_tenants(c: &Client) -> Result<Vec<String>, tonic::Status> {
     }
 }
 
-async fn list_workers(c: &Client) -> Result<Vec<pb::Worker>, tonic::Status> {
+pub(crate) async fn list_workers(c: &Client) -> Result<Vec<pb::Worker>, tonic::Status> {
     let mut out: Vec<pb::Worker> = Vec::new();
     loop {
         let after = out.last().map(|w| w.worker_id.clone()).unwrap_or_default();
@@ -277,7 +282,9 @@ async fn final_phase(config: &Config, shared: &Shared) -> FinalState {
                 (0..workload::REGISTER_KEYS).map(workload::register_key).collect()
             }
             Workload::Quota => (0..workload::QUOTA_TENANTS).map(workload::quota_tenant).collect(),
-            Workload::Lease | Workload::Capacity | Workload::Tenants => Vec::new(),
+            Workload::Lease | Workload::Capacity | Workload::Tenants | Workload::Worker => {
+                Vec::new()
+            }
         };
         for k in keys {
             if !final_read(shared, &c, *w, &k).await {
@@ -422,7 +429,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
         config.dir.display()
     );
     wait_for_cluster(&shared, config.replicas).await?;
+    let fleet = config.workloads.contains(&Workload::Worker);
+    // Watching starts before setup, so the watchers see every worker and placement.
+    let watchers = if fleet { Some(fleet::start_watchers(shared.clone()).await?) } else { None };
     setup(&shared).await?;
+    if fleet {
+        let agents = fleet::Agents::new(
+            config.berth.clone(),
+            config.dir.clone(),
+            shared.endpoints.clone(),
+            shared.token.clone(),
+            certs.ca(),
+        );
+        fleet::start_agents(&shared, agents).await?;
+    }
     let kinds = config.nemesis.clone();
     let netem =
         !kinds.iter().any(|k| k == "netem") || nemesis::netem_supported(&Net::ns(&config.run, 1));
@@ -505,7 +525,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<Summary> {
     nemesis.heal().await?;
     let faults = nemesis.faults;
     eprintln!("[final] all faults healed; final reads");
-    let last = final_phase(&config, &shared).await;
+    let mut last = final_phase(&config, &shared).await;
+    if let Some(watchers) = watchers {
+        last.worker = Some(fleet::finish(&shared, watchers).await);
+    }
+    if let Some(agents) = shared.agents.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        problems.extend(agents.exited());
+    }
     for (id, status) in cluster.lock().await.exited() {
         problems.push(format!("replica {id} exited by itself ({status})"));
     }
@@ -548,6 +574,12 @@ pub fn check(
             }
             Workload::Capacity => checks.push(checker::capacity::check(&pairs, last)),
             Workload::Tenants => checks.push(checker::tenants::check(&pairs, last)),
+            Workload::Worker => {
+                let observed = last.worker.clone().unwrap_or_default();
+                checks.push(checker::worker::watch_gap_free(&observed));
+                checks.push(checker::worker::replay_check(&observed));
+                checks.push(checker::worker::acknowledged(&pairs, &observed));
+            }
         }
     }
     checks.push(checker::final_state(last, usize::try_from(config.replicas).unwrap_or(0)));

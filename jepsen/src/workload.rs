@@ -7,6 +7,8 @@
 //!   millicores per instance) on a pool of four 1000-millicore workers, and Release them.
 //! - `tenants`: CreateTenant / Place into it / DeleteTenant under load, and probes reading
 //!   another tenant with a tenant token (which must be refused).
+//! - `worker`: Place spread placements of two instances on the pool of `berth agent`
+//!   processes (`fleet`), which the nemesis kills and pauses, and Release them.
 //! - `lease`: Acquire, fenced writes (Place with a Fence), KeepAlive, Release; some clients
 //!   stall past the TTL while holding and then try a fenced write. Lease clients run as
 //!   processes of their own (`clientproc`), which the `pause` nemesis also SIGSTOPs.
@@ -62,6 +64,7 @@ pub enum Workload {
     Quota,
     Lease,
     Register,
+    Worker,
 }
 
 impl Workload {
@@ -72,8 +75,9 @@ impl Workload {
             "quota" => Ok(Workload::Quota),
             "lease" => Ok(Workload::Lease),
             "register" => Ok(Workload::Register),
+            "worker" => Ok(Workload::Worker),
             other => anyhow::bail!(
-                "unknown workload {other:?} (quota, capacity, lease, register, tenants)"
+                "unknown workload {other:?} (quota, capacity, lease, register, tenants, worker)"
             ),
         }
     }
@@ -84,6 +88,7 @@ impl Workload {
             Workload::Quota => "quota",
             Workload::Lease => "lease",
             Workload::Register => "register",
+            Workload::Worker => "worker",
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct Shared {
     pub counts: [AtomicU64; 3],
     /// Running lease client processes: pid → worker (see `clientproc`).
     pub client_pids: Mutex<BTreeMap<u32, u64>>,
+    /// The worker workload's agent processes (see `fleet`).
+    pub agents: Mutex<Option<crate::fleet::Agents>>,
 }
 
 impl Shared {
@@ -132,6 +139,7 @@ impl Shared {
             probe_token: std::sync::OnceLock::new(),
             counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             client_pids: Mutex::new(BTreeMap::new()),
+            agents: Mutex::new(None),
         }
     }
 
@@ -455,6 +463,81 @@ pub async fn client_loop(
                         ),
                     };
                     rec.complete(&inv, res.0, res.1.clone());
+                    res
+                }
+            }
+            Workload::Worker => {
+                let tenant = checker::worker::TENANT;
+                let known: Vec<String> = shared
+                    .placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(tenant)
+                    .cloned()
+                    .unwrap_or_default();
+                if rng.below(100) < 55 || known.is_empty() {
+                    let id = format!("k{process}-{}", rng.below(u64::MAX));
+                    // One in four is released, not moved, when a worker holding it goes down.
+                    let on_lost = if rng.below(4) == 0 { "release" } else { "reschedule" };
+                    let spec = pb::PlacementSpec {
+                        placement_id: id.clone(),
+                        count: 2,
+                        resources: Some(pb::Resources {
+                            cpu_millis: checker::worker::INSTANCE_CPU,
+                            memory_mib: checker::worker::INSTANCE_MEM,
+                        }),
+                        pool: checker::worker::POOL.to_owned(),
+                        strategy: pb::Strategy::Spread.into(),
+                        on_worker_lost: if on_lost == "release" {
+                            pb::OnWorkerLost::Release.into()
+                        } else {
+                            pb::OnWorkerLost::Reschedule.into()
+                        },
+                        ..Default::default()
+                    };
+                    let op = Op::invoke("worker", "place", tenant)
+                        .with_id(id.clone())
+                        .with_detail(on_lost);
+                    let inv = rec.invoke(process, op);
+                    let req = pb::PlaceRequest {
+                        request_id: client::new_request_id(),
+                        tenant_id: tenant.to_owned(),
+                        spec: Some(spec),
+                        ..Default::default()
+                    };
+                    let res = match c
+                        .call(req, |ch, r| async move { client::scheduler(ch).place(r).await })
+                        .await
+                    {
+                        Ok(r) => {
+                            let mut o = write_info(r.write.as_ref());
+                            o.workers = r.placement.map(|p| p.workers).unwrap_or_default();
+                            (Type::Ok, o)
+                        }
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Fail {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        placed.entry(tenant.to_owned()).or_default().push(id);
+                    }
+                    res
+                } else {
+                    let pick = usize::try_from(rng.below(u64::try_from(known.len())?))?;
+                    let id = known[pick].clone();
+                    let op = Op::invoke("worker", "release", tenant).with_id(id.clone());
+                    let inv = rec.invoke(process, op);
+                    let res = match release(&c, tenant, &id).await {
+                        Ok(o) => (Type::Ok, o),
+                        Err(s) => failure(&s, false),
+                    };
+                    rec.complete(&inv, res.0, res.1.clone());
+                    if res.0 != Type::Info {
+                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(ids) = placed.get_mut(tenant) {
+                            ids.retain(|x| *x != id);
+                        }
+                    }
                     res
                 }
             }

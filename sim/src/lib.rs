@@ -16,9 +16,10 @@
 //! - `ops`: the client operations, each sent and recorded in the history.
 //! - `nemesis`: the faults (`cluster`'s replica handles, `net`'s clocks).
 //! - `watch`: looks into every running replica between steps (`raft_checks`).
-//! - `hostile`, `scenario`, `restart`, `fairness`: requests no cluster may accept, the named
-//!   scenarios' stories (`restart`: the read from a leader that survived a whole-cluster
-//!   crash), the fairness figures — built on `cluster` and `ops`.
+//! - `hostile`, `scenario`, `restart`, `fairness`, `fleet`: requests no cluster may accept, the
+//!   named scenarios' stories (`restart`: the read from a leader that survived a whole-cluster
+//!   crash; `fleet`: agents that crash, pause and are partitioned, and its checks), the
+//!   fairness figures — built on `cluster` and `ops`.
 //! - `workload`: setup, the random clients, the token reader, membership churn, the final
 //!   phase, and `spawn`, which starts the ones a scenario runs.
 //! - `run`: one seed end to end — cluster, clients, the step loop with faults and the
@@ -26,6 +27,7 @@
 
 mod cluster;
 pub mod fairness;
+pub mod fleet;
 pub mod history;
 pub mod hostile;
 pub mod nemesis;

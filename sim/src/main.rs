@@ -25,7 +25,8 @@ struct Args {
     /// its fenced write is refused when it comes back), or `fairness` (tenants with weights
     /// 1:2:3:4 keep a full pool queued under the random faults; prints their shares), or
     /// `restart-read` (acknowledged writes, every replica crashed, the old leader restarted
-    /// alone and read from before its peers are back).
+    /// alone and read from before its peers are back), or `fleet` (workers driven by agents
+    /// that crash, pause and are partitioned, under the random faults).
     #[arg(long, default_value = "faults")]
     scenario: sim::Scenario,
 }
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
                 sim::Scenario::LeaseExpiry => " --scenario lease-expiry".into(),
                 sim::Scenario::Fairness => " --scenario fairness".into(),
                 sim::Scenario::RestartRead => " --scenario restart-read".into(),
+                sim::Scenario::Fleet => " --scenario fleet".into(),
             };
             eprintln!("  reproduce: cargo run -p sim --release --{scenario} --reproduce {seed}");
             failed.push(seed);

@@ -336,3 +336,23 @@ pub(crate) async fn read(c: &Client, rec: &Recorder, tenant: &str, placement: &s
         outcome,
     );
 }
+
+/// Retries a setup write (same request id) until it is applied.
+pub(crate) async fn must<M: Clone, T, F, Fut>(
+    client: &Client,
+    message: M,
+    rpc: F,
+) -> Result<T, String>
+where
+    F: Fn(tonic::transport::Channel, tonic::Request<M>) -> Fut + Copy,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..100 {
+        match client.call(message.clone(), rpc).await {
+            Ok(answer) => return Ok(answer),
+            Err(status) if matches!(outcome_of(&status), Outcome::Info { .. }) => {}
+            Err(status) => return Err(format!("setup refused: {status:?}")),
+        }
+    }
+    Err("setup never succeeded".into())
+}

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::{self, certificates, lock, Cluster, Params};
 use crate::fairness;
+use crate::fleet;
 use crate::history::{check, Op, OpKind, Outcome};
 use crate::ops::is_stale;
 use crate::restart;
@@ -43,6 +44,9 @@ pub struct Report {
     /// The fairness scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fairness: Option<crate::fairness::Fairness>,
+    /// The fleet scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::Figures>,
     #[serde(skip)]
     pub history: Vec<Op>,
 }
@@ -58,6 +62,13 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let mut params = Params::from_seed(&mut rng);
     if scenario == Scenario::Fairness {
         params.workload_ms = fairness::WORKLOAD_MS;
+    }
+    if scenario == Scenario::Fleet {
+        // One random client in the background: the fleet brings its own load.
+        params.workload_ms = fleet::WORKLOAD_MS;
+        params.clients = 1;
+        // Membership churn elects leaders too (each extends worker TTLs by the lease grace).
+        params.membership &= fleet::Plan::from_seed(seed).replica_faults;
     }
     berth::raft::runtime::seed_thread_rng(rng.next_u64());
     let mut report = Report { seed, params: Some(params.clone()), ..Default::default() };
@@ -85,11 +96,20 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     let cluster = cluster::start(&mut sim, &params, (ca, pems));
     let Cluster { slots, clocks, logs } = &cluster;
     let clients = workload::spawn(&mut sim, (&params, &tls, scenario), (seed, &mut rng), slots);
-    let Clients { history, healed, fair_jobs, membership_events, restart: story, .. } = &clients;
+    let Clients {
+        history,
+        healed,
+        fair_jobs,
+        membership_events,
+        restart: story,
+        fleet: agents,
+        ..
+    } = &clients;
 
     let mut nemesis = crate::nemesis::Nemesis::new(rng.next_u64(), params.replicas);
     // Its own stream, so the other scenarios draw from `rng` as before.
     let mut crasher = restart::Crasher::new(seed ^ 0x2E57_A2D0, params.replicas);
+    let mut agent_faults = fleet::Faults::new(seed, params.replicas);
     let mut watcher = Watcher::default();
     let mut step = 0u64;
     loop {
@@ -103,8 +123,16 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         step += 1;
         let at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         if at < params.workload_ms {
-            if scenario == Scenario::LeaseExpiry {
-                // This scenario makes its own faults.
+            if scenario == Scenario::Fleet {
+                if let Some(fault) = agent_faults.act(at, &mut sim, agents) {
+                    trace.push(format!("{at} fault {fault}"));
+                    report.faults.push(format!("{at} ms: {fault}"));
+                }
+            }
+            if scenario == Scenario::LeaseExpiry
+                || scenario == Scenario::Fleet && !fleet::Plan::from_seed(seed).replica_faults
+            {
+                // These make their own faults.
             } else if scenario == Scenario::RestartRead {
                 if let Some(fault) = crasher.act(at, &mut sim, slots, story) {
                     trace.push(format!("{at} fault {fault}"));
@@ -117,6 +145,10 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         } else if !healed.load(Ordering::SeqCst) {
             if scenario == Scenario::RestartRead {
                 crasher.heal(&mut sim);
+            }
+            if let Some(healing) = agent_faults.heal(&mut sim, agents) {
+                trace.push(format!("{at} heal {healing}"));
+                report.faults.push(format!("{at} ms: heal ({healing})"));
             }
             let healing = nemesis.heal(&mut sim, clocks);
             trace.push(format!("{at} heal {healing}"));
@@ -175,6 +207,13 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
             Ok(steps) => report.scenario = steps,
             Err(missing) => report.violations.push(format!("restart-read scenario: {missing}")),
         }
+    }
+    if scenario == Scenario::Fleet {
+        let events = lock(&agents.events).clone();
+        report.violations.extend(fleet::check(&events).into_iter().map(|v| format!("fleet: {v}")));
+        let figures = fleet::Figures::of(&events);
+        report.scenario = figures.lines(fleet::Plan::from_seed(seed));
+        report.fleet = Some(figures);
     }
     if scenario == Scenario::Fairness {
         let figures = fairness::measure(&lock(fair_jobs));

@@ -45,6 +45,9 @@ pub enum Scenario {
     /// A linearizable read from a leader that survived a crash of every replica, before its
     /// peers are back (`restart.rs`).
     RestartRead,
+    /// Workers that live and die: agents as hosts that crash, pause and are partitioned
+    /// (`fleet.rs`).
+    Fleet,
 }
 
 impl std::str::FromStr for Scenario {
@@ -55,8 +58,9 @@ impl std::str::FromStr for Scenario {
             "lease-expiry" => Ok(Scenario::LeaseExpiry),
             "fairness" => Ok(Scenario::Fairness),
             "restart-read" => Ok(Scenario::RestartRead),
+            "fleet" => Ok(Scenario::Fleet),
             other => Err(format!(
-                "unknown scenario {other:?} (faults, lease-expiry, fairness, restart-read)"
+                "unknown scenario {other:?} (faults, lease-expiry, fairness, restart-read, fleet)"
             )),
         }
     }

@@ -14,12 +14,13 @@ use berth_rng::Rng;
 
 use crate::cluster::{api_client, host, lock, now_ms, Params, Slot, API_PORT, PEER_PORT};
 use crate::fairness;
+use crate::fleet;
 use crate::history::{Fenced, Op, OpKind, Outcome};
 use crate::hostile;
 use crate::net;
 use crate::ops::{
     acknowledged, acquire, cancel, confirm, create_group, delete_tenant, is_stale, keep_alive,
-    outcome_of, place_in, read, release, release_lease, reserve, write, Recorder,
+    must, outcome_of, place_in, read, release, release_lease, reserve, write, Recorder,
 };
 use crate::restart;
 use crate::scenario::{self, Scenario};
@@ -30,22 +31,6 @@ const SETUP: u32 = 100;
 const DELETED: &str = "t3";
 /// The cluster must accept a fresh write within this long after every fault is healed.
 const LIVENESS_BOUND: Duration = Duration::from_secs(20);
-
-/// Retries a setup write (same request id) until it is applied.
-async fn must<M: Clone, T, F, Fut>(client: &Client, message: M, rpc: F) -> Result<T, String>
-where
-    F: Fn(tonic::transport::Channel, tonic::Request<M>) -> Fut + Copy,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    for _ in 0..100 {
-        match client.call(message.clone(), rpc).await {
-            Ok(answer) => return Ok(answer),
-            Err(status) if matches!(outcome_of(&status), Outcome::Info { .. }) => {}
-            Err(status) => return Err(format!("setup refused: {status:?}")),
-        }
-    }
-    Err("setup never succeeded".into())
-}
 
 /// Creates `tenant` (no quota) and a worker far bigger than the rest of the workload needs.
 async fn tenant_with_big_worker(c: &Client, tenant: &str, worker: &str) -> Result<(), String> {
@@ -498,6 +483,8 @@ pub(crate) struct Clients {
     pub(crate) membership_events: Arc<Mutex<Vec<String>>>,
     /// The restart-read story, shared with the run loop's crasher.
     pub(crate) restart: Arc<restart::Story>,
+    /// The fleet's history and the agents' pause switches, shared with its fault driver.
+    pub(crate) fleet: Arc<fleet::Shared>,
 }
 
 /// Starts the clients `scenario` runs as turmoil clients of `sim`; their seeds come from
@@ -508,7 +495,11 @@ pub(crate) fn spawn(
     (seed, rng): (u64, &mut Rng),
     slots: &[Slot],
 ) -> Clients {
-    let shared = Clients::default();
+    let mut shared = Clients::default();
+    if scenario == Scenario::Fleet {
+        shared.fleet = Arc::new(fleet::Shared::new(fleet::Plan::from_seed(seed)));
+        fleet::spawn(sim, (params, tls), &shared.fleet, &shared.healed, seed);
+    }
     let (history, ready, healed) =
         (shared.history.clone(), shared.ready.clone(), shared.healed.clone());
     {

@@ -78,3 +78,30 @@ fn a_leader_restarted_with_every_replica_reads_what_it_acknowledged() {
         );
     }
 }
+
+#[test]
+fn the_fleet_scenario_holds_every_check() {
+    // Agents crashed, paused and partitioned (with the replica faults on some seeds): no
+    // instance on a down worker, every placement in exactly one place for a reason that
+    // happened, allocations that add up, stale reports refused, revived workers empty, and a
+    // watch that resumes on rotating replicas equal to a fresh replay.
+    let (mut downs, mut revived, mut stale, mut replayed) = (0, 0, 0, 0);
+    for seed in 0..3 {
+        let report = sim::run_scenario(seed, sim::Scenario::Fleet);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} failed: {:#?}\nreproduce: cargo run -p sim --release -- --scenario fleet --reproduce {seed}",
+            report.violations
+        );
+        let fleet = report.fleet.expect("fleet figures");
+        assert!(fleet.placed > 0 && fleet.reports_accepted > 0, "seed {seed}: {fleet:?}");
+        assert!(fleet.watch_rounds > 1, "seed {seed}: the watcher never moved: {fleet:?}");
+        downs += fleet.downs;
+        revived += fleet.revived;
+        stale += fleet.stale_refused;
+        replayed += usize::from(fleet.replayed_from.is_some());
+    }
+    assert!(downs > 0 && revived > 0, "no worker went down and came back");
+    assert!(stale > 0, "no stale report was refused");
+    assert!(replayed > 0, "no fresh watch replayed the journal");
+}

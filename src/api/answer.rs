@@ -11,8 +11,8 @@ use std::fmt::Debug;
 use tonic::Status;
 
 use crate::scheduler::{
-    Answer, DeletedCounts, Lease, Placement, PlacementId, QueueStatus, Resources, Response, Tenant,
-    TenantId, Token, TokenId, UnixMillis, Worker,
+    Answer, DeletedCounts, Finished, FinishedState, HeartbeatAck, Lease, Placement, PlacementId,
+    QueueStatus, Resources, Response, Tenant, TenantId, Token, TokenId, UnixMillis, Worker,
 };
 
 /// `wide` as the answer an RPC expects. Any other variant is a bug (the core answers each
@@ -94,6 +94,12 @@ pub(super) struct Granted(pub Lease);
 
 pub(super) struct KeptAlive(pub Lease);
 
+/// One answer per worker of a `Heartbeat` entry, in the order listed (`None`: unknown).
+pub(super) struct Heartbeats(pub Vec<Option<HeartbeatAck>>);
+
+/// What a report did: `Some` when it ended the placement.
+pub(super) struct Reported(pub Option<FinishedState>);
+
 narrow! {
     Response {
         Tenant { Response::TenantCreated(tenant) => tenant }
@@ -113,6 +119,8 @@ narrow! {
         Cancelled { Response::Cancelled { resources, .. } => Cancelled { resources } }
         Granted { Response::LeaseGranted(lease) => Granted(lease) }
         KeptAlive { Response::LeaseKeptAlive(lease) => KeptAlive(lease) }
+        Heartbeats { Response::Heartbeats(acks) => Heartbeats(acks) }
+        Reported { Response::StatusReported { finished } => Reported(finished) }
     }
     unread {
         Response::Ticked,
@@ -126,6 +134,7 @@ narrow! {
         Response::QueuedCancelled,
         Response::GroupCreated,
         Response::LeaseReleased,
+        Response::PoolWorkerTtlSet,
     }
 }
 
@@ -135,6 +144,7 @@ narrow! {
         Vec<Worker> { Answer::Workers(workers) => workers }
         Vec<Placement> { Answer::Placements(placements) => placements }
         Option<(TenantId, TokenId, Token)> { Answer::TokenOwner(owner) => owner }
+        Vec<Finished> { Answer::Finished(finished) => finished }
     }
     unread {
         Answer::Tenant(_),

@@ -12,8 +12,9 @@ use crate::scheduler::{
     SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
 };
 use crate::scheduler::{
-    Fence, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease, Limits, LogIndex, PlaceSpec,
-    Placement, PlacementId, PoolId, Quota, Resources, Strategy, Tenant, Usage, Worker,
+    Fence, Finished, FinishedState, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease,
+    Limits, LogIndex, OnWorkerLost, PlaceSpec, Placement, PlacementId, PoolId, Quota,
+    ReportedStatus, Resources, Strategy, Tenant, Usage, Worker, WorkerState,
 };
 
 /// A list request's page: the id to start after (none: from the first) and how many (0: 100).
@@ -21,6 +22,17 @@ pub fn page(page: Option<pb::Page>) -> (Option<String>, u32) {
     let page = page.unwrap_or_default();
     let limit = if page.limit == 0 { 100 } else { page.limit };
     ((!page.after.is_empty()).then_some(page.after), limit)
+}
+
+/// A cross-tenant list's `after`: "tenant_id/placement_id" (neither id has a '/').
+pub fn tenant_page_after(
+    after: Option<String>,
+) -> Result<Option<(crate::scheduler::TenantId, PlacementId)>, Status> {
+    let Some(after) = after else { return Ok(None) };
+    let (tenant, placement) = after.split_once('/').ok_or_else(|| {
+        invalid("INVALID_ARGUMENT", "page.after must be \"tenant_id/placement_id\"")
+    })?;
+    Ok(Some((crate::scheduler::TenantId::new(tenant), PlacementId::new(placement))))
 }
 
 pub fn resources(r: Option<pb::Resources>) -> Resources {
@@ -42,6 +54,8 @@ pub fn pool(p: crate::scheduler::PoolStatus) -> pb::Pool {
         guaranteed: Some(pb_resources(p.guaranteed)),
         guarantees: p.guarantees,
         shortfall: Some(pb_resources(p.shortfall)),
+        down: p.down,
+        worker_ttl_ms: p.worker_ttl_ms,
     }
 }
 
@@ -94,6 +108,14 @@ pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
             return Err(invalid("INVALID_ARGUMENT", format!("unknown strategy {}", s.strategy)))
         }
     };
+    let on_worker_lost = match pb::OnWorkerLost::try_from(s.on_worker_lost) {
+        Ok(pb::OnWorkerLost::Reschedule) => OnWorkerLost::Reschedule,
+        Ok(pb::OnWorkerLost::Release) => OnWorkerLost::Release,
+        Err(_) => {
+            let message = format!("unknown on_worker_lost {}", s.on_worker_lost);
+            return Err(invalid("INVALID_ARGUMENT", message));
+        }
+    };
     Ok(PlaceSpec {
         placement: PlacementId(s.placement_id),
         count: if s.count == 0 { 1 } else { s.count },
@@ -114,6 +136,8 @@ pub fn spec(spec: Option<pb::PlacementSpec>) -> Result<PlaceSpec, Status> {
         group: non_empty(s.group),
         priority: s.priority,
         requeue_on_preemption: s.requeue_on_preemption,
+        on_worker_lost,
+        max_runtime_ms: (s.max_runtime_ms != 0).then_some(s.max_runtime_ms),
     })
 }
 
@@ -138,6 +162,12 @@ fn pb_spec(s: &PlaceSpec) -> pb::PlacementSpec {
         group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
         priority: s.priority,
         requeue_on_preemption: s.requeue_on_preemption,
+        on_worker_lost: match s.on_worker_lost {
+            OnWorkerLost::Reschedule => pb::OnWorkerLost::Reschedule,
+            OnWorkerLost::Release => pb::OnWorkerLost::Release,
+        }
+        .into(),
+        max_runtime_ms: s.max_runtime_ms.unwrap_or(0),
     }
 }
 
@@ -151,6 +181,56 @@ pub fn placement(p: &Placement) -> pb::Placement {
         log_index: p.log_index.0,
         expires_at_ms: p.expires_at.map(|t| t.0),
         borrowed: p.borrowed,
+        instances: p
+            .instances
+            .iter()
+            .zip(&p.slots)
+            .map(|(w, slot)| pb::Instance {
+                worker_id: w.0.clone(),
+                assigned_at: slot.assigned_at.0,
+                running_since_ms: slot.running_since.map(|t| t.0),
+                completed_at_ms: slot.completed_at.map(|t| t.0),
+            })
+            .collect(),
+        time_limit_at_ms: p.time_limit_at.map(|t| t.0),
+    }
+}
+
+pub fn finished(f: &Finished) -> pb::FinishedPlacement {
+    let (exit_code, message) = match &f.state {
+        FinishedState::Failed { exit_code, message } => (*exit_code, message.clone()),
+        _ => (0, String::new()),
+    };
+    pb::FinishedPlacement {
+        tenant_id: f.tenant.0.clone(),
+        placement_id: f.placement.0.clone(),
+        pool: f.pool.0.clone(),
+        workers: f.workers.iter().map(|w| w.0.clone()).collect(),
+        resources: Some(pb_resources(f.resources)),
+        count: f.count,
+        placed_at_ms: f.placed_at.0,
+        ended_at_ms: f.ended_at.0,
+        log_index: f.log_index.0,
+        reason: f.state.reason().into(),
+        exit_code,
+        message,
+    }
+}
+
+/// An agent's report, checked for a known status (the core checks the rest).
+pub fn reported_status(
+    status: i32,
+    exit_code: i32,
+    message: String,
+) -> Result<ReportedStatus, Status> {
+    match pb::InstanceStatus::try_from(status) {
+        Ok(pb::InstanceStatus::Running) => Ok(ReportedStatus::Running),
+        Ok(pb::InstanceStatus::Completed) => Ok(ReportedStatus::Completed),
+        Ok(pb::InstanceStatus::Failed) => Ok(ReportedStatus::Failed { exit_code, message }),
+        Ok(pb::InstanceStatus::Unspecified) | Err(_) => Err(invalid(
+            "INVALID_ARGUMENT",
+            format!("status must be RUNNING, COMPLETED or FAILED, not {status}"),
+        )),
     }
 }
 
@@ -175,6 +255,29 @@ pub fn worker(w: &Worker) -> pb::Worker {
         labels: w.labels.clone(),
         schedulable: w.schedulable,
         registered_at_ms: w.registered_at.0,
+        liveness: w.liveness.map(|l| pb::WorkerLiveness {
+            ttl_ms: l.ttl_ms,
+            alive_until_ms: l.alive_until.0,
+            last_heartbeat_ms: l.last_heartbeat.0,
+        }),
+        down_since_ms: w.down_since.map(|t| t.0),
+        generation: w.generation.0,
+        history: w
+            .history
+            .iter()
+            .map(|t| pb::WorkerTransition {
+                state: match t.state {
+                    WorkerState::Registered => pb::worker_transition::State::Registered,
+                    WorkerState::Down => pb::worker_transition::State::Down,
+                    WorkerState::Revived => pb::worker_transition::State::Revived,
+                    WorkerState::Drained => pb::worker_transition::State::Drained,
+                    WorkerState::Undrained => pb::worker_transition::State::Undrained,
+                }
+                .into(),
+                at_ms: t.at.0,
+                log_index: t.index.0,
+            })
+            .collect(),
     }
 }
 
@@ -509,4 +612,119 @@ pub fn shares(s: &crate::scheduler::Scheduler, t: &Tenant) -> Vec<pb::PoolShare>
             }
         })
         .collect()
+}
+
+/// One journaled event as a watcher receives it.
+pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
+    use crate::scheduler::events::{Event, QueueCause, ReleaseReason};
+    let ids =
+        |workers: &[crate::scheduler::WorkerId]| workers.iter().map(|w| w.0.clone()).collect();
+    let mut e = pb::WatchEvent {
+        log_index: j.pos.index.0,
+        event: j.pos.n,
+        at_ms: j.at.0,
+        kind: j.event.kind().name().into(),
+        tenant_id: j.event.tenant().map(|t| t.0.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    match &*j.event {
+        Event::Placed {
+            placement,
+            pool,
+            instances,
+            resources,
+            reservation,
+            from_queue,
+            expires_at,
+            ..
+        } => {
+            e.placement_id = placement.0.clone();
+            e.pool = pool.0.clone();
+            e.workers = ids(instances);
+            e.resources = Some(pb_resources(*resources));
+            e.reservation = *reservation;
+            e.from_queue = *from_queue;
+            e.expires_at_ms = expires_at.map(|t| t.0);
+        }
+        Event::Confirmed { placement, instances, .. } => {
+            e.placement_id = placement.0.clone();
+            e.workers = ids(instances);
+        }
+        Event::Dequeued { placement, .. } => e.placement_id = placement.0.clone(),
+        Event::Released { placement, instances, reason, .. } => {
+            e.placement_id = placement.0.clone();
+            e.workers = ids(instances);
+            e.reason = reason.reason().into();
+            match reason {
+                ReleaseReason::Preempted { by_tenant, by_placement, reclaimed } => {
+                    e.by_tenant_id = by_tenant.0.clone();
+                    e.by_placement_id = by_placement.0.clone();
+                    e.reclaimed = *reclaimed;
+                }
+                ReleaseReason::Failed { exit_code } => e.exit_code = *exit_code,
+                _ => {}
+            }
+        }
+        Event::Queued { placement, cause, .. } => {
+            e.placement_id = placement.0.clone();
+            e.reason = match cause {
+                QueueCause::Requested => "REQUESTED",
+                QueueCause::Preempted => "PREEMPTED",
+                QueueCause::WorkerLost => "WORKER_LOST",
+            }
+            .into();
+        }
+        Event::Rescheduled { placement, moves, .. } => {
+            e.placement_id = placement.0.clone();
+            e.moves = moves
+                .iter()
+                .map(|(slot, from, to)| pb::InstanceMove {
+                    slot: *slot,
+                    from_worker: from.0.clone(),
+                    to_worker: to.0.clone(),
+                })
+                .collect();
+        }
+        Event::InstanceRunning { placement, slot, worker, .. }
+        | Event::InstanceCompleted { placement, slot, worker, .. } => {
+            e.placement_id = placement.0.clone();
+            e.slot = *slot;
+            e.workers = vec![worker.0.clone()];
+        }
+        Event::InstanceFailed { placement, slot, worker, exit_code, .. } => {
+            e.placement_id = placement.0.clone();
+            e.slot = *slot;
+            e.workers = vec![worker.0.clone()];
+            e.exit_code = *exit_code;
+        }
+        Event::LeaseGranted { lease, holder, token, expires_at, .. } => {
+            e.lease = lease.0.clone();
+            e.holder = holder.clone();
+            e.fencing_token = token.0;
+            e.expires_at_ms = Some(expires_at.0);
+        }
+        Event::LeaseReleased { lease, token, .. } | Event::LeaseExpired { lease, token, .. } => {
+            e.lease = lease.0.clone();
+            e.fencing_token = token.0;
+        }
+        Event::Quota(q) => e.quota = Some(quota_event(q)),
+        Event::TenantCreated { parent, .. } => {
+            e.parent_id = parent.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        }
+        Event::TenantDeleted { .. } => {}
+        Event::WorkerRegistered { worker, pool, capacity } => {
+            e.workers = vec![worker.0.clone()];
+            e.pool = pool.0.clone();
+            e.resources = Some(pb_resources(*capacity));
+        }
+        Event::WorkerDown { worker, instances_lost } => {
+            e.workers = vec![worker.0.clone()];
+            e.instances_lost = *instances_lost;
+        }
+        Event::WorkerRevived { worker }
+        | Event::WorkerDrained { worker }
+        | Event::WorkerUndrained { worker }
+        | Event::WorkerRemoved { worker } => e.workers = vec![worker.0.clone()],
+    }
+    e
 }

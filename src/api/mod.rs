@@ -14,9 +14,11 @@ mod billing;
 mod cluster;
 pub mod connection;
 pub mod convert;
+mod heartbeats;
 mod leases;
 mod placements;
 pub mod status;
+mod streams;
 mod tenants;
 mod workers;
 
@@ -40,6 +42,7 @@ use crate::raft::types::Proposal;
 use crate::scheduler::{Command, Response, Scheduler, TokenHash};
 
 pub use auth::{hash_token, Caller};
+pub use streams::{STREAM_PROGRESS_INTERVAL, STREAM_SILENCE_MAX, WATCH_KINDS_MAX};
 
 /// Largest request any RPC accepts, in encoded bytes; tonic refuses a larger one
 /// (OUT_OF_RANGE) before decoding it, let alone proposing it. The largest legitimate
@@ -57,11 +60,14 @@ pub struct Api {
     admin: TokenHash,
     /// The replica's budget of unknown-token lookups, shared by every connection.
     lookups: Arc<auth::LookupBudget>,
+    /// Gathers heartbeats into one command per batch.
+    heartbeats: heartbeats::Batcher,
 }
 
 impl Api {
     pub fn new(replica: Replica, admin: TokenHash) -> Self {
-        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()) }
+        let heartbeats = heartbeats::Batcher::start(replica.clone());
+        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()), heartbeats }
     }
 
     async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {

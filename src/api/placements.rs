@@ -4,16 +4,22 @@
 use tonic::{Request, Response as Reply, Status};
 
 use super::answer::{answer, Cancelled, Confirmed, Placed, Released, Reserved};
-use super::auth::tenant_scope;
+use super::auth::{require_admin, tenant_scope};
 use super::status::not_found;
 use super::{convert, pb, Api};
 use crate::scheduler::query::PAGE_MAX;
-use crate::scheduler::{Command, Placement, PlacementId, Query};
+use crate::scheduler::{Command, Finished, Placement, PlacementId, Query};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for Api {
+    type WatchStream = super::streams::Stream<pb::WatchResponse>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Self::WatchStream> {
+        super::streams::watch(self, request).await.map(Reply::new)
+    }
+
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<pb::PlaceResponse> {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
@@ -165,13 +171,19 @@ impl pb::scheduler_server::Scheduler for Api {
     ) -> Result<pb::ListQueueResponse> {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        let tenant = tenant_scope(&caller, &r.tenant_id)?;
         let (after, limit) = convert::page(r.page);
-        let after = after.map(|a| (tenant.clone(), PlacementId::new(a)));
+        // The admin with no tenant: the cluster-wide queue.
+        let (tenant, after) = if r.tenant_id.is_empty() && require_admin(&caller).is_ok() {
+            (None, convert::tenant_page_after(after)?)
+        } else {
+            let tenant = tenant_scope(&caller, &r.tenant_id)?;
+            let after = after.map(|a| (tenant.clone(), PlacementId::new(a)));
+            (Some(tenant), after)
+        };
         let limit = usize::try_from(limit.min(PAGE_MAX)).unwrap_or(1);
         let queued = self
             .read(&caller, r.read, |s| {
-                s.queue_statuses(Some(&tenant), after.as_ref(), limit)
+                s.queue_statuses(tenant.as_ref(), after.as_ref(), limit)
                     .iter()
                     .map(convert::queued)
                     .collect()
@@ -210,6 +222,22 @@ impl pb::scheduler_server::Scheduler for Api {
         Ok(Reply::new(pb::CancelReservationResponse {
             write: Some(write),
             released: Some(convert::pb_resources(resources)),
+        }))
+    }
+
+    async fn list_finished(
+        &self,
+        request: Request<pb::ListFinishedRequest>,
+    ) -> Result<pb::ListFinishedResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let (after, limit) = convert::page(r.page);
+        let query = Query::Finished { tenant, after: after.map(Into::into), limit };
+        let finished: Vec<Finished> =
+            answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListFinishedResponse {
+            finished: finished.iter().map(convert::finished).collect(),
         }))
     }
 }

@@ -104,7 +104,9 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::NotAReservation { .. }
         | Rejection::LeaseHeld { .. }
         | Rejection::StaleFencingToken { .. }
-        | Rejection::RequestIdReused { .. } => Code::FailedPrecondition,
+        | Rejection::RequestIdReused { .. }
+        | Rejection::StaleAssignment { .. }
+        | Rejection::NotAPlacement { .. } => Code::FailedPrecondition,
         Rejection::PoolDenied { .. } => Code::PermissionDenied,
         Rejection::Unauthenticated | Rejection::TokenExpired { .. } => Code::Unauthenticated,
     }

@@ -2,11 +2,14 @@
 
 use tonic::{Request, Response as Reply, Status};
 
-use super::answer::{answer, Evicted};
+use super::answer::{answer, Evicted, Reported};
 use super::auth::require_admin;
-use super::status::not_found;
+use super::status::{self, not_found};
 use super::{convert, pb, Api};
-use crate::scheduler::{Command, PoolId, Query, Worker, WorkerId, DEFAULT_POOL};
+use crate::scheduler::{
+    Command, LogIndex, Placement, PlacementId, PoolId, Query, TenantId, Worker, WorkerId,
+    DEFAULT_POOL,
+};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -16,6 +19,15 @@ fn pool_or_default(pool: &str) -> PoolId {
 
 #[tonic::async_trait]
 impl pb::workers_server::Workers for Api {
+    type WatchAssignmentsStream = super::streams::Stream<pb::WatchAssignmentsResponse>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Self::WatchAssignmentsStream> {
+        super::streams::watch_assignments(self, request).await.map(Reply::new)
+    }
+
     async fn register_worker(
         &self,
         request: Request<pb::RegisterWorkerRequest>,
@@ -126,5 +138,99 @@ impl pb::workers_server::Workers for Api {
         let found = self.read(&caller, r.read, |s| s.pool_status(&pool).map(convert::pool)).await?;
         let pool = found.ok_or_else(|| not_found("pool", pool.as_str()))?;
         Ok(Reply::new(pb::GetPoolResponse { pool: Some(pool) }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<pb::HeartbeatResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let worker = WorkerId::new(&r.worker_id);
+        // One bad id would sink the whole batch: each is checked before it joins one.
+        Command::Heartbeat { workers: vec![worker.clone()] }
+            .validate()
+            .map_err(|rejection| status::rejection(&rejection))?;
+        let (ack, write) = self.heartbeats.beat(worker).await?;
+        let ack = ack.ok_or_else(|| not_found("worker", &r.worker_id))?;
+        Ok(Reply::new(pb::HeartbeatResponse {
+            write: Some(write),
+            generation: ack.generation.0,
+            alive_until_ms: ack.alive_until.0,
+            ttl_ms: ack.ttl_ms,
+            revived: ack.revived,
+            drained: ack.drained,
+        }))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<pb::ReportStatusResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let command = Command::ReportStatus {
+            worker: WorkerId::new(&r.worker_id),
+            tenant: TenantId::new(&r.tenant_id),
+            placement: PlacementId::new(&r.placement_id),
+            slot: r.slot,
+            assigned_at: LogIndex(r.assigned_at),
+            status: convert::reported_status(r.status, r.exit_code, r.message)?,
+        };
+        let (response, write) = self.write(&caller, &r.request_id, command).await?;
+        let Reported(finished) = answer(response)?;
+        Ok(Reply::new(pb::ReportStatusResponse {
+            write: Some(write),
+            finished_reason: finished.map(|f| f.reason().to_owned()).unwrap_or_default(),
+        }))
+    }
+
+    async fn set_pool_worker_ttl(
+        &self,
+        request: Request<pb::SetPoolWorkerTtlRequest>,
+    ) -> Result<pb::SetPoolWorkerTtlResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let ttl_ms = (!r.reset).then_some(r.ttl_ms);
+        let command = Command::SetPoolWorkerTtl { pool: pool_or_default(&r.pool), ttl_ms };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetPoolWorkerTtlResponse { write: Some(write) }))
+    }
+
+    async fn list_worker_placements(
+        &self,
+        request: Request<pb::ListWorkerPlacementsRequest>,
+    ) -> Result<pb::ListWorkerPlacementsResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let (after, limit) = convert::page(r.page);
+        let after = convert::tenant_page_after(after)?;
+        let query = Query::WorkerPlacements { worker: WorkerId::new(&r.worker_id), after, limit };
+        let placements: Vec<Placement> =
+            answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListWorkerPlacementsResponse {
+            placements: placements.iter().map(convert::placement).collect(),
+        }))
+    }
+
+    async fn list_pool_placements(
+        &self,
+        request: Request<pb::ListPoolPlacementsRequest>,
+    ) -> Result<pb::ListPoolPlacementsResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let (after, limit) = convert::page(r.page);
+        let after = convert::tenant_page_after(after)?;
+        let query = Query::PoolPlacements { pool: pool_or_default(&r.pool), after, limit };
+        let placements: Vec<Placement> =
+            answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListPoolPlacementsResponse {
+            placements: placements.iter().map(convert::placement).collect(),
+        }))
     }
 }

@@ -1,6 +1,8 @@
 //! Replication: openraft around the scheduler core.
 //!
 //! - `types`: the openraft type configuration and what a log entry carries (`Batch`).
+//! - `journal`: the events of the entries a replica applied, kept for watchers to read and
+//!   resume from (the same positions on every replica).
 //! - `state_machine`: a thin `RaftStateMachine` that feeds committed commands to
 //!   `scheduler::Scheduler::apply`, numbering each one, and persists snapshots.
 //! - `runtime`: tokio with a seedable generator for election timeouts (the simulation seeds it).
@@ -12,6 +14,7 @@
 //!
 //! No business logic lives here: every decision is made by the core inside `apply`.
 
+pub mod journal;
 pub mod peer;
 pub mod replica;
 pub mod runtime;

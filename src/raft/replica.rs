@@ -294,6 +294,11 @@ impl Replica {
     }
 
     /// What stops this replica for good; `stopped()` tells when it has.
+    /// The events this replica applied, for watch streams.
+    pub fn journal(&self) -> &crate::raft::journal::Journal {
+        self.inner.sm.journal()
+    }
+
     pub fn fail_stop(&self) -> &FailStop {
         &self.inner.options.fail_stop
     }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::fatal::FailStop;
+use crate::raft::journal::Journal;
 use crate::raft::types::{
     BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
@@ -73,6 +74,8 @@ pub struct StateMachine {
     builds: Arc<AtomicU64>,
     fail_stop: FailStop,
     core_apply: CoreApply,
+    /// The events of the entries this replica applied, for watchers.
+    journal: Journal,
 }
 
 fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
@@ -93,13 +96,20 @@ impl StateMachine {
             builds: Arc::default(),
             fail_stop,
             core_apply: Scheduler::apply,
+            journal: Journal::default(),
         };
         if let Some(stored) = sm.store.load().map_err(|e| snapshot_err(None, e))? {
             let restored = decode_body(&stored.meta, &stored.data)?;
+            sm.journal.restart_at(LogIndex(restored.progress.command_index));
             *sm.write() = restored;
             *sm.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         }
         Ok(sm)
+    }
+
+    /// The events this replica applied, for watchers.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Read access to the replicated state (held briefly: apply waits for it).
@@ -168,8 +178,14 @@ impl StateMachine {
     ) -> Result<Applied, String> {
         let (command_index, kind) = (entry.index.0, entry.command.name());
         let core_apply = self.core_apply;
-        std::panic::catch_unwind(AssertUnwindSafe(|| core_apply(scheduler, entry))).map_err(
-            |panic| {
+        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| core_apply(scheduler, entry)));
+        applied
+            .map(|mut applied| {
+                let events = std::mem::take(&mut applied.journal);
+                self.journal.append(LogIndex(command_index), applied.applied_at, events);
+                applied
+            })
+            .map_err(|panic| {
                 let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
                     (Some(message), _) => (*message).to_owned(),
                     (None, Some(message)) => message.clone(),
@@ -179,8 +195,7 @@ impl StateMachine {
                     "applying the committed command at raft index {raft_index} (command index \
                      {command_index}, {kind}) panicked: {message}"
                 )
-            },
-        )
+            })
     }
 }
 
@@ -274,7 +289,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let restored = decode_body(meta, &data)?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(meta), e))?;
-        *self.write() = restored;
+        let mut state = self.write();
+        self.journal.restart_at(LogIndex(restored.progress.command_index));
+        *state = restored;
+        drop(state);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())

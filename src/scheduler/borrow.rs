@@ -62,6 +62,10 @@ pub struct PoolStatus {
     pub guarantees: u64,
     /// How far guarantees plus the reserve exceed the capacity (zero while they fit).
     pub shortfall: Resources,
+    /// Workers of the pool that are down (their capacity is out of `capacity`).
+    pub down: u64,
+    /// The TTL a heartbeat gives the pool's workers.
+    pub worker_ttl_ms: u64,
 }
 
 /// A sum of guarantees per dimension (cpu, memory), wide enough never to overflow.
@@ -196,6 +200,16 @@ impl Scheduler {
             guaranteed: narrow(sum),
             guarantees: super::count_u64(guarantees),
             shortfall: narrow([short(0), short(1)]),
+            down: super::count_u64(
+                self.ix
+                    .pool_workers
+                    .get(pool)
+                    .into_iter()
+                    .flatten()
+                    .filter(|w| self.state.workers.get(*w).is_some_and(|w| w.is_down()))
+                    .count(),
+            ),
+            worker_ttl_ms: self.worker_ttl_ms(pool),
         })
     }
 
@@ -286,18 +300,33 @@ impl Scheduler {
         let used = t.usage.pool(pool);
         let used = Resources::new(used.cpu_millis, used.memory_mib);
         let nominal = self.guarantee(tenant, pool).map(|g| g.nominal).unwrap_or(Resources::ZERO);
+        let borrowing = dims(add).map(|(d, requested)| {
+            requested > 0 && pick(used, d).saturating_add(requested) > pick(nominal, d)
+        });
+        self.check_lendable(tenant, pool, add, borrowing)?;
+        Ok(borrowing.contains(&true))
+    }
+
+    /// Refuses (`NOT_LENDABLE`) taking `add` of `pool`'s free capacity, in the dimensions
+    /// (cpu, memory) where `borrowing` says the tenant borrows, if that leaves less free than
+    /// is held for other tenants' unlent guarantees. Also the rule for moving the lost
+    /// instances of borrowed work (`liveness.rs`): a borrower never takes held capacity.
+    pub(super) fn check_lendable(
+        &self,
+        tenant: &TenantId,
+        pool: &PoolId,
+        add: Resources,
+        borrowing: [bool; 2],
+    ) -> Result<(), Rejection> {
+        if !borrowing.contains(&true) || !self.ix.guaranteed.contains_key(pool) {
+            return Ok(());
+        }
         let free = self.ix.pool_free(pool);
-        let mut held = None;
-        let mut borrows = false;
-        for (d, requested) in dims(add) {
-            if requested == 0 || pick(used, d).saturating_add(requested) <= pick(nominal, d) {
-                continue;
-            }
-            borrows = true;
-            let held = *held.get_or_insert_with(|| self.held_for_lenders(pool, tenant));
+        let held = self.held_for_lenders(pool, tenant);
+        for ((d, requested), borrows) in dims(add).into_iter().zip(borrowing) {
             let (f, h) = (pick(free, d), pick(held, d));
             // Short of free capacity altogether is for the worker search to report.
-            if requested <= f && f - requested < h {
+            if borrows && requested <= f && f - requested < h {
                 return Err(Rejection::NotLendable {
                     pool: pool.clone(),
                     dimension: d,
@@ -307,7 +336,14 @@ impl Scheduler {
                 });
             }
         }
-        Ok(borrows)
+        Ok(())
+    }
+
+    /// The dimensions (cpu, memory) in which `tenant`'s subtree holds more of `pool` than its
+    /// nominal share: where it borrows now.
+    pub(super) fn borrowing_now(&self, tenant: &TenantId, pool: &PoolId) -> [bool; 2] {
+        let over = self.borrowed(tenant, pool);
+        [over.cpu_millis > 0, over.memory_mib > 0]
     }
 
     /// True when `add` more keeps `tenant`'s subtree within its own nominal share of `pool`

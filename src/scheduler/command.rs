@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::events::Event;
 use super::ids::{
     validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId,
     TokenHash, TokenId, UnixMillis, WorkerId,
@@ -21,7 +22,7 @@ use super::resources::{
     validate_labels, LabelRequirement, LabelTerm, Labels, Resources, POOL_RESOURCES_MAX, RULES_MAX,
     WORKER_RESOURCES_MAX,
 };
-use super::state::{Config, GroupStrategy, Lease, Placement, Tenant, Worker};
+use super::state::{Config, FinishedState, GroupStrategy, Lease, Placement, Tenant, Worker};
 use super::windows::Window;
 
 /// One command as committed in the log.
@@ -55,6 +56,17 @@ pub enum Strategy {
     Spread,
 }
 
+/// What happens to a placement when a worker holding one of its instances goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OnWorkerLost {
+    /// Move only the lost instances to other workers, under every rule of the spec, in the
+    /// entry that marks the worker down; release (or queue) the placement where they do not fit.
+    #[default]
+    Reschedule,
+    /// Release the whole placement (reason `WORKER_LOST`).
+    Release,
+}
+
 /// What to place: `count` identical instances of one workload, all or nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaceSpec {
@@ -85,6 +97,24 @@ pub struct PlaceSpec {
     /// When preempted, wait in the queue again (at the back of its tenant's line) instead of
     /// being released for good.
     pub requeue_on_preemption: bool,
+    /// What happens to it when one of its workers goes down (`OnWorkerLost`).
+    pub on_worker_lost: OnWorkerLost,
+    /// Slurm's time limit: released (reason `TIME_LIMIT`) this long after it was placed, in
+    /// log time (1..=`MAX_RUNTIME_MAX_MS`; `None`: no limit).
+    pub max_runtime_ms: Option<u64>,
+}
+
+/// What a worker's agent reports about one instance (`Command::ReportStatus`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportedStatus {
+    Running,
+    /// The instance finished; the placement is released once every instance has.
+    Completed,
+    /// The instance failed: the whole placement is released.
+    Failed {
+        exit_code: i32,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +245,30 @@ pub enum Command {
         lease: LeaseName,
         token: LogIndex,
     },
+    /// Keeps each listed worker alive for its pool's worker TTL from now (log time); a worker
+    /// becomes managed (it can go down) with its first heartbeat, and one that is down comes
+    /// back ready, holding nothing. 1..=`HEARTBEATS_PER_ENTRY_MAX` ids; unknown ones are
+    /// answered `None`.
+    Heartbeat {
+        workers: Vec<WorkerId>,
+    },
+    /// Sets the worker TTL of a pool (`WORKER_TTL_MIN_MS..=WORKER_TTL_MAX_MS`; `None`: the
+    /// default, `WORKER_TTL_DEFAULT_MS`). It applies from each worker's next heartbeat.
+    SetPoolWorkerTtl {
+        pool: PoolId,
+        ttl_ms: Option<u64>,
+    },
+    /// A worker's report on one instance of a placement (not a reservation). `assigned_at`
+    /// (`Slot::assigned_at`) fences it: a report for an instance that moved, or from an
+    /// earlier incarnation, is refused `STALE_ASSIGNMENT`.
+    ReportStatus {
+        worker: WorkerId,
+        tenant: TenantId,
+        placement: PlacementId,
+        slot: u32,
+        assigned_at: LogIndex,
+        status: ReportedStatus,
+    },
 }
 
 impl PlaceSpec {
@@ -225,6 +279,12 @@ impl PlaceSpec {
             return Err(Rejection::invalid(
                 "count",
                 format!("must be 1..={}", super::INSTANCES_PER_PLACEMENT_MAX),
+            ));
+        }
+        if self.max_runtime_ms.is_some_and(|ms| !(1..=super::MAX_RUNTIME_MAX_MS).contains(&ms)) {
+            return Err(Rejection::invalid(
+                "max_runtime_ms",
+                format!("must be 1..={}", super::MAX_RUNTIME_MAX_MS),
             ));
         }
         self.resources.validate("resources", WORKER_RESOURCES_MAX, false)?;
@@ -376,6 +436,47 @@ impl Command {
             Command::KeepAliveLease { lease, .. } | Command::ReleaseLease { lease, .. } => {
                 validate_object_id("lease", lease.as_str())
             }
+            Command::Heartbeat { workers } => {
+                if !(1..=super::HEARTBEATS_PER_ENTRY_MAX).contains(&workers.len()) {
+                    return Err(Rejection::invalid(
+                        "workers",
+                        format!("must list 1..={} workers", super::HEARTBEATS_PER_ENTRY_MAX),
+                    ));
+                }
+                workers.iter().try_for_each(|w| validate_object_id("worker", w.as_str()))
+            }
+            Command::SetPoolWorkerTtl { pool, ttl_ms } => {
+                validate_object_id("pool", pool.as_str())?;
+                let range = super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS;
+                match ttl_ms {
+                    Some(ttl) if !range.contains(ttl) => Err(Rejection::invalid(
+                        "ttl_ms",
+                        format!("must be {}..={}", range.start(), range.end()),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Command::ReportStatus { worker, placement, slot, status, .. } => {
+                validate_object_id("worker", worker.as_str())?;
+                validate_object_id("placement", placement.as_str())?;
+                if *slot >= super::INSTANCES_PER_PLACEMENT_MAX {
+                    return Err(Rejection::invalid(
+                        "slot",
+                        format!("must be below {}", super::INSTANCES_PER_PLACEMENT_MAX),
+                    ));
+                }
+                match status {
+                    ReportedStatus::Failed { message, .. }
+                        if message.len() > super::STATUS_MESSAGE_LEN_MAX =>
+                    {
+                        Err(Rejection::invalid(
+                            "message",
+                            format!("at most {} bytes", super::STATUS_MESSAGE_LEN_MAX),
+                        ))
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
@@ -389,7 +490,9 @@ impl Command {
             | Command::UpdateWorker { .. }
             | Command::SetWorkerSchedulable { .. }
             | Command::RemoveWorker { .. }
-            | Command::SetPoolReserve { .. } => None,
+            | Command::SetPoolReserve { .. }
+            | Command::Heartbeat { .. }
+            | Command::SetPoolWorkerTtl { .. } => None,
             Command::CreateTenant { tenant, .. }
             | Command::DeleteTenant { tenant }
             | Command::SetQuota { tenant, .. }
@@ -405,7 +508,8 @@ impl Command {
             | Command::CancelReservation { tenant, .. }
             | Command::AcquireLease { tenant, .. }
             | Command::KeepAliveLease { tenant, .. }
-            | Command::ReleaseLease { tenant, .. } => Some(tenant),
+            | Command::ReleaseLease { tenant, .. }
+            | Command::ReportStatus { tenant, .. } => Some(tenant),
         }
     }
 
@@ -436,6 +540,9 @@ impl Command {
             Command::AcquireLease { .. } => "AcquireLease",
             Command::KeepAliveLease { .. } => "KeepAliveLease",
             Command::ReleaseLease { .. } => "ReleaseLease",
+            Command::Heartbeat { .. } => "Heartbeat",
+            Command::SetPoolWorkerTtl { .. } => "SetPoolWorkerTtl",
+            Command::ReportStatus { .. } => "ReportStatus",
         }
     }
 }
@@ -455,12 +562,87 @@ pub struct Applied {
     /// Quota state changes this entry caused, in order: those of its advance of log time, then
     /// those of its command (reported once, by the entry that did it, like `expired`).
     pub events: Vec<QuotaEvent>,
+    /// What became of the placements that had instances on the workers this entry marked down
+    /// (`Expired::Worker`), in (tenant, placement) order; reported once, like `expired`.
+    pub lost: Vec<Lost>,
+    /// Everything this entry did, in order (`events.rs`): the complete record, identical on
+    /// every replica; `expired`, `events` and `lost` are views of it for the proposer's answer.
+    /// A replayed request id's journal holds only what this entry's log time did. Never
+    /// encoded (not in snapshots' session records nor in forwarded answers): each replica
+    /// takes it from its own `apply`.
+    #[serde(skip)]
+    pub journal: Vec<Event>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Expired {
-    Reservation { tenant: TenantId, reservation: PlacementId },
-    Lease { tenant: TenantId, lease: LeaseName, token: LogIndex },
+    Reservation {
+        tenant: TenantId,
+        reservation: PlacementId,
+    },
+    Lease {
+        tenant: TenantId,
+        lease: LeaseName,
+        token: LogIndex,
+    },
+    /// The worker's TTL passed: it is down.
+    Worker {
+        worker: WorkerId,
+    },
+    /// The placement reached its `max_runtime_ms` and was released (reason `TIME_LIMIT`).
+    TimeLimit {
+        tenant: TenantId,
+        placement: PlacementId,
+    },
+}
+
+/// A placement that had instances on a worker that went down, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Lost {
+    pub tenant: TenantId,
+    pub placement: PlacementId,
+    /// The positions (in `Placement::instances`) of the lost instances, ascending.
+    pub slots: Vec<u32>,
+    pub outcome: LostOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LostOutcome {
+    /// Every lost instance moved: `(slot, from, to)`. The other instances, the placement's
+    /// usage, quota, windows and grace periods are unchanged.
+    Rescheduled { moves: Vec<(u32, WorkerId, WorkerId)> },
+    /// Released (reason `WORKER_LOST`) and queued again (it came through the queue), to be
+    /// placed anew by the fair-share queue.
+    Queued,
+    /// Released for good (reason `WORKER_LOST`).
+    Released,
+}
+
+impl LostOutcome {
+    /// The stable release reason (UPPER_SNAKE) when the placement was released.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            LostOutcome::Rescheduled { .. } => None,
+            LostOutcome::Queued | LostOutcome::Released => {
+                Some(super::events::ReleaseReason::WorkerLost.reason())
+            }
+        }
+    }
+}
+
+/// A heartbeat's answer for one known worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The index at which the worker last became ready (registration or revival): an agent
+    /// that sees it change knows the cluster dropped everything it ran.
+    pub generation: LogIndex,
+    /// Until when (log time) it stays up without another heartbeat.
+    pub alive_until: UnixMillis,
+    pub ttl_ms: u64,
+    /// It was down, and this heartbeat brought it back (holding nothing).
+    pub revived: bool,
+    /// It is drained (alive, but receives no new work).
+    pub drained: bool,
 }
 
 /// What was released when a tenant was deleted.
@@ -522,6 +704,13 @@ pub enum Response {
     LeaseGranted(Lease),
     LeaseKeptAlive(Lease),
     LeaseReleased,
+    /// One answer per listed worker, in the order listed (`None`: no such worker).
+    Heartbeats(Vec<Option<HeartbeatAck>>),
+    PoolWorkerTtlSet,
+    /// The report was recorded; `finished` when it ended the placement (then released).
+    StatusReported {
+        finished: Option<FinishedState>,
+    },
 }
 
 /// Why workers were not chosen, counted once per worker (the first failing check, cheapest
@@ -530,6 +719,8 @@ pub enum Response {
 pub struct FilterCounts {
     pub workers_in_pool: u64,
     pub draining: u64,
+    /// Down: its TTL passed without a heartbeat.
+    pub down: u64,
     pub insufficient_cpu: u64,
     pub insufficient_memory: u64,
     pub label_mismatch: u64,
@@ -540,10 +731,11 @@ pub struct FilterCounts {
 
 impl FilterCounts {
     /// The counts as `(reason, count)` pairs, for error metadata.
-    pub fn pairs(&self) -> [(&'static str, u64); 8] {
+    pub fn pairs(&self) -> [(&'static str, u64); 9] {
         [
             ("workers_in_pool", self.workers_in_pool),
             ("draining", self.draining),
+            ("down", self.down),
             ("insufficient_cpu", self.insufficient_cpu),
             ("insufficient_memory", self.insufficient_memory),
             ("label_mismatch", self.label_mismatch),
@@ -660,6 +852,16 @@ pub enum Rejection {
     LimitReached { what: String, max: u64 },
     #[error("unknown or revoked token")]
     Unauthenticated,
+    #[error("slot {slot} of {placement} is not assigned to this worker at index {} (current: {})", presented.0, current.map(|c| c.0.to_string()).unwrap_or_else(|| "none".into()))]
+    StaleAssignment {
+        placement: PlacementId,
+        slot: u32,
+        presented: LogIndex,
+        /// The slot's `assigned_at` if it is on the reporting worker.
+        current: Option<LogIndex>,
+    },
+    #[error("{placement} is a reservation, not a placement")]
+    NotAPlacement { placement: PlacementId },
     #[error("token {token} expired at {expired_at}")]
     TokenExpired { token: TokenId, expired_at: UnixMillis },
 }
@@ -704,6 +906,8 @@ impl Rejection {
             Rejection::NotQueued { .. } => "NOT_QUEUED",
             Rejection::LimitReached { .. } => "LIMIT_REACHED",
             Rejection::Unauthenticated => "UNAUTHENTICATED",
+            Rejection::StaleAssignment { .. } => "STALE_ASSIGNMENT",
+            Rejection::NotAPlacement { .. } => "NOT_A_PLACEMENT",
             Rejection::TokenExpired { .. } => "TOKEN_EXPIRED",
         }
     }
@@ -789,6 +993,14 @@ impl Rejection {
                 put("max_instances", max_instances.to_string());
                 put("current", current.to_string());
                 put("requested", requested.to_string());
+            }
+            Rejection::StaleAssignment { placement, slot, presented, current } => {
+                put("placement", placement.to_string());
+                put("slot", slot.to_string());
+                put("presented", presented.0.to_string());
+                if let Some(current) = current {
+                    put("current", current.0.to_string());
+                }
             }
             Rejection::TokenExpired { token, expired_at } => {
                 put("token", token.to_string());

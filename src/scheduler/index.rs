@@ -25,11 +25,15 @@ pub enum Deadline {
     Lease(TenantId, LeaseName),
     /// The end of a tenant's burst grace period.
     Grace(TenantId),
+    /// A managed, ready worker's TTL (`Liveness::alive_until`).
+    Worker(WorkerId),
+    /// A placement's `time_limit_at`.
+    TimeLimit(TenantId, PlacementId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Indexes {
-    /// Schedulable workers per pool, by free capacity.
+    /// Workers that accept work (neither drained nor down) per pool, by free capacity.
     pub free: BTreeMap<PoolId, BTreeSet<FreeKey>>,
     /// Every worker per pool, schedulable or not.
     pub pool_workers: BTreeMap<PoolId, BTreeSet<WorkerId>>,
@@ -40,6 +44,8 @@ pub struct Indexes {
     pub anti: BTreeMap<(TenantId, LabelTerm), BTreeMap<WorkerId, u32>>,
     /// Placement instances on each worker.
     pub worker_placements: BTreeMap<WorkerId, BTreeMap<(TenantId, PlacementId), u32>>,
+    /// Placement instances in each pool (an operator's view across tenants).
+    pub pool_placements: BTreeMap<PoolId, BTreeMap<(TenantId, PlacementId), u32>>,
     /// Instances of each placement group per worker.
     pub group_workers: BTreeMap<(TenantId, GroupId), BTreeMap<WorkerId, u32>>,
     /// Instances of each placement group in total (the sum of `group_workers`).
@@ -50,7 +56,8 @@ pub struct Indexes {
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// When each expiring token is forgotten (`EXPIRED_TOKEN_RETENTION_MS` after it expires).
     pub token_purges: BTreeSet<(UnixMillis, TenantId, TokenId)>,
-    /// Total capacity of the schedulable workers of each pool (the denominator of fair shares).
+    /// Total capacity of the workers of each pool that accept work (the denominator of fair
+    /// shares): drained and down workers are out.
     pub pool_capacity: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a window limit.
     pub window_limited: u64,
@@ -61,6 +68,16 @@ pub struct Indexes {
     pub pool_free: BTreeMap<PoolId, Resources>,
     /// Tenants whose own quota sets a guarantee in each pool.
     pub guaranteed: BTreeMap<PoolId, BTreeSet<TenantId>>,
+    /// Each tenant's finished placements, oldest (ending index) first.
+    pub finished_order: BTreeMap<TenantId, BTreeSet<(LogIndex, PlacementId)>>,
+    /// Every tenant with finished records by their number, then by its oldest (oldest last):
+    /// the last is evicted from when `FINISHED_MAX` is reached (the `Sessions` rule).
+    pub finished_sizes: BTreeSet<(usize, std::cmp::Reverse<LogIndex>, TenantId)>,
+}
+
+/// When a managed, ready worker goes down without another heartbeat (`None`: it cannot).
+pub fn alive_until(worker: &Worker) -> Option<UnixMillis> {
+    worker.liveness.filter(|_| !worker.is_down()).map(|l| l.alive_until)
 }
 
 /// When a token that expires at `expires_at` is forgotten.
@@ -88,6 +105,9 @@ impl Indexes {
         let mut ix = Indexes::default();
         for worker in state.workers.values() {
             ix.add_worker(worker);
+            if let Some(at) = alive_until(worker) {
+                ix.deadlines.insert((at, Deadline::Worker(worker.id.clone())));
+            }
         }
         for placement in state.placements.values() {
             for worker in &placement.instances {
@@ -97,6 +117,12 @@ impl Indexes {
                 ix.deadlines.insert((
                     at,
                     Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
+                ));
+            }
+            if let Some(at) = placement.time_limit_at {
+                ix.deadlines.insert((
+                    at,
+                    Deadline::TimeLimit(placement.tenant.clone(), placement.id().clone()),
                 ));
             }
         }
@@ -118,6 +144,9 @@ impl Indexes {
         }
         for queued in state.queue.values() {
             ix.add_queued(queued);
+        }
+        for ((tenant, id), f) in &state.finished {
+            ix.change_finished(tenant, |order| order.insert((f.log_index, id.clone())));
         }
         ix
     }
@@ -200,10 +229,11 @@ impl Indexes {
         }
     }
 
-    /// Adds (`present`) or removes the worker's free-capacity key, if it is schedulable.
-    /// Call with `false` before changing `allocated`/`capacity`/`schedulable`, `true` after.
+    /// Adds (`present`) or removes the worker's free-capacity key, if it accepts work (neither
+    /// drained nor down). Call with `false` before changing `allocated`/`capacity`/
+    /// `schedulable`/`down_since`, `true` after.
     pub fn set_free(&mut self, worker: &Worker, present: bool) {
-        if !worker.schedulable {
+        if !worker.accepts_work() {
             return;
         }
         let free = worker.free();
@@ -246,10 +276,9 @@ impl Indexes {
         for term in &placement.spec.anti_affinity {
             bump(self.anti.entry((tenant.clone(), term.clone())).or_default(), worker);
         }
-        bump(
-            self.worker_placements.entry(worker.clone()).or_default(),
-            &(tenant.clone(), placement.id().clone()),
-        );
+        let key = (tenant.clone(), placement.id().clone());
+        bump(self.worker_placements.entry(worker.clone()).or_default(), &key);
+        bump(self.pool_placements.entry(placement.pool.clone()).or_default(), &key);
         if let Some(group) = &placement.spec.group {
             let key = (tenant.clone(), group.clone());
             *self.group_sizes.entry(key.clone()).or_insert(0) += 1;
@@ -273,9 +302,14 @@ impl Indexes {
                 self.anti.remove(&key);
             }
         }
+        let key = (tenant.clone(), placement.id().clone());
         let map = self.worker_placements.get_mut(worker).expect("invariant: worker has placements");
-        if drop_one(map, &(tenant.clone(), placement.id().clone())) {
+        if drop_one(map, &key) {
             self.worker_placements.remove(worker);
+        }
+        let map = self.pool_placements.get_mut(&placement.pool).expect("invariant: pool indexed");
+        if drop_one(map, &key) {
+            self.pool_placements.remove(&placement.pool);
         }
         if let Some(group) = &placement.spec.group {
             let key = (tenant.clone(), group.clone());
@@ -307,6 +341,31 @@ impl Indexes {
         term: &LabelTerm,
     ) -> Option<&BTreeMap<WorkerId, u32>> {
         self.anti.get(&(tenant.clone(), term.clone()))
+    }
+
+    /// Changes one tenant's order of finished records, keeping `finished_sizes` in step.
+    pub fn change_finished<R>(
+        &mut self,
+        tenant: &TenantId,
+        change: impl FnOnce(&mut BTreeSet<(LogIndex, PlacementId)>) -> R,
+    ) -> R {
+        use std::cmp::Reverse;
+        let order = self.finished_order.entry(tenant.clone()).or_default();
+        if let Some((oldest, _)) = order.first() {
+            let sized =
+                self.finished_sizes.remove(&(order.len(), Reverse(*oldest), tenant.clone()));
+            assert!(sized, "invariant: every tenant with records is sized");
+        }
+        let result = change(order);
+        match order.first() {
+            Some((oldest, _)) => {
+                self.finished_sizes.insert((order.len(), Reverse(*oldest), tenant.clone()));
+            }
+            None => {
+                self.finished_order.remove(tenant);
+            }
+        }
+        result
     }
 
     /// Instances currently in a placement group.

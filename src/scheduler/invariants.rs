@@ -45,6 +45,19 @@ impl Scheduler {
             if p.expires_at.is_some_and(|at| at <= s.now) {
                 bad.push(format!("reservation {} outlived its expiry", p.id()));
             }
+            // Lifecycle: one slot per instance, assigned no earlier than the placement; never
+            // every slot completed (it would have been released); a time limit ahead, exact.
+            let completed = p.slots.iter().filter(|s| s.completed_at.is_some()).count();
+            if p.slots.len() != p.instances.len()
+                || p.slots.iter().any(|s| s.assigned_at < p.log_index)
+                || (completed > 0 && completed == p.slots.len())
+            {
+                bad.push(format!("placement {} slots {:?} inconsistent", p.id(), p.slots));
+            }
+            let limit = p.spec.max_runtime_ms.map(|ms| p.placed_at.plus_ms(ms));
+            if p.time_limit_at != limit || p.time_limit_at.is_some_and(|at| at <= s.now) {
+                bad.push(format!("placement {} time limit {:?} wrong or passed", p.id(), limit));
+            }
         }
         for w in s.workers.values() {
             let expected = allocated.get(&w.id).copied().unwrap_or_default();
@@ -60,6 +73,75 @@ impl Scheduler {
                     w.id, w.allocated, w.capacity
                 ));
             }
+        }
+
+        // 4: a down worker holds nothing and is managed; a pool's schedulable capacity (and
+        // free capacity) counts exactly its workers that accept work (neither drained nor down).
+        let mut accepting: BTreeMap<&super::PoolId, (Resources, Resources)> = BTreeMap::new();
+        for w in s.workers.values() {
+            if w.is_down() {
+                if !w.allocated.is_zero() || self.ix.worker_placements.contains_key(&w.id) {
+                    bad.push(format!("down worker {} still holds work", w.id));
+                }
+                if w.liveness.is_none() {
+                    bad.push(format!("worker {} is down but was never managed", w.id));
+                }
+            }
+            if let Some(l) = w.liveness {
+                if !(super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS).contains(&l.ttl_ms)
+                    || l.last_heartbeat > s.now
+                    || l.alive_until < l.last_heartbeat
+                {
+                    bad.push(format!("worker {} liveness {l:?} out of bounds at {}", w.id, s.now));
+                }
+            }
+            if w.history.len() > super::WORKER_HISTORY_MAX
+                || w.history.windows(2).any(|h| h[0].index > h[1].index || h[0].at > h[1].at)
+                || w.history.last().is_some_and(|h| h.at > s.now)
+            {
+                bad.push(format!("worker {} history out of order or bounds", w.id));
+            }
+            if w.accepts_work() {
+                let slot = accepting.entry(&w.pool).or_default();
+                let free = w.capacity.checked_sub(w.allocated).unwrap_or_default();
+                match (slot.0.checked_add(w.capacity), slot.1.checked_add(free)) {
+                    (Some(c), Some(f)) => *slot = (c, f),
+                    _ => bad.push(format!("pool {} capacity overflows", w.pool)),
+                }
+            }
+        }
+        for pool in self.ix.pool_workers.keys() {
+            let (capacity, free) = accepting.get(pool).copied().unwrap_or_default();
+            if self.ix.pool_capacity(pool) != capacity || self.ix.pool_free(pool) != free {
+                bad.push(format!(
+                    "pool {pool} capacity/free {:?}/{:?}, its ready, undrained workers' {:?}/{:?}",
+                    self.ix.pool_capacity(pool),
+                    self.ix.pool_free(pool),
+                    capacity,
+                    free
+                ));
+            }
+        }
+        if s.pool_worker_ttls.len() > super::POOL_WORKER_TTLS_MAX
+            || s.pool_worker_ttls
+                .values()
+                .any(|t| !(super::WORKER_TTL_MIN_MS..=super::WORKER_TTL_MAX_MS).contains(t))
+        {
+            bad.push(format!("pool worker TTLs out of bounds: {:?}", s.pool_worker_ttls));
+        }
+
+        // Finished records: bounded, of existing tenants, filed under their own key.
+        let mut per_tenant: BTreeMap<&TenantId, usize> = BTreeMap::new();
+        for ((tenant, id), f) in &s.finished {
+            *per_tenant.entry(tenant).or_default() += 1;
+            if f.tenant != *tenant || f.placement != *id || !s.tenants.contains_key(tenant) {
+                bad.push(format!("finished {id} of {tenant} misfiled or of a missing tenant"));
+            }
+        }
+        if s.finished.len() > super::FINISHED_MAX
+            || per_tenant.values().any(|n| *n > super::FINISHED_PER_TENANT_MAX)
+        {
+            bad.push(format!("{} finished records exceed a bound", s.finished.len()));
         }
 
         // 2 and 6: usage is the subtree's placements, within every hard limit.

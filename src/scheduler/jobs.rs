@@ -9,8 +9,9 @@ use super::placement::{choose_worker, diagnose, verdicts, Filter};
 use serde::{Deserialize, Serialize};
 
 use super::command::FilterCounts;
+use super::events::{quota_events, Event, ReleaseReason};
 use super::quota::QuotaEvent;
-use super::state::State;
+use super::state::{Slot, State};
 use super::{
     Fence, GroupId, GroupStrategy, LogIndex, PlaceSpec, Placement, PlacementGroup, PlacementId,
     PoolId, Rejection, Resources, Response, Scheduler, TenantId, UnixMillis, Usage, WorkerId,
@@ -25,6 +26,12 @@ pub(super) enum Explain<'a> {
     Counts,
     /// Counts, and each worker's first failing check.
     Workers(&'a mut Vec<(WorkerId, Filter)>),
+}
+
+/// What a placement holds: all its instances' resources, and how many instances.
+pub(super) fn held(p: &Placement) -> (Resources, u32) {
+    let held = p.spec.resources.checked_mul(u64::from(p.spec.count));
+    (held.expect("invariant: usage was computed at placement"), p.spec.count)
 }
 
 /// Most workers a dry run explains one by one.
@@ -65,15 +72,22 @@ impl Scheduler {
             queue: s.queue.clone(),
             sessions: Default::default(),
             pool_reserves: s.pool_reserves.clone(),
+            pool_worker_ttls: s.pool_worker_ttls.clone(),
+            // A copy never ends a placement it keeps a record of.
+            finished: Default::default(),
         };
-        let ix = self.ix.clone();
+        let mut ix = self.ix.clone();
+        ix.finished_order.clear();
+        ix.finished_sizes.clear();
         Scheduler {
             state,
             ix,
-            events: Vec::new(),
+            journal: Vec::new(),
             queue_dirty: false,
             preempted: self.preempted,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: self.moved.clone(),
         }
     }
 
@@ -95,9 +109,9 @@ impl Scheduler {
             .and_then(|()| scratch.tenant(tenant).map(|_| ()))
             .and_then(|()| {
                 let explain = Explain::Workers(&mut workers);
-                scratch.place(LogIndex(0), tenant.clone(), spec, None, explain)
+                scratch.place(LogIndex(0), tenant.clone(), spec, None, explain, false)
             });
-        let events = std::mem::take(&mut scratch.events);
+        let events = quota_events(&scratch.journal);
         Decision { result, workers, events }
     }
 
@@ -111,6 +125,7 @@ impl Scheduler {
         spec: PlaceSpec,
         expires_at: Option<UnixMillis>,
         explain: Explain<'_>,
+        from_queue: bool,
     ) -> Result<Placement, Rejection> {
         let key = (tenant.clone(), spec.placement.clone());
         if self.state.placements.contains_key(&key) || self.state.queue.contains_key(&key) {
@@ -158,6 +173,10 @@ impl Scheduler {
             log_index: index,
             expires_at,
             borrowed,
+            // It came through the queue: a worker loss it cannot survive queues it again.
+            queue_if_unavailable: from_queue,
+            slots: Vec::new(),
+            time_limit_at: None,
         };
         let scan_max = self.state.config.preferred_scan_max;
         for placed in 0..placement.spec.count {
@@ -187,6 +206,7 @@ impl Scheduler {
             };
             self.bind(&placement, &worker);
             placement.instances.push(worker);
+            placement.slots.push(Slot::assigned(index));
         }
 
         let lineage = self.lineage(&placement.tenant);
@@ -196,6 +216,16 @@ impl Scheduler {
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
             t.windows.jobs += 1;
         }
+        self.emit(Event::Placed {
+            tenant: placement.tenant.clone(),
+            placement: placement.id().clone(),
+            pool: placement.pool.clone(),
+            instances: placement.instances.clone(),
+            resources: placement.spec.resources,
+            reservation: expires_at.is_some(),
+            from_queue,
+            expires_at,
+        });
         self.settle_bursts(&lineage);
         if let Some(at) = expires_at {
             self.ix.deadlines.insert((
@@ -203,6 +233,16 @@ impl Scheduler {
                 Deadline::Reservation(placement.tenant.clone(), placement.id().clone()),
             ));
         }
+        if let Some(ms) = placement.spec.max_runtime_ms {
+            let at = placement.placed_at.plus_ms(ms);
+            placement.time_limit_at = Some(at);
+            self.ix.deadlines.insert((
+                at,
+                Deadline::TimeLimit(placement.tenant.clone(), placement.id().clone()),
+            ));
+        }
+        // The id is in use again: its old record (if any) is forgotten.
+        self.forget_finished(&key);
         self.state.placements.insert(key, placement.clone());
         // A queued placement may have waited for this one (a required affinity on its labels),
         // or for an aged entry to stop holding its pool (this placement may have turned that
@@ -212,12 +252,12 @@ impl Scheduler {
     }
 
     /// Puts one instance of `placement` on `worker`: capacity and indexes.
-    fn bind(&mut self, placement: &Placement, worker: &WorkerId) {
+    pub(super) fn bind(&mut self, placement: &Placement, worker: &WorkerId) {
         self.adjust_allocation(worker, placement.spec.resources, true);
         self.ix.add_instance(placement, worker);
     }
 
-    fn unbind(&mut self, placement: &Placement, worker: &WorkerId) {
+    pub(super) fn unbind(&mut self, placement: &Placement, worker: &WorkerId) {
         self.ix.remove_instance(placement, worker);
         self.adjust_allocation(worker, placement.spec.resources, false);
     }
@@ -234,13 +274,27 @@ impl Scheduler {
         self.ix.set_free(w, true);
     }
 
-    /// Releases a placement or reservation: capacity back to its workers, usage out of every
-    /// ancestor. Returns what it held.
+    /// Releases a placement or reservation for `reason` (`unplace`, reported). Returns what
+    /// it held.
     pub(super) fn release(
         &mut self,
         tenant: &TenantId,
         id: &PlacementId,
+        reason: ReleaseReason,
     ) -> Result<(Resources, u32), Rejection> {
+        let placement = self.unplace(tenant, id, Some(reason))?;
+        Ok(held(&placement))
+    }
+
+    /// Takes a placement or reservation away: capacity back to its workers, usage out of every
+    /// ancestor. With a `reason`, reported as `Released`; without, it ends with its tenant
+    /// (`TenantDeleted`). Returns it.
+    pub(super) fn unplace(
+        &mut self,
+        tenant: &TenantId,
+        id: &PlacementId,
+        reason: Option<ReleaseReason>,
+    ) -> Result<Placement, Rejection> {
         let key = (tenant.clone(), id.clone());
         let placement = self
             .state
@@ -250,6 +304,10 @@ impl Scheduler {
         if let Some(at) = placement.expires_at {
             let deadline = Deadline::Reservation(tenant.clone(), id.clone());
             assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
+        }
+        if let Some(at) = placement.time_limit_at {
+            let deadline = Deadline::TimeLimit(tenant.clone(), id.clone());
+            assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: time limit deadline");
         }
         for worker in placement.instances.iter().rev() {
             self.unbind(&placement, worker);
@@ -263,9 +321,16 @@ impl Scheduler {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");
         }
+        if let Some(reason) = reason {
+            self.emit(Event::Released {
+                tenant: tenant.clone(),
+                placement: id.clone(),
+                instances: placement.instances.clone(),
+                reason,
+            });
+        }
         self.settle_bursts(&lineage);
-        let held = placement.spec.resources.checked_mul(u64::from(placement.spec.count));
-        Ok((held.expect("invariant: usage was computed at placement"), placement.spec.count))
+        Ok(placement)
     }
 
     /// `Place`: all instances now, or a refusal.
@@ -277,7 +342,7 @@ impl Scheduler {
         fence: Option<Fence>,
     ) -> Result<Response, Rejection> {
         self.check_tenant_fence(&tenant, fence.as_ref())?;
-        self.place(index, tenant, spec, None, Explain::Counts).map(Response::Placed)
+        self.place(index, tenant, spec, None, Explain::Counts, false).map(Response::Placed)
     }
 
     /// `Reserve`: a placement that expires `ttl_ms` from now unless confirmed.
@@ -292,7 +357,7 @@ impl Scheduler {
         self.check_tenant_fence(&tenant, fence.as_ref())?;
         let expires_at = self.state.now.plus_ms(ttl_ms);
         let at = Some(expires_at);
-        self.place(index, tenant, spec, at, Explain::Counts).map(Response::Reserved)
+        self.place(index, tenant, spec, at, Explain::Counts, false).map(Response::Reserved)
     }
 
     /// `Release`: frees a placement or reservation.
@@ -303,7 +368,7 @@ impl Scheduler {
         fence: Option<Fence>,
     ) -> Result<Response, Rejection> {
         self.check_tenant_fence(tenant, fence.as_ref())?;
-        let released = self.release(tenant, placement)?;
+        let released = self.release(tenant, placement, ReleaseReason::Requested)?;
         Ok(Response::Released { resources: released.0, instances: released.1 })
     }
 
@@ -327,6 +392,8 @@ impl Scheduler {
         let confirmed = placement.clone();
         let deadline = Deadline::Reservation(tenant.clone(), id.clone());
         assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
+        let instances = confirmed.instances.clone();
+        self.emit(Event::Confirmed { tenant: tenant.clone(), placement: id.clone(), instances });
         Ok(Response::Confirmed(confirmed))
     }
 
@@ -346,7 +413,7 @@ impl Scheduler {
             }
             Some(_) => {}
         }
-        let (resources, instances) = self.release(tenant, reservation)?;
+        let (resources, instances) = self.release(tenant, reservation, ReleaseReason::Cancelled)?;
         Ok(Response::Cancelled { resources, instances })
     }
 

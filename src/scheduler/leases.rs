@@ -5,6 +5,7 @@
 //! grant, so tokens strictly increase across grants and leaders (invariant 7). Keep-alive,
 //! release and fenced commands must present the live token (checked by `check_fence`).
 
+use super::events::Event;
 use super::index::Deadline;
 use super::{
     count_u64, Fence, Lease, LeaseName, LogIndex, Rejection, Response, Scheduler, TenantId,
@@ -46,6 +47,13 @@ impl Scheduler {
         };
         self.ix.deadlines.insert((granted.expires_at, Deadline::Lease(tenant, lease)));
         self.state.leases.insert(key, granted.clone());
+        self.emit(Event::LeaseGranted {
+            tenant: granted.tenant.clone(),
+            lease: granted.name.clone(),
+            holder: granted.holder.clone(),
+            token: granted.token,
+            expires_at: granted.expires_at,
+        });
         Ok(Response::LeaseGranted(granted))
     }
 
@@ -79,10 +87,13 @@ impl Scheduler {
             removed.expires_at,
             Deadline::Lease(removed.tenant.clone(), removed.name.clone()),
         ));
+        let token = removed.token;
+        self.emit(Event::LeaseReleased { tenant: removed.tenant, lease: removed.name, token });
         Ok(Response::LeaseReleased)
     }
 
-    /// A new leader's clock may run ahead: give every live lease at least the grace period.
+    /// A new leader's clock may run ahead: give every live lease, and every managed, ready
+    /// worker's TTL, at least the grace period.
     pub(super) fn extend_leases(&mut self) -> Response {
         let floor = self.state.now.plus_ms(self.state.config.lease_grace_ms);
         let short: Vec<Lease> =
@@ -93,6 +104,8 @@ impl Scheduler {
             self.state.leases.get_mut(&key).expect("invariant: listed lease exists").expires_at =
                 floor;
         }
+        // Worker TTLs are lower bounds exactly as lease TTLs (`liveness.rs`).
+        self.extend_workers(floor);
         Response::LeaderChanged { leases_extended: count_u64(short.len()) }
     }
 

@@ -18,11 +18,14 @@
 
 mod borrow;
 pub mod command;
+pub mod events;
 pub mod ids;
 mod index;
 mod invariants;
 mod jobs;
 mod leases;
+mod lifecycle;
+mod liveness;
 pub mod money;
 mod placement;
 mod preempt;
@@ -41,9 +44,10 @@ use sha2::{Digest, Sha256};
 
 pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
 pub use command::{
-    Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, PlaceSpec, Rejection,
-    Response, Strategy,
+    Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, HeartbeatAck, Lost,
+    LostOutcome, OnWorkerLost, PlaceSpec, Rejection, ReportedStatus, Response, Strategy,
 };
+pub use events::{Event, EventKind, QueueCause, ReleaseReason};
 pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
     UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
@@ -63,8 +67,9 @@ pub use resources::{
 };
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
-    Config, GroupStrategy, Lease, Placement, PlacementGroup, Session, SessionKey, Sessions, State,
-    Tenant, Token, Worker, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
+    Config, Finished, FinishedState, GroupStrategy, Lease, Liveness, Placement, PlacementGroup,
+    Session, SessionKey, Sessions, Slot, State, Tenant, Token, Worker, WorkerState,
+    WorkerTransition, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 
@@ -101,15 +106,40 @@ pub const RESERVATION_TTL_MAX_MS: u64 = 7 * 24 * 3_600_000;
 pub const LEASE_TTL_MAX_MS: u64 = 3_600_000;
 /// Longest lease holder name.
 pub const HOLDER_LEN_MAX: usize = 128;
+/// Most worker ids in one `Heartbeat` (a batch of 4,096 ids is about 0.5 MiB).
+pub const HEARTBEATS_PER_ENTRY_MAX: usize = 4_096;
+/// Shortest worker TTL a pool may set: 1 second.
+pub const WORKER_TTL_MIN_MS: u64 = 1_000;
+/// Longest worker TTL a pool may set: 1 hour.
+pub const WORKER_TTL_MAX_MS: u64 = 3_600_000;
+/// The worker TTL of a pool that sets none: 10 seconds.
+pub const WORKER_TTL_DEFAULT_MS: u64 = 10_000;
+/// Most pools that may set their own worker TTL (like `POOL_RESERVES_MAX`).
+pub const POOL_WORKER_TTLS_MAX: usize = 10_000;
+/// Most workers one entry marks down; further due workers wait for the next entry (the
+/// leader ticks again at once), so a rack's loss is spread over a few entries.
+pub const WORKERS_DOWN_PER_ENTRY_MAX: usize = 256;
+/// Most state changes kept in a worker's history (the oldest are forgotten first).
+pub const WORKER_HISTORY_MAX: usize = 16;
+/// Most lost instances one entry handles (at least one worker's, however many it held).
+pub const LOST_INSTANCES_PER_ENTRY_MAX: u64 = 10_000;
+/// Longest `PlaceSpec::max_runtime_ms`: 365 days.
+pub const MAX_RUNTIME_MAX_MS: u64 = 365 * 24 * 3_600_000;
+/// Longest message of a failed instance's report, in bytes.
+pub const STATUS_MESSAGE_LEN_MAX: usize = 256;
+/// Most finished-placement records kept per tenant (its oldest are forgotten first).
+pub const FINISHED_PER_TENANT_MAX: usize = 1_000;
+/// Most finished-placement records kept in all (the largest tenant's oldest go first).
+pub const FINISHED_MAX: usize = 100_000;
 
 /// The replicated scheduler: state plus its derived indexes.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     state: State,
     ix: Indexes,
-    /// Quota events of the entry being applied; drained into `Applied::events`. Never part of
-    /// the state (empty between entries).
-    events: Vec<QuotaEvent>,
+    /// What the entry being applied did, in order (`Scheduler::emit`); drained into
+    /// `Applied::journal`. Never part of the state (empty between entries).
+    journal: Vec<Event>,
     /// Something that may let a queued placement in has happened in this entry (false between
     /// entries, so it is the same on every replica and after a snapshot).
     queue_dirty: bool,
@@ -117,6 +147,12 @@ pub struct Scheduler {
     preempted: u64,
     /// Placements admitted from the queue by the entry being applied (empty between entries).
     admitted: Vec<Placement>,
+    /// What became of work on workers marked down by the entry being applied (empty between
+    /// entries); drained into `Applied::lost`.
+    lost: Vec<Lost>,
+    /// Placements whose lost instances moved in the entry being applied (empty between
+    /// entries): their new instances stand as if placed now (`anchors_of_this_entry`).
+    moved: std::collections::BTreeSet<(TenantId, PlacementId)>,
 }
 
 impl PartialEq for Scheduler {
@@ -139,10 +175,12 @@ impl Scheduler {
         Scheduler {
             state: State { config, ..State::default() },
             ix: Indexes::default(),
-            events: Vec::new(),
+            journal: Vec::new(),
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: Default::default(),
         }
     }
 
@@ -151,10 +189,12 @@ impl Scheduler {
         Scheduler {
             state,
             ix,
-            events: Vec::new(),
+            journal: Vec::new(),
             queue_dirty: false,
             preempted: 0,
             admitted: Vec::new(),
+            lost: Vec::new(),
+            moved: Default::default(),
         }
     }
 
@@ -173,8 +213,8 @@ impl Scheduler {
         self.state.now
     }
 
-    /// The earliest reservation or lease expiry or grace end, so the leader knows when to
-    /// propose `Tick`.
+    /// The earliest reservation, lease or worker expiry or grace end, so the leader knows when
+    /// to propose `Tick`.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
         let first = self.ix.deadlines.first().map(|(at, _)| *at);
         match (first, self.window_deadline()) {
@@ -197,9 +237,12 @@ impl Scheduler {
         let mut applied = self.apply_entry(entry);
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
-        applied.events.append(&mut self.events);
+        applied.journal = std::mem::take(&mut self.journal);
+        applied.events = events::quota_events(&applied.journal);
+        applied.lost = std::mem::take(&mut self.lost);
         self.preempted = 0;
         self.admitted.clear();
+        self.moved.clear();
         applied
     }
 
@@ -210,21 +253,20 @@ impl Scheduler {
         self.state.now = self.state.now.max(proposed_at.min(UNIX_MILLIS_MAX));
         // A new UTC day (or month) may have reset a window someone waits for.
         self.queue_dirty |= windows::day_of(self.state.now) != day;
-        let expired = self.expire_due();
+        let expired = self.expire_due(index);
         self.purge_expired_tokens();
         // What expiry freed is offered to the queue before the command runs.
         self.admit_queued(index);
-        let mut events = std::mem::take(&mut self.events);
 
         // A replica never trusts the API layer: out-of-bound input changes nothing, and is not
         // remembered (a retry gets the same refusal, from the same static check).
         let valid = request_id.as_ref().map_or(Ok(()), RequestId::validate);
         if let Err(rejection) = valid.and_then(|()| command.validate()) {
-            return Applied { events, ..self.answer(index, Err(rejection), expired) };
+            return self.answer(index, Err(rejection), expired);
         }
         if let Some(hash) = token {
             if let Err(rejection) = self.check_token(hash, command.tenant()) {
-                return Applied { events, ..self.answer(index, Err(rejection), expired) };
+                return self.answer(index, Err(rejection), expired);
             }
         }
         let session = request_id.map(|request_id| {
@@ -234,24 +276,23 @@ impl Scheduler {
         if let Some((key, digest)) = &session {
             if let Some(first) = self.state.sessions.get(key) {
                 if first.command_digest == *digest {
-                    return Applied { replayed: true, expired, events, ..first.first.clone() };
+                    return Applied { replayed: true, expired, ..first.first.clone() };
                 }
                 let first_index = first.first.log_index;
-                return Applied {
-                    events,
-                    ..self.answer(index, Err(Rejection::RequestIdReused { first_index }), expired)
-                };
+                let reused = Err(Rejection::RequestIdReused { first_index });
+                return self.answer(index, reused, expired);
             }
         }
 
+        let emitted = self.journal.len();
         let result = self.execute(index, command);
         if result.is_err() {
-            assert!(self.events.is_empty(), "invariant: a rejected command changes nothing");
+            assert!(self.journal.len() == emitted, "invariant: a rejected command emits nothing");
         }
-        events.append(&mut self.events);
-        let applied = Applied { events, ..self.answer(index, result, expired) };
+        let applied = self.answer(index, result, expired);
         if let Some((key, command_digest)) = session {
-            let first = Applied { expired: Vec::new(), events: Vec::new(), ..applied.clone() };
+            // (`events`, `lost` and `journal` are filled in by `apply`, after this.)
+            let first = Applied { expired: Vec::new(), ..applied.clone() };
             self.remember(key, Session { command_digest, first });
         }
         applied
@@ -270,7 +311,14 @@ impl Scheduler {
             replayed: false,
             expired,
             events: Vec::new(),
+            lost: Vec::new(),
+            journal: Vec::new(),
         }
+    }
+
+    /// Records that `event` happened in the entry being applied (the one way into the journal).
+    fn emit(&mut self, event: Event) {
+        self.journal.push(event);
     }
 
     fn remember(&mut self, key: SessionKey, session: Session) {
@@ -288,13 +336,13 @@ impl Scheduler {
             Command::LeaderChanged => Ok(self.extend_leases()),
             Command::SetConfig { config } => self.set_config(config),
             Command::RegisterWorker { worker, pool, capacity, labels } => {
-                self.register_worker(worker, pool, capacity, labels)
+                self.register_worker(index, worker, pool, capacity, labels)
             }
             Command::UpdateWorker { worker, capacity, labels } => {
                 self.update_worker(&worker, capacity, labels)
             }
             Command::SetWorkerSchedulable { worker, schedulable } => {
-                self.set_worker_schedulable(worker, schedulable)
+                self.set_worker_schedulable(index, worker, schedulable)
             }
             Command::RemoveWorker { worker, evict } => self.remove_worker(&worker, evict),
             Command::SetPoolReserve { pool, reserve } => self.set_pool_reserve(pool, reserve),
@@ -336,21 +384,43 @@ impl Scheduler {
             Command::ReleaseLease { tenant, lease, token } => {
                 self.release_lease(tenant, lease, token)
             }
+            Command::Heartbeat { workers } => self.heartbeat(index, workers),
+            Command::SetPoolWorkerTtl { pool, ttl_ms } => self.set_pool_worker_ttl(pool, ttl_ms),
+            Command::ReportStatus { worker, tenant, placement, slot, assigned_at, status } => {
+                self.report_status(index, worker, tenant, placement, slot, assigned_at, status)
+            }
         }
     }
 
     // ----- expiry and time -------------------------------------------------------------------
 
     /// Expires every reservation, lease and burst grace period whose deadline is at or before
-    /// `now`.
-    fn expire_due(&mut self) -> Vec<Expired> {
+    /// `now`, then marks down the workers whose TTL passed (within the per-entry bounds) and
+    /// handles their work (`liveness.rs`).
+    fn expire_due(&mut self, index: LogIndex) -> Vec<Expired> {
         let mut expired = Vec::new();
+        let mut dying = liveness::Dying::default();
         while let Some((at, _)) = self.ix.deadlines.first() {
             if *at > self.state.now {
                 break;
             }
-            let (_, deadline) = self.ix.deadlines.pop_first().expect("invariant: first exists");
+            let (at, deadline) = self.ix.deadlines.pop_first().expect("invariant: first exists");
             match deadline {
+                Deadline::Worker(worker) => {
+                    let instances = self.instances_on(&worker);
+                    dying.offer(at, worker, instances);
+                }
+                Deadline::TimeLimit(tenant, placement) => {
+                    // The deadline was popped above; release() must not look for it again.
+                    let key = (tenant.clone(), placement.clone());
+                    let p = self.state.placements.get_mut(&key);
+                    let p = p.expect("invariant: a time limit's placement");
+                    p.time_limit_at = None;
+                    let ended = p.clone();
+                    // Its time limit passed at `at`, whichever later entry noticed.
+                    self.end(index, at, &ended, FinishedState::TimedOut);
+                    expired.push(Expired::TimeLimit { tenant, placement });
+                }
                 Deadline::Reservation(tenant, reservation) => {
                     // The deadline was popped above; release() must not look for it again.
                     let key = (tenant.clone(), reservation.clone());
@@ -361,7 +431,8 @@ impl Scheduler {
                         .expect("invariant: deadline has reservation");
                     assert!(p.is_reservation(), "invariant: only reservations have deadlines");
                     p.expires_at = None;
-                    self.release(&tenant, &reservation).expect("invariant: reservation exists");
+                    let reason = ReleaseReason::ReservationExpired;
+                    self.release(&tenant, &reservation, reason).expect("invariant: reserved");
                     expired.push(Expired::Reservation { tenant, reservation });
                 }
                 Deadline::Lease(tenant, lease) => {
@@ -370,7 +441,10 @@ impl Scheduler {
                         .leases
                         .remove(&(tenant.clone(), lease.clone()))
                         .expect("invariant: deadline has lease");
-                    expired.push(Expired::Lease { tenant, lease, token: removed.token });
+                    let token = removed.token;
+                    let (t, l) = (tenant.clone(), lease.clone());
+                    self.emit(Event::LeaseExpired { tenant: t, lease: l, token });
+                    expired.push(Expired::Lease { tenant, lease, token });
                 }
                 Deadline::Grace(tenant) => {
                     let t = self.state.tenants.get_mut(&tenant);
@@ -378,12 +452,17 @@ impl Scheduler {
                     let burst = burst.expect("invariant: grace deadline has a burst");
                     assert!(!burst.expired, "invariant: an ended grace has no deadline");
                     burst.expired = true;
-                    self.events.push(QuotaEvent::GraceExpired { tenant });
+                    self.emit(Event::Quota(QuotaEvent::GraceExpired { tenant }));
                     // An aged entry of this tenant that held its pool for capacity may now wait
                     // for its quota instead, letting others in.
                     self.queue_dirty = true;
                 }
             }
+        }
+        // Past a bound: still due, for the next entry.
+        self.ix.deadlines.extend(dying.deferred);
+        if !dying.workers.is_empty() {
+            self.mark_down(index, &dying.workers, &mut expired);
         }
         expired
     }

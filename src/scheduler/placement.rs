@@ -19,6 +19,8 @@ use super::state::{GroupStrategy, Placement, PlacementGroup, State, Worker};
 /// Why a worker was filtered out (in the order the checks run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Filter {
+    /// Down: its TTL passed without a heartbeat (checked before draining).
+    Down,
     Draining,
     Cpu,
     Memory,
@@ -32,6 +34,7 @@ impl Filter {
     /// The stable name, as in `FilterCounts::pairs`.
     pub fn name(self) -> &'static str {
         match self {
+            Filter::Down => "down",
             Filter::Draining => "draining",
             Filter::Cpu => "insufficient_cpu",
             Filter::Memory => "insufficient_memory",
@@ -94,6 +97,9 @@ impl<'a> Rules<'a> {
     fn check(&self, worker: &Worker) -> Result<(), Filter> {
         let spec = &self.placement.spec;
         let free = worker.free();
+        if worker.is_down() {
+            return Err(Filter::Down);
+        }
         if !worker.schedulable {
             return Err(Filter::Draining);
         }
@@ -257,6 +263,7 @@ pub fn diagnose(
         counts.workers_in_pool += 1;
         let slot = match rules.check(state_worker(state, id)) {
             Ok(()) => continue,
+            Err(Filter::Down) => &mut counts.down,
             Err(Filter::Draining) => &mut counts.draining,
             Err(Filter::Cpu) => &mut counts.insufficient_cpu,
             Err(Filter::Memory) => &mut counts.insufficient_memory,

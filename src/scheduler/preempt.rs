@@ -42,6 +42,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::command::{PlaceSpec, Rejection};
+use super::events::{Event, QueueCause, ReleaseReason};
 use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, WorkerId, DEFAULT_POOL};
 use super::jobs::Explain;
 use super::queue::QUEUE_MAX;
@@ -88,9 +89,11 @@ impl Scheduler {
         spec: PlaceSpec,
         expires_at: Option<UnixMillis>,
         explain: Explain<'_>,
+        from_queue: bool,
     ) -> Result<Placement, Rejection> {
-        let refused = match self.try_place(index, tenant.clone(), spec.clone(), expires_at, explain)
-        {
+        let first =
+            self.try_place(index, tenant.clone(), spec.clone(), expires_at, explain, from_queue);
+        let refused = match first {
             Ok(p) => return Ok(p),
             Err(r) => r,
         };
@@ -102,28 +105,34 @@ impl Scheduler {
         };
         let mut requeue = Vec::new();
         for (key, reclaimed) in &victims {
-            let victim = self.state.placements[key].clone();
-            self.release(&key.0, &key.1).expect("invariant: a chosen victim is placed");
+            let reason = ReleaseReason::Preempted {
+                by_tenant: tenant.clone(),
+                by_placement: spec.placement.clone(),
+                reclaimed: *reclaimed,
+            };
+            let victim = self.unplace(&key.0, &key.1, Some(reason));
+            let victim = victim.expect("invariant: a chosen victim is placed");
             self.preempted += 1;
             let requeued = victim.spec.requeue_on_preemption
                 && self.state.queue.len() + requeue.len() < QUEUE_MAX;
-            self.events.push(QuotaEvent::Preempted {
+            self.emit(Event::Quota(QuotaEvent::Preempted {
                 tenant: key.0.clone(),
                 placement: key.1.clone(),
                 by_tenant: tenant.clone(),
                 by_placement: spec.placement.clone(),
                 reclaimed: *reclaimed,
                 requeued,
-            });
+            }));
             if requeued {
                 requeue.push(victim);
             }
         }
         let placed = self
-            .try_place(index, tenant, spec, expires_at, Explain::Nothing)
+            .try_place(index, tenant, spec, expires_at, Explain::Nothing, from_queue)
             .expect("invariant: fits once its victims are released, as it did on the copy");
         for victim in requeue {
-            self.enqueue(index, victim.tenant, victim.spec, victim.pool);
+            let cause = QueueCause::Preempted;
+            self.enqueue(index, victim.tenant, victim.spec, victim.pool, cause);
         }
         Ok(placed)
     }
@@ -193,7 +202,8 @@ impl Scheduler {
             // Reclaimed if that is what made it eligible now (a borrower goes first either way).
             let reclaimed =
                 c.by_reclaim && scratch.reclaimable(&scratch.state.placements[&c.key], tenant);
-            scratch.release(&c.key.0, &c.key.1).expect("invariant: candidates are placed");
+            let released = scratch.unplace(&c.key.0, &c.key.1, None);
+            released.expect("invariant: candidates are placed");
             chosen.push((c.key, reclaimed));
             match scratch.try_place(
                 index,
@@ -201,6 +211,7 @@ impl Scheduler {
                 spec.clone(),
                 expires_at,
                 Explain::Nothing,
+                false,
             ) {
                 Ok(_) => return Some(chosen),
                 Err(r) if preemptable(&r) => refused = r,
@@ -215,11 +226,15 @@ impl Scheduler {
     /// against its own rule. (A later entry may release the carrier: affinity is checked when a
     /// placement is made, as Kubernetes' `requiredDuringSchedulingIgnoredDuringExecution`.)
     fn anchors_of_this_entry(&self, index: LogIndex) -> BTreeSet<(TenantId, PlacementId)> {
+        // (Placements whose lost instances moved in this entry stand where they are as newly.)
         let fresh: Vec<&Placement> = self
             .state
             .placements
-            .values()
-            .filter(|p| p.log_index == index && !p.spec.affinity.is_empty())
+            .iter()
+            .filter(|(key, p)| {
+                (p.log_index == index || self.moved.contains(*key)) && !p.spec.affinity.is_empty()
+            })
+            .map(|(_, p)| p)
             .collect();
         if fresh.is_empty() {
             return BTreeSet::new();
@@ -277,7 +292,7 @@ impl Scheduler {
         let room = |w: &WorkerId| {
             let worker = &self.state.workers[w];
             let free = worker.free().checked_add(held[w]).unwrap_or(Resources::ZERO);
-            worker.schedulable
+            worker.accepts_work()
                 && spec.resources.fits_in(free)
                 && spec.worker_requires.iter().all(|r| r.matches(&worker.labels))
         };

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    GroupId, Lease, LeaseName, Placement, PlacementGroup, PlacementId, PoolId, Scheduler, Tenant,
-    TenantId, Token, TokenHash, TokenId, UnixMillis, Worker, WorkerId,
+    Finished, GroupId, Lease, LeaseName, Placement, PlacementGroup, PlacementId, PoolId, Scheduler,
+    Tenant, TenantId, Token, TokenHash, TokenId, UnixMillis, Worker, WorkerId,
 };
 
 /// Most items one list query returns.
@@ -35,6 +35,27 @@ pub enum Query {
     },
     Group(TenantId, GroupId),
     Lease(TenantId, LeaseName),
+    /// The placements and reservations with an instance on a worker, all tenants (an operator's
+    /// view), in (tenant, id) order after `after`; from the index, never a scan.
+    WorkerPlacements {
+        worker: WorkerId,
+        after: Option<(TenantId, PlacementId)>,
+        limit: u32,
+    },
+    /// The placements and reservations in a pool, all tenants (an operator's view), in
+    /// (tenant, id) order after `after`; from the index, never a scan.
+    PoolPlacements {
+        pool: PoolId,
+        after: Option<(TenantId, PlacementId)>,
+        limit: u32,
+    },
+    /// One tenant's finished placements (completed, failed, lost, timed out) after `after`, in
+    /// id order.
+    Finished {
+        tenant: TenantId,
+        after: Option<PlacementId>,
+        limit: u32,
+    },
     /// Which tenant (and token name and record) a token hash belongs to.
     TokenOwner(TokenHash),
     Summary,
@@ -63,6 +84,7 @@ pub enum Answer {
     /// The group and how many instances it holds now.
     Group(Option<(PlacementGroup, u64)>),
     Lease(Option<Lease>),
+    Finished(Vec<Finished>),
     TokenOwner(Option<(TenantId, TokenId, Token)>),
     Summary(Summary),
 }
@@ -120,6 +142,26 @@ impl Scheduler {
                     .map(|g| (g.clone(), self.ix.group_instances(&tenant, &id))),
             ),
             Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
+            Query::WorkerPlacements { worker, after: a, limit } => {
+                Answer::Placements(indexed(s, self.ix.worker_placements.get(&worker), a, limit))
+            }
+            Query::PoolPlacements { pool, after: a, limit } => {
+                Answer::Placements(indexed(s, self.ix.pool_placements.get(&pool), a, limit))
+            }
+            Query::Finished { tenant, after: a, limit } => {
+                let start = match a {
+                    Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
+                    None => std::ops::Bound::Included((tenant.clone(), PlacementId::new(""))),
+                };
+                Answer::Finished(
+                    s.finished
+                        .range((start, std::ops::Bound::Unbounded))
+                        .take_while(|((owner, _), _)| *owner == tenant)
+                        .take(page(limit))
+                        .map(|(_, f)| f.clone())
+                        .collect(),
+                )
+            }
             Query::TokenOwner(hash) => {
                 Answer::TokenOwner(self.ix.tokens.get(&hash).and_then(|(tenant, id)| {
                     let token = self.state.tenants.get(tenant)?.tokens.get(id)?;
@@ -137,4 +179,20 @@ impl Scheduler {
             }),
         }
     }
+}
+
+/// A page of the placements an index lists, in (tenant, id) order after `a`.
+fn indexed(
+    s: &super::State,
+    index: Option<&std::collections::BTreeMap<(TenantId, PlacementId), u32>>,
+    a: Option<(TenantId, PlacementId)>,
+    limit: u32,
+) -> Vec<Placement> {
+    let start = after(a);
+    index
+        .into_iter()
+        .flat_map(|on| on.range((start.clone(), std::ops::Bound::Unbounded)))
+        .take(page(limit))
+        .filter_map(|(key, _)| s.placements.get(key).cloned())
+        .collect()
 }

@@ -24,6 +24,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use super::command::{Fence, PlaceSpec, Rejection, Response};
+use super::events::{Event, QueueCause};
 use super::ids::{LogIndex, PlacementId, PoolId, TenantId, UnixMillis, DEFAULT_POOL};
 use super::jobs::Explain;
 use super::quota::{QuotaEvent, Usage};
@@ -176,7 +177,7 @@ impl Scheduler {
                 }
             }
         }
-        self.enqueue(index, tenant, spec, pool);
+        self.enqueue(index, tenant, spec, pool, QueueCause::Requested);
         self.admit_queued(index);
         if let Some(p) = self.state.placements.get(&key) {
             return Ok(Response::Placed(p.clone()));
@@ -193,14 +194,15 @@ impl Scheduler {
         ))
     }
 
-    /// Puts `spec` at the back of its tenant's line in `pool`. The caller has checked that the
-    /// id is neither placed nor queued and that the queue has room.
+    /// Puts `spec` at the back of its tenant's line in `pool` (for `cause`). The caller has
+    /// checked that the id is neither placed nor queued and that the queue has room.
     pub(super) fn enqueue(
         &mut self,
         index: LogIndex,
         tenant: TenantId,
         spec: PlaceSpec,
         pool: PoolId,
+        cause: QueueCause,
     ) {
         let own = (tenant.clone(), index, spec.placement.clone());
         let first = self.ix.queue.get(&pool).and_then(|entries| {
@@ -228,6 +230,7 @@ impl Scheduler {
             Some(_) => false,
         };
         let key = (tenant.clone(), spec.placement.clone());
+        self.emit(Event::Queued { tenant: key.0.clone(), placement: key.1.clone(), cause });
         let queued = QueuedPlacement {
             tenant,
             spec,
@@ -258,6 +261,7 @@ impl Scheduler {
         self.promote_head(&removed);
         // The tenant's next entry may now be its head.
         self.queue_dirty = true;
+        self.emit(Event::Dequeued { tenant: key.0, placement: key.1 });
         Ok(Response::QueuedCancelled)
     }
 
@@ -300,11 +304,12 @@ impl Scheduler {
             let queued = self.state.queue.remove(&key).expect("invariant: candidate queued");
             self.ix.remove_queued(&queued);
             let spec = queued.spec.clone();
-            match self.place(index, queued.tenant.clone(), spec, None, Explain::Nothing) {
+            match self.place(index, queued.tenant.clone(), spec, None, Explain::Nothing, true) {
                 Ok(placed) => {
                     self.admitted.push(placed);
                     self.promote_head(&queued);
-                    self.events.push(QuotaEvent::Admitted { tenant: key.0, placement: key.1 });
+                    let admitted = QuotaEvent::Admitted { tenant: key.0, placement: key.1 };
+                    self.emit(Event::Quota(admitted));
                 }
                 Err(rejection) => {
                     self.ix.add_queued(&queued);

@@ -488,6 +488,7 @@ impl UsageTotals {
 // ----- enforcement ---------------------------------------------------------------------------
 
 use super::command::Rejection;
+use super::events::Event;
 use super::index::Deadline;
 use super::Scheduler;
 
@@ -661,17 +662,17 @@ impl Scheduler {
         }
         let tenant = id.clone();
         match (old, new) {
-            (Some(_), None) => self.events.push(QuotaEvent::ReturnedUnderSoft { tenant }),
+            (Some(_), None) => self.emit(Event::Quota(QuotaEvent::ReturnedUnderSoft { tenant })),
             (None, Some(b)) => {
                 let grace_ends_at = b.grace_ends_at;
-                self.events
-                    .push(QuotaEvent::BurstEntered { tenant: tenant.clone(), grace_ends_at });
+                let entered = QuotaEvent::BurstEntered { tenant: tenant.clone(), grace_ends_at };
+                self.emit(Event::Quota(entered));
                 if b.expired {
-                    self.events.push(QuotaEvent::GraceExpired { tenant });
+                    self.emit(Event::Quota(QuotaEvent::GraceExpired { tenant }));
                 }
             }
             (Some(o), Some(b)) if b.expired && !o.expired => {
-                self.events.push(QuotaEvent::GraceExpired { tenant })
+                self.emit(Event::Quota(QuotaEvent::GraceExpired { tenant }))
             }
             _ => {}
         }

@@ -15,7 +15,11 @@ use super::{Scheduler, State};
 /// 4: quotas gained soft limits as a share of a pool (`soft_share`).
 /// 5: pools gained reserves (`State::pool_reserves`).
 /// 6: tenants' tokens gained an expiry (`Token`).
-pub const SNAPSHOT_VERSION: u32 = 6;
+/// 7: workers gained liveness (heartbeats, TTL), a down mark, a generation and a history;
+/// placements `queue_if_unavailable`, slots and a time limit; specs `on_worker_lost` and
+/// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
+/// work lost with a worker (`Applied::lost`).
+pub const SNAPSHOT_VERSION: u32 = 7;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
@@ -162,6 +166,8 @@ mod tests {
                 replayed: false,
                 expired: Vec::new(),
                 events: Vec::new(),
+                journal: Vec::new(),
+                lost: Vec::new(),
             },
         }
     }

@@ -96,9 +96,66 @@ pub struct Worker {
     /// False while drained/cordoned: no new placement or reservation lands here.
     pub schedulable: bool,
     pub registered_at: UnixMillis,
+    /// `None` until its first heartbeat: a worker nobody heartbeats (registered by hand) never
+    /// goes down. `Some` once managed, kept while down (its last heartbeat's view).
+    pub liveness: Option<Liveness>,
+    /// `Some` while down (its TTL passed): it accepts no work, holds nothing, and its capacity
+    /// is out of its pool's. Separate from draining (`schedulable`).
+    pub down_since: Option<UnixMillis>,
+    /// The index at which it last became ready: its registration, or the heartbeat that
+    /// revived it. An agent that sees it change knows everything it ran was taken away.
+    pub generation: LogIndex,
+    /// Its latest state changes, oldest first (at most `WORKER_HISTORY_MAX`).
+    pub history: Vec<WorkerTransition>,
+}
+
+/// A change of a worker's state, at a log time and index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTransition {
+    pub at: UnixMillis,
+    pub index: LogIndex,
+    pub state: WorkerState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    Registered,
+    /// Its TTL passed.
+    Down,
+    /// A heartbeat brought it back after down.
+    Revived,
+    Drained,
+    Undrained,
+}
+
+/// A managed worker's heartbeat state (log time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liveness {
+    /// The TTL its last heartbeat was given (its pool's at that time).
+    pub ttl_ms: u64,
+    /// It goes down when log time reaches this without another heartbeat (a deadline while
+    /// it is ready; a new leader lifts it to its grace floor, as for leases).
+    pub alive_until: UnixMillis,
+    pub last_heartbeat: UnixMillis,
 }
 
 impl Worker {
+    /// Records a state change, forgetting the oldest beyond `WORKER_HISTORY_MAX`.
+    pub fn record(&mut self, at: UnixMillis, index: LogIndex, state: WorkerState) {
+        self.history.push(WorkerTransition { at, index, state });
+        let excess = self.history.len().saturating_sub(super::WORKER_HISTORY_MAX);
+        self.history.drain(..excess);
+    }
+
+    /// Whether new placements and reservations may land here: not drained and not down.
+    pub fn accepts_work(&self) -> bool {
+        self.schedulable && self.down_since.is_none()
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_since.is_some()
+    }
+
     pub fn free(&self) -> Resources {
         self.capacity.checked_sub(self.allocated).expect("invariant: allocated <= capacity")
     }
@@ -172,6 +229,68 @@ pub struct Placement {
     /// It took its tenant above its guaranteed share of the pool when it was placed, in a pool
     /// where some tenant holds a guarantee (see `borrow.rs`).
     pub borrowed: bool,
+    /// It came through the queue (`PlaceOrQueue`, or re-queued after preemption): if a worker
+    /// loss cannot be rescheduled, it waits in the queue again instead of being released.
+    pub queue_if_unavailable: bool,
+    /// One per instance, parallel to `instances`: when it was bound there, and what its
+    /// worker's agent reported.
+    pub slots: Vec<Slot>,
+    /// `placed_at + max_runtime_ms`: released then (reason `TIME_LIMIT`), exactly in log time.
+    pub time_limit_at: Option<UnixMillis>,
+}
+
+/// One instance of a placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// The index of the entry that bound it to its worker (the placement's, or the one that
+    /// moved it off a down worker): the fence of `ReportStatus`.
+    pub assigned_at: LogIndex,
+    /// First reported running (or completed) at.
+    pub running_since: Option<UnixMillis>,
+    /// Reported completed at; the placement is released when every slot has completed.
+    pub completed_at: Option<UnixMillis>,
+}
+
+impl Slot {
+    pub fn assigned(at: LogIndex) -> Slot {
+        Slot { assigned_at: at, running_since: None, completed_at: None }
+    }
+}
+
+/// How a placement ended, for the ends a client did not ask for itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishedState {
+    /// Every instance reported completed.
+    Completed,
+    /// An instance reported failed.
+    Failed { exit_code: i32, message: String },
+    /// A worker went down and it could not be rescheduled (or asked to be released).
+    Lost,
+    /// It reached `max_runtime_ms`.
+    TimedOut,
+}
+
+impl FinishedState {
+    /// The stable release reason (UPPER_SNAKE).
+    pub fn reason(&self) -> &'static str {
+        super::events::ReleaseReason::from(self).reason()
+    }
+}
+
+/// A placement that ended (kept `FINISHED_PER_TENANT_MAX` per tenant, `FINISHED_MAX` in all).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub tenant: TenantId,
+    pub placement: PlacementId,
+    pub pool: PoolId,
+    pub workers: Vec<WorkerId>,
+    pub resources: Resources,
+    pub count: u32,
+    pub placed_at: UnixMillis,
+    pub ended_at: UnixMillis,
+    /// The index of the entry that ended it.
+    pub log_index: LogIndex,
+    pub state: FinishedState,
 }
 
 impl Placement {
@@ -460,4 +579,8 @@ pub struct State {
     /// Capacity of a pool held back from guarantees, for borrowers (`SetPoolReserve`). A pool
     /// with a reserve refuses guarantees that would eat into it (see `borrow.rs`).
     pub pool_reserves: BTreeMap<PoolId, Resources>,
+    /// Worker TTLs set per pool (`SetPoolWorkerTtl`); other pools use `WORKER_TTL_DEFAULT_MS`.
+    pub pool_worker_ttls: BTreeMap<PoolId, u64>,
+    /// Placements that completed, failed, were lost or timed out, for a bounded retention.
+    pub finished: BTreeMap<(TenantId, PlacementId), Finished>,
 }

@@ -1,5 +1,6 @@
 //! Tenant commands: create, delete (cascading), quota, tokens.
 
+use super::events::Event;
 use super::index::Deadline;
 use super::windows::WindowCounters;
 use super::SessionKey;
@@ -45,7 +46,8 @@ impl Scheduler {
             tokens: Default::default(),
             created_at: self.state.now,
         };
-        self.state.tenants.insert(tenant, created.clone());
+        self.state.tenants.insert(tenant.clone(), created.clone());
+        self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });
         Ok(Response::TenantCreated(created))
     }
 
@@ -75,12 +77,15 @@ impl Scheduler {
             } else {
                 counts.placements += 1;
             }
-            let (resources, instances) = self.release(tenant, &id).expect("invariant: listed");
+            // Ends with its tenant: no event of its own (`TenantDeleted`).
+            let p = self.unplace(tenant, &id, None).expect("invariant: listed");
+            let (resources, instances) = super::jobs::held(&p);
             counts.instances += u64::from(instances);
             counts.resources =
                 counts.resources.checked_add(resources).expect("invariant: released fits");
         }
         counts.queued = self.drop_queued_of(tenant);
+        self.forget_finished_of(tenant);
         let before = self.state.groups.len();
         self.state.groups.retain(|(owner, _), _| owner != tenant);
         counts.groups = count_u64(before - self.state.groups.len());
@@ -123,6 +128,7 @@ impl Scheduler {
         if let Some(parent) = &removed.parent {
             self.tenant_mut(parent).expect("invariant: parent exists").children.remove(tenant);
         }
+        self.emit(Event::TenantDeleted { tenant: tenant.clone() });
         Ok(Response::TenantDeleted(counts))
     }
 

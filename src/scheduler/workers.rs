@@ -1,13 +1,19 @@
-//! Worker commands: register, update, drain (schedulable or not), remove.
+//! Worker commands: register, update, drain (schedulable or not), remove. Liveness
+//! (heartbeats, down, revival, lost work) is in `liveness.rs`.
 
+use super::events::{Event, ReleaseReason};
+use super::index::{alive_until, Deadline};
+use super::state::WorkerState;
 use super::Labels;
 use super::{
-    PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL, WORKERS_MAX,
+    LogIndex, PoolId, Rejection, Resources, Response, Scheduler, Worker, WorkerId, DEFAULT_POOL,
+    WORKERS_MAX,
 };
 
 impl Scheduler {
     pub(super) fn register_worker(
         &mut self,
+        index: LogIndex,
         worker: WorkerId,
         pool: Option<PoolId>,
         capacity: Resources,
@@ -31,7 +37,15 @@ impl Scheduler {
             labels,
             schedulable: true,
             registered_at: self.state.now,
+            liveness: None,
+            down_since: None,
+            generation: index,
+            history: Vec::new(),
         };
+        let mut w = w;
+        w.record(self.state.now, index, WorkerState::Registered);
+        let (pool, capacity) = (w.pool.clone(), w.capacity);
+        self.emit(Event::WorkerRegistered { worker: worker.clone(), pool, capacity });
         self.ix.add_worker(&w);
         self.state.workers.insert(worker, w.clone());
         self.pool_capacity_changed(&w.pool);
@@ -74,15 +88,30 @@ impl Scheduler {
     /// Drains a worker (no new work lands on it) or opens it again.
     pub(super) fn set_worker_schedulable(
         &mut self,
+        index: LogIndex,
         worker: WorkerId,
         schedulable: bool,
     ) -> Result<Response, Rejection> {
         let w = self.state.workers.get_mut(&worker);
         let w = w.ok_or(Rejection::WorkerNotFound { worker })?;
         self.ix.set_free(w, false);
+        let changed = w.schedulable != schedulable;
+        if changed {
+            let state = if schedulable { WorkerState::Undrained } else { WorkerState::Drained };
+            w.record(self.state.now, index, state);
+        }
         w.schedulable = schedulable;
         self.ix.set_free(w, true);
         let pool = w.pool.clone();
+        if changed {
+            let worker = w.id.clone();
+            let event = if schedulable {
+                Event::WorkerUndrained { worker }
+            } else {
+                Event::WorkerDrained { worker }
+            };
+            self.emit(event);
+        }
         self.pool_capacity_changed(&pool);
         self.queue_dirty |= schedulable;
         Ok(Response::WorkerSchedulable { schedulable })
@@ -108,12 +137,18 @@ impl Scheduler {
         }
         // A placement is all or nothing, so evicting one instance releases the whole placement.
         for (tenant, placement) in &on_worker {
-            self.release(tenant, placement).expect("invariant: indexed placement exists");
+            let released = self.release(tenant, placement, ReleaseReason::Evicted);
+            released.expect("invariant: indexed placement exists");
         }
         let current = Worker { allocated: Resources::ZERO, ..current };
+        if let Some(at) = alive_until(&current) {
+            let removed = self.ix.deadlines.remove(&(at, Deadline::Worker(worker.clone())));
+            assert!(removed, "invariant: a managed, ready worker has a deadline");
+        }
         self.ix.remove_worker(&current);
         let removed = self.state.workers.remove(worker).expect("invariant: looked up above");
         assert!(removed.allocated.is_zero(), "invariant: evicted worker is empty");
+        self.emit(Event::WorkerRemoved { worker: worker.clone() });
         self.pool_capacity_changed(&removed.pool);
         Ok(Response::WorkerRemoved { evicted: on_worker })
     }

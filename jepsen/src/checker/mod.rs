@@ -4,6 +4,8 @@
 //!
 //! - `wgl`: linearizability search, used per register key and per quota tenant.
 //! - `register`, `quota`, `lease`: per-workload models and log-index ("witness") checks.
+//! - `worker`: watch streams gap-free and agreeing, their replay (nothing double-placed, lost
+//!   work moved or released), final reads and acknowledged writes against them.
 //! - `writes_ordered`: acknowledged writes have distinct log indexes that respect real time.
 //! - `log_time`: log time never leads real time by more than a leader's stamping bound.
 //! - `final_state`: nothing acknowledged lost, no overcommit, replicas converged.
@@ -14,6 +16,7 @@ pub mod quota;
 pub mod register;
 pub mod tenants;
 pub mod wgl;
+pub mod worker;
 
 use std::collections::BTreeMap;
 
@@ -88,6 +91,9 @@ pub struct FinalState {
     pub placed: [u64; 2],
     /// Per replica: (applied command index, state hash) once converged.
     pub replicas: BTreeMap<u64, (u64, String)>,
+    /// The worker workload's watch streams and final reads.
+    #[serde(default)]
+    pub worker: Option<worker::Observed>,
     /// Every final read succeeded (the cluster was live after healing).
     pub complete: bool,
     /// Why the final phase fell short, if it did.

@@ -20,6 +20,14 @@ pub struct BenchArgs {
     /// Workers to register for the benchmark (each with room for every client's workload).
     #[arg(long, default_value_t = 8)]
     workers: u32,
+    /// Meanwhile, keep this many more workers heartbeating at a third of the default worker
+    /// TTL (in a pool of their own): what a fleet's heartbeats cost the write path.
+    #[arg(long, default_value_t = 0)]
+    heartbeat_workers: u32,
+    /// Meanwhile, hold this many Watch streams open, each on a tenant of its own that has no
+    /// events: what idle watchers cost the write path.
+    #[arg(long, default_value_t = 0)]
+    idle_watchers: u32,
 }
 
 #[derive(Serialize)]
@@ -39,7 +47,15 @@ struct Report {
     seconds: u64,
     errors: u64,
     ops: Vec<OpStats>,
+    heartbeat_workers: u32,
+    /// Commands (log entries' worth) the measured heartbeats took, per second.
+    heartbeat_commands_per_second: u64,
+    idle_watchers: u32,
 }
+
+/// The heartbeat interval of `berth bench --heartbeat-workers`: a third of the default TTL.
+const HEARTBEAT_EVERY: Duration =
+    Duration::from_millis(berth::scheduler::WORKER_TTL_DEFAULT_MS / 3);
 
 fn stats(op: &'static str, mut micros: Vec<u64>, elapsed: Duration) -> OpStats {
     micros.sort_unstable();
@@ -105,15 +121,19 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
             }
         );
     }
+    let fleet = register_fleet(client.clone(), &tenant, args.heartbeat_workers).await?;
+    let watchers = open_idle_watchers(&connection, &tenant, args.idle_watchers).await?;
     eprintln!(
-        "bench: tenant {tenant}, {} workers, {} clients, {} s",
-        args.workers, args.clients, args.duration
+        "bench: tenant {tenant}, {} workers, {} clients, {} s, {} heartbeating workers, {} idle \
+         watchers",
+        args.workers, args.clients, args.duration, args.heartbeat_workers, args.idle_watchers
     );
 
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let measuring = Instant::now() + Duration::from_secs(1);
     let stop = measuring + Duration::from_secs(args.duration);
+    let beats = heartbeat_fleet(client.clone(), fleet, measuring, stop, errors.clone());
     let mut tasks = Vec::new();
     for n in 0..args.clients {
         let (client, tenant, done, errors) =
@@ -189,12 +209,28 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         places.extend(p);
         releases.extend(r);
     }
+    let (mut heartbeats, mut commands) = (Vec::new(), std::collections::BTreeSet::new());
+    for task in beats {
+        let (latencies, indexes) = task.await?;
+        heartbeats.extend(latencies);
+        commands.extend(indexes);
+    }
+    for watcher in watchers {
+        watcher.abort();
+    }
     let elapsed = Duration::from_secs(args.duration);
+    let mut ops = vec![stats("place", places, elapsed), stats("release", releases, elapsed)];
+    if args.heartbeat_workers > 0 {
+        ops.push(stats("heartbeat", heartbeats, elapsed));
+    }
     let report = Report {
         clients: args.clients,
         seconds: args.duration,
         errors: errors.load(Ordering::Relaxed),
-        ops: vec![stats("place", places, elapsed), stats("release", releases, elapsed)],
+        ops,
+        heartbeat_workers: args.heartbeat_workers,
+        heartbeat_commands_per_second: commands.len() as u64 / args.duration,
+        idle_watchers: args.idle_watchers,
     };
     let _ = call!(
         tenants,
@@ -205,6 +241,17 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         out!("{} clients, {} s, {} errors", report.clients, report.seconds, report.errors);
+        if report.heartbeat_workers > 0 {
+            out!(
+                "{} workers heartbeating every {} ms took {} commands/s",
+                report.heartbeat_workers,
+                HEARTBEAT_EVERY.as_millis(),
+                report.heartbeat_commands_per_second
+            );
+        }
+        if report.idle_watchers > 0 {
+            out!("{} idle watch streams open", report.idle_watchers);
+        }
         out!(
             "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "op",
@@ -230,4 +277,118 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Registers `count` workers in a pool of their own, 64 at a time.
+async fn register_fleet(
+    client: Arc<client::Client>,
+    tenant: &str,
+    count: u32,
+) -> anyhow::Result<Vec<String>> {
+    let ids: Vec<String> = (0..count).map(|i| format!("{tenant}-fleet-{i}")).collect();
+    for chunk in ids.chunks(64) {
+        let mut registering = Vec::new();
+        for id in chunk {
+            let m = pb::RegisterWorkerRequest {
+                request_id: new_request_id(),
+                worker_id: id.clone(),
+                pool: format!("{tenant}-fleet"),
+                capacity: Some(pb::Resources { cpu_millis: 1_000, memory_mib: 1_024 }),
+                ..Default::default()
+            };
+            let client = client.clone();
+            registering.push(tokio::spawn(async move {
+                client
+                    .call(m, |ch, r| async move { client::workers(ch).register_worker(r).await })
+                    .await
+            }));
+        }
+        for r in registering {
+            r.await?.map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
+        }
+    }
+    Ok(ids)
+}
+
+/// Heartbeats each worker every `HEARTBEAT_EVERY`, spread evenly over the interval; returns,
+/// per task, the latencies measured between `measuring` and `stop` and the command indexes
+/// their acknowledgements named.
+fn heartbeat_fleet(
+    client: Arc<client::Client>,
+    fleet: Vec<String>,
+    measuring: Instant,
+    stop: Instant,
+    errors: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<(Vec<u64>, Vec<u64>)>> {
+    let count = u32::try_from(fleet.len()).unwrap_or(u32::MAX).max(1);
+    fleet
+        .into_iter()
+        .enumerate()
+        .map(|(i, worker)| {
+            let (client, errors) = (client.clone(), errors.clone());
+            let offset = HEARTBEAT_EVERY * u32::try_from(i).unwrap_or(0) / count;
+            tokio::spawn(async move {
+                let (mut latencies, mut indexes) = (Vec::new(), Vec::new());
+                let mut next = tokio::time::Instant::now() + offset;
+                loop {
+                    tokio::time::sleep_until(next).await;
+                    next += HEARTBEAT_EVERY;
+                    let started = Instant::now();
+                    if started >= stop {
+                        break;
+                    }
+                    let m = pb::HeartbeatRequest { worker_id: worker.clone() };
+                    let beat = client
+                        .call(m, |ch, r| async move { client::workers(ch).heartbeat(r).await })
+                        .await;
+                    match beat {
+                        Ok(ack) if started >= measuring => {
+                            latencies.push(
+                                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                            );
+                            indexes.push(ack.write.map_or(0, |w| w.log_index));
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (latencies, indexes)
+            })
+        })
+        .collect()
+}
+
+/// Opens `count` Watch streams on tenants of their own that never have events, and keeps each
+/// open (reading, should anything come) until aborted. They are other clients: 100 per client
+/// of their own (own connections), spread over the endpoints, not sharing the load's
+/// connections.
+async fn open_idle_watchers(
+    connection: &crate::cli::Connection,
+    tenant: &str,
+    count: u32,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut watchers = Vec::new();
+    let mut client = None;
+    for i in 0..count {
+        if i % 100 == 0 {
+            let c = connection.client(ClientOptions::default())?;
+            for _ in 0..(i / 100) {
+                c.next_endpoint();
+            }
+            client = Some(Arc::new(c));
+        }
+        let client = client.clone().expect("invariant: made at i = 0");
+        let m = pb::WatchRequest { tenant_id: format!("{tenant}-idle-{i}"), ..Default::default() };
+        let mut stream = client
+            .open(m, |ch, r| async move { client::scheduler(ch).watch(r).await })
+            .await
+            .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
+        watchers.push(tokio::spawn(async move {
+            let _client = client;
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    Ok(watchers)
 }

@@ -5,12 +5,14 @@
 //! - `up`: `berth up`, a local cluster of `berth server` child processes.
 //! - `certs`: `berth certs`, a CA and the certificates of a cluster's replicas.
 //! - `bench`: `berth bench`, load against a running cluster.
+//! - `agent`: `berth agent`, the process on a worker machine (heartbeats, assignments, hooks).
 //! - `cli`: the client subcommands, one file per resource.
 //! - `output`: how every command prints: `out!`, `--json`, `key: value` lines and tables.
 
 #[macro_use]
 mod output;
 
+mod agent;
 mod bench;
 mod certs;
 mod cli;
@@ -51,6 +53,8 @@ enum Cmd {
     Certs(certs::CertsArgs),
     /// Drive Place + Release against a running cluster and print ops/s and latency.
     Bench(bench::BenchArgs),
+    /// Run a worker: register it, heartbeat, follow its assignments, run hooks, report.
+    Agent(agent::AgentArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -87,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Up(args) => runtime.block_on(up::run(args)),
         Cmd::Certs(args) => certs::run(&args, cli.connection.json),
         Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
+        Cmd::Agent(args) => runtime.block_on(agent::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };
     match outcome {

@@ -121,6 +121,13 @@ pub struct Workload {
     /// When preempted, wait in the queue again instead of being released for good.
     #[arg(long)]
     pub requeue_on_preemption: bool,
+    /// When a worker holding an instance goes down: move the lost instances
+    /// (reschedule) or release the whole placement (release).
+    #[arg(long, value_enum, default_value_t = OnWorkerLost::Reschedule)]
+    pub on_worker_lost: OnWorkerLost,
+    /// Release it this long after it is placed, in log time (reason TIME_LIMIT): 90s, 2h, 7d.
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub max_runtime: Option<u64>,
     /// Refuse unless LEASE:TOKEN is the live holder's token.
     #[arg(long, value_parser = parse_fence)]
     pub fence: Option<pb::Fence>,
@@ -160,8 +167,20 @@ impl Workload {
             group: self.group.clone().unwrap_or_default(),
             priority: self.priority,
             requeue_on_preemption: self.requeue_on_preemption,
+            on_worker_lost: match self.on_worker_lost {
+                OnWorkerLost::Reschedule => pb::OnWorkerLost::Reschedule,
+                OnWorkerLost::Release => pb::OnWorkerLost::Release,
+            }
+            .into(),
+            max_runtime_ms: self.max_runtime.unwrap_or(0),
         }
     }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum OnWorkerLost {
+    Reschedule,
+    Release,
 }
 
 /// A tenant's placement or reservation by id, for a write the holder of a lease may fence.

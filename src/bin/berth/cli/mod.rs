@@ -18,7 +18,7 @@ macro_rules! call {
     };
 }
 
-mod args;
+pub(crate) mod args;
 mod cluster;
 mod cost;
 mod group;
@@ -30,6 +30,7 @@ mod quota;
 mod reservation;
 mod tenant;
 mod token;
+mod watch;
 mod worker;
 
 /// Options every client subcommand takes.
@@ -128,6 +129,8 @@ pub enum ClientCmd {
     Cost(cost::CostCmd),
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Print events as they happen (a tenant's, or with the admin token everything).
+    Watch(watch::WatchArgs),
 }
 
 /// What one client subcommand runs with: the client, the request id of its write (each
@@ -177,6 +180,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Lease(cmd) => lease::run(&s, cmd).await,
         ClientCmd::Cost(cmd) => cost::run(&s, cmd).await,
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
+        ClientCmd::Watch(args) => watch::run(&s, args).await,
     }
 }
 

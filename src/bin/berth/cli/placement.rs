@@ -36,6 +36,15 @@ pub enum PlacementCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Placements that ended without being released by the tenant: completed, failed, lost
+    /// with their worker, or timed out (the last 1,000 per tenant).
+    Finished {
+        tenant: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 pub async fn place(s: &Session, args: PlaceArgs) -> anyhow::Result<()> {
@@ -85,6 +94,11 @@ pub async fn run(s: &Session, cmd: PlacementCmd) -> anyhow::Result<()> {
             let rows: Vec<serde_json::Value> = r.placements.iter().map(placement_row).collect();
             show(false, &rows)
         }
+        PlacementCmd::Finished { tenant, after, limit } => {
+            let m =
+                pb::ListFinishedRequest { tenant_id: tenant, page: page(after, limit), read: None };
+            s.show(&call!(s, scheduler, list_finished, m).finished)
+        }
     }
 }
 
@@ -98,6 +112,7 @@ fn placement_row(p: &pb::Placement) -> serde_json::Value {
         "cpu_each": format!("{}m", each.cpu_millis),
         "memory_each": format!("{}Mi", each.memory_mib),
         "workers": p.workers,
+        "running": p.instances.iter().filter(|i| i.running_since_ms.is_some()).count(),
         "kind": if p.expires_at_ms.is_some() { "reservation" } else { "placement" },
         "log_index": p.log_index,
     })

@@ -3,7 +3,7 @@
 use berth::client::pb;
 use clap::Subcommand;
 
-use super::args::parse_cpu;
+use super::args::{page, parse_cpu, parse_duration_ms};
 use super::Session;
 
 #[derive(Subcommand, Debug)]
@@ -24,6 +24,25 @@ pub enum PoolCmd {
     },
     /// A pool's capacity, free capacity, reserve, guarantees and any shortfall.
     Get { pool: String },
+    /// Every placement in the pool, across tenants.
+    Placements {
+        pool: String,
+        /// TENANT/PLACEMENT of the last one seen.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// How long a heartbeat keeps the pool's workers alive (from each one's next heartbeat).
+    Ttl {
+        pool: String,
+        /// 1s..=1h: 10s, 30s, 2m.
+        #[arg(value_parser = parse_duration_ms, required_unless_present = "reset")]
+        ttl: Option<u64>,
+        /// Back to the default (10 s).
+        #[arg(long, conflicts_with = "ttl")]
+        reset: bool,
+    },
 }
 
 pub async fn run(s: &Session, cmd: PoolCmd) -> anyhow::Result<()> {
@@ -42,6 +61,19 @@ pub async fn run(s: &Session, cmd: PoolCmd) -> anyhow::Result<()> {
         }
         PoolCmd::Get { pool } => {
             s.show(&call!(s, workers, get_pool, pb::GetPoolRequest { pool, read: None }).pool)
+        }
+        PoolCmd::Placements { pool, after, limit } => {
+            let m = pb::ListPoolPlacementsRequest { pool, page: page(after, limit), read: None };
+            s.show(&call!(s, workers, list_pool_placements, m).placements)
+        }
+        PoolCmd::Ttl { pool, ttl, reset } => {
+            let m = pb::SetPoolWorkerTtlRequest {
+                request_id: s.request_id(),
+                pool,
+                ttl_ms: ttl.unwrap_or_default(),
+                reset,
+            };
+            s.show(&call!(s, workers, set_pool_worker_ttl, m))
         }
     }
 }

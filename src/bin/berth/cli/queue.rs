@@ -9,9 +9,10 @@ use crate::output::show;
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
-    /// A tenant's queued placements: position, age and why each waits.
+    /// A tenant's queued placements: position, age and why each waits (no tenant, with the
+    /// admin token: every tenant's; --after TENANT/PLACEMENT).
     List {
-        tenant: String,
+        tenant: Option<String>,
         #[arg(long)]
         after: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -24,8 +25,11 @@ pub enum QueueCmd {
 pub async fn run(s: &Session, cmd: QueueCmd) -> anyhow::Result<()> {
     match cmd {
         QueueCmd::List { tenant, after, limit } => {
-            let m =
-                pb::ListQueueRequest { tenant_id: tenant, page: page(after, limit), read: None };
+            let m = pb::ListQueueRequest {
+                tenant_id: tenant.unwrap_or_default(),
+                page: page(after, limit),
+                read: None,
+            };
             let r = call!(s, scheduler, list_queue, m);
             if s.json {
                 return show(true, &r.queued);

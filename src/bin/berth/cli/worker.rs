@@ -1,4 +1,6 @@
-//! `berth worker`: register, read, list, drain and remove the machines that run work.
+//! `berth worker`: register, read, list, drain and remove the machines that run work; send a
+//! heartbeat or a report by hand (`berth agent` does both for a real worker); list what runs on
+//! one.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +45,46 @@ pub enum WorkerCmd {
         #[arg(long)]
         evict: bool,
     },
+    /// Keep a worker alive for its pool's TTL (the first heartbeat makes it managed: it goes
+    /// down when its TTL passes without another).
+    Heartbeat {
+        id: String,
+    },
+    /// Every placement with an instance on the worker, across tenants.
+    Placements {
+        id: String,
+        /// TENANT/PLACEMENT of the last one seen.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Report on one instance the worker was assigned (what `berth agent` sends).
+    Report {
+        id: String,
+        tenant: String,
+        placement: String,
+        /// The instance's position in the placement's workers (0-based).
+        #[arg(long)]
+        slot: u32,
+        /// The instance's assigned_at (its fence, from `berth placement get`).
+        #[arg(long)]
+        assigned_at: u64,
+        #[arg(value_enum)]
+        status: Reported,
+        /// With failed: the exit code.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        exit_code: i32,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum Reported {
+    Running,
+    Completed,
+    Failed,
 }
 
 pub async fn run(s: &Session, cmd: WorkerCmd) -> anyhow::Result<()> {
@@ -76,6 +118,46 @@ pub async fn run(s: &Session, cmd: WorkerCmd) -> anyhow::Result<()> {
         WorkerCmd::Remove { id, evict } => {
             let m = pb::RemoveWorkerRequest { request_id: s.request_id(), worker_id: id, evict };
             s.show(&call!(s, workers, remove_worker, m))
+        }
+        WorkerCmd::Heartbeat { id } => {
+            let m = pb::HeartbeatRequest { worker_id: id };
+            s.show(&call!(s, workers, heartbeat, m))
+        }
+        WorkerCmd::Placements { id, after, limit } => {
+            let m = pb::ListWorkerPlacementsRequest {
+                worker_id: id,
+                page: page(after, limit),
+                read: None,
+            };
+            s.show(&call!(s, workers, list_worker_placements, m).placements)
+        }
+        WorkerCmd::Report {
+            id,
+            tenant,
+            placement,
+            slot,
+            assigned_at,
+            status,
+            exit_code,
+            message,
+        } => {
+            let status = match status {
+                Reported::Running => pb::InstanceStatus::Running,
+                Reported::Completed => pb::InstanceStatus::Completed,
+                Reported::Failed => pb::InstanceStatus::Failed,
+            };
+            let m = pb::ReportStatusRequest {
+                request_id: s.request_id(),
+                worker_id: id,
+                tenant_id: tenant,
+                placement_id: placement,
+                slot,
+                assigned_at,
+                status: status.into(),
+                exit_code,
+                message,
+            };
+            s.show(&call!(s, workers, report_status, m))
         }
     }
 }
