@@ -252,6 +252,73 @@ fn lease_outcome(write: Option<&pb::WriteInfo>, lease: Option<&pb::Lease>) -> Ou
 
 /// Runs one client until `until`: `rate_per_client` ops/s at most (0: as fast as it can).
 #[allow(clippy::too_many_arguments)]
+/// The placements of `tenant` a release may pick from: placed, or maybe placed.
+fn known_placements(shared: &Shared, tenant: &str) -> Vec<String> {
+    let placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+    placed.get(tenant).cloned().unwrap_or_default()
+}
+
+/// Records `op` (a Place of `spec`) and its outcome, with the workers it landed on; remembers
+/// the id for releases unless the Place definitely failed.
+async fn place_recorded(
+    c: &Client,
+    shared: &Shared,
+    process: u64,
+    op: Op,
+    tenant: &str,
+    spec: pb::PlacementSpec,
+) -> (Type, Outcome) {
+    let rec = &shared.recorder;
+    let id = spec.placement_id.clone();
+    let inv = rec.invoke(process, op);
+    let req = pb::PlaceRequest {
+        request_id: client::new_request_id(),
+        tenant_id: tenant.to_owned(),
+        spec: Some(spec),
+        ..Default::default()
+    };
+    let res = match c.call(req, |ch, r| async move { client::scheduler(ch).place(r).await }).await {
+        Ok(r) => {
+            let mut o = write_info(r.write.as_ref());
+            o.workers = r.placement.map(|p| p.workers).unwrap_or_default();
+            (Type::Ok, o)
+        }
+        Err(s) => failure(&s, false),
+    };
+    rec.complete(&inv, res.0, res.1.clone());
+    if res.0 != Type::Fail {
+        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+        placed.entry(tenant.to_owned()).or_default().push(id);
+    }
+    res
+}
+
+/// Records a Release of `id` as `workload`'s and its outcome; forgets the id unless the outcome
+/// is unknown.
+async fn release_recorded(
+    c: &Client,
+    shared: &Shared,
+    process: u64,
+    workload: &str,
+    tenant: &str,
+    id: &str,
+) -> (Type, Outcome) {
+    let rec = &shared.recorder;
+    let inv = rec.invoke(process, Op::invoke(workload, "release", tenant).with_id(id.to_owned()));
+    let res = match release(c, tenant, id).await {
+        Ok(o) => (Type::Ok, o),
+        Err(s) => failure(&s, false),
+    };
+    rec.complete(&inv, res.0, res.1.clone());
+    if res.0 != Type::Info {
+        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ids) = placed.get_mut(tenant) {
+            ids.retain(|x| x != id);
+        }
+    }
+    res
+}
+
 pub async fn client_loop(
     shared: Arc<Shared>,
     workload: Workload,
@@ -468,13 +535,7 @@ pub async fn client_loop(
             }
             Workload::Worker => {
                 let tenant = checker::worker::TENANT;
-                let known: Vec<String> = shared
-                    .placed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(tenant)
-                    .cloned()
-                    .unwrap_or_default();
+                let known = known_placements(&shared, tenant);
                 if rng.below(100) < 55 || known.is_empty() {
                     let id = format!("k{process}-{}", rng.below(u64::MAX));
                     // One in four is released, not moved, when a worker holding it goes down.
@@ -495,61 +556,16 @@ pub async fn client_loop(
                         },
                         ..Default::default()
                     };
-                    let op = Op::invoke("worker", "place", tenant)
-                        .with_id(id.clone())
-                        .with_detail(on_lost);
-                    let inv = rec.invoke(process, op);
-                    let req = pb::PlaceRequest {
-                        request_id: client::new_request_id(),
-                        tenant_id: tenant.to_owned(),
-                        spec: Some(spec),
-                        ..Default::default()
-                    };
-                    let res = match c
-                        .call(req, |ch, r| async move { client::scheduler(ch).place(r).await })
-                        .await
-                    {
-                        Ok(r) => {
-                            let mut o = write_info(r.write.as_ref());
-                            o.workers = r.placement.map(|p| p.workers).unwrap_or_default();
-                            (Type::Ok, o)
-                        }
-                        Err(s) => failure(&s, false),
-                    };
-                    rec.complete(&inv, res.0, res.1.clone());
-                    if res.0 != Type::Fail {
-                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
-                        placed.entry(tenant.to_owned()).or_default().push(id);
-                    }
-                    res
+                    let op = Op::invoke("worker", "place", tenant).with_id(id).with_detail(on_lost);
+                    place_recorded(&c, &shared, process, op, tenant, spec).await
                 } else {
                     let pick = usize::try_from(rng.below(u64::try_from(known.len())?))?;
-                    let id = known[pick].clone();
-                    let op = Op::invoke("worker", "release", tenant).with_id(id.clone());
-                    let inv = rec.invoke(process, op);
-                    let res = match release(&c, tenant, &id).await {
-                        Ok(o) => (Type::Ok, o),
-                        Err(s) => failure(&s, false),
-                    };
-                    rec.complete(&inv, res.0, res.1.clone());
-                    if res.0 != Type::Info {
-                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(ids) = placed.get_mut(tenant) {
-                            ids.retain(|x| *x != id);
-                        }
-                    }
-                    res
+                    release_recorded(&c, &shared, process, "worker", tenant, &known[pick]).await
                 }
             }
             Workload::Capacity => {
                 let tenant = CAPACITY_TENANT;
-                let known: Vec<String> = shared
-                    .placed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(tenant)
-                    .cloned()
-                    .unwrap_or_default();
+                let known = known_placements(&shared, tenant);
                 if rng.below(100) < 55 || known.is_empty() {
                     let id = format!("c{process}-{}", rng.below(u64::MAX));
                     let cpu = [250, 500][usize::try_from(rng.below(2))?];
@@ -580,50 +596,13 @@ pub async fn client_loop(
                         spec.group = CAPACITY_GROUP.to_owned();
                     }
                     let op = Op::invoke("capacity", "place", tenant)
-                        .with_id(id.clone())
+                        .with_id(id)
                         .with_arg(cpu)
                         .with_detail(detail);
-                    let inv = rec.invoke(process, op);
-                    let req = pb::PlaceRequest {
-                        request_id: client::new_request_id(),
-                        tenant_id: tenant.to_owned(),
-                        spec: Some(spec),
-                        ..Default::default()
-                    };
-                    let res = match c
-                        .call(req, |ch, r| async move { client::scheduler(ch).place(r).await })
-                        .await
-                    {
-                        Ok(r) => {
-                            let mut o = write_info(r.write.as_ref());
-                            o.workers = r.placement.map(|p| p.workers).unwrap_or_default();
-                            (Type::Ok, o)
-                        }
-                        Err(s) => failure(&s, false),
-                    };
-                    rec.complete(&inv, res.0, res.1.clone());
-                    if res.0 != Type::Fail {
-                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
-                        placed.entry(tenant.to_owned()).or_default().push(id);
-                    }
-                    res
+                    place_recorded(&c, &shared, process, op, tenant, spec).await
                 } else {
                     let pick = usize::try_from(rng.below(u64::try_from(known.len())?))?;
-                    let id = known[pick].clone();
-                    let op = Op::invoke("capacity", "release", tenant).with_id(id.clone());
-                    let inv = rec.invoke(process, op);
-                    let res = match release(&c, tenant, &id).await {
-                        Ok(o) => (Type::Ok, o),
-                        Err(s) => failure(&s, false),
-                    };
-                    rec.complete(&inv, res.0, res.1.clone());
-                    if res.0 != Type::Info {
-                        let mut placed = shared.placed.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(ids) = placed.get_mut(tenant) {
-                            ids.retain(|x| *x != id);
-                        }
-                    }
-                    res
+                    release_recorded(&c, &shared, process, "capacity", tenant, &known[pick]).await
                 }
             }
             Workload::Lease => match holding.clone() {
