@@ -25,7 +25,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     heartbeat_workers: u32,
     /// Meanwhile, hold this many Watch streams open, each on a tenant of its own that has no
-    /// events: what idle watchers cost the write path.
+    /// events: what idle watchers cost the write path. Reading them costs this process too;
+    /// to measure the cluster alone, hold them in a second `berth bench` beside the measured one.
     #[arg(long, default_value_t = 0)]
     idle_watchers: u32,
 }
