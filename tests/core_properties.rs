@@ -1188,7 +1188,8 @@ impl Watch {
             Event::InstanceRunning { .. }
             | Event::InstanceCompleted { .. }
             | Event::InstanceFailed { .. }
-            | Event::Quota(_) => {}
+            | Event::Quota(_)
+            | Event::Metered { .. } => {}
         }
         Ok(())
     }

@@ -9,12 +9,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
 use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
-    Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, LabelOp, LabelRequirement,
-    LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec, PlacementId, PoolId,
-    Preemption, Quota, ReportedStatus, RequestId, Resources, Scheduler, SoftLimit, SoftLimits,
-    SoftShare, Strategy as Spread, TenantId, TokenHash, TokenId, WindowLimits, WindowPolicy,
-    WorkerId, HEARTBEATS_PER_ENTRY_MAX, MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX,
-    STATUS_MESSAGE_LEN_MAX, TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
+    meter, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, Item, LabelOp,
+    LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec,
+    PlacementId, PlanId, PoolId, Preemption, Prices, Quota, ReportedStatus, RequestId, Resources,
+    Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread, TenantId, Tier, TokenHash,
+    TokenId, UnixMillis, WindowLimits, WindowPolicy, WorkerId, HEARTBEATS_PER_ENTRY_MAX,
+    MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX, STATUS_MESSAGE_LEN_MAX, TOKEN_TTL_MAX_MS,
+    WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -392,6 +393,34 @@ fn reported_status() -> impl Strategy<Value = ReportedStatus> {
 }
 
 /// Every `Command` kind. The weights favour the commands that build deep states.
+/// One pool's prices: sane and extreme decimals, tier bounds of any size and order, any item.
+fn pool_prices() -> impl Strategy<Value = meter::PoolPrices> {
+    let decimal = prop_oneof![
+        6 => select(vec!["0", "0.035", "1.25", "2", "0.000001", "1000000"]),
+        1 => select(vec![
+            "-1",
+            "0.0000001",
+            "1000000.000001",
+            "79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+        ]),
+    ]
+    .prop_map(|s| rust_decimal::Decimal::from_str_exact(s).expect("test decimal"));
+    let tiers = prop::collection::vec(
+        (prop::option::of(amount(1..=5)), decimal)
+            .prop_map(|(up_to_hours, per_hour)| Tier { up_to_hours, per_hour }),
+        0..=3,
+    );
+    prop::collection::btree_map(select(Item::ALL.to_vec()), tiers, 0..=3)
+        .prop_map(|items| meter::PoolPrices { items })
+}
+
+fn prices() -> impl Strategy<Value = Prices> {
+    let pools =
+        prop::collection::btree_map(name(&POOLS).prop_map(PoolId::from), pool_prices(), 0..=2);
+    (pools, pool_prices()).prop_map(|(pools, other_pools)| Prices { pools, other_pools })
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let worker = || name(&WORKERS).prop_map(WorkerId::from);
     let pool = || name(&POOLS).prop_map(PoolId::from);
@@ -452,6 +481,16 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, lease, token)| Command::ReleaseLease { tenant, lease, token: LogIndex(token) }),
         4 => heartbeat_workers().prop_map(|workers| Command::Heartbeat { workers }),
         1 => (pool(), worker_ttl()).prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool, ttl_ms }),
+        2 => (name(&["default", "gold"]), prices(), prop::option::of(amount(0..=10_000))).prop_map(
+            |(plan, prices, later)| Command::SetPricePlan {
+                plan: PlanId::from(plan),
+                prices,
+                effective_at: later.map(UnixMillis),
+            }
+        ),
+        1 => (tenant(), prop::option::of(name(&["default", "gold"]))).prop_map(|(tenant, plan)| {
+            Command::SetBillingPlan { tenant, plan: plan.map(PlanId::from) }
+        }),
         3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(
             |(worker, tenant, placement, slot, assigned_at, status)| Command::ReportStatus {
                 worker,

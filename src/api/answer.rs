@@ -97,6 +97,9 @@ pub(super) struct KeptAlive(pub Lease);
 /// One answer per worker of a `Heartbeat` entry, in the order listed (`None`: unknown).
 pub(super) struct Heartbeats(pub Vec<Option<HeartbeatAck>>);
 
+/// When a price plan's new version takes effect.
+pub(super) struct PriceSince(pub UnixMillis);
+
 /// What a report did: `Some` when it ended the placement.
 pub(super) struct Reported(pub Option<FinishedState>);
 
@@ -121,6 +124,7 @@ narrow! {
         KeptAlive { Response::LeaseKeptAlive(lease) => KeptAlive(lease) }
         Heartbeats { Response::Heartbeats(acks) => Heartbeats(acks) }
         Reported { Response::StatusReported { finished } => Reported(finished) }
+        PriceSince { Response::PricePlanSet { since } => PriceSince(since) }
     }
     unread {
         Response::Ticked,
@@ -135,6 +139,7 @@ narrow! {
         Response::GroupCreated,
         Response::LeaseReleased,
         Response::PoolWorkerTtlSet,
+        Response::BillingPlanSet,
     }
 }
 

@@ -1,15 +1,20 @@
-//! The `Billing` service: exact allocation of a shared cost. Any authenticated caller; it
-//! reads and writes no state.
+//! The `Billing` service: price plans and the plan each tenant pays by (admin), a tenant's
+//! metered statement (its own token or the admin's), and exact allocation of a shared cost
+//! (any caller; it reads and writes no state).
 
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use tonic::{Request, Response as Reply, Status};
 
-use super::status::invalid;
-use super::{pb, Api};
+use super::answer::{answer, PriceSince};
+use super::auth::{require_admin, tenant_scope};
+use super::status::{self, invalid, not_found};
+use super::{convert, pb, Api};
+use crate::raft::types::Proposal;
 use crate::scheduler::ids::quoted;
 use crate::scheduler::money::allocate;
+use crate::scheduler::{Command, PlanId, UnixMillis};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -37,5 +42,89 @@ impl pb::billing_server::Billing for Api {
         Ok(Reply::new(pb::AllocateSharedCostResponse {
             parts: parts.iter().map(Decimal::to_string).collect(),
         }))
+    }
+
+    async fn set_price_plan(
+        &self,
+        request: Request<pb::SetPricePlanRequest>,
+    ) -> Result<pb::SetPricePlanResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let command = Command::SetPricePlan {
+            plan: PlanId::new(&r.plan),
+            prices: convert::prices(&r.pools)?,
+            effective_at: r.effective_at_ms.map(UnixMillis),
+        };
+        let (response, write) = self.write(&caller, &r.request_id, command).await?;
+        let PriceSince(since) = answer(response)?;
+        Ok(Reply::new(pb::SetPricePlanResponse { write: Some(write), effective_at_ms: since.0 }))
+    }
+
+    async fn list_price_plans(
+        &self,
+        request: Request<pb::ListPricePlansRequest>,
+    ) -> Result<pb::ListPricePlansResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let plans = self
+            .read(&caller, r.read, |s| {
+                s.state()
+                    .price_plans
+                    .iter()
+                    .map(|(id, plan)| pb::PricePlan {
+                        plan: id.0.clone(),
+                        versions: plan
+                            .versions
+                            .iter()
+                            .map(|v| pb::PriceVersion {
+                                since_ms: v.since.0,
+                                pools: convert::pb_prices(&v.prices),
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Reply::new(pb::ListPricePlansResponse { plans }))
+    }
+
+    async fn set_billing_plan(
+        &self,
+        request: Request<pb::SetBillingPlanRequest>,
+    ) -> Result<pb::SetBillingPlanResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let plan = (!r.plan.is_empty()).then(|| PlanId::new(&r.plan));
+        let command = Command::SetBillingPlan { tenant, plan };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetBillingPlanResponse { write: Some(write) }))
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<pb::GetStatementRequest>,
+    ) -> Result<pb::GetStatementResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        // Log time moves only with entries (an idle cluster proposes none): a Tick first, so
+        // the statement runs up to the moment it was asked for.
+        let tick = Proposal { request_id: None, command: Command::Tick, token: None };
+        self.replica.propose(tick).await.map_err(|e| status::write_error(&e))?;
+        let found = self
+            .read(&caller, r.read, |s| {
+                let plan = s.billing_plan_of(&tenant).map(|p| p.0.clone()).unwrap_or_default();
+                s.statements(&tenant).map(|(current, last)| pb::GetStatementResponse {
+                    current: Some(convert::pb_statement(&current)),
+                    last_month: last.as_ref().map(convert::pb_statement),
+                    plan,
+                })
+            })
+            .await?;
+        Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
     }
 }

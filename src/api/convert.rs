@@ -674,6 +674,7 @@ pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
             }
             .into();
         }
+        Event::Metered { statement, .. } => e.statement = Some(pb_statement(statement)),
         Event::Rescheduled { placement, moves, .. } => {
             e.placement_id = placement.0.clone();
             e.moves = moves
@@ -727,4 +728,110 @@ pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
         | Event::WorkerRemoved { worker } => e.workers = vec![worker.0.clone()],
     }
     e
+}
+
+// ----- billing ---------------------------------------------------------------------------------
+
+fn pb_pool_prices(pool: &str, prices: &crate::scheduler::meter::PoolPrices) -> pb::PoolPrices {
+    pb::PoolPrices {
+        pool: pool.to_owned(),
+        items: prices
+            .items
+            .iter()
+            .map(|(item, tiers)| pb::ItemPrice {
+                item: item.name().into(),
+                tiers: tiers
+                    .iter()
+                    .map(|t| pb::PriceTier {
+                        up_to_hours: t.up_to_hours,
+                        per_hour: t.per_hour.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A version's prices: each named pool, then (pool "") every other pool.
+pub fn pb_prices(prices: &crate::scheduler::Prices) -> Vec<pb::PoolPrices> {
+    let named = prices.pools.iter().map(|(pool, p)| pb_pool_prices(pool.as_str(), p));
+    named.chain(std::iter::once(pb_pool_prices("", &prices.other_pools))).collect()
+}
+
+/// A request's prices; the core checks their bounds (`Prices::validate`).
+pub fn prices(pools: &[pb::PoolPrices]) -> Result<crate::scheduler::Prices, Status> {
+    use crate::scheduler::meter::{PoolPrices, PLAN_POOLS_MAX, TIERS_MAX};
+    use crate::scheduler::{Item, PoolId, Tier};
+    // One more than the core allows is enough for it to say so.
+    if pools.len() > PLAN_POOLS_MAX + 1 {
+        return Err(invalid("INVALID_ARGUMENT", format!("at most {PLAN_POOLS_MAX} pools")));
+    }
+    let mut out = crate::scheduler::Prices::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in pools {
+        if !seen.insert(p.pool.as_str()) {
+            let which = if p.pool.is_empty() { "every other pool".into() } else { quoted(&p.pool) };
+            return Err(invalid("INVALID_ARGUMENT", format!("prices for {which} given twice")));
+        }
+        let mut priced = PoolPrices::default();
+        for i in &p.items {
+            let item = Item::from_name(&i.item).ok_or_else(|| {
+                let quoted = quoted(&i.item);
+                invalid(
+                    "INVALID_ARGUMENT",
+                    format!("unknown item {quoted}: cpu, memory, reserved_cpu or reserved_memory"),
+                )
+            })?;
+            if i.tiers.len() > TIERS_MAX {
+                return Err(invalid("INVALID_ARGUMENT", format!("at most {TIERS_MAX} tiers")));
+            }
+            let tiers = i
+                .tiers
+                .iter()
+                .map(|t| {
+                    let per_hour = t.per_hour.trim().parse().map_err(|_| {
+                        let quoted = quoted(&t.per_hour);
+                        invalid("INVALID_DECIMAL", format!("per_hour {quoted} is not a decimal"))
+                    })?;
+                    Ok(Tier { up_to_hours: t.up_to_hours, per_hour })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            if priced.items.insert(item, tiers).is_some() {
+                let name = item.name();
+                return Err(invalid("INVALID_ARGUMENT", format!("item {name} priced twice")));
+            }
+        }
+        if p.pool.is_empty() {
+            out.other_pools = priced;
+        } else {
+            out.pools.insert(PoolId::new(&p.pool), priced);
+        }
+    }
+    Ok(out)
+}
+
+pub fn pb_statement(s: &crate::scheduler::Statement) -> pb::Statement {
+    use crate::scheduler::meter::{hours, month_label};
+    pb::Statement {
+        month: month_label(s.month),
+        from_ms: s.from.0,
+        to_ms: s.to.0,
+        lines: s
+            .lines
+            .iter()
+            .map(|l| pb::StatementLine {
+                pool: l.pool.0.clone(),
+                item: l.item.name().into(),
+                unit: l.item.unit().into(),
+                plan: l.price.as_ref().map(|p| p.plan.0.clone()).unwrap_or_default(),
+                price_since_ms: l.price.as_ref().map_or(0, |p| p.since.0),
+                tier: l.price.as_ref().map_or(0, |p| u32::from(p.tier)),
+                quantity: l.quantity.to_string(),
+                quantity_hours: hours(l.item, l.quantity).to_string(),
+                per_hour: l.per_hour.to_string(),
+                amount: l.amount.to_string(),
+            })
+            .collect(),
+        total: s.total.to_string(),
+    }
 }

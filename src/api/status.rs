@@ -82,6 +82,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::WorkerNotFound { .. }
         | Rejection::PlacementNotFound { .. }
         | Rejection::GroupNotFound { .. }
+        | Rejection::PlanNotFound { .. }
         | Rejection::LeaseNotFound { .. }
         | Rejection::TokenNotFound { .. }
         | Rejection::NotQueued { .. } => Code::NotFound,

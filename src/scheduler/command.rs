@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 
 use super::events::Event;
 use super::ids::{
-    validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId,
-    TokenHash, TokenId, UnixMillis, WorkerId,
+    validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId,
+    TenantId, TokenHash, TokenId, UnixMillis, WorkerId,
 };
+use super::meter::Prices;
 use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::resources::{
@@ -258,6 +259,19 @@ pub enum Command {
         pool: PoolId,
         ttl_ms: Option<u64>,
     },
+    /// Sets `plan`'s prices from `effective_at` (never earlier than this entry; `None`: now),
+    /// creating the plan. Prices already in effect are never rewritten: a version set for
+    /// the same moment replaces that one, and later versions stay.
+    SetPricePlan {
+        plan: PlanId,
+        prices: Prices,
+        effective_at: Option<UnixMillis>,
+    },
+    /// The plan `tenant` pays by from now (`None`: the `default` plan, if there is one).
+    SetBillingPlan {
+        tenant: TenantId,
+        plan: Option<PlanId>,
+    },
     /// A worker's report on one instance of a placement (not a reservation). `assigned_at`
     /// (`Slot::assigned_at`) fences it: a report for an instance that moved, or from an
     /// earlier incarnation, is refused `STALE_ASSIGNMENT`.
@@ -456,6 +470,13 @@ impl Command {
                     _ => Ok(()),
                 }
             }
+            Command::SetPricePlan { plan, prices, .. } => {
+                validate_object_id("plan", plan.as_str())?;
+                prices.validate()
+            }
+            Command::SetBillingPlan { plan, .. } => {
+                plan.as_ref().map_or(Ok(()), |p| validate_object_id("plan", p.as_str()))
+            }
             Command::ReportStatus { worker, placement, slot, status, .. } => {
                 validate_object_id("worker", worker.as_str())?;
                 validate_object_id("placement", placement.as_str())?;
@@ -492,7 +513,8 @@ impl Command {
             | Command::RemoveWorker { .. }
             | Command::SetPoolReserve { .. }
             | Command::Heartbeat { .. }
-            | Command::SetPoolWorkerTtl { .. } => None,
+            | Command::SetPoolWorkerTtl { .. }
+            | Command::SetPricePlan { .. } => None,
             Command::CreateTenant { tenant, .. }
             | Command::DeleteTenant { tenant }
             | Command::SetQuota { tenant, .. }
@@ -509,7 +531,8 @@ impl Command {
             | Command::AcquireLease { tenant, .. }
             | Command::KeepAliveLease { tenant, .. }
             | Command::ReleaseLease { tenant, .. }
-            | Command::ReportStatus { tenant, .. } => Some(tenant),
+            | Command::ReportStatus { tenant, .. }
+            | Command::SetBillingPlan { tenant, .. } => Some(tenant),
         }
     }
 
@@ -543,6 +566,8 @@ impl Command {
             Command::Heartbeat { .. } => "Heartbeat",
             Command::SetPoolWorkerTtl { .. } => "SetPoolWorkerTtl",
             Command::ReportStatus { .. } => "ReportStatus",
+            Command::SetPricePlan { .. } => "SetPricePlan",
+            Command::SetBillingPlan { .. } => "SetBillingPlan",
         }
     }
 }
@@ -707,6 +732,11 @@ pub enum Response {
     /// One answer per listed worker, in the order listed (`None`: no such worker).
     Heartbeats(Vec<Option<HeartbeatAck>>),
     PoolWorkerTtlSet,
+    /// The version set takes effect at `since`.
+    PricePlanSet {
+        since: UnixMillis,
+    },
+    BillingPlanSet,
     /// The report was recorded; `finished` when it ended the placement (then released).
     StatusReported {
         finished: Option<FinishedState>,
@@ -785,6 +815,8 @@ pub enum Rejection {
     NotAReservation { placement: PlacementId },
     #[error("placement group {group} not found")]
     GroupNotFound { group: GroupId },
+    #[error("price plan {plan} not found")]
+    PlanNotFound { plan: PlanId },
     #[error("placement group {group} already exists")]
     GroupExists { group: GroupId },
     #[error("placement group {group} holds {current} of {max_instances} instances; {requested} more do not fit")]
@@ -889,6 +921,7 @@ impl Rejection {
             Rejection::PlacementExists { .. } => "PLACEMENT_EXISTS",
             Rejection::NotAReservation { .. } => "NOT_A_RESERVATION",
             Rejection::GroupNotFound { .. } => "GROUP_NOT_FOUND",
+            Rejection::PlanNotFound { .. } => "PLAN_NOT_FOUND",
             Rejection::GroupExists { .. } => "GROUP_EXISTS",
             Rejection::GroupFull { .. } => "GROUP_FULL",
             Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{LeaseName, LogIndex, PlacementId, PoolId, TenantId, UnixMillis, WorkerId};
+use super::meter::Statement;
 use super::quota::QuotaEvent;
 use super::resources::Resources;
 use super::state::FinishedState;
@@ -120,6 +121,12 @@ pub enum Event {
     TenantDeleted {
         tenant: TenantId,
     },
+    /// A month of the tenant's meter ended (or, when the tenant is deleted, just before
+    /// `TenantDeleted`, its month so far): the statement is final.
+    Metered {
+        tenant: TenantId,
+        statement: Statement,
+    },
     WorkerRegistered {
         worker: WorkerId,
         pool: PoolId,
@@ -166,6 +173,7 @@ pub enum EventKind {
     Quota,
     TenantCreated,
     TenantDeleted,
+    Metered,
     WorkerRegistered,
     WorkerDown,
     WorkerRevived,
@@ -176,7 +184,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::Placed,
         EventKind::Confirmed,
         EventKind::Released,
@@ -192,6 +200,7 @@ impl EventKind {
         EventKind::Quota,
         EventKind::TenantCreated,
         EventKind::TenantDeleted,
+        EventKind::Metered,
         EventKind::WorkerRegistered,
         EventKind::WorkerDown,
         EventKind::WorkerRevived,
@@ -218,6 +227,7 @@ impl EventKind {
             EventKind::Quota => "QUOTA",
             EventKind::TenantCreated => "TENANT_CREATED",
             EventKind::TenantDeleted => "TENANT_DELETED",
+            EventKind::Metered => "METERED",
             EventKind::WorkerRegistered => "WORKER_REGISTERED",
             EventKind::WorkerDown => "WORKER_DOWN",
             EventKind::WorkerRevived => "WORKER_REVIVED",
@@ -310,7 +320,8 @@ impl Event {
             | Event::LeaseReleased { tenant, .. }
             | Event::LeaseExpired { tenant, .. }
             | Event::TenantCreated { tenant, .. }
-            | Event::TenantDeleted { tenant } => Some(tenant),
+            | Event::TenantDeleted { tenant }
+            | Event::Metered { tenant, .. } => Some(tenant),
             Event::Quota(e) => Some(match e {
                 QuotaEvent::BurstEntered { tenant, .. }
                 | QuotaEvent::GraceExpired { tenant }
@@ -344,6 +355,7 @@ impl Event {
             Event::Quota(_) => EventKind::Quota,
             Event::TenantCreated { .. } => EventKind::TenantCreated,
             Event::TenantDeleted { .. } => EventKind::TenantDeleted,
+            Event::Metered { .. } => EventKind::Metered,
             Event::WorkerRegistered { .. } => EventKind::WorkerRegistered,
             Event::WorkerDown { .. } => EventKind::WorkerDown,
             Event::WorkerRevived { .. } => EventKind::WorkerRevived,
@@ -380,7 +392,8 @@ impl Event {
             | Event::LeaseExpired { .. }
             | Event::Quota(_)
             | Event::TenantCreated { .. }
-            | Event::TenantDeleted { .. } => Vec::new(),
+            | Event::TenantDeleted { .. }
+            | Event::Metered { .. } => Vec::new(),
         }
     }
 }

@@ -102,6 +102,10 @@ string_id!(
     /// The name of one of a tenant's API tokens (the token itself is never stored).
     TokenId
 );
+string_id!(
+    /// A price plan (`meter.rs`).
+    PlanId
+);
 
 /// The pool a worker or placement uses when none is named.
 pub const DEFAULT_POOL: &str = "default";

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::index::Indexes;
 use super::resources::LabelTerm;
 use super::{
-    Dimension, GroupStrategy, Resources, Scheduler, TenantId, Usage, UsageTotals, WorkerId,
+    Dimension, GroupStrategy, PoolId, Resources, Scheduler, TenantId, Usage, UsageTotals, WorkerId,
 };
 
 impl Scheduler {
@@ -16,6 +16,36 @@ impl Scheduler {
     pub fn check_invariants(&self) -> Result<(), Vec<String>> {
         let s = &self.state;
         let mut bad = Vec::new();
+
+        // Every tenant's meter runs at what its own placements and reservations hold.
+        let mut held: BTreeMap<(&TenantId, (PoolId, bool)), Resources> = BTreeMap::new();
+        for p in s.placements.values() {
+            let key = (&p.tenant, (p.pool.clone(), p.expires_at.is_some()));
+            let total = p.spec.resources.checked_mul(u64::from(p.spec.count));
+            let slot = held.entry(key).or_default();
+            match total.and_then(|t| slot.checked_add(t)) {
+                Some(sum) => *slot = sum,
+                None => bad.push(format!("what tenant {} holds overflows", p.tenant)),
+            }
+        }
+        for t in s.tenants.values() {
+            let metered: Vec<_> =
+                t.meter.rates.iter().map(|(k, r)| ((&t.id, k.clone()), *r)).collect();
+            let holds: Vec<_> = held
+                .range((&t.id, (PoolId::default(), false))..)
+                .take_while(|((id, _), _)| *id == &t.id)
+                .map(|((id, k), r)| ((*id, k.clone()), *r))
+                .collect();
+            if metered != holds {
+                bad.push(format!(
+                    "tenant {}'s meter runs at {metered:?}, it holds {holds:?}",
+                    t.id
+                ));
+            }
+            if t.meter.integrated_at > s.now {
+                bad.push(format!("tenant {}'s meter is ahead of log time", t.id));
+            }
+        }
 
         // 1 and 5: allocation equals the sum of live instances and never exceeds capacity.
         let mut allocated: BTreeMap<&WorkerId, Resources> = BTreeMap::new();

@@ -75,6 +75,8 @@ impl Scheduler {
             pool_worker_ttls: s.pool_worker_ttls.clone(),
             // A copy never ends a placement it keeps a record of.
             finished: Default::default(),
+            // Nor is its meters' pricing ever read.
+            price_plans: Default::default(),
         };
         let mut ix = self.ix.clone();
         ix.finished_order.clear();
@@ -211,6 +213,8 @@ impl Scheduler {
 
         let lineage = self.lineage(&placement.tenant);
         self.roll_windows(&lineage);
+        self.meter_tenant(&placement.tenant);
+        self.meter_hold(&placement, true);
         for ancestor in &lineage {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
@@ -317,6 +321,8 @@ impl Scheduler {
         self.queue_dirty = true;
         let lineage = self.lineage(tenant);
         self.roll_windows(&lineage);
+        self.meter_tenant(tenant);
+        self.meter_hold(&placement, false);
         for ancestor in &lineage {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.sub(&placement.pool, usage).expect("invariant: usage covers its placements");
@@ -384,12 +390,19 @@ impl Scheduler {
         let placement = self
             .state
             .placements
-            .get_mut(&key)
+            .get(&key)
             .ok_or_else(|| Rejection::PlacementNotFound { placement: id.clone() })?;
-        let Some(at) = placement.expires_at.take() else {
+        if placement.expires_at.is_none() {
             return Err(Rejection::NotAReservation { placement: id.clone() });
-        };
+        }
+        // Metered as a reservation until now, as a placement from now.
+        self.meter_tenant(tenant);
+        let reserved = self.state.placements[&key].clone();
+        self.meter_hold(&reserved, false);
+        let placement = self.state.placements.get_mut(&key).expect("invariant: looked up above");
+        let at = placement.expires_at.take().expect("invariant: a reservation");
         let confirmed = placement.clone();
+        self.meter_hold(&confirmed, true);
         let deadline = Deadline::Reservation(tenant.clone(), id.clone());
         assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
         let instances = confirmed.instances.clone();

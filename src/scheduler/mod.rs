@@ -26,6 +26,7 @@ mod jobs;
 mod leases;
 mod lifecycle;
 mod liveness;
+pub mod meter;
 pub mod money;
 mod placement;
 mod preempt;
@@ -49,10 +50,11 @@ pub use command::{
 };
 pub use events::{Event, EventKind, QueueCause, ReleaseReason};
 pub use ids::{
-    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
-    UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
+    GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId, TenantId, TokenHash,
+    TokenId, UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
 };
 pub use jobs::{Decision, VERDICTS_MAX};
+pub use meter::{Item, PricePlan, Prices, Statement, StatementLine, Tier};
 pub use placement::Filter as WorkerFilter;
 pub use preempt::{PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX};
 pub use query::{Answer, Query};
@@ -386,6 +388,10 @@ impl Scheduler {
             }
             Command::Heartbeat { workers } => self.heartbeat(index, workers),
             Command::SetPoolWorkerTtl { pool, ttl_ms } => self.set_pool_worker_ttl(pool, ttl_ms),
+            Command::SetPricePlan { plan, prices, effective_at } => {
+                self.set_price_plan(plan, prices, effective_at)
+            }
+            Command::SetBillingPlan { tenant, plan } => self.set_billing_plan(&tenant, plan),
             Command::ReportStatus { worker, tenant, placement, slot, assigned_at, status } => {
                 self.report_status(index, worker, tenant, placement, slot, assigned_at, status)
             }
@@ -422,15 +428,17 @@ impl Scheduler {
                     expired.push(Expired::TimeLimit { tenant, placement });
                 }
                 Deadline::Reservation(tenant, reservation) => {
-                    // The deadline was popped above; release() must not look for it again.
                     let key = (tenant.clone(), reservation.clone());
-                    let p = self
-                        .state
-                        .placements
-                        .get_mut(&key)
-                        .expect("invariant: deadline has reservation");
-                    assert!(p.is_reservation(), "invariant: only reservations have deadlines");
-                    p.expires_at = None;
+                    let p = self.state.placements.get(&key);
+                    let p = p.expect("invariant: deadline has reservation");
+                    assert!(
+                        p.expires_at == Some(at),
+                        "invariant: only reservations have deadlines"
+                    );
+                    // Put back: release() takes it away with the reservation (which stays one
+                    // to the end, so it is metered as a reservation).
+                    let deadline = Deadline::Reservation(tenant.clone(), reservation.clone());
+                    self.ix.deadlines.insert((at, deadline));
                     let reason = ReleaseReason::ReservationExpired;
                     self.release(&tenant, &reservation, reason).expect("invariant: reserved");
                     expired.push(Expired::Reservation { tenant, reservation });

@@ -19,7 +19,8 @@ use super::{Scheduler, State};
 /// placements `queue_if_unavailable`, slots and a time limit; specs `on_worker_lost` and
 /// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
 /// work lost with a worker (`Applied::lost`).
-pub const SNAPSHOT_VERSION: u32 = 7;
+/// 8: tenants gained a billing plan and a meter; the state price plans.
+pub const SNAPSHOT_VERSION: u32 = 8;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -9,9 +9,10 @@ use std::hash::BuildHasher;
 
 use super::command::{Applied, PlaceSpec, Rejection};
 use super::ids::{
-    GroupId, LeaseName, LogIndex, PlacementId, PoolId, RequestId, TenantId, TokenHash, TokenId,
-    UnixMillis, WorkerId,
+    GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId, TenantId, TokenHash,
+    TokenId, UnixMillis, WorkerId,
 };
+use super::meter::{Meter, PricePlan};
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
@@ -176,6 +177,10 @@ pub struct Tenant {
     pub windows: WindowCounters,
     pub tokens: BTreeMap<TokenId, Token>,
     pub created_at: UnixMillis,
+    /// The price plan it pays by (`None`: the `default` plan, if there is one).
+    pub billing_plan: Option<PlanId>,
+    /// What its own placements and reservations have used this month (`meter.rs`).
+    pub meter: Box<Meter>,
 }
 
 /// One of a tenant's API tokens: only its hash is kept, never the token.
@@ -583,4 +588,6 @@ pub struct State {
     pub pool_worker_ttls: BTreeMap<PoolId, u64>,
     /// Placements that completed, failed, were lost or timed out, for a bounded retention.
     pub finished: BTreeMap<(TenantId, PlacementId), Finished>,
+    /// Price plans by name (`SetPricePlan`).
+    pub price_plans: BTreeMap<PlanId, PricePlan>,
 }

@@ -2,6 +2,7 @@
 
 use super::events::Event;
 use super::index::Deadline;
+use super::meter::Meter;
 use super::windows::WindowCounters;
 use super::SessionKey;
 use super::{
@@ -45,6 +46,8 @@ impl Scheduler {
             windows: WindowCounters::new(self.state.now),
             tokens: Default::default(),
             created_at: self.state.now,
+            billing_plan: None,
+            meter: Box::new(Meter::new(self.state.now)),
         };
         self.state.tenants.insert(tenant.clone(), created.clone());
         self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });
@@ -116,6 +119,12 @@ impl Scheduler {
             .collect();
         for key in sessions {
             self.state.sessions.remove(&key).expect("invariant: listed above");
+        }
+        // Its month so far is final: nothing more can be metered.
+        self.meter_tenant(tenant);
+        let closed = self.tenant_mut(tenant).expect("invariant: looked up above").meter.close();
+        if let Some(statement) = closed {
+            self.emit(Event::Metered { tenant: tenant.clone(), statement });
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
         self.ix.set_guaranteed(tenant, removed.quota.guarantees.keys(), false);

@@ -125,6 +125,7 @@ pub enum ClientCmd {
     Group(group::GroupCmd),
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Price plans, tenants' statements, and shared costs split exactly.
     #[command(subcommand)]
     Cost(cost::CostCmd),
     #[command(subcommand)]

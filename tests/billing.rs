@@ -1,0 +1,220 @@
+//! The Billing service on a real cluster: price plans (admin only, idempotent by request id,
+//! every bad input refused with a short error and no change), the plan a tenant pays by, and a
+//! tenant's statement — its own token reads its own, never another tenant's.
+
+mod common;
+
+use std::str::FromStr;
+
+use berth::api::pb;
+use common::*;
+use rust_decimal::{Decimal, RoundingStrategy};
+use tonic::Code;
+
+fn tier(up_to_hours: Option<u64>, per_hour: &str) -> pb::PriceTier {
+    pb::PriceTier { up_to_hours, per_hour: per_hour.into() }
+}
+
+fn item(name: &str, tiers: Vec<pb::PriceTier>) -> pb::ItemPrice {
+    pb::ItemPrice { item: name.into(), tiers }
+}
+
+fn set_plan(plan: &str, pools: Vec<pb::PoolPrices>) -> pb::SetPricePlanRequest {
+    pb::SetPricePlanRequest { request_id: rid(), plan: plan.into(), pools, effective_at_ms: None }
+}
+
+fn every_pool(items: Vec<pb::ItemPrice>) -> Vec<pb::PoolPrices> {
+    vec![pb::PoolPrices { pool: String::new(), items }]
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).expect("a decimal")
+}
+
+/// Bad prices, unknown items and plans, and tenant tokens are refused, each with a short error,
+/// and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_prices_are_refused() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    let acme = issue_token(&mut c, "acme").await;
+    let cpu = |price: &str| every_pool(vec![item("cpu", vec![tier(None, price)])]);
+    let bad: Vec<(pb::SetPricePlanRequest, &str)> = vec![
+        (set_plan("p", cpu("-0.01")), "INVALID_ARGUMENT"),
+        (set_plan("p", cpu("0.0000001")), "INVALID_ARGUMENT"),
+        (set_plan("p", cpu("1000000.5")), "INVALID_ARGUMENT"),
+        (set_plan("p", cpu(&"9".repeat(10_000))), "INVALID_DECIMAL"),
+        (set_plan("p", cpu("one")), "INVALID_DECIMAL"),
+        (set_plan("p", every_pool(vec![item("gpu", vec![tier(None, "1")])])), "INVALID_ARGUMENT"),
+        (set_plan("p", every_pool(vec![item(&"x".repeat(5_000), vec![])])), "INVALID_ARGUMENT"),
+        (set_plan("p", every_pool(vec![item("cpu", vec![])])), "INVALID_ARGUMENT"),
+        (
+            set_plan(
+                "p",
+                every_pool(vec![item("cpu", (0..100).map(|_| tier(None, "1")).collect())]),
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            set_plan(
+                "p",
+                every_pool(vec![item(
+                    "cpu",
+                    vec![tier(Some(5), "1"), tier(Some(5), "1"), tier(None, "1")],
+                )]),
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            set_plan(
+                "p",
+                every_pool(vec![
+                    item("cpu", vec![tier(None, "1")]),
+                    item("cpu", vec![tier(None, "2")]),
+                ]),
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (set_plan("p", [cpu("1"), cpu("2")].concat()), "INVALID_ARGUMENT"),
+        (
+            set_plan(
+                "p",
+                (0..2_000)
+                    .map(|i| pb::PoolPrices { pool: format!("pool-{i}"), items: Vec::new() })
+                    .collect(),
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (set_plan(&"p".repeat(5_000), cpu("1")), "INVALID_ARGUMENT"),
+        (set_plan("", cpu("1")), "INVALID_ARGUMENT"),
+    ];
+    for (request, expected) in bad {
+        let refused =
+            c.billing.set_price_plan(authed(ADMIN_TOKEN, request)).await.expect_err("bad");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(reason(&refused), expected, "{refused:?}");
+        assert!(refused.message().len() < 300, "a short error: {}", refused.message());
+    }
+    // A tenant token may not price, list plans or choose its plan.
+    let denied = [
+        c.billing.set_price_plan(authed(&acme, set_plan("p", cpu("1")))).await.expect_err("admin"),
+        c.billing
+            .list_price_plans(authed(&acme, pb::ListPricePlansRequest { read: None }))
+            .await
+            .expect_err("admin"),
+        c.billing
+            .set_billing_plan(authed(
+                &acme,
+                pb::SetBillingPlanRequest {
+                    request_id: rid(),
+                    tenant_id: "acme".into(),
+                    plan: String::new(),
+                },
+            ))
+            .await
+            .expect_err("admin"),
+    ];
+    for refused in denied {
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    let unknown = pb::SetBillingPlanRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        plan: "nope".into(),
+    };
+    let refused =
+        c.billing.set_billing_plan(authed(ADMIN_TOKEN, unknown)).await.expect_err("unknown");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::NotFound, "PLAN_NOT_FOUND"));
+    let plans = c
+        .billing
+        .list_price_plans(authed(ADMIN_TOKEN, pb::ListPricePlansRequest { read: None }))
+        .await
+        .expect("lists")
+        .into_inner()
+        .plans;
+    assert!(plans.is_empty(), "nothing was set: {plans:?}");
+    cluster.shutdown().await;
+}
+
+/// Prices set once (a retry replays the first answer), a tenant's own plan, and statements:
+/// each line's amount is its exact quantity at its price, rounded once to the cent, and the
+/// total is their sum. A tenant reads its own statement and no other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_price_what_tenants_hold() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "globex").await;
+    let acme = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 64_000).await;
+    let default = set_plan("default", every_pool(vec![item("cpu", vec![tier(None, "3600")])]));
+    let first = c.billing.set_price_plan(authed(ADMIN_TOKEN, default.clone())).await.expect("set");
+    let retry = c.billing.set_price_plan(authed(ADMIN_TOKEN, default)).await.expect("replayed");
+    let (first, retry) = (first.into_inner(), retry.into_inner());
+    let (w1, w2) = (first.write.expect("write info"), retry.write.expect("write info"));
+    assert!(w1.log_index > 0 && w2.replayed && w2.log_index == w1.log_index);
+    assert_eq!(first.effective_at_ms, retry.effective_at_ms);
+    let gold = set_plan(
+        "gold",
+        every_pool(vec![
+            item("cpu", vec![tier(Some(1), "7200"), tier(None, "1")]),
+            item("memory", vec![tier(None, "0.5")]),
+        ]),
+    );
+    c.billing.set_price_plan(authed(ADMIN_TOKEN, gold)).await.expect("set");
+    let assign = pb::SetBillingPlanRequest {
+        request_id: rid(),
+        tenant_id: "globex".into(),
+        plan: "gold".into(),
+    };
+    let assigned = c.billing.set_billing_plan(authed(ADMIN_TOKEN, assign)).await.expect("assigned");
+    assert!(assigned.into_inner().write.expect("write info").log_index > 0);
+
+    c.scheduler.place(authed(ADMIN_TOKEN, place("acme", spec("a", 2_000)))).await.expect("placed");
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("globex", spec("g", 1_000))))
+        .await
+        .expect("placed");
+    // At 3,600 per cpu-hour, one cpu costs a cent per 10 ms of log time: wait for a few cents.
+    let statement = |token: String, tenant: &str| {
+        let mut billing = c.billing.clone();
+        let request = pb::GetStatementRequest { tenant_id: tenant.into(), read: None };
+        async move { billing.get_statement(authed(&token, request)).await }
+    };
+    let acme_now = poll("acme's statement to show a cost", || {
+        let s = statement(acme.clone(), "acme");
+        async move {
+            let s = s.await.expect("its own statement").into_inner();
+            let total = d(&s.current.as_ref().expect("a current month").total);
+            (total > d("0.10")).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(acme_now.plan, "default");
+    let current = acme_now.current.expect("a current month");
+    // cpu priced by the default plan; memory unpriced (the plan does not list it): 0.00.
+    assert_eq!(current.lines.len(), 2, "{current:?}");
+    let line = current.lines.iter().find(|l| l.item == "cpu").expect("a cpu line");
+    let memory = current.lines.iter().find(|l| l.item == "memory").expect("a memory line");
+    assert_eq!((memory.plan.as_str(), memory.amount.as_str()), ("", "0.00"));
+    assert_eq!(
+        (line.item.as_str(), line.unit.as_str(), line.plan.as_str()),
+        ("cpu", "cpu-hour", "default")
+    );
+    // 2 cpus at 3,600 per cpu-hour: quantity (cpu_millis x ms) x 3,600 / 3.6e9, to the cent.
+    let quantity = u128::from_str(&line.quantity).expect("an integer quantity");
+    let exact = Decimal::from_i128_with_scale(quantity as i128, 0) * d("3600") / d("3600000000");
+    let rounded = exact.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    assert_eq!(d(&line.amount), rounded, "{line:?}");
+    assert_eq!(d(&current.total), d(&line.amount) + d(&memory.amount));
+
+    let globex =
+        statement(ADMIN_TOKEN.into(), "globex").await.expect("admin reads any").into_inner();
+    assert_eq!(globex.plan, "gold");
+    let lines = globex.current.expect("a current month").lines;
+    assert!(lines.iter().any(|l| l.item == "cpu" && l.plan == "gold"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.item == "memory"), "{lines:?}");
+
+    let other = statement(acme, "globex").await.expect_err("another tenant's statement");
+    assert_eq!(other.code(), Code::PermissionDenied);
+    cluster.shutdown().await;
+}
