@@ -16,7 +16,8 @@
 //!   else from the crate; no IO, clocks, tasks or randomness (enforced by `tests/tidy.rs`).
 //!   `scheduler::testing` is the one harness (a log with its own index and time) for the
 //!   core's tests and benches; `scheduler::events` is what each applied entry reports it did
-//!   (`Applied::journal`, in order, the same on every replica), the source of watches.
+//!   (`Applied::journal`, in order, the same on every replica), the source of watches;
+//!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and

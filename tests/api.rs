@@ -669,6 +669,7 @@ async fn billing_status_health_and_reflection() {
     let r = pb::AllocateSharedCostRequest {
         total: "10000.00".into(),
         weights: vec!["1".into(), "1".into(), "1".into()],
+        by_usage: None,
     };
     let parts = c
         .billing
@@ -678,7 +679,11 @@ async fn billing_status_health_and_reflection() {
         .into_inner()
         .parts;
     assert_eq!(parts, vec!["3333.34", "3333.33", "3333.33"]);
-    let bad = pb::AllocateSharedCostRequest { total: "1.005".into(), weights: vec!["1".into()] };
+    let bad = pb::AllocateSharedCostRequest {
+        total: "1.005".into(),
+        weights: vec!["1".into()],
+        by_usage: None,
+    };
     let refused =
         c.billing.allocate_shared_cost(authed(ADMIN_TOKEN, bad)).await.expect_err("sub-cent");
     assert_eq!(reason(&refused), "INVALID_ALLOCATION");

@@ -190,7 +190,7 @@ async fn statements_price_what_tenants_hold() {
     })
     .await;
     assert_eq!(acme_now.plan, "default");
-    let current = acme_now.current.expect("a current month");
+    let current = acme_now.current.clone().expect("a current month");
     // cpu priced by the default plan; memory unpriced (the plan does not list it): 0.00.
     assert_eq!(current.lines.len(), 2, "{current:?}");
     let line = current.lines.iter().find(|l| l.item == "cpu").expect("a cpu line");
@@ -214,7 +214,60 @@ async fn statements_price_what_tenants_hold() {
     assert!(lines.iter().any(|l| l.item == "cpu" && l.plan == "gold"), "{lines:?}");
     assert!(lines.iter().any(|l| l.item == "memory"), "{lines:?}");
 
-    let other = statement(acme, "globex").await.expect_err("another tenant's statement");
+    // Held to the month's end, acme's month costs more than it has so far.
+    assert!(d(&acme_now.projected_total) > d(&current.total), "{acme_now:?}");
+    assert_eq!(acme_now.projected_with_queued, acme_now.projected_total, "nothing queued");
+
+    let other = statement(acme.clone(), "globex").await.expect_err("another tenant's statement");
     assert_eq!(other.code(), Code::PermissionDenied);
+
+    // A shared bill split by metered cpu: the parts sum exactly to the total, in the order
+    // asked, weighted by each tenant's exact quantity.
+    let by_usage = |tenants: &[&str], item: &str| pb::AllocateSharedCostRequest {
+        total: "1000.00".into(),
+        weights: Vec::new(),
+        by_usage: Some(pb::UsageBasis {
+            tenant_ids: tenants.iter().map(|t| (*t).into()).collect(),
+            item: item.into(),
+            last_month: false,
+        }),
+    };
+    let split = c
+        .billing
+        .allocate_shared_cost(authed(ADMIN_TOKEN, by_usage(&["acme", "globex"], "cpu")))
+        .await
+        .expect("splits")
+        .into_inner();
+    let sum: Decimal = split.parts.iter().map(|p| d(p)).sum();
+    assert_eq!(sum, d("1000.00"));
+    let weights: Vec<Decimal> = split.weights.iter().map(|w| d(w)).collect();
+    assert!(weights.iter().all(|w| *w > Decimal::ZERO), "{split:?}");
+    assert!(d(&split.parts[0]) > d(&split.parts[1]), "acme holds twice globex's cpu: {split:?}");
+    let refusals = [
+        (ADMIN_TOKEN.to_owned(), by_usage(&["acme", "nobody"], "cpu"), Code::NotFound),
+        (ADMIN_TOKEN.to_owned(), by_usage(&["acme"], "gpu"), Code::InvalidArgument),
+        (ADMIN_TOKEN.to_owned(), by_usage(&[], "cpu"), Code::InvalidArgument),
+        (acme.clone(), by_usage(&["acme"], "cpu"), Code::PermissionDenied),
+        (
+            ADMIN_TOKEN.to_owned(),
+            pb::AllocateSharedCostRequest {
+                weights: vec!["1".into()],
+                ..by_usage(&["acme"], "cpu")
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (token, request, code) in refusals {
+        let refused =
+            c.billing.allocate_shared_cost(authed(&token, request)).await.expect_err("bad");
+        assert_eq!(refused.code(), code, "{refused:?}");
+    }
+    // Nobody used any memory yet, reserved: the weights sum to zero.
+    let zero = c
+        .billing
+        .allocate_shared_cost(authed(ADMIN_TOKEN, by_usage(&["acme", "globex"], "reserved_memory")))
+        .await
+        .expect_err("no usage to split by");
+    assert_eq!(reason(&zero), "INVALID_ALLOCATION");
     cluster.shutdown().await;
 }

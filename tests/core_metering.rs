@@ -242,6 +242,36 @@ fn months_end_with_a_final_statement() {
     assert_eq!(month_label(month_of(UnixMillis(0))), "1970-01");
 }
 
+/// The projection runs the meter to the month's end: what is held, exactly, and with the
+/// queued placements admitted now.
+#[test]
+fn projections_run_the_meter_to_the_months_end() {
+    let mut log = Log::new();
+    log.setup();
+    let p = prices(&[(Item::Cpu, vec![tier(None, "1")])], &[]);
+    log.ok(Command::SetPricePlan { plan: "default".into(), prices: p, effective_at: None });
+    let placed_at = log.now;
+    log.ok(Command::Place { tenant: "t0".into(), spec: spec("p", "a", 1_000, 0, 1), fence: None });
+    log.advance(HOUR);
+    // Two workers of 4 cpus in pool a: four more of 3 cpus must wait.
+    let queued = log.ok(Command::PlaceOrQueue {
+        tenant: "t0".into(),
+        spec: spec("q", "a", 3_000, 0, 4),
+        fence: None,
+    });
+    assert!(matches!(queued, Response::Queued(_)), "{queued:?}");
+    let queued_at = log.now;
+    let end = month_start(month_of(UnixMillis(log.now)) + 1);
+    let projection = log.s.projection(&"t0".into()).expect("tenant exists");
+    assert_eq!(projection.month_end, end);
+    let held = u128::from(1_000 * (end.0 - placed_at));
+    assert_eq!(projection.held, meter::amount(Item::Cpu, held, d("1")));
+    let waiting = u128::from(12_000 * (end.0 - queued_at));
+    assert_eq!(projection.with_queued, meter::amount(Item::Cpu, held + waiting, d("1")));
+    // Nothing changed: the statement still runs to now.
+    assert_eq!(log.statement("t0").0.total, d("1.00"));
+}
+
 // ----- the property test -----------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

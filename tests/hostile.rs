@@ -312,6 +312,7 @@ async fn errors_quote_a_short_prefix() {
                 pb::AllocateSharedCostRequest {
                     total: "9".repeat(10_000),
                     weights: vec!["1".into()],
+                    by_usage: None,
                 },
             ))
             .await

@@ -1,6 +1,6 @@
 //! The `Billing` service: price plans and the plan each tenant pays by (admin), a tenant's
 //! metered statement (its own token or the admin's), and exact allocation of a shared cost
-//! (any caller; it reads and writes no state).
+//! (any caller; by metered usage, the admin only).
 
 use std::str::FromStr;
 
@@ -13,10 +13,62 @@ use super::status::{self, invalid, not_found};
 use super::{convert, pb, Api};
 use crate::raft::types::Proposal;
 use crate::scheduler::ids::quoted;
-use crate::scheduler::money::allocate;
-use crate::scheduler::{Command, PlanId, UnixMillis};
+use crate::scheduler::money::{allocate, PARTS_MAX};
+use crate::scheduler::{Command, Item, PlanId, TenantId, UnixMillis};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
+
+impl Api {
+    /// Log time moves only with entries (an idle cluster proposes none): a Tick, so what is
+    /// read next runs up to the moment it was asked for.
+    async fn bring_log_time_to_now(&self) -> std::result::Result<(), Status> {
+        let tick = Proposal { request_id: None, command: Command::Tick, token: None };
+        self.replica.propose(tick).await.map(|_| ()).map_err(|e| status::write_error(&e))
+    }
+
+    /// `UsageBasis`: each tenant's metered quantity of one item, as weights (admin only).
+    async fn usage_weights(
+        &self,
+        caller: &super::auth::Caller,
+        basis: &pb::UsageBasis,
+    ) -> std::result::Result<Vec<Decimal>, Status> {
+        require_admin(caller)?;
+        if basis.tenant_ids.is_empty() || basis.tenant_ids.len() > PARTS_MAX {
+            return Err(invalid("INVALID_ARGUMENT", format!("1..={PARTS_MAX} tenants")));
+        }
+        let item = Item::from_name(&basis.item).ok_or_else(|| {
+            let quoted = quoted(&basis.item);
+            invalid("INVALID_ARGUMENT", format!("unknown item {quoted}"))
+        })?;
+        let tenants = basis
+            .tenant_ids
+            .iter()
+            .map(|t| tenant_scope(caller, t))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.bring_log_time_to_now().await?;
+        let last_month = basis.last_month;
+        let weights = self
+            .read(caller, None, |s| {
+                tenants
+                    .iter()
+                    .map(|t| {
+                        let (current, last) = s.statements(t).ok_or_else(|| t.clone())?;
+                        let statement = if last_month { last } else { Some(current) };
+                        let quantity: u128 = statement
+                            .iter()
+                            .flat_map(|s| &s.lines)
+                            .filter(|l| l.item == item)
+                            .map(|l| l.quantity)
+                            .sum();
+                        let quantity = i128::try_from(quantity).unwrap_or(i128::MAX);
+                        Ok(Decimal::try_from_i128_with_scale(quantity, 0).unwrap_or(Decimal::MAX))
+                    })
+                    .collect::<std::result::Result<Vec<Decimal>, TenantId>>()
+            })
+            .await?;
+        weights.map_err(|t| not_found("tenant", t.as_str()))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::billing_server::Billing for Api {
@@ -24,7 +76,7 @@ impl pb::billing_server::Billing for Api {
         &self,
         request: Request<pb::AllocateSharedCostRequest>,
     ) -> Result<pb::AllocateSharedCostResponse> {
-        self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let parse = |field: &str, s: &str| {
             Decimal::from_str(s.trim()).map_err(|e| {
@@ -32,15 +84,23 @@ impl pb::billing_server::Billing for Api {
             })
         };
         let total = parse("total", &r.total)?;
-        let weights = r
-            .weights
-            .iter()
-            .map(|w| parse("weight", w))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let weights = match &r.by_usage {
+            Some(basis) if r.weights.is_empty() => self.usage_weights(&caller, basis).await?,
+            Some(_) => {
+                let message = "give weights or by_usage, not both";
+                return Err(invalid("INVALID_ARGUMENT", message));
+            }
+            None => r
+                .weights
+                .iter()
+                .map(|w| parse("weight", w))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        };
         let parts =
             allocate(total, &weights).map_err(|e| invalid("INVALID_ALLOCATION", e.to_string()))?;
         Ok(Reply::new(pb::AllocateSharedCostResponse {
             parts: parts.iter().map(Decimal::to_string).collect(),
+            weights: weights.iter().map(Decimal::to_string).collect(),
         }))
     }
 
@@ -111,17 +171,18 @@ impl pb::billing_server::Billing for Api {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let tenant = tenant_scope(&caller, &r.tenant_id)?;
-        // Log time moves only with entries (an idle cluster proposes none): a Tick first, so
-        // the statement runs up to the moment it was asked for.
-        let tick = Proposal { request_id: None, command: Command::Tick, token: None };
-        self.replica.propose(tick).await.map_err(|e| status::write_error(&e))?;
+        self.bring_log_time_to_now().await?;
         let found = self
             .read(&caller, r.read, |s| {
                 let plan = s.billing_plan_of(&tenant).map(|p| p.0.clone()).unwrap_or_default();
+                let projection = s.projection(&tenant)?;
                 s.statements(&tenant).map(|(current, last)| pb::GetStatementResponse {
                     current: Some(convert::pb_statement(&current)),
                     last_month: last.as_ref().map(convert::pb_statement),
                     plan,
+                    projected_total: projection.held.to_string(),
+                    projected_with_queued: projection.with_queued.to_string(),
+                    month_end_ms: projection.month_end.0,
                 })
             })
             .await?;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Rejection, Response};
 use super::events::Event;
-use super::ids::{validate_object_id, PlanId, PoolId, TenantId, UnixMillis};
+use super::ids::{validate_object_id, PlacementId, PlanId, PoolId, TenantId, UnixMillis};
 use super::resources::Resources;
 use super::state::{Placement, Tenant};
 use super::windows::{month_of, month_start};
@@ -302,6 +302,16 @@ pub struct StatementLine {
     pub amount: Decimal,
 }
 
+/// What a tenant's month will cost at its end, exactly, if what it holds now is held until
+/// then (`held`), and if its queued placements were admitted now as well (`with_queued`): the
+/// meter run ahead through the tiers and the price versions already set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    pub month_end: UnixMillis,
+    pub held: Decimal,
+    pub with_queued: Decimal,
+}
+
 /// `quantity` of `item` at `per_hour`, rounded once to the cent (half away from zero). Exact:
 /// integer arithmetic on the price's mantissa. Within the bounds (a month of the largest
 /// cluster at `PRICE_PER_HOUR_MAX` with `PRICE_SCALE_MAX` decimals) nothing saturates.
@@ -555,6 +565,31 @@ impl Scheduler {
     pub fn billing_plan_of(&self, tenant: &TenantId) -> Option<&PlanId> {
         let t = self.state.tenants.get(tenant)?;
         Self::plan_of(&self.state.price_plans, t).map(|(id, _)| id)
+    }
+
+    /// Where `tenant`'s month is heading (`Projection`), without changing anything.
+    pub fn projection(&self, tenant: &TenantId) -> Option<Projection> {
+        let t = self.state.tenants.get(tenant)?;
+        let plan = Self::plan_of(&self.state.price_plans, t);
+        let mut meter = (*t.meter).clone();
+        meter.advance(self.state.now, plan);
+        let month_end = month_start(meter.month + 1);
+        let at_end = |mut m: Meter| {
+            let ended = m.advance(month_end, plan);
+            ended.first().map_or(Decimal::ZERO, |s| s.total)
+        };
+        let held = at_end(meter.clone());
+        let first = (tenant.clone(), PlacementId::new(""));
+        let queued = self.state.queue.range(first..).take_while(|((t, _), _)| t == tenant);
+        for (_, q) in queued {
+            let total = q.spec.resources.checked_mul(u64::from(q.spec.count)).unwrap_or_default();
+            let rate = meter.rates.entry((q.pool.clone(), false)).or_default();
+            *rate = Resources::new(
+                rate.cpu_millis.saturating_add(total.cpu_millis),
+                rate.memory_mib.saturating_add(total.memory_mib),
+            );
+        }
+        Some(Projection { month_end, held, with_queued: at_end(meter) })
     }
 
     /// `tenant`'s statement for this month up to now, and its last ended month's, without

@@ -54,7 +54,7 @@ pub use ids::{
     TokenId, UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
 };
 pub use jobs::{Decision, VERDICTS_MAX};
-pub use meter::{Item, PricePlan, Prices, Statement, StatementLine, Tier};
+pub use meter::{Item, PricePlan, Prices, Projection, Statement, StatementLine, Tier};
 pub use placement::Filter as WorkerFilter;
 pub use preempt::{PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX};
 pub use query::{Answer, Query};

@@ -9,12 +9,23 @@ use super::Session;
 
 #[derive(Subcommand, Debug)]
 pub enum CostCmd {
-    /// Split a total by weights, to the cent, parts summing exactly to the total.
+    /// Split a total by weights, to the cent, parts summing exactly to the total; or, with
+    /// --by-usage, by what each tenant was metered (admin).
     Allocate {
         #[arg(long)]
         total: String,
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', required_unless_present = "by_usage")]
         weights: Vec<String>,
+        /// Split by each tenant's metered quantity of this item (cpu, memory, reserved_cpu,
+        /// reserved_memory) this month so far, among --tenants.
+        #[arg(long, conflicts_with = "weights", requires = "tenants")]
+        by_usage: Option<String>,
+        /// The tenants to split among (with --by-usage), in the order of the parts.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// With --by-usage: their last ended month instead of this one.
+        #[arg(long, requires = "by_usage")]
+        last_month: bool,
     },
     /// Set a price plan's prices (admin), from now or later; prices in effect are never
     /// rewritten. The plan named "default" prices every tenant without a plan of its own.
@@ -37,7 +48,8 @@ pub enum CostCmd {
     Plans,
     /// The plan a tenant pays by from now (admin). Without PLAN: the "default" plan.
     Assign { tenant: String, plan: Option<String> },
-    /// A tenant's metered usage and cost: this UTC month so far and its last ended month.
+    /// A tenant's metered usage and cost: this UTC month so far, where it is heading (held to
+    /// the month's end, and with its queue admitted), and its last ended month.
     Statement { tenant: String },
 }
 
@@ -65,8 +77,10 @@ fn parse_price(text: &str) -> Result<(String, pb::ItemPrice), String> {
 
 pub async fn run(s: &Session, cmd: CostCmd) -> anyhow::Result<()> {
     match cmd {
-        CostCmd::Allocate { total, weights } => {
-            let m = pb::AllocateSharedCostRequest { total, weights };
+        CostCmd::Allocate { total, weights, by_usage, tenants, last_month } => {
+            let by_usage =
+                by_usage.map(|item| pb::UsageBasis { tenant_ids: tenants, item, last_month });
+            let m = pb::AllocateSharedCostRequest { total, weights, by_usage };
             s.show(&call!(s, billing, allocate_shared_cost, m))
         }
         CostCmd::Price { plan, prices, after, at_ms } => {
