@@ -133,6 +133,29 @@ async fn hostile_prices_are_refused() {
         .into_inner()
         .plans;
     assert!(plans.is_empty(), "nothing was set: {plans:?}");
+    // Ids too long or malformed, and unknown tenants.
+    let long = "a".repeat(5_000);
+    let statement = |tenant: &str| pb::GetStatementRequest { tenant_id: tenant.into(), read: None };
+    let refused = c.billing.get_statement(authed(ADMIN_TOKEN, statement(&long))).await;
+    let refused = refused.expect_err("long tenant id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 300, "a short error: {}", refused.message());
+    let refused = c.billing.get_statement(authed(ADMIN_TOKEN, statement(""))).await;
+    assert_eq!(refused.expect_err("no tenant").code(), Code::InvalidArgument);
+    let refused = c.billing.get_statement(authed(ADMIN_TOKEN, statement("nobody"))).await;
+    assert_eq!(refused.expect_err("unknown tenant").code(), Code::NotFound);
+    let assign = pb::SetBillingPlanRequest { request_id: rid(), tenant_id: long, plan: "p".into() };
+    let refused = c.billing.set_billing_plan(authed(ADMIN_TOKEN, assign)).await;
+    assert_eq!(refused.expect_err("long tenant id").code(), Code::InvalidArgument);
+    let assign = pb::SetBillingPlanRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        plan: "p".repeat(5_000),
+    };
+    let refused = c.billing.set_billing_plan(authed(ADMIN_TOKEN, assign)).await;
+    let refused = refused.expect_err("long plan id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 300, "a short error: {}", refused.message());
     cluster.shutdown().await;
 }
 

@@ -346,6 +346,20 @@ fn up_and_client_subcommands() {
     assert_eq!(expires_at, issued["write"]["applied_at_ms"].as_u64().expect("time") + 3_600_000);
     let listed = ok(api, login, &["tenant", "get", "acme"]);
     assert!(listed.contains(&format!("{expires_at}  ci")), "{listed}");
+    // Prices, the plans, and a statement that prices what acme holds.
+    let price = ["cost", "price", "default", "--price", "cpu=1000:0.04,0.03"];
+    ok(api, login, &[&price[..], &["--price", "memory=0.005"]].concat());
+    let plans = ok(api, login, &["cost", "plans", "--json"]);
+    let plans: serde_json::Value = serde_json::from_str(&plans).expect("json");
+    let cpu = &plans[0]["versions"][0]["pools"][0]["items"][0];
+    assert_eq!((&cpu["item"], &cpu["tiers"][1]["per_hour"]), (&"cpu".into(), &"0.03".into()));
+    let statement = ok(api, login, &["cost", "statement", "acme", "--json"]);
+    let statement: serde_json::Value = serde_json::from_str(&statement).expect("json");
+    assert_eq!(statement["plan"], "default", "{statement}");
+    let lines = statement["current"]["lines"].as_array().expect("lines");
+    assert!(lines.iter().any(|l| l["item"] == "cpu" && l["plan"] == "default"), "{statement}");
+    let bad = berth(api, login, &["cost", "price", "default", "--price", "cpu=-1"]);
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
     closed_stdout_ends_quietly(api, login);
     drop(cluster);
 
