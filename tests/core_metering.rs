@@ -711,3 +711,49 @@ proptest! {
         run(&ops)?;
     }
 }
+
+/// A million metered intervals (the drift run): one tenant's holdings change a
+/// million times at irregular moments over eleven days, under a two-tier price with awkward
+/// decimals. The meter's quantity equals the sum of rate × duration (u128, computed here), and
+/// its amount is that exact quantity priced and rounded once: no drift, however many
+/// intervals.
+#[test]
+fn a_million_intervals_meter_without_drift() {
+    use berth::scheduler::meter::{Meter, PricePlan, PriceVersion, CPU_MILLI_MS_PER_HOUR};
+    let start = month_start(month_of(UnixMillis(testing::T0)) + 1);
+    let plan_id = PlanId::new("p");
+    let p = prices(&[(Item::Cpu, vec![tier(Some(100), "0.035"), tier(None, "0.021")])], &[]);
+    let plan = PricePlan { versions: vec![PriceVersion { since: start, prices: p }] };
+    let mut meter = Meter::new(start);
+    let pool = PoolId::new("x");
+    let (mut now, mut held, mut expected) = (start.0, 0u64, 0u128);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    for _ in 0..1_000_000 {
+        let dt = 1 + next(1_999);
+        expected += u128::from(held) * u128::from(dt);
+        now += dt;
+        meter.advance(UnixMillis(now), Some((&plan_id, &plan)));
+        let change = 1 + next(3_000);
+        let add = held < change || next(2) == 0;
+        meter.hold(&pool, false, Resources::new(change, 0), add);
+        held = if add { held + change } else { held - change };
+    }
+    assert!(now < month_start(month_of(start) + 1).0, "the run stays in one month");
+    let s = meter.statement();
+    let quantity: u128 = s.lines.iter().map(|l| l.quantity).sum();
+    assert_eq!(quantity, expected, "the meter's quantity is the exact integral");
+    let bound = 100 * CPU_MILLI_MS_PER_HOUR;
+    let (first, rest) = (expected.min(bound), expected.saturating_sub(bound));
+    assert!(rest > 0, "both tiers are used");
+    let exact = |q: u128, price: &str| {
+        Decimal::from_i128_with_scale(q as i128, 0) * d(price) / Decimal::from(3_600_000_000u64)
+    };
+    let round = |x: Decimal| x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    assert_eq!(s.total, round(exact(first, "0.035")) + round(exact(rest, "0.021")), "{s:#?}");
+}
