@@ -353,6 +353,8 @@ fn up_and_client_subcommands() {
     let plans: serde_json::Value = serde_json::from_str(&plans).expect("json");
     let cpu = &plans[0]["versions"][0]["pools"][0]["items"][0];
     assert_eq!((&cpu["item"], &cpu["tiers"][1]["per_hour"]), (&"cpu".into(), &"0.03".into()));
+    let table = ok(api, login, &["cost", "plans"]);
+    assert!(table.contains("cpu") && table.contains("1000:0.04,0.03"), "{table}");
     let statement = ok(api, login, &["cost", "statement", "acme", "--json"]);
     let statement: serde_json::Value = serde_json::from_str(&statement).expect("json");
     assert_eq!(statement["plan"], "default", "{statement}");

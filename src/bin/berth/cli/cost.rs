@@ -105,7 +105,12 @@ pub async fn run(s: &Session, cmd: CostCmd) -> anyhow::Result<()> {
         }
         CostCmd::Plans => {
             let m = pb::ListPricePlansRequest { read: None };
-            s.show(&call!(s, billing, list_price_plans, m).plans)
+            let plans = call!(s, billing, list_price_plans, m).plans;
+            if s.json {
+                s.show(&plans)
+            } else {
+                s.show(&price_rows(&plans))
+            }
         }
         CostCmd::Assign { tenant, plan } => {
             let m = pb::SetBillingPlanRequest {
@@ -120,6 +125,42 @@ pub async fn run(s: &Session, cmd: CostCmd) -> anyhow::Result<()> {
             s.show(&call!(s, billing, get_statement, m))
         }
     }
+}
+
+/// One row per plan, version, pool and item: the plans as a table people can read.
+#[derive(serde::Serialize)]
+struct PriceRow {
+    plan: String,
+    since_ms: u64,
+    /// `*`: every pool not named.
+    pool: String,
+    item: String,
+    /// As `--price` takes them: `1000:0.04,0.03`.
+    tiers: String,
+}
+
+fn price_rows(plans: &[pb::PricePlan]) -> Vec<PriceRow> {
+    let mut rows = Vec::new();
+    for plan in plans {
+        for version in &plan.versions {
+            for pool in &version.pools {
+                for item in &pool.items {
+                    let tiers = item.tiers.iter().map(|t| match t.up_to_hours {
+                        Some(hours) => format!("{hours}:{}", t.per_hour),
+                        None => t.per_hour.clone(),
+                    });
+                    rows.push(PriceRow {
+                        plan: plan.plan.clone(),
+                        since_ms: version.since_ms,
+                        pool: if pool.pool.is_empty() { "*".into() } else { pool.pool.clone() },
+                        item: item.item.clone(),
+                        tiers: tiers.collect::<Vec<_>>().join(","),
+                    });
+                }
+            }
+        }
+    }
+    rows
 }
 
 fn unix_ms_now() -> anyhow::Result<u64> {
