@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::command::{Rejection, Response};
@@ -319,9 +319,14 @@ pub fn amount(item: Item, quantity: u128, per_hour: Decimal) -> Decimal {
     let mantissa = u128::try_from(per_hour.mantissa()).unwrap_or(0);
     let numerator = quantity.saturating_mul(mantissa).saturating_mul(100);
     let denominator = item.units_per_hour().saturating_mul(10u128.pow(per_hour.scale()));
-    let cents = numerator / denominator + u128::from(numerator % denominator * 2 >= denominator);
+    let cents = divide_rounded(numerator, denominator);
     let cents = i128::try_from(cents).unwrap_or(i128::MAX);
     Decimal::try_from_i128_with_scale(cents, 2).unwrap_or(Decimal::MAX)
+}
+
+/// `n / d` rounded half up: the one rounding of money and quantities made from exact integers.
+fn divide_rounded(n: u128, d: u128) -> u128 {
+    n / d + u128::from(n % d * 2 >= d)
 }
 
 /// A month (since January 1970) as "YYYY-MM".
@@ -334,7 +339,7 @@ pub fn month_label(month: u64) -> String {
 pub fn hours(item: Item, quantity: u128) -> Decimal {
     let units = item.units_per_hour();
     let micro = quantity.saturating_mul(1_000_000);
-    let rounded = micro / units + u128::from(micro % units * 2 >= units);
+    let rounded = divide_rounded(micro, units);
     Decimal::try_from_i128_with_scale(i128::try_from(rounded).unwrap_or(i128::MAX), 6)
         .unwrap_or(Decimal::MAX)
 }
@@ -478,7 +483,6 @@ impl Meter {
             })
             .collect();
         let total = lines.iter().fold(Decimal::ZERO, |sum, l| sum.saturating_add(l.amount));
-        let total = total.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
         Statement { month: self.month, from: month_start(self.month), to, lines, total }
     }
 }
