@@ -14,7 +14,10 @@
 //!   does; the session table starts full (`Config::sessions_max`), so every entry also evicts
 //!   one.
 //!
-//! Both run twice: `unconstrained`, and `constrained`, where workload `appN` (N in 0..1000) is
+//! - `place+release+budget`: as `place+release`, with cpu and memory priced and the tenant
+//!   given a budget with alerts and a hard stop (never reached): the cost of budgets.
+//!
+//! All run twice: `unconstrained`, and `constrained`, where workload `appN` (N in 0..1000) is
 //! labelled `app=appN`, has a required anti-affinity to `app=appN` and joins the spread
 //! placement group `gN`. Targets: 100,000 placements/s unconstrained, 20,000/s constrained.
 //!
@@ -30,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use berth::scheduler::testing::Log;
 use berth::scheduler::{
-    Command, Entry, GroupId, GroupStrategy, LabelTerm, Limits, PlaceSpec, PlacementId, Quota,
-    RequestId, Resources, Strategy, TenantId, WorkerId,
+    Budget, Command, Entry, GroupId, GroupStrategy, Item, LabelTerm, Limits, PlaceSpec,
+    PlacementId, Prices, Quota, RequestId, Resources, Strategy, TenantId, Tier, WorkerId,
 };
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
@@ -61,6 +64,9 @@ const SMOKE: Scale = Scale { workers: 1_000, placements: 10_000, apps: 100 };
 
 /// Times `iters` iterations of one scenario on a cluster, returning the time spent in `apply`.
 type Run = fn(&mut Cluster, u64) -> Duration;
+
+/// Readies a scenario's copy of the cluster, untimed.
+type Prepare = fn(&mut Cluster);
 
 /// One scenario's timed samples: (places, time spent applying).
 type Samples = Vec<(u64, Duration)>;
@@ -198,6 +204,25 @@ impl Cluster {
         cluster
     }
 
+    /// Prices cpu and memory and gives the tenant a budget it never reaches, with the default
+    /// alerts: every Place and Release then also moves its budget's deadline.
+    fn budget(&mut self) {
+        let mut prices = Prices::default();
+        for (item, price) in [(Item::Cpu, "0.04"), (Item::Memory, "0.005")] {
+            let per_hour = price.parse().expect("a decimal");
+            prices.other_pools.items.insert(item, vec![Tier { up_to_hours: None, per_hour }]);
+        }
+        let plan = "default".into();
+        self.apply_ok(Command::SetPricePlan { plan, prices, effective_at: None });
+        let budget = Budget {
+            per_month: "1000000000000".parse().expect("a decimal"),
+            per_day: None,
+            alerts_percent: vec![50, 80, 100],
+            hard_stop: true,
+        };
+        self.apply_ok(Command::SetBudget { tenant: self.tenant.clone(), budget: Some(budget) });
+    }
+
     fn entry(&mut self, command: Command, request_id: bool) -> Entry {
         // One millisecond of log time per entry.
         self.log.advance(1);
@@ -314,17 +339,22 @@ fn bench_kind(c: &mut Criterion, constrained: bool) {
     // One placement per iteration in every scenario (a pair places one and releases one).
     group.throughput(Throughput::Elements(1));
 
-    let scenarios: [(&str, Run); 3] = [
-        ("place", |cluster, iters| cluster.time_places(iters, false)),
-        ("place+release", |cluster, iters| cluster.time_place_release_pairs(iters)),
-        ("place+request-id", |cluster, iters| cluster.time_places(iters, true)),
+    let scenarios: [(&str, Prepare, Run); 4] = [
+        ("place", |_| {}, |cluster, iters| cluster.time_places(iters, false)),
+        ("place+release", |_| {}, |cluster, iters| cluster.time_place_release_pairs(iters)),
+        ("place+request-id", |_| {}, |cluster, iters| cluster.time_places(iters, true)),
+        ("place+release+budget", Cluster::budget, |cluster, iters| {
+            cluster.time_place_release_pairs(iters)
+        }),
     ];
-    for (name, run) in scenarios {
+    for (name, prepare, run) in scenarios {
         let mut cluster: Option<Cluster> = None;
         let scenario = format!("{kind}/{name}");
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             let cluster = cluster.get_or_insert_with(|| {
-                base.get_or_insert_with(|| Cluster::build(scale, constrained)).clone()
+                let mut c = base.get_or_insert_with(|| Cluster::build(scale, constrained)).clone();
+                prepare(&mut c);
+                c
             });
             b.iter_custom(|iters| {
                 let elapsed = run(cluster, iters);

@@ -17,7 +17,8 @@
 //!   `scheduler::testing` is the one harness (a log with its own index and time) for the
 //!   core's tests and benches; `scheduler::events` is what each applied entry reports it did
 //!   (`Applied::journal`, in order, the same on every replica), the source of watches;
-//!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan.
+//!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan;
+//!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and

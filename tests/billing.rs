@@ -294,3 +294,156 @@ async fn statements_price_what_tenants_hold() {
     assert_eq!(reason(&zero), "INVALID_ALLOCATION");
     cluster.shutdown().await;
 }
+
+fn set_budget(tenant: &str, budget: Option<pb::Budget>) -> pb::SetBudgetRequest {
+    pb::SetBudgetRequest { request_id: rid(), tenant_id: tenant.into(), budget }
+}
+
+fn budget(per_month: &str, alerts_percent: Vec<u32>, hard_stop: bool) -> pb::Budget {
+    pb::Budget {
+        per_month: per_month.into(),
+        per_day: String::new(),
+        alerts_percent,
+        hard_stop,
+        no_alerts: false,
+    }
+}
+
+/// Budgets through the API: only the admin sets one, every bad value is refused with a short
+/// error and changes nothing, a retry replays; alerts are raised as the spend passes them (seen
+/// in `GetBudget` and as quota events on `Watch`), and the hard stop refuses new work with
+/// QUOTA_EXCEEDED, limit_kind budget. A tenant reads its own budget and no other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_alert_and_stop() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "globex").await;
+    let acme = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 64_000).await;
+
+    let bad: Vec<(pb::Budget, &str)> = vec![
+        (budget("0", vec![], false), "INVALID_ARGUMENT"),
+        (budget("-5", vec![], false), "INVALID_ARGUMENT"),
+        (budget("0.001", vec![], false), "INVALID_ARGUMENT"),
+        (budget("1000000000001", vec![], false), "INVALID_ARGUMENT"),
+        (budget(&"9".repeat(10_000), vec![], false), "INVALID_DECIMAL"),
+        (budget("ten", vec![], false), "INVALID_DECIMAL"),
+        (budget("10", vec![80, 50], false), "INVALID_ARGUMENT"),
+        (budget("10", vec![0], false), "INVALID_ARGUMENT"),
+        (budget("10", vec![70_000], false), "INVALID_ARGUMENT"),
+        (budget("10", (1..=100).collect(), false), "INVALID_ARGUMENT"),
+        (pb::Budget { no_alerts: true, ..budget("10", vec![50], false) }, "INVALID_ARGUMENT"),
+        (pb::Budget { per_day: "0".into(), ..budget("10", vec![], false) }, "INVALID_ARGUMENT"),
+        (pb::Budget { per_day: "a day".into(), ..budget("10", vec![], false) }, "INVALID_DECIMAL"),
+    ];
+    for (b, why) in bad {
+        let refused = c
+            .billing
+            .set_budget(authed(ADMIN_TOKEN, set_budget("acme", Some(b.clone()))))
+            .await
+            .expect_err("bad budget");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{b:?}: {refused:?}");
+        assert_eq!(reason(&refused), why, "{b:?}");
+        assert!(refused.message().len() < 300, "short: {}", refused.message());
+    }
+    let unknown = c
+        .billing
+        .set_budget(authed(ADMIN_TOKEN, set_budget("nobody", Some(budget("10", vec![], false)))))
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let tenant_sets = c
+        .billing
+        .set_budget(authed(&acme, set_budget("acme", Some(budget("10", vec![], false)))))
+        .await
+        .expect_err("only the admin sets budgets");
+    assert_eq!(tenant_sets.code(), Code::PermissionDenied);
+    let reader = c.billing.clone();
+    let get = |token: String, tenant: &str| {
+        let mut billing = reader.clone();
+        let request = pb::GetBudgetRequest { tenant_id: tenant.into(), read: None };
+        async move { billing.get_budget(authed(&token, request)).await }
+    };
+    let none = get(ADMIN_TOKEN.into(), "acme").await.expect_err("no budget yet");
+    assert_eq!(none.code(), Code::NotFound, "nothing was set: {none:?}");
+
+    // One cpu at 360,000 per cpu-hour costs a cent per 0.1 ms: a budget of 100 is spent in
+    // a second, and its three alerts on the way.
+    let price = set_plan("default", every_pool(vec![item("cpu", vec![tier(None, "360000")])]));
+    c.billing.set_price_plan(authed(ADMIN_TOKEN, price)).await.expect("priced");
+    let set = set_budget("acme", Some(budget("100", vec![], true)));
+    let first = c.billing.set_budget(authed(ADMIN_TOKEN, set.clone())).await.expect("set");
+    let retry = c.billing.set_budget(authed(ADMIN_TOKEN, set)).await.expect("replayed");
+    let (w1, w2) =
+        (first.into_inner().write.expect("info"), retry.into_inner().write.expect("info"));
+    assert!(w1.log_index > 0 && w2.replayed && w2.log_index == w1.log_index);
+
+    let mut watch = c
+        .scheduler
+        .watch(authed(
+            &acme,
+            pb::WatchRequest {
+                tenant_id: "acme".into(),
+                kinds: vec!["QUOTA".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("acme watches its events")
+        .into_inner();
+    c.scheduler.place(authed(&acme, place("acme", spec("a", 1_000)))).await.expect("placed");
+    let spent = poll("acme's budget to be spent", || {
+        let g = get(acme.clone(), "acme");
+        async move {
+            let b = g.await.expect("its own budget").into_inner();
+            (b.fired_percents.len() == 3).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(spent.fired_percents, vec![50, 80, 100]);
+    assert!(d(&spent.spent) >= d("100"), "{spent:?}");
+    assert_eq!(spent.budget.as_ref().map(|b| b.alerts_percent.clone()), Some(vec![50, 80, 100]));
+    assert!(spent.reaches_budget_at_ms.is_some(), "reached: {spent:?}");
+    assert!(d(&spent.projected_total) >= d(&spent.spent));
+
+    let mut raised = Vec::new();
+    while raised.len() < 3 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream")
+            .expect("open");
+        let Some(pb::watch_response::Message::Event(event)) = message.message else { continue };
+        if let Some(q) = event.quota.filter(|q| q.kind() == pb::quota_event::Kind::BudgetAlert) {
+            assert_eq!((q.tenant_id.as_str(), q.budget.as_str()), ("acme", "100"));
+            assert!(d(&q.spent) * d("100") >= d("100") * Decimal::from(q.budget_percent));
+            raised.push(q.budget_percent);
+        }
+    }
+    assert_eq!(raised, vec![50, 80, 100], "each once, in order");
+
+    let stopped = c
+        .scheduler
+        .place(authed(&acme, place("acme", spec("b", 1_000))))
+        .await
+        .expect_err("the budget is spent");
+    assert_eq!(stopped.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&stopped), "QUOTA_EXCEEDED");
+    assert_eq!(meta(&stopped, "limit_kind"), "budget");
+    assert_eq!(meta(&stopped, "limit"), "100");
+    // Another tenant is not stopped, and acme cannot read its budget.
+    c.scheduler
+        .place(authed(ADMIN_TOKEN, place("globex", spec("g", 1_000))))
+        .await
+        .expect("placed");
+    let other = get(acme.clone(), "globex").await.expect_err("another tenant's budget");
+    assert_eq!(other.code(), Code::PermissionDenied);
+    // Raised, it takes work again; cleared, it is gone.
+    let raise = set_budget("acme", Some(budget("1000000000000", vec![], true)));
+    c.billing.set_budget(authed(ADMIN_TOKEN, raise)).await.expect("raised");
+    c.scheduler.place(authed(&acme, place("acme", spec("b", 1_000)))).await.expect("placed");
+    c.billing.set_budget(authed(ADMIN_TOKEN, set_budget("acme", None))).await.expect("cleared");
+    let gone = get(ADMIN_TOKEN.into(), "acme").await.expect_err("cleared");
+    assert_eq!(gone.code(), Code::NotFound);
+    cluster.shutdown().await;
+}

@@ -362,6 +362,17 @@ fn up_and_client_subcommands() {
     assert!(lines.iter().any(|l| l["item"] == "cpu" && l["plan"] == "default"), "{statement}");
     let bad = berth(api, login, &["cost", "price", "default", "--price", "cpu=-1"]);
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
+    // A budget, read back for people and for scripts.
+    ok(api, login, &["budget", "set", "acme", "--per-month", "250.50", "--hard-stop"]);
+    let budget = ok(api, login, &["budget", "get", "acme"]);
+    assert!(budget.contains("250.50") && budget.contains("spent_percent"), "{budget}");
+    let budget = ok(api, login, &["budget", "get", "acme", "--json"]);
+    let budget: serde_json::Value = serde_json::from_str(&budget).expect("json");
+    assert_eq!(budget["budget"]["alerts_percent"], serde_json::json!([50, 80, 100]), "{budget}");
+    assert_eq!(budget["budget"]["hard_stop"], true);
+    ok(api, login, &["budget", "clear", "acme"]);
+    let bad = berth(api, login, &["budget", "set", "acme", "--per-month", "1.001"]);
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
     closed_stdout_ends_quietly(api, login);
     drop(cluster);
 

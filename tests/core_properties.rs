@@ -338,15 +338,28 @@ fn quota() -> impl Strategy<Value = Quota> {
         0..=1,
     );
     let denied = prop_oneof![4 => Just(Default::default()), 1 => denied];
-    let windows =
-        (
-            prop::option::weighted(0.3, 0..=4u64),
-            prop::option::weighted(0.2, 0..=20_000_000u64),
-            prop_oneof![Just(WindowPolicy::Queue), Just(WindowPolicy::Refuse)],
-        )
-            .prop_map(|(jobs_per_day, cpu_milli_ms_per_month, when_exhausted)| {
-                WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted }
-            });
+    let windows = (
+        prop::option::weighted(0.3, 0..=4u64),
+        prop::option::weighted(0.2, 0..=20_000_000u64),
+        prop::option::weighted(0.2, 0..=8u64),
+        prop::option::weighted(0.2, 0..=40_000_000u64),
+        prop_oneof![Just(WindowPolicy::Queue), Just(WindowPolicy::Refuse)],
+    )
+        .prop_map(
+            |(
+                jobs_per_day,
+                cpu_milli_ms_per_month,
+                jobs_per_week,
+                cpu_milli_ms_per_week,
+                when_exhausted,
+            )| WindowLimits {
+                jobs_per_day,
+                cpu_milli_ms_per_month,
+                jobs_per_week,
+                cpu_milli_ms_per_week,
+                when_exhausted,
+            },
+        );
     let scopes = prop::collection::btree_map(pool.clone(), limits(), 0..=1);
     let preemption = prop_oneof![
         3 => Just(None),
@@ -1670,6 +1683,28 @@ fn checked_apply(
             let cap = a.max(b).max(was.jobs_today);
             prop_assert!(now.jobs_today <= cap, "{} over its jobs per day: {}", id, what);
         }
+        if was.week_resets_at == now.week_resets_at {
+            prop_assert!(now.jobs_this_week >= was.jobs_this_week, "{} week fell: {}", id, what);
+            prop_assert!(now.cpu_milli_ms_this_week >= was.cpu_milli_ms_this_week);
+            let limits = (old.quota.windows.jobs_per_week, t.quota.windows.jobs_per_week);
+            if let (Some(a), Some(b)) = limits {
+                let cap = a.max(b).max(was.jobs_this_week);
+                prop_assert!(now.jobs_this_week <= cap, "{} over its jobs per week: {}", id, what);
+            }
+            let budgets =
+                (old.quota.windows.cpu_milli_ms_per_week, t.quota.windows.cpu_milli_ms_per_week);
+            if let (Some(a), Some(b)) = budgets {
+                if was.cpu_milli_ms_this_week >= u128::from(a.max(b)) {
+                    prop_assert_eq!(
+                        now.jobs_this_week,
+                        was.jobs_this_week,
+                        "{} spent its cpu week, yet placed: {}",
+                        id,
+                        what
+                    );
+                }
+            }
+        }
         let budgets =
             (old.quota.windows.cpu_milli_ms_per_month, t.quota.windows.cpu_milli_ms_per_month);
         if let (Some(a), Some(b)) = budgets {
@@ -1707,12 +1742,8 @@ fn checked_apply(
                 .filter_map(|w| w.liveness.map(|l| l.alive_until)),
         )
         .chain(
-            (!st.queue.is_empty()
-                && st.tenants.values().any(|t| {
-                    t.quota.windows.jobs_per_day.is_some()
-                        || t.quota.windows.cpu_milli_ms_per_month.is_some()
-                }))
-            .then(|| UnixMillis((st.now.0 / DAY_MS + 1) * DAY_MS)),
+            (!st.queue.is_empty() && st.tenants.values().any(|t| !t.quota.windows.is_unlimited()))
+                .then(|| UnixMillis((st.now.0 / DAY_MS + 1) * DAY_MS)),
         )
         .min();
     prop_assert_eq!(s.next_deadline(), earliest, "next_deadline: {}", what);

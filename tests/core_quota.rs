@@ -579,7 +579,12 @@ fn windows(
     policy: WindowPolicy,
 ) -> Quota {
     Quota {
-        windows: WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted: policy },
+        windows: WindowLimits {
+            jobs_per_day,
+            cpu_milli_ms_per_month,
+            when_exhausted: policy,
+            ..WindowLimits::default()
+        },
         ..Quota::default()
     }
 }
@@ -673,6 +678,59 @@ fn cpu_time_per_month_integrates_exactly_and_resets_at_month_start() {
     let usage = log.s.window_usage(&"acme".into()).expect("acme");
     assert_eq!(usage.cpu_milli_ms_this_month, 1_503 * 10, "counted from the boundary only");
     assert_eq!(usage.month_resets_at, windows::month_start(month + 2));
+}
+
+/// Weeks run from Monday 00:00 UTC: jobs and cpu time per week count the subtree from the
+/// week's first millisecond (cpu time is integrated exactly from each change, as for months),
+/// refuse with the reset time when spent, and reset exactly at the next Monday's midnight.
+#[test]
+fn weekly_windows_reset_on_monday_at_midnight() {
+    // Friday 2023-11-17 00:00 UTC; the next week starts Monday 2023-11-20.
+    let friday = 1_700_179_200_000;
+    let monday = friday + 3 * windows::DAY_MS;
+    assert_eq!(windows::week_start(windows::week_of(UnixMillis(friday)) + 1), UnixMillis(monday));
+    assert_eq!(windows::week_of(UnixMillis(monday - 1)) + 1, windows::week_of(UnixMillis(monday)));
+    let mut log = Log(testing::Log::at(friday));
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 64_000);
+    let weekly = |jobs, cpu| Quota {
+        windows: WindowLimits {
+            jobs_per_week: jobs,
+            cpu_milli_ms_per_week: cpu,
+            when_exhausted: WindowPolicy::Queue,
+            ..WindowLimits::default()
+        },
+        ..Quota::default()
+    };
+    log.quota("org", weekly(Some(2), None));
+    log.place("team", "a", 100).result.expect("1 of 2 this week");
+    log.now += windows::DAY_MS;
+    log.place("team", "b", 100).result.expect("2 of 2, on Saturday");
+    let spent = log.place("team", "c", 100).result.expect_err("spent for the week");
+    let m = |k: &str| meta(&spent, k);
+    assert_eq!((m("window"), m("tenant")), ("jobs_per_week".into(), "org".into()));
+    assert_eq!((m("used"), m("resets_at_ms")), ("2".into(), monday.to_string()));
+    assert!(matches!(log.queue("team", "c", 100).result, Ok(Response::Queued(_))));
+    log.now = monday - 1;
+    assert!(admitted(&log.apply(Command::Tick).events).is_empty(), "one millisecond early");
+    log.now = monday;
+    assert_eq!(admitted(&log.apply(Command::Tick).events), vec!["team/c"], "on Monday");
+    let week = log.s.window_usage(&"org".into()).expect("org");
+    assert_eq!((week.jobs_this_week, week.jobs_today), (1, 1));
+    assert_eq!(week.week_resets_at, UnixMillis(monday + 7 * windows::DAY_MS));
+
+    // Cpu per week: 300 cpu_millis held (a, b and c) for 1,000 ms of the new week.
+    log.quota("org", weekly(None, Some(300 * 1_000)));
+    log.now += 999;
+    log.place("team", "d", 1).result.expect("299,700 of 300,000");
+    log.now += 1;
+    log.apply(Command::Tick);
+    let week = log.s.window_usage(&"org".into()).expect("org");
+    assert_eq!(week.cpu_milli_ms_this_week, 300 * 999 + 301);
+    let spent = log.place("team", "e", 1).result.expect_err("cpu week spent");
+    assert_eq!(meta(&spent, "window"), "cpu_milli_ms_per_week");
+    assert!(week.cpu_milli_ms_this_month > week.cpu_milli_ms_this_week, "the month began earlier");
 }
 
 // ----- priority and preemption -----------------------------------------------------------------

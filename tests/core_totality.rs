@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use berth::scheduler::ids::{OBJECT_ID_LEN_MAX, TENANT_ID_LEN_MAX};
 use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
-    meter, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, Item, LabelOp,
+    meter, Budget, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, Item, LabelOp,
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec,
     PlacementId, PlanId, PoolId, Preemption, Prices, Quota, ReportedStatus, RequestId, Resources,
     Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread, TenantId, Tier, TokenHash,
@@ -273,15 +273,30 @@ fn quota() -> impl Strategy<Value = Quota> {
             burst_per_mille: a.max(b),
         }),
     );
-    let windows =
-        (
-            prop::option::weighted(0.2, amount(0..=4)),
-            prop::option::weighted(0.2, amount(0..=20_000_000)),
-            select(vec![WindowPolicy::Queue, WindowPolicy::Refuse]),
-        )
-            .prop_map(|(jobs_per_day, cpu_milli_ms_per_month, when_exhausted)| {
-                WindowLimits { jobs_per_day, cpu_milli_ms_per_month, when_exhausted }
-            });
+    let windows = (
+        prop::option::weighted(0.2, amount(0..=4)),
+        prop::option::weighted(0.2, amount(0..=20_000_000)),
+        prop::option::weighted(0.2, amount(0..=8)),
+        prop::option::weighted(0.2, amount(0..=40_000_000)),
+        select(vec![WindowPolicy::Queue, WindowPolicy::Refuse]),
+    )
+        .prop_map(
+            |(
+                jobs_per_day,
+                cpu_milli_ms_per_month,
+                jobs_per_week,
+                cpu_milli_ms_per_week,
+                when_exhausted,
+            )| {
+                WindowLimits {
+                    jobs_per_day,
+                    cpu_milli_ms_per_month,
+                    jobs_per_week,
+                    cpu_milli_ms_per_week,
+                    when_exhausted,
+                }
+            },
+        );
     (
         limits(),
         pools,
@@ -392,7 +407,6 @@ fn reported_status() -> impl Strategy<Value = ReportedStatus> {
     ]
 }
 
-/// Every `Command` kind. The weights favour the commands that build deep states.
 /// One pool's prices: sane and extreme decimals, tier bounds of any size and order, any item.
 fn pool_prices() -> impl Strategy<Value = meter::PoolPrices> {
     let decimal = prop_oneof![
@@ -421,6 +435,34 @@ fn prices() -> impl Strategy<Value = Prices> {
     (pools, pool_prices()).prop_map(|(pools, other_pools)| Prices { pools, other_pools })
 }
 
+/// Budgets sane and extreme: tiny, huge, too precise, negative; thresholds in and out of order.
+fn budget() -> impl Strategy<Value = Budget> {
+    let amount = || {
+        select(vec![
+            "0.01",
+            "1",
+            "2.5",
+            "1000000000000",
+            "0",
+            "-1",
+            "0.001",
+            "79228162514264337593543950335",
+        ])
+        .prop_map(|s| rust_decimal::Decimal::from_str_exact(s).expect("test decimal"))
+    };
+    let alerts =
+        prop::collection::vec(select(vec![0u16, 1, 50, 80, 100, 1_000, 1_001, u16::MAX]), 0..=9);
+    (amount(), prop::option::of(amount()), alerts, any::<bool>()).prop_map(
+        |(per_month, per_day, alerts_percent, hard_stop)| Budget {
+            per_month,
+            per_day,
+            alerts_percent,
+            hard_stop,
+        },
+    )
+}
+
+/// Every `Command` kind. The weights favour the commands that build deep states.
 fn command() -> impl Strategy<Value = Command> {
     let worker = || name(&WORKERS).prop_map(WorkerId::from);
     let pool = || name(&POOLS).prop_map(PoolId::from);
@@ -490,6 +532,9 @@ fn command() -> impl Strategy<Value = Command> {
         ),
         1 => (tenant(), prop::option::of(name(&["default", "gold"]))).prop_map(|(tenant, plan)| {
             Command::SetBillingPlan { tenant, plan: plan.map(PlanId::from) }
+        }),
+        1 => (tenant(), prop::option::of(budget())).prop_map(|(tenant, budget)| {
+            Command::SetBudget { tenant, budget }
         }),
         3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(
             |(worker, tenant, placement, slot, assigned_at, status)| Command::ReportStatus {

@@ -130,6 +130,7 @@ narrow! {
         Response::Ticked,
         Response::LeaderChanged { .. },
         Response::ConfigSet,
+        Response::BudgetSet,
         Response::WorkerUpdated,
         Response::WorkerSchedulable { .. },
         Response::PoolReserveSet,

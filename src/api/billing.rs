@@ -13,7 +13,9 @@ use super::status::{self, invalid, not_found};
 use super::{convert, pb, Api};
 use crate::raft::types::Proposal;
 use crate::scheduler::ids::quoted;
+use crate::scheduler::meter::month_label;
 use crate::scheduler::money::{allocate, PARTS_MAX};
+use crate::scheduler::windows::month_of;
 use crate::scheduler::{Command, Item, PlanId, TenantId, UnixMillis};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
@@ -187,5 +189,50 @@ impl pb::billing_server::Billing for Api {
             })
             .await?;
         Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<pb::SetBudgetResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let budget = r.budget.as_ref().map(convert::budget).transpose()?;
+        let command = Command::SetBudget { tenant, budget };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetBudgetResponse { write: Some(write) }))
+    }
+
+    async fn get_budget(
+        &self,
+        request: Request<pb::GetBudgetRequest>,
+    ) -> Result<pb::GetBudgetResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        self.bring_log_time_to_now().await?;
+        let found = self
+            .read(&caller, r.read, |s| {
+                let Some(status) = s.budget_status(&tenant) else {
+                    let exists = s.state().tenants.contains_key(&tenant);
+                    return Err(if exists { "budget" } else { "tenant" });
+                };
+                let projection = s.projection(&tenant).ok_or("tenant")?;
+                Ok(pb::GetBudgetResponse {
+                    budget: Some(convert::pb_budget(&status.budget)),
+                    month: month_label(month_of(s.now())),
+                    spent: status.spent.to_string(),
+                    spent_today: status.spent_today.to_string(),
+                    fired_percents: status.fired_percents.iter().map(|p| u32::from(*p)).collect(),
+                    reaches_budget_at_ms: status.reaches_budget_at.map(|at| at.0),
+                    projected_total: projection.held.to_string(),
+                    projected_with_queued: projection.with_queued.to_string(),
+                    month_end_ms: status.month_end.0,
+                })
+            })
+            .await?;
+        Ok(Reply::new(found.map_err(|what| not_found(what, &r.tenant_id))?))
     }
 }

@@ -419,6 +419,8 @@ fn window_limits(w: pb::WindowLimits) -> WindowLimits {
     WindowLimits {
         jobs_per_day: w.jobs_per_day,
         cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        jobs_per_week: w.jobs_per_week,
+        cpu_milli_ms_per_week: w.cpu_milli_ms_per_week,
         when_exhausted,
     }
 }
@@ -431,6 +433,8 @@ fn pb_window_limits(w: &WindowLimits) -> pb::WindowLimits {
     pb::WindowLimits {
         jobs_per_day: w.jobs_per_day,
         cpu_milli_ms_per_month: w.cpu_milli_ms_per_month,
+        jobs_per_week: w.jobs_per_week,
+        cpu_milli_ms_per_week: w.cpu_milli_ms_per_week,
         when_exhausted: policy.into(),
     }
 }
@@ -441,6 +445,9 @@ pub fn window_usage(w: &WindowUsage) -> pb::WindowUsage {
         day_resets_at_ms: w.day_resets_at.0,
         cpu_milli_ms_this_month: w.cpu_milli_ms_this_month.to_string(),
         month_resets_at_ms: w.month_resets_at.0,
+        jobs_this_week: w.jobs_this_week,
+        cpu_milli_ms_this_week: w.cpu_milli_ms_this_week.to_string(),
+        week_resets_at_ms: w.week_resets_at.0,
     }
 }
 
@@ -490,6 +497,17 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
         }
         QuotaEvent::GraceExpired { tenant } => (Kind::GraceExpired, tenant, 0),
         QuotaEvent::ReturnedUnderSoft { tenant } => (Kind::ReturnedUnderSoft, tenant, 0),
+        QuotaEvent::BudgetAlert { tenant, month, percent, budget, spent } => {
+            return pb::QuotaEvent {
+                kind: Kind::BudgetAlert.into(),
+                tenant_id: tenant.0.clone(),
+                budget_month: crate::scheduler::meter::month_label(*month),
+                budget_percent: u32::from(*percent),
+                budget: budget.to_string(),
+                spent: spent.to_string(),
+                ..Default::default()
+            }
+        }
         QuotaEvent::Admitted { tenant, placement } => {
             return pb::QuotaEvent {
                 kind: Kind::QueuedPlaced.into(),
@@ -514,7 +532,7 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
                 by_placement_id: by_placement.0.clone(),
                 reclaimed: *reclaimed,
                 requeued: *requeued,
-                grace_ends_at_ms: 0,
+                ..Default::default()
             }
         }
     };
@@ -833,5 +851,56 @@ pub fn pb_statement(s: &crate::scheduler::Statement) -> pb::Statement {
             })
             .collect(),
         total: s.total.to_string(),
+    }
+}
+
+/// A `Budget` from the wire: an empty threshold list is the default one unless `no_alerts`.
+pub fn budget(b: &pb::Budget) -> Result<crate::scheduler::Budget, Status> {
+    use crate::scheduler::budget::{
+        BUDGET_ALERTS_DEFAULT, BUDGET_ALERTS_MAX, BUDGET_ALERT_PERCENT_MAX,
+    };
+    let per_month = b.per_month.trim().parse().map_err(|_| {
+        let quoted = quoted(&b.per_month);
+        invalid("INVALID_DECIMAL", format!("per_month {quoted} is not a decimal"))
+    })?;
+    if b.no_alerts && !b.alerts_percent.is_empty() {
+        return Err(invalid("INVALID_ARGUMENT", "give alerts_percent or no_alerts, not both"));
+    }
+    // One more than the core allows is enough for it to say so.
+    if b.alerts_percent.len() > BUDGET_ALERTS_MAX + 1 {
+        let message = format!("at most {BUDGET_ALERTS_MAX} alert thresholds");
+        return Err(invalid("INVALID_ARGUMENT", message));
+    }
+    let alerts_percent = if b.alerts_percent.is_empty() && !b.no_alerts {
+        BUDGET_ALERTS_DEFAULT.to_vec()
+    } else {
+        b.alerts_percent
+            .iter()
+            .map(|p| {
+                u16::try_from(*p).map_err(|_| {
+                    let message =
+                        format!("alert thresholds are 1..={BUDGET_ALERT_PERCENT_MAX} percent");
+                    invalid("INVALID_ARGUMENT", message)
+                })
+            })
+            .collect::<Result<Vec<u16>, Status>>()?
+    };
+    let per_day = match b.per_day.trim() {
+        "" => None,
+        text => Some(text.parse().map_err(|_| {
+            let quoted = quoted(&b.per_day);
+            invalid("INVALID_DECIMAL", format!("per_day {quoted} is not a decimal"))
+        })?),
+    };
+    Ok(crate::scheduler::Budget { per_month, per_day, alerts_percent, hard_stop: b.hard_stop })
+}
+
+pub fn pb_budget(b: &crate::scheduler::Budget) -> pb::Budget {
+    pb::Budget {
+        per_month: b.per_month.to_string(),
+        alerts_percent: b.alerts_percent.iter().map(|p| u32::from(*p)).collect(),
+        hard_stop: b.hard_stop,
+        no_alerts: b.alerts_percent.is_empty(),
+        per_day: b.per_day.map(|d| d.to_string()).unwrap_or_default(),
     }
 }

@@ -93,6 +93,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::TokenExists { .. } => Code::AlreadyExists,
         Rejection::QuotaExceeded { .. }
         | Rejection::WindowExhausted { .. }
+        | Rejection::BudgetSpent { .. }
         | Rejection::NoCapacity { .. }
         | Rejection::NotLendable { .. }
         | Rejection::GroupFull { .. }

@@ -8,9 +8,11 @@
 //! named bound: the API calls it before proposing, and `apply` again before anything else (a
 //! replica never trusts the API layer). Checks that need the state stay where the state is.
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::budget::{Budget, BudgetPeriod};
 use super::events::Event;
 use super::ids::{
     validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId,
@@ -272,6 +274,11 @@ pub enum Command {
         tenant: TenantId,
         plan: Option<PlanId>,
     },
+    /// `tenant`'s monthly budget from now (`None`: none), its alerts re-armed (`budget.rs`).
+    SetBudget {
+        tenant: TenantId,
+        budget: Option<Budget>,
+    },
     /// A worker's report on one instance of a placement (not a reservation). `assigned_at`
     /// (`Slot::assigned_at`) fences it: a report for an instance that moved, or from an
     /// earlier incarnation, is refused `STALE_ASSIGNMENT`.
@@ -477,6 +484,7 @@ impl Command {
             Command::SetBillingPlan { plan, .. } => {
                 plan.as_ref().map_or(Ok(()), |p| validate_object_id("plan", p.as_str()))
             }
+            Command::SetBudget { budget, .. } => budget.as_ref().map_or(Ok(()), Budget::validate),
             Command::ReportStatus { worker, placement, slot, status, .. } => {
                 validate_object_id("worker", worker.as_str())?;
                 validate_object_id("placement", placement.as_str())?;
@@ -532,7 +540,8 @@ impl Command {
             | Command::KeepAliveLease { tenant, .. }
             | Command::ReleaseLease { tenant, .. }
             | Command::ReportStatus { tenant, .. }
-            | Command::SetBillingPlan { tenant, .. } => Some(tenant),
+            | Command::SetBillingPlan { tenant, .. }
+            | Command::SetBudget { tenant, .. } => Some(tenant),
         }
     }
 
@@ -568,6 +577,7 @@ impl Command {
             Command::ReportStatus { .. } => "ReportStatus",
             Command::SetPricePlan { .. } => "SetPricePlan",
             Command::SetBillingPlan { .. } => "SetBillingPlan",
+            Command::SetBudget { .. } => "SetBudget",
         }
     }
 }
@@ -737,6 +747,7 @@ pub enum Response {
         since: UnixMillis,
     },
     BillingPlanSet,
+    BudgetSet,
     /// The report was recorded; `finished` when it ended the placement (then released).
     StatusReported {
         finished: Option<FinishedState>,
@@ -841,6 +852,14 @@ pub enum Rejection {
         used: u64,
         resets_at: UnixMillis,
     },
+    #[error("the {} budget of {tenant} is spent: {spent} of {budget}; it resets at {resets_at}", period.window_name())]
+    BudgetSpent {
+        tenant: TenantId,
+        period: BudgetPeriod,
+        budget: Decimal,
+        spent: Decimal,
+        resets_at: UnixMillis,
+    },
     #[error("pool {pool} is denied to {limited_by}")]
     PoolDenied {
         /// The tenant whose quota denies the pool: the caller or one of its ancestors.
@@ -927,6 +946,7 @@ impl Rejection {
             Rejection::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Rejection::PoolDenied { .. } => "POOL_DENIED",
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
+            Rejection::BudgetSpent { .. } => "QUOTA_EXCEEDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::NotLendable { .. } => "NOT_LENDABLE",
             Rejection::PoolOvercommitted { .. } => "POOL_OVERCOMMITTED",
@@ -980,6 +1000,14 @@ impl Rejection {
                 put("window", window.name().to_owned());
                 put("limit", limit.to_string());
                 put("used", used.to_string());
+                put("resets_at_ms", resets_at.0.to_string());
+            }
+            Rejection::BudgetSpent { tenant, period, budget, spent, resets_at } => {
+                put("tenant", tenant.to_string());
+                put("limit_kind", "budget".to_owned());
+                put("window", period.window_name().to_owned());
+                put("limit", budget.to_string());
+                put("used", spent.to_string());
                 put("resets_at_ms", resets_at.0.to_string());
             }
             Rejection::PoolDenied { limited_by, pool } => {

@@ -327,7 +327,8 @@ impl Event {
                 | QuotaEvent::GraceExpired { tenant }
                 | QuotaEvent::ReturnedUnderSoft { tenant }
                 | QuotaEvent::Admitted { tenant, .. }
-                | QuotaEvent::Preempted { tenant, .. } => tenant,
+                | QuotaEvent::Preempted { tenant, .. }
+                | QuotaEvent::BudgetAlert { tenant, .. } => tenant,
             }),
             Event::WorkerRegistered { .. }
             | Event::WorkerDown { .. }

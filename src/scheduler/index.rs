@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::budget::budget_deadline;
 use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, TenantId, TokenHash, TokenId, UnixMillis,
     WorkerId,
@@ -14,6 +15,7 @@ use super::ids::{
 use super::queue::QueuedPlacement;
 use super::resources::{LabelTerm, Resources};
 use super::state::{Placement, State, Token, Worker};
+use super::windows::limited_in_time;
 
 /// A schedulable worker ordered by free cpu, then free memory, then id.
 pub type FreeKey = (u64, u64, WorkerId);
@@ -29,6 +31,9 @@ pub enum Deadline {
     Worker(WorkerId),
     /// A placement's `time_limit_at`.
     TimeLimit(TenantId, PlacementId),
+    /// When a tenant's spend reaches its next budget alert, or its month ends
+    /// (`budget::budget_deadline`).
+    Budget(TenantId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +57,8 @@ pub struct Indexes {
     pub group_sizes: BTreeMap<(TenantId, GroupId), u64>,
     /// Reservation and lease expiry times, and ends of burst grace periods.
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
+    /// Each budgeted tenant's `Deadline::Budget` time (to find it in `deadlines`).
+    pub budget_deadlines: BTreeMap<TenantId, UnixMillis>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// When each expiring token is forgotten (`EXPIRED_TOKEN_RETENTION_MS` after it expires).
@@ -59,7 +66,8 @@ pub struct Indexes {
     /// Total capacity of the workers of each pool that accept work (the denominator of fair
     /// shares): drained and down workers are out.
     pub pool_capacity: BTreeMap<PoolId, Resources>,
-    /// Tenants whose own quota sets a window limit.
+    /// Tenants whose own window limits or budget may make work wait for a new day
+    /// (`windows::limited_in_time`).
     pub window_limited: u64,
     /// Queued placements per pool, per tenant in queue order (FIFO within a tenant; entries
     /// queued by one log entry, such as re-queued victims, in id order).
@@ -133,7 +141,7 @@ impl Indexes {
             ));
         }
         for tenant in state.tenants.values() {
-            ix.window_limited += u64::from(!tenant.quota.windows.is_unlimited());
+            ix.window_limited += u64::from(limited_in_time(tenant));
             if let Some(burst) = tenant.burst.filter(|b| !b.expired) {
                 ix.deadlines.insert((burst.grace_ends_at, Deadline::Grace(tenant.id.clone())));
             }
@@ -141,6 +149,10 @@ impl Indexes {
                 ix.add_token(&tenant.id, id, token);
             }
             ix.set_guaranteed(&tenant.id, tenant.quota.guarantees.keys(), true);
+            if let Some(at) = budget_deadline(state, tenant) {
+                ix.budget_deadlines.insert(tenant.id.clone(), at);
+                ix.deadlines.insert((at, Deadline::Budget(tenant.id.clone())));
+            }
         }
         for queued in state.queue.values() {
             ix.add_queued(queued);

@@ -219,6 +219,7 @@ impl Scheduler {
             let t = self.state.tenants.get_mut(ancestor).expect("invariant: lineage exists");
             t.usage.add(&placement.pool, usage).expect("invariant: usage checked against limits");
             t.windows.jobs += 1;
+            t.windows.jobs_week += 1;
         }
         self.emit(Event::Placed {
             tenant: placement.tenant.clone(),

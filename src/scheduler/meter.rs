@@ -30,7 +30,7 @@ use super::events::Event;
 use super::ids::{validate_object_id, PlacementId, PlanId, PoolId, TenantId, UnixMillis};
 use super::resources::Resources;
 use super::state::{Placement, Tenant};
-use super::windows::{month_of, month_start};
+use super::windows::{day_of, month_of, month_start, DAY_MS};
 use super::Scheduler;
 
 /// Most price plans.
@@ -277,6 +277,10 @@ pub struct Meter {
     pub used: BTreeMap<(PoolId, Item), u128>,
     /// The last month that ended with something metered.
     pub last_month: Option<Statement>,
+    /// The UTC day (since the epoch) `integrated_at` is in, and the month's total at its
+    /// start: today's spend is the total less this (a daily budget, `budget.rs`).
+    pub day: u64,
+    pub day_start_total: Decimal,
 }
 
 /// A month's lines with their amounts (`Meter::statement`).
@@ -349,7 +353,7 @@ pub type PlanIn<'a> = Option<(&'a PlanId, &'a PricePlan)>;
 
 impl Meter {
     pub fn new(now: UnixMillis) -> Meter {
-        Meter { month: month_of(now), integrated_at: now, ..Meter::default() }
+        Meter { month: month_of(now), integrated_at: now, day: day_of(now), ..Meter::default() }
     }
 
     /// Starts or stops holding `held` (a placement's or reservation's total) in `pool`. Bring
@@ -370,6 +374,7 @@ impl Meter {
     /// ended on the way (each final).
     pub fn advance(&mut self, now: UnixMillis, plan: PlanIn<'_>) -> Vec<Statement> {
         let mut ended = Vec::new();
+        let today = UnixMillis(day_of(now).saturating_mul(DAY_MS));
         while self.integrated_at < now {
             let month_end = month_start(self.month + 1);
             if self.rates.is_empty() {
@@ -382,7 +387,11 @@ impl Meter {
                 break;
             }
             let change = plan.and_then(|(_, p)| p.next_change_after(self.integrated_at));
-            let end = change.map_or(now, |c| c.min(now)).min(month_end);
+            let mut end = change.map_or(now, |c| c.min(now)).min(month_end);
+            if self.integrated_at < today {
+                // Stop at today's start, to note the month's total there.
+                end = end.min(today);
+            }
             let version = plan.and_then(|(id, p)| p.at(self.integrated_at).map(|v| (id, v)));
             let ms = u128::from(end.0 - self.integrated_at.0);
             let rates: Vec<((PoolId, bool), Resources)> =
@@ -400,8 +409,54 @@ impl Meter {
                 ended.extend(self.end_month(month_end));
                 self.month += 1;
             }
+            if end == today {
+                self.day = day_of(today);
+                self.day_start_total = self.statement().total;
+            }
+        }
+        if self.day != day_of(now) {
+            // Nothing was held across midnight: the total then is the total now.
+            self.day = day_of(now);
+            self.day_start_total = self.statement().total;
         }
         ended
+    }
+
+    /// The first moment, from `integrated_at` to the month's end, at which this month's total
+    /// reaches `threshold` while what is held now stays held; `None`: not this month. Exact:
+    /// a binary search over milliseconds of the rounded total, which never falls as time
+    /// passes, within each span of one price version.
+    pub fn reaches(&self, plan: PlanIn<'_>, threshold: Decimal) -> Option<UnixMillis> {
+        let month_end = month_start(self.month + 1);
+        let mut meter = self.clone();
+        if meter.statement().total >= threshold {
+            return Some(meter.integrated_at);
+        }
+        while meter.integrated_at < month_end {
+            let start = meter.integrated_at;
+            let change = plan.and_then(|(_, p)| p.next_change_after(start));
+            let end = change.map_or(month_end, |c| c.min(month_end));
+            let version = plan.and_then(|(id, p)| p.at(start).map(|v| (id, v)));
+            let span = end.0 - start.0;
+            if meter.total_after(span, version) >= threshold {
+                // total_after(lo) < threshold <= total_after(hi)
+                let (mut lo, mut hi) = (0, span);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if meter.total_after(mid, version) >= threshold {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                return Some(start.plus_ms(hi));
+            }
+            if end == month_end {
+                break;
+            }
+            meter.advance(end, plan);
+        }
+        None
     }
 
     /// Adds `quantity` of `item` in `pool`, split over the tiers of the price in effect.
@@ -412,17 +467,32 @@ impl Meter {
         quantity: u128,
         version: Option<(&PlanId, &PriceVersion)>,
     ) {
+        let pieces = self.pieces(pool, item, quantity, version);
         let used = self.used.entry((pool.clone(), item)).or_insert(0);
-        let mut at = *used;
         *used = used.saturating_add(quantity);
-        let priced = version.and_then(|(plan, v)| {
-            v.prices.of(pool).tiers(item).map(|tiers| (plan.clone(), v.since, tiers.to_vec()))
+        for (key, take, per_hour) in pieces {
+            self.line(key, take, per_hour);
+        }
+    }
+
+    /// The lines `quantity` more of `item` in `pool` adds to, with how much to each: the
+    /// tiers of the price in effect from where the month's quantity stands.
+    fn pieces(
+        &self,
+        pool: &PoolId,
+        item: Item,
+        quantity: u128,
+        version: Option<(&PlanId, &PriceVersion)>,
+    ) -> Vec<(LineKey, u128, Decimal)> {
+        let mut at = self.used.get(&(pool.clone(), item)).copied().unwrap_or(0);
+        let tiers = version.and_then(|(plan, v)| {
+            v.prices.of(pool).tiers(item).map(|tiers| (plan, v.since, tiers))
         });
-        let Some((plan, since, tiers)) = priced else {
+        let Some((plan, since, tiers)) = tiers else {
             let key = LineKey { pool: pool.clone(), item, price: None };
-            self.line(key, quantity, Decimal::ZERO);
-            return;
+            return vec![(key, quantity, Decimal::ZERO)];
         };
+        let mut pieces = Vec::new();
         let mut rest = quantity;
         for (tier, t) in tiers.iter().enumerate() {
             let bound = t.up_to_hours.map_or(u128::MAX, |h| u128::from(h) * item.units_per_hour());
@@ -432,10 +502,39 @@ impl Meter {
             let take = rest.min(bound - at);
             let tier = u8::try_from(tier).unwrap_or(u8::MAX);
             let price = Some(PriceRef { plan: plan.clone(), since, tier });
-            self.line(LineKey { pool: pool.clone(), item, price }, take, t.per_hour);
+            pieces.push((LineKey { pool: pool.clone(), item, price }, take, t.per_hour));
             at += take;
             rest -= take;
         }
+        pieces
+    }
+
+    /// The month's total if what is held now were held `ms` longer under `version`, without
+    /// changing anything. Only for a span with no price change and no month end in it.
+    pub fn total_after(&self, ms: u64, version: Option<(&PlanId, &PriceVersion)>) -> Decimal {
+        let mut more: BTreeMap<&LineKey, u128> = BTreeMap::new();
+        let mut new_lines: BTreeMap<LineKey, (u128, Decimal)> = BTreeMap::new();
+        for ((pool, reserved), held) in &self.rates {
+            for (item, per_ms) in Item::of(*held, *reserved) {
+                let quantity = u128::from(per_ms) * u128::from(ms);
+                if quantity == 0 {
+                    continue;
+                }
+                for (key, take, per_hour) in self.pieces(pool, item, quantity, version) {
+                    match self.lines.get_key_value(&key) {
+                        Some((existing, _)) => *more.entry(existing).or_insert(0) += take,
+                        None => new_lines.entry(key).or_insert((0, per_hour)).0 += take,
+                    }
+                }
+            }
+        }
+        let old = self.lines.iter().map(|(k, l)| {
+            let quantity = l.quantity.saturating_add(more.get(k).copied().unwrap_or(0));
+            amount(k.item, quantity, l.per_hour)
+        });
+        let new =
+            new_lines.iter().map(|(k, (quantity, per_hour))| amount(k.item, *quantity, *per_hour));
+        old.chain(new).fold(Decimal::ZERO, Decimal::saturating_add)
     }
 
     fn line(&mut self, key: LineKey, quantity: u128, per_hour: Decimal) {
@@ -489,7 +588,10 @@ impl Meter {
 
 impl Scheduler {
     /// The plan `tenant` pays by: its own, else `default` if there is one.
-    fn plan_of<'a>(plans: &'a BTreeMap<PlanId, PricePlan>, tenant: &Tenant) -> PlanIn<'a> {
+    pub(super) fn plan_of<'a>(
+        plans: &'a BTreeMap<PlanId, PricePlan>,
+        tenant: &Tenant,
+    ) -> PlanIn<'a> {
         let id = tenant.billing_plan.clone().unwrap_or_else(|| PlanId::new(DEFAULT_PLAN));
         plans.get_key_value(&id)
     }
@@ -502,8 +604,15 @@ impl Scheduler {
         let t = self.state.tenants.get_mut(tenant).expect("invariant: metered tenant exists");
         let plan = Self::plan_of(plans, t);
         let ended = t.meter.advance(now, plan);
+        let budgeted = t.budget.is_some();
+        let totals: Vec<(u64, Decimal)> = ended.iter().map(|s| (s.month, s.total)).collect();
         for statement in ended {
             self.emit(Event::Metered { tenant: tenant.clone(), statement });
+        }
+        // Bringing a meter forward moves no crossing (the spend at a moment does not depend on
+        // when it was last integrated): only a raised alert or a new month does.
+        if budgeted && (self.budget_alerts(tenant, &totals) || !totals.is_empty()) {
+            self.refresh_budget_deadline(tenant);
         }
     }
 
@@ -517,6 +626,9 @@ impl Scheduler {
         let t = self.state.tenants.get_mut(&placement.tenant);
         let t = t.expect("invariant: a placement's tenant exists");
         t.meter.hold(&placement.pool, placement.expires_at.is_some(), held, add);
+        if t.budget.is_some() {
+            self.refresh_budget_deadline(&placement.tenant.clone());
+        }
     }
 
     /// `SetPricePlan`. Every meter is brought to now first, under the prices it had, so no
@@ -544,6 +656,9 @@ impl Scheduler {
             self.meter_tenant(tenant);
         }
         self.state.price_plans.insert(plan, next);
+        for tenant in &tenants {
+            self.refresh_budget_deadline(tenant);
+        }
         Ok(Response::PricePlanSet { since })
     }
 
@@ -562,6 +677,7 @@ impl Scheduler {
         }
         self.meter_tenant(tenant);
         self.tenant_mut(tenant)?.billing_plan = plan;
+        self.refresh_budget_deadline(tenant);
         Ok(Response::BillingPlanSet)
     }
 

@@ -17,6 +17,7 @@
 //! Must not depend on: tokio, tonic, openraft, sled, std::fs, std::net, clocks (`tests/tidy.rs`).
 
 mod borrow;
+pub mod budget;
 pub mod command;
 pub mod events;
 pub mod ids;
@@ -44,6 +45,7 @@ mod workers;
 use sha2::{Digest, Sha256};
 
 pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
+pub use budget::{Budget, BudgetStatus};
 pub use command::{
     Applied, Command, DeletedCounts, Entry, Expired, Fence, FilterCounts, HeartbeatAck, Lost,
     LostOutcome, OnWorkerLost, PlaceSpec, Rejection, ReportedStatus, Response, Strategy,
@@ -392,6 +394,7 @@ impl Scheduler {
                 self.set_price_plan(plan, prices, effective_at)
             }
             Command::SetBillingPlan { tenant, plan } => self.set_billing_plan(&tenant, plan),
+            Command::SetBudget { tenant, budget } => self.set_budget(&tenant, budget),
             Command::ReportStatus { worker, tenant, placement, slot, assigned_at, status } => {
                 self.report_status(index, worker, tenant, placement, slot, assigned_at, status)
             }
@@ -453,6 +456,11 @@ impl Scheduler {
                     let (t, l) = (tenant.clone(), lease.clone());
                     self.emit(Event::LeaseExpired { tenant: t, lease: l, token });
                     expired.push(Expired::Lease { tenant, lease, token });
+                }
+                Deadline::Budget(tenant) => {
+                    // Its spend reached an alert, or its month ended: metering says which.
+                    self.ix.budget_deadlines.remove(&tenant);
+                    self.meter_tenant(&tenant);
                 }
                 Deadline::Grace(tenant) => {
                     let t = self.state.tenants.get_mut(&tenant);

@@ -75,11 +75,11 @@ pub struct Summary {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
-    Tenant(Option<Tenant>),
+    Tenant(Option<Box<Tenant>>),
     Tenants(Vec<Tenant>),
     Worker(Option<Worker>),
     Workers(Vec<Worker>),
-    Placement(Option<Placement>),
+    Placement(Option<Box<Placement>>),
     Placements(Vec<Placement>),
     /// The group and how many instances it holds now.
     Group(Option<(PlacementGroup, u64)>),
@@ -101,7 +101,7 @@ impl Scheduler {
     pub fn query(&self, query: &Query) -> Answer {
         let s = &self.state;
         match query.clone() {
-            Query::Tenant(id) => Answer::Tenant(s.tenants.get(&id).cloned()),
+            Query::Tenant(id) => Answer::Tenant(s.tenants.get(&id).cloned().map(Box::new)),
             Query::Tenants { after: a, limit } => Answer::Tenants(
                 s.tenants
                     .range((after(a), std::ops::Bound::Unbounded))
@@ -120,7 +120,7 @@ impl Scheduler {
                     .collect(),
             ),
             Query::Placement(tenant, id) => {
-                Answer::Placement(s.placements.get(&(tenant, id)).cloned())
+                Answer::Placement(s.placements.get(&(tenant, id)).cloned().map(Box::new))
             }
             Query::Placements { tenant, after: a, limit } => {
                 let start = match a {

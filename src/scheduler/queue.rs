@@ -168,6 +168,8 @@ impl Scheduler {
             return Err(Rejection::LimitReached { what: "queue".into(), max: QUEUE_MAX as u64 });
         }
         let pool = spec.pool.clone().unwrap_or_else(|| PoolId::new(DEFAULT_POOL));
+        // A hard-stopped budget that is spent takes no new work, queued or not.
+        self.check_budget(&tenant)?;
         // A spent window of a tenant whose policy is to refuse is refused, not queued.
         for ancestor in self.lineage(&tenant) {
             if let Err(rejection) = self.check_windows(&ancestor) {

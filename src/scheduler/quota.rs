@@ -13,6 +13,7 @@
 //! no new work is admitted while the subtree is above soft; work already running stays. Going
 //! back under soft in every dimension ends the burst.
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -373,6 +374,9 @@ pub enum QuotaEvent {
     GraceExpired { tenant: TenantId },
     /// The subtree is back under every soft limit.
     ReturnedUnderSoft { tenant: TenantId },
+    /// The tenant's spend this `month` reached `percent` of its `budget` (once per threshold
+    /// and month; `spent` is the month's total when it was seen).
+    BudgetAlert { tenant: TenantId, month: u64, percent: u16, budget: Decimal, spent: Decimal },
     /// A queued placement was placed.
     Admitted { tenant: TenantId, placement: PlacementId },
     /// A placement was released (and, with `requeued`, queued again) to make room for
@@ -544,6 +548,7 @@ impl Scheduler {
         pool: &PoolId,
         usage: &Usage,
     ) -> Result<(), Rejection> {
+        self.check_budget(tenant)?;
         for ancestor in self.lineage(tenant) {
             let t = self.tenant(&ancestor)?;
             if t.quota.denied_pools.contains(pool) {
@@ -597,8 +602,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Refuses new work if `tenant`'s own window limits are spent (one more job today, or any
-    /// more cpu time this month).
+    /// Refuses new work if `tenant`'s own window limits are spent (one more job today or this
+    /// week, or any more cpu time this week or month).
     pub(super) fn check_windows(&self, tenant: &TenantId) -> Result<(), Rejection> {
         let t = self.tenant(tenant)?;
         let limits = &t.quota.windows;
@@ -615,6 +620,13 @@ impl Scheduler {
         };
         if let Some(limit) = limits.jobs_per_day.filter(|l| now.jobs_today >= *l) {
             return Err(refuse(Window::JobsPerDay, limit, now.jobs_today, now.day_resets_at));
+        }
+        if let Some(limit) = limits.jobs_per_week.filter(|l| now.jobs_this_week >= *l) {
+            return Err(refuse(Window::JobsPerWeek, limit, now.jobs_this_week, now.week_resets_at));
+        }
+        let used = u64::try_from(now.cpu_milli_ms_this_week).unwrap_or(u64::MAX);
+        if let Some(limit) = limits.cpu_milli_ms_per_week.filter(|l| used >= *l) {
+            return Err(refuse(Window::CpuMilliMsPerWeek, limit, used, now.week_resets_at));
         }
         let used = u64::try_from(now.cpu_milli_ms_this_month).unwrap_or(u64::MAX);
         if let Some(limit) = limits.cpu_milli_ms_per_month.filter(|l| used >= *l) {

@@ -20,7 +20,7 @@ use super::{Scheduler, State};
 /// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
 /// work lost with a worker (`Applied::lost`).
 /// 8: tenants gained a billing plan and a meter; the state price plans.
-pub const SNAPSHOT_VERSION: u32 = 8;
+pub const SNAPSHOT_VERSION: u32 = 9;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -7,6 +7,7 @@ use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
+use super::budget::BudgetState;
 use super::command::{Applied, PlaceSpec, Rejection};
 use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId, TenantId, TokenHash,
@@ -181,6 +182,8 @@ pub struct Tenant {
     pub billing_plan: Option<PlanId>,
     /// What its own placements and reservations have used this month (`meter.rs`).
     pub meter: Box<Meter>,
+    /// Its monthly budget and the alerts fired (`budget.rs`).
+    pub budget: Option<Box<BudgetState>>,
 }
 
 /// One of a tenant's API tokens: only its hash is kept, never the token.

@@ -3,7 +3,7 @@
 use super::events::Event;
 use super::index::Deadline;
 use super::meter::Meter;
-use super::windows::WindowCounters;
+use super::windows::{limited_in_time, WindowCounters};
 use super::SessionKey;
 use super::{
     count_u64, DeletedCounts, Dimension, Limits, PlacementId, PoolId, Quota, Rejection, Response,
@@ -48,6 +48,7 @@ impl Scheduler {
             created_at: self.state.now,
             billing_plan: None,
             meter: Box::new(Meter::new(self.state.now)),
+            budget: None,
         };
         self.state.tenants.insert(tenant.clone(), created.clone());
         self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });
@@ -127,8 +128,9 @@ impl Scheduler {
             self.emit(Event::Metered { tenant: tenant.clone(), statement });
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
+        self.refresh_budget_deadline(tenant);
         self.ix.set_guaranteed(tenant, removed.quota.guarantees.keys(), false);
-        self.ix.window_limited -= u64::from(!removed.quota.windows.is_unlimited());
+        self.ix.window_limited -= u64::from(limited_in_time(&removed));
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");
         assert!(removed.burst.is_none(), "invariant: an empty subtree is under soft");
         for (id, token) in &removed.tokens {
@@ -206,10 +208,10 @@ impl Scheduler {
             }
         }
         self.check_guarantees_fit(&t.quota.guarantees, &quota.guarantees)?;
-        let limited = !quota.windows.is_unlimited();
         let t = self.tenant_mut(tenant)?;
-        let was_limited = !t.quota.windows.is_unlimited();
+        let was_limited = limited_in_time(t);
         let old = std::mem::replace(&mut t.quota, quota);
+        let limited = limited_in_time(t);
         let new_pools: Vec<PoolId> = t.quota.guarantees.keys().cloned().collect();
         self.ix.set_guaranteed(tenant, old.guarantees.keys(), false);
         self.ix.set_guaranteed(tenant, new_pools.iter(), true);

@@ -1,10 +1,13 @@
-//! Time-window quotas: jobs per UTC day and cpu time per UTC calendar month, in log time.
+//! Time-window quotas: jobs per UTC day and per week, cpu time per week and per UTC calendar
+//! month, in log time. A week starts on Monday at 00:00 UTC (ISO 8601).
 //!
-//! Every tenant keeps counters for its subtree: jobs placed today and cpu time used this month,
+//! Every tenant keeps counters for its subtree: jobs placed today and this week, cpu time used
+//! this week and this month,
 //! integrated exactly in integer `cpu_millis × ms` (usage is piecewise constant: before any
 //! change of usage the elapsed time at the old usage is added, so no rounding ever happens).
 //! Counters roll lazily: the first look after a boundary discards the old window and counts
-//! only from the boundary, so a window resets exactly at 00:00:00.000 UTC of the day or month.
+//! only from the boundary, so a window resets exactly at 00:00:00.000 UTC of the day, Monday or
+//! month.
 //!
 //! A tenant's window limits are checked for it and every ancestor that sets them, in the same
 //! apply as the placement. A spent window refuses new work (`QUOTA_EXCEEDED`, `limit_kind`
@@ -16,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{TenantId, UnixMillis};
+use super::state::Tenant;
 use super::Scheduler;
 
 pub const DAY_MS: u64 = 86_400_000;
@@ -27,13 +31,20 @@ pub struct WindowLimits {
     pub jobs_per_day: Option<u64>,
     /// Cpu time per UTC calendar month, in cpu_millis × ms (one cpu-hour is 3.6 × 10⁹).
     pub cpu_milli_ms_per_month: Option<u64>,
+    /// Placements per week (Monday 00:00 UTC to the next).
+    pub jobs_per_week: Option<u64>,
+    /// Cpu time per week, in cpu_millis × ms.
+    pub cpu_milli_ms_per_week: Option<u64>,
     /// What `PlaceOrQueue` does when a window is spent.
     pub when_exhausted: WindowPolicy,
 }
 
 impl WindowLimits {
     pub fn is_unlimited(&self) -> bool {
-        self.jobs_per_day.is_none() && self.cpu_milli_ms_per_month.is_none()
+        self.jobs_per_day.is_none()
+            && self.cpu_milli_ms_per_month.is_none()
+            && self.jobs_per_week.is_none()
+            && self.cpu_milli_ms_per_week.is_none()
     }
 }
 
@@ -51,6 +62,8 @@ pub enum WindowPolicy {
 pub enum Window {
     JobsPerDay,
     CpuMilliMsPerMonth,
+    JobsPerWeek,
+    CpuMilliMsPerWeek,
 }
 
 impl Window {
@@ -58,6 +71,8 @@ impl Window {
         match self {
             Window::JobsPerDay => "jobs_per_day",
             Window::CpuMilliMsPerMonth => "cpu_milli_ms_per_month",
+            Window::JobsPerWeek => "jobs_per_week",
+            Window::CpuMilliMsPerWeek => "cpu_milli_ms_per_week",
         }
     }
 }
@@ -71,6 +86,11 @@ pub struct WindowCounters {
     /// Months since January 1970 that `cpu_milli_ms` counts.
     pub month: u64,
     pub cpu_milli_ms: u128,
+    /// Weeks since the one holding 1970-01-01 (`week_of`) that `jobs_week` and `cpu_week`
+    /// count.
+    pub week: u64,
+    pub jobs_week: u64,
+    pub cpu_week: u128,
     pub integrated_at: UnixMillis,
 }
 
@@ -81,6 +101,9 @@ pub struct WindowUsage {
     pub day_resets_at: UnixMillis,
     pub cpu_milli_ms_this_month: u128,
     pub month_resets_at: UnixMillis,
+    pub jobs_this_week: u64,
+    pub cpu_milli_ms_this_week: u128,
+    pub week_resets_at: UnixMillis,
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12), proleptic Gregorian (H. Hinnant).
@@ -111,10 +134,30 @@ pub fn day_of(at: UnixMillis) -> u64 {
     at.0 / DAY_MS
 }
 
+/// Weeks (Monday 00:00 UTC to the next) since the one holding 1970-01-01, a Thursday.
+pub fn week_of(at: UnixMillis) -> u64 {
+    (day_of(at) + 3) / 7
+}
+
+/// When week `week` starts (week 0 started before 1970: its start is the epoch).
+pub fn week_start(week: u64) -> UnixMillis {
+    UnixMillis((week * 7).saturating_sub(3).saturating_mul(DAY_MS))
+}
+
 /// Months since January 1970.
 pub fn month_of(at: UnixMillis) -> u64 {
     let (year, month) = civil_from_days(day_of(at));
     (year - 1970) * 12 + (month - 1)
+}
+
+/// `at` as an RFC 3339 UTC time to the millisecond, e.g. "2026-12-03T12:18:06.000Z".
+pub fn utc_label(at: UnixMillis) -> String {
+    let days = day_of(at);
+    let (year, month) = civil_from_days(days);
+    let day = days - days_from_civil(year, month) + 1;
+    let ms = at.0 % DAY_MS;
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
 pub fn month_start(month: u64) -> UnixMillis {
@@ -129,6 +172,9 @@ impl WindowCounters {
             jobs: 0,
             month: month_of(now),
             cpu_milli_ms: 0,
+            week: week_of(now),
+            jobs_week: 0,
+            cpu_week: 0,
             integrated_at: now,
         }
     }
@@ -140,15 +186,27 @@ impl WindowCounters {
             c.day = day_of(now);
             c.jobs = 0;
         }
+        // Each window counts cpu time from its own start: a new week or month drops what
+        // ran before it.
+        let mut month_from = c.integrated_at;
         let month = month_of(now);
         if month != c.month {
             c.month = month;
             c.cpu_milli_ms = 0;
-            c.integrated_at = c.integrated_at.max(month_start(month));
+            month_from = month_from.max(month_start(month));
         }
-        let elapsed = now.0.saturating_sub(c.integrated_at.0);
-        c.cpu_milli_ms =
-            c.cpu_milli_ms.saturating_add(u128::from(cpu_millis) * u128::from(elapsed));
+        let mut week_from = c.integrated_at;
+        let week = week_of(now);
+        if week != c.week {
+            c.week = week;
+            c.jobs_week = 0;
+            c.cpu_week = 0;
+            week_from = week_from.max(week_start(week));
+        }
+        let ran =
+            |from: UnixMillis| u128::from(cpu_millis) * u128::from(now.0.saturating_sub(from.0));
+        c.cpu_milli_ms = c.cpu_milli_ms.saturating_add(ran(month_from));
+        c.cpu_week = c.cpu_week.saturating_add(ran(week_from));
         c.integrated_at = c.integrated_at.max(now);
         c
     }
@@ -159,8 +217,20 @@ impl WindowCounters {
             day_resets_at: UnixMillis((self.day + 1).saturating_mul(DAY_MS)),
             cpu_milli_ms_this_month: self.cpu_milli_ms,
             month_resets_at: month_start(self.month + 1),
+            jobs_this_week: self.jobs_week,
+            cpu_milli_ms_this_week: self.cpu_week,
+            week_resets_at: week_start(self.week + 1),
         }
     }
+}
+
+/// Whether `t`'s own limits may refuse work until a day, week or month starts: window limits,
+/// or a budget with a hard stop or a daily limit. While such a tenant exists and something is
+/// queued, the leader ticks at each UTC midnight (`window_deadline`).
+pub fn limited_in_time(t: &Tenant) -> bool {
+    let budget =
+        t.budget.as_ref().is_some_and(|b| b.budget.hard_stop || b.budget.per_day.is_some());
+    !t.quota.windows.is_unlimited() || budget
 }
 
 impl Scheduler {
@@ -179,7 +249,8 @@ impl Scheduler {
         }
     }
 
-    /// The next UTC day boundary, while a queued placement may be waiting for a window.
+    /// The next UTC day boundary, while a queued placement may be waiting for a window or a
+    /// budget.
     pub(super) fn window_deadline(&self) -> Option<UnixMillis> {
         if self.ix.window_limited == 0 || self.state.queue.is_empty() {
             return None;

@@ -19,6 +19,7 @@ macro_rules! call {
 }
 
 pub(crate) mod args;
+mod budget;
 mod cluster;
 mod cost;
 mod group;
@@ -128,6 +129,9 @@ pub enum ClientCmd {
     /// Price plans, tenants' statements, and shared costs split exactly.
     #[command(subcommand)]
     Cost(cost::CostCmd),
+    /// Tenants' monthly budgets: alerts, a hard stop, and where the month is heading.
+    #[command(subcommand)]
+    Budget(budget::BudgetCmd),
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
     /// Print events as they happen (a tenant's, or with the admin token everything).
@@ -180,6 +184,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Group(cmd) => group::run(&s, cmd).await,
         ClientCmd::Lease(cmd) => lease::run(&s, cmd).await,
         ClientCmd::Cost(cmd) => cost::run(&s, cmd).await,
+        ClientCmd::Budget(cmd) => budget::run(&s, cmd).await,
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
         ClientCmd::Watch(args) => watch::run(&s, args).await,
     }

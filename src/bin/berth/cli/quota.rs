@@ -55,6 +55,12 @@ pub enum QuotaCmd {
         /// Cpu-hours per calendar month, up to three decimals (counted exactly).
         #[arg(long, value_parser = parse_cpu_hours)]
         cpu_hours_per_month: Option<u64>,
+        /// Placements per week (Monday 00:00 UTC to the next).
+        #[arg(long)]
+        jobs_per_week: Option<u64>,
+        /// Cpu-hours per week, up to three decimals.
+        #[arg(long, value_parser = parse_cpu_hours)]
+        cpu_hours_per_week: Option<u64>,
         /// What `place --queue` does when a window is spent.
         #[arg(long, value_parser = ["queue", "refuse"], default_value = "queue")]
         when_exhausted: String,
@@ -190,7 +196,14 @@ pub async fn run(s: &Session, cmd: QuotaCmd) -> anyhow::Result<()> {
             })
             .await
         }
-        QuotaCmd::Window { tenant, jobs_per_day, cpu_hours_per_month, when_exhausted } => {
+        QuotaCmd::Window {
+            tenant,
+            jobs_per_day,
+            cpu_hours_per_month,
+            jobs_per_week,
+            cpu_hours_per_week,
+            when_exhausted,
+        } => {
             edit(s, tenant, |quota| {
                 let policy = if when_exhausted == "refuse" {
                     pb::window_limits::Policy::Refuse
@@ -200,6 +213,8 @@ pub async fn run(s: &Session, cmd: QuotaCmd) -> anyhow::Result<()> {
                 quota.windows = Some(pb::WindowLimits {
                     jobs_per_day,
                     cpu_milli_ms_per_month: cpu_hours_per_month,
+                    jobs_per_week,
+                    cpu_milli_ms_per_week: cpu_hours_per_week,
                     when_exhausted: policy.into(),
                 });
             })

@@ -77,6 +77,12 @@ fn line(e: &pb::WatchEvent) -> String {
     field("moves", &moves.join(","));
     if let Some(q) = &e.quota {
         field("quota", q.kind().as_str_name());
+        if q.kind() == pb::quota_event::Kind::BudgetAlert {
+            field("month", &q.budget_month);
+            field("percent", &q.budget_percent.to_string());
+            field("spent", &q.spent);
+            field("budget", &q.budget);
+        }
     }
     if e.kind == "WORKER_DOWN" {
         field("instances_lost", &e.instances_lost.to_string());
