@@ -382,7 +382,10 @@ fn quota() -> impl Strategy<Value = Quota> {
                 burst_per_mille: soft + extra,
             }),
     );
-    (limits(), scopes, soft, grace_ms, denied, windows, preemption, guarantees, soft_share)
+    // Utilisation alerts now and then, sometimes out of range (refused).
+    let alert =
+        prop::option::weighted(0.3, prop_oneof![8 => 1..=100u8, 1 => Just(0u8), 1 => Just(101u8)]);
+    (limits(), scopes, soft, grace_ms, denied, windows, preemption, guarantees, soft_share, alert)
         .prop_map(
             |(
                 total,
@@ -394,6 +397,7 @@ fn quota() -> impl Strategy<Value = Quota> {
                 preemption,
                 guarantees,
                 share,
+                alert_percent,
             )| {
                 let soft = match share {
                     Some(_) => SoftLimits { cpu_millis: None, memory_mib: None, ..soft },
@@ -409,6 +413,7 @@ fn quota() -> impl Strategy<Value = Quota> {
                     preemption,
                     guarantees,
                     soft_share: share,
+                    alert_percent,
                 }
             },
         )

@@ -733,6 +733,83 @@ fn weekly_windows_reset_on_monday_at_midnight() {
     assert!(week.cpu_milli_ms_this_month > week.cpu_milli_ms_this_week, "the month began earlier");
 }
 
+// ----- utilisation alerts ---------------------------------------------------------------------
+
+/// The utilisation events of an entry, as readable strings.
+fn utilisation(applied: &Applied) -> Vec<String> {
+    applied
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            QuotaEvent::UtilisationHigh { tenant, pool, dimension, percent, used, limit } => {
+                let pool = pool.as_ref().map_or("total".to_owned(), |p| p.to_string());
+                Some(format!(
+                    "{tenant} {pool} {} high {used}/{limit} ({percent}%)",
+                    dimension.name()
+                ))
+            }
+            QuotaEvent::UtilisationNormal { tenant, pool, dimension } => {
+                let pool = pool.as_ref().map_or("total".to_owned(), |p| p.to_string());
+                Some(format!("{tenant} {pool} {} normal", dimension.name()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A tenant's subtree reaching a set percent of a hard limit its quota sets (in total or per
+/// pool) is reported once as it crosses, and once as it falls back below; changing the quota
+/// settles it at once.
+#[test]
+fn utilisation_alerts_fire_once_per_crossing() {
+    let mut log = Log::new();
+    log.tenant("org", None);
+    log.tenant("team", Some("org"));
+    log.worker("w1", None, 64_000);
+    let quota = Quota {
+        total: Limits { cpu_millis: Some(10_000), jobs: Some(10), ..Limits::default() },
+        alert_percent: Some(80),
+        ..Quota::default()
+    };
+    assert!(utilisation(&log.quota("org", quota.clone())).is_empty());
+    assert!(utilisation(&log.place("team", "a", 7_999)).is_empty(), "79.99 %");
+    assert_eq!(
+        utilisation(&log.place("team", "b", 1)),
+        vec!["org total cpu_millis high 8000/10000 (80%)"],
+        "the child's work counts against the parent's limit"
+    );
+    assert!(utilisation(&log.place("team", "c", 1_000)).is_empty(), "once per crossing");
+    assert!(utilisation(&log.release("team", "c")).is_empty(), "still at 80 %");
+    assert_eq!(utilisation(&log.release("team", "b")), vec!["org total cpu_millis normal"]);
+    assert_eq!(
+        utilisation(&log.place("team", "b2", 1)),
+        vec!["org total cpu_millis high 8000/10000 (80%)"],
+        "crossing again is reported again"
+    );
+    // A lower limit crosses without any placement; removing the alert settles it.
+    let lower = Quota { total: Limits { jobs: Some(2), ..quota.total.clone() }, ..quota.clone() };
+    assert_eq!(utilisation(&log.quota("org", lower)), vec!["org total jobs high 2/2 (80%)"],);
+    let off = Quota { alert_percent: None, ..quota.clone() };
+    assert_eq!(
+        utilisation(&log.quota("org", off)),
+        vec!["org total cpu_millis normal", "org total jobs normal"],
+    );
+    // Per pool, on the tenant's own limits.
+    let pooled = Quota {
+        pools: [("default".into(), Limits { cpu_millis: Some(16_000), ..Limits::default() })]
+            .into(),
+        alert_percent: Some(50),
+        ..Quota::default()
+    };
+    assert_eq!(
+        utilisation(&log.quota("team", pooled)),
+        vec!["team default cpu_millis high 8000/16000 (50%)"]
+    );
+    let bad = Quota { alert_percent: Some(101), ..Quota::default() };
+    let refused = log.apply(Command::SetQuota { tenant: "team".into(), quota: bad });
+    assert!(matches!(refused.result, Err(Rejection::InvalidArgument { .. })));
+}
+
 // ----- priority and preemption -----------------------------------------------------------------
 
 impl Log {

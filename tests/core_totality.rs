@@ -311,6 +311,7 @@ fn quota() -> impl Strategy<Value = Quota> {
         ])),
         prop::collection::btree_map(pool(), guarantee, 0..=1),
         share,
+        prop::option::of(select(vec![0u8, 1, 50, 80, 100, 101, u8::MAX])),
     )
         .prop_map(
             |(
@@ -323,6 +324,7 @@ fn quota() -> impl Strategy<Value = Quota> {
                 preemption,
                 guarantees,
                 soft_share,
+                alert_percent,
             )| {
                 Quota {
                     total,
@@ -334,6 +336,7 @@ fn quota() -> impl Strategy<Value = Quota> {
                     preemption,
                     guarantees,
                     soft_share,
+                    alert_percent,
                 }
             },
         )
@@ -469,6 +472,8 @@ fn command() -> impl Strategy<Value = Command> {
     let lease = || name(&LEASES).prop_map(LeaseName::from);
     let placement = || name(&PLACEMENTS).prop_map(PlacementId::from);
     let capacity = || resources(1000..=4000, 1024..=4096);
+    // The largest strategies (quota, prices, budget) are boxed: inlined, their value trees
+    // make the union's so large that a debug build overflows the test thread's stack.
     prop_oneof![
         2 => Just(Command::Tick),
         1 => Just(Command::LeaderChanged),
@@ -487,7 +492,7 @@ fn command() -> impl Strategy<Value = Command> {
         3 => (tenant(), prop::option::weighted(0.4, tenant()), small_u32(1..=10))
             .prop_map(|(tenant, parent, weight)| Command::CreateTenant { tenant, parent, weight }),
         1 => tenant().prop_map(|tenant| Command::DeleteTenant { tenant }),
-        3 => (tenant(), quota()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
+        3 => (tenant(), quota().boxed()).prop_map(|(tenant, quota)| Command::SetQuota { tenant, quota }),
         1 => (tenant(), name(&["k1", "k2"]), token_hash(), token_ttl()).prop_map(
             |(tenant, token, hash, ttl_ms)| Command::AddToken { tenant, token: TokenId::from(token), hash, ttl_ms }
         ),
@@ -523,7 +528,7 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(tenant, lease, token)| Command::ReleaseLease { tenant, lease, token: LogIndex(token) }),
         4 => heartbeat_workers().prop_map(|workers| Command::Heartbeat { workers }),
         1 => (pool(), worker_ttl()).prop_map(|(pool, ttl_ms)| Command::SetPoolWorkerTtl { pool, ttl_ms }),
-        2 => (name(&["default", "gold"]), prices(), prop::option::of(amount(0..=10_000))).prop_map(
+        2 => (name(&["default", "gold"]), prices().boxed(), prop::option::of(amount(0..=10_000))).prop_map(
             |(plan, prices, later)| Command::SetPricePlan {
                 plan: PlanId::from(plan),
                 prices,
@@ -533,7 +538,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (tenant(), prop::option::of(name(&["default", "gold"]))).prop_map(|(tenant, plan)| {
             Command::SetBillingPlan { tenant, plan: plan.map(PlanId::from) }
         }),
-        1 => (tenant(), prop::option::of(budget())).prop_map(|(tenant, budget)| {
+        1 => (tenant(), prop::option::of(budget()).boxed()).prop_map(|(tenant, budget)| {
             Command::SetBudget { tenant, budget }
         }),
         3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(

@@ -384,6 +384,8 @@ pub fn quota(q: Option<pb::Quota>) -> Result<Quota, Status> {
             soft_per_mille: s.soft_per_mille,
             burst_per_mille: s.burst_per_mille,
         }),
+        // Out of range: 0 (always refused as out of bounds).
+        alert_percent: q.alert_percent.map(|p| u8::try_from(p).unwrap_or(0)),
     })
 }
 
@@ -466,6 +468,7 @@ pub fn pb_quota(q: &Quota) -> pb::Quota {
             soft_per_mille: s.soft_per_mille,
             burst_per_mille: s.burst_per_mille,
         }),
+        alert_percent: q.alert_percent.map(u32::from),
     }
 }
 
@@ -482,6 +485,7 @@ pub fn pb_effective(q: &EffectiveQuota) -> pb::Quota {
         // Guarantees are not inherited either; soft shows share-of-pool limits resolved.
         guarantees: Default::default(),
         soft_share: None,
+        alert_percent: None,
     }
 }
 
@@ -505,6 +509,27 @@ pub fn quota_event(e: &QuotaEvent) -> pb::QuotaEvent {
                 budget_percent: u32::from(*percent),
                 budget: budget.to_string(),
                 spent: spent.to_string(),
+                ..Default::default()
+            }
+        }
+        QuotaEvent::UtilisationHigh { tenant, pool, dimension, percent, used, limit } => {
+            return pb::QuotaEvent {
+                kind: Kind::UtilisationHigh.into(),
+                tenant_id: tenant.0.clone(),
+                pool: pool.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                dimension: dimension.name().to_owned(),
+                utilisation_percent: u32::from(*percent),
+                used: *used,
+                limit: *limit,
+                ..Default::default()
+            }
+        }
+        QuotaEvent::UtilisationNormal { tenant, pool, dimension } => {
+            return pb::QuotaEvent {
+                kind: Kind::UtilisationNormal.into(),
+                tenant_id: tenant.0.clone(),
+                pool: pool.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                dimension: dimension.name().to_owned(),
                 ..Default::default()
             }
         }

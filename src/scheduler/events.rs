@@ -328,7 +328,9 @@ impl Event {
                 | QuotaEvent::ReturnedUnderSoft { tenant }
                 | QuotaEvent::Admitted { tenant, .. }
                 | QuotaEvent::Preempted { tenant, .. }
-                | QuotaEvent::BudgetAlert { tenant, .. } => tenant,
+                | QuotaEvent::BudgetAlert { tenant, .. }
+                | QuotaEvent::UtilisationHigh { tenant, .. }
+                | QuotaEvent::UtilisationNormal { tenant, .. } => tenant,
             }),
             Event::WorkerRegistered { .. }
             | Event::WorkerDown { .. }

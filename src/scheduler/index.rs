@@ -13,6 +13,7 @@ use super::ids::{
     WorkerId,
 };
 use super::queue::QueuedPlacement;
+use super::quota::{high_utilisation, Dimension};
 use super::resources::{LabelTerm, Resources};
 use super::state::{Placement, State, Token, Worker};
 use super::windows::limited_in_time;
@@ -57,6 +58,9 @@ pub struct Indexes {
     pub group_sizes: BTreeMap<(TenantId, GroupId), u64>,
     /// Reservation and lease expiry times, and ends of burst grace periods.
     pub deadlines: BTreeSet<(UnixMillis, Deadline)>,
+    /// The hard limits each tenant's usage is at or above its alert percent of
+    /// (`quota::high_utilisation`): (tenant, pool or total, dimension).
+    pub utilisation_high: BTreeSet<(TenantId, Option<PoolId>, Dimension)>,
     /// Each budgeted tenant's `Deadline::Budget` time (to find it in `deadlines`).
     pub budget_deadlines: BTreeMap<TenantId, UnixMillis>,
     /// Token hash to its tenant.
@@ -149,6 +153,9 @@ impl Indexes {
                 ix.add_token(&tenant.id, id, token);
             }
             ix.set_guaranteed(&tenant.id, tenant.quota.guarantees.keys(), true);
+            for ((pool, dimension), _) in high_utilisation(tenant) {
+                ix.utilisation_high.insert((tenant.id.clone(), pool, dimension));
+            }
             if let Some(at) = budget_deadline(state, tenant) {
                 ix.budget_deadlines.insert(tenant.id.clone(), at);
                 ix.deadlines.insert((at, Deadline::Budget(tenant.id.clone())));

@@ -152,6 +152,10 @@ pub struct Quota {
     /// the pool as workers are added, drained or removed. Replaces `soft.cpu_millis` and
     /// `soft.memory_mib` (setting both is refused); inherited like them.
     pub soft_share: Option<SoftShare>,
+    /// Utilisation alerts on the hard limits this quota sets (in total and per pool): at or
+    /// above this percent of one, `QuotaEvent::UtilisationHigh`; back below,
+    /// `UtilisationNormal`. `1..=100`; `None`: no alerts. Not inherited.
+    pub alert_percent: Option<u8>,
 }
 
 /// Per-mille of a pool's schedulable capacity: `soft <= burst <= 1000`.
@@ -243,6 +247,9 @@ impl Quota {
             for amount in amounts.into_iter().flatten() {
                 amount.validate("quota.guarantees", POOL_RESOURCES_MAX, true)?;
             }
+        }
+        if self.alert_percent.is_some_and(|p| !(1..=100).contains(&p)) {
+            return Err(Rejection::invalid("quota.alert_percent", "must be 1..=100"));
         }
         if self.grace_ms.is_some_and(|g| g > GRACE_MAX_MS) {
             return Err(Rejection::invalid(
@@ -379,6 +386,18 @@ pub enum QuotaEvent {
     BudgetAlert { tenant: TenantId, month: u64, percent: u16, budget: Decimal, spent: Decimal },
     /// A queued placement was placed.
     Admitted { tenant: TenantId, placement: PlacementId },
+    /// The subtree's usage of `dimension` (in total, or in `pool`) reached `percent` of the hard
+    /// limit the tenant's quota sets there (`Quota::alert_percent`).
+    UtilisationHigh {
+        tenant: TenantId,
+        pool: Option<PoolId>,
+        dimension: Dimension,
+        percent: u8,
+        used: u64,
+        limit: u64,
+    },
+    /// It is back below that percent (or the limit or the alert was removed).
+    UtilisationNormal { tenant: TenantId, pool: Option<PoolId>, dimension: Dimension },
     /// A placement was released (and, with `requeued`, queued again) to make room for
     /// `by_placement` of `by_tenant`: by priority, or to return a guarantee (`reclaimed`).
     Preempted {
@@ -494,6 +513,7 @@ impl UsageTotals {
 use super::command::Rejection;
 use super::events::Event;
 use super::index::Deadline;
+use super::state::Tenant;
 use super::Scheduler;
 
 impl Scheduler {
@@ -640,6 +660,46 @@ impl Scheduler {
     pub(super) fn settle_bursts(&mut self, tenants: &[TenantId]) {
         for id in tenants {
             self.settle_burst(id);
+            self.settle_utilisation(id);
+        }
+    }
+
+    /// Brings `id`'s utilisation alerts to what its usage and quota say, reporting each change.
+    fn settle_utilisation(&mut self, id: &TenantId) {
+        let t = self.state.tenants.get(id).expect("invariant: settled tenant exists");
+        let now: BTreeMap<(Option<PoolId>, Dimension), (u64, u64)> = high_utilisation(t).collect();
+        let percent = t.quota.alert_percent.unwrap_or(0);
+        let first = (id.clone(), None, Dimension::CpuMillis);
+        let was: Vec<(Option<PoolId>, Dimension)> = self
+            .ix
+            .utilisation_high
+            .range(first..)
+            .take_while(|(t, _, _)| t == id)
+            .map(|(_, pool, d)| (pool.clone(), *d))
+            .collect();
+        let mut events = Vec::new();
+        for (pool, dimension) in &was {
+            if !now.contains_key(&(pool.clone(), *dimension)) {
+                self.ix.utilisation_high.remove(&(id.clone(), pool.clone(), *dimension));
+                let (tenant, pool, dimension) = (id.clone(), pool.clone(), *dimension);
+                events.push(QuotaEvent::UtilisationNormal { tenant, pool, dimension });
+            }
+        }
+        for ((pool, dimension), (used, limit)) in now {
+            if self.ix.utilisation_high.insert((id.clone(), pool.clone(), dimension)) {
+                let tenant = id.clone();
+                events.push(QuotaEvent::UtilisationHigh {
+                    tenant,
+                    pool,
+                    dimension,
+                    percent,
+                    used,
+                    limit,
+                });
+            }
+        }
+        for e in events {
+            self.emit(Event::Quota(e));
         }
     }
 
@@ -702,4 +762,21 @@ impl Scheduler {
         }
         out
     }
+}
+
+/// The hard limits of `t`'s own quota (in total, then per pool) its subtree's usage is at or
+/// above `alert_percent` of, with (used, limit). Zero limits are left out.
+pub fn high_utilisation(
+    t: &Tenant,
+) -> impl Iterator<Item = ((Option<PoolId>, Dimension), (u64, u64))> + '_ {
+    let percent = t.quota.alert_percent.map_or(0, u128::from);
+    let total = std::iter::once((None, &t.quota.total, t.usage.total));
+    let pools = t.quota.pools.iter().map(|(p, l)| (Some(p), l, t.usage.pool(p)));
+    total.chain(pools).filter(move |_| percent > 0).flat_map(move |(pool, limits, used)| {
+        Dimension::ALL.into_iter().filter_map(move |d| {
+            let limit = limits.get(d).filter(|l| *l > 0)?;
+            let high = u128::from(used.get(d)) * 100 >= u128::from(limit) * percent;
+            high.then(|| ((pool.cloned(), d), (used.get(d), limit)))
+        })
+    })
 }

@@ -65,6 +65,10 @@ pub enum QuotaCmd {
         #[arg(long, value_parser = ["queue", "refuse"], default_value = "queue")]
         when_exhausted: String,
     },
+    /// Raise a quota event when the subtree's usage reaches PERCENT (1-100) of a hard limit
+    /// this tenant's quota sets (in total or per pool), and another when it is back below;
+    /// "off" removes the alerts.
+    Alert { tenant: String, percent: String },
     /// Deny the tenant's subtree a pool.
     Deny { tenant: String, pool: String },
     /// Lift a pool denial set on this tenant.
@@ -219,6 +223,16 @@ pub async fn run(s: &Session, cmd: QuotaCmd) -> anyhow::Result<()> {
                 });
             })
             .await
+        }
+        QuotaCmd::Alert { tenant, percent } => {
+            let percent =
+                match percent.as_str() {
+                    "off" => None,
+                    p => Some(p.parse::<u32>().map_err(|_| {
+                        anyhow::anyhow!("{p:?} is not a percent (1-100) or \"off\"")
+                    })?),
+                };
+            edit(s, tenant, |quota| quota.alert_percent = percent).await
         }
         QuotaCmd::Deny { tenant, pool } => {
             edit(s, tenant, |quota| {

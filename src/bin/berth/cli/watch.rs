@@ -77,6 +77,18 @@ fn line(e: &pb::WatchEvent) -> String {
     field("moves", &moves.join(","));
     if let Some(q) = &e.quota {
         field("quota", q.kind().as_str_name());
+        if matches!(
+            q.kind(),
+            pb::quota_event::Kind::UtilisationHigh | pb::quota_event::Kind::UtilisationNormal
+        ) {
+            field("pool", &q.pool);
+            field("dimension", &q.dimension);
+        }
+        if q.kind() == pb::quota_event::Kind::UtilisationHigh {
+            field("percent", &q.utilisation_percent.to_string());
+            field("used", &q.used.to_string());
+            field("limit", &q.limit.to_string());
+        }
         if q.kind() == pb::quota_event::Kind::BudgetAlert {
             field("month", &q.budget_month);
             field("percent", &q.budget_percent.to_string());
