@@ -447,3 +447,138 @@ async fn budgets_alert_and_stop() {
     assert_eq!(gone.code(), Code::NotFound);
     cluster.shutdown().await;
 }
+
+/// Invoices on a real cluster, across the end of a month (every replica's clock moved forward
+/// together): hostile months and amounts refused, admin-only writes, a closed month's invoice
+/// returned unchanged by a retry, by a second close, after the leader is stopped, and after
+/// every replica restarts from its data directory; a tenant lists its own invoices only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_close_once_across_leader_changes_and_restarts() {
+    use berth::scheduler::meter::month_label;
+    use berth::scheduler::windows::{month_of, month_start};
+    let (mut cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "globex").await;
+    let acme = issue_token(&mut c, "acme").await;
+    register(&mut c, "w1", 64_000).await;
+    let price = set_plan("default", every_pool(vec![item("cpu", vec![tier(None, "3600")])]));
+    c.billing.set_price_plan(authed(ADMIN_TOKEN, price)).await.expect("priced");
+    c.scheduler.place(authed(ADMIN_TOKEN, place("acme", spec("a", 1_000)))).await.expect("placed");
+
+    let now = berth::clock::Clock::now(&cluster.clock);
+    let this_month = month_of(now);
+    let label = month_label(this_month);
+    let adjust = |month: &str, amount: &str, reason: &str| pb::AdjustInvoiceRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        month: month.into(),
+        amount: amount.into(),
+        reason: reason.into(),
+    };
+    let close = |month: &str| pb::CloseInvoiceRequest {
+        request_id: rid(),
+        tenant_id: "acme".into(),
+        month: month.into(),
+    };
+    for (request, code, why) in [
+        (adjust("2026-13", "1", "r"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (adjust("twenty", "1", "r"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (adjust(&label, "one", "r"), Code::InvalidArgument, "INVALID_DECIMAL"),
+        (adjust(&label, "0.001", "r"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (adjust(&label, "1", &"r".repeat(5_000)), Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (adjust("1999-01", "1", "r"), Code::FailedPrecondition, "INVOICE_UNAVAILABLE"),
+    ] {
+        let refused =
+            c.billing.adjust_invoice(authed(ADMIN_TOKEN, request)).await.expect_err("bad");
+        assert_eq!((refused.code(), reason(&refused).as_str()), (code, why), "{refused:?}");
+        assert!(refused.message().len() < 300, "short: {}", refused.message());
+    }
+    let early =
+        c.billing.close_invoice(authed(ADMIN_TOKEN, close(&label))).await.expect_err("open");
+    assert_eq!(reason(&early), "MONTH_NOT_ENDED");
+    let tenant_closes =
+        c.billing.close_invoice(authed(&acme, close(&label))).await.expect_err("admin");
+    assert_eq!(tenant_closes.code(), Code::PermissionDenied);
+    c.billing
+        .adjust_invoice(authed(ADMIN_TOKEN, adjust(&label, "-0.50", "credit, \"goodwill\"")))
+        .await
+        .expect("adjusted");
+
+    // Every replica's clock moves to the first hour of next month; the leader ticks there.
+    let next = month_start(this_month + 1).0 + 3_600_000;
+    cluster.clock.set_offset_ms(i64::try_from(next - now.0).expect("a month fits"));
+    poll("log time to reach next month", || {
+        let mut billing = c.billing.clone();
+        let label = label.clone();
+        async move {
+            let request = pb::GetStatementRequest { tenant_id: "acme".into(), read: None };
+            let s = billing.get_statement(authed(ADMIN_TOKEN, request)).await.ok()?.into_inner();
+            (s.last_month.as_ref()?.month == label).then_some(())
+        }
+    })
+    .await;
+
+    let request = close(&label);
+    let first =
+        c.billing.close_invoice(authed(ADMIN_TOKEN, request.clone())).await.expect("closed");
+    let first = first.into_inner();
+    let invoice = first.invoice.clone().expect("an invoice");
+    let metered: Decimal = invoice.lines.iter().map(|l| d(&l.amount)).sum();
+    assert!(metered > d("0.50"), "{invoice:?}");
+    assert_eq!(d(&invoice.total), metered - d("0.50"), "lines plus the credit, to the cent");
+    assert!(!invoice.automatic);
+    let retry = c.billing.close_invoice(authed(ADMIN_TOKEN, request)).await.expect("replayed");
+    let retry = retry.into_inner();
+    assert!(retry.write.as_ref().expect("info").replayed);
+    assert_eq!(retry.invoice.as_ref(), Some(&invoice));
+    let again = c.billing.close_invoice(authed(ADMIN_TOKEN, close(&label))).await.expect("same");
+    assert_eq!(again.into_inner().invoice.as_ref(), Some(&invoice), "a second close");
+    let late = c
+        .billing
+        .adjust_invoice(authed(ADMIN_TOKEN, adjust(&label, "1", "late")))
+        .await
+        .expect_err("closed");
+    assert_eq!(reason(&late), "INVOICE_CLOSED");
+
+    // The leader stops: the new one returns the same invoice.
+    let leader = cluster.leader().await;
+    let survivor = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    cluster.stop(leader).await;
+    let mut c2 = clients(&cluster, survivor).await;
+    let after = poll("a new leader to answer", || {
+        let mut billing = c2.billing.clone();
+        let request = close(&label);
+        async move { billing.close_invoice(authed(ADMIN_TOKEN, request)).await.ok() }
+    })
+    .await;
+    assert_eq!(after.into_inner().invoice.as_ref(), Some(&invoice), "after a leader change");
+    cluster.restart(leader).await;
+
+    // Every replica restarts from its data directory.
+    for id in cluster.running() {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    c2 = clients(&cluster, survivor).await;
+    let restarted = poll("the restarted cluster to answer", || {
+        let mut billing = c2.billing.clone();
+        let request = close(&label);
+        async move { billing.close_invoice(authed(ADMIN_TOKEN, request)).await.ok() }
+    })
+    .await;
+    assert_eq!(restarted.into_inner().invoice.as_ref(), Some(&invoice), "after a restart");
+
+    let list = |token: &str, tenant: &str| {
+        let mut billing = c2.billing.clone();
+        let request = pb::ListInvoicesRequest { tenant_id: tenant.into(), read: None };
+        let token = token.to_owned();
+        async move { billing.list_invoices(authed(&token, request)).await }
+    };
+    let own = list(&acme, "acme").await.expect("its own invoices").into_inner();
+    assert_eq!(own.invoices, vec![invoice]);
+    let other = list(&acme, "globex").await.expect_err("another tenant's invoices");
+    assert_eq!(other.code(), Code::PermissionDenied);
+    cluster.shutdown().await;
+}

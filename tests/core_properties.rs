@@ -1207,7 +1207,8 @@ impl Watch {
             | Event::InstanceCompleted { .. }
             | Event::InstanceFailed { .. }
             | Event::Quota(_)
-            | Event::Metered { .. } => {}
+            | Event::Metered { .. }
+            | Event::InvoiceClosed { .. } => {}
         }
         Ok(())
     }
@@ -1746,6 +1747,8 @@ fn checked_apply(
                 .filter(|w| w.down_since.is_none())
                 .filter_map(|w| w.liveness.map(|l| l.alive_until)),
         )
+        // Meters: budgets' alerts and month ends, invoices due to close (`meter_deadline`).
+        .chain(st.tenants.values().filter_map(|t| berth::scheduler::meter::meter_deadline(st, t)))
         .chain(
             (!st.queue.is_empty() && st.tenants.values().any(|t| !t.quota.windows.is_unlimited()))
                 .then(|| UnixMillis((st.now.0 / DAY_MS + 1) * DAY_MS)),

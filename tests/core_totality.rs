@@ -541,6 +541,21 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (tenant(), prop::option::of(budget()).boxed()).prop_map(|(tenant, budget)| {
             Command::SetBudget { tenant, budget }
         }),
+        1 => (
+            tenant(),
+            // Months around log time (November 2023 is 646), and extremes.
+            amount(640..=660),
+            select(vec!["0", "-0.01", "25.00", "0.001", "-1000000000000", "1000000000000.01"]),
+            select(vec!["credit", "", "line\nbreak", "a reason of a fair length"]),
+        )
+            .prop_map(|(tenant, month, amount, reason)| Command::AdjustInvoice {
+                tenant,
+                month,
+                amount: rust_decimal::Decimal::from_str_exact(amount).expect("test decimal"),
+                reason: reason.to_owned(),
+            }),
+        1 => (tenant(), amount(640..=660))
+            .prop_map(|(tenant, month)| Command::CloseInvoice { tenant, month }),
         3 => (worker(), tenant(), placement(), extreme_u32(), amount(0..=60), reported_status()).prop_map(
             |(worker, tenant, placement, slot, assigned_at, status)| Command::ReportStatus {
                 worker,

@@ -100,6 +100,9 @@ pub(super) struct Heartbeats(pub Vec<Option<HeartbeatAck>>);
 /// When a price plan's new version takes effect.
 pub(super) struct PriceSince(pub UnixMillis);
 
+/// A closed invoice (`CloseInvoice`).
+pub(super) struct ClosedInvoice(pub Box<crate::scheduler::Invoice>);
+
 /// What a report did: `Some` when it ended the placement.
 pub(super) struct Reported(pub Option<FinishedState>);
 
@@ -125,12 +128,14 @@ narrow! {
         Heartbeats { Response::Heartbeats(acks) => Heartbeats(acks) }
         Reported { Response::StatusReported { finished } => Reported(finished) }
         PriceSince { Response::PricePlanSet { since } => PriceSince(since) }
+        ClosedInvoice { Response::InvoiceClosed(invoice) => ClosedInvoice(invoice) }
     }
     unread {
         Response::Ticked,
         Response::LeaderChanged { .. },
         Response::ConfigSet,
         Response::BudgetSet,
+        Response::InvoiceAdjusted,
         Response::WorkerUpdated,
         Response::WorkerSchedulable { .. },
         Response::PoolReserveSet,

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use tonic::{Request, Response as Reply, Status};
 
-use super::answer::{answer, PriceSince};
+use super::answer::{answer, ClosedInvoice, PriceSince};
 use super::auth::{require_admin, tenant_scope};
 use super::status::{self, invalid, not_found};
 use super::{convert, pb, Api};
@@ -234,5 +234,65 @@ impl pb::billing_server::Billing for Api {
             })
             .await?;
         Ok(Reply::new(found.map_err(|what| not_found(what, &r.tenant_id))?))
+    }
+
+    async fn adjust_invoice(
+        &self,
+        request: Request<pb::AdjustInvoiceRequest>,
+    ) -> Result<pb::AdjustInvoiceResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let month = convert::month("month", &r.month)?;
+        let amount = Decimal::from_str(r.amount.trim()).map_err(|_| {
+            invalid("INVALID_DECIMAL", format!("amount {} is not a decimal", quoted(&r.amount)))
+        })?;
+        let command = Command::AdjustInvoice { tenant, month, amount, reason: r.reason };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::AdjustInvoiceResponse { write: Some(write) }))
+    }
+
+    async fn close_invoice(
+        &self,
+        request: Request<pb::CloseInvoiceRequest>,
+    ) -> Result<pb::CloseInvoiceResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let month = convert::month("month", &r.month)?;
+        let command = Command::CloseInvoice { tenant, month };
+        let (response, write) = self.write(&caller, &r.request_id, command).await?;
+        let ClosedInvoice(invoice) = answer(response)?;
+        Ok(Reply::new(pb::CloseInvoiceResponse {
+            write: Some(write),
+            invoice: Some(convert::pb_invoice(&invoice)),
+        }))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<pb::ListInvoicesResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let found = self
+            .read(&caller, r.read, |s| {
+                s.invoices(&tenant).map(|i| pb::ListInvoicesResponse {
+                    invoices: i.closed.values().map(convert::pb_invoice).collect(),
+                    open: i
+                        .pending
+                        .iter()
+                        .map(|(month, adjustments)| pb::OpenMonth {
+                            month: month_label(*month),
+                            adjustments: convert::pb_adjustments(adjustments),
+                        })
+                        .collect(),
+                })
+            })
+            .await?;
+        Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
     }
 }

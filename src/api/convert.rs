@@ -718,6 +718,7 @@ pub fn watch_event(j: &crate::raft::journal::Journaled) -> pb::WatchEvent {
             .into();
         }
         Event::Metered { statement, .. } => e.statement = Some(pb_statement(statement)),
+        Event::InvoiceClosed { invoice, .. } => e.invoice = Some(pb_invoice(invoice)),
         Event::Rescheduled { placement, moves, .. } => {
             e.placement_id = placement.0.clone();
             e.moves = moves
@@ -927,5 +928,54 @@ pub fn pb_budget(b: &crate::scheduler::Budget) -> pb::Budget {
         hard_stop: b.hard_stop,
         no_alerts: b.alerts_percent.is_empty(),
         per_day: b.per_day.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}
+
+/// "YYYY-MM" (UTC) as months since January 1970.
+pub fn month(field: &str, text: &str) -> Result<u64, Status> {
+    let bad = || {
+        let quoted = quoted(text);
+        invalid("INVALID_ARGUMENT", format!("{field} {quoted} is not a month like 2026-11"))
+    };
+    let (year, month) = text.trim().split_once('-').ok_or_else(bad)?;
+    let (year, month): (u64, u64) =
+        (year.parse().map_err(|_| bad())?, month.parse().map_err(|_| bad())?);
+    if year.to_string().len() != 4 || !(1970..=9999).contains(&year) || !(1..=12).contains(&month) {
+        return Err(bad());
+    }
+    Ok((year - 1970) * 12 + month - 1)
+}
+
+fn pb_adjustment(a: &crate::scheduler::Adjustment) -> pb::InvoiceAdjustment {
+    pb::InvoiceAdjustment {
+        amount: a.amount.to_string(),
+        reason: a.reason.clone(),
+        log_index: a.log_index.0,
+        added_at_ms: a.added_at.0,
+    }
+}
+
+pub fn pb_adjustments(a: &[crate::scheduler::Adjustment]) -> Vec<pb::InvoiceAdjustment> {
+    a.iter().map(pb_adjustment).collect()
+}
+
+pub fn pb_invoice(i: &crate::scheduler::Invoice) -> pb::Invoice {
+    let lines = pb_statement(&crate::scheduler::Statement {
+        month: i.month,
+        from: crate::scheduler::UnixMillis(0),
+        to: crate::scheduler::UnixMillis(0),
+        lines: i.lines.clone(),
+        total: i.total,
+    })
+    .lines;
+    pb::Invoice {
+        tenant_id: i.tenant.0.clone(),
+        month: crate::scheduler::meter::month_label(i.month),
+        lines,
+        adjustments: pb_adjustments(&i.adjustments),
+        total: i.total.to_string(),
+        closed_at_ms: i.closed_at.0,
+        log_index: i.log_index.0,
+        automatic: i.automatic,
     }
 }

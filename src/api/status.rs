@@ -108,7 +108,10 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::StaleFencingToken { .. }
         | Rejection::RequestIdReused { .. }
         | Rejection::StaleAssignment { .. }
-        | Rejection::NotAPlacement { .. } => Code::FailedPrecondition,
+        | Rejection::NotAPlacement { .. }
+        | Rejection::InvoiceClosed { .. }
+        | Rejection::InvoiceUnavailable { .. }
+        | Rejection::MonthNotEnded { .. } => Code::FailedPrecondition,
         Rejection::PoolDenied { .. } => Code::PermissionDenied,
         Rejection::Unauthenticated | Rejection::TokenExpired { .. } => Code::Unauthenticated,
     }

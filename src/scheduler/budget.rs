@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use super::command::{Rejection, Response};
 use super::events::Event;
 use super::ids::{TenantId, UnixMillis};
-use super::index::Deadline;
 use super::meter::Meter;
 use super::quota::QuotaEvent;
 use super::state::{State, Tenant};
@@ -154,8 +153,8 @@ pub struct BudgetStatus {
 }
 
 /// When `tenant`'s budget next needs a look: the moment its spend reaches the next alert, or
-/// (while it holds something) its month's end. A function of the state alone, so
-/// `Indexes::build` makes the same.
+/// (while it holds something) its month's end. A function of the state alone (part of
+/// `meter::meter_deadline`).
 pub fn budget_deadline(state: &State, tenant: &Tenant) -> Option<UnixMillis> {
     let b = tenant.budget.as_ref()?;
     let meter: &Meter = &tenant.meter;
@@ -186,7 +185,7 @@ impl Scheduler {
         self.ix.window_limited =
             self.ix.window_limited + u64::from(limited) - u64::from(was_limited);
         self.budget_alerts(tenant, &[]);
-        self.refresh_budget_deadline(tenant);
+        self.refresh_meter_deadline(tenant);
         self.queue_dirty = true;
         Ok(Response::BudgetSet)
     }
@@ -227,19 +226,6 @@ impl Scheduler {
             self.emit(Event::Quota(alert));
         }
         changed
-    }
-
-    /// Puts `tenant`'s budget deadline where its state says (`budget_deadline`). Call after
-    /// anything it depends on changes: the meter, the budget, the plan.
-    pub(super) fn refresh_budget_deadline(&mut self, tenant: &TenantId) {
-        if let Some(at) = self.ix.budget_deadlines.remove(tenant) {
-            self.ix.deadlines.remove(&(at, Deadline::Budget(tenant.clone())));
-        }
-        let Some(t) = self.state.tenants.get(tenant) else { return };
-        if let Some(at) = budget_deadline(&self.state, t) {
-            self.ix.budget_deadlines.insert(tenant.clone(), at);
-            self.ix.deadlines.insert((at, Deadline::Budget(tenant.clone())));
-        }
     }
 
     /// Refuses new work of `tenant` if today's spend reached its daily limit, or this month's

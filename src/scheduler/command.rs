@@ -18,6 +18,7 @@ use super::ids::{
     validate_object_id, GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId,
     TenantId, TokenHash, TokenId, UnixMillis, WorkerId,
 };
+use super::invoice::{validate_month, Adjustment, Invoice};
 use super::meter::Prices;
 use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
@@ -279,6 +280,20 @@ pub enum Command {
         tenant: TenantId,
         budget: Option<Budget>,
     },
+    /// A credit (negative) or charge on `tenant`'s invoice for `month` (months since January
+    /// 1970), while that month is open (`invoice.rs`).
+    AdjustInvoice {
+        tenant: TenantId,
+        month: u64,
+        amount: Decimal,
+        reason: String,
+    },
+    /// Closes `tenant`'s invoice for `month`, an ended month; idempotent: closing it again
+    /// returns the same invoice.
+    CloseInvoice {
+        tenant: TenantId,
+        month: u64,
+    },
     /// A worker's report on one instance of a placement (not a reservation). `assigned_at`
     /// (`Slot::assigned_at`) fences it: a report for an instance that moved, or from an
     /// earlier incarnation, is refused `STALE_ASSIGNMENT`.
@@ -485,6 +500,11 @@ impl Command {
                 plan.as_ref().map_or(Ok(()), |p| validate_object_id("plan", p.as_str()))
             }
             Command::SetBudget { budget, .. } => budget.as_ref().map_or(Ok(()), Budget::validate),
+            Command::AdjustInvoice { month, amount, reason, .. } => {
+                validate_month(*month)?;
+                Adjustment::validate(*amount, reason)
+            }
+            Command::CloseInvoice { month, .. } => validate_month(*month),
             Command::ReportStatus { worker, placement, slot, status, .. } => {
                 validate_object_id("worker", worker.as_str())?;
                 validate_object_id("placement", placement.as_str())?;
@@ -541,7 +561,9 @@ impl Command {
             | Command::ReleaseLease { tenant, .. }
             | Command::ReportStatus { tenant, .. }
             | Command::SetBillingPlan { tenant, .. }
-            | Command::SetBudget { tenant, .. } => Some(tenant),
+            | Command::SetBudget { tenant, .. }
+            | Command::AdjustInvoice { tenant, .. }
+            | Command::CloseInvoice { tenant, .. } => Some(tenant),
         }
     }
 
@@ -578,6 +600,8 @@ impl Command {
             Command::SetPricePlan { .. } => "SetPricePlan",
             Command::SetBillingPlan { .. } => "SetBillingPlan",
             Command::SetBudget { .. } => "SetBudget",
+            Command::AdjustInvoice { .. } => "AdjustInvoice",
+            Command::CloseInvoice { .. } => "CloseInvoice",
         }
     }
 }
@@ -748,6 +772,8 @@ pub enum Response {
     },
     BillingPlanSet,
     BudgetSet,
+    InvoiceAdjusted,
+    InvoiceClosed(Box<Invoice>),
     /// The report was recorded; `finished` when it ended the placement (then released).
     StatusReported {
         finished: Option<FinishedState>,
@@ -860,6 +886,12 @@ pub enum Rejection {
         spent: Decimal,
         resets_at: UnixMillis,
     },
+    #[error("the invoice of {} is closed", super::meter::month_label(*month))]
+    InvoiceClosed { month: u64 },
+    #[error("{} has no open invoice: before the tenant existed, not begun, or older than the months kept", super::meter::month_label(*month))]
+    InvoiceUnavailable { month: u64 },
+    #[error("{} has not ended: it ends at {ends_at}", super::meter::month_label(*month))]
+    MonthNotEnded { month: u64, ends_at: UnixMillis },
     #[error("pool {pool} is denied to {limited_by}")]
     PoolDenied {
         /// The tenant whose quota denies the pool: the caller or one of its ancestors.
@@ -947,6 +979,9 @@ impl Rejection {
             Rejection::PoolDenied { .. } => "POOL_DENIED",
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::BudgetSpent { .. } => "QUOTA_EXCEEDED",
+            Rejection::InvoiceClosed { .. } => "INVOICE_CLOSED",
+            Rejection::InvoiceUnavailable { .. } => "INVOICE_UNAVAILABLE",
+            Rejection::MonthNotEnded { .. } => "MONTH_NOT_ENDED",
             Rejection::NoCapacity { .. } => "NO_CAPACITY",
             Rejection::NotLendable { .. } => "NOT_LENDABLE",
             Rejection::PoolOvercommitted { .. } => "POOL_OVERCOMMITTED",

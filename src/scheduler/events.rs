@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{LeaseName, LogIndex, PlacementId, PoolId, TenantId, UnixMillis, WorkerId};
+use super::invoice::Invoice;
 use super::meter::Statement;
 use super::quota::QuotaEvent;
 use super::resources::Resources;
@@ -127,6 +128,12 @@ pub enum Event {
         tenant: TenantId,
         statement: Statement,
     },
+    /// A month's invoice was closed (by `CloseInvoice`, or by the core when the next month
+    /// ended): it is immutable.
+    InvoiceClosed {
+        tenant: TenantId,
+        invoice: Box<Invoice>,
+    },
     WorkerRegistered {
         worker: WorkerId,
         pool: PoolId,
@@ -174,6 +181,7 @@ pub enum EventKind {
     TenantCreated,
     TenantDeleted,
     Metered,
+    InvoiceClosed,
     WorkerRegistered,
     WorkerDown,
     WorkerRevived,
@@ -184,7 +192,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Placed,
         EventKind::Confirmed,
         EventKind::Released,
@@ -201,6 +209,7 @@ impl EventKind {
         EventKind::TenantCreated,
         EventKind::TenantDeleted,
         EventKind::Metered,
+        EventKind::InvoiceClosed,
         EventKind::WorkerRegistered,
         EventKind::WorkerDown,
         EventKind::WorkerRevived,
@@ -228,6 +237,7 @@ impl EventKind {
             EventKind::TenantCreated => "TENANT_CREATED",
             EventKind::TenantDeleted => "TENANT_DELETED",
             EventKind::Metered => "METERED",
+            EventKind::InvoiceClosed => "INVOICE_CLOSED",
             EventKind::WorkerRegistered => "WORKER_REGISTERED",
             EventKind::WorkerDown => "WORKER_DOWN",
             EventKind::WorkerRevived => "WORKER_REVIVED",
@@ -321,7 +331,8 @@ impl Event {
             | Event::LeaseExpired { tenant, .. }
             | Event::TenantCreated { tenant, .. }
             | Event::TenantDeleted { tenant }
-            | Event::Metered { tenant, .. } => Some(tenant),
+            | Event::Metered { tenant, .. }
+            | Event::InvoiceClosed { tenant, .. } => Some(tenant),
             Event::Quota(e) => Some(match e {
                 QuotaEvent::BurstEntered { tenant, .. }
                 | QuotaEvent::GraceExpired { tenant }
@@ -359,6 +370,7 @@ impl Event {
             Event::TenantCreated { .. } => EventKind::TenantCreated,
             Event::TenantDeleted { .. } => EventKind::TenantDeleted,
             Event::Metered { .. } => EventKind::Metered,
+            Event::InvoiceClosed { .. } => EventKind::InvoiceClosed,
             Event::WorkerRegistered { .. } => EventKind::WorkerRegistered,
             Event::WorkerDown { .. } => EventKind::WorkerDown,
             Event::WorkerRevived { .. } => EventKind::WorkerRevived,
@@ -396,7 +408,8 @@ impl Event {
             | Event::Quota(_)
             | Event::TenantCreated { .. }
             | Event::TenantDeleted { .. }
-            | Event::Metered { .. } => Vec::new(),
+            | Event::Metered { .. }
+            | Event::InvoiceClosed { .. } => Vec::new(),
         }
     }
 }

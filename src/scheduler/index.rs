@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::budget::budget_deadline;
 use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PoolId, TenantId, TokenHash, TokenId, UnixMillis,
     WorkerId,
 };
+use super::meter::meter_deadline;
 use super::queue::QueuedPlacement;
 use super::quota::{high_utilisation, Dimension};
 use super::resources::{LabelTerm, Resources};
@@ -32,9 +32,9 @@ pub enum Deadline {
     Worker(WorkerId),
     /// A placement's `time_limit_at`.
     TimeLimit(TenantId, PlacementId),
-    /// When a tenant's spend reaches its next budget alert, or its month ends
-    /// (`budget::budget_deadline`).
-    Budget(TenantId),
+    /// When a tenant's meter needs a look (`meter::meter_deadline`): its spend reaches its
+    /// next budget alert, its month ends, or an open invoice month is due to close.
+    Meter(TenantId),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,8 +61,8 @@ pub struct Indexes {
     /// The hard limits each tenant's usage is at or above its alert percent of
     /// (`quota::high_utilisation`): (tenant, pool or total, dimension).
     pub utilisation_high: BTreeSet<(TenantId, Option<PoolId>, Dimension)>,
-    /// Each budgeted tenant's `Deadline::Budget` time (to find it in `deadlines`).
-    pub budget_deadlines: BTreeMap<TenantId, UnixMillis>,
+    /// Each tenant's `Deadline::Meter` time, if it has one (to find it in `deadlines`).
+    pub meter_deadlines: BTreeMap<TenantId, UnixMillis>,
     /// Token hash to its tenant.
     pub tokens: BTreeMap<TokenHash, (TenantId, TokenId)>,
     /// When each expiring token is forgotten (`EXPIRED_TOKEN_RETENTION_MS` after it expires).
@@ -156,9 +156,9 @@ impl Indexes {
             for ((pool, dimension), _) in high_utilisation(tenant) {
                 ix.utilisation_high.insert((tenant.id.clone(), pool, dimension));
             }
-            if let Some(at) = budget_deadline(state, tenant) {
-                ix.budget_deadlines.insert(tenant.id.clone(), at);
-                ix.deadlines.insert((at, Deadline::Budget(tenant.id.clone())));
+            if let Some(at) = meter_deadline(state, tenant) {
+                ix.meter_deadlines.insert(tenant.id.clone(), at);
+                ix.deadlines.insert((at, Deadline::Meter(tenant.id.clone())));
             }
         }
         for queued in state.queue.values() {

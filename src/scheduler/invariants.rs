@@ -3,6 +3,7 @@
 //! It is O(state) and meant for tests, simulation, snapshot install and debug checks, not for
 //! every apply in production.
 
+use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
 use super::index::Indexes;
@@ -41,6 +42,19 @@ impl Scheduler {
                     "tenant {}'s meter runs at {metered:?}, it holds {holds:?}",
                     t.id
                 ));
+            }
+            // A meter deadline already passed would be taken again at once, forever.
+            if self.ix.meter_deadlines.get(&t.id).is_some_and(|at| *at <= s.now) {
+                bad.push(format!("tenant {}'s meter deadline has passed", t.id));
+            }
+            // An invoice adds up: its lines' amounts plus its adjustments.
+            for (month, i) in &t.invoices.closed {
+                let sum =
+                    i.lines.iter().map(|l| l.amount).chain(i.adjustments.iter().map(|a| a.amount));
+                if i.month != *month || sum.fold(Decimal::ZERO, Decimal::saturating_add) != i.total
+                {
+                    bad.push(format!("tenant {}'s invoice of month {month} does not add up", t.id));
+                }
             }
             if t.meter.integrated_at > s.now {
                 bad.push(format!("tenant {}'s meter is ahead of log time", t.id));

@@ -75,8 +75,8 @@ impl Scheduler {
             pool_worker_ttls: s.pool_worker_ttls.clone(),
             // A copy never ends a placement it keeps a record of.
             finished: Default::default(),
-            // Nor is its meters' pricing ever read.
-            price_plans: Default::default(),
+            // Prices: a budget's spend decides whether work may start.
+            price_plans: s.price_plans.clone(),
         };
         let mut ix = self.ix.clone();
         ix.finished_order.clear();
@@ -90,6 +90,7 @@ impl Scheduler {
             admitted: Vec::new(),
             lost: Vec::new(),
             moved: self.moved.clone(),
+            applying: self.applying,
         }
     }
 

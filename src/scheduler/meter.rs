@@ -25,10 +25,14 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::budget::budget_deadline;
 use super::command::{Rejection, Response};
 use super::events::Event;
 use super::ids::{validate_object_id, PlacementId, PlanId, PoolId, TenantId, UnixMillis};
+use super::index::Deadline;
+use super::invoice::{invoice_deadline, INVOICE_MONTHS_KEPT};
 use super::resources::Resources;
+use super::state::State;
 use super::state::{Placement, Tenant};
 use super::windows::{day_of, month_of, month_start, DAY_MS};
 use super::Scheduler;
@@ -586,7 +590,37 @@ impl Meter {
     }
 }
 
+/// When `t`'s meter next needs a look, brought forward by `Deadline::Meter`: its budget's
+/// (`budget::budget_deadline`) or its invoices' (`invoice::invoice_deadline`), whichever is
+/// first. A function of the state alone, so `Indexes::build` makes the same.
+pub fn meter_deadline(state: &State, t: &Tenant) -> Option<UnixMillis> {
+    let budget = budget_deadline(state, t);
+    let invoice = invoice_deadline(t);
+    match (budget, invoice) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Scheduler {
+    /// Puts `tenant`'s `Deadline::Meter` where its state says (`meter_deadline`). Call after
+    /// anything it depends on changes: what it holds, its month, budget, plan or invoices.
+    pub(super) fn refresh_meter_deadline(&mut self, tenant: &TenantId) {
+        let at = self.state.tenants.get(tenant).and_then(|t| meter_deadline(&self.state, t));
+        let was = self.ix.meter_deadlines.get(tenant).copied();
+        if at == was {
+            return;
+        }
+        if let Some(was) = was {
+            self.ix.meter_deadlines.remove(tenant);
+            self.ix.deadlines.remove(&(was, Deadline::Meter(tenant.clone())));
+        }
+        if let Some(at) = at {
+            self.ix.meter_deadlines.insert(tenant.clone(), at);
+            self.ix.deadlines.insert((at, Deadline::Meter(tenant.clone())));
+        }
+    }
+
     /// The plan `tenant` pays by: its own, else `default` if there is one.
     pub(super) fn plan_of<'a>(
         plans: &'a BTreeMap<PlanId, PricePlan>,
@@ -603,16 +637,29 @@ impl Scheduler {
         let plans = &self.state.price_plans;
         let t = self.state.tenants.get_mut(tenant).expect("invariant: metered tenant exists");
         let plan = Self::plan_of(plans, t);
+        // A new month may close last month's invoice: keep its statement at hand.
+        let new_month = month_of(now) != t.meter.month;
+        let previous = if new_month { t.meter.last_month.clone() } else { None };
         let ended = t.meter.advance(now, plan);
         let budgeted = t.budget.is_some();
         let totals: Vec<(u64, Decimal)> = ended.iter().map(|s| (s.month, s.total)).collect();
+        let statements: Vec<Statement> = if new_month {
+            let kept = month_of(now).saturating_sub(INVOICE_MONTHS_KEPT);
+            previous.into_iter().chain(ended.iter().cloned()).filter(|s| s.month >= kept).collect()
+        } else {
+            Vec::new()
+        };
         for statement in ended {
             self.emit(Event::Metered { tenant: tenant.clone(), statement });
         }
+        if new_month {
+            self.close_overdue_invoices(tenant, &statements);
+        }
         // Bringing a meter forward moves no crossing (the spend at a moment does not depend on
         // when it was last integrated): only a raised alert or a new month does.
-        if budgeted && (self.budget_alerts(tenant, &totals) || !totals.is_empty()) {
-            self.refresh_budget_deadline(tenant);
+        let alerted = budgeted && self.budget_alerts(tenant, &totals);
+        if alerted || new_month {
+            self.refresh_meter_deadline(tenant);
         }
     }
 
@@ -626,9 +673,7 @@ impl Scheduler {
         let t = self.state.tenants.get_mut(&placement.tenant);
         let t = t.expect("invariant: a placement's tenant exists");
         t.meter.hold(&placement.pool, placement.expires_at.is_some(), held, add);
-        if t.budget.is_some() {
-            self.refresh_budget_deadline(&placement.tenant.clone());
-        }
+        self.refresh_meter_deadline(&placement.tenant.clone());
     }
 
     /// `SetPricePlan`. Every meter is brought to now first, under the prices it had, so no
@@ -657,7 +702,7 @@ impl Scheduler {
         }
         self.state.price_plans.insert(plan, next);
         for tenant in &tenants {
-            self.refresh_budget_deadline(tenant);
+            self.refresh_meter_deadline(tenant);
         }
         Ok(Response::PricePlanSet { since })
     }
@@ -677,7 +722,7 @@ impl Scheduler {
         }
         self.meter_tenant(tenant);
         self.tenant_mut(tenant)?.billing_plan = plan;
-        self.refresh_budget_deadline(tenant);
+        self.refresh_meter_deadline(tenant);
         Ok(Response::BillingPlanSet)
     }
 

@@ -23,6 +23,7 @@ pub mod events;
 pub mod ids;
 mod index;
 mod invariants;
+pub mod invoice;
 mod jobs;
 mod leases;
 mod lifecycle;
@@ -55,6 +56,7 @@ pub use ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId, TenantId, TokenHash,
     TokenId, UnixMillis, WorkerId, DEFAULT_POOL, UNIX_MILLIS_MAX,
 };
+pub use invoice::{Adjustment, Invoice};
 pub use jobs::{Decision, VERDICTS_MAX};
 pub use meter::{Item, PricePlan, Prices, Projection, Statement, StatementLine, Tier};
 pub use placement::Filter as WorkerFilter;
@@ -157,6 +159,8 @@ pub struct Scheduler {
     /// Placements whose lost instances moved in the entry being applied (empty between
     /// entries): their new instances stand as if placed now (`anchors_of_this_entry`).
     moved: std::collections::BTreeSet<(TenantId, PlacementId)>,
+    /// The index of the entry being applied (0 between entries and in dry runs).
+    applying: LogIndex,
 }
 
 impl PartialEq for Scheduler {
@@ -185,6 +189,7 @@ impl Scheduler {
             admitted: Vec::new(),
             lost: Vec::new(),
             moved: Default::default(),
+            applying: LogIndex(0),
         }
     }
 
@@ -199,6 +204,7 @@ impl Scheduler {
             admitted: Vec::new(),
             lost: Vec::new(),
             moved: Default::default(),
+            applying: LogIndex(0),
         }
     }
 
@@ -238,6 +244,7 @@ impl Scheduler {
     pub fn apply(&mut self, entry: Entry) -> Applied {
         let index = entry.index;
         self.preempted = 0;
+        self.applying = index;
         let mut applied = self.apply_entry(entry);
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
@@ -247,6 +254,7 @@ impl Scheduler {
         self.preempted = 0;
         self.admitted.clear();
         self.moved.clear();
+        self.applying = LogIndex(0);
         applied
     }
 
@@ -395,6 +403,10 @@ impl Scheduler {
             }
             Command::SetBillingPlan { tenant, plan } => self.set_billing_plan(&tenant, plan),
             Command::SetBudget { tenant, budget } => self.set_budget(&tenant, budget),
+            Command::AdjustInvoice { tenant, month, amount, reason } => {
+                self.adjust_invoice(index, &tenant, month, amount, reason)
+            }
+            Command::CloseInvoice { tenant, month } => self.close_invoice(index, &tenant, month),
             Command::ReportStatus { worker, tenant, placement, slot, assigned_at, status } => {
                 self.report_status(index, worker, tenant, placement, slot, assigned_at, status)
             }
@@ -457,10 +469,15 @@ impl Scheduler {
                     self.emit(Event::LeaseExpired { tenant: t, lease: l, token });
                     expired.push(Expired::Lease { tenant, lease, token });
                 }
-                Deadline::Budget(tenant) => {
-                    // Its spend reached an alert, or its month ended: metering says which.
-                    self.ix.budget_deadlines.remove(&tenant);
+                Deadline::Meter(tenant) => {
+                    // Its spend reached an alert, its month ended, or an invoice is due to
+                    // close: metering says which.
+                    self.ix.meter_deadlines.remove(&tenant);
                     self.meter_tenant(&tenant);
+                    let t = self.state.tenants.get(&tenant);
+                    let last = t.and_then(|t| t.meter.last_month.clone());
+                    self.close_overdue_invoices(&tenant, &last.into_iter().collect::<Vec<_>>());
+                    self.refresh_meter_deadline(&tenant);
                 }
                 Deadline::Grace(tenant) => {
                     let t = self.state.tenants.get_mut(&tenant);

@@ -13,6 +13,7 @@ use super::ids::{
     GroupId, LeaseName, LogIndex, PlacementId, PlanId, PoolId, RequestId, TenantId, TokenHash,
     TokenId, UnixMillis, WorkerId,
 };
+use super::invoice::Invoices;
 use super::meter::{Meter, PricePlan};
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
@@ -184,6 +185,8 @@ pub struct Tenant {
     pub meter: Box<Meter>,
     /// Its monthly budget and the alerts fired (`budget.rs`).
     pub budget: Option<Box<BudgetState>>,
+    /// Its closed invoices and the adjustments of its open months (`invoice.rs`).
+    pub invoices: Box<Invoices>,
 }
 
 /// One of a tenant's API tokens: only its hash is kept, never the token.

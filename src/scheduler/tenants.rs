@@ -49,6 +49,7 @@ impl Scheduler {
             billing_plan: None,
             meter: Box::new(Meter::new(self.state.now)),
             budget: None,
+            invoices: Box::default(),
         };
         self.state.tenants.insert(tenant.clone(), created.clone());
         self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });
@@ -128,7 +129,7 @@ impl Scheduler {
             self.emit(Event::Metered { tenant: tenant.clone(), statement });
         }
         let removed = self.state.tenants.remove(tenant).expect("invariant: looked up above");
-        self.refresh_budget_deadline(tenant);
+        self.refresh_meter_deadline(tenant);
         self.ix.set_guaranteed(tenant, removed.quota.guarantees.keys(), false);
         self.ix.window_limited -= u64::from(limited_in_time(&removed));
         assert!(removed.usage.total.is_zero(), "invariant: deleted tenant holds nothing");

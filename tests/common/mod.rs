@@ -58,6 +58,8 @@ pub struct Cluster {
     with_api: bool,
     /// Every replica's peer connections go through these, for tests to cut or slow them.
     pub links: links::Links,
+    /// Every replica's wall clock: a test moves them all at once (`set_offset_ms`).
+    pub clock: SystemClock,
     _tmp: tempfile::TempDir,
 }
 
@@ -105,7 +107,9 @@ impl Cluster {
         }
         let authority = Arc::new(Authority::generate().expect("a CA"));
         let links = links::Links::default();
-        let mut cluster = Cluster { members, authority, options, with_api, links, _tmp: tmp };
+        let clock = SystemClock::default();
+        let mut cluster =
+            Cluster { members, authority, options, with_api, links, clock, _tmp: tmp };
         let founders: BTreeMap<u64, String> =
             cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
         for (id, listener) in listeners {
@@ -140,7 +144,7 @@ impl Cluster {
         let server = Server::start(
             (self.options)(id, member.addr.clone()),
             storage,
-            Arc::new(SystemClock::default()),
+            Arc::new(self.clock.clone()),
             self.links.wrap(&member.addr, tcp_connect(Duration::from_millis(500))),
             security,
             Listeners { peer: TcpIncoming::from(listener).with_nodelay(Some(true)), api },

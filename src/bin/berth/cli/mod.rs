@@ -23,6 +23,7 @@ mod budget;
 mod cluster;
 mod cost;
 mod group;
+mod invoice;
 mod lease;
 mod placement;
 mod pool;
@@ -132,6 +133,9 @@ pub enum ClientCmd {
     /// Tenants' monthly budgets: alerts, a hard stop, and where the month is heading.
     #[command(subcommand)]
     Budget(budget::BudgetCmd),
+    /// Tenants' monthly invoices: adjust, close, list, export as CSV or JSON.
+    #[command(subcommand)]
+    Invoice(invoice::InvoiceCmd),
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
     /// Print events as they happen (a tenant's, or with the admin token everything).
@@ -185,6 +189,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Lease(cmd) => lease::run(&s, cmd).await,
         ClientCmd::Cost(cmd) => cost::run(&s, cmd).await,
         ClientCmd::Budget(cmd) => budget::run(&s, cmd).await,
+        ClientCmd::Invoice(cmd) => invoice::run(&s, cmd).await,
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
         ClientCmd::Watch(args) => watch::run(&s, args).await,
     }
