@@ -18,7 +18,8 @@
 //!   core's tests and benches; `scheduler::events` is what each applied entry reports it did
 //!   (`Applied::journal`, in order, the same on every replica), the source of watches;
 //!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan;
-//!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop.
+//!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop;
+//!   `scheduler::invoice` closes each tenant's months into immutable invoices.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and

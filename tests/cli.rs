@@ -373,6 +373,29 @@ fn up_and_client_subcommands() {
     ok(api, login, &["budget", "clear", "acme"]);
     let bad = berth(api, login, &["budget", "set", "acme", "--per-month", "1.001"]);
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
+    // Invoices: this month takes adjustments; nothing is closed yet, so the export is a header.
+    let month = berth::scheduler::meter::month_label(berth::scheduler::windows::month_of(
+        berth::scheduler::UnixMillis(
+            u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_millis(),
+            )
+            .expect("fits"),
+        ),
+    ));
+    let credit = ["invoice", "adjust", "acme", "--month", &month, "--amount", "-5.00"];
+    ok(api, login, &[&credit[..], &["--reason", "welcome credit"]].concat());
+    let listed = ok(api, login, &["invoice", "list", "acme", "--json"]);
+    assert!(listed.contains("welcome credit") && listed.contains("-5.00"), "{listed}");
+    let export = ok(api, login, &["invoice", "export", "acme", "--format", "csv"]);
+    assert_eq!(
+        export.trim(),
+        "tenant,period,kind,pool,item,quantity,unit,unit_price,amount,currency,description"
+    );
+    let bad = berth(api, login, &["invoice", "close", "acme", "--month", "2026-13"]);
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
     closed_stdout_ends_quietly(api, login);
     drop(cluster);
 

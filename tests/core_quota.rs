@@ -107,7 +107,7 @@ fn soft_limit_bursts_within_grace_only() {
     assert!(log.place("acme", "d", 1_000).result.is_ok(), "exactly at burst, within grace");
     let tick = log.tick(1);
     assert_eq!(tick.events, vec![QuotaEvent::GraceExpired { tenant: "acme".into() }]);
-    assert_eq!(log.s.next_deadline(), None);
+    assert_eq!(log.s.next_deadline(), invoices_due(&log), "no grace deadline left");
     assert!(log.tenant_state("acme").burst.is_some_and(|b| b.expired));
 
     // After the grace, new work is refused while above soft, naming when the grace ended.
@@ -635,7 +635,13 @@ fn jobs_per_day_reset_exactly_at_utc_midnight() {
         (today.jobs_today, today.day_resets_at),
         (1, UnixMillis(midnight + windows::DAY_MS))
     );
-    assert_eq!(log.s.next_deadline(), None, "nothing waits");
+    assert_eq!(log.s.next_deadline(), invoices_due(&log), "nothing waits");
+}
+
+/// The one deadline a tenant that metered something this month keeps: its invoice closes when
+/// the next month has ended.
+fn invoices_due(log: &Log) -> Option<UnixMillis> {
+    Some(windows::month_start(windows::month_of(UnixMillis(log.now)) + 2))
 }
 
 /// Cpu time per UTC calendar month is integrated exactly in cpu_millis × ms from each change
