@@ -29,6 +29,10 @@
 //!   framing and replay), `file_log` (the writer thread: group sync, preallocation,
 //!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`.
 //!   → `codec`, `raft::types`.
+//! - `usage` — each replica's usage history in sled: change points and hourly and daily
+//!   roll-ups per tenant, derived from applied commands by a writer thread, pruned by the
+//!   replicated retention, dumped into snapshots and restored from them, queried by range.
+//!   → `codec`, `fatal`, `scheduler`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
 //!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.
 //!   Imports nothing.
@@ -42,20 +46,21 @@
 //!   machine wrapper, `journal` (the events of applied entries, kept for watch streams), and
 //!   the replica (the one proposer: group commit, leader stamping,
 //!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
-//!   → `network`, `storage`, `clock`, `fatal`, `codec`, `scheduler`.
+//!   → `network`, `storage`, `usage`, `clock`, `fatal`, `codec`, `scheduler`.
 //! - `api` — the public gRPC API (`berth.v1`): one file per service (`tenants`, `workers`,
 //!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
 //!   error mapping (`status`), the one narrowing of the core's answers (`answer`), the
 //!   heartbeat batcher (`heartbeats`), the server streams (`streams`: Watch,
 //!   WatchAssignments), and the per-connection state its requests share (`ApiStream`, under
 //!   tonic).
-//!   → `raft`, `scheduler`, `network::connect`.
+//!   → `raft`, `usage`, `scheduler`, `network::connect`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
 //! - `server` — a replica plus its peer and API servers, with all IO passed in.
-//!   → `api`, `raft`, `network`, `storage`, `tls`, `clock`, `scheduler`.
+//!   → `api`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`, `scheduler`.
 //!
-//! In short: `server` → `api` → `raft` → `network`/`storage` → `raft::types` → `scheduler`.
+//! In short: `server` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →
+//! `scheduler`.
 //! `raft::types` is the one part of `raft` that `storage`, `network` and `tls` import: the
 //! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `journal`, `types` →
 //! `runtime`.
@@ -71,3 +76,4 @@ pub mod scheduler;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod usage;

@@ -23,6 +23,7 @@ use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::tls::{Admission, ApiTls, Identity, PeerTls};
+use crate::usage::UsageLocation;
 
 /// How long a stopping server waits for open connections to close.
 const SERVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -31,14 +32,16 @@ const SERVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Storage {
     pub log: LogStore,
     pub snapshots: SnapshotStore,
+    pub usage: UsageLocation,
 }
 
 impl Storage {
-    /// Raft log in `<dir>/log`, snapshot file in `<dir>/snapshot`.
+    /// Raft log in `<dir>/log`, snapshot file in `<dir>/snapshot`, usage store in `<dir>/usage`.
     pub fn open_dir(dir: &Path) -> std::io::Result<Storage> {
         Ok(Storage {
             log: LogStore::open_dir(&dir.join("log"))?,
             snapshots: SnapshotStore::Dir(dir.join("snapshot")),
+            usage: UsageLocation::Dir(dir.join("usage")),
         })
     }
 }
@@ -110,9 +113,10 @@ impl Server {
                 (connect, None, None)
             }
         };
-        let replica = Replica::start(options, storage.log, storage.snapshots, clock, connect)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let replica =
+            Replica::start(options, storage.log, storage.snapshots, storage.usage, clock, connect)
+                .await
+                .map_err(anyhow::Error::msg)?;
         let admitting = tokio::spawn(admit_members(replica.clone(), admission));
         let fail_stop_guard = tokio::spawn(fail_stop_guard(replica.clone()));
         // One signal stops every server; a dropped sender stops them too, and so does a

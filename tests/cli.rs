@@ -396,6 +396,21 @@ fn up_and_client_subcommands() {
     );
     let bad = berth(api, login, &["invoice", "close", "acme", "--month", "2026-13"]);
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
+
+    // Usage history: sparklines for people, the series for scripts, a report of every tenant.
+    let drawn = ok(api, login, &["usage", "acme", "--from", "1h", "--step", "5m"]);
+    assert!(drawn.contains("cpu") && drawn.contains("avg") && drawn.contains("raw"), "{drawn}");
+    let series = ok(api, login, &["usage", "acme", "--json"]);
+    let series: serde_json::Value = serde_json::from_str(&series).expect("json");
+    assert_eq!(series["resolution"], "hourly", "{series}");
+    let report = ok(api, login, &["usage", "report", "--from", "1d", "--step", "1h"]);
+    assert!(report.starts_with("tenant,from,to,pool,item,quantity,unit,hours"), "{report}");
+    assert!(report.contains("\nacme,"), "{report}");
+    ok(api, login, &["cluster", "config", "--usage-raw-retention", "2d"]);
+    let config = ok(api, login, &["cluster", "config", "--json"]);
+    assert!(config.contains("172800000"), "{config}");
+    let bad = berth(api, login, &["cluster", "config", "--usage-raw-retention", "100d"]);
+    assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "{}", bad.stderr);
     closed_stdout_ends_quietly(api, login);
     drop(cluster);
 

@@ -638,6 +638,7 @@ fn set_config() -> impl Strategy<Value = Command> {
                     lease_grace_ms,
                     sessions_max,
                     preferred_scan_max,
+                    usage_retention: Default::default(),
                 },
             }
         })

@@ -13,9 +13,9 @@ use berth::scheduler::{
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec,
     PlacementId, PlanId, PoolId, Preemption, Prices, Quota, ReportedStatus, RequestId, Resources,
     Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread, TenantId, Tier, TokenHash,
-    TokenId, UnixMillis, WindowLimits, WindowPolicy, WorkerId, HEARTBEATS_PER_ENTRY_MAX,
-    MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX, STATUS_MESSAGE_LEN_MAX, TOKEN_TTL_MAX_MS,
-    WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
+    TokenId, UnixMillis, UsageRetention, WindowLimits, WindowPolicy, WorkerId,
+    HEARTBEATS_PER_ENTRY_MAX, MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX, STATUS_MESSAGE_LEN_MAX,
+    TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -343,12 +343,28 @@ fn quota() -> impl Strategy<Value = Quota> {
 }
 
 fn config() -> impl Strategy<Value = Config> {
-    (small_u32(1..=1), amount(0..=10_000), amount(1..=100_000), small_u32(0..=100)).prop_map(
-        |(placement_algorithm, lease_grace_ms, sessions_max, preferred_scan_max)| Config {
-            placement_algorithm,
-            lease_grace_ms,
-            sessions_max,
-            preferred_scan_max,
+    let settings = (small_u32(1..=1), amount(0..=10_000), amount(1..=100_000), small_u32(0..=100));
+    // Retention in and out of bounds (an hour, 90 days, ~400 days, 10 years, and beyond).
+    let ms = || {
+        prop_oneof![
+            Just(0),
+            Just(3_600_000),
+            Just(7_776_000_000),
+            Just(34_560_000_000),
+            Just(316_224_000_000),
+            Just(u64::MAX)
+        ]
+    };
+    (settings, (ms(), ms(), ms())).prop_map(
+        |((placement_algorithm, lease_grace_ms, sessions_max, preferred_scan_max), retention)| {
+            let (raw_ms, hourly_ms, daily_ms) = retention;
+            Config {
+                placement_algorithm,
+                lease_grace_ms,
+                sessions_max,
+                preferred_scan_max,
+                usage_retention: UsageRetention { raw_ms, hourly_ms, daily_ms },
+            }
         },
     )
 }

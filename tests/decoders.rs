@@ -13,6 +13,7 @@ use berth::raft::types::{Batch, LogEntry, LogId, Proposal, SnapshotMeta, TypeCon
 use berth::scheduler::{Command, Query, RequestId, Resources, TenantId, UnixMillis};
 use berth::storage::snapshot_store::{unframe, StoredSnapshot};
 use berth::storage::{LogStore, SnapshotStore};
+use berth::usage::{UsageLocation, UsageStore};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::storage::{RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
@@ -170,14 +171,16 @@ fn snapshot_file() -> Vec<u8> {
 /// panic; a refused one leaves the state as it was.
 #[tokio::test]
 async fn damaged_snapshot_bodies_are_refused() {
-    let mut source = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
-        .expect("opens");
+    let mut source =
+        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
+            .expect("opens");
     source.apply((1..4).map(entry).collect::<Vec<_>>()).await.expect("applies");
     let snapshot = source.build_snapshot().await.expect("builds");
     let body = snapshot.snapshot.into_inner();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
-        .expect("opens");
+    let mut target =
+        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
+            .expect("opens");
     let mut refused = 0;
     for _ in 0..200 {
         let mut data = body.clone();
@@ -249,4 +252,9 @@ async fn damaged_log_files_open_to_a_prefix_or_are_refused() {
         }
     }
     assert!(opened > 0 && refused > 0, "both outcomes occur ({opened} opened, {refused} refused)");
+}
+
+/// An empty usage store (a state machine restores it from its snapshot).
+fn usage() -> UsageStore {
+    UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
 }

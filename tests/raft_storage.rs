@@ -13,6 +13,7 @@ use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
 use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
 use berth::storage::{FileLogOptions, LogStore, MemLog, SnapshotStore};
+use berth::usage::{UsageLocation, UsageStore};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
@@ -25,6 +26,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fil
         let log = LogStore::open_dir(&dir.path().join("log")).expect("log opens");
         let sm = StateMachine::open(
             SnapshotStore::Dir(dir.path().join("snapshot")),
+            usage(),
             FailStop::record(),
         )?;
         Ok((dir, log, sm))
@@ -36,7 +38,8 @@ struct MemoryBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = LogStore::memory(Arc::new(Mutex::new(MemLog::default())));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
+        let sm =
+            StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -47,7 +50,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuild
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = MemLog::with_flush_delay(std::time::Duration::from_millis(1));
         let log = LogStore::memory(Arc::new(Mutex::new(log)));
-        let sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())?;
+        let sm =
+            StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())?;
         Ok(((), log, sm))
     }
 }
@@ -70,6 +74,7 @@ fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), Storag
             let log = LogStore::open_dir_with(&dir.path().join("log"), options).expect("opens");
             let sm = StateMachine::open(
                 SnapshotStore::Dir(dir.path().join("snapshot")),
+                usage(),
                 FailStop::record(),
             )?;
             Ok((dir, log, sm))
@@ -317,7 +322,7 @@ fn register(id: &str) -> Command {
 async fn snapshot_round_trip_through_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SnapshotStore::Dir(dir.path().join("snapshot"));
-    let mut sm = StateMachine::open(store.clone(), FailStop::record()).expect("opens");
+    let mut sm = StateMachine::open(store.clone(), usage(), FailStop::record()).expect("opens");
     let results = sm
         .apply(vec![entry(1, vec![register("a"), register("b")]), entry(2, vec![register("c")])])
         .await
@@ -326,7 +331,8 @@ async fn snapshot_round_trip_through_disk() {
     assert_eq!(indexes, vec![2, 3, 4], "a leader change (1) then one index per command");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
-    let reopened = StateMachine::open(store, FailStop::record()).expect("reopens from disk");
+    let reopened =
+        StateMachine::open(store, usage(), FailStop::record()).expect("reopens from disk");
     let (before, after) = (sm.read(), reopened.read());
     assert_eq!(before.scheduler.state_hash(), after.scheduler.state_hash());
     assert_eq!(before.progress, after.progress);
@@ -340,8 +346,8 @@ async fn snapshot_round_trip_through_disk() {
 async fn corrupt_snapshots_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
-    let mut sm =
-        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).expect("opens");
+    let mut sm = StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), FailStop::record())
+        .expect("opens");
     sm.apply(vec![entry(1, vec![register("a")])]).await.expect("applies");
     let snapshot = sm.build_snapshot().await.expect("builds");
 
@@ -351,23 +357,29 @@ async fn corrupt_snapshots_are_refused() {
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).expect("rewrite");
     assert!(
-        StateMachine::open(SnapshotStore::Dir(path.clone()), FailStop::record()).is_err(),
+        StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), FailStop::record()).is_err(),
         "flipped byte"
     );
     std::fs::write(&file, &bytes[..bytes.len() - 10]).expect("truncate");
     assert!(
-        StateMachine::open(SnapshotStore::Dir(path), FailStop::record()).is_err(),
+        StateMachine::open(SnapshotStore::Dir(path), usage(), FailStop::record()).is_err(),
         "truncated file"
     );
 
     let mut data = snapshot.snapshot.into_inner();
     let last = data.len() - 1;
     data[last] ^= 0x01;
-    let mut target = StateMachine::open(SnapshotStore::Memory(Arc::default()), FailStop::record())
-        .expect("opens");
+    let mut target =
+        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
+            .expect("opens");
     let hash = target.read().scheduler.state_hash();
     let refused = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data))).await;
     assert!(refused.is_err());
     assert_eq!(target.read().scheduler.state_hash(), hash, "state unchanged");
     assert!(target.get_current_snapshot().await.expect("reads").is_none());
+}
+
+/// An empty usage store (a state machine restores it from its snapshot).
+fn usage() -> UsageStore {
+    UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
 }

@@ -13,6 +13,7 @@ use berth::server::{Listeners, Security, Server, Storage};
 use berth::storage::snapshot_store::StoredSnapshot;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
 use berth::tls::{roots, Authority, Identity, Pem, TlsError};
+use berth::usage::UsageLocation;
 use berth_rng::Rng;
 use serde::Serialize;
 
@@ -173,6 +174,7 @@ pub(crate) fn start(
                 let storage = Storage {
                     log: LogStore::memory(log),
                     snapshots: SnapshotStore::Memory(snapshot),
+                    usage: UsageLocation::Simulated,
                 };
                 let listeners = Listeners {
                     peer: net::listen(PEER_PORT).await?,

@@ -185,6 +185,21 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         report.violations.push(format!(
             "replicas did not converge within {CONVERGENCE_BOUND:?} after the clients finished"
         ));
+    } else {
+        // Their usage stores, derived from the same commands, are identical too.
+        let stores: Vec<(u64, Result<[u8; 32], String>)> = slots
+            .iter()
+            .filter_map(|s| lock(s).clone())
+            .map(|r| {
+                let (index, hash) = r.usage_hash();
+                (index, hash.wait_blocking().map_err(|e| e.to_string()))
+            })
+            .collect();
+        if let Some((index, Err(e))) = stores.iter().find(|(_, h)| h.is_err()) {
+            report.violations.push(format!("a usage store at command index {index}: {e}"));
+        } else if stores.windows(2).any(|w| w[0] != w[1]) {
+            report.violations.push(format!("usage stores differ at command index {}", stores[0].0));
+        }
     }
     let at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     watcher.check(slots, logs, &mut trace, at);

@@ -5,11 +5,11 @@
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use tonic::{Request, Response as Reply, Status};
+use tonic::{Code, Request, Response as Reply, Status};
 
 use super::answer::{answer, ClosedInvoice, PriceSince};
 use super::auth::{require_admin, tenant_scope};
-use super::status::{self, invalid, not_found};
+use super::status::{self, error, invalid, not_found};
 use super::{convert, pb, Api};
 use crate::raft::types::Proposal;
 use crate::scheduler::ids::quoted;
@@ -17,8 +17,22 @@ use crate::scheduler::meter::month_label;
 use crate::scheduler::money::{allocate, PARTS_MAX};
 use crate::scheduler::windows::month_of;
 use crate::scheduler::{Command, Item, PlanId, TenantId, UnixMillis};
+use crate::usage::{UsageError, UsageQuery};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
+
+/// A usage query's error as a status: its bounds, the retention, or the store.
+fn usage_status(e: &UsageError) -> Status {
+    match e {
+        UsageError::Invalid(field, why) => invalid("INVALID_ARGUMENT", format!("{field}: {why}")),
+        UsageError::Expired { .. } => {
+            error(Code::OutOfRange, "USAGE_EXPIRED", e.to_string(), Vec::new())
+        }
+        UsageError::Unavailable(_) => {
+            error(Code::Unavailable, "USAGE_STORE_UNAVAILABLE", e.to_string(), Vec::new())
+        }
+    }
+}
 
 impl Api {
     /// Log time moves only with entries (an idle cluster proposes none): a Tick, so what is
@@ -189,6 +203,35 @@ impl pb::billing_server::Billing for Api {
             })
             .await?;
         Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<pb::GetUsageResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let query = UsageQuery {
+            tenant: tenant.clone(),
+            from: UnixMillis(r.from_ms),
+            to: UnixMillis(r.to_ms),
+            step_ms: r.step_ms,
+        };
+        query.validate().map_err(|e| usage_status(&e))?;
+        self.bring_log_time_to_now().await?;
+        let store = self.replica.usage_store().clone();
+        let (exists, pending) = self
+            .read(&caller, r.read, |s| {
+                let retention = s.state().config.usage_retention;
+                (s.state().tenants.contains_key(&tenant), store.query(query, s.now(), retention))
+            })
+            .await?;
+        let series = pending.wait().await.map_err(|e| usage_status(&e))?;
+        if !exists && !series.known {
+            return Err(not_found("tenant", &r.tenant_id));
+        }
+        Ok(Reply::new(convert::pb_usage(&series)))
     }
 
     async fn set_budget(

@@ -5,7 +5,8 @@ use tonic::{Code, Request, Response as Reply, Status};
 
 use super::auth::require_admin;
 use super::status::{error, invalid};
-use super::{pb, Api};
+use super::{convert, pb, Api};
+use crate::scheduler::Command;
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -49,6 +50,32 @@ impl pb::cluster_server::Cluster for Api {
             error(Code::FailedPrecondition, "MEMBERSHIP_CHANGE_FAILED", e, Vec::new())
         })?;
         Ok(Reply::new(pb::RemoveReplicaResponse { status: Some(self.cluster_status().await) }))
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Result<pb::GetConfigResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let config = self.read(&caller, r.read, |s| convert::pb_config(&s.state().config)).await?;
+        Ok(Reply::new(pb::GetConfigResponse { config: Some(config) }))
+    }
+
+    async fn set_config(
+        &self,
+        request: Request<pb::SetConfigRequest>,
+    ) -> Result<pb::SetConfigResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let Some(config) = r.config.as_ref() else {
+            return Err(invalid("INVALID_ARGUMENT", "config is required"));
+        };
+        let command = Command::SetConfig { config: convert::config(config) };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetConfigResponse { write: Some(write) }))
     }
 }
 

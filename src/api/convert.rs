@@ -880,6 +880,61 @@ pub fn pb_statement(s: &crate::scheduler::Statement) -> pb::Statement {
     }
 }
 
+pub fn pb_usage(s: &crate::usage::Series) -> pb::GetUsageResponse {
+    use crate::scheduler::meter::hours;
+    pb::GetUsageResponse {
+        resolution: s.resolution.name().into(),
+        as_of_ms: s.as_of.0,
+        buckets: s
+            .buckets
+            .iter()
+            .map(|b| pb::UsageBucket {
+                from_ms: b.from.0,
+                to_ms: b.to.0,
+                lines: b
+                    .quantities
+                    .iter()
+                    .map(|((pool, item), quantity)| pb::UsageLine {
+                        pool: pool.0.clone(),
+                        item: item.name().into(),
+                        unit: item.unit().into(),
+                        quantity: quantity.to_string(),
+                        quantity_hours: hours(*item, *quantity).to_string(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The replicated tunables on the wire.
+pub fn pb_config(c: &crate::scheduler::Config) -> pb::ClusterConfig {
+    pb::ClusterConfig {
+        placement_algorithm: c.placement_algorithm,
+        lease_grace_ms: c.lease_grace_ms,
+        sessions_max: c.sessions_max,
+        preferred_scan_max: c.preferred_scan_max,
+        usage_raw_retention_ms: c.usage_retention.raw_ms,
+        usage_hourly_retention_ms: c.usage_retention.hourly_ms,
+        usage_daily_retention_ms: c.usage_retention.daily_ms,
+    }
+}
+
+/// The replicated tunables from the wire (checked by `Command::validate`).
+pub fn config(c: &pb::ClusterConfig) -> crate::scheduler::Config {
+    crate::scheduler::Config {
+        placement_algorithm: c.placement_algorithm,
+        lease_grace_ms: c.lease_grace_ms,
+        sessions_max: c.sessions_max,
+        preferred_scan_max: c.preferred_scan_max,
+        usage_retention: crate::scheduler::UsageRetention {
+            raw_ms: c.usage_raw_retention_ms,
+            hourly_ms: c.usage_hourly_retention_ms,
+            daily_ms: c.usage_daily_retention_ms,
+        },
+    }
+}
+
 /// A `Budget` from the wire: an empty threshold list is the default one unless `no_alerts`.
 pub fn budget(b: &pb::Budget) -> Result<crate::scheduler::Budget, Status> {
     use crate::scheduler::budget::{

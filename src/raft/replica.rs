@@ -38,6 +38,7 @@ use crate::raft::types::{
 };
 use crate::scheduler::{Applied, Command};
 use crate::storage::{LogStore, SnapshotStore};
+use crate::usage::{self, UsageLocation, UsageStore};
 
 /// Timing and batching knobs of one replica.
 #[derive(Clone, Debug)]
@@ -241,12 +242,15 @@ impl Replica {
         options: ReplicaOptions,
         log: LogStore,
         snapshots: SnapshotStore,
+        usage: UsageLocation,
         clock: Arc<dyn Clock>,
         connect: Connect,
     ) -> Result<Replica, String> {
         let config = Arc::new(options.raft_config()?);
-        let sm =
-            StateMachine::open(snapshots, options.fail_stop.clone()).map_err(|e| e.to_string())?;
+        let usage = UsageStore::open(&usage, options.fail_stop.clone())
+            .map_err(|e| format!("opening the usage store: {e}"))?;
+        let sm = StateMachine::open(snapshots, usage, options.fail_stop.clone())
+            .map_err(|e| e.to_string())?;
         let mut recovering = log.clone();
         let vote = recovering.read_vote().await.map_err(|e| e.to_string())?;
         let last_log = recovering.get_log_state().await.map_err(|e| e.to_string())?.last_log_id;
@@ -737,6 +741,19 @@ impl Replica {
     /// Reads this replica's state as it is now (possibly behind the leader).
     pub fn read_local<T>(&self, f: impl FnOnce(&Replicated) -> T) -> T {
         f(&self.inner.sm.read())
+    }
+
+    /// This replica's usage history (`crate::usage`): ask it under `read`'s closure, so
+    /// the answer is as of the index the read reached.
+    pub fn usage_store(&self) -> &UsageStore {
+        self.inner.sm.usage()
+    }
+
+    /// The command index this replica has applied and the SHA-256 of its usage store there
+    /// (to wait for): equal on replicas at equal index.
+    pub fn usage_hash(&self) -> (u64, usage::Pending<[u8; 32]>) {
+        let state = self.inner.sm.read();
+        (state.progress.command_index, self.inner.sm.usage().hash())
     }
 
     pub fn status(&self) -> ReplicaStatus {

@@ -35,6 +35,7 @@ use crate::raft::types::{
 };
 use crate::scheduler::{Applied, Command, Entry, LogIndex, Scheduler};
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
+use crate::usage::{self, Record, UsageStore};
 
 /// What the wrapper tracks beside the scheduler (all of it is in every snapshot).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,9 @@ struct SnapshotBody {
     /// `Scheduler::encode` (versioned, checksummed), written as one run (`codec::bytes`).
     #[serde(with = "codec::bytes")]
     scheduler: Vec<u8>,
+    /// The usage store's dump at the same command index (`crate::usage`).
+    #[serde(with = "codec::bytes")]
+    usage: Vec<u8>,
 }
 
 /// The core's `apply` (a unit test puts a panicking one in its place).
@@ -76,6 +80,8 @@ pub struct StateMachine {
     core_apply: CoreApply,
     /// The events of the entries this replica applied, for watchers.
     journal: Journal,
+    /// The usage history derived from applied commands.
+    usage: UsageStore,
 }
 
 fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
@@ -86,7 +92,12 @@ fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> Stora
 impl StateMachine {
     /// Opens the state machine, restoring the last persisted snapshot if there is one. A
     /// panic in `apply` stops the replica through `fail_stop`.
-    pub fn open(store: SnapshotStore, fail_stop: FailStop) -> Result<StateMachine, StorageError> {
+    /// The usage store starts empty and is restored from the snapshot.
+    pub fn open(
+        store: SnapshotStore,
+        usage: UsageStore,
+        fail_stop: FailStop,
+    ) -> Result<StateMachine, StorageError> {
         let mut fresh = Replicated::default();
         fresh.scheduler.key_session_lookup(RandomState::new());
         let sm = StateMachine {
@@ -97,10 +108,13 @@ impl StateMachine {
             fail_stop,
             core_apply: Scheduler::apply,
             journal: Journal::default(),
+            usage,
         };
         if let Some(stored) = sm.store.load().map_err(|e| snapshot_err(None, e))? {
-            let restored = decode_body(&stored.meta, &stored.data)?;
+            let (restored, usage) = decode_body(&stored.meta, &stored.data)?;
             sm.journal.restart_at(LogIndex(restored.progress.command_index));
+            // Records of the log replayed after the snapshot queue behind the restore.
+            drop(sm.usage.restore(usage));
             *sm.write() = restored;
             *sm.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         }
@@ -110,6 +124,11 @@ impl StateMachine {
     /// The events this replica applied, for watchers.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// The usage history of this replica.
+    pub fn usage(&self) -> &UsageStore {
+        &self.usage
     }
 
     /// Read access to the replicated state (held briefly: apply waits for it).
@@ -122,7 +141,13 @@ impl StateMachine {
     }
 
     /// Applies one Raft entry; `Err` is the fail-stop reason of a panic in the core.
-    fn apply_entry(&self, state: &mut Replicated, entry: LogEntry) -> Result<BatchResult, String> {
+    /// What each command changed in tenants' usage is added to `records`.
+    fn apply_entry(
+        &self,
+        state: &mut Replicated,
+        entry: LogEntry,
+        records: &mut Vec<Record>,
+    ) -> Result<BatchResult, String> {
         let leader = entry.log_id.leader_id;
         let raft_index = entry.log_id.index;
         let span = tracing::debug_span!("apply", raft_index);
@@ -141,7 +166,7 @@ impl StateMachine {
                 command: Command::LeaderChanged,
                 token: None,
             };
-            let applied = self.apply_command(&mut state.scheduler, raft_index, changed)?;
+            let applied = self.apply_command(&mut state.scheduler, raft_index, changed, records)?;
             tracing::debug!(command_index = progress.command_index, ?applied.result, "leader changed");
         }
         match entry.payload {
@@ -161,7 +186,9 @@ impl StateMachine {
                         command: proposal.command,
                         token: proposal.token,
                     };
-                    results.push(self.apply_command(&mut state.scheduler, raft_index, entry)?);
+                    let applied =
+                        self.apply_command(&mut state.scheduler, raft_index, entry, records)?;
+                    results.push(applied);
                 }
                 Ok(results)
             }
@@ -175,6 +202,7 @@ impl StateMachine {
         scheduler: &mut Scheduler,
         raft_index: u64,
         entry: Entry,
+        records: &mut Vec<Record>,
     ) -> Result<Applied, String> {
         let (command_index, kind) = (entry.index.0, entry.command.name());
         let core_apply = self.core_apply;
@@ -182,6 +210,29 @@ impl StateMachine {
         applied
             .map(|mut applied| {
                 let events = std::mem::take(&mut applied.journal);
+                let changed = usage::tenants_changed(&events);
+                if !changed.is_empty() {
+                    let state = scheduler.state();
+                    let changes = changed
+                        .into_iter()
+                        .map(|tenant| {
+                            let rates = state.tenants.get(tenant).map(|t| {
+                                t.meter
+                                    .rates
+                                    .iter()
+                                    .map(|((p, r), h)| (p.clone(), *r, *h))
+                                    .collect()
+                            });
+                            (tenant.clone(), rates.unwrap_or_default())
+                        })
+                        .collect();
+                    records.push(Record {
+                        index: command_index,
+                        at: applied.applied_at,
+                        retention: state.config.usage_retention,
+                        changes,
+                    });
+                }
                 self.journal.append(LogIndex(command_index), applied.applied_at, events);
                 applied
             })
@@ -199,7 +250,8 @@ impl StateMachine {
     }
 }
 
-fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<Replicated, StorageError> {
+/// The replicated state and the usage store's dump a snapshot holds.
+fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<(Replicated, Vec<u8>), StorageError> {
     let body: SnapshotBody = codec::decode(data).map_err(|e| snapshot_err(Some(meta), e))?;
     if body.progress.last_applied != meta.last_log_id {
         return Err(snapshot_err(Some(meta), "snapshot body and metadata disagree on last log id"));
@@ -207,17 +259,20 @@ fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<Replicated, StorageEr
     let mut scheduler =
         Scheduler::decode(&body.scheduler).map_err(|e| snapshot_err(Some(meta), e))?;
     scheduler.key_session_lookup(RandomState::new());
-    Ok(Replicated { scheduler, progress: body.progress })
+    usage::check_dump(&body.usage).map_err(|e| snapshot_err(Some(meta), e))?;
+    Ok((Replicated { scheduler, progress: body.progress }, body.usage))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Point-in-time copy under the read lock; the file is written after it is released.
-        let (progress, scheduler) = {
+        // The usage store's dump is taken in its writer's order, at the same command index.
+        let (progress, scheduler, usage) = {
             let state = self.read();
-            (state.progress.clone(), state.scheduler.encode())
+            (state.progress.clone(), state.scheduler.encode(), self.usage.dump())
         };
-        let body = SnapshotBody { progress: progress.clone(), scheduler };
+        let usage = usage.wait().await.map_err(|e| snapshot_err(None, e))?;
+        let body = SnapshotBody { progress: progress.clone(), scheduler, usage };
         let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
         let build = self.builds.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match progress.last_applied {
@@ -252,6 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut state = self.write();
         let mut results = Vec::new();
+        let mut records = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
             let failed =
@@ -260,7 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(why) = self.fail_stop.reason() {
                 return Err(failed(why).into());
             }
-            match self.apply_entry(&mut state, entry) {
+            match self.apply_entry(&mut state, entry, &mut records) {
                 Ok(result) => results.push(result),
                 Err(why) => {
                     self.fail_stop.stop(why.clone());
@@ -268,6 +324,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        // One message per applied batch: the writer thread does the store's work.
+        self.usage.record(records);
         Ok(results)
     }
 
@@ -286,11 +344,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         // Validate fully before touching anything: a damaged snapshot is refused.
-        let restored = decode_body(meta, &data)?;
+        let (restored, usage) = decode_body(meta, &data)?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(meta), e))?;
         let mut state = self.write();
         self.journal.restart_at(LogIndex(restored.progress.command_index));
+        drop(self.usage.restore(usage));
         *state = restored;
         drop(state);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
@@ -311,6 +370,7 @@ mod tests {
     use super::*;
     use crate::raft::types::{Batch, Proposal};
     use crate::scheduler::{Resources, UnixMillis, WorkerId};
+    use crate::usage::UsageLocation;
 
     /// The core, except that it panics on registering a worker named "poison" (a stand-in
     /// for a bug: the real core is total).
@@ -348,7 +408,9 @@ mod tests {
     /// A state machine over `store` whose core panics on "poison".
     fn buggy(store: &SnapshotStore) -> (StateMachine, FailStop) {
         let fail_stop = FailStop::record();
-        let mut sm = StateMachine::open(store.clone(), fail_stop.clone()).expect("opens");
+        let usage =
+            UsageStore::open(&UsageLocation::Temporary, fail_stop.clone()).expect("usage store");
+        let mut sm = StateMachine::open(store.clone(), usage, fail_stop.clone()).expect("opens");
         sm.core_apply = buggy_core;
         (sm, fail_stop)
     }
@@ -380,8 +442,10 @@ mod tests {
     #[tokio::test]
     async fn a_total_core_applies_and_nothing_stops() {
         let fail_stop = FailStop::record();
-        let mut sm = StateMachine::open(SnapshotStore::Memory(Arc::default()), fail_stop.clone())
-            .expect("opens");
+        let usage =
+            UsageStore::open(&UsageLocation::Temporary, fail_stop.clone()).expect("usage store");
+        let memory = SnapshotStore::Memory(Arc::default());
+        let mut sm = StateMachine::open(memory, usage, fail_stop.clone()).expect("opens");
         let results = sm.apply(vec![entry(1, &["a"]), entry(2, &["b", "c"])]).await.expect("ok");
         assert_eq!(results.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(fail_stop.reason(), None);

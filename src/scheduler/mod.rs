@@ -74,8 +74,9 @@ pub use resources::{
 pub use snapshot::{DecodeError, SNAPSHOT_VERSION};
 pub use state::{
     Config, Finished, FinishedState, GroupStrategy, Lease, Liveness, Placement, PlacementGroup,
-    Session, SessionKey, Sessions, Slot, State, Tenant, Token, Worker, WorkerState,
-    WorkerTransition, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX,
+    Session, SessionKey, Sessions, Slot, State, Tenant, Token, UsageRetention, Worker, WorkerState,
+    WorkerTransition, PLACEMENT_ALGORITHM, SESSIONS_PER_TENANT_MAX, USAGE_DAILY_RETENTION_MAX_MS,
+    USAGE_HOURLY_RETENTION_MAX_MS, USAGE_RAW_RETENTION_MAX_MS,
 };
 pub use windows::{Window, WindowCounters, WindowLimits, WindowPolicy, WindowUsage};
 

@@ -20,7 +20,9 @@ use super::{Scheduler, State};
 /// `max_runtime_ms`; the state pool worker TTLs and finished placements; session answers the
 /// work lost with a worker (`Applied::lost`).
 /// 8: tenants gained a billing plan and a meter; the state price plans.
-pub const SNAPSHOT_VERSION: u32 = 9;
+/// 9: tenants gained budgets and invoices; quotas utilisation alerts and weekly windows.
+/// 10: the config gained the usage store's retention.
+pub const SNAPSHOT_VERSION: u32 = 10;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -18,7 +18,7 @@ use super::meter::{Meter, PricePlan};
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
 use super::resources::{Labels, Resources};
-use super::windows::WindowCounters;
+use super::windows::{WindowCounters, DAY_MS, HOUR_MS};
 
 /// The placement algorithm this build implements. A change to how workers are chosen gets a
 /// new version, switched on by `SetConfig` once every replica runs a build that knows it, so
@@ -30,6 +30,56 @@ pub const LEASE_GRACE_MAX_MS: u64 = 600_000;
 pub const SESSIONS_MAX: u64 = 10_000_000;
 /// Largest `Config::preferred_scan_max`.
 pub const PREFERRED_SCAN_MAX: u32 = 10_000;
+/// Longest the usage store keeps raw usage changes: 90 days.
+pub const USAGE_RAW_RETENTION_MAX_MS: u64 = 90 * DAY_MS;
+/// Longest it keeps hourly roll-ups: 400 days.
+pub const USAGE_HOURLY_RETENTION_MAX_MS: u64 = 400 * DAY_MS;
+/// Longest it keeps daily roll-ups: 10 years of 366 days.
+pub const USAGE_DAILY_RETENTION_MAX_MS: u64 = 3_660 * DAY_MS;
+
+/// How long each replica's usage store (`crate::usage`) keeps each series, in log time. Part
+/// of the replicated config so every replica prunes the same history at the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRetention {
+    /// Raw changes (any step): at least an hour, at most `USAGE_RAW_RETENTION_MAX_MS`.
+    pub raw_ms: u64,
+    /// Hourly roll-ups: at least `raw_ms`, at most `USAGE_HOURLY_RETENTION_MAX_MS`.
+    pub hourly_ms: u64,
+    /// Daily roll-ups: at least `hourly_ms`, at most `USAGE_DAILY_RETENTION_MAX_MS`.
+    pub daily_ms: u64,
+}
+
+impl Default for UsageRetention {
+    fn default() -> Self {
+        UsageRetention { raw_ms: 7 * DAY_MS, hourly_ms: 92 * DAY_MS, daily_ms: 1_098 * DAY_MS }
+    }
+}
+
+impl UsageRetention {
+    fn validate(&self) -> Result<(), Rejection> {
+        let bounds = [
+            ("usage_retention.raw_ms", self.raw_ms, HOUR_MS, USAGE_RAW_RETENTION_MAX_MS),
+            (
+                "usage_retention.hourly_ms",
+                self.hourly_ms,
+                self.raw_ms,
+                USAGE_HOURLY_RETENTION_MAX_MS,
+            ),
+            (
+                "usage_retention.daily_ms",
+                self.daily_ms,
+                self.hourly_ms,
+                USAGE_DAILY_RETENTION_MAX_MS,
+            ),
+        ];
+        for (field, value, min, max) in bounds {
+            if !(min..=max).contains(&value) {
+                return Err(Rejection::invalid(field, format!("must be {min}..={max} ms")));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Tunables that are part of replicated state, so every replica uses the same values. They
 /// change only through `Command::SetConfig`.
@@ -44,6 +94,8 @@ pub struct Config {
     /// How many further feasible workers a placement with preferred rules ranks after the
     /// first feasible one (Nomad's limit iterator). Required rules are always searched fully.
     pub preferred_scan_max: u32,
+    /// How long each replica's usage store keeps its history.
+    pub usage_retention: UsageRetention,
 }
 
 impl Config {
@@ -73,7 +125,7 @@ impl Config {
                 format!("must be at most {PREFERRED_SCAN_MAX}"),
             ));
         }
-        Ok(())
+        self.usage_retention.validate()
     }
 }
 
@@ -84,6 +136,7 @@ impl Default for Config {
             lease_grace_ms: 5_000,
             sessions_max: 100_000,
             preferred_scan_max: 64,
+            usage_retention: UsageRetention::default(),
         }
     }
 }

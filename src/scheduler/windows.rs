@@ -23,6 +23,8 @@ use super::state::Tenant;
 use super::Scheduler;
 
 pub const DAY_MS: u64 = 86_400_000;
+/// An hour in ms.
+pub const HOUR_MS: u64 = 3_600_000;
 
 /// What a tenant's subtree may use per window; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

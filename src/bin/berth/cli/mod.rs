@@ -32,6 +32,7 @@ mod quota;
 mod reservation;
 mod tenant;
 mod token;
+mod usage;
 mod watch;
 mod worker;
 
@@ -136,6 +137,8 @@ pub enum ClientCmd {
     /// Tenants' monthly invoices: adjust, close, list, export as CSV or JSON.
     #[command(subcommand)]
     Invoice(invoice::InvoiceCmd),
+    /// What a tenant held over time, as a sparkline; `usage report` as CSV or JSON.
+    Usage(usage::UsageArgs),
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
     /// Print events as they happen (a tenant's, or with the admin token everything).
@@ -190,6 +193,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Cost(cmd) => cost::run(&s, cmd).await,
         ClientCmd::Budget(cmd) => budget::run(&s, cmd).await,
         ClientCmd::Invoice(cmd) => invoice::run(&s, cmd).await,
+        ClientCmd::Usage(args) => usage::run(&s, args).await,
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
         ClientCmd::Watch(args) => watch::run(&s, args).await,
     }

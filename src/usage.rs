@@ -1,0 +1,706 @@
+//! The usage store: each replica's history of what every tenant held, kept in sled, queried
+//! by range (`GetUsage`, `berth usage`).
+//!
+//! It is derived only from applied commands. After each command that placed, confirmed or
+//! released something or deleted a tenant, the state machine sends what each tenant named
+//! holds now (its meter's rates: resources per pool, placed or reserved) with the command's
+//! index and log time; a writer thread records a change point where the rates differ from the
+//! tenant's last. Usage is piecewise constant between points, so every quantity is an exact
+//! integer (cpu_millis × ms, MiB × ms), the same the meter prices.
+//!
+//! When a tenant's interval closes (its next point), the interval is added to hourly and daily
+//! roll-ups. At the first point of each new log-time hour, history older than the replicated
+//! retention (`Config::usage_retention`) is pruned. Everything in the store is a function of
+//! the command sequence alone, so replicas hash equal at equal command index (`hash`).
+//!
+//! Writes leave the apply path as one message per applied batch; the writer applies each
+//! command's writes as one sled batch and never flushes. Durability comes from snapshots: a
+//! snapshot carries a dump of the store taken at its index (in the writer's order), and a
+//! replica that opens or installs a snapshot restores the store from that dump and replays the
+//! log after it. Queries run on the writer thread too, in order after every command applied
+//! before they were asked, so they see a consistent store.
+//!
+//! Keys (one sled tree): a kind byte, the tenant (length-prefixed), and for series a
+//! big-endian time, so one tenant's series is one range:
+//! `p` change points (→ rates), `h` hourly and `d` daily roll-ups (→ quantities), `l` each
+//! tenant's last point (→ time and rates), `m` the hour pruning last ran.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use crate::codec;
+use crate::fatal::FailStop;
+use crate::scheduler::windows::{DAY_MS, HOUR_MS};
+use crate::scheduler::{Event, Item, PoolId, Resources, TenantId, UnixMillis, UsageRetention};
+
+/// Most buckets one query returns.
+pub const USAGE_BUCKETS_MAX: u64 = 10_000;
+/// Shortest step of a query: a second.
+pub const USAGE_STEP_MIN_MS: u64 = 1_000;
+/// sled's page cache for the store.
+const CACHE_BYTES: u64 = 64 << 20;
+
+/// What a tenant holds at a moment: resources per (pool, reserved), in order.
+pub type Rates = Vec<(PoolId, bool, Resources)>;
+
+/// Exact quantities per (pool, item): cpu_millis × ms or MiB × ms.
+pub type Quantities = BTreeMap<(PoolId, Item), u128>;
+
+/// What one applied command changed: each named tenant's rates after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub index: u64,
+    pub at: UnixMillis,
+    pub retention: UsageRetention,
+    pub changes: Vec<(TenantId, Rates)>,
+}
+
+/// The tenants whose holdings `events` may have changed, once each, in order.
+pub fn tenants_changed(events: &[Event]) -> BTreeSet<&TenantId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Placed { tenant, .. }
+            | Event::Confirmed { tenant, .. }
+            | Event::Released { tenant, .. }
+            | Event::TenantDeleted { tenant } => Some(tenant),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A usage query: `[from, to)` in buckets of `step`, as of log time `now`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub tenant: TenantId,
+    pub from: UnixMillis,
+    pub to: UnixMillis,
+    pub step_ms: u64,
+}
+
+/// Which series answers a query: the coarsest its step and start align with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Raw,
+    Hourly,
+    Daily,
+}
+
+impl Resolution {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Raw => "raw",
+            Resolution::Hourly => "hourly",
+            Resolution::Daily => "daily",
+        }
+    }
+}
+
+/// One bucket of a series: `[from, to)` and what was used in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub from: UnixMillis,
+    pub to: UnixMillis,
+    pub quantities: Quantities,
+}
+
+/// A query's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    pub resolution: Resolution,
+    /// The log time it is as of: nothing after it is counted.
+    pub as_of: UnixMillis,
+    pub buckets: Vec<Bucket>,
+    /// Whether the store has any history of the tenant.
+    pub known: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// A value of the query is out of bounds (field, why).
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+    /// The range starts before the oldest history this resolution keeps.
+    #[error(
+        "{resolution} usage is kept for {kept_days} days: from must be at or after {oldest_ms} ms{hint}"
+    )]
+    Expired { resolution: &'static str, kept_days: u64, oldest_ms: u64, hint: &'static str },
+    #[error("the usage store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl UsageQuery {
+    /// Checks the query's bounds (before it reaches the store).
+    pub fn validate(&self) -> Result<(), UsageError> {
+        if self.step_ms < USAGE_STEP_MIN_MS {
+            return Err(UsageError::Invalid(
+                "step_ms",
+                format!("must be at least {USAGE_STEP_MIN_MS}"),
+            ));
+        }
+        if self.from >= self.to {
+            return Err(UsageError::Invalid("to_ms", "must be after from_ms".into()));
+        }
+        let buckets = (self.to.0 - self.from.0).div_ceil(self.step_ms);
+        if buckets > USAGE_BUCKETS_MAX {
+            return Err(UsageError::Invalid(
+                "step_ms",
+                format!("the range makes {buckets} buckets; at most {USAGE_BUCKETS_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The coarsest series whose buckets tile this query's.
+    pub fn resolution(&self) -> Resolution {
+        let aligned = |g: u64| self.step_ms % g == 0 && self.from.0 % g == 0;
+        if aligned(DAY_MS) {
+            Resolution::Daily
+        } else if aligned(HOUR_MS) {
+            Resolution::Hourly
+        } else {
+            Resolution::Raw
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, UsageError>>;
+
+enum Message {
+    Records(Vec<Record>),
+    Query(UsageQuery, UnixMillis, UsageRetention, Reply<Series>),
+    Dump(Reply<Vec<u8>>),
+    Restore(Vec<u8>, Reply<()>),
+    Hash(Reply<[u8; 32]>),
+    Size(Reply<u64>),
+}
+
+/// Where a replica keeps its usage store.
+#[derive(Clone, Debug)]
+pub enum UsageLocation {
+    Dir(PathBuf),
+    /// A temporary directory, removed when the store stops (tests).
+    Temporary,
+    /// A temporary directory written on the caller's thread instead of a writer thread: the
+    /// simulation's, whose runs must not depend on how fast a real thread answers.
+    Simulated,
+}
+
+/// A handle on the store; clones share the writer. The writer stops when every handle is gone.
+#[derive(Clone)]
+pub struct UsageStore {
+    writer: Route,
+}
+
+/// Where messages go: the writer thread, or (in the simulation) the writer itself, on the
+/// caller's thread, so nothing waits on real time.
+#[derive(Clone)]
+enum Route {
+    Thread(mpsc::Sender<Message>),
+    Inline(Arc<Mutex<Writer>>),
+}
+
+/// The last point of a tenant: since when it holds `rates`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Last {
+    at: UnixMillis,
+    rates: Rates,
+}
+
+/// What a dump holds: every key and value, in key order.
+type Dump = Vec<(Vec<u8>, Vec<u8>)>;
+
+const POINT: u8 = b'p';
+const HOURLY: u8 = b'h';
+const DAILY: u8 = b'd';
+const LAST: u8 = b'l';
+const META_PRUNED: &[u8] = b"m";
+
+fn tenant_key(kind: u8, tenant: &TenantId) -> Vec<u8> {
+    let name = tenant.as_str().as_bytes();
+    let mut key = Vec::with_capacity(2 + name.len() + 8);
+    key.push(kind);
+    // Object ids are at most 128 bytes.
+    key.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    key.extend_from_slice(name);
+    key
+}
+
+fn timed_key(kind: u8, tenant: &TenantId, at: u64) -> Vec<u8> {
+    let mut key = tenant_key(kind, tenant);
+    key.extend_from_slice(&at.to_be_bytes());
+    key
+}
+
+/// The time at the end of a timed key.
+fn key_time(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len().saturating_sub(8)..].try_into().unwrap_or([0; 8]);
+    u64::from_be_bytes(tail)
+}
+
+/// The items `rates` amount to, per ms.
+fn per_ms(rates: &Rates) -> impl Iterator<Item = (PoolId, Item, u64)> + '_ {
+    rates.iter().flat_map(|(pool, reserved, held)| {
+        let (cpu, memory) = if *reserved {
+            (Item::ReservedCpu, Item::ReservedMemory)
+        } else {
+            (Item::Cpu, Item::Memory)
+        };
+        [(pool.clone(), cpu, held.cpu_millis), (pool.clone(), memory, held.memory_mib)]
+    })
+}
+
+/// Adds what `rates` held over `[from, to)` to `into`.
+fn accrue(into: &mut Quantities, rates: &Rates, from: u64, to: u64) {
+    let ms = u128::from(to.saturating_sub(from));
+    if ms == 0 {
+        return;
+    }
+    for (pool, item, per_ms) in per_ms(rates) {
+        if per_ms > 0 {
+            *into.entry((pool, item)).or_default() += u128::from(per_ms) * ms;
+        }
+    }
+}
+
+fn encode_quantities(q: &Quantities) -> Vec<u8> {
+    let rows: Vec<(&PoolId, Item, u128)> = q.iter().map(|((p, i), n)| (p, *i, *n)).collect();
+    codec::encode(&rows).expect("invariant: quantities encode")
+}
+
+fn decode_quantities(bytes: &[u8]) -> Result<Quantities, String> {
+    let rows: Vec<(PoolId, Item, u128)> = codec::decode(bytes).map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().map(|(p, i, n)| ((p, i), n)).collect())
+}
+
+impl UsageStore {
+    /// Opens the store, empty: a replica restores it from its snapshot and replays its log.
+    /// What an earlier run left in the directory is removed first (it is never read).
+    pub fn open(location: &UsageLocation, fail_stop: FailStop) -> std::io::Result<UsageStore> {
+        let config = sled::Config::new().cache_capacity(CACHE_BYTES).flush_every_ms(None);
+        let config = match location {
+            UsageLocation::Dir(dir) => {
+                match std::fs::remove_dir_all(dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                config.path(dir)
+            }
+            UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
+        };
+        let writer = Writer { db: config.open().map_err(std::io::Error::other)?, fail_stop };
+        if let UsageLocation::Simulated = location {
+            return Ok(UsageStore { writer: Route::Inline(Arc::new(Mutex::new(writer))) });
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("berth-usage".into()).spawn(move || {
+            while let Ok(message) = rx.recv() {
+                writer.handle(message);
+            }
+        })?;
+        Ok(UsageStore { writer: Route::Thread(tx) })
+    }
+
+    fn send(&self, message: Message) {
+        match &self.writer {
+            // The writer only stops once every handle is dropped.
+            Route::Thread(tx) => drop(tx.send(message)),
+            Route::Inline(writer) => {
+                writer.lock().unwrap_or_else(|p| p.into_inner()).handle(message)
+            }
+        }
+    }
+
+    /// Queues what a batch of applied commands changed (call under the state machine's write
+    /// lock, so batches arrive in command order).
+    pub fn record(&self, records: Vec<Record>) {
+        if !records.is_empty() {
+            self.send(Message::Records(records));
+        }
+    }
+
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Message,
+    ) -> oneshot::Receiver<Result<T, UsageError>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply));
+        answer
+    }
+
+    /// Asks for a series as of log time `now`, after every record queued so far. Call under
+    /// the state machine's read lock (at the applied index the answer is for); await the
+    /// answer after releasing it.
+    pub fn query(
+        &self,
+        query: UsageQuery,
+        now: UnixMillis,
+        retention: UsageRetention,
+    ) -> Pending<Series> {
+        Pending(self.ask(|reply| Message::Query(query, now, retention, reply)))
+    }
+
+    /// Asks for a dump of the store after every record queued so far (for a snapshot).
+    pub fn dump(&self) -> Pending<Vec<u8>> {
+        Pending(self.ask(Message::Dump))
+    }
+
+    /// Replaces the store with a dump; records queued after it apply on top.
+    pub fn restore(&self, dump: Vec<u8>) -> Pending<()> {
+        Pending(self.ask(|reply| Message::Restore(dump, reply)))
+    }
+
+    /// Asks for the bytes the store takes on disk (sled's own count).
+    pub fn size_on_disk(&self) -> Pending<u64> {
+        Pending(self.ask(Message::Size))
+    }
+
+    /// Asks for the SHA-256 of every key and value, after every record queued so far.
+    pub fn hash(&self) -> Pending<[u8; 32]> {
+        Pending(self.ask(Message::Hash))
+    }
+}
+
+/// An answer the writer will give.
+pub struct Pending<T>(oneshot::Receiver<Result<T, UsageError>>);
+
+impl<T> Pending<T> {
+    pub async fn wait(self) -> Result<T, UsageError> {
+        self.0.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// `wait` for a caller outside any async runtime (the simulation's driver).
+    pub fn wait_blocking(self) -> Result<T, UsageError> {
+        self.0.blocking_recv().unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> UsageError {
+    UsageError::Unavailable("the writer stopped".into())
+}
+
+/// Checks a dump decodes (before a snapshot holding it is accepted).
+pub fn check_dump(bytes: &[u8]) -> Result<(), String> {
+    codec::decode::<Dump>(bytes).map(drop).map_err(|e| format!("usage store dump: {e}"))
+}
+
+struct Writer {
+    db: sled::Db,
+    fail_stop: FailStop,
+}
+
+impl Writer {
+    fn handle(&self, message: Message) {
+        if self.fail_stop.reason().is_some() {
+            return;
+        }
+        match message {
+            Message::Records(records) => {
+                for record in records {
+                    if let Err(e) = self.apply(&record) {
+                        self.fail_stop.stop(format!(
+                            "the usage store failed writing command index {}: {e}",
+                            record.index
+                        ));
+                        break;
+                    }
+                }
+            }
+            Message::Query(query, now, retention, reply) => {
+                let _ = reply.send(self.query(&query, now, retention));
+            }
+            Message::Dump(reply) => {
+                let _ = reply.send(self.dump().map_err(UsageError::Unavailable));
+            }
+            Message::Restore(dump, reply) => {
+                let restored = self.restore(&dump);
+                if let Err(why) = &restored {
+                    self.fail_stop.stop(format!("the usage store failed restoring: {why}"));
+                }
+                let _ = reply.send(restored.map_err(UsageError::Unavailable));
+            }
+            Message::Hash(reply) => {
+                let _ = reply.send(self.hash().map_err(UsageError::Unavailable));
+            }
+            Message::Size(reply) => {
+                let size =
+                    self.db.size_on_disk().map_err(|e| UsageError::Unavailable(e.to_string()));
+                let _ = reply.send(size);
+            }
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
+        match self.db.get(key).map_err(|e| e.to_string())? {
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    /// Records one command's changes, as one sled batch.
+    fn apply(&self, record: &Record) -> Result<(), String> {
+        let mut batch = sled::Batch::default();
+        let mut touched = false;
+        // A tenant named twice holds what it was named with last.
+        let changes: BTreeMap<&TenantId, &Rates> =
+            record.changes.iter().map(|(tenant, rates)| (tenant, rates)).collect();
+        for (tenant, rates) in changes {
+            let last_key = tenant_key(LAST, tenant);
+            let last: Option<Last> = self.get(&last_key)?;
+            if last.as_ref().is_some_and(|l| l.rates == *rates) {
+                continue;
+            }
+            if let Some(last) = &last {
+                self.roll_up(&mut batch, tenant, last, record)?;
+            }
+            let point = codec::encode(rates).map_err(|e| e.to_string())?;
+            batch.insert(timed_key(POINT, tenant, record.at.0), point);
+            let last = Last { at: record.at, rates: rates.clone() };
+            batch.insert(last_key, codec::encode(&last).map_err(|e| e.to_string())?);
+            touched = true;
+        }
+        if !touched {
+            return Ok(());
+        }
+        self.db.apply_batch(batch).map_err(|e| e.to_string())?;
+        let hour = record.at.0 / HOUR_MS;
+        let pruned: Option<u64> = self.get(META_PRUNED)?;
+        if pruned.is_none_or(|p| p < hour) {
+            self.prune(record)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `last`'s interval, which `record` closes, to the tenant's hourly and daily
+    /// roll-ups (those still within their retention).
+    fn roll_up(
+        &self,
+        batch: &mut sled::Batch,
+        tenant: &TenantId,
+        last: &Last,
+        record: &Record,
+    ) -> Result<(), String> {
+        let (from, to) = (last.at.0, record.at.0);
+        let series = [
+            (HOURLY, HOUR_MS, record.retention.hourly_ms),
+            (DAILY, DAY_MS, record.retention.daily_ms),
+        ];
+        for (kind, size, kept) in series {
+            let oldest = to.saturating_sub(kept);
+            // Buckets that end at or before `oldest` are pruned already.
+            let mut start = from.max(oldest) / size * size;
+            while start < to {
+                let end = start.saturating_add(size);
+                let mut q = Quantities::new();
+                accrue(&mut q, &last.rates, from.max(start), to.min(end));
+                if !q.is_empty() {
+                    let key = timed_key(kind, tenant, start);
+                    let mut had = match self.db.get(&key).map_err(|e| e.to_string())? {
+                        Some(bytes) => decode_quantities(&bytes)?,
+                        None => Quantities::new(),
+                    };
+                    for (k, n) in q {
+                        *had.entry(k).or_default() += n;
+                    }
+                    batch.insert(key, encode_quantities(&had));
+                }
+                start = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets what is older than the retention, as of `record`: change points before the
+    /// last one at or before the raw cutoff (it says what was held from the cutoff on),
+    /// roll-ups that ended by their cutoff, and tenants gone (holding nothing) since before
+    /// the daily cutoff.
+    fn prune(&self, record: &Record) -> Result<(), String> {
+        let at = record.at.0;
+        let keep = record.retention;
+        let mut batch = sled::Batch::default();
+        for entry in self.db.scan_prefix([LAST]) {
+            let (key, value) = entry.map_err(|e| e.to_string())?;
+            let name = std::str::from_utf8(&key[2..]).map_err(|e| e.to_string())?;
+            let tenant = TenantId::new(name);
+            let last: Last = codec::decode(&value).map_err(|e| e.to_string())?;
+            let raw_cut = at.saturating_sub(keep.raw_ms);
+            let upto = self
+                .db
+                .range(timed_key(POINT, &tenant, 0)..=timed_key(POINT, &tenant, raw_cut))
+                .next_back()
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .map(|(k, _)| key_time(&k));
+            if let Some(upto) = upto {
+                for old in
+                    self.db.range(timed_key(POINT, &tenant, 0)..timed_key(POINT, &tenant, upto))
+                {
+                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                }
+            }
+            for (kind, size, kept) in
+                [(HOURLY, HOUR_MS, keep.hourly_ms), (DAILY, DAY_MS, keep.daily_ms)]
+            {
+                // Buckets starting at or before `cut - size` ended by the cutoff.
+                let cut = at.saturating_sub(kept);
+                if cut < size {
+                    continue;
+                }
+                let end = timed_key(kind, &tenant, cut - size + 1);
+                for old in self.db.range(timed_key(kind, &tenant, 0)..end) {
+                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                }
+            }
+            if last.rates.is_empty() && last.at.0 < at.saturating_sub(keep.daily_ms) {
+                batch.remove(key.to_vec());
+                for old in self.db.scan_prefix(tenant_key(POINT, &tenant)) {
+                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                }
+            }
+        }
+        batch.insert(META_PRUNED, codec::encode(&(at / HOUR_MS)).map_err(|e| e.to_string())?);
+        self.db.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    fn query(
+        &self,
+        query: &UsageQuery,
+        now: UnixMillis,
+        retention: UsageRetention,
+    ) -> Result<Series, UsageError> {
+        query.validate()?;
+        let unavailable = UsageError::Unavailable;
+        let resolution = query.resolution();
+        let (kept, size, hint) = match resolution {
+            Resolution::Raw => {
+                (retention.raw_ms, 0, "; use a step of whole hours from an hour's start")
+            }
+            Resolution::Hourly => {
+                (retention.hourly_ms, HOUR_MS, "; use a step of whole days from a day's start")
+            }
+            Resolution::Daily => (retention.daily_ms, DAY_MS, ""),
+        };
+        let oldest = now.0.saturating_sub(kept);
+        // A roll-up's bucket is whole if it ends after the oldest time kept.
+        let earliest = oldest.checked_div(size).map_or(oldest, |n| n * size);
+        if query.from.0 < earliest {
+            return Err(UsageError::Expired {
+                resolution: resolution.name(),
+                kept_days: kept / DAY_MS,
+                oldest_ms: earliest,
+                hint,
+            });
+        }
+        let to = query.to.min(now).max(query.from);
+        let mut buckets: Vec<Bucket> = (0..(query.to.0 - query.from.0).div_ceil(query.step_ms))
+            .map(|i| {
+                let from = query.from.0 + i * query.step_ms;
+                Bucket {
+                    from: UnixMillis(from),
+                    to: UnixMillis((from + query.step_ms).min(query.to.0)),
+                    quantities: Quantities::new(),
+                }
+            })
+            .collect();
+        let tenant = &query.tenant;
+        let last: Option<Last> = self.get(&tenant_key(LAST, tenant)).map_err(unavailable)?;
+        let step = query.step_ms;
+        let slot = |at: u64| ((at - query.from.0) / step) as usize;
+        // Adds `rates` over `[a, b)` (within the query) to the buckets it spans.
+        let spread = |buckets: &mut Vec<Bucket>, rates: &Rates, a: u64, b: u64| {
+            let (a, b) = (a.max(query.from.0), b.min(to.0));
+            let mut start = a;
+            while start < b {
+                let i = slot(start);
+                let end = buckets[i].to.0.min(b);
+                accrue(&mut buckets[i].quantities, rates, start, end);
+                start = end;
+            }
+        };
+        match resolution {
+            Resolution::Raw => {
+                let first = timed_key(POINT, tenant, 0);
+                let before = self
+                    .db
+                    .range(first.clone()..=timed_key(POINT, tenant, query.from.0))
+                    .next_back()
+                    .transpose()
+                    .map_err(|e| unavailable(e.to_string()))?;
+                let mut held: Option<(u64, Rates)> = match before {
+                    Some((k, v)) => Some((
+                        key_time(&k),
+                        codec::decode(&v).map_err(|e| unavailable(e.to_string()))?,
+                    )),
+                    None => None,
+                };
+                let later = self.db.range(
+                    timed_key(POINT, tenant, query.from.0 + 1)..timed_key(POINT, tenant, to.0),
+                );
+                for entry in later {
+                    let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
+                    let at = key_time(&k);
+                    if let Some((since, rates)) = &held {
+                        spread(&mut buckets, rates, *since, at);
+                    }
+                    held = Some((at, codec::decode(&v).map_err(|e| unavailable(e.to_string()))?));
+                }
+                if let Some((since, rates)) = &held {
+                    spread(&mut buckets, rates, *since, to.0);
+                }
+            }
+            Resolution::Hourly | Resolution::Daily => {
+                let kind = if resolution == Resolution::Daily { DAILY } else { HOURLY };
+                let range = timed_key(kind, tenant, query.from.0)..timed_key(kind, tenant, to.0);
+                for entry in self.db.range(range) {
+                    let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
+                    let q = decode_quantities(&v).map_err(unavailable)?;
+                    let i = slot(key_time(&k));
+                    for (key, n) in q {
+                        *buckets[i].quantities.entry(key).or_default() += n;
+                    }
+                }
+                // The open interval since the tenant's last point is in no roll-up yet.
+                if let Some(last) = &last {
+                    spread(&mut buckets, &last.rates, last.at.0, to.0);
+                }
+            }
+        }
+        Ok(Series { resolution, as_of: to, buckets, known: last.is_some() })
+    }
+
+    fn dump(&self) -> Result<Vec<u8>, String> {
+        let mut rows: Dump = Vec::new();
+        for entry in self.db.iter() {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            rows.push((k.to_vec(), v.to_vec()));
+        }
+        codec::encode(&rows).map_err(|e| e.to_string())
+    }
+
+    fn restore(&self, dump: &[u8]) -> Result<(), String> {
+        let rows: Dump = codec::decode(dump).map_err(|e| e.to_string())?;
+        self.db.clear().map_err(|e| e.to_string())?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in rows {
+            batch.insert(k, v);
+        }
+        self.db.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    fn hash(&self) -> Result<[u8; 32], String> {
+        let mut hasher = Sha256::new();
+        for entry in self.db.iter() {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            for part in [&k[..], &v[..]] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+}

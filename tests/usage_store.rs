@@ -1,0 +1,251 @@
+//! The usage store through its public interface: the series it answers equal a brute-force
+//! recomputation from the changes it was given, at every resolution; its contents (hash) do
+//! not depend on how records were batched, survive a dump and restore, and prune by retention.
+
+use berth::fatal::FailStop;
+use berth::scheduler::windows::{DAY_MS, HOUR_MS};
+use berth::scheduler::{Item, PoolId, Resources, TenantId, UnixMillis, UsageRetention};
+use berth::usage::{
+    Quantities, Rates, Record, Resolution, UsageError, UsageLocation, UsageQuery, UsageStore,
+};
+use proptest::prelude::*;
+
+fn store() -> UsageStore {
+    UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+const TENANTS: [&str; 3] = ["acme", "beta", "gamma"];
+const POOLS: [&str; 2] = ["default", "gpu"];
+
+/// A tenant's rates: up to one entry per (pool, reserved).
+fn rates() -> impl Strategy<Value = Rates> {
+    proptest::collection::btree_map((0..2usize, any::<bool>()), (0..4_000u64, 0..8_192u64), 0..3)
+        .prop_map(|m| {
+            m.into_iter()
+                .filter(|(_, (c, m))| *c > 0 || *m > 0)
+                .map(|((p, r), (c, m))| (PoolId::new(POOLS[p]), r, Resources::new(c, m)))
+                .collect()
+        })
+}
+
+/// Commands at increasing log times (gaps of up to 3 hours, sometimes 2 days), each changing
+/// some tenants' rates (or leaving them as they were).
+fn history() -> impl Strategy<Value = Vec<Record>> {
+    let gap = prop_oneof![4 => 0..3 * HOUR_MS, 1 => Just(2 * DAY_MS)];
+    let changes = proptest::collection::vec((0..3usize, rates()), 1..3);
+    proptest::collection::vec((gap, changes), 1..60).prop_map(|steps| {
+        let mut at = 10 * DAY_MS + 1_234;
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (gap, changes))| {
+                at += gap;
+                Record {
+                    index: i as u64 + 1,
+                    at: UnixMillis(at),
+                    retention: UsageRetention::default(),
+                    changes: changes
+                        .into_iter()
+                        .map(|(t, r)| (TenantId::new(TENANTS[t]), r))
+                        .collect(),
+                }
+            })
+            .collect()
+    })
+}
+
+/// What `tenant` used in `[from, to)`, recomputed from the records alone: each record's rates
+/// hold until the tenant's next record (or `now`).
+fn brute_force(records: &[Record], tenant: &str, from: u64, to: u64, now: u64) -> Quantities {
+    let mut points: Vec<(u64, Rates)> = Vec::new();
+    for r in records {
+        for (t, rates) in &r.changes {
+            if t.as_str() == tenant {
+                points.push((r.at.0, rates.clone()));
+            }
+        }
+    }
+    let mut out = Quantities::new();
+    for (i, (at, rates)) in points.iter().enumerate() {
+        let end = points.get(i + 1).map_or(now, |p| p.0).min(to).min(now);
+        let start = (*at).max(from);
+        if start >= end {
+            continue;
+        }
+        for (pool, reserved, held) in rates {
+            let (cpu, memory) = if *reserved {
+                (Item::ReservedCpu, Item::ReservedMemory)
+            } else {
+                (Item::Cpu, Item::Memory)
+            };
+            for (item, per_ms) in [(cpu, held.cpu_millis), (memory, held.memory_mib)] {
+                if per_ms > 0 {
+                    *out.entry((pool.clone(), item)).or_default() +=
+                        u128::from(per_ms) * u128::from(end - start);
+                }
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Every bucket of every resolution equals the brute-force sum, to the unit.
+    #[test]
+    fn series_equal_a_recomputation_from_the_changes(
+        records in history(),
+        tenant in 0..3usize,
+        start_hour in 0..400u64,
+        raw_step in 60_000..7_200_000u64,
+    ) {
+        let rt = runtime();
+        let s = store();
+        s.record(records.clone());
+        let now = records.last().map_or(0, |r| r.at.0) + 5 * HOUR_MS + 17;
+        let tenant_id = TenantId::new(TENANTS[tenant]);
+        let from_hour = 10 * 24 + start_hour;
+        for (step, from, resolution) in [
+            (HOUR_MS, from_hour * HOUR_MS, Resolution::Hourly),
+            (3 * HOUR_MS, from_hour * HOUR_MS, Resolution::Hourly),
+            (DAY_MS, from_hour / 24 * DAY_MS, Resolution::Daily),
+            (raw_step, from_hour * HOUR_MS + 777, Resolution::Raw),
+        ] {
+            let to = (from + 200 * step).min(now + 3 * step);
+            if from >= to {
+                continue;
+            }
+            let query = UsageQuery { tenant: tenant_id.clone(), from: UnixMillis(from), to: UnixMillis(to), step_ms: step };
+            let retention = UsageRetention::default();
+            let series = match rt.block_on(s.query(query, UnixMillis(now), retention).wait()) {
+                Ok(series) => series,
+                Err(UsageError::Expired { oldest_ms, .. }) => {
+                    // Only a range older than the retention is refused.
+                    prop_assert!(from < oldest_ms && oldest_ms <= now, "{} {}", from, oldest_ms);
+                    continue;
+                }
+                Err(e) => return Err(TestCaseError::fail(e.to_string())),
+            };
+            prop_assert_eq!(series.resolution, resolution);
+            for bucket in &series.buckets {
+                let expected = brute_force(&records, TENANTS[tenant], bucket.from.0, bucket.to.0, now);
+                prop_assert_eq!(&bucket.quantities, &expected, "bucket {:?} step {}", bucket.from, step);
+            }
+        }
+    }
+
+    /// Records split into batches differently, or restored from a dump half-way, leave the
+    /// same store behind.
+    #[test]
+    fn contents_do_not_depend_on_batching_or_restoring(records in history(), split in 0..60usize) {
+        let rt = runtime();
+        let one = store();
+        one.record(records.clone());
+        let split = split.min(records.len());
+        let two = store();
+        for r in &records[..split] {
+            two.record(vec![r.clone()]);
+        }
+        let dump = rt.block_on(two.dump().wait()).expect("dumps");
+        let three = store();
+        drop(three.restore(dump));
+        three.record(records[split..].to_vec());
+        two.record(records[split..].to_vec());
+        let hash = rt.block_on(one.hash().wait()).expect("hashes");
+        prop_assert_eq!(rt.block_on(two.hash().wait()).expect("hashes"), hash);
+        prop_assert_eq!(rt.block_on(three.hash().wait()).expect("hashes"), hash);
+    }
+}
+
+/// With short retention, raw changes and roll-ups older than it are gone, queries that
+/// start before it are refused naming the retention, and what is kept still adds up.
+#[test]
+fn retention_prunes_and_refuses_older_ranges() {
+    let rt = runtime();
+    let s = store();
+    let retention = UsageRetention { raw_ms: HOUR_MS, hourly_ms: DAY_MS, daily_ms: 3 * DAY_MS };
+    let acme = TenantId::new("acme");
+    let held = [(PoolId::new("default"), false, Resources::new(1_000, 1_024))];
+    let records: Vec<Record> = (0..24 * 10)
+        .map(|h| Record {
+            index: h + 1,
+            at: UnixMillis(h * HOUR_MS + 60_000),
+            retention,
+            // One core and 1 GiB in even hours, two in odd ones.
+            changes: vec![(
+                acme.clone(),
+                held.iter()
+                    .map(|(p, r, x)| (p.clone(), *r, x.checked_mul(1 + h % 2).expect("small")))
+                    .collect(),
+            )],
+        })
+        .collect();
+    s.record(records.clone());
+    let now = UnixMillis(240 * HOUR_MS);
+    let ask = |from: u64, step: u64| {
+        let query =
+            UsageQuery { tenant: acme.clone(), from: UnixMillis(from), to: now, step_ms: step };
+        rt.block_on(s.query(query, now, retention).wait())
+    };
+    // Hourly: the last day is kept; each whole hour used 1.5 cpu-hours on average.
+    let hourly = ask(now.0 - DAY_MS, HOUR_MS).expect("within the hourly retention");
+    assert_eq!(hourly.buckets.len(), 24);
+    for b in &hourly.buckets {
+        assert_eq!(b.quantities, brute_force(&records, "acme", b.from.0, b.to.0, now.0));
+    }
+    match ask(now.0 - 2 * DAY_MS, HOUR_MS) {
+        Err(UsageError::Expired { resolution: "hourly", kept_days: 1, .. }) => {}
+        other => panic!("an hourly range before the retention: {other:?}"),
+    }
+    match ask(now.0 - 2 * HOUR_MS, 60_000) {
+        Err(UsageError::Expired { resolution: "raw", .. }) => {}
+        other => panic!("a raw range before the retention: {other:?}"),
+    }
+    let daily = ask(now.0 - 3 * DAY_MS, DAY_MS).expect("within the daily retention");
+    for b in &daily.buckets {
+        assert_eq!(b.quantities, brute_force(&records, "acme", b.from.0, b.to.0, now.0));
+    }
+    // A store fed the same records with the default retention keeps more: pruning happened.
+    let kept_long = store();
+    kept_long.record(
+        records
+            .iter()
+            .cloned()
+            .map(|r| Record { retention: UsageRetention::default(), ..r })
+            .collect(),
+    );
+    let short = rt.block_on(s.dump().wait()).expect("dumps").len();
+    let long = rt.block_on(kept_long.dump().wait()).expect("dumps").len();
+    assert!(short * 3 < long, "pruned dump {short} bytes, unpruned {long}");
+}
+
+/// Out-of-bounds queries are refused before anything is read.
+#[test]
+fn hostile_queries_are_refused() {
+    let acme = TenantId::new("acme");
+    let q = |from: u64, to: u64, step_ms: u64| UsageQuery {
+        tenant: acme.clone(),
+        from: UnixMillis(from),
+        to: UnixMillis(to),
+        step_ms,
+    };
+    for (query, field) in [
+        (q(0, HOUR_MS, 0), "step_ms"),
+        (q(0, HOUR_MS, 999), "step_ms"),
+        (q(HOUR_MS, HOUR_MS, HOUR_MS), "to_ms"),
+        (q(HOUR_MS, 0, HOUR_MS), "to_ms"),
+        (q(0, u64::MAX, 1_000), "step_ms"),
+        (q(0, 10_001 * HOUR_MS, HOUR_MS), "step_ms"),
+    ] {
+        match query.validate() {
+            Err(UsageError::Invalid(f, _)) => assert_eq!(f, field, "{query:?}"),
+            other => panic!("{query:?}: {other:?}"),
+        }
+    }
+    assert!(q(0, 10_000 * HOUR_MS, HOUR_MS).validate().is_ok());
+}
