@@ -13,8 +13,10 @@
 //! retention (`Config::usage_retention`) is pruned. Everything in the store is a function of
 //! the command sequence alone, so replicas hash equal at equal command index (`hash`).
 //!
-//! Writes leave the apply path as one message per applied batch; the writer applies each
-//! command's writes as one sled batch and never flushes. Durability comes from snapshots: a
+//! Writes leave the apply path as one message per applied batch; the writer keeps writes in
+//! memory (a tenant's last point and its day's roll-ups are rewritten many times a second
+//! under load) and applies them to sled in batches of up to `PENDING_MAX` keys, and never
+//! flushes sled. Durability comes from snapshots: a
 //! snapshot carries a dump of the store taken at its index (in the writer's order), and a
 //! replica that opens or installs a snapshot restores the store from that dump and replays the
 //! log after it. Queries run on the writer thread too, in order after every command applied
@@ -22,8 +24,9 @@
 //!
 //! Keys (one sled tree): a kind byte, the tenant (length-prefixed), and for series a
 //! big-endian time, so one tenant's series is one range:
-//! `p` change points (→ rates), `h` hourly and `d` daily roll-ups (→ quantities), `l` each
-//! tenant's last point (→ time and rates), `m` the hour pruning last ran.
+//! `p` change points (→ rates), `h` hourly roll-ups (one key per day → quantities per hour of
+//! it, so a month of hours is 30 keys), `d` daily roll-ups (→ quantities), `l` each tenant's
+//! last point (→ time and rates), `m` the hour pruning last ran.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -42,6 +45,8 @@ use crate::scheduler::{Event, Item, PoolId, Resources, TenantId, UnixMillis, Usa
 pub const USAGE_BUCKETS_MAX: u64 = 10_000;
 /// Shortest step of a query: a second.
 pub const USAGE_STEP_MIN_MS: u64 = 1_000;
+/// Most keys the writer holds in memory before writing them to sled as one batch.
+const PENDING_MAX: usize = 4_096;
 /// sled's page cache for the store.
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -268,6 +273,20 @@ fn accrue(into: &mut Quantities, rates: &Rates, from: u64, to: u64) {
     }
 }
 
+/// A day's hourly roll-ups: quantities per (hour of the day, pool, item).
+type Hours = BTreeMap<(u8, PoolId, Item), u128>;
+
+fn encode_hours(h: &Hours) -> Vec<u8> {
+    let rows: Vec<(u8, &PoolId, Item, u128)> =
+        h.iter().map(|((hour, p, i), n)| (*hour, p, *i, *n)).collect();
+    codec::encode(&rows).expect("invariant: hours encode")
+}
+
+fn decode_hours(bytes: &[u8]) -> Result<Hours, String> {
+    let rows: Vec<(u8, PoolId, Item, u128)> = codec::decode(bytes).map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().map(|(h, p, i, n)| ((h, p, i), n)).collect())
+}
+
 fn encode_quantities(q: &Quantities) -> Vec<u8> {
     let rows: Vec<(&PoolId, Item, u128)> = q.iter().map(|((p, i), n)| (p, *i, *n)).collect();
     codec::encode(&rows).expect("invariant: quantities encode")
@@ -293,7 +312,8 @@ impl UsageStore {
             }
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
-        let writer = Writer { db: config.open().map_err(std::io::Error::other)?, fail_stop };
+        let db = config.open().map_err(std::io::Error::other)?;
+        let mut writer = Writer { db, fail_stop, pending: BTreeMap::new() };
         if let UsageLocation::Simulated = location {
             return Ok(UsageStore { writer: Route::Inline(Arc::new(Mutex::new(writer))) });
         }
@@ -392,23 +412,46 @@ pub fn check_dump(bytes: &[u8]) -> Result<(), String> {
 struct Writer {
     db: sled::Db,
     fail_stop: FailStop,
+    /// Writes not yet in sled, applied as one batch once there are `PENDING_MAX` keys, or
+    /// before anything reads sled whole (queries, dumps, pruning): reads look here first.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Writer {
-    fn handle(&self, message: Message) {
+    fn handle(&mut self, message: Message) {
         if self.fail_stop.reason().is_some() {
             return;
         }
+        // Everything but a write reads sled whole: what is pending goes first.
+        if !matches!(message, Message::Records(_)) {
+            if let Err(e) = self.flush_pending() {
+                self.pending.clear();
+                self.fail_stop.stop(format!("the usage store failed writing: {e}"));
+                return;
+            }
+        }
         match message {
             Message::Records(records) => {
-                for record in records {
-                    if let Err(e) = self.apply(&record) {
-                        self.fail_stop.stop(format!(
-                            "the usage store failed writing command index {}: {e}",
-                            record.index
-                        ));
+                let mut written = Ok(());
+                for record in &records {
+                    written = self.apply(record).map_err(|e| (record.index, e));
+                    if written.is_err() {
                         break;
                     }
+                }
+                // Pending writes reach sled in large batches: the same keys (a tenant's last
+                // point, its day's roll-ups) are rewritten in memory meanwhile, not in sled.
+                let written = written.and_then(|()| {
+                    if self.pending.len() < PENDING_MAX {
+                        return Ok(());
+                    }
+                    let last = records.last().map_or(0, |r| r.index);
+                    self.flush_pending().map_err(|e| (last, e))
+                });
+                if let Err((index, e)) = written {
+                    self.pending.clear();
+                    self.fail_stop
+                        .stop(format!("the usage store failed writing command index {index}: {e}"));
                 }
             }
             Message::Query(query, now, retention, reply) => {
@@ -435,16 +478,42 @@ impl Writer {
         }
     }
 
+    /// A key's value: the message's own write if it made one, else sled's.
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.db.get(key).map_err(|e| e.to_string())?.map(|v| v.to_vec())),
+        }
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
-        match self.db.get(key).map_err(|e| e.to_string())? {
+        match self.read(key)? {
             Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| e.to_string()),
             None => Ok(None),
         }
     }
 
-    /// Records one command's changes, as one sled batch.
-    fn apply(&self, record: &Record) -> Result<(), String> {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    /// Applies the message's writes to sled, as one batch.
+    fn flush_pending(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
+        for (key, value) in std::mem::take(&mut self.pending) {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    /// Records one command's changes (into the message's pending writes).
+    fn apply(&mut self, record: &Record) -> Result<(), String> {
         let mut touched = false;
         // A tenant named twice holds what it was named with last.
         let changes: BTreeMap<&TenantId, &Rates> =
@@ -456,61 +525,74 @@ impl Writer {
                 continue;
             }
             if let Some(last) = &last {
-                self.roll_up(&mut batch, tenant, last, record)?;
+                self.roll_up(tenant, last, record)?;
             }
             let point = codec::encode(rates).map_err(|e| e.to_string())?;
-            batch.insert(timed_key(POINT, tenant, record.at.0), point);
+            self.put(timed_key(POINT, tenant, record.at.0), point);
             let last = Last { at: record.at, rates: rates.clone() };
-            batch.insert(last_key, codec::encode(&last).map_err(|e| e.to_string())?);
+            self.put(last_key, codec::encode(&last).map_err(|e| e.to_string())?);
             touched = true;
         }
-        if !touched {
-            return Ok(());
-        }
-        self.db.apply_batch(batch).map_err(|e| e.to_string())?;
         let hour = record.at.0 / HOUR_MS;
-        let pruned: Option<u64> = self.get(META_PRUNED)?;
-        if pruned.is_none_or(|p| p < hour) {
+        if touched && self.get::<u64>(META_PRUNED)?.is_none_or(|p| p < hour) {
+            // Pruning reads ranges from sled: what is pending goes first.
+            self.flush_pending()?;
             self.prune(record)?;
         }
         Ok(())
     }
 
-    /// Adds `last`'s interval, which `record` closes, to the tenant's hourly and daily
-    /// roll-ups (those still within their retention).
-    fn roll_up(
-        &self,
-        batch: &mut sled::Batch,
-        tenant: &TenantId,
-        last: &Last,
-        record: &Record,
-    ) -> Result<(), String> {
+    /// Adds `last`'s interval, which `record` closes, to the tenant's hourly roll-ups (one
+    /// key per day, holding its hours) and daily ones, those still within their retention.
+    fn roll_up(&mut self, tenant: &TenantId, last: &Last, record: &Record) -> Result<(), String> {
         let (from, to) = (last.at.0, record.at.0);
-        let series = [
-            (HOURLY, HOUR_MS, record.retention.hourly_ms),
-            (DAILY, DAY_MS, record.retention.daily_ms),
-        ];
-        for (kind, size, kept) in series {
-            let oldest = to.saturating_sub(kept);
-            // Buckets that end at or before `oldest` are pruned already.
-            let mut start = from.max(oldest) / size * size;
-            while start < to {
-                let end = start.saturating_add(size);
-                let mut q = Quantities::new();
-                accrue(&mut q, &last.rates, from.max(start), to.min(end));
-                if !q.is_empty() {
-                    let key = timed_key(kind, tenant, start);
-                    let mut had = match self.db.get(&key).map_err(|e| e.to_string())? {
-                        Some(bytes) => decode_quantities(&bytes)?,
-                        None => Quantities::new(),
-                    };
-                    for (k, n) in q {
-                        *had.entry(k).or_default() += n;
-                    }
-                    batch.insert(key, encode_quantities(&had));
-                }
-                start = end;
+        let mut hours: BTreeMap<u64, Hours> = BTreeMap::new();
+        let oldest = to.saturating_sub(record.retention.hourly_ms);
+        // Buckets that end at or before `oldest` are pruned already.
+        let mut start = from.max(oldest) / HOUR_MS * HOUR_MS;
+        while start < to {
+            let end = start + HOUR_MS;
+            let mut q = Quantities::new();
+            accrue(&mut q, &last.rates, from.max(start), to.min(end));
+            let hour = u8::try_from(start % DAY_MS / HOUR_MS).unwrap_or(0);
+            let day = hours.entry(start / DAY_MS * DAY_MS).or_default();
+            for ((pool, item), n) in q {
+                *day.entry((hour, pool, item)).or_default() += n;
             }
+            start = end;
+        }
+        for (day, add) in hours {
+            if add.is_empty() {
+                continue;
+            }
+            let key = timed_key(HOURLY, tenant, day);
+            let mut had: Hours = match self.read(&key)? {
+                Some(bytes) => decode_hours(&bytes)?,
+                None => Hours::new(),
+            };
+            for (k, n) in add {
+                *had.entry(k).or_default() += n;
+            }
+            self.put(key, encode_hours(&had));
+        }
+        let oldest = to.saturating_sub(record.retention.daily_ms);
+        let mut start = from.max(oldest) / DAY_MS * DAY_MS;
+        while start < to {
+            let end = start + DAY_MS;
+            let mut q = Quantities::new();
+            accrue(&mut q, &last.rates, from.max(start), to.min(end));
+            if !q.is_empty() {
+                let key = timed_key(DAILY, tenant, start);
+                let mut had = match self.read(&key)? {
+                    Some(bytes) => decode_quantities(&bytes)?,
+                    None => Quantities::new(),
+                };
+                for (k, n) in q {
+                    *had.entry(k).or_default() += n;
+                }
+                self.put(key, encode_quantities(&had));
+            }
+            start = end;
         }
         Ok(())
     }
@@ -543,15 +625,14 @@ impl Writer {
                     batch.remove(old.map_err(|e| e.to_string())?.0);
                 }
             }
-            for (kind, size, kept) in
-                [(HOURLY, HOUR_MS, keep.hourly_ms), (DAILY, DAY_MS, keep.daily_ms)]
-            {
-                // Buckets starting at or before `cut - size` ended by the cutoff.
+            // Hourly keys hold a day's hours: a day whose last hour ended by the cutoff goes.
+            for (kind, kept) in [(HOURLY, keep.hourly_ms), (DAILY, keep.daily_ms)] {
+                // Keys starting at or before `cut - DAY_MS` ended by the cutoff.
                 let cut = at.saturating_sub(kept);
-                if cut < size {
+                if cut < DAY_MS {
                     continue;
                 }
-                let end = timed_key(kind, &tenant, cut - size + 1);
+                let end = timed_key(kind, &tenant, cut - DAY_MS + 1);
                 for old in self.db.range(timed_key(kind, &tenant, 0)..end) {
                     batch.remove(old.map_err(|e| e.to_string())?.0);
                 }
@@ -654,14 +735,25 @@ impl Writer {
                 }
             }
             Resolution::Hourly | Resolution::Daily => {
-                let kind = if resolution == Resolution::Daily { DAILY } else { HOURLY };
-                let range = timed_key(kind, tenant, query.from.0)..timed_key(kind, tenant, to.0);
+                let daily = resolution == Resolution::Daily;
+                let kind = if daily { DAILY } else { HOURLY };
+                let first_day = query.from.0 / DAY_MS * DAY_MS;
+                let range = timed_key(kind, tenant, first_day)..timed_key(kind, tenant, to.0);
                 for entry in self.db.range(range) {
                     let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
-                    let q = decode_quantities(&v).map_err(unavailable)?;
-                    let i = slot(key_time(&k));
-                    for (key, n) in q {
-                        *buckets[i].quantities.entry(key).or_default() += n;
+                    let day = key_time(&k);
+                    let rows: Vec<(u64, PoolId, Item, u128)> = if daily {
+                        let q = decode_quantities(&v).map_err(unavailable)?;
+                        q.into_iter().map(|((p, i), n)| (day, p, i, n)).collect()
+                    } else {
+                        let hours = decode_hours(&v).map_err(unavailable)?;
+                        let at = |h: u8| day + u64::from(h) * HOUR_MS;
+                        hours.into_iter().map(|((h, p, i), n)| (at(h), p, i, n)).collect()
+                    };
+                    for (at, pool, item, n) in rows {
+                        if (query.from.0..to.0).contains(&at) {
+                            *buckets[slot(at)].quantities.entry((pool, item)).or_default() += n;
+                        }
                     }
                 }
                 // The open interval since the tenant's last point is in no roll-up yet.

@@ -400,6 +400,8 @@ fn up_and_client_subcommands() {
     // Usage history: sparklines for people, the series for scripts, a report of every tenant.
     let drawn = ok(api, login, &["usage", "acme", "--from", "1h", "--step", "5m"]);
     assert!(drawn.contains("cpu") && drawn.contains("avg") && drawn.contains("raw"), "{drawn}");
+    let drawn = ok(api, login, &["usage", "acme", "--from", "7d"]);
+    assert!(drawn.contains("hourly series"), "{drawn}");
     let series = ok(api, login, &["usage", "acme", "--json"]);
     let series: serde_json::Value = serde_json::from_str(&series).expect("json");
     assert_eq!(series["resolution"], "hourly", "{series}");

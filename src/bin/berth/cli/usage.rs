@@ -37,7 +37,7 @@ pub enum UsageCmd {
         /// End (exclusive), the same forms. Default: now.
         #[arg(long)]
         to: Option<String>,
-        /// Bucket size (1d, 1h, 15m). Default: one bucket for the whole range.
+        /// Bucket size (1d, 1h, 15m). Default: a day.
         #[arg(long, value_parser = parse_duration_ms)]
         step: Option<u64>,
         #[arg(long, value_enum, default_value = "csv")]
@@ -172,7 +172,8 @@ pub async fn run(s: &Session, args: UsageArgs) -> anyhow::Result<()> {
                 None => berth::scheduler::windows::month_start(month).0,
             };
             anyhow::ensure!(from < to, "--from must be before --to");
-            let step = step.unwrap_or(to - from);
+            let step = step.unwrap_or(DAY_MS);
+            let from = aligned(from, step);
             let tenants = match tenant {
                 Some(t) => vec![t],
                 None => all_tenants(s).await?,
@@ -200,6 +201,7 @@ async fn show(s: &Session, args: ShowArgs, now: u64) -> anyhow::Result<()> {
     };
     anyhow::ensure!(from < to, "--from must be before --to");
     let step = args.step.unwrap_or(if to - from > 14 * DAY_MS { DAY_MS } else { HOUR_MS });
+    let from = aligned(from, step);
     let r = get(s, &tenant, from, to, step).await?;
     if s.json {
         return s.show(&r);
@@ -235,6 +237,16 @@ async fn show(s: &Session, args: ShowArgs, now: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `from` rounded down to the day or hour a step of whole days or hours starts at, so the
+/// query reads the roll-ups (kept longer than raw changes).
+fn aligned(from: u64, step: u64) -> u64 {
+    match step {
+        step if step % DAY_MS == 0 => from / DAY_MS * DAY_MS,
+        step if step % HOUR_MS == 0 => from / HOUR_MS * HOUR_MS,
+        _ => from,
+    }
 }
 
 fn step_label(ms: u64) -> String {
