@@ -17,9 +17,14 @@ mod common;
 use berth::network::Connect;
 use berth::raft::peer::{ForwardError, Peer, ReplicaStatus};
 use berth::raft::types::Proposal;
-use berth::scheduler::{Answer, Query, WorkerId};
+use berth::scheduler::windows::{month_of, month_start};
+use berth::scheduler::{
+    Answer, Applied, Command, Invoice, Item, PlaceSpec, PlacementId, PlanId, Prices, Query,
+    RequestId, Resources, Response, TenantId, Tier, UnixMillis, WorkerId,
+};
 use berth::tls::Authority;
 use common::{eventually, poll, register_worker};
+use rust_decimal::Decimal;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -35,6 +40,8 @@ struct Replica {
 /// The processes; killed on drop so a failing test leaves nothing running.
 struct Processes {
     replicas: BTreeMap<u64, Replica>,
+    /// Every replica's clock offset (`--test-clock-offset-file`), in ms.
+    clock: PathBuf,
     members: String,
     /// The cluster's CA; each replica's certificate files are under `<dir>/tls`.
     authority: Authority,
@@ -82,7 +89,9 @@ impl Processes {
             std::fs::write(tls.join(format!("{id}.pem")), pem.cert).expect("certificate file");
             std::fs::write(tls.join(format!("{id}-key.pem")), pem.key).expect("key file");
         }
-        Processes { replicas, members, authority, tls }
+        let clock = dir.join("clock-offset-ms");
+        std::fs::write(&clock, "0").expect("clock offset file");
+        Processes { replicas, clock, members, authority, tls }
     }
 
     /// A peer connector acting as member 1.
@@ -121,7 +130,9 @@ impl Processes {
             .arg("--cert-file")
             .arg(self.tls.join(format!("{id}.pem")))
             .arg("--key-file")
-            .arg(self.tls.join(format!("{id}-key.pem")));
+            .arg(self.tls.join(format!("{id}-key.pem")))
+            .arg("--test-clock-offset-file")
+            .arg(&self.clock);
         if id == 1 {
             // Replica 1 always starts with --bootstrap; only its first start initialises.
             process.args(["--bootstrap", "--initial-members", &self.members]);
@@ -404,4 +415,125 @@ async fn a_replica_with_a_damaged_log_refuses_to_start() {
         "{log}"
     );
     assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
+}
+
+/// Proposes `proposal` through whichever replica leads (following hints, failing over),
+/// until it is answered or the deadline passes.
+async fn propose(connect: &Connect, addrs: &[String], proposal: &Proposal) -> Applied {
+    let until = Instant::now() + DEADLINE;
+    let mut target = 0usize;
+    while Instant::now() < until {
+        let addr = &addrs[target % addrs.len()];
+        let peer = Peer::new(connect, addr);
+        match peer.propose(std::slice::from_ref(proposal), Duration::from_secs(2)).await {
+            Ok(Ok(mut results)) => return results.remove(0),
+            Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
+                target = addrs.iter().position(|a| *a == leader).unwrap_or(target + 1);
+            }
+            Ok(Err(_)) | Err(_) => {
+                target += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    panic!("no answer to {:?} in {DEADLINE:?}", proposal.command.name());
+}
+
+fn admin(request_id: &str, command: Command) -> Proposal {
+    Proposal { request_id: Some(RequestId::new(request_id)), command, token: None }
+}
+
+/// The invoice a close answered with.
+fn closed(applied: &Applied) -> Invoice {
+    match &applied.result {
+        Ok(Response::InvoiceClosed(invoice)) => (**invoice).clone(),
+        other => panic!("not an invoice: {other:?}"),
+    }
+}
+
+/// An invoice is closed once even when replicas are killed with SIGKILL: the leader in the
+/// middle of the close, then every replica right after it was acknowledged. After each
+/// restart from the data directories, a retry (same request id) and a second close (a new
+/// one) return the invoice first acknowledged, to the cent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_closes_once_across_kills() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut procs = Processes::new(tmp.path(), 3);
+    for id in 1..=3 {
+        procs.spawn(id);
+    }
+    let addrs: Vec<String> = procs.replicas.values().map(|r| r.addr.clone()).collect();
+    let connect = procs.connect();
+    let acme = TenantId::new("acme");
+    let mut prices = Prices::default();
+    let tiers = vec![Tier { up_to_hours: None, per_hour: Decimal::new(3, 1) }];
+    prices.other_pools.items.insert(Item::Cpu, tiers);
+    let spec = PlaceSpec {
+        placement: PlacementId::new("a"),
+        count: 1,
+        resources: Resources::new(500, 0),
+        ..PlaceSpec::default()
+    };
+    let setup = [
+        Command::CreateTenant { tenant: acme.clone(), parent: None, weight: 1 },
+        register(0).command,
+        Command::SetPricePlan { plan: PlanId::new("default"), prices, effective_at: None },
+        Command::Place { tenant: acme.clone(), spec, fence: None },
+    ];
+    let mut placed_at = UnixMillis(0);
+    for (i, command) in setup.into_iter().enumerate() {
+        let applied = propose(&connect, &addrs, &admin(&format!("setup-{i}"), command)).await;
+        assert!(applied.result.is_ok(), "{:?}", applied.result);
+        placed_at = applied.applied_at;
+    }
+
+    // Every clock moves to an hour into next month; the leader's ticks follow.
+    let month = month_of(placed_at);
+    let next = month_start(month + 1).0 + 3_600_000;
+    let offset = i64::try_from(next - placed_at.0).expect("a month fits");
+    std::fs::write(&procs.clock, offset.to_string()).expect("clock offset");
+    let close = |id: &str| admin(id, Command::CloseInvoice { tenant: acme.clone(), month });
+    // Each try its own request id: a refused close's answer is kept for its id too.
+    let tries = AtomicU64::new(0);
+    let (first_id, first) = poll("the month to end", || async {
+        let id = format!("close-1-{}", tries.fetch_add(1, Ordering::Relaxed));
+        let applied = propose(&connect, &addrs, &close(&id)).await;
+        applied.result.is_ok().then_some((id, applied))
+    })
+    .await;
+    let invoice = closed(&first);
+    assert!(invoice.total > Decimal::ZERO, "{invoice:?}");
+
+    // The leader dies while a second close is in flight; it comes back.
+    let mut leader = None;
+    for addr in &addrs {
+        if let Some(s) = status(&connect, addr).await {
+            leader = leader.or(s.leader);
+        }
+    }
+    let leader = leader.expect("a leader");
+    let in_flight = {
+        let (connect, addrs, request) = (connect.clone(), addrs.clone(), close("close-2"));
+        tokio::spawn(async move { propose(&connect, &addrs, &request).await })
+    };
+    procs.kill(leader);
+    assert_eq!(closed(&in_flight.await.expect("answered")), invoice, "during a leader's kill");
+    procs.spawn(leader);
+
+    // Every replica dies at once, and all come back from their data directories.
+    for id in 1..=3 {
+        procs.kill(id);
+    }
+    for id in 1..=3 {
+        procs.spawn(id);
+    }
+    let retry = propose(&connect, &addrs, &close(&first_id)).await;
+    assert!(retry.replayed, "the same request id replays");
+    assert_eq!(closed(&retry), invoice, "a retry after every replica restarted");
+    let again = propose(&connect, &addrs, &close("close-3")).await;
+    assert_eq!(closed(&again), invoice, "a new close after every replica restarted");
+    for replica in procs.replicas.values() {
+        let log = std::fs::read_to_string(&replica.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "a replica panicked:\n{log}");
+    }
 }
