@@ -166,26 +166,9 @@ fn register(i: u64) -> Proposal {
 /// Writes `register(i)` through whichever replica leads, following hints and failing over.
 /// Returns true once acknowledged, false if the outcome stayed unknown until the deadline.
 async fn write(connect: &Connect, addrs: &[String], i: u64) -> bool {
-    let until = Instant::now() + DEADLINE;
-    let mut target = 0usize;
-    while Instant::now() < until {
-        let addr = &addrs[target % addrs.len()];
-        let reply = Peer::new(connect, addr).propose(&[register(i)], Duration::from_secs(2)).await;
-        match reply {
-            Ok(Ok(results)) => {
-                assert!(results[0].result.is_ok(), "refused: {:?}", results[0].result);
-                return true;
-            }
-            Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
-                target = addrs.iter().position(|a| *a == leader).unwrap_or(target + 1);
-            }
-            Ok(Err(_)) | Err(_) => {
-                target += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    false
+    let Some(applied) = propose(connect, addrs, &register(i)).await else { return false };
+    assert!(applied.result.is_ok(), "refused: {:?}", applied.result);
+    true
 }
 
 /// kill -9 of the leader mid-write loses no acknowledged write, and the restarted replica
@@ -417,16 +400,16 @@ async fn a_replica_with_a_damaged_log_refuses_to_start() {
     assert_eq!(std::fs::read(&wal).expect("wal"), bytes, "the file is unchanged");
 }
 
-/// Proposes `proposal` through whichever replica leads (following hints, failing over),
-/// until it is answered or the deadline passes.
-async fn propose(connect: &Connect, addrs: &[String], proposal: &Proposal) -> Applied {
+/// Proposes `proposal` through whichever replica leads (following hints, failing over);
+/// `None` if no answer came before the deadline (its outcome unknown).
+async fn propose(connect: &Connect, addrs: &[String], proposal: &Proposal) -> Option<Applied> {
     let until = Instant::now() + DEADLINE;
     let mut target = 0usize;
     while Instant::now() < until {
         let addr = &addrs[target % addrs.len()];
         let peer = Peer::new(connect, addr);
         match peer.propose(std::slice::from_ref(proposal), Duration::from_secs(2)).await {
-            Ok(Ok(mut results)) => return results.remove(0),
+            Ok(Ok(mut results)) => return Some(results.remove(0)),
             Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
                 target = addrs.iter().position(|a| *a == leader).unwrap_or(target + 1);
             }
@@ -436,7 +419,13 @@ async fn propose(connect: &Connect, addrs: &[String], proposal: &Proposal) -> Ap
             }
         }
     }
-    panic!("no answer to {:?} in {DEADLINE:?}", proposal.command.name());
+    None
+}
+
+/// `propose`, which must be answered.
+async fn answered(connect: &Connect, addrs: &[String], proposal: &Proposal) -> Applied {
+    let applied = propose(connect, addrs, proposal).await;
+    applied.unwrap_or_else(|| panic!("no answer to {} in {DEADLINE:?}", proposal.command.name()))
 }
 
 fn admin(request_id: &str, command: Command) -> Proposal {
@@ -482,7 +471,7 @@ async fn an_invoice_closes_once_across_kills() {
     ];
     let mut placed_at = UnixMillis(0);
     for (i, command) in setup.into_iter().enumerate() {
-        let applied = propose(&connect, &addrs, &admin(&format!("setup-{i}"), command)).await;
+        let applied = answered(&connect, &addrs, &admin(&format!("setup-{i}"), command)).await;
         assert!(applied.result.is_ok(), "{:?}", applied.result);
         placed_at = applied.applied_at;
     }
@@ -497,7 +486,7 @@ async fn an_invoice_closes_once_across_kills() {
     let tries = AtomicU64::new(0);
     let (first_id, first) = poll("the month to end", || async {
         let id = format!("close-1-{}", tries.fetch_add(1, Ordering::Relaxed));
-        let applied = propose(&connect, &addrs, &close(&id)).await;
+        let applied = answered(&connect, &addrs, &close(&id)).await;
         applied.result.is_ok().then_some((id, applied))
     })
     .await;
@@ -514,7 +503,7 @@ async fn an_invoice_closes_once_across_kills() {
     let leader = leader.expect("a leader");
     let in_flight = {
         let (connect, addrs, request) = (connect.clone(), addrs.clone(), close("close-2"));
-        tokio::spawn(async move { propose(&connect, &addrs, &request).await })
+        tokio::spawn(async move { answered(&connect, &addrs, &request).await })
     };
     procs.kill(leader);
     assert_eq!(closed(&in_flight.await.expect("answered")), invoice, "during a leader's kill");
@@ -527,10 +516,10 @@ async fn an_invoice_closes_once_across_kills() {
     for id in 1..=3 {
         procs.spawn(id);
     }
-    let retry = propose(&connect, &addrs, &close(&first_id)).await;
+    let retry = answered(&connect, &addrs, &close(&first_id)).await;
     assert!(retry.replayed, "the same request id replays");
     assert_eq!(closed(&retry), invoice, "a retry after every replica restarted");
-    let again = propose(&connect, &addrs, &close("close-3")).await;
+    let again = answered(&connect, &addrs, &close("close-3")).await;
     assert_eq!(closed(&again), invoice, "a new close after every replica restarted");
     for replica in procs.replicas.values() {
         let log = std::fs::read_to_string(&replica.log).unwrap_or_default();

@@ -193,6 +193,46 @@ pub struct PlacementRef {
 }
 
 /// The page of a list that starts after `after`.
+/// How `invoice export` and `usage report` write their rows.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+/// RFC 4180: a header line, then one line per row; fields quoted when they hold a comma, a
+/// quote or a line break (quotes doubled).
+pub fn csv<'a>(header: &[&str], rows: impl Iterator<Item = Vec<&'a str>>) -> String {
+    let field = |f: &str| {
+        if f.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f.to_owned()
+        }
+    };
+    let mut out = header.join(",");
+    out.push_str("\r\n");
+    for row in rows {
+        let line: Vec<String> = row.into_iter().map(field).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Prints `rows` as `format` asks: CSV through `as_csv`, or a JSON array.
+pub fn export<R: serde::Serialize>(
+    format: Format,
+    rows: &[R],
+    as_csv: impl Fn(&[R]) -> String,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Csv => out!("{}", as_csv(rows).trim_end()),
+        Format::Json => out!("{}", serde_json::to_string_pretty(rows)?),
+    }
+    Ok(())
+}
+
 pub fn page(after: Option<String>, limit: u32) -> Option<pb::Page> {
     Some(pb::Page { after: after.unwrap_or_default(), limit })
 }

@@ -3,8 +3,9 @@
 //! ingest them.
 
 use berth::client::pb;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
+use super::args::Format;
 use super::Session;
 
 #[derive(Subcommand, Debug)]
@@ -45,12 +46,6 @@ pub enum InvoiceCmd {
         #[arg(long, default_value = "USD")]
         currency: String,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Format {
-    Csv,
-    Json,
 }
 
 /// One exported row.
@@ -146,24 +141,9 @@ pub fn rows(invoices: &[pb::Invoice], currency: &str) -> Vec<Row> {
     rows
 }
 
-/// RFC 4180: a header line, then one line per row; fields quoted when they hold a comma, a
-/// quote or a line break (quotes doubled).
+/// The rows as CSV (`args::csv`).
 pub fn csv(rows: &[Row]) -> String {
-    let field = |f: &str| {
-        if f.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", f.replace('"', "\"\""))
-        } else {
-            f.to_owned()
-        }
-    };
-    let mut out = COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        let line: Vec<String> = r.fields().iter().map(|f| field(f)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
-    }
-    out
+    super::args::csv(&COLUMNS, rows.iter().map(|r| r.fields().to_vec()))
 }
 
 pub async fn run(s: &Session, cmd: InvoiceCmd) -> anyhow::Result<()> {
@@ -193,12 +173,7 @@ pub async fn run(s: &Session, cmd: InvoiceCmd) -> anyhow::Result<()> {
             if let Some(month) = month {
                 invoices.retain(|i| i.month == month);
             }
-            let rows = rows(&invoices, &currency);
-            match format {
-                Format::Csv => out!("{}", csv(&rows).trim_end()),
-                Format::Json => out!("{}", serde_json::to_string_pretty(&rows)?),
-            }
-            Ok(())
+            super::args::export(format, &rows(&invoices, &currency), csv)
         }
     }
 }

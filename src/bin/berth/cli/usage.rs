@@ -7,10 +7,10 @@ use std::str::FromStr;
 use berth::client::pb;
 use berth::scheduler::windows::{utc_label, DAY_MS, HOUR_MS};
 use berth::scheduler::UnixMillis;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use rust_decimal::Decimal;
 
-use super::args::parse_duration_ms;
+use super::args::{parse_duration_ms, Format};
 use super::Session;
 
 #[derive(Args, Debug)]
@@ -59,12 +59,6 @@ pub struct ShowArgs {
     /// Bucket size (1h, 1d, 5m). Default: an hour, or a day for ranges over 14 days.
     #[arg(long, value_parser = parse_duration_ms)]
     step: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Format {
-    Csv,
-    Json,
 }
 
 /// One row of a report.
@@ -182,11 +176,7 @@ pub async fn run(s: &Session, args: UsageArgs) -> anyhow::Result<()> {
             for tenant in tenants {
                 rows.extend(report_rows(&tenant, &get(s, &tenant, from, to, step).await?));
             }
-            match format {
-                Format::Csv => out!("{}", csv(&rows).trim_end()),
-                Format::Json => out!("{}", serde_json::to_string_pretty(&rows)?),
-            }
-            Ok(())
+            super::args::export(format, &rows, csv)
         }
         None => show(s, args.show, now).await,
     }
@@ -290,17 +280,18 @@ pub fn report_rows(tenant: &str, r: &pb::GetUsageResponse) -> Vec<Row> {
     rows
 }
 
-/// RFC 4180, as `berth invoice export` writes it (no field here needs quoting: ids, times
-/// and numbers).
-pub fn csv(rows: &[Row]) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        let fields = [&r.tenant, &r.from, &r.to, &r.pool, &r.item, &r.quantity, &r.unit, &r.hours];
-        out.push_str(&fields.map(String::as_str).join(","));
-        out.push_str("\r\n");
+impl Row {
+    fn fields(&self) -> Vec<&str> {
+        let r = self;
+        [&r.tenant, &r.from, &r.to, &r.pool, &r.item, &r.quantity, &r.unit, &r.hours]
+            .map(String::as_str)
+            .to_vec()
     }
-    out
+}
+
+/// The rows as CSV (`args::csv`).
+pub fn csv(rows: &[Row]) -> String {
+    super::args::csv(&COLUMNS, rows.iter().map(Row::fields))
 }
 
 #[cfg(test)]
