@@ -94,6 +94,17 @@ impl Processes {
         Processes { replicas, clock, members, authority, tls }
     }
 
+    /// Three replicas, all running; with their peer addresses and a connector.
+    fn started(dir: &std::path::Path) -> (Processes, Vec<String>, Connect) {
+        let mut procs = Processes::new(dir, 3);
+        for id in 1..=3 {
+            procs.spawn(id);
+        }
+        let addrs = procs.replicas.values().map(|r| r.addr.clone()).collect();
+        let connect = procs.connect();
+        (procs, addrs, connect)
+    }
+
     /// A peer connector acting as member 1.
     fn connect(&self) -> Connect {
         common::member_connect(&self.authority, 1)
@@ -176,12 +187,7 @@ async fn write(connect: &Connect, addrs: &[String], i: u64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut procs = Processes::new(tmp.path(), 3);
-    for id in 1..=3 {
-        procs.spawn(id);
-    }
-    let addrs: Vec<String> = procs.replicas.values().map(|r| r.addr.clone()).collect();
-    let connect = procs.connect();
+    let (mut procs, addrs, connect) = Processes::started(tmp.path());
 
     let acked = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -447,12 +453,7 @@ fn closed(applied: &Applied) -> Invoice {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invoice_closes_once_across_kills() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut procs = Processes::new(tmp.path(), 3);
-    for id in 1..=3 {
-        procs.spawn(id);
-    }
-    let addrs: Vec<String> = procs.replicas.values().map(|r| r.addr.clone()).collect();
-    let connect = procs.connect();
+    let (mut procs, addrs, connect) = Processes::started(tmp.path());
     let acme = TenantId::new("acme");
     let mut prices = Prices::default();
     let tiers = vec![Tier { up_to_hours: None, per_hour: Decimal::new(3, 1) }];
