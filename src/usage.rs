@@ -273,18 +273,19 @@ fn accrue(into: &mut Quantities, rates: &Rates, from: u64, to: u64) {
     }
 }
 
-/// A day's hourly roll-ups: quantities per (hour of the day, pool, item).
-type Hours = BTreeMap<(u8, PoolId, Item), u128>;
+/// A day's hourly roll-ups: per (pool, item), the quantity in each hour of the day. Stored
+/// densely (24 varints a row, an hour with nothing is one byte), so a month of a tenant's
+/// hours is 30 small values and decoding one allocates once per pool, not once per hour.
+type Hours = BTreeMap<(PoolId, Item), [u128; 24]>;
 
 fn encode_hours(h: &Hours) -> Vec<u8> {
-    let rows: Vec<(u8, &PoolId, Item, u128)> =
-        h.iter().map(|((hour, p, i), n)| (*hour, p, *i, *n)).collect();
+    let rows: Vec<(&PoolId, Item, &[u128; 24])> = h.iter().map(|((p, i), n)| (p, *i, n)).collect();
     codec::encode(&rows).expect("invariant: hours encode")
 }
 
 fn decode_hours(bytes: &[u8]) -> Result<Hours, String> {
-    let rows: Vec<(u8, PoolId, Item, u128)> = codec::decode(bytes).map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().map(|(h, p, i, n)| ((h, p, i), n)).collect())
+    let rows: Vec<(PoolId, Item, [u128; 24])> = codec::decode(bytes).map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().map(|(p, i, n)| ((p, i), n)).collect())
 }
 
 fn encode_quantities(q: &Quantities) -> Vec<u8> {
@@ -554,10 +555,10 @@ impl Writer {
             let end = start + HOUR_MS;
             let mut q = Quantities::new();
             accrue(&mut q, &last.rates, from.max(start), to.min(end));
-            let hour = u8::try_from(start % DAY_MS / HOUR_MS).unwrap_or(0);
+            let hour = (start % DAY_MS / HOUR_MS) as usize;
             let day = hours.entry(start / DAY_MS * DAY_MS).or_default();
-            for ((pool, item), n) in q {
-                *day.entry((hour, pool, item)).or_default() += n;
+            for (key, n) in q {
+                day.entry(key).or_insert([0; 24])[hour] += n;
             }
             start = end;
         }
@@ -570,8 +571,11 @@ impl Writer {
                 Some(bytes) => decode_hours(&bytes)?,
                 None => Hours::new(),
             };
-            for (k, n) in add {
-                *had.entry(k).or_default() += n;
+            for (k, add) in add {
+                let row = had.entry(k).or_insert([0; 24]);
+                for (n, more) in row.iter_mut().zip(add) {
+                    *n += more;
+                }
             }
             self.put(key, encode_hours(&had));
         }
@@ -742,17 +746,21 @@ impl Writer {
                 for entry in self.db.range(range) {
                     let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
                     let day = key_time(&k);
-                    let rows: Vec<(u64, PoolId, Item, u128)> = if daily {
-                        let q = decode_quantities(&v).map_err(unavailable)?;
-                        q.into_iter().map(|((p, i), n)| (day, p, i, n)).collect()
-                    } else {
-                        let hours = decode_hours(&v).map_err(unavailable)?;
-                        let at = |h: u8| day + u64::from(h) * HOUR_MS;
-                        hours.into_iter().map(|((h, p, i), n)| (at(h), p, i, n)).collect()
+                    let mut add = |at: u64, pool: &PoolId, item: Item, n: u128| {
+                        if n > 0 && (query.from.0..to.0).contains(&at) {
+                            let q = &mut buckets[slot(at)].quantities;
+                            *q.entry((pool.clone(), item)).or_default() += n;
+                        }
                     };
-                    for (at, pool, item, n) in rows {
-                        if (query.from.0..to.0).contains(&at) {
-                            *buckets[slot(at)].quantities.entry((pool, item)).or_default() += n;
+                    if daily {
+                        for ((pool, item), n) in decode_quantities(&v).map_err(unavailable)? {
+                            add(day, &pool, item, n);
+                        }
+                    } else {
+                        for ((pool, item), row) in decode_hours(&v).map_err(unavailable)? {
+                            for (hour, n) in (0..).zip(row) {
+                                add(day + hour * HOUR_MS, &pool, item, n);
+                            }
                         }
                     }
                 }

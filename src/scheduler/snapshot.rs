@@ -22,7 +22,9 @@ use super::{Scheduler, State};
 /// 8: tenants gained a billing plan and a meter; the state price plans.
 /// 9: tenants gained budgets and invoices; quotas utilisation alerts and weekly windows.
 /// 10: the config gained the usage store's retention.
-pub const SNAPSHOT_VERSION: u32 = 10;
+/// 11: the usage store's hourly roll-ups hold a row of 24 hours per pool and item (the
+/// store's dump rides in the snapshot).
+pub const SNAPSHOT_VERSION: u32 = 11;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
