@@ -14,9 +14,13 @@
 //! the command sequence alone, so replicas hash equal at equal command index (`hash`).
 //!
 //! Writes leave the apply path as one message per applied batch; the writer keeps writes in
-//! memory (a tenant's last point and its day's roll-ups are rewritten many times a second
-//! under load) and applies them to sled in batches of up to `PENDING_MAX` keys, and never
-//! flushes sled. Durability comes from snapshots: a
+//! memory (a tenant's last point is rewritten many times a second under load) and applies
+//! them to sled in batches of up to `PENDING_MAX` keys, and never flushes sled. The roll-ups
+//! of the current log-time day (rewritten at every change of every tenant) stay in memory
+//! until log time passes the day and are then written once: a roll-up rewritten in sled all
+//! day leaves its pages in many pieces, which cold queries then read back one by one (it
+//! doubled hourly `GetUsage`'s p99). Reads, queries, dumps and the hash see them in place.
+//! Durability comes from snapshots: a
 //! snapshot carries a dump of the store taken at its index (in the writer's order), and a
 //! replica that opens or installs a snapshot restores the store from that dump and replays the
 //! log after it. Queries run on the writer thread too, in order after every command applied
@@ -314,7 +318,8 @@ impl UsageStore {
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
         let db = config.open().map_err(std::io::Error::other)?;
-        let mut writer = Writer { db, fail_stop, pending: BTreeMap::new() };
+        let mut writer =
+            Writer { db, fail_stop, pending: BTreeMap::new(), today: Today::default() };
         if let UsageLocation::Simulated = location {
             return Ok(UsageStore { writer: Route::Inline(Arc::new(Mutex::new(writer))) });
         }
@@ -416,6 +421,17 @@ struct Writer {
     /// Writes not yet in sled, applied as one batch once there are `PENDING_MAX` keys, or
     /// before anything reads sled whole (queries, dumps, pruning): reads look here first.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The roll-ups of the current log-time day, in memory until log time passes it.
+    today: Today,
+}
+
+/// The hourly and daily roll-up keys of one day (`day`, its start in log time) and their
+/// values: one of each per tenant that held something that day, never in sled at once with a
+/// different value (a row read from sled is replaced here).
+#[derive(Default)]
+struct Today {
+    day: u64,
+    rows: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Writer {
@@ -479,8 +495,11 @@ impl Writer {
         }
     }
 
-    /// A key's value: the message's own write if it made one, else sled's.
+    /// A key's value: today's roll-up or a pending write if there is one, else sled's.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if let Some(row) = self.today.rows.get(key) {
+            return Ok(Some(row.clone()));
+        }
         match self.pending.get(key) {
             Some(value) => Ok(value.clone()),
             None => Ok(self.db.get(key).map_err(|e| e.to_string())?.map(|v| v.to_vec())),
@@ -496,6 +515,51 @@ impl Writer {
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.pending.insert(key, Some(value));
+    }
+
+    /// Writes the roll-up of the day starting at `day`: today's stays in memory.
+    fn put_roll_up(&mut self, day: u64, key: Vec<u8>, value: Vec<u8>) {
+        if day == self.today.day {
+            self.pending.remove(&key);
+            self.today.rows.insert(key, value);
+        } else {
+            self.put(key, value);
+        }
+    }
+
+    /// Moves on to the log-time day of `at`: the roll-ups of the day before are final and
+    /// become pending writes (each written to sled once).
+    fn start_day(&mut self, at: UnixMillis) {
+        let day = at.0 / DAY_MS * DAY_MS;
+        if day > self.today.day {
+            for (key, value) in std::mem::take(&mut self.today.rows) {
+                self.put(key, value);
+            }
+            self.today.day = day;
+        }
+    }
+
+    /// Calls `each` with every key in `range` and its value, in key order: sled's, with
+    /// today's roll-ups in place (pending writes must be flushed first).
+    fn scan<R>(&self, range: R, mut each: impl FnMut(&[u8], &[u8])) -> Result<(), String>
+    where
+        R: std::ops::RangeBounds<Vec<u8>> + Clone,
+    {
+        let mut today = self.today.rows.range(range.clone()).peekable();
+        for entry in self.db.range(range) {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            while let Some((tk, tv)) = today.next_if(|(tk, _)| tk.as_slice() < &k[..]) {
+                each(tk, tv);
+            }
+            match today.next_if(|(tk, _)| tk.as_slice() == &k[..]) {
+                Some((tk, tv)) => each(tk, tv),
+                None => each(&k, &v),
+            }
+        }
+        for (tk, tv) in today {
+            each(tk, tv);
+        }
+        Ok(())
     }
 
     /// Applies the message's writes to sled, as one batch.
@@ -515,6 +579,7 @@ impl Writer {
 
     /// Records one command's changes (into the message's pending writes).
     fn apply(&mut self, record: &Record) -> Result<(), String> {
+        self.start_day(record.at);
         let mut touched = false;
         // A tenant named twice holds what it was named with last.
         let changes: BTreeMap<&TenantId, &Rates> =
@@ -577,7 +642,7 @@ impl Writer {
                     *n += more;
                 }
             }
-            self.put(key, encode_hours(&had));
+            self.put_roll_up(day, key, encode_hours(&had));
         }
         let oldest = to.saturating_sub(record.retention.daily_ms);
         let mut start = from.max(oldest) / DAY_MS * DAY_MS;
@@ -594,7 +659,7 @@ impl Writer {
                 for (k, n) in q {
                     *had.entry(k).or_default() += n;
                 }
-                self.put(key, encode_quantities(&had));
+                self.put_roll_up(start, key, encode_quantities(&had));
             }
             start = end;
         }
@@ -743,9 +808,10 @@ impl Writer {
                 let kind = if daily { DAILY } else { HOURLY };
                 let first_day = query.from.0 / DAY_MS * DAY_MS;
                 let range = timed_key(kind, tenant, first_day)..timed_key(kind, tenant, to.0);
-                for entry in self.db.range(range) {
-                    let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
-                    let day = key_time(&k);
+                let mut rows = Vec::new();
+                self.scan(range, |k, v| rows.push((key_time(k), v.to_vec())))
+                    .map_err(unavailable)?;
+                for (day, v) in rows {
                     let mut add = |at: u64, pool: &PoolId, item: Item, n: u128| {
                         if n > 0 && (query.from.0..to.0).contains(&at) {
                             let q = &mut buckets[slot(at)].quantities;
@@ -775,16 +841,14 @@ impl Writer {
 
     fn dump(&self) -> Result<Vec<u8>, String> {
         let mut rows: Dump = Vec::new();
-        for entry in self.db.iter() {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            rows.push((k.to_vec(), v.to_vec()));
-        }
+        self.scan::<std::ops::RangeFull>(.., |k, v| rows.push((k.to_vec(), v.to_vec())))?;
         codec::encode(&rows).map_err(|e| e.to_string())
     }
 
-    fn restore(&self, dump: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
         let rows: Dump = codec::decode(dump).map_err(|e| e.to_string())?;
         self.db.clear().map_err(|e| e.to_string())?;
+        self.today = Today::default();
         let mut batch = sled::Batch::default();
         for (k, v) in rows {
             batch.insert(k, v);
@@ -794,13 +858,12 @@ impl Writer {
 
     fn hash(&self) -> Result<[u8; 32], String> {
         let mut hasher = Sha256::new();
-        for entry in self.db.iter() {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            for part in [&k[..], &v[..]] {
+        self.scan::<std::ops::RangeFull>(.., |k, v| {
+            for part in [k, v] {
                 hasher.update((part.len() as u64).to_le_bytes());
                 hasher.update(part);
             }
-        }
+        })?;
         Ok(hasher.finalize().into())
     }
 }
