@@ -426,8 +426,9 @@ struct Writer {
 }
 
 /// The hourly and daily roll-up keys of one day (`day`, its start in log time) and their
-/// values: one of each per tenant that held something that day, never in sled at once with a
-/// different value (a row read from sled is replaced here).
+/// values: one of each per tenant that held something that day. A row restored from a dump
+/// part-way through the day is in sled too, with an older value until the day ends: reads and
+/// scans take the row here.
 #[derive(Default)]
 struct Today {
     day: u64,
@@ -517,10 +518,10 @@ impl Writer {
         self.pending.insert(key, Some(value));
     }
 
-    /// Writes the roll-up of the day starting at `day`: today's stays in memory.
+    /// Writes the roll-up of the day starting at `day`: today's stays in memory (pending
+    /// writes are of other days: `start_day` moves a day's rows there once it has ended).
     fn put_roll_up(&mut self, day: u64, key: Vec<u8>, value: Vec<u8>) {
         if day == self.today.day {
-            self.pending.remove(&key);
             self.today.rows.insert(key, value);
         } else {
             self.put(key, value);
@@ -541,7 +542,11 @@ impl Writer {
 
     /// Calls `each` with every key in `range` and its value, in key order: sled's, with
     /// today's roll-ups in place (pending writes must be flushed first).
-    fn scan<R>(&self, range: R, mut each: impl FnMut(&[u8], &[u8])) -> Result<(), String>
+    fn scan<R>(
+        &self,
+        range: R,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<(), String>
     where
         R: std::ops::RangeBounds<Vec<u8>> + Clone,
     {
@@ -549,17 +554,14 @@ impl Writer {
         for entry in self.db.range(range) {
             let (k, v) = entry.map_err(|e| e.to_string())?;
             while let Some((tk, tv)) = today.next_if(|(tk, _)| tk.as_slice() < &k[..]) {
-                each(tk, tv);
+                each(tk, tv)?;
             }
             match today.next_if(|(tk, _)| tk.as_slice() == &k[..]) {
-                Some((tk, tv)) => each(tk, tv),
-                None => each(&k, &v),
+                Some((tk, tv)) => each(tk, tv)?,
+                None => each(&k, &v)?,
             }
         }
-        for (tk, tv) in today {
-            each(tk, tv);
-        }
-        Ok(())
+        today.try_for_each(|(tk, tv)| each(tk, tv))
     }
 
     /// Applies the message's writes to sled, as one batch.
@@ -808,10 +810,8 @@ impl Writer {
                 let kind = if daily { DAILY } else { HOURLY };
                 let first_day = query.from.0 / DAY_MS * DAY_MS;
                 let range = timed_key(kind, tenant, first_day)..timed_key(kind, tenant, to.0);
-                let mut rows = Vec::new();
-                self.scan(range, |k, v| rows.push((key_time(k), v.to_vec())))
-                    .map_err(unavailable)?;
-                for (day, v) in rows {
+                self.scan(range, |k, v| {
+                    let day = key_time(k);
                     let mut add = |at: u64, pool: &PoolId, item: Item, n: u128| {
                         if n > 0 && (query.from.0..to.0).contains(&at) {
                             let q = &mut buckets[slot(at)].quantities;
@@ -819,17 +819,19 @@ impl Writer {
                         }
                     };
                     if daily {
-                        for ((pool, item), n) in decode_quantities(&v).map_err(unavailable)? {
+                        for ((pool, item), n) in decode_quantities(v)? {
                             add(day, &pool, item, n);
                         }
                     } else {
-                        for ((pool, item), row) in decode_hours(&v).map_err(unavailable)? {
+                        for ((pool, item), row) in decode_hours(v)? {
                             for (hour, n) in (0..).zip(row) {
                                 add(day + hour * HOUR_MS, &pool, item, n);
                             }
                         }
                     }
-                }
+                    Ok(())
+                })
+                .map_err(unavailable)?;
                 // The open interval since the tenant's last point is in no roll-up yet.
                 if let Some(last) = &last {
                     spread(&mut buckets, &last.rates, last.at.0, to.0);
@@ -841,7 +843,10 @@ impl Writer {
 
     fn dump(&self) -> Result<Vec<u8>, String> {
         let mut rows: Dump = Vec::new();
-        self.scan::<std::ops::RangeFull>(.., |k, v| rows.push((k.to_vec(), v.to_vec())))?;
+        self.scan::<std::ops::RangeFull>(.., |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
         codec::encode(&rows).map_err(|e| e.to_string())
     }
 
@@ -863,6 +868,7 @@ impl Writer {
                 hasher.update((part.len() as u64).to_le_bytes());
                 hasher.update(part);
             }
+            Ok(())
         })?;
         Ok(hasher.finalize().into())
     }
