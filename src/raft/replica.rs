@@ -340,6 +340,9 @@ impl Replica {
         if bytes > PROPOSAL_BYTES_MAX {
             return Err(WriteError::TooLarge { bytes, max: PROPOSAL_BYTES_MAX });
         }
+        if *self.inner.stop.borrow() {
+            return Err(WriteError::ShuttingDown);
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .queue
@@ -358,6 +361,7 @@ impl Replica {
             // A batch slot first, then everything queued by the time it frees: while every
             // slot is busy, commands pile up and go out together in the next entry.
             let permit = tokio::select! {
+                biased; // a stopped replica takes nothing more
                 _ = stop.changed() => break,
                 permit = in_flight.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -367,6 +371,7 @@ impl Replica {
             let first = match carried.take() {
                 Some(p) => p,
                 None => tokio::select! {
+                    biased; // a stopped replica takes nothing more
                     _ = stop.changed() => break,
                     next = rx.recv() => match next { Some(p) => p, None => break },
                 },
@@ -543,6 +548,7 @@ impl Replica {
         let mut clients: BTreeMap<ReplicaId, (String, Peer)> = BTreeMap::new();
         loop {
             tokio::select! {
+                biased; // a stopped replica takes nothing more
                 _ = stop.changed() => break,
                 _ = every.tick() => {}
             }
@@ -585,6 +591,7 @@ impl Replica {
         let mut last_tick: Option<Instant> = None;
         loop {
             tokio::select! {
+                biased; // a stopped replica takes nothing more
                 _ = stop.changed() => break,
                 _ = check.tick() => {}
             }
