@@ -6,11 +6,11 @@
 //! command each, sent in batches as the state machine sends them). Prints how fast the writer
 //! took them, then the time of `QUERIES` queries of a random tenant's last 30 days: hourly
 //! (720 buckets), daily and raw (one day at 5-minute steps), each through the writer as the
-//! API asks it, cold (sled's cache holds what the month's writes left in it). Then the
-//! store's size on disk and as a snapshot dump, the time to restore a replica from the dump,
-//! and the hourly queries again after the dump: taking it reads the whole store through
-//! sled's cache, so the first queries after a snapshot page their tenants back in. Target:
-//! hourly ≤ 5 ms.
+//! API asks it, cold (sled's cache holds what the month's writes left in it). Then what
+//! snapshots cost: the first checkpoint (every change since the empty store, folded into a
+//! base off the writer), a snapshot interval later (`SNAPSHOT_COMMANDS` more changes) a
+//! checkpoint as the state machine takes it, the time to restore a replica from the base and
+//! those changes, and the hourly queries again after all that. Target: hourly ≤ 5 ms.
 //!
 //! Run with `cargo bench --bench usage`; `-- --test` (as `cargo test --benches` passes) builds
 //! a day of history for 20 tenants, as a smoke test.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use berth::fatal::FailStop;
 use berth::scheduler::windows::{DAY_MS, HOUR_MS};
 use berth::scheduler::{PoolId, Resources, TenantId, UnixMillis, UsageRetention};
-use berth::usage::{Record, UsageLocation, UsageQuery, UsageStore};
+use berth::usage::{self, Record, UsageLocation, UsageQuery, UsageStore};
 
 const TENANTS: u64 = 1_000;
 const HISTORY_MS: u64 = 30 * DAY_MS;
@@ -28,6 +28,8 @@ const CHANGE_EVERY_MS: u64 = HOUR_MS;
 const BATCH: usize = 64;
 const QUERIES: usize = 300;
 const EPOCH_MS: u64 = 1_796_083_200_000;
+/// Commands between snapshots (`ReplicaOptions::snapshot_logs`' default).
+const SNAPSHOT_COMMANDS: u64 = 10_000;
 
 /// A small deterministic generator (xorshift), so every run builds the same history.
 struct Rng(u64);
@@ -78,28 +80,35 @@ fn main() {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     let mut index = 0;
-    for step in 0..steps {
-        for (t, tenant) in ids.iter().enumerate() {
-            index += 1;
-            let at = EPOCH_MS + step * CHANGE_EVERY_MS + (t as u64) * CHANGE_EVERY_MS / tenants;
-            let r = rng.next();
-            let mut rates =
-                vec![(pools[0].clone(), false, Resources::new(r % 64_000, r % 131_072))];
-            if r % 3 == 0 {
-                rates.push((pools[1].clone(), r % 2 == 0, Resources::new(r % 8_000, r % 16_384)));
-            }
-            batch.push(Record {
-                index,
-                at: UnixMillis(at),
-                retention: UsageRetention::default(),
-                changes: vec![(tenant.clone(), rates)],
-            });
-            if batch.len() == BATCH {
-                store.record(std::mem::take(&mut batch));
+    let mut write = |steps: std::ops::Range<u64>, rng: &mut Rng| {
+        for step in steps {
+            for (t, tenant) in ids.iter().enumerate() {
+                index += 1;
+                let at = EPOCH_MS + step * CHANGE_EVERY_MS + (t as u64) * CHANGE_EVERY_MS / tenants;
+                let r = rng.next();
+                let mut rates =
+                    vec![(pools[0].clone(), false, Resources::new(r % 64_000, r % 131_072))];
+                if r % 3 == 0 {
+                    rates.push((
+                        pools[1].clone(),
+                        r % 2 == 0,
+                        Resources::new(r % 8_000, r % 16_384),
+                    ));
+                }
+                batch.push(Record {
+                    index,
+                    at: UnixMillis(at),
+                    retention: UsageRetention::default(),
+                    changes: vec![(tenant.clone(), rates)],
+                });
+                if batch.len() == BATCH {
+                    store.record(std::mem::take(&mut batch));
+                }
             }
         }
-    }
-    store.record(batch);
+        store.record(std::mem::take(&mut batch));
+    };
+    write(0..steps, &mut rng);
     let now = EPOCH_MS + history;
     // Waits for the writer with a query, which reads one tenant (a hash would read them all).
     let span = history.min(30 * DAY_MS);
@@ -118,10 +127,11 @@ fn main() {
         history / DAY_MS,
         ms(took),
     );
+    let mut pick = Rng(0x2545_f491_4f6c_dd1d);
     let mut measure = |when: &str, shape: (&str, u64, u64, u64)| {
         let mut times = Vec::with_capacity(QUERIES);
         for _ in 0..QUERIES {
-            let tenant = ids[(rng.next() % tenants) as usize].clone();
+            let tenant = ids[(pick.next() % tenants) as usize].clone();
             let started = Instant::now();
             let series = query(tenant, shape);
             times.push(started.elapsed());
@@ -144,18 +154,38 @@ fn main() {
     measure("", ("daily, 30 days (30 buckets)", now - span, now, DAY_MS));
     measure("", ("raw, 1 day at 5 min (288 buckets)", now - DAY_MS + 1, now, 300_000));
 
+    // The first snapshot: every change so far, folded into a base.
     let started = Instant::now();
-    let dump = block(&rt, store.dump());
+    let first = block(&rt, store.checkpoint(0));
+    let taken = started.elapsed();
+    let started = Instant::now();
+    let base = usage::compose(None, &first.changes).expect("composes");
     println!(
-        "store: {} on disk (sled's count), {} as a snapshot dump (taken in {})",
+        "store: {} on disk (sled's count); the first checkpoint takes {} of changes in {} (on \
+         the writer), composed into a {} base in {} (off it)",
         mib(block(&rt, store.size_on_disk())),
-        mib(dump.len() as u64),
+        mib(first.changes.len() as u64),
+        ms(taken),
+        mib(base.len() as u64),
         ms(started.elapsed()),
+    );
+    // A snapshot interval later.
+    let more = SNAPSHOT_COMMANDS.div_ceil(tenants);
+    write(steps..steps + more, &mut rng);
+    let started = Instant::now();
+    let next = block(&rt, store.checkpoint(base.len() / 4));
+    println!(
+        "{} changes later: a checkpoint of {} taken in {}{}",
+        more * tenants,
+        mib(next.changes.len() as u64),
+        ms(started.elapsed()),
+        if next.rebase { " (folded into a new base)" } else { "" },
     );
     let restored = UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("opens");
     let started = Instant::now();
-    block(&rt, restored.restore(dump));
-    println!("restore from the dump: {}", ms(started.elapsed()));
+    let dump = usage::compose(Some(&base), &next.changes).expect("composes");
+    block(&rt, restored.restore(dump, next.changes));
+    println!("restore from the base and changes: {}", ms(started.elapsed()));
     drop(restored);
-    measure(" after the dump", hourly);
+    measure(" after the checkpoints", hourly);
 }

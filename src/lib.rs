@@ -27,11 +27,13 @@
 //! - `storage` — the Raft log and snapshot files, one file per concern: `memory` (the live
 //!   log every read sees, and the memory backend), `wal` (the write-ahead file's records,
 //!   framing and replay), `file_log` (the writer thread: group sync, preallocation,
-//!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`.
+//!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`
+//!   (the snapshot file and the usage store's bases).
 //!   → `codec`, `raft::types`.
 //! - `usage` — each replica's usage history in sled: change points and hourly and daily
 //!   roll-ups per tenant, derived from applied commands by a writer thread, pruned by the
-//!   replicated retention, dumped into snapshots and restored from them, queried by range.
+//!   replicated retention, carried by snapshots as a base and the changes since it and
+//!   restored from them, queried by range.
 //!   → `codec`, `fatal`, `scheduler`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
 //!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.

@@ -20,11 +20,18 @@
 //! until log time passes the day and are then written once: a roll-up rewritten in sled all
 //! day leaves its pages in many pieces, which cold queries then read back one by one (it
 //! doubled hourly `GetUsage`'s p99). Reads, queries, dumps and the hash see them in place.
-//! Durability comes from snapshots: a
-//! snapshot carries a dump of the store taken at its index (in the writer's order), and a
-//! replica that opens or installs a snapshot restores the store from that dump and replays the
-//! log after it. Queries run on the writer thread too, in order after every command applied
-//! before they were asked, so they see a consistent store.
+//!
+//! Durability comes from snapshots, without reading the store whole at each one. A dump (every
+//! key and value in key order) is taken rarely, as a *base*; the writer keeps every write since
+//! the base in memory (`Writer::changes`, the latest value of each key or its removal), and a
+//! snapshot carries the base's name and those changes, taken in the writer's order at the
+//! snapshot's index (`checkpoint`). When the changes outgrow a quarter of the base, the
+//! snapshot folds them into a new base (`compose`, off the writer: a merge of two sorted
+//! lists, not a scan of sled) and the writer starts its changes afresh. A replica that opens or
+//! installs a snapshot restores the store from its base and changes and replays the log after
+//! it; a snapshot sent to a follower carries the composed dump whole. Queries run on the writer
+//! thread too, in order after every command applied before they were asked, so they see a
+//! consistent store.
 //!
 //! Keys (one sled tree): a kind byte, the tenant (length-prefixed), and for series a
 //! big-endian time, so one tenant's series is one range:
@@ -183,8 +190,8 @@ type Reply<T> = oneshot::Sender<Result<T, UsageError>>;
 enum Message {
     Records(Vec<Record>),
     Query(UsageQuery, UnixMillis, UsageRetention, Reply<Series>),
-    Dump(Reply<Vec<u8>>),
-    Restore(Vec<u8>, Reply<()>),
+    Checkpoint(usize, Reply<Checkpoint>),
+    Restore(Vec<u8>, Vec<u8>, Reply<()>),
     Hash(Reply<[u8; 32]>),
     Size(Reply<u64>),
 }
@@ -223,6 +230,19 @@ struct Last {
 
 /// What a dump holds: every key and value, in key order.
 type Dump = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Writes since a base: each key's latest value, or `None` where it was removed.
+type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The writes since the base, at a snapshot's index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The changes, encoded (`compose` applies them to the base).
+    pub changes: Vec<u8>,
+    /// Whether they outgrew the limit asked for: the writer now counts changes from this
+    /// checkpoint, so the snapshot must make `compose(base, changes)` its new base.
+    pub rebase: bool,
+}
 
 const POINT: u8 = b'p';
 const HOURLY: u8 = b'h';
@@ -318,8 +338,14 @@ impl UsageStore {
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
         let db = config.open().map_err(std::io::Error::other)?;
-        let mut writer =
-            Writer { db, fail_stop, pending: BTreeMap::new(), today: Today::default() };
+        let mut writer = Writer {
+            db,
+            fail_stop,
+            pending: BTreeMap::new(),
+            today: Today::default(),
+            changes: Changes::new(),
+            changes_bytes: 0,
+        };
         if let UsageLocation::Simulated = location {
             return Ok(UsageStore { writer: Route::Inline(Arc::new(Mutex::new(writer))) });
         }
@@ -371,14 +397,17 @@ impl UsageStore {
         Pending(self.ask(|reply| Message::Query(query, now, retention, reply)))
     }
 
-    /// Asks for a dump of the store after every record queued so far (for a snapshot).
-    pub fn dump(&self) -> Pending<Vec<u8>> {
-        Pending(self.ask(Message::Dump))
+    /// Asks for the writes since the base, after every record queued so far (for a
+    /// snapshot; call under the state machine's read lock). If they take more than
+    /// `rebase_over` bytes the writer starts counting afresh (`Checkpoint::rebase`).
+    pub fn checkpoint(&self, rebase_over: usize) -> Pending<Checkpoint> {
+        Pending(self.ask(|reply| Message::Checkpoint(rebase_over, reply)))
     }
 
-    /// Replaces the store with a dump; records queued after it apply on top.
-    pub fn restore(&self, dump: Vec<u8>) -> Pending<()> {
-        Pending(self.ask(|reply| Message::Restore(dump, reply)))
+    /// Replaces the store with `dump` (`compose(base, changes)`), remembering `changes` as the
+    /// writes since the base; records queued after it apply on top.
+    pub fn restore(&self, dump: Vec<u8>, changes: Vec<u8>) -> Pending<()> {
+        Pending(self.ask(|reply| Message::Restore(dump, changes, reply)))
     }
 
     /// Asks for the bytes the store takes on disk (sled's own count).
@@ -415,6 +444,57 @@ pub fn check_dump(bytes: &[u8]) -> Result<(), String> {
     codec::decode::<Dump>(bytes).map(drop).map_err(|e| format!("usage store dump: {e}"))
 }
 
+/// Checks a checkpoint's changes decode (before a snapshot holding them is accepted).
+pub fn check_changes(bytes: &[u8]) -> Result<(), String> {
+    codec::decode::<Changes>(bytes).map(drop).map_err(|e| format!("usage store changes: {e}"))
+}
+
+/// No changes: what a checkpoint right after a rebase carries.
+pub fn no_changes() -> Vec<u8> {
+    codec::encode(&Changes::new()).expect("invariant: an empty map encodes")
+}
+
+/// The dump of the store a base (`None`: the empty store) and the changes since it make.
+pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
+    let base: Dump = match base {
+        Some(bytes) => codec::decode(bytes).map_err(|e| format!("usage store base: {e}"))?,
+        None => Dump::new(),
+    };
+    let changes: Changes =
+        codec::decode(changes).map_err(|e| format!("usage store changes: {e}"))?;
+    let mut out: Dump = Vec::with_capacity(base.len() + changes.len());
+    let mut changes = changes.into_iter().peekable();
+    for (key, value) in base {
+        while let Some((k, v)) = changes.next_if(|(k, _)| *k < key) {
+            out.extend(v.map(|v| (k, v)));
+        }
+        match changes.next_if(|(k, _)| *k == key) {
+            Some((k, v)) => out.extend(v.map(|v| (k, v))),
+            None => out.push((key, value)),
+        }
+    }
+    out.extend(changes.filter_map(|(k, v)| v.map(|v| (k, v))));
+    codec::encode(&out).map_err(|e| e.to_string())
+}
+
+/// The SHA-256 of every key and value a dump holds: equal to the store's `hash` when the
+/// dump is of that store.
+pub fn dump_hash(dump: &[u8]) -> Result<[u8; 32], String> {
+    let rows: Dump = codec::decode(dump).map_err(|e| format!("usage store dump: {e}"))?;
+    let mut hasher = Sha256::new();
+    for (k, v) in &rows {
+        hash_row(&mut hasher, k, v);
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn hash_row(hasher: &mut Sha256, key: &[u8], value: &[u8]) {
+    for part in [key, value] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+}
+
 struct Writer {
     db: sled::Db,
     fail_stop: FailStop,
@@ -423,6 +503,10 @@ struct Writer {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The roll-ups of the current log-time day, in memory until log time passes it.
     today: Today,
+    /// Every write since the base the last checkpoint refers to (what the next snapshot
+    /// carries), and roughly how many bytes they take.
+    changes: Changes,
+    changes_bytes: usize,
 }
 
 /// The hourly and daily roll-up keys of one day (`day`, its start in log time) and their
@@ -440,8 +524,8 @@ impl Writer {
         if self.fail_stop.reason().is_some() {
             return;
         }
-        // Everything but a write reads sled whole: what is pending goes first.
-        if !matches!(message, Message::Records(_)) {
+        // Everything but a write or a checkpoint reads sled whole: what is pending goes first.
+        if !matches!(message, Message::Records(_) | Message::Checkpoint(..)) {
             if let Err(e) = self.flush_pending() {
                 self.pending.clear();
                 self.fail_stop.stop(format!("the usage store failed writing: {e}"));
@@ -475,11 +559,11 @@ impl Writer {
             Message::Query(query, now, retention, reply) => {
                 let _ = reply.send(self.query(&query, now, retention));
             }
-            Message::Dump(reply) => {
-                let _ = reply.send(self.dump().map_err(UsageError::Unavailable));
+            Message::Checkpoint(rebase_over, reply) => {
+                let _ = reply.send(self.checkpoint(rebase_over).map_err(UsageError::Unavailable));
             }
-            Message::Restore(dump, reply) => {
-                let restored = self.restore(&dump);
+            Message::Restore(dump, changes, reply) => {
+                let restored = self.restore(&dump, &changes);
                 if let Err(why) = &restored {
                     self.fail_stop.stop(format!("the usage store failed restoring: {why}"));
                 }
@@ -515,13 +599,25 @@ impl Writer {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.note(&key, Some(&value));
         self.pending.insert(key, Some(value));
+    }
+
+    /// Counts a write among the changes since the base.
+    fn note(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let size = |value: Option<&[u8]>| key.len() + value.map_or(0, <[u8]>::len);
+        let had = self.changes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        self.changes_bytes += size(value);
+        if let Some(had) = had {
+            self.changes_bytes -= size(had.as_deref());
+        }
     }
 
     /// Writes the roll-up of the day starting at `day`: today's stays in memory (pending
     /// writes are of other days: `start_day` moves a day's rows there once it has ended).
     fn put_roll_up(&mut self, day: u64, key: Vec<u8>, value: Vec<u8>) {
         if day == self.today.day {
+            self.note(&key, Some(&value));
             self.today.rows.insert(key, value);
         } else {
             self.put(key, value);
@@ -533,8 +629,9 @@ impl Writer {
     fn start_day(&mut self, at: UnixMillis) {
         let day = at.0 / DAY_MS * DAY_MS;
         if day > self.today.day {
+            // Their changes were counted as they were written.
             for (key, value) in std::mem::take(&mut self.today.rows) {
-                self.put(key, value);
+                self.pending.insert(key, Some(value));
             }
             self.today.day = day;
         }
@@ -672,10 +769,10 @@ impl Writer {
     /// last one at or before the raw cutoff (it says what was held from the cutoff on),
     /// roll-ups that ended by their cutoff, and tenants gone (holding nothing) since before
     /// the daily cutoff.
-    fn prune(&self, record: &Record) -> Result<(), String> {
+    fn prune(&mut self, record: &Record) -> Result<(), String> {
         let at = record.at.0;
         let keep = record.retention;
-        let mut batch = sled::Batch::default();
+        let mut removed: Vec<Vec<u8>> = Vec::new();
         for entry in self.db.scan_prefix([LAST]) {
             let (key, value) = entry.map_err(|e| e.to_string())?;
             let name = std::str::from_utf8(&key[2..]).map_err(|e| e.to_string())?;
@@ -693,7 +790,7 @@ impl Writer {
                 for old in
                     self.db.range(timed_key(POINT, &tenant, 0)..timed_key(POINT, &tenant, upto))
                 {
-                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                    removed.push(old.map_err(|e| e.to_string())?.0.to_vec());
                 }
             }
             // Hourly keys hold a day's hours: a day whose last hour ended by the cutoff goes.
@@ -705,17 +802,24 @@ impl Writer {
                 }
                 let end = timed_key(kind, &tenant, cut - DAY_MS + 1);
                 for old in self.db.range(timed_key(kind, &tenant, 0)..end) {
-                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                    removed.push(old.map_err(|e| e.to_string())?.0.to_vec());
                 }
             }
             if last.rates.is_empty() && last.at.0 < at.saturating_sub(keep.daily_ms) {
-                batch.remove(key.to_vec());
+                removed.push(key.to_vec());
                 for old in self.db.scan_prefix(tenant_key(POINT, &tenant)) {
-                    batch.remove(old.map_err(|e| e.to_string())?.0);
+                    removed.push(old.map_err(|e| e.to_string())?.0.to_vec());
                 }
             }
         }
-        batch.insert(META_PRUNED, codec::encode(&(at / HOUR_MS)).map_err(|e| e.to_string())?);
+        let mut batch = sled::Batch::default();
+        for key in removed {
+            self.note(&key, None);
+            batch.remove(key);
+        }
+        let pruned = codec::encode(&(at / HOUR_MS)).map_err(|e| e.to_string())?;
+        self.note(META_PRUNED, Some(&pruned));
+        batch.insert(META_PRUNED, pruned);
         self.db.apply_batch(batch).map_err(|e| e.to_string())
     }
 
@@ -841,19 +945,26 @@ impl Writer {
         Ok(Series { resolution, as_of: to, buckets, known: last.is_some() })
     }
 
-    fn dump(&self) -> Result<Vec<u8>, String> {
-        let mut rows: Dump = Vec::new();
-        self.scan::<std::ops::RangeFull>(.., |k, v| {
-            rows.push((k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
-        codec::encode(&rows).map_err(|e| e.to_string())
+    /// The changes since the base, encoded; if they take more than `rebase_over` bytes, the
+    /// snapshot makes a new base of them and counting starts afresh.
+    fn checkpoint(&mut self, rebase_over: usize) -> Result<Checkpoint, String> {
+        let changes = codec::encode(&self.changes).map_err(|e| e.to_string())?;
+        let rebase = self.changes_bytes > rebase_over;
+        if rebase {
+            self.changes.clear();
+            self.changes_bytes = 0;
+        }
+        Ok(Checkpoint { changes, rebase })
     }
 
-    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, dump: &[u8], changes: &[u8]) -> Result<(), String> {
         let rows: Dump = codec::decode(dump).map_err(|e| e.to_string())?;
+        let changes: Changes = codec::decode(changes).map_err(|e| e.to_string())?;
         self.db.clear().map_err(|e| e.to_string())?;
         self.today = Today::default();
+        self.changes_bytes =
+            changes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        self.changes = changes;
         let mut batch = sled::Batch::default();
         for (k, v) in rows {
             batch.insert(k, v);
@@ -864,10 +975,7 @@ impl Writer {
     fn hash(&self) -> Result<[u8; 32], String> {
         let mut hasher = Sha256::new();
         self.scan::<std::ops::RangeFull>(.., |k, v| {
-            for part in [k, v] {
-                hasher.update((part.len() as u64).to_le_bytes());
-                hasher.update(part);
-            }
+            hash_row(&mut hasher, k, v);
             Ok(())
         })?;
         Ok(hasher.finalize().into())

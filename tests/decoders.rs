@@ -175,7 +175,9 @@ async fn damaged_snapshot_bodies_are_refused() {
         StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
             .expect("opens");
     source.apply((1..4).map(entry).collect::<Vec<_>>()).await.expect("applies");
-    let snapshot = source.build_snapshot().await.expect("builds");
+    source.build_snapshot().await.expect("builds");
+    // As a leader sends it: the usage store whole.
+    let snapshot = source.get_current_snapshot().await.expect("reads").expect("built");
     let body = snapshot.snapshot.into_inner();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut target =

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use berth::fatal::FailStop;
 use berth::raft::state_machine::StateMachine;
 use berth::raft::types::{Batch, LogEntry, LogId, Proposal, StorageError, TypeConfig};
-use berth::scheduler::{Command, RequestId, Resources, UnixMillis};
+use berth::scheduler::{Command, PlaceSpec, RequestId, Resources, UnixMillis};
 use berth::storage::{FileLogOptions, LogStore, MemLog, SnapshotStore};
 use berth::usage::{UsageLocation, UsageStore};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -349,7 +349,9 @@ async fn corrupt_snapshots_are_refused() {
     let mut sm = StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), FailStop::record())
         .expect("opens");
     sm.apply(vec![entry(1, vec![register("a")])]).await.expect("applies");
-    let snapshot = sm.build_snapshot().await.expect("builds");
+    sm.build_snapshot().await.expect("builds");
+    // As a leader sends it: the usage store whole.
+    let snapshot = sm.get_current_snapshot().await.expect("reads").expect("built");
 
     let file = path.join("snapshot.bin");
     let mut bytes = std::fs::read(&file).expect("snapshot file");
@@ -382,4 +384,81 @@ async fn corrupt_snapshots_are_refused() {
 /// An empty usage store (a state machine restores it from its snapshot).
 fn usage() -> UsageStore {
     UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
+}
+
+fn place(tenant: &str, id: &str) -> Command {
+    Command::Place {
+        tenant: tenant.into(),
+        spec: PlaceSpec {
+            placement: id.into(),
+            count: 1,
+            resources: Resources::new(10, 10),
+            ..PlaceSpec::default()
+        },
+        fence: None,
+    }
+}
+
+/// The usage bases beside a snapshot, by the command index each was taken at.
+fn bases(dir: &std::path::Path) -> Vec<u64> {
+    let mut found: Vec<u64> = std::fs::read_dir(dir)
+        .expect("reads the snapshot directory")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().expect("utf-8");
+            name.strip_prefix("usage-base-")?.strip_suffix(".bin")?.parse().ok()
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The usage store rides in snapshots as a base file and the changes since it: snapshots fold
+/// the changes into a new base once they outgrow a quarter of it, keep the base before it and
+/// remove older ones; a restart restores the same store; a follower is sent it whole and
+/// keeps it as its own base; a snapshot whose base is missing is refused, naming it.
+#[tokio::test]
+async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("snapshot");
+    let store = SnapshotStore::Dir(path.clone());
+    let mut sm = StateMachine::open(store.clone(), usage(), FailStop::record()).expect("opens");
+    let create = Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 };
+    sm.apply(vec![entry(1, vec![register("w"), create])]).await.expect("applies");
+    let empty = sm.usage().hash().wait().await.expect("hashes");
+    let mut seen = Vec::new();
+    for round in 0..6u64 {
+        let places = (0..=round).map(|i| place("acme", &format!("p{round}-{i}"))).collect();
+        sm.apply(vec![entry(2 + round, places)]).await.expect("applies");
+        sm.build_snapshot().await.expect("builds");
+        let now = bases(&path);
+        assert!(!now.is_empty() && now.len() <= 2, "round {round}: bases {now:?}");
+        seen.extend(now);
+    }
+    seen.dedup();
+    assert!(seen.len() >= 3, "bases were folded anew and old ones removed: {seen:?}");
+    let hash = sm.usage().hash().wait().await.expect("hashes");
+    assert_ne!(hash, empty, "the placements were metered");
+
+    let reopened = StateMachine::open(store, usage(), FailStop::record()).expect("reopens");
+    assert_eq!(reopened.usage().hash().wait().await.expect("hashes"), hash);
+
+    let sent = sm.get_current_snapshot().await.expect("reads").expect("built");
+    let follower_path = dir.path().join("follower");
+    let mut follower =
+        StateMachine::open(SnapshotStore::Dir(follower_path.clone()), usage(), FailStop::record())
+            .expect("opens");
+    follower.install_snapshot(&sent.meta, sent.snapshot).await.expect("installs");
+    assert_eq!(follower.usage().hash().wait().await.expect("hashes"), hash);
+    assert_eq!(bases(&follower_path).len(), 1, "kept as its own base");
+    let restarted =
+        StateMachine::open(SnapshotStore::Dir(follower_path), usage(), FailStop::record())
+            .expect("reopens");
+    assert_eq!(restarted.usage().hash().wait().await.expect("hashes"), hash);
+
+    for base in bases(&path) {
+        std::fs::remove_file(path.join(format!("usage-base-{base}.bin"))).expect("removes");
+    }
+    let missing = StateMachine::open(SnapshotStore::Dir(path), usage(), FailStop::record());
+    let error = missing.err().expect("refused without its base").to_string();
+    assert!(error.contains("usage store base"), "{error}");
 }

@@ -1,12 +1,13 @@
 //! The usage store through its public interface: the series it answers equal a brute-force
 //! recomputation from the changes it was given, at every resolution; its contents (hash) do
-//! not depend on how records were batched, survive a dump and restore, and prune by retention.
+//! not depend on how records were batched, survive a snapshot's base and changes and a restore,
+//! and prune by retention.
 
 use berth::fatal::FailStop;
 use berth::scheduler::windows::{DAY_MS, HOUR_MS};
 use berth::scheduler::{Item, PoolId, Resources, TenantId, UnixMillis, UsageRetention};
 use berth::usage::{
-    Quantities, Rates, Record, Resolution, UsageError, UsageLocation, UsageQuery, UsageStore,
+    self, Quantities, Rates, Record, Resolution, UsageError, UsageLocation, UsageQuery, UsageStore,
 };
 use proptest::prelude::*;
 
@@ -139,26 +140,53 @@ proptest! {
         }
     }
 
-    /// Records split into batches differently, or restored from a dump half-way, leave the
-    /// same store behind.
+    /// Records split into batches differently, or restored half-way from a snapshot's base
+    /// and changes, leave the same store behind; and at every checkpoint, rebasing or not, the
+    /// base and the changes since it compose to exactly what the store holds.
     #[test]
-    fn contents_do_not_depend_on_batching_or_restoring(records in history(), split in 0..60usize) {
+    fn contents_do_not_depend_on_batching_or_restoring(
+        records in history(),
+        mut cuts in proptest::collection::vec((0..60usize, 0..3_000usize), 1..6),
+    ) {
         let rt = runtime();
         let one = store();
         one.record(records.clone());
-        let split = split.min(records.len());
+        cuts.sort();
+        // `two` takes the records one by one, with a checkpoint (a snapshot) at each cut,
+        // keeping a base as the state machine does.
         let two = store();
-        for r in &records[..split] {
-            two.record(vec![r.clone()]);
+        let (mut base, mut done) = (None::<Vec<u8>>, 0);
+        let mut restore_from = (usage::compose(None, &usage::no_changes()).expect("empty"), usage::no_changes(), 0);
+        for (cut, rebase_over) in cuts {
+            let cut = cut.min(records.len());
+            for r in &records[done..cut] {
+                two.record(vec![r.clone()]);
+            }
+            done = cut;
+            let checkpoint = rt.block_on(two.checkpoint(rebase_over).wait()).expect("checkpoint");
+            let dump = usage::compose(base.as_deref(), &checkpoint.changes).expect("composes");
+            let hash = rt.block_on(two.hash().wait()).expect("hashes");
+            prop_assert_eq!(usage::dump_hash(&dump).expect("hashes"), hash);
+            restore_from = if checkpoint.rebase {
+                base = Some(dump.clone());
+                (dump, usage::no_changes(), cut)
+            } else {
+                (dump, checkpoint.changes, cut)
+            };
         }
-        let dump = rt.block_on(two.dump().wait()).expect("dumps");
+        two.record(records[done..].to_vec());
+        // `three` restores from the last checkpoint and replays what came after it.
+        let (dump, changes, cut) = restore_from;
         let three = store();
-        drop(three.restore(dump));
-        three.record(records[split..].to_vec());
-        two.record(records[split..].to_vec());
+        drop(three.restore(dump, changes));
+        three.record(records[cut..].to_vec());
         let hash = rt.block_on(one.hash().wait()).expect("hashes");
         prop_assert_eq!(rt.block_on(two.hash().wait()).expect("hashes"), hash);
         prop_assert_eq!(rt.block_on(three.hash().wait()).expect("hashes"), hash);
+        // It kept the changes since the base it restored from.
+        let last = rt.block_on(three.checkpoint(usize::MAX).wait()).expect("checkpoint");
+        let whole = usage::compose(base.as_deref(), &last.changes).expect("composes");
+        prop_assert_eq!(usage::dump_hash(&whole).expect("hashes"), hash);
     }
 }
 
@@ -219,8 +247,12 @@ fn retention_prunes_and_refuses_older_ranges() {
             .map(|r| Record { retention: UsageRetention::default(), ..r })
             .collect(),
     );
-    let short = rt.block_on(s.dump().wait()).expect("dumps").len();
-    let long = rt.block_on(kept_long.dump().wait()).expect("dumps").len();
+    // Everything a store holds is in its changes since the empty store.
+    let dump = |s: &UsageStore| {
+        let checkpoint = rt.block_on(s.checkpoint(usize::MAX).wait()).expect("checkpoint");
+        usage::compose(None, &checkpoint.changes).expect("composes").len()
+    };
+    let (short, long) = (dump(&s), dump(&kept_long));
     assert!(short * 3 < long, "pruned dump {short} bytes, unpruned {long}");
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth::client::{Client, ClientOptions, ClientSecurity, ClientTls};
 use berth::raft::replica::{Replica, ReplicaOptions};
 use berth::server::{Listeners, Security, Server, Storage};
-use berth::storage::snapshot_store::StoredSnapshot;
+use berth::storage::snapshot_store::Stored;
 use berth::storage::{LogStore, MemLog, SnapshotStore};
 use berth::tls::{roots, Authority, Identity, Pem, TlsError};
 use berth::usage::UsageLocation;
@@ -149,7 +149,7 @@ pub(crate) fn start(
         let clock = SimClock::default();
         let log =
             Arc::new(Mutex::new(MemLog::with_flush_delay(Duration::from_millis(params.flush_ms))));
-        let snapshot: Arc<Mutex<Option<StoredSnapshot>>> = Arc::default();
+        let snapshot: Arc<Mutex<Stored>> = Arc::default();
         let (s, c, m, snapshot_logs) =
             (slot.clone(), clock.clone(), members.clone(), params.snapshot_logs);
         let ca = ca.clone();

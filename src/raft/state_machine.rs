@@ -34,7 +34,7 @@ use crate::raft::types::{
     StoredMembership, TypeConfig,
 };
 use crate::scheduler::{Applied, Command, Entry, LogIndex, Scheduler};
-use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
+use crate::storage::snapshot_store::{SnapshotFileError, SnapshotStore, StoredSnapshot};
 use crate::usage::{self, Record, UsageStore};
 
 /// What the wrapper tracks beside the scheduler (all of it is in every snapshot).
@@ -61,10 +61,43 @@ struct SnapshotBody {
     /// `Scheduler::encode` (versioned, checksummed), written as one run (`codec::bytes`).
     #[serde(with = "codec::bytes")]
     scheduler: Vec<u8>,
-    /// The usage store's dump at the same command index (`crate::usage`).
-    #[serde(with = "codec::bytes")]
-    usage: Vec<u8>,
+    /// The usage store at the same command index (`crate::usage`).
+    usage: UsageImage,
 }
+
+/// The usage store as a snapshot carries it.
+#[derive(Serialize, Deserialize)]
+enum UsageImage {
+    /// A base (by the command index it was taken at; none: the empty store) and the writes
+    /// since it: what a replica keeps (the base is a file beside the snapshot).
+    Since {
+        base: Option<u64>,
+        #[serde(with = "codec::bytes")]
+        changes: Vec<u8>,
+    },
+    /// The store's dump whole: what a follower is sent (`get_current_snapshot`).
+    Whole(#[serde(with = "codec::bytes")] Vec<u8>),
+}
+
+/// The base the usage store's changes count from, its size, and the base before it (kept
+/// until a newer base is made, for a follower being sent the snapshot that refers to it).
+#[derive(Clone, Copy, Debug, Default)]
+struct Base {
+    index: Option<u64>,
+    len: usize,
+    previous: Option<u64>,
+}
+
+impl Base {
+    fn kept(&self) -> Vec<u64> {
+        self.index.into_iter().chain(self.previous).collect()
+    }
+}
+
+/// A snapshot folds the usage store's changes into a new base once they take more than the
+/// base's size divided by this: snapshots stay small, and a base is rewritten only after the
+/// store has changed by a good part of its size.
+const REBASE_RATIO: usize = 4;
 
 /// The core's `apply` (a unit test puts a panicking one in its place).
 type CoreApply = fn(&mut Scheduler, Entry) -> Applied;
@@ -82,6 +115,11 @@ pub struct StateMachine {
     journal: Journal,
     /// The usage history derived from applied commands.
     usage: UsageStore,
+    /// The usage base the current snapshot refers to.
+    base: Arc<Mutex<Base>>,
+    /// Held while a snapshot is built, installed or composed to be sent: one at a time, so
+    /// each sees the snapshot, base and store the one before it left.
+    snapshotting: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
@@ -92,7 +130,7 @@ fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> Stora
 impl StateMachine {
     /// Opens the state machine, restoring the last persisted snapshot if there is one. A
     /// panic in `apply` stops the replica through `fail_stop`.
-    /// The usage store starts empty and is restored from the snapshot.
+    /// The usage store starts empty and is restored from the snapshot (its base and changes).
     pub fn open(
         store: SnapshotStore,
         usage: UsageStore,
@@ -109,12 +147,20 @@ impl StateMachine {
             core_apply: Scheduler::apply,
             journal: Journal::default(),
             usage,
+            base: Arc::default(),
+            snapshotting: Arc::default(),
         };
         if let Some(stored) = sm.store.load().map_err(|e| snapshot_err(None, e))? {
-            let (restored, usage) = decode_body(&stored.meta, &stored.data)?;
+            let (restored, image) = decode_body(&stored.meta, &stored.data)?;
+            let UsageImage::Since { base, changes } = image else {
+                return Err(snapshot_err(Some(&stored.meta), "a stored snapshot names no base"));
+            };
+            let (dump, len) = resolve(&sm.store, base, &changes)
+                .map_err(|e| snapshot_err(Some(&stored.meta), e))?;
             sm.journal.restart_at(LogIndex(restored.progress.command_index));
             // Records of the log replayed after the snapshot queue behind the restore.
-            drop(sm.usage.restore(usage));
+            drop(sm.usage.restore(dump, changes));
+            *sm.base() = Base { index: base, len, previous: None };
             *sm.write() = restored;
             *sm.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         }
@@ -138,6 +184,27 @@ impl StateMachine {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Replicated> {
         self.shared.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn base(&self) -> std::sync::MutexGuard<'_, Base> {
+        self.base.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves `stored` as the current snapshot, whose usage store counts from `base`, and
+    /// removes the bases no longer needed.
+    async fn keep(&self, stored: StoredSnapshot, base: Base) -> Result<(), StorageError> {
+        let (saved, meta) = (stored.clone(), stored.meta.clone());
+        let kept = base.kept();
+        self.store
+            .blocking(move |store| {
+                store.save(&saved)?;
+                store.retain_bases(&kept)
+            })
+            .await
+            .map_err(|e| snapshot_err(Some(&meta), e))?;
+        *self.base() = base;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        Ok(())
     }
 
     /// Applies one Raft entry; `Err` is the fail-stop reason of a panic in the core.
@@ -250,8 +317,8 @@ impl StateMachine {
     }
 }
 
-/// The replicated state and the usage store's dump a snapshot holds.
-fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<(Replicated, Vec<u8>), StorageError> {
+/// The replicated state and the usage store a snapshot holds, checked.
+fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<(Replicated, UsageImage), StorageError> {
     let body: SnapshotBody = codec::decode(data).map_err(|e| snapshot_err(Some(meta), e))?;
     if body.progress.last_applied != meta.last_log_id {
         return Err(snapshot_err(Some(meta), "snapshot body and metadata disagree on last log id"));
@@ -259,19 +326,58 @@ fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<(Replicated, Vec<u8>)
     let mut scheduler =
         Scheduler::decode(&body.scheduler).map_err(|e| snapshot_err(Some(meta), e))?;
     scheduler.key_session_lookup(RandomState::new());
-    usage::check_dump(&body.usage).map_err(|e| snapshot_err(Some(meta), e))?;
+    match &body.usage {
+        UsageImage::Since { changes, .. } => usage::check_changes(changes),
+        UsageImage::Whole(dump) => usage::check_dump(dump),
+    }
+    .map_err(|e| snapshot_err(Some(meta), e))?;
     Ok((Replicated { scheduler, progress: body.progress }, body.usage))
 }
 
+/// The usage store's dump a base kept in `store` and the changes since it make, and the base's
+/// size.
+fn resolve(
+    store: &SnapshotStore,
+    base: Option<u64>,
+    changes: &[u8],
+) -> Result<(Vec<u8>, usize), SnapshotFileError> {
+    let base = base.map(|index| store.load_base(index)).transpose()?;
+    let dump = usage::compose(base.as_deref(), changes).map_err(SnapshotFileError::Damaged)?;
+    Ok((dump, base.map_or(0, |b| b.len())))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Builds and keeps a snapshot. Its data is the stored form (the usage store as a base and
+    /// the changes since it); `get_current_snapshot` gives it whole.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Point-in-time copy under the read lock; the file is written after it is released.
-        // The usage store's dump is taken in its writer's order, at the same command index.
-        let (progress, scheduler, usage) = {
+        // The usage store's changes are taken in its writer's order, at the same command index.
+        let _one = self.snapshotting.clone().lock_owned().await;
+        let mut base = *self.base();
+        let (progress, scheduler, checkpoint) = {
             let state = self.read();
-            (state.progress.clone(), state.scheduler.encode(), self.usage.dump())
+            let checkpoint = self.usage.checkpoint(base.len / REBASE_RATIO);
+            (state.progress.clone(), state.scheduler.encode(), checkpoint)
         };
-        let usage = usage.wait().await.map_err(|e| snapshot_err(None, e))?;
+        let checkpoint = checkpoint.wait().await.map_err(|e| snapshot_err(None, e))?;
+        let usage = if checkpoint.rebase {
+            // The changes outgrew the base: fold them into a new one, off the writer.
+            let (from, at) = (base.index, progress.command_index);
+            let changes = checkpoint.changes;
+            let len = self
+                .store
+                .blocking(move |store| {
+                    let (dump, _) = resolve(store, from, &changes)?;
+                    store.save_base(at, &dump)?;
+                    Ok(dump.len())
+                })
+                .await
+                .map_err(|e| snapshot_err(None, e))?;
+            base = Base { index: Some(at), len, previous: base.index };
+            UsageImage::Since { base: Some(at), changes: usage::no_changes() }
+        } else {
+            UsageImage::Since { base: base.index, changes: checkpoint.changes }
+        };
         let body = SnapshotBody { progress: progress.clone(), scheduler, usage };
         let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
         let build = self.builds.fetch_add(1, Ordering::Relaxed);
@@ -285,8 +391,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(&meta), e))?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        self.keep(stored, base).await?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -343,23 +448,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        let _one = self.snapshotting.clone().lock_owned().await;
         // Validate fully before touching anything: a damaged snapshot is refused.
-        let (restored, usage) = decode_body(meta, &data)?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.store.save_async(stored.clone()).await.map_err(|e| snapshot_err(Some(meta), e))?;
+        let (restored, image) = decode_body(meta, &data)?;
+        let at = restored.progress.command_index;
+        let (stored, dump, changes, base) = match image {
+            UsageImage::Whole(dump) => {
+                // Kept as a base of its own, with no changes since.
+                let (kept, len) = (dump.clone(), dump.len());
+                self.store
+                    .blocking(move |store| store.save_base(at, &kept))
+                    .await
+                    .map_err(|e| snapshot_err(Some(meta), e))?;
+                let body = SnapshotBody {
+                    progress: restored.progress.clone(),
+                    scheduler: restored.scheduler.encode(),
+                    usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
+                };
+                let data = codec::encode(&body).map_err(|e| snapshot_err(Some(meta), e))?;
+                let previous = self.base().index;
+                (data, dump, usage::no_changes(), Base { index: Some(at), len, previous })
+            }
+            // A snapshot this replica built (its base is here).
+            UsageImage::Since { base, changes } => {
+                let (dump, len) = resolve(&self.store, base, &changes)
+                    .map_err(|e| snapshot_err(Some(meta), e))?;
+                (data, dump, changes, Base { index: base, len, previous: self.base().index })
+            }
+        };
+        self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base).await?;
         let mut state = self.write();
-        self.journal.restart_at(LogIndex(restored.progress.command_index));
-        drop(self.usage.restore(usage));
+        self.journal.restart_at(LogIndex(at));
+        drop(self.usage.restore(dump, changes));
         *state = restored;
         drop(state);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 
+    /// The current snapshot with the usage store whole (its base and changes composed), as a
+    /// follower is sent it.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(current.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        let _one = self.snapshotting.clone().lock_owned().await;
+        let Some(current) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(None);
+        };
+        let meta = current.meta;
+        let data = self
+            .store
+            .blocking(move |store| {
+                let damaged = |e: String| SnapshotFileError::Damaged(e);
+                let mut body: SnapshotBody =
+                    codec::decode(&current.data).map_err(|e| damaged(e.to_string()))?;
+                if let UsageImage::Since { base, changes } = &body.usage {
+                    body.usage = UsageImage::Whole(resolve(store, *base, changes)?.0);
+                }
+                codec::encode(&body).map_err(|e| damaged(e.to_string()))
+            })
+            .await
+            .map_err(|e| snapshot_err(Some(&meta), e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 

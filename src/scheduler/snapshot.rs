@@ -24,7 +24,9 @@ use super::{Scheduler, State};
 /// 10: the config gained the usage store's retention.
 /// 11: the usage store's hourly roll-ups hold a row of 24 hours per pool and item (the
 /// store's dump rides in the snapshot).
-pub const SNAPSHOT_VERSION: u32 = 11;
+/// 12: a stored snapshot holds the usage store as a base file's name and the changes since it
+/// (the dump whole only when sent to a follower).
+pub const SNAPSHOT_VERSION: u32 = 12;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -1,8 +1,11 @@
-//! Where a replica keeps its latest snapshot: a file written atomically (temp file, fsync,
-//! rename, fsync of the directory), or memory for tests and simulation.
+//! Where a replica keeps its latest snapshot and the usage store's bases the snapshots refer
+//! to (`crate::usage`): files written atomically (temp file, fsync, rename, fsync of the
+//! directory), or memory for tests and simulation.
 //!
-//! File layout: `b"BSNP"`, payload length (u64 LE), payload (bincode of `(meta, data)`),
-//! SHA-256 of the payload. A damaged file is refused on load, never half-installed.
+//! File layout: a magic (`b"BSNP"` for `snapshot.bin`, `b"BUSB"` for `usage-base-N.bin`, N the
+//! command index the base was taken at), payload length (u64 LE), payload (for the snapshot,
+//! bincode of `(meta, data)`; for a base, its dump), SHA-256 of the payload. A damaged file is
+//! refused on load, never half-installed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,8 @@ use crate::raft::types::SnapshotMeta;
 
 const MAGIC: &[u8; 4] = b"BSNP";
 const FILE_NAME: &str = "snapshot.bin";
+const BASE_MAGIC: &[u8; 4] = b"BUSB";
+const BASE_PREFIX: &str = "usage-base-";
 
 /// A snapshot as stored: openraft's metadata and our state machine bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,7 +34,15 @@ pub struct StoredSnapshot {
 #[derive(Clone, Debug)]
 pub enum SnapshotStore {
     Dir(PathBuf),
-    Memory(Arc<Mutex<Option<StoredSnapshot>>>),
+    Memory(Arc<Mutex<Stored>>),
+}
+
+/// What a memory store holds.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub snapshot: Option<StoredSnapshot>,
+    /// Usage store bases by the command index they were taken at.
+    pub bases: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,21 +57,28 @@ impl SnapshotStore {
     pub fn save(&self, snapshot: &StoredSnapshot) -> Result<(), SnapshotFileError> {
         match self {
             SnapshotStore::Memory(slot) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+                lock(slot).snapshot = Some(snapshot.clone());
                 Ok(())
             }
-            SnapshotStore::Dir(dir) => write_atomically(dir, &frame(snapshot)?),
+            SnapshotStore::Dir(dir) => {
+                let payload = codec::encode(snapshot)
+                    .map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
+                write_atomically(dir, FILE_NAME, &frame(MAGIC, &payload))
+            }
         }
     }
 
-    /// `save` off the async runtime for files; in place for memory (so the simulation stays
-    /// on its one thread and deterministic).
-    pub async fn save_async(&self, snapshot: StoredSnapshot) -> Result<(), SnapshotFileError> {
+    /// Runs `work` on the store off the async runtime for files; in place for memory (so the
+    /// simulation stays on its one thread and deterministic).
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SnapshotStore) -> Result<T, SnapshotFileError> + Send + 'static,
+    ) -> Result<T, SnapshotFileError> {
         match self {
-            SnapshotStore::Memory(_) => self.save(&snapshot),
+            SnapshotStore::Memory(_) => work(self),
             SnapshotStore::Dir(_) => {
                 let store = self.clone();
-                tokio::task::spawn_blocking(move || store.save(&snapshot))
+                tokio::task::spawn_blocking(move || work(&store))
                     .await
                     .map_err(|e| SnapshotFileError::Io(std::io::Error::other(e)))?
             }
@@ -67,9 +87,7 @@ impl SnapshotStore {
 
     pub fn load(&self) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
         match self {
-            SnapshotStore::Memory(slot) => {
-                Ok(slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            }
+            SnapshotStore::Memory(slot) => Ok(lock(slot).snapshot.clone()),
             SnapshotStore::Dir(dir) => match std::fs::read(dir.join(FILE_NAME)) {
                 Ok(bytes) => unframe(&bytes).map(Some),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -77,22 +95,85 @@ impl SnapshotStore {
             },
         }
     }
+
+    /// Keeps the usage store's base taken at command index `index`.
+    pub fn save_base(&self, index: u64, dump: &[u8]) -> Result<(), SnapshotFileError> {
+        match self {
+            SnapshotStore::Memory(slot) => {
+                lock(slot).bases.insert(index, dump.to_vec());
+                Ok(())
+            }
+            SnapshotStore::Dir(dir) => {
+                write_atomically(dir, &base_name(index), &frame(BASE_MAGIC, dump))
+            }
+        }
+    }
+
+    /// The usage store's base taken at command index `index`.
+    pub fn load_base(&self, index: u64) -> Result<Vec<u8>, SnapshotFileError> {
+        let missing = || SnapshotFileError::Damaged(format!("usage store base {index} is missing"));
+        match self {
+            SnapshotStore::Memory(slot) => {
+                lock(slot).bases.get(&index).cloned().ok_or_else(missing)
+            }
+            SnapshotStore::Dir(dir) => match std::fs::read(dir.join(base_name(index))) {
+                Ok(bytes) => Ok(payload(BASE_MAGIC, &bytes)?.to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Removes every usage store base but those in `keep`.
+    pub fn retain_bases(&self, keep: &[u64]) -> Result<(), SnapshotFileError> {
+        match self {
+            SnapshotStore::Memory(slot) => {
+                lock(slot).bases.retain(|index, _| keep.contains(index));
+                Ok(())
+            }
+            SnapshotStore::Dir(dir) => {
+                for entry in std::fs::read_dir(dir)? {
+                    let name = entry?.file_name();
+                    let index = name
+                        .to_str()
+                        .and_then(|n| n.strip_prefix(BASE_PREFIX)?.strip_suffix(".bin"))
+                        .and_then(|n| n.parse::<u64>().ok());
+                    if index.is_some_and(|i| !keep.contains(&i)) {
+                        std::fs::remove_file(dir.join(name))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
-fn frame(snapshot: &StoredSnapshot) -> Result<Vec<u8>, SnapshotFileError> {
-    let payload = codec::encode(snapshot).map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
+fn lock(slot: &Mutex<Stored>) -> std::sync::MutexGuard<'_, Stored> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn base_name(index: u64) -> String {
+    format!("{BASE_PREFIX}{index}.bin")
+}
+
+fn frame(magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 44);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&Sha256::digest(&payload));
-    Ok(out)
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&Sha256::digest(payload));
+    out
 }
 
 /// Checks and decodes a framed snapshot file.
 pub fn unframe(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
+    codec::decode(payload(MAGIC, bytes)?).map_err(|e| SnapshotFileError::Damaged(e.to_string()))
+}
+
+/// The payload of a framed file, checked.
+fn payload<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<&'a [u8], SnapshotFileError> {
     let damaged = |why: &str| SnapshotFileError::Damaged(why.to_owned());
-    if bytes.len() < 4 + 8 + 32 || &bytes[..4] != MAGIC {
+    if bytes.len() < 4 + 8 + 32 || &bytes[..4] != magic {
         return Err(damaged("bad header"));
     }
     let declared = u64::from_le_bytes(bytes[4..12].try_into().map_err(|_| damaged("length"))?);
@@ -103,17 +184,17 @@ pub fn unframe(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
     if Sha256::digest(payload).as_slice() != &bytes[bytes.len() - 32..] {
         return Err(damaged("checksum mismatch"));
     }
-    codec::decode(payload).map_err(|e| SnapshotFileError::Damaged(e.to_string()))
+    Ok(payload)
 }
 
-fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), SnapshotFileError> {
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SnapshotFileError> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(FILE_NAME))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
