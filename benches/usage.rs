@@ -6,11 +6,13 @@
 //! command each, sent in batches as the state machine sends them). Prints how fast the writer
 //! took them, then the time of `QUERIES` queries of a random tenant's last 30 days: hourly
 //! (720 buckets), daily and raw (one day at 5-minute steps), each through the writer as the
-//! API asks it, cold (sled's cache holds what the month's writes left in it). Then what
-//! snapshots cost: the first checkpoint (every change since the empty store, folded into a
-//! base off the writer), a snapshot interval later (`SNAPSHOT_COMMANDS` more changes) a
-//! checkpoint as the state machine takes it, the time to restore a replica from the base and
-//! those changes, and the hourly queries again after all that. Target: hourly ≤ 5 ms.
+//! API asks it, cold (sled's cache holds what the month's writes left in it). A snapshot is
+//! taken every `SNAPSHOT_COMMANDS` commands while the history is written, as a replica takes
+//! them: a checkpoint on the writer (the changes since the base), and when they outgrow a
+//! quarter of the base a fold into a new one (a replica folds on another thread; the bench
+//! prints the writer's rate without that time). Prints what the snapshots cost, then runs the
+//! hourly queries again just after one more snapshot, and times restoring a replica from the
+//! base and the changes. Target: hourly ≤ 5 ms.
 //!
 //! Run with `cargo bench --bench usage`; `-- --test` (as `cargo test --benches` passes) builds
 //! a day of history for 20 tenants, as a smoke test.
@@ -74,13 +76,15 @@ fn main() {
         (0..tenants).map(|t| TenantId::new(format!("tenant-{t:04}"))).collect();
     let pools = [PoolId::new("default"), PoolId::new("gpu")];
 
-    // Each tenant's changes are spread evenly over every hour, in log-time order.
+    // Each tenant's changes are spread evenly over every hour, in log-time order. A snapshot
+    // is taken every `SNAPSHOT_COMMANDS` commands, as a replica takes them.
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let steps = history / CHANGE_EVERY_MS;
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     let mut index = 0;
-    let mut write = |steps: std::ops::Range<u64>, rng: &mut Rng| {
+    let mut snapshots = Snapshots::default();
+    let mut write = |steps: std::ops::Range<u64>, rng: &mut Rng, snapshots: &mut Snapshots| {
         for step in steps {
             for (t, tenant) in ids.iter().enumerate() {
                 index += 1;
@@ -101,14 +105,17 @@ fn main() {
                     retention: UsageRetention::default(),
                     changes: vec![(tenant.clone(), rates)],
                 });
-                if batch.len() == BATCH {
+                if batch.len() == BATCH || index % SNAPSHOT_COMMANDS == 0 {
                     store.record(std::mem::take(&mut batch));
+                }
+                if index % SNAPSHOT_COMMANDS == 0 {
+                    snapshots.take(&rt, &store);
                 }
             }
         }
         store.record(std::mem::take(&mut batch));
     };
-    write(0..steps, &mut rng);
+    write(0..steps, &mut rng, &mut snapshots);
     let now = EPOCH_MS + history;
     // Waits for the writer with a query, which reads one tenant (a hash would read them all).
     let span = history.min(30 * DAY_MS);
@@ -121,12 +128,17 @@ fn main() {
     query(ids[0].clone(), hourly);
     let took = started.elapsed();
     let changes = steps * tenants;
-    let rate = u128::from(changes) * 1_000_000 / took.as_micros().max(1);
+    let folding: Duration = snapshots.folds.iter().sum();
+    let rate = u128::from(changes) * 1_000_000 / took.saturating_sub(folding).as_micros().max(1);
     println!(
-        "history: {tenants} tenants x {} days, {changes} changes written in {} ({rate} changes/s)",
+        "history: {tenants} tenants x {} days, {changes} changes written in {} with a snapshot \
+         every {SNAPSHOT_COMMANDS} ({rate} changes/s, not counting the {} the bench spent \
+         folding bases, which a replica does on another thread)",
         history / DAY_MS,
         ms(took),
+        ms(folding),
     );
+    snapshots.report();
     let mut pick = Rng(0x2545_f491_4f6c_dd1d);
     let mut measure = |when: &str, shape: (&str, u64, u64, u64)| {
         let mut times = Vec::with_capacity(QUERIES);
@@ -154,38 +166,74 @@ fn main() {
     measure("", ("daily, 30 days (30 buckets)", now - span, now, DAY_MS));
     measure("", ("raw, 1 day at 5 min (288 buckets)", now - DAY_MS + 1, now, 300_000));
 
-    // The first snapshot: every change so far, folded into a base.
-    let started = Instant::now();
-    let first = block(&rt, store.checkpoint(0));
-    let taken = started.elapsed();
-    let started = Instant::now();
-    let base = usage::compose(None, &first.changes).expect("composes");
+    // One more snapshot, then the same hourly queries: a checkpoint reads nothing of sled.
+    snapshots.take(&rt, &store);
     println!(
-        "store: {} on disk (sled's count); the first checkpoint takes {} of changes in {} (on \
-         the writer), composed into a {} base in {} (off it)",
+        "store: {} on disk (sled's count), its base {}",
         mib(block(&rt, store.size_on_disk())),
-        mib(first.changes.len() as u64),
-        ms(taken),
-        mib(base.len() as u64),
-        ms(started.elapsed()),
+        mib(snapshots.base.as_ref().map_or(0, |b| b.len() as u64)),
     );
-    // A snapshot interval later.
-    let more = SNAPSHOT_COMMANDS.div_ceil(tenants);
-    write(steps..steps + more, &mut rng);
-    let started = Instant::now();
-    let next = block(&rt, store.checkpoint(base.len() / 4));
-    println!(
-        "{} changes later: a checkpoint of {} taken in {}{}",
-        more * tenants,
-        mib(next.changes.len() as u64),
-        ms(started.elapsed()),
-        if next.rebase { " (folded into a new base)" } else { "" },
-    );
+    measure(" after a snapshot", hourly);
     let restored = UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("opens");
     let started = Instant::now();
-    let dump = usage::compose(Some(&base), &next.changes).expect("composes");
-    block(&rt, restored.restore(dump, next.changes));
-    println!("restore from the base and changes: {}", ms(started.elapsed()));
-    drop(restored);
-    measure(" after the checkpoints", hourly);
+    let changes = std::mem::take(&mut snapshots.changes);
+    let dump = usage::compose(snapshots.base.as_deref(), &changes).expect("composes");
+    block(&rt, restored.restore(dump, changes));
+    println!("restore from the base and changes (a replica's start): {}", ms(started.elapsed()));
+}
+
+/// The snapshots taken while the history is written, and what they cost.
+#[derive(Default)]
+struct Snapshots {
+    /// Each checkpoint's time on the writer.
+    checkpoints: Vec<Duration>,
+    largest: u64,
+    /// Each fold of the changes into a new base (a replica does it on another thread).
+    folds: Vec<Duration>,
+    base: Option<Vec<u8>>,
+    /// The last snapshot's changes since the base.
+    changes: Vec<u8>,
+}
+
+impl Snapshots {
+    /// Takes a snapshot's part of the store as a replica does, the writer done with what was
+    /// sent first (so the checkpoint is timed alone).
+    fn take(&mut self, rt: &tokio::runtime::Runtime, store: &UsageStore) {
+        // Waits for the writer without flushing what is pending (any other message would).
+        block(rt, store.checkpoint(usize::MAX));
+        let started = Instant::now();
+        let base_len = self.base.as_ref().map_or(0, Vec::len);
+        let checkpoint = block(rt, store.checkpoint(base_len / 4));
+        self.checkpoints.push(started.elapsed());
+        self.largest = self.largest.max(checkpoint.changes.len() as u64);
+        if checkpoint.rebase {
+            let started = Instant::now();
+            let base = usage::compose(self.base.as_deref(), &checkpoint.changes).expect("folds");
+            self.folds.push(started.elapsed());
+            self.base = Some(base);
+            self.changes = usage::no_changes();
+        } else {
+            self.changes = checkpoint.changes;
+        }
+    }
+
+    fn report(&self) {
+        let summary = |times: &[Duration]| {
+            let mut sorted = times.to_vec();
+            sorted.sort();
+            match sorted.last() {
+                Some(max) => format!("p50 {}, max {}", ms(percentile(&sorted, 50)), ms(*max)),
+                None => "none".to_owned(),
+            }
+        };
+        println!(
+            "snapshots: {}, each a checkpoint on the writer ({}; the largest {} of changes); {} \
+             folded the changes into a new base ({})",
+            self.checkpoints.len(),
+            summary(&self.checkpoints),
+            mib(self.largest),
+            self.folds.len(),
+            summary(&self.folds),
+        );
+    }
 }

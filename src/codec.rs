@@ -15,7 +15,7 @@
 
 use bincode::error::{DecodeError, EncodeError};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What bincode may charge a legal value per byte of its encoding (a u128 in one byte).
 const CHARGE_PER_BYTE_MAX: usize = 16;
@@ -35,35 +35,56 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize, 
     bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
 }
 
+/// Decodes with the smallest limit tier that fits `bytes` (`$limited` is `limited` or
+/// `limited_borrowed`), and refuses trailing bytes.
+macro_rules! tiered {
+    ($limited:ident, $t:ty, $bytes:expr) => {{
+        let bytes = $bytes;
+        let (value, read) = match bytes.len().saturating_mul(CHARGE_PER_BYTE_MAX) {
+            charge if charge <= 1 << 12 => $limited::<$t, { 1 << 12 }>(bytes),
+            charge if charge <= 1 << 15 => $limited::<$t, { 1 << 15 }>(bytes),
+            charge if charge <= 1 << 18 => $limited::<$t, { 1 << 18 }>(bytes),
+            charge if charge <= 1 << 21 => $limited::<$t, { 1 << 21 }>(bytes),
+            charge if charge <= 1 << 24 => $limited::<$t, { 1 << 24 }>(bytes),
+            charge if charge <= 1 << 27 => $limited::<$t, { 1 << 27 }>(bytes),
+            charge if charge <= 1 << 30 => $limited::<$t, { 1 << 30 }>(bytes),
+            charge if charge <= 1 << 33 => $limited::<$t, { 1 << 33 }>(bytes),
+            charge if charge <= 1 << 36 => $limited::<$t, { 1 << 36 }>(bytes),
+            charge if charge <= 1 << 39 => $limited::<$t, { 1 << 39 }>(bytes),
+            charge if charge <= TOP_TIER => $limited::<$t, TOP_TIER>(bytes),
+            _ => Err(DecodeError::LimitExceeded),
+        }?;
+        if read != bytes.len() {
+            return Err(DecodeError::OtherString(format!(
+                "{} bytes after the value's {read}",
+                bytes.len() - read
+            )));
+        }
+        Ok(value)
+    }};
+}
+
 /// The value `bytes` encode, all of them.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, read) = match bytes.len().saturating_mul(CHARGE_PER_BYTE_MAX) {
-        charge if charge <= 1 << 12 => limited::<T, { 1 << 12 }>(bytes),
-        charge if charge <= 1 << 15 => limited::<T, { 1 << 15 }>(bytes),
-        charge if charge <= 1 << 18 => limited::<T, { 1 << 18 }>(bytes),
-        charge if charge <= 1 << 21 => limited::<T, { 1 << 21 }>(bytes),
-        charge if charge <= 1 << 24 => limited::<T, { 1 << 24 }>(bytes),
-        charge if charge <= 1 << 27 => limited::<T, { 1 << 27 }>(bytes),
-        charge if charge <= 1 << 30 => limited::<T, { 1 << 30 }>(bytes),
-        charge if charge <= 1 << 33 => limited::<T, { 1 << 33 }>(bytes),
-        charge if charge <= 1 << 36 => limited::<T, { 1 << 36 }>(bytes),
-        charge if charge <= 1 << 39 => limited::<T, { 1 << 39 }>(bytes),
-        charge if charge <= TOP_TIER => limited::<T, TOP_TIER>(bytes),
-        _ => Err(DecodeError::LimitExceeded),
-    }?;
-    if read != bytes.len() {
-        return Err(DecodeError::OtherString(format!(
-            "{} bytes after the value's {read}",
-            bytes.len() - read
-        )));
-    }
-    Ok(value)
+    tiered!(limited, T, bytes)
+}
+
+/// `decode` for a value that borrows from `bytes` (byte strings as `&[u8]`: no copy of each).
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    tiered!(limited_borrowed, T, bytes)
 }
 
 fn limited<T: DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
 ) -> Result<(T, usize), DecodeError> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<LIMIT>())
+}
+
+fn limited_borrowed<'a, T: Deserialize<'a>, const LIMIT: usize>(
+    bytes: &'a [u8],
+) -> Result<(T, usize), DecodeError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    bincode::serde::borrow_decode_from_slice(bytes, config)
 }
 
 /// A byte string (`Vec<u8>`) encoded exactly as serde encodes one by default (its length, then

@@ -19,19 +19,19 @@
 //! of the current log-time day (rewritten at every change of every tenant) stay in memory
 //! until log time passes the day and are then written once: a roll-up rewritten in sled all
 //! day leaves its pages in many pieces, which cold queries then read back one by one (it
-//! doubled hourly `GetUsage`'s p99). Reads, queries, dumps and the hash see them in place.
+//! doubled hourly `GetUsage`'s p99). Reads, queries and the hash see them in place.
 //!
-//! Durability comes from snapshots, without reading the store whole at each one. A dump (every
-//! key and value in key order) is taken rarely, as a *base*; the writer keeps every write since
-//! the base in memory (`Writer::changes`, the latest value of each key or its removal), and a
-//! snapshot carries the base's name and those changes, taken in the writer's order at the
-//! snapshot's index (`checkpoint`). When the changes outgrow a quarter of the base, the
-//! snapshot folds them into a new base (`compose`, off the writer: a merge of two sorted
-//! lists, not a scan of sled) and the writer starts its changes afresh. A replica that opens or
-//! installs a snapshot restores the store from its base and changes and replays the log after
-//! it; a snapshot sent to a follower carries the composed dump whole. Queries run on the writer
-//! thread too, in order after every command applied before they were asked, so they see a
-//! consistent store.
+//! Durability comes from snapshots, without reading the store whole at each one. A *base* is
+//! the store's contents at some snapshot (every key and value in key order, a file beside the
+//! snapshot); the writer keeps every write since the base in memory (`Writer::changes`, the
+//! latest value of each key or its removal), and a snapshot carries the base's name and those
+//! changes, taken in the writer's order at the snapshot's index (`checkpoint`). When the
+//! changes outgrow a quarter of the base, the snapshot folds them into a new base (`compose`,
+//! off the writer: a merge of two sorted lists read in place, not a scan of sled) and the
+//! writer starts counting afresh. A replica that opens or installs a snapshot restores the
+//! store from its base and changes and replays the log after it; a snapshot sent to a
+//! follower carries the composed dump whole. Queries run on the writer thread too, in order
+//! after every command applied before they were asked, so they see a consistent store.
 //!
 //! Keys (one sled tree): a kind byte, the tenant (length-prefixed), and for series a
 //! big-endian time, so one tenant's series is one range:
@@ -39,7 +39,7 @@
 //! it, so a month of hours is 30 keys), `d` daily roll-ups (→ quantities), `l` each tenant's
 //! last point (→ time and rates), `m` the hour pruning last ran.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -228,11 +228,14 @@ struct Last {
     rates: Rates,
 }
 
-/// What a dump holds: every key and value, in key order.
-type Dump = Vec<(Vec<u8>, Vec<u8>)>;
+/// What a dump holds, read in place: every key and value, in key order.
+type Dump<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 /// Writes since a base: each key's latest value, or `None` where it was removed.
 type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// `Changes` read in place, in key order (the same encoding).
+type ChangeRows<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
 
 /// The writes since the base, at a snapshot's index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -341,9 +344,9 @@ impl UsageStore {
         let mut writer = Writer {
             db,
             fail_stop,
-            pending: BTreeMap::new(),
+            pending: BTreeSet::new(),
             today: Today::default(),
-            changes: Changes::new(),
+            changes: HashMap::new(),
             changes_bytes: 0,
         };
         if let UsageLocation::Simulated = location {
@@ -439,14 +442,30 @@ fn stopped() -> UsageError {
     UsageError::Unavailable("the writer stopped".into())
 }
 
-/// Checks a dump decodes (before a snapshot holding it is accepted).
+/// Checks a dump decodes, its keys in strictly increasing order (before a snapshot holding
+/// it is accepted: `compose` merges it with changes as a sorted list).
 pub fn check_dump(bytes: &[u8]) -> Result<(), String> {
-    codec::decode::<Dump>(bytes).map(drop).map_err(|e| format!("usage store dump: {e}"))
+    let rows: Dump<'_> =
+        codec::decode_borrowed(bytes).map_err(|e| format!("usage store dump: {e}"))?;
+    in_order(rows.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store dump: {e}"))
 }
 
-/// Checks a checkpoint's changes decode (before a snapshot holding them is accepted).
+/// Checks a checkpoint's changes decode, their keys in strictly increasing order.
 pub fn check_changes(bytes: &[u8]) -> Result<(), String> {
-    codec::decode::<Changes>(bytes).map(drop).map_err(|e| format!("usage store changes: {e}"))
+    let changes: ChangeRows<'_> =
+        codec::decode_borrowed(bytes).map_err(|e| format!("usage store changes: {e}"))?;
+    in_order(changes.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store changes: {e}"))
+}
+
+fn in_order<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
+    let mut last: Option<&[u8]> = None;
+    for key in keys {
+        if last.is_some_and(|last| last >= key) {
+            return Err("keys out of order or repeated".into());
+        }
+        last = Some(key);
+    }
+    Ok(())
 }
 
 /// No changes: what a checkpoint right after a rebase carries.
@@ -454,15 +473,21 @@ pub fn no_changes() -> Vec<u8> {
     codec::encode(&Changes::new()).expect("invariant: an empty map encodes")
 }
 
-/// The dump of the store a base (`None`: the empty store) and the changes since it make.
+/// The dump of the store a base (`None`: the empty store) and the changes since it make: a
+/// merge of two sorted lists, read in place (`Dump` and `Changes` encode byte strings as their
+/// length and bytes, as `&[u8]` does).
 pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
-    let base: Dump = match base {
-        Some(bytes) => codec::decode(bytes).map_err(|e| format!("usage store base: {e}"))?,
-        None => Dump::new(),
+    let base: Dump<'_> = match base {
+        Some(bytes) => {
+            codec::decode_borrowed(bytes).map_err(|e| format!("usage store base: {e}"))?
+        }
+        None => Vec::new(),
     };
-    let changes: Changes =
-        codec::decode(changes).map_err(|e| format!("usage store changes: {e}"))?;
-    let mut out: Dump = Vec::with_capacity(base.len() + changes.len());
+    let changes: ChangeRows<'_> =
+        codec::decode_borrowed(changes).map_err(|e| format!("usage store changes: {e}"))?;
+    in_order(base.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store base: {e}"))?;
+    in_order(changes.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store changes: {e}"))?;
+    let mut out: Dump<'_> = Vec::with_capacity(base.len() + changes.len());
     let mut changes = changes.into_iter().peekable();
     for (key, value) in base {
         while let Some((k, v)) = changes.next_if(|(k, _)| *k < key) {
@@ -480,9 +505,10 @@ pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
 /// The SHA-256 of every key and value a dump holds: equal to the store's `hash` when the
 /// dump is of that store.
 pub fn dump_hash(dump: &[u8]) -> Result<[u8; 32], String> {
-    let rows: Dump = codec::decode(dump).map_err(|e| format!("usage store dump: {e}"))?;
+    let rows: Dump<'_> =
+        codec::decode_borrowed(dump).map_err(|e| format!("usage store dump: {e}"))?;
     let mut hasher = Sha256::new();
-    for (k, v) in &rows {
+    for (k, v) in rows {
         hash_row(&mut hasher, k, v);
     }
     Ok(hasher.finalize().into())
@@ -498,25 +524,29 @@ fn hash_row(hasher: &mut Sha256, key: &[u8], value: &[u8]) {
 struct Writer {
     db: sled::Db,
     fail_stop: FailStop,
-    /// Writes not yet in sled, applied as one batch once there are `PENDING_MAX` keys, or
-    /// before anything reads sled whole (queries, dumps, pruning): reads look here first.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every write since the base the last checkpoint refers to (what the next snapshot
+    /// carries; after a rebase, also the writes still pending and today's roll-ups, whose
+    /// values live only here), and roughly how many bytes they take. A key here has its
+    /// latest value here; any other key's is in sled. Hashed for speed (it holds a
+    /// snapshot interval's writes and more); never iterated in hash order: a checkpoint sorts.
+    changes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    changes_bytes: usize,
+    /// Keys whose latest value (in `changes`) is not in sled yet, written as one batch once
+    /// there are `PENDING_MAX`, or before anything reads sled whole (queries, the hash,
+    /// pruning).
+    pending: BTreeSet<Vec<u8>>,
     /// The roll-ups of the current log-time day, in memory until log time passes it.
     today: Today,
-    /// Every write since the base the last checkpoint refers to (what the next snapshot
-    /// carries), and roughly how many bytes they take.
-    changes: Changes,
-    changes_bytes: usize,
 }
 
-/// The hourly and daily roll-up keys of one day (`day`, its start in log time) and their
-/// values: one of each per tenant that held something that day. A row restored from a dump
+/// The hourly and daily roll-up keys of one day (`day`, its start in log time), their values
+/// in `Writer::changes`: one of each per tenant that held something that day. A row restored
 /// part-way through the day is in sled too, with an older value until the day ends: reads and
-/// scans take the row here.
+/// scans take the row from `changes`.
 #[derive(Default)]
 struct Today {
     day: u64,
-    rows: BTreeMap<Vec<u8>, Vec<u8>>,
+    rows: BTreeSet<Vec<u8>>,
 }
 
 impl Writer {
@@ -580,15 +610,18 @@ impl Writer {
         }
     }
 
-    /// A key's value: today's roll-up or a pending write if there is one, else sled's.
+    /// A key's value: its latest write since the base if there is one, else sled's.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        if let Some(row) = self.today.rows.get(key) {
-            return Ok(Some(row.clone()));
-        }
-        match self.pending.get(key) {
+        match self.changes.get(key) {
             Some(value) => Ok(value.clone()),
             None => Ok(self.db.get(key).map_err(|e| e.to_string())?.map(|v| v.to_vec())),
         }
+    }
+
+    /// The value of today's roll-up `key`.
+    fn row(&self, key: &[u8]) -> Result<&[u8], String> {
+        let missing = || "invariant: today's roll-up has its value among the changes".to_owned();
+        self.changes.get(key).and_then(Option::as_deref).ok_or_else(missing)
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
@@ -599,17 +632,18 @@ impl Writer {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.note(&key, Some(&value));
-        self.pending.insert(key, Some(value));
+        self.pending.insert(key.clone());
+        self.note(key, Some(value));
     }
 
     /// Counts a write among the changes since the base.
-    fn note(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let size = |value: Option<&[u8]>| key.len() + value.map_or(0, <[u8]>::len);
-        let had = self.changes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
-        self.changes_bytes += size(value);
-        if let Some(had) = had {
-            self.changes_bytes -= size(had.as_deref());
+    fn note(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let size = |key: usize, value: &Option<Vec<u8>>| key + value.as_ref().map_or(0, Vec::len);
+        let key_len = key.len();
+        self.changes_bytes += size(key_len, &value);
+        if let Some(had) = self.changes.insert(key, value) {
+            // Entries kept across a rebase were not counted (they equal the base).
+            self.changes_bytes = self.changes_bytes.saturating_sub(size(key_len, &had));
         }
     }
 
@@ -617,8 +651,8 @@ impl Writer {
     /// writes are of other days: `start_day` moves a day's rows there once it has ended).
     fn put_roll_up(&mut self, day: u64, key: Vec<u8>, value: Vec<u8>) {
         if day == self.today.day {
-            self.note(&key, Some(&value));
-            self.today.rows.insert(key, value);
+            self.today.rows.insert(key.clone());
+            self.note(key, Some(value));
         } else {
             self.put(key, value);
         }
@@ -629,10 +663,8 @@ impl Writer {
     fn start_day(&mut self, at: UnixMillis) {
         let day = at.0 / DAY_MS * DAY_MS;
         if day > self.today.day {
-            // Their changes were counted as they were written.
-            for (key, value) in std::mem::take(&mut self.today.rows) {
-                self.pending.insert(key, Some(value));
-            }
+            // Their values are among the changes already.
+            self.pending.append(&mut self.today.rows);
             self.today.day = day;
         }
     }
@@ -650,15 +682,15 @@ impl Writer {
         let mut today = self.today.rows.range(range.clone()).peekable();
         for entry in self.db.range(range) {
             let (k, v) = entry.map_err(|e| e.to_string())?;
-            while let Some((tk, tv)) = today.next_if(|(tk, _)| tk.as_slice() < &k[..]) {
-                each(tk, tv)?;
+            while let Some(tk) = today.next_if(|tk| tk.as_slice() < &k[..]) {
+                each(tk, self.row(tk)?)?;
             }
-            match today.next_if(|(tk, _)| tk.as_slice() == &k[..]) {
-                Some((tk, tv)) => each(tk, tv)?,
+            match today.next_if(|tk| tk.as_slice() == &k[..]) {
+                Some(tk) => each(tk, self.row(tk)?)?,
                 None => each(&k, &v)?,
             }
         }
-        today.try_for_each(|(tk, tv)| each(tk, tv))
+        today.try_for_each(|tk| each(tk, self.row(tk)?))
     }
 
     /// Applies the message's writes to sled, as one batch.
@@ -667,10 +699,13 @@ impl Writer {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (key, value) in std::mem::take(&mut self.pending) {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        for key in std::mem::take(&mut self.pending) {
+            match self.changes.get(&key) {
+                Some(Some(value)) => batch.insert(key, value.as_slice()),
+                Some(None) => batch.remove(key),
+                None => {
+                    return Err("invariant: a pending key has its value among the changes".into())
+                }
             }
         }
         self.db.apply_batch(batch).map_err(|e| e.to_string())
@@ -775,7 +810,8 @@ impl Writer {
         let mut removed: Vec<Vec<u8>> = Vec::new();
         for entry in self.db.scan_prefix([LAST]) {
             let (key, value) = entry.map_err(|e| e.to_string())?;
-            let name = std::str::from_utf8(&key[2..]).map_err(|e| e.to_string())?;
+            let name = key.get(2..).ok_or("a tenant's last point without a tenant")?;
+            let name = std::str::from_utf8(name).map_err(|e| e.to_string())?;
             let tenant = TenantId::new(name);
             let last: Last = codec::decode(&value).map_err(|e| e.to_string())?;
             let raw_cut = at.saturating_sub(keep.raw_ms);
@@ -814,12 +850,12 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         for key in removed {
-            self.note(&key, None);
-            batch.remove(key);
+            batch.remove(key.as_slice());
+            self.note(key, None);
         }
         let pruned = codec::encode(&(at / HOUR_MS)).map_err(|e| e.to_string())?;
-        self.note(META_PRUNED, Some(&pruned));
-        batch.insert(META_PRUNED, pruned);
+        batch.insert(META_PRUNED, pruned.as_slice());
+        self.note(META_PRUNED.to_vec(), Some(pruned));
         self.db.apply_batch(batch).map_err(|e| e.to_string())
     }
 
@@ -948,23 +984,30 @@ impl Writer {
     /// The changes since the base, encoded; if they take more than `rebase_over` bytes, the
     /// snapshot makes a new base of them and counting starts afresh.
     fn checkpoint(&mut self, rebase_over: usize) -> Result<Checkpoint, String> {
-        let changes = codec::encode(&self.changes).map_err(|e| e.to_string())?;
+        let mut sorted: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self.changes.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Encoded as `Changes` (a map is its length, then its pairs).
+        let changes = codec::encode(&sorted).map_err(|e| e.to_string())?;
         let rebase = self.changes_bytes > rebase_over;
         if rebase {
-            self.changes.clear();
+            // What is pending and today's roll-ups keep their values here (the new base has
+            // the same: they count as unchanged writes until written again).
+            // Not counted: until written again they equal the new base.
+            let (pending, today) = (&self.pending, &self.today.rows);
+            self.changes.retain(|key, _| pending.contains(key) || today.contains(key));
             self.changes_bytes = 0;
         }
         Ok(Checkpoint { changes, rebase })
     }
 
     fn restore(&mut self, dump: &[u8], changes: &[u8]) -> Result<(), String> {
-        let rows: Dump = codec::decode(dump).map_err(|e| e.to_string())?;
+        let rows: Dump<'_> = codec::decode_borrowed(dump).map_err(|e| e.to_string())?;
         let changes: Changes = codec::decode(changes).map_err(|e| e.to_string())?;
         self.db.clear().map_err(|e| e.to_string())?;
         self.today = Today::default();
         self.changes_bytes =
             changes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
-        self.changes = changes;
+        self.changes = changes.into_iter().collect();
         let mut batch = sled::Batch::default();
         for (k, v) in rows {
             batch.insert(k, v);

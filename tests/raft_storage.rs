@@ -415,7 +415,8 @@ fn bases(dir: &std::path::Path) -> Vec<u64> {
 /// The usage store rides in snapshots as a base file and the changes since it: snapshots fold
 /// the changes into a new base once they outgrow a quarter of it, keep the base before it and
 /// remove older ones; a restart restores the same store; a follower is sent it whole and
-/// keeps it as its own base; a snapshot whose base is missing is refused, naming it.
+/// keeps it as its own base (one naming the sender's base is refused); a snapshot whose base
+/// is missing is refused, naming it.
 #[tokio::test]
 async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -447,6 +448,10 @@ async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
     let mut follower =
         StateMachine::open(SnapshotStore::Dir(follower_path.clone()), usage(), FailStop::record())
             .expect("opens");
+    // What a replica keeps names its own base: another replica refuses it.
+    let kept = sm.build_snapshot().await.expect("builds");
+    let refused = follower.install_snapshot(&kept.meta, kept.snapshot).await;
+    assert!(refused.is_err(), "a snapshot naming another replica's base is refused");
     follower.install_snapshot(&sent.meta, sent.snapshot).await.expect("installs");
     assert_eq!(follower.usage().hash().wait().await.expect("hashes"), hash);
     assert_eq!(bases(&follower_path).len(), 1, "kept as its own base");

@@ -5,8 +5,10 @@
 //! token of a lease grant even when several commands share one Raft entry. The first entry of a
 //! new leader (a change of `log_id.leader_id`) is applied as `Command::LeaderChanged` first.
 //!
-//! Snapshots are a point-in-time encoding of the scheduler plus this wrapper's counters; they
-//! are persisted before openraft purges the log they replace, and loaded again on open.
+//! Snapshots are a point-in-time encoding of the scheduler plus this wrapper's counters and the
+//! usage store (`crate::usage`: the name of a base file beside the snapshot and the writes
+//! since it; a follower is sent the store whole); they are persisted before openraft purges the
+//! log they replace, and loaded again on open.
 //!
 //! The core is total, so `apply` never panics; if it ever does (a bug), the panic is caught at
 //! the command, the replica fail-stops naming the raft index, command index and command kind
@@ -80,7 +82,8 @@ enum UsageImage {
 }
 
 /// The base the usage store's changes count from, its size, and the base before it (kept
-/// until a newer base is made, for a follower being sent the snapshot that refers to it).
+/// until a newer base is made: `get_current_snapshot` reads a snapshot's base without waiting
+/// for a build that may replace it).
 #[derive(Clone, Copy, Debug, Default)]
 struct Base {
     index: Option<u64>,
@@ -117,8 +120,8 @@ pub struct StateMachine {
     usage: UsageStore,
     /// The usage base the current snapshot refers to.
     base: Arc<Mutex<Base>>,
-    /// Held while a snapshot is built, installed or composed to be sent: one at a time, so
-    /// each sees the snapshot, base and store the one before it left.
+    /// Held while a snapshot is built or installed: one at a time, so each sees the snapshot,
+    /// base and store the one before it left.
     snapshotting: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -198,7 +201,11 @@ impl StateMachine {
         self.store
             .blocking(move |store| {
                 store.save(&saved)?;
-                store.retain_bases(&kept)
+                // Best effort: a base left behind is only disk space, removed next time.
+                if let Err(e) = store.retain_bases(&kept) {
+                    tracing::warn!(error = %e, "removing old usage store bases");
+                }
+                Ok(())
             })
             .await
             .map_err(|e| snapshot_err(Some(&meta), e))?;
@@ -360,40 +367,50 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (state.progress.clone(), state.scheduler.encode(), checkpoint)
         };
         let checkpoint = checkpoint.wait().await.map_err(|e| snapshot_err(None, e))?;
-        let usage = if checkpoint.rebase {
-            // The changes outgrew the base: fold them into a new one, off the writer.
-            let (from, at) = (base.index, progress.command_index);
-            let changes = checkpoint.changes;
-            let len = self
-                .store
-                .blocking(move |store| {
-                    let (dump, _) = resolve(store, from, &changes)?;
-                    store.save_base(at, &dump)?;
-                    Ok(dump.len())
-                })
-                .await
-                .map_err(|e| snapshot_err(None, e))?;
-            base = Base { index: Some(at), len, previous: base.index };
-            UsageImage::Since { base: Some(at), changes: usage::no_changes() }
-        } else {
-            UsageImage::Since { base: base.index, changes: checkpoint.changes }
-        };
-        let body = SnapshotBody { progress: progress.clone(), scheduler, usage };
-        let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
-        let build = self.builds.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match progress.last_applied {
-            Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
-            None => format!("empty-{build}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: progress.last_applied,
-            last_membership: progress.membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        self.keep(stored, base).await?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let rebase = checkpoint.rebase;
+        let built = async {
+            let usage = if checkpoint.rebase {
+                // The changes outgrew the base: fold them into a new one, off the writer.
+                let (from, at) = (base.index, progress.command_index);
+                let changes = checkpoint.changes;
+                let len = self
+                    .store
+                    .blocking(move |store| {
+                        let (dump, _) = resolve(store, from, &changes)?;
+                        store.save_base(at, &dump)?;
+                        Ok(dump.len())
+                    })
+                    .await
+                    .map_err(|e| snapshot_err(None, e))?;
+                base = Base { index: Some(at), len, previous: base.index };
+                UsageImage::Since { base: Some(at), changes: usage::no_changes() }
+            } else {
+                UsageImage::Since { base: base.index, changes: checkpoint.changes }
+            };
+            let body = SnapshotBody { progress: progress.clone(), scheduler, usage };
+            let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
+            let build = self.builds.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match progress.last_applied {
+                Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
+                None => format!("empty-{build}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: progress.last_applied,
+                last_membership: progress.membership,
+                snapshot_id,
+            };
+            let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+            self.keep(stored, base).await?;
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        }
+        .await;
+        if let (true, Err(e)) = (rebase, &built) {
+            // The writer counts its changes from the new base already: a later snapshot
+            // naming the old one would lose the history between them.
+            self.fail_stop.stop(format!("saving a new usage store base failed: {e}"));
+        }
+        built
     }
 }
 
@@ -452,30 +469,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Validate fully before touching anything: a damaged snapshot is refused.
         let (restored, image) = decode_body(meta, &data)?;
         let at = restored.progress.command_index;
-        let (stored, dump, changes, base) = match image {
-            UsageImage::Whole(dump) => {
-                // Kept as a base of its own, with no changes since.
-                let (kept, len) = (dump.clone(), dump.len());
-                self.store
-                    .blocking(move |store| store.save_base(at, &kept))
-                    .await
-                    .map_err(|e| snapshot_err(Some(meta), e))?;
-                let body = SnapshotBody {
-                    progress: restored.progress.clone(),
-                    scheduler: restored.scheduler.encode(),
-                    usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
-                };
-                let data = codec::encode(&body).map_err(|e| snapshot_err(Some(meta), e))?;
-                let previous = self.base().index;
-                (data, dump, usage::no_changes(), Base { index: Some(at), len, previous })
-            }
-            // A snapshot this replica built (its base is here).
-            UsageImage::Since { base, changes } => {
-                let (dump, len) = resolve(&self.store, base, &changes)
-                    .map_err(|e| snapshot_err(Some(meta), e))?;
-                (data, dump, changes, Base { index: base, len, previous: self.base().index })
-            }
+        // A leader sends the store whole (`get_current_snapshot`); a base named by another
+        // replica means nothing here.
+        let UsageImage::Whole(dump) = image else {
+            return Err(snapshot_err(
+                Some(meta),
+                "a snapshot sent must hold the usage store whole",
+            ));
         };
+        // Kept as a base of its own, with no changes since.
+        let (kept, len) = (dump.clone(), dump.len());
+        self.store
+            .blocking(move |store| store.save_base(at, &kept))
+            .await
+            .map_err(|e| snapshot_err(Some(meta), e))?;
+        let body = SnapshotBody {
+            progress: restored.progress.clone(),
+            scheduler: restored.scheduler.encode(),
+            usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
+        };
+        let stored = codec::encode(&body).map_err(|e| snapshot_err(Some(meta), e))?;
+        let (changes, previous) = (usage::no_changes(), self.base().index);
+        let base = Base { index: Some(at), len, previous };
         self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base).await?;
         let mut state = self.write();
         self.journal.restart_at(LogIndex(at));
@@ -489,7 +504,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// The current snapshot with the usage store whole (its base and changes composed), as a
     /// follower is sent it.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let _one = self.snapshotting.clone().lock_owned().await;
         let Some(current) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Ok(None);
         };

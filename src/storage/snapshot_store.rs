@@ -124,7 +124,7 @@ impl SnapshotStore {
         }
     }
 
-    /// Removes every usage store base but those in `keep`.
+    /// Removes every usage store base but those in `keep` (and any half-written one).
     pub fn retain_bases(&self, keep: &[u64]) -> Result<(), SnapshotFileError> {
         match self {
             SnapshotStore::Memory(slot) => {
@@ -134,11 +134,14 @@ impl SnapshotStore {
             SnapshotStore::Dir(dir) => {
                 for entry in std::fs::read_dir(dir)? {
                     let name = entry?.file_name();
+                    // A temporary file a crash left while a base was written goes too.
                     let index = name
                         .to_str()
-                        .and_then(|n| n.strip_prefix(BASE_PREFIX)?.strip_suffix(".bin"))
+                        .and_then(|n| n.strip_prefix(BASE_PREFIX))
+                        .and_then(|n| n.strip_suffix(".bin.tmp").or(n.strip_suffix(".bin")))
                         .and_then(|n| n.parse::<u64>().ok());
-                    if index.is_some_and(|i| !keep.contains(&i)) {
+                    let temporary = name.to_str().is_some_and(|n| n.ends_with(".tmp"));
+                    if index.is_some_and(|i| temporary || !keep.contains(&i)) {
                         std::fs::remove_file(dir.join(name))?;
                     }
                 }
