@@ -79,8 +79,19 @@ pub fn snapshotting_options(id: u64, addr: String) -> ReplicaOptions {
     o
 }
 
+/// Binds `addr`. A replica restarted on its old port may find it still held for a moment (the
+/// stopped replica's sockets closing): retried until `DEADLINE`.
 pub async fn listen(addr: &str) -> (String, TcpListener) {
-    let listener = TcpListener::bind(addr).await.expect("bind loopback");
+    let until = Instant::now() + DEADLINE;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    };
     let addr = listener.local_addr().expect("local addr").to_string();
     (addr, listener)
 }
