@@ -445,16 +445,28 @@ fn stopped() -> UsageError {
 /// Checks a dump decodes, its keys in strictly increasing order (before a snapshot holding
 /// it is accepted: `compose` merges it with changes as a sorted list).
 pub fn check_dump(bytes: &[u8]) -> Result<(), String> {
-    let rows: Dump<'_> =
-        codec::decode_borrowed(bytes).map_err(|e| format!("usage store dump: {e}"))?;
-    in_order(rows.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store dump: {e}"))
+    dump_rows(bytes).map(drop)
 }
 
 /// Checks a checkpoint's changes decode, their keys in strictly increasing order.
 pub fn check_changes(bytes: &[u8]) -> Result<(), String> {
-    let changes: ChangeRows<'_> =
+    change_rows(bytes).map(drop)
+}
+
+/// A dump's rows, read in place and checked to be in strict key order.
+fn dump_rows(bytes: &[u8]) -> Result<Dump<'_>, String> {
+    let rows: Dump<'_> =
+        codec::decode_borrowed(bytes).map_err(|e| format!("usage store dump: {e}"))?;
+    in_order(rows.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store dump: {e}"))?;
+    Ok(rows)
+}
+
+/// Changes' rows, read in place and checked to be in strict key order.
+fn change_rows(bytes: &[u8]) -> Result<ChangeRows<'_>, String> {
+    let rows: ChangeRows<'_> =
         codec::decode_borrowed(bytes).map_err(|e| format!("usage store changes: {e}"))?;
-    in_order(changes.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store changes: {e}"))
+    in_order(rows.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store changes: {e}"))?;
+    Ok(rows)
 }
 
 fn in_order<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
@@ -477,16 +489,8 @@ pub fn no_changes() -> Vec<u8> {
 /// merge of two sorted lists, read in place (`Dump` and `Changes` encode byte strings as their
 /// length and bytes, as `&[u8]` does).
 pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
-    let base: Dump<'_> = match base {
-        Some(bytes) => {
-            codec::decode_borrowed(bytes).map_err(|e| format!("usage store base: {e}"))?
-        }
-        None => Vec::new(),
-    };
-    let changes: ChangeRows<'_> =
-        codec::decode_borrowed(changes).map_err(|e| format!("usage store changes: {e}"))?;
-    in_order(base.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store base: {e}"))?;
-    in_order(changes.iter().map(|(k, _)| *k)).map_err(|e| format!("usage store changes: {e}"))?;
+    let base = base.map(dump_rows).transpose()?.unwrap_or_default();
+    let changes = change_rows(changes)?;
     let mut out: Dump<'_> = Vec::with_capacity(base.len() + changes.len());
     let mut changes = changes.into_iter().peekable();
     for (key, value) in base {
@@ -505,8 +509,7 @@ pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
 /// The SHA-256 of every key and value a dump holds: equal to the store's `hash` when the
 /// dump is of that store.
 pub fn dump_hash(dump: &[u8]) -> Result<[u8; 32], String> {
-    let rows: Dump<'_> =
-        codec::decode_borrowed(dump).map_err(|e| format!("usage store dump: {e}"))?;
+    let rows = dump_rows(dump)?;
     let mut hasher = Sha256::new();
     for (k, v) in rows {
         hash_row(&mut hasher, k, v);
@@ -1001,13 +1004,12 @@ impl Writer {
     }
 
     fn restore(&mut self, dump: &[u8], changes: &[u8]) -> Result<(), String> {
-        let rows: Dump<'_> = codec::decode_borrowed(dump).map_err(|e| e.to_string())?;
-        let changes: Changes = codec::decode(changes).map_err(|e| e.to_string())?;
+        let (rows, changes) = (dump_rows(dump)?, change_rows(changes)?);
         self.db.clear().map_err(|e| e.to_string())?;
         self.today = Today::default();
-        self.changes_bytes =
-            changes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
-        self.changes = changes.into_iter().collect();
+        self.changes_bytes = changes.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum();
+        self.changes =
+            changes.into_iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
         let mut batch = sled::Batch::default();
         for (k, v) in rows {
             batch.insert(k, v);
