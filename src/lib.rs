@@ -53,15 +53,20 @@
 //!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
 //!   error mapping (`status`), the one narrowing of the core's answers (`answer`), the
 //!   heartbeat batcher (`heartbeats`), the server streams (`streams`: Watch,
-//!   WatchAssignments), and the per-connection state its requests share (`ApiStream`, under
-//!   tonic).
+//!   WatchAssignments), the per-connection state its requests share (`ApiStream`, under
+//!   tonic), and what each request did (`observe`: the layer that counts and logs it, by
+//!   tenant, RPC and reason, with bounded labels).
 //!   → `raft`, `usage`, `scheduler`, `network::connect`.
+//! - `metrics` — a replica's Prometheus metrics: the API's request counts, log syncs, batches
+//!   and peer calls as they happen; its Raft view and each tenant's usage, quota and queue
+//!   read at each scrape; served as OpenMetrics on `GET /metrics`.
+//!   → `api::observe`, `raft`, `storage`, `scheduler`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
-//! - `server` — a replica plus its peer and API servers, with all IO passed in.
-//!   → `api`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`, `scheduler`.
+//! - `server` — a replica plus its peer, API and metrics servers, with all IO passed in.
+//!   → `api`, `metrics`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`, `scheduler`.
 //!
-//! In short: `server` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →
+//! In short: `server` → `metrics` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →
 //! `scheduler`.
 //! `raft::types` is the one part of `raft` that `storage`, `network` and `tls` import: the
 //! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `journal`, `types` →
@@ -72,6 +77,7 @@ pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod fatal;
+pub mod metrics;
 pub mod network;
 pub mod raft;
 pub mod scheduler;

@@ -15,8 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::api::connection::ApiStream;
+use crate::api::observe::ObserveLayer;
 use crate::api::Api;
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::network::{self, Connect};
 use crate::raft::replica::{Replica, ReplicaOptions};
 use crate::raft::types::ReplicaId;
@@ -62,11 +64,15 @@ pub enum Security {
     Insecure,
 }
 
-/// Where the replica listens: the peer port, and optionally the public API port with the
-/// hash of the admin token.
+/// Where the replica listens: the peer port, optionally the public API port with the hash of
+/// the admin token, and optionally the metrics port (plaintext HTTP, `GET /metrics`).
 pub struct Listeners<I> {
     pub peer: I,
     pub api: Option<(I, TokenHash)>,
+    pub metrics: Option<I>,
+    /// Tenants the metrics name; later ones are counted as `_other`
+    /// (`api::observe::METRICS_TENANTS_DEFAULT`).
+    pub metrics_tenants_max: usize,
 }
 
 /// A running server; `stop` shuts it down gracefully.
@@ -113,10 +119,12 @@ impl Server {
                 (connect, None, None)
             }
         };
+        let log = storage.log.clone();
         let replica =
             Replica::start(options, storage.log, storage.snapshots, storage.usage, clock, connect)
                 .await
                 .map_err(anyhow::Error::msg)?;
+        let metrics = Arc::new(Metrics::new(&replica, &log, listeners.metrics_tenants_max));
         let admitting = tokio::spawn(admit_members(replica.clone(), admission));
         let fail_stop_guard = tokio::spawn(fail_stop_guard(replica.clone()));
         // One signal stops every server; a dropped sender stops them too, and so does a
@@ -138,11 +146,19 @@ impl Server {
             peer.await;
             Ok(())
         }));
+        if let Some(incoming) = listeners.metrics {
+            let serve = crate::metrics::serve(metrics.clone(), incoming, stopped());
+            serving.push(tokio::spawn(async move {
+                serve.await;
+                Ok(())
+            }));
+        }
         if let Some((incoming, admin)) = listeners.api {
             let routes =
                 Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
             serving.push(tokio::spawn(
                 tonic::transport::Server::builder()
+                    .layer(ObserveLayer::new(metrics.requests()))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(
                         accept_api(incoming, api_tls, stopped()),

@@ -179,6 +179,8 @@ pub(crate) fn start(
                 let listeners = Listeners {
                     peer: net::listen(PEER_PORT).await?,
                     api: Some((net::listen(API_PORT).await?, berth::api::hash_token(ADMIN))),
+                    metrics: None,
+                    metrics_tenants_max: berth::api::observe::METRICS_TENANTS_DEFAULT,
                 };
                 let bootstrap = (id == 1).then_some(members);
                 let security = Security::Tls {

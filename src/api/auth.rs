@@ -293,6 +293,7 @@ pub fn require_admin(caller: &Caller) -> Result<(), Status> {
 pub fn valid_tenant(tenant_id: &str) -> Result<TenantId, Status> {
     let tenant = TenantId::new(tenant_id);
     tenant.validate().map_err(|rejection| super::status::rejection(&rejection))?;
+    super::observe::tenant(&tenant);
     Ok(tenant)
 }
 

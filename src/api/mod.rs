@@ -16,6 +16,7 @@ pub mod connection;
 pub mod convert;
 mod heartbeats;
 mod leases;
+pub mod observe;
 mod placements;
 pub mod status;
 mod streams;
@@ -71,7 +72,11 @@ impl Api {
     }
 
     async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        auth::authenticate(request, &self.admin, &self.replica, &self.lookups, READ_DEADLINE).await
+        let caller =
+            auth::authenticate(request, &self.admin, &self.replica, &self.lookups, READ_DEADLINE)
+                .await?;
+        observe::caller(&caller);
+        Ok(caller)
     }
 
     /// Proposes a command and returns its response with where it landed in the log.
@@ -85,10 +90,14 @@ impl Api {
         request_id: &str,
         command: Command,
     ) -> Result<(Response, pb::WriteInfo), Status> {
+        observe::write(request_id);
         let request_id = auth::request_id(request_id)?;
         // The core checks the same bounds again when it applies the command; checking here
         // keeps a command it would refuse out of the log.
         command.validate().map_err(|rejection| status::rejection(&rejection))?;
+        if let Some(tenant) = command.tenant() {
+            observe::tenant(tenant);
+        }
         let token = caller.token();
         let revokes = auth::takes_tokens_away(&command);
         let applied = self
@@ -96,6 +105,7 @@ impl Api {
             .propose(Proposal { request_id: Some(request_id), command, token })
             .await
             .map_err(|e| status::write_error(&e))?;
+        observe::log_index(applied.log_index.0);
         if revokes {
             auth::revocation_settled().await;
         }

@@ -41,6 +41,7 @@ pub fn error(
     message: impl Into<String>,
     metadata: Vec<(String, String)>,
 ) -> Status {
+    super::observe::reason(reason);
     let details = ErrorDetails::with_error_info(
         reason,
         DOMAIN,

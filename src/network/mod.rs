@@ -44,6 +44,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -231,28 +235,89 @@ impl PeerClient {
     }
 }
 
+impl Rpc {
+    /// The call's name, as metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "append_entries",
+            Rpc::Vote => "vote",
+            Rpc::InstallSnapshot => "install_snapshot",
+            Rpc::Propose => "propose",
+            Rpc::ReadIndex => "read_index",
+            Rpc::Status => "status",
+            Rpc::Query => "query",
+            Rpc::Clock => "clock",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: ReplicaId,
+    pub rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerErrorLabels {
+    pub peer: ReplicaId,
+    pub rpc: &'static str,
+    /// `unreachable` (no connection), `network` (the call failed on it) or `remote` (the peer
+    /// answered with an error).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerLatency;
+
+impl MetricConstructor<Histogram> for PeerLatency {
+    fn new_metric(&self) -> Histogram {
+        // 100 µs to about 3.3 s, doubling.
+        Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16))
+    }
+}
+
+/// What this replica's Raft calls to each peer took, and how they failed (its metrics). Peers
+/// are members, so the labels are as few as the members.
+#[derive(Debug)]
+pub struct PeerStats {
+    pub latency: Family<PeerLabels, Histogram, PeerLatency>,
+    pub errors: Family<PeerErrorLabels, Counter>,
+}
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        PeerStats { latency: Family::new_with_constructor(PeerLatency), errors: Family::default() }
+    }
+}
+
 /// openraft's network factory: one client per peer.
 #[derive(Clone)]
 pub struct PeerNetwork {
     connect: Connect,
+    stats: Arc<PeerStats>,
 }
 
 impl PeerNetwork {
-    pub fn new(connect: Connect) -> Self {
-        PeerNetwork { connect }
+    pub fn new(connect: Connect, stats: Arc<PeerStats>) -> Self {
+        PeerNetwork { connect, stats }
     }
 }
 
 pub struct PeerConnection {
     target: ReplicaId,
     client: PeerClient,
+    stats: Arc<PeerStats>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: ReplicaId, node: &Node) -> PeerConnection {
-        PeerConnection { target, client: PeerClient::new(&self.connect, &node.addr) }
+        PeerConnection {
+            target,
+            client: PeerClient::new(&self.connect, &node.addr),
+            stats: self.stats.clone(),
+        }
     }
 }
 
@@ -274,11 +339,28 @@ impl PeerConnection {
         let span = tracing::trace_span!("peer_rpc", ?rpc, target = self.target);
         // openraft's hard TTL bounds the call; the soft TTL leaves it room to react.
         let call = self.client.call(rpc, request, option.soft_ttl()).instrument(span);
-        let result: Result<Resp, E> = call.await.map_err(|e| match e {
-            PeerError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
-            PeerError::Failed { .. } => RpcError::Network(NetworkError::new(&e)),
+        let started = std::time::Instant::now();
+        let outcome: Result<Result<Resp, E>, PeerError> = call.await;
+        let labels = PeerLabels { peer: self.target, rpc: rpc.name() };
+        self.stats.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        let failed = |kind| {
+            let labels = PeerErrorLabels { peer: self.target, rpc: rpc.name(), kind };
+            self.stats.errors.get_or_create(&labels).inc();
+        };
+        let result = outcome.map_err(|e| match e {
+            PeerError::Unreachable { .. } => {
+                failed("unreachable");
+                RpcError::Unreachable(Unreachable::new(&e))
+            }
+            PeerError::Failed { .. } => {
+                failed("network");
+                RpcError::Network(NetworkError::new(&e))
+            }
         })?;
-        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| {
+            failed("remote");
+            RpcError::RemoteError(RemoteError::new(self.target, e))
+        })
     }
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, InitializeError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -172,6 +173,10 @@ struct Inner {
     /// ReadIndex rounds served as leader (`ReplicaStatus::read_indexes`).
     read_indexes: AtomicU64,
     vouch: tokio::sync::Mutex<Vouch>,
+    /// Commands in each batch this replica's proposer sent (to Raft, or to the leader).
+    batch_sizes: Histogram,
+    /// What Raft's calls to each peer took, and how they failed.
+    peer_stats: Arc<network::PeerStats>,
 }
 
 /// A running replica; clones share it.
@@ -227,6 +232,11 @@ const LEADER_POLL: Duration = Duration::from_millis(20);
 /// The shortest wait between two looks for a leader.
 const LEADER_BACKOFF: Duration = Duration::from_millis(2);
 
+/// A count as a histogram observation (exact below 2^53, far above any batch).
+fn count_f64(n: usize) -> f64 {
+    u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
+}
+
 /// The encoded size of `proposal`, counted without building the encoding.
 fn encoded_len(proposal: &Proposal) -> usize {
     let mut counter = bincode::enc::write::SizeWriter::default();
@@ -254,7 +264,8 @@ impl Replica {
         let mut recovering = log.clone();
         let vote = recovering.read_vote().await.map_err(|e| e.to_string())?;
         let last_log = recovering.get_log_state().await.map_err(|e| e.to_string())?.last_log_id;
-        let network = PeerNetwork::new(connect.clone());
+        let peer_stats = Arc::new(network::PeerStats::default());
+        let network = PeerNetwork::new(connect.clone(), peer_stats.clone());
         let raft = Raft::new(options.id, config, network, log, sm.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -275,6 +286,10 @@ impl Replica {
                 recovered: (vote, last_log),
                 read_indexes: AtomicU64::new(0),
                 vouch: tokio::sync::Mutex::new(Vouch::default()),
+                batch_sizes: Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
+                ),
+                peer_stats,
             }),
         };
         let proposer = tokio::spawn(replica.clone().run_proposer(rx));
@@ -295,6 +310,16 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// What Raft's calls to each peer took, and how they failed (for its metrics).
+    pub fn peer_stats(&self) -> &network::PeerStats {
+        &self.inner.peer_stats
+    }
+
+    /// Commands per batch this replica's proposer sent (a histogram for its metrics).
+    pub fn batch_sizes(&self) -> &Histogram {
+        &self.inner.batch_sizes
     }
 
     /// What stops this replica for good; `stopped()` tells when it has.
@@ -391,6 +416,7 @@ impl Replica {
                     Err(_) => break,
                 }
             }
+            self.inner.batch_sizes.observe(count_f64(batch.len()));
             let me = self.clone();
             tokio::spawn(async move {
                 let proposals: Vec<Proposal> = batch.iter().map(|p| p.proposal.clone()).collect();

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::file_log::{Ack, FileLog, FileLogOptions};
+use super::file_log::{Ack, FileLog, FileLogOptions, WalStats};
 use super::memory::{MemFlush, MemFlusher, MemLog, COMMITTED, LAST_PURGED, VOTE};
 use super::wal::{EntryBytes, Record};
 use super::{io_err, lock, read_err, write_err};
@@ -66,6 +66,14 @@ impl LogStore {
     /// A log in memory; pass the same `Arc` again to reopen it after a simulated restart.
     pub fn memory(log: Arc<Mutex<MemLog>>) -> LogStore {
         LogStore { backend: Backend::Memory(log, Arc::default()) }
+    }
+
+    /// What the write-ahead file's writer measured (`None` for a log in memory).
+    pub fn wal_stats(&self) -> Option<Arc<WalStats>> {
+        match &self.backend {
+            Backend::File(f) => Some(f.stats.clone()),
+            Backend::Memory(..) => None,
+        }
     }
 
     /// With a flush delay, whether writes wait for the flusher.

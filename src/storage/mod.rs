@@ -25,7 +25,7 @@ mod memory;
 pub mod snapshot_store;
 mod wal;
 
-pub use file_log::FileLogOptions;
+pub use file_log::{FileLogOptions, WalStats};
 pub use log_store::LogStore;
 pub use memory::MemLog;
 pub use snapshot_store::SnapshotStore;

@@ -45,6 +45,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Member {
     pub addr: String,
     pub api_addr: Option<String>,
+    /// Where the replica serves `GET /metrics` (with the API).
+    pub metrics_addr: Option<String>,
     dir: PathBuf,
     server: Option<Server>,
 }
@@ -62,6 +64,9 @@ pub struct Cluster {
     pub clock: SystemClock,
     _tmp: tempfile::TempDir,
 }
+
+/// Tenants a test replica's metrics name; the rest are `_other` (small, so a test can pass it).
+pub const METRICS_TENANTS_MAX: usize = 3;
 
 pub fn fast_options(id: u64, addr: String) -> ReplicaOptions {
     let mut o = ReplicaOptions::new(id, addr);
@@ -114,7 +119,8 @@ impl Cluster {
             let (addr, listener) = listen("127.0.0.1:0").await;
             listeners.insert(id, listener);
             let dir = tmp.path().join(format!("replica-{id}"));
-            members.insert(id, Member { addr, api_addr: None, dir, server: None });
+            members
+                .insert(id, Member { addr, api_addr: None, metrics_addr: None, dir, server: None });
         }
         let authority = Arc::new(Authority::generate().expect("a CA"));
         let links = links::Links::default();
@@ -149,6 +155,16 @@ impl Cluster {
         } else {
             None
         };
+        let metrics = if self.with_api {
+            let (metrics_addr, listener) = match self.members[&id].metrics_addr.clone() {
+                Some(addr) => listen(&addr).await,
+                None => listen("127.0.0.1:0").await,
+            };
+            self.members.get_mut(&id).expect("member").metrics_addr = Some(metrics_addr);
+            Some(TcpIncoming::from(listener))
+        } else {
+            None
+        };
         let security = self.security(id);
         let member = self.members.get_mut(&id).expect("member");
         let storage = Storage::open_dir(&member.dir).expect("storage opens");
@@ -158,7 +174,12 @@ impl Cluster {
             Arc::new(self.clock.clone()),
             self.links.wrap(&member.addr, tcp_connect(Duration::from_millis(500))),
             security,
-            Listeners { peer: TcpIncoming::from(listener).with_nodelay(Some(true)), api },
+            Listeners {
+                peer: TcpIncoming::from(listener).with_nodelay(Some(true)),
+                api,
+                metrics,
+                metrics_tenants_max: METRICS_TENANTS_MAX,
+            },
             bootstrap,
         )
         .await
@@ -187,7 +208,8 @@ impl Cluster {
     pub async fn spawn_extra(&mut self, id: u64) {
         let (addr, listener) = listen("127.0.0.1:0").await;
         let dir = self._tmp.path().join(format!("replica-{id}"));
-        self.members.insert(id, Member { addr, api_addr: None, dir, server: None });
+        self.members
+            .insert(id, Member { addr, api_addr: None, metrics_addr: None, dir, server: None });
         self.launch(id, listener, None).await;
     }
 

@@ -27,8 +27,27 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     connection: cli::Connection,
+    /// How diagnostics on standard error are written: `text` for people, `json` (one object
+    /// per line, with every field) for log collectors. `berth up` passes it to its replicas.
+    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -61,14 +80,18 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        }
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     // A replica runs on as many threads as asked; every other command (the CLI, `up`, the
     // benchmark's load generator) on one, so it takes as little CPU from the cluster as it can.
     let mut builder = match &cli.command {
@@ -88,7 +111,7 @@ fn main() -> std::process::ExitCode {
     };
     let outcome = match cli.command {
         Cmd::Server(args) => runtime.block_on(server::run(args)),
-        Cmd::Up(args) => runtime.block_on(up::run(args)),
+        Cmd::Up(args) => runtime.block_on(up::run(args, cli.log_format)),
         Cmd::Certs(args) => certs::run(&args, cli.connection.json),
         Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
         Cmd::Agent(args) => runtime.block_on(agent::run(cli.connection, args)),

@@ -29,6 +29,14 @@ pub struct ServerArgs {
     /// Cluster, health, reflection). Needs an admin token.
     #[arg(long, env = "BERTH_API_LISTEN")]
     api_listen: Option<SocketAddr>,
+    /// Address to serve Prometheus metrics on (plaintext HTTP, `GET /metrics`, OpenMetrics
+    /// text; see docs/metrics.md). They name tenants: bind it where only operators reach it.
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Tenants the metrics name, the first ones this replica sees; later ones are counted
+    /// together as tenant_id="_other", so the series stay bounded.
+    #[arg(long, env = "BERTH_METRICS_TENANTS_MAX", default_value_t = berth::api::observe::METRICS_TENANTS_DEFAULT)]
+    metrics_tenants_max: usize,
     /// File holding the admin token (first line). Alternatively set BERTH_ADMIN_TOKEN.
     #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
@@ -206,7 +214,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let clock = Arc::new(clock);
     let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
-    let listeners = Listeners { peer: peer_incoming, api };
+    let metrics = match args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics address {addr}"))?;
+            tracing::info!(metrics = %addr, "serving metrics at /metrics");
+            Some(incoming(listener))
+        }
+    };
+    let listeners = Listeners {
+        peer: peer_incoming,
+        api,
+        metrics,
+        metrics_tenants_max: args.metrics_tenants_max,
+    };
     let server =
         Server::start(options, storage, clock, connect, security, listeners, bootstrap).await?;
     tracing::info!(id = args.id, peer = %advertise, data_dir = %args.data_dir.display(), "replica started");

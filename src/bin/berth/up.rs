@@ -24,6 +24,12 @@ pub struct UpArgs {
     /// API port of replica 1 (replica N uses this + N - 1).
     #[arg(long, default_value_t = 7501)]
     api_base_port: u16,
+    /// Metrics port of replica 1 (replica N uses this + N - 1; plaintext HTTP, `GET /metrics`).
+    #[arg(long, default_value_t = 7601)]
+    metrics_base_port: u16,
+    /// Serve no metrics.
+    #[arg(long)]
+    no_metrics: bool,
     /// Plaintext on every port instead of TLS (the CLI then needs --insecure too).
     #[arg(long)]
     insecure: bool,
@@ -194,7 +200,7 @@ fn after_exit(
     replica.restart_at = Some(std::time::Instant::now() + backoff);
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<()> {
     if args.replicas != 3 && args.replicas != 5 {
         bail!("--replicas must be 3 or 5");
     }
@@ -214,6 +220,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let mut replicas = Vec::new();
     let mut endpoints = Vec::new();
+    let mut scrapes = Vec::new();
     for i in 1..=args.replicas {
         let api = format!("127.0.0.1:{}", port(args.api_base_port, i)?);
         let mut replica = Supervised {
@@ -248,6 +255,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             None => replica.args.push("--insecure".into()),
         }
+        if !args.no_metrics {
+            let metrics = format!("127.0.0.1:{}", port(args.metrics_base_port, i)?);
+            replica.args.extend(["--metrics-listen".into(), metrics.clone().into()]);
+            scrapes.push(format!("http://{metrics}/metrics"));
+        }
+        replica.args.extend(["--log-format".into(), log_format.name().into()]);
         let bootstrap = if i == 1 {
             vec!["--bootstrap".to_owned(), "--initial-members".to_owned(), members.join(",")]
         } else {
@@ -309,6 +322,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     out!("Berth is up: {} replicas, leader replica {leader}", args.replicas);
     out!("  endpoints:   {}", endpoints.join(","));
     out!("  admin token: {token}  (also in {})", token_file.display());
+    if !scrapes.is_empty() {
+        out!("  metrics:     {}", scrapes.join(" "));
+    }
     let security = match &tls {
         Some(dir) => {
             let ca = dir.join("ca.pem");

@@ -1,0 +1,433 @@
+//! A replica's Prometheus metrics (OpenMetrics text on `GET /metrics` of its own port).
+//!
+//! What is counted as it happens — API requests (`api::observe`), log syncs
+//! (`storage::WalStats`), proposer batches, peer calls — is registered here; what is a view of
+//! the replica's state — its Raft role, term and indexes, each tenant's usage, quota and queue —
+//! is read at each scrape (`ReplicaCollector`, `TenantCollector`), so a scrape is never stale
+//! and nothing on the write path maintains it. Tenants are labelled by one `TenantLabels`, so
+//! their series stay bounded (see `api::observe`). `docs/metrics.md` lists every metric.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::api::observe::{RequestMetrics, TenantLabels};
+use crate::raft::replica::Replica;
+use crate::scheduler::{Dimension, TenantId, UnixMillis};
+use crate::storage::LogStore;
+
+/// The content type of a scrape's answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Most scrapes served at once; more connections wait to be served.
+const SCRAPES_MAX: usize = 8;
+/// Longest a connection may take to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One replica's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Arc<RequestMetrics>,
+}
+
+impl Metrics {
+    /// Every metric of `replica` (whose log is `log`), naming at most `tenants_max` tenants.
+    pub fn new(replica: &Replica, log: &LogStore, tenants_max: usize) -> Metrics {
+        let mut registry = Registry::default();
+        let tenants = Arc::new(TenantLabels::new(tenants_max));
+        let requests = RequestMetrics::register(&mut registry, tenants.clone());
+        if let Some(wal) = log.wal_stats() {
+            registry.register(
+                "berth_wal_sync_duration_seconds",
+                "Time of each write of the Raft log file, from write to the end of its fdatasync",
+                wal.syncs.clone(),
+            );
+            registry.register_collector(Box::new(LogBytes(wal)));
+        }
+        registry.register(
+            "berth_proposer_batch_commands",
+            "Client commands in each batch this replica proposed (group commit)",
+            replica.batch_sizes().clone(),
+        );
+        let peers = replica.peer_stats();
+        registry.register(
+            "berth_peer_rpc_duration_seconds",
+            "Time of each Raft call to a peer (append_entries, vote, install_snapshot)",
+            peers.latency.clone(),
+        );
+        registry.register(
+            "berth_peer_rpc_errors",
+            "Raft calls to a peer that failed: unreachable, network or remote",
+            peers.errors.clone(),
+        );
+        registry.register_collector(Box::new(ReplicaCollector(replica.clone())));
+        registry
+            .register_collector(Box::new(TenantCollector { replica: replica.clone(), tenants }));
+        Metrics { registry, requests }
+    }
+
+    /// What the API's `ObserveLayer` records into.
+    pub fn requests(&self) -> Arc<RequestMetrics> {
+        self.requests.clone()
+    }
+
+    /// The OpenMetrics text of every metric now.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("invariant: writing to a String does not fail");
+        text
+    }
+}
+
+/// One gauge family written at a scrape: a descriptor, then one value per label set.
+fn gauges<S: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (S, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge without labels.
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+#[derive(Debug)]
+struct LogBytes(Arc<crate::storage::WalStats>);
+
+impl Collector for LogBytes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "berth_replica_log_bytes",
+            "Bytes of records in the Raft log file",
+            self.0.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The replica's Raft view, read at each scrape.
+struct ReplicaCollector(Replica);
+
+impl std::fmt::Debug for ReplicaCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaCollector({})", self.0.id())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    follower: u64,
+}
+
+impl Collector for ReplicaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use openraft::ServerState;
+        let replica = &self.0;
+        let m = replica.raft().metrics().borrow().clone();
+        let roles = [
+            (ServerState::Leader, "leader"),
+            (ServerState::Follower, "follower"),
+            (ServerState::Candidate, "candidate"),
+            (ServerState::Learner, "learner"),
+            (ServerState::Shutdown, "shutdown"),
+        ];
+        gauges(
+            &mut encoder,
+            "berth_replica_role",
+            "1 for the replica's Raft role, 0 for the others",
+            roles.map(|(state, role)| (RoleLabels { role }, u64::from(m.state == state))),
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_term",
+            "The replica's current Raft term",
+            m.current_term,
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_leader_id",
+            "The leader this replica knows of (0: none)",
+            m.current_leader.unwrap_or(0),
+        )?;
+        let last_log = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        gauge(
+            &mut encoder,
+            "berth_replica_last_log_index",
+            "Last entry in the replica's log",
+            last_log,
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_applied_index",
+            "Last entry the replica applied",
+            applied,
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_apply_lag_entries",
+            "Entries in the replica's log not applied yet",
+            last_log.saturating_sub(applied),
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_snapshot_index",
+            "Last entry in the replica's latest snapshot",
+            m.snapshot.map_or(0, |l| l.index),
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_purged_index",
+            "Last entry purged from the replica's log (the log holds the entries after it)",
+            m.purged.map_or(0, |l| l.index),
+        )?;
+        gauge(
+            &mut encoder,
+            "berth_replica_fail_stopped",
+            "1 once the replica stopped for good on a storage or apply failure",
+            u64::from(replica.fail_stop().reason().is_some()),
+        )?;
+        let replication = m.replication.as_ref().map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| (*id, matched.map_or(0, |l| l.index)))
+                .collect::<BTreeMap<u64, u64>>()
+        });
+        if let Some(followers) = replication {
+            gauges(
+                &mut encoder,
+                "berth_replica_follower_matched_index",
+                "On the leader: the last entry each follower holds",
+                followers.iter().map(|(id, matched)| (FollowerLabels { follower: *id }, *matched)),
+            )?;
+            gauges(
+                &mut encoder,
+                "berth_replica_follower_lag_entries",
+                "On the leader: entries each follower lacks",
+                followers.iter().map(|(id, matched)| {
+                    (FollowerLabels { follower: *id }, last_log.saturating_sub(*matched))
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Each tenant's usage, quota and queue in this replica's state, read at each scrape.
+struct TenantCollector {
+    replica: Replica,
+    tenants: Arc<TenantLabels>,
+}
+
+impl std::fmt::Debug for TenantCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TenantCollector({})", self.replica.id())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Ord, PartialOrd, EncodeLabelSet)]
+struct TenantLabel {
+    tenant_id: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Ord, PartialOrd, EncodeLabelSet)]
+struct DimensionLabels {
+    tenant_id: Arc<str>,
+    dimension: &'static str,
+}
+
+/// One tenant label's figures (a tenant's own, or the sum of those counted as `_other`).
+#[derive(Default)]
+struct TenantFigures {
+    usage: BTreeMap<Dimension, u64>,
+    /// Hard limits, for a tenant with its own label only (a sum of limits means nothing).
+    limits: BTreeMap<Dimension, u64>,
+    queued: u64,
+    oldest_queued_at: Option<UnixMillis>,
+}
+
+impl Collector for TenantCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (now, figures) = self.replica.read_local(|r| {
+            let s = &r.scheduler;
+            let state = s.state();
+            let mut figures: BTreeMap<Arc<str>, TenantFigures> = BTreeMap::new();
+            for (id, tenant) in &state.tenants {
+                let label = self.tenants.label(Some(id));
+                let own = &*label == id.0.as_str();
+                let f = figures.entry(label).or_default();
+                for dimension in Dimension::ALL {
+                    let used = f.usage.entry(dimension).or_default();
+                    *used = used.saturating_add(tenant.usage.total.get(dimension));
+                }
+                if own {
+                    let effective = s.effective_quota(id);
+                    for dimension in Dimension::ALL {
+                        if let Some(limit) = effective.total.get(dimension) {
+                            f.limits.insert(dimension, limit);
+                        }
+                    }
+                }
+            }
+            let mut owner: Option<(&TenantId, Arc<str>)> = None;
+            for ((tenant, _), queued) in &state.queue {
+                let label = match &owner {
+                    Some((t, label)) if *t == tenant => label.clone(),
+                    _ => {
+                        let label = self.tenants.label(Some(tenant));
+                        owner = Some((tenant, label.clone()));
+                        label
+                    }
+                };
+                let f = figures.entry(label).or_default();
+                f.queued += 1;
+                f.oldest_queued_at = Some(match f.oldest_queued_at {
+                    Some(at) => at.min(queued.queued_at),
+                    None => queued.queued_at,
+                });
+            }
+            (s.now(), figures)
+        });
+        let per_dimension = |pick: fn(&TenantFigures) -> &BTreeMap<Dimension, u64>| {
+            figures
+                .iter()
+                .flat_map(move |(label, f)| {
+                    pick(f).iter().map(move |(dimension, value)| {
+                        (
+                            DimensionLabels {
+                                tenant_id: label.clone(),
+                                dimension: dimension.name(),
+                            },
+                            *value,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            &mut encoder,
+            "berth_tenant_usage",
+            "What the tenant holds, per quota dimension (cpu_millis, memory_mib, instances, jobs)",
+            per_dimension(|f| &f.usage),
+        )?;
+        gauges(
+            &mut encoder,
+            "berth_tenant_quota_limit",
+            "The tenant's effective hard limit per quota dimension, where one is set",
+            per_dimension(|f| &f.limits),
+        )?;
+        gauges(
+            &mut encoder,
+            "berth_tenant_queue_depth",
+            "The tenant's placements waiting in the queue",
+            figures.iter().map(|(label, f)| (TenantLabel { tenant_id: label.clone() }, f.queued)),
+        )?;
+        gauges(
+            &mut encoder,
+            "berth_tenant_queue_oldest_wait_seconds",
+            "How long the tenant's longest-waiting queued placement has waited, in log time",
+            figures.iter().filter_map(|(label, f)| {
+                let waited = now.0.saturating_sub(f.oldest_queued_at?.0);
+                Some((
+                    TenantLabel { tenant_id: label.clone() },
+                    Duration::from_millis(waited).as_secs_f64(),
+                ))
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` (HTTP/1.1, plaintext) on every connection `incoming` yields, until
+/// `stopped` resolves.
+pub async fn serve<I, IO, IE>(
+    metrics: Arc<Metrics>,
+    incoming: I,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IE: std::fmt::Display + Send + 'static,
+{
+    let scrapes = Arc::new(Semaphore::new(SCRAPES_MAX));
+    let mut incoming = std::pin::pin!(incoming);
+    let mut stopped = std::pin::pin!(stopped);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let io = tokio::select! {
+            _ = &mut stopped => break,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => io,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let Ok(permit) = scrapes.clone().acquire_owned().await else { break };
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&metrics, &request)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
+}
+
+fn answer<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        (_, "/metrics") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET /metrics\n".to_owned())
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", "metrics are at /metrics\n".to_owned()),
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
