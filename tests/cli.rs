@@ -82,8 +82,10 @@ fn up(data: &Path, peer: u16, api: u16) -> Up {
 }
 
 fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
+    let metrics = free_base(5);
     let mut child = Command::new(BERTH)
         .args(["up", "--peer-base-port", &peer.to_string(), "--api-base-port", &api.to_string()])
+        .args(["--metrics-base-port", &metrics.to_string()])
         .args(flags)
         .arg("--data-dir")
         .arg(data)
@@ -836,13 +838,37 @@ fn up_insecure_is_plaintext_on_request() {
     let data = tmp.path().join("berth-data");
     let peer = free_base(6);
     let api = peer + 3;
-    let _cluster = up_with(&data, peer, api, &["--insecure"]);
+    let _cluster = up_with(&data, peer, api, &["--insecure", "--log-format", "json"]);
     assert!(!data.join("tls").exists(), "no certificates for a plaintext cluster");
     let log = read(&data.join("replica-1.log"));
     assert!(log.contains("insecure: peer and API ports speak plaintext"), "{log}");
     let plaintext = &Login { ca: None, ..Login::of_up(&data) };
     ok(api, plaintext, &["tenant", "create", "acme"]);
     assert!(ok(api, plaintext, &["tenant", "get", "acme"]).contains("acme"));
+
+    // `--log-format json` reaches the replicas: a refusal is one JSON object on one line,
+    // with its tenant, request id, reason and RPC.
+    let again = berth(api, plaintext, &["tenant", "create", "acme"]);
+    assert!(!again.ok);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        let found = (1..=3).find_map(|i| {
+            read(&data.join(format!("replica-{i}.log")))
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["message"] == "refused" && l["reason"] == "TENANT_EXISTS")
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(std::time::Instant::now() < until, "no JSON refusal in the replicas' logs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refusal["tenant_id"], "acme", "{refusal}");
+    assert_eq!(refusal["rpc"], "Tenants/CreateTenant", "{refusal}");
+    assert_eq!(refusal["code"], "ALREADY_EXISTS", "{refusal}");
+    assert!(refusal["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{refusal}");
+    assert!(refusal["log_index"].as_u64().is_some_and(|i| i > 0), "{refusal}");
 
     let neither = cli(api, plaintext)
         .env_remove("BERTH_INSECURE")

@@ -357,11 +357,10 @@ pub struct Observe<S> {
 impl<S, B, R> tower::Service<http::Request<B>> for Observe<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -370,19 +369,39 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let rpc = self.metrics.rpc(request.uri().path());
-        let handled = self.inner.call(request);
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let (result, noted) = NOTED
-                .scope(RefCell::new(Noted::default()), async move {
-                    let result = handled.await;
-                    (result, NOTED.with(|noted| noted.take()))
-                })
-                .await;
-            if let Ok(response) = &result {
-                metrics.record(rpc, status_of(response), noted, started.elapsed());
-            }
-            result
-        })
+        Observed {
+            handled: NOTED.scope(RefCell::new(Noted::default()), self.inner.call(request)),
+            started,
+            rpc: Some(rpc),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being handled, with its slot for notes; recorded when its response is ready.
+    pub struct Observed<F: Future> {
+        #[pin]
+        handled: tokio::task::futures::TaskLocalFuture<RefCell<Noted>, F>,
+        started: Instant,
+        rpc: Option<Arc<str>>,
+        metrics: Arc<RequestMetrics>,
+    }
+}
+
+impl<F, R, E> Future for Observed<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let result = std::task::ready!(this.handled.as_mut().poll(cx));
+        let noted = this.handled.take_value().map(RefCell::into_inner).unwrap_or_default();
+        if let (Ok(response), Some(rpc)) = (&result, this.rpc.take()) {
+            this.metrics.record(rpc, status_of(response), noted, this.started.elapsed());
+        }
+        Poll::Ready(result)
     }
 }
