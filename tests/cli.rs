@@ -18,6 +18,8 @@ struct Up {
     pids: Vec<u32>,
     /// The latest pid of each replica.
     replica_pids: BTreeMap<u64, u32>,
+    /// The replicas' metrics addresses (`host:port`), as `up` printed them.
+    metrics: Vec<String>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -41,6 +43,13 @@ impl Up {
             {
                 self.pids.push(pid);
                 self.replica_pids.insert(id, pid);
+            }
+            if let Some(urls) = line.trim_start().strip_prefix("metrics:") {
+                self.metrics = urls
+                    .split_whitespace()
+                    .filter_map(|u| u.strip_prefix("http://")?.strip_suffix("/metrics"))
+                    .map(str::to_owned)
+                    .collect();
             }
             if wanted(&line) {
                 return line;
@@ -106,7 +115,13 @@ fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
             }
         });
     }
-    let mut up = Up { child, pids: Vec::new(), replica_pids: BTreeMap::new(), lines: rx };
+    let mut up = Up {
+        child,
+        pids: Vec::new(),
+        replica_pids: BTreeMap::new(),
+        metrics: Vec::new(),
+        lines: rx,
+    };
     up.wait_for(Duration::from_secs(90), |line| line.contains("Press Ctrl-C"));
     up
 }
@@ -1072,4 +1087,177 @@ fn agents_heartbeat_run_hooks_and_a_killed_one_loses_its_work() {
     assert!(status.success(), "{status}");
     let a3_state = ok(api, login, &["worker", "get", "a3", "--json"]);
     assert!(a3_state.contains("\"schedulable\": false"), "{a3_state}");
+}
+
+/// Prometheus' `promtool` and `prometheus`, if installed (Debian's `prometheus` package, which
+/// `.ci/run` installs, setting BERTH_REQUIRE_PROMETHEUS). Missing outside CI: the caller skips,
+/// saying so; missing in CI: a failure.
+fn prometheus_installed(test: &str) -> bool {
+    let found =
+        Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("BERTH_REQUIRE_PROMETHEUS").is_none(),
+            "{test}: promtool is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED {test}: Prometheus is not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A GET to `http://addr/path`: its status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let Some((head, body)) = response.split_once("\r\n\r\n") else { return (0, String::new()) };
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // Prometheus answers small bodies whole, large ones chunked: undo the chunking.
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut rest = body;
+        let mut joined = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+            if size == 0 || after.len() < size {
+                break;
+            }
+            joined.push_str(&after[..size]);
+            rest = after[size..].trim_start_matches("\r\n");
+        }
+        return (status, joined);
+    }
+    (status, body.to_owned())
+}
+
+/// The shipped Prometheus configuration and alert rules pass `promtool`; a real Prometheus
+/// scrapes a `berth up` cluster with them, and `BerthTenantSLOBreach` fires for a tenant whose
+/// requests fail and not for one whose requests succeed.
+#[test]
+fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
+    if !prometheus_installed("prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo") {
+        return;
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/prometheus");
+    for (what, file) in [("rules", "alerts.yml"), ("config", "prometheus.yml")] {
+        let checked = Command::new("promtool")
+            .args(["check", what])
+            .arg(shipped.join(file))
+            .output()
+            .expect("promtool runs");
+        assert!(checked.status.success(), "promtool check {what} {file}: {checked:?}");
+    }
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let cluster = up_with(&data, peer, api, &["--insecure"]);
+    assert_eq!(cluster.metrics.len(), 3, "up prints every replica's metrics address");
+    let login = &Login { ca: None, ..Login::of_up(&data) };
+    for tenant in ["failing", "healthy"] {
+        ok(api, login, &["tenant", "create", tenant]);
+    }
+
+    // The shipped rules as they are, but firing as soon as they hold and over 30 s windows (a
+    // test cannot wait their `for:` minutes, nor fill 5-minute rate windows), evaluated every
+    // second over scrapes every second.
+    let rules = std::fs::read_to_string(shipped.join("alerts.yml")).expect("rules read");
+    let rules: String = rules
+        .lines()
+        .map(|l| if l.trim_start().starts_with("for:") { "        for: 0s" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("[5m]", "[30s]");
+    std::fs::write(tmp.path().join("alerts.yml"), rules).expect("rules written");
+    let targets = cluster.metrics.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - alerts.yml\n\
+         scrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    std::fs::write(tmp.path().join("prometheus.yml"), config).expect("config written");
+    let web = format!("127.0.0.1:{}", free_base(1));
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", tmp.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).expect("log file"))
+        .spawn()
+        .expect("prometheus starts");
+    let _prometheus = KillOnDrop(prometheus);
+
+    // Traffic: every Place of `failing` is refused (no worker has room: NO_CAPACITY); every
+    // quota read of `healthy` succeeds. Until the alert fires, within a deadline.
+    let until = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    let alerts = loop {
+        for _ in 0..5 {
+            n += 1;
+            let id = format!("p{n}");
+            let placed =
+                berth(api, login, &["place", "failing", &id, "--cpu", "1", "--memory-mib", "1"]);
+            assert!(!placed.ok && placed.stderr.contains("NO_CAPACITY"), "{}", placed.stderr);
+            ok(api, login, &["quota", "get", "healthy"]);
+        }
+        let (status, body) = http_get(&web, "/api/v1/alerts");
+        if status == 200 {
+            let alerts: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+            let breach = alerts["data"]["alerts"].as_array().cloned().unwrap_or_default();
+            let breach: Vec<serde_json::Value> = breach
+                .into_iter()
+                .filter(|a| a["labels"]["alertname"] == "BerthTenantSLOBreach")
+                .collect();
+            if breach.iter().any(|a| a["state"] == "firing") {
+                break breach;
+            }
+        }
+        let log = std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default();
+        assert!(Instant::now() < until, "BerthTenantSLOBreach did not fire; prometheus: {log}");
+    };
+    let tenants: Vec<&str> =
+        alerts.iter().filter_map(|a| a["labels"]["tenant_id"].as_str()).collect();
+    assert_eq!(tenants, ["failing"], "{alerts:#?}");
+    // Prometheus scraped all three replicas, and none is alerting as down or leaderless.
+    let (_, body) = http_get(&web, "/api/v1/query?query=up");
+    let up: serde_json::Value = serde_json::from_str(&body).expect("query JSON");
+    let scraped = up["data"]["result"].as_array().expect("a vector");
+    assert_eq!(scraped.len(), 3, "{up}");
+    assert!(scraped.iter().all(|s| s["value"][1] == "1"), "{up}");
+    // Every query of the shipped dashboard is one Prometheus accepts.
+    let dashboard = shipped.join("../grafana/berth-tenant-health.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard"))
+            .expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for target in panels.iter().flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default()) {
+        let expr = target["expr"].as_str().expect("expr").replace("$tenant", ".*");
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(&web, &format!("/api/v1/query?query={encoded}"));
+        assert_eq!(status, 200, "{expr}: {body}");
+    }
+    drop(cluster);
 }

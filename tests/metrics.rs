@@ -289,6 +289,29 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
     assert!(value(&s, "berth_wal_sync_duration_seconds_count", &[]).is_some_and(|n| n > 0.0));
     assert!(value(&s, "berth_proposer_batch_commands_count", &[]).is_some_and(|n| n > 0.0));
 
+    // Every metric served is documented, and every metric the shipped alert rules and
+    // dashboard use is one Berth serves (documented, so a typo there fails here).
+    let documented = documented_metrics();
+    for (name, _) in s.keys() {
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(documented.contains(family), "{family} is served but not in docs/metrics.md");
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for shipped in ["cluster/prometheus/alerts.yml", "cluster/grafana/berth-tenant-health.json"] {
+        let text = std::fs::read_to_string(root.join(shipped)).expect("shipped file");
+        for used in metric_names(&text) {
+            let family = ["_total", "_bucket"].iter().find_map(|x| used.strip_suffix(x));
+            let family = family.unwrap_or(&used);
+            assert!(
+                documented.contains(family),
+                "{shipped} uses {used}, which Berth does not serve"
+            );
+        }
+    }
+
     // The leader reports each follower's progress, and its calls to them.
     let s = scrape(&cluster, leader).await;
     assert_eq!(value(&s, "berth_replica_role", &[("role", "leader")]), Some(1.0));
@@ -301,6 +324,35 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
             value(&s, "berth_peer_rpc_duration_seconds_count", &append).is_some_and(|n| n > 0.0)
         );
     }
+}
+
+/// Every `berth_…` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("berth_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// The metrics docs/metrics.md lists (the first column of its tables).
+fn documented_metrics() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/metrics.md")).expect("docs/metrics.md");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `berth_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| {
+            let name = format!("berth_{name}");
+            name.strip_suffix("_total").map(str::to_owned).unwrap_or(name)
+        })
+        .collect()
 }
 
 #[tokio::test]
