@@ -17,6 +17,7 @@ use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -273,11 +274,12 @@ struct TenantFigures {
     limits: BTreeMap<Dimension, u64>,
     queued: u64,
     oldest_queued_at: Option<UnixMillis>,
+    preempted: u64,
 }
 
 impl Collector for TenantCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (now, figures) = self.replica.read_local(|r| {
+        let (now, mut figures) = self.replica.read_local(|r| {
             let s = &r.scheduler;
             let state = s.state();
             let mut figures: BTreeMap<Arc<str>, TenantFigures> = BTreeMap::new();
@@ -317,6 +319,10 @@ impl Collector for TenantCollector {
             }
             (s.now(), figures)
         });
+        for (tenant, preempted) in self.replica.preemptions() {
+            let f = figures.entry(self.tenants.label(Some(&tenant))).or_default();
+            f.preempted = f.preempted.saturating_add(preempted);
+        }
         let per_dimension = |pick: fn(&TenantFigures) -> &BTreeMap<Dimension, u64>| {
             figures
                 .iter()
@@ -351,6 +357,16 @@ impl Collector for TenantCollector {
             "The tenant's placements waiting in the queue",
             figures.iter().map(|(label, f)| (TenantLabel { tenant_id: label.clone() }, f.queued)),
         )?;
+        let mut preemptions = encoder.encode_descriptor(
+            "berth_tenant_preemptions",
+            "The tenant's placements preempted by entries this replica applied since it started",
+            None,
+            MetricType::Counter,
+        )?;
+        for (label, f) in figures.iter().filter(|(_, f)| f.preempted > 0) {
+            let labels = TenantLabel { tenant_id: label.clone() };
+            ConstCounter::new(f.preempted).encode(preemptions.encode_family(&labels)?)?;
+        }
         gauges(
             &mut encoder,
             "berth_tenant_queue_oldest_wait_seconds",

@@ -374,3 +374,34 @@ async fn the_metrics_port_serves_only_get_metrics() {
     parse_openmetrics(&body);
     drop(idle);
 }
+
+/// A tenant's preempted placements are counted, and its queue's depth and oldest wait shown.
+#[tokio::test]
+async fn preemptions_and_the_queue_per_tenant() {
+    let cluster = Cluster::start_with(1, fast_options, true).await;
+    cluster.leader().await;
+    let mut c = clients(&cluster, 1).await;
+    create_tenant(&mut c, "acme").await;
+    register(&mut c, "w1", 4_000).await;
+    let quota =
+        pb::Quota { preemption: Some(pb::Preemption::SameTenant.into()), ..Default::default() };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "acme".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+    let batch = pb::PlacementSpec { requeue_on_preemption: true, ..spec("batch", 3_000) };
+    c.scheduler.place(authed(ADMIN_TOKEN, place("acme", batch))).await.expect("batch placed");
+    let s = scrape(&cluster, 1).await;
+    assert_eq!(value(&s, "berth_tenant_preemptions_total", &[("tenant_id", "acme")]), None);
+    assert_eq!(value(&s, "berth_tenant_queue_depth", &[("tenant_id", "acme")]), Some(0.0));
+    assert_eq!(value(&s, "berth_tenant_queue_oldest_wait_seconds", &[("tenant_id", "acme")]), None);
+
+    // Urgent work preempts the batch, which waits in the queue again.
+    let urgent = pb::PlacementSpec { priority: 5, ..spec("urgent", 2_000) };
+    c.scheduler.place(authed(ADMIN_TOKEN, place("acme", urgent))).await.expect("urgent placed");
+    let s = scrape(&cluster, 1).await;
+    assert_eq!(value(&s, "berth_tenant_preemptions_total", &[("tenant_id", "acme")]), Some(1.0));
+    assert_eq!(value(&s, "berth_tenant_queue_depth", &[("tenant_id", "acme")]), Some(1.0));
+    let waited = value(&s, "berth_tenant_queue_oldest_wait_seconds", &[("tenant_id", "acme")]);
+    assert!(waited.is_some_and(|w| (0.0..60.0).contains(&w)), "{waited:?}");
+    cluster.shutdown().await;
+}

@@ -771,6 +771,12 @@ impl Replica {
         Err(ReadError::NoLeader(last_problem))
     }
 
+    /// Placements of each tenant preempted by the entries this replica applied since it
+    /// started (for its metrics).
+    pub fn preemptions(&self) -> BTreeMap<crate::scheduler::TenantId, u64> {
+        self.inner.sm.preemptions()
+    }
+
     /// Reads this replica's state as it is now (possibly behind the leader).
     pub fn read_local<T>(&self, f: impl FnOnce(&Replicated) -> T) -> T {
         f(&self.inner.sm.read())

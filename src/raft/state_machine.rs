@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,8 @@ use crate::raft::types::{
     BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
 };
-use crate::scheduler::{Applied, Command, Entry, LogIndex, Scheduler};
+use crate::scheduler::events::Event;
+use crate::scheduler::{Applied, Command, Entry, LogIndex, QuotaEvent, Scheduler, TenantId};
 use crate::storage::snapshot_store::{SnapshotFileError, SnapshotStore, StoredSnapshot};
 use crate::usage::{self, Record, UsageStore};
 
@@ -123,6 +125,9 @@ pub struct StateMachine {
     /// Held while a snapshot is built or installed: one at a time, so each sees the snapshot,
     /// base and store the one before it left.
     snapshotting: Arc<tokio::sync::Mutex<()>>,
+    /// Placements of each tenant preempted by the entries this replica applied since it
+    /// started (for its metrics).
+    preemptions: Arc<Mutex<BTreeMap<TenantId, u64>>>,
 }
 
 fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
@@ -152,6 +157,7 @@ impl StateMachine {
             usage,
             base: Arc::default(),
             snapshotting: Arc::default(),
+            preemptions: Arc::default(),
         };
         if let Some(stored) = sm.store.load().map_err(|e| snapshot_err(None, e))? {
             let (restored, image) = decode_body(&stored.meta, &stored.data)?;
@@ -173,6 +179,12 @@ impl StateMachine {
     /// The events this replica applied, for watchers.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// Placements of each tenant preempted by the entries this replica applied since it
+    /// started (replayed entries included).
+    pub fn preemptions(&self) -> BTreeMap<TenantId, u64> {
+        self.preemptions.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The usage history of this replica.
@@ -269,6 +281,18 @@ impl StateMachine {
         }
     }
 
+    fn count_preemptions(&self, events: &[Event]) {
+        let mut preempted = events.iter().filter_map(|event| match event {
+            Event::Quota(QuotaEvent::Preempted { tenant, .. }) => Some(tenant),
+            _ => None,
+        });
+        let Some(first) = preempted.next() else { return };
+        let mut counts = self.preemptions.lock().unwrap_or_else(|p| p.into_inner());
+        for tenant in std::iter::once(first).chain(preempted) {
+            *counts.entry(tenant.clone()).or_default() += 1;
+        }
+    }
+
     /// Applies one command through the core; a panic comes back as the fail-stop reason,
     /// naming where it happened. (The panic hook has already printed the panic itself.)
     fn apply_command(
@@ -284,6 +308,7 @@ impl StateMachine {
         applied
             .map(|mut applied| {
                 let events = std::mem::take(&mut applied.journal);
+                self.count_preemptions(&events);
                 let changed = usage::tenants_changed(&events);
                 if !changed.is_empty() {
                     let state = scheduler.state();
