@@ -31,10 +31,16 @@ use crate::storage::LogStore;
 
 /// The content type of a scrape's answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Most scrapes served at once; more connections wait to be served.
+/// Most scrapes served at once; more connections wait to be accepted.
 const SCRAPES_MAX: usize = 8;
-/// Longest a connection may take to send its request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection may take to send its request's headers (Prometheus sends them at
+/// once): a client that connects and says nothing holds a scrape's place no longer than this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection may stay open in all (one request, one answer: a client that does not
+/// read its answer is cut off after this).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after an accept fails (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One replica's metrics.
 pub struct Metrics {
@@ -83,37 +89,47 @@ impl Metrics {
         self.requests.clone()
     }
 
-    /// The OpenMetrics text of every metric now.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text of every metric now (`None` if a metric could not be written).
+    pub fn encode(&self) -> Option<String> {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("invariant: writing to a String does not fail");
-        text
+        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            Ok(()) => Some(text),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the metrics failed");
+                None
+            }
+        }
     }
 }
 
+/// `value` as a gauge. prometheus-client writes integer gauges as `i64` and fails above its
+/// maximum (a hard limit may be any u64): such a value is written as `i64::MAX`.
+fn clamped(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
 /// One gauge family written at a scrape: a descriptor, then one value per label set.
-fn gauges<S: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
+fn gauges<S: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    values: impl IntoIterator<Item = (S, V)>,
+    values: impl IntoIterator<Item = (S, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        clamped(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
 /// A gauge without labels.
-fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: V,
+    value: u64,
 ) -> Result<(), std::fmt::Error> {
-    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    clamped(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 #[derive(Debug)]
@@ -367,24 +383,24 @@ impl Collector for TenantCollector {
             let labels = TenantLabel { tenant_id: label.clone() };
             ConstCounter::new(f.preempted).encode(preemptions.encode_family(&labels)?)?;
         }
-        gauges(
-            &mut encoder,
+        let mut oldest = encoder.encode_descriptor(
             "berth_tenant_queue_oldest_wait_seconds",
             "How long the tenant's longest-waiting queued placement has waited, in log time",
-            figures.iter().filter_map(|(label, f)| {
-                let waited = now.0.saturating_sub(f.oldest_queued_at?.0);
-                Some((
-                    TenantLabel { tenant_id: label.clone() },
-                    Duration::from_millis(waited).as_secs_f64(),
-                ))
-            }),
+            None,
+            MetricType::Gauge,
         )?;
+        for (label, f) in &figures {
+            let Some(queued_at) = f.oldest_queued_at else { continue };
+            let waited = Duration::from_millis(now.0.saturating_sub(queued_at.0)).as_secs_f64();
+            let labels = TenantLabel { tenant_id: label.clone() };
+            ConstGauge::new(waited).encode(oldest.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
 
-/// Serves `GET /metrics` (HTTP/1.1, plaintext) on every connection `incoming` yields, until
-/// `stopped` resolves.
+/// Serves `GET /metrics` (HTTP/1.1, plaintext, one request per connection) on every
+/// connection `incoming` yields, at most `SCRAPES_MAX` at once, until `stopped` resolves.
 pub async fn serve<I, IO, IE>(
     metrics: Arc<Metrics>,
     incoming: I,
@@ -405,12 +421,19 @@ pub async fn serve<I, IO, IE>(
                 Some(Ok(io)) => io,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
                 None => break,
             },
         };
-        let Ok(permit) = scrapes.clone().acquire_owned().await else { break };
+        let permit = tokio::select! {
+            _ = &mut stopped => break,
+            permit = scrapes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let metrics = metrics.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -420,10 +443,14 @@ pub async fn serve<I, IO, IE>(
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended with an error"),
+                Err(_) => {
+                    tracing::debug!("metrics connection cut off after {CONNECTION_TIMEOUT:?}")
+                }
             }
             drop(permit);
         });
@@ -434,7 +461,14 @@ pub async fn serve<I, IO, IE>(
 
 fn answer<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        (&Method::GET, "/metrics") => match metrics.encode() {
+            Some(text) => (StatusCode::OK, CONTENT_TYPE, text),
+            None => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "the metrics could not be written; see the replica's log\n".to_owned(),
+            ),
+        },
         (_, "/metrics") => {
             (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET /metrics\n".to_owned())
         }

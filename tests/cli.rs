@@ -1146,7 +1146,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// The shipped Prometheus configuration and alert rules pass `promtool`; a real Prometheus
 /// scrapes a `berth up` cluster with them, and `BerthTenantSLOBreach` fires for a tenant whose
-/// requests fail and not for one whose requests succeed.
+/// requests fail for the service's reasons and not for one whose failures are its own.
 #[test]
 fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
     if !prometheus_installed("prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo") {
@@ -1202,8 +1202,10 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
         .expect("prometheus starts");
     let _prometheus = KillOnDrop(prometheus);
 
-    // Traffic: every Place of `failing` is refused (no worker has room: NO_CAPACITY); every
-    // quota read of `healthy` succeeds. Until the alert fires, within a deadline.
+    // Traffic: every Place of `failing` is refused (no worker has room: NO_CAPACITY, the
+    // service's failure); half of `healthy`'s requests fail too, but by its own mistake (an
+    // invalid placement id: INVALID_ARGUMENT), which must not page. Until the alert fires,
+    // within a deadline.
     let until = Instant::now() + Duration::from_secs(120);
     let mut n = 0;
     let alerts = loop {
@@ -1214,6 +1216,12 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
                 berth(api, login, &["place", "failing", &id, "--cpu", "1", "--memory-mib", "1"]);
             assert!(!placed.ok && placed.stderr.contains("NO_CAPACITY"), "{}", placed.stderr);
             ok(api, login, &["quota", "get", "healthy"]);
+            let invalid = berth(
+                api,
+                login,
+                &["place", "healthy", "no spaces allowed", "--cpu", "1", "--memory-mib", "1"],
+            );
+            assert!(!invalid.ok && invalid.stderr.contains("INVALID"), "{}", invalid.stderr);
         }
         let (status, body) = http_get(&web, "/api/v1/alerts");
         if status == 200 {

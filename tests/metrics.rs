@@ -203,6 +203,14 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
     let set =
         pb::SetQuotaRequest { request_id: rid(), tenant_id: "alpha".into(), quota: Some(quota) };
     c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
+    // A limit as large as a u64 goes: more than a gauge holds, written as the largest one.
+    let quota = pb::Quota {
+        total: Some(pb::Limits { cpu_millis: Some(u64::MAX), ..Default::default() }),
+        ..Default::default()
+    };
+    let set =
+        pb::SetQuotaRequest { request_id: rid(), tenant_id: "beta".into(), quota: Some(quota) };
+    c.tenants.set_quota(authed(ADMIN_TOKEN, set)).await.expect("quota set");
     let alpha = issue_token(&mut c, "alpha").await;
     let beta = issue_token(&mut c, "beta").await;
 
@@ -273,6 +281,8 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
     .await;
     let jobs = [("tenant_id", "alpha"), ("dimension", "jobs")];
     assert_eq!(value(&s, "berth_tenant_quota_limit", &jobs), Some(2.0));
+    let huge = [("tenant_id", "beta"), ("dimension", "cpu_millis")];
+    assert_eq!(value(&s, "berth_tenant_quota_limit", &huge), Some(i64::MAX as f64));
     assert_eq!(
         value(&s, "berth_tenant_usage", &[("tenant_id", "alpha"), ("dimension", "cpu_millis")]),
         Some(200.0)
@@ -366,12 +376,20 @@ async fn the_metrics_port_serves_only_get_metrics() {
     assert_eq!(status, 404);
     let (status, _, _) = http(&addr, "POST", "/metrics").await;
     assert_eq!(status, 405);
-    // A request that never finishes its headers does not hold the port: others are served.
-    let mut idle = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    idle.write_all(b"GET /metr").await.expect("partial request");
+    // Clients that connect and never finish their request hold the port's every place, but
+    // only for its header timeout (2 s): a scrape behind them is answered soon after.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        stream.write_all(b"GET /metr").await.expect("partial request");
+        idle.push(stream);
+    }
+    let started = std::time::Instant::now();
     let (status, _, body) = http(&addr, "GET", "/metrics").await;
     assert_eq!(status, 200);
     parse_openmetrics(&body);
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(6), "a scrape waited {waited:?}");
     drop(idle);
 }
 
@@ -403,5 +421,40 @@ async fn preemptions_and_the_queue_per_tenant() {
     assert_eq!(value(&s, "berth_tenant_queue_depth", &[("tenant_id", "acme")]), Some(1.0));
     let waited = value(&s, "berth_tenant_queue_oldest_wait_seconds", &[("tenant_id", "acme")]);
     assert!(waited.is_some_and(|w| (0.0..60.0).contains(&w)), "{waited:?}");
+    cluster.shutdown().await;
+}
+
+/// A request dropped before it was answered (here: its deadline passed while its write could
+/// not commit, with both followers stopped) is still counted, as `CANCELLED`/`DROPPED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_at_its_deadline_is_counted() {
+    let mut cluster = Cluster::start_with(3, fast_options, true).await;
+    let leader = cluster.leader().await;
+    let mut c = clients(&cluster, leader).await;
+    create_tenant(&mut c, "acme").await;
+    for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+        cluster.stop(id).await;
+    }
+    let mut request = authed(
+        ADMIN_TOKEN,
+        pb::CreateTenantRequest {
+            request_id: rid(),
+            tenant_id: "late".into(),
+            ..Default::default()
+        },
+    );
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let late = c.tenants.create_tenant(request).await.expect_err("no quorum to commit");
+    assert!(
+        [tonic::Code::DeadlineExceeded, tonic::Code::Cancelled].contains(&late.code()),
+        "{late:?}"
+    );
+    let s = poll("the dropped request to be counted", || async {
+        let s = scrape(&cluster, leader).await;
+        requests(&s, "late", "Tenants/CreateTenant").is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(requests(&s, "late", "Tenants/CreateTenant"), Some(1.0));
+    assert_eq!(errors(&s, "late", "Tenants/CreateTenant", "CANCELLED", "DROPPED"), Some(1.0));
     cluster.shutdown().await;
 }

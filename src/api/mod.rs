@@ -90,8 +90,8 @@ impl Api {
         request_id: &str,
         command: Command,
     ) -> Result<(Response, pb::WriteInfo), Status> {
-        observe::write(request_id);
         let request_id = auth::request_id(request_id)?;
+        observe::write(&request_id.0);
         // The core checks the same bounds again when it applies the command; checking here
         // keeps a command it would refuse out of the log.
         command.validate().map_err(|rejection| status::rejection(&rejection))?;

@@ -41,6 +41,8 @@ pub const TENANT_OTHER: &str = "_other";
 pub const TENANT_NONE: &str = "_none";
 /// The `rpc` of a path the server does not serve.
 pub const RPC_UNKNOWN: &str = "_unknown";
+/// The `reason` of a request dropped before it was answered (code `CANCELLED`).
+pub const REASON_DROPPED: &str = "DROPPED";
 
 /// Request latency buckets, in seconds: 100 µs to about 6.5 s, doubling.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -379,13 +381,26 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request being handled, with its slot for notes; recorded when its response is ready.
+    /// A request being handled, with its slot for notes; recorded when its response is ready,
+    /// or as `CANCELLED` if it is dropped before (the client went away, or its deadline
+    /// passed: tonic's deadline drops the handler).
     pub struct Observed<F: Future> {
         #[pin]
         handled: tokio::task::futures::TaskLocalFuture<RefCell<Noted>, F>,
         started: Instant,
         rpc: Option<Arc<str>>,
         metrics: Arc<RequestMetrics>,
+    }
+
+    impl<F: Future> PinnedDrop for Observed<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(rpc) = this.rpc.take() {
+                let noted = this.handled.take_value().map(RefCell::into_inner).unwrap_or_default();
+                let noted = Noted { reason: Some(REASON_DROPPED.to_owned()), ..noted };
+                this.metrics.record(rpc, tonic::Code::Cancelled, noted, this.started.elapsed());
+            }
+        }
     }
 }
 
