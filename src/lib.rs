@@ -36,7 +36,8 @@
 //!   restored from them, queried by range.
 //!   → `codec`, `fatal`, `scheduler`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
-//!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.
+//!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.;
+//!   and `accept`, how the API and metrics listeners take their next connection.
 //!   Imports nothing.
 //! - `tls` — certificates (a CA for `berth up`, `berth certs`, tests and the simulation),
 //!   mutual TLS on the peer port with admission by membership, TLS on the API and for

@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 
 use crate::api::observe::{RequestMetrics, TenantLabels};
 use crate::raft::replica::Replica;
@@ -39,8 +39,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a connection may stay open in all (one request, one answer: a client that does not
 /// read its answer is cut off after this).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// The pause after an accept fails (out of file descriptors, say) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One replica's metrics.
 pub struct Metrics {
@@ -415,17 +413,8 @@ pub async fn serve<I, IO, IE>(
     let mut stopped = std::pin::pin!(stopped);
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let io = tokio::select! {
-            _ = &mut stopped => break,
-            next = incoming.next() => match next {
-                Some(Ok(io)) => io,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-                None => break,
-            },
+        let Some(io) = crate::network::accept(&mut incoming, &mut stopped, "metrics").await else {
+            break;
         };
         let permit = tokio::select! {
             _ = &mut stopped => break,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 
 use crate::api::connection::ApiStream;
 use crate::api::observe::ObserveLayer;
@@ -269,16 +269,8 @@ where
         let mut incoming = std::pin::pin!(incoming);
         let mut stopped = std::pin::pin!(stopped);
         loop {
-            let io = tokio::select! {
-                _ = &mut stopped => return,
-                next = incoming.next() => match next {
-                    Some(Ok(io)) => io,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "accepting an API connection failed");
-                        continue;
-                    }
-                    None => return,
-                },
+            let Some(io) = network::accept(&mut incoming, &mut stopped, "API").await else {
+                return;
             };
             let Some(tls) = &tls else {
                 let connection = ApiStream::new(Box::new(io));

@@ -39,3 +39,31 @@ pub fn tcp_connect(connect_timeout: Duration) -> Connect {
         })
     })
 }
+
+/// The pause after accepting a connection failed (out of file descriptors, say) before the
+/// next try, so a listener that keeps failing does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection `incoming` yields, or `None` once `stopped` resolves or `incoming`
+/// ends. A failed accept is logged (naming the `port`) and tried again after
+/// `ACCEPT_BACKOFF`. Every listener of a server (API, metrics) accepts through this.
+pub async fn accept<IO, IE: std::fmt::Display>(
+    incoming: &mut Pin<&mut impl tokio_stream::Stream<Item = Result<IO, IE>>>,
+    stopped: &mut Pin<&mut impl Future<Output = ()>>,
+    port: &str,
+) -> Option<IO> {
+    use tokio_stream::StreamExt;
+    loop {
+        tokio::select! {
+            _ = stopped.as_mut() => return None,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => return Some(io),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, port, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                None => return None,
+            },
+        }
+    }
+}

@@ -60,7 +60,7 @@ use crate::tls::{Admitted, PeerTls};
 
 pub mod connect;
 
-pub use connect::{tcp_connect, Connect, Connecting, PeerStream};
+pub use connect::{accept, tcp_connect, Connect, Connecting, PeerStream};
 
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const PEER_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -444,7 +444,10 @@ pub async fn serve<H, I, IO, IE>(
                         }
                     });
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "accepting a peer connection failed"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(connect::ACCEPT_BACKOFF).await;
+                }
                 None => break,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
