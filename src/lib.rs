@@ -19,7 +19,8 @@
 //!   (`Applied::journal`, in order, the same on every replica), the source of watches;
 //!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan;
 //!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop;
-//!   `scheduler::invoice` closes each tenant's months into immutable invoices.
+//!   `scheduler::invoice` closes each tenant's months into immutable invoices;
+//!   `scheduler::rates` limits each tenant's writes with a token bucket and a daily count.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
@@ -56,7 +57,8 @@
 //!   heartbeat batcher (`heartbeats`), the server streams (`streams`: Watch,
 //!   WatchAssignments), the per-connection state its requests share (`ApiStream`, under
 //!   tonic), and what each request did (`observe`: the layer that counts and logs it, by
-//!   tenant, RPC and reason, with bounded labels).
+//!   tenant, RPC and reason, with bounded labels), and tenants' read rate limits on this
+//!   replica (`limits`; writes are limited in the core, `scheduler::rates`).
 //!   → `raft`, `usage`, `scheduler`, `network::connect`.
 //! - `metrics` — a replica's Prometheus metrics: the API's request counts, log syncs, batches
 //!   and peer calls as they happen; its Raft view and each tenant's usage, quota and queue

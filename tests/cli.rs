@@ -290,6 +290,22 @@ fn up_and_client_subcommands() {
     );
     assert!(!bad.ok && bad.stderr.contains("INVALID_ARGUMENT"), "below usage: {}", bad.stderr);
     ok(api, login, &["quota", "guarantee", "acme", "default", "--remove"]);
+    // Rate limits: set, shown with what they allow now, and removed by no flag.
+    ok(api, login, &["quota", "rate", "acme", "--token-rate", "50", "--daily-quota", "1000"]);
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    let limits = &quota["rate_limits"];
+    assert_eq!(
+        (limits["token_rate"].as_u64(), limits["daily_quota"].as_u64()),
+        (Some(50), Some(1_000))
+    );
+    assert_eq!(quota["rate"]["writes_available"].as_u64(), Some(50), "a full bucket: {quota}");
+    let bad = berth(api, login, &["quota", "rate", "acme", "--burst-rate", "5"]);
+    assert!(!bad.ok && bad.stderr.contains("--token-rate"), "{}", bad.stderr);
+    ok(api, login, &["quota", "rate", "acme"]);
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert!(quota["rate_limits"].is_null(), "removed: {quota}");
     // A pool reserve (8 cores in the pool): shown, and a guarantee that would eat into it is
     // refused with the reason.
     ok(api, login, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);

@@ -11,9 +11,9 @@ use berth::scheduler::resources::{LABELS_MAX, LABEL_LEN_MAX, RULES_MAX};
 use berth::scheduler::{
     meter, Budget, Command, Config, Entry, Fence, GroupId, GroupStrategy, Guarantee, Item, LabelOp,
     LabelRequirement, LabelTerm, Labels, LeaseName, Limits, LogIndex, OnWorkerLost, PlaceSpec,
-    PlacementId, PlanId, PoolId, Preemption, Prices, Quota, ReportedStatus, RequestId, Resources,
-    Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread, TenantId, Tier, TokenHash,
-    TokenId, UnixMillis, UsageRetention, WindowLimits, WindowPolicy, WorkerId,
+    PlacementId, PlanId, PoolId, Preemption, Prices, Quota, RateLimits, ReportedStatus, RequestId,
+    Resources, Scheduler, SoftLimit, SoftLimits, SoftShare, Strategy as Spread, TenantId, Tier,
+    TokenHash, TokenId, UnixMillis, UsageRetention, WindowLimits, WindowPolicy, WorkerId,
     HEARTBEATS_PER_ENTRY_MAX, MAX_RUNTIME_MAX_MS, SESSIONS_PER_TENANT_MAX, STATUS_MESSAGE_LEN_MAX,
     TOKEN_TTL_MAX_MS, WORKER_TTL_MAX_MS, WORKER_TTL_MIN_MS,
 };
@@ -455,6 +455,17 @@ fn prices() -> impl Strategy<Value = Prices> {
 }
 
 /// Budgets sane and extreme: tiny, huge, too precise, negative; thresholds in and out of order.
+/// Rate limits small enough to bite within a case, and at and past every bound.
+fn rate_limits() -> impl Strategy<Value = RateLimits> {
+    let rate = prop::option::of(prop_oneof![4 => 1..=5u32, 1 => extreme_u32()]);
+    let daily = prop::option::of(prop_oneof![4 => 1..=5u64, 1 => extreme_u64()]);
+    (rate.clone(), rate, daily).prop_map(|(token_rate, burst_rate, daily_quota)| RateLimits {
+        token_rate,
+        burst_rate,
+        daily_quota,
+    })
+}
+
 fn budget() -> impl Strategy<Value = Budget> {
     let amount = || {
         select(vec![
@@ -557,6 +568,9 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (tenant(), prop::option::of(budget()).boxed()).prop_map(|(tenant, budget)| {
             Command::SetBudget { tenant, budget }
         }),
+        2 => (tenant(), prop::option::of(rate_limits())).prop_map(|(tenant, limits)| {
+            Command::SetRateLimits { tenant, limits }
+        }),
         1 => (
             tenant(),
             // Months around log time (November 2023 is 646), and extremes.
@@ -615,7 +629,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0..8u32).prop_map(|n| Some(format!("r{n}"))),
         1 => extreme_string().prop_map(Some),
     ];
-    (clock(), request_id, prop::option::weighted(0.05, token_hash()), command())
+    (clock(), request_id, prop::option::weighted(0.15, token_hash()), command())
         .prop_map(|(clock, request_id, token, command)| Step { clock, request_id, token, command })
 }
 

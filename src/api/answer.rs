@@ -135,6 +135,7 @@ narrow! {
         Response::LeaderChanged { .. },
         Response::ConfigSet,
         Response::BudgetSet,
+        Response::RateLimitsSet,
         Response::InvoiceAdjusted,
         Response::WorkerUpdated,
         Response::WorkerSchedulable { .. },

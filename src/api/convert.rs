@@ -8,8 +8,8 @@ use super::pb;
 use super::status::invalid;
 use crate::scheduler::ids::quoted;
 use crate::scheduler::{
-    Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, SoftLimit,
-    SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
+    Burst, Decision, EffectiveQuota, Guarantee, Preemption, QueueStatus, QuotaEvent, RateLimits,
+    SoftLimit, SoftLimits, SoftShare, WaitReason, WindowLimits, WindowPolicy, WindowUsage,
 };
 use crate::scheduler::{
     Fence, Finished, FinishedState, GroupStrategy, LabelOp, LabelRequirement, LabelTerm, Lease,
@@ -1032,5 +1032,45 @@ pub fn pb_invoice(i: &crate::scheduler::Invoice) -> pb::Invoice {
         closed_at_ms: i.closed_at.0,
         log_index: i.log_index.0,
         automatic: i.automatic,
+    }
+}
+
+/// Rate limits as sent: 0 is "not limited that way"; all zero (or unset) is `None`. A
+/// `burst_rate` alone is kept, for `RateLimits::validate` to refuse.
+pub fn rate_limits(r: Option<pb::RateLimits>) -> Option<RateLimits> {
+    let r = r.unwrap_or_default();
+    let limits = RateLimits {
+        token_rate: (r.token_rate != 0).then_some(r.token_rate),
+        burst_rate: (r.burst_rate != 0).then_some(r.burst_rate),
+        daily_quota: (r.daily_quota != 0).then_some(r.daily_quota),
+    };
+    (limits != RateLimits::default()).then_some(limits)
+}
+
+pub fn pb_rate_limits(r: &RateLimits) -> pb::RateLimits {
+    pb::RateLimits {
+        token_rate: r.token_rate.unwrap_or(0),
+        burst_rate: r.burst_rate.unwrap_or(0),
+        daily_quota: r.daily_quota.unwrap_or(0),
+    }
+}
+
+/// What `tenant`'s rate limits allow at the state's log time.
+pub fn rate_status(s: &crate::scheduler::Scheduler, t: &Tenant) -> pb::RateStatus {
+    use crate::scheduler::windows::DAY_MS;
+    let now = s.now();
+    let own = t.rate.as_deref();
+    pb::RateStatus {
+        writes_available: own.and_then(|r| r.bucket.available(&r.limits, now.0)).unwrap_or(0),
+        writes_today: own.map_or(0, |r| r.today_at(now)),
+        day_resets_at_ms: (now.0 / DAY_MS + 1).saturating_mul(DAY_MS),
+        lineage: s
+            .rate_lineage(&t.id)
+            .iter()
+            .map(|(id, limits)| pb::RateLimitsOf {
+                tenant_id: id.to_string(),
+                limits: Some(pb_rate_limits(limits)),
+            })
+            .collect(),
     }
 }

@@ -16,6 +16,7 @@ pub mod connection;
 pub mod convert;
 mod heartbeats;
 mod leases;
+mod limits;
 pub mod observe;
 mod placements;
 pub mod status;
@@ -63,12 +64,15 @@ pub struct Api {
     lookups: Arc<auth::LookupBudget>,
     /// Gathers heartbeats into one command per batch.
     heartbeats: heartbeats::Batcher,
+    /// Tenants' read buckets on this replica.
+    reads: Arc<limits::ReadLimiter>,
 }
 
 impl Api {
     pub fn new(replica: Replica, admin: TokenHash) -> Self {
         let heartbeats = heartbeats::Batcher::start(replica.clone());
-        Api { replica, admin, lookups: Arc::new(auth::LookupBudget::per_replica()), heartbeats }
+        let lookups = Arc::new(auth::LookupBudget::per_replica());
+        Api { replica, admin, lookups, heartbeats, reads: Arc::default() }
     }
 
     async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
@@ -133,6 +137,12 @@ impl Api {
         options: Option<pb::ReadOptions>,
         f: impl FnOnce(&Scheduler) -> T,
     ) -> Result<T, Status> {
+        if let Caller::Tenant(tenant, _) = caller {
+            let lineage = self.replica.read_local(|s| s.scheduler.rate_lineage(tenant));
+            self.reads
+                .take(&lineage, Instant::now())
+                .map_err(|rejection| status::rejection(&rejection))?;
+        }
         let consistency = if options.is_some_and(|o| o.stale_ok) {
             Consistency::Stale
         } else {

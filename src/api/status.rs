@@ -42,7 +42,12 @@ pub fn error(
     metadata: Vec<(String, String)>,
 ) -> Status {
     super::observe::reason(reason);
-    let details = ErrorDetails::with_error_info(
+    // A refusal that says when to come back says it in RetryInfo too, where gRPC clients look.
+    let retry_after_ms = metadata
+        .iter()
+        .find(|(key, _)| key == "retry_after_ms")
+        .and_then(|(_, value)| value.parse::<u64>().ok());
+    let mut details = ErrorDetails::with_error_info(
         reason,
         DOMAIN,
         metadata
@@ -56,6 +61,9 @@ pub fn error(
             })
             .collect::<std::collections::HashMap<_, _>>(),
     );
+    if let Some(ms) = retry_after_ms {
+        details.set_retry_info(Some(std::time::Duration::from_millis(ms)));
+    }
     Status::with_error_details(code, bounded(message.into()), details)
 }
 
@@ -95,6 +103,7 @@ fn code(rejection: &Rejection) -> Code {
         Rejection::QuotaExceeded { .. }
         | Rejection::WindowExhausted { .. }
         | Rejection::BudgetSpent { .. }
+        | Rejection::RateLimited { .. }
         | Rejection::NoCapacity { .. }
         | Rejection::NotLendable { .. }
         | Rejection::GroupFull { .. }

@@ -121,6 +121,8 @@ impl pb::tenants_server::Tenants for Api {
                     burst: t.burst.as_ref().map(convert::burst),
                     queued: s.queued_count(&tenant),
                     windows: s.window_usage(&tenant).as_ref().map(convert::window_usage),
+                    rate_limits: t.rate.as_ref().map(|r| convert::pb_rate_limits(&r.limits)),
+                    rate: Some(convert::rate_status(s, t)),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage
@@ -132,6 +134,20 @@ impl pb::tenants_server::Tenants for Api {
             })
             .await?;
         Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
+    }
+
+    async fn set_rate_limits(
+        &self,
+        request: Request<pb::SetRateLimitsRequest>,
+    ) -> Result<pb::SetRateLimitsResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = valid_tenant(&r.tenant_id)?;
+        let limits = convert::rate_limits(r.limits);
+        let command = Command::SetRateLimits { tenant, limits };
+        let (_, write) = self.write(&caller, &r.request_id, command).await?;
+        Ok(Reply::new(pb::SetRateLimitsResponse { write: Some(write) }))
     }
 
     async fn issue_token(

@@ -22,6 +22,7 @@ use super::invoice::{validate_month, Adjustment, Invoice};
 use super::meter::Prices;
 use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
+use super::rates::{RateLimit, RateLimits};
 use super::resources::{
     validate_labels, LabelRequirement, LabelTerm, Labels, Resources, POOL_RESOURCES_MAX, RULES_MAX,
     WORKER_RESOURCES_MAX,
@@ -280,6 +281,12 @@ pub enum Command {
         tenant: TenantId,
         budget: Option<Budget>,
     },
+    /// `tenant`'s rate limits on writes from now, with a full bucket (`None` or all unset:
+    /// none); see `rates.rs`.
+    SetRateLimits {
+        tenant: TenantId,
+        limits: Option<RateLimits>,
+    },
     /// A credit (negative) or charge on `tenant`'s invoice for `month` (months since January
     /// 1970), while that month is open (`invoice.rs`).
     AdjustInvoice {
@@ -500,6 +507,9 @@ impl Command {
                 plan.as_ref().map_or(Ok(()), |p| validate_object_id("plan", p.as_str()))
             }
             Command::SetBudget { budget, .. } => budget.as_ref().map_or(Ok(()), Budget::validate),
+            Command::SetRateLimits { limits, .. } => {
+                limits.as_ref().map_or(Ok(()), RateLimits::validate)
+            }
             Command::AdjustInvoice { month, amount, reason, .. } => {
                 validate_month(*month)?;
                 Adjustment::validate(*amount, reason)
@@ -562,6 +572,7 @@ impl Command {
             | Command::ReportStatus { tenant, .. }
             | Command::SetBillingPlan { tenant, .. }
             | Command::SetBudget { tenant, .. }
+            | Command::SetRateLimits { tenant, .. }
             | Command::AdjustInvoice { tenant, .. }
             | Command::CloseInvoice { tenant, .. } => Some(tenant),
         }
@@ -600,6 +611,7 @@ impl Command {
             Command::SetPricePlan { .. } => "SetPricePlan",
             Command::SetBillingPlan { .. } => "SetBillingPlan",
             Command::SetBudget { .. } => "SetBudget",
+            Command::SetRateLimits { .. } => "SetRateLimits",
             Command::AdjustInvoice { .. } => "AdjustInvoice",
             Command::CloseInvoice { .. } => "CloseInvoice",
         }
@@ -772,6 +784,7 @@ pub enum Response {
     },
     BillingPlanSet,
     BudgetSet,
+    RateLimitsSet,
     InvoiceAdjusted,
     InvoiceClosed(Box<Invoice>),
     /// The report was recorded; `finished` when it ended the placement (then released).
@@ -878,6 +891,14 @@ pub enum Rejection {
         used: u64,
         resets_at: UnixMillis,
     },
+    #[error("the {} of {limited_by} is spent; retry after {retry_after_ms} ms", limit.name())]
+    RateLimited {
+        /// The tenant whose rate limit holds the write back: the caller or an ancestor.
+        limited_by: TenantId,
+        limit: RateLimit,
+        /// Ms until that limit (and every other in the lineage) allows one write.
+        retry_after_ms: u64,
+    },
     #[error("the {} budget of {tenant} is spent: {spent} of {budget}; it resets at {resets_at}", period.window_name())]
     BudgetSpent {
         tenant: TenantId,
@@ -979,6 +1000,7 @@ impl Rejection {
             Rejection::PoolDenied { .. } => "POOL_DENIED",
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::BudgetSpent { .. } => "QUOTA_EXCEEDED",
+            Rejection::RateLimited { .. } => "RATE_LIMITED",
             Rejection::InvoiceClosed { .. } => "INVOICE_CLOSED",
             Rejection::InvoiceUnavailable { .. } => "INVOICE_UNAVAILABLE",
             Rejection::MonthNotEnded { .. } => "MONTH_NOT_ENDED",
@@ -1044,6 +1066,12 @@ impl Rejection {
                 put("limit", budget.to_string());
                 put("used", spent.to_string());
                 put("resets_at_ms", resets_at.0.to_string());
+            }
+            Rejection::RateLimited { limited_by, limit, retry_after_ms } => {
+                put("tenant", limited_by.to_string());
+                put("limit_kind", "rate".to_owned());
+                put("limit", limit.name().to_owned());
+                put("retry_after_ms", retry_after_ms.to_string());
             }
             Rejection::PoolDenied { limited_by, pool } => {
                 put("tenant", limited_by.to_string());

@@ -56,6 +56,20 @@ impl Scheduler {
                     bad.push(format!("tenant {}'s invoice of month {month} does not add up", t.id));
                 }
             }
+            // Rate limits as `SetRateLimits` checks them, a bucket no fuller than its size and
+            // no later than log time (a peer's snapshot must not hold a rate of 0 or a day
+            // still to come).
+            if let Some(rate) = &t.rate {
+                let full = super::rates::Bucket::full(&rate.limits, s.now.0).level;
+                if rate.limits.validate().is_err()
+                    || rate.limits.is_unlimited()
+                    || rate.bucket.level > full
+                    || rate.bucket.at > s.now.0
+                    || rate.day > s.now.0 / super::windows::DAY_MS
+                {
+                    bad.push(format!("tenant {}'s rate limits or bucket are out of bounds", t.id));
+                }
+            }
             if t.meter.integrated_at > s.now {
                 bad.push(format!("tenant {}'s meter is ahead of log time", t.id));
             }

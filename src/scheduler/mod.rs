@@ -35,6 +35,7 @@ mod preempt;
 pub mod query;
 mod queue;
 pub mod quota;
+pub mod rates;
 pub mod resources;
 mod snapshot;
 pub mod state;
@@ -66,6 +67,9 @@ pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_
 pub use quota::{
     Burst, Dimension, EffectiveQuota, Guarantee, LimitKind, Limits, PerDimension, Preemption,
     Quota, QuotaEvent, SoftLimit, SoftLimits, SoftShare, Usage, UsageTotals,
+};
+pub use rates::{
+    Bucket, RateLimit, RateLimits, RateState, BURST_RATE_MAX, DAILY_QUOTA_MAX, TOKEN_RATE_MAX,
 };
 pub use resources::{
     LabelOp, LabelRequirement, LabelTerm, Labels, Resources, POOL_CPU_MILLIS_MAX,
@@ -297,6 +301,14 @@ impl Scheduler {
             }
         }
 
+        // A tenant's write within its rate limits (and its ancestors'), or refused unremembered,
+        // so the same request id retried later is judged again.
+        if let (Some(_), Some(tenant)) = (token, command.tenant()) {
+            if let Err(rejection) = self.take_write(tenant) {
+                return self.answer(index, Err(rejection), expired);
+            }
+        }
+
         let emitted = self.journal.len();
         let result = self.execute(index, command);
         if result.is_err() {
@@ -404,6 +416,7 @@ impl Scheduler {
             }
             Command::SetBillingPlan { tenant, plan } => self.set_billing_plan(&tenant, plan),
             Command::SetBudget { tenant, budget } => self.set_budget(&tenant, budget),
+            Command::SetRateLimits { tenant, limits } => self.set_rate_limits(&tenant, limits),
             Command::AdjustInvoice { tenant, month, amount, reason } => {
                 self.adjust_invoice(index, &tenant, month, amount, reason)
             }

@@ -26,7 +26,8 @@ use super::{Scheduler, State};
 /// store's dump rides in the snapshot).
 /// 12: a stored snapshot holds the usage store as a base file's name and the changes since it
 /// (the dump whole only when sent to a follower).
-pub const SNAPSHOT_VERSION: u32 = 12;
+/// 13: tenants gained rate limits and their buckets (`rates.rs`).
+pub const SNAPSHOT_VERSION: u32 = 13;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

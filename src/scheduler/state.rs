@@ -17,6 +17,7 @@ use super::invoice::Invoices;
 use super::meter::{Meter, PricePlan};
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
+use super::rates::RateState;
 use super::resources::{Labels, Resources};
 use super::windows::{WindowCounters, DAY_MS, HOUR_MS};
 
@@ -240,6 +241,8 @@ pub struct Tenant {
     pub budget: Option<Box<BudgetState>>,
     /// Its closed invoices and the adjustments of its open months (`invoice.rs`).
     pub invoices: Box<Invoices>,
+    /// Its rate limits on writes and what its subtree wrote under them (`rates.rs`).
+    pub rate: Option<Box<RateState>>,
 }
 
 /// One of a tenant's API tokens: only its hash is kept, never the token.

@@ -50,6 +50,7 @@ impl Scheduler {
             meter: Box::new(Meter::new(self.state.now)),
             budget: None,
             invoices: Box::default(),
+            rate: None,
         };
         self.state.tenants.insert(tenant.clone(), created.clone());
         self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod links;
+pub mod scrape;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! `berth quota`: a tenant's hard, soft and time-window limits, pool denials, preemption
-//! policy and guaranteed shares. Each change reads the quota as set, changes one part and
+//! policy, guaranteed shares and rate limits. Each change reads the quota as set, changes one part and
 //! writes it back, so run one quota change at a time.
 
 use berth::client::pb;
@@ -89,6 +89,21 @@ pub enum QuotaCmd {
         share: GuaranteeFlags,
         #[arg(long, conflicts_with_all = ["cpu", "memory_mib", "borrow_cpu", "borrow_memory_mib", "lend_cpu", "lend_memory_mib"])]
         remove: bool,
+    },
+    /// Set rate limits on the requests made with the tenant's (and its descendants') tokens:
+    /// writes are limited cluster-wide, reads per replica. Unset flags are unlimited; no flag
+    /// removes the tenant's rate limits.
+    Rate {
+        tenant: String,
+        /// Requests per second, sustained.
+        #[arg(long)]
+        token_rate: Option<u32>,
+        /// Most requests at once (default: the token rate).
+        #[arg(long, requires = "token_rate")]
+        burst_rate: Option<u32>,
+        /// Most writes per UTC day.
+        #[arg(long)]
+        daily_quota: Option<u64>,
     },
     /// Limits as set and in effect, usage, burst state and each pool's guarantee, borrowed
     /// and unused amounts.
@@ -264,6 +279,19 @@ pub async fn run(s: &Session, cmd: QuotaCmd) -> anyhow::Result<()> {
                 }
             })
             .await
+        }
+        QuotaCmd::Rate { tenant, token_rate, burst_rate, daily_quota } => {
+            let limits = pb::RateLimits {
+                token_rate: token_rate.unwrap_or(0),
+                burst_rate: burst_rate.unwrap_or(0),
+                daily_quota: daily_quota.unwrap_or(0),
+            };
+            let m = pb::SetRateLimitsRequest {
+                request_id: s.request_id(),
+                tenant_id: tenant,
+                limits: Some(limits),
+            };
+            s.show(&call!(s, tenants, set_rate_limits, m))
         }
         QuotaCmd::Get { tenant } => {
             let m = pb::GetQuotaRequest { tenant_id: tenant, read: None };
