@@ -189,6 +189,7 @@ fn the_admins_writes_are_never_limited() {
     let mut log = Log::org();
     log.limit("team-a", RateLimits { token_rate: Some(1), burst_rate: None, daily_quota: Some(1) });
     assert_eq!(log.writes_accepted("team-a", 1), 1);
+    let before = log.s.state().tenants[&TenantId::from("team-a")].rate.clone();
     for i in 0..5 {
         log.accepted(Command::AcquireLease {
             tenant: "team-a".into(),
@@ -197,7 +198,35 @@ fn the_admins_writes_are_never_limited() {
             ttl_ms: 1_000,
         });
     }
-    assert_eq!(log.writes_accepted("team-a", 1), 0);
+    let after = &log.s.state().tenants[&TenantId::from("team-a")].rate;
+    assert_eq!(*after, before, "the admin's writes took nothing");
+}
+
+#[test]
+fn what_only_gives_back_is_never_limited_and_other_refusals_count() {
+    let mut log = Log::org();
+    log.limit("team-a", RateLimits { daily_quota: Some(3), ..RateLimits::default() });
+    assert!(log.write_as("team-a", "take").result.is_ok());
+    // Refused for another reason (the lease is held): it still counts.
+    let command = Command::AcquireLease {
+        tenant: "team-a".into(),
+        lease: "l-take".into(),
+        holder: "other".into(),
+        ttl_ms: 60_000,
+    };
+    let mut entry = log.entry(command);
+    entry.token = Some(hash("team-a"));
+    let held = log.apply_entry(entry);
+    assert!(matches!(held.result, Err(Rejection::LeaseHeld { .. })), "{held:?}");
+    assert_eq!(log.writes_accepted("team-a", 3), 1, "3 of the day: 2 sent before");
+    let token = log.s.state().leases[&(TenantId::from("team-a"), LeaseName::from("l-take"))].token;
+    let rate = log.s.state().tenants[&TenantId::from("team-a")].rate.clone();
+    // The day is spent, yet the lease can be released, and that takes nothing.
+    let release = Command::ReleaseLease { tenant: "team-a".into(), lease: "l-take".into(), token };
+    let mut entry = log.entry(release);
+    entry.token = Some(hash("team-a"));
+    assert!(log.apply_entry(entry).result.is_ok());
+    assert_eq!(log.s.state().tenants[&TenantId::from("team-a")].rate, rate);
 }
 
 #[test]

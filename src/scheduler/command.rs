@@ -578,6 +578,19 @@ impl Command {
         }
     }
 
+    /// Whether the command can only give something back (a placement, reservation, queued
+    /// placement or lease): rate limits never refuse it, so no tenant is made to keep what it
+    /// wants to free.
+    pub fn only_frees(&self) -> bool {
+        matches!(
+            self,
+            Command::Release { .. }
+                | Command::CancelReservation { .. }
+                | Command::CancelQueued { .. }
+                | Command::ReleaseLease { .. }
+        )
+    }
+
     /// A short name for logs and audit.
     pub fn name(&self) -> &'static str {
         match self {

@@ -302,8 +302,9 @@ impl Scheduler {
         }
 
         // A tenant's write within its rate limits (and its ancestors'), or refused unremembered,
-        // so the same request id retried later is judged again.
-        if let (Some(_), Some(tenant)) = (token, command.tenant()) {
+        // so the same request id retried later is judged again. What only gives back is never
+        // held back (`rates.rs`).
+        if let (Some(_), Some(tenant), false) = (token, command.tenant(), command.only_frees()) {
             if let Err(rejection) = self.take_write(tenant) {
                 return self.answer(index, Err(rejection), expired);
             }

@@ -8,6 +8,12 @@
 //! in the same apply, so a parent's limits cap its children together and the limit holds
 //! cluster-wide, whichever replica took the request.
 //!
+//! Every write that reaches `apply` counts, accepted or refused for another reason (a rate
+//! limit bounds requests, which cost the log either way), except the commands that only give
+//! something back (`Command::only_frees`: Release, CancelReservation, CancelQueued,
+//! ReleaseLease), which are neither counted nor refused: a limit must never make a tenant
+//! keep capacity, or pay for it, because it may not free it. Lease keep-alives count.
+//!
 //! A bucket counts thousandths of a write and refills lazily from the entry time:
 //! `level + elapsed_ms × token_rate`, capped at `burst_rate × 1000`. That is exact integer
 //! arithmetic (a rate of r per second is r thousandths per millisecond), so it never drifts.
@@ -132,7 +138,8 @@ pub struct RateState {
     pub bucket: Bucket,
     /// The UTC day (days since 1970) `today` counts.
     pub day: u64,
-    /// Writes of the subtree on `day`, since the limits were first set.
+    /// Writes the subtree sent on `day` (accepted, or refused other than by a rate limit),
+    /// since the limits were first set.
     pub today: u64,
 }
 

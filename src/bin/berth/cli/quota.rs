@@ -1,8 +1,10 @@
 //! `berth quota`: a tenant's hard, soft and time-window limits, pool denials, preemption
-//! policy, guaranteed shares and rate limits. Each change reads the quota as set, changes one part and
-//! writes it back, so run one quota change at a time.
+//! policy, guaranteed shares and rate limits. Each quota change reads the quota as set,
+//! changes one part and writes it back, so run one quota change at a time; `rate` sets all
+//! three rate limits at once.
 
 use berth::client::pb;
+use berth::scheduler::{BURST_RATE_MAX, DAILY_QUOTA_MAX, TOKEN_RATE_MAX};
 use clap::Subcommand;
 
 use super::args::parse_cpu;
@@ -96,13 +98,13 @@ pub enum QuotaCmd {
     Rate {
         tenant: String,
         /// Requests per second, sustained.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(TOKEN_RATE_MAX)))]
         token_rate: Option<u32>,
         /// Most requests at once (default: the token rate).
-        #[arg(long, requires = "token_rate")]
+        #[arg(long, requires = "token_rate", value_parser = clap::value_parser!(u32).range(1..=i64::from(BURST_RATE_MAX)))]
         burst_rate: Option<u32>,
         /// Most writes per UTC day.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=DAILY_QUOTA_MAX))]
         daily_quota: Option<u64>,
     },
     /// Limits as set and in effect, usage, burst state and each pool's guarantee, borrowed
