@@ -20,7 +20,8 @@
 //!   `scheduler::meter` meters what each tenant holds in log time and prices it by plan;
 //!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop;
 //!   `scheduler::invoice` closes each tenant's months into immutable invoices;
-//!   `scheduler::rates` limits each tenant's writes with a token bucket and a daily count.
+//!   `scheduler::rates` limits each tenant's writes with a token bucket and a daily count;
+//!   `scheduler::policy` numbers each change to a tenant's policy and rolls it back.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and

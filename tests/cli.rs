@@ -306,6 +306,25 @@ fn up_and_client_subcommands() {
     let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
     let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
     assert!(quota["rate_limits"].is_null(), "removed: {quota}");
+    // Policy versions: every change above is one; roll back to the first quota set.
+    let history = ok(api, login, &["quota", "history", "acme", "--json"]);
+    let history: serde_json::Value = serde_json::from_str(&history).expect("json");
+    let versions = history["versions"].as_array().expect("versions");
+    let first_quota = versions.iter().find(|v| v["change"] == "quota").expect("a quota change");
+    assert_eq!(versions[0]["change"], "created", "{history}");
+    assert_eq!(first_quota["actor"], "admin");
+    let to = first_quota["version"].as_u64().expect("a number").to_string();
+    let table = ok(api, login, &["quota", "history", "acme"]);
+    assert!(table.contains("VERSION") && table.contains("rate_limits"), "{table}");
+    let rolled = ok(api, login, &["quota", "rollback", "acme", "--to-version", &to, "--json"]);
+    let rolled: serde_json::Value = serde_json::from_str(&rolled).expect("json");
+    let current = history["current"].as_u64().expect("current");
+    assert_eq!(rolled["version"].as_u64(), Some(current + 1), "{rolled}");
+    let quota = ok(api, login, &["quota", "get", "acme", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).expect("json");
+    assert_eq!(quota["quota"], first_quota["policy"]["quota"], "the first quota again");
+    let gone = berth(api, login, &["quota", "rollback", "acme", "--to-version", "999"]);
+    assert!(!gone.ok && gone.stderr.contains("POLICY_VERSION_NOT_FOUND"), "{}", gone.stderr);
     // A pool reserve (8 cores in the pool): shown, and a guarantee that would eat into it is
     // refused with the reason.
     ok(api, login, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);

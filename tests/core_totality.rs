@@ -571,6 +571,9 @@ fn command() -> impl Strategy<Value = Command> {
         2 => (tenant(), prop::option::of(rate_limits())).prop_map(|(tenant, limits)| {
             Command::SetRateLimits { tenant, limits }
         }),
+        1 => (tenant(), amount(0..=12)).prop_map(|(tenant, to_version)| {
+            Command::RollbackPolicy { tenant, to_version }
+        }),
         1 => (
             tenant(),
             // Months around log time (November 2023 is 646), and extremes.

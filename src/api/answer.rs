@@ -103,12 +103,15 @@ pub(super) struct PriceSince(pub UnixMillis);
 /// A closed invoice (`CloseInvoice`).
 pub(super) struct ClosedInvoice(pub Box<crate::scheduler::Invoice>);
 
+/// The policy version a rollback became.
+pub(super) struct RolledBack(pub u64);
+
 /// What a report did: `Some` when it ended the placement.
 pub(super) struct Reported(pub Option<FinishedState>);
 
 narrow! {
     Response {
-        Tenant { Response::TenantCreated(tenant) => tenant }
+        Tenant { Response::TenantCreated(tenant) => *tenant }
         DeletedCounts { Response::TenantDeleted(counts) => counts }
         TokenAdded { Response::TokenAdded { expires_at } => TokenAdded { expires_at } }
         Worker { Response::WorkerRegistered(worker) => worker }
@@ -129,6 +132,7 @@ narrow! {
         Reported { Response::StatusReported { finished } => Reported(finished) }
         PriceSince { Response::PricePlanSet { since } => PriceSince(since) }
         ClosedInvoice { Response::InvoiceClosed(invoice) => ClosedInvoice(invoice) }
+        RolledBack { Response::PolicyRolledBack { version } => RolledBack(version) }
     }
     unread {
         Response::Ticked,

@@ -1074,3 +1074,21 @@ pub fn rate_status(s: &crate::scheduler::Scheduler, t: &Tenant) -> pb::RateStatu
             .collect(),
     }
 }
+
+pub fn pb_policy_version(v: &crate::scheduler::PolicyVersion) -> pb::PolicyVersion {
+    let p = &v.policy;
+    pb::PolicyVersion {
+        version: v.version,
+        at_ms: v.at.0,
+        log_index: v.log_index.0,
+        actor: v.actor.name(),
+        request_id: v.request_id.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+        change: v.change.name(),
+        policy: Some(pb::Policy {
+            quota: Some(pb_quota(&p.quota)),
+            rate_limits: p.rate_limits.as_ref().map(pb_rate_limits),
+            budget: p.budget.as_ref().map(pb_budget),
+            billing_plan: p.billing_plan.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        }),
+    }
+}

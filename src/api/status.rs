@@ -94,6 +94,7 @@ fn code(rejection: &Rejection) -> Code {
         | Rejection::PlanNotFound { .. }
         | Rejection::LeaseNotFound { .. }
         | Rejection::TokenNotFound { .. }
+        | Rejection::PolicyVersionNotFound { .. }
         | Rejection::NotQueued { .. } => Code::NotFound,
         Rejection::TenantExists { .. }
         | Rejection::WorkerExists { .. }

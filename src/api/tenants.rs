@@ -3,7 +3,7 @@
 
 use tonic::{Code, Request, Response as Reply, Status};
 
-use super::answer::{answer, TokenAdded};
+use super::answer::{answer, RolledBack, TokenAdded};
 use super::auth::{require_admin, tenant_scope, valid_tenant};
 use super::status::{error, not_found};
 use super::{convert, pb, Api};
@@ -123,6 +123,7 @@ impl pb::tenants_server::Tenants for Api {
                     windows: s.window_usage(&tenant).as_ref().map(convert::window_usage),
                     rate_limits: t.rate.as_ref().map(|r| convert::pb_rate_limits(&r.limits)),
                     rate: Some(convert::rate_status(s, t)),
+                    policy_version: t.policy.current(),
                     usage: Some(convert::usage(&t.usage.total)),
                     pool_usage: t
                         .usage
@@ -148,6 +149,38 @@ impl pb::tenants_server::Tenants for Api {
         let command = Command::SetRateLimits { tenant, limits };
         let (_, write) = self.write(&caller, &r.request_id, command).await?;
         Ok(Reply::new(pb::SetRateLimitsResponse { write: Some(write) }))
+    }
+
+    async fn get_policy_history(
+        &self,
+        request: Request<pb::GetPolicyHistoryRequest>,
+    ) -> Result<pb::GetPolicyHistoryResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let found = self
+            .read(&caller, r.read, |s| {
+                s.state().tenants.get(&tenant).map(|t| pb::GetPolicyHistoryResponse {
+                    versions: t.policy.versions.iter().map(convert::pb_policy_version).collect(),
+                    current: t.policy.current(),
+                })
+            })
+            .await?;
+        Ok(Reply::new(found.ok_or_else(|| not_found("tenant", &r.tenant_id))?))
+    }
+
+    async fn rollback_policy(
+        &self,
+        request: Request<pb::RollbackPolicyRequest>,
+    ) -> Result<pb::RollbackPolicyResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let r = request.into_inner();
+        let tenant = valid_tenant(&r.tenant_id)?;
+        let command = Command::RollbackPolicy { tenant, to_version: r.to_version };
+        let (response, write) = self.write(&caller, &r.request_id, command).await?;
+        let RolledBack(version) = answer(response)?;
+        Ok(Reply::new(pb::RollbackPolicyResponse { write: Some(write), version }))
     }
 
     async fn issue_token(

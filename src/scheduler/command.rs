@@ -20,6 +20,7 @@ use super::ids::{
 };
 use super::invoice::{validate_month, Adjustment, Invoice};
 use super::meter::Prices;
+use super::policy::PolicyChange;
 use super::queue::QueueStatus;
 use super::quota::{Dimension, LimitKind, Quota, QuotaEvent};
 use super::rates::{RateLimit, RateLimits};
@@ -287,6 +288,12 @@ pub enum Command {
         tenant: TenantId,
         limits: Option<RateLimits>,
     },
+    /// Makes `to_version` of `tenant`'s policy (quota, rate limits, budget, billing plan)
+    /// current again, as a new version (`policy.rs`).
+    RollbackPolicy {
+        tenant: TenantId,
+        to_version: u64,
+    },
     /// A credit (negative) or charge on `tenant`'s invoice for `month` (months since January
     /// 1970), while that month is open (`invoice.rs`).
     AdjustInvoice {
@@ -507,6 +514,12 @@ impl Command {
                 plan.as_ref().map_or(Ok(()), |p| validate_object_id("plan", p.as_str()))
             }
             Command::SetBudget { budget, .. } => budget.as_ref().map_or(Ok(()), Budget::validate),
+            Command::RollbackPolicy { to_version, .. } => {
+                if *to_version == 0 {
+                    return Err(Rejection::invalid("to_version", "versions start at 1"));
+                }
+                Ok(())
+            }
             Command::SetRateLimits { limits, .. } => {
                 limits.as_ref().map_or(Ok(()), RateLimits::validate)
             }
@@ -573,6 +586,7 @@ impl Command {
             | Command::SetBillingPlan { tenant, .. }
             | Command::SetBudget { tenant, .. }
             | Command::SetRateLimits { tenant, .. }
+            | Command::RollbackPolicy { tenant, .. }
             | Command::AdjustInvoice { tenant, .. }
             | Command::CloseInvoice { tenant, .. } => Some(tenant),
         }
@@ -589,6 +603,22 @@ impl Command {
                 | Command::CancelQueued { .. }
                 | Command::ReleaseLease { .. }
         )
+    }
+
+    /// The tenant whose policy this command changes when accepted, and how (`policy.rs`).
+    pub fn policy_change(&self) -> Option<(TenantId, PolicyChange)> {
+        let (tenant, change) = match self {
+            Command::CreateTenant { tenant, .. } => (tenant, PolicyChange::Created),
+            Command::SetQuota { tenant, .. } => (tenant, PolicyChange::Quota),
+            Command::SetRateLimits { tenant, .. } => (tenant, PolicyChange::RateLimits),
+            Command::SetBudget { tenant, .. } => (tenant, PolicyChange::Budget),
+            Command::SetBillingPlan { tenant, .. } => (tenant, PolicyChange::BillingPlan),
+            Command::RollbackPolicy { tenant, to_version } => {
+                (tenant, PolicyChange::Rollback { to: *to_version })
+            }
+            _ => return None,
+        };
+        Some((tenant.clone(), change))
     }
 
     /// A short name for logs and audit.
@@ -625,6 +655,7 @@ impl Command {
             Command::SetBillingPlan { .. } => "SetBillingPlan",
             Command::SetBudget { .. } => "SetBudget",
             Command::SetRateLimits { .. } => "SetRateLimits",
+            Command::RollbackPolicy { .. } => "RollbackPolicy",
             Command::AdjustInvoice { .. } => "AdjustInvoice",
             Command::CloseInvoice { .. } => "CloseInvoice",
         }
@@ -761,7 +792,7 @@ pub enum Response {
     },
     PoolReserveSet,
     /// The tenant as created.
-    TenantCreated(Tenant),
+    TenantCreated(Box<Tenant>),
     TenantDeleted(DeletedCounts),
     QuotaSet,
     /// The token was added; it is refused from `expires_at` on, if set.
@@ -798,6 +829,10 @@ pub enum Response {
     BillingPlanSet,
     BudgetSet,
     RateLimitsSet,
+    /// The version the rollback became.
+    PolicyRolledBack {
+        version: u64,
+    },
     InvoiceAdjusted,
     InvoiceClosed(Box<Invoice>),
     /// The report was recorded; `finished` when it ended the placement (then released).
@@ -904,6 +939,8 @@ pub enum Rejection {
         used: u64,
         resets_at: UnixMillis,
     },
+    #[error("policy version {version} of {tenant} is not kept (the oldest kept is {oldest})")]
+    PolicyVersionNotFound { tenant: TenantId, version: u64, oldest: u64 },
     #[error("the {} of {limited_by} is spent; retry after {retry_after_ms} ms", limit.name())]
     RateLimited {
         /// The tenant whose rate limit holds the write back: the caller or an ancestor.
@@ -1014,6 +1051,7 @@ impl Rejection {
             Rejection::WindowExhausted { .. } => "QUOTA_EXCEEDED",
             Rejection::BudgetSpent { .. } => "QUOTA_EXCEEDED",
             Rejection::RateLimited { .. } => "RATE_LIMITED",
+            Rejection::PolicyVersionNotFound { .. } => "POLICY_VERSION_NOT_FOUND",
             Rejection::InvoiceClosed { .. } => "INVOICE_CLOSED",
             Rejection::InvoiceUnavailable { .. } => "INVOICE_UNAVAILABLE",
             Rejection::MonthNotEnded { .. } => "MONTH_NOT_ENDED",
@@ -1079,6 +1117,11 @@ impl Rejection {
                 put("limit", budget.to_string());
                 put("used", spent.to_string());
                 put("resets_at_ms", resets_at.0.to_string());
+            }
+            Rejection::PolicyVersionNotFound { tenant, version, oldest } => {
+                put("tenant", tenant.to_string());
+                put("version", version.to_string());
+                put("oldest", oldest.to_string());
             }
             Rejection::RateLimited { limited_by, limit, retry_after_ms } => {
                 put("tenant", limited_by.to_string());

@@ -56,6 +56,18 @@ impl Scheduler {
                     bad.push(format!("tenant {}'s invoice of month {month} does not add up", t.id));
                 }
             }
+            // Policy versions: at most the bound, numbered one after another, the last one the
+            // policy in effect.
+            let versions = &t.policy.versions;
+            let numbered = versions.iter().zip(versions.iter().skip(1));
+            if versions.len() > super::POLICY_VERSIONS_MAX
+                || numbered.into_iter().any(|(a, b)| a.version.checked_add(1) != Some(b.version))
+                || versions
+                    .back()
+                    .is_some_and(|v| Some(&v.policy) != self.policy_of(&t.id).as_ref())
+            {
+                bad.push(format!("tenant {}'s policy versions are out of order or stale", t.id));
+            }
             // Rate limits as `SetRateLimits` checks them, a bucket no fuller than its size and
             // no later than log time (a peer's snapshot must not hold a rate of 0 or a day
             // still to come).

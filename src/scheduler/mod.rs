@@ -31,6 +31,7 @@ mod liveness;
 pub mod meter;
 pub mod money;
 mod placement;
+pub mod policy;
 mod preempt;
 pub mod query;
 mod queue;
@@ -61,6 +62,7 @@ pub use invoice::{Adjustment, Invoice};
 pub use jobs::{Decision, VERDICTS_MAX};
 pub use meter::{Item, PricePlan, Prices, Projection, Statement, StatementLine, Tier};
 pub use placement::Filter as WorkerFilter;
+pub use policy::{Actor, Policy, PolicyChange, PolicyHistory, PolicyVersion, POLICY_VERSIONS_MAX};
 pub use preempt::{PREEMPTIONS_PER_ENTRY_MAX, PREEMPT_VICTIMS_MAX};
 pub use query::{Answer, Query};
 pub use queue::{QueueStatus, QueuedPlacement, WaitReason, QUEUE_AGING_MS, QUEUE_MAX};
@@ -286,6 +288,12 @@ impl Scheduler {
                 return self.answer(index, Err(rejection), expired);
             }
         }
+        let policy_change = command.policy_change();
+        let origin = policy_change.as_ref().map(|_| policy::Origin {
+            index,
+            request_id: request_id.clone(),
+            token,
+        });
         let session = request_id.map(|request_id| {
             let key = SessionKey { tenant: command.tenant().cloned(), request_id };
             (key, command_digest(&command))
@@ -314,6 +322,9 @@ impl Scheduler {
         let result = self.execute(index, command);
         if result.is_err() {
             assert!(self.journal.len() == emitted, "invariant: a rejected command emits nothing");
+        }
+        if let (Ok(_), Some((tenant, change)), Some(origin)) = (&result, policy_change, origin) {
+            self.record_policy(&tenant, change, origin);
         }
         let applied = self.answer(index, result, expired);
         if let Some((key, command_digest)) = session {
@@ -418,6 +429,9 @@ impl Scheduler {
             Command::SetBillingPlan { tenant, plan } => self.set_billing_plan(&tenant, plan),
             Command::SetBudget { tenant, budget } => self.set_budget(&tenant, budget),
             Command::SetRateLimits { tenant, limits } => self.set_rate_limits(&tenant, limits),
+            Command::RollbackPolicy { tenant, to_version } => {
+                self.rollback_policy(&tenant, to_version)
+            }
             Command::AdjustInvoice { tenant, month, amount, reason } => {
                 self.adjust_invoice(index, &tenant, month, amount, reason)
             }

@@ -27,7 +27,8 @@ use super::{Scheduler, State};
 /// 12: a stored snapshot holds the usage store as a base file's name and the changes since it
 /// (the dump whole only when sent to a follower).
 /// 13: tenants gained rate limits and their buckets (`rates.rs`).
-pub const SNAPSHOT_VERSION: u32 = 13;
+/// 14: tenants gained their policy's versions (`policy.rs`).
+pub const SNAPSHOT_VERSION: u32 = 14;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;

@@ -15,6 +15,7 @@ use super::ids::{
 };
 use super::invoice::Invoices;
 use super::meter::{Meter, PricePlan};
+use super::policy::PolicyHistory;
 use super::queue::QueuedPlacement;
 use super::quota::{Burst, Quota, UsageTotals};
 use super::rates::RateState;
@@ -243,6 +244,8 @@ pub struct Tenant {
     pub invoices: Box<Invoices>,
     /// Its rate limits on writes and what its subtree wrote under them (`rates.rs`).
     pub rate: Option<Box<RateState>>,
+    /// Its policy's versions (`policy.rs`).
+    pub policy: Box<PolicyHistory>,
 }
 
 /// One of a tenant's API tokens: only its hash is kept, never the token.

@@ -51,10 +51,11 @@ impl Scheduler {
             budget: None,
             invoices: Box::default(),
             rate: None,
+            policy: Box::default(),
         };
         self.state.tenants.insert(tenant.clone(), created.clone());
         self.emit(Event::TenantCreated { tenant, parent: created.parent.clone() });
-        Ok(Response::TenantCreated(created))
+        Ok(Response::TenantCreated(Box::new(created)))
     }
 
     /// Deletes the tenant and, in the same step, everything it owns. Capacity returns to the

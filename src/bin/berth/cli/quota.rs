@@ -110,6 +110,17 @@ pub enum QuotaCmd {
     /// Limits as set and in effect, usage, burst state and each pool's guarantee, borrowed
     /// and unused amounts.
     Get { tenant: String },
+    /// The tenant's policy versions: its creation and each change to its quota, rate limits,
+    /// budget or billing plan, with who, when and the log index (--json: each version's whole
+    /// policy).
+    History { tenant: String },
+    /// Make an earlier policy version current again (quota, rate limits, budget and billing
+    /// plan together), as a new version; refused whole if any part is.
+    Rollback {
+        tenant: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        to_version: u64,
+    },
 }
 
 /// A guaranteed share of a pool, as `berth quota guarantee` takes it.
@@ -294,6 +305,18 @@ pub async fn run(s: &Session, cmd: QuotaCmd) -> anyhow::Result<()> {
                 limits: Some(limits),
             };
             s.show(&call!(s, tenants, set_rate_limits, m))
+        }
+        QuotaCmd::History { tenant } => {
+            let m = pb::GetPolicyHistoryRequest { tenant_id: tenant, read: None };
+            s.show(&call!(s, tenants, get_policy_history, m))
+        }
+        QuotaCmd::Rollback { tenant, to_version } => {
+            let m = pb::RollbackPolicyRequest {
+                request_id: s.request_id(),
+                tenant_id: tenant,
+                to_version,
+            };
+            s.show(&call!(s, tenants, rollback_policy, m))
         }
         QuotaCmd::Get { tenant } => {
             let m = pb::GetQuotaRequest { tenant_id: tenant, read: None };
