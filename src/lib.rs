@@ -21,7 +21,8 @@
 //!   `scheduler::budget` holds each tenant's monthly budget, its alerts and hard stop;
 //!   `scheduler::invoice` closes each tenant's months into immutable invoices;
 //!   `scheduler::rates` limits each tenant's writes with a token bucket and a daily count;
-//!   `scheduler::policy` numbers each change to a tenant's policy and rolls it back.
+//!   `scheduler::policy` numbers each change to a tenant's policy and rolls it back;
+//!   `scheduler::audit` chains a record of every command a client sent.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
 //!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
@@ -37,6 +38,9 @@
 //!   replicated retention, carried by snapshots as a base and the changes since it and
 //!   restored from them, queried by range.
 //!   → `codec`, `fatal`, `scheduler`.
+//! - `audit` — each replica's audit trail in sled: the records the core chains for every
+//!   command a client sent, gathered into chunks and written by a writer thread, kept across
+//!   restarts, pruned by age, read by range. → `codec`, `usage` (where it lives), `scheduler`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
 //!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.;
 //!   and `accept`, how the API and metrics listeners take their next connection.
@@ -51,7 +55,7 @@
 //!   machine wrapper, `journal` (the events of applied entries, kept for watch streams), and
 //!   the replica (the one proposer: group commit, leader stamping,
 //!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
-//!   → `network`, `storage`, `usage`, `clock`, `fatal`, `codec`, `scheduler`.
+//!   → `network`, `storage`, `usage`, `audit`, `clock`, `fatal`, `codec`, `scheduler`.
 //! - `api` — the public gRPC API (`berth.v1`): one file per service (`tenants`, `workers`,
 //!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
 //!   error mapping (`status`), the one narrowing of the core's answers (`answer`), the
@@ -60,7 +64,7 @@
 //!   tonic), and what each request did (`observe`: the layer that counts and logs it, by
 //!   tenant, RPC and reason, with bounded labels), and tenants' read rate limits on this
 //!   replica (`limits`; writes are limited in the core, `scheduler::rates`).
-//!   → `raft`, `usage`, `scheduler`, `network::connect`.
+//!   → `raft`, `usage`, `audit`, `scheduler`, `network::connect`.
 //! - `metrics` — a replica's Prometheus metrics: the API's request counts, log syncs, batches
 //!   and peer calls as they happen; its Raft view and each tenant's usage, quota and queue
 //!   read at each scrape; served as OpenMetrics on `GET /metrics`.
@@ -77,6 +81,7 @@
 //! `runtime`.
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod codec;

@@ -325,6 +325,20 @@ fn up_and_client_subcommands() {
     assert_eq!(quota["quota"], first_quota["policy"]["quota"], "the first quota again");
     let gone = berth(api, login, &["quota", "rollback", "acme", "--to-version", "999"]);
     assert!(!gone.ok && gone.stderr.contains("POLICY_VERSION_NOT_FOUND"), "{}", gone.stderr);
+    // The audit trail: JSON lines of acme's commands in the last hour, the rollback and its
+    // refusal among them; and every replica's chain verifies.
+    let lines = ok(api, login, &["audit", "--tenant", "acme", "--since", "1h"]);
+    let records: Vec<serde_json::Value> =
+        lines.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert!(records.iter().all(|r| r["tenant_id"] == "acme"), "{lines}");
+    let outcomes: Vec<_> = records
+        .iter()
+        .filter(|r| r["command"].as_str().is_some_and(|c| c.starts_with("RollbackPolicy")))
+        .map(|r| r["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["ok", "POLICY_VERSION_NOT_FOUND"], "{lines}");
+    let verified = ok(api, login, &["audit", "verify"]);
+    assert!(verified.contains("replicas agree") && verified.contains("intact"), "{verified}");
     // A pool reserve (8 cores in the pool): shown, and a guarantee that would eat into it is
     // refused with the reason.
     ok(api, login, &["pool", "reserve", "default", "--cpu", "6", "--memory-mib", "0"]);

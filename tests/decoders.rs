@@ -171,18 +171,26 @@ fn snapshot_file() -> Vec<u8> {
 /// panic; a refused one leaves the state as it was.
 #[tokio::test]
 async fn damaged_snapshot_bodies_are_refused() {
-    let mut source =
-        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
-            .expect("opens");
+    let mut source = StateMachine::open(
+        SnapshotStore::Memory(Arc::default()),
+        usage(),
+        audit(),
+        FailStop::record(),
+    )
+    .expect("opens");
     source.apply((1..4).map(entry).collect::<Vec<_>>()).await.expect("applies");
     source.build_snapshot().await.expect("builds");
     // As a leader sends it: the usage store whole.
     let snapshot = source.get_current_snapshot().await.expect("reads").expect("built");
     let body = snapshot.snapshot.into_inner();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut target =
-        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
-            .expect("opens");
+    let mut target = StateMachine::open(
+        SnapshotStore::Memory(Arc::default()),
+        usage(),
+        audit(),
+        FailStop::record(),
+    )
+    .expect("opens");
     let mut refused = 0;
     for _ in 0..200 {
         let mut data = body.clone();
@@ -259,4 +267,8 @@ async fn damaged_log_files_open_to_a_prefix_or_are_refused() {
 /// An empty usage store (a state machine restores it from its snapshot).
 fn usage() -> UsageStore {
     UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
+}
+
+fn audit() -> berth::audit::AuditStore {
+    berth::audit::AuditStore::open(&UsageLocation::Temporary).expect("audit trail opens")
 }

@@ -27,6 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fil
         let sm = StateMachine::open(
             SnapshotStore::Dir(dir.path().join("snapshot")),
             usage(),
+            audit(),
             FailStop::record(),
         )?;
         Ok((dir, log, sm))
@@ -38,8 +39,12 @@ struct MemoryBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = LogStore::memory(Arc::new(Mutex::new(MemLog::default())));
-        let sm =
-            StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())?;
+        let sm = StateMachine::open(
+            SnapshotStore::Memory(Arc::default()),
+            usage(),
+            audit(),
+            FailStop::record(),
+        )?;
         Ok(((), log, sm))
     }
 }
@@ -50,8 +55,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for DelayedMemoryBuild
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError> {
         let log = MemLog::with_flush_delay(std::time::Duration::from_millis(1));
         let log = LogStore::memory(Arc::new(Mutex::new(log)));
-        let sm =
-            StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())?;
+        let sm = StateMachine::open(
+            SnapshotStore::Memory(Arc::default()),
+            usage(),
+            audit(),
+            FailStop::record(),
+        )?;
         Ok(((), log, sm))
     }
 }
@@ -75,6 +84,7 @@ fn constantly_compacting_file_store_passes_openraft_suite() -> Result<(), Storag
             let sm = StateMachine::open(
                 SnapshotStore::Dir(dir.path().join("snapshot")),
                 usage(),
+                audit(),
                 FailStop::record(),
             )?;
             Ok((dir, log, sm))
@@ -322,7 +332,8 @@ fn register(id: &str) -> Command {
 async fn snapshot_round_trip_through_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SnapshotStore::Dir(dir.path().join("snapshot"));
-    let mut sm = StateMachine::open(store.clone(), usage(), FailStop::record()).expect("opens");
+    let mut sm =
+        StateMachine::open(store.clone(), usage(), audit(), FailStop::record()).expect("opens");
     let results = sm
         .apply(vec![entry(1, vec![register("a"), register("b")]), entry(2, vec![register("c")])])
         .await
@@ -332,7 +343,7 @@ async fn snapshot_round_trip_through_disk() {
     let snapshot = sm.build_snapshot().await.expect("builds");
 
     let reopened =
-        StateMachine::open(store, usage(), FailStop::record()).expect("reopens from disk");
+        StateMachine::open(store, usage(), audit(), FailStop::record()).expect("reopens from disk");
     let (before, after) = (sm.read(), reopened.read());
     assert_eq!(before.scheduler.state_hash(), after.scheduler.state_hash());
     assert_eq!(before.progress, after.progress);
@@ -346,8 +357,9 @@ async fn snapshot_round_trip_through_disk() {
 async fn corrupt_snapshots_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
-    let mut sm = StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), FailStop::record())
-        .expect("opens");
+    let mut sm =
+        StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), audit(), FailStop::record())
+            .expect("opens");
     sm.apply(vec![entry(1, vec![register("a")])]).await.expect("applies");
     sm.build_snapshot().await.expect("builds");
     // As a leader sends it: the usage store whole.
@@ -359,21 +371,26 @@ async fn corrupt_snapshots_are_refused() {
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).expect("rewrite");
     assert!(
-        StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), FailStop::record()).is_err(),
+        StateMachine::open(SnapshotStore::Dir(path.clone()), usage(), audit(), FailStop::record())
+            .is_err(),
         "flipped byte"
     );
     std::fs::write(&file, &bytes[..bytes.len() - 10]).expect("truncate");
     assert!(
-        StateMachine::open(SnapshotStore::Dir(path), usage(), FailStop::record()).is_err(),
+        StateMachine::open(SnapshotStore::Dir(path), usage(), audit(), FailStop::record()).is_err(),
         "truncated file"
     );
 
     let mut data = snapshot.snapshot.into_inner();
     let last = data.len() - 1;
     data[last] ^= 0x01;
-    let mut target =
-        StateMachine::open(SnapshotStore::Memory(Arc::default()), usage(), FailStop::record())
-            .expect("opens");
+    let mut target = StateMachine::open(
+        SnapshotStore::Memory(Arc::default()),
+        usage(),
+        audit(),
+        FailStop::record(),
+    )
+    .expect("opens");
     let hash = target.read().scheduler.state_hash();
     let refused = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data))).await;
     assert!(refused.is_err());
@@ -384,6 +401,10 @@ async fn corrupt_snapshots_are_refused() {
 /// An empty usage store (a state machine restores it from its snapshot).
 fn usage() -> UsageStore {
     UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store opens")
+}
+
+fn audit() -> berth::audit::AuditStore {
+    berth::audit::AuditStore::open(&UsageLocation::Temporary).expect("audit trail opens")
 }
 
 fn place(tenant: &str, id: &str) -> Command {
@@ -422,7 +443,8 @@ async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
     let store = SnapshotStore::Dir(path.clone());
-    let mut sm = StateMachine::open(store.clone(), usage(), FailStop::record()).expect("opens");
+    let mut sm =
+        StateMachine::open(store.clone(), usage(), audit(), FailStop::record()).expect("opens");
     let create = Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 };
     sm.apply(vec![entry(1, vec![register("w"), create])]).await.expect("applies");
     let empty = sm.usage().hash().wait().await.expect("hashes");
@@ -440,14 +462,19 @@ async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
     let hash = sm.usage().hash().wait().await.expect("hashes");
     assert_ne!(hash, empty, "the placements were metered");
 
-    let reopened = StateMachine::open(store, usage(), FailStop::record()).expect("reopens");
+    let reopened =
+        StateMachine::open(store, usage(), audit(), FailStop::record()).expect("reopens");
     assert_eq!(reopened.usage().hash().wait().await.expect("hashes"), hash);
 
     let sent = sm.get_current_snapshot().await.expect("reads").expect("built");
     let follower_path = dir.path().join("follower");
-    let mut follower =
-        StateMachine::open(SnapshotStore::Dir(follower_path.clone()), usage(), FailStop::record())
-            .expect("opens");
+    let mut follower = StateMachine::open(
+        SnapshotStore::Dir(follower_path.clone()),
+        usage(),
+        audit(),
+        FailStop::record(),
+    )
+    .expect("opens");
     // What a replica keeps names its own base: another replica refuses it.
     let kept = sm.build_snapshot().await.expect("builds");
     let refused = follower.install_snapshot(&kept.meta, kept.snapshot).await;
@@ -456,14 +483,15 @@ async fn usage_rides_in_snapshots_as_a_base_and_the_changes_since() {
     assert_eq!(follower.usage().hash().wait().await.expect("hashes"), hash);
     assert_eq!(bases(&follower_path).len(), 1, "kept as its own base");
     let restarted =
-        StateMachine::open(SnapshotStore::Dir(follower_path), usage(), FailStop::record())
+        StateMachine::open(SnapshotStore::Dir(follower_path), usage(), audit(), FailStop::record())
             .expect("reopens");
     assert_eq!(restarted.usage().hash().wait().await.expect("hashes"), hash);
 
     for base in bases(&path) {
         std::fs::remove_file(path.join(format!("usage-base-{base}.bin"))).expect("removes");
     }
-    let missing = StateMachine::open(SnapshotStore::Dir(path), usage(), FailStop::record());
+    let missing =
+        StateMachine::open(SnapshotStore::Dir(path), usage(), audit(), FailStop::record());
     let error = missing.err().expect("refused without its base").to_string();
     assert!(error.contains("usage store base"), "{error}");
 }

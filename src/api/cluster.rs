@@ -1,11 +1,15 @@
-//! The `Cluster` service: the replicas' status and membership changes. Admin only; membership
+//! The `Cluster` service: the replicas' status and membership changes, and each replica's
+//! audit trail. Admin only, except that a tenant reads its own audit records; membership
 //! changes run on the leader.
 
 use tonic::{Code, Request, Response as Reply, Status};
 
-use super::auth::require_admin;
+use super::auth::{require_admin, tenant_scope, Caller};
+use super::observe;
 use super::status::{error, invalid};
 use super::{convert, pb, Api};
+use crate::audit::{AuditQuery, AUDIT_PAGE_MAX};
+use crate::raft::replica::hex;
 use crate::scheduler::Command;
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
@@ -61,6 +65,57 @@ impl pb::cluster_server::Cluster for Api {
         let r = request.into_inner();
         let config = self.read(&caller, r.read, |s| convert::pb_config(&s.state().config)).await?;
         Ok(Reply::new(pb::GetConfigResponse { config: Some(config) }))
+    }
+
+    async fn get_audit_trail(
+        &self,
+        request: Request<pb::GetAuditTrailRequest>,
+    ) -> Result<pb::GetAuditTrailResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = match (&caller, r.tenant_id.is_empty()) {
+            (Caller::Admin, true) => None,
+            _ => Some(tenant_scope(&caller, &r.tenant_id)?),
+        };
+        if let Some(tenant) = &tenant {
+            observe::tenant(tenant);
+        }
+        let limit = match usize::try_from(r.limit).unwrap_or(usize::MAX) {
+            0 => 100,
+            n if n <= AUDIT_PAGE_MAX => n,
+            _ => {
+                let message = format!("limit must be 1..={AUDIT_PAGE_MAX} (0: 100)");
+                return Err(error(
+                    Code::InvalidArgument,
+                    "INVALID_ARGUMENT",
+                    message,
+                    vec![("field".into(), "limit".into())],
+                ));
+            }
+        };
+        let query = AuditQuery {
+            tenant: tenant.map(|t| t.to_string()),
+            since_ms: r.since_ms,
+            after_seq: r.after_seq,
+            limit,
+        };
+        let store = self.replica.audit_store().clone();
+        let (head, pending) =
+            self.read(&caller, r.read, |s| (s.audit_head(), store.read(query))).await?;
+        let page = pending
+            .await
+            .map_err(|_| {
+                error(Code::Unavailable, "SHUTTING_DOWN", "replica is stopping", Vec::new())
+            })?
+            .map_err(|e| error(Code::Internal, "AUDIT_UNAVAILABLE", e, Vec::new()))?;
+        Ok(Reply::new(pb::GetAuditTrailResponse {
+            records: page.records.iter().map(convert::pb_audit_record).collect(),
+            first_seq: page.first_seq,
+            last_seq: page.last_seq,
+            head_seq: head.seq,
+            head_hash: hex(&head.hash),
+            replica_id: self.replica.id(),
+        }))
     }
 
     async fn set_config(

@@ -1092,3 +1092,44 @@ pub fn pb_policy_version(v: &crate::scheduler::PolicyVersion) -> pb::PolicyVersi
         }),
     }
 }
+
+pub fn pb_audit_record(r: &crate::scheduler::AuditRecord) -> pb::AuditRecord {
+    use crate::raft::replica::hex;
+    pb::AuditRecord {
+        seq: r.seq,
+        log_index: r.index.0,
+        at_ms: r.at.0,
+        actor: r.actor.clone(),
+        tenant_id: r.tenant.clone(),
+        request_id: r.request_id.clone(),
+        command: r.command.clone(),
+        outcome: r.outcome.clone(),
+        prev_hash: hex(&r.prev),
+        hash: hex(&r.hash),
+    }
+}
+
+/// A record as the API gives it, back in the core's form (to recompute its hash).
+pub fn audit_record(r: &pb::AuditRecord) -> Result<crate::scheduler::AuditRecord, String> {
+    let hash = |text: &str| -> Result<[u8; 32], String> {
+        let bytes: Option<Vec<u8>> = (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        bytes
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("{} is not a hash", quoted(text)))
+    };
+    Ok(crate::scheduler::AuditRecord {
+        seq: r.seq,
+        index: LogIndex(r.log_index),
+        at: crate::scheduler::UnixMillis(r.at_ms),
+        actor: r.actor.clone(),
+        tenant: r.tenant_id.clone(),
+        request_id: r.request_id.clone(),
+        command: r.command.clone(),
+        outcome: r.outcome.clone(),
+        prev: hash(&r.prev_hash)?,
+        hash: hash(&r.hash)?,
+    })
+}

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::audit::AuditStore;
 use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
 use crate::fatal::FailStop;
 use crate::network::{self, Connect, PeerNetwork, Rpc};
@@ -257,9 +258,11 @@ impl Replica {
         connect: Connect,
     ) -> Result<Replica, String> {
         let config = Arc::new(options.raft_config()?);
-        let usage = UsageStore::open(&usage, options.fail_stop.clone())
+        let usage_store = UsageStore::open(&usage, options.fail_stop.clone())
             .map_err(|e| format!("opening the usage store: {e}"))?;
-        let sm = StateMachine::open(snapshots, usage, options.fail_stop.clone())
+        let audit = AuditStore::open(&audit_location(&usage))
+            .map_err(|e| format!("opening the audit trail: {e}"))?;
+        let sm = StateMachine::open(snapshots, usage_store, audit, options.fail_stop.clone())
             .map_err(|e| e.to_string())?;
         let mut recovering = log.clone();
         let vote = recovering.read_vote().await.map_err(|e| e.to_string())?;
@@ -782,6 +785,12 @@ impl Replica {
         f(&self.inner.sm.read())
     }
 
+    /// This replica's audit trail (`crate::audit`): ask it under `read`'s closure, so the
+    /// answer is as of the index the read reached.
+    pub fn audit_store(&self) -> &crate::audit::AuditStore {
+        self.inner.sm.audit()
+    }
+
     /// This replica's usage history (`crate::usage`): ask it under `read`'s closure, so
     /// the answer is as of the index the read reached.
     pub fn usage_store(&self) -> &UsageStore {
@@ -973,4 +982,13 @@ fn is_transient_write(e: &RaftError<crate::raft::types::ClientWriteError>) -> bo
             openraft::error::ChangeMembershipError::InProgress(_)
         ))
     )
+}
+
+/// Where the audit trail lives: `audit` beside the usage store's directory (it is kept across
+/// restarts, where the usage store is rebuilt), or temporary like it.
+fn audit_location(usage: &UsageLocation) -> UsageLocation {
+    match usage {
+        UsageLocation::Dir(dir) => UsageLocation::Dir(dir.parent().unwrap_or(dir).join("audit")),
+        other => other.clone(),
+    }
 }

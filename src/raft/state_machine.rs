@@ -29,6 +29,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditStore;
 use crate::codec;
 use crate::fatal::FailStop;
 use crate::raft::journal::Journal;
@@ -37,6 +38,7 @@ use crate::raft::types::{
     StoredMembership, TypeConfig,
 };
 use crate::scheduler::events::Event;
+use crate::scheduler::AuditRecord;
 use crate::scheduler::{Applied, Command, Entry, LogIndex, QuotaEvent, Scheduler, TenantId};
 use crate::storage::snapshot_store::{SnapshotFileError, SnapshotStore, StoredSnapshot};
 use crate::usage::{self, Record, UsageStore};
@@ -107,6 +109,13 @@ const REBASE_RATIO: usize = 4;
 /// The core's `apply` (a unit test puts a panicking one in its place).
 type CoreApply = fn(&mut Scheduler, Entry) -> Applied;
 
+/// What applied commands leave for the stores derived from them.
+#[derive(Default)]
+struct Derived {
+    usage: Vec<Record>,
+    audit: Vec<AuditRecord>,
+}
+
 /// The `RaftStateMachine`. Clones share the same state.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -120,6 +129,8 @@ pub struct StateMachine {
     journal: Journal,
     /// The usage history derived from applied commands.
     usage: UsageStore,
+    /// The audit trail's records of applied commands (`crate::audit`).
+    audit: AuditStore,
     /// The usage base the current snapshot refers to.
     base: Arc<Mutex<Base>>,
     /// Held while a snapshot is built or installed: one at a time, so each sees the snapshot,
@@ -142,6 +153,7 @@ impl StateMachine {
     pub fn open(
         store: SnapshotStore,
         usage: UsageStore,
+        audit: AuditStore,
         fail_stop: FailStop,
     ) -> Result<StateMachine, StorageError> {
         let mut fresh = Replicated::default();
@@ -155,6 +167,7 @@ impl StateMachine {
             core_apply: Scheduler::apply,
             journal: Journal::default(),
             usage,
+            audit,
             base: Arc::default(),
             snapshotting: Arc::default(),
             preemptions: Arc::default(),
@@ -192,6 +205,11 @@ impl StateMachine {
         &self.usage
     }
 
+    /// The audit trail of this replica.
+    pub fn audit(&self) -> &AuditStore {
+        &self.audit
+    }
+
     /// Read access to the replicated state (held briefly: apply waits for it).
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Replicated> {
         self.shared.read().unwrap_or_else(|p| p.into_inner())
@@ -227,12 +245,12 @@ impl StateMachine {
     }
 
     /// Applies one Raft entry; `Err` is the fail-stop reason of a panic in the core.
-    /// What each command changed in tenants' usage is added to `records`.
+    /// What each command changed in tenants' usage, and its audit record, go to `derived`.
     fn apply_entry(
         &self,
         state: &mut Replicated,
         entry: LogEntry,
-        records: &mut Vec<Record>,
+        derived: &mut Derived,
     ) -> Result<BatchResult, String> {
         let leader = entry.log_id.leader_id;
         let raft_index = entry.log_id.index;
@@ -252,7 +270,7 @@ impl StateMachine {
                 command: Command::LeaderChanged,
                 token: None,
             };
-            let applied = self.apply_command(&mut state.scheduler, raft_index, changed, records)?;
+            let applied = self.apply_command(&mut state.scheduler, raft_index, changed, derived)?;
             tracing::debug!(command_index = progress.command_index, ?applied.result, "leader changed");
         }
         match entry.payload {
@@ -273,7 +291,7 @@ impl StateMachine {
                         token: proposal.token,
                     };
                     let applied =
-                        self.apply_command(&mut state.scheduler, raft_index, entry, records)?;
+                        self.apply_command(&mut state.scheduler, raft_index, entry, derived)?;
                     results.push(applied);
                 }
                 Ok(results)
@@ -300,13 +318,16 @@ impl StateMachine {
         scheduler: &mut Scheduler,
         raft_index: u64,
         entry: Entry,
-        records: &mut Vec<Record>,
+        derived: &mut Derived,
     ) -> Result<Applied, String> {
         let (command_index, kind) = (entry.index.0, entry.command.name());
         let core_apply = self.core_apply;
         let applied = std::panic::catch_unwind(AssertUnwindSafe(|| core_apply(scheduler, entry)));
         applied
             .map(|mut applied| {
+                if let Some(record) = applied.audit.take() {
+                    derived.audit.push(*record);
+                }
                 let events = std::mem::take(&mut applied.journal);
                 self.count_preemptions(&events);
                 let changed = usage::tenants_changed(&events);
@@ -325,7 +346,7 @@ impl StateMachine {
                             (tenant.clone(), rates.unwrap_or_default())
                         })
                         .collect();
-                    records.push(Record {
+                    derived.usage.push(Record {
                         index: command_index,
                         at: applied.applied_at,
                         retention: state.config.usage_retention,
@@ -454,7 +475,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut state = self.write();
         let mut results = Vec::new();
-        let mut records = Vec::new();
+        let mut derived = Derived::default();
         for entry in entries {
             let log_id = entry.log_id;
             let failed =
@@ -463,7 +484,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(why) = self.fail_stop.reason() {
                 return Err(failed(why).into());
             }
-            match self.apply_entry(&mut state, entry, &mut records) {
+            match self.apply_entry(&mut state, entry, &mut derived) {
                 Ok(result) => results.push(result),
                 Err(why) => {
                     self.fail_stop.stop(why.clone());
@@ -471,8 +492,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        // One message per applied batch: the writer thread does the store's work.
-        self.usage.record(records);
+        // One message per applied batch to each store: their writer threads do the work.
+        self.usage.record(derived.usage);
+        self.audit.record(derived.audit);
         Ok(results)
     }
 
@@ -559,6 +581,10 @@ mod tests {
     use crate::scheduler::{Resources, UnixMillis, WorkerId};
     use crate::usage::UsageLocation;
 
+    fn audit() -> AuditStore {
+        AuditStore::open(&UsageLocation::Temporary).expect("audit store")
+    }
+
     /// The core, except that it panics on registering a worker named "poison" (a stand-in
     /// for a bug: the real core is total).
     fn buggy_core(scheduler: &mut Scheduler, entry: Entry) -> Applied {
@@ -597,7 +623,8 @@ mod tests {
         let fail_stop = FailStop::record();
         let usage =
             UsageStore::open(&UsageLocation::Temporary, fail_stop.clone()).expect("usage store");
-        let mut sm = StateMachine::open(store.clone(), usage, fail_stop.clone()).expect("opens");
+        let mut sm =
+            StateMachine::open(store.clone(), usage, audit(), fail_stop.clone()).expect("opens");
         sm.core_apply = buggy_core;
         (sm, fail_stop)
     }
@@ -632,7 +659,7 @@ mod tests {
         let usage =
             UsageStore::open(&UsageLocation::Temporary, fail_stop.clone()).expect("usage store");
         let memory = SnapshotStore::Memory(Arc::default());
-        let mut sm = StateMachine::open(memory, usage, fail_stop.clone()).expect("opens");
+        let mut sm = StateMachine::open(memory, usage, audit(), fail_stop.clone()).expect("opens");
         let results = sm.apply(vec![entry(1, &["a"]), entry(2, &["b", "c"])]).await.expect("ok");
         assert_eq!(results.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(fail_stop.reason(), None);

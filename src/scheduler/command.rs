@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::audit::AuditRecord;
 use super::budget::{Budget, BudgetPeriod};
 use super::events::Event;
 use super::ids::{
@@ -687,6 +688,10 @@ pub struct Applied {
     /// takes it from its own `apply`.
     #[serde(skip)]
     pub journal: Vec<Event>,
+    /// The audit trail's record of this entry (`audit.rs`), if it is audited. Never encoded,
+    /// like `journal`.
+    #[serde(skip)]
+    pub audit: Option<Box<AuditRecord>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -91,6 +91,7 @@ impl Scheduler {
             lost: Vec::new(),
             moved: self.moved.clone(),
             applying: self.applying,
+            audit: self.audit,
         }
     }
 

@@ -16,6 +16,7 @@
 //!
 //! Must not depend on: tokio, tonic, openraft, sled, std::fs, std::net, clocks (`tests/tidy.rs`).
 
+pub mod audit;
 mod borrow;
 pub mod budget;
 pub mod command;
@@ -47,6 +48,7 @@ mod workers;
 
 use sha2::{Digest, Sha256};
 
+pub use audit::{AuditHead, AuditRecord};
 pub use borrow::{PoolStatus, POOL_RESERVES_MAX};
 pub use budget::{Budget, BudgetStatus};
 pub use command::{
@@ -168,12 +170,15 @@ pub struct Scheduler {
     moved: std::collections::BTreeSet<(TenantId, PlacementId)>,
     /// The index of the entry being applied (0 between entries and in dry runs).
     applying: LogIndex,
+    /// The audit chain's head (`audit.rs`): replicated and in snapshots, but not part of
+    /// `State` (nor `state_hash`), so a refusal still leaves the state as it was.
+    audit: AuditHead,
 }
 
 impl PartialEq for Scheduler {
     fn eq(&self, other: &Self) -> bool {
         // Indexes are derived; equal states have equal indexes (checked by check_invariants).
-        self.state == other.state
+        self.state == other.state && self.audit == other.audit
     }
 }
 
@@ -197,6 +202,7 @@ impl Scheduler {
             lost: Vec::new(),
             moved: Default::default(),
             applying: LogIndex(0),
+            audit: AuditHead::default(),
         }
     }
 
@@ -212,6 +218,7 @@ impl Scheduler {
             lost: Vec::new(),
             moved: Default::default(),
             applying: LogIndex(0),
+            audit: AuditHead::default(),
         }
     }
 
@@ -252,6 +259,7 @@ impl Scheduler {
         let index = entry.index;
         self.preempted = 0;
         self.applying = index;
+        let audit = self.audit_pending(&entry);
         let mut applied = self.apply_entry(entry);
         // Whatever the command freed (capacity, quota) goes to the queue in the same step.
         self.admit_queued(index);
@@ -261,6 +269,9 @@ impl Scheduler {
         self.preempted = 0;
         self.admitted.clear();
         self.moved.clear();
+        if let Some(pending) = audit {
+            applied.audit = Some(Box::new(self.audit_record(pending, &applied)));
+        }
         self.applying = LogIndex(0);
         applied
     }
@@ -350,6 +361,7 @@ impl Scheduler {
             events: Vec::new(),
             lost: Vec::new(),
             journal: Vec::new(),
+            audit: None,
         }
     }
 

@@ -1,12 +1,13 @@
 //! Versioned snapshot encoding and the state hash.
 //!
 //! Layout: `b"BRTH"`, format version (u32 LE), payload length (u64 LE), payload (bincode 2 of
-//! `State`), SHA-256 of the payload. `decode` checks every part and then the invariants, so a
+//! `(State, AuditHead)`), SHA-256 of the payload. `decode` checks every part and then the invariants, so a
 //! truncated, corrupted or inconsistent snapshot is refused rather than installed, and no bytes
 //! make it panic or allocate without bound (the payload decodes under a size limit).
 
 use sha2::{Digest, Sha256};
 
+use super::audit::AuditHead;
 use super::{Scheduler, State};
 
 /// 2: quotas gained soft limits, grace, pool denial; tenants a burst state.
@@ -28,7 +29,8 @@ use super::{Scheduler, State};
 /// (the dump whole only when sent to a follower).
 /// 13: tenants gained rate limits and their buckets (`rates.rs`).
 /// 14: tenants gained their policy's versions (`policy.rs`).
-pub const SNAPSHOT_VERSION: u32 = 14;
+/// 15: the payload is the state and the audit chain's head (`audit.rs`).
+pub const SNAPSHOT_VERSION: u32 = 15;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
@@ -63,8 +65,8 @@ pub enum DecodeError {
     Invariants(String),
 }
 
-fn payload(state: &State) -> Vec<u8> {
-    bincode::serde::encode_to_vec(state, bincode::config::standard())
+fn payload<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("invariant: state always encodes")
 }
 
@@ -72,7 +74,7 @@ fn payload(state: &State) -> Vec<u8> {
 /// type parameter) that is at least `CLAIM_PER_BYTE_MAX` times its length. A length inside
 /// the payload that claims more (a 2^62-byte string) is an error before anything is allocated,
 /// so no allocation is larger than that multiple of the bytes given.
-fn decode_limited(body: &[u8]) -> Result<(State, usize), DecodeError> {
+fn decode_limited<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize), DecodeError> {
     use bincode::config::standard;
     use bincode::serde::decode_from_slice;
     if body.len() > SNAPSHOT_PAYLOAD_MAX {
@@ -98,7 +100,7 @@ fn decode_limited(body: &[u8]) -> Result<(State, usize), DecodeError> {
 impl Scheduler {
     /// The whole replicated state as bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let body = payload(&self.state);
+        let body = payload(&(&self.state, &self.audit));
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + DIGEST_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -129,7 +131,7 @@ impl Scheduler {
         if Sha256::digest(body).as_slice() != digest {
             return Err(DecodeError::Checksum);
         }
-        let (state, read) = decode_limited(body)?;
+        let ((state, audit), read): ((State, AuditHead), usize) = decode_limited(body)?;
         if read != body.len() {
             return Err(DecodeError::Payload(format!("{} trailing bytes", body.len() - read)));
         }
@@ -146,7 +148,8 @@ impl Scheduler {
                 )));
             }
         }
-        let scheduler = Scheduler::from_state(state);
+        let mut scheduler = Scheduler::from_state(state);
+        scheduler.audit = audit;
         scheduler.check_invariants().map_err(|v| DecodeError::Invariants(v.join("; ")))?;
         Ok(scheduler)
     }
@@ -177,6 +180,7 @@ mod tests {
                 events: Vec::new(),
                 journal: Vec::new(),
                 lost: Vec::new(),
+                audit: None,
             },
         }
     }

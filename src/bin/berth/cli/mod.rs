@@ -19,6 +19,7 @@ macro_rules! call {
 }
 
 pub(crate) mod args;
+mod audit;
 mod budget;
 mod cluster;
 mod cost;
@@ -143,6 +144,9 @@ pub enum ClientCmd {
     Cluster(cluster::ClusterCmd),
     /// Print events as they happen (a tenant's, or with the admin token everything).
     Watch(watch::WatchArgs),
+    /// The audit trail as JSON lines: every command sent, accepted or refused, with who, the
+    /// tenant and the outcome; `audit verify` checks every replica's hash chain.
+    Audit(audit::AuditArgs),
 }
 
 /// What one client subcommand runs with: the client, the request id of its write (each
@@ -196,6 +200,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Usage(args) => usage::run(&s, args).await,
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
         ClientCmd::Watch(args) => watch::run(&s, args).await,
+        ClientCmd::Audit(args) => audit::run(&s, &connection, args).await,
     }
 }
 
