@@ -8,7 +8,9 @@
 //! `seq` (big-endian, so the trail is one range in order) and indexes it under each tenant it
 //! names. One sled insert per record, and one message per applied batch, cost the replicas a
 //! fifth more CPU per write; this is a few inserts per hundred records. Records still
-//! gathering when a replica stops are written again as it replays its log. A replica that restarts replays its log after its snapshot
+//! gathering are sent to the writer before each snapshot (the log before it is then purged);
+//! those of entries after the last snapshot are written again as a restarted replica replays
+//! its log, and a replayed record already stored is skipped, so chunks never overlap. A replica that restarts replays its log after its snapshot
 //! and writes the same records again (same `seq`, same bytes, perhaps batched otherwise);
 //! reads take each `seq` once. Records are not in
 //! snapshots: a replica that installs a leader's snapshot has no records before it, but its
@@ -17,8 +19,9 @@
 //! fill. Records of entries before the last snapshot that had not reached the disk when a
 //! replica crashed are a gap in its trail, never a wrong record.
 //!
-//! Retention: a record is kept for `AUDIT_RETENTION_MS` of log time (90 days); at the first
-//! record of each log-time hour the writer removes older ones, oldest first.
+//! Retention: a record is kept for `AUDIT_RETENTION_MS` of log time (90 days); from the first
+//! chunk of each log-time hour the writer removes older chunks, oldest first, a few with each
+//! chunk it writes until none is left (so pruning keeps up with any write rate).
 
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -33,8 +36,8 @@ use crate::usage::UsageLocation;
 pub const AUDIT_RETENTION_MS: u64 = 90 * DAY_MS;
 /// Most records one read returns.
 pub const AUDIT_PAGE_MAX: usize = 1_000;
-/// Most chunks one pruning removes (the rest go at the next hour's).
-const PRUNE_MAX: usize = 10_000;
+/// Most chunks pruning removes per chunk written (so it outpaces any write rate).
+const PRUNE_PER_WRITE: usize = 8;
 /// Records stored as one sled value (about 30 KiB: larger values sled writes as a file each).
 const CHUNK_RECORDS: usize = 128;
 
@@ -82,8 +85,13 @@ struct Writer {
     records: sled::Tree,
     /// tenant length, tenant, a chunk's first `seq` (big-endian) → nothing.
     tenants: sled::Tree,
-    /// The log-time hour pruning last ran in.
+    /// The log-time hour pruning last started in.
     pruned_hour: u64,
+    /// Whether pruning has more to remove (it removes a few chunks a write until done).
+    pruning: bool,
+    /// The last `seq` stored: records at or below it (a restarted replica replaying its log)
+    /// are already there, so chunks never overlap.
+    last_stored: u64,
     /// The error that stopped the trail, if one did (every read then reports it).
     broken: Option<String>,
 }
@@ -119,18 +127,20 @@ impl AuditStore {
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
         let db = config.open().map_err(std::io::Error::other)?;
-        let writer = Writer {
+        let mut writer = Writer {
             records: db.open_tree("records").map_err(std::io::Error::other)?,
             tenants: db.open_tree("tenants").map_err(std::io::Error::other)?,
             pruned_hour: 0,
+            pruning: false,
+            last_stored: 0,
             broken: None,
         };
+        writer.last_stored = writer.last_seq().map_err(std::io::Error::other)?;
         if let UsageLocation::Simulated = location {
             let route = Route::Inline(Arc::new(Mutex::new(writer)));
             return Ok(AuditStore { route, pending: Arc::default() });
         }
         let (tx, rx) = mpsc::channel();
-        let mut writer = writer;
         std::thread::Builder::new().name("berth-audit".into()).spawn(move || {
             while let Ok(message) = rx.recv() {
                 writer.handle(message);
@@ -157,11 +167,24 @@ impl AuditStore {
         }
     }
 
+    /// Sends the records still gathering to the writer (under the lock, so a read sent after
+    /// this is answered after them). A snapshot does this before it is taken: the log before
+    /// it will be gone, so its records must not wait in memory.
+    pub fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !pending.is_empty() {
+            let chunk = std::mem::take(&mut *pending);
+            self.send(Message::Records(chunk));
+        }
+    }
+
     /// Asks for a page, after every record queued so far: call under the state machine's
     /// read lock, await after releasing it.
     pub fn read(&self, query: AuditQuery) -> oneshot::Receiver<Result<AuditPage, String>> {
-        let chunk = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if !chunk.is_empty() {
+        // Under the lock: a concurrent read cannot overtake the records this one sends.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !pending.is_empty() {
+            let chunk = std::mem::take(&mut *pending);
             self.send(Message::Records(chunk));
         }
         let (reply, answer) = oneshot::channel();
@@ -189,11 +212,13 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, records: Vec<AuditRecord>) -> Result<(), String> {
+    fn write(&mut self, mut records: Vec<AuditRecord>) -> Result<(), String> {
+        records.retain(|r| r.seq > self.last_stored);
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
         if self.broken.is_some() {
             return Ok(());
         }
+        let last_seq = last.seq;
         let (first_seq, last_at) = (first.seq, last.at.0);
         let tenants: std::collections::BTreeSet<&str> =
             records.iter().map(|r| r.tenant.as_str()).filter(|t| !t.is_empty()).collect();
@@ -204,25 +229,43 @@ impl Writer {
         let bytes = codec::encode(&records).map_err(|e| e.to_string())?;
         self.records.insert(seq_key(first_seq), bytes).map_err(|e| e.to_string())?;
         self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        self.last_stored = last_seq;
         if last_at / HOUR_MS > self.pruned_hour {
             self.pruned_hour = last_at / HOUR_MS;
-            self.prune(last_at.saturating_sub(AUDIT_RETENTION_MS))?;
+            self.pruning = true;
+        }
+        if self.pruning {
+            self.pruning = self.prune(last_at.saturating_sub(AUDIT_RETENTION_MS))?;
         }
         Ok(())
+    }
+
+    /// The last `seq` stored (0: none).
+    fn last_seq(&self) -> Result<u64, String> {
+        match self.records.iter().next_back().transpose().map_err(|e| e.to_string())? {
+            Some((_, v)) => Ok(Self::decode(&v)?.last().map_or(0, |r| r.seq)),
+            None => Ok(0),
+        }
     }
 
     fn decode(bytes: &[u8]) -> Result<Vec<AuditRecord>, String> {
         codec::decode(bytes).map_err(|e| e.to_string())
     }
 
-    /// Removes the batches whose every record is older than `cutoff` (log time), oldest first.
-    fn prune(&mut self, cutoff: u64) -> Result<(), String> {
+    /// Removes up to `PRUNE_PER_WRITE` chunks whose every record is older than `cutoff` (log
+    /// time), oldest first; whether there may be more.
+    fn prune(&mut self, cutoff: u64) -> Result<bool, String> {
         let mut batch = sled::Batch::default();
         let mut index = sled::Batch::default();
-        for row in self.records.iter().take(PRUNE_MAX) {
+        let mut more = false;
+        for (n, row) in self.records.iter().enumerate() {
             let (key, value) = row.map_err(|e| e.to_string())?;
             let records = Self::decode(&value)?;
             if records.last().is_none_or(|r| r.at.0 >= cutoff) {
+                break;
+            }
+            if n == PRUNE_PER_WRITE {
+                more = true;
                 break;
             }
             let first = seq_of(&key);
@@ -232,7 +275,8 @@ impl Writer {
             }
         }
         self.records.apply_batch(batch).map_err(|e| e.to_string())?;
-        self.tenants.apply_batch(index).map_err(|e| e.to_string())
+        self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        Ok(more)
     }
 
     /// The key of the batch holding `seq` (or the first after it).
@@ -246,16 +290,11 @@ impl Writer {
             Some((_, v)) => Self::decode(&v)?.first().map_or(0, |r| r.seq),
             None => 0,
         };
-        let last_seq =
-            match self.records.iter().next_back().transpose().map_err(|e| e.to_string())? {
-                Some((_, v)) => Self::decode(&v)?.last().map_or(0, |r| r.seq),
-                None => 0,
-            };
+        let last_seq = self.last_stored;
         let limit = q.limit.clamp(1, AUDIT_PAGE_MAX);
         let start = q.after_seq.saturating_add(1);
         let from = self.batch_of(start)?;
-        // A replica that replayed its log after a restart may have written the same records
-        // again in other batches: each seq is taken once, in order.
+        // Chunks never overlap (`last_stored`); each seq is taken once, in order, all the same.
         let mut next = start;
         let mut records = Vec::new();
         let mut take = |batch: Vec<AuditRecord>, records: &mut Vec<AuditRecord>| {

@@ -70,6 +70,26 @@ fn every_sent_command_is_chained_with_who_and_the_outcome() {
         "p1",
     );
     assert_eq!(refused.outcome, "QUOTA_EXCEEDED");
+    // A token no tenant has: refused, and recorded as such, not as the admin.
+    let stranger = run(&mut log, lease("s"), Some(TokenHash([1; 32])), "s1");
+    assert_eq!(
+        (stranger.actor.as_str(), stranger.outcome.as_str()),
+        ("token:unknown", "UNAUTHENTICATED")
+    );
+    // A refused request id sent again is recorded as a replay of its refusal.
+    let spec = PlaceSpec {
+        placement: "p".into(),
+        resources: Resources::new(1, 1),
+        count: 1,
+        ..PlaceSpec::default()
+    };
+    let again = run(
+        &mut log,
+        Command::Place { tenant: "acme".into(), spec, fence: None },
+        Some(HASH),
+        "p1",
+    );
+    assert_eq!(again.outcome, "replayed:QUOTA_EXCEEDED");
     // A hostile id is cut short in the record.
     let long = "x".repeat(100_000);
     let bad = run(&mut log, lease(&long), Some(HASH), &long);
@@ -78,7 +98,7 @@ fn every_sent_command_is_chained_with_who_and_the_outcome() {
     let head = log.s.audit_head();
     assert!(log.tick().audit.is_none());
     assert_eq!(log.s.audit_head(), head);
-    assert_eq!(head, AuditHead { seq: 7, hash: records[6].hash });
+    assert_eq!(head, AuditHead { seq: 9, hash: records[8].hash });
 
     assert_eq!(verify(&records), Ok(()));
     let mut tampered = records.clone();
@@ -98,5 +118,5 @@ fn every_sent_command_is_chained_with_who_and_the_outcome() {
     entry.token = Some(HASH);
     let next = restored.apply(entry.clone()).audit.expect("audited");
     assert_eq!(log.audited(entry), Some(*next.clone()));
-    assert_eq!((next.seq, next.prev), (8, head.hash));
+    assert_eq!((next.seq, next.prev), (10, head.hash));
 }

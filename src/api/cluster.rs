@@ -10,7 +10,7 @@ use super::status::{error, invalid};
 use super::{convert, pb, Api};
 use crate::audit::{AuditQuery, AUDIT_PAGE_MAX};
 use crate::raft::replica::hex;
-use crate::scheduler::Command;
+use crate::scheduler::{Command, TenantId};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -100,8 +100,19 @@ impl pb::cluster_server::Cluster for Api {
             limit,
         };
         let store = self.replica.audit_store().clone();
-        let (head, pending) =
-            self.read(&caller, r.read, |s| (s.audit_head(), store.read(query))).await?;
+        let tenant_caller = matches!(caller, Caller::Tenant(..));
+        let (head, pending) = self
+            .read(&caller, r.read, |s| {
+                let mut query = query;
+                // A tenant's token reads from its tenant's creation: a deleted tenant of the
+                // same name is another tenant.
+                if let (true, Some(t)) = (tenant_caller, &query.tenant) {
+                    let created = s.state().tenants.get(&TenantId::new(t)).map(|t| t.created_at.0);
+                    query.since_ms = query.since_ms.max(created.unwrap_or(u64::MAX));
+                }
+                (s.audit_head(), store.read(query))
+            })
+            .await?;
         let page = pending
             .await
             .map_err(|_| {

@@ -409,6 +409,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let mut base = *self.base();
         let (progress, scheduler, checkpoint) = {
             let state = self.read();
+            // The log up to this snapshot may be purged: its audit records go to the writer.
+            self.audit.flush();
             let checkpoint = self.usage.checkpoint(base.len / REBASE_RATIO);
             (state.progress.clone(), state.scheduler.encode(), checkpoint)
         };

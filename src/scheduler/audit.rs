@@ -4,8 +4,8 @@
 //! Every command a client sent (everything but `Tick`, `LeaderChanged` and the replicas'
 //! batched `Heartbeat`s), accepted, refused or replayed, becomes an `AuditRecord`: its place
 //! in the chain (`seq`, from 1), log index and time, who sent it (`Actor`), the tenant, the
-//! request id, a one-line summary and the outcome (`ok`, `replayed`, or the refusal's
-//! reason). Each record carries the hash of the one before it and its own:
+//! request id, a one-line summary and the outcome (`ok`, the refusal's reason, or
+//! `replayed`/`replayed:REASON` for a request id answered again). Each record carries the hash of the one before it and its own:
 //! `hash = SHA-256(prev ‖ field ‖ field …)`, each field as its length (u64 little-endian) and
 //! its UTF-8 bytes, in the order `seq, index, at_ms` (decimal), `actor, tenant, request_id,
 //! command, outcome`. Anyone can recompute it from the exported JSON.
@@ -13,7 +13,8 @@
 //! The chain's head (the last `seq` and hash) is replicated with the state and carried by
 //! snapshots, so replicas agree on it at every index. The records themselves are kept by
 //! each replica (`crate::audit`, in sled); a client-sent string in a record is cut to a short
-//! prefix (`ids::shortened`), so a hostile input cannot make a record large.
+//! prefix (`ids::shortened`; a valid tenant id is kept whole), so a hostile input cannot make
+//! a record large.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,14 +36,15 @@ pub struct AuditRecord {
     pub seq: u64,
     pub index: LogIndex,
     pub at: UnixMillis,
-    /// `admin`, `token:NAME` or `leader`.
+    /// `admin`, `token:NAME`, or `token:unknown` (a token no tenant had when it was applied).
     pub actor: String,
     /// The command's tenant (empty for none).
     pub tenant: String,
     /// Empty for none.
     pub request_id: String,
     pub command: String,
-    /// `ok`, `replayed`, or the refusal's reason (`QUOTA_EXCEEDED`, `RATE_LIMITED`, …).
+    /// `ok`, the refusal's reason (`QUOTA_EXCEEDED`, `RATE_LIMITED`, …), or for a request id
+    /// answered again `replayed` (`replayed:REASON` if it was refused).
     pub outcome: String,
     pub prev: [u8; 32],
     pub hash: [u8; 32],
@@ -87,7 +89,15 @@ impl super::Scheduler {
     pub(super) fn audit_pending(&self, entry: &super::Entry) -> Option<Pending> {
         audited(&entry.command).then(|| Pending {
             actor: self.actor(entry.token),
-            tenant: entry.command.tenant().map(|t| shortened(t.as_str())).unwrap_or_default(),
+            // A valid tenant id whole (tenants read their records by it), else cut short.
+            tenant: entry
+                .command
+                .tenant()
+                .map(|t| match t.validate() {
+                    Ok(()) => t.to_string(),
+                    Err(_) => shortened(t.as_str()),
+                })
+                .unwrap_or_default(),
             request_id: entry.request_id.as_ref().map(|r| shortened(&r.0)).unwrap_or_default(),
             command: entry.command.summary(),
         })
@@ -95,10 +105,11 @@ impl super::Scheduler {
 
     /// Chains the record of an applied entry onto the head.
     pub(super) fn audit_record(&mut self, pending: Pending, applied: &Applied) -> AuditRecord {
-        let outcome = match &applied.result {
-            Ok(_) if applied.replayed => "replayed".to_owned(),
-            Ok(_) => "ok".to_owned(),
-            Err(rejection) => rejection.reason().to_owned(),
+        let outcome = match (&applied.result, applied.replayed) {
+            (Ok(_), true) => "replayed".to_owned(),
+            (Ok(_), false) => "ok".to_owned(),
+            (Err(rejection), true) => format!("replayed:{}", rejection.reason()),
+            (Err(rejection), false) => rejection.reason().to_owned(),
         };
         let mut record = AuditRecord {
             seq: self.audit.seq.saturating_add(1),

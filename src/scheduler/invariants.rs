@@ -60,7 +60,13 @@ impl Scheduler {
             // policy in effect.
             let versions = &t.policy.versions;
             let numbered = versions.iter().zip(versions.iter().skip(1));
+            let valid = |p: &super::Policy| {
+                p.quota.validate().is_ok()
+                    && p.rate_limits.as_ref().is_none_or(|r| r.validate().is_ok())
+                    && p.budget.as_ref().is_none_or(|b| b.validate().is_ok())
+            };
             if versions.len() > super::POLICY_VERSIONS_MAX
+                || versions.iter().any(|v| !valid(&v.policy))
                 || numbered.into_iter().any(|(a, b)| a.version.checked_add(1) != Some(b.version))
                 || versions
                     .back()

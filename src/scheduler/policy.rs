@@ -29,8 +29,8 @@ pub enum Actor {
     Admin,
     /// A tenant's token, by name.
     Token(TokenId),
-    /// The leader itself (ticks, lease grace, heartbeats batched by a replica).
-    Leader,
+    /// A token no tenant has (any more) when the entry is applied: its command is refused.
+    UnknownToken,
 }
 
 impl Actor {
@@ -38,7 +38,7 @@ impl Actor {
         match self {
             Actor::Admin => "admin".to_owned(),
             Actor::Token(name) => format!("token:{name}"),
-            Actor::Leader => "leader".to_owned(),
+            Actor::UnknownToken => "token:unknown".to_owned(),
         }
     }
 }
@@ -125,7 +125,7 @@ impl Scheduler {
             None => Actor::Admin,
             Some(hash) => match self.ix.tokens.get(&hash) {
                 Some((_, name)) => Actor::Token(name.clone()),
-                None => Actor::Admin,
+                None => Actor::UnknownToken,
             },
         }
     }
@@ -187,6 +187,11 @@ impl Scheduler {
             })?
             .policy
             .clone();
+        // Every version passed its checks when it was made; a snapshot from a peer is checked
+        // by `check_invariants`, and this checks again before any part changes.
+        target.quota.validate()?;
+        target.rate_limits.as_ref().map_or(Ok(()), RateLimits::validate)?;
+        target.budget.as_ref().map_or(Ok(()), Budget::validate)?;
         let now = self.policy_of(tenant).expect("invariant: the tenant exists");
         // Checked before anything changes: the one setter after `set_quota` that can refuse.
         if let Some(plan) = &target.billing_plan {

@@ -4,7 +4,10 @@
 
 use berth::api::convert;
 use berth::client::{pb, Client, ClientOptions};
+use std::collections::BTreeMap;
+
 use berth::scheduler::audit::verify;
+use berth::scheduler::AuditRecord;
 use clap::{Args, Subcommand};
 
 use super::args::parse_duration_ms;
@@ -26,8 +29,8 @@ pub struct AuditArgs {
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Recompute each replica's chain (every record's hash, and its link to the one before)
-    /// and check that the replicas hold the same record at the lowest head among them
-    /// (admin). Exits 1 if anything does not hold.
+    /// and compare every record with the first replica's at the same seq (admin; give every
+    /// endpoint). Exits 1 if a chain breaks or a record differs.
     Verify,
 }
 
@@ -107,8 +110,10 @@ struct Checked {
     head_seq: u64,
     /// The first seq where the chain breaks, if it does.
     broken_at: Option<u64>,
-    /// The hash of the record at the seq all replicas are compared at.
-    hash_at_compare: Option<String>,
+    /// Records compared with the first replica's (every seq both hold).
+    compared: u64,
+    /// Of those, how many differ from the first replica's.
+    differ: u64,
 }
 
 async fn verify_all(s: &Session, connection: &Connection) -> anyhow::Result<()> {
@@ -118,7 +123,10 @@ async fn verify_all(s: &Session, connection: &Connection) -> anyhow::Result<()> 
         ..Default::default()
     };
     let mut checked = Vec::new();
-    let mut sessions = Vec::new();
+    // The first replica's hash at each seq, which every other replica's records are
+    // compared with: a record changed on one replica (even re-hashed, with its neighbours
+    // removed) differs from the others' at that seq.
+    let mut reference: Option<BTreeMap<u64, [u8; 32]>> = None;
     for endpoint in &connection.endpoints {
         let client = Client::new(
             std::slice::from_ref(endpoint),
@@ -127,35 +135,40 @@ async fn verify_all(s: &Session, connection: &Connection) -> anyhow::Result<()> 
             options.clone(),
         )?;
         let one = Session { client, request_id: s.request_id(), json: s.json };
-        checked.push(check(&one, endpoint).await?);
-        sessions.push(one);
+        let (c, hashes) = check(&one, endpoint, reference.as_ref()).await?;
+        checked.push(c);
+        if reference.is_none() {
+            reference = Some(hashes);
+        }
     }
-    // Compare at the lowest head: every replica has applied that far.
-    let at = checked.iter().map(|c| c.head_seq).min().unwrap_or(0);
-    for (c, one) in checked.iter_mut().zip(&sessions) {
-        let p = page(one, "", 0, at.saturating_sub(1)).await?;
-        c.hash_at_compare = p.records.first().filter(|r| r.seq == at).map(|r| r.hash.clone());
-    }
-    let hashes: std::collections::BTreeSet<_> =
-        checked.iter().filter_map(|c| c.hash_at_compare.clone()).collect();
-    let agree = hashes.len() <= 1;
+    let agree = checked.iter().all(|c| c.differ == 0);
     let intact = checked.iter().all(|c| c.broken_at.is_none());
+    let compared = checked.iter().skip(1).map(|c| c.compared).min().unwrap_or(0);
     if s.json {
-        let report = serde_json::json!({
-            "replicas": checked, "compared_at_seq": at, "agree": agree, "intact": intact
-        });
+        let report = serde_json::json!({ "replicas": checked, "agree": agree, "intact": intact });
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         crate::output::show(false, &checked)?;
-        out!("compared at seq {at}: {}", if agree { "replicas agree" } else { "REPLICAS DIFFER" });
+        if checked.len() < 2 {
+            out!("one replica: nothing to compare with (give every endpoint)");
+        } else if agree {
+            out!("replicas agree ({compared} or more records compared on each)");
+        } else {
+            out!("REPLICAS DIFFER");
+        }
         out!("chains: {}", if intact { "intact" } else { "BROKEN" });
     }
     anyhow::ensure!(agree && intact, "the audit trail does not verify");
     Ok(())
 }
 
-/// Reads a replica's whole trail and checks its chain.
-async fn check(s: &Session, endpoint: &str) -> anyhow::Result<Checked> {
+/// Reads a replica's whole trail, checks its chain and compares it with `reference`; the
+/// hash of each of its records when there is no reference yet.
+async fn check(
+    s: &Session,
+    endpoint: &str,
+    reference: Option<&BTreeMap<u64, [u8; 32]>>,
+) -> anyhow::Result<(Checked, BTreeMap<u64, [u8; 32]>)> {
     let first = page(s, "", 0, 0).await?;
     let mut c = Checked {
         replica_id: first.replica_id,
@@ -166,34 +179,50 @@ async fn check(s: &Session, endpoint: &str) -> anyhow::Result<Checked> {
         gaps: 0,
         head_seq: first.head_seq,
         broken_at: None,
-        hash_at_compare: None,
+        compared: 0,
+        differ: 0,
     };
-    let mut run: Vec<berth::scheduler::AuditRecord> = Vec::new();
+    let mut hashes = BTreeMap::new();
+    let mut last: Option<AuditRecord> = None;
     let mut p = first;
     loop {
         for r in &p.records {
             let record = convert::audit_record(r).map_err(anyhow::Error::msg)?;
-            if run.last().is_some_and(|last| last.seq.checked_add(1) != Some(record.seq)) {
-                c.gaps += 1;
-                run.clear();
-            }
-            if c.broken_at.is_none() {
-                run.push(record);
-                if let Err(seq) = verify(&run[run.len().saturating_sub(2)..]) {
-                    c.broken_at = Some(seq);
+            let linked = match &last {
+                Some(before) if before.seq.checked_add(1) == Some(record.seq) => {
+                    verify(&[before.clone(), record.clone()])
                 }
-                run.drain(..run.len().saturating_sub(1));
+                Some(_) => {
+                    c.gaps += 1;
+                    verify(std::slice::from_ref(&record))
+                }
+                None => verify(std::slice::from_ref(&record)),
+            };
+            if let (Err(seq), None) = (linked, c.broken_at) {
+                c.broken_at = Some(seq);
+            }
+            match reference {
+                Some(theirs) => {
+                    if let Some(hash) = theirs.get(&record.seq) {
+                        c.compared += 1;
+                        c.differ += u64::from(*hash != record.hash);
+                    }
+                }
+                None => {
+                    hashes.insert(record.seq, record.hash);
+                }
             }
             c.records += 1;
-            c.last_seq = r.seq;
+            c.last_seq = record.seq;
+            last = Some(record);
         }
-        if c.records % 100_000 < 1_000 && c.records >= 100_000 {
+        if c.records > 0 && c.records % 100_000 == 0 {
             eprintln!("{endpoint}: {} records checked", c.records);
         }
         match p.records.last() {
-            Some(last) => p = page(s, "", 0, last.seq).await?,
+            Some(r) => p = page(s, "", 0, r.seq).await?,
             None => break,
         }
     }
-    Ok(c)
+    Ok((c, hashes))
 }
