@@ -1568,6 +1568,7 @@ fn checked_apply(
                 events: Vec::new(),
                 lost: Vec::new(),
                 journal: Vec::new(),
+                audit: None,
                 ..applied.clone()
             };
             model.remember(key, entry.command.clone(), first);
