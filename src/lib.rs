@@ -31,7 +31,7 @@
 //!   log every read sees, and the memory backend), `wal` (the write-ahead file's records,
 //!   framing and replay), `file_log` (the writer thread: group sync, preallocation,
 //!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`
-//!   (the snapshot file and the usage store's bases).
+//!   (the snapshot file, the usage store's bases, and backup files).
 //!   → `codec`, `raft::types`.
 //! - `usage` — each replica's usage history in sled: change points and hourly and daily
 //!   roll-ups per tenant, derived from applied commands by a writer thread, pruned by the
@@ -57,7 +57,7 @@
 //!   forwarding; ticker, reads, membership; it is the peer port's `Handler`).
 //!   → `network`, `storage`, `usage`, `audit`, `clock`, `fatal`, `codec`, `scheduler`.
 //! - `api` — the public gRPC API (`berth.v1`): one file per service (`tenants`, `workers`,
-//!   `placements`, `leases`, `billing`, `cluster`), auth and tenant scoping, proto conversions,
+//!   `placements`, `leases`, `billing`, `cluster`: with snapshots on demand and backups), auth and tenant scoping, proto conversions,
 //!   error mapping (`status`), the one narrowing of the core's answers (`answer`), the
 //!   heartbeat batcher (`heartbeats`), the server streams (`streams`: Watch,
 //!   WatchAssignments), the per-connection state its requests share (`ApiStream`, under
@@ -71,7 +71,8 @@
 //!   → `api::observe`, `raft`, `storage`, `scheduler`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
-//! - `server` — a replica plus its peer, API and metrics servers, with all IO passed in.
+//! - `server` — a replica plus its peer, API and metrics servers, with all IO passed in; and
+//!   `restore`, a new replica's storage from a backup file.
 //!   → `api`, `metrics`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`, `scheduler`.
 //!
 //! In short: `server` → `metrics` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::network::{self, Connect};
 use crate::raft::replica::{Replica, ReplicaOptions};
+use crate::raft::state_machine::SnapshotSummary;
 use crate::raft::types::ReplicaId;
 use crate::scheduler::TokenHash;
 use crate::storage::{LogStore, SnapshotStore};
@@ -46,6 +47,41 @@ impl Storage {
             usage: UsageLocation::Dir(dir.join("usage")),
         })
     }
+}
+
+/// Makes `dir` the storage of replica `id` of a new cluster of `members` (id → peer address)
+/// holding the state a backup file saved: its snapshot, with the membership replaced by
+/// `members`, and a vote in the snapshot's term (a new leader's entries then come after the
+/// snapshot's). `dir` must be new (missing or empty); the backup is checked whole (magic,
+/// length, SHA-256, encoding, the state's own checksum) before anything is written. Start each
+/// replica as usual afterwards, without `--bootstrap`.
+pub async fn restore(
+    dir: &Path,
+    id: ReplicaId,
+    backup: &[u8],
+    members: &BTreeMap<ReplicaId, String>,
+) -> anyhow::Result<SnapshotSummary> {
+    use openraft::storage::RaftLogStorage;
+    anyhow::ensure!(members.contains_key(&id), "replica {id} is not one of the members given");
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => anyhow::ensure!(
+            entries.next().is_none(),
+            "{} is not empty: restore into a new directory",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", dir.display())),
+    }
+    let snapshot = crate::storage::snapshot_store::decode_backup(backup)?;
+    let term = snapshot.meta.last_log_id.map(|l| l.leader_id.term);
+    let storage = Storage::open_dir(dir)?;
+    let summary = crate::raft::state_machine::restore(&storage.snapshots, snapshot, members)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(term) = term {
+        let mut log = storage.log;
+        log.save_vote(&openraft::Vote::new(term, id)).await?;
+    }
+    Ok(summary)
 }
 
 /// Most API connections completing their TLS handshake at once; more wait to be accepted.

@@ -498,6 +498,38 @@ fn up_and_client_subcommands() {
         assert!(Instant::now() < until, "cluster never settled: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A snapshot on demand; a backup, never over an existing file; a cluster from it.
+    let made = ok(api, login, &["snapshot", "create", "--json"]);
+    let made: serde_json::Value = serde_json::from_str(&made).expect("json");
+    assert!(made["log_index"].as_u64() > Some(0), "{made}");
+    let file = tmp.path().join("berth.backup");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let wrote = ok(api, login, &["backup", file_arg, "--json"]);
+    let wrote: serde_json::Value = serde_json::from_str(&wrote).expect("json");
+    let sha256 = wrote["sha256"].as_str().expect("a checksum").to_owned();
+    assert_eq!(wrote["bytes"].as_u64(), Some(std::fs::metadata(&file).expect("written").len()));
+    let again = berth(api, login, &["backup", file_arg]);
+    assert!(!again.ok && again.stderr.contains("never replaces"), "{}", again.stderr);
+    drop(cluster);
+    let one = tmp.path().join("one");
+    let restore = |sha: &str| {
+        let args = ["restore", "--from", file_arg, "--sha256", sha, "--id", "1"];
+        let members = ["--initial-members", "1=127.0.0.1:1", "--data-dir"];
+        cli(api, login).args(args).args(members).arg(&one).output().expect("berth runs")
+    };
+    let wrong = restore(&"0".repeat(64));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && stderr.contains("not the"), "{stderr}");
+    assert!(!one.exists(), "a refused restore writes nothing");
+    let restored = restore(&sha256);
+    let stdout = String::from_utf8_lossy(&restored.stdout);
+    assert!(restored.status.success() && stdout.contains("no --bootstrap"), "{stdout}");
+    let elsewhere = tmp.path().join("restored");
+    let cluster = up_with(&elsewhere, peer, api, &["--restore", file_arg]);
+    let login = &Login::of_up(&elsewhere);
+    let placements = ok(api, login, &["placement", "list", "acme"]);
+    assert!(placements.contains("web"), "{placements}");
     drop(cluster);
 }
 

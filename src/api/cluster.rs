@@ -2,20 +2,26 @@
 //! audit trail. Admin only, except that a tenant reads its own audit records; membership
 //! changes run on the leader.
 
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response as Reply, Status};
 
 use super::auth::{require_admin, tenant_scope, Caller};
 use super::observe;
-use super::status::{error, invalid};
+use super::status::{error, invalid, read_error};
 use super::{convert, pb, Api};
 use crate::audit::{AuditQuery, AUDIT_PAGE_MAX};
-use crate::raft::replica::hex;
+use crate::raft::replica::{hex, SnapshotError};
+use crate::raft::state_machine::SnapshotSummary;
 use crate::scheduler::{Command, TenantId};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
+    type BackupStream = super::streams::Stream<pb::BackupChunk>;
+
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<pb::StatusResponse> {
         let caller = self.caller(&request).await?;
         require_admin(&caller)?;
@@ -129,6 +135,50 @@ impl pb::cluster_server::Cluster for Api {
         }))
     }
 
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<pb::CreateSnapshotResponse> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let summary =
+            self.replica.snapshot_now(SNAPSHOT_DEADLINE).await.map_err(|e| snapshot_error(&e))?;
+        let snapshot = Some(self.snapshot_info(&summary));
+        Ok(Reply::new(pb::CreateSnapshotResponse { snapshot }))
+    }
+
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Self::BackupStream> {
+        let caller = self.caller(&request).await?;
+        require_admin(&caller)?;
+        let api = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_BUFFER);
+        // The snapshot is built in the stream's task: opening the stream does not wait for it.
+        tokio::spawn(async move {
+            let (file, summary) = match api.replica.backup(SNAPSHOT_DEADLINE).await {
+                Ok(built) => built,
+                Err(e) => {
+                    let _ = tx.send(Err(snapshot_error(&e))).await;
+                    return;
+                }
+            };
+            let header = pb::BackupHeader {
+                snapshot: Some(api.snapshot_info(&summary)),
+                file_bytes: file.len() as u64,
+                sha256: hex(&Sha256::digest(&file)),
+            };
+            let first = pb::backup_chunk::Part::Header(header);
+            let parts = std::iter::once(first).chain(
+                file.chunks(BACKUP_CHUNK_BYTES).map(|c| pb::backup_chunk::Part::Data(c.to_vec())),
+            );
+            for part in parts {
+                if tx.send(Ok(pb::BackupChunk { part: Some(part) })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Reply::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn set_config(
         &self,
         request: Request<pb::SetConfigRequest>,
@@ -145,7 +195,33 @@ impl pb::cluster_server::Cluster for Api {
     }
 }
 
+/// How long building a snapshot for `CreateSnapshot` or `Backup` may take.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(60);
+/// The most file bytes one `BackupChunk` carries (below gRPC's default 4 MiB message limit).
+pub const BACKUP_CHUNK_BYTES: usize = 1 << 20;
+/// Chunks a backup stream holds for a slow client before its task waits.
+const BACKUP_BUFFER: usize = 4;
+
+fn snapshot_error(e: &SnapshotError) -> Status {
+    match e {
+        SnapshotError::Read(e) => read_error(e),
+        SnapshotError::Failed(why) => {
+            error(Code::Unavailable, "SNAPSHOT_FAILED", why.clone(), Vec::new())
+        }
+    }
+}
+
 impl Api {
+    fn snapshot_info(&self, summary: &SnapshotSummary) -> pb::SnapshotInfo {
+        pb::SnapshotInfo {
+            replica_id: self.replica.id(),
+            raft_index: summary.last_log_id.map_or(0, |l| l.index),
+            raft_term: summary.last_log_id.map_or(0, |l| l.leader_id.term),
+            log_index: summary.command_index,
+            bytes: summary.bytes,
+        }
+    }
+
     /// Membership changes run on the leader. Elsewhere the answer is UNAVAILABLE/NOT_LEADER,
     /// which clients treat like any unavailable replica: they try the next endpoint.
     fn require_leader(&self) -> std::result::Result<(), Status> {

@@ -44,6 +44,7 @@ use crate::raft::types::Proposal;
 use crate::scheduler::{Command, Response, Scheduler, TokenHash};
 
 pub use auth::{hash_token, Caller};
+pub use cluster::BACKUP_CHUNK_BYTES;
 pub use streams::{STREAM_PROGRESS_INTERVAL, STREAM_SILENCE_MAX, WATCH_KINDS_MAX};
 
 /// Largest request any RPC accepts, in encoded bytes; tonic refuses a larger one

@@ -34,7 +34,7 @@ use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
 use crate::fatal::FailStop;
 use crate::network::{self, Connect, PeerNetwork, Rpc};
 use crate::raft::peer::{ForwardError, Peer, ReplicaStatus};
-use crate::raft::state_machine::{Replicated, StateMachine};
+use crate::raft::state_machine::{Replicated, SnapshotSummary, StateMachine};
 use crate::raft::types::{
     Batch, BatchResult, LogId, Node, Proposal, Raft, RaftError, ReplicaId, Vote,
 };
@@ -129,6 +129,18 @@ pub enum ReadError {
     #[error("read timed out: {0}")]
     Timeout(String),
 }
+
+/// Why `Replica::snapshot_now` has no snapshot to give.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("building the snapshot failed: {0}")]
+    Failed(String),
+}
+
+/// How often `Replica::snapshot_now` looks again for the snapshot it asked for.
+const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
 
 /// The vouch lease (`Replica::vouch_lease`); its mutex also makes renewals single-flight.
 #[derive(Default)]
@@ -802,6 +814,55 @@ impl Replica {
     pub fn usage_hash(&self) -> (u64, usage::Pending<[u8; 32]>) {
         let state = self.inner.sm.read();
         (state.progress.command_index, self.inner.sm.usage().hash())
+    }
+
+    /// A snapshot on this replica that holds every write acknowledged before the call (a
+    /// linearizable read first): the one it keeps if that is new enough, or one built now
+    /// (openraft then compacts the log behind it).
+    pub async fn snapshot_now(&self, deadline: Duration) -> Result<SnapshotSummary, SnapshotError> {
+        let until = Instant::now() + deadline;
+        let applied =
+            self.read(Consistency::Linearizable, deadline, |s| s.progress.last_applied).await?;
+        let want = applied.map(|l| l.index);
+        let held = |sm: &StateMachine| {
+            sm.snapshot_summary().filter(|s| s.last_log_id.map(|l| l.index) >= want)
+        };
+        loop {
+            if let Some(summary) = held(&self.inner.sm) {
+                return Ok(summary);
+            }
+            // Ignored while a build runs; asked again after it (it may be older than `want`).
+            self.inner
+                .raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| SnapshotError::Failed(e.to_string()))?;
+            let step = until.saturating_duration_since(Instant::now()).min(SNAPSHOT_POLL);
+            let built = self
+                .inner
+                .raft
+                .wait(Some(step))
+                .metrics(|m| m.snapshot.map(|l| l.index) >= want, "snapshot built")
+                .await;
+            if let (Err(_), true) = (built, Instant::now() >= until) {
+                return Err(SnapshotError::Read(ReadError::Timeout(
+                    "no snapshot was built before the deadline".into(),
+                )));
+            }
+            if let Some(why) = self.fail_stop().reason() {
+                return Err(SnapshotError::Failed(why));
+            }
+        }
+    }
+
+    /// A backup: `snapshot_now`'s snapshot as a backup file, and what it holds.
+    pub async fn backup(
+        &self,
+        deadline: Duration,
+    ) -> Result<(Vec<u8>, SnapshotSummary), SnapshotError> {
+        self.snapshot_now(deadline).await?;
+        self.inner.sm.backup().await.map_err(|e| SnapshotError::Failed(e.to_string()))
     }
 
     pub fn status(&self) -> ReplicaStatus {

@@ -34,13 +34,13 @@ use crate::codec;
 use crate::fatal::FailStop;
 use crate::raft::journal::Journal;
 use crate::raft::types::{
-    BatchResult, LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, TypeConfig,
+    BatchResult, LogEntry, LogId, Node, ReplicaId, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, TypeConfig,
 };
 use crate::scheduler::events::Event;
 use crate::scheduler::AuditRecord;
 use crate::scheduler::{Applied, Command, Entry, LogIndex, QuotaEvent, Scheduler, TenantId};
-use crate::storage::snapshot_store::{SnapshotFileError, SnapshotStore, StoredSnapshot};
+use crate::storage::snapshot_store::{self, SnapshotFileError, SnapshotStore, StoredSnapshot};
 use crate::usage::{self, Record, UsageStore};
 
 /// What the wrapper tracks beside the scheduler (all of it is in every snapshot).
@@ -116,12 +116,30 @@ struct Derived {
     audit: Vec<AuditRecord>,
 }
 
+/// The snapshot a replica keeps, and the last command it holds.
+#[derive(Clone)]
+struct Current {
+    stored: StoredSnapshot,
+    command_index: u64,
+}
+
+/// What a snapshot holds, in brief.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// The last Raft log entry it holds.
+    pub last_log_id: Option<LogId>,
+    /// The last command it holds.
+    pub command_index: u64,
+    /// Its size as kept (for a backup: the size of the backup file).
+    pub bytes: u64,
+}
+
 /// The `RaftStateMachine`. Clones share the same state.
 #[derive(Clone)]
 pub struct StateMachine {
     shared: Arc<RwLock<Replicated>>,
     store: SnapshotStore,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: Arc<Mutex<Option<Current>>>,
     builds: Arc<AtomicU64>,
     fail_stop: FailStop,
     core_apply: CoreApply,
@@ -183,8 +201,9 @@ impl StateMachine {
             // Records of the log replayed after the snapshot queue behind the restore.
             drop(sm.usage.restore(dump, changes));
             *sm.base() = Base { index: base, len, previous: None };
+            let command_index = restored.progress.command_index;
             *sm.write() = restored;
-            *sm.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+            *sm.current() = Some(Current { stored, command_index });
         }
         Ok(sm)
     }
@@ -223,9 +242,50 @@ impl StateMachine {
         self.base.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The snapshot this replica keeps, in brief.
+    pub fn snapshot_summary(&self) -> Option<SnapshotSummary> {
+        self.current().as_ref().map(|c| SnapshotSummary {
+            last_log_id: c.stored.meta.last_log_id,
+            command_index: c.command_index,
+            bytes: c.stored.data.len() as u64,
+        })
+    }
+
+    /// The snapshot this replica keeps as a backup file (`storage::snapshot_store`: its usage
+    /// store whole, framed and checksummed), and what it holds.
+    pub async fn backup(&self) -> Result<(Vec<u8>, SnapshotSummary), StorageError> {
+        let Some(current) = self.current().clone() else {
+            return Err(snapshot_err(None, "this replica has no snapshot yet"));
+        };
+        let meta = current.stored.meta.clone();
+        let file = self
+            .store
+            .blocking(move |store| {
+                let whole = whole(store, current.stored)?;
+                snapshot_store::encode_backup(&whole)
+            })
+            .await
+            .map_err(|e| snapshot_err(Some(&meta), e))?;
+        let summary = SnapshotSummary {
+            last_log_id: meta.last_log_id,
+            command_index: current.command_index,
+            bytes: file.len() as u64,
+        };
+        Ok((file, summary))
+    }
+
     /// Saves `stored` as the current snapshot, whose usage store counts from `base`, and
     /// removes the bases no longer needed.
-    async fn keep(&self, stored: StoredSnapshot, base: Base) -> Result<(), StorageError> {
+    async fn keep(
+        &self,
+        stored: StoredSnapshot,
+        base: Base,
+        command_index: u64,
+    ) -> Result<(), StorageError> {
         let (saved, meta) = (stored.clone(), stored.meta.clone());
         let kept = base.kept();
         self.store
@@ -240,7 +300,7 @@ impl StateMachine {
             .await
             .map_err(|e| snapshot_err(Some(&meta), e))?;
         *self.base() = base;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        *self.current() = Some(Current { stored, command_index });
         Ok(())
     }
 
@@ -448,7 +508,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 snapshot_id,
             };
             let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-            self.keep(stored, base).await?;
+            self.keep(stored, base, progress.command_index).await?;
             tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
             Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
         }
@@ -540,7 +600,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored = codec::encode(&body).map_err(|e| snapshot_err(Some(meta), e))?;
         let (changes, previous) = (usage::no_changes(), self.base().index);
         let base = Base { index: Some(at), len, previous };
-        self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base).await?;
+        self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base, at).await?;
         let mut state = self.write();
         self.journal.restart_at(LogIndex(at));
         drop(self.usage.restore(dump, changes));
@@ -553,25 +613,78 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// The current snapshot with the usage store whole (its base and changes composed), as a
     /// follower is sent it.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(current) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(current) = self.current().clone() else {
             return Ok(None);
         };
-        let meta = current.meta;
-        let data = self
+        let meta = current.stored.meta.clone();
+        let whole = self
             .store
-            .blocking(move |store| {
-                let damaged = |e: String| SnapshotFileError::Damaged(e);
-                let mut body: SnapshotBody =
-                    codec::decode(&current.data).map_err(|e| damaged(e.to_string()))?;
-                if let UsageImage::Since { base, changes } = &body.usage {
-                    body.usage = UsageImage::Whole(resolve(store, *base, changes)?.0);
-                }
-                codec::encode(&body).map_err(|e| damaged(e.to_string()))
-            })
+            .blocking(move |store| whole(store, current.stored))
             .await
             .map_err(|e| snapshot_err(Some(&meta), e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(whole.data)) }))
     }
+}
+
+/// `stored` with its usage store whole (its base, kept in `store`, and changes composed).
+fn whole(
+    store: &SnapshotStore,
+    stored: StoredSnapshot,
+) -> Result<StoredSnapshot, SnapshotFileError> {
+    let damaged = |e: String| SnapshotFileError::Damaged(e);
+    let mut body: SnapshotBody = codec::decode(&stored.data).map_err(|e| damaged(e.to_string()))?;
+    if let UsageImage::Since { base, changes } = &body.usage {
+        body.usage = UsageImage::Whole(resolve(store, *base, changes)?.0);
+    }
+    let data = codec::encode(&body).map_err(|e| damaged(e.to_string()))?;
+    Ok(StoredSnapshot { meta: stored.meta, data })
+}
+
+/// Makes `backup` (a backup file's snapshot) the snapshot kept in `store`, for a replica of a
+/// new cluster whose members are `members` (id → peer address): the snapshot's membership is
+/// replaced by theirs, as if the cluster had been founded with them holding this state. The
+/// store must hold no snapshot. Checked whole before anything is written.
+pub fn restore(
+    store: &SnapshotStore,
+    backup: StoredSnapshot,
+    members: &BTreeMap<ReplicaId, String>,
+) -> Result<SnapshotSummary, String> {
+    if store.load().map_err(|e| e.to_string())?.is_some() {
+        return Err("this replica already has a snapshot: restore into new storage".into());
+    }
+    if members.is_empty() {
+        return Err("a restored cluster needs at least one member".into());
+    }
+    let (restored, image) = decode_body(&backup.meta, &backup.data).map_err(|e| e.to_string())?;
+    let UsageImage::Whole(dump) = image else {
+        return Err("a backup must hold the usage store whole".into());
+    };
+    let voters: std::collections::BTreeSet<ReplicaId> = members.keys().copied().collect();
+    let nodes: BTreeMap<ReplicaId, Node> =
+        members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
+    let membership = StoredMembership::new(
+        *backup.meta.last_membership.log_id(),
+        openraft::Membership::new(vec![voters], nodes),
+    );
+    let at = restored.progress.command_index;
+    let progress = Progress { membership: membership.clone(), ..restored.progress };
+    let body = SnapshotBody {
+        progress,
+        scheduler: restored.scheduler.encode(),
+        usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
+    };
+    let data = codec::encode(&body).map_err(|e| e.to_string())?;
+    let meta = SnapshotMeta {
+        last_log_id: backup.meta.last_log_id,
+        last_membership: membership,
+        snapshot_id: format!("restored-{}", backup.meta.snapshot_id),
+    };
+    let bytes = data.len() as u64;
+    let last_log_id = meta.last_log_id;
+    // The base first: a snapshot file is only ever written naming a base that exists.
+    store.save_base(at, &dump).map_err(|e| e.to_string())?;
+    store.save(&StoredSnapshot { meta, data }).map_err(|e| e.to_string())?;
+    Ok(SnapshotSummary { last_log_id, command_index: at, bytes })
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! command index the base was taken at), payload length (u64 LE), payload (for the snapshot,
 //! bincode of `(meta, data)`; for a base, its dump), SHA-256 of the payload. A damaged file is
 //! refused on load, never half-installed.
+//!
+//! A backup file (`berth backup`, `berth restore`) is framed the same way under `b"BBAK"`:
+//! a snapshot whose usage store is whole (as a follower is sent it), so it needs no base.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ const MAGIC: &[u8; 4] = b"BSNP";
 const FILE_NAME: &str = "snapshot.bin";
 const BASE_MAGIC: &[u8; 4] = b"BUSB";
 const BASE_PREFIX: &str = "usage-base-";
+const BACKUP_MAGIC: &[u8; 4] = b"BBAK";
 
 /// A snapshot as stored: openraft's metadata and our state machine bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -166,6 +170,23 @@ fn frame(magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out.extend_from_slice(&Sha256::digest(payload));
     out
+}
+
+/// A backup file of `snapshot` (whose usage store is whole).
+pub fn encode_backup(snapshot: &StoredSnapshot) -> Result<Vec<u8>, SnapshotFileError> {
+    let payload = codec::encode(snapshot).map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
+    Ok(frame(BACKUP_MAGIC, &payload))
+}
+
+/// Checks and decodes a backup file: its magic, length and checksum, then its encoding.
+pub fn decode_backup(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
+    let payload = payload(BACKUP_MAGIC, bytes).map_err(|e| match e {
+        SnapshotFileError::Damaged(why) => {
+            SnapshotFileError::Damaged(format!("not a Berth backup, or a damaged one: {why}"))
+        }
+        other => other,
+    })?;
+    codec::decode(payload).map_err(|e| SnapshotFileError::Damaged(e.to_string()))
 }
 
 /// Checks and decodes a framed snapshot file.

@@ -113,6 +113,25 @@ impl Cluster {
         options: fn(u64, String) -> ReplicaOptions,
         with_api: bool,
     ) -> Cluster {
+        Cluster::start_from(n, options, with_api, None).await
+    }
+
+    /// A new cluster serving the API, each replica's storage restored from `backup` (a backup
+    /// file) with this cluster's members (`berth::server::restore`), none bootstrapped.
+    pub async fn restored(
+        n: u64,
+        options: fn(u64, String) -> ReplicaOptions,
+        backup: &[u8],
+    ) -> Cluster {
+        Cluster::start_from(n, options, true, Some(backup)).await
+    }
+
+    async fn start_from(
+        n: u64,
+        options: fn(u64, String) -> ReplicaOptions,
+        with_api: bool,
+        backup: Option<&[u8]>,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut listeners = BTreeMap::new();
         let mut members = BTreeMap::new();
@@ -130,8 +149,15 @@ impl Cluster {
             Cluster { members, authority, options, with_api, links, clock, _tmp: tmp };
         let founders: BTreeMap<u64, String> =
             cluster.members.iter().map(|(id, m)| (*id, m.addr.clone())).collect();
+        if let Some(backup) = backup {
+            for (id, member) in &cluster.members {
+                berth::server::restore(&member.dir, *id, backup, &founders)
+                    .await
+                    .expect("the backup restores");
+            }
+        }
         for (id, listener) in listeners {
-            let bootstrap = (id == 1).then(|| founders.clone());
+            let bootstrap = (id == 1 && backup.is_none()).then(|| founders.clone());
             cluster.launch(id, listener, bootstrap).await;
         }
         cluster

@@ -16,6 +16,7 @@ mod agent;
 mod bench;
 mod certs;
 mod cli;
+mod restore;
 mod server;
 mod up;
 
@@ -72,6 +73,10 @@ enum Cmd {
     Certs(certs::CertsArgs),
     /// Drive Place + Release against a running cluster and print ops/s and latency.
     Bench(bench::BenchArgs),
+    /// Make a new replica's storage from a backup file (`berth backup`), checked by its
+    /// SHA-256: run it for every replica of the new cluster with the same --initial-members,
+    /// then start each with `berth server` as usual, without --bootstrap.
+    Restore(restore::RestoreArgs),
     /// Run a worker: register it, heartbeat, follow its assignments, run hooks, report.
     Agent(agent::AgentArgs),
     #[command(flatten)]
@@ -114,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Up(args) => runtime.block_on(up::run(args, cli.log_format)),
         Cmd::Certs(args) => certs::run(&args, cli.connection.json),
         Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
+        Cmd::Restore(args) => runtime.block_on(restore::run(args, cli.connection.json)),
         Cmd::Agent(args) => runtime.block_on(agent::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };

@@ -145,7 +145,7 @@ async fn follow_clock_offset(clock: SystemClock, path: PathBuf) {
     }
 }
 
-fn parse_members(specs: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+pub(crate) fn parse_members(specs: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut members = BTreeMap::new();
     for spec in specs {
         let (id, addr) =

@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// starts the replica again, and the others keep serving either way.
     #[arg(long)]
     restart_on_exit: bool,
+    /// Start the cluster from a backup file (`berth backup`) instead of empty: each replica's
+    /// storage is restored from it (`berth restore`). Needs a --data-dir holding no replicas.
+    #[arg(long)]
+    restore: Option<PathBuf>,
 }
 
 /// The admin token of a local cluster: reused from `<data-dir>/admin.token`, or created.
@@ -218,6 +222,21 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
     for i in 1..=args.replicas {
         members.push(format!("{i}=127.0.0.1:{}", port(args.peer_base_port, i)?));
     }
+    if let Some(from) = &args.restore {
+        let file = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        let founders = crate::server::parse_members(&members)?;
+        for i in 1..=args.replicas {
+            let dir = data_dir.join(format!("replica-{i}"));
+            let restored = berth::server::restore(&dir, i, &file, &founders)
+                .await
+                .with_context(|| format!("restoring replica {i} from {}", from.display()))?;
+            eprintln!(
+                "replica {i}: restored from {}, every write up to log index {}",
+                from.display(),
+                restored.command_index
+            );
+        }
+    }
     let mut replicas = Vec::new();
     let mut endpoints = Vec::new();
     let mut scrapes = Vec::new();
@@ -261,7 +280,7 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
             scrapes.push(format!("http://{metrics}/metrics"));
         }
         replica.args.extend(["--log-format".into(), log_format.name().into()]);
-        let bootstrap = if i == 1 {
+        let bootstrap = if i == 1 && args.restore.is_none() {
             vec!["--bootstrap".to_owned(), "--initial-members".to_owned(), members.join(",")]
         } else {
             Vec::new()

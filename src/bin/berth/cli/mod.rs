@@ -20,6 +20,7 @@ macro_rules! call {
 
 pub(crate) mod args;
 mod audit;
+mod backup;
 mod budget;
 mod cluster;
 mod cost;
@@ -147,6 +148,12 @@ pub enum ClientCmd {
     /// The audit trail as JSON lines: every command sent, accepted or refused, with who, the
     /// tenant and the outcome; `audit verify` checks every replica's hash chain.
     Audit(audit::AuditArgs),
+    /// Snapshots on demand: `snapshot create` compacts the answering replica's log.
+    #[command(subcommand)]
+    Snapshot(backup::SnapshotCmd),
+    /// Download a fresh snapshot of the cluster as a backup file, checked by its SHA-256, for
+    /// `berth restore`. Give a longer --timeout-ms for a large state.
+    Backup(backup::BackupArgs),
 }
 
 /// What one client subcommand runs with: the client, the request id of its write (each
@@ -170,10 +177,14 @@ impl Session {
 
 /// Runs one client subcommand.
 pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<()> {
-    let options = ClientOptions {
+    let mut options = ClientOptions {
         deadline: std::time::Duration::from_millis(connection.timeout_ms),
         ..Default::default()
     };
+    // A snapshot takes as long as the state is large: one attempt may use the whole deadline.
+    if matches!(command, ClientCmd::Snapshot(_)) {
+        options.attempt_timeout = options.deadline;
+    }
     let s = Session {
         client: connection.client(options)?,
         request_id: connection.request_id.clone().unwrap_or_else(new_request_id),
@@ -201,6 +212,8 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Cluster(cmd) => cluster::run(&s, cmd).await,
         ClientCmd::Watch(args) => watch::run(&s, args).await,
         ClientCmd::Audit(args) => audit::run(&s, &connection, args).await,
+        ClientCmd::Snapshot(cmd) => backup::snapshot(&s, cmd).await,
+        ClientCmd::Backup(args) => backup::backup(&s, args).await,
     }
 }
 
