@@ -52,34 +52,55 @@ impl Storage {
 /// Makes `dir` the storage of replica `id` of a new cluster of `members` (id → peer address)
 /// holding the state a backup file saved: its snapshot, with the membership replaced by
 /// `members`, and a vote in the snapshot's term (a new leader's entries then come after the
-/// snapshot's). `dir` must be new (missing or empty); the backup is checked whole (magic,
-/// length, SHA-256, encoding, the state's own checksum) before anything is written. Start each
-/// replica as usual afterwards, without `--bootstrap`.
+/// snapshot's; without it openraft's first leader would be elected in term 1 and panic on a
+/// log that ends in a later term). `dir` must be new (missing or empty). The backup is checked
+/// whole (magic, length, SHA-256, encoding, format version, the state's own checksum) before
+/// anything is written, and the storage is built in `<dir>.restoring` and renamed into place,
+/// so a restore that fails leaves `dir` as it was. Start each replica as usual afterwards,
+/// without `--bootstrap`.
 pub async fn restore(
     dir: &Path,
     id: ReplicaId,
     backup: &[u8],
     members: &BTreeMap<ReplicaId, String>,
 ) -> anyhow::Result<SnapshotSummary> {
+    use anyhow::Context;
     use openraft::storage::RaftLogStorage;
     anyhow::ensure!(members.contains_key(&id), "replica {id} is not one of the members given");
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => anyhow::ensure!(
-            entries.next().is_none(),
-            "{} is not empty: restore into a new directory",
-            dir.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let exists = match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            anyhow::ensure!(
+                entries.next().is_none(),
+                "{} is not empty: restore into a new directory",
+                dir.display()
+            );
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", dir.display())),
-    }
+    };
     let snapshot = crate::storage::snapshot_store::decode_backup(backup)?;
     let term = snapshot.meta.last_log_id.map(|l| l.leader_id.term);
-    let storage = Storage::open_dir(dir)?;
-    let summary = crate::raft::state_machine::restore(&storage.snapshots, snapshot, members)
-        .map_err(anyhow::Error::msg)?;
+    let restoring = crate::raft::state_machine::restore_check(snapshot, members)
+        .map_err(|e| anyhow::anyhow!("the backup does not restore: {e}"))?;
+    let name = dir.file_name().context("give the data directory by its path")?;
+    let building = dir.with_file_name(format!("{}.restoring", name.to_string_lossy()));
+    if building.exists() {
+        // Left by a restore that stopped half-way.
+        std::fs::remove_dir_all(&building)?;
+    }
+    let storage = Storage::open_dir(&building)?;
     if let Some(term) = term {
         let mut log = storage.log;
         log.save_vote(&openraft::Vote::new(term, id)).await?;
+    }
+    let summary = restoring.write(&storage.snapshots).map_err(anyhow::Error::msg)?;
+    if exists {
+        std::fs::remove_dir(dir)?;
+    }
+    std::fs::rename(&building, dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(summary)
 }

@@ -111,8 +111,16 @@ async fn a_restored_cluster_holds_what_was_acknowledged_before_the_backup_and_go
     assert!(why.contains("not a Berth backup"), "{why}");
     let why = refused(berth::server::restore(&dir("a"), 2, &file, &members).await);
     assert!(why.contains("not one of the members"), "{why}");
-    assert!(!dir("a").exists(), "nothing was written");
+    // Framed and checksummed, but not a state: refused before anything is written.
+    use berth::storage::snapshot_store::{decode_backup, encode_backup, StoredSnapshot};
+    let meta = decode_backup(&file).expect("the backup decodes").meta;
+    let hollow = encode_backup(&StoredSnapshot { meta, data: vec![0; 64] }).expect("encodes");
+    let why = refused(berth::server::restore(&dir("a"), 1, &hollow, &members).await);
+    assert!(why.contains("does not restore"), "{why}");
+    assert!(!dir("a").exists() && !dir("a.restoring").exists(), "nothing was written");
     berth::server::restore(&dir("b"), 1, &file, &members).await.expect("restores");
+    std::fs::create_dir(dir("c")).expect("an empty directory");
+    berth::server::restore(&dir("c"), 1, &file, &members).await.expect("restores into it");
     let why = refused(berth::server::restore(&dir("b"), 1, &file, &members).await);
     assert!(why.contains("not empty"), "{why}");
 

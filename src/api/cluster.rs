@@ -150,11 +150,25 @@ impl pb::cluster_server::Cluster for Api {
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Self::BackupStream> {
         let caller = self.caller(&request).await?;
         require_admin(&caller)?;
+        // One backup at a time on a replica: each holds its whole file in memory.
+        let Ok(permit) = BACKUPS.try_acquire() else {
+            return Err(error(
+                Code::ResourceExhausted,
+                "BACKUP_RUNNING",
+                "a backup is already being taken on this replica; try again when it ends",
+                Vec::new(),
+            ));
+        };
         let api = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_BUFFER);
         // The snapshot is built in the stream's task: opening the stream does not wait for it.
         tokio::spawn(async move {
-            let (file, summary) = match api.replica.backup(SNAPSHOT_DEADLINE).await {
+            let _permit = permit;
+            let built = tokio::select! {
+                built = api.replica.backup(SNAPSHOT_DEADLINE) => built,
+                () = tx.closed() => return,
+            };
+            let (file, summary) = match built {
                 Ok(built) => built,
                 Err(e) => {
                     let _ = tx.send(Err(snapshot_error(&e))).await;
@@ -167,11 +181,15 @@ impl pb::cluster_server::Cluster for Api {
                 sha256: hex(&Sha256::digest(&file)),
             };
             let first = pb::backup_chunk::Part::Header(header);
-            let parts = std::iter::once(first).chain(
-                file.chunks(BACKUP_CHUNK_BYTES).map(|c| pb::backup_chunk::Part::Data(c.to_vec())),
-            );
-            for part in parts {
-                if tx.send(Ok(pb::BackupChunk { part: Some(part) })).await.is_err() {
+            let data =
+                file.chunks(BACKUP_CHUNK_BYTES).map(|c| pb::backup_chunk::Part::Data(c.to_vec()));
+            for part in std::iter::once(first).chain(data) {
+                // A client that stops reading is let go, and the file with it.
+                let sent = tokio::time::timeout(
+                    BACKUP_SEND_TIMEOUT,
+                    tx.send(Ok(pb::BackupChunk { part: Some(part) })),
+                );
+                if !matches!(sent.await, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -201,6 +219,10 @@ const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(60);
 pub const BACKUP_CHUNK_BYTES: usize = 1 << 20;
 /// Chunks a backup stream holds for a slow client before its task waits.
 const BACKUP_BUFFER: usize = 4;
+/// How long a backup stream waits for its client to take the next chunk before it gives up.
+const BACKUP_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Backups a process takes at once (one per replica in production).
+static BACKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 fn snapshot_error(e: &SnapshotError) -> Status {
     match e {
@@ -213,10 +235,11 @@ fn snapshot_error(e: &SnapshotError) -> Status {
 
 impl Api {
     fn snapshot_info(&self, summary: &SnapshotSummary) -> pb::SnapshotInfo {
+        let (raft_index, raft_term) = summary.raft_position();
         pb::SnapshotInfo {
             replica_id: self.replica.id(),
-            raft_index: summary.last_log_id.map_or(0, |l| l.index),
-            raft_term: summary.last_log_id.map_or(0, |l| l.leader_id.term),
+            raft_index,
+            raft_term,
             log_index: summary.command_index,
             bytes: summary.bytes,
         }

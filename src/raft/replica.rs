@@ -839,19 +839,20 @@ impl Replica {
                 .await
                 .map_err(|e| SnapshotError::Failed(e.to_string()))?;
             let step = until.saturating_duration_since(Instant::now()).min(SNAPSHOT_POLL);
-            let built = self
+            // Either way (built, or a second gone by), look again: `current` is set first.
+            let _ = self
                 .inner
                 .raft
                 .wait(Some(step))
                 .metrics(|m| m.snapshot.map(|l| l.index) >= want, "snapshot built")
                 .await;
-            if let (Err(_), true) = (built, Instant::now() >= until) {
+            if let Some(why) = self.fail_stop().reason() {
+                return Err(SnapshotError::Failed(why));
+            }
+            if held(&self.inner.sm).is_none() && Instant::now() >= until {
                 return Err(SnapshotError::Read(ReadError::Timeout(
                     "no snapshot was built before the deadline".into(),
                 )));
-            }
-            if let Some(why) = self.fail_stop().reason() {
-                return Err(SnapshotError::Failed(why));
             }
         }
     }

@@ -134,6 +134,13 @@ pub struct SnapshotSummary {
     pub bytes: u64,
 }
 
+impl SnapshotSummary {
+    /// The index and term of the last Raft log entry it holds (0 for none).
+    pub fn raft_position(&self) -> (u64, u64) {
+        self.last_log_id.map_or((0, 0), |l| (l.index, l.leader_id.term))
+    }
+}
+
 /// The `RaftStateMachine`. Clones share the same state.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -258,6 +265,8 @@ impl StateMachine {
     /// The snapshot this replica keeps as a backup file (`storage::snapshot_store`: its usage
     /// store whole, framed and checksummed), and what it holds.
     pub async fn backup(&self) -> Result<(Vec<u8>, SnapshotSummary), StorageError> {
+        // No build replaces the base this snapshot names while it is read.
+        let _one = self.snapshotting.clone().lock_owned().await;
         let Some(current) = self.current().clone() else {
             return Err(snapshot_err(None, "this replica has no snapshot yet"));
         };
@@ -592,12 +601,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .blocking(move |store| store.save_base(at, &kept))
             .await
             .map_err(|e| snapshot_err(Some(meta), e))?;
-        let body = SnapshotBody {
-            progress: restored.progress.clone(),
-            scheduler: restored.scheduler.encode(),
-            usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
-        };
-        let stored = codec::encode(&body).map_err(|e| snapshot_err(Some(meta), e))?;
+        let stored = own_base_body(restored.progress.clone(), &restored.scheduler)
+            .map_err(|e| snapshot_err(Some(meta), e))?;
         let (changes, previous) = (usage::no_changes(), self.base().index);
         let base = Base { index: Some(at), len, previous };
         self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base, at).await?;
@@ -640,18 +645,23 @@ fn whole(
     Ok(StoredSnapshot { meta: stored.meta, data })
 }
 
-/// Makes `backup` (a backup file's snapshot) the snapshot kept in `store`, for a replica of a
-/// new cluster whose members are `members` (id → peer address): the snapshot's membership is
-/// replaced by theirs, as if the cluster had been founded with them holding this state. The
-/// store must hold no snapshot. Checked whole before anything is written.
-pub fn restore(
-    store: &SnapshotStore,
+/// A backup's snapshot, checked and made ready to keep for a replica of a new cluster
+/// (`restore_check`), then written (`Restoring::write`).
+pub struct Restoring {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    dump: Vec<u8>,
+    pub summary: SnapshotSummary,
+}
+
+/// Checks `backup` (a backup file's snapshot) whole, without writing anything: its encoding,
+/// format version, the state's own checksum, the usage store; and makes it the snapshot of a
+/// replica of a new cluster whose members are `members` (id → peer address): its membership
+/// is replaced by theirs, as if the cluster had been founded with them holding this state.
+pub fn restore_check(
     backup: StoredSnapshot,
     members: &BTreeMap<ReplicaId, String>,
-) -> Result<SnapshotSummary, String> {
-    if store.load().map_err(|e| e.to_string())?.is_some() {
-        return Err("this replica already has a snapshot: restore into new storage".into());
-    }
+) -> Result<Restoring, String> {
     if members.is_empty() {
         return Err("a restored cluster needs at least one member".into());
     }
@@ -666,25 +676,49 @@ pub fn restore(
         *backup.meta.last_membership.log_id(),
         openraft::Membership::new(vec![voters], nodes),
     );
-    let at = restored.progress.command_index;
     let progress = Progress { membership: membership.clone(), ..restored.progress };
-    let body = SnapshotBody {
-        progress,
-        scheduler: restored.scheduler.encode(),
-        usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
-    };
-    let data = codec::encode(&body).map_err(|e| e.to_string())?;
+    let at = progress.command_index;
+    let data = own_base_body(progress, &restored.scheduler).map_err(|e| e.to_string())?;
     let meta = SnapshotMeta {
         last_log_id: backup.meta.last_log_id,
         last_membership: membership,
         snapshot_id: format!("restored-{}", backup.meta.snapshot_id),
     };
-    let bytes = data.len() as u64;
-    let last_log_id = meta.last_log_id;
-    // The base first: a snapshot file is only ever written naming a base that exists.
-    store.save_base(at, &dump).map_err(|e| e.to_string())?;
-    store.save(&StoredSnapshot { meta, data }).map_err(|e| e.to_string())?;
-    Ok(SnapshotSummary { last_log_id, command_index: at, bytes })
+    let summary = SnapshotSummary {
+        last_log_id: meta.last_log_id,
+        command_index: at,
+        bytes: data.len() as u64,
+    };
+    Ok(Restoring { meta, data, dump, summary })
+}
+
+impl Restoring {
+    /// Keeps the snapshot (and its usage store as a base of its own) in `store`.
+    pub fn write(self, store: &SnapshotStore) -> Result<SnapshotSummary, String> {
+        // The base first: a snapshot file is only ever written naming a base that exists.
+        let at = self.summary.command_index;
+        store.save_base(at, &self.dump).map_err(|e| e.to_string())?;
+        store
+            .save(&StoredSnapshot { meta: self.meta, data: self.data })
+            .map_err(|e| e.to_string())?;
+        Ok(self.summary)
+    }
+}
+
+/// A snapshot body of `progress` and `scheduler` whose usage store is its own base, taken at
+/// its command index, with no changes since (what a replica keeps of a snapshot it was given
+/// whole: a leader's, or a backup's).
+fn own_base_body(
+    progress: Progress,
+    scheduler: &Scheduler,
+) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let at = progress.command_index;
+    let body = SnapshotBody {
+        progress,
+        scheduler: scheduler.encode(),
+        usage: UsageImage::Since { base: Some(at), changes: usage::no_changes() },
+    };
+    codec::encode(&body)
 }
 
 #[cfg(test)]

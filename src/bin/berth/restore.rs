@@ -57,13 +57,14 @@ pub async fn run(args: RestoreArgs, json: bool) -> anyhow::Result<()> {
         }
     }
     let summary = berth::server::restore(&args.data_dir, args.id, &file, &members).await?;
+    let (raft_index, raft_term) = summary.raft_position();
     let restored = Restored {
         replica_id: args.id,
         data_dir: args.data_dir.display().to_string(),
         sha256,
         log_index: summary.command_index,
-        raft_index: summary.last_log_id.map_or(0, |l| l.index),
-        raft_term: summary.last_log_id.map_or(0, |l| l.leader_id.term),
+        raft_index,
+        raft_term,
     };
     if json {
         return crate::output::show(true, &restored);

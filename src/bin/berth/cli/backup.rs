@@ -3,6 +3,7 @@
 //! replica sends, for `berth restore`).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -48,32 +49,37 @@ pub async fn backup(s: &Session, args: BackupArgs) -> anyhow::Result<()> {
     if args.file.exists() {
         bail!("{} exists: a backup never replaces a file", args.file.display());
     }
-    let mut stream = s
-        .client
-        .open(pb::BackupRequest {}, |ch, req| async move {
-            berth::client::cluster(ch).backup(req).await
-        })
-        .await
-        .map_err(|status| anyhow::anyhow!(super::describe(&status)))?;
+    // Owner-only from the start: a backup holds every tenant's state and token hashes.
     let partial = partial_name(&args.file);
-    let mut out = std::fs::File::create_new(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let written = receive(&mut stream, &mut out, s.json).await;
-    let written = written.and_then(|header| {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| {
+            format!("creating {} (left by an earlier backup? remove it)", partial.display())
+        })?;
+    let written = async {
+        let mut stream = s
+            .client
+            .open(pb::BackupRequest {}, |ch, req| async move {
+                berth::client::cluster(ch).backup(req).await
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!(super::describe(&status)))?;
+        let header = receive(&mut stream, &mut out, s.json).await?;
         out.sync_all()?;
-        std::fs::rename(&partial, &args.file)?;
+        // Linked, not renamed: a file that appeared meanwhile is never replaced.
+        std::fs::hard_link(&partial, &args.file)
+            .with_context(|| format!("linking {}", args.file.display()))?;
         if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        Ok(header)
-    });
-    let header = match written {
-        Ok(header) => header,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
+        anyhow::Ok(header)
+    }
+    .await;
+    let _ = std::fs::remove_file(&partial);
+    let header = written?;
     let written = Written {
         file: args.file.display().to_string(),
         bytes: header.file_bytes,

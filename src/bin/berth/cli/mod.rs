@@ -151,8 +151,8 @@ pub enum ClientCmd {
     /// Snapshots on demand: `snapshot create` compacts the answering replica's log.
     #[command(subcommand)]
     Snapshot(backup::SnapshotCmd),
-    /// Download a fresh snapshot of the cluster as a backup file, checked by its SHA-256, for
-    /// `berth restore`. Give a longer --timeout-ms for a large state.
+    /// Download a fresh snapshot of the cluster as a backup file (owner-only), checked by its
+    /// SHA-256, for `berth restore`.
     Backup(backup::BackupArgs),
 }
 
