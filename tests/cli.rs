@@ -1352,3 +1352,46 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
     }
     drop(cluster);
 }
+
+/// `berth stress` in short mode against `berth up`: every profile passes, the replicas'
+/// per-tenant counters equal what the client sent, a run directory holds results.json and a
+/// report with plots, `latest` points at it; and a planted leak makes `lifecycle` fail.
+#[test]
+fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let cluster = up(&data, peer, api);
+    let login = &Login::of_up(&data);
+    let out = tmp.path().join("stress");
+    let out_arg = out.to_str().expect("utf-8 path");
+    let metrics: Vec<String> =
+        cluster.metrics.iter().map(|m| format!("http://{m}/metrics")).collect();
+    let run = berth(
+        api,
+        login,
+        &["stress", "--short", "--json", "--out", out_arg, "--metrics", &metrics.join(",")],
+    );
+    assert!(run.ok, "stress failed: {}\n{}", run.stdout, run.stderr);
+    let results: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(results["passed"], true, "{results:#}");
+    let profiles = results["profiles"].as_array().expect("profiles");
+    let names: Vec<&str> = profiles.iter().filter_map(|p| p["profile"].as_str()).collect();
+    assert_eq!(names, ["isolation", "burst", "quota", "scaling", "backlog", "lifecycle"]);
+    assert_eq!(results["metrics"]["passed"], true, "{:#}", results["metrics"]);
+    let latest = out.join("latest");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(latest.join("results.json")).expect("results.json"),
+    )
+    .expect("json");
+    assert_eq!(saved["run"], results["run"]);
+    let report = std::fs::read_to_string(latest.join("report.html")).expect("report.html");
+    assert!(report.matches("<svg").count() >= 6 && !report.contains("http"), "self-contained");
+
+    let planted =
+        berth(api, login, &["stress", "lifecycle", "--short", "--out", out_arg, "--plant-leak"]);
+    assert!(!planted.ok, "a leaked reservation must fail lifecycle: {}", planted.stdout);
+    assert!(planted.stdout.contains("[FAIL] nothing orphaned"), "{}", planted.stdout);
+    drop(cluster);
+}

@@ -18,6 +18,7 @@ mod certs;
 mod cli;
 mod restore;
 mod server;
+mod stress;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -77,6 +78,10 @@ enum Cmd {
     /// SHA-256: run it for every replica of the new cluster with the same --initial-members,
     /// then start each with `berth server` as usual, without --bootstrap.
     Restore(restore::RestoreArgs),
+    /// Multi-tenant stress profiles against a running cluster (isolation, burst, quota,
+    /// scaling, backlog, lifecycle): checks against stated thresholds, measured figures, and a
+    /// report in <out>/<run>/report.html with results.json (<out>/latest is the newest).
+    Stress(stress::StressArgs),
     /// Run a worker: register it, heartbeat, follow its assignments, run hooks, report.
     Agent(agent::AgentArgs),
     #[command(flatten)]
@@ -120,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Certs(args) => certs::run(&args, cli.connection.json),
         Cmd::Bench(args) => runtime.block_on(bench::run(cli.connection, args)),
         Cmd::Restore(args) => runtime.block_on(restore::run(args, cli.connection.json)),
+        Cmd::Stress(args) => runtime.block_on(stress::run(cli.connection, args)),
         Cmd::Agent(args) => runtime.block_on(agent::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };
