@@ -1378,7 +1378,7 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     assert_eq!(results["passed"], true, "{results:#}");
     let profiles = results["profiles"].as_array().expect("profiles");
     let names: Vec<&str> = profiles.iter().filter_map(|p| p["profile"].as_str()).collect();
-    assert_eq!(names, ["isolation", "burst", "quota", "scaling", "backlog", "lifecycle"]);
+    assert_eq!(names, ["isolation", "burst", "mixed", "quota", "scaling", "backlog", "lifecycle"]);
     assert_eq!(results["metrics"]["passed"], true, "{:#}", results["metrics"]);
     let latest = out.join("latest");
     let saved: serde_json::Value = serde_json::from_str(

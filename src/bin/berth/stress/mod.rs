@@ -65,6 +65,7 @@ pub struct StressArgs {
 pub enum Profile {
     Isolation,
     Burst,
+    Mixed,
     Quota,
     Scaling,
     Backlog,
@@ -76,6 +77,7 @@ impl Profile {
         match self {
             Profile::Isolation => "isolation",
             Profile::Burst => "burst",
+            Profile::Mixed => "mixed",
             Profile::Quota => "quota",
             Profile::Scaling => "scaling",
             Profile::Backlog => "backlog",
@@ -217,6 +219,7 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
         let mut outcome = match profile {
             Profile::Isolation => profiles::isolation(&ctx, &args).await,
             Profile::Burst => profiles::burst(&ctx).await,
+            Profile::Mixed => profiles::mixed(&ctx).await,
             Profile::Quota => profiles::quota(&ctx).await,
             Profile::Scaling => profiles::scaling(&ctx, &args).await,
             Profile::Backlog => profiles::backlog(&ctx, &args).await,
