@@ -993,6 +993,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
         tokio::spawn(async move {
             // (the short job's number, its wait in ms)
             let mut waits: Vec<(u64, u64)> = Vec::new();
+            let mut releasing = Vec::new();
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
@@ -1010,7 +1011,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 let (tenant, c) = tenants[k].clone();
                 let recorder = recorder.clone();
                 let hold = if k == 0 { LONG_MS } else { SHORT_MS };
-                tokio::spawn(async move {
+                releasing.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let m = pb::ReleaseRequest {
                         request_id: new_request_id(),
@@ -1021,9 +1022,9 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
                     let call =
                         c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
                     let _ = recorder.timed(&tenant, "Scheduler/Release", call).await;
-                });
+                }));
             }
-            waits
+            (waits, releasing)
         })
     };
     let submit = {
@@ -1095,7 +1096,11 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_millis(LONG_MS + 500)).await;
     let _ = stop.send(true);
     let long_jobs = feeding.await.unwrap_or(0);
-    let waits = watcher.await.map_err(|e| anyhow::anyhow!("the watcher: {e}"))?;
+    let (waits, releasing) = watcher.await.map_err(|e| anyhow::anyhow!("the watcher: {e}"))?;
+    // Every placement seen is given back before the tenants go.
+    for task in releasing {
+        task.await.map_err(|e| anyhow::anyhow!("a release: {e}"))?;
+    }
     let (alone, beside): (Vec<_>, Vec<_>) = waits.iter().partition(|(n, _)| *n <= alone_jobs);
     let mut alone: Vec<u64> = alone.into_iter().map(|(_, w)| w).collect();
     let mut beside: Vec<u64> = beside.into_iter().map(|(_, w)| w).collect();
