@@ -158,6 +158,15 @@ pub struct Ctx {
     pub short: bool,
     pub recorder: Recorder,
     pub plant_leak: bool,
+    /// What the profile running now made and has not yet given back: the tenants and
+    /// workers `cleanup` deletes after it, whether it passed, failed or stopped half-way.
+    made: std::sync::Mutex<Made>,
+}
+
+#[derive(Default)]
+struct Made {
+    tenants: std::collections::BTreeSet<String>,
+    workers: Vec<String>,
 }
 
 impl Ctx {
@@ -166,6 +175,20 @@ impl Ctx {
         let mut connection = self.connection.clone();
         connection.token = Some(token.to_owned());
         Ok(Arc::new(connection.client(options(&self.connection))?))
+    }
+
+    fn made(&self) -> std::sync::MutexGuard<'_, Made> {
+        self.made.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a tenant this profile created (`cleanup` deletes it unless `deleted` is said).
+    pub fn created(&self, tenant: &str) {
+        self.made().tenants.insert(tenant.to_owned());
+    }
+
+    /// Notes that the profile deleted `tenant` itself.
+    pub fn deleted(&self, tenant: &str) {
+        self.made().tenants.remove(tenant);
     }
 
     /// A name unique to this run.
@@ -194,6 +217,9 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
     if profiles.is_empty() {
         profiles = Profile::value_variants().to_vec();
     }
+    // Each at most once: a profile's workers and tenants have fixed names within a run.
+    let mut seen = std::collections::BTreeSet::new();
+    profiles.retain(|p| seen.insert(*p));
     let client = Arc::new(connection.client(options(&connection))?);
     let run = new_request_id()[..8].to_owned();
     let now_ms = std::time::SystemTime::now()
@@ -210,6 +236,7 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
         short: args.short,
         recorder: Recorder::new(Instant::now()),
         plant_leak: args.plant_leak,
+        made: std::sync::Mutex::default(),
     };
     let progress = record::progress(ctx.recorder.clone(), connection.json);
     let mut outcomes = Vec::new();
@@ -231,6 +258,9 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
             failed
         });
         outcome.seconds_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Err(e) = cleanup(&ctx).await {
+            outcome.check("gave back what it made", false, format!("{e:#}"));
+        }
         if outcome.series.is_empty() {
             outcome.series = ctx.recorder.series(profile.name());
         }
@@ -320,10 +350,11 @@ async fn validate_metrics(urls: &[String], recorder: &Recorder, prefix: &str) ->
         .filter(|((tenant, _), _)| tenant.starts_with(prefix))
         .collect();
     let labelled: std::collections::BTreeSet<&String> = seen.keys().map(|(t, _)| t).collect();
-    let (mut compared, mut folded, mut wrong) = (0u64, 0u64, Vec::new());
+    let sent_tenants: std::collections::BTreeSet<&String> = sent.keys().map(|(t, _)| t).collect();
+    let folded = sent_tenants.iter().filter(|t| !labelled.contains(*t)).count();
+    let (mut compared, mut wrong) = (0u64, Vec::new());
     for ((tenant, rpc), count) in &sent {
         if !labelled.contains(tenant) {
-            folded += 1;
             continue;
         }
         compared += 1;
@@ -332,9 +363,18 @@ async fn validate_metrics(urls: &[String], recorder: &Recorder, prefix: &str) ->
             wrong.push(format!("{tenant} {rpc}: sent {count}, metrics {got}"));
         }
     }
+    // And the other way: a counter of this run's tenants the client never sent.
+    for ((tenant, rpc), got) in &seen {
+        if tenant.starts_with(prefix) && !sent.contains_key(&(tenant.clone(), rpc.clone())) {
+            wrong.push(format!("{tenant} {rpc}: sent 0, metrics {got}"));
+        }
+    }
     let passed = wrong.is_empty() && compared > 0;
     let detail = if wrong.is_empty() {
-        format!("{compared} tenant×RPC counters equal; {folded} of tenants past the label cap not compared")
+        format!(
+            "{compared} tenant×RPC counters equal; {folded} of {} tenants past the replicas' label cap not compared",
+            sent_tenants.len()
+        )
     } else {
         let shown: Vec<_> = wrong.iter().take(5).cloned().collect();
         format!("{} differ: {}", wrong.len(), shown.join("; "))
@@ -404,6 +444,7 @@ pub async fn tenant_with_token(
     c.call(create, |ch, r| async move { client::tenants(ch).create_tenant(r).await })
         .await
         .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
+    ctx.created(tenant);
     if let Some(quota) = quota {
         let set = pb::SetQuotaRequest {
             request_id: new_request_id(),
@@ -432,6 +473,7 @@ pub async fn tenant_with_token(
 /// Registers `count` workers of `cpu_millis` each in `pool`.
 pub async fn workers(ctx: &Ctx, pool: &str, count: u32, cpu_millis: u64) -> anyhow::Result<()> {
     for w in 0..count {
+        ctx.made().workers.push(format!("{pool}-w{w}"));
         let m = pb::RegisterWorkerRequest {
             request_id: new_request_id(),
             worker_id: format!("{pool}-w{w}"),
@@ -445,6 +487,62 @@ pub async fn workers(ctx: &Ctx, pool: &str, count: u32, cpu_millis: u64) -> anyh
             .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
     }
     Ok(())
+}
+
+/// Deletes the tenants the profile made and did not delete, and removes its workers
+/// (evicting what they still hold): a profile leaves the cluster as it found it, even when it
+/// failed half-way.
+async fn cleanup(ctx: &Ctx) -> anyhow::Result<()> {
+    let made = std::mem::take(&mut *ctx.made());
+    for tenant in &made.tenants {
+        let m = pb::DeleteTenantRequest { request_id: new_request_id(), tenant_id: tenant.clone() };
+        let call =
+            ctx.client.call(m, |ch, r| async move { client::tenants(ch).delete_tenant(r).await });
+        match ctx.recorder.timed(tenant, "Tenants/DeleteTenant", call).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => anyhow::bail!("deleting {tenant}: {}", crate::cli::describe(&s)),
+        }
+    }
+    for worker in &made.workers {
+        let m = pb::RemoveWorkerRequest {
+            request_id: new_request_id(),
+            worker_id: worker.clone(),
+            evict: true,
+        };
+        match ctx
+            .client
+            .call(m, |ch, r| async move { client::workers(ch).remove_worker(r).await })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => anyhow::bail!("removing {worker}: {}", crate::cli::describe(&s)),
+        }
+    }
+    Ok(())
+}
+
+/// A background task of a profile, aborted if the profile stops before joining it.
+pub struct Background<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Background<T> {
+    pub fn spawn(task: impl std::future::Future<Output = T> + Send + 'static) -> Background<T>
+    where
+        T: Send + 'static,
+    {
+        Background(tokio::spawn(task))
+    }
+
+    pub async fn join(mut self) -> anyhow::Result<T> {
+        (&mut self.0).await.map_err(|e| anyhow::anyhow!("a background task: {e}"))
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A placement of one instance of `cpu_millis` in `pool`.

@@ -193,7 +193,7 @@ fn profile(html: &mut String, o: &Outcome) {
     html.push_str("</table>");
     if !o.curve.is_empty() {
         html.push_str(&curve(&o.curve));
-        html.push_str("<table><tr><th>tenants</th><th>place+release/s</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>errors</th></tr>");
+        html.push_str("<p class=\"muted\">Latency of every Place and Release at each level.</p><table><tr><th>tenants</th><th>place+release/s</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>errors</th></tr>");
         for p in &o.curve {
             let _ = write!(
                 html,
@@ -221,7 +221,7 @@ fn profile(html: &mut String, o: &Outcome) {
     }
     let latency = by_kind("p95 latency µs: ");
     if !latency.is_empty() {
-        html.push_str(&chart("p95 latency of each second", "µs", &latency));
+        html.push_str(&chart("p95 latency over time (calls answered OK and not)", "µs", &latency));
     }
     html.push_str("</section>");
 }
