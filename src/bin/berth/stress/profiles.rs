@@ -49,13 +49,13 @@ where
     out
 }
 
-async fn place(
-    ctx: &Ctx,
-    c: &Arc<Client>,
+/// The call that places `spec` for `tenant` through `c` (one attempt or more, the same id).
+fn place_call<'a>(
+    c: &'a Client,
     tenant: &str,
     spec: pb::PlacementSpec,
     queue: bool,
-) -> Reply<pb::PlaceResponse> {
+) -> impl Future<Output = Reply<pb::PlaceResponse>> + 'a {
     let m = pb::PlaceRequest {
         request_id: new_request_id(),
         tenant_id: tenant.into(),
@@ -64,18 +64,37 @@ async fn place(
         dry_run: false,
         queue_if_unavailable: queue,
     };
-    let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
-    ctx.recorder.timed(tenant, "Scheduler/Place", call).await
+    c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await })
 }
 
-async fn release(ctx: &Ctx, c: &Arc<Client>, tenant: &str, id: &str) -> Reply<pb::ReleaseResponse> {
+/// The call that releases `tenant`'s placement `id` through `c`.
+fn release_call<'a>(
+    c: &'a Client,
+    tenant: &str,
+    id: &str,
+) -> impl Future<Output = Reply<pb::ReleaseResponse>> + 'a {
     let m = pb::ReleaseRequest {
         request_id: new_request_id(),
         tenant_id: tenant.into(),
         placement_id: id.into(),
         fence: None,
     };
-    let call = c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+    c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await })
+}
+
+async fn place(
+    ctx: &Ctx,
+    c: &Arc<Client>,
+    tenant: &str,
+    spec: pb::PlacementSpec,
+    queue: bool,
+) -> Reply<pb::PlaceResponse> {
+    let call = place_call(c, tenant, spec, queue);
+    ctx.recorder.timed(tenant, "Scheduler/Place", call).await
+}
+
+async fn release(ctx: &Ctx, c: &Arc<Client>, tenant: &str, id: &str) -> Reply<pb::ReleaseResponse> {
+    let call = release_call(c, tenant, id);
     ctx.recorder.timed(tenant, "Scheduler/Release", call).await
 }
 
@@ -172,15 +191,7 @@ pub async fn isolation(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> 
         async move {
             let (tenant, c) = &shared.0[(k % n) as usize];
             let id = format!("p{}", k / n);
-            let m = pb::PlaceRequest {
-                request_id: new_request_id(),
-                tenant_id: tenant.clone(),
-                spec: Some(spec(&id, &shared.1, JOB_CPU_MILLIS)),
-                fence: None,
-                dry_run: false,
-                queue_if_unavailable: false,
-            };
-            let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+            let call = place_call(c, tenant, spec(&id, &shared.1, JOB_CPU_MILLIS), false);
             let placed = recorder.timed(tenant, "Scheduler/Place", call).await;
             (k, placed.map_err(|s| reason(&s)))
         }
@@ -245,13 +256,7 @@ pub async fn isolation(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> 
         async move {
             let k = shared.2[j as usize];
             let (tenant, c) = &shared.0[(k % n) as usize];
-            let m = pb::ReleaseRequest {
-                request_id: new_request_id(),
-                tenant_id: tenant.clone(),
-                placement_id: format!("p{}", k / n),
-                fence: None,
-            };
-            let call = c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+            let call = release_call(c, tenant, &format!("p{}", k / n));
             shared.1.timed(tenant, "Scheduler/Release", call).await.is_ok()
         }
     })
@@ -306,17 +311,14 @@ pub async fn burst(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let (shared, barrier, started) = (shared.clone(), barrier.clone(), started.clone());
         async move {
             let (tenant, c) = &shared.0[(k % TENANTS) as usize];
-            let m = pb::PlaceRequest {
-                request_id: new_request_id(),
-                tenant_id: tenant.clone(),
-                spec: Some(spec(&format!("b{}", k / TENANTS), &shared.1, JOB_CPU_MILLIS)),
-                fence: None,
-                dry_run: false,
-                queue_if_unavailable: true,
-            };
             barrier.wait().await;
             started.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Instant::now);
-            let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+            let call = place_call(
+                c,
+                tenant,
+                spec(&format!("b{}", k / TENANTS), &shared.1, JOB_CPU_MILLIS),
+                true,
+            );
             let reply = shared.2.timed(tenant, "Scheduler/Place", call).await;
             (reply.map(|r| r.queued.is_none()).map_err(|s| reason(&s)), Instant::now())
         }
@@ -395,17 +397,13 @@ pub async fn quota(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let answers = concurrently(AT_ONCE, AT_ONCE as usize, |k| {
             let (shared, barrier) = (shared.clone(), barrier.clone());
             async move {
-                let m = pb::PlaceRequest {
-                    request_id: new_request_id(),
-                    tenant_id: shared.0.clone(),
-                    spec: Some(spec(&format!("r{round}-{k}"), &shared.2, JOB_CPU_MILLIS)),
-                    fence: None,
-                    dry_run: false,
-                    queue_if_unavailable: false,
-                };
                 barrier.wait().await;
-                let call =
-                    shared.1.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+                let call = place_call(
+                    &shared.1,
+                    &shared.0,
+                    spec(&format!("r{round}-{k}"), &shared.2, JOB_CPU_MILLIS),
+                    false,
+                );
                 shared
                     .3
                     .timed(&shared.0, "Scheduler/Place", call)
@@ -511,31 +509,14 @@ pub async fn scaling(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
                     let tenant = &shared.0[t as usize];
                     k += 1;
                     let id = format!("c{j}-{k}");
-                    let m = pb::PlaceRequest {
-                        request_id: new_request_id(),
-                        tenant_id: tenant.clone(),
-                        spec: Some(spec(&id, &shared.3, JOB_CPU_MILLIS)),
-                        fence: None,
-                        dry_run: false,
-                        queue_if_unavailable: false,
-                    };
-                    let call = shared
-                        .1
-                        .call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+                    let call =
+                        place_call(&shared.1, tenant, spec(&id, &shared.3, JOB_CPU_MILLIS), false);
                     let counted = Instant::now() >= measuring;
                     if shared.2.timed(tenant, "Scheduler/Place", call).await.is_err() {
                         errors += u64::from(counted);
                         continue;
                     }
-                    let m = pb::ReleaseRequest {
-                        request_id: new_request_id(),
-                        tenant_id: tenant.clone(),
-                        placement_id: id,
-                        fence: None,
-                    };
-                    let call = shared
-                        .1
-                        .call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+                    let call = release_call(&shared.1, tenant, &id);
                     let released = shared.2.timed(tenant, "Scheduler/Release", call).await.is_ok();
                     errors += u64::from(counted && !released);
                     done += u64::from(counted && released);
@@ -652,14 +633,7 @@ pub async fn backlog(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
                 let (tenant, c) = tenants[i].clone();
                 let recorder = recorder.clone();
                 async move {
-                    let m = pb::ReleaseRequest {
-                        request_id: new_request_id(),
-                        tenant_id: tenant.clone(),
-                        placement_id: id,
-                        fence: None,
-                    };
-                    let call =
-                        c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+                    let call = release_call(&c, &tenant, &id);
                     recorder
                         .timed(&tenant, "Scheduler/Release", call)
                         .await
@@ -733,15 +707,8 @@ pub async fn backlog(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
             let (tenant, c) = &shared.0[t as usize];
             let mut refused = 0;
             for k in &shared.1[t as usize] {
-                let m = pb::PlaceRequest {
-                    request_id: new_request_id(),
-                    tenant_id: tenant.clone(),
-                    spec: Some(spec(&format!("q{k}"), &shared.2, JOB_CPU_MILLIS)),
-                    fence: None,
-                    dry_run: false,
-                    queue_if_unavailable: true,
-                };
-                let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+                let call =
+                    place_call(c, tenant, spec(&format!("q{k}"), &shared.2, JOB_CPU_MILLIS), true);
                 refused +=
                     u32::from(shared.3.timed(tenant, "Scheduler/Place", call).await.is_err());
             }
@@ -846,24 +813,9 @@ pub async fn lifecycle(ctx: &Ctx) -> anyhow::Result<Outcome> {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 k += 1;
                 let id = format!("s{k}");
-                let m = pb::PlaceRequest {
-                    request_id: new_request_id(),
-                    tenant_id: tenant.clone(),
-                    spec: Some(spec(&id, &pool, JOB_CPU_MILLIS)),
-                    fence: None,
-                    dry_run: false,
-                    queue_if_unavailable: false,
-                };
-                let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+                let call = place_call(&c, &tenant, spec(&id, &pool, JOB_CPU_MILLIS), false);
                 if recorder.timed(&tenant, "Scheduler/Place", call).await.is_ok() {
-                    let m = pb::ReleaseRequest {
-                        request_id: new_request_id(),
-                        tenant_id: tenant.clone(),
-                        placement_id: id,
-                        fence: None,
-                    };
-                    let call =
-                        c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+                    let call = release_call(&c, &tenant, &id);
                     let _ = recorder.timed(&tenant, "Scheduler/Release", call).await;
                 }
             }
@@ -1049,14 +1001,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 let hold = if k == 0 { LONG_MS } else { SHORT_MS };
                 releasing.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(hold)).await;
-                    let m = pb::ReleaseRequest {
-                        request_id: new_request_id(),
-                        tenant_id: tenant.clone(),
-                        placement_id: e.placement_id,
-                        fence: None,
-                    };
-                    let call =
-                        c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await });
+                    let call = release_call(&c, &tenant, &e.placement_id);
                     let _ = recorder.timed(&tenant, "Scheduler/Release", call).await;
                 }));
             }
@@ -1068,15 +1013,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
         move |tenant: String, c: Arc<Client>, id: String| {
             let (recorder, pool) = (recorder.clone(), pool.clone());
             async move {
-                let m = pb::PlaceRequest {
-                    request_id: new_request_id(),
-                    tenant_id: tenant.clone(),
-                    spec: Some(spec(&id, &pool, JOB_CPU_MILLIS)),
-                    fence: None,
-                    dry_run: false,
-                    queue_if_unavailable: true,
-                };
-                let call = c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await });
+                let call = place_call(&c, &tenant, spec(&id, &pool, JOB_CPU_MILLIS), true);
                 // The log time the request was taken at.
                 let placed = recorder.timed(&tenant, "Scheduler/Place", call).await;
                 placed.ok().and_then(|r| r.write).map(|w| w.applied_at_ms)
