@@ -1,7 +1,8 @@
 //! Snapshots on demand, backups and restores through the public API and `server::restore`: a
 //! cluster restored from a backup holds every write acknowledged before the backup began and
-//! none after it, remembers its request ids, keeps its tenants' tokens and goes on from the
-//! backup's log index; a damaged backup, a used directory or a tenant's token is refused.
+//! none made after it was taken, remembers its request ids, keeps its tenants' tokens and goes
+//! on from the backup's log index; a damaged backup, a used directory or a tenant's token is
+//! refused.
 
 mod common;
 
