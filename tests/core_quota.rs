@@ -1132,6 +1132,41 @@ fn borrowing_stays_within_borrowing_and_lending_limits() {
     );
 }
 
+/// What a guarantee keeps back goes to the queue in the step that stops keeping it: deleting
+/// the lender, or lowering its guarantee. (Found by `same_entries_same_state`: a deleted
+/// child's kept share was freed but the waiting entry was not offered it.)
+#[test]
+fn a_share_no_longer_kept_goes_to_the_queue_in_the_same_step() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("beta", Some("acme"));
+    log.tenant("gamma", None);
+    log.worker("g1", Some("gpu"), 2_000);
+    log.guarantee("beta", guarantee(1_600, None, Some(400)));
+    log.guarantee("gamma", guarantee(400, None, Some(0)));
+
+    // beta keeps 1200 of its unused 1600 back, gamma its 400: 400 is lendable.
+    let queue = |log: &mut Log, tenant: &str, id: &str| {
+        let spec = PlaceSpec { pool: Some("gpu".into()), ..spec(id, 500) };
+        log.apply(Command::PlaceOrQueue { tenant: tenant.into(), spec, fence: None })
+    };
+    assert!(matches!(queue(&mut log, "acme", "a-1").result, Ok(Response::Queued(_))));
+    assert!(matches!(
+        log.status("acme", "a-1").reason,
+        WaitReason::Refused(Rejection::NotLendable { .. })
+    ));
+    let deleted = log.accepted(Command::DeleteTenant { tenant: "beta".into() });
+    assert_eq!(admitted(&deleted.events), vec!["acme/a-1"]);
+
+    // gamma lends nothing; lowering its guarantee lets the next one in.
+    assert!(matches!(queue(&mut log, "acme", "a-2").result, Ok(Response::Placed(_))));
+    assert!(matches!(queue(&mut log, "acme", "a-3").result, Ok(Response::Placed(_))));
+    assert!(matches!(queue(&mut log, "acme", "a-4").result, Ok(Response::Queued(_))));
+    let lowered = log.quota("gamma", Quota::default());
+    assert_eq!(admitted(&lowered.events), vec!["acme/a-4"]);
+    assert!(log.s.state().queue.is_empty());
+}
+
 /// A tenant that needs capacity within its guarantee gets it back in the same step: borrowers
 /// are preempted (borrowed work of any priority, lowest priority first, most recent first) —
 /// never work within its owner's own share, and never the other way round.
