@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use crate::api::observe::{RequestMetrics, TenantLabels};
 use crate::raft::replica::Replica;
 use crate::scheduler::{Dimension, TenantId, UnixMillis};
-use crate::storage::LogStore;
+use crate::storage::{LogStore, SnapshotStore};
 
 /// The content type of a scrape's answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -47,8 +47,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Every metric of `replica` (whose log is `log`), naming at most `tenants_max` tenants.
-    pub fn new(replica: &Replica, log: &LogStore, tenants_max: usize) -> Metrics {
+    /// Every metric of `replica` (whose log is `log` and snapshots `snapshots`), naming at most
+    /// `tenants_max` tenants.
+    pub fn new(
+        replica: &Replica,
+        log: &LogStore,
+        snapshots: SnapshotStore,
+        tenants_max: usize,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let tenants = Arc::new(TenantLabels::new(tenants_max));
         let requests = RequestMetrics::register(&mut registry, tenants.clone());
@@ -77,6 +83,7 @@ impl Metrics {
             peers.errors.clone(),
         );
         registry.register_collector(Box::new(ReplicaCollector(replica.clone())));
+        registry.register_collector(Box::new(ProcessCollector(snapshots)));
         registry
             .register_collector(Box::new(TenantCollector { replica: replica.clone(), tenants }));
         Metrics { registry, requests }
@@ -140,6 +147,33 @@ impl Collector for LogBytes {
             "berth_replica_log_bytes",
             "Bytes of records in the Raft log file",
             self.0.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What the replica's process holds, read at each scrape: resident memory and open files
+/// (from `/proc/self`, so on Linux only; elsewhere they are left out), and the size of the
+/// snapshot it keeps. `berth stress soak` fits a slope to these.
+#[derive(Debug)]
+struct ProcessCollector(SnapshotStore);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let resident = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+            let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok().map(|k| k * 1024)
+        });
+        if let Some(bytes) = resident {
+            gauge(&mut encoder, "process_resident_memory_bytes", "Resident memory", bytes)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(&mut encoder, "process_open_fds", "Open file descriptors", fds.count() as u64)?;
+        }
+        gauge(
+            &mut encoder,
+            "berth_replica_snapshot_bytes",
+            "Bytes of the snapshot the replica keeps (0: none yet)",
+            self.0.bytes(),
         )
     }
 }

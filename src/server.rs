@@ -176,12 +176,13 @@ impl Server {
                 (connect, None, None)
             }
         };
-        let log = storage.log.clone();
+        let (log, snapshots) = (storage.log.clone(), storage.snapshots.clone());
         let replica =
             Replica::start(options, storage.log, storage.snapshots, storage.usage, clock, connect)
                 .await
                 .map_err(anyhow::Error::msg)?;
-        let metrics = Arc::new(Metrics::new(&replica, &log, listeners.metrics_tenants_max));
+        let metrics =
+            Arc::new(Metrics::new(&replica, &log, snapshots, listeners.metrics_tenants_max));
         let admitting = tokio::spawn(admit_members(replica.clone(), admission));
         let fail_stop_guard = tokio::spawn(fail_stop_guard(replica.clone()));
         // One signal stops every server; a dropped sender stops them too, and so does a

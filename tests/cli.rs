@@ -1355,7 +1355,8 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
 
 /// `berth stress` in short mode against `berth up`: every profile passes, the replicas'
 /// per-tenant counters equal what the client sent, a run directory holds results.json and a
-/// report with plots, `latest` points at it; and a planted leak makes `lifecycle` fail.
+/// report with plots, `latest` points at it; `soak` samples every replica; and a planted leak
+/// makes `lifecycle` and `soak` fail.
 #[test]
 fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -1371,14 +1372,40 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     let run = berth(
         api,
         login,
-        &["stress", "--short", "--json", "--out", out_arg, "--metrics", &metrics.join(",")],
+        &[
+            "stress",
+            "isolation",
+            "burst",
+            "mixed",
+            "quota",
+            "scaling",
+            "backlog",
+            "lifecycle",
+            "soak",
+            "--short",
+            "--json",
+            "--out",
+            out_arg,
+            "--metrics",
+            &metrics.join(","),
+        ],
     );
     assert!(run.ok, "stress failed: {}\n{}", run.stdout, run.stderr);
     let results: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(results["passed"], true, "{results:#}");
     let profiles = results["profiles"].as_array().expect("profiles");
     let names: Vec<&str> = profiles.iter().filter_map(|p| p["profile"].as_str()).collect();
-    assert_eq!(names, ["isolation", "burst", "mixed", "quota", "scaling", "backlog", "lifecycle"]);
+    assert_eq!(
+        names,
+        ["isolation", "burst", "mixed", "quota", "scaling", "backlog", "lifecycle", "soak"]
+    );
+    let soak = &profiles[7];
+    let sampled = soak["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .any(|c| c["name"] == "every replica sampled" && c["passed"] == true);
+    assert!(sampled, "{soak:#}");
     assert_eq!(results["metrics"]["passed"], true, "{:#}", results["metrics"]);
     let latest = out.join("latest");
     let saved: serde_json::Value = serde_json::from_str(
@@ -1388,10 +1415,15 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     assert_eq!(saved["run"], results["run"]);
     let report = std::fs::read_to_string(latest.join("report.html")).expect("report.html");
     assert!(report.matches("<svg").count() >= 6 && !report.contains("http"), "self-contained");
+    assert!(report.contains("Resident memory of each replica"), "soak's RSS is drawn");
 
-    let planted =
-        berth(api, login, &["stress", "lifecycle", "--short", "--out", out_arg, "--plant-leak"]);
-    assert!(!planted.ok, "a leaked reservation must fail lifecycle: {}", planted.stdout);
+    let planted = berth(
+        api,
+        login,
+        &["stress", "lifecycle", "soak", "--short", "--out", out_arg, "--plant-leak"],
+    );
+    assert!(!planted.ok, "a leaked reservation must fail: {}", planted.stdout);
     assert!(planted.stdout.contains("[FAIL] nothing orphaned"), "{}", planted.stdout);
+    assert!(planted.stdout.contains("[FAIL] no accounting drift"), "{}", planted.stdout);
     drop(cluster);
 }

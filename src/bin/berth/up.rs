@@ -101,9 +101,17 @@ impl Supervised {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting replica {}", self.id))?;
+        // Its pid, for tools on this host (`berth stress chaos` signals replicas by it).
+        std::fs::write(self.pid_file(), format!("{}\n", child.id()))
+            .with_context(|| format!("writing {}", self.pid_file().display()))?;
         self.child = Some(child);
         self.started = std::time::Instant::now();
         Ok(())
+    }
+
+    /// `replica-N.pid` beside its log while it runs.
+    fn pid_file(&self) -> PathBuf {
+        self.log.with_extension("pid")
     }
 
     fn pid(&self) -> u32 {
@@ -114,6 +122,7 @@ impl Supervised {
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok()??;
         self.child = None;
+        let _ = std::fs::remove_file(self.pid_file());
         Some(status)
     }
 
@@ -431,5 +440,8 @@ async fn stop_replicas(replicas: &mut [Supervised]) {
                 }
             }
         }
+    }
+    for replica in replicas.iter() {
+        let _ = std::fs::remove_file(replica.pid_file());
     }
 }

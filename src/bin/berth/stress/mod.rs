@@ -8,6 +8,7 @@
 mod profiles;
 mod record;
 mod report;
+mod steady;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ pub use record::Recorder;
 
 #[derive(Args, Debug)]
 pub struct StressArgs {
-    /// Profiles to run, in order (default: every one).
+    /// Profiles to run, in order (default: every one but `soak` and `chaos`).
     #[arg(value_enum)]
     profiles: Vec<Profile>,
     /// Seconds, not minutes: the sizes CI runs.
@@ -55,7 +56,21 @@ pub struct StressArgs {
     /// sent. Give every replica's, or none.
     #[arg(long, value_delimiter = ',')]
     metrics: Vec<String>,
-    /// Testing the checks: leave one reservation behind in `lifecycle`, which must then fail.
+    /// soak: how long (default 30m, short 12s); sampled every minute (a twelfth of a run
+    /// shorter than ten minutes).
+    #[arg(long, value_parser = crate::cli::args::parse_duration_ms)]
+    duration: Option<u64>,
+    /// soak: load steps a second across its tenants (each a Place, and a Release, a
+    /// Reserve, a lease call or a read).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// chaos: the data directory of the `berth up --restart-on-exit` cluster under test (its
+    /// `replica-N.pid` files): its replicas are killed and paused. Without it, only a worker
+    /// dies.
+    #[arg(long)]
+    cluster_dir: Option<PathBuf>,
+    /// Testing the checks: leave a reservation behind in `lifecycle` and `soak`, which must
+    /// then fail.
     #[arg(long, hide = true)]
     plant_leak: bool,
 }
@@ -70,9 +85,18 @@ pub enum Profile {
     Scaling,
     Backlog,
     Lifecycle,
+    /// Not run unless named: minutes long.
+    Soak,
+    /// Not run unless named: kills and pauses replicas.
+    Chaos,
 }
 
 impl Profile {
+    /// Run only when named (a run of every profile leaves it out).
+    fn long(self) -> bool {
+        matches!(self, Profile::Soak | Profile::Chaos)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Profile::Isolation => "isolation",
@@ -82,6 +106,8 @@ impl Profile {
             Profile::Scaling => "scaling",
             Profile::Backlog => "backlog",
             Profile::Lifecycle => "lifecycle",
+            Profile::Soak => "soak",
+            Profile::Chaos => "chaos",
         }
     }
 }
@@ -114,6 +140,8 @@ pub struct Outcome {
     pub series: BTreeMap<String, Vec<(u64, u64)>>,
     /// scaling: one point per tenant count.
     pub curve: Vec<ScalingPoint>,
+    /// chaos: the faults, shaded in the plots.
+    pub faults: Vec<steady::FaultSpan>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -136,6 +164,7 @@ impl Outcome {
             figures: Vec::new(),
             series: BTreeMap::new(),
             curve: Vec::new(),
+            faults: Vec::new(),
         }
     }
 
@@ -215,7 +244,7 @@ struct Results {
 pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow::Result<()> {
     let mut profiles = args.profiles.clone();
     if profiles.is_empty() {
-        profiles = Profile::value_variants().to_vec();
+        profiles = Profile::value_variants().iter().copied().filter(|p| !p.long()).collect();
     }
     // Each at most once: a profile's workers and tenants have fixed names within a run.
     let mut seen = std::collections::BTreeSet::new();
@@ -251,6 +280,8 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
             Profile::Scaling => profiles::scaling(&ctx, &args).await,
             Profile::Backlog => profiles::backlog(&ctx, &args).await,
             Profile::Lifecycle => profiles::lifecycle(&ctx).await,
+            Profile::Soak => steady::soak(&ctx, &args).await,
+            Profile::Chaos => steady::chaos(&ctx, &args).await,
         }
         .unwrap_or_else(|e| {
             let mut failed = Outcome::new(profile);

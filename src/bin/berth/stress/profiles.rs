@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every placement the profiles make takes this much cpu.
-const JOB_CPU_MILLIS: u64 = 100;
+pub(super) const JOB_CPU_MILLIS: u64 = 100;
 
 type Reply<T> = Result<T, tonic::Status>;
 
@@ -49,6 +49,22 @@ where
     out
 }
 
+/// A request that places `spec` for `tenant`, with a new request id.
+pub(super) fn place_request(
+    tenant: &str,
+    spec: pb::PlacementSpec,
+    queue: bool,
+) -> pb::PlaceRequest {
+    pb::PlaceRequest {
+        request_id: new_request_id(),
+        tenant_id: tenant.into(),
+        spec: Some(spec),
+        fence: None,
+        dry_run: false,
+        queue_if_unavailable: queue,
+    }
+}
+
 /// The call that places `spec` for `tenant` through `c` (one attempt or more, the same id).
 fn place_call<'a>(
     c: &'a Client,
@@ -56,15 +72,18 @@ fn place_call<'a>(
     spec: pb::PlacementSpec,
     queue: bool,
 ) -> impl Future<Output = Reply<pb::PlaceResponse>> + 'a {
-    let m = pb::PlaceRequest {
+    let m = place_request(tenant, spec, queue);
+    c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await })
+}
+
+/// A request that releases `tenant`'s placement `id`, with a new request id.
+pub(super) fn release_request(tenant: &str, id: &str) -> pb::ReleaseRequest {
+    pb::ReleaseRequest {
         request_id: new_request_id(),
         tenant_id: tenant.into(),
-        spec: Some(spec),
+        placement_id: id.into(),
         fence: None,
-        dry_run: false,
-        queue_if_unavailable: queue,
-    };
-    c.call(m, |ch, r| async move { client::scheduler(ch).place(r).await })
+    }
 }
 
 /// The call that releases `tenant`'s placement `id` through `c`.
@@ -73,12 +92,7 @@ fn release_call<'a>(
     tenant: &str,
     id: &str,
 ) -> impl Future<Output = Reply<pb::ReleaseResponse>> + 'a {
-    let m = pb::ReleaseRequest {
-        request_id: new_request_id(),
-        tenant_id: tenant.into(),
-        placement_id: id.into(),
-        fence: None,
-    };
+    let m = release_request(tenant, id);
     c.call(m, |ch, r| async move { client::scheduler(ch).release(r).await })
 }
 
@@ -98,7 +112,7 @@ async fn release(ctx: &Ctx, c: &Arc<Client>, tenant: &str, id: &str) -> Reply<pb
     ctx.recorder.timed(tenant, "Scheduler/Release", call).await
 }
 
-async fn list(ctx: &Ctx, c: &Arc<Client>, tenant: &str) -> Reply<Vec<pb::Placement>> {
+pub(super) async fn list(ctx: &Ctx, c: &Arc<Client>, tenant: &str) -> Reply<Vec<pb::Placement>> {
     let m = pb::ListPlacementsRequest {
         tenant_id: tenant.into(),
         page: Some(pb::Page { after: String::new(), limit: 1_000 }),
@@ -108,7 +122,7 @@ async fn list(ctx: &Ctx, c: &Arc<Client>, tenant: &str) -> Reply<Vec<pb::Placeme
     Ok(ctx.recorder.timed(tenant, "Scheduler/ListPlacements", call).await?.placements)
 }
 
-async fn usage(ctx: &Ctx, c: &Arc<Client>, tenant: &str) -> Reply<pb::GetQuotaResponse> {
+pub(super) async fn usage(ctx: &Ctx, c: &Arc<Client>, tenant: &str) -> Reply<pb::GetQuotaResponse> {
     let m = pb::GetQuotaRequest { tenant_id: tenant.into(), read: None };
     let call = c.call(m, |ch, r| async move { client::tenants(ch).get_quota(r).await });
     ctx.recorder.timed(tenant, "Tenants/GetQuota", call).await
@@ -125,7 +139,7 @@ async fn delete(ctx: &Ctx, tenant: &str) -> Reply<pb::DeleteTenantResponse> {
     deleted
 }
 
-async fn pool_status(ctx: &Ctx, name: &str) -> anyhow::Result<pb::Pool> {
+pub(super) async fn pool_status(ctx: &Ctx, name: &str) -> anyhow::Result<pb::Pool> {
     let m = pb::GetPoolRequest { pool: name.into(), read: None };
     let c = &ctx.client;
     let reply = c
@@ -135,11 +149,11 @@ async fn pool_status(ctx: &Ctx, name: &str) -> anyhow::Result<pb::Pool> {
     reply.pool.ok_or_else(|| anyhow::anyhow!("pool {name} has no status"))
 }
 
-fn cpu(p: Option<pb::Resources>) -> u64 {
+pub(super) fn cpu(p: Option<pb::Resources>) -> u64 {
     p.map_or(0, |r| r.cpu_millis)
 }
 
-fn reason(status: &tonic::Status) -> String {
+pub(super) fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status.get_details_error_info().map_or_else(|| format!("{:?}", status.code()), |i| i.reason)
 }

@@ -63,14 +63,10 @@ impl Recorder {
         rpc: &str,
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        self.call(tenant, rpc);
         let started = Instant::now();
-        let outcome = call.await;
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (outcome, us) = self.measured(tenant, rpc, call).await;
         let at_ms = millis(started.duration_since(self.origin));
         let mut inner = self.lock();
-        inner.done += 1;
-        inner.errors += u64::from(outcome.is_err());
         let profile = inner.profile;
         inner.samples.push(Sample {
             profile,
@@ -80,6 +76,25 @@ impl Recorder {
             ok: outcome.is_ok(),
         });
         outcome
+    }
+
+    /// Runs `call` (one RPC for `tenant`), counting it, and returns its latency (µs) without
+    /// keeping a sample: for a load too long to keep every call (`soak`), which aggregates
+    /// its own.
+    pub async fn measured<T, E>(
+        &self,
+        tenant: &str,
+        rpc: &str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> (Result<T, E>, u64) {
+        self.call(tenant, rpc);
+        let started = Instant::now();
+        let outcome = call.await;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut inner = self.lock();
+        inner.done += 1;
+        inner.errors += u64::from(outcome.is_err());
+        (outcome, us)
     }
 
     /// Every call counted, by (tenant, RPC).

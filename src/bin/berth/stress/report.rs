@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use super::steady::FaultSpan;
 use super::{Outcome, Results, ScalingPoint};
 
 const WIDTH: u64 = 720;
@@ -36,8 +37,13 @@ fn nice(max: u64) -> u64 {
 }
 
 /// A line chart of `lines` (name → (x, y) points) with x in milliseconds since the run began,
-/// drawn from the first x.
-fn chart(title: &str, y_unit: &str, lines: &[(&str, &[(u64, u64)])]) -> String {
+/// drawn from the first x, with `faults` shaded behind them.
+fn chart(
+    title: &str,
+    y_unit: &str,
+    lines: &[(&str, &[(u64, u64)])],
+    faults: &[FaultSpan],
+) -> String {
     let points = lines.iter().flat_map(|(_, p)| p.iter());
     let (x0, x1) = points.clone().fold((u64::MAX, 0), |(lo, hi), (x, _)| (lo.min(*x), hi.max(*x)));
     let y1 = nice(points.map(|(_, y)| *y).max().unwrap_or(0));
@@ -86,6 +92,17 @@ fn chart(title: &str, y_unit: &str, lines: &[(&str, &[(u64, u64)])]) -> String {
         TOP + plot_h / 2,
         escape(y_unit)
     );
+    for fault in faults.iter().filter(|f| f.to_ms >= x0 && f.from_ms <= x1) {
+        let (a, b) = (px(fault.from_ms.max(x0)), px(fault.to_ms.min(x1)));
+        let _ = write!(
+            svg,
+            r#"<rect x="{a}" y="{TOP}" width="{}" height="{plot_h}" class="fault"><title>{n}</title></rect><text x="{}" y="{}" class="axis">{n}</text>"#,
+            (b - a).max(2),
+            a + 2,
+            TOP + 10,
+            n = escape(&fault.name)
+        );
+    }
     for (i, (name, points)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> =
@@ -160,6 +177,23 @@ fn ms(us: u64) -> String {
     format!("{}.{:03}", us / 1000, us % 1000)
 }
 
+/// The charts a profile's series make: each series named `PREFIX` + line is drawn in the
+/// chart of its prefix, in this order.
+const CHARTS: [(&str, &str, &str); 8] = [
+    ("calls/s: ", "Calls per second, by tenant", "calls/s"),
+    ("p95 latency µs: ", "p95 latency over time (calls answered OK and not)", "µs"),
+    ("p99 latency µs: ", "p99 latency over time (calls answered OK and not)", "µs"),
+    (
+        "allocated mcpu: ",
+        "Allocated capacity: as the cluster counts it, as the client holds it",
+        "mcpu",
+    ),
+    ("RSS KiB: ", "Resident memory of each replica", "KiB"),
+    ("open files: ", "Open files of each replica", "files"),
+    ("log KiB: ", "Raft log size of each replica", "KiB"),
+    ("snapshot KiB: ", "Snapshot size of each replica", "KiB"),
+];
+
 fn profile(html: &mut String, o: &Outcome) {
     let verdict = if o.passed { "pass" } else { "fail" };
     let _ = write!(
@@ -215,13 +249,11 @@ fn profile(html: &mut String, o: &Outcome) {
             .map(|(name, points)| (name.strip_prefix(prefix).unwrap_or(name), points.as_slice()))
             .collect()
     };
-    let calls = by_kind("calls/s: ");
-    if !calls.is_empty() {
-        html.push_str(&chart("Calls per second, by tenant", "calls/s", &calls));
-    }
-    let latency = by_kind("p95 latency µs: ");
-    if !latency.is_empty() {
-        html.push_str(&chart("p95 latency over time (calls answered OK and not)", "µs", &latency));
+    for (prefix, title, unit) in CHARTS {
+        let lines = by_kind(prefix);
+        if !lines.is_empty() {
+            html.push_str(&chart(title, unit, &lines, &o.faults));
+        }
     }
     html.push_str("</section>");
 }
@@ -236,7 +268,7 @@ h1{{font-size:1.5em}} h2{{font-size:1.2em;margin-top:2em;border-top:1px solid #d
 table{{border-collapse:collapse;margin:.5em 0}} td,th{{padding:2px 8px;text-align:left;vertical-align:top}}
 th{{border-bottom:1px solid #ccc}} .num{{text-align:right;font-variant-numeric:tabular-nums}}
 .pass{{color:#1a7f37;font-weight:600}} .fail{{color:#cf222e;font-weight:600}} .muted{{color:#666}}
-svg{{display:block;margin:1em 0}} .grid{{stroke:#eee}} .axis{{font-size:11px;fill:#555}}
+svg{{display:block;margin:1em 0}} .grid{{stroke:#eee}} .fault{{fill:#f4c7c3;opacity:.6}} .axis{{font-size:11px;fill:#555}}
 .legend{{font-size:11px;fill:#333}} .title{{font-size:13px;font-weight:600;fill:#222}}
 </style></head><body><h1>Berth stress run {run} <span class="{v}">{V}</span></h1>
 <p class="muted">started {started}; {mode} mode; every figure measured by the client through the public API.</p>"#,

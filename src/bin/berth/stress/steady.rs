@@ -1,0 +1,1041 @@
+//! The profiles under a steady mixed load (placements held and released, reservations left to
+//! expire, leases taken and given back, reads), which either can pause to compare the
+//! cluster with what the client holds, exactly: once every reservation has expired, each
+//! tenant lists exactly the placements the client holds, its usage is theirs, and the pool's
+//! allocated capacity is their sum.
+//!
+//! - `soak` runs it for `--duration`, pausing every sample interval (a minute in a long run)
+//!   to sample each replica's resident memory, open files, log and snapshot size from its
+//!   metrics and to compare. It fails on any drift, and on growth: a least-squares slope,
+//!   after warm-up, above a stated bound per hour.
+//! - `chaos` runs it while replicas are killed (SIGKILL) and paused (SIGSTOP) and a worker
+//!   dies (its heartbeats stop): the writes per second before, during and after each fault,
+//!   the longest stall, and no drift once everything has healed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::client::{self, new_request_id, pb, Client};
+use serde::Serialize;
+use tokio::sync::RwLock;
+
+use super::profiles::{
+    cpu, list, place_request, pool_status, reason, release_request, usage, JOB_CPU_MILLIS,
+};
+use super::record::percentile;
+use super::StressArgs;
+use super::{scrape, spec, tenant_with_token, workers, Background, Ctx, Outcome, Profile};
+
+/// Placements each tenant holds at once; the oldest is released when a new one is placed.
+const HELD_PER_TENANT: usize = 8;
+/// Reservations are left to expire after this (every eighth step of each tenant makes one).
+const RESERVATION_TTL_MS: u64 = 300;
+const LEASE_TTL_MS: u64 = 5_000;
+/// How long after the last reservation's expiry the cluster may take to give it back.
+const EXPIRY_SLACK: Duration = Duration::from_secs(5);
+
+/// Growth bounds per hour of each replica's figures, after warm-up. A replica at steady load
+/// holds a bounded state (request ids, finished jobs and the queue are capped; the log is
+/// compacted behind each snapshot), so its memory, files, log and snapshot stay level: these
+/// leave room for allocator and cache noise, not for a leak of one record per request (at the
+/// default rate, about 2,000 a second).
+const GROWTH_BOUNDS: [(Gauge, u64); 4] = [
+    (Gauge::Rss, 64 << 20),
+    (Gauge::OpenFiles, 30),
+    (Gauge::LogBytes, 64 << 20),
+    (Gauge::SnapshotBytes, 4 << 20),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+enum Gauge {
+    Rss,
+    OpenFiles,
+    LogBytes,
+    SnapshotBytes,
+}
+
+impl Gauge {
+    const ALL: [Gauge; 4] = [Gauge::Rss, Gauge::OpenFiles, Gauge::LogBytes, Gauge::SnapshotBytes];
+
+    fn label(self) -> &'static str {
+        match self {
+            Gauge::Rss => "RSS",
+            Gauge::OpenFiles => "open files",
+            Gauge::LogBytes => "log size",
+            Gauge::SnapshotBytes => "snapshot size",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Gauge::Rss => "process_resident_memory_bytes",
+            Gauge::OpenFiles => "process_open_fds",
+            Gauge::LogBytes => "berth_replica_log_bytes",
+            Gauge::SnapshotBytes => "berth_replica_snapshot_bytes",
+        }
+    }
+
+    /// The report's series prefix, and how a value is shown there (bytes in KiB).
+    fn series(self) -> (&'static str, u64) {
+        match self {
+            Gauge::Rss => ("RSS KiB: ", 1024),
+            Gauge::OpenFiles => ("open files: ", 1),
+            Gauge::LogBytes => ("log KiB: ", 1024),
+            Gauge::SnapshotBytes => ("snapshot KiB: ", 1024),
+        }
+    }
+
+    fn unit(self) -> (&'static str, u64) {
+        match self {
+            Gauge::OpenFiles => ("files/h", 1),
+            _ => ("KiB/h", 1024),
+        }
+    }
+}
+
+/// What the load tasks share with the sampler.
+struct Shared {
+    tenants: Vec<(String, Arc<Client>)>,
+    pool: String,
+    recorder: super::Recorder,
+    /// Held for each step of the load; the sampler takes it exclusively, so while it samples
+    /// no call is in flight and the client's view below is the cluster's.
+    gate: RwLock<()>,
+    stop: AtomicBool,
+    /// The placements each tenant holds, as the client saw its calls answered.
+    held: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// When the last reservation made expires.
+    last_expiry: Mutex<Option<Instant>>,
+    /// Latencies (µs) of the calls since the last sample, and the errors among them.
+    interval: Mutex<(Vec<u64>, u64)>,
+    /// Calls that failed, by RPC and reason.
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// chaos: when each failed (ms since the run began).
+    failed_at: Mutex<Vec<u64>>,
+    /// chaos: every Place answered OK, (ms since the run began, latency µs).
+    writes: Option<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl Shared {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn measured<T>(
+        &self,
+        tenant: &str,
+        rpc: &str,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let (outcome, us) = self.recorder.measured(tenant, rpc, call).await;
+        let mut interval = Shared::lock(&self.interval);
+        interval.0.push(us);
+        interval.1 += u64::from(outcome.is_err());
+        drop(interval);
+        if let Err(status) = &outcome {
+            let key = format!("{rpc} {}", reason(status));
+            *Shared::lock(&self.errors).entry(key).or_default() += 1;
+            if self.writes.is_some() {
+                Shared::lock(&self.failed_at).push(self.recorder.now_ms());
+            }
+        }
+        outcome
+    }
+}
+
+/// One tenant's steady load: a step every `period` until told to stop.
+async fn load(shared: Arc<Shared>, t: usize, period: Duration) {
+    let (tenant, c) = (&shared.tenants[t].0, &shared.tenants[t].1);
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let (mut k, mut next) = (0u64, Instant::now());
+    let mut lease_token = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        next += period;
+        let now = Instant::now();
+        if next < now {
+            // Behind (a sample paused the load): resume the pace, do not catch up in a burst.
+            next = now;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let _step = shared.gate.read().await;
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        k += 1;
+        let id = format!("p{k}");
+        let m = place_request(tenant, spec(&id, &shared.pool, JOB_CPU_MILLIS), false);
+        let started = shared.recorder.now_ms();
+        let placed = until_answered(&shared, tenant, "Scheduler/Place", || {
+            c.call(m.clone(), |ch, r| async move { client::scheduler(ch).place(r).await })
+        });
+        if placed.await.is_ok() {
+            Shared::lock(&shared.held).entry(tenant.clone()).or_default().insert(id.clone());
+            queue.push_back(id);
+            if let Some(writes) = &shared.writes {
+                let now = shared.recorder.now_ms();
+                Shared::lock(writes).push((now, (now - started) * 1_000));
+            }
+        }
+        if queue.len() > HELD_PER_TENANT {
+            let oldest = queue.pop_front().unwrap_or_default();
+            let m = release_request(tenant, &oldest);
+            let released = until_answered(&shared, tenant, "Scheduler/Release", || {
+                c.call(m.clone(), |ch, r| async move { client::scheduler(ch).release(r).await })
+            });
+            match released.await {
+                Ok(_) => {
+                    Shared::lock(&shared.held).entry(tenant.clone()).or_default().remove(&oldest);
+                }
+                // Try again next step.
+                Err(_) => queue.push_front(oldest),
+            }
+        }
+        match k % 8 {
+            0 => {
+                let m = pb::ReserveRequest {
+                    request_id: new_request_id(),
+                    tenant_id: tenant.clone(),
+                    spec: Some(spec(&format!("r{k}"), &shared.pool, JOB_CPU_MILLIS)),
+                    ttl_ms: RESERVATION_TTL_MS,
+                    fence: None,
+                };
+                let call = c.call(m, |ch, r| async move { client::scheduler(ch).reserve(r).await });
+                let sent = Instant::now();
+                // Counted whether or not it was answered: a timed-out one may still hold until
+                // it expires.
+                let _ = shared.measured(tenant, "Scheduler/Reserve", call).await;
+                let expiry = sent.max(Instant::now()) + Duration::from_millis(RESERVATION_TTL_MS);
+                let mut last = Shared::lock(&shared.last_expiry);
+                *last = Some(last.map_or(expiry, |l| l.max(expiry)));
+            }
+            2 | 6 => {
+                let m = pb::ListPlacementsRequest {
+                    tenant_id: tenant.clone(),
+                    page: Some(pb::Page { after: String::new(), limit: 100 }),
+                    read: None,
+                };
+                let call = c
+                    .call(m, |ch, r| async move { client::scheduler(ch).list_placements(r).await });
+                let _ = shared.measured(tenant, "Scheduler/ListPlacements", call).await;
+            }
+            4 => {
+                let token = match lease_token.take() {
+                    Some(token) => token,
+                    None => {
+                        let m = pb::AcquireRequest {
+                            request_id: new_request_id(),
+                            tenant_id: tenant.clone(),
+                            name: "soak".into(),
+                            holder: "soak".into(),
+                            ttl_ms: LEASE_TTL_MS,
+                        };
+                        let call =
+                            c.call(m, |ch, r| async move { client::leases(ch).acquire(r).await });
+                        let acquired = shared.measured(tenant, "Leases/Acquire", call).await;
+                        let token = acquired.ok().and_then(|a| a.lease).map(|l| l.token);
+                        lease_token = token;
+                        continue;
+                    }
+                };
+                let m = pb::ReleaseLeaseRequest {
+                    request_id: new_request_id(),
+                    tenant_id: tenant.clone(),
+                    name: "soak".into(),
+                    token,
+                };
+                let call = c.call(m, |ch, r| async move { client::leases(ch).release(r).await });
+                let _ = shared.measured(tenant, "Leases/Release", call).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How long a write is sent again (the same request: applied at most once) while a fault
+/// makes the cluster unavailable.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Sends `send()` until it is answered, or an answer other than unavailable, or `RETRY_FOR`:
+/// a client that must know whether its write happened asks again with the same request id.
+async fn until_answered<T, Fut>(
+    shared: &Shared,
+    tenant: &str,
+    rpc: &str,
+    send: impl Fn() -> Fut,
+) -> Result<T, tonic::Status>
+where
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    use tonic::Code;
+    let until = Instant::now() + RETRY_FOR;
+    loop {
+        match shared.measured(tenant, rpc, send()).await {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+                ) && Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answered => return answered,
+        }
+    }
+}
+
+/// One sample: each replica's gauges (by metrics URL), the accounting, the interval's calls.
+#[derive(Clone, Debug, Serialize)]
+struct Sample {
+    at_ms: u64,
+    gauges: BTreeMap<String, BTreeMap<Gauge, u64>>,
+    allocated_mcpu: u64,
+    held_mcpu: u64,
+    calls_per_second: u64,
+    errors: u64,
+    p50_us: u64,
+    p95_us: u64,
+    p99_us: u64,
+}
+
+/// The value of an unlabelled gauge `name` in a scrape.
+fn gauge_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until every reservation made has expired and then compares the cluster with what
+/// the client holds, tenant by tenant, until they agree or `EXPIRY_SLACK` passes. Returns
+/// (allocated mcpu in the pool, mcpu the client holds, the differences).
+async fn account(ctx: &Ctx, shared: &Shared) -> anyhow::Result<(u64, u64, Vec<String>)> {
+    let last = *Shared::lock(&shared.last_expiry);
+    if let Some(at) = last {
+        tokio::time::sleep_until(at.into()).await;
+    }
+    let until = Instant::now() + EXPIRY_SLACK;
+    loop {
+        let expected = Shared::lock(&shared.held).clone();
+        let mut wrong = Vec::new();
+        let mut held_mcpu = 0;
+        for (tenant, c) in &shared.tenants {
+            let want = expected.get(tenant).cloned().unwrap_or_default();
+            held_mcpu += want.len() as u64 * JOB_CPU_MILLIS;
+            let listed = list(ctx, c, tenant).await?;
+            let got: BTreeSet<String> = listed
+                .iter()
+                .filter_map(|p| p.spec.as_ref().map(|s| s.placement_id.clone()))
+                .collect();
+            let extra: Vec<&String> = got.difference(&want).collect();
+            let missing: Vec<&String> = want.difference(&got).collect();
+            if !extra.is_empty() || !missing.is_empty() {
+                wrong.push(format!(
+                    "{tenant}: the cluster lists {} the client does not hold ({}) and lacks {}",
+                    extra.len(),
+                    extra.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+                    missing.len()
+                ));
+            }
+            let used = usage(ctx, c, tenant).await?.usage.map_or(0, |u| u.cpu_millis);
+            let want_mcpu = want.len() as u64 * JOB_CPU_MILLIS;
+            if used != want_mcpu {
+                wrong.push(format!("{tenant}: usage {used} mcpu, the client holds {want_mcpu}"));
+            }
+        }
+        let pool = pool_status(ctx, &shared.pool).await?;
+        let allocated = cpu(pool.capacity).saturating_sub(cpu(pool.free));
+        if allocated != held_mcpu {
+            wrong.push(format!("pool: {allocated} mcpu allocated, the client holds {held_mcpu}"));
+        }
+        if wrong.is_empty() || Instant::now() >= until {
+            return Ok((allocated, held_mcpu, wrong));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `: N RPC REASON, ...` for the calls that failed, or nothing.
+fn by_reason(shared: &Shared) -> String {
+    let errors = Shared::lock(&shared.errors);
+    if errors.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = errors.iter().map(|(what, n)| format!("{n} {what}")).collect();
+    format!(": {}", each.join(", "))
+}
+
+/// The least-squares slope of `points` (ms, value), per hour (0 for fewer than two points).
+pub fn slope_per_hour(points: &[(u64, u64)]) -> i128 {
+    let n = points.len() as i128;
+    if n < 2 {
+        return 0;
+    }
+    let (mut sx, mut sy, mut sxy, mut sxx) = (0i128, 0i128, 0i128, 0i128);
+    for (x, y) in points {
+        let (x, y) = (i128::from(*x), i128::from(*y));
+        (sx, sy, sxy, sxx) = (sx + x, sy + y, sxy + x * y, sxx + x * x);
+    }
+    let denominator = n * sxx - sx * sx;
+    if denominator == 0 {
+        return 0;
+    }
+    (n * sxy - sx * sy) * 3_600_000 / denominator
+}
+
+/// Placements at most held at once by `tenants` tenants' load (its reservations included),
+/// twice over: a pool of this many slots on each worker never refuses the load for capacity.
+fn slots(tenants: u32) -> u64 {
+    u64::from(tenants) * (HELD_PER_TENANT as u64 + 4) * 2
+}
+
+/// Creates `tenants` tenants with tokens and starts their load in `pool`: `rate` steps a
+/// second in all.
+async fn start(
+    ctx: &Ctx,
+    profile: Profile,
+    pool: &str,
+    tenants: u32,
+    rate: u64,
+    track_writes: bool,
+) -> anyhow::Result<(Arc<Shared>, Vec<Background<()>>)> {
+    let mut clients = Vec::new();
+    for t in 0..tenants {
+        let name = ctx.name(profile, &format!("t{t}"));
+        let token = tenant_with_token(ctx, &name, None).await?;
+        clients.push((name, ctx.client_as(&token)?));
+    }
+    let shared = Arc::new(Shared {
+        tenants: clients,
+        pool: pool.to_owned(),
+        recorder: ctx.recorder.clone(),
+        gate: RwLock::new(()),
+        stop: AtomicBool::new(false),
+        held: Mutex::default(),
+        last_expiry: Mutex::default(),
+        interval: Mutex::default(),
+        errors: Mutex::default(),
+        failed_at: Mutex::default(),
+        writes: track_writes.then(Mutex::default),
+    });
+    let period = Duration::from_micros(1_000_000 * u64::from(tenants) / rate.max(1));
+    let loads =
+        (0..tenants as usize).map(|t| Background::spawn(load(shared.clone(), t, period))).collect();
+    Ok((shared, loads))
+}
+
+/// Stops the load: once this returns, no call of it is in flight and none follows.
+async fn stop(shared: &Shared, loads: Vec<Background<()>>) -> anyhow::Result<()> {
+    shared.stop.store(true, Ordering::Relaxed);
+    drop(shared.gate.write().await);
+    for task in loads {
+        task.join().await?;
+    }
+    Ok(())
+}
+
+pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
+    let profile = Profile::Soak;
+    let mut o = Outcome::new(profile);
+    let duration = Duration::from_millis(args.duration.unwrap_or(if ctx.short {
+        12_000
+    } else {
+        30 * 60_000
+    }));
+    anyhow::ensure!(duration >= Duration::from_secs(5), "--duration must be 5 s or more");
+    // A minute in a long run; a twelfth of a short one.
+    let every = if duration >= Duration::from_secs(600) {
+        Duration::from_secs(60)
+    } else {
+        (duration / 12).max(Duration::from_secs(1))
+    };
+    let warm_up = (duration / 6).min(Duration::from_secs(300));
+    let tenants: u32 = if ctx.short { 4 } else { 8 };
+    let pool = ctx.name(profile, "pool");
+    workers(ctx, &pool, 2, slots(tenants) * JOB_CPU_MILLIS).await?;
+    let rate = args.rate.max(1);
+    let (shared, loads) = start(ctx, profile, &pool, tenants, rate, false).await?;
+    let began = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut drift = Vec::new();
+    let mut scrape_errors = Vec::new();
+    let mut leaked = 0u64;
+    let (mut last_sample, mut tick) = (Instant::now(), 1u32);
+    loop {
+        let due = began + every * tick;
+        let last = due >= began + duration;
+        tokio::time::sleep_until(due.min(began + duration).into()).await;
+        tick += 1;
+        // Pause the load: no call in flight while the cluster is compared with the client.
+        if last {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        let paused = shared.gate.write().await;
+        let (latencies, errors) = std::mem::take(&mut *Shared::lock(&shared.interval));
+        let elapsed_ms = u64::try_from(last_sample.elapsed().as_millis()).unwrap_or(1).max(1);
+        let mut sorted = latencies;
+        sorted.sort_unstable();
+        let mut gauges = BTreeMap::new();
+        for url in &args.metrics {
+            match scrape(url).await {
+                Ok(text) => {
+                    let values: BTreeMap<Gauge, u64> = Gauge::ALL
+                        .iter()
+                        .filter_map(|g| Some((*g, gauge_value(&text, g.metric())?)))
+                        .collect();
+                    gauges.insert(url.clone(), values);
+                }
+                Err(e) => scrape_errors.push(format!("{url}: {e:#}")),
+            }
+        }
+        let (allocated_mcpu, held_mcpu, wrong) = account(ctx, &shared).await?;
+        let at_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        drift.extend(wrong.into_iter().map(|w| format!("at {} s: {w}", at_ms / 1000)));
+        samples.push(Sample {
+            at_ms,
+            gauges,
+            allocated_mcpu,
+            held_mcpu,
+            calls_per_second: sorted.len() as u64 * 1_000 / elapsed_ms,
+            errors,
+            p50_us: percentile(&sorted, 500),
+            p95_us: percentile(&sorted, 950),
+            p99_us: percentile(&sorted, 990),
+        });
+        eprintln!(
+            "  soak: {} s: {} calls/s, p99 {} µs, {allocated_mcpu} mcpu allocated{}",
+            at_ms / 1000,
+            sorted.len() as u64 * 1_000 / elapsed_ms,
+            percentile(&sorted, 990),
+            samples
+                .last()
+                .and_then(|s| s.gauges.values().next())
+                .and_then(|g| g.get(&Gauge::Rss))
+                .map(|rss| format!(", RSS {} MiB (first replica)", rss >> 20))
+                .unwrap_or_default()
+        );
+        if ctx.plant_leak && !last {
+            // The planted fault: a reservation the client forgets, as a leak would.
+            let (tenant, c) = &shared.tenants[0];
+            leaked += 1;
+            let m = pb::ReserveRequest {
+                request_id: new_request_id(),
+                tenant_id: tenant.clone(),
+                spec: Some(spec(&format!("leak-{leaked}"), &pool, JOB_CPU_MILLIS)),
+                ttl_ms: 3_600_000,
+                fence: None,
+            };
+            let call = c.call(m, |ch, r| async move { client::scheduler(ch).reserve(r).await });
+            ctx.recorder.timed(tenant, "Scheduler/Reserve", call).await?;
+        }
+        drop(paused);
+        last_sample = Instant::now();
+        if last {
+            break;
+        }
+    }
+    stop(&shared, loads).await?;
+
+    let errors: u64 = samples.iter().map(|s| s.errors).sum();
+    o.check(
+        "no accounting drift: the cluster holds exactly what the client holds",
+        drift.is_empty(),
+        if drift.is_empty() {
+            format!("{} samples, every reservation given back on expiry", samples.len())
+        } else {
+            format!("{} differences: {}", drift.len(), drift[..drift.len().min(3)].join("; "))
+        },
+    );
+    o.check("no errors", errors == 0, format!("{errors} calls failed{}", by_reason(&shared)));
+    let after: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_ms >= u64::try_from(warm_up.as_millis()).unwrap_or(0))
+        .collect();
+    if args.metrics.is_empty() {
+        o.check("growth measured", false, "give every replica's --metrics URL to sample it");
+    } else {
+        o.check(
+            "every replica sampled",
+            scrape_errors.is_empty(),
+            if scrape_errors.is_empty() {
+                format!("{} replicas, {} samples each", args.metrics.len(), samples.len())
+            } else {
+                scrape_errors[..scrape_errors.len().min(3)].join("; ")
+            },
+        );
+        let mut over = Vec::new();
+        let mut worst: BTreeMap<Gauge, i128> = BTreeMap::new();
+        for (replica, url) in args.metrics.iter().enumerate() {
+            for (gauge, bound) in GROWTH_BOUNDS {
+                let points: Vec<(u64, u64)> = after
+                    .iter()
+                    .filter_map(|s| Some((s.at_ms, *s.gauges.get(url)?.get(&gauge)?)))
+                    .collect();
+                let slope = slope_per_hour(&points);
+                let w = worst.entry(gauge).or_insert(i128::MIN);
+                *w = (*w).max(slope);
+                if slope > i128::from(bound) {
+                    let (unit, scale) = gauge.unit();
+                    over.push(format!(
+                        "replica {} {} grows {} {unit} (bound {})",
+                        replica + 1,
+                        gauge.label(),
+                        slope / i128::from(scale),
+                        u128::from(bound) / u128::from(scale)
+                    ));
+                }
+            }
+        }
+        for (gauge, slope) in &worst {
+            let (unit, scale) = gauge.unit();
+            let shown = u64::try_from((*slope).max(0) / i128::from(scale)).unwrap_or(u64::MAX);
+            o.figure(&format!("{} growth after warm-up, worst replica", gauge.label()), shown, unit);
+        }
+        let detail = if over.is_empty() {
+            format!(
+                "{} samples after {} s of warm-up; bounds per hour: RSS 64 MiB, open files 30, log 64 MiB, snapshot 4 MiB",
+                after.len(),
+                warm_up.as_secs()
+            )
+        } else {
+            over.join("; ")
+        };
+        // Seconds are not enough to tell a trend from start-up: a short run reports slopes
+        // (figures) and holds them to the bounds only in a run of ten minutes or more.
+        if duration >= Duration::from_secs(600) {
+            o.check(
+                "no unbounded growth (least-squares slope after warm-up)",
+                over.is_empty(),
+                detail,
+            );
+        } else {
+            o.figure(
+                "replicas' figures over their growth bound (reported, not held: short)",
+                over.len() as u64,
+                "",
+            );
+        }
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for s in &after {
+        all.push(s.p99_us);
+    }
+    all.sort_unstable();
+    o.figure("samples", samples.len() as u64, "");
+    o.figure("load steps per second asked", rate, "");
+    if let Some(s) = samples.iter().max_by_key(|s| s.calls_per_second) {
+        o.figure("calls per second, busiest interval", s.calls_per_second, "");
+    }
+    o.figure("worst interval p99 after warm-up", all.last().copied().unwrap_or(0), "µs");
+    o.figure("median interval p99 after warm-up", percentile(&all, 500), "µs");
+    // The report's series: each replica's gauges, the accounting, the load.
+    for (replica, url) in args.metrics.iter().enumerate() {
+        for gauge in Gauge::ALL {
+            let (prefix, scale) = gauge.series();
+            let line: Vec<(u64, u64)> = samples
+                .iter()
+                .filter_map(|s| Some((s.at_ms, *s.gauges.get(url)?.get(&gauge)? / scale)))
+                .collect();
+            o.series.insert(format!("{prefix}replica {}", replica + 1), line);
+        }
+    }
+    let line = |f: fn(&Sample) -> u64| samples.iter().map(|s| (s.at_ms, f(s))).collect::<Vec<_>>();
+    o.series.insert("allocated mcpu: cluster".into(), line(|s| s.allocated_mcpu));
+    o.series.insert("allocated mcpu: client".into(), line(|s| s.held_mcpu));
+    o.series.insert("calls/s: all".into(), line(|s| s.calls_per_second));
+    o.series.insert("p95 latency µs: all".into(), line(|s| s.p95_us));
+    o.series.insert("p99 latency µs: all".into(), line(|s| s.p99_us));
+    Ok(o)
+}
+
+/// A fault `chaos` injected, from when it began to when everything it broke was back (ms
+/// since the run began).
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultSpan {
+    pub name: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// A replica paused with SIGSTOP, resumed (SIGCONT) when dropped: however the profile ends, no
+/// replica is left stopped.
+struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "CONT");
+    }
+}
+
+/// Sends `sig` (`KILL`, `STOP`, `CONT`) to `pid` with kill(1).
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+use anyhow::Context as _;
+
+/// The pid `berth up` wrote for replica `id` in its data directory (none while it is down).
+fn replica_pid(cluster_dir: &std::path::Path, id: u64) -> Option<u32> {
+    let text = std::fs::read_to_string(cluster_dir.join(format!("replica-{id}.pid"))).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The leader and the replicas that are not, as the cluster says; `None` while it has no
+/// leader or a replica is unreachable.
+async fn roles(ctx: &Ctx) -> Option<(u64, Vec<u64>)> {
+    let status = ctx
+        .client
+        .call(pb::StatusRequest {}, |ch, r| async move { client::cluster(ch).status(r).await })
+        .await
+        .ok()?;
+    let leader = status.leader_id?;
+    if status.replicas.iter().any(|r| r.role == "Unreachable") {
+        return None;
+    }
+    let others = status.replicas.iter().map(|r| r.replica_id).filter(|id| *id != leader);
+    Some((leader, others.collect()))
+}
+
+/// Waits until `done()` holds, polling every 100 ms, for at most `within`.
+async fn wait_for<Fut: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut done: impl FnMut() -> Fut,
+) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if done().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillLeader,
+    PauseFollower,
+    PauseLeader,
+    WorkerDies,
+}
+
+/// How long a replica may take to be started again, or to serve again, before the profile
+/// says it did not heal.
+const HEAL_WITHIN: Duration = Duration::from_secs(30);
+
+/// Injects `fault` and waits until it has healed, naming what it hit in `named`; returns a
+/// problem if it did not heal.
+async fn inject(
+    named: &mut String,
+    ctx: &Ctx,
+    fault: Fault,
+    cluster_dir: Option<&std::path::Path>,
+    pool: &str,
+    silenced: &Mutex<BTreeSet<String>>,
+    hold: Duration,
+) -> anyhow::Result<Option<String>> {
+    let replica_fault = !matches!(fault, Fault::WorkerDies);
+    let (dir, (leader, followers)) = match (cluster_dir, replica_fault) {
+        (Some(dir), true) => {
+            let until = Instant::now() + HEAL_WITHIN;
+            let mut roles_now = roles(ctx).await;
+            while roles_now.is_none() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                roles_now = roles(ctx).await;
+            }
+            match roles_now {
+                Some(r) => (dir, r),
+                None => return Ok(Some(format!("{fault:?}: the cluster had no leader"))),
+            }
+        }
+        (None, true) => unreachable!("replica faults are planned only with --cluster-dir"),
+        (_, false) => (std::path::Path::new(""), (0, Vec::new())),
+    };
+    let pid_of = |id: u64| replica_pid(dir, id).with_context(|| format!("no pid for replica {id}"));
+    match fault {
+        Fault::KillLeader => {
+            *named = format!("kill leader {leader}");
+            let pid = pid_of(leader)?;
+            signal(pid, "KILL")?;
+            // `berth up --restart-on-exit` starts it again (a new pid) and it rejoins.
+            let back = wait_for(HEAL_WITHIN, || async move {
+                replica_pid(dir, leader).is_some_and(|p| p != pid) && roles(ctx).await.is_some()
+            })
+            .await;
+            if !back {
+                return Ok(Some(format!(
+                    "replica {leader} was not serving again within {} s (is `berth up` running with --restart-on-exit?)",
+                    HEAL_WITHIN.as_secs()
+                )));
+            }
+        }
+        Fault::PauseFollower | Fault::PauseLeader => {
+            let id = match fault {
+                Fault::PauseLeader => leader,
+                _ => *followers.first().context("a follower")?,
+            };
+            let role = if id == leader { "leader" } else { "follower" };
+            *named = format!("pause {role} {id}");
+            let paused = Paused(pid_of(id)?);
+            signal(paused.0, "STOP")?;
+            tokio::time::sleep(hold).await;
+            drop(paused);
+            if !wait_for(HEAL_WITHIN, || async { roles(ctx).await.is_some() }).await {
+                return Ok(Some(format!("replica {id} did not serve again after SIGCONT")));
+            }
+        }
+        Fault::WorkerDies => {
+            let worker = format!("{pool}-w0");
+            *named = "worker w0 dies".into();
+            Shared::lock(silenced).insert(worker.clone());
+            let down = wait_for(HEAL_WITHIN, || async {
+                pool_status(ctx, pool).await.is_ok_and(|p| p.down == 1)
+            })
+            .await;
+            Shared::lock(silenced).remove(&worker);
+            if !down {
+                return Ok(Some(format!("{worker} was not marked down without heartbeats")));
+            }
+            let up = wait_for(HEAL_WITHIN, || async {
+                pool_status(ctx, pool).await.is_ok_and(|p| p.down == 0)
+            })
+            .await;
+            if !up {
+                return Ok(Some(format!("{worker} did not come back with its heartbeats")));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Heartbeats every worker of `pool` but the silenced ones, all at once, every `every`, until
+/// aborted. `client` must fail over within the workers' TTL (a replica paused with SIGSTOP
+/// holds a call until the attempt times out), as a worker's agent would.
+async fn heartbeats(
+    client: Arc<Client>,
+    workers: Vec<String>,
+    silenced: Arc<Mutex<BTreeSet<String>>>,
+    every: Duration,
+) {
+    loop {
+        let beats: Vec<Background<()>> = workers
+            .iter()
+            .filter(|w| !Shared::lock(&silenced).contains(*w))
+            .map(|worker| {
+                let (client, m) =
+                    (client.clone(), pb::HeartbeatRequest { worker_id: worker.clone() });
+                Background::spawn(async move {
+                    let beat = |ch, r| async move { client::workers(ch).heartbeat(r).await };
+                    let _ = client.call(m, beat).await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(every).await;
+        for beat in beats {
+            let _ = beat.join().await;
+        }
+    }
+}
+
+/// OK writes a second within `[from, to)` (ms since the run began).
+fn writes_per_second(writes: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    let n = writes.iter().filter(|(at, _)| (from..to).contains(at)).count() as u64;
+    n * 1_000 / (to.saturating_sub(from)).max(1)
+}
+
+/// The longest time without an OK write within `[from, to)`, counting from `from`.
+fn longest_stall(writes: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    let mut last = from;
+    let mut longest = 0;
+    for (at, _) in writes.iter().filter(|(at, _)| (from..to).contains(at)) {
+        longest = longest.max(at - last);
+        last = *at;
+    }
+    longest.max(to.saturating_sub(last))
+}
+
+pub async fn chaos(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
+    /// Writes a second after each fault, per mille of those before the first, below which a
+    /// full run fails.
+    const RECOVERED_PER_MILLE_MIN: u64 = 500;
+    /// The longest a full run may go without a write, through any fault.
+    const STALL_MAX_MS: u64 = 15_000;
+    let profile = Profile::Chaos;
+    let mut o = Outcome::new(profile);
+    let (settle, hold, ttl_ms) = if ctx.short {
+        (Duration::from_secs(3), Duration::from_secs(2), 3_000)
+    } else {
+        (Duration::from_secs(15), Duration::from_secs(8), 5_000)
+    };
+    let tenants: u32 = if ctx.short { 4 } else { 8 };
+    let pool = ctx.name(profile, "pool");
+    // Three workers, each with room for all the load: one dead, the others take its work.
+    workers(ctx, &pool, 3, slots(tenants) * JOB_CPU_MILLIS).await?;
+    let m = pb::SetPoolWorkerTtlRequest {
+        request_id: new_request_id(),
+        pool: pool.clone(),
+        ttl_ms,
+        reset: false,
+    };
+    ctx.client
+        .call(m, |ch, r| async move { client::workers(ch).set_pool_worker_ttl(r).await })
+        .await
+        .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
+    let silenced = Arc::new(Mutex::new(BTreeSet::new()));
+    let names = (0..3).map(|w| format!("{pool}-w{w}")).collect();
+    let beat_client = ctx.connection.client(berth::client::ClientOptions {
+        deadline: Duration::from_millis(ttl_ms / 2),
+        attempt_timeout: Duration::from_millis(ttl_ms / 6),
+    })?;
+    let _beats = Background::spawn(heartbeats(
+        Arc::new(beat_client),
+        names,
+        silenced.clone(),
+        Duration::from_millis(ttl_ms / 5),
+    ));
+    let (shared, loads) = start(ctx, profile, &pool, tenants, args.rate.max(1), true).await?;
+    let mut plan = Vec::new();
+    if args.cluster_dir.is_some() {
+        plan.extend([Fault::KillLeader, Fault::PauseFollower, Fault::PauseLeader]);
+    }
+    plan.push(Fault::WorkerDies);
+    let t0 = ctx.recorder.now_ms();
+    tokio::time::sleep(settle).await;
+    let baseline_end = ctx.recorder.now_ms();
+    let mut spans = Vec::new();
+    let mut problems = Vec::new();
+    for fault in plan {
+        let from_ms = ctx.recorder.now_ms();
+        let mut name = format!("{fault:?}");
+        let dir = args.cluster_dir.as_deref();
+        let problem = inject(&mut name, ctx, fault, dir, &pool, &silenced, hold).await?;
+        problems.extend(problem);
+        let to_ms = ctx.recorder.now_ms();
+        eprintln!("  chaos: {name}: healed after {} ms", to_ms - from_ms);
+        spans.push(FaultSpan { name, from_ms, to_ms });
+        tokio::time::sleep(settle).await;
+    }
+    let end_ms = ctx.recorder.now_ms();
+    stop(&shared, loads).await?;
+    let (allocated, held, drift) = account(ctx, &shared).await?;
+    let writes = shared.writes.as_ref().map(|w| Shared::lock(w).clone()).unwrap_or_default();
+
+    if args.cluster_dir.is_none() {
+        o.check(
+            "replica faults injected",
+            false,
+            "give --cluster-dir (the data directory of `berth up --restart-on-exit`) to kill and pause its replicas",
+        );
+    }
+    o.check(
+        "every fault injected and healed",
+        problems.is_empty(),
+        if problems.is_empty() {
+            spans
+                .iter()
+                .map(|s| format!("{} {} ms", s.name, s.to_ms - s.from_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            problems.join("; ")
+        },
+    );
+    o.check(
+        "no accounting drift after healing",
+        drift.is_empty(),
+        if drift.is_empty() {
+            format!("{allocated} mcpu allocated, as the client holds")
+        } else {
+            format!("{} held by the client; {}", held, drift[..drift.len().min(3)].join("; "))
+        },
+    );
+    // A call may fail while a fault lasts and until the cluster has settled after it, never
+    // before the first or once the last has settled.
+    let failed_at = Shared::lock(&shared.failed_at).clone();
+    let settle_ms = u64::try_from(settle.as_millis()).unwrap_or(u64::MAX);
+    let outside = failed_at
+        .iter()
+        .filter(|at| !spans.iter().any(|s| (s.from_ms..=s.to_ms + settle_ms).contains(*at)))
+        .count();
+    o.check(
+        "calls fail only while a fault lasts or settles",
+        outside == 0,
+        format!("{outside} of {} failures outside{}", failed_at.len(), by_reason(&shared)),
+    );
+    let before = writes_per_second(&writes, t0, baseline_end);
+    o.figure("writes/s before the faults", before, "");
+    let (mut worst_after, mut worst_stall) = (u64::MAX, 0);
+    for (k, span) in spans.iter().enumerate() {
+        let next = spans.get(k + 1).map_or(end_ms, |s| s.from_ms);
+        let during = writes_per_second(&writes, span.from_ms, span.to_ms.max(span.from_ms + 1));
+        let after = writes_per_second(&writes, span.to_ms, next);
+        let stall = longest_stall(&writes, span.from_ms, next);
+        worst_after = worst_after.min(after);
+        worst_stall = worst_stall.max(stall);
+        o.figure(&format!("{}: writes/s during", span.name), during, "");
+        o.figure(&format!("{}: writes/s after", span.name), after, "");
+        o.figure(&format!("{}: longest stall", span.name), stall, "ms");
+        o.figure(&format!("{}: healed after", span.name), span.to_ms - span.from_ms, "ms");
+    }
+    let recovered = worst_after.saturating_mul(1_000) / before.max(1);
+    let detail = format!(
+        "the worst {} writes/s after a fault, {before} before ({recovered}‰); longest stall {worst_stall} ms",
+        if worst_after == u64::MAX { 0 } else { worst_after }
+    );
+    // A few seconds a phase on a shared machine are noise: the short mode reports these.
+    if ctx.short {
+        o.figure("writes/s after the worst fault vs before", recovered, "‰");
+        o.figure("longest stall", worst_stall, "ms");
+    } else {
+        o.check(
+            "writes recover after every fault",
+            recovered >= RECOVERED_PER_MILLE_MIN && worst_stall <= STALL_MAX_MS,
+            format!("{detail} (bounds {RECOVERED_PER_MILLE_MIN}‰, {STALL_MAX_MS} ms)"),
+        );
+    }
+    // The series: OK writes a second and their p95, half-second buckets.
+    let bucket = 500;
+    let mut by_bucket: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (at, us) in &writes {
+        by_bucket.entry(at / bucket * bucket).or_default().push(*us);
+    }
+    let mut rate_line = Vec::new();
+    let mut p95_line = Vec::new();
+    for b in (t0 / bucket * bucket..end_ms).step_by(bucket as usize) {
+        let mut us = by_bucket.remove(&b).unwrap_or_default();
+        us.sort_unstable();
+        rate_line.push((b, us.len() as u64 * 1_000 / bucket));
+        p95_line.push((b, percentile(&us, 950)));
+    }
+    o.series.insert("calls/s: Place answered OK".into(), rate_line);
+    o.series.insert("p95 latency µs: Place".into(), p95_line);
+    o.faults = spans;
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gauge_value, slope_per_hour};
+
+    #[test]
+    fn slopes_are_per_hour_and_level_lines_have_none() {
+        assert_eq!(slope_per_hour(&[(0, 100), (60_000, 100), (120_000, 100)]), 0);
+        // 1 per minute is 60 per hour.
+        assert_eq!(slope_per_hour(&[(0, 10), (60_000, 11), (120_000, 12)]), 60);
+        assert_eq!(slope_per_hour(&[(0, 12), (60_000, 11), (120_000, 10)]), -60);
+        assert_eq!(slope_per_hour(&[(5, 7)]), 0);
+    }
+
+    #[test]
+    fn gauges_are_read_by_exact_name() {
+        let text = "process_open_fds 17\nprocess_open_fds_max 99\nberth_replica_log_bytes 4096\n";
+        assert_eq!(gauge_value(text, "process_open_fds"), Some(17));
+        assert_eq!(gauge_value(text, "berth_replica_log_bytes"), Some(4096));
+        assert_eq!(gauge_value(text, "process_resident_memory_bytes"), None);
+    }
+}
