@@ -83,7 +83,8 @@ impl Metrics {
             peers.errors.clone(),
         );
         registry.register_collector(Box::new(ReplicaCollector(replica.clone())));
-        registry.register_collector(Box::new(ProcessCollector(snapshots)));
+        registry.register_collector(Box::new(SnapshotBytes(snapshots)));
+        registry.register_collector(Box::new(ProcessCollector));
         registry
             .register_collector(Box::new(TenantCollector { replica: replica.clone(), tenants }));
         Metrics { registry, requests }
@@ -152,23 +153,34 @@ impl Collector for LogBytes {
 }
 
 /// What the replica's process holds, read at each scrape: resident memory and open files
-/// (from `/proc/self`, so on Linux only; elsewhere they are left out), and the size of the
-/// snapshot it keeps. `berth stress soak` fits a slope to these.
+/// (from `/proc/self`, so on Linux only; elsewhere they are left out). `berth stress soak`
+/// fits a slope to these.
 #[derive(Debug)]
-struct ProcessCollector(SnapshotStore);
+struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let resident = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
             let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-            kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok().map(|k| k * 1024)
+            let kib = kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+            Some(kib.saturating_mul(1024))
         });
         if let Some(bytes) = resident {
             gauge(&mut encoder, "process_resident_memory_bytes", "Resident memory", bytes)?;
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            gauge(&mut encoder, "process_open_fds", "Open file descriptors", fds.count() as u64)?;
+            let open = u64::try_from(fds.count()).unwrap_or(u64::MAX);
+            gauge(&mut encoder, "process_open_fds", "Open file descriptors", open)?;
         }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SnapshotBytes(SnapshotStore);
+
+impl Collector for SnapshotBytes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         gauge(
             &mut encoder,
             "berth_replica_snapshot_bytes",

@@ -1355,15 +1355,17 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
 
 /// `berth stress` in short mode against `berth up`: every profile passes, the replicas'
 /// per-tenant counters equal what the client sent, a run directory holds results.json and a
-/// report with plots, `latest` points at it; `soak` samples every replica; and a planted leak
-/// makes `lifecycle` and `soak` fail.
+/// report with plots, `latest` points at it; `soak` samples every replica; a planted leak
+/// makes `lifecycle` and `soak` fail, a planted unfair weight `backlog` and `mixed`; and
+/// `chaos` kills and pauses replicas and a worker, and
+/// everything heals without drift.
 #[test]
 fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let data = tmp.path().join("berth-data");
     let peer = free_base(6);
     let api = peer + 3;
-    let cluster = up(&data, peer, api);
+    let cluster = up_with(&data, peer, api, &["--restart-on-exit"]);
     let login = &Login::of_up(&data);
     let out = tmp.path().join("stress");
     let out_arg = out.to_str().expect("utf-8 path");
@@ -1425,5 +1427,32 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     assert!(!planted.ok, "a leaked reservation must fail: {}", planted.stdout);
     assert!(planted.stdout.contains("[FAIL] nothing orphaned"), "{}", planted.stdout);
     assert!(planted.stdout.contains("[FAIL] no accounting drift"), "{}", planted.stdout);
+    // A tenant favoured beyond what the fairness checks assume makes both fail.
+    let unfair = berth(
+        api,
+        login,
+        &["stress", "backlog", "mixed", "--short", "--out", out_arg, "--plant-unfair"],
+    );
+    assert!(!unfair.ok, "an unfair weight must fail: {}", unfair.stdout);
+    assert!(unfair.stdout.contains("[FAIL] fair order"), "{}", unfair.stdout);
+    assert!(unfair.stdout.contains("[FAIL] short jobs' p95 wait"), "{}", unfair.stdout);
+
+    // Last: it kills replicas (their metrics counters restart).
+    let data_arg = data.to_str().expect("utf-8 path");
+    let chaos = berth(
+        api,
+        login,
+        &["stress", "chaos", "--short", "--json", "--out", out_arg, "--cluster-dir", data_arg],
+    );
+    assert!(chaos.ok, "chaos failed: {}\n{}", chaos.stdout, chaos.stderr);
+    let results: serde_json::Value = serde_json::from_str(&chaos.stdout).expect("json");
+    let faults: Vec<&str> = results["profiles"][0]["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(faults.len(), 4, "{faults:?}");
+    assert!(faults[0].starts_with("kill leader") && faults[3] == "worker w0 dies", "{faults:?}");
     drop(cluster);
 }

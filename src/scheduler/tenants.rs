@@ -142,8 +142,8 @@ impl Scheduler {
         if let Some(parent) = &removed.parent {
             self.tenant_mut(parent).expect("invariant: parent exists").children.remove(tenant);
         }
-        // What its guarantees kept back, and its parent's burst room, are free now.
-        self.queue_dirty = true;
+        // What its guarantees kept back for it is free now.
+        self.queue_dirty |= !removed.quota.guarantees.is_empty();
         self.emit(Event::TenantDeleted { tenant: tenant.clone() });
         Ok(Response::TenantDeleted(counts))
     }

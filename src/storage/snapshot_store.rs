@@ -92,9 +92,10 @@ impl SnapshotStore {
     /// Bytes of the snapshot kept (its file, or its data in memory); 0 when there is none.
     pub fn bytes(&self) -> u64 {
         match self {
-            SnapshotStore::Memory(slot) => {
-                lock(slot).snapshot.as_ref().map_or(0, |s| s.data.len() as u64)
-            }
+            SnapshotStore::Memory(slot) => lock(slot)
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| u64::try_from(s.data.len()).unwrap_or(u64::MAX)),
             SnapshotStore::Dir(dir) => {
                 std::fs::metadata(dir.join(FILE_NAME)).map_or(0, |m| m.len())
             }

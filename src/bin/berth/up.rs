@@ -101,9 +101,12 @@ impl Supervised {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting replica {}", self.id))?;
-        // Its pid, for tools on this host (`berth stress chaos` signals replicas by it).
-        std::fs::write(self.pid_file(), format!("{}\n", child.id()))
-            .with_context(|| format!("writing {}", self.pid_file().display()))?;
+        // Its pid, for tools on this host (`berth stress chaos` signals replicas by it),
+        // written whole or not at all.
+        let (file, tmp) = (self.pid_file(), self.log.with_extension("pid.tmp"));
+        std::fs::write(&tmp, format!("{}\n", child.id()))
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .with_context(|| format!("writing {}", file.display()))?;
         self.child = Some(child);
         self.started = std::time::Instant::now();
         Ok(())

@@ -56,12 +56,12 @@ pub struct StressArgs {
     /// sent. Give every replica's, or none.
     #[arg(long, value_delimiter = ',')]
     metrics: Vec<String>,
-    /// soak: how long (default 30m, short 12s); sampled every minute (a twelfth of a run
-    /// shorter than ten minutes).
+    /// soak: how long (default 30m, short 12s); sampled every minute (in a run shorter than
+    /// ten minutes, every twelfth of it but at least every second), and at the end.
     #[arg(long, value_parser = crate::cli::args::parse_duration_ms)]
     duration: Option<u64>,
-    /// soak: load steps a second across its tenants (each a Place, and a Release, a
-    /// Reserve, a lease call or a read).
+    /// soak and chaos: load steps a second across their tenants (each a Place, and a
+    /// Release, a Reserve, a lease call or a read).
     #[arg(long, default_value_t = 200)]
     rate: u64,
     /// chaos: the data directory of the `berth up --restart-on-exit` cluster under test (its
@@ -73,6 +73,10 @@ pub struct StressArgs {
     /// then fail.
     #[arg(long, hide = true)]
     plant_leak: bool,
+    /// Testing the checks: give one tenant of `backlog` and of `mixed` a fair-share weight
+    /// their checks do not expect (equal shares), so both must fail.
+    #[arg(long, hide = true)]
+    plant_unfair: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -89,6 +93,11 @@ pub enum Profile {
     Soak,
     /// Not run unless named: kills and pauses replicas.
     Chaos,
+}
+
+/// What a run that names no profile runs: every one but the long ones.
+fn default_profiles() -> Vec<Profile> {
+    Profile::value_variants().iter().copied().filter(|p| !p.long()).collect()
 }
 
 impl Profile {
@@ -187,6 +196,9 @@ pub struct Ctx {
     pub short: bool,
     pub recorder: Recorder,
     pub plant_leak: bool,
+    /// `--plant-unfair`: the weight of the tenant `backlog` and `mixed` favour against their
+    /// checks (0: none favoured).
+    pub unfair_weight: u32,
     /// What the profile running now made and has not yet given back: the tenants and
     /// workers `cleanup` deletes after it, whether it passed, failed or stopped half-way.
     made: std::sync::Mutex<Made>,
@@ -244,7 +256,7 @@ struct Results {
 pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow::Result<()> {
     let mut profiles = args.profiles.clone();
     if profiles.is_empty() {
-        profiles = Profile::value_variants().iter().copied().filter(|p| !p.long()).collect();
+        profiles = default_profiles();
     }
     // Each at most once: a profile's workers and tenants have fixed names within a run.
     let mut seen = std::collections::BTreeSet::new();
@@ -265,25 +277,40 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
         short: args.short,
         recorder: Recorder::new(Instant::now()),
         plant_leak: args.plant_leak,
+        unfair_weight: if args.plant_unfair { 16 } else { 0 },
         made: std::sync::Mutex::default(),
     };
     let progress = record::progress(ctx.recorder.clone(), connection.json);
     let mut outcomes = Vec::new();
+    // Ctrl-C stops the profile running (dropping it: a replica `chaos` paused is resumed),
+    // gives back what it made, and ends the run with the results so far.
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     for profile in profiles {
         ctx.recorder.begin(profile.name());
         let began = Instant::now();
-        let mut outcome = match profile {
-            Profile::Isolation => profiles::isolation(&ctx, &args).await,
-            Profile::Burst => profiles::burst(&ctx).await,
-            Profile::Mixed => profiles::mixed(&ctx).await,
-            Profile::Quota => profiles::quota(&ctx).await,
-            Profile::Scaling => profiles::scaling(&ctx, &args).await,
-            Profile::Backlog => profiles::backlog(&ctx, &args).await,
-            Profile::Lifecycle => profiles::lifecycle(&ctx).await,
-            Profile::Soak => steady::soak(&ctx, &args).await,
-            Profile::Chaos => steady::chaos(&ctx, &args).await,
-        }
-        .unwrap_or_else(|e| {
+        let running = async {
+            match profile {
+                Profile::Isolation => profiles::isolation(&ctx, &args).await,
+                Profile::Burst => profiles::burst(&ctx).await,
+                Profile::Mixed => profiles::mixed(&ctx).await,
+                Profile::Quota => profiles::quota(&ctx).await,
+                Profile::Scaling => profiles::scaling(&ctx, &args).await,
+                Profile::Backlog => profiles::backlog(&ctx, &args).await,
+                Profile::Lifecycle => profiles::lifecycle(&ctx).await,
+                Profile::Soak => steady::soak(&ctx, &args).await,
+                Profile::Chaos => steady::chaos(&ctx, &args).await,
+            }
+        };
+        let mut interrupted = false;
+        let ran = tokio::select! {
+            ran = running => ran,
+            _ = &mut interrupt => {
+                interrupted = true;
+                Err(anyhow::anyhow!("interrupted (Ctrl-C)"))
+            }
+        };
+        let mut outcome = ran.unwrap_or_else(|e| {
             let mut failed = Outcome::new(profile);
             failed.check("ran to the end", false, format!("{e:#}"));
             failed
@@ -299,6 +326,9 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
             summary(&outcome);
         }
         outcomes.push(outcome);
+        if interrupted {
+            break;
+        }
     }
     progress.abort();
     let metrics = if args.metrics.is_empty() {
@@ -465,10 +495,21 @@ pub async fn tenant_with_token(
     tenant: &str,
     quota: Option<pb::Quota>,
 ) -> anyhow::Result<String> {
+    weighted_tenant_with_token(ctx, tenant, quota, 0).await
+}
+
+/// `tenant_with_token` with a fair-share `weight` (0: the default, 1).
+pub async fn weighted_tenant_with_token(
+    ctx: &Ctx,
+    tenant: &str,
+    quota: Option<pb::Quota>,
+    weight: u32,
+) -> anyhow::Result<String> {
     let c = &ctx.client;
     let create = pb::CreateTenantRequest {
         request_id: new_request_id(),
         tenant_id: tenant.into(),
+        weight,
         ..Default::default()
     };
     ctx.recorder.call(tenant, "Tenants/CreateTenant");
@@ -583,5 +624,17 @@ pub fn spec(id: &str, pool: &str, cpu_millis: u64) -> pb::PlacementSpec {
         resources: Some(pb::Resources { cpu_millis, memory_mib: 1 }),
         pool: pool.into(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{default_profiles, Profile};
+
+    #[test]
+    fn a_run_naming_no_profile_leaves_out_the_long_ones() {
+        let all = default_profiles();
+        assert!(!all.contains(&Profile::Soak) && !all.contains(&Profile::Chaos), "{all:?}");
+        assert_eq!(all.len(), 7, "{all:?}");
     }
 }

@@ -14,7 +14,8 @@ use tonic::Code;
 
 use super::record::percentile;
 use super::{
-    spec, tenant_with_token, workers, Background, Ctx, Outcome, Profile, ScalingPoint, StressArgs,
+    spec, tenant_with_token, weighted_tenant_with_token, workers, Background, Ctx, Outcome,
+    Profile, ScalingPoint, StressArgs,
 };
 
 /// Every placement the profiles make takes this much cpu.
@@ -83,6 +84,38 @@ pub(super) fn release_request(tenant: &str, id: &str) -> pb::ReleaseRequest {
         tenant_id: tenant.into(),
         placement_id: id.into(),
         fence: None,
+    }
+}
+
+/// A request that reserves one job's worth in `pool` for `tenant` as `id`, for `ttl_ms`.
+pub(super) fn reserve_request(
+    tenant: &str,
+    id: &str,
+    pool: &str,
+    ttl_ms: u64,
+) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        request_id: new_request_id(),
+        tenant_id: tenant.into(),
+        spec: Some(spec(id, pool, JOB_CPU_MILLIS)),
+        ttl_ms,
+        fence: None,
+    }
+}
+
+/// A request that acquires `tenant`'s lease `name` as `holder` for `ttl_ms`.
+pub(super) fn acquire_request(
+    tenant: &str,
+    name: &str,
+    holder: &str,
+    ttl_ms: u64,
+) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        request_id: new_request_id(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        holder: holder.into(),
+        ttl_ms,
     }
 }
 
@@ -624,7 +657,9 @@ pub async fn backlog(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     let mut tenants = Vec::new();
     for i in 0..TENANTS {
         let tenant = ctx.name(profile, &format!("t{i}"));
-        let token = tenant_with_token(ctx, &tenant, None).await?;
+        // The planted fault (`--plant-unfair`) favours tenant 1.
+        let weight = if i == 1 { ctx.unfair_weight } else { 0 };
+        let token = weighted_tenant_with_token(ctx, &tenant, None, weight).await?;
         tenants.push((tenant, ctx.client_as(&token)?));
     }
     // Tenant 0 queues half; the three others a sixth each, all at once (each tenant in order).
@@ -921,13 +956,7 @@ async fn reserve(
     pool: &str,
     id: &str,
 ) -> anyhow::Result<()> {
-    let m = pb::ReserveRequest {
-        request_id: new_request_id(),
-        tenant_id: tenant.into(),
-        spec: Some(spec(id, pool, JOB_CPU_MILLIS)),
-        ttl_ms: 3_600_000,
-        fence: None,
-    };
+    let m = reserve_request(tenant, id, pool, 3_600_000);
     let call = c.call(m, |ch, r| async move { client::scheduler(ch).reserve(r).await });
     ctx.recorder
         .timed(tenant, "Scheduler/Reserve", call)
@@ -943,13 +972,7 @@ async fn lease(
     tenant: &str,
     holder: &str,
 ) -> Reply<pb::AcquireResponse> {
-    let m = pb::AcquireRequest {
-        request_id: new_request_id(),
-        tenant_id: tenant.into(),
-        name: "l".into(),
-        holder: holder.into(),
-        ttl_ms: 60_000,
-    };
+    let m = acquire_request(tenant, "l", holder, 60_000);
     let call = c.call(m, |ch, r| async move { client::leases(ch).acquire(r).await });
     ctx.recorder.timed(tenant, "Leases/Acquire", call).await
 }
@@ -975,7 +998,9 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Outcome> {
     workers(ctx, &pool, 1, SLOTS * JOB_CPU_MILLIS).await?;
     let long = ctx.name(profile, "long");
     let short = ctx.name(profile, "short");
-    let long_client = ctx.client_as(&tenant_with_token(ctx, &long, None).await?)?;
+    // The planted fault (`--plant-unfair`) favours the long jobs' tenant.
+    let long_token = weighted_tenant_with_token(ctx, &long, None, ctx.unfair_weight).await?;
+    let long_client = ctx.client_as(&long_token)?;
     let short_client = ctx.client_as(&tenant_with_token(ctx, &short, None).await?)?;
     // The watcher releases every placement once held for its time, notes the log time each
     // short job was placed at, and counts the long jobs placed.
