@@ -58,8 +58,12 @@ pub const USAGE_BUCKETS_MAX: u64 = 10_000;
 pub const USAGE_STEP_MIN_MS: u64 = 1_000;
 /// Most keys the writer holds in memory before writing them to sled as one batch.
 const PENDING_MAX: usize = 4_096;
-/// sled's page cache for the store.
-const CACHE_BYTES: u64 = 64 << 20;
+/// sled's page cache for the store. sled counts a page by its size on disk; in memory, the
+/// store's many small keys take several times that. At 64 MiB, the store's pages in memory
+/// grew from 29 to 95 MB between 150 and 480 s of a soak at 1,250 calls a second (a heap
+/// profile); at 8 MiB they stay near 23 MB, for about 6 % more CPU per write
+/// (docs/performance.md, "Memory under a steady load").
+const CACHE_BYTES: u64 = 8 << 20;
 
 /// What a tenant holds at a moment: resources per (pool, reserved), in order.
 pub type Rates = Vec<(PoolId, bool, Resources)>;
