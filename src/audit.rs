@@ -4,10 +4,18 @@
 //!
 //! The records come from applied entries, in order. They are gathered into chunks of up to
 //! `CHUNK_RECORDS` (sent to a writer thread when full, or before a read, so a read sees every
-//! record applied before it); the writer stores each chunk as one value keyed by its first
-//! `seq` (big-endian, so the trail is one range in order) and indexes it under each tenant it
-//! names. One sled insert per record, and one message per applied batch, cost the replicas a
-//! fifth more CPU per write; this is a few inserts per hundred records. Records still
+//! record applied before it). The writer appends each chunk's bytes to a segment file, one per
+//! log-time hour (`chunks/HOUR.chunks` beside sled's files), and keeps in sled where it is,
+//! keyed by its first `seq` (big-endian, so the trail is one range in order), indexed under
+//! each tenant it names. One sled insert per record, and one message per applied batch, cost
+//! the replicas a fifth more CPU per write; this is a few inserts per hundred records.
+//!
+//! The chunks' bytes stay out of sled because sled keeps every page it wrote in memory until
+//! its cache's shard (one of 256) has seen 64 accesses, and a leaf holds up to 16 values:
+//! appended once and never read again, leaves of 30 KiB chunks piled up in memory (a heap
+//! profile of `berth stress soak` saw them grow about 0.2 GiB an hour at 1,250 calls a
+//! second). sled's values are now a few dozen bytes, and a chunk is read back from its file,
+//! checked against its CRC-32 (one that fails is skipped: a gap, never a wrong record). Records still
 //! gathering are sent to the writer before each snapshot (the log before it is then purged);
 //! those of entries after the last snapshot are written again as a restarted replica replays
 //! its log, and a replayed record already stored is skipped, so chunks never overlap. A replica that restarts replays its log after its snapshot
@@ -21,9 +29,17 @@
 //!
 //! Retention: a record is kept for `AUDIT_RETENTION_MS` of log time (90 days); from the first
 //! chunk of each log-time hour the writer removes older chunks, oldest first, a few with each
-//! chunk it writes until none is left (so pruning keeps up with any write rate).
+//! chunk it writes until none is left (so pruning keeps up with any write rate), and removes
+//! the segment files no chunk it keeps is in.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use tokio::sync::oneshot;
 
@@ -81,10 +97,12 @@ enum Route {
 }
 
 struct Writer {
-    /// A chunk's first `seq` (big-endian) → its records.
-    records: sled::Tree,
+    /// A chunk's first `seq` (big-endian) → where its records are (`Chunk`).
+    chunks: sled::Tree,
     /// tenant length, tenant, a chunk's first `seq` (big-endian) → nothing.
     tenants: sled::Tree,
+    /// The chunks' bytes.
+    segments: Segments,
     /// The log-time hour pruning last started in.
     pruned_hour: u64,
     /// Whether pruning has more to remove (it removes a few chunks a write until done).
@@ -94,6 +112,121 @@ struct Writer {
     last_stored: u64,
     /// The error that stopped the trail, if one did (every read then reports it).
     broken: Option<String>,
+}
+
+/// Where a chunk's records are: `len` bytes at `offset` of segment `segment` (the log-time hour
+/// of its first record), with their CRC-32, and the chunk's last record (so neither pruning
+/// nor the head needs the records themselves).
+#[derive(Serialize, Deserialize)]
+struct Chunk {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    crc: u32,
+    last_seq: u64,
+    last_at: u64,
+}
+
+/// The segment files: each chunk's encoded records, appended in `seq` order.
+enum Segments {
+    /// `DIR/HOUR.chunks`; the file written last is kept open.
+    Dir { dir: PathBuf, open: Option<(u64, File, u64)> },
+    /// In memory (a temporary trail: tests and the simulation).
+    Memory(BTreeMap<u64, Vec<u8>>),
+}
+
+impl Segments {
+    fn path(dir: &std::path::Path, segment: u64) -> PathBuf {
+        dir.join(format!("{segment:012}.chunks"))
+    }
+
+    /// Appends `bytes` to `segment`; the offset they start at.
+    fn append(&mut self, segment: u64, bytes: &[u8]) -> std::io::Result<u64> {
+        match self {
+            Segments::Memory(files) => {
+                let file = files.entry(segment).or_default();
+                let offset = file.len() as u64;
+                file.extend_from_slice(bytes);
+                Ok(offset)
+            }
+            Segments::Dir { dir, open } => {
+                if open.as_ref().is_none_or(|(s, _, _)| *s != segment) {
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .append(true)
+                        .create(true)
+                        .open(Self::path(dir, segment))?;
+                    let len = file.metadata()?.len();
+                    *open = Some((segment, file, len));
+                }
+                let Some((_, file, len)) = open else { unreachable!("opened above") };
+                // Not synced, as sled is not: see the module's comment.
+                file.write_all(bytes)?;
+                let offset = *len;
+                *len += bytes.len() as u64;
+                Ok(offset)
+            }
+        }
+    }
+
+    /// The bytes `chunk` names, if they are all there.
+    fn read(&self, chunk: &Chunk) -> std::io::Result<Option<Vec<u8>>> {
+        let len = usize::try_from(chunk.len).unwrap_or(usize::MAX);
+        match self {
+            Segments::Memory(files) => {
+                let file = files.get(&chunk.segment).map_or(&[][..], Vec::as_slice);
+                let start = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
+                Ok(file.get(start..start.saturating_add(len)).map(<[u8]>::to_vec))
+            }
+            Segments::Dir { dir, open } => {
+                let mut bytes = vec![0; len];
+                let read = match open {
+                    Some((s, file, _)) if *s == chunk.segment => {
+                        file.read_exact_at(&mut bytes, chunk.offset)
+                    }
+                    _ => match File::open(Self::path(dir, chunk.segment)) {
+                        Ok(file) => file.read_exact_at(&mut bytes, chunk.offset),
+                        Err(e) => Err(e),
+                    },
+                };
+                match read {
+                    Ok(()) => Ok(Some(bytes)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Removes every segment before `first` (the oldest a kept chunk is in).
+    fn remove_before(&mut self, first: u64) -> std::io::Result<()> {
+        match self {
+            Segments::Memory(files) => {
+                *files = files.split_off(&first);
+                Ok(())
+            }
+            Segments::Dir { dir, open } => {
+                if open.as_ref().is_some_and(|(s, _, _)| *s < first) {
+                    *open = None;
+                }
+                for entry in std::fs::read_dir(&*dir)? {
+                    let name = entry?.file_name();
+                    let segment = name.to_str().and_then(|n| n.strip_suffix(".chunks"));
+                    if segment.and_then(|n| n.parse::<u64>().ok()).is_some_and(|s| s < first) {
+                        std::fs::remove_file(dir.join(name))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn seq_key(seq: u64) -> [u8; 8] {
@@ -127,14 +260,33 @@ impl AuditStore {
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
         let db = config.open().map_err(std::io::Error::other)?;
+        let segments = match location {
+            UsageLocation::Dir(dir) => {
+                let dir = dir.join("chunks");
+                std::fs::create_dir_all(&dir)?;
+                Segments::Dir { dir, open: None }
+            }
+            UsageLocation::Temporary | UsageLocation::Simulated => {
+                Segments::Memory(BTreeMap::new())
+            }
+        };
         let mut writer = Writer {
-            records: db.open_tree("records").map_err(std::io::Error::other)?,
+            chunks: db.open_tree("chunks").map_err(std::io::Error::other)?,
             tenants: db.open_tree("tenants").map_err(std::io::Error::other)?,
+            segments,
             pruned_hour: 0,
             pruning: false,
             last_stored: 0,
             broken: None,
         };
+        // A trail an earlier build kept whole in sled moves to the segment files.
+        let old = db.open_tree("records").map_err(std::io::Error::other)?;
+        for row in old.iter() {
+            let (_, value) = row.map_err(std::io::Error::other)?;
+            let records = Writer::decode(&value).map_err(std::io::Error::other)?;
+            writer.store(&records).map_err(std::io::Error::other)?;
+        }
+        db.drop_tree("records").map_err(std::io::Error::other)?;
         writer.last_stored = writer.last_seq().map_err(std::io::Error::other)?;
         if let UsageLocation::Simulated = location {
             let route = Route::Inline(Arc::new(Mutex::new(writer)));
@@ -214,22 +366,11 @@ impl Writer {
 
     fn write(&mut self, mut records: Vec<AuditRecord>) -> Result<(), String> {
         records.retain(|r| r.seq > self.last_stored);
-        let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
+        let Some(last_at) = records.last().map(|r| r.at.0) else { return Ok(()) };
         if self.broken.is_some() {
             return Ok(());
         }
-        let last_seq = last.seq;
-        let (first_seq, last_at) = (first.seq, last.at.0);
-        let tenants: std::collections::BTreeSet<&str> =
-            records.iter().map(|r| r.tenant.as_str()).filter(|t| !t.is_empty()).collect();
-        let mut index = sled::Batch::default();
-        for tenant in tenants {
-            index.insert(tenant_key(tenant, first_seq), &[][..]);
-        }
-        let bytes = codec::encode(&records).map_err(|e| e.to_string())?;
-        self.records.insert(seq_key(first_seq), bytes).map_err(|e| e.to_string())?;
-        self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
-        self.last_stored = last_seq;
+        self.store(&records)?;
         if last_at / HOUR_MS > self.pruned_hour {
             self.pruned_hour = last_at / HOUR_MS;
             self.pruning = true;
@@ -240,10 +381,37 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends `records` (in order, after every record stored) as one chunk and indexes it.
+    fn store(&mut self, records: &[AuditRecord]) -> Result<(), String> {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
+        let tenants: std::collections::BTreeSet<&str> =
+            records.iter().map(|r| r.tenant.as_str()).filter(|t| !t.is_empty()).collect();
+        let mut index = sled::Batch::default();
+        for tenant in tenants {
+            index.insert(tenant_key(tenant, first.seq), &[][..]);
+        }
+        let bytes = codec::encode(&records).map_err(|e| e.to_string())?;
+        let segment = first.at.0 / HOUR_MS;
+        let offset = self.segments.append(segment, &bytes).map_err(|e| e.to_string())?;
+        let chunk = Chunk {
+            segment,
+            offset,
+            len: u32::try_from(bytes.len()).map_err(|_| "a chunk over 4 GiB".to_string())?,
+            crc: crc32fast::hash(&bytes),
+            last_seq: last.seq,
+            last_at: last.at.0,
+        };
+        let chunk = codec::encode(&chunk).map_err(|e| e.to_string())?;
+        self.chunks.insert(seq_key(first.seq), chunk).map_err(|e| e.to_string())?;
+        self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        self.last_stored = last.seq;
+        Ok(())
+    }
+
     /// The last `seq` stored (0: none).
     fn last_seq(&self) -> Result<u64, String> {
-        match self.records.iter().next_back().transpose().map_err(|e| e.to_string())? {
-            Some((_, v)) => Ok(Self::decode(&v)?.last().map_or(0, |r| r.seq)),
+        match self.chunks.iter().next_back().transpose().map_err(|e| e.to_string())? {
+            Some((_, v)) => Ok(Self::chunk(&v)?.last_seq),
             None => Ok(0),
         }
     }
@@ -252,16 +420,40 @@ impl Writer {
         codec::decode(bytes).map_err(|e| e.to_string())
     }
 
+    fn chunk(bytes: &[u8]) -> Result<Chunk, String> {
+        codec::decode(bytes).map_err(|e| format!("an audit chunk's place: {e}"))
+    }
+
+    /// The records of a chunk, or none if its bytes did not all reach the disk before a
+    /// crash (or were damaged since): a gap in the trail, never a wrong record.
+    fn records_of(&self, chunk: &[u8]) -> Result<Vec<AuditRecord>, String> {
+        let chunk = Self::chunk(chunk)?;
+        let bytes = self.segments.read(&chunk).map_err(|e| e.to_string())?;
+        match bytes {
+            Some(bytes) if crc32fast::hash(&bytes) == chunk.crc => Self::decode(&bytes),
+            _ => {
+                tracing::warn!(
+                    segment = chunk.segment,
+                    offset = chunk.offset,
+                    "an audit chunk is missing or damaged; its records are skipped"
+                );
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// Removes up to `PRUNE_PER_WRITE` chunks whose every record is older than `cutoff` (log
     /// time), oldest first; whether there may be more.
     fn prune(&mut self, cutoff: u64) -> Result<bool, String> {
         let mut batch = sled::Batch::default();
         let mut index = sled::Batch::default();
         let mut more = false;
-        for (n, row) in self.records.iter().enumerate() {
+        let mut kept = None;
+        for (n, row) in self.chunks.iter().enumerate() {
             let (key, value) = row.map_err(|e| e.to_string())?;
-            let records = Self::decode(&value)?;
-            if records.last().is_none_or(|r| r.at.0 >= cutoff) {
+            let chunk = Self::chunk(&value)?;
+            if chunk.last_at >= cutoff {
+                kept = Some(chunk.segment);
                 break;
             }
             if n == PRUNE_PER_WRITE {
@@ -269,25 +461,28 @@ impl Writer {
                 break;
             }
             let first = seq_of(&key);
-            batch.remove(key);
-            for r in records.iter().filter(|r| !r.tenant.is_empty()) {
+            for r in self.records_of(&value)?.iter().filter(|r| !r.tenant.is_empty()) {
                 index.remove(tenant_key(&r.tenant, first));
             }
+            batch.remove(key);
         }
-        self.records.apply_batch(batch).map_err(|e| e.to_string())?;
+        self.chunks.apply_batch(batch).map_err(|e| e.to_string())?;
         self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        if let Some(segment) = kept {
+            self.segments.remove_before(segment).map_err(|e| e.to_string())?;
+        }
         Ok(more)
     }
 
     /// The key of the batch holding `seq` (or the first after it).
     fn batch_of(&self, seq: u64) -> Result<u64, String> {
-        let before = self.records.range(..=seq_key(seq)).next_back();
+        let before = self.chunks.range(..=seq_key(seq)).next_back();
         Ok(before.transpose().map_err(|e| e.to_string())?.map_or(seq, |(k, _)| seq_of(&k)))
     }
 
     fn page(&self, q: &AuditQuery) -> Result<AuditPage, String> {
-        let first_seq = match self.records.iter().next().transpose().map_err(|e| e.to_string())? {
-            Some((_, v)) => Self::decode(&v)?.first().map_or(0, |r| r.seq),
+        let first_seq = match self.chunks.iter().next().transpose().map_err(|e| e.to_string())? {
+            Some((k, _)) => seq_of(&k),
             None => 0,
         };
         let last_seq = self.last_stored;
@@ -320,19 +515,19 @@ impl Writer {
                     let (key, _) = row.map_err(|e| e.to_string())?;
                     // A batch pruned after its index entry was read is skipped.
                     let Some(value) =
-                        self.records.get(seq_key(seq_of(&key))).map_err(|e| e.to_string())?
+                        self.chunks.get(seq_key(seq_of(&key))).map_err(|e| e.to_string())?
                     else {
                         continue;
                     };
-                    if take(Self::decode(&value)?, &mut records) {
+                    if take(self.records_of(&value)?, &mut records) {
                         break;
                     }
                 }
             }
             None => {
-                for row in self.records.range(seq_key(from)..) {
+                for row in self.chunks.range(seq_key(from)..) {
                     let (_, value) = row.map_err(|e| e.to_string())?;
-                    if take(Self::decode(&value)?, &mut records) {
+                    if take(self.records_of(&value)?, &mut records) {
                         break;
                     }
                 }

@@ -40,9 +40,10 @@
 //!   replicated retention, carried by snapshots as a base and the changes since it and
 //!   restored from them, queried by range.
 //!   → `codec`, `fatal`, `scheduler`.
-//! - `audit` — each replica's audit trail in sled: the records the core chains for every
-//!   command a client sent, gathered into chunks and written by a writer thread, kept across
-//!   restarts, pruned by age, read by range. → `codec`, `usage` (where it lives), `scheduler`.
+//! - `audit` — each replica's audit trail: the records the core chains for every command a
+//!   client sent, gathered into chunks and written by a writer thread to a file per log-time
+//!   hour (sled indexes them by `seq` and tenant), kept across restarts, pruned by age, read
+//!   by range. → `codec`, `usage` (where it lives), `scheduler`.
 //! - `network::connect` — byte streams to peers: the injected connector (`Connect`; TCP in
 //!   production, `turmoil::net` in the simulation), re-exported as `network::Connect` etc.;
 //!   and `accept`, how the API and metrics listeners take their next connection.
