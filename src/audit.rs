@@ -56,6 +56,8 @@ pub const AUDIT_PAGE_MAX: usize = 1_000;
 const PRUNE_PER_WRITE: usize = 8;
 /// Records stored as one sled value (about 30 KiB: larger values sled writes as a file each).
 const CHUNK_RECORDS: usize = 128;
+/// How long opening waits for an earlier writer in this process to let go of the directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Which records to read: after `after_seq`, at or after `since_ms`, of `tenant` if given.
 #[derive(Clone, Debug, Default)]
@@ -229,6 +231,26 @@ impl Segments {
     }
 }
 
+/// Opens sled, waiting up to `LOCK_WAIT` for the writer of a replica stopped in this process
+/// (a test's restart) to let go of the directory: it ends once its last handle is gone,
+/// after the records still queued for it.
+fn open_waiting(config: &sled::Config) -> std::io::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` error naming it.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
+}
+
 fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -259,7 +281,7 @@ impl AuditStore {
             UsageLocation::Dir(dir) => config.path(dir),
             UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
         };
-        let db = config.open().map_err(std::io::Error::other)?;
+        let db = open_waiting(&config)?;
         let segments = match location {
             UsageLocation::Dir(dir) => {
                 let dir = dir.join("chunks");
