@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 use crate::codec;
 use crate::scheduler::windows::{DAY_MS, HOUR_MS};
 use crate::scheduler::AuditRecord;
-use crate::usage::UsageLocation;
+use crate::usage::{write_in_batches, UsageLocation};
 
 /// How long a record is kept, in log time: 90 days.
 pub const AUDIT_RETENTION_MS: u64 = 90 * DAY_MS;
@@ -301,14 +301,17 @@ impl AuditStore {
             last_stored: 0,
             broken: None,
         };
-        // A trail an earlier build kept whole in sled moves to the segment files.
-        let old = db.open_tree("records").map_err(std::io::Error::other)?;
-        for row in old.iter() {
-            let (_, value) = row.map_err(std::io::Error::other)?;
-            let records = Writer::decode(&value).map_err(std::io::Error::other)?;
-            writer.store(&records).map_err(std::io::Error::other)?;
+        // A trail an earlier build kept whole in sled moves to the segment files (looked up
+        // first: opening a tree creates it).
+        if db.tree_names().iter().any(|name| name == b"records") {
+            let old = db.open_tree("records").map_err(std::io::Error::other)?;
+            for row in old.iter() {
+                let (_, value) = row.map_err(std::io::Error::other)?;
+                let records = Writer::decode(&value).map_err(std::io::Error::other)?;
+                writer.store(&records).map_err(std::io::Error::other)?;
+            }
+            db.drop_tree("records").map_err(std::io::Error::other)?;
         }
-        db.drop_tree("records").map_err(std::io::Error::other)?;
         writer.last_stored = writer.last_seq().map_err(std::io::Error::other)?;
         if let UsageLocation::Simulated = location {
             let route = Route::Inline(Arc::new(Mutex::new(writer)));
@@ -408,10 +411,7 @@ impl Writer {
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
         let tenants: std::collections::BTreeSet<&str> =
             records.iter().map(|r| r.tenant.as_str()).filter(|t| !t.is_empty()).collect();
-        let mut index = sled::Batch::default();
-        for tenant in tenants {
-            index.insert(tenant_key(tenant, first.seq), &[][..]);
-        }
+        let index = tenants.into_iter().map(|t| (tenant_key(t, first.seq), Some(&[][..])));
         let bytes = codec::encode(&records).map_err(|e| e.to_string())?;
         let segment = first.at.0 / HOUR_MS;
         let offset = self.segments.append(segment, &bytes).map_err(|e| e.to_string())?;
@@ -425,7 +425,7 @@ impl Writer {
         };
         let chunk = codec::encode(&chunk).map_err(|e| e.to_string())?;
         self.chunks.insert(seq_key(first.seq), chunk).map_err(|e| e.to_string())?;
-        self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        write_in_batches(&self.tenants, index).map_err(|e| e.to_string())?;
         self.last_stored = last.seq;
         Ok(())
     }
@@ -467,8 +467,8 @@ impl Writer {
     /// Removes up to `PRUNE_PER_WRITE` chunks whose every record is older than `cutoff` (log
     /// time), oldest first; whether there may be more.
     fn prune(&mut self, cutoff: u64) -> Result<bool, String> {
-        let mut batch = sled::Batch::default();
-        let mut index = sled::Batch::default();
+        let mut pruned = Vec::new();
+        let mut index = Vec::new();
         let mut more = false;
         let mut kept = None;
         for (n, row) in self.chunks.iter().enumerate() {
@@ -484,12 +484,12 @@ impl Writer {
             }
             let first = seq_of(&key);
             for r in self.records_of(&value)?.iter().filter(|r| !r.tenant.is_empty()) {
-                index.remove(tenant_key(&r.tenant, first));
+                index.push((tenant_key(&r.tenant, first), None::<&[u8]>));
             }
-            batch.remove(key);
+            pruned.push((key, None::<&[u8]>));
         }
-        self.chunks.apply_batch(batch).map_err(|e| e.to_string())?;
-        self.tenants.apply_batch(index).map_err(|e| e.to_string())?;
+        write_in_batches(&self.chunks, pruned).map_err(|e| e.to_string())?;
+        write_in_batches(&self.tenants, index).map_err(|e| e.to_string())?;
         if let Some(segment) = kept {
             self.segments.remove_before(segment).map_err(|e| e.to_string())?;
         }

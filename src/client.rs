@@ -77,7 +77,7 @@ impl Client {
         options: ClientOptions,
     ) -> anyhow::Result<Client> {
         anyhow::ensure!(!endpoints.is_empty(), "at least one endpoint is needed");
-        let connect = crate::network::tcp_connect(CONNECT_TIMEOUT);
+        let connect = crate::network::tcp_connect(CONNECT_TIMEOUT, None);
         let channels = endpoints
             .iter()
             .map(|endpoint| {

@@ -6,8 +6,8 @@
 //! One entry per module, in dependency order: `→` names what it imports from the crate, and a
 //! module imports only modules listed above it, so there are no cycles. The `berth` binary
 //! (`src/bin/berth/`: `server`, `up`, `certs`, `bench`, `agent`, `restore`, `output`,
-//! `stress/` (the stress profiles, the steady load of `soak` and `chaos`, what they record,
-//! the report), and `cli/` with one file per resource) uses the library from outside; nothing
+//! `stress/` (the stress profiles, the steady load of `soak` and `chaos`, `chaos`'s iptables
+//! partitions, what they record, the report), and `cli/` with one file per resource) uses the library from outside; nothing
 //! in the library depends on it. The
 //! workspace's `rng/` crate (`berth-rng`) is the one seeded generator of `sim/` and `jepsen/`.
 //! - `codec` — bincode with a size limit: every byte written to disk or a peer, and read back.

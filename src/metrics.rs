@@ -229,6 +229,12 @@ impl Collector for ReplicaCollector {
         )?;
         gauge(
             &mut encoder,
+            "berth_replica_snapshot_state_bytes",
+            "Bytes of the snapshot the replica keeps that are its replicated state, not the usage store's changes since its base (0: none yet)",
+            replica.snapshot_state_bytes(),
+        )?;
+        gauge(
+            &mut encoder,
             "berth_replica_term",
             "The replica's current Raft term",
             m.current_term,

@@ -148,6 +148,15 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
         }
     }
 
+    // Of a snapshot's bytes, the replicated state is a part (the rest: the usage store's
+    // changes since its base).
+    let made = c.cluster.create_snapshot(authed(ADMIN_TOKEN, pb::CreateSnapshotRequest {})).await;
+    let on = made.expect("a snapshot").into_inner().snapshot.expect("its summary").replica_id;
+    let s = scrape(&cluster, on).await;
+    let whole = value(&s, "berth_replica_snapshot_bytes", &[]).expect("snapshot bytes");
+    let state = value(&s, "berth_replica_snapshot_state_bytes", &[]).expect("its state's bytes");
+    assert!(state > 0.0 && state <= whole, "state {state} of {whole} bytes");
+
     // The leader reports each follower's progress, and its calls to them.
     let s = scrape(&cluster, leader).await;
     assert_eq!(value(&s, "berth_replica_role", &[("role", "leader")]), Some(1.0));

@@ -23,7 +23,7 @@ fn presenting(authority: &Authority, pem: &berth::tls::Pem) -> Connect {
         Admission::default(),
     )
     .expect("peer TLS");
-    tls.secure(tcp_connect(Duration::from_millis(500)))
+    tls.secure(tcp_connect(Duration::from_millis(500), None))
 }
 
 /// Whether `connect` gets a status answer from the peer at `addr`.
@@ -40,7 +40,7 @@ async fn strangers_get_nothing_from_the_peer_port() {
     let leader = cluster.leader().await;
     let other_ca = Authority::generate().expect("another CA");
     let strangers = [
-        ("plain TCP", tcp_connect(Duration::from_millis(500))),
+        ("plain TCP", tcp_connect(Duration::from_millis(500), None)),
         (
             "another CA's certificate for replica 1",
             presenting(&cluster.authority, &other_ca.replica(1, &[]).expect("certificate")),

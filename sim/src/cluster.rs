@@ -46,6 +46,8 @@ pub struct Params {
     pub reservation_ttl_ms: (u64, u64),
     /// When client 1 deletes the last tenant (the others keep using it).
     pub delete_at_ms: u64,
+    /// How long a replica keeps trying a write it forwards (`ReplicaOptions::write_deadline`).
+    pub write_deadline_ms: u64,
 }
 
 impl Params {
@@ -68,6 +70,7 @@ impl Params {
             group_max: rng.between(2, 4),
             reservation_ttl_ms: (50, rng.between(150, 600)),
             delete_at_ms: rng.between(workload_ms / 4, workload_ms * 3 / 4),
+            write_deadline_ms: 2_000,
         }
     }
 }
@@ -92,8 +95,18 @@ pub(crate) fn api_client(
     tls: &ClientSecurity,
     deadline: Duration,
 ) -> Result<Client, String> {
+    api_client_from(1, replicas, tls, deadline)
+}
+
+/// `api_client`, trying replica `first` first (then the next ids, around).
+pub(crate) fn api_client_from(
+    first: u64,
+    replicas: u64,
+    tls: &ClientSecurity,
+    deadline: Duration,
+) -> Result<Client, String> {
     let mut channels = Vec::new();
-    for id in 1..=replicas {
+    for id in (0..replicas).map(|k| (first.saturating_sub(1) + k) % replicas + 1) {
         let endpoint = format!("{}:{API_PORT}", host(id));
         let channel = berth::tls::channel(&endpoint, tls, net::connect(), net::CONNECT_TIMEOUT)?;
         channels.push((host(id), channel));
@@ -152,6 +165,7 @@ pub(crate) fn start(
         let snapshot: Arc<Mutex<Stored>> = Arc::default();
         let (s, c, m, snapshot_logs) =
             (slot.clone(), clock.clone(), members.clone(), params.snapshot_logs);
+        let write_deadline = Duration::from_millis(params.write_deadline_ms);
         let ca = ca.clone();
         logs.push(log.clone());
         sim.host(host(id), move || {
@@ -166,7 +180,7 @@ pub(crate) fn start(
                 options.snapshot_logs = snapshot_logs;
                 options.snapshot_keep_logs = 5;
                 options.tick_idle = Duration::from_millis(200);
-                options.write_deadline = Duration::from_secs(2);
+                options.write_deadline = write_deadline;
                 // A fail-stop ends this host with an error (a violation), not the process.
                 options.fail_stop = berth::fatal::FailStop::record();
                 // What was not flushed before a crash is gone (a no-op on first start).

@@ -16,9 +16,10 @@
 //! - `ops`: the client operations, each sent and recorded in the history.
 //! - `nemesis`: the faults (`cluster`'s replica handles, `net`'s clocks).
 //! - `watch`: looks into every running replica between steps (`raft_checks`).
-//! - `hostile`, `scenario`, `restart`, `fairness`, `fleet`: requests no cluster may accept, the
-//!   named scenarios' stories (`restart`: the read from a leader that survived a whole-cluster
-//!   crash; `fleet`: agents that crash, pause and are partitioned, and its checks), the
+//! - `hostile`, `scenario`, `restart`, `fairness`, `fleet`, `cut`: requests no cluster may
+//!   accept, the named scenarios' stories (`restart`: the read from a leader that survived a
+//!   whole-cluster crash; `fleet`: agents that crash, pause and are partitioned, and its
+//!   checks; `cut`: workers heartbeating through a leader cut off from its followers), the
 //!   fairness figures — built on `cluster` and `ops`.
 //! - `workload`: setup, the random clients, the token reader, membership churn, the final
 //!   phase, and `spawn`, which starts the ones a scenario runs.
@@ -26,6 +27,7 @@
 //!   watcher, convergence, the history checks — and its `Report`.
 
 mod cluster;
+pub mod cut;
 pub mod fairness;
 pub mod fleet;
 pub mod history;

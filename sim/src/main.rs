@@ -111,6 +111,7 @@ fn main() -> ExitCode {
                 sim::Scenario::Fairness => " --scenario fairness".into(),
                 sim::Scenario::RestartRead => " --scenario restart-read".into(),
                 sim::Scenario::Fleet => " --scenario fleet".into(),
+                sim::Scenario::LeaderCut => " --scenario leader-cut".into(),
             };
             eprintln!("  reproduce: cargo run -p sim --release --{scenario} --reproduce {seed}");
             failed.push(seed);

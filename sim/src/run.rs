@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{self, certificates, lock, Cluster, Params};
+use crate::cut;
 use crate::fairness;
 use crate::fleet;
 use crate::history::{check, Op, OpKind, Outcome};
@@ -70,6 +71,16 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         // Membership churn elects leaders too (each extends worker TTLs by the lease grace).
         params.membership &= fleet::Plan::from_seed(seed).replica_faults;
     }
+    if scenario == Scenario::LeaderCut {
+        params.workload_ms = cut::WORKLOAD_MS;
+        params.clients = 1;
+        params.membership = false;
+        // Production's: the cut must outlast it.
+        params.write_deadline_ms = u64::try_from(
+            berth::raft::replica::ReplicaOptions::new(0, String::new()).write_deadline.as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+    }
     berth::raft::runtime::seed_thread_rng(rng.next_u64());
     let mut report = Report { seed, params: Some(params.clone()), ..Default::default() };
     let mut trace: Vec<String> = Vec::new();
@@ -103,6 +114,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         membership_events,
         restart: story,
         fleet: agents,
+        cut: cut_story,
         ..
     } = &clients;
 
@@ -110,6 +122,7 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
     // Its own stream, so the other scenarios draw from `rng` as before.
     let mut crasher = restart::Crasher::new(seed ^ 0x2E57_A2D0, params.replicas);
     let mut agent_faults = fleet::Faults::new(seed, params.replicas);
+    let mut cutter = cut::Cutter::new(params.replicas);
     let mut watcher = Watcher::default();
     let mut step = 0u64;
     loop {
@@ -129,7 +142,12 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
                     report.faults.push(format!("{at} ms: {fault}"));
                 }
             }
-            if scenario == Scenario::LeaseExpiry
+            if scenario == Scenario::LeaderCut {
+                if let Some(fault) = cutter.act(at, &mut sim, slots, cut_story) {
+                    trace.push(format!("{at} fault {fault}"));
+                    report.faults.push(format!("{at} ms: {fault}"));
+                }
+            } else if scenario == Scenario::LeaseExpiry
                 || scenario == Scenario::Fleet && !fleet::Plan::from_seed(seed).replica_faults
             {
                 // These make their own faults.
@@ -145,6 +163,9 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         } else if !healed.load(Ordering::SeqCst) {
             if scenario == Scenario::RestartRead {
                 crasher.heal(&mut sim);
+            }
+            if scenario == Scenario::LeaderCut {
+                cutter.heal(&mut sim, cut_story);
             }
             if let Some(healing) = agent_faults.heal(&mut sim, agents) {
                 trace.push(format!("{at} heal {healing}"));
@@ -221,6 +242,12 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Report {
         match restart::verify(&history, &crasher) {
             Ok(steps) => report.scenario = steps,
             Err(missing) => report.violations.push(format!("restart-read scenario: {missing}")),
+        }
+    }
+    if scenario == Scenario::LeaderCut {
+        match cut::verify(cut_story, &cutter) {
+            Ok(steps) => report.scenario = steps,
+            Err(missing) => report.violations.push(format!("leader-cut scenario: {missing}")),
         }
     }
     if scenario == Scenario::Fleet {

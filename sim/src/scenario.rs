@@ -48,6 +48,8 @@ pub enum Scenario {
     /// Workers that live and die: agents as hosts that crash, pause and are partitioned
     /// (`fleet.rs`).
     Fleet,
+    /// Workers heartbeating through a leader cut off from its followers stay up (`cut.rs`).
+    LeaderCut,
 }
 
 impl std::str::FromStr for Scenario {
@@ -59,8 +61,9 @@ impl std::str::FromStr for Scenario {
             "fairness" => Ok(Scenario::Fairness),
             "restart-read" => Ok(Scenario::RestartRead),
             "fleet" => Ok(Scenario::Fleet),
+            "leader-cut" => Ok(Scenario::LeaderCut),
             other => Err(format!(
-                "unknown scenario {other:?} (faults, lease-expiry, fairness, restart-read, fleet)"
+                "unknown scenario {other:?} (faults, lease-expiry, fairness, restart-read, fleet, leader-cut)"
             )),
         }
     }

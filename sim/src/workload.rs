@@ -13,6 +13,7 @@ use berth::scheduler::{Command, RequestId, TenantId, TokenId};
 use berth_rng::Rng;
 
 use crate::cluster::{api_client, host, lock, now_ms, Params, Slot, API_PORT, PEER_PORT};
+use crate::cut;
 use crate::fairness;
 use crate::fleet;
 use crate::history::{Fenced, Op, OpKind, Outcome};
@@ -485,6 +486,8 @@ pub(crate) struct Clients {
     pub(crate) restart: Arc<restart::Story>,
     /// The fleet's history and the agents' pause switches, shared with its fault driver.
     pub(crate) fleet: Arc<fleet::Shared>,
+    /// The leader-cut story, shared with the run loop's cutter.
+    pub(crate) cut: Arc<cut::Story>,
 }
 
 /// Starts the clients `scenario` runs as turmoil clients of `sim`; their seeds come from
@@ -559,6 +562,17 @@ pub(crate) fn spawn(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             restart::writer(params, tls, rec, story, seed).await?;
+            Ok(())
+        });
+    }
+    if scenario == Scenario::LeaderCut {
+        let (params, tls, ready, story) =
+            (params.clone(), tls.clone(), ready.clone(), shared.cut.clone());
+        sim.client("agents", async move {
+            while !ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cut::agents(params, tls, story).await?;
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,24 +21,52 @@ pub type Connecting = Pin<Box<dyn Future<Output = io::Result<Box<dyn PeerStream>
 /// Opens a connection to a peer address. Production uses TCP; the simulation its own.
 pub type Connect = Arc<dyn Fn(&str) -> Connecting + Send + Sync>;
 
-/// TCP connections (no Nagle delay) with a connect timeout.
-pub fn tcp_connect(connect_timeout: Duration) -> Connect {
+/// TCP connections (no Nagle delay) with a connect timeout, from `source` if given (the
+/// port is the system's choice).
+pub fn tcp_connect(connect_timeout: Duration, source: Option<IpAddr>) -> Connect {
     Arc::new(move |addr: &str| {
         let addr = addr.to_owned();
         Box::pin(async move {
-            let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no connection within {connect_timeout:?}"),
-                        )
-                    })??;
+            let stream = tokio::time::timeout(connect_timeout, open(&addr, source))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {connect_timeout:?}"),
+                    )
+                })??;
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as Box<dyn PeerStream>)
         })
     })
+}
+
+/// A TCP connection to `addr` (each address it resolves to in turn), from `source` if given.
+async fn open(addr: &str, source: Option<IpAddr>) -> io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect(addr).await;
+    };
+    let mut last = None;
+    for to in tokio::net::lookup_host(addr).await? {
+        if to.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = match to {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(to).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{addr} has no address of the same family as {source}"),
+        )
+    }))
 }
 
 /// The pause after accepting a connection failed (out of file descriptors, say) before the

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError};
 use openraft::storage::RaftLogStorage;
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, RaftMetrics, ServerState};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -480,20 +480,31 @@ impl Replica {
                         }
                     }
                 }
-                Some(id) => match self.forward(id, &proposals, deadline).await {
-                    Ok(Ok(results)) => return Ok(results),
-                    Ok(Err(ForwardError::NotLeader { .. })) => {
-                        last_problem = format!("replica {id} is no longer the leader");
+                Some(id) => {
+                    // A leader cut off from this replica answers nothing until the deadline,
+                    // while the others elect a new one: follow the news, not the old call.
+                    let forwarded = tokio::select! {
+                        outcome = self.forward(id, &proposals, deadline) => outcome,
+                        () = self.leader_moves_from(id) => {
+                            Err(format!("leadership moved from replica {id} while forwarding"))
+                        }
+                    };
+                    match forwarded {
+                        Ok(Ok(results)) => return Ok(results),
+                        Ok(Err(ForwardError::NotLeader { .. })) => {
+                            last_problem = format!("replica {id} is no longer the leader");
+                        }
+                        Ok(Err(ForwardError::Unavailable(why))) => {
+                            return Err(WriteError::Unknown(why))
+                        }
+                        Err(why) => {
+                            // Unanswered, perhaps applied: send again (request ids make it
+                            // safe; a heartbeat, which has none, only extends a TTL again).
+                            sent = true;
+                            last_problem = why;
+                        }
                     }
-                    Ok(Err(ForwardError::Unavailable(why))) => {
-                        return Err(WriteError::Unknown(why))
-                    }
-                    Err(why) => {
-                        // Transport failure after sending: retry (request ids make it safe).
-                        sent = true;
-                        last_problem = why;
-                    }
-                },
+                }
                 None => {}
             }
             self.wait_for_leadership_news().await;
@@ -556,6 +567,16 @@ impl Replica {
 
     fn forget_leader_client(&self) {
         *self.inner.leader_client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Returns once this replica no longer knows `leader` as the leader (another, or none).
+    async fn leader_moves_from(&self, leader: ReplicaId) {
+        let mut metrics = self.inner.raft.metrics();
+        let stopped = metrics.wait_for(|m| self.leader_in(m) != Some(leader)).await.is_err();
+        if stopped {
+            // Raft has stopped: no news will come; the forward's own deadline ends it.
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn wait_for_leadership_news(&self) {
@@ -688,10 +709,13 @@ impl Replica {
     /// The leader to send writes and read-index requests to: this replica only while it
     /// leads (see `is_leader`), else the one it last heard of.
     fn known_leader(&self) -> Option<ReplicaId> {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
-            Some(id) if id == self.id() && m.state != ServerState::Leader => None,
+        self.leader_in(&self.inner.raft.metrics().borrow())
+    }
+
+    /// The leader `metrics` name, unless it is this replica and it no longer leads.
+    fn leader_in(&self, metrics: &RaftMetrics<ReplicaId, BasicNode>) -> Option<ReplicaId> {
+        match metrics.current_leader {
+            Some(id) if id == self.id() && metrics.state != ServerState::Leader => None,
             other => other,
         }
     }
@@ -784,6 +808,12 @@ impl Replica {
             self.wait_for_leadership_news().await;
         }
         Err(ReadError::NoLeader(last_problem))
+    }
+
+    /// Bytes of the snapshot this replica keeps that are its replicated state (not the usage
+    /// store's changes since its base); 0 before its first snapshot.
+    pub fn snapshot_state_bytes(&self) -> u64 {
+        self.inner.sm.snapshot_state_bytes()
     }
 
     /// Placements of each tenant preempted by the entries this replica applied since it

@@ -119,8 +119,12 @@ struct Derived {
 /// The snapshot a replica keeps, and the last command it holds.
 #[derive(Clone)]
 struct Current {
-    stored: StoredSnapshot,
+    /// Shared, not copied: tens of MB.
+    stored: Arc<StoredSnapshot>,
     command_index: u64,
+    /// Bytes of `stored.data` that are the usage store's changes since its base (the rest is
+    /// the replicated state).
+    usage_bytes: usize,
 }
 
 /// What a snapshot holds, in brief.
@@ -206,11 +210,12 @@ impl StateMachine {
                 .map_err(|e| snapshot_err(Some(&stored.meta), e))?;
             sm.journal.restart_at(LogIndex(restored.progress.command_index));
             // Records of the log replayed after the snapshot queue behind the restore.
+            let usage_bytes = changes.len();
             drop(sm.usage.restore(dump, changes));
             *sm.base() = Base { index: base, len, previous: None };
             let command_index = restored.progress.command_index;
             *sm.write() = restored;
-            *sm.current() = Some(Current { stored, command_index });
+            *sm.current() = Some(Current { stored: Arc::new(stored), command_index, usage_bytes });
         }
         Ok(sm)
     }
@@ -262,6 +267,14 @@ impl StateMachine {
         })
     }
 
+    /// Bytes of the snapshot this replica keeps that are not the usage store's changes since
+    /// its base: the replicated state, level under a steady load (0: no snapshot yet).
+    pub fn snapshot_state_bytes(&self) -> u64 {
+        self.current().as_ref().map_or(0, |c| {
+            u64::try_from(c.stored.data.len().saturating_sub(c.usage_bytes)).unwrap_or(u64::MAX)
+        })
+    }
+
     /// The snapshot this replica keeps as a backup file (`storage::snapshot_store`: its usage
     /// store whole, framed and checksummed), and what it holds.
     pub async fn backup(&self) -> Result<(Vec<u8>, SnapshotSummary), StorageError> {
@@ -274,7 +287,7 @@ impl StateMachine {
         let file = self
             .store
             .blocking(move |store| {
-                let whole = whole(store, current.stored)?;
+                let whole = whole(store, &current.stored)?;
                 snapshot_store::encode_backup(&whole)
             })
             .await
@@ -291,9 +304,10 @@ impl StateMachine {
     /// removes the bases no longer needed.
     async fn keep(
         &self,
-        stored: StoredSnapshot,
+        stored: Arc<StoredSnapshot>,
         base: Base,
         command_index: u64,
+        usage_bytes: usize,
     ) -> Result<(), StorageError> {
         let (saved, meta) = (stored.clone(), stored.meta.clone());
         let kept = base.kept();
@@ -309,7 +323,7 @@ impl StateMachine {
             .await
             .map_err(|e| snapshot_err(Some(&meta), e))?;
         *self.base() = base;
-        *self.current() = Some(Current { stored, command_index });
+        *self.current() = Some(Current { stored, command_index, usage_bytes });
         Ok(())
     }
 
@@ -486,6 +500,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let checkpoint = checkpoint.wait().await.map_err(|e| snapshot_err(None, e))?;
         let rebase = checkpoint.rebase;
         let built = async {
+            let mut usage_bytes = usage::no_changes().len();
             let usage = if checkpoint.rebase {
                 // The changes outgrew the base: fold them into a new one, off the writer.
                 let (from, at) = (base.index, progress.command_index);
@@ -502,10 +517,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 base = Base { index: Some(at), len, previous: base.index };
                 UsageImage::Since { base: Some(at), changes: usage::no_changes() }
             } else {
+                usage_bytes = checkpoint.changes.len();
                 UsageImage::Since { base: base.index, changes: checkpoint.changes }
             };
             let body = SnapshotBody { progress: progress.clone(), scheduler, usage };
             let data = codec::encode(&body).map_err(|e| snapshot_err(None, e))?;
+            // Its parts (the state encoded, the usage changes) are in `data` now.
+            drop(body);
             let build = self.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match progress.last_applied {
                 Some(id) => format!("{}-{}-{build}", id.leader_id, id.index),
@@ -516,10 +534,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: progress.membership,
                 snapshot_id,
             };
-            let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-            self.keep(stored, base, progress.command_index).await?;
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+            let stored = Arc::new(StoredSnapshot { meta: meta.clone(), data });
+            self.keep(stored.clone(), base, progress.command_index, usage_bytes).await?;
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
+            // openraft takes only the meta of a snapshot built; copied once it is saved.
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data.clone())) })
         }
         .await;
         if let (true, Err(e)) = (rebase, &built) {
@@ -596,16 +615,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         };
         // Kept as a base of its own, with no changes since.
-        let (kept, len) = (dump.clone(), dump.len());
-        self.store
-            .blocking(move |store| store.save_base(at, &kept))
+        let len = dump.len();
+        let dump = self
+            .store
+            .blocking(move |store| store.save_base(at, &dump).map(|()| dump))
             .await
             .map_err(|e| snapshot_err(Some(meta), e))?;
         let stored = own_base_body(restored.progress.clone(), &restored.scheduler)
             .map_err(|e| snapshot_err(Some(meta), e))?;
         let (changes, previous) = (usage::no_changes(), self.base().index);
         let base = Base { index: Some(at), len, previous };
-        self.keep(StoredSnapshot { meta: meta.clone(), data: stored }, base, at).await?;
+        let stored = Arc::new(StoredSnapshot { meta: meta.clone(), data: stored });
+        self.keep(stored, base, at, changes.len()).await?;
         let mut state = self.write();
         self.journal.restart_at(LogIndex(at));
         drop(self.usage.restore(dump, changes));
@@ -624,7 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = current.stored.meta.clone();
         let whole = self
             .store
-            .blocking(move |store| whole(store, current.stored))
+            .blocking(move |store| whole(store, &current.stored))
             .await
             .map_err(|e| snapshot_err(Some(&meta), e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(whole.data)) }))
@@ -634,7 +655,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// `stored` with its usage store whole (its base, kept in `store`, and changes composed).
 fn whole(
     store: &SnapshotStore,
-    stored: StoredSnapshot,
+    stored: &StoredSnapshot,
 ) -> Result<StoredSnapshot, SnapshotFileError> {
     let damaged = |e: String| SnapshotFileError::Damaged(e);
     let mut body: SnapshotBody = codec::decode(&stored.data).map_err(|e| damaged(e.to_string()))?;
@@ -642,7 +663,7 @@ fn whole(
         body.usage = UsageImage::Whole(resolve(store, *base, changes)?.0);
     }
     let data = codec::encode(&body).map_err(|e| damaged(e.to_string()))?;
-    Ok(StoredSnapshot { meta: stored.meta, data })
+    Ok(StoredSnapshot { meta: stored.meta.clone(), data })
 }
 
 /// A backup's snapshot, checked and made ready to keep for a replica of a new cluster

@@ -67,7 +67,7 @@ impl SnapshotStore {
             SnapshotStore::Dir(dir) => {
                 let payload = codec::encode(snapshot)
                     .map_err(|e| SnapshotFileError::Damaged(e.to_string()))?;
-                write_atomically(dir, FILE_NAME, &frame(MAGIC, &payload))
+                write_framed(dir, FILE_NAME, MAGIC, &payload)
             }
         }
     }
@@ -120,9 +120,7 @@ impl SnapshotStore {
                 lock(slot).bases.insert(index, dump.to_vec());
                 Ok(())
             }
-            SnapshotStore::Dir(dir) => {
-                write_atomically(dir, &base_name(index), &frame(BASE_MAGIC, dump))
-            }
+            SnapshotStore::Dir(dir) => write_framed(dir, &base_name(index), BASE_MAGIC, dump),
         }
     }
 
@@ -134,7 +132,13 @@ impl SnapshotStore {
                 lock(slot).bases.get(&index).cloned().ok_or_else(missing)
             }
             SnapshotStore::Dir(dir) => match std::fs::read(dir.join(base_name(index))) {
-                Ok(bytes) => Ok(payload(BASE_MAGIC, &bytes)?.to_vec()),
+                Ok(mut bytes) => {
+                    // In place: a base is the largest thing a replica reads whole.
+                    let len = payload(BASE_MAGIC, &bytes)?.len();
+                    bytes.truncate(FRAME_HEAD + len);
+                    bytes.drain(..FRAME_HEAD);
+                    Ok(bytes)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
                 Err(e) => Err(e.into()),
             },
@@ -177,12 +181,19 @@ fn base_name(index: u64) -> String {
 }
 
 fn frame(magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 44);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&Sha256::digest(payload));
-    out
+    let (head, tail) = frame_ends(magic, payload);
+    [&head[..], payload, &tail[..]].concat()
+}
+
+/// Bytes of a frame before its payload: the magic and the payload's length.
+const FRAME_HEAD: usize = 4 + 8;
+
+/// What a frame puts before `payload` and after it (its SHA-256).
+fn frame_ends(magic: &[u8; 4], payload: &[u8]) -> ([u8; FRAME_HEAD], [u8; 32]) {
+    let mut head = [0; FRAME_HEAD];
+    head[..4].copy_from_slice(magic);
+    head[4..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    (head, Sha256::digest(payload).into())
 }
 
 /// A backup file of `snapshot` (whose usage store is whole).
@@ -210,11 +221,12 @@ pub fn unframe(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
 /// The payload of a framed file, checked.
 fn payload<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<&'a [u8], SnapshotFileError> {
     let damaged = |why: &str| SnapshotFileError::Damaged(why.to_owned());
-    if bytes.len() < 4 + 8 + 32 || &bytes[..4] != magic {
+    if bytes.len() < FRAME_HEAD + 32 || &bytes[..4] != magic {
         return Err(damaged("bad header"));
     }
-    let declared = u64::from_le_bytes(bytes[4..12].try_into().map_err(|_| damaged("length"))?);
-    let payload = &bytes[12..bytes.len() - 32];
+    let declared =
+        u64::from_le_bytes(bytes[4..FRAME_HEAD].try_into().map_err(|_| damaged("length"))?);
+    let payload = &bytes[FRAME_HEAD..bytes.len() - 32];
     if declared != payload.len() as u64 {
         return Err(damaged("length mismatch (truncated?)"));
     }
@@ -224,11 +236,22 @@ fn payload<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<&'a [u8], SnapshotFil
     Ok(payload)
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SnapshotFileError> {
+/// Writes `payload` framed (`frame`) to `dir/name` atomically, without copying it into a
+/// frame first: a snapshot or a usage store base is tens of MB, and each copy of that size
+/// is heap the allocator may keep.
+fn write_framed(
+    dir: &Path,
+    name: &str,
+    magic: &[u8; 4],
+    payload: &[u8],
+) -> Result<(), SnapshotFileError> {
+    let (head, tail) = frame_ends(magic, payload);
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
+    file.write_all(&head)?;
+    file.write_all(payload)?;
+    file.write_all(&tail)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, dir.join(name))?;

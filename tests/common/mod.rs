@@ -199,7 +199,7 @@ impl Cluster {
             (self.options)(id, member.addr.clone()),
             storage,
             Arc::new(self.clock.clone()),
-            self.links.wrap(&member.addr, tcp_connect(Duration::from_millis(500))),
+            self.links.wrap(&member.addr, tcp_connect(Duration::from_millis(500), None)),
             security,
             Listeners {
                 peer: TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -281,7 +281,7 @@ pub fn member_connect(authority: &Authority, id: u64) -> berth::network::Connect
         berth::tls::Admission::default(),
     )
     .expect("peer TLS");
-    tls.secure(tcp_connect(Duration::from_millis(500)))
+    tls.secure(tcp_connect(Duration::from_millis(500), None))
 }
 
 /// Runs the async `check` every 20 ms until it yields a value; fails with `what` after
@@ -355,7 +355,7 @@ pub async fn clients(cluster: &Cluster, id: u64) -> Clients {
     let channel = berth::tls::channel(
         &addr,
         &cluster.client_security(),
-        tcp_connect(Duration::from_secs(1)),
+        tcp_connect(Duration::from_secs(1), None),
         Duration::from_secs(1),
     )
     .expect("a channel");

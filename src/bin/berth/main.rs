@@ -129,6 +129,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Agent(args) => runtime.block_on(agent::run(cli.connection, args)),
         Cmd::Client(command) => runtime.block_on(cli::run(cli.connection, command)),
     };
+    // A replica under `berth up` watches standard input on a blocking thread, and that read
+    // never ends while the parent lives: dropping the runtime would wait for it, so a
+    // replica sent SIGTERM stopped serving but never exited.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

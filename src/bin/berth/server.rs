@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// File holding the admin token (first line). Alternatively set BERTH_ADMIN_TOKEN.
     #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// The address this replica's connections to its peers come from (default: the
+    /// system's choice). `berth up` gives each replica its own loopback address, so a
+    /// firewall rule can cut one replica off from the others (`berth stress chaos` does).
+    #[arg(long, env = "BERTH_PEER_SOURCE")]
+    peer_source: Option<std::net::IpAddr>,
     /// Directory for this replica's Raft log and snapshots (created if missing).
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: PathBuf,
@@ -213,7 +218,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(follow_clock_offset(clock.clone(), path));
     }
     let clock = Arc::new(clock);
-    let connect = tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5));
+    let connect =
+        tcp_connect(Duration::from_millis(args.heartbeat_ms.max(100) * 5), args.peer_source);
     let metrics = match args.metrics_listen {
         None => None,
         Some(addr) => {

@@ -1,5 +1,6 @@
 //! `berth up`: a local cluster of 3 or 5 replicas on 127.0.0.1, each a `berth server` child
-//! process, supervised until Ctrl-C.
+//! process, supervised until Ctrl-C. Replica N's connections to its peers come from
+//! 127.0.1.N, so a firewall rule can cut one off (`berth stress chaos` partitions that way).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -268,6 +269,9 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
                 token_file.clone().into(),
                 "--data-dir".into(),
                 data_dir.join(format!("replica-{i}")).into(),
+                // Its own source address, so a firewall rule can cut it off from the others.
+                "--peer-source".into(),
+                format!("127.0.1.{i}").into(),
             ],
             log: data_dir.join(format!("replica-{i}.log")),
             child: None,
