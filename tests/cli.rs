@@ -600,7 +600,8 @@ fn up_keeps_the_survivors() {
     assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
 }
 
-/// With --restart-on-exit, a killed replica is started again and rejoins the cluster.
+/// With --restart-on-exit, a killed replica is started again and rejoins the cluster; one sent
+/// SIGTERM exits and is started again too.
 #[test]
 fn up_restarts_an_exited_replica() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -631,6 +632,14 @@ fn up_restarts_an_exited_replica() {
         assert!(Instant::now() < until, "replica {leader} never rejoined: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // SIGTERM stops a replica for good: it exits (and is started again), it does not hang
+    // on the standard input it watches for its parent.
+    let pid = cluster.replica_pids[&leader].to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+    let exited = format!("replica {leader} exited");
+    cluster.wait_for(Duration::from_secs(10), |line| line.contains(&exited));
+    cluster.wait_for(Duration::from_secs(20), |line| line.starts_with(&restarted));
     assert!(cluster.child.try_wait().expect("up's status").is_none(), "berth up still runs");
 }
 
@@ -1357,8 +1366,8 @@ fn prometheus_scrapes_berth_and_a_failing_tenant_breaches_its_slo() {
 /// per-tenant counters equal what the client sent, a run directory holds results.json and a
 /// report with plots, `latest` points at it; `soak` samples every replica; a planted leak
 /// makes `lifecycle` and `soak` fail, a planted unfair weight `backlog` and `mixed`; and
-/// `chaos` kills and pauses replicas and a worker, and
-/// everything heals without drift.
+/// `chaos` kills, pauses and (as root, with iptables) partitions replicas and lets a worker
+/// die, and everything heals without drift.
 #[test]
 fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -1419,23 +1428,19 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     assert!(report.matches("<svg").count() >= 6 && !report.contains("http"), "self-contained");
     assert!(report.contains("Resident memory of each replica"), "soak's RSS is drawn");
 
-    let planted = berth(
-        api,
-        login,
-        &["stress", "lifecycle", "soak", "--short", "--out", out_arg, "--plant-leak"],
-    );
-    assert!(!planted.ok, "a leaked reservation must fail: {}", planted.stdout);
-    assert!(planted.stdout.contains("[FAIL] nothing orphaned"), "{}", planted.stdout);
-    assert!(planted.stdout.contains("[FAIL] no accounting drift"), "{}", planted.stdout);
-    // A tenant favoured beyond what the fairness checks assume makes both fail.
-    let unfair = berth(
-        api,
-        login,
-        &["stress", "backlog", "mixed", "--short", "--out", out_arg, "--plant-unfair"],
-    );
-    assert!(!unfair.ok, "an unfair weight must fail: {}", unfair.stdout);
-    assert!(unfair.stdout.contains("[FAIL] fair order"), "{}", unfair.stdout);
-    assert!(unfair.stdout.contains("[FAIL] short jobs' p95 wait"), "{}", unfair.stdout);
+    // A leaked reservation, and a tenant favoured beyond what the fairness checks assume.
+    let planted = |profiles: &[&str], fault: &str, checks: &[&str]| {
+        let mut args = vec!["stress"];
+        args.extend(profiles);
+        args.extend(["--short", "--out", out_arg, fault]);
+        let run = berth(api, login, &args);
+        assert!(!run.ok, "{fault} must fail: {}", run.stdout);
+        for check in checks {
+            assert!(run.stdout.contains(&format!("[FAIL] {check}")), "{fault}: {}", run.stdout);
+        }
+    };
+    planted(&["lifecycle", "soak"], "--plant-leak", &["nothing orphaned", "no accounting drift"]);
+    planted(&["backlog", "mixed"], "--plant-unfair", &["fair order", "short jobs' p95 wait"]);
 
     // Last: it kills replicas (their metrics counters restart).
     let data_arg = data.to_str().expect("utf-8 path");
@@ -1452,7 +1457,26 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
         .iter()
         .filter_map(|f| f["name"].as_str())
         .collect();
-    assert_eq!(faults.len(), 4, "{faults:?}");
-    assert!(faults[0].starts_with("kill leader") && faults[3] == "worker w0 dies", "{faults:?}");
+    // A partition needs root and iptables: CI has both (`.ci/run` installs iptables and sets
+    // BERTH_REQUIRE_PARTITIONS).
+    let partitions = Command::new("iptables")
+        .args(["-w", "-n", "-L", "INPUT"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        partitions || std::env::var_os("BERTH_REQUIRE_PARTITIONS").is_none(),
+        "CI must partition replicas: iptables is missing or refused"
+    );
+    let expected = if partitions { 5 } else { 4 };
+    assert_eq!(faults.len(), expected, "{faults:?}");
+    assert!(faults[0].starts_with("kill leader"), "{faults:?}");
+    assert_eq!(faults[expected - 1], "worker w0 dies", "{faults:?}");
+    if partitions {
+        assert!(faults[3].starts_with("partition leader"), "{faults:?}");
+        // Healed: the rules are gone.
+        let rules = Command::new("iptables").args(["-w", "-S"]).output().expect("iptables");
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        assert!(!rules.contains("BERTH-CHAOS"), "{rules}");
+    }
     drop(cluster);
 }

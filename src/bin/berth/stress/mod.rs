@@ -5,6 +5,7 @@
 //! `<out>/latest` at it. A progress line per second goes to stderr; `--json` prints the results
 //! on stdout.
 
+mod partition;
 mod profiles;
 mod record;
 mod report;
@@ -283,7 +284,8 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
     let progress = record::progress(ctx.recorder.clone(), connection.json);
     let mut outcomes = Vec::new();
     // Ctrl-C stops the profile running (dropping it: a replica `chaos` paused is resumed),
-    // gives back what it made, and ends the run with the results so far.
+    // gives back what it made, and ends the run with the results so far; a second one stops
+    // the giving back too.
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     for profile in profiles {
@@ -316,7 +318,25 @@ pub async fn run(connection: crate::cli::Connection, args: StressArgs) -> anyhow
             failed
         });
         outcome.seconds_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Err(e) = cleanup(&ctx).await {
+        // Ctrl-C during the clean-up (again, if one stopped the profile) leaves what the run
+        // made and ends the run at once.
+        let cleaned = tokio::select! {
+            cleaned = cleanup(&ctx) => cleaned,
+            () = async {
+                match interrupted {
+                    true => drop(tokio::signal::ctrl_c().await),
+                    false => drop((&mut interrupt).await),
+                }
+            } => {
+                progress.abort();
+                eprintln!(
+                    "stopped during the clean-up: what the run made is left (its names begin st{}-)",
+                    ctx.run
+                );
+                std::process::exit(130);
+            }
+        };
+        if let Err(e) = cleaned {
             outcome.check("gave back what it made", false, format!("{e:#}"));
         }
         if outcome.series.is_empty() {
@@ -487,6 +507,24 @@ fn parse_requests(text: &str) -> Vec<((String, String), u64)> {
         }
     }
     samples
+}
+
+/// Tenants `t0..` of `profile`, `n` of them, each made by `weighted_tenant_with_token` with
+/// `quota` and the weight `weight` gives its number, with a client that speaks as it.
+pub async fn tenants_with_clients(
+    ctx: &Ctx,
+    profile: Profile,
+    n: u32,
+    quota: Option<pb::Quota>,
+    weight: impl Fn(u32) -> u32,
+) -> anyhow::Result<Vec<(String, Arc<Client>)>> {
+    let mut tenants = Vec::new();
+    for i in 0..n {
+        let tenant = ctx.name(profile, &format!("t{i}"));
+        let token = weighted_tenant_with_token(ctx, &tenant, quota.clone(), weight(i)).await?;
+        tenants.push((tenant, ctx.client_as(&token)?));
+    }
+    Ok(tenants)
 }
 
 /// Creates `tenant` (admin), with `quota` if given, and issues it a token.

@@ -14,8 +14,8 @@ use tonic::Code;
 
 use super::record::percentile;
 use super::{
-    spec, tenant_with_token, weighted_tenant_with_token, workers, Background, Ctx, Outcome,
-    Profile, ScalingPoint, StressArgs,
+    spec, tenant_with_token, tenants_with_clients, weighted_tenant_with_token, workers, Background,
+    Ctx, Outcome, Profile, ScalingPoint, StressArgs,
 };
 
 /// Every placement the profiles make takes this much cpu.
@@ -220,16 +220,11 @@ pub async fn isolation(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> 
     )
     .await?;
     let limit = u64::from(m) * JOB_CPU_MILLIS;
-    let mut tenants = Vec::new();
-    for i in 0..n {
-        let tenant = ctx.name(profile, &format!("t{i}"));
-        let quota = pb::Quota {
-            total: Some(pb::Limits { cpu_millis: Some(limit), ..Default::default() }),
-            ..Default::default()
-        };
-        let token = tenant_with_token(ctx, &tenant, Some(quota)).await?;
-        tenants.push((tenant, ctx.client_as(&token)?));
-    }
+    let quota = pb::Quota {
+        total: Some(pb::Limits { cpu_millis: Some(limit), ..Default::default() }),
+        ..Default::default()
+    };
+    let tenants = tenants_with_clients(ctx, profile, n, Some(quota), |_| 0).await?;
     // Every tenant places M + 1 at once: M fit its quota, the last must not.
     let shared = Arc::new((tenants.clone(), pool.clone()));
     let recorder = ctx.recorder.clone();
@@ -340,12 +335,7 @@ pub async fn burst(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut o = Outcome::new(profile);
     let pool = ctx.name(profile, "pool");
     workers(ctx, &pool, 3, 100 * JOB_CPU_MILLIS).await?;
-    let mut tenants = Vec::new();
-    for i in 0..TENANTS {
-        let tenant = ctx.name(profile, &format!("t{i}"));
-        let token = tenant_with_token(ctx, &tenant, None).await?;
-        tenants.push((tenant, ctx.client_as(&token)?));
-    }
+    let tenants = tenants_with_clients(ctx, profile, TENANTS, None, |_| 0).await?;
     // Each tenant's connection is opened (TLS) before the burst, so the burst times placing.
     for (tenant, c) in &tenants {
         usage(ctx, c, tenant).await.map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
@@ -654,14 +644,9 @@ pub async fn backlog(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!((4..=100_000).contains(&total), "--backlog must be 4..=100000");
     let pool = ctx.name(profile, "pool");
     workers(ctx, &pool, 1, 4 * JOB_CPU_MILLIS).await?;
-    let mut tenants = Vec::new();
-    for i in 0..TENANTS {
-        let tenant = ctx.name(profile, &format!("t{i}"));
-        // The planted fault (`--plant-unfair`) favours tenant 1.
-        let weight = if i == 1 { ctx.unfair_weight } else { 0 };
-        let token = weighted_tenant_with_token(ctx, &tenant, None, weight).await?;
-        tenants.push((tenant, ctx.client_as(&token)?));
-    }
+    // The planted fault (`--plant-unfair`) favours tenant 1.
+    let weight = |i| if i == 1 { ctx.unfair_weight } else { 0 };
+    let tenants = tenants_with_clients(ctx, profile, TENANTS as u32, None, weight).await?;
     // Tenant 0 queues half; the three others a sixth each, all at once (each tenant in order).
     let mut plan: Vec<Vec<u32>> = vec![(0..total / 2).collect()];
     let rest = total - total / 2;

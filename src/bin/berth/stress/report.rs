@@ -179,7 +179,7 @@ fn ms(us: u64) -> String {
 
 /// The charts a profile's series make: each series named `PREFIX` + line is drawn in the
 /// chart of its prefix, in this order.
-const CHARTS: [(&str, &str, &str); 8] = [
+const CHARTS: [(&str, &str, &str); 9] = [
     ("calls/s: ", "Calls per second, by tenant", "calls/s"),
     ("p95 latency µs: ", "p95 latency over time (calls answered OK and not)", "µs"),
     ("p99 latency µs: ", "p99 latency over time (calls answered OK and not)", "µs"),
@@ -192,6 +192,11 @@ const CHARTS: [(&str, &str, &str); 8] = [
     ("open files: ", "Open files of each replica", "files"),
     ("log KiB: ", "Raft log size of each replica", "KiB"),
     ("snapshot KiB: ", "Snapshot size of each replica", "KiB"),
+    (
+        "snapshot's state KiB: ",
+        "The replicated state in each replica's snapshot (without the usage changes)",
+        "KiB",
+    ),
 ];
 
 fn profile(html: &mut String, o: &Outcome) {

@@ -5,10 +5,13 @@
 //! allocated capacity is their sum.
 //!
 //! - `soak` runs it for `--duration`, pausing every sample interval (a minute in a long run)
-//!   to sample each replica's resident memory, open files, log and snapshot size from its
-//!   metrics and to compare. It fails on any drift, and on growth: a least-squares slope,
-//!   after warm-up, above a stated bound per hour.
-//! - `chaos` runs it while replicas are killed (SIGKILL) and paused (SIGSTOP) and a worker
+//!   to sample each replica's resident memory, open files, log and snapshot size (and the
+//!   replicated state's share of the snapshot) from its metrics and to compare, and scraping
+//!   the same gauges a twelfth of the interval apart in between. It fails on any drift, and
+//!   on growth: a least-squares slope of the lower envelope, after warm-up, above a stated
+//!   bound per hour.
+//! - `chaos` runs it while replicas are killed (SIGKILL), paused (SIGSTOP) and cut off from
+//!   the others (iptables, `partition`), and a worker
 //!   dies (its heartbeats stop): the writes per second before, during and after each fault,
 //!   the longest stall, and no drift once everything has healed.
 
@@ -22,13 +25,14 @@ use berth::client::{self, new_request_id, pb, Client};
 use serde::Serialize;
 use tokio::sync::RwLock;
 
+use super::partition::{self, PeerAddrs};
 use super::profiles::{
     acquire_request, cpu, list, place_request, pool_status, reason, release_request,
     reserve_request, usage, JOB_CPU_MILLIS,
 };
 use super::record::percentile;
 use super::StressArgs;
-use super::{scrape, spec, tenant_with_token, workers, Background, Ctx, Outcome, Profile};
+use super::{scrape, spec, tenants_with_clients, workers, Background, Ctx, Outcome, Profile};
 
 /// Placements each tenant holds at once; the oldest is released when a new one is placed.
 const HELD_PER_TENANT: usize = 8;
@@ -40,16 +44,19 @@ const EXPIRY_SLACK: Duration = Duration::from_secs(5);
 
 /// What each replica's figures must keep to after warm-up. A replica at steady load holds a
 /// bounded state (request ids, finished jobs and the queue are capped), so its memory, files
-/// and snapshot stay level: the slopes (of the lower envelope, `envelope`) leave room for
-/// allocator and cache noise, not for a leak of one record per request (at the default rate,
-/// about 500 requests a second). The log is a saw of a long period by design (its file is
-/// rewritten with only the live log once it reaches 64 MiB, about every 18 minutes at the
-/// default rate): its peak is held instead.
+/// and the state in its snapshot stay level: the slopes (of the lower envelope, `envelope`)
+/// leave room for allocator and cache noise, not for a leak of one record per request (at the
+/// default rate, about 500 requests a second). The log is a saw of a long period by design
+/// (its file is rewritten with only the live log once it reaches 64 MiB, about every 18
+/// minutes at the default rate): its peak is held instead. The snapshot whole is reported,
+/// not held: it carries the usage store's changes since its base too, which grow until a
+/// snapshot folds them into a new base once they reach a quarter of it, and the base grows
+/// with the usage history until its retention (days), so folds come further apart.
 const GROWTH_BOUNDS: [(Gauge, Bound); 4] = [
     (Gauge::Rss, Bound::SlopePerHour(64 << 20)),
     (Gauge::OpenFiles, Bound::SlopePerHour(30)),
     (Gauge::LogBytes, Bound::Peak(128 << 20)),
-    (Gauge::SnapshotBytes, Bound::SlopePerHour(4 << 20)),
+    (Gauge::SnapshotStateBytes, Bound::SlopePerHour(4 << 20)),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -86,10 +93,17 @@ enum Gauge {
     OpenFiles,
     LogBytes,
     SnapshotBytes,
+    SnapshotStateBytes,
 }
 
 impl Gauge {
-    const ALL: [Gauge; 4] = [Gauge::Rss, Gauge::OpenFiles, Gauge::LogBytes, Gauge::SnapshotBytes];
+    const ALL: [Gauge; 5] = [
+        Gauge::Rss,
+        Gauge::OpenFiles,
+        Gauge::LogBytes,
+        Gauge::SnapshotBytes,
+        Gauge::SnapshotStateBytes,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -97,6 +111,7 @@ impl Gauge {
             Gauge::OpenFiles => "open files",
             Gauge::LogBytes => "log size",
             Gauge::SnapshotBytes => "snapshot size",
+            Gauge::SnapshotStateBytes => "snapshot's state",
         }
     }
 
@@ -106,6 +121,7 @@ impl Gauge {
             Gauge::OpenFiles => "process_open_fds",
             Gauge::LogBytes => "berth_replica_log_bytes",
             Gauge::SnapshotBytes => "berth_replica_snapshot_bytes",
+            Gauge::SnapshotStateBytes => "berth_replica_snapshot_state_bytes",
         }
     }
 
@@ -116,6 +132,7 @@ impl Gauge {
             Gauge::OpenFiles => ("open files: ", 1),
             Gauge::LogBytes => ("log KiB: ", 1024),
             Gauge::SnapshotBytes => ("snapshot KiB: ", 1024),
+            Gauge::SnapshotStateBytes => ("snapshot's state KiB: ", 1024),
         }
     }
 
@@ -347,6 +364,34 @@ struct Sample {
     p99_us: u64,
 }
 
+/// Each replica's gauges (by metrics URL), as (ms since the run began, values).
+type GaugeSeries = BTreeMap<String, Vec<(u64, BTreeMap<Gauge, u64>)>>;
+
+/// The gauges a scrape holds.
+fn gauges_of(text: &str) -> BTreeMap<Gauge, u64> {
+    Gauge::ALL.iter().filter_map(|g| Some((*g, gauge_value(text, g.metric())?))).collect()
+}
+
+/// Scrapes every replica in `urls` every `every` into `into` until aborted (a scrape that
+/// fails is skipped here: the samples report it).
+async fn sample_gauges(
+    urls: Vec<String>,
+    began: Instant,
+    every: Duration,
+    into: Arc<Mutex<GaugeSeries>>,
+) {
+    loop {
+        for url in &urls {
+            if let Ok(text) = scrape(url).await {
+                let at_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let gauges = gauges_of(&text);
+                Shared::lock(&into).entry(url.clone()).or_default().push((at_ms, gauges));
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The value of an unlabelled gauge `name` in a scrape.
 fn gauge_value(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -478,12 +523,7 @@ async fn start(
     rate: u64,
     track_writes: bool,
 ) -> anyhow::Result<(Arc<Shared>, Vec<Background<()>>)> {
-    let mut clients = Vec::new();
-    for t in 0..tenants {
-        let name = ctx.name(profile, &format!("t{t}"));
-        let token = tenant_with_token(ctx, &name, None).await?;
-        clients.push((name, ctx.client_as(&token)?));
-    }
+    let clients = tenants_with_clients(ctx, profile, tenants, None, |_| 0).await?;
     let shared = Arc::new(Shared {
         tenants: clients,
         pool: pool.to_owned(),
@@ -536,6 +576,14 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     let rate = args.rate.max(1);
     let (shared, loads) = start(ctx, profile, &pool, tenants, rate, false).await?;
     let began = Instant::now();
+    // The gauges a twelfth of a sample interval apart too (5 s in a long run): the lower
+    // envelope of a saw (the snapshot's usage changes, and the memory that follows them,
+    // rise for minutes and fall at a fold) needs its troughs, which one sample a minute
+    // mostly misses, and a slope over three missed troughs is noise.
+    let dense: Arc<Mutex<GaugeSeries>> = Arc::default();
+    let gauge_every = (every / 12).max(Duration::from_millis(250));
+    let sampler =
+        Background::spawn(sample_gauges(args.metrics.clone(), began, gauge_every, dense.clone()));
     let mut samples: Vec<Sample> = Vec::new();
     let mut drift = Vec::new();
     let mut scrape_errors = Vec::new();
@@ -563,13 +611,7 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
         let mut gauges = BTreeMap::new();
         for url in &args.metrics {
             match scrape(url).await {
-                Ok(text) => {
-                    let values: BTreeMap<Gauge, u64> = Gauge::ALL
-                        .iter()
-                        .filter_map(|g| Some((*g, gauge_value(&text, g.metric())?)))
-                        .collect();
-                    gauges.insert(url.clone(), values);
-                }
+                Ok(text) => drop(gauges.insert(url.clone(), gauges_of(&text))),
                 Err(e) => scrape_errors.push(format!("{url}: {e:#}")),
             }
         }
@@ -610,6 +652,19 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
         last_sample = Instant::now();
     }
     stop(&shared, loads).await?;
+    drop(sampler);
+    let dense = std::mem::take(&mut *Shared::lock(&dense));
+    let warm_up_ms = u64::try_from(warm_up.as_millis()).unwrap_or(0);
+    // Each replica's `gauge` after warm-up: every scrape, the samples' and the sampler's.
+    let gauge_points = |url: &String, gauge: Gauge| -> Vec<(u64, u64)> {
+        let sampled =
+            samples.iter().filter_map(|s| Some((s.at_ms, *s.gauges.get(url)?.get(&gauge)?)));
+        let between = dense.get(url).into_iter().flatten();
+        let mut points: Vec<(u64, u64)> =
+            sampled.chain(between.filter_map(|(at, g)| Some((*at, *g.get(&gauge)?)))).collect();
+        points.sort_unstable();
+        points
+    };
 
     let errors: u64 = samples.iter().map(|s| s.errors).sum();
     o.check(
@@ -622,10 +677,7 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
         },
     );
     o.check("no errors", errors == 0, format!("{errors} calls failed{}", by_reason(&shared)));
-    let after: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.at_ms >= u64::try_from(warm_up.as_millis()).unwrap_or(0))
-        .collect();
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.at_ms >= warm_up_ms).collect();
     if args.metrics.is_empty() {
         o.check("growth measured", false, "give every replica's --metrics URL to sample it");
     } else {
@@ -661,10 +713,8 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
         let mut worst: BTreeMap<Gauge, i128> = BTreeMap::new();
         for (replica, url) in args.metrics.iter().enumerate() {
             for (gauge, bound) in GROWTH_BOUNDS {
-                let points: Vec<(u64, u64)> = after
-                    .iter()
-                    .filter_map(|s| Some((s.at_ms, *s.gauges.get(url)?.get(&gauge)?)))
-                    .collect();
+                let mut points = gauge_points(url, gauge);
+                points.retain(|p| p.0 >= warm_up_ms);
                 let (seen, limit) = match bound {
                     Bound::SlopePerHour(b) => (slope_per_hour(&envelope(&points)), b),
                     Bound::Peak(b) => {
@@ -693,6 +743,13 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
             let value = u64::try_from((*seen).max(0) / i128::from(scale)).unwrap_or(u64::MAX);
             o.figure(&format!("{} {what}, worst replica", gauge.label()), value, unit);
         }
+        let snapshot = after.iter().flat_map(|s| s.gauges.values());
+        let snapshot = snapshot.filter_map(|g| g.get(&Gauge::SnapshotBytes)).max();
+        o.figure(
+            "snapshot size peak after warm-up, largest replica (state and usage changes; not held)",
+            snapshot.copied().unwrap_or(0) >> 10,
+            "KiB",
+        );
         if let Some(last) = samples.last() {
             let rss = last.gauges.values().filter_map(|g| g.get(&Gauge::Rss)).max();
             o.figure("RSS at the end, largest replica", rss.copied().unwrap_or(0) >> 20, "MiB");
@@ -708,9 +765,10 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
                 })
                 .collect();
             format!(
-                "{} samples after {} s of warm-up; bounds: {}",
+                "{} samples after {} s of warm-up (the gauges every {} ms); bounds: {}",
                 after.len(),
                 warm_up.as_secs(),
+                gauge_every.as_millis(),
                 bounds.join(", ")
             )
         } else {
@@ -748,10 +806,8 @@ pub async fn soak(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     for (replica, url) in args.metrics.iter().enumerate() {
         for gauge in Gauge::ALL {
             let (prefix, scale) = gauge.series();
-            let line: Vec<(u64, u64)> = samples
-                .iter()
-                .filter_map(|s| Some((s.at_ms, *s.gauges.get(url)?.get(&gauge)? / scale)))
-                .collect();
+            let line: Vec<(u64, u64)> =
+                gauge_points(url, gauge).into_iter().map(|(at, v)| (at, v / scale)).collect();
             o.series.insert(format!("{prefix}replica {}", replica + 1), line);
         }
     }
@@ -802,15 +858,59 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 /// if that process is this replica: a `berth server` of `cluster_dir/replica-N` (a pid file
 /// left by an `up` that was killed may name a process that is gone, or another one since).
 fn replica_pid(cluster_dir: &std::path::Path, id: u64) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
+    replica_process(cluster_dir, id).map(|(pid, _)| pid)
+}
+
+/// `replica_pid`, and the process's command line.
+fn replica_process(cluster_dir: &std::path::Path, id: u64) -> Option<(u32, Vec<String>)> {
     let text = std::fs::read_to_string(cluster_dir.join(format!("replica-{id}.pid"))).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let data_dir = cluster_dir.join(format!("replica-{id}"));
-    let mut args = cmdline.split(|b| *b == 0).map(std::ffi::OsStr::from_bytes);
-    let ours =
-        args.clone().any(|a| a == "server") && args.any(|a| std::path::Path::new(a) == data_dir);
-    ours.then_some(pid)
+    let ours = args.iter().any(|a| a == "server")
+        && args.iter().any(|a| std::path::Path::new(a) == data_dir);
+    ours.then_some((pid, args))
+}
+
+/// Where replica `id` of the cluster in `cluster_dir` sends and takes peer traffic.
+fn peer_addrs(cluster_dir: &std::path::Path, id: u64) -> anyhow::Result<PeerAddrs> {
+    let (_, args) =
+        replica_process(cluster_dir, id).with_context(|| format!("no pid for replica {id}"))?;
+    PeerAddrs::of_args(&args).with_context(|| {
+        format!(
+            "replica {id} has no --peer-listen and --peer-source (start it with this `berth up`)"
+        )
+    })
+}
+
+/// A client of replicas `ids` of the cluster in `cluster_dir` alone (their API addresses as
+/// their command lines give them).
+fn others_client(ctx: &Ctx, cluster_dir: &std::path::Path, ids: &[u64]) -> anyhow::Result<Client> {
+    let mut connection = ctx.connection.clone();
+    connection.endpoints = ids
+        .iter()
+        .map(|id| {
+            let (_, args) = replica_process(cluster_dir, *id)
+                .with_context(|| format!("no pid for replica {id}"))?;
+            let api = partition::flag(&args, "--api-listen").cloned();
+            api.with_context(|| format!("replica {id} has no --api-listen"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    connection.client(berth::client::ClientOptions {
+        deadline: Duration::from_secs(1),
+        ..Default::default()
+    })
+}
+
+/// The leader `client`'s replicas know of, if any.
+async fn leader_of(client: &Client) -> Option<u64> {
+    let status = client
+        .call(pb::StatusRequest {}, |ch, r| async move { client::cluster(ch).status(r).await })
+        .await
+        .ok()?;
+    status.leader_id
 }
 
 /// The leader and the replicas that are not, as the cluster says; `None` while it has no
@@ -851,6 +951,7 @@ enum Fault {
     KillLeader,
     PauseFollower,
     PauseLeader,
+    PartitionLeader,
     WorkerDies,
 }
 
@@ -919,6 +1020,34 @@ async fn inject(
             drop(paused);
             if !wait_for(HEAL_WITHIN, || async { roles(ctx).await.is_some() }).await {
                 return Ok(Some(format!("replica {id} did not serve again after SIGCONT")));
+            }
+        }
+        Fault::PartitionLeader => {
+            span.name = format!("partition leader {leader}");
+            let others = followers
+                .iter()
+                .map(|id| peer_addrs(dir, *id))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Asked of the others alone: the old leader may think it leads for a while.
+            let others_say = others_client(ctx, dir, &followers)?;
+            let cut = partition::Cut::isolate(peer_addrs(dir, leader)?, &others)?;
+            span.from_ms = ctx.recorder.now_ms();
+            // The others elect a leader among themselves.
+            let moved = wait_for(HEAL_WITHIN, || async {
+                leader_of(&others_say).await.is_some_and(|l| l != leader)
+            })
+            .await;
+            tokio::time::sleep(hold).await;
+            drop(cut);
+            if !moved {
+                return Ok(Some(format!(
+                    "replicas {followers:?} elected no leader while cut off from {leader}"
+                )));
+            }
+            if !wait_for(HEAL_WITHIN, || async { roles(ctx).await.is_some() }).await {
+                return Ok(Some(format!(
+                    "replica {leader} did not rejoin after the partition healed"
+                )));
             }
         }
         Fault::WorkerDies => {
@@ -1041,8 +1170,16 @@ pub async fn chaos(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     ));
     let (shared, loads) = start(ctx, profile, &pool, tenants, args.rate.max(1), true).await?;
     let mut plan = Vec::new();
+    let mut not_injected = None;
     if cluster_dir.is_some() {
         plan.extend([Fault::KillLeader, Fault::PauseFollower, Fault::PauseLeader]);
+        match partition::unavailable() {
+            None => plan.push(Fault::PartitionLeader),
+            Some(why) => {
+                eprintln!("  chaos: no partition: {why}");
+                not_injected = Some(format!(" (no partition: {why})"));
+            }
+        }
     }
     plan.push(Fault::WorkerDies);
     let t0 = ctx.recorder.now_ms();
@@ -1079,11 +1216,9 @@ pub async fn chaos(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
         "every fault injected and healed",
         problems.is_empty(),
         if problems.is_empty() {
-            spans
-                .iter()
-                .map(|s| format!("{} {} ms", s.name, s.to_ms - s.from_ms))
-                .collect::<Vec<_>>()
-                .join(", ")
+            let healed: Vec<String> =
+                spans.iter().map(|s| format!("{} {} ms", s.name, s.to_ms - s.from_ms)).collect();
+            format!("{}{}", healed.join(", "), not_injected.unwrap_or_default())
         } else {
             problems.join("; ")
         },
