@@ -23,6 +23,10 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
+/// The process's allocator (docs/performance.md, "Memory under a steady load").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Berth: a Raft-replicated, multi-tenant resource scheduler.
 #[derive(Parser)]
 #[command(name = "berth", version, about, long_about = None)]
