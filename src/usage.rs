@@ -23,13 +23,17 @@
 //! them in place.
 //!
 //! Durability comes from snapshots, without reading the store whole at each one. A *base* is
-//! the store's contents at some snapshot (every key and value in key order, a file beside the
-//! snapshot); the writer keeps every write since the base in memory (`Writer::changes`, the
+//! the store's contents at some snapshot (every key and value in key order, kept in files
+//! beside the snapshot); the writer keeps every write since the base in memory (`Writer::changes`, the
 //! latest value of each key or its removal), and a snapshot carries the base's name and those
 //! changes, taken in the writer's order at the snapshot's index (`checkpoint`). When the
-//! changes outgrow a quarter of the base, the snapshot folds them into a new base (`compose`,
-//! off the writer: a merge of two sorted lists read in place, not a scan of sled) and the
-//! writer starts counting afresh. A replica that opens or installs a snapshot restores the
+//! changes outgrow a limit the snapshot asks for (`raft::state_machine`: a quarter of the
+//! base's dump, at most 4 MiB, so the changes in memory stay bounded however long the
+//! history), the snapshot makes them a new base and the writer starts counting afresh. A base
+//! is a dump or a delta (the changes as they were, over the base before), so a base is a chain:
+//! a dump and deltas over it, folded into a new dump once the deltas outgrow a quarter of it
+//! (`merge_changes` and `compose`, off the writer: merges of sorted lists read in place, not a
+//! scan of sled). A replica that opens or installs a snapshot restores the
 //! store from its base and changes and replays the log after it; a snapshot sent to a
 //! follower carries the composed dump whole. Queries run on the writer thread too, in order
 //! after every command applied before they were asked, so they see a consistent store.
@@ -542,6 +546,26 @@ pub fn compose(base: Option<&[u8]>, changes: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     out.extend(changes.filter_map(|(k, v)| v.map(|v| (k, v))));
+    codec::encode(&out).map_err(|e| e.to_string())
+}
+
+/// The changes since a base that `older` (since the base) and then `newer` (since the end of
+/// `older`) make together: a merge of two sorted lists, `newer`'s row winning for a key in
+/// both (a base kept as a chain of deltas is read this way, `raft::state_machine`).
+pub fn merge_changes(older: &[u8], newer: &[u8]) -> Result<Vec<u8>, String> {
+    let (older, newer) = (change_rows(older)?, change_rows(newer)?);
+    let mut out: ChangeRows<'_> = Vec::with_capacity(older.len() + newer.len());
+    let mut newer = newer.into_iter().peekable();
+    for (key, value) in older {
+        while let Some(row) = newer.next_if(|(k, _)| *k < key) {
+            out.push(row);
+        }
+        match newer.next_if(|(k, _)| *k == key) {
+            Some(row) => out.push(row),
+            None => out.push((key, value)),
+        }
+    }
+    out.extend(newer);
     codec::encode(&out).map_err(|e| e.to_string())
 }
 

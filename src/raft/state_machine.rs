@@ -40,7 +40,9 @@ use crate::raft::types::{
 use crate::scheduler::events::Event;
 use crate::scheduler::AuditRecord;
 use crate::scheduler::{Applied, Command, Entry, LogIndex, QuotaEvent, Scheduler, TenantId};
-use crate::storage::snapshot_store::{self, SnapshotFileError, SnapshotStore, StoredSnapshot};
+use crate::storage::snapshot_store::{
+    self, BaseFile, SnapshotFileError, SnapshotStore, StoredSnapshot,
+};
 use crate::usage::{self, Record, UsageStore};
 
 /// What the wrapper tracks beside the scheduler (all of it is in every snapshot).
@@ -85,26 +87,48 @@ enum UsageImage {
     Whole(#[serde(with = "codec::bytes")] Vec<u8>),
 }
 
-/// The base the usage store's changes count from, its size, and the base before it (kept
-/// until a newer base is made: `get_current_snapshot` reads a snapshot's base without waiting
-/// for a build that may replace it).
-#[derive(Clone, Copy, Debug, Default)]
+/// The base the usage store's changes count from: a chain of files beside the snapshot, a
+/// dump of the whole store and then deltas over it (`snapshot_store::BaseFile`), each named by
+/// the command index it was taken at. The chain of the base before is kept until a newer base
+/// is made: `get_current_snapshot` reads a snapshot's base without waiting for a build that
+/// may replace it.
+#[derive(Clone, Debug, Default)]
 struct Base {
+    /// The newest file of the chain (none: the empty store).
     index: Option<u64>,
-    len: usize,
-    previous: Option<u64>,
+    chain: Chain,
+    previous: Vec<u64>,
+}
+
+/// The files a base is made of, oldest (the dump) first, and their sizes.
+#[derive(Clone, Debug, Default)]
+struct Chain {
+    files: Vec<u64>,
+    dump_len: usize,
+    deltas_len: usize,
 }
 
 impl Base {
     fn kept(&self) -> Vec<u64> {
-        self.index.into_iter().chain(self.previous).collect()
+        let mut kept: Vec<u64> = self.chain.files.iter().chain(&self.previous).copied().collect();
+        kept.sort_unstable();
+        kept.dedup();
+        kept
     }
 }
 
-/// A snapshot folds the usage store's changes into a new base once they take more than the
-/// base's size divided by this: snapshots stay small, and a base is rewritten only after the
-/// store has changed by a good part of its size.
+/// A snapshot makes the usage store's changes a new base once they take more than the dump's
+/// size divided by this, or `DELTA_MAX`, whichever is less. The new base is a delta over the
+/// current one while the deltas of the chain take no more than the dump's size divided by this
+/// too; otherwise the chain and the changes are folded into a new dump. So a replica holds at
+/// most `DELTA_MAX` of changes in memory however large the history, a snapshot writes only
+/// what changed, and a dump is rewritten only after the store has changed by a good part of
+/// its size.
 const REBASE_RATIO: usize = 4;
+
+/// Most bytes of usage store changes (keys and values) a replica holds before a snapshot
+/// writes them as a delta. In memory they take about two and a half times this.
+const DELTA_MAX: usize = 4 << 20;
 
 /// The core's `apply` (a unit test puts a panicking one in its place).
 type CoreApply = fn(&mut Scheduler, Entry) -> Applied;
@@ -162,6 +186,8 @@ pub struct StateMachine {
     audit: AuditStore,
     /// The usage base the current snapshot refers to.
     base: Arc<Mutex<Base>>,
+    /// `DELTA_MAX` (a test makes deltas of a small store with a smaller one).
+    delta_max: usize,
     /// Held while a snapshot is built or installed: one at a time, so each sees the snapshot,
     /// base and store the one before it left.
     snapshotting: Arc<tokio::sync::Mutex<()>>,
@@ -198,6 +224,7 @@ impl StateMachine {
             usage,
             audit,
             base: Arc::default(),
+            delta_max: DELTA_MAX,
             snapshotting: Arc::default(),
             preemptions: Arc::default(),
         };
@@ -206,13 +233,13 @@ impl StateMachine {
             let UsageImage::Since { base, changes } = image else {
                 return Err(snapshot_err(Some(&stored.meta), "a stored snapshot names no base"));
             };
-            let (dump, len) = resolve(&sm.store, base, &changes)
+            let (dump, chain) = resolve(&sm.store, base, &changes)
                 .map_err(|e| snapshot_err(Some(&stored.meta), e))?;
             sm.journal.restart_at(LogIndex(restored.progress.command_index));
             // Records of the log replayed after the snapshot queue behind the restore.
             let usage_bytes = changes.len();
             drop(sm.usage.restore(dump, changes));
-            *sm.base() = Base { index: base, len, previous: None };
+            *sm.base() = Base { index: base, chain, previous: Vec::new() };
             let command_index = restored.progress.command_index;
             *sm.write() = restored;
             *sm.current() = Some(Current { stored: Arc::new(stored), command_index, usage_bytes });
@@ -470,16 +497,44 @@ fn decode_body(meta: &SnapshotMeta, data: &[u8]) -> Result<(Replicated, UsageIma
     Ok((Replicated { scheduler, progress: body.progress }, body.usage))
 }
 
-/// The usage store's dump a base kept in `store` and the changes since it make, and the base's
-/// size.
+/// The usage store's dump a base kept in `store` (its chain, newest file `base`) and the
+/// changes since it make, and the base's chain.
 fn resolve(
     store: &SnapshotStore,
     base: Option<u64>,
     changes: &[u8],
-) -> Result<(Vec<u8>, usize), SnapshotFileError> {
-    let base = base.map(|index| store.load_base(index)).transpose()?;
-    let dump = usage::compose(base.as_deref(), changes).map_err(SnapshotFileError::Damaged)?;
-    Ok((dump, base.map_or(0, |b| b.len())))
+) -> Result<(Vec<u8>, Chain), SnapshotFileError> {
+    let damaged = SnapshotFileError::Damaged;
+    let mut chain = Chain::default();
+    let mut deltas = Vec::new();
+    let mut dump = None;
+    let mut next = base;
+    // Each delta names an earlier base (`load_base` checks), so the walk ends.
+    while let Some(index) = next {
+        chain.files.push(index);
+        next = match store.load_base(index)? {
+            BaseFile::Dump(bytes) => {
+                chain.dump_len = bytes.len();
+                dump = Some(bytes);
+                None
+            }
+            BaseFile::Delta { parent, changes } => {
+                chain.deltas_len += changes.len();
+                deltas.push(changes);
+                Some(parent)
+            }
+        };
+    }
+    chain.files.reverse();
+    // The deltas, oldest first, then the changes since the newest: merged, then applied to
+    // the dump once.
+    let mut since = usage::no_changes();
+    for delta in deltas.iter().rev().map(Vec::as_slice).chain([changes]) {
+        since = usage::merge_changes(&since, delta).map_err(damaged)?;
+    }
+    drop(deltas);
+    let dump = usage::compose(dump.as_deref(), &since).map_err(damaged)?;
+    Ok((dump, chain))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -489,12 +544,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // Point-in-time copy under the read lock; the file is written after it is released.
         // The usage store's changes are taken in its writer's order, at the same command index.
         let _one = self.snapshotting.clone().lock_owned().await;
-        let mut base = *self.base();
+        let mut base = self.base().clone();
         let (progress, scheduler, checkpoint) = {
             let state = self.read();
             // The log up to this snapshot may be purged: its audit records go to the writer.
             self.audit.flush();
-            let checkpoint = self.usage.checkpoint(base.len / REBASE_RATIO);
+            let rebase_over = (base.chain.dump_len / REBASE_RATIO).min(self.delta_max);
+            let checkpoint = self.usage.checkpoint(rebase_over);
             (state.progress.clone(), state.scheduler.encode(), checkpoint)
         };
         let checkpoint = checkpoint.wait().await.map_err(|e| snapshot_err(None, e))?;
@@ -502,19 +558,36 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let built = async {
             let mut usage_bytes = usage::no_changes().len();
             let usage = if checkpoint.rebase {
-                // The changes outgrew the base: fold them into a new one, off the writer.
-                let (from, at) = (base.index, progress.command_index);
+                // The changes outgrew their limit: they become a new base, off the writer.
+                let at = progress.command_index;
                 let changes = checkpoint.changes;
-                let len = self
-                    .store
-                    .blocking(move |store| {
-                        let (dump, _) = resolve(store, from, &changes)?;
-                        store.save_base(at, &dump)?;
-                        Ok(dump.len())
-                    })
-                    .await
-                    .map_err(|e| snapshot_err(None, e))?;
-                base = Base { index: Some(at), len, previous: base.index };
+                let chain = &base.chain;
+                let fold = chain.deltas_len + changes.len() > chain.dump_len / REBASE_RATIO;
+                let chain = match base.index {
+                    // A delta over the current base.
+                    Some(parent) if !fold => {
+                        let mut chain = chain.clone();
+                        chain.files.push(at);
+                        chain.deltas_len += changes.len();
+                        self.store
+                            .blocking(move |store| store.save_delta(at, parent, &changes))
+                            .await
+                            .map_err(|e| snapshot_err(None, e))?;
+                        chain
+                    }
+                    // The chain and the changes folded into a new dump.
+                    from => self
+                        .store
+                        .blocking(move |store| {
+                            let (dump, _) = resolve(store, from, &changes)?;
+                            store.save_base(at, &dump)?;
+                            Ok(Chain { files: vec![at], dump_len: dump.len(), deltas_len: 0 })
+                        })
+                        .await
+                        .map_err(|e| snapshot_err(None, e))?,
+                };
+                let previous = std::mem::take(&mut base.chain.files);
+                base = Base { index: Some(at), chain, previous };
                 UsageImage::Since { base: Some(at), changes: usage::no_changes() }
             } else {
                 usage_bytes = checkpoint.changes.len();
@@ -623,8 +696,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snapshot_err(Some(meta), e))?;
         let stored = own_base_body(restored.progress.clone(), &restored.scheduler)
             .map_err(|e| snapshot_err(Some(meta), e))?;
-        let (changes, previous) = (usage::no_changes(), self.base().index);
-        let base = Base { index: Some(at), len, previous };
+        let (changes, previous) = (usage::no_changes(), self.base().chain.files.clone());
+        let chain = Chain { files: vec![at], dump_len: len, deltas_len: 0 };
+        let base = Base { index: Some(at), chain, previous };
         let stored = Arc::new(StoredSnapshot { meta: meta.clone(), data: stored });
         self.keep(stored, base, at, changes.len()).await?;
         let mut state = self.write();
@@ -820,6 +894,120 @@ mod tests {
             assert!(later.is_err(), "{start}: applied after a fail-stop");
             assert!(!sm.read().scheduler.state().workers.contains_key(&WorkerId::new("d")));
         }
+    }
+
+    fn proposal(command: Command) -> Proposal {
+        Proposal { request_id: None, command, token: None }
+    }
+
+    /// The usage bases beside a snapshot in `dir`, by the command index each was taken at,
+    /// with whether it is a delta.
+    fn base_files(dir: &std::path::Path) -> Vec<(u64, bool)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, bool)> = entries
+            .filter_map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().into_string().expect("utf-8");
+                let index = name.strip_prefix("usage-base-")?.strip_suffix(".bin")?.parse().ok()?;
+                let bytes = std::fs::read(e.path()).expect("reads a base");
+                Some((index, bytes.starts_with(b"BUSD")))
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
+    /// Past `delta_max` of changes, a snapshot writes them as a delta over the current base,
+    /// and folds the chain into a new dump once its deltas outgrow a quarter of the dump; every
+    /// file of the chain (and of the one before) is kept and no other; a restart restores the
+    /// same store from the chain; a follower is sent it whole; a chain missing a delta is
+    /// refused, naming it.
+    #[tokio::test]
+    async fn usage_changes_past_the_delta_limit_become_a_chain_of_deltas() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("snapshot");
+        let store = SnapshotStore::Dir(path.clone());
+        let open = |store: &SnapshotStore| {
+            StateMachine::open(store.clone(), usage_store(), audit(), FailStop::record())
+                .expect("opens")
+        };
+        let mut sm = open(&store);
+        sm.delta_max = 1;
+        let create = Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 };
+        let mut first = entry(1, &["w"]);
+        if let EntryPayload::Normal(batch) = &mut first.payload {
+            batch.proposals.push(proposal(create));
+        }
+        sm.apply(vec![first]).await.expect("applies");
+        let (mut deltas, mut folds_after_a_delta, mut longest) = (0, 0, 0);
+        for round in 0..60u64 {
+            let had_deltas = base_files(&path).iter().any(|(_, delta)| *delta);
+            place_and_snapshot(&mut sm, round).await;
+            let files = base_files(&path);
+            let newest = files.iter().map(|(i, _)| *i).max();
+            let newest_is_delta = files.last().is_some_and(|(_, delta)| *delta);
+            deltas += u32::from(newest_is_delta && newest == sm.base().index);
+            folds_after_a_delta += u32::from(had_deltas && !newest_is_delta);
+            longest = longest.max(sm.base().chain.files.len());
+            let on_disk: Vec<u64> = files.iter().map(|(i, _)| *i).collect();
+            assert_eq!(on_disk, sm.base().kept(), "round {round}: the chains' files, no others");
+            let hash = sm.usage().hash().wait().await.expect("hashes");
+            let reopened = open(&store);
+            assert_eq!(
+                reopened.usage().hash().wait().await.expect("hashes"),
+                hash,
+                "round {round}"
+            );
+        }
+        assert!(deltas >= 3, "deltas were written: {deltas}");
+        assert!(folds_after_a_delta >= 1, "a chain was folded into a dump");
+        assert!(longest >= 3, "a dump and deltas over it: {longest}");
+
+        let hash = sm.usage().hash().wait().await.expect("hashes");
+        let sent = sm.get_current_snapshot().await.expect("reads").expect("built");
+        let mut follower = open(&SnapshotStore::Memory(Arc::default()));
+        follower.install_snapshot(&sent.meta, sent.snapshot).await.expect("installs");
+        assert_eq!(follower.usage().hash().wait().await.expect("hashes"), hash);
+
+        // The chain is only as good as its every file.
+        for round in 60..100 {
+            if sm.base().chain.files.len() >= 2 {
+                break;
+            }
+            place_and_snapshot(&mut sm, round).await;
+        }
+        let chain = sm.base().chain.files.clone();
+        let delta = *chain.last().expect("a chain");
+        assert!(chain.len() >= 2, "ends in a delta: {chain:?}");
+        std::fs::remove_file(path.join(format!("usage-base-{delta}.bin"))).expect("removes");
+        let missing = StateMachine::open(store, usage_store(), audit(), FailStop::record());
+        let error = missing.err().expect("refused without a delta").to_string();
+        assert!(error.contains(&format!("usage store base {delta} is missing")), "{error}");
+    }
+
+    /// Places `p{round}` for acme (command `2 + round`) and builds a snapshot.
+    async fn place_and_snapshot(sm: &mut StateMachine, round: u64) {
+        let spec = crate::scheduler::PlaceSpec {
+            placement: format!("p{round}").as_str().into(),
+            count: 1,
+            resources: Resources::new(10, 10),
+            ..Default::default()
+        };
+        let place = Command::Place { tenant: "acme".into(), spec, fence: None };
+        let mut e = entry(2 + round, &[]);
+        if let EntryPayload::Normal(batch) = &mut e.payload {
+            // A second later each round: a new change point.
+            batch.proposed_at = UnixMillis(2_000 + round * 1_000);
+            batch.proposals.push(proposal(place));
+        }
+        sm.apply(vec![e]).await.expect("applies");
+        sm.build_snapshot().await.expect("builds");
+    }
+
+    fn usage_store() -> UsageStore {
+        UsageStore::open(&UsageLocation::Temporary, FailStop::record()).expect("usage store")
     }
 
     /// Without a bug, the same entries apply and nothing stops.

@@ -2,10 +2,12 @@
 //! to (`crate::usage`): files written atomically (temp file, fsync, rename, fsync of the
 //! directory), or memory for tests and simulation.
 //!
-//! File layout: a magic (`b"BSNP"` for `snapshot.bin`, `b"BUSB"` for `usage-base-N.bin`, N the
-//! command index the base was taken at), payload length (u64 LE), payload (for the snapshot,
-//! bincode of `(meta, data)`; for a base, its dump), SHA-256 of the payload. A damaged file is
-//! refused on load, never half-installed.
+//! File layout: a magic (`b"BSNP"` for `snapshot.bin`; for `usage-base-N.bin`, N the command
+//! index the base was taken at, `b"BUSB"` for a base that is the store's dump whole or
+//! `b"BUSD"` for one that is the changes since an earlier base), payload length (u64 LE),
+//! payload (for the snapshot, bincode of `(meta, data)`; for a dump, the dump; for a delta,
+//! the earlier base's index (u64 LE) and the changes), SHA-256 of the payload. A damaged file
+//! is refused on load, never half-installed.
 //!
 //! A backup file (`berth backup`, `berth restore`) is framed the same way under `b"BBAK"`:
 //! a snapshot whose usage store is whole (as a follower is sent it), so it needs no base.
@@ -23,6 +25,7 @@ use crate::raft::types::SnapshotMeta;
 const MAGIC: &[u8; 4] = b"BSNP";
 const FILE_NAME: &str = "snapshot.bin";
 const BASE_MAGIC: &[u8; 4] = b"BUSB";
+const DELTA_MAGIC: &[u8; 4] = b"BUSD";
 const BASE_PREFIX: &str = "usage-base-";
 const BACKUP_MAGIC: &[u8; 4] = b"BBAK";
 
@@ -46,7 +49,16 @@ pub enum SnapshotStore {
 pub struct Stored {
     pub snapshot: Option<StoredSnapshot>,
     /// Usage store bases by the command index they were taken at.
-    pub bases: std::collections::BTreeMap<u64, Vec<u8>>,
+    pub bases: std::collections::BTreeMap<u64, BaseFile>,
+}
+
+/// A usage store base as kept: the store's dump whole, or the changes since an earlier base
+/// (a *delta*: `raft::state_machine` keeps the store as a dump and a chain of deltas, so a
+/// snapshot writes only what changed and a replica holds only the changes since the last one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseFile {
+    Dump(Vec<u8>),
+    Delta { parent: u64, changes: Vec<u8> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,35 +125,80 @@ impl SnapshotStore {
         }
     }
 
-    /// Keeps the usage store's base taken at command index `index`.
+    /// Keeps the usage store's base taken at command index `index`: its dump whole.
     pub fn save_base(&self, index: u64, dump: &[u8]) -> Result<(), SnapshotFileError> {
         match self {
             SnapshotStore::Memory(slot) => {
-                lock(slot).bases.insert(index, dump.to_vec());
+                lock(slot).bases.insert(index, BaseFile::Dump(dump.to_vec()));
                 Ok(())
             }
             SnapshotStore::Dir(dir) => write_framed(dir, &base_name(index), BASE_MAGIC, dump),
         }
     }
 
-    /// The usage store's base taken at command index `index`.
-    pub fn load_base(&self, index: u64) -> Result<Vec<u8>, SnapshotFileError> {
-        let missing = || SnapshotFileError::Damaged(format!("usage store base {index} is missing"));
+    /// Keeps the usage store's base taken at command index `index` as the changes since the
+    /// base taken at `parent` (an earlier index).
+    pub fn save_delta(
+        &self,
+        index: u64,
+        parent: u64,
+        changes: &[u8],
+    ) -> Result<(), SnapshotFileError> {
+        if parent >= index {
+            return Err(SnapshotFileError::Damaged(format!(
+                "usage store base {index} cannot be a delta over a later base {parent}"
+            )));
+        }
         match self {
             SnapshotStore::Memory(slot) => {
-                lock(slot).bases.get(&index).cloned().ok_or_else(missing)
+                let delta = BaseFile::Delta { parent, changes: changes.to_vec() };
+                lock(slot).bases.insert(index, delta);
+                Ok(())
+            }
+            SnapshotStore::Dir(dir) => {
+                let payload = [&parent.to_le_bytes()[..], changes].concat();
+                write_framed(dir, &base_name(index), DELTA_MAGIC, &payload)
+            }
+        }
+    }
+
+    /// The usage store's base taken at command index `index`.
+    pub fn load_base(&self, index: u64) -> Result<BaseFile, SnapshotFileError> {
+        let missing = || SnapshotFileError::Damaged(format!("usage store base {index} is missing"));
+        let damaged =
+            |why: &str| SnapshotFileError::Damaged(format!("usage store base {index}: {why}"));
+        let file = match self {
+            SnapshotStore::Memory(slot) => {
+                lock(slot).bases.get(&index).cloned().ok_or_else(missing)?
             }
             SnapshotStore::Dir(dir) => match std::fs::read(dir.join(base_name(index))) {
+                Ok(mut bytes) if bytes.starts_with(DELTA_MAGIC) => {
+                    let payload = payload(DELTA_MAGIC, &bytes)?;
+                    let (parent, changes) =
+                        payload.split_first_chunk::<8>().ok_or_else(|| damaged("no parent"))?;
+                    let parent = u64::from_le_bytes(*parent);
+                    let changes = changes.len();
+                    // In place, as a dump below.
+                    bytes.truncate(FRAME_HEAD + 8 + changes);
+                    bytes.drain(..FRAME_HEAD + 8);
+                    BaseFile::Delta { parent, changes: bytes }
+                }
                 Ok(mut bytes) => {
                     // In place: a base is the largest thing a replica reads whole.
                     let len = payload(BASE_MAGIC, &bytes)?.len();
                     bytes.truncate(FRAME_HEAD + len);
                     bytes.drain(..FRAME_HEAD);
-                    Ok(bytes)
+                    BaseFile::Dump(bytes)
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
-                Err(e) => Err(e.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+                Err(e) => return Err(e.into()),
             },
+        };
+        match file {
+            BaseFile::Delta { parent, .. } if parent >= index => {
+                Err(damaged("a delta over a later base"))
+            }
+            file => Ok(file),
         }
     }
 
