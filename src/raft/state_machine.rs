@@ -564,8 +564,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let chain = &base.chain;
                 let fold = chain.deltas_len + changes.len() > chain.dump_len / REBASE_RATIO;
                 let chain = match base.index {
-                    // A delta over the current base.
-                    Some(parent) if !fold => {
+                    // A delta over the current base (an earlier one: a base taken at this
+                    // very index is rewritten as a dump instead, as before deltas).
+                    Some(parent) if !fold && parent < at => {
                         let mut chain = chain.clone();
                         chain.files.push(at);
                         chain.deltas_len += changes.len();
