@@ -3,7 +3,9 @@
 //! Both backends keep the live log in memory (`MemLog`), where reads find it; the file backend
 //! (`file_log`) also records every change in a write-ahead file. The vote is synced before
 //! `save_vote` returns, appended entries before the append callback fires, and `last_purged`
-//! before anything is deleted. Both backends share this adapter and pass openraft's storage
+//! before anything is deleted. openraft 0.9.25 waits for a leader's append callback before it
+//! sends the entries to the followers, so the leader's sync is on the commit path, not beside
+//! replication. Both backends share this adapter and pass openraft's storage
 //! conformance suite (`tests/raft_storage.rs`).
 
 // openraft's traits return its (large) `StorageError`; helpers return the same type.
