@@ -82,6 +82,11 @@ impl Metrics {
             "Raft calls to a peer that failed: unreachable, network or remote",
             peers.errors.clone(),
         );
+        registry.register(
+            "berth_peer_connections_opened",
+            "Connections (TCP and TLS handshake) this replica opened for Raft calls to a peer",
+            peers.connections.clone(),
+        );
         registry.register_collector(Box::new(ReplicaCollector(replica.clone())));
         registry.register_collector(Box::new(SnapshotBytes(snapshots)));
         registry.register_collector(Box::new(ProcessCollector));

@@ -291,3 +291,32 @@ async fn a_request_dropped_at_its_deadline_is_counted() {
     assert_eq!(errors(&s, "late", "Tenants/CreateTenant", "CANCELLED", "DROPPED"), Some(1.0));
     cluster.shutdown().await;
 }
+
+/// openraft 0.9 asks the network for a new client on every ReadIndex round; each used to open
+/// a TCP connection and a TLS handshake per follower. They reuse the leader's connections now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_reuse_the_leaders_connections_to_its_followers() {
+    let cluster = Cluster::start_with(3, fast_options, true).await;
+    let leader = cluster.leader().await;
+    let mut c = clients(&cluster, leader).await;
+    create_tenant(&mut c, "acme").await;
+    let opened = |s: &std::collections::BTreeMap<Key, f64>, peer: &str| {
+        value(s, "berth_peer_connections_opened_total", &[("peer", peer)]).unwrap_or(0.0)
+    };
+    let followers: Vec<String> =
+        cluster.members.keys().filter(|id| **id != leader).map(u64::to_string).collect();
+    let before = scrape(&cluster, leader).await;
+    const READS: usize = 200;
+    for _ in 0..READS {
+        let get = pb::GetQuotaRequest { tenant_id: "acme".into(), read: None };
+        c.tenants.get_quota(authed(ADMIN_TOKEN, get)).await.expect("a linearizable read");
+    }
+    let after = scrape(&cluster, leader).await;
+    for peer in &followers {
+        let new = opened(&after, peer) - opened(&before, peer);
+        // One for the read rounds, one beside it for replication, and room for a reconnect.
+        assert!(new <= 4.0, "{new} connections opened to replica {peer} for {READS} reads");
+        assert!(opened(&after, peer) >= 1.0, "the leader counts its connections to {peer}");
+    }
+    cluster.shutdown().await;
+}

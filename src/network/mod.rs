@@ -27,12 +27,18 @@
 //!
 //! A client keeps a small pool of open connections per peer, so concurrent callers (forwarded
 //! writes, reads) each get their own and a lone caller (a follower's replication stream)
-//! reuses one. Every call has a deadline (a partitioned TCP connection may never fail by
-//! itself); a connection that failed or timed out is dropped, never reused, so a late reply
-//! can never be read as the answer to the next request. Connections come from an injected
+//! reuses one. `PeerNetwork` hands openraft one client per peer however often it asks:
+//! openraft 0.9 asks anew for every ReadIndex round and every election, and a fresh client
+//! each time cost a TCP connection and a TLS handshake per linearizable read per follower.
+//! Every call has a deadline (a partitioned TCP connection may never fail by itself); a
+//! connection that failed or timed out is dropped, never reused, so a late reply can never be
+//! read as the answer to the next request. A pooled connection the peer has closed (it
+//! restarted) fails its first use; the call then drops the pool and tries once more on a new
+//! connection, within the same deadline. Connections come from an injected
 //! `Connect`, and the server accepts any stream of connections, so the simulation runs this
 //! code over `turmoil::net`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -178,12 +184,29 @@ pub struct PeerClient {
     addr: String,
     connect: Connect,
     idle: Arc<Mutex<Vec<Connection>>>,
+    /// Connections opened (each a TCP connect and, over TLS, a handshake).
+    opened: Counter,
 }
 
 impl PeerClient {
     /// A client for `addr`; connections open when a call needs one.
     pub fn new(connect: &Connect, addr: &str) -> PeerClient {
-        PeerClient { addr: addr.to_owned(), connect: connect.clone(), idle: Default::default() }
+        PeerClient::counting(connect, addr, Counter::default())
+    }
+
+    /// A client for `addr` that counts the connections it opens in `opened`.
+    pub fn counting(connect: &Connect, addr: &str, opened: Counter) -> PeerClient {
+        PeerClient {
+            addr: addr.to_owned(),
+            connect: connect.clone(),
+            idle: Default::default(),
+            opened,
+        }
+    }
+
+    /// Connections this client (and its clones) opened.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.get()
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -201,19 +224,22 @@ impl PeerClient {
         let request = frame(rpc as u8, request).map_err(failed)?;
         let pooled = self.idle().pop();
         let exchange = async {
-            let mut connection = match pooled {
-                Some(connection) => connection,
-                None => {
-                    let stream = (self.connect)(&self.addr).await.map_err(|e| {
-                        PeerError::Unreachable { addr: self.addr.clone(), why: e.to_string() }
-                    })?;
-                    BufReader::with_capacity(READ_BUFFER_BYTES, stream)
+            if let Some(mut connection) = pooled {
+                match exchange(&mut connection, &request).await {
+                    Ok(Some(reply)) => return Ok((connection, Some(reply))),
+                    // Closed or broken before any reply: the peer dropped its idle connections
+                    // (it restarted), so the others in the pool are as stale as this one.
+                    Ok(None) | Err(_) => self.idle().clear(),
                 }
-            };
-            let io_failed = |e: io::Error| failed(e.to_string());
-            connection.write_all(&request).await.map_err(io_failed)?;
-            connection.flush().await.map_err(io_failed)?;
-            let reply = read_frame(&mut connection).await.map_err(io_failed)?;
+            }
+            let stream = (self.connect)(&self.addr).await.map_err(|e| PeerError::Unreachable {
+                addr: self.addr.clone(),
+                why: e.to_string(),
+            })?;
+            self.opened.inc();
+            let mut connection = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+            let reply =
+                exchange(&mut connection, &request).await.map_err(|e| failed(e.to_string()))?;
             Ok((connection, reply))
         };
         let (connection, reply) = tokio::time::timeout(deadline, exchange)
@@ -233,6 +259,16 @@ impl PeerClient {
         }
         result
     }
+}
+
+/// Writes one request frame on `connection` and reads the reply frame (`None`: it closed).
+async fn exchange(
+    connection: &mut Connection,
+    request: &[u8],
+) -> io::Result<Option<(u8, Vec<u8>)>> {
+    connection.write_all(request).await?;
+    connection.flush().await?;
+    read_frame(connection).await
 }
 
 impl Rpc {
@@ -276,30 +312,57 @@ impl MetricConstructor<Histogram> for PeerLatency {
     }
 }
 
-/// What this replica's Raft calls to each peer took, and how they failed (its metrics). Peers
-/// are members, so the labels are as few as the members.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerConnectionLabels {
+    pub peer: ReplicaId,
+}
+
+/// What this replica's Raft calls to each peer took, how they failed, and the connections
+/// they opened (its metrics). Peers are members, so the labels are as few as the members.
 #[derive(Debug)]
 pub struct PeerStats {
     pub latency: Family<PeerLabels, Histogram, PeerLatency>,
     pub errors: Family<PeerErrorLabels, Counter>,
+    pub connections: Family<PeerConnectionLabels, Counter>,
 }
 
 impl Default for PeerStats {
     fn default() -> Self {
-        PeerStats { latency: Family::new_with_constructor(PeerLatency), errors: Family::default() }
+        PeerStats {
+            latency: Family::new_with_constructor(PeerLatency),
+            errors: Family::default(),
+            connections: Family::default(),
+        }
     }
 }
 
-/// openraft's network factory: one client per peer.
+/// openraft's network factory: one client per peer, its connections shared by every
+/// `PeerConnection` openraft asks for (a replication stream, each ReadIndex round, each vote).
 #[derive(Clone)]
 pub struct PeerNetwork {
     connect: Connect,
     stats: Arc<PeerStats>,
+    clients: Arc<Mutex<BTreeMap<ReplicaId, PeerClient>>>,
 }
 
 impl PeerNetwork {
     pub fn new(connect: Connect, stats: Arc<PeerStats>) -> Self {
-        PeerNetwork { connect, stats }
+        PeerNetwork { connect, stats, clients: Arc::default() }
+    }
+
+    /// The client for `target` at `addr`: the one it had, unless its address changed.
+    fn client(&self, target: ReplicaId, addr: &str) -> PeerClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let client = clients.entry(target).or_insert_with(|| self.open(target, addr));
+        if client.addr != addr {
+            *client = self.open(target, addr);
+        }
+        client.clone()
+    }
+
+    fn open(&self, target: ReplicaId, addr: &str) -> PeerClient {
+        let opened = self.stats.connections.get_or_create(&PeerConnectionLabels { peer: target });
+        PeerClient::counting(&self.connect, addr, opened.clone())
     }
 }
 
@@ -315,7 +378,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: ReplicaId, node: &Node) -> PeerConnection {
         PeerConnection {
             target,
-            client: PeerClient::new(&self.connect, &node.addr),
+            client: self.client(target, &node.addr),
             stats: self.stats.clone(),
         }
     }
@@ -551,6 +614,59 @@ mod tests {
         let (writer, mut reader) = tokio::io::duplex(16);
         drop(writer);
         assert!(matches!(read_frame(&mut reader).await, Ok(None)));
+    }
+
+    /// A peer that answers each connection's first request (echoing its value) and then
+    /// closes it, as a restarted peer's old connections are closed. Counts connections.
+    fn one_reply_per_connection(opened: Arc<std::sync::atomic::AtomicU64>) -> Connect {
+        Arc::new(move |_addr: &str| {
+            opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                let (client, mut server) = tokio::io::duplex(1024);
+                tokio::spawn(async move {
+                    if let Ok(Some((_, payload))) = read_frame(&mut server).await {
+                        let value: u64 = decode(&payload).expect("a u64");
+                        let reply = frame(REPLY_OK, &value).expect("frame");
+                        let _ = server.write_all(&reply).await;
+                    }
+                });
+                Ok(Box::new(client) as Box<dyn PeerStream>)
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_peer_closed_costs_a_reconnect_not_a_failure() {
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let client = PeerClient::new(&one_reply_per_connection(opened.clone()), "peer");
+        for value in 1..=3u64 {
+            let reply = client.call::<u64, u64>(Rpc::Query, &value, Duration::from_secs(5)).await;
+            assert_eq!(reply, Ok(value));
+        }
+        assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(client.connections_opened(), 3);
+    }
+
+    #[tokio::test]
+    async fn every_client_openraft_asks_for_shares_one_pool_per_peer() {
+        let network = PeerNetwork::new(echo_peer(Duration::ZERO), Arc::default());
+        for value in 1..=5u64 {
+            // openraft asks anew for each ReadIndex round and each vote.
+            let client = network.client(2, "peer-2:1");
+            let reply = client.call::<u64, u64>(Rpc::Query, &value, Duration::from_secs(5)).await;
+            assert_eq!(reply, Ok(value));
+        }
+        let opened =
+            |peer| network.stats.connections.get_or_create(&PeerConnectionLabels { peer }).get();
+        assert_eq!(opened(2), 1, "one connection served every call");
+        // Another peer has its own; a peer that moved gets a new client.
+        let other = network.client(3, "peer-3:1");
+        assert_eq!(other.call::<u64, u64>(Rpc::Query, &6, Duration::from_secs(5)).await, Ok(6));
+        assert_eq!(opened(3), 1);
+        let moved = network.client(2, "peer-2:2");
+        assert_eq!(moved.addr, "peer-2:2");
+        assert_eq!(moved.call::<u64, u64>(Rpc::Query, &7, Duration::from_secs(5)).await, Ok(7));
+        assert_eq!(opened(2), 2);
     }
 
     #[tokio::test]
