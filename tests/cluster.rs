@@ -186,6 +186,36 @@ async fn concurrent_writes_share_log_entries() {
     cluster.shutdown().await;
 }
 
+/// Concurrent linearizable reads, on the leader and through a follower, share ReadIndex
+/// rounds, and each still sees every write that finished before it was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_rounds_and_see_every_finished_write() {
+    let cluster = Cluster::start(3, fast_options).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let rounds = || cluster.replica(leader).status().read_indexes;
+    let before = rounds();
+    const WRITES: u64 = 20;
+    const READS_PER_WRITE: usize = 20;
+    for i in 0..WRITES {
+        write(cluster.replica(leader), register(i)).await;
+        let reads: Vec<_> = (0..READS_PER_WRITE)
+            .map(|r| {
+                let on = cluster.replica(if r % 2 == 0 { leader } else { follower }).clone();
+                tokio::spawn(async move { workers(&on, Consistency::Linearizable).await })
+            })
+            .collect();
+        for read in reads {
+            let seen = read.await.expect("read task");
+            assert!(seen as u64 > i, "a read asked after write {i} finished saw {seen} workers");
+        }
+    }
+    let reads = WRITES * READS_PER_WRITE as u64;
+    let served = rounds() - before;
+    assert!((1..reads / 2).contains(&served), "{reads} reads took {served} ReadIndex rounds");
+    cluster.shutdown().await;
+}
+
 /// A lease expires in log time with no client traffic: the leader's ticker proposes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_without_client_traffic() {

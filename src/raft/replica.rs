@@ -8,7 +8,9 @@
 //!   least every `tick_idle` while any is live, so expiry needs no client traffic.
 //! - **Reads**: linearizable through `ensure_linearizable` on the leader, or ReadIndex from a
 //!   follower (ask the leader for the index, wait to apply it, read locally); stale reads are
-//!   local. openraft lets a leader survive its own restart without an election, and then its
+//!   local. The leader's reads share rounds: one round of heartbeats to a quorum answers every
+//!   read asked before it began (its own and its followers'); reads asked during a round wait
+//!   for the next, because a quorum confirms leadership only from when its round began. openraft lets a leader survive its own restart without an election, and then its
 //!   read index (`max(committed, first log of its term)`) can lie behind entries it committed
 //!   and acknowledged before the crash, because the commit index is not synced. Until a new
 //!   vote, such a leader's read index is raised to the last log entry it recovered: leader
@@ -185,6 +187,8 @@ struct Inner {
     recovered: (Option<Vote>, Option<LogId>),
     /// ReadIndex rounds served as leader (`ReplicaStatus::read_indexes`).
     read_indexes: AtomicU64,
+    /// Reads waiting for the next ReadIndex round (`run_read_rounds`).
+    reads: mpsc::Sender<oneshot::Sender<ReadRound>>,
     vouch: tokio::sync::Mutex<Vouch>,
     /// Commands in each batch this replica's proposer sent (to Raft, or to the leader).
     batch_sizes: Histogram,
@@ -200,6 +204,12 @@ pub struct Replica {
 
 /// Commands waiting for the proposer, at most.
 const QUEUE_MAX: usize = 65_536;
+/// Reads waiting for a ReadIndex round, at most (one more waits for room).
+const READS_WAITING_MAX: usize = 65_536;
+
+/// What a ReadIndex round answers each read it serves: the index to apply before reading.
+type ReadRound =
+    Result<Option<LogId>, RaftError<openraft::error::CheckIsLeaderError<ReplicaId, BasicNode>>>;
 /// Largest client command, encoded, that a replica proposes; a larger one is refused before
 /// it is queued. Every request the API accepts (`api::API_REQUEST_BYTES_MAX`) fits.
 pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
@@ -285,6 +295,7 @@ impl Replica {
             .await
             .map_err(|e| e.to_string())?;
         let (queue, rx) = mpsc::channel(QUEUE_MAX);
+        let (reads, asked) = mpsc::channel(READS_WAITING_MAX);
         let (stop, _) = watch::channel(false);
         let replica = Replica {
             inner: Arc::new(Inner {
@@ -300,6 +311,7 @@ impl Replica {
                 leader_client: Mutex::new(None),
                 recovered: (vote, last_log),
                 read_indexes: AtomicU64::new(0),
+                reads,
                 vouch: tokio::sync::Mutex::new(Vouch::default()),
                 batch_sizes: Histogram::new(
                     prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
@@ -311,7 +323,8 @@ impl Replica {
         let ticker = tokio::spawn(replica.clone().run_ticker());
         let reporter = tokio::spawn(replica.clone().report_role_changes());
         let clocks = tokio::spawn(replica.clone().read_peer_clocks());
-        replica.lock_tasks().extend([proposer, ticker, reporter, clocks]);
+        let read_rounds = tokio::spawn(replica.clone().run_read_rounds(asked));
+        replica.lock_tasks().extend([proposer, ticker, reporter, clocks, read_rounds]);
         Ok(replica)
     }
 
@@ -349,16 +362,38 @@ impl Replica {
 
     /// The read index of a linearizable read, if this replica leads: openraft's ReadIndex
     /// (leadership confirmed by a quorum), raised to the recovered last log entry while the
-    /// vote is still the one found on disk (a leader that survived its restart).
-    pub async fn leader_read_index(
-        &self,
-    ) -> Result<Option<LogId>, RaftError<openraft::error::CheckIsLeaderError<ReplicaId, BasicNode>>>
-    {
-        let index = self.inner.raft.ensure_linearizable().await?;
-        self.inner.read_indexes.fetch_add(1, Ordering::Relaxed);
+    /// vote is still the one found on disk (a leader that survived its restart). The read
+    /// shares its round with the others waiting (`run_read_rounds`); the reader applies up to
+    /// the index before it reads, within its own deadline.
+    pub async fn leader_read_index(&self) -> ReadRound {
+        let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
+        let (answer, answered) = oneshot::channel();
+        self.inner.reads.send(answer).await.map_err(|_| stopped())?;
+        let index = answered.await.map_err(|_| stopped())??;
         let (vote, last_log) = &self.inner.recovered;
         let same_vote = vote.as_ref() == Some(&self.inner.raft.metrics().borrow().vote);
         Ok(if same_vote { index.max(*last_log) } else { index })
+    }
+
+    /// Runs ReadIndex rounds one after another while reads wait; each answers every read
+    /// asked before it began.
+    async fn run_read_rounds(self, mut asked: mpsc::Receiver<oneshot::Sender<ReadRound>>) {
+        while let Some(first) = asked.recv().await {
+            let mut waiting = vec![first];
+            while let Ok(next) = asked.try_recv() {
+                waiting.push(next);
+            }
+            // Every read in `waiting` was asked before this round begins, so the quorum that
+            // answers it confirms a leadership that held after each of them was asked.
+            let round = self.inner.raft.get_read_log_id().await.map(|(index, _applied)| index);
+            if round.is_ok() {
+                self.inner.read_indexes.fetch_add(1, Ordering::Relaxed);
+            }
+            for read in waiting {
+                // A read whose caller gave up is not waited for.
+                let _ = read.send(round.clone());
+            }
+        }
     }
 
     /// Initialises a new cluster with `members` (id → peer address). Returns false if this
