@@ -1,5 +1,6 @@
-//! `berth bench`: drives Place + Release against a running cluster from N concurrent clients
-//! and prints throughput and latency percentiles (integer microseconds, no floats).
+//! `berth bench`: drives Place + Release (or, with `--reads`, linearizable GetQuota) against a
+//! running cluster from N concurrent clients and prints throughput and latency percentiles
+//! (integer microseconds, no floats).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,10 @@ pub struct BenchArgs {
     /// Concurrent clients, each running Place then Release in a loop.
     #[arg(long, default_value_t = 1)]
     clients: u32,
+    /// Each client reads instead: a linearizable GetQuota of the bench's tenant in a loop
+    /// (what etcd's linearizable GET is compared with).
+    #[arg(long)]
+    reads: bool,
     /// How long to run, in seconds (after a 1 s warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -136,13 +141,28 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
     let stop = measuring + Duration::from_secs(args.duration);
     let beats = heartbeat_fleet(client.clone(), fleet, measuring, stop, errors.clone());
     let mut tasks = Vec::new();
+    let reads = args.reads;
     for n in 0..args.clients {
         let (client, tenant, done, errors) =
             (client.clone(), tenant.clone(), done.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let (mut places, mut releases) = (Vec::new(), Vec::new());
             let mut i = 0u64;
-            while Instant::now() < stop {
+            while reads && Instant::now() < stop {
+                let get = pb::GetQuotaRequest { tenant_id: tenant.clone(), read: None };
+                let started = Instant::now();
+                let read = client
+                    .call(get, |ch, req| async move { client::tenants(ch).get_quota(req).await })
+                    .await;
+                let read_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if read.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else if started >= measuring {
+                    places.push(read_us);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            while !reads && Instant::now() < stop {
                 i += 1;
                 let id = format!("c{n}-{i}");
                 let spec = pb::PlacementSpec {
@@ -201,7 +221,8 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
     while Instant::now() < stop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = done.load(Ordering::Relaxed);
-        eprintln!("  {:>6} place+release pairs in the last second", now - last);
+        let what = if reads { "linearizable reads" } else { "place+release pairs" };
+        eprintln!("  {:>6} {what} in the last second", now - last);
         last = now;
     }
     let (mut places, mut releases) = (Vec::new(), Vec::new());
@@ -220,7 +241,11 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         watcher.abort();
     }
     let elapsed = Duration::from_secs(args.duration);
-    let mut ops = vec![stats("place", places, elapsed), stats("release", releases, elapsed)];
+    let mut ops = if reads {
+        vec![stats("get_quota", places, elapsed)]
+    } else {
+        vec![stats("place", places, elapsed), stats("release", releases, elapsed)]
+    };
     if args.heartbeat_workers > 0 {
         ops.push(stats("heartbeat", heartbeats, elapsed));
     }
@@ -254,7 +279,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
             out!("{} idle watch streams open", report.idle_watchers);
         }
         out!(
-            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "op",
             "count",
             "ops/s",
@@ -266,7 +291,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         let ms = |us: u64| format!("{}.{:03}", us / 1000, us % 1000);
         for s in &report.ops {
             out!(
-                "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 s.op,
                 s.count,
                 s.per_second,
