@@ -30,6 +30,7 @@
 //! reuses one. `PeerNetwork` hands openraft one client per peer however often it asks:
 //! openraft 0.9 asks anew for every ReadIndex round and every election, and a fresh client
 //! each time cost a TCP connection and a TLS handshake per linearizable read per follower.
+//! Only a vote still opens a connection of its own (see `vote`).
 //! Every call has a deadline (a partitioned TCP connection may never fail by itself); a
 //! connection that failed or timed out is dropped, never reused, so a late reply can never be
 //! read as the answer to the next request, and the connections pooled beside it are dropped
