@@ -356,7 +356,8 @@ impl Default for PeerStats {
 }
 
 /// openraft's network factory: one client per peer, its connections shared by every
-/// `PeerConnection` openraft asks for (a replication stream, each ReadIndex round, each vote).
+/// `PeerConnection` openraft asks for (a replication stream, each ReadIndex round); a vote
+/// opens its own (`vote`).
 #[derive(Clone)]
 pub struct PeerNetwork {
     connect: Connect,
