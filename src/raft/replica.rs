@@ -10,7 +10,8 @@
 //!   follower (ask the leader for the index, wait to apply it, read locally); stale reads are
 //!   local. The leader's reads share rounds: one round of heartbeats to a quorum answers every
 //!   read asked before it began (its own and its followers'); reads asked during a round wait
-//!   for the next, because a quorum confirms leadership only from when its round began. openraft lets a leader survive its own restart without an election, and then its
+//!   for the next, because a quorum confirms leadership only from when its round began.
+//!   openraft lets a leader survive its own restart without an election, and then its
 //!   read index (`max(committed, first log of its term)`) can lie behind entries it committed
 //!   and acknowledged before the crash, because the commit index is not synced. Until a new
 //!   vote, such a leader's read index is raised to the last log entry it recovered: leader
