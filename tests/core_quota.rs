@@ -1213,6 +1213,41 @@ fn a_lender_reclaims_its_share_from_borrowers_in_one_step() {
     assert!(log.placed("acme", "a-1").is_some());
 }
 
+/// Confirming a reservation makes it work like any other, which a lender may reclaim (a
+/// reservation never is): a queued claimant that now fits is admitted in the same step. (Found
+/// by `same_entries_same_state`: the confirm freed nothing, so the queue was not offered it.)
+#[test]
+fn a_confirmed_reservation_may_be_reclaimed_by_a_waiting_lender_at_once() {
+    let mut log = Log::new();
+    log.tenant("acme", None);
+    log.tenant("gamma", None);
+    log.worker("g1", Some("gpu"), 2_000);
+    log.guarantee("acme", guarantee(2_000, None, None));
+    let spec = |id: &str| PlaceSpec { pool: Some("gpu".into()), ..spec(id, 2_000) };
+    log.accepted(Command::Reserve {
+        tenant: "gamma".into(),
+        spec: spec("g-held"),
+        ttl_ms: 60_000,
+        fence: None,
+    });
+    let queued =
+        log.apply(Command::PlaceOrQueue { tenant: "acme".into(), spec: spec("a-1"), fence: None });
+    assert!(matches!(queued.result, Ok(Response::Queued(_))), "{:?}", queued.result);
+    assert!(matches!(
+        log.status("acme", "a-1").reason,
+        WaitReason::Refused(Rejection::NoCapacity { .. })
+    ));
+
+    let confirmed = log.accepted(Command::ConfirmReservation {
+        tenant: "gamma".into(),
+        reservation: "g-held".into(),
+        fence: None,
+    });
+    assert_eq!(admitted(&confirmed.events), vec!["acme/a-1"]);
+    assert_eq!(preempted(&confirmed.events), vec!["gamma/g-held by acme/a-1 reclaimed"]);
+    assert!(log.s.state().queue.is_empty());
+}
+
 // ----- soft limits as a share of a pool --------------------------------------------------------
 
 /// Soft limits declared as per-mille of a pool's schedulable capacity follow the pool: adding a

@@ -409,6 +409,8 @@ impl Scheduler {
         let deadline = Deadline::Reservation(tenant.clone(), id.clone());
         assert!(self.ix.deadlines.remove(&(at, deadline)), "invariant: reservation deadline");
         let instances = confirmed.instances.clone();
+        // Work, unlike a reservation, may be preempted or reclaimed: a waiting entry may fit now.
+        self.queue_dirty = true;
         self.emit(Event::Confirmed { tenant: tenant.clone(), placement: id.clone(), instances });
         Ok(Response::Confirmed(confirmed))
     }
