@@ -166,6 +166,34 @@ fn a_lost_instance_moves_where_anti_affinity_allows() {
     assert_eq!(log.s.state().tenants[&TenantId::from("acme")].usage, usage, "usage unchanged");
 }
 
+/// A moved instance carries its labels to its new worker, so a queued placement that requires
+/// them beside it (a required affinity) is admitted in the same step. (Found by
+/// `invariants_hold_after_every_step`: the move freed nothing, so the queue was not offered it.)
+#[test]
+fn a_moved_instance_brings_its_affinity_to_the_queue_at_once() {
+    let mut log = Log::new();
+    log.tenant("acme");
+    log.worker("w1", "r1", 1_000);
+    let anchor = PlaceSpec { labels: labels(&[("app", "web")]), ..spec("anchor", 500) };
+    assert_eq!(log.place_spec("acme", anchor).instances, ids(&["w1"]));
+    log.worker("w2", "r2", 4_000);
+    let beside =
+        PlaceSpec { affinity: vec![LabelTerm::new("app", "web")], ..spec("beside", 1_000) };
+    let queued =
+        log.apply(Command::PlaceOrQueue { tenant: "acme".into(), spec: beside, fence: None });
+    assert!(matches!(queued.result, Ok(Response::Queued(_))), "{:?}", queued.result);
+
+    log.heartbeat(&["w1"]);
+    let tick = log.tick_after(WORKER_TTL_DEFAULT_MS);
+    assert_eq!(tick.expired, vec![down("w1")]);
+    assert_eq!(log.placement("acme", "anchor").expect("moved").instances, ids(&["w2"]));
+    let admitted = tick.events.iter().any(
+        |e| matches!(e, QuotaEvent::Admitted { placement, .. } if placement.as_str() == "beside"),
+    );
+    assert!(admitted, "not admitted with its anchor: {:?}", tick.events);
+    assert_eq!(log.placement("acme", "beside").expect("placed").instances, ids(&["w2"]));
+}
+
 /// A spread group's lost instance never joins a sibling, and required worker labels hold.
 #[test]
 fn a_lost_instance_keeps_its_group_spread_and_required_labels() {

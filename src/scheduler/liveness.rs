@@ -245,6 +245,9 @@ impl Scheduler {
                     placement.slots[i] = Slot::assigned(index);
                 }
                 self.moved.insert(key.clone());
+                // A queued placement may need its labels beside it (a required affinity), on
+                // its new worker.
+                self.queue_dirty |= !p.spec.labels.is_empty();
                 let (tenant, placement) = key.clone();
                 self.emit(Event::Rescheduled { tenant, placement, moves: moves.clone() });
                 LostOutcome::Rescheduled { moves }
