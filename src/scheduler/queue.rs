@@ -1,5 +1,7 @@
 //! The fair-share queue: placements that asked to wait (`PlaceOrQueue`) rather than fail for
-//! quota or capacity, admitted inside `apply` whenever an entry frees something.
+//! quota or capacity, admitted inside `apply` whenever an entry may have made one fit: it freed
+//! capacity or quota, or made room another way (a confirmed reservation may be preempted, a
+//! moved instance carries its labels to a new worker for a required affinity).
 //!
 //! Order, per pool (each pool is its own resource):
 //! 1. Entries that have waited `QUEUE_AGING_MS` or more come first, oldest first. An aged entry
