@@ -1164,8 +1164,10 @@ pub fn check_revivals(events: &[Event]) -> Vec<String> {
                 e.invoke_ms
             ));
         }
+        // (At or before: an entry that finds the worker's TTL passed marks it down before its
+        // own heartbeat revives it, both at the entry's index.)
         let was_down =
-            downs.get(worker.as_str()).is_some_and(|d| d.range(..*generation).next().is_some());
+            downs.get(worker.as_str()).is_some_and(|d| d.range(..=*generation).next().is_some());
         if !was_down {
             bad.push(format!(
                 "{worker} revived at generation {generation} without a Down before it"
