@@ -33,12 +33,22 @@ fn rates() -> impl Strategy<Value = Rates> {
         })
 }
 
-/// Commands at increasing log times (gaps of up to 3 hours, sometimes 2 days), each changing
-/// some tenants' rates (or leaving them as they were).
+/// Commands at increasing log times, each changing some tenants' rates (or leaving them as
+/// they were): sparse (gaps of up to 3 hours, sometimes 2 days), or dense (hundreds of
+/// commands seconds apart, often in the same millisecond, so a tenant's change points fill
+/// several blocks and a block may fill within one millisecond).
 fn history() -> impl Strategy<Value = Vec<Record>> {
-    let gap = prop_oneof![4 => 0..3 * HOUR_MS, 1 => Just(2 * DAY_MS)];
+    let sparse = prop_oneof![4 => 0..3 * HOUR_MS, 1 => Just(2 * DAY_MS)];
+    let dense = prop_oneof![1 => Just(0), 1 => 0..3u64, 1 => 0..20_000u64];
+    prop_oneof![commands(sparse.boxed(), 1..60), commands(dense.boxed(), 200..900)]
+}
+
+fn commands(
+    gap: BoxedStrategy<u64>,
+    count: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<Record>> {
     let changes = proptest::collection::vec((0..3usize, rates()), 1..3);
-    proptest::collection::vec((gap, changes), 1..60).prop_map(|steps| {
+    proptest::collection::vec((gap, changes), count).prop_map(|steps| {
         let mut at = 10 * DAY_MS + 1_234;
         steps
             .into_iter()
@@ -104,6 +114,7 @@ proptest! {
         tenant in 0..3usize,
         start_hour in 0..400u64,
         raw_step in 60_000..7_200_000u64,
+        raw_start in 0..=100u64,
     ) {
         let rt = runtime();
         let s = store();
@@ -111,11 +122,15 @@ proptest! {
         let now = records.last().map_or(0, |r| r.at.0) + 5 * HOUR_MS + 17;
         let tenant_id = TenantId::new(TENANTS[tenant]);
         let from_hour = 10 * 24 + start_hour;
+        // A raw range starts within the history (its first point to its last), or at its end.
+        let (first, last) = (records[0].at.0, records[records.len() - 1].at.0);
+        let raw_from = (first + (last - first) * raw_start / 100) | 1;
+        let raw_step = raw_step.min(((now - raw_from) / 4).max(1_000));
         for (step, from, resolution) in [
             (HOUR_MS, from_hour * HOUR_MS, Resolution::Hourly),
             (3 * HOUR_MS, from_hour * HOUR_MS, Resolution::Hourly),
             (DAY_MS, from_hour / 24 * DAY_MS, Resolution::Daily),
-            (raw_step, from_hour * HOUR_MS + 777, Resolution::Raw),
+            (raw_step, raw_from, Resolution::Raw),
         ] {
             let to = (from + 200 * step).min(now + 3 * step);
             if from >= to {
@@ -146,7 +161,7 @@ proptest! {
     #[test]
     fn contents_do_not_depend_on_batching_or_restoring(
         records in history(),
-        mut cuts in proptest::collection::vec((0..60usize, 0..3_000usize), 1..6),
+        mut cuts in proptest::collection::vec((0..900usize, 0..3_000usize), 1..6),
     ) {
         let rt = runtime();
         let one = store();
@@ -199,12 +214,13 @@ fn retention_prunes_and_refuses_older_ranges() {
     let retention = UsageRetention { raw_ms: HOUR_MS, hourly_ms: DAY_MS, daily_ms: 3 * DAY_MS };
     let acme = TenantId::new("acme");
     let held = [(PoolId::new("default"), false, Resources::new(1_000, 1_024))];
-    let records: Vec<Record> = (0..24 * 10)
+    let records: Vec<Record> = (0..24 * 20)
         .map(|h| Record {
             index: h + 1,
             at: UnixMillis(h * HOUR_MS + 60_000),
             retention,
-            // One core and 1 GiB in even hours, two in odd ones.
+            // One core and 1 GiB in even hours, two in odd ones; 480 change points, several
+            // blocks of them.
             changes: vec![(
                 acme.clone(),
                 held.iter()
@@ -214,7 +230,7 @@ fn retention_prunes_and_refuses_older_ranges() {
         })
         .collect();
     s.record(records.clone());
-    let now = UnixMillis(240 * HOUR_MS);
+    let now = UnixMillis(480 * HOUR_MS);
     let ask = |from: u64, step: u64| {
         let query =
             UsageQuery { tenant: acme.clone(), from: UnixMillis(from), to: now, step_ms: step };

@@ -936,12 +936,7 @@ mod tests {
         };
         let mut sm = open(&store);
         sm.delta_max = 1;
-        let create = Command::CreateTenant { tenant: "acme".into(), parent: None, weight: 1 };
-        let mut first = entry(1, &["w"]);
-        if let EntryPayload::Normal(batch) = &mut first.payload {
-            batch.proposals.push(proposal(create));
-        }
-        sm.apply(vec![first]).await.expect("applies");
+        sm.apply(vec![entry(1, &["w"])]).await.expect("applies");
         let (mut deltas, mut folds_after_a_delta, mut longest) = (0, 0, 0);
         for round in 0..60u64 {
             let had_deltas = base_files(&path).iter().any(|(_, delta)| *delta);
@@ -988,20 +983,25 @@ mod tests {
         assert!(error.contains(&format!("usage store base {delta} is missing")), "{error}");
     }
 
-    /// Places `p{round}` for acme (command `2 + round`) and builds a snapshot.
+    /// Creates tenant `t{round}` and places `p` for it (command `2 + round`), then builds a
+    /// snapshot: each round adds keys of their own to the usage store (a tenant's first block
+    /// of change points and its last point), as a dump grows.
     async fn place_and_snapshot(sm: &mut StateMachine, round: u64) {
+        let tenant = format!("t{round}");
         let spec = crate::scheduler::PlaceSpec {
-            placement: format!("p{round}").as_str().into(),
+            placement: "p".into(),
             count: 1,
             resources: Resources::new(10, 10),
             ..Default::default()
         };
-        let place = Command::Place { tenant: "acme".into(), spec, fence: None };
+        let create =
+            Command::CreateTenant { tenant: tenant.as_str().into(), parent: None, weight: 1 };
+        let place = Command::Place { tenant: tenant.as_str().into(), spec, fence: None };
         let mut e = entry(2 + round, &[]);
         if let EntryPayload::Normal(batch) = &mut e.payload {
-            // A second later each round: a new change point.
+            // A second later each round.
             batch.proposed_at = UnixMillis(2_000 + round * 1_000);
-            batch.proposals.push(proposal(place));
+            batch.proposals.extend([proposal(create), proposal(place)]);
         }
         sm.apply(vec![e]).await.expect("applies");
         sm.build_snapshot().await.expect("builds");

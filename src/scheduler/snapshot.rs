@@ -30,7 +30,9 @@ use super::{Scheduler, State};
 /// 13: tenants gained rate limits and their buckets (`rates.rs`).
 /// 14: tenants gained their policy's versions (`policy.rs`).
 /// 15: the payload is the state and the audit chain's head (`audit.rs`).
-pub const SNAPSHOT_VERSION: u32 = 15;
+/// 16: the usage store keeps a tenant's change points in blocks (the store's base and changes
+/// ride with the snapshot).
+pub const SNAPSHOT_VERSION: u32 = 16;
 const MAGIC: &[u8; 4] = b"BRTH";
 const HEADER_LEN: usize = 4 + 4 + 8;
 const DIGEST_LEN: usize = 32;
