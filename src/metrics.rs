@@ -157,14 +157,36 @@ impl Collector for LogBytes {
     }
 }
 
-/// What the replica's process holds, read at each scrape: resident memory and open files
-/// (from `/proc/self`, so on Linux only; elsewhere they are left out). `berth stress soak`
-/// fits a slope to these.
+/// The CPU time this process has spent, user and system, in milliseconds (from
+/// `/proc/self/stat`, in Linux's fixed 100 ticks a second; `None` elsewhere).
+pub fn process_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // Fields 14 and 15 (utime, stime); after the name, field 3 comes first.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime).saturating_mul(10))
+}
+
+/// What the replica's process holds and has spent, read at each scrape: resident memory, open
+/// files and CPU time (from `/proc/self`, so on Linux only; elsewhere they are left out).
+/// `berth stress soak` fits a slope to the first two; `berth bench --metrics` divides the CPU
+/// time by the operations it ran.
 #[derive(Debug)]
 struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(ms) = process_cpu_ms() {
+            let seconds = Duration::from_millis(ms).as_secs_f64();
+            ConstCounter::new(seconds).encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time the process has spent, user and system",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
         let resident = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
             let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
             let kib = kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;

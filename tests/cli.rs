@@ -1442,6 +1442,26 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     planted(&["lifecycle", "soak"], "--plant-leak", &["nothing orphaned", "no accounting drift"]);
     planted(&["backlog", "mixed"], "--plant-unfair", &["fair order", "short jobs' p95 wait"]);
 
+    // `berth bench` with the replicas' metrics divides their CPU time and its own by the
+    // operations it ran; a metrics address that does not answer is named, not skipped.
+    let metrics_arg = metrics.join(",");
+    let bench_args = ["bench", "--clients", "2", "--duration", "1", "--json", "--metrics"];
+    let run = berth(api, login, &[&bench_args[..], &[metrics_arg.as_str()]].concat());
+    assert!(run.ok, "bench failed: {}\n{}", run.stdout, run.stderr);
+    let bench: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    let counts: u64 =
+        bench["ops"].as_array().expect("ops").iter().filter_map(|o| o["count"].as_u64()).sum();
+    let cpu = &bench["cpu_per_op"];
+    assert!(counts > 0 && cpu["operations"] == counts, "{bench:#}");
+    let part = |name: &str| cpu[name].as_u64().expect("µs");
+    assert!(
+        part("replicas_us") > 0 && part("total_us") == part("replicas_us") + part("bench_us"),
+        "{bench:#}"
+    );
+    let nobody = format!("http://127.0.0.1:{}/metrics", free_base(1));
+    let run = berth(api, login, &[&bench_args[..], &[nobody.as_str()]].concat());
+    assert!(!run.ok && run.stderr.contains(&nobody), "{}", run.stderr);
+
     // Last: it kills replicas (their metrics counters restart).
     let data_arg = data.to_str().expect("utf-8 path");
     let chaos = berth(

@@ -124,6 +124,7 @@ async fn a_scrape_counts_known_traffic_exactly_per_tenant() {
     assert!(value(&s, "berth_replica_log_bytes", &[]).is_some_and(|b| b > 0.0));
     assert!(value(&s, "berth_wal_sync_duration_seconds_count", &[]).is_some_and(|n| n > 0.0));
     assert!(value(&s, "berth_proposer_batch_commands_count", &[]).is_some_and(|n| n > 0.0));
+    assert!(value(&s, "process_cpu_seconds_total", &[]).is_some_and(|s| s > 0.0));
 
     // Every metric served is documented, and every metric the shipped alert rules and
     // dashboard use is one Berth serves (documented, so a typo there fails here).

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use berth::client::{self, new_request_id, pb, ClientOptions};
 use clap::Args;
 use serde::Serialize;
@@ -34,6 +35,36 @@ pub struct BenchArgs {
     /// to measure the cluster alone, hold them in a second `berth bench` beside the measured one.
     #[arg(long, default_value_t = 0)]
     idle_watchers: u32,
+    /// The replicas' metrics (`http://HOST:PORT/metrics`, comma separated; `berth up` prints
+    /// them): the report adds the CPU time the replicas and this process spent per operation
+    /// in the measured window, a figure the machine's speed moves less than ops/s.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+}
+
+/// CPU time spent per operation in the measured window, in µs: the replicas' (their
+/// `process_cpu_seconds_total`), this process's, and both.
+#[derive(Serialize)]
+struct CpuPerOp {
+    operations: u64,
+    replicas_us: u64,
+    bench_us: u64,
+    total_us: u64,
+}
+
+/// CPU time spent so far, in ms: the replicas' together, and this process's.
+async fn cpu_spent(metrics: &[String]) -> anyhow::Result<(u64, u64)> {
+    let mut replicas = 0;
+    for url in metrics {
+        let text = crate::stress::scrape(url).await.with_context(|| format!("scraping {url}"))?;
+        let seconds: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total ")?.trim().parse().ok())
+            .with_context(|| format!("{url} has no process_cpu_seconds_total"))?;
+        replicas += Duration::from_secs_f64(seconds).as_millis() as u64;
+    }
+    let bench = berth::metrics::process_cpu_ms().context("this process's CPU time")?;
+    Ok((replicas, bench))
 }
 
 #[derive(Serialize)]
@@ -57,6 +88,8 @@ struct Report {
     /// Commands (log entries' worth) the measured heartbeats took, per second.
     heartbeat_commands_per_second: u64,
     idle_watchers: u32,
+    /// With `--metrics`: CPU time per operation (Place and Release each count, or each read).
+    cpu_per_op: Option<CpuPerOp>,
 }
 
 /// The heartbeat interval of `berth bench --heartbeat-workers`: a third of the default TTL.
@@ -95,6 +128,10 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         ..Default::default()
     };
     let client = Arc::new(connection.client(options)?);
+    // Every metrics address must answer before anything is created.
+    if !args.metrics.is_empty() {
+        cpu_spent(&args.metrics).await?;
+    }
     let run_id = &new_request_id()[..8];
     let tenant = format!("bench-{run_id}");
     let c = &client;
@@ -216,6 +253,13 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
             (places, releases)
         }));
     }
+    // The CPU clocks at the start of the measured window.
+    let cpu_at_start = if args.metrics.is_empty() {
+        None
+    } else {
+        tokio::time::sleep_until(measuring.into()).await;
+        Some(cpu_spent(&args.metrics).await?)
+    };
     // Progress once a second.
     let mut last = 0;
     while Instant::now() < stop {
@@ -237,6 +281,11 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         heartbeats.extend(latencies);
         commands.extend(indexes);
     }
+    // Operations that started in the window and ended after it count, with their CPU time.
+    let cpu_at_end = match cpu_at_start {
+        Some(_) => Some(cpu_spent(&args.metrics).await?),
+        None => None,
+    };
     for watcher in watchers {
         watcher.abort();
     }
@@ -246,6 +295,13 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
     } else {
         vec![stats("place", places, elapsed), stats("release", releases, elapsed)]
     };
+    let operations = ops.iter().map(|o| o.count).sum::<u64>();
+    let cpu_per_op = cpu_at_start.zip(cpu_at_end).map(|((r0, b0), (r1, b1))| {
+        let per_op = |ms: u64| ms.saturating_mul(1_000) / operations.max(1);
+        let (replicas_us, bench_us) =
+            (per_op(r1.saturating_sub(r0)), per_op(b1.saturating_sub(b0)));
+        CpuPerOp { operations, replicas_us, bench_us, total_us: replicas_us + bench_us }
+    });
     if args.heartbeat_workers > 0 {
         ops.push(stats("heartbeat", heartbeats, elapsed));
     }
@@ -257,6 +313,7 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
         heartbeat_workers: args.heartbeat_workers,
         heartbeat_commands_per_second: commands.len() as u64 / args.duration,
         idle_watchers: args.idle_watchers,
+        cpu_per_op,
     };
     let _ = call!(
         tenants,
@@ -299,6 +356,15 @@ pub async fn run(connection: crate::cli::Connection, args: BenchArgs) -> anyhow:
                 ms(s.p99_us),
                 ms(s.p999_us),
                 ms(s.max_us)
+            );
+        }
+        if let Some(cpu) = &report.cpu_per_op {
+            out!(
+                "CPU per operation: {} µs (replicas {} µs, this bench {} µs), over {} operations",
+                cpu.total_us,
+                cpu.replicas_us,
+                cpu.bench_us,
+                cpu.operations
             );
         }
     }

@@ -464,7 +464,7 @@ async fn validate_metrics(urls: &[String], recorder: &Recorder, prefix: &str) ->
 }
 
 /// GET an `http://HOST:PORT/PATH` URL (the metrics port speaks plain HTTP/1.1).
-async fn scrape(url: &str) -> anyhow::Result<String> {
+pub(crate) async fn scrape(url: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("a metrics URL starts with http://")?;
     let (host, path) =
