@@ -69,9 +69,10 @@ pub const USAGE_STEP_MIN_MS: u64 = 1_000;
 const PENDING_MAX: usize = 256;
 
 /// Most change points in one key. sled holds about 17 bytes in memory for every key it
-/// stores, however small its cache: one key per point grew a soak's replicas by about
-/// 27 MiB an hour (a probe of sled alone: 49 MiB resident at a million keys, 166 MiB at
-/// eight million; the same points in keys of 128, 43 MiB at eight million). Below 251, so a
+/// stores, however small its cache (a probe of sled alone: 49 MiB resident at a million
+/// keys, 166 MiB at eight million; the same points in keys of 128, 43 MiB at eight
+/// million): at a soak's 1.6 million points an hour, one key per point is about 27 MiB an
+/// hour, for as long as raw points are kept (7 days by default). Below 251, so a
 /// block's point count is its first byte (`Block`).
 const BLOCK_POINTS: u8 = 128;
 /// sled's page cache for the store. sled counts a page by its size on disk; in memory, the
@@ -924,9 +925,8 @@ impl Writer {
 
     /// Forgets what is older than the retention, as of `record`: blocks of change points
     /// before the last one that starts at or before the raw cutoff (its points say what was
-    /// held from the cutoff on),
-    /// roll-ups that ended by their cutoff, and tenants gone (holding nothing) since before
-    /// the daily cutoff.
+    /// held from the cutoff on), roll-ups that ended by their cutoff, and tenants gone
+    /// (holding nothing) since before the daily cutoff.
     fn prune(&mut self, record: &Record) -> Result<(), String> {
         let at = record.at.0;
         let keep = record.retention;
