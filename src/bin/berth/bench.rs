@@ -61,7 +61,11 @@ async fn cpu_spent(metrics: &[String]) -> anyhow::Result<(u64, u64)> {
             .lines()
             .find_map(|l| l.strip_prefix("process_cpu_seconds_total ")?.trim().parse().ok())
             .with_context(|| format!("{url} has no process_cpu_seconds_total"))?;
-        replicas += Duration::from_secs_f64(seconds).as_millis() as u64;
+        // A value that is no duration (negative, NaN, huge) is an error, not a panic.
+        let spent = Duration::try_from_secs_f64(seconds)
+            .with_context(|| format!("{url} serves process_cpu_seconds_total {seconds}"))?;
+        replicas =
+            u64::try_from(spent.as_millis()).map_or(u64::MAX, |ms| replicas.saturating_add(ms));
     }
     let bench = berth::metrics::process_cpu_ms().context("this process's CPU time")?;
     Ok((replicas, bench))
