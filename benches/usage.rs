@@ -173,9 +173,11 @@ fn main() {
 
     // One more snapshot, then the same hourly queries: a checkpoint reads nothing of sled.
     snapshots.take(&rt, &store);
+    let disk = block(&rt, store.size_on_disk());
     println!(
-        "store: {} on disk (sled's count), its base {}",
-        mib(block(&rt, store.size_on_disk())),
+        "store: {} on disk (sled's count) and {} of block files, its base {}",
+        mib(disk.sled),
+        mib(disk.block_files),
         mib(snapshots.base.as_ref().map_or(0, |b| b.len() as u64)),
     );
     measure(" after a snapshot", hourly);

@@ -35,8 +35,8 @@
 //!   compaction), `log_store` (openraft's `RaftLogStorage` over either), `snapshot_store`
 //!   (the snapshot file, the usage store's bases, and backup files).
 //!   → `codec`, `raft::types`.
-//! - `usage` — each replica's usage history in sled: change points and hourly and daily
-//!   roll-ups per tenant, derived from applied commands by a writer thread, pruned by the
+//! - `usage` — each replica's usage history in sled (full blocks of change points in files
+//!   beside it): change points and hourly and daily roll-ups per tenant, derived from applied commands by a writer thread, pruned by the
 //!   replicated retention, carried by snapshots as a base and the changes since it and
 //!   restored from them, queried by range.
 //!   → `codec`, `fatal`, `scheduler`.

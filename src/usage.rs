@@ -41,12 +41,17 @@
 //! Keys (one sled tree): a kind byte, the tenant (length-prefixed), and for series a
 //! big-endian time, so one tenant's series is one range:
 //! `p` blocks of change points (the time of the block's first point → up to `BLOCK_POINTS`
-//! points, each its time and rates), `h` hourly roll-ups (one key per day → quantities per
+//! points, each its time and rates; a full block is in a file beside sled and sled keeps
+//! where, `BlockFiles`), `h` hourly roll-ups (one key per day → quantities per
 //! hour of it, so a month of hours is 30 keys), `d` daily roll-ups (→ quantities), `l` each
 //! tenant's last point (→ time, rates and its block), `m` the hour pruning last ran.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -248,7 +253,7 @@ enum Message {
     Checkpoint(usize, Reply<Checkpoint>),
     Restore(Vec<u8>, Vec<u8>, Reply<()>),
     Hash(Reply<[u8; 32]>),
-    Size(Reply<u64>),
+    Size(Reply<DiskUse>),
 }
 
 /// Where a replica keeps its usage store.
@@ -260,6 +265,15 @@ pub enum UsageLocation {
     /// A temporary directory written on the caller's thread instead of a writer thread: the
     /// simulation's, whose runs must not depend on how fast a real thread answers.
     Simulated,
+}
+
+/// The bytes the store takes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUse {
+    /// sled's own count.
+    pub sled: u64,
+    /// The files of full blocks of change points (`BlockFiles`).
+    pub block_files: u64,
 }
 
 /// A handle on the store; clones share the writer. The writer stops when every handle is gone.
@@ -392,19 +406,22 @@ impl UsageStore {
     /// What an earlier run left in the directory is removed first (it is never read).
     pub fn open(location: &UsageLocation, fail_stop: FailStop) -> std::io::Result<UsageStore> {
         let config = sled::Config::new().cache_capacity(CACHE_BYTES).flush_every_ms(None);
-        let config = match location {
+        let (config, blocks) = match location {
             UsageLocation::Dir(dir) => {
                 match std::fs::remove_dir_all(dir) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
-                config.path(dir)
+                (config.path(dir), BlockFiles::new(dir.join("blocks"), false)?)
             }
-            UsageLocation::Temporary | UsageLocation::Simulated => config.temporary(true),
+            UsageLocation::Temporary | UsageLocation::Simulated => {
+                (config.temporary(true), BlockFiles::temporary()?)
+            }
         };
         let db = config.open().map_err(std::io::Error::other)?;
         let mut writer = Writer {
             db,
+            blocks,
             fail_stop,
             pending: BTreeSet::new(),
             today: Today::default(),
@@ -475,8 +492,8 @@ impl UsageStore {
         Pending(self.ask(|reply| Message::Restore(dump, changes, reply)))
     }
 
-    /// Asks for the bytes the store takes on disk (sled's own count).
-    pub fn size_on_disk(&self) -> Pending<u64> {
+    /// Asks for the bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Pending<DiskUse> {
         Pending(self.ask(Message::Size))
     }
 
@@ -608,6 +625,8 @@ fn hash_row(hasher: &mut Sha256, key: &[u8], value: &[u8]) {
 
 struct Writer {
     db: sled::Db,
+    /// Full blocks of change points, out of sled (`BlockFiles`).
+    blocks: BlockFiles,
     fail_stop: FailStop,
     /// Every write since the base the last checkpoint refers to (what the next snapshot
     /// carries; after a rebase, also the writes still pending and today's roll-ups, whose
@@ -622,6 +641,165 @@ struct Writer {
     pending: BTreeSet<Vec<u8>>,
     /// The roll-ups of the current log-time day, in memory until log time passes it.
     today: Today,
+}
+
+/// Most bytes in one block file before the next is started.
+const BLOCK_FILE_BYTES: u64 = 32 << 20;
+/// The same in a temporary location (tests, the simulation): small, so files are started
+/// and removed often there.
+const TEMPORARY_BLOCK_FILE_BYTES: u64 = 64 << 10;
+
+/// The first byte of what sled keeps for a full block: where it is in the block files (a
+/// block's own first byte is its point count, below 251).
+const FILED: u8 = 0xFF;
+
+/// Full blocks of change points, kept out of sled in append-only files; sled keeps where each
+/// is (`FILED`, the file, the offset and the length, big-endian).
+///
+/// sled 0.34 evicts a tree page only when the page's shard of its cache (one of 256) has seen
+/// 64 accesses since it last evicted, whatever the cache's capacity. The store writes a few
+/// hundred keys a minute, most of them full blocks never written or read again, so the pages
+/// holding them stayed in memory for hours: a soak's RSS grew with the history, about 90 MB
+/// an hour at 500 calls a second (a heap profile: the values sled copied at `Batch::insert`),
+/// where a probe feeding the store faster, and so accessing it more, levelled off.
+///
+/// Derived like the rest of the store: removed and rebuilt at every start, never synced. A
+/// file goes once no block in it is kept and it is not the one being written.
+struct BlockFiles {
+    dir: PathBuf,
+    /// Removed with the store (a temporary location).
+    temporary: bool,
+    /// `BLOCK_FILE_BYTES`, or `TEMPORARY_BLOCK_FILE_BYTES`.
+    file_bytes: u64,
+    /// The file being appended: its number, handle and length.
+    writing: Option<(u32, std::fs::File, u64)>,
+    /// Per file: how many blocks sled points to in it, and its length.
+    files: BTreeMap<u32, (u64, u64)>,
+    next: u32,
+}
+
+impl BlockFiles {
+    /// Block files in `dir`, which is emptied first.
+    fn new(dir: PathBuf, temporary: bool) -> std::io::Result<BlockFiles> {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir)?;
+        let file_bytes = if temporary { TEMPORARY_BLOCK_FILE_BYTES } else { BLOCK_FILE_BYTES };
+        let files = BTreeMap::new();
+        Ok(BlockFiles { dir, temporary, file_bytes, writing: None, files, next: 0 })
+    }
+
+    /// Block files in a directory of their own under the system's temporary directory.
+    fn temporary() -> std::io::Result<BlockFiles> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("berth-usage-blocks-{}-{n}", std::process::id());
+        BlockFiles::new(std::env::temp_dir().join(name), true)
+    }
+
+    fn path(&self, file: u32) -> PathBuf {
+        self.dir.join(format!("{file:08}.blocks"))
+    }
+
+    /// What sled keeps for `value` under `key`: where it now is in a file if it is a full
+    /// block, else the value itself.
+    fn store(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<sled::IVec> {
+        if key.first() != Some(&POINT) || value.first() != Some(&BLOCK_POINTS) {
+            return Ok(value.into());
+        }
+        if self.writing.as_ref().is_none_or(|(_, _, len)| *len >= self.file_bytes) {
+            let file = self.next;
+            self.next += 1;
+            let mut open = std::fs::OpenOptions::new();
+            let handle = open.create_new(true).append(true).open(self.path(file))?;
+            self.files.insert(file, (0, 0));
+            if let Some((done, _, _)) = self.writing.replace((file, handle, 0)) {
+                self.remove_if_unused(done)?;
+            }
+        }
+        let Some((file, handle, len)) = self.writing.as_mut() else {
+            return Err(std::io::Error::other("invariant: a block file is open"));
+        };
+        let size = u32::try_from(value.len()).map_err(std::io::Error::other)?;
+        handle.write_all(value)?;
+        let offset = *len;
+        *len += u64::from(size);
+        let kept = self.files.entry(*file).or_default();
+        *kept = (kept.0 + 1, *len);
+        let mut place = Vec::with_capacity(17);
+        place.push(FILED);
+        place.extend(file.to_be_bytes());
+        place.extend(offset.to_be_bytes());
+        place.extend(size.to_be_bytes());
+        Ok(place.into())
+    }
+
+    /// The value sled keeps under `key` as the store knows it: a full block read back from
+    /// its file.
+    fn load<'a>(&self, key: &[u8], value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+        if key.first() != Some(&POINT) {
+            return Ok(Cow::Borrowed(value));
+        }
+        let Some((file, offset, size)) = place(value) else {
+            return Ok(Cow::Borrowed(value));
+        };
+        let mut block = vec![0; size];
+        let read = std::fs::File::open(self.path(file))
+            .and_then(|handle| handle.read_exact_at(&mut block, offset));
+        read.map_err(|e| format!("reading block file {}: {e}", self.path(file).display()))?;
+        Ok(Cow::Owned(block))
+    }
+
+    /// Forgets the block sled kept as `value` under a point key (replaced or removed).
+    fn release(&mut self, value: &[u8]) -> std::io::Result<()> {
+        let Some((file, _, _)) = place(value) else { return Ok(()) };
+        if let Some(kept) = self.files.get_mut(&file) {
+            kept.0 = kept.0.saturating_sub(1);
+        }
+        self.remove_if_unused(file)
+    }
+
+    fn remove_if_unused(&mut self, file: u32) -> std::io::Result<()> {
+        let writing = self.writing.as_ref().map(|(f, _, _)| *f);
+        if writing != Some(file) && self.files.get(&file).is_some_and(|(n, _)| *n == 0) {
+            self.files.remove(&file);
+            std::fs::remove_file(self.path(file))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every file (the store is being replaced).
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.writing = None;
+        for file in std::mem::take(&mut self.files).into_keys() {
+            std::fs::remove_file(self.path(file))?;
+        }
+        Ok(())
+    }
+
+    /// The bytes the files take.
+    fn bytes(&self) -> u64 {
+        self.files.values().map(|(_, len)| len).sum()
+    }
+}
+
+impl Drop for BlockFiles {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Where a full block is (`FILED`, file, offset, length), if `value` says so.
+fn place(value: &[u8]) -> Option<(u32, u64, usize)> {
+    let rest: &[u8; 16] = value.strip_prefix(&[FILED])?.try_into().ok()?;
+    let file = u32::from_be_bytes(rest[..4].try_into().ok()?);
+    let offset = u64::from_be_bytes(rest[4..12].try_into().ok()?);
+    let size = u32::from_be_bytes(rest[12..].try_into().ok()?);
+    Some((file, offset, usize::try_from(size).ok()?))
 }
 
 /// The hourly and daily roll-up keys of one day (`day`, its start in log time), their values
@@ -688,8 +866,9 @@ impl Writer {
                 let _ = reply.send(self.hash().map_err(UsageError::Unavailable));
             }
             Message::Size(reply) => {
-                let size =
-                    self.db.size_on_disk().map_err(|e| UsageError::Unavailable(e.to_string()));
+                let sled = self.db.size_on_disk();
+                let size = sled.map(|sled| DiskUse { sled, block_files: self.blocks.bytes() });
+                let size = size.map_err(|e| UsageError::Unavailable(e.to_string()));
                 let _ = reply.send(size);
             }
         }
@@ -699,7 +878,10 @@ impl Writer {
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self.changes.get(key) {
             Some(value) => Ok(value.clone()),
-            None => Ok(self.db.get(key).map_err(|e| e.to_string())?.map(|v| v.to_vec())),
+            None => match self.db.get(key).map_err(|e| e.to_string())? {
+                Some(v) => Ok(Some(self.blocks.load(key, &v)?.into_owned())),
+                None => Ok(None),
+            },
         }
     }
 
@@ -772,7 +954,7 @@ impl Writer {
             }
             match today.next_if(|tk| tk.as_slice() == &k[..]) {
                 Some(tk) => each(tk, self.row(tk)?)?,
-                None => each(&k, &v)?,
+                None => each(&k, &self.blocks.load(&k, &v)?)?,
             }
         }
         today.try_for_each(|tk| each(tk, self.row(tk)?))
@@ -785,15 +967,22 @@ impl Writer {
         }
         let pending = std::mem::take(&mut self.pending);
         let mut writes = Vec::with_capacity(pending.len());
+        let mut replaced = Vec::new();
         for key in pending {
-            match self.changes.get(&key) {
-                Some(value) => writes.push((key, value.as_deref())),
-                None => {
-                    return Err("invariant: a pending key has its value among the changes".into())
-                }
+            let value = self.changes.get(&key).ok_or_else(|| {
+                "invariant: a pending key has its value among the changes".to_owned()
+            })?;
+            if key.first() == Some(&POINT) {
+                replaced.extend(self.db.get(&key).map_err(|e| e.to_string())?);
             }
+            let value = match value {
+                Some(v) => Some(self.blocks.store(&key, v).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            writes.push((key, value));
         }
-        write_in_batches(&self.db, writes).map_err(|e| e.to_string())
+        write_in_batches(&self.db, writes).map_err(|e| e.to_string())?;
+        replaced.iter().try_for_each(|v| self.blocks.release(v)).map_err(|e| e.to_string())
     }
 
     /// Records one command's changes (into the message's pending writes).
@@ -931,6 +1120,8 @@ impl Writer {
         let at = record.at.0;
         let keep = record.retention;
         let mut removed: Vec<Vec<u8>> = Vec::new();
+        // The values of removed blocks (a block in a file frees its place there).
+        let mut released: Vec<sled::IVec> = Vec::new();
         for entry in self.db.scan_prefix([LAST]) {
             let (key, value) = entry.map_err(|e| e.to_string())?;
             let name = key.get(2..).ok_or("a tenant's last point without a tenant")?;
@@ -949,7 +1140,9 @@ impl Writer {
                 for old in
                     self.db.range(timed_key(POINT, &tenant, 0)..timed_key(POINT, &tenant, upto))
                 {
-                    removed.push(old.map_err(|e| e.to_string())?.0.to_vec());
+                    let (key, value) = old.map_err(|e| e.to_string())?;
+                    removed.push(key.to_vec());
+                    released.push(value);
                 }
             }
             // Hourly keys hold a day's hours: a day whose last hour ended by the cutoff goes.
@@ -967,7 +1160,9 @@ impl Writer {
             if last.rates.is_empty() && last.at.0 < at.saturating_sub(keep.daily_ms) {
                 removed.push(key.to_vec());
                 for old in self.db.scan_prefix(tenant_key(POINT, &tenant)) {
-                    removed.push(old.map_err(|e| e.to_string())?.0.to_vec());
+                    let (key, value) = old.map_err(|e| e.to_string())?;
+                    removed.push(key.to_vec());
+                    released.push(value);
                 }
             }
         }
@@ -975,6 +1170,7 @@ impl Writer {
         let writes = removed.iter().map(|key| (key.as_slice(), None));
         let writes = writes.chain([(META_PRUNED, Some(pruned.as_slice()))]);
         write_in_batches(&self.db, writes).map_err(|e| e.to_string())?;
+        released.iter().try_for_each(|v| self.blocks.release(v)).map_err(|e| e.to_string())?;
         for key in removed {
             self.note(key, None);
         }
@@ -1051,7 +1247,8 @@ impl Writer {
                     self.db.range(timed_key(POINT, tenant, first)..timed_key(POINT, tenant, to.0));
                 let mut held: Option<(u64, Rates)> = None;
                 'blocks: for entry in blocks {
-                    let (_, v) = entry.map_err(|e| unavailable(e.to_string()))?;
+                    let (k, v) = entry.map_err(|e| unavailable(e.to_string()))?;
+                    let v = self.blocks.load(&k, &v).map_err(unavailable)?;
                     let points: Block =
                         codec::decode(&v).map_err(|e| unavailable(e.to_string()))?;
                     for (at, rates) in points {
@@ -1126,12 +1323,16 @@ impl Writer {
     fn restore(&mut self, dump: &[u8], changes: &[u8]) -> Result<(), String> {
         let (rows, changes) = (dump_rows(dump)?, change_rows(changes)?);
         self.db.clear().map_err(|e| e.to_string())?;
+        self.blocks.clear().map_err(|e| e.to_string())?;
         self.today = Today::default();
         self.changes_bytes = changes.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum();
         self.changes =
             changes.into_iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
-        write_in_batches(&self.db, rows.into_iter().map(|(k, v)| (k, Some(v))))
-            .map_err(|e| e.to_string())
+        let mut writes = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            writes.push((k, Some(self.blocks.store(k, v).map_err(|e| e.to_string())?)));
+        }
+        write_in_batches(&self.db, writes).map_err(|e| e.to_string())
     }
 
     fn hash(&self) -> Result<[u8; 32], String> {

@@ -272,6 +272,61 @@ fn retention_prunes_and_refuses_older_ranges() {
     assert!(short * 3 < long, "pruned dump {short} bytes, unpruned {long}");
 }
 
+/// Full blocks of change points are kept in files beside sled: pruned by retention, they
+/// leave their files (the store's files stay a few, however long the history), and what is
+/// kept reads back whole.
+#[test]
+fn pruned_blocks_leave_their_files() {
+    let rt = runtime();
+    let retention = UsageRetention { raw_ms: HOUR_MS, hourly_ms: DAY_MS, daily_ms: 3 * DAY_MS };
+    let acme = TenantId::new("acme");
+    // A change every 40 s for 20 days: 43,200 points, over 300 full blocks.
+    let records: Vec<Record> = (0..43_200u64)
+        .map(|i| Record {
+            index: i + 1,
+            at: UnixMillis(i * 40_000 + 60_000),
+            retention,
+            changes: vec![(
+                acme.clone(),
+                vec![(PoolId::new("default"), false, Resources::new(1_000 * (1 + i % 3), 1_024))],
+            )],
+        })
+        .collect();
+    let pruned = store();
+    pruned.record(records.clone());
+    let kept = store();
+    kept.record(
+        records
+            .iter()
+            .cloned()
+            .map(|r| Record { retention: UsageRetention::default(), ..r })
+            .collect(),
+    );
+    let files = |s: &UsageStore| rt.block_on(s.size_on_disk().wait()).expect("size").block_files;
+    let (pruned_bytes, kept_bytes) = (files(&pruned), files(&kept));
+    // The default retention keeps 7 days of points: about 15,000, in 120 full blocks.
+    assert!(kept_bytes > 300_000, "7 days of points kept in {kept_bytes} bytes of files");
+    assert!(
+        pruned_bytes * 2 < kept_bytes,
+        "an hour of points kept in {pruned_bytes} bytes of files; 7 days in {kept_bytes}"
+    );
+    // The last hour, point by point, from both: the blocks read back from their files.
+    let now = UnixMillis(43_200 * 40_000);
+    for s in [&pruned, &kept] {
+        let query = UsageQuery {
+            tenant: acme.clone(),
+            from: UnixMillis(now.0 - HOUR_MS + 1),
+            to: now,
+            step_ms: 60_000,
+        };
+        let series = rt.block_on(s.query(query, now, retention).wait()).expect("within retention");
+        assert_eq!(series.resolution, Resolution::Raw);
+        for b in &series.buckets {
+            assert_eq!(b.quantities, brute_force(&records, "acme", b.from.0, b.to.0, now.0));
+        }
+    }
+}
+
 /// Out-of-bounds queries are refused before anything is read.
 #[test]
 fn hostile_queries_are_refused() {
