@@ -1120,8 +1120,9 @@ impl Writer {
         let at = record.at.0;
         let keep = record.retention;
         let mut removed: Vec<Vec<u8>> = Vec::new();
-        // The values of removed blocks (a block in a file frees its place there).
-        let mut released: Vec<sled::IVec> = Vec::new();
+        // The values of removed blocks, once each (a block in a file frees its place there;
+        // a tenant gone has its blocks before the cutoff named twice).
+        let mut released: BTreeMap<Vec<u8>, sled::IVec> = BTreeMap::new();
         for entry in self.db.scan_prefix([LAST]) {
             let (key, value) = entry.map_err(|e| e.to_string())?;
             let name = key.get(2..).ok_or("a tenant's last point without a tenant")?;
@@ -1142,7 +1143,7 @@ impl Writer {
                 {
                     let (key, value) = old.map_err(|e| e.to_string())?;
                     removed.push(key.to_vec());
-                    released.push(value);
+                    released.insert(key.to_vec(), value);
                 }
             }
             // Hourly keys hold a day's hours: a day whose last hour ended by the cutoff goes.
@@ -1162,7 +1163,7 @@ impl Writer {
                 for old in self.db.scan_prefix(tenant_key(POINT, &tenant)) {
                     let (key, value) = old.map_err(|e| e.to_string())?;
                     removed.push(key.to_vec());
-                    released.push(value);
+                    released.insert(key.to_vec(), value);
                 }
             }
         }
@@ -1170,7 +1171,7 @@ impl Writer {
         let writes = removed.iter().map(|key| (key.as_slice(), None));
         let writes = writes.chain([(META_PRUNED, Some(pruned.as_slice()))]);
         write_in_batches(&self.db, writes).map_err(|e| e.to_string())?;
-        released.iter().try_for_each(|v| self.blocks.release(v)).map_err(|e| e.to_string())?;
+        released.values().try_for_each(|v| self.blocks.release(v)).map_err(|e| e.to_string())?;
         for key in removed {
             self.note(key, None);
         }

@@ -327,6 +327,58 @@ fn pruned_blocks_leave_their_files() {
     }
 }
 
+/// A tenant gone (holding nothing since before the daily retention) is pruned whole, and its
+/// blocks leave the files they share with other tenants' blocks without taking those along.
+/// Here pruning first runs again after a quiet day, so the gone tenant's blocks are due twice
+/// over: as older than the raw cutoff, and as a tenant gone.
+#[test]
+fn a_tenant_gone_over_a_quiet_spell_leaves_the_others_blocks() {
+    let rt = runtime();
+    let retention = UsageRetention { raw_ms: HOUR_MS, hourly_ms: HOUR_MS, daily_ms: HOUR_MS };
+    let (acme, beta) = (TenantId::new("acme"), TenantId::new("beta"));
+    let held = |i: u64, pools: u64| -> Rates {
+        (0..pools)
+            .map(|p| {
+                (PoolId::new(format!("pool{p}")), false, Resources::new(1_000 * (1 + i % 3), 1_024))
+            })
+            .collect()
+    };
+    // Both change every second; acme stops after 84 full blocks (its last block full, so in
+    // a file), beta (wider, so its blocks fill files faster) goes on for 45 minutes more,
+    // then holds nothing.
+    let mut records: Vec<Record> = Vec::new();
+    let mut record = |at: u64, changes: Vec<(TenantId, Rates)>| {
+        let index = records.len() as u64 + 1;
+        records.push(Record { index, at: UnixMillis(at), retention, changes });
+    };
+    let acme_stops = 84 * 128;
+    for i in 0..acme_stops + 2_700 {
+        let mut changes = vec![(beta.clone(), held(i + 1, 4))];
+        if i < acme_stops {
+            changes.push((acme.clone(), held(i, 1)));
+        }
+        record(i * 1_000 + 1, changes);
+    }
+    let gone = (acme_stops + 2_700) * 1_000 + 1;
+    record(gone, vec![(beta.clone(), vec![])]);
+    // A quiet day, then acme changes once: the first pruning since.
+    let later = gone + DAY_MS;
+    record(later, vec![(acme.clone(), held(1, 1))]);
+    let s = store();
+    s.record(records.clone());
+    // acme's last hour starts in its last full block, from before the quiet day.
+    let now = UnixMillis(later + 1_000);
+    let from = UnixMillis(now.0 - HOUR_MS + 7);
+    let query = UsageQuery { tenant: acme.clone(), from, to: now, step_ms: 60_000 };
+    let series = rt.block_on(s.query(query, now, retention).wait()).expect("acme's blocks read");
+    for b in &series.buckets {
+        assert_eq!(b.quantities, brute_force(&records, "acme", b.from.0, b.to.0, now.0));
+    }
+    let query = UsageQuery { tenant: beta.clone(), from, to: now, step_ms: 60_000 };
+    let series = rt.block_on(s.query(query, now, retention).wait()).expect("beta answers");
+    assert!(!series.known, "beta is forgotten");
+}
+
 /// Out-of-bounds queries are refused before anything is read.
 #[test]
 fn hostile_queries_are_refused() {
