@@ -2,8 +2,9 @@
 //! write-ahead file (`<dir>/wal`, format in `wal`), replayed on open.
 //!
 //! `write` updates memory and queues the change at once; one writer thread writes the records
-//! and syncs them (`fdatasync`), then fires the callbacks. The Raft core keeps replicating
-//! while the leader's own entries sync, and one sync covers every append queued before it.
+//! and syncs them (`fdatasync`), then fires the callbacks; one sync covers every append queued
+//! before it. openraft 0.9.25 waits for the callback of a leader's append before it sends the
+//! entries on (`log_store`), so the leader's sync is on the commit path.
 //! The file is grown in preallocated runs of zeros, so an append overwrites blocks that exist
 //! and its sync has no size or allocation to persist. A torn record at the end is zeroed out
 //! on open. A failed write or sync fails every later one, and openraft stops on it (which the
