@@ -37,7 +37,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// The most a leader stamps an entry ahead of the median of the voters' clocks.
+/// The most a leader stamps an entry ahead of the voters' clocks (their bound, `ClockSync`).
 /// A leader whose own clock runs further ahead stamps that bound instead (and warns), so a
 /// skewed clock can neither expire leases and reservations early nor leap log time forward.
 /// Lease grace (`Config::lease_grace_ms`) must cover this plus an election timeout.
@@ -46,22 +46,28 @@ pub const CLOCK_AHEAD_MAX_MS: u64 = 1_000;
 pub const CLOCK_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// A reading older than this says nothing about a peer's clock any more.
 pub const CLOCK_SAMPLE_AGE_MAX: Duration = Duration::from_secs(10);
+/// How long a leader without a bound on its clock (too few of the voters' clocks read: just
+/// started, or cut off from them) waits for readings before it refuses a write, unproposed.
+pub const CLOCK_BOUND_WAIT: Duration = Duration::from_secs(2);
 /// How often a leader held back by its peers' clocks says so.
 const CLOCK_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What one replica knows of its peers' clocks, after TigerBeetle's clock synchronisation: each
 /// reading of a peer's clock is kept with the monotonic instant it was taken at and the round
-/// trip's uncertainty, and advanced by this replica's monotonic time since. The lower median of
-/// the voters' clocks (each estimated from above; this replica's own as it reads) bounds what a
-/// leader stamps. With a majority of sound clocks, at least half the estimates are sound, so the
-/// lower median is at most a sound clock's: log time never leads real time by more than
-/// `CLOCK_AHEAD_MAX_MS` plus half a round trip. (With two voters that is the smaller clock:
-/// neither can tell which of the two is wrong, and stamping early only makes leases last
-/// longer.) Monotonic time keeps the estimate right when this replica's own wall clock jumps.
+/// trip's uncertainty, and advanced by this replica's monotonic time since. Of `n` voters, at
+/// most `n / 2` clocks are taken to be wrong (fewer than half: with two voters neither can tell
+/// which of the two is wrong, and stamping early only makes leases last longer). Of `k`
+/// estimates (each from above; this replica's own as it reads), the `k - n/2`-th smallest then
+/// has a sound clock at or above it, so it bounds what a leader stamps: log time never leads
+/// real time by more than `CLOCK_AHEAD_MAX_MS` plus half a round trip. With `n / 2` or fewer
+/// estimates (a replica just started, or cut off from its peers' clocks) there is no bound,
+/// and a leader proposes nothing until it has read enough clocks (`CLOCK_BOUND_WAIT`). Monotonic time keeps the estimate
+/// right when this replica's own wall clock jumps.
 #[derive(Debug, Default)]
 pub struct ClockSync {
     readings: Mutex<BTreeMap<u64, Reading>>,
     warned_at: Mutex<Option<Instant>>,
+    recorded: tokio::sync::Notify,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -80,19 +86,19 @@ impl ClockSync {
         let half = received.saturating_duration_since(sent) / 2;
         let error_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).saturating_add(1);
         lock(&self.readings).insert(peer, Reading { peer_ms, at: sent + half, error_ms });
+        self.recorded.notify_waiters();
     }
 
-    /// The lower median of the clocks of `voters` at `now`: this replica's (`me`, reading
-    /// `own`) and each peer's with a fresh reading, estimated from above. A voter without one
-    /// (just added, or unreachable) does not count, so right after a membership change the
-    /// bound rests on fewer clocks for up to a sampling interval.
-    pub fn median_time(
+    /// The bound on the clocks of `voters` at `now` (see the type), from this replica's
+    /// (`me`, reading `own`) and each peer's with a fresh reading; `None` with too few. A voter
+    /// without one (just added, restarted, or unreachable) does not count.
+    pub fn bound(
         &self,
         me: u64,
         own: UnixMillis,
         voters: &BTreeSet<u64>,
         now: Instant,
-    ) -> UnixMillis {
+    ) -> Option<UnixMillis> {
         let readings = lock(&self.readings);
         let mut highs: Vec<u64> = voters
             .iter()
@@ -108,37 +114,43 @@ impl ClockSync {
             .collect();
         highs.push(own.0);
         highs.sort_unstable();
-        let lower_median = (highs.len() - 1) / 2;
-        UnixMillis(highs[lower_median])
+        let wrong_max = voters.len() / 2;
+        let at = highs.len().checked_sub(wrong_max + 1)?;
+        Some(UnixMillis(highs[at]))
     }
 
     /// The time a leader stamps: its own clock, unless that runs more than
-    /// `CLOCK_AHEAD_MAX_MS` ahead of the voters' median, then that bound (with a warning now
-    /// and then).
+    /// `CLOCK_AHEAD_MAX_MS` ahead of the voters' clocks' bound, then that bound plus
+    /// `CLOCK_AHEAD_MAX_MS` (with a warning now and then); `None` without a bound.
     pub fn stamp(
         &self,
         me: u64,
         own: UnixMillis,
         voters: &BTreeSet<u64>,
         now: Instant,
-    ) -> UnixMillis {
-        let median = self.median_time(me, own, voters, now);
-        let ceiling = median.plus_ms(CLOCK_AHEAD_MAX_MS);
+    ) -> Option<UnixMillis> {
+        let bound = self.bound(me, own, voters, now)?;
+        let ceiling = bound.plus_ms(CLOCK_AHEAD_MAX_MS);
         if own <= ceiling {
-            return own;
+            return Some(own);
         }
         let mut warned_at = lock(&self.warned_at);
         if warned_at.is_none_or(|at| now.saturating_duration_since(at) >= CLOCK_WARN_EVERY) {
             *warned_at = Some(now);
             tracing::warn!(
                 replica = me,
-                ahead_ms = own.0.saturating_sub(median.0),
+                ahead_ms = own.0.saturating_sub(bound.0),
                 bound_ms = CLOCK_AHEAD_MAX_MS,
-                "this replica's clock runs ahead of the median of the voters' clocks: stamping \
-                 entries at most the bound ahead of it (fix this host's clock)"
+                "this replica's clock runs ahead of the voters' clocks: stamping entries at \
+                 most the bound ahead of them (fix this host's clock)"
             );
         }
-        ceiling
+        Some(ceiling)
+    }
+
+    /// Resolves at the next reading recorded (create it before looking at the bound).
+    pub fn read_more(&self) -> tokio::sync::futures::Notified<'_> {
+        self.recorded.notified()
     }
 }
 
@@ -171,7 +183,8 @@ mod tests {
         let t0 = Instant::now();
         let sync = synced(t0);
         let later = t0 + Duration::from_millis(500);
-        let stamped = sync.stamp(1, UnixMillis(REAL + 60_000 + 500), &voters(), later);
+        let stamped =
+            sync.stamp(1, UnixMillis(REAL + 60_000 + 500), &voters(), later).expect("a bound");
         let real_then = REAL + 500;
         assert!(stamped.0 > real_then, "not behind real time: {stamped:?}");
         assert!(stamped.0 <= real_then + CLOCK_AHEAD_MAX_MS + 3, "held: {stamped:?}");
@@ -186,7 +199,7 @@ mod tests {
             sync.record(2, t0, REAL, t0);
             sync.record(3, t0, faulty, t0);
             let own = UnixMillis(REAL + 5);
-            assert_eq!(sync.stamp(1, own, &voters(), t0 + Duration::from_millis(5)), own);
+            assert_eq!(sync.stamp(1, own, &voters(), t0 + Duration::from_millis(5)), Some(own));
         }
     }
 
@@ -195,24 +208,46 @@ mod tests {
     fn a_clock_behind_stamps_its_own_time() {
         let t0 = Instant::now();
         let own = UnixMillis(REAL - 30_000);
-        assert_eq!(synced(t0).stamp(1, own, &voters(), t0), own);
+        assert_eq!(synced(t0).stamp(1, own, &voters(), t0), Some(own));
     }
 
-    // Without fresh readings there is no bound to apply; with some, they bound the leader.
+    // Without enough fresh readings there is no bound, and nothing to stamp (seed 1067: a
+    // replica restarted with its clock 11 s ahead led at once, before it had read a peer's
+    // clock, and stamped 9.7 s ahead of real time).
     #[test]
-    fn only_fresh_readings_count() {
+    fn without_enough_fresh_readings_there_is_no_stamp() {
         let t0 = Instant::now();
         let own = UnixMillis(REAL + 60_000);
-        assert_eq!(ClockSync::default().stamp(1, own, &voters(), t0), own);
+        assert_eq!(ClockSync::default().stamp(1, own, &voters(), t0), None);
         let stale = t0 + CLOCK_SAMPLE_AGE_MAX + Duration::from_secs(1);
-        assert_eq!(synced(t0).stamp(1, own, &voters(), stale), own);
-        // One fresh reading of a sound peer is enough to hold a leader far ahead.
+        assert_eq!(synced(t0).stamp(1, own, &voters(), stale), None);
+        // Of three voters, one fresh reading of a sound peer is enough to hold a leader far
+        // ahead.
         let one = ClockSync::default();
         one.record(2, t0, REAL, t0);
-        assert_eq!(one.stamp(1, own, &voters(), t0), UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS));
+        let held = UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS);
+        assert_eq!(one.stamp(1, own, &voters(), t0), Some(held));
         // A single replica is its own quorum.
         let alone: BTreeSet<u64> = [1].into();
-        assert_eq!(ClockSync::default().stamp(1, own, &alone, t0), own);
+        assert_eq!(ClockSync::default().stamp(1, own, &alone, t0), Some(own));
+    }
+
+    // Of five voters, two clocks may be wrong: with three estimates the bound is the least
+    // of them (the lower median, the second, would be a clock far ahead).
+    #[test]
+    fn of_five_voters_two_clocks_ahead_do_not_move_the_bound() {
+        let t0 = Instant::now();
+        let five: BTreeSet<u64> = [1, 2, 3, 4, 5].into();
+        let sync = ClockSync::default();
+        sync.record(2, t0, REAL + 60_000, t0);
+        sync.record(3, t0, REAL, t0);
+        let own = UnixMillis(REAL + 60_000);
+        let held = UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS);
+        assert_eq!(sync.stamp(1, own, &five, t0), Some(held));
+        // Two estimates of five bound nothing.
+        let two = ClockSync::default();
+        two.record(3, t0, REAL, t0);
+        assert_eq!(two.stamp(1, own, &five, t0), None);
     }
 
     // Of two voters, the leader ahead of the other is held to it: neither can tell which
@@ -223,7 +258,7 @@ mod tests {
         let sync = ClockSync::default();
         sync.record(2, t0, REAL, t0);
         let pair: BTreeSet<u64> = [1, 2].into();
-        let stamped = sync.stamp(1, UnixMillis(REAL + 60_000), &pair, t0);
+        let stamped = sync.stamp(1, UnixMillis(REAL + 60_000), &pair, t0).expect("a bound");
         assert_eq!(stamped, UnixMillis(REAL + 1 + CLOCK_AHEAD_MAX_MS));
     }
 
@@ -234,7 +269,7 @@ mod tests {
         let t0 = Instant::now();
         let sync = synced(t0);
         let later = t0 + Duration::from_secs(5);
-        let median = sync.median_time(1, UnixMillis(REAL + 90_000), &voters(), later).0;
-        assert!((REAL + 5_000..=REAL + 5_003).contains(&median), "{median}");
+        let bound = sync.bound(1, UnixMillis(REAL + 90_000), &voters(), later).map(|b| b.0);
+        assert!(bound.is_some_and(|b| (REAL + 5_000..=REAL + 5_003).contains(&b)), "{bound:?}");
     }
 }

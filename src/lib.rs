@@ -26,7 +26,7 @@
 //!   `scheduler::policy` numbers each change to a tenant's policy and rolls it back;
 //!   `scheduler::audit` chains a record of every command a client sent.
 //! - `clock` — the injected wall clock, and `ClockSync`: peers' clock readings that bound how
-//!   far ahead of the voters' median a leader stamps an entry. → `scheduler`.
+//!   far ahead of the voters' clocks a leader stamps an entry. → `scheduler`.
 //! - `raft::types` — the shared bottom of replication: the openraft type configuration and
 //!   what a log entry carries (`Batch`). → `scheduler` (and `raft::runtime`).
 //! - `storage` — the Raft log and snapshot files, one file per concern: `memory` (the live

@@ -238,7 +238,7 @@ pub async fn authenticate<T>(
         return Ok(Caller::Admin);
     }
     if let Some(found) = replica.read_local(|s| lookup(&s.scheduler, hash)) {
-        return admit(found, || replica.stamp());
+        return admit(found, || replica.now());
     }
     // Unknown here; this replica may not have applied the IssueToken yet.
     let connection = request.extensions().get::<ApiConnection>().map(|c| &*c.lookups);
@@ -257,7 +257,7 @@ pub async fn authenticate<T>(
             if let Some(connection) = connection {
                 connection.give_back();
             }
-            admit(found, || replica.stamp())
+            admit(found, || replica.now())
         }
         Ok(None) => Err(unauthenticated()),
         Err(e) => Err(super::status::read_error(&e)),

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::audit::AuditStore;
-use crate::clock::{Clock, ClockSync, CLOCK_SAMPLE_INTERVAL};
+use crate::clock::{Clock, ClockSync, CLOCK_BOUND_WAIT, CLOCK_SAMPLE_INTERVAL};
 use crate::fatal::FailStop;
 use crate::network::{self, Connect, PeerNetwork, Rpc};
 use crate::raft::peer::{ForwardError, Peer, ReplicaStatus};
@@ -41,7 +41,7 @@ use crate::raft::state_machine::{Replicated, SnapshotSummary, StateMachine};
 use crate::raft::types::{
     Batch, BatchResult, LogId, Node, Proposal, Raft, RaftError, ReplicaId, Vote,
 };
-use crate::scheduler::{Applied, Command};
+use crate::scheduler::{Applied, Command, UnixMillis};
 use crate::storage::{LogStore, SnapshotStore};
 use crate::usage::{self, UsageLocation, UsageStore};
 
@@ -556,7 +556,7 @@ impl Replica {
     /// leads: the only writer of `Batch::proposed_at`, for this replica's own commands and
     /// those its followers forward alike.
     async fn write(&self, proposals: Vec<Proposal>) -> Result<BatchResult, ForwardError> {
-        let batch = Batch { proposed_at: self.stamp(), proposals };
+        let batch = Batch { proposed_at: self.bounded_stamp().await?, proposals };
         self.inner.raft.client_write(batch).await.map(|written| written.data).map_err(|e| {
             match e.forward_to_leader() {
                 Some(f) => not_leader(f.leader_id, f.leader_node.clone()),
@@ -632,10 +632,36 @@ impl Replica {
     }
 
     /// The time this replica stamps into an entry it proposes as leader: its clock, held to at
-    /// most `CLOCK_AHEAD_MAX_MS` ahead of what a majority of the voters' clocks read.
-    pub fn stamp(&self) -> crate::scheduler::UnixMillis {
+    /// most `CLOCK_AHEAD_MAX_MS` ahead of what the voters' clocks read; `None` while too few
+    /// of them are read to bound it (`ClockSync`).
+    pub fn stamp(&self) -> Option<UnixMillis> {
         let own = self.inner.clock.now();
         self.inner.clock_sync.stamp(self.id(), own, &self.voter_ids(), Instant::now())
+    }
+
+    /// This replica's time for a check that stamps nothing (a token's expiry): the stamp, or
+    /// its own clock while there is none (a clock ahead refuses a token early, never late).
+    pub fn now(&self) -> UnixMillis {
+        self.stamp().unwrap_or_else(|| self.inner.clock.now())
+    }
+
+    /// The stamp, once enough of the voters' clocks are read, waiting up to
+    /// `CLOCK_BOUND_WAIT` for them (a leader just started reads them within half a second).
+    async fn bounded_stamp(&self) -> Result<UnixMillis, ForwardError> {
+        let deadline = Instant::now() + CLOCK_BOUND_WAIT;
+        loop {
+            let read_more = self.inner.clock_sync.read_more();
+            if let Some(stamp) = self.stamp() {
+                return Ok(stamp);
+            }
+            if tokio::time::timeout_at(deadline, read_more).await.is_err() {
+                return Err(ForwardError::Unavailable(format!(
+                    "this leader has read too few of the voters' clocks in {} ms to bound its \
+                     own; nothing was proposed",
+                    CLOCK_BOUND_WAIT.as_millis()
+                )));
+            }
+        }
     }
 
     /// Reads every other voter's clock every `CLOCK_SAMPLE_INTERVAL`, all at once.
@@ -700,7 +726,7 @@ impl Replica {
                 let s = &self.inner.sm.read().scheduler;
                 (s.next_deadline(), s.next_token_purge())
             };
-            let now = self.stamp();
+            let Some(now) = self.stamp() else { continue };
             let due = next_deadline.into_iter().chain(next_purge).any(|at| at <= now);
             let idle = next_deadline.is_some()
                 && last_tick.is_none_or(|t| t.elapsed() >= self.inner.options.tick_idle);
