@@ -23,9 +23,13 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
-/// The process's allocator (docs/performance.md, "Memory under a steady load").
+/// The process's allocator: jemalloc, with its background threads on (the crate's
+/// `background_threads`), which return freed pages to the system. Without them, pages freed
+/// in an arena that then goes quiet are purged only when that arena is next used, and a
+/// replica's resident memory crept up under a steady load (docs/performance.md, "The
+/// allocator"). `_RJEM_MALLOC_CONF` in the environment overrides its options.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Berth: a Raft-replicated, multi-tenant resource scheduler.
 #[derive(Parser)]
