@@ -1034,10 +1034,17 @@ impl Writer {
         let key = timed_key(POINT, tenant, last.block);
         let mut block = self.read(&key)?.ok_or("a tenant's last block is missing")?;
         if last.at.0 == at {
-            let mut points: Block = codec::decode(&block).map_err(|e| e.to_string())?;
-            points.pop();
-            points.push((at, rates.clone()));
-            self.put(key, codec::encode(&points).map_err(|e| e.to_string())?);
+            // The last point is the block's last encoding: replaced in place, not by decoding
+            // the block (under load most commands share a log time with the one before).
+            let old = codec::encode(&(last.at.0, &last.rates)).map_err(|e| e.to_string())?;
+            let kept = block
+                .len()
+                .checked_sub(old.len())
+                .filter(|&kept| kept > 0 && block[kept..] == old[..])
+                .ok_or("a tenant's last point does not end its block")?;
+            block.truncate(kept);
+            codec::encode_into(&(at, rates), &mut block).map_err(|e| e.to_string())?;
+            self.put(key, block);
             return Ok(last.block);
         }
         match block.first().copied() {
