@@ -1120,7 +1120,13 @@ fn not_leader(leader_id: Option<ReplicaId>, leader_node: Option<Node>) -> Forwar
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// A leadership check that may pass if tried again (the quorum has not answered yet).
@@ -1144,5 +1150,14 @@ fn audit_location(usage: &UsageLocation) -> UsageLocation {
     match usage {
         UsageLocation::Dir(dir) => UsageLocation::Dir(dir.parent().unwrap_or(dir).join("audit")),
         other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte_high_nibble_first() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xf0, 0xff]), "000fa5f0ff");
+        assert_eq!(super::hex(&[]), "");
     }
 }
