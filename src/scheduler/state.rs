@@ -1,11 +1,12 @@
 //! The replicated objects. Everything here is encoded into snapshots and hashed; the derived
 //! lookup structures live in `index.rs` and are rebuilt from this on decode.
 
+use hashbrown::hash_table::{self, HashTable};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::hash_map::{DefaultHasher, RandomState};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, BuildHasherDefault};
 
 use super::budget::BudgetState;
 use super::command::{Applied, PlaceSpec, Rejection};
@@ -411,26 +412,38 @@ pub struct Session {
 /// tenant keeps at least `sessions_max` ÷ active tenants. At the defaults (100,000 in all,
 /// 10,000 per tenant) up to ten busy tenants each keep a full window.
 ///
-/// Lookups go through a hash map, the core's only one. With the default 100,000 sessions, a
+/// Lookups go through a hash table, the core's only one. With the default 100,000 sessions, a
 /// B-tree lookup walked about seven levels of nodes and compared heap strings at each; three of
-/// those per write were a seventh of a leader's CPU. The map's keys decide only where entries
-/// sit in memory: the map is only ever asked about one key (`tests/tidy.rs` checks), and every
-/// walk, comparison and encoding goes through `order`, so no outcome depends on them. `scopes`
-/// and `sizes` are derived from `order` (rebuilt on decode).
+/// those per write were a seventh of a leader's CPU. The table's hashes decide only where
+/// entries sit in memory: it is only ever asked about one key or one log index (`tests/tidy.rs`
+/// checks), and every walk, comparison and encoding goes through `order`, so no outcome
+/// depends on them. `scopes` and `sizes` are derived from `order` (rebuilt on decode).
 ///
-/// A session is boxed: an answer takes about 650 bytes inline (a placement's), and the map
-/// keeps a slot for every bucket, up to twice as many as the sessions it holds. Unboxed, the
-/// default 100,000 sessions took a table of about 185 MB (a heap profile of a soak); boxed,
-/// a slot is a key and a pointer.
+/// A slot is a hash, a log index and a pointer: an answer takes about 650 bytes inline (a
+/// placement's), and the table keeps up to twice as many slots as sessions. Unboxed, the
+/// default 100,000 sessions took about 185 MB (a heap profile of a soak). `order` keeps each
+/// session's hash, so evicting the oldest finds its slot by comparing log indexes: no rehash
+/// of its key and no visit to its key's strings, cold by then (a profile at 64 clients had
+/// those as a third of the table's cost).
 #[derive(Clone, Default)]
 pub struct Sessions {
-    by_key: HashMap<SessionKey, Box<Session>, SessionHasher>,
-    order: BTreeMap<LogIndex, SessionKey>,
+    by_key: HashTable<Filed>,
+    hasher: SessionHasher,
+    /// Each session's log index, oldest first, and the hash its slot is filed under.
+    order: BTreeMap<LogIndex, u64>,
     /// Each scope's sessions, oldest first.
     scopes: BTreeMap<Option<TenantId>, BTreeSet<LogIndex>>,
     /// Every scope by size, then by its oldest session (oldest last): the last is evicted from
     /// when the table is full.
     sizes: BTreeSet<(usize, Reverse<LogIndex>, Option<TenantId>)>,
+}
+
+/// One session in the lookup table: the hash it is filed under, its log index, and the record.
+#[derive(Clone, Debug)]
+struct Filed {
+    hash: u64,
+    index: LogIndex,
+    recorded: Box<(SessionKey, Session)>,
 }
 
 /// Most sessions of one tenant (or of the operator): its exactly-once window. A snapshot of an
@@ -443,13 +456,11 @@ pub const SESSIONS_PER_TENANT_MAX: usize = 10_000;
 #[derive(Clone, Default)]
 pub struct SessionHasher(Option<RandomState>);
 
-impl BuildHasher for SessionHasher {
-    type Hasher = DefaultHasher;
-
-    fn build_hasher(&self) -> DefaultHasher {
+impl SessionHasher {
+    fn hash(&self, key: &SessionKey) -> u64 {
         match &self.0 {
-            Some(keys) => keys.build_hasher(),
-            None => DefaultHasher::new(),
+            Some(keys) => keys.hash_one(key),
+            None => BuildHasherDefault::<DefaultHasher>::default().hash_one(key),
         }
     }
 }
@@ -464,7 +475,23 @@ impl Sessions {
     }
 
     pub fn get(&self, key: &SessionKey) -> Option<&Session> {
-        self.by_key.get(key).map(Box::as_ref)
+        self.slot_of(key).map(|slot| &slot.recorded.1)
+    }
+
+    fn slot_of(&self, key: &SessionKey) -> Option<&Filed> {
+        self.by_key.find(self.hasher.hash(key), |filed| filed.recorded.0 == *key)
+    }
+
+    /// The slot of the session recorded at `index`, filed under `hash`.
+    fn slot_at(&self, index: LogIndex, hash: u64) -> &Filed {
+        let found = self.by_key.find(hash, |filed| filed.index == index);
+        found.expect("invariant: ordered sessions are kept")
+    }
+
+    /// Takes the session recorded at `index`, filed under `hash`, out of the lookup.
+    fn unfile(&mut self, index: LogIndex, hash: u64) -> Filed {
+        let found = self.by_key.find_entry(hash, |filed| filed.index == index);
+        found.expect("invariant: ordered sessions are kept").remove().0
     }
 
     /// Records the first answer to `key`, which must not have one yet, then evicts: the
@@ -492,23 +519,23 @@ impl Sessions {
     /// Records the first answer to `key`, or hands the key back (changing nothing) if it, or
     /// the answer's log index, is recorded already.
     fn try_insert(&mut self, key: SessionKey, session: Session) -> Result<(), SessionKey> {
-        use std::collections::{btree_map, hash_map};
+        use std::collections::btree_map;
         let index = session.first.log_index;
-        let btree_map::Entry::Vacant(slot) = self.order.entry(index) else {
+        let btree_map::Entry::Vacant(ordered) = self.order.entry(index) else {
             return Err(key);
         };
-        match self.by_key.entry(key) {
-            hash_map::Entry::Occupied(taken) => Err(taken.key().clone()),
-            hash_map::Entry::Vacant(entry) => {
-                let scope = entry.key().tenant.clone();
-                slot.insert(entry.key().clone());
-                entry.insert(Box::new(session));
-                self.resize(scope, |set| {
-                    set.insert(index);
-                });
-                Ok(())
-            }
-        }
+        let hash = self.hasher.hash(&key);
+        let found = self.by_key.entry(hash, |filed| filed.recorded.0 == key, |filed| filed.hash);
+        let hash_table::Entry::Vacant(vacant) = found else {
+            return Err(key);
+        };
+        let scope = key.tenant.clone();
+        ordered.insert(hash);
+        vacant.insert(Filed { hash, index, recorded: Box::new((key, session)) });
+        self.resize(scope, |set| {
+            set.insert(index);
+        });
+        Ok(())
     }
 
     /// Changes one scope's set of sessions, keeping `sizes` in step.
@@ -530,38 +557,44 @@ impl Sessions {
     }
 
     /// Forgets the session recorded at `index`.
-    fn forget(&mut self, index: LogIndex) -> Option<(SessionKey, Session)> {
-        let key = self.order.remove(&index)?;
-        let session = self.by_key.remove(&key).expect("invariant: ordered sessions are kept");
-        self.resize(key.tenant.clone(), |set| {
+    fn forget(&mut self, index: LogIndex) -> Option<Box<(SessionKey, Session)>> {
+        let hash = self.order.remove(&index)?;
+        let filed = self.unfile(index, hash);
+        self.resize(filed.recorded.0.tenant.clone(), |set| {
             set.remove(&index);
         });
-        Some((key, *session))
+        Some(filed.recorded)
     }
 
-    fn pop_oldest_of(&mut self, scope: &Option<TenantId>) -> Option<(SessionKey, Session)> {
-        let oldest = *self.scopes.get(scope)?.first()?;
-        self.forget(oldest)
+    fn pop_oldest_of(&mut self, scope: &Option<TenantId>) {
+        if let Some(oldest) = self.scopes.get(scope).and_then(BTreeSet::first) {
+            self.forget(*oldest);
+        }
     }
 
     pub fn remove(&mut self, key: &SessionKey) -> Option<Session> {
-        let index = self.by_key.get(key)?.first.log_index;
-        self.forget(index).map(|(_, session)| session)
+        let index = self.slot_of(key)?.index;
+        self.forget(index).map(|recorded| recorded.1)
     }
 
     /// Hashes the lookup under `keys` from now on. Changes no session and no outcome.
     pub fn rekey(&mut self, keys: RandomState) {
-        let mut keyed = HashMap::with_capacity_and_hasher(self.len(), SessionHasher(Some(keys)));
-        for key in self.order.values() {
-            let session = self.by_key.remove(key).expect("invariant: ordered sessions are kept");
-            keyed.insert(key.clone(), session);
+        let hasher = SessionHasher(Some(keys));
+        let mut keyed = HashTable::with_capacity(self.len());
+        let ordered: Vec<(LogIndex, u64)> = self.order.iter().map(|(i, h)| (*i, *h)).collect();
+        for (index, hash) in ordered {
+            let mut filed = self.unfile(index, hash);
+            filed.hash = hasher.hash(&filed.recorded.0);
+            self.order.insert(index, filed.hash);
+            keyed.insert_unique(filed.hash, filed, |filed| filed.hash);
         }
         self.by_key = keyed;
+        self.hasher = hasher;
     }
 
     /// Every session, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
-        self.order.values().map(|key| self.session(key))
+        self.order.iter().map(|(index, hash)| self.session(*index, *hash))
     }
 
     /// The sessions of one scope (a tenant, or `None` for the operator), oldest first.
@@ -571,29 +604,39 @@ impl Sessions {
     ) -> impl Iterator<Item = (&SessionKey, &Session)> {
         let indexes = self.scopes.get(scope).into_iter().flatten();
         indexes.map(|index| {
-            self.session(self.order.get(index).expect("invariant: scoped sessions are ordered"))
+            let hash = self.order.get(index).expect("invariant: scoped sessions are ordered");
+            self.session(*index, *hash)
         })
     }
 
-    fn session<'a>(&'a self, key: &'a SessionKey) -> (&'a SessionKey, &'a Session) {
-        (key, self.by_key.get(key).expect("invariant: ordered sessions are kept").as_ref())
+    fn session(&self, index: LogIndex, hash: u64) -> (&SessionKey, &Session) {
+        let (key, session) = self.slot_at(index, hash).recorded.as_ref();
+        (key, session)
     }
 
-    /// Whether the views agree: the same keys, each ordered under its own log index, and the
-    /// scope sets and sizes are what the order implies.
+    /// Whether the views agree: the same sessions, each ordered under its own log index and
+    /// filed under its key's hash, one per key, and the scope sets and sizes are what the order
+    /// implies.
     pub fn consistent(&self) -> bool {
         let mut scopes: BTreeMap<Option<TenantId>, BTreeSet<LogIndex>> = BTreeMap::new();
-        for (index, key) in &self.order {
+        let mut sound = true;
+        for (index, hash) in &self.order {
+            let Some(slot) = self.by_key.find(*hash, |filed| filed.index == *index) else {
+                return false;
+            };
+            let (key, session) = slot.recorded.as_ref();
+            sound &= slot.hash == *hash
+                && self.hasher.hash(key) == *hash
+                && session.first.log_index == *index
+                && self.slot_of(key).is_some_and(|found| found.index == *index);
             scopes.entry(key.tenant.clone()).or_default().insert(*index);
         }
         let sizes: BTreeSet<_> = scopes
             .iter()
             .filter_map(|(scope, set)| Some((set.len(), Reverse(*set.first()?), scope.clone())))
             .collect();
-        self.by_key.len() == self.order.len()
-            && self.order.iter().all(|(index, key)| {
-                self.by_key.get(key).is_some_and(|s| s.first.log_index == *index)
-            })
+        sound
+            && self.by_key.len() == self.order.len()
             && scopes == self.scopes
             && sizes == self.sizes
     }
