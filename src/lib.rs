@@ -72,13 +72,18 @@
 //!   and peer calls as they happen; its Raft view and each tenant's usage, quota and queue
 //!   read at each scrape; served as OpenMetrics on `GET /metrics`.
 //!   → `api::observe`, `raft`, `storage`, `scheduler`.
+//! - `console` — the web console: sign-in that exchanges a token for a session cookie, the
+//!   tenant and operator pages (`pages`, maud templates and the embedded stylesheet), read
+//!   in-process through the API's own handlers; served over the API's TLS as HTTP/1.1.
+//!   → `api`, `raft::replica::hex`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
-//! - `server` — a replica plus its peer, API and metrics servers, with all IO passed in; and
+//! - `server` — a replica plus its peer, API, metrics and console servers, with all IO passed in; and
 //!   `restore`, a new replica's storage from a backup file.
-//!   → `api`, `metrics`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`, `scheduler`.
+//!   → `console`, `api`, `metrics`, `raft`, `network`, `storage`, `usage`, `tls`, `clock`,
+//!   `scheduler`.
 //!
-//! In short: `server` → `metrics` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →
+//! In short: `server` → `console`/`metrics` → `api` → `raft` → `network`/`storage`/`usage` → `raft::types` →
 //! `scheduler`.
 //! `raft::types` is the one part of `raft` that `storage`, `network` and `tls` import: the
 //! shared bottom. Inside `raft`: `replica` → `peer`, `state_machine` → `journal`, `types` →
@@ -89,6 +94,7 @@ pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod codec;
+pub mod console;
 pub mod fatal;
 pub mod metrics;
 pub mod network;

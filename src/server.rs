@@ -127,6 +127,8 @@ pub struct Listeners<I> {
     pub peer: I,
     pub api: Option<(I, TokenHash)>,
     pub metrics: Option<I>,
+    /// Optionally the web console (`console`), over the API's TLS; it needs the API.
+    pub console: Option<I>,
     /// Tenants the metrics name; later ones are counted as `_other`
     /// (`api::observe::METRICS_TENANTS_DEFAULT`).
     pub metrics_tenants_max: usize,
@@ -161,11 +163,12 @@ impl Server {
         IE: std::fmt::Display + Send + 'static,
     {
         let admission = Admission::default();
-        let (connect, peer_tls, api_tls) = match security {
+        let (connect, peer_tls, api_tls, console_tls) = match security {
             Security::Tls { ca, identity, api_client_ca } => {
                 let peer = PeerTls::new(ca, identity.clone(), admission.clone())?;
+                let console = ApiTls::console(identity.clone(), api_client_ca.clone())?;
                 let api = ApiTls::new(identity, api_client_ca)?;
-                (peer.secure(connect), Some(peer), Some(api))
+                (peer.secure(connect), Some(peer), Some(api), Some(console))
             }
             Security::Insecure => {
                 tracing::warn!(
@@ -173,7 +176,7 @@ impl Server {
                     "insecure: peer and API ports speak plaintext; anyone who can reach the \
                      peer port can act as a replica"
                 );
-                (connect, None, None)
+                (connect, None, None, None)
             }
         };
         let (log, snapshots) = (storage.log.clone(), storage.snapshots.clone());
@@ -211,9 +214,21 @@ impl Server {
                 Ok(())
             }));
         }
+        if listeners.console.is_some() && listeners.api.is_none() {
+            anyhow::bail!("the web console needs the API (its admin token and handlers)");
+        }
         if let Some((incoming, admin)) = listeners.api {
-            let routes =
-                Api::new(replica.clone(), admin).routes().map_err(|e| anyhow::anyhow!(e))?;
+            let api = Api::new(replica.clone(), admin);
+            if let Some(incoming) = listeners.console {
+                let tls = console_tls.is_some();
+                let console = crate::console::Console::new(api.clone(), replica.id(), tls);
+                let serve = console.serve(accept_api(incoming, console_tls, stopped()), stopped());
+                serving.push(tokio::spawn(async move {
+                    serve.await;
+                    Ok(())
+                }));
+            }
+            let routes = api.routes().map_err(|e| anyhow::anyhow!(e))?;
             serving.push(tokio::spawn(
                 tonic::transport::Server::builder()
                     .layer(ObserveLayer::new(metrics.requests()))

@@ -518,6 +518,19 @@ pub struct ApiTls {
 
 impl ApiTls {
     pub fn new(identity: Identity, client_ca: Option<RootCertStore>) -> Result<Self, TlsError> {
+        Self::speaking(identity, client_ca, ALPN_H2)
+    }
+
+    /// The same, for the web console: HTTP/1.1 instead of gRPC's HTTP/2.
+    pub fn console(identity: Identity, client_ca: Option<RootCertStore>) -> Result<Self, TlsError> {
+        Self::speaking(identity, client_ca, b"http/1.1")
+    }
+
+    fn speaking(
+        identity: Identity,
+        client_ca: Option<RootCertStore>,
+        alpn: &[u8],
+    ) -> Result<Self, TlsError> {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| invalid("API TLS")(e.to_string()))?;
@@ -532,7 +545,7 @@ impl ApiTls {
         let mut config = builder
             .with_single_cert(identity.chain, identity.key)
             .map_err(|e| invalid("replica certificate")(e.to_string()))?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(ApiTls { acceptor: TlsAcceptor::from(Arc::new(config)) })
     }
 

@@ -194,6 +194,7 @@ pub(crate) fn start(
                     peer: net::listen(PEER_PORT).await?,
                     api: Some((net::listen(API_PORT).await?, berth::api::hash_token(ADMIN))),
                     metrics: None,
+                    console: None,
                     metrics_tenants_max: berth::api::observe::METRICS_TENANTS_DEFAULT,
                 };
                 let bootstrap = (id == 1).then_some(members);

@@ -48,6 +48,8 @@ pub struct Member {
     pub api_addr: Option<String>,
     /// Where the replica serves `GET /metrics` (with the API).
     pub metrics_addr: Option<String>,
+    /// Where the replica serves the web console (with the API).
+    pub console_addr: Option<String>,
     dir: PathBuf,
     server: Option<Server>,
 }
@@ -139,8 +141,17 @@ impl Cluster {
             let (addr, listener) = listen("127.0.0.1:0").await;
             listeners.insert(id, listener);
             let dir = tmp.path().join(format!("replica-{id}"));
-            members
-                .insert(id, Member { addr, api_addr: None, metrics_addr: None, dir, server: None });
+            members.insert(
+                id,
+                Member {
+                    addr,
+                    api_addr: None,
+                    metrics_addr: None,
+                    console_addr: None,
+                    dir,
+                    server: None,
+                },
+            );
         }
         let authority = Arc::new(Authority::generate().expect("a CA"));
         let links = links::Links::default();
@@ -192,6 +203,16 @@ impl Cluster {
         } else {
             None
         };
+        let console = if self.with_api {
+            let (console_addr, listener) = match self.members[&id].console_addr.clone() {
+                Some(addr) => listen(&addr).await,
+                None => listen("127.0.0.1:0").await,
+            };
+            self.members.get_mut(&id).expect("member").console_addr = Some(console_addr);
+            Some(TcpIncoming::from(listener))
+        } else {
+            None
+        };
         let security = self.security(id);
         let member = self.members.get_mut(&id).expect("member");
         let storage = Storage::open_dir(&member.dir).expect("storage opens");
@@ -205,6 +226,7 @@ impl Cluster {
                 peer: TcpIncoming::from(listener).with_nodelay(Some(true)),
                 api,
                 metrics,
+                console,
                 metrics_tenants_max: METRICS_TENANTS_MAX,
             },
             bootstrap,
@@ -235,8 +257,17 @@ impl Cluster {
     pub async fn spawn_extra(&mut self, id: u64) {
         let (addr, listener) = listen("127.0.0.1:0").await;
         let dir = self._tmp.path().join(format!("replica-{id}"));
-        self.members
-            .insert(id, Member { addr, api_addr: None, metrics_addr: None, dir, server: None });
+        self.members.insert(
+            id,
+            Member {
+                addr,
+                api_addr: None,
+                metrics_addr: None,
+                console_addr: None,
+                dir,
+                server: None,
+            },
+        );
         self.launch(id, listener, None).await;
     }
 

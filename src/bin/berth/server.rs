@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// text; see docs/metrics.md). They name tenants: bind it where only operators reach it.
     #[arg(long, env = "BERTH_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Address to serve the web console on (HTTP/1.1 over the API's TLS; sign in with a token).
+    /// Off unless given; needs --api-listen.
+    #[arg(long, env = "BERTH_CONSOLE_LISTEN", requires = "api_listen")]
+    console_listen: Option<SocketAddr>,
     /// Tenants the metrics name, the first ones this replica sees; later ones are counted
     /// together as tenant_id="_other", so the series stay bounded.
     #[arg(long, env = "BERTH_METRICS_TENANTS_MAX", default_value_t = berth::api::observe::METRICS_TENANTS_DEFAULT)]
@@ -230,10 +234,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(incoming(listener))
         }
     };
+    let console = match args.console_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding console address {addr}"))?;
+            tracing::info!(console = %addr, "serving the web console");
+            Some(incoming(listener))
+        }
+    };
     let listeners = Listeners {
         peer: peer_incoming,
         api,
         metrics,
+        console,
         metrics_tenants_max: args.metrics_tenants_max,
     };
     let server =

@@ -31,6 +31,12 @@ pub struct UpArgs {
     /// Serve no metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// Web console port of replica 1 (replica N uses this + N - 1; over the API's TLS).
+    #[arg(long, default_value_t = 7701)]
+    console_base_port: u16,
+    /// Serve no web console.
+    #[arg(long)]
+    no_console: bool,
     /// Plaintext on every port instead of TLS (the CLI then needs --insecure too).
     #[arg(long)]
     insecure: bool,
@@ -253,6 +259,7 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
     let mut replicas = Vec::new();
     let mut endpoints = Vec::new();
     let mut scrapes = Vec::new();
+    let mut consoles = Vec::new();
     for i in 1..=args.replicas {
         let api = format!("127.0.0.1:{}", port(args.api_base_port, i)?);
         let mut replica = Supervised {
@@ -294,6 +301,12 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
             let metrics = format!("127.0.0.1:{}", port(args.metrics_base_port, i)?);
             replica.args.extend(["--metrics-listen".into(), metrics.clone().into()]);
             scrapes.push(format!("http://{metrics}/metrics"));
+        }
+        if !args.no_console {
+            let console = format!("127.0.0.1:{}", port(args.console_base_port, i)?);
+            replica.args.extend(["--console-listen".into(), console.clone().into()]);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            consoles.push(format!("{scheme}://{console}/"));
         }
         replica.args.extend(["--log-format".into(), log_format.name().into()]);
         let bootstrap = if i == 1 && args.restore.is_none() {
@@ -359,6 +372,9 @@ pub async fn run(args: UpArgs, log_format: crate::LogFormat) -> anyhow::Result<(
     out!("  admin token: {token}  (also in {})", token_file.display());
     if !scrapes.is_empty() {
         out!("  metrics:     {}", scrapes.join(" "));
+    }
+    if !consoles.is_empty() {
+        out!("  console:     {}  (sign in with a token)", consoles.join(" "));
     }
     let security = match &tls {
         Some(dir) => {

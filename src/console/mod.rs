@@ -1,0 +1,409 @@
+//! The web console: what a tenant or an operator would otherwise read from CLI output, served
+//! by the replica itself on its own address (`--console-listen`), over the same TLS as the API
+//! (HTTP/1.1; its assets are compiled into the binary, so it works offline).
+//!
+//! A person signs in with a bearer token, posted once: the console keeps it in memory under an
+//! opaque session id, set as an `HttpOnly`, `SameSite=Strict` (and, under TLS, `Secure`) cookie,
+//! and never puts it in a page or a URL. Every request authenticates the session's token again
+//! and reads through the API's own handlers in-process, so scoping, rate limits and the
+//! freshness of reads are the API's: a revoked token ends its session at the next request, and
+//! a tenant's session sees its own tenant only (another tenant's page is 404, and which tenant
+//! comes from the session, never the URL). Every POST must come from the console's own origin;
+//! every page forbids scripts from anywhere but the console and framing by anyone.
+
+mod pages;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Code;
+
+use crate::api::{Api, Caller};
+
+/// Most sessions one replica's console keeps; signing in beyond it ends the least recently used.
+pub const CONSOLE_SESSIONS_MAX: usize = 1_000;
+/// A session unused for this long is ended.
+pub const CONSOLE_SESSION_IDLE_MAX: Duration = Duration::from_secs(8 * 3600);
+/// Largest sign-in form, in bytes (a token is well under a tenth of it).
+pub const CONSOLE_FORM_BYTES_MAX: usize = 4 * 1024;
+/// Most console connections served at once; more wait to be accepted.
+pub const CONSOLE_CONNECTIONS_MAX: usize = 256;
+/// Most time to read a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most time one connection is served.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The session cookie's name.
+const COOKIE: &str = "berth_console";
+
+/// What every page may load: its own styles, nothing else, and no frame may hold it.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A signed-in person: the token they signed in with, who it made them, and when they last
+/// asked for something.
+struct Session {
+    token: String,
+    caller: Caller,
+    used: Instant,
+}
+
+/// The console of one replica.
+pub struct Console {
+    api: Api,
+    replica_id: u64,
+    /// Sessions by the SHA-256 of their id, so a lookup's timing tells nothing about an id.
+    sessions: Mutex<BTreeMap<[u8; 32], Session>>,
+    /// Under TLS: cookies are `Secure` and origins `https`.
+    tls: bool,
+}
+
+/// Who asked, once their session's token has been checked again.
+pub(crate) struct Visitor {
+    token: String,
+    caller: Caller,
+}
+
+impl Console {
+    pub fn new(api: Api, replica_id: u64, tls: bool) -> Arc<Console> {
+        Arc::new(Console { api, replica_id, sessions: Mutex::default(), tls })
+    }
+
+    /// Serves every connection `incoming` yields (already through TLS, if any) until `stopped`.
+    pub async fn serve<I, IO>(
+        self: Arc<Self>,
+        incoming: I,
+        stopped: impl std::future::Future<Output = ()> + Send + 'static,
+    ) where
+        I: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let slots = Arc::new(Semaphore::new(CONSOLE_CONNECTIONS_MAX));
+        let mut incoming = std::pin::pin!(incoming);
+        let mut stopped = std::pin::pin!(stopped);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let io = tokio::select! {
+                _ = &mut stopped => break,
+                io = incoming.next() => match io {
+                    Some(Ok(io)) => io,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "console connection not accepted");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let permit = tokio::select! {
+                _ = &mut stopped => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let console = self.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let console = console.clone();
+                    async move { Ok::<_, std::convert::Infallible>(console.handle(request).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "console connection ended"),
+                    Err(_) => tracing::debug!("console connection cut off"),
+                }
+                drop(permit);
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        connections.shutdown().await;
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let mut response = self.route(request).await;
+        let headers = response.headers_mut();
+        for (name, value) in [
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/console.css") => {
+                let mut response = Response::new(Full::new(Bytes::from_static(pages::CSS)));
+                set(&mut response, header::CONTENT_TYPE, "text/css; charset=utf-8");
+                response
+            }
+            (&Method::GET, "/sign-in") => match self.visitor(request.headers()).await {
+                Ok(_) => redirect("/", None),
+                Err(_) => html(StatusCode::OK, pages::sign_in(None)),
+            },
+            (&Method::POST, "/sign-in") => self.sign_in(request).await,
+            (&Method::POST, "/sign-out") => {
+                if !self.same_origin(request.headers()) {
+                    return forbidden_origin();
+                }
+                if let Some(key) = session_key(request.headers()) {
+                    self.lock().remove(&key);
+                }
+                redirect("/sign-in", Some(self.cookie("", Duration::ZERO)))
+            }
+            (&Method::GET, "/") => match self.visitor(request.headers()).await {
+                Ok(visitor) => match &visitor.caller {
+                    Caller::Tenant(tenant, _) => redirect(&format!("/tenants/{tenant}"), None),
+                    Caller::Admin => self.operator(&visitor).await,
+                },
+                Err(response) => response,
+            },
+            (&Method::GET, _) if path.starts_with("/tenants/") => {
+                let tenant = &path["/tenants/".len()..];
+                match self.visitor(request.headers()).await {
+                    Ok(visitor) => self.tenant(&visitor, tenant).await,
+                    Err(response) => response,
+                }
+            }
+            (_, "/" | "/sign-in" | "/sign-out" | "/console.css") => html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                pages::problem("That method is not served here."),
+            ),
+            _ => not_found(),
+        }
+    }
+
+    /// Exchanges a posted token for a session.
+    async fn sign_in(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.same_origin(request.headers()) {
+            return forbidden_origin();
+        }
+        let body = match Limited::new(request.into_body(), CONSOLE_FORM_BYTES_MAX).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return html(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    pages::sign_in(Some(&format!(
+                        "The form is larger than {CONSOLE_FORM_BYTES_MAX} bytes."
+                    ))),
+                )
+            }
+        };
+        let token = form_urlencoded::parse(&body)
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default();
+        if token.is_empty() {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::sign_in(Some("Paste a token to sign in.")),
+            );
+        }
+        let caller = match self.api.caller_of(&token).await {
+            Ok(caller) => caller,
+            Err(status) => {
+                let why = match status.code() {
+                    Code::Unauthenticated => "That token is not known, or has expired.",
+                    _ => "The cluster could not check that token now; try again.",
+                };
+                return html(StatusCode::UNAUTHORIZED, pages::sign_in(Some(why)));
+            }
+        };
+        let mut id = [0u8; 32];
+        if getrandom::fill(&mut id).is_err() {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::problem("No randomness for a session id; try again."),
+            );
+        }
+        let id = crate::raft::replica::hex(&id);
+        let now = Instant::now();
+        {
+            let mut sessions = self.lock();
+            sessions.retain(|_, s| now.duration_since(s.used) < CONSOLE_SESSION_IDLE_MAX);
+            while sessions.len() >= CONSOLE_SESSIONS_MAX {
+                let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k)
+                else {
+                    break;
+                };
+                sessions.remove(&oldest);
+            }
+            sessions.insert(key_of(&id), Session { token, caller, used: now });
+        }
+        redirect("/", Some(self.cookie(&id, CONSOLE_SESSION_IDLE_MAX)))
+    }
+
+    /// The visitor a request's session cookie names, its token checked again; or the page to
+    /// answer with instead (sign in, or signed out because the token no longer works).
+    async fn visitor(&self, headers: &HeaderMap) -> Result<Visitor, Response<Full<Bytes>>> {
+        let signed_out = || redirect("/sign-in", None);
+        let key = session_key(headers).ok_or_else(signed_out)?;
+        let token = {
+            let mut sessions = self.lock();
+            let Some(session) = sessions.get_mut(&key) else { return Err(signed_out()) };
+            let now = Instant::now();
+            if now.duration_since(session.used) >= CONSOLE_SESSION_IDLE_MAX {
+                sessions.remove(&key);
+                return Err(signed_out());
+            }
+            session.used = now;
+            session.token.clone()
+        };
+        match self.api.caller_of(&token).await {
+            Ok(caller) => {
+                let same = self.lock().get(&key).is_some_and(|s| s.caller == caller);
+                if !same {
+                    self.lock().remove(&key);
+                    return Err(signed_out());
+                }
+                Ok(Visitor { token, caller })
+            }
+            Err(status) if status.code() == Code::Unauthenticated => {
+                self.lock().remove(&key);
+                Err(redirect("/sign-in", Some(self.cookie("", Duration::ZERO))))
+            }
+            Err(status) => Err(self.unavailable(&status)),
+        }
+    }
+
+    async fn tenant(&self, visitor: &Visitor, tenant: &str) -> Response<Full<Bytes>> {
+        if let Caller::Tenant(own, _) = &visitor.caller {
+            if own.0 != tenant {
+                return not_found();
+            }
+        }
+        match pages::Tenant::read(&self.api, &visitor.token, tenant).await {
+            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor))),
+            Err(status) => self.refused(&status),
+        }
+    }
+
+    async fn operator(&self, visitor: &Visitor) -> Response<Full<Bytes>> {
+        match pages::Operator::read(&self.api, &visitor.token).await {
+            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor))),
+            Err(status) => self.refused(&status),
+        }
+    }
+
+    fn frame(&self, visitor: &Visitor) -> pages::Frame {
+        let who = match &visitor.caller {
+            Caller::Admin => "operator".to_owned(),
+            Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
+        };
+        pages::Frame { who, replica_id: self.replica_id }
+    }
+
+    /// A read the API refused: another tenant's or a missing one is 404, a revoked token
+    /// signs out, anything else says what went wrong.
+    fn refused(&self, status: &tonic::Status) -> Response<Full<Bytes>> {
+        match status.code() {
+            Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => not_found(),
+            Code::Unauthenticated => redirect("/sign-in", None),
+            _ => self.unavailable(status),
+        }
+    }
+
+    fn unavailable(&self, status: &tonic::Status) -> Response<Full<Bytes>> {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::problem(&format!(
+                "Replica {} could not answer: {} ({:?}). Reload to try again.",
+                self.replica_id,
+                status.message(),
+                status.code()
+            )),
+        )
+    }
+
+    /// Whether a POST comes from a page of this console: its `Origin` is this console's.
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        let scheme = if self.tls { "https" } else { "http" };
+        let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST))
+        else {
+            return false;
+        };
+        let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else { return false };
+        origin.strip_prefix(scheme).and_then(|o| o.strip_prefix("://")) == Some(host)
+    }
+
+    fn cookie(&self, id: &str, lasts: Duration) -> String {
+        let secure = if self.tls { "; Secure" } else { "" };
+        format!(
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            lasts.as_secs()
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Session>> {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn key_of(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// The key of the session a request's cookie names, if it names one.
+fn session_key(headers: &HeaderMap) -> Option<[u8; 32]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|id| !id.is_empty())
+        .map(key_of)
+}
+
+fn set(response: &mut Response<Full<Bytes>>, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+fn html(status: StatusCode, page: maud::Markup) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(page.into_string())));
+    *response.status_mut() = status;
+    set(&mut response, header::CONTENT_TYPE, "text/html; charset=utf-8");
+    response
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    set(&mut response, header::LOCATION, to);
+    if let Some(cookie) = cookie {
+        set(&mut response, header::SET_COOKIE, &cookie);
+    }
+    response
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    html(StatusCode::NOT_FOUND, pages::problem("There is no such page."))
+}
+
+fn forbidden_origin() -> Response<Full<Bytes>> {
+    html(
+        StatusCode::FORBIDDEN,
+        pages::problem("This form was not sent from the console's own pages."),
+    )
+}

@@ -1,0 +1,260 @@
+//! The web console over HTTP, as a browser reaches it: over the cluster's TLS, signed in with a
+//! token exchanged for a session cookie, scoped to the token's tenant, with its security headers
+//! and its origin check on every POST.
+
+mod common;
+
+use std::sync::Arc;
+
+use berth::api::pb;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 exchange's answer.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The session cookie this answer sets (`name=value`), if any.
+    fn session(&self) -> Option<String> {
+        let cookie = self.header("set-cookie")?;
+        let pair = cookie.split(';').next()?.trim();
+        pair.strip_prefix("berth_console=").filter(|id| !id.is_empty()).map(|_| pair.to_owned())
+    }
+}
+
+/// A browser of one replica's console: TLS trusting the cluster's CA, one request per connection.
+struct Browser {
+    addr: String,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Browser {
+    fn of(cluster: &Cluster, id: u64) -> Browser {
+        let addr = cluster.members[&id].console_addr.clone().expect("console served");
+        let roots = berth::tls::roots(cluster.authority.cert_pem()).expect("CA roots");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Browser { addr, tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+    }
+
+    fn origin(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("console answers");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+        let mut stream = self.tls.connect(name, tcp).await.expect("TLS handshake");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).await.expect("request sent");
+        let mut response = Vec::new();
+        // A server may close TLS without close_notify after `Connection: close`; what was read
+        // before counts.
+        let _ = stream.read_to_end(&mut response).await;
+        let response = String::from_utf8(response).expect("UTF-8");
+        let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok());
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Answer { status: status.expect("a status line"), headers, body: body.to_owned() }
+    }
+
+    async fn get(&self, path: &str, session: &str) -> Answer {
+        self.send("GET", path, &[("Cookie", session)], "").await
+    }
+
+    async fn sign_in(&self, token: &str) -> Answer {
+        let origin = self.origin();
+        let body = format!("token={token}");
+        let form = ("Content-Type", "application/x-www-form-urlencoded");
+        self.send("POST", "/sign-in", &[("Origin", &origin), form], &body).await
+    }
+
+    /// Signs in and returns the session cookie.
+    async fn session(&self, token: &str) -> String {
+        let answer = self.sign_in(token).await;
+        assert_eq!(answer.status, 303, "signed in: {}", answer.body);
+        answer.session().expect("a session cookie")
+    }
+}
+
+/// A cluster with tenants `a` and `b`, each holding one placement, and `a`'s token.
+async fn two_tenants() -> (Cluster, Clients, String) {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "a").await;
+    create_tenant(&mut c, "b").await;
+    register(&mut c, "w1", 8_000).await;
+    for tenant in ["a", "b"] {
+        let request = place(tenant, spec(&format!("{tenant}-web"), 500));
+        c.scheduler.place(authed(ADMIN_TOKEN, request)).await.expect("placed");
+    }
+    let token = issue_token(&mut c, "a").await;
+    (cluster, c, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_signs_in_with_a_cookie_and_sees_only_its_own_tenant() {
+    let (cluster, _c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+
+    let signed_in = browser.sign_in(&token).await;
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.header("set-cookie").expect("a cookie").to_owned();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    assert!(!cookie.contains(&token), "the token is not the cookie");
+    let session = signed_in.session().expect("a session");
+
+    let home = browser.get("/", &session).await;
+    assert_eq!((home.status, home.header("location")), (303, Some("/tenants/a")));
+    let own = browser.get("/tenants/a", &session).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert!(own.body.contains("a-web"), "its placement is listed");
+    assert!(!own.body.contains("b-web"), "another tenant's placement is not");
+    assert!(!own.body.contains(&token), "the token is never in a page");
+    let csp = own.header("content-security-policy").expect("a CSP");
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(own.header("x-frame-options"), Some("DENY"));
+    assert_eq!(own.header("cache-control"), Some("no-store"));
+
+    let other = browser.get("/tenants/b", &session).await;
+    assert_eq!(other.status, 404);
+    assert!(!other.body.contains("b-web"));
+    let missing = browser.get("/tenants/nobody", &session).await;
+    assert_eq!(missing.status, 404, "a missing tenant looks like another's");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sees_replicas_workers_and_every_tenant() {
+    let (cluster, _c, _token) = two_tenants().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let browser = Browser::of(&cluster, follower);
+    let session = browser.session(ADMIN_TOKEN).await;
+
+    let home = browser.get("/", &session).await;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(home.body.contains(&format!("Leader: replica {leader}")), "{}", home.body);
+    assert!(home.body.contains("w1"), "the worker is listed");
+    assert!(home.body.contains("href=\"/tenants/a\"") && home.body.contains("href=\"/tenants/b\""));
+    assert!(home.body.contains(&format!("Answered by replica {follower}")));
+    let b = browser.get("/tenants/b", &session).await;
+    assert_eq!(b.status, 200);
+    assert!(b.body.contains("b-web") && !b.body.contains("a-web"));
+    let css = browser.get("/console.css", "").await;
+    assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_from_another_origin_or_none_change_nothing() {
+    let (cluster, _c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let body = format!("token={token}");
+    for origin in [Some("https://evil.example"), Some("http://127.0.0.1:1"), None] {
+        let headers: Vec<(&str, &str)> =
+            origin.map(|o| ("Origin", o)).into_iter().chain([form]).collect();
+        let answer = browser.send("POST", "/sign-in", &headers, &body).await;
+        assert_eq!(answer.status, 403, "origin {origin:?}");
+        assert!(answer.session().is_none(), "no session from origin {origin:?}");
+    }
+
+    let session = browser.session(&token).await;
+    let cross = [("Cookie", session.as_str()), ("Origin", "https://evil.example")];
+    let out = browser.send("POST", "/sign-out", &cross, "").await;
+    assert_eq!(out.status, 403);
+    assert_eq!(browser.get("/tenants/a", &session).await.status, 200, "still signed in");
+
+    let origin = browser.origin();
+    let own = [("Cookie", session.as_str()), ("Origin", origin.as_str())];
+    let out = browser.send("POST", "/sign-out", &own, "").await;
+    assert_eq!((out.status, out.header("location")), (303, Some("/sign-in")));
+    assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")));
+    let after = browser.get("/tenants/a", &session).await;
+    assert_eq!((after.status, after.header("location")), (303, Some("/sign-in")));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_token_ends_its_session() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let session = browser.session(&token).await;
+    assert_eq!(browser.get("/tenants/a", &session).await.status, 200);
+
+    let revoke = pb::RevokeTokenRequest {
+        request_id: rid(),
+        tenant_id: "a".into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.revoke_token(authed(ADMIN_TOKEN, revoke)).await.expect("revoked");
+    // The revocation was answered, so no replica vouches for the token any more.
+    let after = browser.get("/tenants/a", &session).await;
+    assert_eq!((after.status, after.header("location")), (303, Some("/sign-in")));
+    let again = browser.get("/tenants/a", &session).await;
+    assert_eq!(again.status, 303, "the session is gone, not just refused once");
+    assert_eq!(browser.sign_in(&token).await.status, 401, "the token signs in no more");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_a_plain_refusal_and_change_nothing() {
+    let (cluster, _c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+
+    let unknown = browser.sign_in("berth_not_a_real_token").await;
+    assert_eq!(unknown.status, 401);
+    assert!(unknown.session().is_none());
+    assert!(!unknown.body.contains("berth_not_a_real_token"), "the input is not echoed");
+    assert_eq!(browser.sign_in("").await.status, 400);
+    let huge = "x".repeat(berth::console::CONSOLE_FORM_BYTES_MAX + 1);
+    let answer = browser.sign_in(&huge).await;
+    assert_eq!(answer.status, 413);
+    assert!(answer.session().is_none());
+
+    for cookie in ["", "berth_console=", "berth_console=forged", "other=1; berth_console=../../x"] {
+        let answer = browser.get("/tenants/a", cookie).await;
+        assert_eq!((answer.status, answer.header("location")), (303, Some("/sign-in")), "{cookie}");
+    }
+
+    let session = browser.session(&token).await;
+    let script = "/tenants/%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let answer = browser.get(script, &session).await;
+    assert_eq!(answer.status, 404);
+    assert!(!answer.body.contains("<script"), "nothing from the URL lands in the page raw");
+    for path in ["/tenants/a/../b", "/tenants/", "/nowhere", "/tenants/b?tenant=a"] {
+        assert_eq!(browser.get(path, &session).await.status, 404, "{path}");
+    }
+    let put = browser.send("PUT", "/", &[("Cookie", session.as_str())], "").await;
+    assert_eq!(put.status, 405);
+    assert_eq!(browser.get("/tenants/a", &session).await.status, 200, "the session still works");
+    cluster.shutdown().await;
+}
