@@ -221,7 +221,7 @@ impl Server {
             let api = Api::new(replica.clone(), admin);
             if let Some(incoming) = listeners.console {
                 let tls = console_tls.is_some();
-                let console = crate::console::Console::new(api.clone(), replica.id(), tls);
+                let console = crate::console::Console::new(api.clone(), replica.clone(), tls);
                 let serve = console.serve(accept_api(incoming, console_tls, stopped()), stopped());
                 serving.push(tokio::spawn(async move {
                     serve.await;

@@ -84,6 +84,11 @@ impl Browser {
         Answer { status: status.expect("a status line"), headers, body: body.to_owned() }
     }
 
+    /// The status a live stream's request gets, when it is refused.
+    async fn live_status(&self, path: &str, session: &str) -> u16 {
+        self.get(path, session).await.status
+    }
+
     async fn get(&self, path: &str, session: &str) -> Answer {
         self.send("GET", path, &[("Cookie", session)], "").await
     }
@@ -100,6 +105,62 @@ impl Browser {
         let answer = self.sign_in(token).await;
         assert_eq!(answer.status, 303, "signed in: {}", answer.body);
         answer.session().expect("a session cookie")
+    }
+}
+
+/// A live stream being read, as a tab's EventSource reads it.
+struct Live {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    text: String,
+    /// How much of `text` the last `until` consumed.
+    read: usize,
+}
+
+impl Live {
+    /// Reads until `pattern` appears after what was consumed; returns the text from there.
+    async fn until(&mut self, pattern: &str) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(at) = self.text[self.read..].find(pattern) {
+                let from = self.read + at;
+                self.read = from + pattern.len();
+                return self.text[from..].to_owned();
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {pattern:?} in time; read: {}", self.text))
+                .expect("the stream reads");
+            assert!(n > 0, "the stream ended before {pattern:?}; read: {}", self.text);
+            self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// The id of the next `changed` note.
+    async fn changed_id(&mut self) -> u64 {
+        let note = self.until("id: ").await;
+        assert!(note.contains("event: changed"), "{note}");
+        note["id: ".len()..].split('\n').next().and_then(|n| n.trim().parse().ok()).expect("an id")
+    }
+}
+
+impl Browser {
+    async fn live(&self, path: &str, session: &str, last_event_id: Option<u64>) -> Live {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.expect("console answers");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+        let mut stream = self.tls.connect(name, tcp).await.expect("TLS handshake");
+        let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nCookie: {session}\r\nAccept: text/event-stream\r\n{resume}\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.expect("request sent");
+        let mut live = Live { stream, text: String::new(), read: 0 };
+        let head = live.until("\r\n\r\n").await;
+        assert!(live.text.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(live.text.to_ascii_lowercase().contains("content-type: text/event-stream"));
+        live.until(": live").await;
+        live
     }
 }
 
@@ -256,5 +317,73 @@ async fn hostile_requests_get_a_plain_refusal_and_change_nothing() {
     let put = browser.send("PUT", "/", &[("Cookie", session.as_str())], "").await;
     assert_eq!(put.status, 405);
     assert_eq!(browser.get("/tenants/a", &session).await.status, 200, "the session still works");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_tab_hears_of_its_own_tenants_changes_only_and_resumes_after_its_last() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let session = browser.session(&token).await;
+    assert_eq!(browser.live_status("/tenants/b/events", &session).await, 404);
+    assert_eq!(
+        browser.live_status("/events", &session).await,
+        404,
+        "the cluster's is the operator's"
+    );
+
+    let mut live = browser.live("/tenants/a/events", &session, None).await;
+    let place = |tenant: &str, id: &str| place(tenant, spec(id, 100));
+    let b = c.scheduler.place(authed(ADMIN_TOKEN, place("b", "b-2"))).await.expect("placed");
+    let b_index = b.into_inner().write.expect("written").log_index;
+    let a = c.scheduler.place(authed(ADMIN_TOKEN, place("a", "a-2"))).await.expect("placed");
+    let a_index = a.into_inner().write.expect("written").log_index;
+    assert!(b_index < a_index);
+    assert_eq!(live.changed_id().await, a_index, "b's placement is not a's news");
+
+    // A tab that dropped after b's write resumes with a's.
+    let mut resumed = browser.live("/tenants/a/events", &session, Some(b_index)).await;
+    assert_eq!(resumed.changed_id().await, a_index);
+    // Resuming from a point long gone (or never reached) reloads everything.
+    let mut stale = browser.live("/tenants/a/events", &session, Some(u64::MAX)).await;
+    stale.until("event: resync").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_signs_its_live_tab_out() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let session = browser.session(&token).await;
+    let mut live = browser.live("/tenants/a/events", &session, None).await;
+    let revoke = pb::RevokeTokenRequest {
+        request_id: rid(),
+        tenant_id: "a".into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.revoke_token(authed(ADMIN_TOKEN, revoke)).await.expect("revoked");
+    live.until("event: signed-out").await;
+    let after = browser.get("/tenants/a", &session).await;
+    assert_eq!((after.status, after.header("location")), (303, Some("/sign-in")));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_live_tab_hears_of_a_new_leader() {
+    let (mut cluster, _c, _token) = two_tenants().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let browser = Browser::of(&cluster, follower);
+    let session = browser.session(ADMIN_TOKEN).await;
+    let mut live = browser.live("/events", &session, None).await;
+    cluster.stop(leader).await;
+    live.until("data: leadership").await;
+    let page = poll("the page to name a new leader", || async {
+        let page = browser.get("/", &session).await;
+        (page.status == 200 && !page.body.contains(&format!("Leader: replica {leader},")))
+            .then_some(page.body)
+    })
+    .await;
+    assert!(page.contains("Leader: replica "), "{page}");
     cluster.shutdown().await;
 }

@@ -11,13 +11,17 @@
 //! comes from the session, never the URL). Every POST must come from the console's own origin;
 //! every page forbids scripts from anywhere but the console and framing by anyone.
 
+mod live;
 mod pages;
+
+pub use live::{CONSOLE_LIVE_BUFFER, CONSOLE_LIVE_INTERVAL};
+pub use pages::CONSOLE_ROWS_MAX;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -28,6 +32,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
 use crate::api::{Api, Caller};
+use crate::raft::replica::Replica;
+
+/// What the console answers with: a whole page, or a live stream.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
 
 /// Most sessions one replica's console keeps; signing in beyond it ends the least recently used.
 pub const CONSOLE_SESSIONS_MAX: usize = 1_000;
@@ -60,6 +68,7 @@ struct Session {
 /// The console of one replica.
 pub struct Console {
     api: Api,
+    replica: Replica,
     replica_id: u64,
     /// Sessions by the SHA-256 of their id, so a lookup's timing tells nothing about an id.
     sessions: Mutex<BTreeMap<[u8; 32], Session>>,
@@ -69,13 +78,15 @@ pub struct Console {
 
 /// Who asked, once their session's token has been checked again.
 pub(crate) struct Visitor {
+    session: [u8; 32],
     token: String,
     caller: Caller,
 }
 
 impl Console {
-    pub fn new(api: Api, replica_id: u64, tls: bool) -> Arc<Console> {
-        Arc::new(Console { api, replica_id, sessions: Mutex::default(), tls })
+    pub fn new(api: Api, replica: Replica, tls: bool) -> Arc<Console> {
+        let replica_id = replica.id();
+        Arc::new(Console { api, replica, replica_id, sessions: Mutex::default(), tls })
     }
 
     /// Serves every connection `incoming` yields (already through TLS, if any) until `stopped`.
@@ -132,7 +143,7 @@ impl Console {
         connections.shutdown().await;
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let mut response = self.route(request).await;
         let headers = response.headers_mut();
         for (name, value) in [
@@ -147,15 +158,19 @@ impl Console {
         response
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
         match (&method, path.as_str()) {
-            (&Method::GET, "/console.css") => {
-                let mut response = Response::new(Full::new(Bytes::from_static(pages::CSS)));
-                set(&mut response, header::CONTENT_TYPE, "text/css; charset=utf-8");
-                response
-            }
+            (&Method::GET, "/console.css") => asset(pages::CSS, "text/css; charset=utf-8"),
+            (&Method::GET, "/console.js") => asset(pages::JS, "text/javascript; charset=utf-8"),
+            (&Method::GET, "/events") => match self.visitor(request.headers()).await {
+                Ok(visitor) if visitor.caller == Caller::Admin => {
+                    self.live(visitor, live::Scope::Cluster, request.headers())
+                }
+                Ok(_) => not_found(),
+                Err(response) => response,
+            },
             (&Method::GET, "/sign-in") => match self.visitor(request.headers()).await {
                 Ok(_) => redirect("/", None),
                 Err(_) => html(StatusCode::OK, pages::sign_in(None)),
@@ -179,21 +194,31 @@ impl Console {
             },
             (&Method::GET, _) if path.starts_with("/tenants/") => {
                 let tenant = &path["/tenants/".len()..];
-                match self.visitor(request.headers()).await {
-                    Ok(visitor) => self.tenant(&visitor, tenant).await,
-                    Err(response) => response,
+                let visitor = match self.visitor(request.headers()).await {
+                    Ok(visitor) => visitor,
+                    Err(response) => return response,
+                };
+                match tenant.strip_suffix("/events") {
+                    Some(tenant) if self.may_see(&visitor, tenant) => {
+                        let scope = live::Scope::Tenant(tenant.to_owned());
+                        self.live(visitor, scope, request.headers())
+                    }
+                    Some(_) => not_found(),
+                    None => self.tenant(&visitor, tenant).await,
                 }
             }
-            (_, "/" | "/sign-in" | "/sign-out" | "/console.css") => html(
-                StatusCode::METHOD_NOT_ALLOWED,
-                pages::problem("That method is not served here."),
-            ),
+            (_, "/" | "/sign-in" | "/sign-out" | "/console.css" | "/console.js" | "/events") => {
+                html(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    pages::problem("That method is not served here."),
+                )
+            }
             _ => not_found(),
         }
     }
 
     /// Exchanges a posted token for a session.
-    async fn sign_in(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn sign_in(&self, request: Request<Incoming>) -> Response<Body> {
         if !self.same_origin(request.headers()) {
             return forbidden_origin();
         }
@@ -254,7 +279,7 @@ impl Console {
 
     /// The visitor a request's session cookie names, its token checked again; or the page to
     /// answer with instead (sign in, or signed out because the token no longer works).
-    async fn visitor(&self, headers: &HeaderMap) -> Result<Visitor, Response<Full<Bytes>>> {
+    async fn visitor(&self, headers: &HeaderMap) -> Result<Visitor, Response<Body>> {
         let signed_out = || redirect("/sign-in", None);
         let key = session_key(headers).ok_or_else(signed_out)?;
         let token = {
@@ -275,7 +300,7 @@ impl Console {
                     self.lock().remove(&key);
                     return Err(signed_out());
                 }
-                Ok(Visitor { token, caller })
+                Ok(Visitor { session: key, token, caller })
             }
             Err(status) if status.code() == Code::Unauthenticated => {
                 self.lock().remove(&key);
@@ -285,36 +310,62 @@ impl Console {
         }
     }
 
-    async fn tenant(&self, visitor: &Visitor, tenant: &str) -> Response<Full<Bytes>> {
-        if let Caller::Tenant(own, _) = &visitor.caller {
-            if own.0 != tenant {
-                return not_found();
-            }
+    /// Whether `visitor` may see `tenant`'s pages: the operator any, a tenant its own only.
+    fn may_see(&self, visitor: &Visitor, tenant: &str) -> bool {
+        match &visitor.caller {
+            Caller::Admin => true,
+            Caller::Tenant(own, _) => own.0 == tenant,
+        }
+    }
+
+    async fn tenant(&self, visitor: &Visitor, tenant: &str) -> Response<Body> {
+        if !self.may_see(visitor, tenant) {
+            return not_found();
         }
         match pages::Tenant::read(&self.api, &visitor.token, tenant).await {
-            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor))),
+            Ok(view) => {
+                let live = format!("/tenants/{tenant}/events");
+                html(StatusCode::OK, view.render(&self.frame(visitor, live)))
+            }
             Err(status) => self.refused(&status),
         }
     }
 
-    async fn operator(&self, visitor: &Visitor) -> Response<Full<Bytes>> {
+    async fn operator(&self, visitor: &Visitor) -> Response<Body> {
         match pages::Operator::read(&self.api, &visitor.token).await {
-            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor))),
+            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor, "/events".into()))),
             Err(status) => self.refused(&status),
         }
     }
 
-    fn frame(&self, visitor: &Visitor) -> pages::Frame {
+    /// A live stream for one tab, resuming after its `Last-Event-ID` if it sends one.
+    fn live(
+        self: Arc<Self>,
+        visitor: Visitor,
+        scope: live::Scope,
+        headers: &HeaderMap,
+    ) -> Response<Body> {
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = live::stream(self, visitor.session, visitor.token, scope, resume);
+        let mut response = Response::new(body);
+        set(&mut response, header::CONTENT_TYPE, "text/event-stream");
+        response
+    }
+
+    fn frame(&self, visitor: &Visitor, live: String) -> pages::Frame {
         let who = match &visitor.caller {
             Caller::Admin => "operator".to_owned(),
             Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
         };
-        pages::Frame { who, replica_id: self.replica_id }
+        pages::Frame { who, replica_id: self.replica_id, live }
     }
 
     /// A read the API refused: another tenant's or a missing one is 404, a revoked token
     /// signs out, anything else says what went wrong.
-    fn refused(&self, status: &tonic::Status) -> Response<Full<Bytes>> {
+    fn refused(&self, status: &tonic::Status) -> Response<Body> {
         match status.code() {
             Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => not_found(),
             Code::Unauthenticated => redirect("/sign-in", None),
@@ -322,7 +373,7 @@ impl Console {
         }
     }
 
-    fn unavailable(&self, status: &tonic::Status) -> Response<Full<Bytes>> {
+    fn unavailable(&self, status: &tonic::Status) -> Response<Body> {
         html(
             StatusCode::SERVICE_UNAVAILABLE,
             pages::problem(&format!(
@@ -374,21 +425,27 @@ fn session_key(headers: &HeaderMap) -> Option<[u8; 32]> {
         .map(key_of)
 }
 
-fn set(response: &mut Response<Full<Bytes>>, name: header::HeaderName, value: &str) {
+fn set(response: &mut Response<Body>, name: header::HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, value);
     }
 }
 
-fn html(status: StatusCode, page: maud::Markup) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(page.into_string())));
+fn asset(bytes: &'static [u8], content_type: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(bytes)).boxed());
+    set(&mut response, header::CONTENT_TYPE, content_type);
+    response
+}
+
+fn html(status: StatusCode, page: maud::Markup) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(page.into_string())).boxed());
     *response.status_mut() = status;
     set(&mut response, header::CONTENT_TYPE, "text/html; charset=utf-8");
     response
 }
 
-fn redirect(to: &str, cookie: Option<String>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+fn redirect(to: &str, cookie: Option<String>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
     *response.status_mut() = StatusCode::SEE_OTHER;
     set(&mut response, header::LOCATION, to);
     if let Some(cookie) = cookie {
@@ -397,11 +454,11 @@ fn redirect(to: &str, cookie: Option<String>) -> Response<Full<Bytes>> {
     response
 }
 
-fn not_found() -> Response<Full<Bytes>> {
+fn not_found() -> Response<Body> {
     html(StatusCode::NOT_FOUND, pages::problem("There is no such page."))
 }
 
-fn forbidden_origin() -> Response<Full<Bytes>> {
+fn forbidden_origin() -> Response<Body> {
     html(
         StatusCode::FORBIDDEN,
         pages::problem("This form was not sent from the console's own pages."),

@@ -10,6 +10,8 @@ use crate::api::Api;
 
 /// The console's one stylesheet, compiled into the binary.
 pub const CSS: &[u8] = include_bytes!("console.css");
+/// The console's one script (it keeps a page current), compiled into the binary.
+pub const JS: &[u8] = include_bytes!("console.js");
 
 /// Most rows a list on one page shows (the API's page size); a longer list says so.
 pub const CONSOLE_ROWS_MAX: u32 = 100;
@@ -18,6 +20,8 @@ pub const CONSOLE_ROWS_MAX: u32 = 100;
 pub struct Frame {
     pub who: String,
     pub replica_id: u64,
+    /// The page's live stream.
+    pub live: String,
 }
 
 fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Markup {
@@ -29,8 +33,11 @@ fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Berth" }
                 link rel="stylesheet" href="/console.css";
+                @if frame.is_some() {
+                    script src="/console.js" defer {}
+                }
             }
-            body {
+            body data-live=[frame.map(|f| f.live.as_str())] {
                 header {
                     a.brand href="/" { "Berth" }
                     @if let Some(frame) = frame {
@@ -47,7 +54,7 @@ fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Markup {
                 @if let Some(frame) = frame {
                     footer {
                         "Answered by replica " (frame.replica_id)
-                        " from a linearizable read when this page was made; reload for newer."
+                        " from a linearizable read; the page follows changes as they apply."
                     }
                 }
             }
@@ -84,7 +91,7 @@ pub fn problem(message: &str) -> Markup {
     )
 }
 
-fn authed<T>(token: &str, message: T) -> Request<T> {
+pub(super) fn authed<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     if let Ok(value) = format!("Bearer {token}").parse() {
         request.metadata_mut().insert("authorization", value);

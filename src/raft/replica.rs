@@ -768,6 +768,13 @@ impl Replica {
         m.state == ServerState::Leader && m.current_leader == Some(self.id())
     }
 
+    /// The leader this replica knows of (see `known_leader`) and its current term.
+    pub fn leadership(&self) -> (Option<ReplicaId>, u64) {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        (self.leader_in(&m), m.current_term)
+    }
+
     /// The leader to send writes and read-index requests to: this replica only while it
     /// leads (see `is_leader`), else the one it last heard of.
     fn known_leader(&self) -> Option<ReplicaId> {
