@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod webdriver;
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 /// `berth up` with its printed lines; killed (and so its replicas stopped) on drop.
@@ -20,6 +22,8 @@ struct Up {
     replica_pids: BTreeMap<u64, u32>,
     /// The replicas' metrics addresses (`host:port`), as `up` printed them.
     metrics: Vec<String>,
+    /// The replicas' web console addresses (`https://host:port`), as `up` printed them.
+    consoles: Vec<String>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -48,6 +52,13 @@ impl Up {
                 self.metrics = urls
                     .split_whitespace()
                     .filter_map(|u| u.strip_prefix("http://")?.strip_suffix("/metrics"))
+                    .map(str::to_owned)
+                    .collect();
+            }
+            if let Some(urls) = line.trim_start().strip_prefix("console:") {
+                self.consoles = urls
+                    .split_whitespace()
+                    .filter_map(|u| u.strip_suffix('/').filter(|u| u.starts_with("http")))
                     .map(str::to_owned)
                     .collect();
             }
@@ -93,10 +104,13 @@ fn up(data: &Path, peer: u16, api: u16) -> Up {
 }
 
 fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
-    let metrics = free_base(5);
+    // One search for both, so the two ranges cannot overlap.
+    let metrics = free_base(10);
+    let console = metrics + 5;
     let mut child = Command::new(BERTH)
         .args(["up", "--peer-base-port", &peer.to_string(), "--api-base-port", &api.to_string()])
         .args(["--metrics-base-port", &metrics.to_string()])
+        .args(["--console-base-port", &console.to_string()])
         .args(flags)
         .arg("--data-dir")
         .arg(data)
@@ -122,6 +136,7 @@ fn up_with(data: &Path, peer: u16, api: u16, flags: &[&str]) -> Up {
         pids: Vec::new(),
         replica_pids: BTreeMap::new(),
         metrics: Vec::new(),
+        consoles: Vec::new(),
         lines: rx,
     };
     up.wait_for(Duration::from_secs(90), |line| line.contains("Press Ctrl-C"));
@@ -1499,4 +1514,89 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
         assert!(!rules.contains("BERTH-CHAOS"), "{rules}");
     }
     drop(cluster);
+}
+
+/// The web console in a real browser (headless Chromium over WebDriver) against `berth up`: a
+/// tenant signs in and sees only its own tenant; its queued placement is placed on the page
+/// within 2 s of a Release made elsewhere, with no reload; revoking its token signs the tab
+/// out; the operator's page, open on a follower, names a new leader after the leader is
+/// killed. Screenshots of each view go to the test's output directory. Skipped, saying so,
+/// where Chromium is not installed; CI installs it and must run it (`BERTH_REQUIRE_BROWSER`).
+#[test]
+fn the_console_in_a_browser() {
+    let browser = match webdriver::Browser::start(free_base(1)) {
+        Ok(browser) => browser,
+        Err(why) if std::env::var_os("BERTH_REQUIRE_BROWSER").is_none() => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("CI must run the browser test: {why}"),
+    };
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("berth-data");
+    let peer = free_base(6);
+    let api = peer + 3;
+    let cluster = up(&data, peer, api);
+    let admin = &Login::of_up(&data);
+    for tenant in ["a", "b"] {
+        ok(api, admin, &["tenant", "create", tenant]);
+    }
+    ok(api, admin, &["worker", "register", "w1", "--cpu", "1", "--memory-mib", "1024"]);
+    ok(api, admin, &["place", "a", "a-run", "--cpu", "1", "--memory-mib", "64"]);
+    let queued =
+        ok(api, admin, &["place", "b", "b-wait", "--cpu", "0.5", "--memory-mib", "64", "--queue"]);
+    assert!(queued.contains("wait_reason"), "{queued}");
+    ok(api, admin, &["place", "a", "a-wait", "--cpu", "0.5", "--memory-mib", "64", "--queue"]);
+    let issued = ok(api, admin, &["token", "issue", "a", "web", "--json"]);
+    let issued: serde_json::Value = serde_json::from_str(&issued).expect("json");
+    let token = issued["token"].as_str().expect("a token").to_owned();
+
+    // A tenant signs in: its own page, its queued placement, nothing of b's.
+    let leader = leader(api, admin);
+    let console = |id: u64| cluster.consoles[usize::try_from(id - 1).expect("an index")].clone();
+    browser.goto(&format!("{}/", console(leader)));
+    assert!(browser.url().ends_with("/sign-in"), "{}", browser.url());
+    browser.type_into("#token", &token);
+    browser.click("button[type=submit]");
+    let page = browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Waiting (1)"));
+    assert!(browser.url().ends_with("/tenants/a"), "{}", browser.url());
+    assert!(page.contains("a-run") && page.contains("a-wait"), "{page}");
+    assert!(!page.contains("b-wait"), "another tenant's placement shows: {page}");
+    browser.screenshot(&shots.join("tenant.png"));
+
+    // A Release elsewhere: the page shows a-wait placed within 2 s, without a reload.
+    ok(api, admin, &["release", "a", "a-run"]);
+    let released = Instant::now();
+    let page = browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Nothing waits."));
+    assert!(released.elapsed() <= Duration::from_secs(2), "took {:?}", released.elapsed());
+    assert!(page.contains("a-wait") && !page.contains("a-run"), "{page}");
+    browser.screenshot(&shots.join("tenant-live.png"));
+
+    // Revoking the token signs the tab out.
+    ok(api, admin, &["token", "revoke", "a", "web"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !browser.url().ends_with("/sign-in") {
+        assert!(Instant::now() < until, "still signed in at {}", browser.url());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser.screenshot(&shots.join("signed-out.png"));
+
+    // The operator, on a follower's console, sees a new leader once the leader is killed.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    browser.goto(&format!("{}/sign-in", console(follower)));
+    browser.type_into("#token", &admin.token);
+    browser.click("button[type=submit]");
+    let was = format!("Leader: replica {leader},");
+    let page = browser.wait_text("main", Duration::from_secs(10), |t| t.contains(&was));
+    assert!(page.contains("w1") && page.contains("Tenants (2)"), "{page}");
+    browser.screenshot(&shots.join("operator.png"));
+    kill_replica(&cluster, leader);
+    let page = browser.wait_text("main", Duration::from_secs(30), |t| {
+        t.contains("Leader: replica ") && !t.contains(&was)
+    });
+    assert!(!page.contains(&was), "{page}");
+    browser.screenshot(&shots.join("operator-new-leader.png"));
+    eprintln!("screenshots: {}", shots.display());
 }

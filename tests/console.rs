@@ -201,6 +201,10 @@ async fn a_tenant_signs_in_with_a_cookie_and_sees_only_its_own_tenant() {
     assert!(!own.body.contains(&token), "the token is never in a page");
     let csp = own.header("content-security-policy").expect("a CSP");
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The live stream and the page's refetch need to connect back; under `no-referrer`,
+    // Chromium would send a form's Origin as `null` (both found by the browser test).
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    assert_eq!(own.header("referrer-policy"), Some("same-origin"));
     assert_eq!(own.header("x-frame-options"), Some("DENY"));
     assert_eq!(own.header("cache-control"), Some("no-store"));
 

@@ -53,8 +53,10 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// The session cookie's name.
 const COOKIE: &str = "berth_console";
 
-/// What every page may load: its own styles, nothing else, and no frame may hold it.
+/// What every page may load: its own script and styles, and connect back for its live stream
+/// and content; nothing else, and no frame may hold it.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// A signed-in person: the token they signed in with, who it made them, and when they last
@@ -149,7 +151,7 @@ impl Console {
         for (name, value) in [
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
             (header::X_FRAME_OPTIONS, "DENY"),
         ] {
