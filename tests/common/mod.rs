@@ -180,38 +180,20 @@ impl Cluster {
         listener: TcpListener,
         bootstrap: Option<BTreeMap<u64, String>>,
     ) {
-        let api = if self.with_api {
-            let (api_addr, api_listener) = match self.members[&id].api_addr.clone() {
-                Some(addr) => listen(&addr).await,
-                None => listen("127.0.0.1:0").await,
-            };
-            self.members.get_mut(&id).expect("member").api_addr = Some(api_addr);
-            Some((
-                TcpIncoming::from(api_listener).with_nodelay(Some(true)),
-                berth::api::hash_token(ADMIN_TOKEN),
-            ))
+        let (api, metrics, console) = if self.with_api {
+            let api = self.listen_again(id, |m| &mut m.api_addr).await;
+            let metrics = self.listen_again(id, |m| &mut m.metrics_addr).await;
+            let console = self.listen_again(id, |m| &mut m.console_addr).await;
+            (
+                Some((
+                    TcpIncoming::from(api).with_nodelay(Some(true)),
+                    berth::api::hash_token(ADMIN_TOKEN),
+                )),
+                Some(TcpIncoming::from(metrics)),
+                Some(TcpIncoming::from(console)),
+            )
         } else {
-            None
-        };
-        let metrics = if self.with_api {
-            let (metrics_addr, listener) = match self.members[&id].metrics_addr.clone() {
-                Some(addr) => listen(&addr).await,
-                None => listen("127.0.0.1:0").await,
-            };
-            self.members.get_mut(&id).expect("member").metrics_addr = Some(metrics_addr);
-            Some(TcpIncoming::from(listener))
-        } else {
-            None
-        };
-        let console = if self.with_api {
-            let (console_addr, listener) = match self.members[&id].console_addr.clone() {
-                Some(addr) => listen(&addr).await,
-                None => listen("127.0.0.1:0").await,
-            };
-            self.members.get_mut(&id).expect("member").console_addr = Some(console_addr);
-            Some(TcpIncoming::from(listener))
-        } else {
-            None
+            (None, None, None)
         };
         let security = self.security(id);
         let member = self.members.get_mut(&id).expect("member");
@@ -234,6 +216,22 @@ impl Cluster {
         .await
         .expect("server starts");
         member.server = Some(server);
+    }
+
+    /// A listener for one of replica `id`'s public ports: on the address it had before, so a
+    /// restarted replica keeps it, or a fresh one, kept in the member's `slot`.
+    async fn listen_again(
+        &mut self,
+        id: u64,
+        slot: fn(&mut Member) -> &mut Option<String>,
+    ) -> TcpListener {
+        let member = self.members.get_mut(&id).expect("member");
+        let (addr, listener) = match slot(member).clone() {
+            Some(addr) => listen(&addr).await,
+            None => listen("127.0.0.1:0").await,
+        };
+        *slot(member) = Some(addr);
+        listener
     }
 
     /// What replica `id` is started with: mutual TLS with a fresh certificate for it from the
