@@ -1,9 +1,9 @@
-//! Live pages: one server-sent-events stream per tab, fed in-process by a Watch of what the
-//! page shows. It tells the tab that something changed (`event: changed`, its id the log index
-//! of the latest change, so a reconnecting tab resumes with `Last-Event-ID`), at most four times
-//! a second however fast commands apply; the tab then reloads its content. A tab that reads too
-//! slowly to keep up is told to reload everything (`event: resync`); a token that stops working
-//! signs the tab out (`event: signed-out`) and ends the stream.
+//! Live pages: one server-sent-events stream per tab. It waits on the replica's journal for a
+//! change in what the page shows and tells the tab (`event: changed`, its id the log index the
+//! journal had reached, so a reconnecting tab resumes with `Last-Event-ID`), at most four times
+//! a second however fast commands apply; the tab then fetches its content again. A tab that
+//! reads too slowly to keep up is told to reload everything (`event: resync`); a token that
+//! stops working signs the tab out (`event: signed-out`) and ends the stream.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,13 +12,14 @@ use std::time::Duration;
 use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
-use super::{pages, Console};
-use crate::api::pb::{self, scheduler_server::Scheduler, watch_response::Message};
+use super::Console;
+use crate::raft::journal::{self, Compacted, EventPos, Journal};
+use crate::scheduler::{LogIndex, TenantId};
 
 /// Least time between two notes to one tab: at most four a second.
 pub const CONSOLE_LIVE_INTERVAL: Duration = Duration::from_millis(250);
@@ -34,6 +35,11 @@ pub(super) enum Scope {
 }
 
 /// The stream for one tab, resuming after `resume` (its `Last-Event-ID`) if given.
+///
+/// It reads no events: a tab only needs to know that its scope changed, so it waits on the
+/// journal's wake-up for that scope and names the journal's head at the time it tells. (Fed
+/// by a Watch instead, each operator tab turned every event of the cluster into a message:
+/// 50 tabs cost a busy cluster more than 40 % of its writes, see docs/console.md.)
 pub(super) fn stream(
     console: Arc<Console>,
     session: [u8; 32],
@@ -48,97 +54,86 @@ pub(super) fn stream(
         if !live.send(": live\nretry: 2000\n\n".to_owned()) {
             return;
         }
-        let tenant_id = match &scope {
-            Scope::Tenant(tenant) => tenant.clone(),
-            Scope::Cluster => String::new(),
+        let journal = console.replica.journal().clone();
+        let scope = match &scope {
+            Scope::Tenant(tenant) => journal::Scope::Tenant(TenantId::new(tenant)),
+            Scope::Cluster => journal::Scope::All,
         };
-        // A resume point this replica no longer holds (or cannot serve) is dropped: the tab
-        // reloads everything and watches from now.
-        let mut resync = false;
-        // A point past what this replica has applied is not one it gave the tab: resuming there
-        // would skip what comes before it.
-        let head = console.replica.journal().head().index.0;
-        let resume = resume.filter(|after| {
-            resync |= *after > head;
-            *after <= head
-        });
-        let mut watch = None;
-        for after_log_index in [resume, None] {
-            let request = pb::WatchRequest {
-                tenant_id: tenant_id.clone(),
-                after_log_index,
-                after_event: None,
-                kinds: vec![],
-            };
-            match Scheduler::watch(&console.api, pages::authed(&token, request)).await {
-                Ok(opened) => {
-                    watch = Some(opened.into_inner());
-                    break;
-                }
-                Err(status)
-                    if status.code() == Code::Unauthenticated || after_log_index.is_none() =>
-                {
-                    live.end(&console, &session, &status);
-                    return;
-                }
-                Err(_) => resync = true,
-            }
-        }
-        let Some(mut watch) = watch else { return };
-        let mut leadership = console.replica.leadership();
-        let mut recheck = tokio::time::interval(RECHECK);
-        // What the tab has not been told yet: that something changed, and the log index of the
-        // latest change among it (none: only the leadership changed).
-        let mut pending: Option<Option<u64>> = None;
-        loop {
-            let due = live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL);
-            let tell = pending.is_some() || resync;
-            tokio::select! {
-                message = watch.next() => match message {
-                    Some(Ok(pb::WatchResponse { message: Some(Message::Event(e)) })) => {
-                        pending = Some(Some(e.log_index));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(status)) => {
-                        live.end(&console, &session, &status);
-                        return;
-                    }
-                    None => return,
-                },
-                () = tokio::time::sleep_until(due), if tell => {
-                    let note = if resync {
-                        "event: resync\ndata: resync\n\n".to_owned()
-                    } else {
-                        match pending.flatten() {
-                            Some(index) => format!("id: {index}\nevent: changed\ndata: {index}\n\n"),
-                            None => "event: changed\ndata: leadership\n\n".to_owned(),
-                        }
-                    };
-                    match live.try_send(note) {
-                        Ok(()) => resync = false,
-                        Err(TrySendError::Full(_)) => resync = true,
-                        Err(TrySendError::Closed(_)) => return,
-                    }
-                    pending = None;
-                }
-                _ = recheck.tick() => {
-                    if let Err(status) = console.api.caller_of(&token).await {
-                        if status.code() == Code::Unauthenticated {
-                            live.end(&console, &session, &status);
-                            return;
-                        }
-                    }
-                    let now = console.replica.leadership();
-                    if matches!(scope, Scope::Cluster) && now != leadership {
-                        leadership = now;
-                        pending = Some(pending.flatten());
-                    }
-                }
-                () = live.tx.closed() => return,
-            }
-        }
+        let waker = journal.waker(&scope);
+        follow(&console, &mut live, &journal, &scope, &waker, session, &token, resume).await;
+        drop(waker);
+        journal.forget_idle_wakers();
     });
     StreamBody::new(ReceiverStream::new(rx)).boxed()
+}
+
+/// Tells the tab of each change to `scope` (and, for the whole cluster, of each change of
+/// leader) until the tab goes or its token stops working.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    console: &Console,
+    live: &mut Live,
+    journal: &Journal,
+    scope: &journal::Scope,
+    waker: &Notify,
+    session: [u8; 32],
+    token: &str,
+    resume: Option<u64>,
+) {
+    // What the tab has not been told: a change in its scope, a new leader, or that it must
+    // reload everything.
+    let (mut changed, mut new_leader, mut resync) = (false, false, false);
+    if let Some(after) = resume {
+        // A point past what this replica has applied is not one it gave the tab, and one it no
+        // longer holds cannot be resumed from: either way the tab reloads everything.
+        match journal.read(scope, EventPos::after_command(LogIndex(after)), 1) {
+            _ if after > journal.head().index.0 => resync = true,
+            Ok((missed, _)) => changed = !missed.is_empty(),
+            Err(Compacted) => resync = true,
+        }
+    }
+    let mut leader = leadership(console);
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        // Armed before anything is told: a change after the head is read wakes it.
+        let woken = waker.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let due = live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL);
+        tokio::select! {
+            () = &mut woken => changed = true,
+            () = tokio::time::sleep_until(due), if changed || new_leader || resync => {
+                let note = if resync {
+                    "event: resync\ndata: resync\n\n".to_owned()
+                } else if changed {
+                    let head = journal.head().index.0;
+                    format!("id: {head}\nevent: changed\ndata: {head}\n\n")
+                } else {
+                    "event: changed\ndata: leadership\n\n".to_owned()
+                };
+                match live.try_send(note) {
+                    Ok(()) => resync = false,
+                    Err(TrySendError::Full(())) => resync = true,
+                    Err(TrySendError::Closed(())) => return,
+                }
+                (changed, new_leader) = (false, false);
+            }
+            _ = recheck.tick() => {
+                if let Err(status) = console.api.caller_of(token).await {
+                    if status.code() == Code::Unauthenticated {
+                        console.lock().remove(&session);
+                        let _ = live.try_send("event: signed-out\ndata: signed-out\n\n".into());
+                        return;
+                    }
+                }
+                let now = leadership(console);
+                if matches!(scope, journal::Scope::All) && now != leader {
+                    (leader, new_leader) = (now, true);
+                }
+            }
+            () = live.tx.closed() => return,
+        }
+    }
 }
 
 struct Live {
@@ -159,17 +154,10 @@ impl Live {
     fn send(&mut self, note: String) -> bool {
         self.try_send(note).is_ok()
     }
+}
 
-    /// Ends the stream over `status`: a token that no longer works signs the tab out (and ends
-    /// its session); anything else (a resume point this replica no longer holds, a replica
-    /// that stopped serving) asks the tab to reload, which opens a new stream.
-    fn end(&mut self, console: &Console, session: &[u8; 32], status: &tonic::Status) {
-        let note = if status.code() == Code::Unauthenticated {
-            console.lock().remove(session);
-            "event: signed-out\ndata: signed-out\n\n"
-        } else {
-            "event: resync\ndata: resync\n\n"
-        };
-        let _ = self.try_send(note.to_owned());
-    }
+/// The leader the console's replica knows of, and its term.
+fn leadership(console: &Console) -> (Option<u64>, u64) {
+    let view = console.replica.view();
+    (view.leader, view.term)
 }

@@ -334,7 +334,7 @@ impl Console {
     }
 
     async fn operator(&self, visitor: &Visitor) -> Response<Body> {
-        match pages::Operator::read(&self.api, &visitor.token).await {
+        match pages::Operator::read(&self.api, self.replica.view(), &visitor.token).await {
             Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor, "/events".into()))),
             Err(status) => self.refused(&status),
         }

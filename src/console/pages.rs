@@ -4,9 +4,10 @@
 use maud::{html, Markup, DOCTYPE};
 use tonic::{Request, Status};
 
-use crate::api::pb::{self, cluster_server::Cluster, scheduler_server::Scheduler};
+use crate::api::pb::{self, scheduler_server::Scheduler};
 use crate::api::pb::{tenants_server::Tenants, workers_server::Workers};
 use crate::api::Api;
+use crate::raft::replica::RaftView;
 
 /// The console's one stylesheet, compiled into the binary.
 pub const CSS: &[u8] = include_bytes!("console.css");
@@ -233,14 +234,16 @@ impl Tenant {
 
 /// The operator's page: the replicas, the tenants and the workers.
 pub struct Operator {
-    status: pb::StatusResponse,
+    view: RaftView,
     tenants: Vec<pb::Tenant>,
     workers: Vec<pb::Worker>,
 }
 
 impl Operator {
-    pub async fn read(api: &Api, token: &str) -> Result<Operator, Status> {
-        let status = Cluster::status(api, authed(token, pb::StatusRequest {})).await?.into_inner();
+    /// The replicas as this replica sees them (`view`: no peer asked, no state hashed; the
+    /// CLI's `cluster status` is the full report), with the tenants and workers read through
+    /// the API.
+    pub async fn read(api: &Api, view: RaftView, token: &str) -> Result<Operator, Status> {
         let tenants = Tenants::list_tenants(
             api,
             authed(token, pb::ListTenantsRequest { page: rows_page(), read: None }),
@@ -258,7 +261,7 @@ impl Operator {
         .await?
         .into_inner()
         .workers;
-        Ok(Operator { status, tenants, workers })
+        Ok(Operator { view, tenants, workers })
     }
 
     pub fn render(&self, frame: &Frame) -> Markup {
@@ -268,27 +271,39 @@ impl Operator {
             html! {
                 section {
                     h2 { "Replicas" }
+                    @let v = &self.view;
                     p {
-                        @match self.status.leader_id {
-                            Some(leader) => { "Leader: replica " (leader) ", term " (self.status.term) "." }
-                            None => { strong.problem { "No leader" } " in term " (self.status.term) "." }
+                        @match v.leader {
+                            Some(leader) => { "Leader: replica " (leader) ", term " (v.term) "." }
+                            None => { strong.problem { "No leader" } " in term " (v.term) "." }
                         }
+                        " Replica " (v.id) ", which answered, is " (v.role.to_lowercase())
+                        ": last log index " (opt(v.last_log_index))
+                        ", applied " (opt(v.last_applied_index)) "."
                     }
                     table {
-                        thead { tr { th { "Replica" } th { "Role" } th { "Voter" } th { "Term" } th { "Last log index" } th { "Applied index" } th { "Snapshot index" } } }
+                        thead { tr { th { "Replica" } th { "Peer address" } th { "Voter" } th { "Holds the log up to" } } }
                         tbody {
-                            @for r in &self.status.replicas {
+                            @for (id, addr, voter) in v.voters.iter().map(|(i, a)| (i, a, true)).chain(v.learners.iter().map(|(i, a)| (i, a, false))) {
                                 tr {
-                                    td { (r.replica_id) " (" (r.peer_address) ")" }
-                                    td { (r.role) }
-                                    td { @if r.voter { "yes" } @else { "no" } }
-                                    td.n { (r.term) }
-                                    td.n { (opt(r.last_log_index)) }
-                                    td.n { (opt(r.last_applied_index)) }
-                                    td.n { (opt(r.snapshot_index)) }
+                                    td {
+                                        (id)
+                                        @if v.leader == Some(*id) { " (leader)" }
+                                    }
+                                    td { (addr) }
+                                    td { @if voter { "yes" } @else { "no (learner)" } }
+                                    td.n {
+                                        @match &v.matched {
+                                            Some(matched) => (opt(matched.get(id).copied().flatten())),
+                                            None => "–",
+                                        }
+                                    }
                                 }
                             }
                         }
+                    }
+                    @if v.matched.is_none() {
+                        p.note { "Only the leader knows how far each replica holds the log; `berth cluster status` asks every replica." }
                     }
                 }
                 section {

@@ -768,13 +768,6 @@ impl Replica {
         m.state == ServerState::Leader && m.current_leader == Some(self.id())
     }
 
-    /// The leader this replica knows of (see `known_leader`) and its current term.
-    pub fn leadership(&self) -> (Option<ReplicaId>, u64) {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
-        (self.leader_in(&m), m.current_term)
-    }
-
     /// The leader to send writes and read-index requests to: this replica only while it
     /// leads (see `is_leader`), else the one it last heard of.
     fn known_leader(&self) -> Option<ReplicaId> {
@@ -965,16 +958,31 @@ impl Replica {
         self.inner.sm.backup().await.map_err(|e| SnapshotError::Failed(e.to_string()))
     }
 
+    /// What this replica knows of the cluster from its own Raft view: no peer is asked and no
+    /// state is hashed, so it is cheap enough for every console page (`status` is the full
+    /// report).
+    pub fn view(&self) -> RaftView {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let (voters, learners) = members(&m);
+        let matched = m.replication.as_ref().map(|replication| {
+            replication.iter().map(|(id, log)| (*id, log.map(|l| l.index))).collect()
+        });
+        RaftView {
+            id: m.id,
+            role: format!("{:?}", m.state),
+            leader: self.leader_in(&m),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            voters,
+            learners,
+            matched,
+        }
+    }
+
     pub fn status(&self) -> ReplicaStatus {
         let m = self.inner.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voter_ids: BTreeSet<ReplicaId> = membership.voter_ids().collect();
-        let mut voters = BTreeMap::new();
-        let mut learners = BTreeMap::new();
-        for (id, node) in membership.nodes() {
-            let slot = if voter_ids.contains(id) { &mut voters } else { &mut learners };
-            slot.insert(*id, node.addr.clone());
-        }
+        let (voters, learners) = members(&m);
         let state = self.inner.sm.read();
         ReplicaStatus {
             id: m.id,
@@ -1124,6 +1132,38 @@ impl network::Handler for Replica {
 /// openraft's "forward to leader", as told to the replica that forwarded the request.
 fn not_leader(leader_id: Option<ReplicaId>, leader_node: Option<Node>) -> ForwardError {
     ForwardError::NotLeader { leader: leader_id.zip(leader_node.map(|n| n.addr)) }
+}
+
+/// A replica's own view of the cluster (`Replica::view`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftView {
+    pub id: ReplicaId,
+    pub role: String,
+    /// The leader it knows of (not itself once it no longer leads).
+    pub leader: Option<ReplicaId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    /// Voters and learners with their peer addresses.
+    pub voters: BTreeMap<ReplicaId, String>,
+    pub learners: BTreeMap<ReplicaId, String>,
+    /// While it leads: the last log index each replica is known to hold.
+    pub matched: Option<BTreeMap<ReplicaId, Option<u64>>>,
+}
+
+/// The voters and the learners of `metrics`' membership, with their peer addresses.
+fn members(
+    metrics: &RaftMetrics<ReplicaId, BasicNode>,
+) -> (BTreeMap<ReplicaId, String>, BTreeMap<ReplicaId, String>) {
+    let membership = metrics.membership_config.membership();
+    let voter_ids: BTreeSet<ReplicaId> = membership.voter_ids().collect();
+    let mut voters = BTreeMap::new();
+    let mut learners = BTreeMap::new();
+    for (id, node) in membership.nodes() {
+        let slot = if voter_ids.contains(id) { &mut voters } else { &mut learners };
+        slot.insert(*id, node.addr.clone());
+    }
+    (voters, learners)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
