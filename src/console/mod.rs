@@ -324,18 +324,24 @@ impl Console {
         if !self.may_see(visitor, tenant) {
             return not_found();
         }
+        // How far the state the page reads has got, at least: taken before the reads.
+        let as_of = self.replica.view().last_applied_index;
         match pages::Tenant::read(&self.api, &visitor.token, tenant).await {
             Ok(view) => {
                 let live = format!("/tenants/{tenant}/events");
-                html(StatusCode::OK, view.render(&self.frame(visitor, live)))
+                html(StatusCode::OK, view.render(&self.frame(visitor, live, as_of)))
             }
             Err(status) => self.refused(&status),
         }
     }
 
     async fn operator(&self, visitor: &Visitor) -> Response<Body> {
-        match pages::Operator::read(&self.api, self.replica.view(), &visitor.token).await {
-            Ok(view) => html(StatusCode::OK, view.render(&self.frame(visitor, "/events".into()))),
+        let view = self.replica.view();
+        let as_of = view.last_applied_index;
+        match pages::Operator::read(&self.api, view, &visitor.token).await {
+            Ok(page) => {
+                html(StatusCode::OK, page.render(&self.frame(visitor, "/events".into(), as_of)))
+            }
             Err(status) => self.refused(&status),
         }
     }
@@ -357,12 +363,12 @@ impl Console {
         response
     }
 
-    fn frame(&self, visitor: &Visitor, live: String) -> pages::Frame {
+    fn frame(&self, visitor: &Visitor, live: String, as_of: Option<u64>) -> pages::Frame {
         let who = match &visitor.caller {
             Caller::Admin => "operator".to_owned(),
             Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
         };
-        pages::Frame { who, replica_id: self.replica_id, live }
+        pages::Frame { who, replica_id: self.replica_id, live, as_of }
     }
 
     /// A read the API refused: another tenant's or a missing one is 404, a revoked token

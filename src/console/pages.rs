@@ -23,6 +23,8 @@ pub struct Frame {
     pub replica_id: u64,
     /// The page's live stream.
     pub live: String,
+    /// How far the answering replica had applied the log before the page was read.
+    pub as_of: Option<u64>,
 }
 
 fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Markup {
@@ -54,8 +56,8 @@ fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Markup {
                 }
                 @if let Some(frame) = frame {
                     footer {
-                        "Answered by replica " (frame.replica_id)
-                        " from a linearizable read; the page follows changes as they apply."
+                        "Answered by replica " (frame.replica_id) " from its state as of log index "
+                        (opt(frame.as_of)) " or later; the page follows changes as they apply."
                     }
                 }
             }
@@ -100,6 +102,13 @@ pub(super) fn authed<T>(token: &str, message: T) -> Request<T> {
     request
 }
 
+/// Pages read this replica's state, as far as it has applied the log (and say how far): no
+/// leader round per page, so many tabs refreshing cost the cluster little. A tenant's read
+/// still needs the replica to vouch for its token (`ReadOptions::stale_ok`).
+fn this_replica() -> Option<pb::ReadOptions> {
+    Some(pb::ReadOptions { stale_ok: true })
+}
+
 fn rows_page() -> Option<pb::Page> {
     Some(pb::Page { after: String::new(), limit: CONSOLE_ROWS_MAX })
 }
@@ -117,7 +126,10 @@ impl Tenant {
         let tenant_id = tenant.to_owned();
         let quota = Tenants::get_quota(
             api,
-            authed(token, pb::GetQuotaRequest { tenant_id: tenant_id.clone(), read: None }),
+            authed(
+                token,
+                pb::GetQuotaRequest { tenant_id: tenant_id.clone(), read: this_replica() },
+            ),
         )
         .await?
         .into_inner();
@@ -128,7 +140,7 @@ impl Tenant {
                 pb::ListPlacementsRequest {
                     tenant_id: tenant_id.clone(),
                     page: rows_page(),
-                    read: None,
+                    read: this_replica(),
                 },
             ),
         )
@@ -137,7 +149,10 @@ impl Tenant {
         .placements;
         let queued = Scheduler::list_queue(
             api,
-            authed(token, pb::ListQueueRequest { tenant_id, page: rows_page(), read: None }),
+            authed(
+                token,
+                pb::ListQueueRequest { tenant_id, page: rows_page(), read: this_replica() },
+            ),
         )
         .await?
         .into_inner()
@@ -246,7 +261,7 @@ impl Operator {
     pub async fn read(api: &Api, view: RaftView, token: &str) -> Result<Operator, Status> {
         let tenants = Tenants::list_tenants(
             api,
-            authed(token, pb::ListTenantsRequest { page: rows_page(), read: None }),
+            authed(token, pb::ListTenantsRequest { page: rows_page(), read: this_replica() }),
         )
         .await?
         .into_inner()
@@ -255,7 +270,11 @@ impl Operator {
             api,
             authed(
                 token,
-                pb::ListWorkersRequest { pool: String::new(), page: rows_page(), read: None },
+                pb::ListWorkersRequest {
+                    pool: String::new(),
+                    page: rows_page(),
+                    read: this_replica(),
+                },
             ),
         )
         .await?
