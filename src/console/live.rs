@@ -83,6 +83,11 @@ async fn follow(
     // What the tab has not been told: a change in its scope, a new leader, or that it must
     // reload everything.
     let (mut changed, mut new_leader, mut resync) = (false, false, false);
+    // The wake-up is armed before the journal is read, here and each time the tab is told, so
+    // a change appended after a read always wakes it. While a change waits to be told, it is
+    // not polled: more changes only move the head the note will name.
+    let mut woken = Box::pin(waker.notified());
+    woken.as_mut().enable();
     if let Some(after) = resume {
         // A point past what this replica has applied is not one it gave the tab, and one it no
         // longer holds cannot be resumed from: either way the tab reloads everything.
@@ -95,14 +100,12 @@ async fn follow(
     let mut leader = leadership(console);
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
-        // Armed before anything is told: a change after the head is read wakes it.
-        let woken = waker.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
         let due = live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL);
         tokio::select! {
-            () = &mut woken => changed = true,
+            () = &mut woken, if !changed => changed = true,
             () = tokio::time::sleep_until(due), if changed || new_leader || resync => {
+                woken = Box::pin(waker.notified());
+                woken.as_mut().enable();
                 let note = if resync {
                     "event: resync\ndata: resync\n\n".to_owned()
                 } else if changed {
