@@ -1477,7 +1477,43 @@ fn stress_profiles_pass_in_short_mode_and_a_planted_leak_fails() {
     let run = berth(api, login, &[&bench_args[..], &[nobody.as_str()]].concat());
     assert!(!run.ok && run.stderr.contains(&nobody), "{}", run.stderr);
 
-    // Last: it kills replicas (their metrics counters restart).
+    // Last: they kill replicas (their metrics counters restart). A profile's watch resumes on
+    // another replica when the one it follows dies: replica 1, the first endpoint, is killed
+    // while `mixed` runs (its watcher releases every placement, so a stream that ended would
+    // leave short jobs unplaced and fail the profile).
+    let mut mixed = cli(api, login)
+        .args(["stress", "mixed", "--short", "--out", out_arg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berth stress runs");
+    let progress = BufReader::new(mixed.stderr.take().expect("stderr"));
+    let (said, hear) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in progress.lines().map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = hear.recv_timeout(until.saturating_duration_since(Instant::now()));
+        let line = line.expect("mixed reports its progress");
+        if line.trim_start().starts_with("mixed") && line.contains(" 2 s ") {
+            break;
+        }
+    }
+    kill_replica(&cluster, 1);
+    let out = mixed.wait_with_output().expect("berth stress ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr: Vec<String> = hear.try_iter().collect();
+    let passed = stdout.lines().any(|l| l.starts_with("mixed") && l.contains(" pass "));
+    assert!(
+        out.status.success() && passed,
+        "mixed failed across a kill: {stdout}\n{}",
+        stderr.join("\n")
+    );
+
+    // Chaos kills replicas itself.
     let data_arg = data.to_str().expect("utf-8 path");
     let chaos = berth(
         api,

@@ -785,27 +785,45 @@ pub async fn backlog(ctx: &Ctx, args: &StressArgs) -> anyhow::Result<Outcome> {
     Ok(o)
 }
 
-/// A Watch stream of every tenant's events of `kinds` (admin), from now: its first message
-/// (where it starts) has been read, so nothing done after this returns is missed.
-async fn open_watch(
-    ctx: &Ctx,
-    kinds: &[&str],
-) -> anyhow::Result<tonic::Streaming<pb::WatchResponse>> {
+/// Every tenant's events of `kinds` (admin), from now, through failures: the watch resumes
+/// on another replica after the last position it delivered when its stream breaks (a replica
+/// without a leader for a moment ends it with `REPLICA_NOT_CURRENT`), as a client should.
+/// Its first message (where it starts) has been read, so nothing done after this returns is
+/// missed.
+async fn open_watch(ctx: &Ctx, kinds: &[&str]) -> anyhow::Result<Watching> {
     let watch = pb::WatchRequest {
         kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
         ..Default::default()
     };
-    let mut stream = ctx
-        .client
-        .open(watch, |ch, r| async move { client::scheduler(ch).watch(r).await })
-        .await
-        .map_err(|s| anyhow::anyhow!(crate::cli::describe(&s)))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = ctx.client.clone();
+    let task = Background::spawn(async move {
+        let delivered = client.watch(watch, |m| tx.send(Ok(m)).is_ok()).await;
+        if let Err(status) = delivered {
+            let _ = tx.send(Err(status));
+        }
+    });
+    let mut stream = Watching { rx, _task: task };
     let first = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
     match first {
         Ok(Ok(Some(_))) => Ok(stream),
         Ok(Ok(None)) => anyhow::bail!("the watch stream ended at once"),
         Ok(Err(s)) => anyhow::bail!("{}", crate::cli::describe(&s)),
         Err(_) => anyhow::bail!("the watch stream said nothing in 10 s"),
+    }
+}
+
+/// A watch that resumes through failures (`open_watch`); dropping it ends it.
+struct Watching {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<pb::WatchResponse, tonic::Status>>,
+    _task: Background<()>,
+}
+
+impl Watching {
+    /// The next message; `Ok(None)` once the watch has ended, an error that no replica could
+    /// get past (the watch then ends).
+    async fn message(&mut self) -> Result<Option<pb::WatchResponse>, tonic::Status> {
+        self.rx.recv().await.transpose()
     }
 }
 
