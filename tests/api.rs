@@ -661,6 +661,67 @@ async fn leases_fencing_and_retries() {
     cluster.shutdown().await;
 }
 
+/// ListLeases lists a tenant's leases in name order, page by page, with their fencing tokens;
+/// a tenant token lists only its own tenant's (another's is PERMISSION_DENIED, not empty);
+/// hostile pages change nothing and echo nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_leases_is_scoped_paged_and_refuses_hostile_input() {
+    let (cluster, mut c) = setup().await;
+    create_tenant(&mut c, "acme").await;
+    create_tenant(&mut c, "globex").await;
+    let acme = issue_token(&mut c, "acme").await;
+    let mut tokens = Vec::new();
+    for (tenant, name) in [("acme", "b"), ("acme", "a"), ("acme", "c"), ("globex", "a")] {
+        let acquire = pb::AcquireRequest {
+            request_id: rid(),
+            tenant_id: tenant.into(),
+            name: name.into(),
+            holder: format!("{tenant}-{name}"),
+            ttl_ms: 60_000,
+        };
+        let granted = c.leases.acquire(authed(ADMIN_TOKEN, acquire)).await.expect("granted");
+        tokens.push(granted.into_inner().lease.expect("a lease").token);
+    }
+    let list = |tenant: &str, after: &str, limit: u32| pb::ListLeasesRequest {
+        tenant_id: tenant.into(),
+        page: Some(pb::Page { after: after.into(), limit }),
+        read: None,
+    };
+    let names = |r: pb::ListLeasesResponse| -> Vec<(String, u64)> {
+        r.leases.into_iter().map(|l| (l.name, l.token)).collect()
+    };
+    let all = c.leases.list_leases(authed(&acme, list("acme", "", 0))).await.expect("listed");
+    let expected =
+        vec![("a".to_owned(), tokens[1]), ("b".to_owned(), tokens[0]), ("c".to_owned(), tokens[2])];
+    assert_eq!(names(all.into_inner()), expected, "name order, with fencing tokens");
+    let first = c.leases.list_leases(authed(&acme, list("acme", "", 2))).await.expect("page");
+    assert_eq!(names(first.into_inner()), expected[..2]);
+    let rest = c.leases.list_leases(authed(&acme, list("acme", "b", 2))).await.expect("page");
+    assert_eq!(names(rest.into_inner()), expected[2..]);
+
+    let denied = c.leases.list_leases(authed(&acme, list("globex", "", 0))).await;
+    assert_eq!(denied.expect_err("another tenant's").code(), Code::PermissionDenied);
+    let globex = c.leases.list_leases(authed(ADMIN_TOKEN, list("globex", "", 0))).await;
+    assert_eq!(names(globex.expect("admin lists any").into_inner()), vec![("a".into(), tokens[3])]);
+
+    // A huge `after`, a limit past the page bound, a missing or malformed tenant.
+    let huge = "z".repeat(100_000);
+    let after_all = c.leases.list_leases(authed(&acme, list("acme", &huge, 0))).await;
+    assert!(after_all.expect("a key past every name").into_inner().leases.is_empty());
+    let capped = c.leases.list_leases(authed(ADMIN_TOKEN, list("acme", "", u32::MAX))).await;
+    assert_eq!(capped.expect("capped at the page bound").into_inner().leases.len(), 3);
+    for tenant in ["", "no such tenant!", &"t".repeat(1_000)] {
+        let refused = c.leases.list_leases(authed(ADMIN_TOKEN, list(tenant, "", 0))).await;
+        let refused = refused.expect_err("refused");
+        assert!(
+            matches!(refused.code(), Code::InvalidArgument | Code::NotFound),
+            "{tenant:.20}: {refused:?}"
+        );
+        assert!(refused.message().len() < 300, "no echo of the input");
+    }
+    cluster.shutdown().await;
+}
+
 /// Cost allocation is exact; cluster status shows every replica; health says SERVING;
 /// reflection lists the public services and not the replicas' peer protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,3 +397,202 @@ async fn the_operators_live_tab_hears_of_a_new_leader() {
     assert!(page.contains("Leader: replica "), "{page}");
     cluster.shutdown().await;
 }
+
+/// The form's request id on a page, for the form whose action is `action`.
+fn request_id_of(page: &str, action: &str) -> String {
+    let form = page.split(&format!("action=\"{action}\"")).nth(1).expect("the form is on the page");
+    let value = form.split("name=\"request_id\" value=\"").nth(1).expect("a request id");
+    value.split('"').next().expect("quoted").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_its_reservations_leases_and_queue_and_cancels_from_the_page() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let session = browser.session(&token).await;
+    let reserve = pb::ReserveRequest {
+        request_id: rid(),
+        tenant_id: "a".into(),
+        spec: Some(spec("a-held", 100)),
+        ttl_ms: 600_000,
+        fence: None,
+    };
+    c.scheduler.reserve(authed(&token, reserve)).await.expect("reserved");
+    let acquire = |tenant: &str, name: &str| pb::AcquireRequest {
+        request_id: rid(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        holder: format!("{tenant}-holder"),
+        ttl_ms: 300_000,
+    };
+    let lease = c.leases.acquire(authed(ADMIN_TOKEN, acquire("a", "a-lock"))).await;
+    let fencing = lease.expect("acquired").into_inner().lease.expect("a lease").token;
+    c.leases.acquire(authed(ADMIN_TOKEN, acquire("b", "b-lock"))).await.expect("acquired");
+    // 8,000 millicores, 1,100 held: 7,500 waits.
+    let mut big = place("a", spec("a-big", 7_500));
+    big.queue_if_unavailable = true;
+    let queued = c.scheduler.place(authed(&token, big)).await.expect("queued").into_inner();
+    assert!(queued.queued.is_some(), "it waits");
+
+    let page = browser.get("/tenants/a", &session).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let body = &page.body;
+    assert!(body.contains("a-held") && body.contains("reserved, unconfirmed"), "{body}");
+    assert!(body.contains("class=\"countdown\" data-left-ms=\""), "a TTL counts down");
+    assert!(body.contains("a-lock") && body.contains(&format!("<td class=\"n\">{fencing}</td>")));
+    assert!(!body.contains("b-lock"), "another tenant's lease is not listed");
+    assert!(body.contains("a-big") && body.contains("NO_CAPACITY"), "{body}");
+    assert!(body.contains("href=\"/tenants/a/queue/a-big\""), "a link explains the wait");
+
+    // The explanation: a dry run names the worker and the check it failed.
+    let why = browser.get("/tenants/a/queue/a-big", &session).await;
+    assert_eq!(why.status, 200, "{}", why.body);
+    assert!(why.body.contains("NO_CAPACITY") && why.body.contains("w1"), "{}", why.body);
+    assert!(why.body.contains("insufficient_cpu"), "{}", why.body);
+    assert_eq!(browser.get("/tenants/b/queue/a-big", &session).await.status, 404);
+    assert_eq!(browser.get("/tenants/a/queue/nothing", &session).await.status, 404);
+
+    // Cancel: only from the console's own origin, only with the page's request id, once.
+    let action = "/tenants/a/queue/a-big/cancel";
+    let request_id = request_id_of(body, action);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let fields = format!("request_id={request_id}");
+    let evil = [("Cookie", session.as_str()), ("Origin", "https://evil.example"), form];
+    assert_eq!(browser.send("POST", action, &evil, &fields).await.status, 403);
+    let origin = browser.origin();
+    let own = [("Cookie", session.as_str()), ("Origin", origin.as_str()), form];
+    assert_eq!(browser.send("POST", action, &own, "").await.status, 400, "no request id");
+    let queue = |c: &mut Clients| {
+        let list = pb::ListQueueRequest { tenant_id: "a".into(), page: None, read: None };
+        let mut scheduler = c.scheduler.clone();
+        async move { scheduler.list_queue(authed(ADMIN_TOKEN, list)).await.expect("listed") }
+    };
+    assert_eq!(queue(&mut c).await.into_inner().queued.len(), 1, "refusals cancel nothing");
+    let cancelled = browser.send("POST", action, &own, &fields).await;
+    assert_eq!(cancelled.status, 303, "{}", cancelled.body);
+    assert_eq!(cancelled.header("location"), Some("/tenants/a#waiting"));
+    assert!(queue(&mut c).await.into_inner().queued.is_empty(), "withdrawn");
+    let again = browser.send("POST", action, &own, &fields).await;
+    assert_eq!(again.status, 303, "the same form sent again is the same request: {}", again.body);
+    let gone = browser.get("/tenants/a/queue/a-big", &session).await;
+    assert_eq!(gone.status, 404);
+    assert!(gone.body.contains("no longer waits"), "{}", gone.body);
+    let b_cancel = "/tenants/b/queue/b-web/cancel";
+    assert_eq!(browser.send("POST", b_cancel, &own, &fields).await.status, 404);
+    let get_cancel = browser.get(action, &session).await;
+    assert_eq!(get_cancel.status, 405);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_the_statement_download_as_csv_with_the_meters_exact_figures() {
+    let (cluster, mut c, _token) = two_tenants().await;
+    let leader = cluster.leader().await;
+    let browser = Browser::of(&cluster, leader);
+    create_tenant(&mut c, "c").await;
+    let token = issue_token(&mut c, "c").await;
+    let session = browser.session(&token).await;
+    let placed = c.scheduler.place(authed(&token, place("c", spec("c-job", 1_000)))).await;
+    let t0 = placed.expect("placed").into_inner().write.expect("written").applied_at_ms;
+    let release = pb::ReleaseRequest {
+        request_id: rid(),
+        tenant_id: "c".into(),
+        placement_id: "c-job".into(),
+        fence: None,
+    };
+    let released = c.scheduler.release(authed(&token, release)).await.expect("released");
+    let t1 = released.into_inner().write.expect("written").applied_at_ms;
+    // Held 1,000 millicores from t0 to t1: exactly this many millicore-ms.
+    let exact = format!(",default,cpu,cpu-hour,{},", 1_000 * (t1 - t0));
+    let csv = poll("the leader's usage store to hold the job", || async {
+        let csv = browser.get("/tenants/c/usage.csv", &session).await;
+        (csv.status == 200 && csv.body.contains(&exact)).then_some(csv)
+    })
+    .await;
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert_eq!(
+        csv.header("content-disposition"),
+        Some("attachment; filename=\"berth-c-usage.csv\"")
+    );
+    assert!(csv.body.starts_with("from,to,pool,item,unit,quantity,quantity_hours\r\n"));
+
+    let page = browser.get("/tenants/c/usage", &session).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<svg") && page.body.contains("href=\"/tenants/c/usage.csv\""));
+    let statement = browser.get("/tenants/c/statement.csv", &session).await;
+    assert_eq!(statement.status, 200);
+    let mut api = clients(&cluster, leader).await;
+    let request = pb::GetStatementRequest { tenant_id: "c".into(), read: None };
+    let expected = api.billing.get_statement(authed(&token, request)).await.expect("statement");
+    let expected = expected.into_inner().current.expect("this month");
+    let last = statement.body.lines().last().expect("a total row");
+    assert!(last.ends_with(&format!(",total,,,,,,,,,{}", expected.total)), "{last}");
+    assert!(statement.body.contains(",line,default,cpu,cpu-hour,"), "{}", statement.body);
+
+    // Another tenant's files, a month never invoiced, and a crafted path: not there.
+    for path in [
+        "/tenants/a/usage.csv",
+        "/tenants/a/statement.csv",
+        "/tenants/c/invoices/2026-01.csv",
+        "/tenants/c/invoices/../usage.csv",
+        "/tenants/c/invoices/%2e%2e.csv",
+    ] {
+        assert_eq!(browser.get(path, &session).await.status, 404, "{path}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sees_blocked_work_by_reason_pools_and_filtered_events() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let leader = cluster.leader().await;
+    let browser = Browser::of(&cluster, leader);
+    let mut big = place("a", spec("a-big", 7_900));
+    big.queue_if_unavailable = true;
+    c.scheduler.place(authed(&token, big)).await.expect("queued");
+    let admin = browser.session(ADMIN_TOKEN).await;
+
+    let home = browser.get("/", &admin).await;
+    assert_eq!(home.status, 200, "{}", home.body);
+    let blocked = home.body.split("id=\"blocked\"").nth(1).expect("the blocked section");
+    let blocked = blocked.split("</section>").next().expect("its end");
+    assert!(
+        blocked.contains("NO_CAPACITY") && blocked.contains("href=\"/tenants/a\""),
+        "{blocked}"
+    );
+    assert!(!blocked.contains("href=\"/tenants/b\""), "b waits for nothing: {blocked}");
+    let pools = home.body.split("id=\"pools\"").nth(1).expect("the pools section");
+    assert!(pools.contains("<td>default</td>"), "{pools}");
+    assert!(home.body.contains("50.0 %"), "two tenants of weight 1 share the weights equally");
+
+    // Every event, then filtered by tenant and kind; the filter is checked, never echoed.
+    let all = browser.get("/activity", &admin).await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert!(
+        all.body.contains("a-web") && all.body.contains("b-web") && all.body.contains("QUEUED")
+    );
+    let a_placed = browser.get("/activity?tenant=a&kind=PLACED", &admin).await;
+    assert_eq!(a_placed.status, 200);
+    assert!(a_placed.body.contains("a-web") && !a_placed.body.contains("b-web"));
+    assert!(!a_placed.body.contains("a-big"), "a-big was queued, not placed");
+    for (query, status) in [("kind=NOT_A_KIND", 400), ("tenant=a&color=red", 400)] {
+        let answer = browser.get(&format!("/activity?{query}"), &admin).await;
+        assert_eq!(answer.status, status, "{query}");
+        assert!(!answer.body.contains("NOT_A_KIND") && !answer.body.contains("red"), "{query}");
+    }
+    let long = format!("/activity?tenant={}", "t".repeat(64));
+    assert_eq!(browser.get(&long, &admin).await.status, 400);
+
+    // A tenant's events are its own, whatever it asks for.
+    let session = browser.session(&token).await;
+    let redirected = browser.get("/activity", &session).await;
+    assert_eq!(
+        (redirected.status, redirected.header("location")),
+        (303, Some("/tenants/a/activity"))
+    );
+    let own = browser.get("/tenants/a/activity?tenant=b", &session).await;
+    assert_eq!(own.status, 200);
+    assert!(own.body.contains("a-web") && !own.body.contains("b-web"), "{}", own.body);
+    assert_eq!(browser.get("/tenants/b/activity", &session).await.status, 404);
+    cluster.shutdown().await;
+}

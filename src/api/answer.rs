@@ -161,6 +161,7 @@ narrow! {
         Vec<Placement> { Answer::Placements(placements) => placements }
         Option<(TenantId, TokenId, Token)> { Answer::TokenOwner(owner) => owner }
         Vec<Finished> { Answer::Finished(finished) => finished }
+        Vec<Lease> { Answer::Leases(leases) => leases }
     }
     unread {
         Answer::Tenant(_),

@@ -6,7 +6,8 @@ use super::answer::{answer, Granted, KeptAlive};
 use super::auth::tenant_scope;
 use super::status::not_found;
 use super::{convert, pb, Api};
-use crate::scheduler::{Command, LeaseName, LogIndex};
+use crate::scheduler::query::Query;
+use crate::scheduler::{Command, Lease, LeaseName, LogIndex};
 
 type Result<T> = std::result::Result<Reply<T>, Status>;
 
@@ -78,5 +79,20 @@ impl pb::leases_server::Leases for Api {
             self.read(&caller, r.read, |s| s.state().leases.get(&key).map(convert::lease)).await?;
         let lease = found.ok_or_else(|| not_found("lease", &r.name))?;
         Ok(Reply::new(pb::GetLeaseResponse { lease: Some(lease) }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<pb::ListLeasesResponse> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let tenant = tenant_scope(&caller, &r.tenant_id)?;
+        let (after, limit) = convert::page(r.page);
+        let query = Query::Leases { tenant, after: after.map(|a| LeaseName::new(&a)), limit };
+        let leases: Vec<Lease> = answer(self.read(&caller, r.read, |s| s.query(&query)).await?)?;
+        Ok(Reply::new(pb::ListLeasesResponse {
+            leases: leases.iter().map(convert::lease).collect(),
+        }))
     }
 }

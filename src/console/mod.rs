@@ -11,11 +11,17 @@
 //! comes from the session, never the URL). Every POST must come from the console's own origin;
 //! every page forbids scripts from anywhere but the console and framing by anyone.
 
+mod activity;
 mod live;
+mod operator;
 mod pages;
+mod tenant;
 
+pub use activity::{CONSOLE_EVENTS_MAX, CONSOLE_EVENTS_SCAN_MAX};
 pub use live::{CONSOLE_LIVE_BUFFER, CONSOLE_LIVE_INTERVAL};
+pub use operator::CONSOLE_QUEUE_ROWS_MAX;
 pub use pages::CONSOLE_ROWS_MAX;
+pub use tenant::CONSOLE_USAGE_DAYS;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,7 @@ use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
+use crate::api::pb::{self, scheduler_server::Scheduler};
 use crate::api::{Api, Caller};
 use crate::raft::replica::Replica;
 
@@ -194,27 +201,37 @@ impl Console {
                 },
                 Err(response) => response,
             },
-            (&Method::GET, _) if path.starts_with("/tenants/") => {
-                let tenant = &path["/tenants/".len()..];
+            (&Method::GET, "/activity") => match self.visitor(request.headers()).await {
+                Ok(visitor) => match &visitor.caller {
+                    Caller::Tenant(tenant, _) => {
+                        redirect(&format!("/tenants/{tenant}/activity"), None)
+                    }
+                    Caller::Admin => self.activity(&visitor, request.uri().query(), None),
+                },
+                Err(response) => response,
+            },
+            (_, _) if path.starts_with("/tenants/") => {
                 let visitor = match self.visitor(request.headers()).await {
                     Ok(visitor) => visitor,
                     Err(response) => return response,
                 };
-                match tenant.strip_suffix("/events") {
-                    Some(tenant) if self.may_see(&visitor, tenant) => {
-                        let scope = live::Scope::Tenant(tenant.to_owned());
-                        self.live(visitor, scope, request.headers())
-                    }
-                    Some(_) => not_found(),
-                    None => self.tenant(&visitor, tenant).await,
+                let (tenant, below) = match path["/tenants/".len()..].split_once('/') {
+                    Some((tenant, below)) => (tenant.to_owned(), Some(below.to_owned())),
+                    None => (path["/tenants/".len()..].to_owned(), None),
+                };
+                if !self.may_see(&visitor, &tenant) {
+                    return not_found();
                 }
+                self.tenant_route(visitor, request, &tenant, below.as_deref()).await
             }
-            (_, "/" | "/sign-in" | "/sign-out" | "/console.css" | "/console.js" | "/events") => {
-                html(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    pages::problem("That method is not served here."),
-                )
-            }
+            (
+                _,
+                "/" | "/sign-in" | "/sign-out" | "/console.css" | "/console.js" | "/events"
+                | "/activity",
+            ) => html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                pages::problem("That method is not served here."),
+            ),
             _ => not_found(),
         }
     }
@@ -224,18 +241,12 @@ impl Console {
         if !self.same_origin(request.headers()) {
             return forbidden_origin();
         }
-        let body = match Limited::new(request.into_body(), CONSOLE_FORM_BYTES_MAX).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
-                return html(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    pages::sign_in(Some(&format!(
-                        "The form is larger than {CONSOLE_FORM_BYTES_MAX} bytes."
-                    ))),
-                )
-            }
+        let form = match form(request).await {
+            Ok(form) => form,
+            Err(response) => return response,
         };
-        let token = form_urlencoded::parse(&body)
+        let token = form
+            .iter()
             .find(|(name, _)| name == "token")
             .map(|(_, value)| value.trim().to_owned())
             .unwrap_or_default();
@@ -320,17 +331,134 @@ impl Console {
         }
     }
 
-    async fn tenant(&self, visitor: &Visitor, tenant: &str) -> Response<Body> {
-        if !self.may_see(visitor, tenant) {
-            return not_found();
-        }
-        // How far the state the page reads has got, at least: taken before the reads.
+    /// A page under `/tenants/{tenant}/` (`below` is the rest of the path), once the visitor
+    /// may see the tenant.
+    async fn tenant_route(
+        self: Arc<Self>,
+        visitor: Visitor,
+        request: Request<Incoming>,
+        tenant: &str,
+        below: Option<&str>,
+    ) -> Response<Body> {
+        let token = visitor.token.clone();
+        let now = self.replica.now().0;
+        // How far the state a page reads has got, at least: taken before the reads.
         let as_of = self.replica.view().last_applied_index;
-        match pages::Tenant::read(&self.api, &visitor.token, tenant).await {
-            Ok(view) => {
-                let live = format!("/tenants/{tenant}/events");
-                html(StatusCode::OK, view.render(&self.frame(visitor, live, as_of)))
+        let live = format!("/tenants/{tenant}/events");
+        let get = request.method() == Method::GET;
+        match below {
+            None if get => {
+                let read = tenant::Overview::read(&self.api, &token, tenant, now).await;
+                self.show(read, |page| page.render(&self.frame(&visitor, live, as_of)))
             }
+            Some("events") if get => self.clone().live(
+                visitor,
+                live::Scope::Tenant(tenant.to_owned()),
+                request.headers(),
+            ),
+            Some("usage") if get => {
+                let read = tenant::Usage::read(&self.api, &token, tenant, now).await;
+                self.show(read, |page| page.render(&self.frame(&visitor, live, as_of)))
+            }
+            Some("activity") if get => {
+                let own = match &visitor.caller {
+                    Caller::Tenant(own, _) => Some(own.0.clone()),
+                    Caller::Admin => Some(tenant.to_owned()),
+                };
+                self.activity(&visitor, request.uri().query(), own.as_deref())
+            }
+            Some("usage.csv") if get => {
+                let csv = tenant::usage_csv(&self.api, &token, tenant, now).await;
+                self.csv(csv.map(Some), &format!("berth-{tenant}-usage.csv"))
+            }
+            Some("statement.csv") if get => {
+                let csv = tenant::statement_csv(&self.api, &token, tenant).await;
+                self.csv(csv.map(Some), &format!("berth-{tenant}-statement.csv"))
+            }
+            Some(file) if get && file.starts_with("invoices/") => {
+                match file["invoices/".len()..].strip_suffix(".csv") {
+                    Some(month) if !month.contains('/') => {
+                        let csv = tenant::invoice_csv(&self.api, &token, tenant, month).await;
+                        self.csv(csv, &format!("berth-{tenant}-invoice-{month}.csv"))
+                    }
+                    _ => not_found(),
+                }
+            }
+            Some(queued) if queued.starts_with("queue/") => {
+                let queued = &queued["queue/".len()..];
+                match (request.method(), queued.strip_suffix("/cancel")) {
+                    (&Method::POST, Some(placement)) if !placement.contains('/') => {
+                        self.cancel(&visitor, request, tenant, placement).await
+                    }
+                    (&Method::GET, None) if !queued.contains('/') => {
+                        let read = tenant::Explanation::read(&self.api, &token, tenant, queued);
+                        match read.await {
+                            Ok(Some(page)) => html(
+                                StatusCode::OK,
+                                page.render(&self.frame(&visitor, live, as_of)),
+                            ),
+                            Ok(None) => no_longer_waits(),
+                            Err(status) if status.code() == Code::NotFound => no_longer_waits(),
+                            Err(status) => self.refused(&status),
+                        }
+                    }
+                    (_, Some(_)) | (_, None)
+                        if !queued.contains('/') || queued.ends_with("/cancel") =>
+                    {
+                        html(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            pages::problem("That method is not served here."),
+                        )
+                    }
+                    _ => not_found(),
+                }
+            }
+            _ if !get && below.is_none_or(|b| !b.contains('/')) => html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                pages::problem("That method is not served here."),
+            ),
+            _ => not_found(),
+        }
+    }
+
+    /// Withdraws a queued placement, from the Cancel button of a page of this console.
+    async fn cancel(
+        &self,
+        visitor: &Visitor,
+        request: Request<Incoming>,
+        tenant: &str,
+        placement: &str,
+    ) -> Response<Body> {
+        if !self.same_origin(request.headers()) {
+            return forbidden_origin();
+        }
+        let form = match form(request).await {
+            Ok(form) => form,
+            Err(response) => return response,
+        };
+        let request_id = form
+            .iter()
+            .find(|(name, _)| name == "request_id")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        if request_id.is_empty() {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::problem("The form lacks its request id; reload the page and try again."),
+            );
+        }
+        let cancel = pb::CancelQueuedRequest {
+            request_id,
+            tenant_id: tenant.to_owned(),
+            placement_id: placement.to_owned(),
+        };
+        match Scheduler::cancel_queued(&self.api, pages::authed(&visitor.token, cancel)).await {
+            Ok(_) => redirect(&format!("/tenants/{tenant}#waiting"), None),
+            Err(status) if status.code() == Code::NotFound => no_longer_waits(),
+            Err(status) if status.code() == Code::InvalidArgument => html(
+                StatusCode::BAD_REQUEST,
+                pages::problem(&format!("Not cancelled: {}", status.message())),
+            ),
             Err(status) => self.refused(&status),
         }
     }
@@ -338,10 +466,62 @@ impl Console {
     async fn operator(&self, visitor: &Visitor) -> Response<Body> {
         let view = self.replica.view();
         let as_of = view.last_applied_index;
-        match pages::Operator::read(&self.api, view, &visitor.token).await {
-            Ok(page) => {
-                html(StatusCode::OK, page.render(&self.frame(visitor, "/events".into(), as_of)))
+        let now = self.replica.now().0;
+        let read = operator::Operator::read(&self.api, view, &visitor.token, now).await;
+        self.show(read, |page| page.render(&self.frame(visitor, "/events".into(), as_of)))
+    }
+
+    /// The events page, of every tenant (the operator) or of `own`.
+    fn activity(
+        &self,
+        visitor: &Visitor,
+        query: Option<&str>,
+        own: Option<&str>,
+    ) -> Response<Body> {
+        let filter = match activity::Filter::parse(query) {
+            Ok(filter) => filter,
+            Err(problem) => return html(StatusCode::BAD_REQUEST, pages::problem(&problem)),
+        };
+        let as_of = self.replica.view().last_applied_index;
+        let watched = own.or(filter.tenant.as_deref());
+        let live = match watched {
+            Some(t) => format!("/tenants/{t}/events"),
+            None => "/events".to_owned(),
+        };
+        let frame = self.frame(visitor, live, as_of);
+        html(StatusCode::OK, activity::render(self.replica.journal(), &filter, own, &frame))
+    }
+
+    /// A page read through the API, or what its refusal means to a visitor.
+    fn show<T>(
+        &self,
+        read: Result<T, tonic::Status>,
+        render: impl FnOnce(T) -> maud::Markup,
+    ) -> Response<Body> {
+        match read {
+            Ok(page) => html(StatusCode::OK, render(page)),
+            Err(status) => self.refused(&status),
+        }
+    }
+
+    /// A CSV download; `None` is a file that does not exist.
+    fn csv(&self, read: Result<Option<String>, tonic::Status>, name: &str) -> Response<Body> {
+        match read {
+            Ok(Some(csv)) => {
+                let mut response = Response::new(Full::new(Bytes::from(csv)).boxed());
+                set(&mut response, header::CONTENT_TYPE, "text/csv; charset=utf-8");
+                let name: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+                    .collect();
+                set(
+                    &mut response,
+                    header::CONTENT_DISPOSITION,
+                    &format!("attachment; filename=\"{name}\""),
+                );
+                response
             }
+            Ok(None) => not_found(),
             Err(status) => self.refused(&status),
         }
     }
@@ -368,7 +548,17 @@ impl Console {
             Caller::Admin => "operator".to_owned(),
             Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
         };
-        pages::Frame { who, replica_id: self.replica_id, live, as_of }
+        let mut nonce = [0u8; 16];
+        if getrandom::fill(&mut nonce).is_err() {
+            // Never on a working system; a page's forms then still differ from another's by
+            // the time it was drawn.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            nonce = nanos.to_le_bytes();
+        }
+        pages::Frame { who, replica_id: self.replica_id, live, as_of, nonce }
     }
 
     /// A read the API refused: another tenant's or a missing one is 404, a revoked token
@@ -415,6 +605,24 @@ impl Console {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Session>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A posted form's fields, read up to `CONSOLE_FORM_BYTES_MAX`.
+async fn form(request: Request<Incoming>) -> Result<Vec<(String, String)>, Response<Body>> {
+    match Limited::new(request.into_body(), CONSOLE_FORM_BYTES_MAX).collect().await {
+        Ok(body) => Ok(form_urlencoded::parse(&body.to_bytes()).into_owned().collect()),
+        Err(_) => Err(html(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            pages::problem(&format!("The form is larger than {CONSOLE_FORM_BYTES_MAX} bytes.")),
+        )),
+    }
+}
+
+fn no_longer_waits() -> Response<Body> {
+    html(
+        StatusCode::NOT_FOUND,
+        pages::problem("That placement no longer waits in the queue: it was placed or withdrawn."),
+    )
 }
 
 fn key_of(id: &str) -> [u8; 32] {

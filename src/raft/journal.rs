@@ -197,6 +197,28 @@ impl Journal {
         Ok((seen, resume.max(inner.head)))
     }
 
+    /// The newest events `scope` sees that `wanted` accepts, newest first: at most `max` of
+    /// them, from among the newest `scan` events of every scope (a page of recent activity,
+    /// bounded however rare the wanted events are).
+    pub fn latest(
+        &self,
+        scope: &Scope,
+        wanted: impl Fn(&Event) -> bool,
+        max: usize,
+        scan: usize,
+    ) -> Vec<Journaled> {
+        let inner = self.lock();
+        inner
+            .events
+            .iter()
+            .rev()
+            .take(scan)
+            .filter(|e| scope.sees(&e.event) && wanted(&e.event))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
     /// The wake-up for events `scope` sees. Arm a `notified()` of it (`Notified::enable`)
     /// before reading, so nothing appended in between is missed.
     pub fn waker(&self, scope: &Scope) -> Arc<Notify> {

@@ -35,6 +35,12 @@ pub enum Query {
     },
     Group(TenantId, GroupId),
     Lease(TenantId, LeaseName),
+    /// One tenant's leases after `after`, in name order.
+    Leases {
+        tenant: TenantId,
+        after: Option<LeaseName>,
+        limit: u32,
+    },
     /// The placements and reservations with an instance on a worker, all tenants (an operator's
     /// view), in (tenant, id) order after `after`; from the index, never a scan.
     WorkerPlacements {
@@ -84,6 +90,7 @@ pub enum Answer {
     /// The group and how many instances it holds now.
     Group(Option<(PlacementGroup, u64)>),
     Lease(Option<Lease>),
+    Leases(Vec<Lease>),
     Finished(Vec<Finished>),
     TokenOwner(Option<(TenantId, TokenId, Token)>),
     Summary(Summary),
@@ -142,6 +149,20 @@ impl Scheduler {
                     .map(|g| (g.clone(), self.ix.group_instances(&tenant, &id))),
             ),
             Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
+            Query::Leases { tenant, after: a, limit } => {
+                let start = match a {
+                    Some(name) => std::ops::Bound::Excluded((tenant.clone(), name)),
+                    None => std::ops::Bound::Included((tenant.clone(), LeaseName::new(""))),
+                };
+                Answer::Leases(
+                    s.leases
+                        .range((start, std::ops::Bound::Unbounded))
+                        .take_while(|((owner, _), _)| *owner == tenant)
+                        .take(page(limit))
+                        .map(|(_, l)| l.clone())
+                        .collect(),
+                )
+            }
             Query::WorkerPlacements { worker, after: a, limit } => {
                 Answer::Placements(indexed(s, self.ix.worker_placements.get(&worker), a, limit))
             }

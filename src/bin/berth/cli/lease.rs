@@ -3,6 +3,7 @@
 use berth::client::pb;
 use clap::Subcommand;
 
+use super::args::page;
 use super::Session;
 
 #[derive(Subcommand, Debug)]
@@ -33,6 +34,14 @@ pub enum LeaseCmd {
         tenant: String,
         name: String,
     },
+    /// A tenant's leases in name order, with their holders and fencing tokens.
+    List {
+        tenant: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 pub async fn run(s: &Session, cmd: LeaseCmd) -> anyhow::Result<()> {
@@ -53,6 +62,11 @@ pub async fn run(s: &Session, cmd: LeaseCmd) -> anyhow::Result<()> {
         LeaseCmd::Get { tenant, name } => {
             let m = pb::GetLeaseRequest { tenant_id: tenant, name, read: None };
             s.show(&call!(s, leases, get_lease, m))
+        }
+        LeaseCmd::List { tenant, after, limit } => {
+            let m =
+                pb::ListLeasesRequest { tenant_id: tenant, page: page(after, limit), read: None };
+            s.show(&call!(s, leases, list_leases, m).leases)
         }
     }
 }
