@@ -563,6 +563,8 @@ impl ApiTls {
 #[derive(Clone)]
 pub struct ClientTls {
     connector: TlsConnector,
+    /// The same trust and identity, for the web console (HTTP/1.1).
+    http1: TlsConnector,
 }
 
 impl ClientTls {
@@ -577,8 +579,27 @@ impl ClientTls {
                 .map_err(|e| invalid("client certificate")(e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
+        let mut http1 = config.clone();
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(ClientTls { connector: TlsConnector::from(Arc::new(config)) })
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            http1: TlsConnector::from(Arc::new(http1)),
+        })
+    }
+
+    /// Opens TLS to a replica's web console over `io`, verifying `host` (HTTP/1.1).
+    pub async fn connect_http1<IO>(
+        &self,
+        host: &str,
+        io: IO,
+    ) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        within_handshake_timeout(self.http1.connect(name, io)).await
     }
 
     /// Reads the CA file and, optionally, a client certificate and key.

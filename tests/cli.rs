@@ -1610,6 +1610,44 @@ fn the_console_in_a_browser() {
     assert!(page.contains("a-wait") && !page.contains("a-run"), "{page}");
     browser.screenshot(&shots.join("tenant-live.png"));
 
+    // Its leases with their fencing tokens, counting down; a queued placement explained by a
+    // dry run, and cancelled from the keyboard alone.
+    ok(api, admin, &["lease", "acquire", "a", "deploy", "--holder", "ci-1", "--ttl-ms", "600000"]);
+    ok(api, admin, &["place", "a", "a-later", "--cpu", "1", "--memory-mib", "64", "--queue"]);
+    let page = browser.wait_text("main", Duration::from_secs(10), |t| {
+        t.contains("Waiting (1)") && t.contains("deploy")
+    });
+    assert!(page.contains("ci-1") && page.contains("a-later"), "{page}");
+    let left = browser.text(".countdown");
+    browser.wait_text(".countdown", Duration::from_secs(5), |t| t != left);
+    browser.screenshot(&shots.join("tenant-queue-and-leases.png"));
+    browser.click("a[href='/tenants/a/queue/a-later']");
+    let why = browser.wait_text("main", Duration::from_secs(10), |t| t.contains("placed now"));
+    assert!(why.contains("NO_CAPACITY") && why.contains("insufficient_cpu"), "{why}");
+    browser.screenshot(&shots.join("explain.png"));
+    browser.goto(&format!("{}/tenants/a", console(leader)));
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Waiting (1)"));
+    let cancel = "form[action='/tenants/a/queue/a-later/cancel'] button";
+    for _ in 0..40 {
+        if browser.focused(cancel) {
+            break;
+        }
+        browser.press(webdriver::TAB);
+    }
+    assert!(browser.focused(cancel), "Cancel is reached with Tab");
+    browser.press(webdriver::ENTER);
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Nothing waits."));
+    assert!(browser.url().ends_with("/tenants/a#waiting"), "{}", browser.url());
+    browser.goto(&format!("{}/tenants/a/usage", console(leader)));
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("This month so far"));
+    browser.screenshot(&shots.join("usage.png"));
+    browser.goto(&format!("{}/tenants/a/activity?kind=LEASE_GRANTED", console(leader)));
+    let events = browser.wait_text("tbody", Duration::from_secs(10), |t| t.contains("deploy"));
+    assert!(!events.contains("PLACED"), "filtered by kind: {events}");
+    browser.screenshot(&shots.join("events.png"));
+    browser.goto(&format!("{}/tenants/a", console(leader)));
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Nothing waits."));
+
     // Revoking the token signs the tab out.
     ok(api, admin, &["token", "revoke", "a", "web"]);
     let until = Instant::now() + Duration::from_secs(10);
@@ -1621,9 +1659,12 @@ fn the_console_in_a_browser() {
 
     // The operator, on a follower's console, sees a new leader once the leader is killed.
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    browser.goto(&format!("{}/sign-in", console(follower)));
-    browser.type_into("#token", &admin.token);
-    browser.click("button[type=submit]");
+    // `berth console` signs the browser in with a one-time link (the token is not typed).
+    let printed = ok(api, admin, &["console", "--url", &console(follower)]);
+    let link = printed.lines().map(str::trim).find(|l| l.starts_with("https://"));
+    let link = link.unwrap_or_else(|| panic!("a link: {printed}"));
+    assert!(link.contains("/sign-in/link?code=") && !link.contains(&admin.token), "{link}");
+    browser.goto(link);
     let was = format!("Leader: replica {leader},");
     let page = browser.wait_text("main", Duration::from_secs(10), |t| t.contains(&was));
     assert!(page.contains("w1") && page.contains("Tenants (2)"), "{page}");

@@ -596,3 +596,54 @@ async fn the_operator_sees_blocked_work_by_reason_pools_and_filtered_events() {
     assert_eq!(browser.get("/tenants/b/activity", &session).await.status, 404);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_link_signs_a_browser_in_once() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let leader = cluster.leader().await;
+    let browser = Browser::of(&cluster, leader);
+    let issue = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        let browser = &browser;
+        async move { browser.send("POST", "/sign-in/link", &[("Authorization", &bearer)], "").await }
+    };
+    let issued = issue(&token).await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let link = issued.body.trim().to_owned();
+    assert!(link.starts_with("/sign-in/link?code=") && !link.contains(&token), "{link}");
+
+    let opened = browser.get(&link, "").await;
+    assert_eq!((opened.status, opened.header("location")), (303, Some("/")), "{}", opened.body);
+    let session = opened.session().expect("a session");
+    assert_eq!(browser.get("/tenants/a", &session).await.status, 200);
+    let again = browser.get(&link, "").await;
+    assert_eq!(again.status, 401, "a link signs in once");
+    assert!(again.session().is_none());
+
+    // Another replica's console never issued it; a made-up code, none, or no token: refused.
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let elsewhere = issue(&token).await.body.trim().to_owned();
+    assert_eq!(Browser::of(&cluster, follower).get(&elsewhere, "").await.status, 401);
+    for path in ["/sign-in/link?code=00", "/sign-in/link", "/sign-in/link?code=&code=x"] {
+        assert_eq!(browser.get(path, "").await.status, 401, "{path}");
+    }
+    assert_eq!(browser.send("POST", "/sign-in/link", &[], "").await.status, 401);
+    let unknown = issue("berth_not_a_real_token").await;
+    assert_eq!(unknown.status, 401);
+    assert!(!unknown.body.contains("berth_not_a_real_token"), "the input is not echoed");
+    let huge = issue(&"x".repeat(berth::console::CONSOLE_FORM_BYTES_MAX + 1)).await;
+    assert_eq!(huge.status, 401);
+
+    // A token revoked before its link is opened signs nobody in.
+    let pending = issue(&token).await.body.trim().to_owned();
+    let revoke = pb::RevokeTokenRequest {
+        request_id: rid(),
+        tenant_id: "a".into(),
+        token_name: "ci".into(),
+    };
+    c.tenants.revoke_token(authed(ADMIN_TOKEN, revoke)).await.expect("revoked");
+    let late = browser.get(&pending, "").await;
+    assert_eq!(late.status, 401);
+    assert!(late.session().is_none());
+    cluster.shutdown().await;
+}

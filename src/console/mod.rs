@@ -52,6 +52,10 @@ pub const CONSOLE_SESSION_IDLE_MAX: Duration = Duration::from_secs(8 * 3600);
 pub const CONSOLE_FORM_BYTES_MAX: usize = 4 * 1024;
 /// Most console connections served at once; more wait to be accepted.
 pub const CONSOLE_CONNECTIONS_MAX: usize = 256;
+/// How long a one-time sign-in link (`berth console`) may wait to be opened.
+pub const CONSOLE_LINK_TTL: Duration = Duration::from_secs(60);
+/// Most sign-in links waiting to be opened at once; another ends the one closest to expiring.
+pub const CONSOLE_LINKS_MAX: usize = 64;
 /// Most time to read a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most time one connection is served.
@@ -81,6 +85,8 @@ pub struct Console {
     replica_id: u64,
     /// Sessions by the SHA-256 of their id, so a lookup's timing tells nothing about an id.
     sessions: Mutex<BTreeMap<[u8; 32], Session>>,
+    /// One-time sign-in links by the SHA-256 of their code: the token, and when the link lapses.
+    links: Mutex<BTreeMap<[u8; 32], (String, Instant)>>,
     /// Under TLS: cookies are `Secure` and origins `https`.
     tls: bool,
 }
@@ -95,7 +101,14 @@ pub(crate) struct Visitor {
 impl Console {
     pub fn new(api: Api, replica: Replica, tls: bool) -> Arc<Console> {
         let replica_id = replica.id();
-        Arc::new(Console { api, replica, replica_id, sessions: Mutex::default(), tls })
+        Arc::new(Console {
+            api,
+            replica,
+            replica_id,
+            sessions: Mutex::default(),
+            links: Mutex::default(),
+            tls,
+        })
     }
 
     /// Serves every connection `incoming` yields (already through TLS, if any) until `stopped`.
@@ -185,6 +198,8 @@ impl Console {
                 Err(_) => html(StatusCode::OK, pages::sign_in(None)),
             },
             (&Method::POST, "/sign-in") => self.sign_in(request).await,
+            (&Method::POST, "/sign-in/link") => self.issue_link(request.headers()).await,
+            (&Method::GET, "/sign-in/link") => self.open_link(request.uri().query()).await,
             (&Method::POST, "/sign-out") => {
                 if !self.same_origin(request.headers()) {
                     return forbidden_origin();
@@ -266,6 +281,11 @@ impl Console {
                 return html(StatusCode::UNAUTHORIZED, pages::sign_in(Some(why)));
             }
         };
+        self.start_session(token, caller)
+    }
+
+    /// A new session for `token` (already authenticated as `caller`): its cookie, and home.
+    fn start_session(&self, token: String, caller: Caller) -> Response<Body> {
         let mut id = [0u8; 32];
         if getrandom::fill(&mut id).is_err() {
             return html(
@@ -288,6 +308,76 @@ impl Console {
             sessions.insert(key_of(&id), Session { token, caller, used: now });
         }
         redirect("/", Some(self.cookie(&id, CONSOLE_SESSION_IDLE_MAX)))
+    }
+
+    /// `POST /sign-in/link` with `Authorization: Bearer <token>` (what `berth console` sends):
+    /// a one-time code that signs a browser in with that token, once, within
+    /// `CONSOLE_LINK_TTL`. The answer is the link's path; the token never goes in it.
+    async fn issue_link(&self, headers: &HeaderMap) -> Response<Body> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        if token.is_empty() || token.len() > CONSOLE_FORM_BYTES_MAX {
+            return text(StatusCode::UNAUTHORIZED, "send the token as Authorization: Bearer\n");
+        }
+        match self.api.caller_of(token).await {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unauthenticated => {
+                return text(StatusCode::UNAUTHORIZED, "that token is not known, or has expired\n")
+            }
+            Err(status) => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{}\n", status.message()))
+            }
+        }
+        let mut code = [0u8; 32];
+        if getrandom::fill(&mut code).is_err() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no randomness for a code; try again\n");
+        }
+        let code = crate::raft::replica::hex(&code);
+        let now = Instant::now();
+        {
+            let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            links.retain(|_, (_, lapses)| *lapses > now);
+            while links.len() >= CONSOLE_LINKS_MAX {
+                let Some(first) = links.iter().min_by_key(|(_, (_, l))| *l).map(|(k, _)| *k) else {
+                    break;
+                };
+                links.remove(&first);
+            }
+            links.insert(key_of(&code), (token.to_owned(), now + CONSOLE_LINK_TTL));
+        }
+        text(StatusCode::OK, &format!("/sign-in/link?code={code}\n"))
+    }
+
+    /// `GET /sign-in/link?code=…`: the link `berth console` printed, opened once.
+    async fn open_link(&self, query: Option<&str>) -> Response<Body> {
+        let code = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(name, _)| name == "code")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let token = {
+            let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            links.remove(&key_of(&code)).filter(|(_, lapses)| *lapses > now).map(|(t, _)| t)
+        };
+        let refused = || {
+            html(
+                StatusCode::UNAUTHORIZED,
+                pages::sign_in(Some(
+                    "That sign-in link was used already, has expired, or is not from this \
+                     replica: run `berth console` again, or paste a token.",
+                )),
+            )
+        };
+        let Some(token) = token else { return refused() };
+        match self.api.caller_of(&token).await {
+            Ok(caller) => self.start_session(token, caller),
+            Err(status) if status.code() == Code::Unauthenticated => refused(),
+            Err(status) => self.unavailable(&status),
+        }
     }
 
     /// The visitor a request's session cookie names, its token checked again; or the page to
@@ -657,6 +747,13 @@ fn html(status: StatusCode, page: maud::Markup) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(page.into_string())).boxed());
     *response.status_mut() = status;
     set(&mut response, header::CONTENT_TYPE, "text/html; charset=utf-8");
+    response
+}
+
+fn text(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(text.to_owned())).boxed());
+    *response.status_mut() = status;
+    set(&mut response, header::CONTENT_TYPE, "text/plain; charset=utf-8");
     response
 }
 

@@ -21,6 +21,10 @@ pub struct Browser {
     session: String,
 }
 
+/// WebDriver's key codes.
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
+
 impl Browser {
     /// Starts `chromedriver` and a headless Chromium that accepts the cluster's own CA.
     /// `None` (with the reason) when either is not installed.
@@ -74,6 +78,22 @@ impl Browser {
     pub fn click(&self, css: &str) {
         let element = self.find(css);
         self.command("POST", &format!("element/{element}/click"), json!({}));
+    }
+
+    /// Presses `key` (a WebDriver key code, e.g. `TAB`) on the element that has the focus.
+    pub fn press(&self, key: &str) {
+        let active = self.command("GET", "element/active", Value::Null);
+        let element = active[ELEMENT].as_str().expect("a focused element").to_owned();
+        self.command("POST", &format!("element/{element}/value"), json!({ "text": key }));
+    }
+
+    /// Whether the focused element matches `css`.
+    pub fn focused(&self, css: &str) -> bool {
+        let script =
+            "return !!document.activeElement && document.activeElement.matches(arguments[0]);";
+        let matched =
+            self.command("POST", "execute/sync", json!({ "script": script, "args": [css] }));
+        matched.as_bool().unwrap_or(false)
     }
 
     /// The text of the element `css` selects, as the page shows it now ("" if none).

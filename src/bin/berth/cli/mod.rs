@@ -23,6 +23,7 @@ mod audit;
 mod backup;
 mod budget;
 mod cluster;
+mod console;
 mod cost;
 mod group;
 mod invoice;
@@ -154,6 +155,8 @@ pub enum ClientCmd {
     /// Download a fresh snapshot of the cluster as a backup file (owner-only), checked by its
     /// SHA-256, for `berth restore`.
     Backup(backup::BackupArgs),
+    /// A one-time link that signs a browser in to a replica's web console with this token.
+    Console(console::ConsoleArgs),
 }
 
 /// What one client subcommand runs with: the client, the request id of its write (each
@@ -214,6 +217,7 @@ pub async fn run(connection: Connection, command: ClientCmd) -> anyhow::Result<(
         ClientCmd::Audit(args) => audit::run(&s, &connection, args).await,
         ClientCmd::Snapshot(cmd) => backup::snapshot(&s, cmd).await,
         ClientCmd::Backup(args) => backup::backup(&s, args).await,
+        ClientCmd::Console(args) => console::run(&connection, args).await,
     }
 }
 
