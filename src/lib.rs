@@ -72,10 +72,13 @@
 //!   and peer calls as they happen; its Raft view and each tenant's usage, quota and queue
 //!   read at each scrape; served as OpenMetrics on `GET /metrics`.
 //!   → `api::observe`, `raft`, `storage`, `scheduler`.
-//! - `console` — the web console: sign-in that exchanges a token for a session cookie, the
-//!   tenant and operator pages (`pages`, maud templates and the embedded stylesheet), read
-//!   in-process through the API's own handlers; served over the API's TLS as HTTP/1.1.
-//!   → `api`, `raft::replica::hex`.
+//! - `console` — the web console: sign-in that exchanges a token (or a one-time link) for a
+//!   session cookie; a tenant's pages (`tenant`: overview, explanation, usage and invoices,
+//!   CSV), the operator's (`operator`), the events page (`activity`, from the journal), the
+//!   live streams (`live`) and the shared frame (`pages`, maud templates, the embedded
+//!   stylesheet and script), read in-process through the API's own handlers; served over the
+//!   API's TLS as HTTP/1.1.
+//!   → `api`, `raft::replica`, `raft::journal`, `scheduler::events`, `scheduler::windows`.
 //! - `client` — the API client: endpoints, failover, retries with the same request id.
 //!   → `api::pb`, `tls`, `network::connect`, `raft::replica::hex`.
 //! - `server` — a replica plus its peer, API, metrics and console servers, with all IO passed in; and

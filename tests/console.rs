@@ -647,3 +647,41 @@ async fn a_one_time_link_signs_a_browser_in_once() {
     assert!(late.session().is_none());
     cluster.shutdown().await;
 }
+
+/// The tabs a live note sends to fetch the same page at once share one drawing of it (its
+/// Cancel form's request id, random per drawing, says which); another scope's view of the same
+/// address is drawn for that scope, and a later fetch gets a new drawing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_fetching_the_same_page_at_once_share_one_drawing() {
+    let (cluster, mut c, token) = two_tenants().await;
+    let mut big = place("a", spec("a-big", 7_900));
+    big.queue_if_unavailable = true;
+    c.scheduler.place(authed(&token, big)).await.expect("queued");
+    let browser = Arc::new(Browser::of(&cluster, cluster.leader().await));
+    let session = Arc::new(browser.session(&token).await);
+    let action = "/tenants/a/queue/a-big/cancel";
+    let mut tabs = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (browser, session) = (browser.clone(), session.clone());
+        tabs.spawn(async move { browser.get("/tenants/a", &session).await });
+    }
+    let mut drawings = std::collections::BTreeSet::new();
+    while let Some(page) = tabs.join_next().await {
+        let page = page.expect("a tab");
+        assert_eq!(page.status, 200, "{}", page.body);
+        drawings.insert(request_id_of(&page.body, action));
+    }
+    assert!(drawings.len() < 20, "20 tabs at once, {} drawings", drawings.len());
+
+    let admin = browser.session(ADMIN_TOKEN).await;
+    let operator = browser.get("/tenants/a", &admin).await;
+    assert!(operator.body.contains("Signed in as operator"), "drawn for the operator");
+    let later = poll("a page drawn anew", || async {
+        let page = browser.get("/tenants/a", &session).await;
+        let id = request_id_of(&page.body, action);
+        (!drawings.contains(&id)).then_some(page)
+    })
+    .await;
+    assert!(later.body.contains("Signed in as tenant a"));
+    cluster.shutdown().await;
+}

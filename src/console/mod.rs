@@ -56,6 +56,9 @@ pub const CONSOLE_CONNECTIONS_MAX: usize = 256;
 pub const CONSOLE_LINK_TTL: Duration = Duration::from_secs(60);
 /// Most sign-in links waiting to be opened at once; another ends the one closest to expiring.
 pub const CONSOLE_LINKS_MAX: usize = 64;
+/// Most pages kept to share between tabs at once (each for `CONSOLE_LIVE_INTERVAL`); beyond
+/// it, a page is drawn for its tab alone.
+pub const CONSOLE_DRAWINGS_MAX: usize = 256;
 /// Most time to read a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most time one connection is served.
@@ -69,6 +72,9 @@ const COOKIE: &str = "berth_console";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// One page drawn once for the tabs that want it at once (filled by the first to ask).
+type Drawing = Arc<tokio::sync::OnceCell<Bytes>>;
 
 /// A signed-in person: the token they signed in with, who it made them, and when they last
 /// asked for something.
@@ -85,6 +91,9 @@ pub struct Console {
     replica_id: u64,
     /// Sessions by the SHA-256 of their id, so a lookup's timing tells nothing about an id.
     sessions: Mutex<BTreeMap<[u8; 32], Session>>,
+    /// Pages drawn in the last `CONSOLE_LIVE_INTERVAL`, shared by the tabs that fetch them
+    /// (`drawn`): by scope, address and log index.
+    drawings: Mutex<BTreeMap<String, (Instant, Drawing)>>,
     /// One-time sign-in links by the SHA-256 of their code: the token, and when the link lapses.
     links: Mutex<BTreeMap<[u8; 32], (String, Instant)>>,
     /// Under TLS: cookies are `Secure` and origins `https`.
@@ -107,6 +116,7 @@ impl Console {
             replica_id,
             sessions: Mutex::default(),
             links: Mutex::default(),
+            drawings: Mutex::default(),
             tls,
         })
     }
@@ -438,8 +448,10 @@ impl Console {
         let get = request.method() == Method::GET;
         match below {
             None if get => {
-                let read = tenant::Overview::read(&self.api, &token, tenant, now).await;
-                self.show(read, |page| page.render(&self.frame(&visitor, live, as_of)))
+                let read = tenant::Overview::read(&self.api, &token, tenant, now);
+                let render =
+                    |page: tenant::Overview| page.render(&self.frame(&visitor, live, as_of));
+                self.drawn(&visitor, request.uri(), as_of, read, render).await
             }
             Some("events") if get => self.clone().live(
                 visitor,
@@ -447,8 +459,9 @@ impl Console {
                 request.headers(),
             ),
             Some("usage") if get => {
-                let read = tenant::Usage::read(&self.api, &token, tenant, now).await;
-                self.show(read, |page| page.render(&self.frame(&visitor, live, as_of)))
+                let read = tenant::Usage::read(&self.api, &token, tenant, now);
+                let render = |page: tenant::Usage| page.render(&self.frame(&visitor, live, as_of));
+                self.drawn(&visitor, request.uri(), as_of, read, render).await
             }
             Some("activity") if get => {
                 let own = match &visitor.caller {
@@ -557,8 +570,10 @@ impl Console {
         let view = self.replica.view();
         let as_of = view.last_applied_index;
         let now = self.replica.now().0;
-        let read = operator::Operator::read(&self.api, view, &visitor.token, now).await;
-        self.show(read, |page| page.render(&self.frame(visitor, "/events".into(), as_of)))
+        let read = operator::Operator::read(&self.api, view, &visitor.token, now);
+        let render =
+            |page: operator::Operator| page.render(&self.frame(visitor, "/events".into(), as_of));
+        self.drawn(visitor, &hyper::Uri::from_static("/"), as_of, read, render).await
     }
 
     /// The events page, of every tenant (the operator) or of `own`.
@@ -582,15 +597,51 @@ impl Console {
         html(StatusCode::OK, activity::render(self.replica.journal(), &filter, own, &frame))
     }
 
-    /// A page read through the API, or what its refusal means to a visitor.
-    fn show<T>(
+    /// A page read through the API (`read`, then `render`), or what its refusal means to a
+    /// visitor. The tabs a live note sends to fetch the same page at once share one drawing:
+    /// a page drawn for the same scope (the operator, or one tenant), address and log index
+    /// in the last `CONSOLE_LIVE_INTERVAL` is sent again instead of read and drawn anew.
+    async fn drawn<T>(
         &self,
-        read: Result<T, tonic::Status>,
+        visitor: &Visitor,
+        uri: &hyper::Uri,
+        as_of: Option<u64>,
+        read: impl std::future::Future<Output = Result<T, tonic::Status>>,
         render: impl FnOnce(T) -> maud::Markup,
     ) -> Response<Body> {
-        match read {
-            Ok(page) => html(StatusCode::OK, render(page)),
-            Err(status) => self.refused(&status),
+        let scope = match &visitor.caller {
+            Caller::Admin => "operator".to_owned(),
+            Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
+        };
+        let key = format!("{scope} {uri} {as_of:?}");
+        let now = Instant::now();
+        let drawing = {
+            let mut drawings =
+                self.drawings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            drawings.retain(|_, (at, _)| now.duration_since(*at) < CONSOLE_LIVE_INTERVAL);
+            if drawings.len() < CONSOLE_DRAWINGS_MAX || drawings.contains_key(&key) {
+                Some(drawings.entry(key).or_insert_with(|| (now, Arc::default())).1.clone())
+            } else {
+                None
+            }
+        };
+        let draw = || async {
+            match read.await {
+                Ok(page) => Ok(Bytes::from(render(page).into_string())),
+                Err(status) => Err(self.refused(&status)),
+            }
+        };
+        let drawn = match &drawing {
+            Some(drawing) => drawing.get_or_try_init(draw).await.cloned(),
+            None => draw().await,
+        };
+        match drawn {
+            Ok(page) => {
+                let mut response = Response::new(Full::new(page).boxed());
+                set(&mut response, header::CONTENT_TYPE, "text/html; charset=utf-8");
+                response
+            }
+            Err(response) => response,
         }
     }
 
