@@ -20,12 +20,17 @@
   }, 1000);
   const live = document.body.dataset.live;
   if (!live || !window.EventSource) return;
-  let busy = false, again = false;
-  async function refresh() {
+  // The log index the last note named: the page asked for must show at least that much, and
+  // the replica may send the tabs asking for the same page one drawing of it.
+  let busy = false, again = false, seen = "";
+  async function refresh(e) {
+    // A new leader or a resync names no index: that page is drawn anew.
+    if (e) seen = e.type === "changed" && e.data !== "leadership" ? e.lastEventId : "";
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const r = await fetch(location.href, { credentials: "same-origin", cache: "no-store" });
+      const headers = seen ? { "X-Berth-Seen": seen } : {};
+      const r = await fetch(location.href, { credentials: "same-origin", cache: "no-store", headers });
       if (r.redirected || !r.ok) { location.assign(r.redirected ? r.url : location.href); return; }
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       // Keyboard focus stays where it was across a refresh: on the same field, or on the same

@@ -100,7 +100,12 @@ async fn follow(
     let mut leader = leadership(console);
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
-        let due = live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL);
+        // On the console's common tick, so the tabs of one page are told (and ask for it
+        // again) together and share one drawing of it (`Console::drawn`).
+        let due = next_tick(
+            console.ticks_from,
+            live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL),
+        );
         tokio::select! {
             () = &mut woken, if !changed => changed = true,
             () = tokio::time::sleep_until(due), if changed || new_leader || resync => {
@@ -157,6 +162,15 @@ impl Live {
     fn send(&mut self, note: String) -> bool {
         self.try_send(note).is_ok()
     }
+}
+
+/// The first tick (every `CONSOLE_LIVE_INTERVAL` from `from`) at or after `at`.
+fn next_tick(from: Instant, at: Instant) -> Instant {
+    let interval = CONSOLE_LIVE_INTERVAL.as_nanos();
+    let since = at.saturating_duration_since(from).as_nanos();
+    let ticks = since.div_ceil(interval);
+    let ahead = u64::try_from(ticks.saturating_mul(interval)).unwrap_or(u64::MAX);
+    from + Duration::from_nanos(ahead)
 }
 
 /// The leader the console's replica knows of, and its term.

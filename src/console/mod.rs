@@ -73,8 +73,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// One page drawn once for the tabs that want it at once (filled by the first to ask).
-type Drawing = Arc<tokio::sync::OnceCell<Bytes>>;
+/// One page drawn once for the tabs that want it at once.
+struct Drawing {
+    begun: Instant,
+    /// How far the state it reads had got when it was begun.
+    as_of: Option<u64>,
+    /// The page, filled by the first tab to ask.
+    page: Arc<tokio::sync::OnceCell<Bytes>>,
+}
 
 /// A signed-in person: the token they signed in with, who it made them, and when they last
 /// asked for something.
@@ -91,9 +97,11 @@ pub struct Console {
     replica_id: u64,
     /// Sessions by the SHA-256 of their id, so a lookup's timing tells nothing about an id.
     sessions: Mutex<BTreeMap<[u8; 32], Session>>,
-    /// Pages drawn in the last `CONSOLE_LIVE_INTERVAL`, shared by the tabs that fetch them
-    /// (`drawn`): by scope, address and log index.
-    drawings: Mutex<BTreeMap<String, (Instant, Drawing)>>,
+    /// Pages begun in the last `CONSOLE_LIVE_INTERVAL`, shared by the tabs that fetch them
+    /// (`drawn`): by scope and address.
+    drawings: Mutex<BTreeMap<String, Drawing>>,
+    /// The tick every live note waits for (`live`), so one page's tabs all ask at once.
+    pub(crate) ticks_from: Instant,
     /// One-time sign-in links by the SHA-256 of their code: the token, and when the link lapses.
     links: Mutex<BTreeMap<[u8; 32], (String, Instant)>>,
     /// Under TLS: cookies are `Secure` and origins `https`.
@@ -117,6 +125,7 @@ impl Console {
             sessions: Mutex::default(),
             links: Mutex::default(),
             drawings: Mutex::default(),
+            ticks_from: Instant::now(),
             tls,
         })
     }
@@ -222,7 +231,7 @@ impl Console {
             (&Method::GET, "/") => match self.visitor(request.headers()).await {
                 Ok(visitor) => match &visitor.caller {
                     Caller::Tenant(tenant, _) => redirect(&format!("/tenants/{tenant}"), None),
-                    Caller::Admin => self.operator(&visitor).await,
+                    Caller::Admin => self.operator(&visitor, request.headers()).await,
                 },
                 Err(response) => response,
             },
@@ -451,7 +460,7 @@ impl Console {
                 let read = tenant::Overview::read(&self.api, &token, tenant, now);
                 let render =
                     |page: tenant::Overview| page.render(&self.frame(&visitor, live, as_of));
-                self.drawn(&visitor, request.uri(), as_of, read, render).await
+                self.drawn(&visitor, (request.uri(), request.headers()), as_of, read, render).await
             }
             Some("events") if get => self.clone().live(
                 visitor,
@@ -461,7 +470,7 @@ impl Console {
             Some("usage") if get => {
                 let read = tenant::Usage::read(&self.api, &token, tenant, now);
                 let render = |page: tenant::Usage| page.render(&self.frame(&visitor, live, as_of));
-                self.drawn(&visitor, request.uri(), as_of, read, render).await
+                self.drawn(&visitor, (request.uri(), request.headers()), as_of, read, render).await
             }
             Some("activity") if get => {
                 let own = match &visitor.caller {
@@ -566,14 +575,14 @@ impl Console {
         }
     }
 
-    async fn operator(&self, visitor: &Visitor) -> Response<Body> {
+    async fn operator(&self, visitor: &Visitor, headers: &HeaderMap) -> Response<Body> {
         let view = self.replica.view();
         let as_of = view.last_applied_index;
         let now = self.replica.now().0;
         let read = operator::Operator::read(&self.api, view, &visitor.token, now);
         let render =
             |page: operator::Operator| page.render(&self.frame(visitor, "/events".into(), as_of));
-        self.drawn(visitor, &hyper::Uri::from_static("/"), as_of, read, render).await
+        self.drawn(visitor, (&hyper::Uri::from_static("/"), headers), as_of, read, render).await
     }
 
     /// The events page, of every tenant (the operator) or of `own`.
@@ -598,13 +607,18 @@ impl Console {
     }
 
     /// A page read through the API (`read`, then `render`), or what its refusal means to a
-    /// visitor. The tabs a live note sends to fetch the same page at once share one drawing:
-    /// a page drawn for the same scope (the operator, or one tenant), address and log index
-    /// in the last `CONSOLE_LIVE_INTERVAL` is sent again instead of read and drawn anew.
+    /// visitor.
+    ///
+    /// The tabs a live note sends to fetch the same page share one drawing of it. Notes go out
+    /// on a tick common to every tab (`live`), so the tabs of one page ask at once; each says
+    /// the log index its note named (`X-Berth-Seen`). A drawing
+    /// for the same scope (the operator, or one tenant) and address, begun in the last
+    /// `CONSOLE_LIVE_INTERVAL` from state at least that far, is sent again (or awaited, while
+    /// it is drawn) instead of read and drawn anew.
     async fn drawn<T>(
         &self,
         visitor: &Visitor,
-        uri: &hyper::Uri,
+        (uri, headers): (&hyper::Uri, &HeaderMap),
         as_of: Option<u64>,
         read: impl std::future::Future<Output = Result<T, tonic::Status>>,
         render: impl FnOnce(T) -> maud::Markup,
@@ -613,16 +627,30 @@ impl Console {
             Caller::Admin => "operator".to_owned(),
             Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
         };
-        let key = format!("{scope} {uri} {as_of:?}");
+        let key = format!("{scope} {uri}");
+        let seen = headers
+            .get("x-berth-seen")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Without a note's index (a page opened or reloaded, a new leader) it is drawn anew.
+        let needs = seen;
         let now = Instant::now();
         let drawing = {
             let mut drawings =
                 self.drawings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            drawings.retain(|_, (at, _)| now.duration_since(*at) < CONSOLE_LIVE_INTERVAL);
-            if drawings.len() < CONSOLE_DRAWINGS_MAX || drawings.contains_key(&key) {
-                Some(drawings.entry(key).or_insert_with(|| (now, Arc::default())).1.clone())
-            } else {
-                None
+            drawings.retain(|_, d| now.duration_since(d.begun) < CONSOLE_LIVE_INTERVAL);
+            let reusable = drawings
+                .get(&key)
+                .filter(|d| needs.is_some() && d.as_of.is_some() && d.as_of >= needs);
+            match reusable {
+                Some(d) => Some(d.page.clone()),
+                None if drawings.len() < CONSOLE_DRAWINGS_MAX || drawings.contains_key(&key) => {
+                    let d = Drawing { begun: now, as_of, page: Arc::default() };
+                    let page = d.page.clone();
+                    drawings.insert(key, d);
+                    Some(page)
+                }
+                None => None,
             }
         };
         let draw = || async {
@@ -632,7 +660,7 @@ impl Console {
             }
         };
         let drawn = match &drawing {
-            Some(drawing) => drawing.get_or_try_init(draw).await.cloned(),
+            Some(page) => page.get_or_try_init(draw).await.cloned(),
             None => draw().await,
         };
         match drawn {

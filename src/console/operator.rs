@@ -155,7 +155,17 @@ impl Operator {
                     }
                     " Replica " (v.id) ", which answered, is " (v.role.to_lowercase())
                     ": last log index " (opt(v.last_log_index))
-                    ", applied " (opt(v.last_applied_index)) "."
+                    ", applied " (opt(v.last_applied_index))
+                    ", snapshot at " (opt(v.snapshot_index)) "."
+                    @if let Some(held) = v.majority_holds() {
+                        " A majority of the voters hold the log up to " (held) "."
+                    }
+                    @if let Some(ack) = v.millis_since_quorum_ack {
+                        " A quorum last acknowledged the leader " (ack) " ms ago."
+                    }
+                }
+                @if let Some(stopped) = &v.stopped {
+                    p.problem role="alert" { "Replica " (v.id) " has stopped (fail-stop): " (stopped) }
                 }
                 table {
                     thead { tr { th { "Replica" } th { "Peer address" } th { "Voter" } th.n { "Holds the log up to" } th.n { "Behind the leader by" } } }

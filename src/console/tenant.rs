@@ -725,3 +725,25 @@ fn csv_row(csv: &mut String, fields: &[String]) {
     }
     csv.push_str("\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::csv_row;
+
+    fn row(fields: &[&str]) -> String {
+        let mut csv = String::new();
+        csv_row(&mut csv, &fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>());
+        csv
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(row(&["a", "1.50", "-12.50"]), "a,1.50,-12.50\r\n", "numbers stay numbers");
+        assert_eq!(
+            row(&["x,y", "say \"hi\"", "two\nlines"]),
+            "\"x,y\",\"say \"\"hi\"\"\",\"two\nlines\"\r\n"
+        );
+        assert_eq!(row(&["=HYPERLINK(\"http://x\")"]), "\"'=HYPERLINK(\"\"http://x\"\")\"\r\n");
+        assert_eq!(row(&["+1+1", "@SUM(A1)", "-cmd"]), "'+1+1,'@SUM(A1),'-cmd\r\n");
+    }
+}

@@ -977,6 +977,9 @@ impl Replica {
             voters,
             learners,
             matched,
+            stopped: m.running_state.as_ref().err().map(ToString::to_string),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
     }
 
@@ -1149,6 +1152,24 @@ pub struct RaftView {
     pub learners: BTreeMap<ReplicaId, String>,
     /// While it leads: the last log index each replica is known to hold.
     pub matched: Option<BTreeMap<ReplicaId, Option<u64>>>,
+    /// Why its Raft stopped, once it has (a fatal error: the replica fail-stops).
+    pub stopped: Option<String>,
+    /// The log index its latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// While it leads: how long since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+impl RaftView {
+    /// While it leads: the highest index a majority of the voters hold (what the leader may
+    /// commit, entries of its own term permitting).
+    pub fn majority_holds(&self) -> Option<u64> {
+        let matched = self.matched.as_ref()?;
+        let mut held: Vec<u64> =
+            self.voters.keys().map(|id| matched.get(id).copied().flatten().unwrap_or(0)).collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        held.get(held.len() / 2).copied()
+    }
 }
 
 /// The voters and the learners of `metrics`' membership, with their peer addresses.
