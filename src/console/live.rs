@@ -125,6 +125,9 @@ async fn follow(
                     Err(TrySendError::Closed(())) => return,
                 }
                 (changed, new_leader) = (false, false);
+                // The tick it was due at, not when the send finished: the next is one interval
+                // on, on the same tick as every other tab's.
+                live.told = Some(due);
             }
             _ = recheck.tick() => {
                 if let Err(status) = console.api.caller_of(token).await {
