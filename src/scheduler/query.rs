@@ -35,12 +35,6 @@ pub enum Query {
     },
     Group(TenantId, GroupId),
     Lease(TenantId, LeaseName),
-    /// One tenant's leases after `after`, in name order.
-    Leases {
-        tenant: TenantId,
-        after: Option<LeaseName>,
-        limit: u32,
-    },
     /// The placements and reservations with an instance on a worker, all tenants (an operator's
     /// view), in (tenant, id) order after `after`; from the index, never a scan.
     WorkerPlacements {
@@ -65,6 +59,13 @@ pub enum Query {
     /// Which tenant (and token name and record) a token hash belongs to.
     TokenOwner(TokenHash),
     Summary,
+    /// One tenant's leases after `after`, in name order. (Last: a variant's place is its
+    /// encoding between replicas.)
+    Leases {
+        tenant: TenantId,
+        after: Option<LeaseName>,
+        limit: u32,
+    },
 }
 
 /// Counts across the whole cluster.
@@ -90,10 +91,11 @@ pub enum Answer {
     /// The group and how many instances it holds now.
     Group(Option<(PlacementGroup, u64)>),
     Lease(Option<Lease>),
-    Leases(Vec<Lease>),
     Finished(Vec<Finished>),
     TokenOwner(Option<(TenantId, TokenId, Token)>),
     Summary(Summary),
+    /// Last: a variant's place is its encoding between replicas.
+    Leases(Vec<Lease>),
 }
 
 fn page(limit: u32) -> usize {
