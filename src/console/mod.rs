@@ -272,18 +272,10 @@ impl Console {
 
     /// Exchanges a posted token for a session.
     async fn sign_in(&self, request: Request<Incoming>) -> Response<Body> {
-        if !self.same_origin(request.headers()) {
-            return forbidden_origin();
-        }
-        let form = match form(request).await {
-            Ok(form) => form,
+        let token = match self.posted(request, "token").await {
+            Ok(token) => token,
             Err(response) => return response,
         };
-        let token = form
-            .iter()
-            .find(|(name, _)| name == "token")
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default();
         if token.is_empty() {
             return html(
                 StatusCode::BAD_REQUEST,
@@ -541,18 +533,10 @@ impl Console {
         tenant: &str,
         placement: &str,
     ) -> Response<Body> {
-        if !self.same_origin(request.headers()) {
-            return forbidden_origin();
-        }
-        let form = match form(request).await {
-            Ok(form) => form,
+        let request_id = match self.posted(request, "request_id").await {
+            Ok(request_id) => request_id,
             Err(response) => return response,
         };
-        let request_id = form
-            .iter()
-            .find(|(name, _)| name == "request_id")
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default();
         if request_id.is_empty() {
             return html(
                 StatusCode::BAD_REQUEST,
@@ -752,6 +736,30 @@ impl Console {
         )
     }
 
+    /// The field `name` of a form posted from a page of this console (trimmed; empty if
+    /// missing), read up to `CONSOLE_FORM_BYTES_MAX`; or the refusal of a form from elsewhere
+    /// or too large.
+    async fn posted(
+        &self,
+        request: Request<Incoming>,
+        name: &str,
+    ) -> Result<String, Response<Body>> {
+        if !self.same_origin(request.headers()) {
+            return Err(forbidden_origin());
+        }
+        let body = Limited::new(request.into_body(), CONSOLE_FORM_BYTES_MAX).collect().await;
+        let body = body.map_err(|_| {
+            html(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                pages::problem(&format!("The form is larger than {CONSOLE_FORM_BYTES_MAX} bytes.")),
+            )
+        })?;
+        Ok(form_urlencoded::parse(&body.to_bytes())
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default())
+    }
+
     /// Whether a POST comes from a page of this console: its `Origin` is this console's.
     fn same_origin(&self, headers: &HeaderMap) -> bool {
         let scheme = if self.tls { "https" } else { "http" };
@@ -773,17 +781,6 @@ impl Console {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Session>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// A posted form's fields, read up to `CONSOLE_FORM_BYTES_MAX`.
-async fn form(request: Request<Incoming>) -> Result<Vec<(String, String)>, Response<Body>> {
-    match Limited::new(request.into_body(), CONSOLE_FORM_BYTES_MAX).collect().await {
-        Ok(body) => Ok(form_urlencoded::parse(&body.to_bytes()).into_owned().collect()),
-        Err(_) => Err(html(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            pages::problem(&format!("The form is larger than {CONSOLE_FORM_BYTES_MAX} bytes.")),
-        )),
     }
 }
 

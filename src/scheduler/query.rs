@@ -131,20 +131,13 @@ impl Scheduler {
             Query::Placement(tenant, id) => {
                 Answer::Placement(s.placements.get(&(tenant, id)).cloned().map(Box::new))
             }
-            Query::Placements { tenant, after: a, limit } => {
-                let start = match a {
-                    Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
-                    None => std::ops::Bound::Included((tenant.clone(), PlacementId::new(""))),
-                };
-                Answer::Placements(
-                    s.placements
-                        .range((start, std::ops::Bound::Unbounded))
-                        .take_while(|((owner, _), _)| *owner == tenant)
-                        .take(page(limit))
-                        .map(|(_, p)| p.clone())
-                        .collect(),
-                )
-            }
+            Query::Placements { tenant, after: a, limit } => Answer::Placements(tenant_page(
+                &s.placements,
+                tenant,
+                a,
+                PlacementId::new(""),
+                limit,
+            )),
             Query::Group(tenant, id) => Answer::Group(
                 s.groups
                     .get(&(tenant.clone(), id.clone()))
@@ -152,18 +145,7 @@ impl Scheduler {
             ),
             Query::Lease(tenant, name) => Answer::Lease(s.leases.get(&(tenant, name)).cloned()),
             Query::Leases { tenant, after: a, limit } => {
-                let start = match a {
-                    Some(name) => std::ops::Bound::Excluded((tenant.clone(), name)),
-                    None => std::ops::Bound::Included((tenant.clone(), LeaseName::new(""))),
-                };
-                Answer::Leases(
-                    s.leases
-                        .range((start, std::ops::Bound::Unbounded))
-                        .take_while(|((owner, _), _)| *owner == tenant)
-                        .take(page(limit))
-                        .map(|(_, l)| l.clone())
-                        .collect(),
-                )
+                Answer::Leases(tenant_page(&s.leases, tenant, a, LeaseName::new(""), limit))
             }
             Query::WorkerPlacements { worker, after: a, limit } => {
                 Answer::Placements(indexed(s, self.ix.worker_placements.get(&worker), a, limit))
@@ -172,18 +154,7 @@ impl Scheduler {
                 Answer::Placements(indexed(s, self.ix.pool_placements.get(&pool), a, limit))
             }
             Query::Finished { tenant, after: a, limit } => {
-                let start = match a {
-                    Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
-                    None => std::ops::Bound::Included((tenant.clone(), PlacementId::new(""))),
-                };
-                Answer::Finished(
-                    s.finished
-                        .range((start, std::ops::Bound::Unbounded))
-                        .take_while(|((owner, _), _)| *owner == tenant)
-                        .take(page(limit))
-                        .map(|(_, f)| f.clone())
-                        .collect(),
-                )
+                Answer::Finished(tenant_page(&s.finished, tenant, a, PlacementId::new(""), limit))
             }
             Query::TokenOwner(hash) => {
                 Answer::TokenOwner(self.ix.tokens.get(&hash).and_then(|(tenant, id)| {
@@ -202,6 +173,26 @@ impl Scheduler {
             }),
         }
     }
+}
+
+/// A page of `tenant`'s entries of a map keyed by (tenant, id), in id order after `a` (from
+/// `first`, the least id, without one).
+fn tenant_page<K: Ord + Clone, V: Clone>(
+    map: &std::collections::BTreeMap<(TenantId, K), V>,
+    tenant: TenantId,
+    a: Option<K>,
+    first: K,
+    limit: u32,
+) -> Vec<V> {
+    let start = match a {
+        Some(id) => std::ops::Bound::Excluded((tenant.clone(), id)),
+        None => std::ops::Bound::Included((tenant.clone(), first)),
+    };
+    map.range((start, std::ops::Bound::Unbounded))
+        .take_while(|((owner, _), _)| *owner == tenant)
+        .take(page(limit))
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 /// A page of the placements an index lists, in (tenant, id) order after `a`.
