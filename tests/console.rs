@@ -241,6 +241,14 @@ async fn the_operator_sees_replicas_workers_and_every_tenant() {
     assert!(b.body.contains("b-web") && !b.body.contains("a-web"));
     let css = browser.get("/console.css", "").await;
     assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+    let js = browser.get("/console.js", "").await;
+    assert_eq!(js.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(js.body.contains("EventSource"), "the script that keeps a page live");
+    let form = browser.get("/sign-in", "").await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("type=\"password\"") && form.body.contains("autocomplete=\"off\""));
+    let signed_in = browser.get("/sign-in", &session).await;
+    assert_eq!((signed_in.status, signed_in.header("location")), (303, Some("/")));
     cluster.shutdown().await;
 }
 
@@ -693,5 +701,87 @@ async fn tabs_fetching_the_same_page_at_once_share_one_drawing() {
         (request_id_of(&opened.body, action), request_id_of(&reloaded.body, action));
     assert_ne!(opened, reloaded, "drawn anew each time");
     assert!(!drawings.contains(&opened) && !drawings.contains(&reloaded));
+    cluster.shutdown().await;
+}
+
+/// A closed invoice downloads as CSV with its lines' amounts, its adjustments and its total
+/// exactly as the invoice has them; an adjustment's reason that a spreadsheet would run as a
+/// formula is defused; another tenant cannot download it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_invoice_downloads_as_csv_exactly() {
+    use berth::scheduler::meter::month_label;
+    use berth::scheduler::windows::{month_of, month_start};
+    let (cluster, mut c, a_token) = two_tenants().await;
+    create_tenant(&mut c, "c").await;
+    let token = issue_token(&mut c, "c").await;
+    let price = pb::SetPricePlanRequest {
+        request_id: rid(),
+        plan: "default".into(),
+        pools: vec![pb::PoolPrices {
+            pool: String::new(),
+            items: vec![pb::ItemPrice {
+                item: "cpu".into(),
+                tiers: vec![pb::PriceTier { up_to_hours: None, per_hour: "3600".into() }],
+            }],
+        }],
+        effective_at_ms: None,
+    };
+    c.billing.set_price_plan(authed(ADMIN_TOKEN, price)).await.expect("priced");
+    c.scheduler.place(authed(&token, place("c", spec("c-job", 1_000)))).await.expect("placed");
+    let now = berth::clock::Clock::now(&cluster.clock);
+    let label = month_label(month_of(now));
+    for (amount, reason) in [("-0.50", "credit, \"goodwill\""), ("1.25", "=HYPERLINK(\"x\")")] {
+        let adjust = pb::AdjustInvoiceRequest {
+            request_id: rid(),
+            tenant_id: "c".into(),
+            month: label.clone(),
+            amount: amount.into(),
+            reason: reason.into(),
+        };
+        c.billing.adjust_invoice(authed(ADMIN_TOKEN, adjust)).await.expect("adjusted");
+    }
+    let next = month_start(month_of(now) + 1).0 + 3_600_000;
+    cluster.clock.set_offset_ms(i64::try_from(next - now.0).expect("a month fits"));
+    let invoice = poll("the month to end and its invoice to close", || {
+        let mut billing = c.billing.clone();
+        let close = pb::CloseInvoiceRequest {
+            request_id: rid(),
+            tenant_id: "c".into(),
+            month: label.clone(),
+        };
+        async move {
+            let closed = billing.close_invoice(authed(ADMIN_TOKEN, close)).await.ok()?;
+            closed.into_inner().invoice
+        }
+    })
+    .await;
+
+    let browser = Browser::of(&cluster, cluster.leader().await);
+    let session = browser.session(&token).await;
+    let path = format!("/tenants/c/invoices/{label}.csv");
+    let csv = poll("the leader to hold the invoice", || async {
+        let csv = browser.get(&path, &session).await;
+        (csv.status == 200).then_some(csv)
+    })
+    .await;
+    let rows: Vec<&str> = csv.body.lines().collect();
+    assert!(rows[0].starts_with("month,kind,pool,item,"), "{}", csv.body);
+    for line in &invoice.lines {
+        let row = format!("{label},line,{},{},", line.pool, line.item);
+        let row = rows.iter().find(|r| r.starts_with(&row)).expect("the line is there");
+        assert!(row.ends_with(&format!(",{},{}", line.per_hour, line.amount)), "{row}");
+        assert!(row.contains(&format!(",{},", line.quantity)), "the exact quantity: {row}");
+    }
+    assert!(rows.contains(
+        &format!("{label},adjustment,,\"credit, \"\"goodwill\"\"\",,,,,,,-0.50").as_str()
+    ));
+    assert!(rows
+        .contains(&format!("{label},adjustment,,\"'=HYPERLINK(\"\"x\"\")\",,,,,,,1.25").as_str()));
+    assert_eq!(rows.last(), Some(&format!("{label},total,,,,,,,,,{}", invoice.total).as_str()));
+    let page = browser.get("/tenants/c/usage", &session).await;
+    assert!(page.body.contains(&format!("href=\"{path}\"")), "the usage page links it");
+
+    let other = browser.session(&a_token).await;
+    assert_eq!(browser.get(&path, &other).await.status, 404, "not another tenant's");
     cluster.shutdown().await;
 }
