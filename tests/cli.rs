@@ -1665,6 +1665,8 @@ fn the_console_in_a_browser() {
     let link = link.unwrap_or_else(|| panic!("a link: {printed}"));
     assert!(link.contains("/sign-in/link?code=") && !link.contains(&admin.token), "{link}");
     browser.goto(link);
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("Sign in as operator"));
+    browser.click("button[type=submit]");
     let was = format!("Leader: replica {leader},");
     let page = browser.wait_text("main", Duration::from_secs(10), |t| t.contains(&was));
     assert!(page.contains("w1") && page.contains("Tenants (2)"), "{page}");

@@ -365,6 +365,36 @@ async fn a_live_tab_hears_of_its_own_tenants_changes_only_and_resumes_after_its_
     // Resuming from a point long gone (or never reached) reloads everything.
     let mut stale = browser.live("/tenants/a/events", &session, Some(u64::MAX)).await;
     stale.until("event: resync").await;
+
+    // After a quiet spell, a burst of changes is still told at most once a tick: the ticks
+    // the tab was not told at are not owed to it.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let burst_began = tokio::time::Instant::now();
+    for k in 0..20 {
+        let id = format!("a-burst-{k}");
+        c.scheduler.place(authed(ADMIN_TOKEN, place("a", &id))).await.expect("placed");
+    }
+    let burst = burst_began.elapsed();
+    let told_before = live.text[live.read..].matches("event: changed").count();
+    let mut notes = told_before;
+    let listen_until = tokio::time::Instant::now() + std::time::Duration::from_millis(600);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(listen_until, {
+        let mut buf = [0u8; 4096];
+        let stream = &mut live.stream;
+        async move { stream.read(&mut buf).await.map(|n| (n, buf)) }
+    })
+    .await
+    {
+        let (n, buf) = n;
+        if n == 0 {
+            break;
+        }
+        live.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        notes = live.text[live.read..].matches("event: changed").count();
+    }
+    // 20 writes over `burst`, then 600 ms: one note a tick, and one for the tick under way.
+    let ticks = (burst.as_millis() + 600) / 250 + 2;
+    assert!(notes as u128 <= ticks, "{notes} notes in {burst:?} + 600 ms");
     cluster.shutdown().await;
 }
 
@@ -624,13 +654,42 @@ async fn a_one_time_link_signs_a_browser_in_once() {
     let link = issued.body.trim().to_owned();
     assert!(link.starts_with("/sign-in/link?code=") && !link.contains(&token), "{link}");
 
-    let opened = browser.get(&link, "").await;
+    // Opening the link changes nothing: it asks whom to sign in as (a scanner fetching it, or
+    // a link someone else sent, signs nobody in).
+    let code = link.split("code=").nth(1).expect("a code").to_owned();
+    for _ in 0..2 {
+        let asked = browser.get(&link, "").await;
+        assert_eq!(asked.status, 200, "{}", asked.body);
+        assert!(asked.body.contains("Sign in as tenant a") && asked.session().is_none());
+        assert!(!asked.body.contains(&token));
+    }
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let field = format!("code={code}");
+    let evil = [("Origin", "https://evil.example"), form];
+    assert_eq!(browser.send("POST", "/sign-in/link/open", &evil, &field).await.status, 403);
+    let origin = browser.origin();
+    let own = [("Origin", origin.as_str()), form];
+    let opened = browser.send("POST", "/sign-in/link/open", &own, &field).await;
     assert_eq!((opened.status, opened.header("location")), (303, Some("/")), "{}", opened.body);
     let session = opened.session().expect("a session");
     assert_eq!(browser.get("/tenants/a", &session).await.status, 200);
-    let again = browser.get(&link, "").await;
+    let again = browser.send("POST", "/sign-in/link/open", &own, &field).await;
     assert_eq!(again.status, 401, "a link signs in once");
     assert!(again.session().is_none());
+    assert_eq!(browser.get(&link, "").await.status, 401, "and is gone once used");
+
+    // One token's links end its own oldest first: a fifth ends the first.
+    let mine: Vec<String> = {
+        let mut mine = Vec::new();
+        for _ in 0..berth::console::CONSOLE_LINKS_PER_TOKEN_MAX + 1 {
+            mine.push(issue(&token).await.body.trim().to_owned());
+        }
+        mine
+    };
+    assert_eq!(browser.get(&mine[0], "").await.status, 401, "the oldest ended");
+    for link in &mine[1..] {
+        assert_eq!(browser.get(link, "").await.status, 200, "{link}");
+    }
 
     // Another replica's console never issued it; a made-up code, none, or no token: refused.
     let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
@@ -654,7 +713,8 @@ async fn a_one_time_link_signs_a_browser_in_once() {
         token_name: "ci".into(),
     };
     c.tenants.revoke_token(authed(ADMIN_TOKEN, revoke)).await.expect("revoked");
-    let late = browser.get(&pending, "").await;
+    let pending = format!("code={}", pending.split("code=").nth(1).expect("a code"));
+    let late = browser.send("POST", "/sign-in/link/open", &own, &pending).await;
     assert_eq!(late.status, 401);
     assert!(late.session().is_none());
     cluster.shutdown().await;

@@ -23,10 +23,19 @@
   // The log index the last note named: the page asked for must show at least that much, and
   // the replica may send the tabs asking for the same page one drawing of it.
   let busy = false, again = false, seen = "";
+  // A field being filled in (the events page's filters) is not swapped out from under the
+  // person typing: the refresh waits until they leave it.
+  function editing() {
+    const a = document.activeElement;
+    return a && a.closest("main") && a.matches("input, select, textarea");
+  }
+  document.addEventListener("focusout", function () {
+    if (again && !busy) { again = false; setTimeout(refresh, 0); }
+  });
   async function refresh(e) {
     // A new leader or a resync names no index: that page is drawn anew.
     if (e) seen = e.type === "changed" && e.data !== "leadership" ? e.lastEventId : "";
-    if (busy) { again = true; return; }
+    if (busy || editing()) { again = true; return; }
     busy = true;
     try {
       const headers = seen ? { "X-Berth-Seen": seen } : {};
@@ -36,8 +45,10 @@
       // Keyboard focus stays where it was across a refresh: on the same field, or on the same
       // form's button (a Cancel stays focused while its row stays).
       const a = document.activeElement, form = a && a.form && a.form.getAttribute("action");
+      const href = a && a.matches("a[href]") && a.getAttribute("href");
       const focused = a && a.id ? "#" + CSS.escape(a.id)
-        : form ? 'form[action="' + CSS.escape(form) + '"] button' : null;
+        : form ? 'form[action="' + CSS.escape(form) + '"] button'
+        : href ? 'main a[href="' + CSS.escape(href) + '"]' : null;
       for (const part of ["main", "footer"]) {
         const fresh = doc.querySelector(part), old = document.querySelector(part);
         if (fresh && old) old.replaceWith(fresh);

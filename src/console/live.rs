@@ -102,9 +102,12 @@ async fn follow(
     loop {
         // On the console's common tick, so the tabs of one page are told (and ask for it
         // again) together and share one drawing of it (`Console::drawn`).
+        // After a quiet spell the next tick is the first from now: the ticks a tab was not
+        // told at are not owed to it.
+        let now = Instant::now();
         let due = next_tick(
             console.ticks_from,
-            live.told.map_or_else(Instant::now, |t| t + CONSOLE_LIVE_INTERVAL),
+            live.told.map_or(now, |t| (t + CONSOLE_LIVE_INTERVAL).max(now)),
         );
         tokio::select! {
             () = &mut woken, if !changed => changed = true,

@@ -56,6 +56,8 @@ pub const CONSOLE_CONNECTIONS_MAX: usize = 256;
 pub const CONSOLE_LINK_TTL: Duration = Duration::from_secs(60);
 /// Most sign-in links waiting to be opened at once; another ends the one closest to expiring.
 pub const CONSOLE_LINKS_MAX: usize = 64;
+/// Most sign-in links one token has waiting; another ends its own oldest.
+pub const CONSOLE_LINKS_PER_TOKEN_MAX: usize = 4;
 /// Most pages kept to share between tabs at once (each for `CONSOLE_LIVE_INTERVAL`); beyond
 /// it, a page is drawn for its tab alone.
 pub const CONSOLE_DRAWINGS_MAX: usize = 256;
@@ -72,6 +74,14 @@ const COOKIE: &str = "berth_console";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A one-time sign-in link waiting to be opened.
+struct Link {
+    token: String,
+    /// Whom it signs in as, for the confirmation page.
+    who: String,
+    lapses: Instant,
+}
 
 /// One page drawn once for the tabs that want it at once.
 struct Drawing {
@@ -102,8 +112,8 @@ pub struct Console {
     drawings: Mutex<BTreeMap<String, Drawing>>,
     /// The tick every live note waits for (`live`), so one page's tabs all ask at once.
     pub(crate) ticks_from: Instant,
-    /// One-time sign-in links by the SHA-256 of their code: the token, and when the link lapses.
-    links: Mutex<BTreeMap<[u8; 32], (String, Instant)>>,
+    /// One-time sign-in links by the SHA-256 of their code.
+    links: Mutex<BTreeMap<[u8; 32], Link>>,
     /// Under TLS: cookies are `Secure` and origins `https`.
     tls: bool,
 }
@@ -218,7 +228,8 @@ impl Console {
             },
             (&Method::POST, "/sign-in") => self.sign_in(request).await,
             (&Method::POST, "/sign-in/link") => self.issue_link(request.headers()).await,
-            (&Method::GET, "/sign-in/link") => self.open_link(request.uri().query()).await,
+            (&Method::GET, "/sign-in/link") => self.show_link(request.uri().query()),
+            (&Method::POST, "/sign-in/link/open") => self.open_link(request).await,
             (&Method::POST, "/sign-out") => {
                 if !self.same_origin(request.headers()) {
                     return forbidden_origin();
@@ -240,7 +251,9 @@ impl Console {
                     Caller::Tenant(tenant, _) => {
                         redirect(&format!("/tenants/{tenant}/activity"), None)
                     }
-                    Caller::Admin => self.activity(&visitor, request.uri().query(), None),
+                    Caller::Admin => {
+                        self.activity(&visitor, (request.uri(), request.headers()), None).await
+                    }
                 },
                 Err(response) => response,
             },
@@ -260,8 +273,8 @@ impl Console {
             }
             (
                 _,
-                "/" | "/sign-in" | "/sign-out" | "/console.css" | "/console.js" | "/events"
-                | "/activity",
+                "/" | "/sign-in" | "/sign-in/link" | "/sign-in/link/open" | "/sign-out"
+                | "/console.css" | "/console.js" | "/events" | "/activity",
             ) => html(
                 StatusCode::METHOD_NOT_ALLOWED,
                 pages::problem("That method is not served here."),
@@ -334,15 +347,15 @@ impl Console {
         if token.is_empty() || token.len() > CONSOLE_FORM_BYTES_MAX {
             return text(StatusCode::UNAUTHORIZED, "send the token as Authorization: Bearer\n");
         }
-        match self.api.caller_of(token).await {
-            Ok(_) => {}
+        let caller = match self.api.caller_of(token).await {
+            Ok(caller) => caller,
             Err(status) if status.code() == Code::Unauthenticated => {
                 return text(StatusCode::UNAUTHORIZED, "that token is not known, or has expired\n")
             }
             Err(status) => {
                 return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{}\n", status.message()))
             }
-        }
+        };
         let mut code = [0u8; 32];
         if getrandom::fill(&mut code).is_err() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no randomness for a code; try again\n");
@@ -351,42 +364,63 @@ impl Console {
         let now = Instant::now();
         {
             let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            links.retain(|_, (_, lapses)| *lapses > now);
-            while links.len() >= CONSOLE_LINKS_MAX {
-                let Some(first) = links.iter().min_by_key(|(_, (_, l))| *l).map(|(k, _)| *k) else {
-                    break;
+            links.retain(|_, l| l.lapses > now);
+            // One token's links end its own oldest first, so one token cannot push out
+            // everyone else's; past the replica's bound, the one closest to expiring ends.
+            loop {
+                let own = links.iter().filter(|(_, l)| l.token == token);
+                let ending = if own.clone().count() >= CONSOLE_LINKS_PER_TOKEN_MAX {
+                    own.min_by_key(|(_, l)| l.lapses).map(|(k, _)| *k)
+                } else if links.len() >= CONSOLE_LINKS_MAX {
+                    links.iter().min_by_key(|(_, l)| l.lapses).map(|(k, _)| *k)
+                } else {
+                    None
                 };
-                links.remove(&first);
+                let Some(ending) = ending else { break };
+                links.remove(&ending);
             }
-            links.insert(key_of(&code), (token.to_owned(), now + CONSOLE_LINK_TTL));
+            let who = self.who(&caller);
+            let link = Link { token: token.to_owned(), who, lapses: now + CONSOLE_LINK_TTL };
+            links.insert(key_of(&code), link);
         }
         text(StatusCode::OK, &format!("/sign-in/link?code={code}\n"))
     }
 
-    /// `GET /sign-in/link?code=…`: the link `berth console` printed, opened once.
-    async fn open_link(&self, query: Option<&str>) -> Response<Body> {
+    /// `GET /sign-in/link?code=…`: the link `berth console` printed. It changes nothing: it
+    /// asks the person who opened it to confirm whom they sign in as (a link sent by someone
+    /// else signs nobody in unasked, and a scanner fetching it does not use it up).
+    fn show_link(&self, query: Option<&str>) -> Response<Body> {
         let code = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .find(|(name, _)| name == "code")
             .map(|(_, value)| value.into_owned())
             .unwrap_or_default();
         let now = Instant::now();
+        let who = {
+            let links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            links.get(&key_of(&code)).filter(|l| l.lapses > now).map(|l| l.who.clone())
+        };
+        match who {
+            Some(who) => html(StatusCode::OK, pages::confirm_link(&code, &who)),
+            None => link_refused(),
+        }
+    }
+
+    /// `POST /sign-in/link/open` from the confirmation page: the link is used up, and its
+    /// token, checked again, signs this browser in.
+    async fn open_link(&self, request: Request<Incoming>) -> Response<Body> {
+        let code = match self.posted(request, "code").await {
+            Ok(code) => code,
+            Err(response) => return response,
+        };
+        let now = Instant::now();
         let token = {
             let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            links.remove(&key_of(&code)).filter(|(_, lapses)| *lapses > now).map(|(t, _)| t)
+            links.remove(&key_of(&code)).filter(|l| l.lapses > now).map(|l| l.token)
         };
-        let refused = || {
-            html(
-                StatusCode::UNAUTHORIZED,
-                pages::sign_in(Some(
-                    "That sign-in link was used already, has expired, or is not from this \
-                     replica: run `berth console` again, or paste a token.",
-                )),
-            )
-        };
-        let Some(token) = token else { return refused() };
+        let Some(token) = token else { return link_refused() };
         match self.api.caller_of(&token).await {
             Ok(caller) => self.start_session(token, caller),
-            Err(status) if status.code() == Code::Unauthenticated => refused(),
+            Err(status) if status.code() == Code::Unauthenticated => link_refused(),
             Err(status) => self.unavailable(&status),
         }
     }
@@ -469,7 +503,7 @@ impl Console {
                     Caller::Tenant(own, _) => Some(own.0.clone()),
                     Caller::Admin => Some(tenant.to_owned()),
                 };
-                self.activity(&visitor, request.uri().query(), own.as_deref())
+                self.activity(&visitor, (request.uri(), request.headers()), own.as_deref()).await
             }
             Some("usage.csv") if get => {
                 let csv = tenant::usage_csv(&self.api, &token, tenant, now).await;
@@ -569,14 +603,15 @@ impl Console {
         self.drawn(visitor, (&hyper::Uri::from_static("/"), headers), as_of, read, render).await
     }
 
-    /// The events page, of every tenant (the operator) or of `own`.
-    fn activity(
+    /// The events page, of every tenant (the operator) or of `own` (shared between tabs like
+    /// any page: it scans the journal).
+    async fn activity(
         &self,
         visitor: &Visitor,
-        query: Option<&str>,
+        (uri, headers): (&hyper::Uri, &HeaderMap),
         own: Option<&str>,
     ) -> Response<Body> {
-        let filter = match activity::Filter::parse(query) {
+        let filter = match activity::Filter::parse(uri.query()) {
             Ok(filter) => filter,
             Err(problem) => return html(StatusCode::BAD_REQUEST, pages::problem(&problem)),
         };
@@ -586,8 +621,12 @@ impl Console {
             Some(t) => format!("/tenants/{t}/events"),
             None => "/events".to_owned(),
         };
-        let frame = self.frame(visitor, live, as_of);
-        html(StatusCode::OK, activity::render(self.replica.journal(), &filter, own, &frame))
+        let read = async { Ok::<_, tonic::Status>(()) };
+        let render = |()| {
+            let frame = self.frame(visitor, live, as_of);
+            activity::render(self.replica.journal(), &filter, own, &frame)
+        };
+        self.drawn(visitor, (uri, headers), as_of, read, render).await
     }
 
     /// A page read through the API (`read`, then `render`), or what its refusal means to a
@@ -697,10 +736,7 @@ impl Console {
     }
 
     fn frame(&self, visitor: &Visitor, live: String, as_of: Option<u64>) -> pages::Frame {
-        let who = match &visitor.caller {
-            Caller::Admin => "operator".to_owned(),
-            Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
-        };
+        let who = self.who(&visitor.caller);
         let mut nonce = [0u8; 16];
         if getrandom::fill(&mut nonce).is_err() {
             // Never on a working system; a page's forms then still differ from another's by
@@ -760,6 +796,14 @@ impl Console {
             .unwrap_or_default())
     }
 
+    /// Whom a caller is, as pages say it.
+    fn who(&self, caller: &Caller) -> String {
+        match caller {
+            Caller::Admin => "operator".to_owned(),
+            Caller::Tenant(tenant, _) => format!("tenant {tenant}"),
+        }
+    }
+
     /// Whether a POST comes from a page of this console: its `Origin` is this console's.
     fn same_origin(&self, headers: &HeaderMap) -> bool {
         let scheme = if self.tls { "https" } else { "http" };
@@ -782,6 +826,16 @@ impl Console {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Session>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn link_refused() -> Response<Body> {
+    html(
+        StatusCode::UNAUTHORIZED,
+        pages::sign_in(Some(
+            "That sign-in link was used already, has expired, or is not from this replica: run \
+             `berth console` again, or paste a token.",
+        )),
+    )
 }
 
 fn no_longer_waits() -> Response<Body> {

@@ -270,6 +270,9 @@ impl Operator {
         html! {
             section aria-labelledby="pools" {
                 h2 #pools { "Pools (" (self.pools.len()) ")" }
+                @if u32::try_from(self.workers.len()).is_ok_and(|n| n >= super::pages::CONSOLE_ROWS_MAX) {
+                    p.note { "The pools of the first " (super::pages::CONSOLE_ROWS_MAX) " workers; `berth pool get POOL` reads any pool." }
+                }
                 @if self.pools.is_empty() {
                     p.empty { "No worker is registered, so no pool has capacity." }
                 } @else {

@@ -107,6 +107,25 @@ pub fn sign_in(problem: Option<&str>) -> Markup {
     )
 }
 
+/// Asks the person who opened a one-time link whether to sign in as `who`.
+pub fn confirm_link(code: &str, who: &str) -> Markup {
+    page(
+        "Sign in",
+        None,
+        html! {
+            p { "This link signs this browser in to Berth as " strong { (who) } "." }
+            form method="post" action="/sign-in/link/open" {
+                input type="hidden" name="code" value=(code);
+                button type="submit" autofocus { "Sign in as " (who) }
+            }
+            p.note {
+                "Only if you ran `berth console` yourself: a link someone else sent signs you in \
+                 as them. It works once, within a minute of being made."
+            }
+        },
+    )
+}
+
 pub fn problem(message: &str) -> Markup {
     page(
         "Not here",
