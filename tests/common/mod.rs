@@ -54,6 +54,13 @@ pub struct Member {
     server: Option<Server>,
 }
 
+impl Member {
+    /// A replica at peer address `addr` with its storage in `dir`, not yet started.
+    fn stopped(addr: String, dir: PathBuf) -> Member {
+        Member { addr, api_addr: None, metrics_addr: None, console_addr: None, dir, server: None }
+    }
+}
+
 /// Replicas with file storage in a temp dir, each on its own loopback port.
 pub struct Cluster {
     pub members: BTreeMap<u64, Member>,
@@ -141,17 +148,7 @@ impl Cluster {
             let (addr, listener) = listen("127.0.0.1:0").await;
             listeners.insert(id, listener);
             let dir = tmp.path().join(format!("replica-{id}"));
-            members.insert(
-                id,
-                Member {
-                    addr,
-                    api_addr: None,
-                    metrics_addr: None,
-                    console_addr: None,
-                    dir,
-                    server: None,
-                },
-            );
+            members.insert(id, Member::stopped(addr, dir));
         }
         let authority = Arc::new(Authority::generate().expect("a CA"));
         let links = links::Links::default();
@@ -255,17 +252,7 @@ impl Cluster {
     pub async fn spawn_extra(&mut self, id: u64) {
         let (addr, listener) = listen("127.0.0.1:0").await;
         let dir = self._tmp.path().join(format!("replica-{id}"));
-        self.members.insert(
-            id,
-            Member {
-                addr,
-                api_addr: None,
-                metrics_addr: None,
-                console_addr: None,
-                dir,
-                server: None,
-            },
-        );
+        self.members.insert(id, Member::stopped(addr, dir));
         self.launch(id, listener, None).await;
     }
 
