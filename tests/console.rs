@@ -487,6 +487,7 @@ async fn a_tenant_sees_its_reservations_leases_and_queue_and_cancels_from_the_pa
     assert_eq!(why.status, 200, "{}", why.body);
     assert!(why.body.contains("NO_CAPACITY") && why.body.contains("w1"), "{}", why.body);
     assert!(why.body.contains("insufficient_cpu"), "{}", why.body);
+    assert!(!why.body.contains("data-live"), "each drawing is a dry run: not refreshed live");
     assert_eq!(browser.get("/tenants/b/queue/a-big", &session).await.status, 404);
     assert_eq!(browser.get("/tenants/a/queue/nothing", &session).await.status, 404);
 

@@ -531,9 +531,10 @@ impl Console {
                     (&Method::GET, None) if !queued.contains('/') => {
                         let read = tenant::Explanation::read(&self.api, &token, tenant, queued);
                         match read.await {
+                            // Not live: each drawing is a dry run, which copies the state.
                             Ok(Some(page)) => html(
                                 StatusCode::OK,
-                                page.render(&self.frame(&visitor, live, as_of)),
+                                page.render(&self.frame(&visitor, String::new(), as_of)),
                             ),
                             Ok(None) => no_longer_waits(),
                             Err(status) if status.code() == Code::NotFound => no_longer_waits(),

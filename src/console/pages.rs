@@ -21,7 +21,7 @@ pub const CONSOLE_ROWS_MAX: u32 = 100;
 pub struct Frame {
     pub who: String,
     pub replica_id: u64,
-    /// The page's live stream.
+    /// The page's live stream (empty: the page is not live).
     pub live: String,
     /// How far the answering replica had applied the log before the page was read.
     pub as_of: Option<u64>,
@@ -54,7 +54,7 @@ pub(super) fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Marku
                     script src="/console.js" defer {}
                 }
             }
-            body data-live=[frame.map(|f| f.live.as_str())] {
+            body data-live=[frame.map(|f| f.live.as_str()).filter(|l| !l.is_empty())] {
                 a.skip href="#content" { "Skip to the content" }
                 header {
                     a.brand href="/" { "Berth" }
@@ -78,7 +78,9 @@ pub(super) fn page(title: &str, frame: Option<&Frame>, content: Markup) -> Marku
                 @if let Some(frame) = frame {
                     footer {
                         "Answered by replica " (frame.replica_id) " from its state as of log index "
-                        (opt(frame.as_of)) " or later; the page follows changes as they apply."
+                        (opt(frame.as_of)) " or later; "
+                        @if frame.live.is_empty() { "reload the page to ask again." }
+                        @else { "the page follows changes as they apply." }
                     }
                 }
             }
